@@ -1,0 +1,5 @@
+import sys
+
+from doorkeep.cli import main
+
+sys.exit(main())

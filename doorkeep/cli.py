@@ -1,0 +1,105 @@
+"""The ``doorkeep`` command's face: parses arguments and hands each
+subcommand to the CLI module of its part, imported only when it runs, so the
+core never depends on paho, OpenCV or gpiozero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from doorkeep import __version__
+
+#: subcommand -> "module:function" that runs it (each documented in README.md)
+HANDLERS = {
+    "config check": "doorkeep.cli:_config_check",
+    "key init": "doorkeep.cli:_key_init",
+    "edge": "edge.cli:run",
+    "server": "server.cli:run",
+    "demo": "simulators.cli:demo",
+    "sim reader": "simulators.cli:reader",
+    "sim camera": "simulators.cli:camera",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="doorkeep", description="doorkeep physical access control")
+    p.add_argument("--version", action="version", version=f"doorkeep {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much to log on stderr (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="configuration files")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    chk = cfg_sub.add_parser("check", help="check a site directory, site.toml or device file; prints errors or 'ok'")
+    chk.add_argument("path", type=Path)
+
+    key = sub.add_parser("key", help="keys")
+    key_sub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kin = key_sub.add_parser("init", help="create a new credential key file (mode 0600)")
+    kin.add_argument("path", type=Path)
+
+    edge = sub.add_parser("edge", help="run an edge agent for one device file")
+    edge.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
+    edge.add_argument("--broker", help="override the device file's broker URL")
+
+    srv = sub.add_parser("server", help="run the central server for a site directory")
+    srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
+    srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
+    srv.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+
+    demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds and print a summary")
+    demo.add_argument("--broker", help="use this broker instead of starting the embedded one")
+    demo.add_argument("--site", type=Path, help="site directory (default: the embedded demo site)")
+
+    sim = sub.add_parser("sim", help="hardware simulators")
+    sim_sub = sim.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rd = sim_sub.add_parser("reader", help="a reader on a new pty: prints its path, then badges each card number typed")
+    rd.add_argument("--protocol", default="em4100", choices=["em4100", "ascii"])
+    cam = sim_sub.add_parser("camera", help="serve a simulated MJPEG camera on loopback")
+    cam.add_argument("--port", type=int, default=8081)
+    cam.add_argument("--fps", type=float, default=10.0)
+    return p
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from doorkeep.config import check
+
+    errors = check(args.path)
+    for e in errors:
+        print(e)
+    if not errors:
+        print("ok")
+    return 1 if errors else 0
+
+
+def _key_init(args: argparse.Namespace) -> int:
+    from doorkeep.credentials import generate_key_file
+
+    try:
+        generate_key_file(args.path)
+    except FileExistsError:
+        print(f"{args.path} already exists; not overwriting a key", file=sys.stderr)
+        return 1
+    print(f"wrote {args.path} (mode 0600)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
+    module, func = HANDLERS[name].split(":")
+    handler = getattr(importlib.import_module(module), func)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,647 @@
+"""Strict, typed loading of site, people and device files (TOML).
+
+An installer's typo must not become a door that silently behaves
+differently, so every table rejects unknown keys, every value is
+type-checked, and every problem is reported as a :class:`ConfigError`
+naming the file, the dotted key and the fix. All problems found in one pass
+are reported together (:class:`ConfigErrors`).
+
+Layout of a site directory::
+
+    site.toml          areas, doors, schedules, access levels (no secrets;
+                       deployed to the edge devices too)
+    people.toml        people and their cards: read by the server only,
+                       card numbers are hashed on load and never sent
+    devices/*.toml     one file per edge device (Raspberry Pi)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.model import (
+    WEEKDAYS,
+    AccessEntry,
+    AccessLevel,
+    Area,
+    Credential,
+    CredentialState,
+    Door,
+    OfflineMode,
+    Person,
+    PersonKind,
+    PersonState,
+    Schedule,
+    Site,
+    TimeWindow,
+)
+
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+READER_PROTOCOLS = ("em4100", "ascii")
+CARD_FORMATS = ("em4100", "ascii")
+GPIO_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
+LOCK_FAIL_MODES = ("secure", "safe")
+BROKER_SCHEMES = ("mqtt", "tcp")
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class _Table:
+    """One TOML table being read: remembers which keys were used so leftovers are errors."""
+
+    def __init__(self, data: Any, file: str, path: str, errors: list[ConfigError]) -> None:
+        self.file = file
+        self.path = path
+        self.errors = errors
+        if not isinstance(data, dict):
+            self.error("", f"must be a table, got {type(data).__name__}", f"write it as [{path}]")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str, fix: str) -> None:
+        self.errors.append(ConfigError(self.file, self.key(name) if name else self.path, problem, fix))
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING, *, fix: str = "") -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                self.error(name, "is required but missing", fix or f"add `{name} = ...`")
+                return None
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.error(name, f"must be {names}, got {value!r}", fix or f"write {name} as a {names}")
+            return None if default is _MISSING else default
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
+        value = self.get(name, str, default, fix=f"use one of: {', '.join(choices)}")
+        if value is not None and value not in choices:
+            self.error(name, f"unknown value {value!r}", f"use one of: {', '.join(choices)}")
+            return None
+        return value
+
+    def ident(self, name: str, default: Any = _MISSING) -> Any:
+        value = self.get(name, str, default)
+        if isinstance(value, str) and not SEGMENT.match(value):
+            self.error(name, f"{value!r} is not a valid identifier", "use only letters, digits, '_' and '-'")
+            return None
+        return value
+
+    def positive(self, name: str, default: float) -> float:
+        value = self.get(name, float, default)
+        if value is not None and value <= 0:
+            self.error(name, f"must be greater than 0, got {value}", f"set {name} to a positive number")
+            return default
+        return value if value is not None else default
+
+    def sub(self, name: str, required: bool = False) -> _Table | None:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                self.error(name, "is required but missing", f"add a [{self.key(name)}] table")
+            return None
+        return _Table(self.data[name], self.file, self.key(name), self.errors)
+
+    def children(self, name: str) -> list[tuple[str, _Table]]:
+        """Named sub-tables such as [doors.lobby_in], with their names checked."""
+        table = self.sub(name)
+        if table is None:
+            return []
+        table.used.update(table.data)
+        out = []
+        for child, data in table.data.items():
+            if not SEGMENT.match(child):
+                table.error(child, f"{child!r} is not a valid identifier", "use only letters, digits, '_' and '-'")
+                continue
+            out.append((child, _Table(data, self.file, table.key(child), self.errors)))
+        return out
+
+    def done(self) -> None:
+        for extra in sorted(set(self.data) - self.used):
+            close = [k for k in self.used if k.replace("_", "") == extra.replace("_", "").lower()]
+            hint = f"did you mean `{close[0]}`?" if close else f"remove it; allowed keys here: {', '.join(sorted(self.used))}"
+            self.error(extra, "unknown key", hint)
+
+
+def _read_toml(path: Path, errors: list[ConfigError]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        errors.append(ConfigError(str(path), "", "file not found", "check the path"))
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(ConfigError(str(path), "", f"not valid TOML: {exc}", "fix the TOML syntax at that line"))
+    except OSError as exc:
+        errors.append(ConfigError(str(path), "", f"cannot be read: {exc}", "check the file's permissions"))
+    return None
+
+
+# --------------------------------------------------------------------- site
+
+
+def _parse_time(t: _Table, name: str, value: Any) -> time | None | str:
+    if not isinstance(value, str) or not re.match(r"^\d{2}:\d{2}$", value):
+        t.error(name, f"must be a time written HH:MM, got {value!r}", 'write it like "07:30"')
+        return "bad"
+    hh, mm = int(value[:2]), int(value[3:])
+    if (hh, mm) == (24, 0):
+        return None
+    if hh > 23 or mm > 59:
+        t.error(name, f"{value!r} is not a time of day", "use 00:00 to 24:00")
+        return "bad"
+    return time(hh, mm)
+
+
+def _schedule(sid: str, t: _Table) -> Schedule:
+    windows = []
+    raw = t.get("windows", list, [])
+    for i, item in enumerate(raw or []):
+        w = _Table(item, t.file, f"{t.key('windows')}[{i}]", t.errors)
+        days = w.get("days", list, fix=f'list days from {", ".join(WEEKDAYS)}')
+        bad = [d for d in (days or []) if d not in WEEKDAYS]
+        if bad:
+            w.error("days", f"unknown day(s) {bad}", f"use {', '.join(WEEKDAYS)}")
+        start = _parse_time(w, "start", w.get("start", str))
+        end = _parse_time(w, "end", w.get("end", str))
+        w.done()
+        if start == "bad" or end == "bad" or start is None:
+            if start is None:
+                w.error("start", "24:00 cannot start a window", "start at 00:00 to 23:59")
+            continue
+        if end is not None and end <= start:
+            w.error("end", "must be after start", "split a window that spans midnight into two windows")
+            continue
+        windows.append(TimeWindow(frozenset(d for d in days or [] if d in WEEKDAYS), start, end))
+    holidays = set()
+    for i, h in enumerate(t.get("holidays", list, []) or []):
+        if isinstance(h, date):
+            holidays.add(h)
+        else:
+            t.error(f"holidays[{i}]", f"must be a date, got {h!r}", "write dates unquoted, e.g. 2026-12-25")
+    name = t.get("name", str, sid)
+    t.done()
+    return Schedule(sid, name, tuple(windows), frozenset(holidays))
+
+
+def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
+    data = _read_toml(path, errors)
+    if data is None:
+        return None
+    f = str(path)
+    root = _Table(data, f, "", errors)
+    head = root.sub("site", required=True) or _Table({}, f, "site", [])
+    site_id = head.ident("id")
+    name = head.get("name", str, site_id or "")
+    tz = head.get("timezone", str, fix='add e.g. timezone = "Europe/London"')
+    if tz:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            head.error("timezone", f"unknown time zone {tz!r}", 'use an IANA name such as "Europe/London"')
+    head.done()
+
+    areas = {}
+    for aid, t in root.children("areas"):
+        clearance = t.get("clearance", int, 0)
+        if clearance is not None and not 0 <= clearance <= 9:
+            t.error("clearance", f"must be 0-9, got {clearance}", "use a clearance from 0 to 9")
+        areas[aid] = Area(aid, t.get("name", str, aid), bool(t.get("restricted", bool, False)), clearance or 0)
+        t.done()
+    if "outside" not in areas:
+        root.error("areas", "has no `outside` area", "add an [areas.outside] table")
+
+    doors = {}
+    for did, t in root.children("doors"):
+        frm = t.ident("from")
+        to = t.ident("to")
+        for key, area in (("from", frm), ("to", to)):
+            if area and area not in areas:
+                t.error(key, f"area {area!r} is not defined", f"add [areas.{area}] or use one of: {', '.join(areas)}")
+        if frm and to and frm == to:
+            t.error("to", "a door must lead into another area", "set `to` to a different area than `from`")
+        timeout = t.get("decision_timeout_ms", int, 1000)
+        if timeout is not None and not 50 <= timeout <= 10_000:
+            t.error("decision_timeout_ms", f"{timeout} is out of range", "use 50 to 10000 milliseconds")
+            timeout = 1000
+        offline = t.choice("offline", tuple(m.value for m in OfflineMode), "deny")
+        doors[did] = Door(
+            id=did,
+            name=t.get("name", str, did),
+            from_area=frm or "",
+            to_area=to or "",
+            unlock_s=t.positive("unlock_s", 5.0),
+            held_open_s=t.positive("held_open_s", 30.0),
+            decision_timeout_ms=timeout or 1000,
+            offline=OfflineMode(offline or "deny"),
+        )
+        t.done()
+
+    schedules = {sid: _schedule(sid, t) for sid, t in root.children("schedules")}
+
+    levels = {}
+    for lid, t in root.children("access_levels"):
+        entries = []
+        for i, item in enumerate(t.get("entries", list, []) or []):
+            e = _Table(item, f, f"{t.key('entries')}[{i}]", errors)
+            area = e.ident("area")
+            sched = e.ident("schedule")
+            if area and area not in areas:
+                e.error("area", f"area {area!r} is not defined", f"use one of: {', '.join(areas)}")
+            if sched and sched not in schedules:
+                e.error("schedule", f"schedule {sched!r} is not defined", f"use one of: {', '.join(schedules) or '(none defined)'}")
+            e.done()
+            if area and sched:
+                entries.append(AccessEntry(area, sched))
+        levels[lid] = AccessLevel(lid, t.get("name", str, lid), tuple(entries))
+        t.done()
+    root.done()
+    if site_id is None or tz is None:
+        return None
+    return Site(site_id, name or site_id, tz, areas, doors, schedules, levels)
+
+
+@dataclass(frozen=True)
+class CardSeed:
+    """A card as written in people.toml; hashed with the credential key before use."""
+
+    person: str
+    format: str
+    number: str
+    state: CredentialState
+
+
+def _epoch(value: Any, t: _Table, name: str) -> float | None:
+    from datetime import datetime, timezone
+
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            t.error(name, "has no time zone", "write it with an offset, e.g. 2026-12-01T09:00:00Z")
+            return None
+        return value.timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    t.error(name, f"must be a date or date-time, got {value!r}", "write e.g. 2026-12-01 or 2026-12-01T09:00:00Z")
+    return None
+
+
+def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tuple[dict[str, Person], list[CardSeed]]:
+    data = _read_toml(path, errors)
+    if data is None:
+        return {}, []
+    root = _Table(data, str(path), "", errors)
+    people: dict[str, Person] = {}
+    cards: list[CardSeed] = []
+    seen: dict[tuple[str, str], str] = {}
+    for pid, t in root.children("people"):
+        levels = t.get("access_levels", list, []) or []
+        for lvl in levels:
+            if site is not None and lvl not in site.access_levels:
+                t.error("access_levels", f"access level {lvl!r} is not defined in the site file",
+                        f"use one of: {', '.join(site.access_levels)}")
+        roles = t.get("roles", list, []) or []
+        clearance = t.get("clearance", int, 0) or 0
+        if not 0 <= clearance <= 9:
+            t.error("clearance", f"must be 0-9, got {clearance}", "use a clearance from 0 to 9")
+        person = Person(
+            id=pid,
+            name=t.get("name", str, fix='add name = "Full Name"') or pid,
+            kind=PersonKind(t.choice("kind", tuple(k.value for k in PersonKind), "employee") or "employee"),
+            clearance=clearance,
+            access_levels=tuple(str(x) for x in levels),
+            roles=frozenset(str(r) for r in roles),
+            state=PersonState(t.choice("state", tuple(s.value for s in PersonState), "active") or "active"),
+            valid_from=_epoch(t.get("valid_from", object, None), t, "valid_from"),
+            valid_until=_epoch(t.get("valid_until", object, None), t, "valid_until"),
+        )
+        for i, item in enumerate(t.get("cards", list, []) or []):
+            c = _Table(item, str(path), f"{t.key('cards')}[{i}]", errors)
+            fmt = c.choice("format", CARD_FORMATS)
+            number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it)')
+            state = c.choice("state", tuple(s.value for s in CredentialState), "active")
+            c.done()
+            if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
+                c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3")
+                continue
+            if fmt and number:
+                norm = (fmt, normalise(fmt, number))
+                if norm in seen:
+                    c.error("number", f"card already belongs to {seen[norm]!r}", "give each card to one person only")
+                    continue
+                seen[norm] = pid
+                cards.append(CardSeed(pid, fmt, number, CredentialState(state or "active")))
+        t.done()
+        people[pid] = person
+    root.done()
+    return people, cards
+
+
+def with_people(site: Site, people: dict[str, Person], cards: list[CardSeed], key: bytes) -> Site:
+    """The site with its people and their cards, hashed under the credential key."""
+    creds = {}
+    for c in cards:
+        h = card_hash(key, c.format, c.number)
+        creds[h] = Credential(h, last4(c.number), c.format, c.person, c.state)
+    return Site(site.id, site.name, site.timezone, site.areas, site.doors, site.schedules,
+                site.access_levels, dict(people), creds)
+
+
+# ------------------------------------------------------------------- device
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    url: str
+    protocol: str
+    baudrate: int = 9600
+    repeat_ignore_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class LockConfig:
+    pin: int
+    active_high: bool = True
+    fail: str = "secure"
+
+
+@dataclass(frozen=True)
+class ContactConfig:
+    pin: int
+    open_level: str = "high"
+
+
+@dataclass(frozen=True)
+class RexConfig:
+    pin: int
+    active_low: bool = True
+
+
+@dataclass(frozen=True)
+class DoorHardware:
+    door: str
+    reader: ReaderConfig
+    lock: LockConfig
+    contact: ContactConfig | None = None
+    rex: RexConfig | None = None
+    camera: str | None = None
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    id: str
+    source: str
+    fps: float = 10.0
+    buffer_seconds: float = 2.0
+    jpeg_quality: int = 85
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str
+    keepalive: int = 30
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1]
+        return int(rest.rsplit(":", 1)[1]) if ":" in rest else 1883
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str
+    site: str
+    file: str
+    site_file: Path
+    broker: BrokerConfig
+    gpio_factory: str
+    credential_key_file: Path | None
+    doors: dict[str, DoorHardware] = field(default_factory=dict)
+    cameras: dict[str, CameraConfig] = field(default_factory=dict)
+
+
+def _broker(t: _Table | None, f: str, errors: list[ConfigError]) -> BrokerConfig:
+    if t is None:
+        return BrokerConfig("mqtt://127.0.0.1:1883")
+    url = t.get("url", str, "mqtt://127.0.0.1:1883")
+    m = re.match(r"^(\w+)://([^:/]+)(?::(\d+))?/?$", url or "")
+    if not m or m.group(1) not in BROKER_SCHEMES:
+        t.error("url", f"{url!r} is not a broker URL", 'write it like "mqtt://127.0.0.1:1883"')
+        url = "mqtt://127.0.0.1:1883"
+    keepalive = t.get("keepalive", int, 30) or 30
+    t.done()
+    return BrokerConfig(url, keepalive)
+
+
+def _pin(t: _Table, name: str = "pin") -> int | None:
+    pin = t.get(name, int, fix=f"add `{name} = N` with the BCM GPIO number the wire is on")
+    if pin is not None and not 0 <= pin <= 27:
+        t.error(name, f"GPIO{pin} does not exist on the 40-pin header", "use a BCM GPIO number from 0 to 27")
+        return None
+    return pin
+
+
+def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
+    data = _read_toml(path, errors)
+    if data is None:
+        return None
+    f = str(path)
+    root = _Table(data, f, "", errors)
+    dev_id = root.ident("device")
+    site = root.ident("site")
+    site_file = path.parent / (root.get("site_file", str, "../site.toml") or "../site.toml")
+    key_file = root.get("credential_key_file", str, None)
+    factory = root.choice("gpio_factory", GPIO_FACTORIES)
+    broker = _broker(root.sub("broker"), f, errors)
+
+    cameras = {}
+    for cid, t in root.children("cameras"):
+        src = t.get("source", (str, int), fix='add source = "0" (V4L2 device), an rtsp:// or http:// URL, or a file')
+        quality = t.get("jpeg_quality", int, 85) or 85
+        if not 10 <= quality <= 100:
+            t.error("jpeg_quality", f"{quality} is out of range", "use 10 to 100")
+        cameras[cid] = CameraConfig(cid, str(src), t.positive("fps", 10.0), t.positive("buffer_seconds", 2.0), quality)
+        t.done()
+
+    doors = {}
+    pins_used: dict[int, str] = {}
+
+    def claim(pin: int | None, where: str, t: _Table) -> None:
+        if pin is None:
+            return
+        if pin in pins_used:
+            t.error("pin", f"GPIO{pin} is already used by {pins_used[pin]}", "wire each input and relay to its own GPIO")
+        else:
+            pins_used[pin] = where
+
+    for did, t in root.children("doors"):
+        r = t.sub("reader", required=True)
+        reader = None
+        if r is not None:
+            url = r.get("url", str, fix='add url = "/dev/serial0" (any pyserial URL)')
+            proto = r.choice("protocol", READER_PROTOCOLS)
+            baud = r.get("baudrate", int, 9600) or 9600
+            reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0))
+            r.done()
+        lk = t.sub("lock", required=True)
+        lock = None
+        if lk is not None:
+            pin = _pin(lk)
+            claim(pin, f"doors.{did}.lock", lk)
+            lock = LockConfig(pin if pin is not None else -1, bool(lk.get("active_high", bool, True)),
+                              lk.choice("fail", LOCK_FAIL_MODES, "secure") or "secure")
+            lk.done()
+        contact = None
+        ct = t.sub("contact")
+        if ct is not None:
+            pin = _pin(ct)
+            claim(pin, f"doors.{did}.contact", ct)
+            contact = ContactConfig(pin if pin is not None else -1, ct.choice("open_level", ("high", "low"), "high") or "high")
+            ct.done()
+        rex = None
+        rt = t.sub("rex")
+        if rt is not None:
+            pin = _pin(rt)
+            claim(pin, f"doors.{did}.rex", rt)
+            rex = RexConfig(pin if pin is not None else -1, bool(rt.get("active_low", bool, True)))
+            rt.done()
+        cam = t.ident("camera", None)
+        if cam is not None and cam not in cameras:
+            t.error("camera", f"camera {cam!r} is not defined in this file",
+                    f"add a [cameras.{cam}] table or use one of: {', '.join(cameras) or '(none defined)'}")
+            cam = None
+        t.done()
+        if reader and lock:
+            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam)
+    if not doors:
+        root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
+    root.done()
+    if dev_id is None or site is None or factory is None:
+        return None
+    return DeviceConfig(dev_id, site, f, site_file, broker, factory,
+                        (path.parent / key_file) if key_file else None, doors, cameras)
+
+
+# ----------------------------------------------------------------- bundles
+
+
+@dataclass(frozen=True)
+class SiteBundle:
+    """Everything in a site directory, checked against each other."""
+
+    dir: Path
+    site: Site
+    people: dict[str, Person]
+    cards: list[CardSeed]
+    devices: dict[str, DeviceConfig]
+    credential_key_file: Path
+
+
+def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
+                 require_all_doors: bool) -> None:
+    owner: dict[str, str] = {}
+    for dev in devices:
+        if dev.site != site.id:
+            errors.append(ConfigError(dev.file, "site", f"{dev.site!r} does not match the site id {site.id!r}",
+                                      f'set site = "{site.id}"'))
+        for did in dev.doors:
+            if did not in site.doors:
+                errors.append(ConfigError(dev.file, f"doors.{did}", "door is not defined in the site file",
+                                          f"add [doors.{did}] to {site_file} or use one of: {', '.join(site.doors)}"))
+            elif did in owner:
+                errors.append(ConfigError(dev.file, f"doors.{did}", f"door is already on device {owner[did]!r}",
+                                          "put each door on exactly one device"))
+            else:
+                owner[did] = dev.id
+    if require_all_doors:
+        for did in site.doors:
+            if did not in owner:
+                errors.append(ConfigError(site_file, f"doors.{did}", "door is on no device",
+                                          f"add [doors.{did}] with its reader and lock to one file in devices/"))
+
+
+def load_site_dir(directory: Path | str) -> SiteBundle:
+    """Load and cross-check a whole site directory; raise ConfigErrors listing every problem."""
+    d = Path(directory)
+    errors: list[ConfigError] = []
+    site = _load_site(d / "site.toml", errors)
+    people, cards = _load_people(d / "people.toml", site, errors) if (d / "people.toml").exists() else ({}, [])
+    devices: dict[str, DeviceConfig] = {}
+    dev_dir = d / "devices"
+    for p in sorted(dev_dir.glob("*.toml")) if dev_dir.is_dir() else []:
+        dev = _load_device(p, errors)
+        if dev is None:
+            continue
+        if dev.id in devices:
+            errors.append(ConfigError(str(p), "device", f"device id {dev.id!r} is used by {devices[dev.id].file}",
+                                      "give every device file its own id"))
+        devices[dev.id] = dev
+    if site is not None:
+        _cross_check(site, list(devices.values()), str(d / "site.toml"), errors, require_all_doors=True)
+    # Where the server keeps the credential key unless $DOORKEEP_CREDENTIAL_KEY is set.
+    key_file = d / "keys" / "credential.key"
+    if errors:
+        raise ConfigErrors(errors)
+    assert site is not None
+    return SiteBundle(d, site, people, cards, devices, key_file)
+
+
+def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
+    """Load a device file and the site file it points at; its doors must exist in the site."""
+    p = Path(path)
+    errors: list[ConfigError] = []
+    dev = _load_device(p, errors)
+    site = _load_site(dev.site_file, errors) if dev is not None else None
+    if dev is not None and site is not None:
+        _cross_check(site, [dev], str(dev.site_file), errors, require_all_doors=False)
+    if errors:
+        raise ConfigErrors(errors)
+    assert dev is not None and site is not None
+    return dev, site
+
+
+def check(path: Path | str) -> list[ConfigError]:
+    """Every problem in a site directory, a site.toml, or a device file ([] when all is well)."""
+    p = Path(path)
+    loader: Callable[[Path], object]
+    if p.is_dir():
+        loader = load_site_dir
+    elif p.name == "site.toml":
+        loader = lambda q: load_site_dir(q.parent)  # noqa: E731
+    else:
+        loader = load_device
+    try:
+        loader(p)
+    except ConfigErrors as exc:
+        return exc.errors
+    except ConfigError as exc:
+        return [exc]
+    if not p.exists():
+        return [ConfigError(str(p), "", "no such file or directory", "check the path")]
+    return []

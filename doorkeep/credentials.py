@@ -1,0 +1,81 @@
+"""Card numbers as keyed hashes.
+
+A card number is turned into ``HMAC-SHA256(credential key, "format:NUMBER")``
+as soon as it is read, so neither the server's store nor an edge cache ever
+holds a number that a stolen SD card would give away; the last four
+characters are kept for the desk to recognise a card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from doorkeep.errors import ConfigError
+
+KEY_ENV = "DOORKEEP_CREDENTIAL_KEY"
+KEY_BYTES = 32
+
+
+def normalise(fmt: str, number: str) -> str:
+    """One spelling per card, so the same card hashes the same at every reader."""
+    number = number.strip()
+    if fmt == "em4100":
+        return number.upper()
+    return number
+
+
+def card_hash(key: bytes, fmt: str, number: str) -> str:
+    family = "em4100" if fmt == "em4100" else "ascii"
+    msg = f"{family}:{normalise(fmt, number)}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def last4(number: str) -> str:
+    return number.strip()[-4:].upper()
+
+
+def generate_key_file(path: Path) -> None:
+    """Write a new random key readable by its owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+
+
+def load_key(path: Path | None, *, source: str) -> bytes:
+    """The credential key from ``$DOORKEEP_CREDENTIAL_KEY`` (hex) or a 0600 key file."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        try:
+            key = bytes.fromhex(env.strip())
+        except ValueError:
+            raise ConfigError(KEY_ENV, KEY_ENV, "is not hexadecimal", "set it to 64 hex digits") from None
+        if len(key) != KEY_BYTES:
+            raise ConfigError(KEY_ENV, KEY_ENV, f"has {len(key)} bytes, expected {KEY_BYTES}", "set it to 64 hex digits")
+        return key
+    if path is None:
+        raise ConfigError(source, "credential_key_file", "no credential key configured",
+                          f"set credential_key_file or ${KEY_ENV}")
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(source, "credential_key_file", f"key file {path} does not exist",
+                          f"create it with `doorkeep key init {path}`") from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(str(path), "credential_key_file", f"key file is readable by others (mode {mode:o})",
+                          f"chmod 600 {path}")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(str(path), "credential_key_file", "key file is not hexadecimal",
+                          f"recreate it with `doorkeep key init {path}`") from None
+    if len(key) != KEY_BYTES:
+        raise ConfigError(str(path), "credential_key_file", f"key has {len(key)} bytes, expected {KEY_BYTES}",
+                          f"recreate it with `doorkeep key init {path}`")
+    return key

@@ -1,0 +1,125 @@
+"""The site model: the vocabulary of DESIGN §2 as frozen dataclasses.
+
+Everything here is plain data, built by ``doorkeep.config`` from the site
+file and read by the decision function. Nothing mutates it: a change to the
+site is a new ``Site``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, time
+from enum import Enum
+
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class PersonKind(str, Enum):
+    EMPLOYEE = "employee"
+    CONTRACTOR = "contractor"
+    VISITOR = "visitor"
+
+
+class PersonState(str, Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class CredentialState(str, Enum):
+    ACTIVE = "active"
+    LOST = "lost"
+    REVOKED = "revoked"
+
+
+class OfflineMode(str, Enum):
+    CACHE = "cache"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Area:
+    id: str
+    name: str
+    restricted: bool = False
+    clearance: int = 0
+
+
+@dataclass(frozen=True)
+class Door:
+    """A passage from one area into another; an exit reader is a second door."""
+
+    id: str
+    name: str
+    from_area: str
+    to_area: str
+    unlock_s: float = 5.0
+    held_open_s: float = 30.0
+    decision_timeout_ms: int = 1000
+    offline: OfflineMode = OfflineMode.DENY
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Days of the week and a local start/end; ``end`` of 24:00 is written as ``None``."""
+
+    days: frozenset[str]
+    start: time
+    end: time | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: str
+    name: str
+    windows: tuple[TimeWindow, ...]
+    holidays: frozenset[date] = frozenset()
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    area: str
+    schedule: str
+
+
+@dataclass(frozen=True)
+class AccessLevel:
+    id: str
+    name: str
+    entries: tuple[AccessEntry, ...]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A card bound to a person. ``hash`` is HMAC-SHA256 under the site's credential key."""
+
+    hash: str
+    last4: str
+    format: str
+    person: str
+    state: CredentialState = CredentialState.ACTIVE
+
+
+@dataclass(frozen=True)
+class Person:
+    id: str
+    name: str
+    kind: PersonKind = PersonKind.EMPLOYEE
+    clearance: int = 0
+    access_levels: tuple[str, ...] = ()
+    roles: frozenset[str] = frozenset()
+    state: PersonState = PersonState.ACTIVE
+    valid_from: float | None = None
+    valid_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    timezone: str
+    areas: dict[str, Area] = field(default_factory=dict)
+    doors: dict[str, Door] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    access_levels: dict[str, AccessLevel] = field(default_factory=dict)
+    people: dict[str, Person] = field(default_factory=dict)
+    credentials: dict[str, Credential] = field(default_factory=dict)  # keyed by hash

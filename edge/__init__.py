@@ -1,0 +1,1 @@
+"""doorkeep edge package."""

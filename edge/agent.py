@@ -1,0 +1,363 @@
+"""The edge agent: readers, door I/O and camera wired to the MQTT link.
+
+One control thread owns every door state machine and every relay, so a
+card, a contact change, a decision and a timer can never race each other;
+readers, gpiozero and paho only post items to its queue. It wakes at the
+next deadline (unlock expiry, held-open, decision timeout) instead of
+polling, and it never sleeps while a relay is energised.
+
+Fail safe: a relay is energised only by a grant or REX from the door state
+machine; a timeout, a malformed decision or a crash leaves it de-energised,
+and stop() (also on SIGTERM) de-energises every relay before anything else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from doorkeep import __version__
+from doorkeep.clock import Clock, SystemClock, iso_ms
+from doorkeep.config import DeviceConfig, DoorHardware
+from doorkeep.contract import DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
+from doorkeep.credentials import card_hash, last4
+from doorkeep.decision import Reason
+from doorkeep.errors import MessageError
+from doorkeep.model import Door, Site
+from edge.camera import Camera
+from edge.door import DoorEvent, DoorMachine, DoorTimings
+from edge.errors import HardwareError
+from edge.framing import CardRead
+from edge.gpio import DoorInputs, LockRelay, make_pin_factory
+from edge.link import Link
+from edge.readers import SerialReader
+
+log = logging.getLogger("doorkeep.edge")
+
+# Door state-machine events worth an event message; unlocked/relocked only change the retained state.
+PUBLISHED_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "forced_open", "held_open", "rex"})
+SNAPSHOT_EVENTS = frozenset({"access", "forced_open"})
+
+EventListener = Callable[[EventMsg], None]
+
+
+@dataclass
+class _Pending:
+    transaction: str
+    door: str
+    event_id: str
+    credential_hash: str
+    credential_last4: str
+    t_read: float
+    ts: str
+    deadline: float
+    snapshot: str | None
+
+
+@dataclass
+class _DoorRuntime:
+    door: Door
+    hw: DoorHardware
+    machine: DoorMachine
+    relay: LockRelay
+    inputs: DoorInputs | None
+    reader: SerialReader
+    camera: Camera | None
+    relay_on: bool = False
+    last_state: str = "locked"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EdgeAgent:
+    def __init__(self, device: DeviceConfig, site: Site, key: bytes, *, clock: Clock | None = None,
+                 pin_factory: Any = None) -> None:
+        self.device = device
+        self.site = site
+        self.key = key
+        self.clock = clock or SystemClock()
+        self.topics = Topics(site.id)
+        self.counters: Counter[str] = Counter()
+        self.listeners: list[EventListener] = []
+        self.server_availability = "unknown"
+        self._factory = pin_factory if pin_factory is not None else make_pin_factory(device.gpio_factory)
+        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._snap_q: queue.Queue[tuple[Camera, float, str, str] | None] = queue.Queue()
+        self._pending: dict[str, _Pending] = {}
+        self._seq = itertools.count(1)
+        self._stopping = threading.Event()
+        self._stopped = False
+        self._control = threading.Thread(target=self._control_loop, name=f"doorkeep-doors-{device.id}", daemon=True)
+        self._snapper = threading.Thread(target=self._snapshot_loop, name=f"doorkeep-snap-{device.id}", daemon=True)
+        self.cameras = {
+            cid: Camera(cid, c.source, fps=c.fps, buffer_seconds=c.buffer_seconds, jpeg_quality=c.jpeg_quality,
+                        clock=self.clock)
+            for cid, c in device.cameras.items()
+        }
+        self.doors: dict[str, _DoorRuntime] = {}
+        for did, hw in device.doors.items():
+            self.doors[did] = self._build_door(site.doors[did], hw)
+        self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
+                         state_payload=self._state_payload, on_server_availability=self._on_server_availability)
+
+    def _build_door(self, door: Door, hw: DoorHardware) -> _DoorRuntime:
+        machine = DoorMachine(door.id, DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s), self.clock)
+        relay = LockRelay(hw.lock.pin, active_high=hw.lock.active_high, factory=self._factory)
+        inputs = None
+        if hw.contact is not None or hw.rex is not None:
+            inputs = DoorInputs(
+                contact_pin=hw.contact.pin if hw.contact else None,
+                rex_pin=hw.rex.pin if hw.rex else None,
+                factory=self._factory,
+                on_contact=lambda is_open, d=door.id: self._q.put(("contact", d, is_open)),
+                on_rex=lambda d=door.id: self._q.put(("rex", d)),
+                contact_open_level=hw.contact.open_level if hw.contact else "high",
+                rex_active_low=hw.rex.active_low if hw.rex else True,
+            )
+        reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
+                              baudrate=hw.reader.baudrate, clock=self.clock,
+                              repeat_ignore_s=hw.reader.repeat_ignore_s)
+        camera = self.cameras.get(hw.camera) if hw.camera else None
+        return _DoorRuntime(door, hw, machine, relay, inputs, reader, camera)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for cam in self.cameras.values():
+            cam.start()
+        self._control.start()
+        self._snapper.start()
+        for rt in self.doors.values():
+            if rt.inputs is not None and rt.inputs.contact_open:
+                self._q.put(("contact", rt.door.id, True))
+            try:
+                rt.reader.start()
+            except HardwareError as exc:
+                # One dead reader must not take the other doors down; the state shows it offline.
+                self.counters["reader_start_failures"] += 1
+                log.error("door %s: %s", rt.door.id, exc)
+        self.link.start()
+
+    def stop(self) -> None:
+        """Relays to their safe state first, then everything else; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        self._q.put(("stop",))
+        self._control.join(timeout=5)
+        self._make_safe()
+        for rt in self.doors.values():
+            rt.reader.stop()
+            if rt.inputs is not None:
+                rt.inputs.close()
+            rt.relay.close()
+        self._snap_q.put(None)
+        self._snapper.join(timeout=5)
+        for cam in self.cameras.values():
+            cam.stop()
+        self.link.stop()
+
+    def _make_safe(self) -> None:
+        for rt in self.doors.values():
+            try:
+                rt.machine.safe()
+                rt.relay.set(False)
+                rt.relay_on = False
+            except Exception:
+                log.exception("door %s: could not de-energise the relay", rt.door.id)
+
+    # --------------------------------------------------------- entry points
+
+    def _on_card(self, door: str, card: CardRead, t_read: float) -> None:
+        self._q.put(("card", door, card, t_read))
+
+    def _on_decision_payload(self, door: str, payload: bytes) -> None:
+        try:
+            msg = DecisionMsg.decode(payload)
+        except MessageError as exc:
+            self.counters["malformed_decisions"] += 1
+            log.warning("door %s: dropped malformed decision: %s", door, exc)
+            return
+        self._q.put(("decision", door, msg))
+
+    def _on_server_availability(self, value: str) -> None:
+        self.server_availability = value
+
+    # --------------------------------------------------------- control loop
+
+    def _control_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                timeout = self._next_wake()
+                try:
+                    item = self._q.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is not None and item[0] == "stop":
+                    break
+                try:
+                    if item is not None:
+                        self._handle(item)
+                    self._on_time()
+                except Exception:
+                    self.counters["errors"] += 1
+                    log.exception("error handling %s", item[0] if item else "timer")
+        finally:
+            self._make_safe()
+
+    def _next_wake(self) -> float:
+        now = self.clock.monotonic()
+        deadlines = [p.deadline for p in self._pending.values()]
+        deadlines += [d for rt in self.doors.values() if (d := rt.machine.next_deadline()) is not None]
+        if not deadlines:
+            return 0.5
+        return min(max(0.0, min(deadlines) - now), 0.5)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "card":
+            self._request(item[1], item[2], item[3])
+        elif kind == "decision":
+            self._decided(item[1], item[2])
+        elif kind == "contact":
+            rt = self.doors[item[1]]
+            self._apply(rt, rt.machine.contact(item[2]))
+        elif kind == "rex":
+            rt = self.doors[item[1]]
+            self._apply(rt, rt.machine.rex())
+
+    def _on_time(self) -> None:
+        now = self.clock.monotonic()
+        for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
+            p = self._pending.pop(tx)
+            self.counters["timeouts"] += 1
+            log.warning("door %s: no decision within %d ms; denied", p.door,
+                        self.site.doors[p.door].decision_timeout_ms)
+            self._access_event(p, granted=False, reason=Reason.SERVER_TIMEOUT.value, person=None,
+                               decided_by="edge_offline", t_done=now)
+        for rt in self.doors.values():
+            deadline = rt.machine.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._apply(rt, rt.machine.tick())
+
+    # ---------------------------------------------------- request/decision
+
+    def _request(self, door: str, card: CardRead, t_read: float) -> None:
+        rt = self.doors[door]
+        h = card_hash(self.key, card.format, card.number)
+        tx = uuid.uuid4().hex
+        event_id = uuid.uuid4().hex
+        wall = self.clock.wall()
+        snapshot = event_id if rt.camera is not None and rt.camera.stats.online else None
+        p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
+                     t_read + rt.door.decision_timeout_ms / 1000.0, snapshot)
+        self._pending[tx] = p
+        self.counters["requests"] += 1
+        req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts)
+        self.link.publish(self.topics.request(self.device.id, door), req.encode())
+        if snapshot is not None and rt.camera is not None:
+            self._snap_q.put((rt.camera, t_read, door, event_id))
+
+    def _decided(self, door: str, msg: DecisionMsg) -> None:
+        p = self._pending.get(msg.transaction)
+        if p is None:
+            # Late (already denied on timeout) or unknown: never acted on.
+            self.counters["late_decisions"] += 1
+            log.warning("door %s: decision for unknown or expired transaction %s ignored", door, msg.transaction)
+            return
+        if p.door != door or msg.door != door:
+            self.counters["malformed_decisions"] += 1
+            log.warning("door %s: decision names door %s; ignored", door, msg.door)
+            return
+        del self._pending[msg.transaction]
+        rt = self.doors[door]
+        if msg.granted:
+            self.counters["granted"] += 1
+            self._apply(rt, rt.machine.grant())
+        else:
+            self.counters["denied"] += 1
+        self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
+                           decided_by="server", t_done=self.clock.monotonic())
+
+    def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
+                      decided_by: str, t_done: float) -> None:
+        ev = EventMsg(
+            id=p.event_id, seq=next(self._seq), ts=p.ts, device=self.device.id, door=p.door, type="access",
+            decision="granted" if granted else "denied", reason=reason, decided_by=decided_by, person=person,
+            credential_hash=p.credential_hash, credential_last4=p.credential_last4, transaction=p.transaction,
+            latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot,
+        )
+        self._publish_event(ev)
+
+    # ------------------------------------------------------------ door I/O
+
+    def _apply(self, rt: _DoorRuntime, events: list[DoorEvent]) -> None:
+        """Drive the relay from the state machine, then report what happened."""
+        want = rt.machine.relay_energised
+        if want != rt.relay_on:
+            rt.relay.set(want)
+            rt.relay_on = want
+        for e in events:
+            if e.type in PUBLISHED_DOOR_EVENTS or e.type == "forced_open":
+                self._door_event(rt, e)
+        state = rt.machine.state.value
+        if state != rt.last_state:
+            rt.last_state = state
+            self.link.publish_state()
+
+    def _door_event(self, rt: _DoorRuntime, e: DoorEvent) -> None:
+        event_id = uuid.uuid4().hex
+        snapshot = None
+        if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
+            snapshot = event_id
+            self._snap_q.put((rt.camera, e.at, rt.door.id, event_id))
+        ev = EventMsg(id=event_id, seq=next(self._seq), ts=iso_ms(self.clock.wall()), device=self.device.id,
+                      door=rt.door.id, type=e.type, snapshot=snapshot,
+                      detail={"detail": e.detail} if e.detail else {})
+        self._publish_event(ev)
+
+    def _publish_event(self, ev: EventMsg) -> None:
+        self.link.publish(self.topics.event(self.device.id, ev.door), ev.encode())
+        self.counters[f"events_{ev.type}"] += 1
+        for listener in list(self.listeners):
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("event listener failed")
+
+    # ------------------------------------------------------------ snapshots
+
+    def _snapshot_loop(self) -> None:
+        while True:
+            job = self._snap_q.get()
+            if job is None:
+                return
+            camera, at, door, event_id = job
+            try:
+                snap = camera.snapshot(at)
+                if snap is None:
+                    self.counters["snapshot_missing"] += 1
+                    continue
+                self.link.publish(self.topics.snapshot(self.device.id, door, event_id), snap.jpeg)
+                self.counters["snapshots"] += 1
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("snapshot for %s failed", event_id)
+
+    # ---------------------------------------------------------------- state
+
+    def _state_payload(self) -> bytes:
+        doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open}
+                 for d, rt in self.doors.items()}
+        readers = {}
+        for d, rt in self.doors.items():
+            s = rt.reader.stats
+            readers[d] = {"online": s.online, "frames": s.frames, "faults": sum(s.faults.values())}
+        cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
+        return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()))

@@ -1,0 +1,42 @@
+"""``doorkeep edge --device FILE``: run one edge agent until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+
+from doorkeep.config import BrokerConfig, load_device
+from doorkeep.credentials import load_key
+from doorkeep.errors import ConfigError, ConfigErrors
+from edge.errors import EdgeError
+
+log = logging.getLogger("doorkeep.edge")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.agent import EdgeAgent
+
+    try:
+        device, site = load_device(args.device)
+        if args.broker:
+            device = dataclasses.replace(device, broker=BrokerConfig(args.broker))
+        key = load_key(device.credential_key_file, source=device.file)
+        agent = EdgeAgent(device, site, key)
+    except (ConfigErrors, ConfigError, EdgeError) as exc:
+        print(f"doorkeep edge: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.start()
+    log.info("edge %s running %d door(s); Ctrl-C to stop", device.id, len(device.doors))
+    try:
+        stop.wait()
+    finally:
+        agent.stop()
+        log.info("edge %s stopped; relays de-energised", device.id)
+    return 0

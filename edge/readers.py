@@ -1,0 +1,225 @@
+"""The serial badge-reader adapter: one pyserial port, one reader thread.
+
+The thread owns the port. It timestamps each read before parsing (the badge
+time drives latency figures and picks the camera frame), survives any input
+and any callback failure, and reopens the port with backoff if it vanishes,
+because a door whose reader thread died silently is a door nobody can open.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import serial
+
+from doorkeep.clock import Clock, SystemClock
+from edge.errors import HardwareError
+from edge.framing import CardRead, FrameFault, FrameParser
+
+logger = logging.getLogger("doorkeep.edge.reader")
+
+READ_TIMEOUT_S = 0.05
+"""Short so that stop() is noticed quickly; frames still arrive at once since reads return on data."""
+RETRY_INITIAL_S = 0.1
+RETRY_MAX_S = 5.0
+STOP_DEADLINE_S = 2.0
+
+CardCallback = Callable[[str, CardRead, float], None]
+FaultCallback = Callable[[str, FrameFault], None]
+
+
+@dataclass
+class ReaderStats:
+    """Health counters for one reader.
+
+    ``frames`` counts every valid frame, including held-card repeats;
+    ``repeats`` is the part of those that was not passed on.
+    """
+
+    frames: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    io_errors: int = 0
+    last_frame_at: float | None = None
+    online: bool = False
+    repeats: int = 0
+
+
+class SerialReader:
+    """Reads one door's badge reader and calls ``on_card`` for each new card."""
+
+    def __init__(
+        self,
+        door: str,
+        url: str,
+        protocol: str,
+        on_card: CardCallback,
+        *,
+        baudrate: int = 9600,
+        clock: Clock | None = None,
+        repeat_ignore_s: float = 1.0,
+        on_fault: FaultCallback | None = None,
+    ) -> None:
+        FrameParser(protocol)  # reject an unknown protocol now, not in the thread
+        self.door = door
+        self.url = url
+        self.protocol = protocol
+        self.baudrate = baudrate
+        self._on_card = on_card
+        self._on_fault = on_fault
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._repeat_ignore_s = repeat_ignore_s
+        self._stats = ReaderStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._port: Any = None
+        self._accepted_at: dict[str, float] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the port now so a miswired device file fails loudly at start-up."""
+        if self._thread is not None:
+            raise RuntimeError(f"reader for door {self.door!r} already started")
+        try:
+            port = self._open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise HardwareError(f"door {self.door!r}: cannot open reader at {self.url!r}: {exc}") from exc
+        self._port = port
+        self._set_online(True)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(port,), name=f"reader-{self.door}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, which closes the port; safe to call any number of times."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        port = self._port
+        cancel = getattr(port, "cancel_read", None)
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:  # noqa: BLE001 - best effort, the read timeout ends the read anyway
+                pass
+        thread.join(STOP_DEADLINE_S)
+        if thread.is_alive():
+            logger.warning("door %s: reader thread did not stop within %.1f s", self.door, STOP_DEADLINE_S)
+        self._thread = None
+
+    @property
+    def stats(self) -> ReaderStats:
+        with self._lock:
+            return replace(self._stats, faults=dict(self._stats.faults))
+
+    # -- reader thread -------------------------------------------------------
+
+    def _open(self) -> Any:
+        return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_TIMEOUT_S)
+
+    def _set_online(self, online: bool) -> None:
+        with self._lock:
+            self._stats.online = online
+
+    def _run(self, port: Any) -> None:
+        parser = FrameParser(self.protocol)
+        delay = RETRY_INITIAL_S
+        try:
+            while not self._stop.is_set():
+                if port is None:
+                    port = self._reopen()
+                    if port is None:
+                        self._stop.wait(delay)
+                        delay = min(delay * 2, RETRY_MAX_S)
+                        continue
+                    delay = RETRY_INITIAL_S
+                    parser.reset()  # a half frame from before the outage would only produce a fault
+                try:
+                    data = port.read(max(1, port.in_waiting))
+                except Exception as exc:  # noqa: BLE001 - any failure of the port means reopen it
+                    if self._stop.is_set():
+                        break
+                    self._lost(port, exc)
+                    port = None
+                    continue
+                if not data:
+                    continue
+                t_read = self._clock.monotonic()
+                for item in parser.feed(data):
+                    if isinstance(item, CardRead):
+                        self._card(item, t_read)
+                    else:
+                        self._fault(item)
+        finally:
+            self._close(port)
+            self._set_online(False)
+
+    def _reopen(self) -> Any:
+        try:
+            port = self._open()
+        except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
+            logger.debug("door %s: reader %s still unavailable: %s", self.door, self.url, exc)
+            return None
+        self._port = port
+        self._set_online(True)
+        logger.info("door %s: reader %s back online", self.door, self.url)
+        return port
+
+    def _lost(self, port: Any, exc: BaseException) -> None:
+        with self._lock:
+            self._stats.io_errors += 1
+            self._stats.online = False
+        logger.warning("door %s: reader %s lost: %s; retrying", self.door, self.url, exc)
+        self._close(port)
+
+    def _close(self, port: Any) -> None:
+        if port is None:
+            return
+        try:
+            port.close()
+        except Exception:  # noqa: BLE001 - the port is gone either way
+            logger.debug("door %s: closing reader %s failed", self.door, self.url, exc_info=True)
+
+    def _card(self, card: CardRead, t_read: float) -> None:
+        with self._lock:
+            self._stats.frames += 1
+            self._stats.last_frame_at = t_read
+            previous = self._accepted_at.get(card.number)
+            if previous is not None and t_read - previous < self._repeat_ignore_s:
+                self._stats.repeats += 1
+                repeat = True
+            else:
+                self._forget_old(t_read)
+                self._accepted_at[card.number] = t_read
+                repeat = False
+        if repeat:
+            logger.debug("door %s: card %s held, repeat ignored", self.door, card.number)
+            return
+        try:
+            self._on_card(self.door, card, t_read)
+        except Exception:
+            logger.exception("door %s: on_card failed for card %s", self.door, card.number)
+
+    def _forget_old(self, now: float) -> None:
+        """Keep the repeat table to recent cards so a busy door does not grow it forever."""
+        stale = [n for n, t in self._accepted_at.items() if now - t >= self._repeat_ignore_s]
+        for number in stale:
+            del self._accepted_at[number]
+
+    def _fault(self, fault: FrameFault) -> None:
+        with self._lock:
+            self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
+        logger.warning("door %s: reader fault %s: %s (raw %r)", self.door, fault.kind, fault.detail, fault.raw)
+        if self._on_fault is None:
+            return
+        try:
+            self._on_fault(self.door, fault)
+        except Exception:
+            logger.exception("door %s: on_fault failed", self.door)

@@ -1,0 +1,1 @@
+"""doorkeep server package."""

@@ -1,0 +1,222 @@
+"""The server's MQTT side (paho-mqtt 2.x, callback API v2).
+
+Requests are answered on paho's network thread, because a decision is a
+pure, microsecond-scale function and every millisecond there is a
+millisecond at the door. Events and snapshots go to a worker thread that
+writes the store, so a slow disk never delays an answer. A malformed
+message is counted, logged with what was wrong and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+from doorkeep.clock import Clock, SystemClock, iso_ms
+from doorkeep.config import BrokerConfig
+from doorkeep.contract import (
+    AVAILABILITY_OFFLINE,
+    AVAILABILITY_ONLINE,
+    AVAILABILITY_STOPPED,
+    DecisionMsg,
+    EventMsg,
+    RequestMsg,
+    Topics,
+    parse_topic,
+)
+from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, decide
+from doorkeep.errors import MessageError
+from doorkeep.model import Site
+from server.store import Store
+
+log = logging.getLogger("doorkeep.server.bus")
+
+EventListener = Callable[[EventMsg, bool], None]
+
+
+@dataclass(frozen=True)
+class _Work:
+    kind: str  # "event" | "snapshot"
+    topic: Any
+    payload: bytes
+    received_at: float
+
+
+class ServerBus:
+    """Connects the site's decisions and store to the broker."""
+
+    def __init__(self, site: Site, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
+                 *, clock: Clock | None = None, client_id: str | None = None) -> None:
+        self.site = site
+        self.door_devices = door_devices  # door id -> the device that owns it
+        self.store = store
+        self.broker = broker
+        self.clock = clock or SystemClock()
+        self.topics = Topics(site.id)
+        self.state = DecisionState()
+        self.counters: Counter[str] = Counter()
+        self.availability: dict[str, str] = {}
+        self.listeners: list[EventListener] = []
+        self._work: queue.Queue[_Work | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._queued = 0
+        self._done = 0
+        self._worker = threading.Thread(target=self._store_loop, name="doorkeep-store", daemon=True)
+        self._connected = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or f"doorkeep-server-{site.id}-{uuid.uuid4().hex[:6]}",
+                                   clean_session=True)
+        self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, wait_s: float = 10.0) -> None:
+        self._worker.start()
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
+        self._client.loop_start()
+        if not self._connected.wait(wait_s):
+            log.warning("broker %s not reachable yet; still trying", self.broker.url)
+
+    def stop(self) -> None:
+        if self._connected.is_set():
+            info = self._client.publish(self.topics.server_availability(), AVAILABILITY_STOPPED, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except RuntimeError:
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._work.put(None)
+        self._worker.join(timeout=10)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # ------------------------------------------------------------ callbacks
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        sock = client.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
+                    self.topics.all_availability()):
+            client.subscribe(sub, qos=1)
+        client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
+        log.info("connected to %s", self.broker.url)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+        if not reason.is_failure:
+            log.info("disconnected from the broker")
+            return
+        log.warning("disconnected from the broker: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = parse_topic(msg.topic)
+            if topic.site != self.site.id:
+                raise MessageError(f"message for site {topic.site!r}")
+            if topic.kind == "request":
+                self._answer(topic, msg.payload)
+            elif topic.kind == "availability":
+                self.availability[topic.device] = msg.payload.decode("utf-8", "replace")[:16]
+            elif topic.kind in ("event", "snapshot"):
+                with self._idle:
+                    self._queued += 1
+                self._work.put(_Work(topic.kind, topic, msg.payload, self.clock.wall()))
+        except MessageError as exc:
+            self._drop(msg.topic, str(exc))
+        except Exception:  # never let one message kill the network thread
+            self.counters["errors"] += 1
+            log.exception("unexpected error handling %s", msg.topic)
+
+    def _drop(self, topic: str, why: str) -> None:
+        self.counters["malformed"] += 1
+        log.warning("dropped malformed message on %s: %s", topic, why)
+
+    # ------------------------------------------------------------ decisions
+
+    def _answer(self, topic: Any, payload: bytes) -> None:
+        req = RequestMsg.decode(payload)
+        if req.door != topic.door:
+            raise MessageError(f"request names door {req.door!r} but was published on door {topic.door!r}")
+        self.counters["requests"] += 1
+        if self.door_devices.get(req.door) != topic.device:
+            # A device may only ask about its own doors; anything else is refused, not ignored.
+            decision = Decision(Reason.UNKNOWN_DOOR)
+        else:
+            decision = decide(AccessRequest(req.door, req.credential_hash), self.site, self.state, self.clock.wall())
+        door = self.site.doors.get(req.door)
+        answer = DecisionMsg(
+            transaction=req.transaction, door=req.door, granted=decision.granted,
+            reason=decision.reason.value, person=decision.person,
+            unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()),
+        )
+        self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
+        self.counters["decisions"] += 1
+
+    # --------------------------------------------------------------- ingest
+
+    def _store_loop(self) -> None:
+        while True:
+            work = self._work.get()
+            if work is None:
+                return
+            try:
+                if work.kind == "event":
+                    self._ingest_event(work)
+                else:
+                    self._ingest_snapshot(work)
+            except MessageError as exc:
+                self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("could not store %s from %s", work.kind, work.topic.device)
+            finally:
+                with self._idle:
+                    self._done += 1
+                    self._idle.notify_all()
+
+    def _ingest_event(self, work: _Work) -> None:
+        ev = EventMsg.decode(work.payload)
+        if ev.device != work.topic.device or ev.door != work.topic.door:
+            raise MessageError("event's device/door do not match its topic")
+        new = self.store.insert_event(ev, work.received_at)
+        self.counters["events" if new else "duplicate_events"] += 1
+        for listener in list(self.listeners):
+            try:
+                listener(ev, new)
+            except Exception:
+                log.exception("event listener failed")
+
+    def _ingest_snapshot(self, work: _Work) -> None:
+        if not work.payload.startswith(b"\xff\xd8"):
+            raise MessageError("snapshot is not a JPEG")
+        new = self.store.insert_snapshot(work.topic.event_id, work.topic.device, work.topic.door,
+                                         work.payload, work.received_at)
+        self.counters["snapshots" if new else "duplicate_snapshots"] += 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every event and snapshot received so far has been stored (tests and the demo use it)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._done >= self._queued, timeout)

@@ -1,0 +1,1 @@
+"""doorkeep simulators package."""

@@ -1,0 +1,231 @@
+"""`doorkeep demo`: the demo site on simulators, playing a scripted morning.
+
+Time in the demo is "demo time": the wall clock shifted to 08:55 on a
+working day in the site's time zone, so business-hours rules give the same
+answers whenever the demo is run. Each scripted badge says which reason it
+expects; the summary says whether every one came out as expected, and the
+exit status follows it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Callable, TextIO
+from zoneinfo import ZoneInfo
+
+from doorkeep.contract import EventMsg
+from doorkeep.schedule import is_open
+from simulators.site import SiteRunner
+
+
+class ShiftedClock:
+    """The system clock, with the wall time moved to a chosen start; monotonic untouched."""
+
+    def __init__(self, start_wall: float) -> None:
+        self._offset = start_wall - time.time()
+
+    def wall(self) -> float:
+        return time.time() + self._offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def demo_morning(tz: str, holidays: frozenset[date], today: date | None = None) -> float:
+    """08:55 local on the next working day (today if it is one)."""
+    day = today or datetime.now(ZoneInfo(tz)).date()
+    while day.weekday() >= 5 or day in holidays:
+        day += timedelta(days=1)
+    return datetime(day.year, day.month, day.day, 8, 55, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float                 # seconds into the script
+    action: str               # badge | force | rex
+    door: str
+    card: str = ""
+    expect: str = ""          # expected reason of a badge
+    walk_through: bool = True  # open and close the door after a grant
+    note: str = ""
+
+
+MORNING: tuple[Step, ...] = (
+    Step(0.5, "badge", "lobby_in", "0F00A1B2C3", "granted", note="Alice arrives"),
+    Step(2.0, "badge", "lobby_in", "0F00B0B0B0", "granted", note="Bob arrives"),
+    Step(3.5, "badge", "lobby_in", "0F00C4C4C4", "granted", note="Chen arrives"),
+    Step(5.0, "badge", "lab", "40067890", "no_access", note="Bob tries the lab"),
+    Step(6.5, "badge", "lab", "40011111", "granted", note="Alice enters the lab"),
+    Step(8.0, "badge", "lobby_in", "0F00FFFF01", "unknown_credential", note="a stranger's card"),
+    Step(9.0, "badge", "lobby_in", "0F00E5E5E5", "credential_inactive", note="Eli's card, reported lost"),
+    Step(10.0, "badge", "lobby_in", "0F00D1D1D1", "expired", note="Dana's contract has ended"),
+    Step(11.0, "force", "lobby_out", note="someone forces the exit gate"),
+    Step(13.0, "rex", "lab", note="Chen leaves the lab by the exit button"),
+    Step(14.5, "badge", "lobby_out", "0F00B0B0B0", "granted", note="Bob leaves"),
+)
+SCRIPT_LENGTH = 17.0
+
+
+@dataclass
+class Row:
+    event: EventMsg
+    person: str
+
+
+class Demo:
+    def __init__(self, runner: SiteRunner, out: TextIO = sys.stdout) -> None:
+        self.runner = runner
+        self.out = out
+        self.rows: list[Row] = []
+        self.expected: list[tuple[Step, str | None]] = []
+        self._lock = threading.Lock()
+        self._access = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self.tz = ZoneInfo(runner.bundle.site.timezone)
+
+    def header(self) -> None:
+        print(f"{'time':8}  {'door':16}  {'person':18}  {'decision':8}  {'reason':20}  {'latency':>9}", file=self.out)
+        print("-" * 88, file=self.out)
+
+    def on_event(self, ev: EventMsg, new: bool) -> None:
+        if not new or ev.type not in ("access", "forced_open", "held_open"):
+            return
+        site = self.runner.server.site if self.runner.server else self.runner.bundle.site
+        if ev.person and ev.person in site.people:
+            person = site.people[ev.person].name
+        elif ev.credential_last4:
+            person = f"card …{ev.credential_last4}"
+        else:
+            person = "—"
+        door = site.doors[ev.door].name if ev.door in site.doors else ev.door
+        local = datetime.fromtimestamp(self.runner.clock.wall(), self.tz).strftime("%H:%M:%S")
+        if ev.type == "access":
+            decision, reason = ev.decision or "", ev.reason or ""
+            latency = f"{ev.latency_ms:7.2f} ms" if ev.latency_ms is not None else ""
+        else:
+            decision, reason, latency = "ALARM", ev.type, ""
+        with self._lock:
+            self.rows.append(Row(ev, person))
+            print(f"{local:8}  {door[:16]:16}  {person[:18]:18}  {decision:8}  {reason:20}  {latency:>9}",
+                  file=self.out, flush=True)
+            self._access.notify_all()
+
+    def _count(self, kind: str) -> int:
+        return sum(1 for r in self.rows if r.event.type == kind)
+
+    def _wait_access(self, before: int, timeout: float) -> EventMsg | None:
+        with self._access:
+            ok = self._access.wait_for(lambda: self._count("access") > before, timeout)
+            if not ok:
+                return None
+            return [r.event for r in self.rows if r.event.type == "access"][before]
+
+    def play(self, steps: tuple[Step, ...], started: float) -> None:
+        for step in steps:
+            if self._stop.wait(max(0.0, started + step.at - time.monotonic())):
+                return
+            sim = self.runner.doors[step.door]
+            if step.action == "badge":
+                with self._lock:
+                    before = self._count("access")
+                sim.reader.badge(step.card)
+                ev = self._wait_access(before, 3.0)
+                self.expected.append((step, ev.reason if ev else None))
+                if ev is not None and ev.decision == "granted" and step.walk_through:
+                    if sim.door.wait_relay(True, 2.0):
+                        sim.door.open()
+                        self._stop.wait(0.8)
+                        sim.door.close()
+            elif step.action == "force":
+                sim.door.open()
+                self._stop.wait(1.2)
+                sim.door.close()
+            elif step.action == "rex":
+                sim.door.press_rex()
+                if sim.door.wait_relay(True, 2.0):
+                    sim.door.open()
+                    self._stop.wait(0.8)
+                    sim.door.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def summary(self) -> bool:
+        access = [r.event for r in self.rows if r.event.type == "access"]
+        granted = [e.latency_ms for e in access if e.decision == "granted" and e.latency_ms is not None]
+        denied = [e for e in access if e.decision == "denied"]
+        alarms = [r for r in self.rows if r.event.type != "access"]
+        wrong = [(s, got) for s, got in self.expected if got != s.expect]
+        server = self.runner.server
+        print("-" * 88, file=self.out)
+        print(f"{len(access)} badges: {len(granted)} granted, {len(denied)} denied; {len(alarms)} alarm(s)", file=self.out)
+        if granted:
+            ordered = sorted(granted)
+            p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+            print(f"badge-to-relay: median {statistics.median(ordered):.2f} ms, p99 {p99:.2f} ms, "
+                  f"max {ordered[-1]:.2f} ms", file=self.out)
+        if server is not None:
+            c = server.bus.counters
+            print(f"server: {server.store.count_events()} events stored, {c['snapshots']} snapshots, "
+                  f"{c['malformed']} malformed messages dropped", file=self.out)
+        for step, got in wrong:
+            print(f"UNEXPECTED: {step.note or step.door}: expected {step.expect}, got {got or 'no decision'}",
+                  file=self.out)
+        return not wrong
+
+
+def run_demo(duration: float | None, broker: str | None, site_dir: object = None,
+             out: TextIO = sys.stdout, on_ready: Callable[[SiteRunner], None] | None = None) -> int:
+    from doorkeep.config import load_site_dir
+    from simulators.site import DEMO_SITE
+
+    bundle = load_site_dir(site_dir or DEMO_SITE)  # type: ignore[arg-type]
+    holidays: frozenset[date] = frozenset().union(*(s.holidays for s in bundle.site.schedules.values()))
+    clock = ShiftedClock(demo_morning(bundle.site.timezone, holidays))
+    runner = SiteRunner(bundle, broker_url=broker, clock=clock)
+    demo = Demo(runner, out)
+    print(f"doorkeep demo: site {bundle.site.name!r}, {len(bundle.site.doors)} doors on "
+          f"{len(bundle.devices)} edge devices; demo time starts "
+          f"{datetime.fromtimestamp(clock.wall(), demo.tz):%a %d %b %H:%M} {bundle.site.timezone}", file=out)
+    ok = False
+    try:
+        runner.start()
+        assert runner.server is not None
+        runner.server.bus.listeners.append(demo.on_event)
+        if not runner.wait_connected(10.0):
+            print("doorkeep demo: the broker did not accept every client within 10 s", file=out)
+            return 1
+        print(f"broker {runner.broker_url}; Ctrl-C stops everything with the relays locked\n", file=out)
+        if on_ready:
+            on_ready(runner)
+        demo.header()
+        begin = time.monotonic()
+        while True:
+            demo.play(MORNING, time.monotonic())
+            if duration is not None and time.monotonic() - begin + SCRIPT_LENGTH > duration:
+                break
+            if demo._stop.wait(max(0.0, SCRIPT_LENGTH - MORNING[-1].at)):
+                break
+        if duration is not None:
+            demo._stop.wait(max(0.0, begin + duration - time.monotonic()))
+        runner.server.bus.wait_idle(5.0)
+        ok = demo.summary()
+    except KeyboardInterrupt:
+        demo.stop()
+        print("\nstopping…", file=out)
+        ok = True
+    finally:
+        demo.stop()
+        runner.stop()
+        locked = not any(runner.relays_energised().values())
+        print(f"stopped; all relays de-energised: {'yes' if locked else 'NO'}", file=out)
+        ok = ok and locked
+    return 0 if ok else 1
+
+
+__all__ = ["run_demo", "demo_morning", "ShiftedClock", "MORNING", "is_open"]

@@ -1,0 +1,71 @@
+"""A badge reader that writes real protocol bytes into a pseudo-terminal.
+
+The edge opens the pty's slave path with pyserial exactly as it would open
+/dev/ttyUSB0, so framing, timeouts and disconnects are exercised through the
+real serial stack rather than a mocked one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tty
+
+from edge.framing import PROTOCOLS, encode_ascii, encode_em4100
+
+
+class ReaderSimulator:
+    """One simulated reader; the edge reads from :attr:`path`."""
+
+    def __init__(self, protocol: str = "em4100") -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown reader protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
+        self.frames_sent = 0
+        self._master, self._slave = os.openpty()
+        # Raw on both ends: no echo back into the master, no CR/LF translation of frame bytes.
+        tty.setraw(self._master)
+        tty.setraw(self._slave)
+        self._path = os.ttyname(self._slave)
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def badge(self, number: str) -> float:
+        """Present a card; the return value is the moment the last byte left, for latency figures."""
+        frame = encode_em4100(number) if self.protocol == "em4100" else encode_ascii(number)
+        self._write(frame)  # one write, so the frame reaches the edge as one burst like a real reader's
+        sent_at = time.monotonic()
+        self.frames_sent += 1
+        return sent_at
+
+    def write_raw(self, data: bytes) -> None:
+        """Send arbitrary bytes, e.g. line noise or a deliberately broken frame."""
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("reader simulator is closed")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._master, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        """Unplug the reader: the edge sees its port fail, as with a pulled USB cable."""
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self._slave, self._master):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> ReaderSimulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
