@@ -44,7 +44,7 @@ from doorkeep.model import (
     TimeWindow,
 )
 
-SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
 READER_PROTOCOLS = ("em4100", "ascii")
 CARD_FORMATS = ("em4100", "ascii")
 GPIO_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
@@ -215,10 +215,10 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
     site_id = head.ident("id")
     name = head.get("name", str, site_id or "")
     tz = head.get("timezone", str, fix='add e.g. timezone = "Europe/London"')
-    if tz:
+    if tz is not None:
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             head.error("timezone", f"unknown time zone {tz!r}", 'use an IANA name such as "Europe/London"')
     head.done()
 
@@ -343,6 +343,9 @@ def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tu
             number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it)')
             state = c.choice("state", tuple(s.value for s in CredentialState), "active")
             c.done()
+            if number is not None and not number.strip():
+                c.error("number", "is empty", "write the card number as the reader sends it")
+                continue
             if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
                 c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3")
                 continue

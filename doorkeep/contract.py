@@ -16,7 +16,7 @@ from typing import Any
 from doorkeep.errors import MessageError
 
 PREFIX = "doorkeep/v1"
-SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
 MAX_PAYLOAD = 64 * 1024
 
 AVAILABILITY_ONLINE = "online"
@@ -122,6 +122,8 @@ def _load(payload: bytes, schema: str) -> dict[str, Any]:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise MessageError("payload is not a JSON object")
     if data.get("schema") != schema:

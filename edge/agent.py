@@ -161,6 +161,7 @@ class EdgeAgent:
         self._snapper.join(timeout=5)
         for cam in self.cameras.values():
             cam.stop()
+        self.link.publish_state()  # the retained state now shows every relay off
         self.link.stop()
 
     def _make_safe(self) -> None:
@@ -300,14 +301,15 @@ class EdgeAgent:
     def _apply(self, rt: _DoorRuntime, events: list[DoorEvent]) -> None:
         """Drive the relay from the state machine, then report what happened."""
         want = rt.machine.relay_energised
-        if want != rt.relay_on:
+        changed = want != rt.relay_on
+        if changed:
             rt.relay.set(want)
             rt.relay_on = want
         for e in events:
-            if e.type in PUBLISHED_DOOR_EVENTS or e.type == "forced_open":
+            if e.type in PUBLISHED_DOOR_EVENTS:
                 self._door_event(rt, e)
         state = rt.machine.state.value
-        if state != rt.last_state:
+        if changed or state != rt.last_state:
             rt.last_state = state
             self.link.publish_state()
 

@@ -1,0 +1,31 @@
+"""A whole demo site on simulators, wired to the session's real Mosquitto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from simulators.site import DEMO_SITE, SiteRunner
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def site(mosquitto, tmp_path: Path) -> Iterator[SiteRunner]:
+    runner = SiteRunner.from_dir(DEMO_SITE, broker_url=mosquitto.url, data_dir=tmp_path)
+    runner.start()
+    assert runner.wait_connected(10), "edges and server did not connect to Mosquitto"
+    # Snapshots need a camera with frames in its ring buffer.
+    assert wait_until(lambda: all(c.stats.online for a in runner.agents.values() for c in a.cameras.values()), 10)
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture
+def edge_only(mosquitto, tmp_path: Path) -> Iterator[SiteRunner]:
+    runner = SiteRunner.from_dir(DEMO_SITE, broker_url=mosquitto.url, data_dir=tmp_path)
+    runner.start(with_server=False)
+    assert runner.wait_connected(10)
+    yield runner
+    runner.stop()

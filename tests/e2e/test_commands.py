@@ -1,0 +1,107 @@
+"""The real commands as separate processes: `doorkeep server` and `doorkeep edge`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from doorkeep.contract import Topics
+from doorkeep.credentials import generate_key_file
+from simulators.camera import CameraSimulator
+from simulators.reader import ReaderSimulator
+from simulators.site import DEMO_SITE
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def doorkeep(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "doorkeep", *args], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(DEMO_SITE, site)
+    key = site / "keys" / "credential.key"
+    generate_key_file(key)
+    reader = ReaderSimulator("em4100")
+    camera = CameraSimulator()
+    camera.start()
+    device = site / "devices" / "pi-lobby.toml"
+    text = device.read_text()
+    text = text.replace('"/etc/doorkeep/credential.key"', '"../keys/credential.key"')
+    text = text.replace('gpio_factory = "lgpio"', 'gpio_factory = "mock"')
+    text = text.replace('url = "/dev/serial0"', f'url = "{reader.path}"')
+    text = text.replace('source = "0"', f'source = "{camera.url}"')
+    device.write_text(text)
+
+    topics = Topics("demo")
+    states: list[dict] = []
+    availability: list[str] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+    def on_message(client, userdata, msg):
+        if msg.topic.endswith("/state"):
+            states.append(json.loads(msg.payload))
+        else:
+            availability.append(msg.payload.decode())
+
+    watcher.on_message = on_message
+    watcher.on_connect = lambda c, *a: (c.subscribe(topics.state("pi-lobby"), 1),
+                                        c.subscribe(topics.availability("pi-lobby"), 1))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+
+    data = tmp_path / "data"
+    server = doorkeep("server", "--site", str(site), "--data", str(data), "--broker", mosquitto.url,
+                      log=tmp_path / "server.log")
+    edge = doorkeep("edge", "--device", str(device), "--broker", mosquitto.url, log=tmp_path / "edge.log")
+    try:
+        assert wait_until(lambda: "online" in availability, 20), (tmp_path / "edge.log").read_text()
+        assert wait_until(lambda: (data / "doorkeep.db").exists(), 10)
+        # The server subscribes after connecting; badge until its first answer arrives.
+        def granted_once() -> bool:
+            return any(s["doors"]["lobby_in"]["relay"] for s in states)
+        for _ in range(20):
+            reader.badge("0F00A1B2C3")
+            if wait_until(granted_once, 1.5):
+                break
+        assert granted_once(), (tmp_path / "edge.log").read_text()
+
+        def stored() -> list:
+            with sqlite3.connect(data / "doorkeep.db") as db:
+                return db.execute("SELECT reason, person FROM events WHERE type = 'access'").fetchall()
+        assert wait_until(lambda: ("granted", "alice") in stored(), 10)
+    finally:
+        edge.send_signal(signal.SIGTERM)
+        edge_rc = edge.wait(15)
+        server.send_signal(signal.SIGTERM)
+        server_rc = server.wait(15)
+        watcher.loop_stop()
+        reader.close()
+        camera.stop()
+    assert edge_rc == 0 and server_rc == 0
+    assert wait_until(lambda: availability and availability[-1] == "stopped", 5)
+    assert states and not states[-1]["doors"]["lobby_in"]["relay"], "last retained state must show the relay off"
+
+
+def test_edge_refuses_a_broken_device_file_with_file_key_and_fix(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(DEMO_SITE, site)
+    device = site / "devices" / "pi-lobby.toml"
+    device.write_text(device.read_text().replace("lock = { pin = 17,", "lock = {"))
+    proc = subprocess.run([sys.executable, "-m", "doorkeep", "edge", "--device", str(device)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert proc.returncode == 2
+    assert "pi-lobby.toml" in proc.stderr and "doors.lobby_in.lock.pin" in proc.stderr and "fix:" in proc.stderr

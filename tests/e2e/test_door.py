@@ -1,0 +1,186 @@
+"""End to end through a real Mosquitto: reader pty → edge → server → relay pin → store."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from doorkeep.contract import DecisionMsg, EventMsg, Topics
+from simulators.site import SiteRunner
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ALICE = "0F00A1B2C3"
+UNKNOWN = "0F00FFFF01"
+
+
+def stored_access(runner: SiteRunner, door: str) -> list[dict]:
+    assert runner.server is not None
+    return [e for e in runner.server.store.events(50, door=door) if e["type"] == "access"]
+
+
+def raw_client(runner: SiteRunner) -> mqtt.Client:
+    """A bare paho client, for injecting what a broken or hostile peer would send."""
+    assert runner.broker_url is not None
+    port = int(runner.broker_url.rsplit(":", 1)[1])
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:6]}")
+    connected = threading.Event()
+    client.on_connect = lambda *a: connected.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    assert connected.wait(5)
+    return client
+
+
+def test_known_card_energises_relay_and_stores_event_with_decodable_snapshot(site: SiteRunner) -> None:
+    door = site.doors["lobby_in"]
+    door.reader.badge(ALICE)
+    assert door.door.wait_relay(True, 3.0), "relay was not energised for a granted card"
+
+    assert wait_until(lambda: any(e["snapshot_path"] for e in stored_access(site, "lobby_in")), 5)
+    ev = stored_access(site, "lobby_in")[0]
+    assert (ev["decision"], ev["reason"], ev["decided_by"], ev["person"]) == ("granted", "granted", "server", "alice")
+    assert ev["credential_last4"] == "B2C3"
+    assert ev["latency_ms"] > 0
+    jpeg = site.server.store.snapshot_bytes(ev["snapshot"])
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[0] > 0 and image.shape[1] > 0
+
+    # The door relocks by itself once the unlock time is over (5 s) or the door is used.
+    door.door.open()
+    door.door.close()
+    assert door.door.wait_relay(False, 3.0)
+
+
+def test_card_number_never_stored_in_clear(site: SiteRunner) -> None:
+    site.doors["lobby_in"].reader.badge(ALICE)
+    assert wait_until(lambda: stored_access(site, "lobby_in"), 5)
+    data_dir = site.server.store.dir
+    blobs = b"".join(p.read_bytes() for p in data_dir.glob("doorkeep.db*"))
+    assert ALICE.encode() not in blobs and ALICE.lower().encode() not in blobs
+
+
+def test_unknown_card_never_energises_relay(site: SiteRunner) -> None:
+    door = site.doors["lobby_in"]
+    door.reader.badge(UNKNOWN)
+    assert wait_until(lambda: stored_access(site, "lobby_in"), 5)
+    ev = stored_access(site, "lobby_in")[0]
+    assert (ev["decision"], ev["reason"], ev["person"]) == ("denied", "unknown_credential", None)
+    assert not any(state for _, state in door.door.relay_history)
+
+
+def test_denied_lab_badge_names_its_reason_and_keeps_relay_off(site: SiteRunner) -> None:
+    lab = site.doors["lab"]
+    lab.reader.badge("40067890")  # Bob: staff only, no lab access level
+    assert wait_until(lambda: stored_access(site, "lab"), 5)
+    assert stored_access(site, "lab")[0]["reason"] == "no_access"
+    assert not lab.door.relay_history
+
+
+def test_malformed_request_is_counted_and_server_still_answers(site: SiteRunner) -> None:
+    topics = Topics("demo")
+    client = raw_client(site)
+    try:
+        for payload in (b"\xff\xfe not json", b"[]", b'{"schema":"doorkeep.request/1"}',
+                        b'{"schema":"doorkeep.request/1","transaction":"t","door":"lobby_in",'
+                        b'"credential_hash":"nothex","credential_last4":"1","credential_format":"em4100","ts":"x"}'):
+            client.publish(topics.request("pi-lobby", "lobby_in"), payload, qos=1).wait_for_publish(5)
+        client.publish("doorkeep/v1/demo/pi-lobby/door/lobby_in/bogus", b"x", qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert wait_until(lambda: site.server.bus.counters["malformed"] >= 4, 5)
+
+    door = site.doors["lobby_in"]
+    door.reader.badge(ALICE)
+    assert door.door.wait_relay(True, 3.0), "server stopped answering after malformed input"
+
+
+def test_forged_or_malformed_decisions_never_unlock(site: SiteRunner) -> None:
+    """A grant for a transaction the edge never asked about, and garbage, leave the relay off."""
+    topics = Topics("demo")
+    forged = DecisionMsg(transaction="f" * 32, door="lobby_in", granted=True, reason="granted",
+                         person="alice", unlock_s=5, ts="2026-11-28T08:00:00.000Z")
+    agent = site.agents["pi-lobby"]
+    client = raw_client(site)
+    try:
+        client.publish(topics.decision("pi-lobby", "lobby_in"), forged.encode(), qos=1).wait_for_publish(5)
+        client.publish(topics.decision("pi-lobby", "lobby_in"), b"{not json", qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert wait_until(lambda: agent.counters["late_decisions"] >= 1 and agent.counters["malformed_decisions"] >= 1, 5)
+    assert not site.doors["lobby_in"].door.relay_history
+
+
+def test_garbage_on_the_serial_line_is_counted_and_next_card_works(site: SiteRunner) -> None:
+    door = site.doors["lobby_in"]
+    door.reader.write_raw(b"\x02ZZZZZZZZZZZZ\x03noise\x00\xff")
+    door.reader.badge(ALICE)
+    assert door.door.wait_relay(True, 3.0)
+    stats = site.agents["pi-lobby"].doors["lobby_in"].reader.stats
+    assert sum(stats.faults.values()) >= 1
+
+
+def test_forced_door_raises_forced_open_event_with_snapshot(site: SiteRunner) -> None:
+    gate = site.doors["lobby_out"]
+    gate.door.open()
+    assert wait_until(lambda: any(e["type"] == "forced_open" for e in site.server.store.events(20, door="lobby_out")), 5)
+    forced = [e for e in site.server.store.events(20, door="lobby_out") if e["type"] == "forced_open"][0]
+    assert wait_until(lambda: site.server.store.event(forced["id"])["snapshot_path"], 5)
+    gate.door.close()
+    assert not gate.door.relay_history
+
+
+def test_rex_unlocks_without_forced_alarm(site: SiteRunner) -> None:
+    lab = site.doors["lab"]
+    lab.door.press_rex()
+    assert lab.door.wait_relay(True, 3.0)
+    lab.door.open()
+    lab.door.close()
+    assert lab.door.wait_relay(False, 3.0)
+    assert wait_until(lambda: any(e["type"] == "door_closed" for e in site.server.store.events(20, door="lab")), 5)
+    types = {e["type"] for e in site.server.store.events(20, door="lab")}
+    assert "rex" in types and "forced_open" not in types
+
+
+def test_without_a_server_the_edge_denies_on_timeout_and_says_so(edge_only: SiteRunner) -> None:
+    agent = edge_only.agents["pi-lobby"]
+    seen: list[EventMsg] = []
+    got = threading.Event()
+
+    def listen(ev: EventMsg) -> None:
+        if ev.type == "access":
+            seen.append(ev)
+            got.set()
+
+    agent.listeners.append(listen)
+    door = edge_only.doors["lobby_in"]
+    door.reader.badge(ALICE)
+    assert got.wait(5), "no access event after the decision timeout"
+    ev = seen[0]
+    assert (ev.decision, ev.reason, ev.decided_by) == ("denied", "server_timeout", "edge_offline")
+    assert ev.latency_ms is not None and ev.latency_ms >= 1000 * 0.99
+    assert not door.door.relay_history
+
+
+def test_duplicate_event_delivery_is_stored_once(site: SiteRunner) -> None:
+    topics = Topics("demo")
+    ev = EventMsg(id=uuid.uuid4().hex, seq=999, ts="2026-11-28T08:00:00.000Z", device="pi-lobby",
+                  door="lobby_in", type="door_opened")
+    client = raw_client(site)
+    try:
+        for _ in range(3):
+            client.publish(topics.event("pi-lobby", "lobby_in"), ev.encode(), qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    bus = site.server.bus
+    assert wait_until(lambda: bus.counters["duplicate_events"] >= 2, 5)
+    assert len([e for e in site.server.store.events(100) if e["id"] == ev.id]) == 1

@@ -1,0 +1,385 @@
+"""The decision function and schedules: one test per reason code, rule order, time zones."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+
+import pytest
+
+from doorkeep.config import load_site_dir, with_people
+from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, decide
+from doorkeep.model import (
+    WEEKDAYS,
+    AccessEntry,
+    AccessLevel,
+    Area,
+    Credential,
+    CredentialState,
+    Door,
+    Person,
+    PersonState,
+    Schedule,
+    Site,
+    TimeWindow,
+)
+from doorkeep.schedule import is_open
+
+KEY = b"k" * 32
+DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+ALL_DAYS = frozenset(WEEKDAYS)
+WEEKDAYS_ONLY = frozenset(WEEKDAYS[:5])
+
+
+def utc(*args: int) -> float:
+    return datetime(*args, tzinfo=timezone.utc).timestamp()  # type: ignore[misc]
+
+
+# 2026-03-25 is a Wednesday, in GMT (UTC+0); BST (UTC+1) starts on Sunday 2026-03-29.
+WED_NOON = utc(2026, 3, 25, 12, 0)
+WED_2200 = utc(2026, 3, 25, 22, 0)
+SAT_NOON = utc(2026, 3, 28, 12, 0)
+CHRISTMAS_NOON = utc(2026, 12, 25, 12, 0)  # a Friday, and a holiday
+
+
+def number(person: str) -> str:
+    """A distinct 10-hex-digit EM4100 number per person."""
+    return "0F00" + person.encode().hex().upper()[:6].ljust(6, "0")
+
+
+def h(num: str) -> str:
+    return card_hash(KEY, "em4100", num)
+
+
+def build_site(people: list[Person], cards: dict[str, CredentialState] | None = None) -> Site:
+    """A small site: a lobby for staff around the clock, a lab in business hours, a vault nobody may enter."""
+    cards = cards or {}
+    areas = {a: Area(a, a) for a in ("outside", "lobby", "lab", "vault")}
+    doors = {
+        "lobby_in": Door("lobby_in", "Lobby in", "outside", "lobby"),
+        "lobby_out": Door("lobby_out", "Lobby out", "lobby", "outside"),
+        "lab": Door("lab", "Lab", "lobby", "lab"),
+        "vault": Door("vault", "Vault", "lobby", "vault"),
+    }
+    schedules = {
+        "always": Schedule("always", "Always", (TimeWindow(ALL_DAYS, time(0, 0), None),)),
+        "business": Schedule("business", "Business", (TimeWindow(WEEKDAYS_ONLY, time(7, 0), time(19, 0)),),
+                             frozenset({date(2026, 12, 25)})),
+        "evening": Schedule("evening", "Fri evening", (TimeWindow(frozenset({"fri"}), time(20, 0), None),)),
+    }
+    levels = {
+        "staff": AccessLevel("staff", "Staff", (AccessEntry("lobby", "always"), AccessEntry("outside", "always"))),
+        "lab": AccessLevel("lab", "Lab", (AccessEntry("lab", "business"),)),
+        "lab_evening": AccessLevel("lab_evening", "Lab evening", (AccessEntry("lab", "evening"),)),
+    }
+    creds = {}
+    for p in people:
+        n = number(p.id)
+        creds[h(n)] = Credential(h(n), last4(n), "em4100", p.id, cards.get(p.id, CredentialState.ACTIVE))
+    return Site("t", "Test", "Europe/London", areas, doors, schedules, levels,
+                {p.id: p for p in people}, creds)
+
+
+def badge(site: Site, person: str, door: str, now: float) -> Decision:
+    return decide(AccessRequest(door, h(number(person))), site, DecisionState(), now)
+
+
+ALICE = Person("alice", "Alice", access_levels=("staff", "lab"))
+BOB = Person("bob", "Bob", access_levels=("staff",))
+
+
+# ------------------------------------------------------------ reason codes
+
+
+def test_granted() -> None:
+    site = build_site([ALICE])
+    d = badge(site, "alice", "lobby_in", WED_NOON)
+    assert d == Decision(Reason.GRANTED, "alice")
+    assert d.granted
+
+
+def test_unknown_credential() -> None:
+    site = build_site([ALICE])
+    d = decide(AccessRequest("lobby_in", h("0F00DEAD00")), site, DecisionState(), WED_NOON)
+    assert d == Decision(Reason.UNKNOWN_CREDENTIAL, None)
+    assert not d.granted
+
+
+def test_unknown_credential_same_number_other_key() -> None:
+    site = build_site([ALICE])
+    other = card_hash(b"x" * 32, "em4100", number("alice"))
+    assert decide(AccessRequest("lobby_in", other), site, DecisionState(), WED_NOON).reason is Reason.UNKNOWN_CREDENTIAL
+
+
+@pytest.mark.parametrize("state", [CredentialState.LOST, CredentialState.REVOKED])
+def test_credential_inactive(state: CredentialState) -> None:
+    site = build_site([ALICE], {"alice": state})
+    d = badge(site, "alice", "lobby_in", WED_NOON)
+    assert d == Decision(Reason.CREDENTIAL_INACTIVE, "alice")
+    assert not d.granted
+
+
+def test_person_inactive_when_suspended() -> None:
+    site = build_site([Person("sam", "Sam", access_levels=("staff",), state=PersonState.SUSPENDED)])
+    assert badge(site, "sam", "lobby_in", WED_NOON) == Decision(Reason.PERSON_INACTIVE, "sam")
+
+
+def test_person_inactive_when_card_owner_is_unknown() -> None:
+    site = build_site([ALICE])
+    orphan = Credential(h("0F00AAAAAA"), "AAAA", "em4100", "ghost")
+    site.credentials[orphan.hash] = orphan
+    d = decide(AccessRequest("lobby_in", orphan.hash), site, DecisionState(), WED_NOON)
+    assert d.reason is Reason.PERSON_INACTIVE and not d.granted
+
+
+def test_not_yet_valid() -> None:
+    site = build_site([Person("val", "Val", access_levels=("staff",), valid_from=WED_NOON + 1)])
+    assert badge(site, "val", "lobby_in", WED_NOON) == Decision(Reason.NOT_YET_VALID, "val")
+    # valid_from is inclusive
+    assert badge(site, "val", "lobby_in", WED_NOON + 1).reason is Reason.GRANTED
+
+
+def test_expired() -> None:
+    site = build_site([Person("exp", "Exp", access_levels=("staff",), valid_until=WED_NOON)])
+    assert badge(site, "exp", "lobby_in", WED_NOON - 1).reason is Reason.GRANTED
+    # valid_until is exclusive: from that instant on, the person is expired
+    assert badge(site, "exp", "lobby_in", WED_NOON) == Decision(Reason.EXPIRED, "exp")
+    assert badge(site, "exp", "lobby_in", WED_NOON + 86400).reason is Reason.EXPIRED
+
+
+@pytest.mark.parametrize("now", [WED_2200, SAT_NOON, CHRISTMAS_NOON], ids=["22:00", "saturday", "holiday"])
+def test_outside_schedule(now: float) -> None:
+    site = build_site([ALICE])
+    d = badge(site, "alice", "lab", now)
+    assert d == Decision(Reason.OUTSIDE_SCHEDULE, "alice")
+    # same instant, a door her around-the-clock level covers
+    assert badge(site, "alice", "lobby_in", now).reason is Reason.GRANTED
+
+
+def test_lab_open_in_business_hours() -> None:
+    site = build_site([ALICE])
+    assert badge(site, "alice", "lab", WED_NOON).reason is Reason.GRANTED
+    assert badge(site, "alice", "lab", utc(2026, 12, 24, 12, 0)).reason is Reason.GRANTED  # day before the holiday
+
+
+def test_no_access_area_in_no_level() -> None:
+    site = build_site([ALICE, BOB])
+    assert badge(site, "alice", "vault", WED_NOON) == Decision(Reason.NO_ACCESS, "alice")
+    # bob's levels do not cover the lab at any time: no_access, not outside_schedule
+    assert badge(site, "bob", "lab", WED_NOON) == Decision(Reason.NO_ACCESS, "bob")
+    assert badge(site, "bob", "lab", WED_2200).reason is Reason.NO_ACCESS
+
+
+def test_no_access_with_unknown_level() -> None:
+    site = build_site([Person("x", "X", access_levels=("gone",))])
+    assert badge(site, "x", "lobby_in", WED_NOON).reason is Reason.NO_ACCESS
+
+
+def test_access_is_by_destination_area() -> None:
+    # staff covers "outside": the exit door (lobby -> outside) is granted for bob, but not the lab
+    site = build_site([BOB])
+    assert badge(site, "bob", "lobby_out", WED_2200).reason is Reason.GRANTED
+
+
+def test_unknown_door() -> None:
+    site = build_site([ALICE])
+    d = badge(site, "alice", "garage", WED_NOON)
+    assert d.reason is Reason.UNKNOWN_DOOR and not d.granted
+
+
+def test_any_level_that_is_open_grants() -> None:
+    # lab (business hours) is checked first and is closed at Friday 21:00; lab_evening is open.
+    site = build_site([Person("eve", "Eve", access_levels=("lab", "lab_evening"))])
+    assert badge(site, "eve", "lab", utc(2026, 3, 27, 21, 0)).reason is Reason.GRANTED
+    assert badge(site, "eve", "lab", utc(2026, 3, 26, 21, 0)).reason is Reason.OUTSIDE_SCHEDULE  # Thursday
+
+
+# -------------------------------------------------------------- rule order
+
+
+def test_lost_card_of_suspended_person_is_credential_inactive() -> None:
+    sue = Person("sue", "Sue", access_levels=("staff",), state=PersonState.SUSPENDED)
+    site = build_site([sue], {"sue": CredentialState.LOST})
+    assert badge(site, "sue", "lobby_in", WED_NOON).reason is Reason.CREDENTIAL_INACTIVE
+
+
+def test_suspended_and_expired_is_person_inactive() -> None:
+    p = Person("p", "P", access_levels=("staff",), state=PersonState.SUSPENDED, valid_until=WED_NOON - 1)
+    assert badge(build_site([p]), "p", "lobby_in", WED_NOON).reason is Reason.PERSON_INACTIVE
+
+
+def test_expired_with_no_access_is_expired() -> None:
+    p = Person("p", "P", access_levels=(), valid_until=WED_NOON - 1)
+    assert badge(build_site([p]), "p", "vault", WED_NOON).reason is Reason.EXPIRED
+
+
+def test_not_yet_valid_outside_schedule_is_not_yet_valid() -> None:
+    p = Person("p", "P", access_levels=("lab",), valid_from=SAT_NOON + 1)
+    assert badge(build_site([p]), "p", "lab", SAT_NOON).reason is Reason.NOT_YET_VALID
+
+
+def test_decide_is_pure() -> None:
+    site = build_site([ALICE])
+    state = DecisionState()
+    req = AccessRequest("lab", h(number("alice")))
+    first = decide(req, site, state, WED_NOON)
+    assert [decide(req, site, state, WED_NOON) for _ in range(3)] == [first] * 3
+    assert state == DecisionState()
+
+
+# ------------------------------------------------- schedules and time zones
+
+
+@pytest.mark.parametrize(
+    ("now", "open_"),
+    [
+        (utc(2026, 3, 30, 6, 30), True),    # Mon 07:30 BST
+        (utc(2026, 3, 30, 5, 59), False),   # Mon 06:59 BST
+        (utc(2026, 3, 30, 18, 0), False),   # Mon 19:00 BST: end is exclusive
+        (utc(2026, 3, 30, 17, 59), True),   # Mon 18:59 BST
+        (utc(2026, 3, 27, 6, 30), False),   # Fri 06:30 GMT
+        (utc(2026, 3, 27, 7, 0), True),     # Fri 07:00 GMT: start is inclusive
+        (utc(2026, 3, 27, 18, 30), True),   # Fri 18:30 GMT
+        (utc(2026, 10, 23, 6, 30), True),   # Fri 07:30 BST (before the autumn change)
+        (utc(2026, 10, 26, 6, 30), False),  # Mon 06:30 GMT (after it)
+        (utc(2026, 10, 26, 7, 0), True),    # Mon 07:00 GMT
+    ],
+)
+def test_schedule_is_read_in_site_time_zone_across_dst(now: float, open_: bool) -> None:
+    site = build_site([ALICE])
+    assert is_open(site.schedules["business"], now, "Europe/London") is open_
+    expected = Reason.GRANTED if open_ else Reason.OUTSIDE_SCHEDULE
+    assert badge(site, "alice", "lab", now).reason is expected
+
+
+def test_2400_end_means_through_midnight() -> None:
+    evening = build_site([]).schedules["evening"]  # Fridays 20:00-24:00
+    fri = (2026, 1, 9)  # a Friday in GMT
+    assert is_open(evening, utc(*fri, 23, 59) + 59.999, "Europe/London")
+    assert is_open(evening, utc(*fri, 20, 0), "Europe/London")
+    assert not is_open(evening, utc(*fri, 19, 59), "Europe/London")
+    assert not is_open(evening, utc(2026, 1, 10, 0, 0), "Europe/London")  # Saturday 00:00
+
+
+def test_always_open_at_every_hour_of_the_week() -> None:
+    always = build_site([]).schedules["always"]
+    start = utc(2026, 3, 23, 0, 0)
+    assert all(is_open(always, start + k * 1800, "Europe/London") for k in range(7 * 48))
+
+
+def test_holiday_is_a_local_date() -> None:
+    sched = Schedule("s", "s", (TimeWindow(ALL_DAYS, time(0, 0), None),), frozenset({date(2026, 7, 4)}))
+    ny = "America/New_York"  # UTC-4 in July
+    assert not is_open(sched, utc(2026, 7, 5, 2, 0), ny)   # 4 July 22:00 local: holiday
+    assert is_open(sched, utc(2026, 7, 4, 3, 0), ny)       # 3 July 23:00 local: not yet
+    assert is_open(sched, utc(2026, 7, 5, 4, 30), ny)      # 5 July 00:30 local
+
+
+def test_weekday_is_a_local_weekday() -> None:
+    mon_only = Schedule("m", "m", (TimeWindow(frozenset({"mon"}), time(0, 0), None),))
+    now = utc(2026, 3, 29, 15, 30)  # Sun 16:30 BST, Mon 00:30 JST
+    assert is_open(mon_only, now, "Asia/Tokyo")
+    assert not is_open(mon_only, now, "Europe/London")
+
+
+def test_empty_schedule_is_never_open() -> None:
+    assert not is_open(Schedule("n", "never", ()), WED_NOON, "Europe/London")
+
+
+# ------------------------------------------------------------------ Reason
+
+
+def test_reason_values_are_unique_lowercase_identifiers() -> None:
+    values = [r.value for r in Reason]
+    assert len(values) == len(set(values))
+    for v in values:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", v), v
+
+
+def test_reason_granted_only_for_granted_codes() -> None:
+    granted = {r for r in Reason if r.granted}
+    assert granted == {Reason.GRANTED, Reason.GRANTED_ESCORTED, Reason.GRANTED_TWO_PERSON, Reason.GRANTED_OFFLINE}
+    for r in Reason:
+        assert Decision(r).granted is r.granted
+    assert all(r.value.startswith("granted") for r in granted)
+
+
+def test_reason_covers_design_vocabulary() -> None:
+    design = ("granted granted_escorted granted_two_person granted_offline unknown_credential credential_inactive "
+              "person_inactive expired not_yet_valid outside_schedule no_access clearance_too_low escort_required "
+              "awaiting_second_person anti_passback occupancy_full lockdown pin_required wrong_pin "
+              "offline_restricted").split()
+    assert set(design) <= {r.value for r in Reason}
+
+
+# ------------------------------------------------------------- card hashes
+
+
+def test_em4100_hash_ignores_case_and_whitespace() -> None:
+    assert card_hash(KEY, "em4100", "0f00a1b2c3") == card_hash(KEY, "em4100", "0F00A1B2C3")
+    assert card_hash(KEY, "em4100", " 0F00A1B2C3\n") == card_hash(KEY, "em4100", "0F00A1B2C3")
+    assert normalise("em4100", "0f00a1b2c3") == "0F00A1B2C3"
+
+
+def test_hash_is_keyed_and_format_bound() -> None:
+    a = card_hash(KEY, "em4100", "0F00A1B2C3")
+    assert re.fullmatch(r"[0-9a-f]{64}", a)
+    assert card_hash(b"K" * 32, "em4100", "0F00A1B2C3") != a
+    assert card_hash(KEY, "ascii", "0F00A1B2C3") != a
+    assert card_hash(KEY, "em4100", "0F00A1B2C4") != a
+    assert a != "0F00A1B2C3" and "0F00A1B2C3" not in a
+
+
+def test_ascii_numbers_keep_their_case() -> None:
+    assert card_hash(KEY, "ascii", "abc123") != card_hash(KEY, "ascii", "ABC123")
+    assert card_hash(KEY, "ascii", " 40011111 ") == card_hash(KEY, "ascii", "40011111")
+
+
+def test_last4() -> None:
+    assert last4("0f00a1b2c3") == "B2C3"
+    assert last4("40011111\n") == "1111"
+    assert last4("12") == "12"
+
+
+# -------------------------------------------------------------- demo site
+
+
+@pytest.fixture(scope="module")
+def demo() -> Site:
+    b = load_site_dir(DEMO)
+    return with_people(b.site, b.people, b.cards, key=KEY)
+
+
+def demo_badge(site: Site, fmt: str, num: str, door: str, now: float) -> Decision:
+    return decide(AccessRequest(door, card_hash(KEY, fmt, num)), site, DecisionState(), now)
+
+
+MON_1000 = utc(2026, 3, 30, 9, 0)  # Monday 10:00 BST
+
+
+def test_demo_credentials_hashed_under_key(demo: Site) -> None:
+    alice = card_hash(KEY, "em4100", "0F00A1B2C3")
+    assert demo.credentials[alice].person == "alice"
+    assert demo.credentials[alice].last4 == "B2C3"
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in demo.credentials)
+
+
+def test_demo_decisions(demo: Site) -> None:
+    assert demo_badge(demo, "em4100", "0f00a1b2c3", "lab", MON_1000) == Decision(Reason.GRANTED, "alice")
+    assert demo_badge(demo, "ascii", "40011111", "lobby_in", MON_1000) == Decision(Reason.GRANTED, "alice")
+    assert demo_badge(demo, "em4100", "0F00A1B2C3", "lab", utc(2026, 3, 30, 21, 0)).reason is Reason.OUTSIDE_SCHEDULE
+    assert demo_badge(demo, "em4100", "0F00A1B2C3", "lab", utc(2026, 12, 25, 10, 0)).reason is Reason.OUTSIDE_SCHEDULE
+    assert demo_badge(demo, "em4100", "0F00B0B0B0", "lab", MON_1000) == Decision(Reason.NO_ACCESS, "bob")
+    assert demo_badge(demo, "em4100", "0F00B0B0B0", "lobby_out", MON_1000).reason is Reason.GRANTED
+    assert demo_badge(demo, "em4100", "0F00E5E5E5", "lobby_in", MON_1000) == Decision(Reason.CREDENTIAL_INACTIVE, "eli")
+    assert demo_badge(demo, "em4100", "0F00D1D1D1", "lobby_in", utc(2026, 1, 15, 9, 0)).reason is Reason.GRANTED
+    assert demo_badge(demo, "em4100", "0F00D1D1D1", "lobby_in", MON_1000) == Decision(Reason.EXPIRED, "dana")
+    assert demo_badge(demo, "em4100", "0F00FFFFFF", "lobby_in", MON_1000).reason is Reason.UNKNOWN_CREDENTIAL
+    assert demo_badge(demo, "em4100", "0F00A1B2C3", "roof", MON_1000).reason is Reason.UNKNOWN_DOOR
+
+
+def test_demo_other_key_knows_no_card(demo: Site) -> None:
+    other = card_hash(b"z" * 32, "em4100", "0F00A1B2C3")
+    assert decide(AccessRequest("lobby_in", other), demo, DecisionState(), MON_1000).reason is Reason.UNKNOWN_CREDENTIAL

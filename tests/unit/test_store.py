@@ -1,0 +1,224 @@
+"""The event store: migrations, idempotent ingest, snapshot linking, WAL, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlite_utils
+
+from doorkeep.contract import EventMsg
+from server import store as store_mod
+from server.store import MIGRATIONS, Store, migrate
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+
+
+def ev(eid: str = "ev-1", seq: int = 1, door: str = "lobby_in", ts: str = "2026-03-30T09:00:00.000Z",
+       **kw: object) -> EventMsg:
+    base = EventMsg(id=eid, seq=seq, ts=ts, device="pi-lobby", door=door, type="access", decision="granted",
+                    reason="granted", decided_by="server", person="alice", credential_hash="ab" * 32,
+                    credential_last4="B2C3", transaction=f"tx-{eid}", latency_ms=12.5, snapshot=eid,
+                    detail={"k": "v"})
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "data")
+    yield s
+    s.close()
+
+
+# -------------------------------------------------------------- migrations
+
+
+def test_migrations_applied_once_and_recorded(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    names = [r["name"] for r in s.db["_migrations"].rows]
+    assert names == [name for name, _ in MIGRATIONS]
+    assert {"events", "snapshots", "_migrations"} <= set(s.db.table_names())
+    assert migrate(s.db) == []  # nothing left to apply
+    s.insert_event(ev(), 1.0)
+    s.close()
+
+    again = Store(tmp_path)  # re-opening applies nothing new and keeps the data
+    assert [r["name"] for r in again.db["_migrations"].rows] == names
+    assert again.db["_migrations"].count == len(MIGRATIONS)
+    assert again.count_events() == 1
+    again.close()
+
+
+def test_fresh_database_migrate_reports_what_it_applied(tmp_path: Path) -> None:
+    db = sqlite_utils.Database(sqlite3.connect(tmp_path / "x.db"))
+    assert migrate(db) == [name for name, _ in MIGRATIONS]
+    assert migrate(db) == []
+
+
+def test_failed_migration_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration that fails half-way leaves nothing behind, so it can be fixed and re-run."""
+
+    def broken(db: sqlite_utils.Database) -> None:
+        db["extra"].create({"id": int}, pk="id")
+        raise RuntimeError("boom")
+
+    def fixed(db: sqlite_utils.Database) -> None:
+        db["extra"].create({"id": int, "name": str}, pk="id")
+
+    db = sqlite_utils.Database(sqlite3.connect(tmp_path / "x.db"))
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, ("999_extra", broken)])
+    with pytest.raises(RuntimeError):
+        migrate(db)
+    assert "extra" not in db.table_names()
+    assert "999_extra" not in {r["name"] for r in db["_migrations"].rows}
+    assert {"events", "snapshots"} <= set(db.table_names())  # the good migration before it stayed
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, ("999_extra", fixed)])
+    assert migrate(db) == ["999_extra"]
+    assert set(db["extra"].columns_dict) == {"id", "name"}
+
+
+def test_wal_mode(store: Store) -> None:
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# ------------------------------------------------------------------ events
+
+
+def test_insert_event_is_idempotent(store: Store) -> None:
+    assert store.insert_event(ev(), 1.0) is True
+    assert store.insert_event(ev(), 2.0) is False
+    assert store.insert_event(ev(latency_ms=99.0), 3.0) is False  # a re-delivery never overwrites
+    assert store.count_events() == 1
+    row = store.event("ev-1")
+    assert row is not None
+    assert row["received_at"] == 1.0 and row["latency_ms"] == 12.5
+
+
+def test_event_row_holds_every_field(store: Store) -> None:
+    store.insert_event(ev(), 5.0)
+    row = store.event("ev-1")
+    assert row is not None
+    assert row["seq"] == 1 and row["device"] == "pi-lobby" and row["door"] == "lobby_in"
+    assert row["decision"] == "granted" and row["reason"] == "granted" and row["decided_by"] == "server"
+    assert row["credential_hash"] == "ab" * 32 and row["transaction"] == "tx-ev-1"
+    assert row["detail"] == '{"k": "v"}'
+    assert row["snapshot_path"] is None  # no snapshot yet
+
+
+def test_unknown_event_is_none(store: Store) -> None:
+    assert store.event("nope") is None
+    assert store.snapshot_bytes("nope") is None
+
+
+def test_snapshot_before_event_is_linked(store: Store) -> None:
+    assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", JPEG, 1.0) is True
+    assert store.event("ev-1") is None
+    assert store.insert_event(ev("ev-1"), 2.0) is True
+    row = store.event("ev-1")
+    assert row is not None and row["snapshot_path"] == "ev-1.jpg"
+    assert store.snapshot_bytes("ev-1") == JPEG
+
+
+def test_snapshot_after_event_is_linked(store: Store) -> None:
+    store.insert_event(ev("ev-2"), 1.0)
+    assert store.insert_snapshot("ev-2", "pi-lobby", "lobby_in", JPEG, 2.0) is True
+    row = store.event("ev-2")
+    assert row is not None and row["snapshot_path"] == "ev-2.jpg"
+    assert (store.snapshot_dir / row["snapshot_path"]).read_bytes() == JPEG
+    assert store.snapshot_bytes("ev-2") == JPEG
+
+
+def test_event_without_snapshot_is_not_linked_to_another(store: Store) -> None:
+    store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", JPEG, 1.0)
+    store.insert_event(ev("ev-9", snapshot=None), 1.0)
+    row = store.event("ev-9")
+    assert row is not None and row["snapshot_path"] is None
+
+
+def test_duplicate_snapshot(store: Store) -> None:
+    assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", JPEG, 1.0) is True
+    assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", b"other", 2.0) is False
+    assert store.snapshot_bytes("ev-1") == JPEG  # the first one wins, the file is not replaced
+    assert store.db["snapshots"].count == 1
+    assert list(store.snapshot_dir.glob("*.tmp")) == []
+
+
+def test_events_newest_first_with_limit_and_filter(store: Store) -> None:
+    for i in range(10):
+        door = "lab" if i % 3 == 0 else "lobby_in"
+        store.insert_event(ev(f"e{i}", seq=i, door=door, ts=f"2026-03-30T09:00:{i:02d}.000Z"), float(i))
+    all_ = store.events(100)
+    assert [r["id"] for r in all_] == [f"e{i}" for i in reversed(range(10))]
+    assert [r["id"] for r in store.events(3)] == ["e9", "e8", "e7"]
+    lab = store.events(100, door="lab")
+    assert [r["id"] for r in lab] == ["e9", "e6", "e3", "e0"]
+    assert [r["id"] for r in store.events(2, door="lab")] == ["e9", "e6"]
+    assert store.events(10, door="garage") == []
+    assert [r["id"] for r in store.events(100, door="lab", seq=6)] == ["e6"]
+
+
+def test_events_same_ts_ordered_by_seq(store: Store) -> None:
+    for i in (3, 1, 2):
+        store.insert_event(ev(f"s{i}", seq=i), 0.0)
+    assert [r["id"] for r in store.events(10)] == ["s3", "s2", "s1"]
+
+
+def test_events_show_snapshot_path(store: Store) -> None:
+    store.insert_event(ev("a", seq=1), 0.0)
+    store.insert_event(ev("b", seq=2), 0.0)
+    store.insert_snapshot("a", "pi-lobby", "lobby_in", JPEG, 0.0)
+    rows = {r["id"]: r["snapshot_path"] for r in store.events(10)}
+    assert rows == {"a": "a.jpg", "b": None}
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    s.insert_event(ev("ev-1"), 1.0)
+    s.insert_snapshot("ev-1", "pi-lobby", "lobby_in", JPEG, 1.0)
+    s.close()
+    s2 = Store(tmp_path)
+    assert s2.insert_event(ev("ev-1"), 2.0) is False  # still a duplicate after a restart
+    assert s2.snapshot_bytes("ev-1") == JPEG
+    s2.close()
+
+
+# ------------------------------------------------------------- concurrency
+
+
+def test_concurrent_inserts_lose_nothing(store: Store) -> None:
+    threads, per_thread = 4, 250
+    errors: list[BaseException] = []
+    results: list[list[bool]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                results[n].append(store.insert_event(ev(f"t{n}-{i}", seq=i, device=f"pi-{n}"), float(i)))
+                if i % 50 == 0:  # readers interleave with writers
+                    store.events(5)
+                    store.count_events()
+            # a re-delivery of every other thread's first event is a duplicate
+            for other in range(threads):
+                results[n].append(store.insert_event(ev(f"t{other}-0", seq=0, device=f"pi-{other}"), 0.0))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in pool)
+    assert errors == []
+    assert store.count_events() == threads * per_thread
+    assert all(r[:per_thread] == [True] * per_thread for r in results)
+    assert all(r[per_thread:] == [False] * threads for r in results)
+    ids = {r["id"] for r in store.db.query("SELECT id FROM events")}
+    assert ids == {f"t{n}-{i}" for n in range(threads) for i in range(per_thread)}
