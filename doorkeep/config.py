@@ -17,10 +17,11 @@ Layout of a site directory::
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -140,7 +141,7 @@ class _Table:
 
     def done(self) -> None:
         for extra in sorted(set(self.data) - self.used):
-            close = [k for k in self.used if k.replace("_", "") == extra.replace("_", "").lower()]
+            close = difflib.get_close_matches(extra.lower(), sorted(self.used), n=1, cutoff=0.75)
             hint = f"did you mean `{close[0]}`?" if close else f"remove it; allowed keys here: {', '.join(sorted(self.used))}"
             self.error(extra, "unknown key", hint)
 
@@ -196,7 +197,7 @@ def _schedule(sid: str, t: _Table) -> Schedule:
         windows.append(TimeWindow(frozenset(d for d in days or [] if d in WEEKDAYS), start, end))
     holidays = set()
     for i, h in enumerate(t.get("holidays", list, []) or []):
-        if isinstance(h, date):
+        if isinstance(h, date) and not isinstance(h, datetime):  # a datetime is a date too
             holidays.add(h)
         else:
             t.error(f"holidays[{i}]", f"must be a date, got {h!r}", "write dates unquoted, e.g. 2026-12-25")
@@ -292,8 +293,9 @@ class CardSeed:
     state: CredentialState
 
 
-def _epoch(value: Any, t: _Table, name: str) -> float | None:
-    from datetime import datetime, timezone
+def _epoch(value: Any, t: _Table, name: str, tz: str | None, *, end_of_day: bool) -> float | None:
+    """A date means the whole local day in the site's time zone: valid_from at its start, valid_until at its end."""
+    from datetime import datetime, timedelta
 
     if value is None:
         return None
@@ -303,7 +305,8 @@ def _epoch(value: Any, t: _Table, name: str) -> float | None:
             return None
         return value.timestamp()
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+        day = value + timedelta(days=1) if end_of_day else value
+        return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz or "UTC")).timestamp()
     t.error(name, f"must be a date or date-time, got {value!r}", "write e.g. 2026-12-01 or 2026-12-01T09:00:00Z")
     return None
 
@@ -316,6 +319,7 @@ def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tu
     people: dict[str, Person] = {}
     cards: list[CardSeed] = []
     seen: dict[tuple[str, str], str] = {}
+    tz = site.timezone if site is not None else None
     for pid, t in root.children("people"):
         levels = t.get("access_levels", list, []) or []
         for lvl in levels:
@@ -334,8 +338,8 @@ def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tu
             access_levels=tuple(str(x) for x in levels),
             roles=frozenset(str(r) for r in roles),
             state=PersonState(t.choice("state", tuple(s.value for s in PersonState), "active") or "active"),
-            valid_from=_epoch(t.get("valid_from", object, None), t, "valid_from"),
-            valid_until=_epoch(t.get("valid_until", object, None), t, "valid_until"),
+            valid_from=_epoch(t.get("valid_from", object, None), t, "valid_from", tz, end_of_day=False),
+            valid_until=_epoch(t.get("valid_until", object, None), t, "valid_until", tz, end_of_day=True),
         )
         for i, item in enumerate(t.get("cards", list, []) or []):
             c = _Table(item, str(path), f"{t.key('cards')}[{i}]", errors)
@@ -457,7 +461,11 @@ def _broker(t: _Table | None, f: str, errors: list[ConfigError]) -> BrokerConfig
     if not m or m.group(1) not in BROKER_SCHEMES:
         t.error("url", f"{url!r} is not a broker URL", 'write it like "mqtt://127.0.0.1:1883"')
         url = "mqtt://127.0.0.1:1883"
-    keepalive = t.get("keepalive", int, 30) or 30
+    keepalive = t.get("keepalive", int, 30)
+    if keepalive is None or not 5 <= keepalive <= 3600:
+        if keepalive is not None:
+            t.error("keepalive", f"{keepalive} is out of range", "use 5 to 3600 seconds")
+        keepalive = 30
     t.done()
     return BrokerConfig(url, keepalive)
 
@@ -486,8 +494,10 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     cameras = {}
     for cid, t in root.children("cameras"):
         src = t.get("source", (str, int), fix='add source = "0" (V4L2 device), an rtsp:// or http:// URL, or a file')
-        quality = t.get("jpeg_quality", int, 85) or 85
-        if not 10 <= quality <= 100:
+        quality = t.get("jpeg_quality", int, 85)
+        if quality is None:
+            quality = 85
+        elif not 10 <= quality <= 100:
             t.error("jpeg_quality", f"{quality} is out of range", "use 10 to 100")
         cameras[cid] = CameraConfig(cid, str(src), t.positive("fps", 10.0), t.positive("buffer_seconds", 2.0), quality)
         t.done()
@@ -509,7 +519,11 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         if r is not None:
             url = r.get("url", str, fix='add url = "/dev/serial0" (any pyserial URL)')
             proto = r.choice("protocol", READER_PROTOCOLS)
-            baud = r.get("baudrate", int, 9600) or 9600
+            baud = r.get("baudrate", int, 9600)
+            if baud is None or baud <= 0:
+                if baud is not None:
+                    r.error("baudrate", f"{baud} is not a baud rate", "use the reader's rate, e.g. 9600")
+                baud = 9600
             reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0))
             r.done()
         lk = t.sub("lock", required=True)

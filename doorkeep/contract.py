@@ -9,6 +9,7 @@ was wrong, and the receiver counts and drops it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -271,6 +272,11 @@ class EventMsg:
         if decided_by is not None and decided_by not in DECIDED_BY:
             raise MessageError(f"unknown decided_by {decided_by!r}")
         latency = _field(d, "latency_ms", (int, float), optional=True)
+        if latency is not None and not (math.isfinite(latency) and latency >= 0):
+            raise MessageError(f"latency_ms {latency} is not a finite, non-negative number")
+        reason = _ident(d, "reason", optional=True)
+        if decision is not None and reason is not None and (decision == "granted") != reason.startswith("granted"):
+            raise MessageError(f"decision {decision!r} contradicts reason {reason!r}")
         detail = _field(d, "detail", dict, optional=True) or {}
         return cls(
             id=_ident(d, "id"),
@@ -280,7 +286,7 @@ class EventMsg:
             door=_ident(d, "door"),
             type=etype,
             decision=decision,
-            reason=_ident(d, "reason", optional=True),
+            reason=reason,
             decided_by=decided_by,
             person=_ident(d, "person", optional=True),
             credential_hash=_hash(d, "credential_hash", optional=True),

@@ -105,8 +105,10 @@ class Link:
                 if self.on_server_availability:
                     self.on_server_availability(msg.payload.decode("utf-8", "replace")[:16])
                 return
-            if topic.device == self.device and topic.kind in ("availability", "state"):
-                return  # our own retained messages are not addressed to us (seen once with amqtt); ignore them
+            if topic.kind in ("availability", "state"):
+                # Not subscribed to, but amqtt has delivered other devices' retained availability; ignore it.
+                log.debug("ignored %s", msg.topic)
+                return
             if topic.kind != "decision" or topic.device != self.device or topic.door is None:
                 raise MessageError(f"unexpected topic {msg.topic}")
             self.on_decision(topic.door, msg.payload)

@@ -57,6 +57,10 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         if name in done:
             continue
         with db.conn:
+            # sqlite3 does not open a transaction before DDL by itself: begin one so that a
+            # migration failing half-way leaves no tables behind (the `with` rolls it back).
+            if not db.conn.in_transaction:
+                db.conn.execute("BEGIN")
             fn(db)
             db["_migrations"].insert({"name": name, "applied_at": time.time()})
         applied.append(name)

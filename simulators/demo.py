@@ -9,6 +9,7 @@ exit status follows it.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import sys
 import threading
@@ -193,6 +194,16 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
           f"{len(bundle.devices)} edge devices; demo time starts "
           f"{datetime.fromtimestamp(clock.wall(), demo.tz):%a %d %b %H:%M} {bundle.site.timezone}", file=out)
     ok = False
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        interrupted.set()
+        demo.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        # Explicit handlers: a shell may start the demo with SIGINT ignored, and SIGTERM must stop it cleanly too.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
     try:
         runner.start()
         assert runner.server is not None
@@ -205,7 +216,7 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
             on_ready(runner)
         demo.header()
         begin = time.monotonic()
-        while True:
+        while not interrupted.is_set():
             demo.play(MORNING, time.monotonic())
             if duration is not None and time.monotonic() - begin + SCRIPT_LENGTH > duration:
                 break
@@ -213,12 +224,11 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
                 break
         if duration is not None:
             demo._stop.wait(max(0.0, begin + duration - time.monotonic()))
+        if interrupted.is_set():
+            print("\nstopping…", file=out)
         runner.server.bus.wait_idle(5.0)
-        ok = demo.summary()
-    except KeyboardInterrupt:
-        demo.stop()
-        print("\nstopping…", file=out)
-        ok = True
+        # An interrupted morning may end mid-step: the summary is shown, but only a full run is judged.
+        ok = demo.summary() or interrupted.is_set()
     finally:
         demo.stop()
         runner.stop()

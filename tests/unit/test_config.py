@@ -348,6 +348,13 @@ def test_schedule_holiday_must_be_a_date(tmp_path: Path) -> None:
     assert "unquoted" in err.fix
 
 
+@pytest.mark.parametrize("value", ["2026-12-25T00:00:00Z", "2026-12-25T00:00:00", "07:00:00"])
+def test_schedule_holiday_date_time_is_not_a_date(tmp_path: Path, value: str) -> None:
+    # A date-time would never equal the local date a schedule is checked against: a silent non-holiday.
+    site = SITE + f'\n[schedules.s]\nwindows = []\nholidays = [{value}]\n'
+    only(check(make_site(tmp_path / "s", site=site)), "schedules.s.holidays[0]")
+
+
 def test_schedule_loaded_with_2400_end_and_holidays(tmp_path: Path) -> None:
     from datetime import date, time
 
@@ -605,3 +612,34 @@ def test_load_key_without_file_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as exc:
         load_key(None, source="dev.toml")
     assert KEY_ENV in exc.value.fix
+
+
+def test_typo_gets_a_did_you_mean_hint(tmp_path: Path) -> None:
+    d = make_site(tmp_path / "s", site=SITE.replace("unlock_s = 5", "unlcok_s = 5"))
+    assert only(check(d), "doors.lobby_in.unlcok_s").fix == "did you mean `unlock_s`?"
+
+
+def test_valid_until_date_lasts_through_that_local_day(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    people = PEOPLE + "valid_from = 2026-07-01\nvalid_until = 2026-07-31\n"
+    alice = load_site_dir(make_site(tmp_path / "s", people=people)).people["alice"]
+    # Europe/London is on BST (UTC+1) in July: the day starts at 23:00 UTC the evening before.
+    assert alice.valid_from == datetime(2026, 6, 30, 23, tzinfo=timezone.utc).timestamp()
+    assert alice.valid_until == datetime(2026, 7, 31, 23, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("\n[broker]\nkeepalive = 0\n", "broker.keepalive"),
+    ("baudrate = 0\n", "doors.lobby_in.reader.baudrate"),
+])
+def test_zero_is_an_error_not_a_silent_default(tmp_path: Path, extra: str, key: str) -> None:
+    device = DEVICE + extra if extra.startswith("\n[") else DEVICE.replace(
+        'protocol = "em4100"\n', 'protocol = "em4100"\n' + extra)
+    errors = check(make_site(tmp_path / "s", devices={"pi-a": device}))
+    assert [e.key for e in errors] == [key], [str(e) for e in errors]
+
+
+def test_jpeg_quality_zero_is_out_of_range(tmp_path: Path) -> None:
+    device = DEVICE + '\n[cameras.c]\nsource = "0"\njpeg_quality = 0\n'
+    only(check(make_site(tmp_path / "s", devices={"pi-a": device})), "cameras.c.jpeg_quality")

@@ -408,3 +408,18 @@ def test_random_topics_only_ever_raise_message_error() -> None:
         except MessageError:
             continue
         assert parsed.site and parsed.device
+
+
+@pytest.mark.parametrize("latency", [float("nan"), float("inf"), -1.0])
+def test_event_latency_must_be_finite_and_non_negative(latency: float) -> None:
+    d = as_dict(event(type="access", decision="granted", reason="granted"))
+    d["latency_ms"] = latency
+    with pytest.raises(MessageError, match="latency_ms"):
+        EventMsg.decode(json.dumps(d).encode())
+
+
+@pytest.mark.parametrize("decision, reason", [("granted", "no_access"), ("denied", "granted")])
+def test_access_event_decision_must_agree_with_reason(decision: str, reason: str) -> None:
+    payload = raw(as_dict(event(type="access", decision=decision, reason=reason)))
+    with pytest.raises(MessageError, match="contradicts"):
+        EventMsg.decode(payload)

@@ -1,0 +1,405 @@
+"""Badge-to-relay latency against the bare MQTT round trip, on one Mosquitto.
+
+Run from the project root:
+
+    .venv/bin/python bench/badge_to_relay.py [--count N] [--echo-count N]
+                                             [--broker mqtt://HOST:PORT] [--json PATH]
+
+Rows printed, all against the same broker in the same run:
+
+* ``echo (idle machine)``: the transport floor. Two paho-mqtt 2.x clients
+  with TCP_NODELAY; A publishes a QoS 1 request, B republishes it on a reply
+  topic, A's publishing thread sees it back. Measured before the site starts.
+* ``echo (site running)``: the same, with the whole demo site idling beside it
+  (cameras streaming, agents and server connected), to show the load alone.
+* ``badge -> relay``: the real stack in-process (``SiteRunner``: server, both
+  edge agents, simulated readers, doors and cameras). Time from the simulated
+  reader's last frame byte written into the pty to the rising edge of the
+  lobby_in lock relay pin, both ``time.monotonic()``.
+* ``edge latency_ms``: the figure the edge itself puts in its access events
+  (reader thread's read time to just after the grant was applied).
+
+A benchmark reports; it does not judge. The targets are printed for
+information; the exit status is non-zero only when samples failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+
+from simulators.brokers import MosquittoBroker
+from simulators.site import DEMO_SITE, SiteRunner
+
+DOOR = "lobby_in"
+DEVICE = "pi-lobby"
+# Granted at lobby_in at any hour in the demo site (access level "staff": lobby, always).
+CARDS = ("0F00A1B2C3", "0F00B0B0B0", "0F00C4C4C4")  # alice, bob, chen
+REPEAT_IGNORE_S = 1.0  # the reader drops the same card number seen again within this (DeviceConfig default)
+REPEAT_MARGIN_S = 0.02
+ECHO_WARMUP = 20
+BADGE_WARMUP = len(CARDS)
+ECHO_PAYLOAD_BYTES = 256  # about the size of a doorkeep request / decision message
+TIMEOUT_S = 3.0
+
+TARGET_P50_MS = 2.0
+TARGET_P99_MS = 5.0
+TARGET_RATIO = 3.0
+
+
+# ---------------------------------------------------------------- statistics
+
+def nearest_rank(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least pct% of samples at or below it."""
+    if not sorted_values:
+        return float("nan")
+    rank = math.ceil(len(sorted_values) * pct / 100)
+    return sorted_values[max(1, rank) - 1]
+
+
+@dataclass
+class Row:
+    name: str
+    samples_ms: list[float] = field(default_factory=list)
+    failures: int = 0
+    note: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    def stat(self, pct: float) -> float:
+        return nearest_rank(sorted(self.samples_ms), pct)
+
+    @property
+    def median(self) -> float:
+        return self.stat(50)
+
+    @property
+    def p99(self) -> float:
+        return self.stat(99)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples_ms) if self.samples_ms else float("nan")
+
+    @property
+    def min(self) -> float:
+        return min(self.samples_ms) if self.samples_ms else float("nan")
+
+
+# ------------------------------------------------------------- echo baseline
+
+def _parse_broker(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise SystemExit(f"--broker must look like mqtt://HOST:PORT, got {url!r}")
+    return parts.hostname, parts.port or 1883
+
+
+def _echo_client(host: str, port: int, name: str, subscribe: str,
+                 on_message: Any) -> mqtt.Client:
+    ready = threading.Event()
+    failed: list[str] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+                         clean_session=True)
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            failed.append(str(reason))
+            ready.set()
+            return
+        sock = c.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.subscribe(subscribe, qos=1)
+
+    def on_subscribe(c: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        ready.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    if not ready.wait(10) or failed:
+        client.loop_stop()
+        raise SystemExit(f"echo client {name}: could not connect and subscribe to {host}:{port} {failed}")
+    return client
+
+
+def run_echo(broker_url: str, count: int, name: str) -> Row:
+    host, port = _parse_broker(broker_url)
+    base = f"bench/echo/{uuid.uuid4().hex[:8]}"
+    req_topic, rep_topic = f"{base}/request", f"{base}/reply"
+    replies: queue.Queue[bytes] = queue.Queue()
+
+    def echo(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        c.publish(rep_topic, msg.payload, qos=1)
+
+    def back(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        replies.put(msg.payload)
+
+    b = _echo_client(host, port, "echo", req_topic, echo)
+    a = _echo_client(host, port, "asker", rep_topic, back)
+    row = Row(name)
+    filler = b"x" * ECHO_PAYLOAD_BYTES
+    try:
+        for i in range(ECHO_WARMUP + count):
+            payload = (f"{i:08d}".encode() + filler)[:ECHO_PAYLOAD_BYTES]
+            t0 = time.perf_counter()
+            a.publish(req_topic, payload, qos=1)
+            deadline = t0 + TIMEOUT_S
+            got = False
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    reply = replies.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if reply == payload:  # a late reply to an earlier, timed-out request is skipped
+                    got = True
+                    break
+            t1 = time.perf_counter()
+            if i < ECHO_WARMUP:
+                continue
+            if got:
+                row.samples_ms.append((t1 - t0) * 1000.0)
+            else:
+                row.failures += 1
+    finally:
+        for c in (a, b):
+            c.disconnect()
+            c.loop_stop()
+    return row
+
+
+# ------------------------------------------------------------ badge to relay
+
+def run_badges(runner: SiteRunner, count: int) -> tuple[Row, Row, dict[str, Any]]:
+    sim = runner.doors[DOOR]
+    reader, door = sim.reader, sim.door
+    agent = runner.agents[DEVICE]
+    events: list[Any] = []
+    ev_lock = threading.Lock()
+
+    def listener(ev: Any) -> None:  # runs on the edge's control thread: keep it trivial
+        if ev.type == "access" and ev.door == DOOR:
+            with ev_lock:
+                events.append(ev)
+
+    agent.listeners.append(listener)
+    relay_row = Row("badge -> relay")
+    edge_row = Row("edge latency_ms", note="edge's own figure, from its access events")
+    info: dict[str, Any] = {"denied": 0, "late_relocks": 0, "pacing_waits": 0}
+    # Per card: the monotonic time after which the reader no longer treats it as a repeat.
+    free_at = {card: 0.0 for card in CARDS}
+    pacer = threading.Event()  # never set: a plain interruptible wait
+    total = BADGE_WARMUP + count
+    for i in range(total):
+        card = CARDS[i % len(CARDS)]
+        wait = free_at[card] - time.monotonic()
+        if wait > 0:
+            info["pacing_waits"] += 1
+            pacer.wait(wait)
+        with ev_lock:
+            n_events = len(events)
+        mark = len(door.relay_history)
+        sent_at = reader.badge(card)
+        ok = door.wait_relay(True, TIMEOUT_S)
+        rise = next((t for t, on in door.relay_history[mark:] if on), None)
+        # The reader's read time is after sent_at and before the relay rose; pacing from the
+        # later of the two keeps the next use of this card safely outside the repeat window.
+        free_at[card] = (rise if rise is not None else time.monotonic()) + REPEAT_IGNORE_S + REPEAT_MARGIN_S
+        warm = i < BADGE_WARMUP
+        if not ok or rise is None:
+            if not warm:
+                relay_row.failures += 1
+            # Whatever happened, let the unlock window (if any) lapse before the next badge.
+            door.wait_relay(False, 10.0)
+            continue
+        if not warm:
+            relay_row.samples_ms.append((rise - sent_at) * 1000.0)
+        door.open()
+        door.close()
+        if not door.wait_relay(False, TIMEOUT_S):
+            info["late_relocks"] += 1
+            door.wait_relay(False, 10.0)
+        # The access event is emitted on the control thread right after the grant, i.e. before
+        # the contact changes that relock the door, so it is already here.
+        with ev_lock:
+            new = events[n_events:]
+        if warm:
+            continue
+        for ev in new:
+            if ev.decision != "granted":
+                info["denied"] += 1
+            elif ev.latency_ms is not None:
+                edge_row.samples_ms.append(float(ev.latency_ms))
+    agent.listeners.remove(listener)
+    edge_row.failures = relay_row.n - edge_row.n if relay_row.n > edge_row.n else 0
+    return relay_row, edge_row, info
+
+
+# -------------------------------------------------------------------- report
+
+def mosquitto_version() -> str:
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if binary is None:
+        return "unknown (mosquitto not on PATH)"
+    try:
+        out = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "paho_mqtt": paho.mqtt.__version__,
+        "mosquitto": mosquitto_version(),
+    }
+
+
+def targets_for(row: Row, echo_p99: float) -> str:
+    def mark(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+    ratio = row.p99 / echo_p99 if echo_p99 > 0 else float("nan")
+    return (f"p50<={TARGET_P50_MS:g} {mark(row.median <= TARGET_P50_MS)}, "
+            f"p99<={TARGET_P99_MS:g} {mark(row.p99 <= TARGET_P99_MS)}, "
+            f"<={TARGET_RATIO:g}x echo {mark(ratio <= TARGET_RATIO)}")
+
+
+def print_report(info: dict[str, Any], rows: list[Row], echo: Row, badge_rows: set[str]) -> None:
+    print("doorkeep badge-to-relay benchmark")
+    print(f"  machine    : {info['platform']}, {info['cpus']} CPUs, Python {info['python']}")
+    print(f"  libraries  : paho-mqtt {info['paho_mqtt']}, {info['mosquitto']}")
+    print(f"  broker     : {info['broker']} ({info['broker_kind']})")
+    print(f"  echo       : QoS 1, {ECHO_PAYLOAD_BYTES}-byte payload, TCP_NODELAY on both clients, "
+          f"{ECHO_WARMUP} warm-up round trips, sequential")
+    print(f"  badges     : door {DOOR} on {DEVICE}, cards cycled {', '.join(CARDS)}, {BADGE_WARMUP} warm-up, "
+          f"each card paced > {REPEAT_IGNORE_S:g} s apart (reader repeat window)")
+    print(f"  targets    : badge -> relay p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms, "
+          f"p99 <= {TARGET_RATIO:g}x echo p99 (for information)")
+    print()
+    header = f"{'measurement':<22} {'n':>5} {'fail':>4} {'min ms':>8} {'median ms':>10} {'p99 ms':>8} " \
+             f"{'max ms':>8} {'p99/echo p99':>13}  targets"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if row.name in badge_rows:
+            ratio = f"{row.p99 / echo.p99:.1f}x" if echo.p99 > 0 else "n/a"
+            targets = targets_for(row, echo.p99)
+        else:
+            ratio, targets = "", ""
+        print(f"{row.name:<22} {row.n:>5} {row.failures:>4} {row.min:>8.3f} {row.median:>10.3f} {row.p99:>8.3f} "
+              f"{row.max:>8.3f} {ratio:>13}  {targets}")
+    print()
+    print(f"p99 by nearest rank on the sorted samples; ratios against '{echo.name}'.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=150, help="badges measured (default 150)")
+    ap.add_argument("--echo-count", type=int, default=300, help="echo round trips measured (default 300)")
+    ap.add_argument("--broker", help="use this Mosquitto (mqtt://HOST:PORT) instead of starting a private one")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures (and raw samples) as JSON")
+    args = ap.parse_args(argv)
+    if args.count < 1 or args.echo_count < 1:
+        ap.error("--count and --echo-count must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    broker = None
+    if args.broker:
+        broker_url, kind = args.broker, "existing"
+        _parse_broker(broker_url)
+    else:
+        broker = MosquittoBroker().start()
+        broker_url, kind = broker.url, "private mosquitto, set_tcp_nodelay true, max_queued_messages 0"
+    info = machine() | {"broker": broker_url, "broker_kind": kind}
+
+    runner: SiteRunner | None = None
+    started = time.monotonic()
+    try:
+        echo_idle = run_echo(broker_url, args.echo_count, "echo (idle machine)")
+        runner = SiteRunner.from_dir(DEMO_SITE, broker_url=broker_url)
+        runner.start()
+        if not runner.wait_connected(10):
+            print("the site did not connect to the broker within 10 s", file=sys.stderr)
+            return 2
+        echo_loaded = run_echo(broker_url, args.echo_count, "echo (site running)")
+        relay_row, edge_row, badge_info = run_badges(runner, args.count)
+        agent = runner.agents.get(DEVICE)
+        counters = dict(agent.counters) if agent is not None else {}
+    finally:
+        if runner is not None:
+            runner.stop()
+        if broker is not None:
+            broker.stop()
+    elapsed = time.monotonic() - started
+
+    rows = [echo_idle, echo_loaded, relay_row, edge_row]
+    badge_rows = {relay_row.name, edge_row.name}
+    print_report(info, rows, echo_idle, badge_rows)
+    print(f"run time {elapsed:.1f} s; edge counters: requests={counters.get('requests', 0)} "
+          f"granted={counters.get('granted', 0)} denied={counters.get('denied', 0)} "
+          f"timeouts={counters.get('timeouts', 0)} errors={counters.get('errors', 0)}; "
+          f"denied access events: {badge_info['denied']}, slow relocks: {badge_info['late_relocks']}")
+
+    if args.json:
+        doc = {
+            "machine": info,
+            "targets": {"p50_ms": TARGET_P50_MS, "p99_ms": TARGET_P99_MS, "p99_vs_echo": TARGET_RATIO},
+            "baseline": echo_idle.name,
+            "rows": [
+                {
+                    "name": r.name, "n": r.n, "failures": r.failures, "min_ms": r.min, "median_ms": r.median,
+                    "p99_ms": r.p99, "max_ms": r.max,
+                    "p99_vs_echo_p99": (r.p99 / echo_idle.p99) if r.name in badge_rows and echo_idle.p99 > 0
+                    else None,
+                    "samples_ms": [round(s, 4) for s in r.samples_ms],
+                }
+                for r in rows
+            ],
+            "edge_counters": counters,
+            "badge_info": badge_info,
+            "elapsed_s": elapsed,
+        }
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, allow_nan=False if all(r.n for r in rows) else True)
+            fh.write("\n")
+
+    failed = relay_row.failures + echo_idle.failures + echo_loaded.failures
+    if failed:
+        print(f"FAILED: {relay_row.failures} badge(s) never energised the relay, "
+              f"{echo_idle.failures + echo_loaded.failures} echo round trip(s) timed out", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
