@@ -278,13 +278,14 @@ class EdgeAgent:
             return
         del self._pending[msg.transaction]
         rt = self.doors[door]
+        t_done = self.clock.monotonic()
         if msg.granted:
             self.counters["granted"] += 1
-            self._apply(rt, rt.machine.grant())
+            t_done = self._apply(rt, rt.machine.grant())
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
-                           decided_by="server", t_done=self.clock.monotonic())
+                           decided_by="server", t_done=t_done)
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
                       decided_by: str, t_done: float) -> None:
@@ -298,13 +299,17 @@ class EdgeAgent:
 
     # ------------------------------------------------------------ door I/O
 
-    def _apply(self, rt: _DoorRuntime, events: list[DoorEvent]) -> None:
-        """Drive the relay from the state machine, then report what happened."""
+    def _apply(self, rt: _DoorRuntime, events: list[DoorEvent]) -> float:
+        """Drive the relay from the state machine, then report what happened.
+
+        Returns the monotonic time right after the relay was set (the end of badge-to-relay).
+        """
         want = rt.machine.relay_energised
         changed = want != rt.relay_on
         if changed:
             rt.relay.set(want)
             rt.relay_on = want
+        t_relay = self.clock.monotonic()
         for e in events:
             if e.type in PUBLISHED_DOOR_EVENTS:
                 self._door_event(rt, e)
@@ -312,6 +317,7 @@ class EdgeAgent:
         if changed or state != rt.last_state:
             rt.last_state = state
             self.link.publish_state()
+        return t_relay
 
     def _door_event(self, rt: _DoorRuntime, e: DoorEvent) -> None:
         event_id = uuid.uuid4().hex
