@@ -17,11 +17,14 @@ from doorkeep import __version__
 HANDLERS = {
     "config check": "doorkeep.cli:_config_check",
     "key init": "doorkeep.cli:_key_init",
+    "key init-signing": "doorkeep.cli:_key_init_signing",
+    "muster": "server.cli:muster",
     "edge": "edge.cli:run",
     "server": "server.cli:run",
     "demo": "simulators.cli:demo",
     "sim reader": "simulators.cli:reader",
     "sim camera": "simulators.cli:camera",
+    "sim run": "simulators.cli:run_scenarios",
 }
 
 
@@ -41,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     key_sub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
     kin = key_sub.add_parser("init", help="create a new credential key file (mode 0600)")
     kin.add_argument("path", type=Path)
+    ksg = key_sub.add_parser("init-signing", help="create the server's Ed25519 policy signing key (PATH, mode 0600) "
+                                                  "and its public key (PATH with .pub) for the edges")
+    ksg.add_argument("path", type=Path)
+
+    mus = sub.add_parser("muster", help="who is in which area now (roll call), visitors with their hosts")
+    mus.add_argument("--site", required=True, type=Path, help="the site directory")
+    mus.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
 
     edge = sub.add_parser("edge", help="run an edge agent for one device file")
     edge.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
@@ -63,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     cam = sim_sub.add_parser("camera", help="serve a simulated MJPEG camera on loopback")
     cam.add_argument("--port", type=int, default=8081)
     cam.add_argument("--fps", type=float, default=10.0)
+    run = sim_sub.add_parser("run", help="run scenario files against a full simulated site (docs/scenarios.md); "
+                                         "exit 0 all passed, 1 an expectation failed, 2 a file is invalid")
+    run.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO",
+                     help="scenario YAML files, or directories of them")
+    run.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report to FILE")
+    run.add_argument("--broker", help="use this broker instead of a private one (no broker down/up steps then)")
+    run.add_argument("--check", action="store_true", help="only validate the files (exit 0 or 2); run nothing")
+    run.add_argument("--verbose", action="store_true",
+                     help="show the system's own log on stderr at --log-level (default: errors only)")
     return p
 
 
@@ -86,6 +105,18 @@ def _key_init(args: argparse.Namespace) -> int:
         print(f"{args.path} already exists; not overwriting a key", file=sys.stderr)
         return 1
     print(f"wrote {args.path} (mode 0600)")
+    return 0
+
+
+def _key_init_signing(args: argparse.Namespace) -> int:
+    from doorkeep.policy import generate_signing_key, public_key_path
+
+    try:
+        generate_signing_key(args.path)
+    except FileExistsError:
+        print(f"{args.path} already exists; not overwriting a key", file=sys.stderr)
+        return 1
+    print(f"wrote {args.path} (mode 0600) and {public_key_path(args.path)} (copy it to every edge device)")
     return 0
 
 

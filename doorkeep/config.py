@@ -20,26 +20,29 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.model import (
     WEEKDAYS,
     AccessEntry,
     AccessLevel,
+    AntiPassback,
     Area,
     Credential,
     CredentialState,
     Door,
+    DoorMode,
     OfflineMode,
     Person,
     PersonKind,
     PersonState,
+    Rules,
     Schedule,
     Site,
     TimeWindow,
@@ -191,9 +194,6 @@ def _schedule(sid: str, t: _Table) -> Schedule:
             if start is None:
                 w.error("start", "24:00 cannot start a window", "start at 00:00 to 23:59")
             continue
-        if end is not None and end <= start:
-            w.error("end", "must be after start", "split a window that spans midnight into two windows")
-            continue
         windows.append(TimeWindow(frozenset(d for d in days or [] if d in WEEKDAYS), start, end))
     holidays = set()
     for i, h in enumerate(t.get("holidays", list, []) or []):
@@ -204,6 +204,84 @@ def _schedule(sid: str, t: _Table) -> Schedule:
     name = t.get("name", str, sid)
     t.done()
     return Schedule(sid, name, tuple(windows), frozenset(holidays))
+
+
+def _area(aid: str, t: _Table) -> Area:
+    clearance = t.get("clearance", int, 0)
+    if clearance is not None and not 0 <= clearance <= 9:
+        t.error("clearance", f"must be 0-9, got {clearance}", "use a clearance from 0 to 9")
+    apb = t.choice("anti_passback", tuple(m.value for m in AntiPassback), "none") or "none"
+    reset = t.get("anti_passback_reset_min", float, None)
+    if reset is not None:
+        if reset <= 0:
+            t.error("anti_passback_reset_min", f"must be greater than 0, got {reset}",
+                    "set the minutes after which a presence no longer counts, or remove the key")
+            reset = None
+        elif apb == "none":
+            t.error("anti_passback_reset_min", "has no effect without anti-passback",
+                    'set anti_passback = "soft" or "hard", or remove the key')
+    occupancy = t.get("max_occupancy", int, None)
+    if occupancy is not None and occupancy < 1:
+        t.error("max_occupancy", f"must be at least 1, got {occupancy}",
+                "set the number of people the area may hold, or remove the key for no limit")
+        occupancy = None
+    area = Area(
+        id=aid,
+        name=t.get("name", str, aid),
+        restricted=bool(t.get("restricted", bool, False)),
+        clearance=clearance or 0,
+        escort_required=bool(t.get("escort_required", bool, False)),
+        two_person=bool(t.get("two_person", bool, False)),
+        anti_passback=AntiPassback(apb),
+        anti_passback_reset_min=reset,
+        max_occupancy=occupancy,
+    )
+    t.done()
+    return area
+
+
+def _door_mode(t: _Table, schedules: dict[str, Schedule]) -> tuple[DoorMode, str | None, bool]:
+    mode = DoorMode(t.choice("mode", tuple(m.value for m in DoorMode), "normal") or "normal")
+    sched = t.ident("unlock_schedule", None)
+    first = bool(t.get("first_person_in", bool, False))
+    if sched is not None and sched not in schedules:
+        t.error("unlock_schedule", f"schedule {sched!r} is not defined",
+                f"add [schedules.{sched}] or use one of: {', '.join(schedules) or '(none defined)'}")
+        sched = None
+    if mode is DoorMode.UNLOCKED_ON_SCHEDULE:
+        if sched is None and "unlock_schedule" not in t.data:
+            t.error("unlock_schedule", 'is required with mode = "unlocked_on_schedule"',
+                    "name the schedule during which the door stays unlocked")
+    else:
+        if sched is not None:
+            t.error("unlock_schedule", "has no effect unless the door is unlocked on schedule",
+                    'set mode = "unlocked_on_schedule", or remove the key')
+            sched = None
+        if first:
+            t.error("first_person_in", "has no effect unless the door is unlocked on schedule",
+                    'set mode = "unlocked_on_schedule" and unlock_schedule, or remove the key')
+            first = False
+    return mode, sched, first
+
+
+def _rules(t: _Table | None) -> Rules:
+    if t is None:
+        return Rules()
+    d = Rules()
+    attempts = t.get("pin_max_attempts", int, d.pin_max_attempts)
+    if attempts is None or attempts < 1:
+        if attempts is not None:
+            t.error("pin_max_attempts", f"must be at least 1, got {attempts}",
+                    "set how many wrong PINs in a row lock a card out of PIN doors")
+        attempts = d.pin_max_attempts
+    rules = Rules(
+        escort_window_s=t.positive("escort_window_s", d.escort_window_s),
+        two_person_window_s=t.positive("two_person_window_s", d.two_person_window_s),
+        pin_max_attempts=attempts,
+        pin_lockout_s=t.positive("pin_lockout_s", d.pin_lockout_s),
+    )
+    t.done()
+    return rules
 
 
 def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
@@ -223,15 +301,11 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
             head.error("timezone", f"unknown time zone {tz!r}", 'use an IANA name such as "Europe/London"')
     head.done()
 
-    areas = {}
-    for aid, t in root.children("areas"):
-        clearance = t.get("clearance", int, 0)
-        if clearance is not None and not 0 <= clearance <= 9:
-            t.error("clearance", f"must be 0-9, got {clearance}", "use a clearance from 0 to 9")
-        areas[aid] = Area(aid, t.get("name", str, aid), bool(t.get("restricted", bool, False)), clearance or 0)
-        t.done()
+    areas = {aid: _area(aid, t) for aid, t in root.children("areas")}
     if "outside" not in areas:
         root.error("areas", "has no `outside` area", "add an [areas.outside] table")
+
+    schedules = {sid: _schedule(sid, t) for sid, t in root.children("schedules")}
 
     doors = {}
     for did, t in root.children("doors"):
@@ -247,6 +321,7 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
             t.error("decision_timeout_ms", f"{timeout} is out of range", "use 50 to 10000 milliseconds")
             timeout = 1000
         offline = t.choice("offline", tuple(m.value for m in OfflineMode), "deny")
+        mode, unlock_schedule, first_person_in = _door_mode(t, schedules)
         doors[did] = Door(
             id=did,
             name=t.get("name", str, did),
@@ -256,10 +331,12 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
             held_open_s=t.positive("held_open_s", 30.0),
             decision_timeout_ms=timeout or 1000,
             offline=OfflineMode(offline or "deny"),
+            pin_required=bool(t.get("pin_required", bool, False)),
+            mode=mode,
+            unlock_schedule=unlock_schedule,
+            first_person_in=first_person_in,
         )
         t.done()
-
-    schedules = {sid: _schedule(sid, t) for sid, t in root.children("schedules")}
 
     levels = {}
     for lid, t in root.children("access_levels"):
@@ -277,20 +354,27 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
                 entries.append(AccessEntry(area, sched))
         levels[lid] = AccessLevel(lid, t.get("name", str, lid), tuple(entries))
         t.done()
+    rules = _rules(root.sub("rules"))
     root.done()
     if site_id is None or tz is None:
         return None
-    return Site(site_id, name or site_id, tz, areas, doors, schedules, levels)
+    return Site(site_id, name or site_id, tz, areas, doors, schedules, levels, rules=rules)
 
 
 @dataclass(frozen=True)
 class CardSeed:
-    """A card as written in people.toml; hashed with the credential key before use."""
+    """A card as written in people.toml; hashed with the credential key before use.
+
+    ``pin`` is the holder's clear PIN (people.toml ``pin``), typed with this
+    card at PIN doors. It lives only here, on the server, until
+    :func:`with_people` turns it into ``Person.pin_hash``.
+    """
 
     person: str
     format: str
     number: str
     state: CredentialState
+    pin: str | None = field(default=None, repr=False)
 
 
 def _epoch(value: Any, t: _Table, name: str, tz: str | None, *, end_of_day: bool) -> float | None:
@@ -311,14 +395,17 @@ def _epoch(value: Any, t: _Table, name: str, tz: str | None, *, end_of_day: bool
     return None
 
 
-def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tuple[dict[str, Person], list[CardSeed]]:
+def _load_people(path: Path, site: Site | None,
+                 errors: list[ConfigError]) -> tuple[dict[str, Person], list[CardSeed], list[CardSeed]]:
+    """People, their cards, and the visitor badge pool (cards the desk hands out at check-in)."""
     data = _read_toml(path, errors)
     if data is None:
-        return {}, []
+        return {}, [], []
     root = _Table(data, str(path), "", errors)
     people: dict[str, Person] = {}
     cards: list[CardSeed] = []
     seen: dict[tuple[str, str], str] = {}
+    hosts: dict[str, str] = {}
     tz = site.timezone if site is not None else None
     for pid, t in root.children("people"):
         levels = t.get("access_levels", list, []) or []
@@ -330,17 +417,41 @@ def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tu
         clearance = t.get("clearance", int, 0) or 0
         if not 0 <= clearance <= 9:
             t.error("clearance", f"must be 0-9, got {clearance}", "use a clearance from 0 to 9")
+        kind = PersonKind(t.choice("kind", tuple(k.value for k in PersonKind), "employee") or "employee")
+        visitor = kind is PersonKind.VISITOR
+        pin = _person_pin(t)
+        host = t.ident("host", None)
+        allowed = t.get("allowed_areas", list, None)
+        escort_required = t.get("escort_required", bool, None)
+        if not visitor:
+            for key, value in (("host", host), ("allowed_areas", allowed), ("escort_required", escort_required)):
+                if value is not None:
+                    t.error(key, "only applies to visitors", 'set kind = "visitor", or remove the key')
+        elif levels:
+            t.error("access_levels", "visitors are not given access levels",
+                    "list the areas the visitor may enter in allowed_areas instead")
+        for area in allowed or []:
+            if not isinstance(area, str) or (site is not None and area not in site.areas):
+                t.error("allowed_areas", f"area {area!r} is not defined in the site file",
+                        f"use one of: {', '.join(site.areas) if site else '(the areas of site.toml)'}")
+        if host is not None:
+            hosts[pid] = host
         person = Person(
             id=pid,
             name=t.get("name", str, fix='add name = "Full Name"') or pid,
-            kind=PersonKind(t.choice("kind", tuple(k.value for k in PersonKind), "employee") or "employee"),
+            kind=kind,
             clearance=clearance,
             access_levels=tuple(str(x) for x in levels),
             roles=frozenset(str(r) for r in roles),
             state=PersonState(t.choice("state", tuple(s.value for s in PersonState), "active") or "active"),
             valid_from=_epoch(t.get("valid_from", object, None), t, "valid_from", tz, end_of_day=False),
             valid_until=_epoch(t.get("valid_until", object, None), t, "valid_until", tz, end_of_day=True),
+            host=host if visitor else None,
+            company=t.get("company", str, None),
+            allowed_areas=tuple(str(a) for a in allowed or []) if visitor else (),
+            escort_required=True if escort_required is None else bool(escort_required),
         )
+        n_cards = len(cards)
         for i, item in enumerate(t.get("cards", list, []) or []):
             c = _Table(item, str(path), f"{t.key('cards')}[{i}]", errors)
             fmt = c.choice("format", CARD_FORMATS)
@@ -359,21 +470,68 @@ def _load_people(path: Path, site: Site | None, errors: list[ConfigError]) -> tu
                     c.error("number", f"card already belongs to {seen[norm]!r}", "give each card to one person only")
                     continue
                 seen[norm] = pid
-                cards.append(CardSeed(pid, fmt, number, CredentialState(state or "active")))
+                cards.append(CardSeed(pid, fmt, number, CredentialState(state or "active"), pin))
+        if pin is not None and len(cards) == n_cards:
+            t.error("pin", "a PIN is typed with a card, and this person has none",
+                    "add the person's card to `cards`, or remove the PIN")
         t.done()
         people[pid] = person
+    for pid, host in hosts.items():
+        host_person = people.get(host)
+        if host_person is None or host_person.kind is PersonKind.VISITOR:
+            hosts_of = [p for p, q in people.items() if q.kind is not PersonKind.VISITOR]
+            problem = f"host {host!r} is not a person in this file" if host_person is None else \
+                f"host {host!r} is a visitor"
+            errors.append(ConfigError(str(path), f"people.{pid}.host", problem,
+                                      f"name the employee the visitor comes to see: one of {', '.join(hosts_of) or '(none)'}"))
+    pool: list[CardSeed] = []
+    pool_table = root.sub("visitor_pool")
+    if pool_table is not None:
+        for i, item in enumerate(pool_table.get("cards", list, []) or []):
+            c = _Table(item, str(path), f"{pool_table.key('cards')}[{i}]", errors)
+            fmt = c.choice("format", CARD_FORMATS)
+            number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it)')
+            c.done()
+            if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
+                c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them")
+                continue
+            if fmt and number and number.strip():
+                norm = (fmt, normalise(fmt, number))
+                if norm in seen:
+                    owner = seen[norm]
+                    c.error("number", f"card already belongs to {owner!r}" if owner else "card is in the pool twice",
+                            "a pool badge belongs to no one until check-in")
+                    continue
+                seen[norm] = ""
+                pool.append(CardSeed("", fmt, number, CredentialState.ACTIVE))
+        pool_table.done()
     root.done()
-    return people, cards
+    return people, cards, pool
+
+
+def _person_pin(t: _Table) -> str | None:
+    """A PIN as digits in a string: an integer would lose its leading zeros."""
+    if "pin" in t.data and isinstance(t.data["pin"], int) and not isinstance(t.data["pin"], bool):
+        t.used.add("pin")
+        t.error("pin", "must be a string of digits", f'quote it, e.g. pin = "{t.data["pin"]}"')
+        return None
+    pin = t.get("pin", str, None)
+    if pin is not None and not re.match(r"^[0-9]{4,8}\Z", pin):
+        t.error("pin", "must be 4 to 8 digits", 'write it as a quoted string of digits, e.g. pin = "0417"')
+        return None
+    return pin
 
 
 def with_people(site: Site, people: dict[str, Person], cards: list[CardSeed], key: bytes) -> Site:
-    """The site with its people and their cards, hashed under the credential key."""
+    """The site with its people and their cards and PINs, hashed under the credential key."""
     creds = {}
+    people = dict(people)
     for c in cards:
         h = card_hash(key, c.format, c.number)
         creds[h] = Credential(h, last4(c.number), c.format, c.person, c.state)
-    return Site(site.id, site.name, site.timezone, site.areas, site.doors, site.schedules,
-                site.access_levels, dict(people), creds)
+        if c.pin is not None and c.person in people:
+            people[c.person] = replace(people[c.person], pin_hash=pin_hash(key, c.pin))
+    return replace(site, people=people, credentials=creds)
 
 
 # ------------------------------------------------------------------- device
@@ -451,6 +609,8 @@ class DeviceConfig:
     credential_key_file: Path | None
     doors: dict[str, DoorHardware] = field(default_factory=dict)
     cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    policy_key_file: Path | None = None   # the server's public policy key (verifies the signed policy)
+    state_dir: Path | None = None         # where the edge keeps its policy cache
 
 
 def _broker(t: _Table | None, f: str, errors: list[ConfigError]) -> BrokerConfig:
@@ -488,6 +648,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     site = root.ident("site")
     site_file = path.parent / (root.get("site_file", str, "../site.toml") or "../site.toml")
     key_file = root.get("credential_key_file", str, None)
+    policy_key = root.get("policy_key_file", str, None)
+    state_dir = root.get("state_dir", str, None)
     factory = root.choice("gpio_factory", GPIO_FACTORIES)
     broker = _broker(root.sub("broker"), f, errors)
 
@@ -562,7 +724,9 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     if dev_id is None or site is None or factory is None:
         return None
     return DeviceConfig(dev_id, site, f, site_file, broker, factory,
-                        (path.parent / key_file) if key_file else None, doors, cameras)
+                        (path.parent / key_file) if key_file else None, doors, cameras,
+                        (path.parent / policy_key) if policy_key else None,
+                        (path.parent / state_dir) if state_dir else None)
 
 
 # ----------------------------------------------------------------- bundles
@@ -578,6 +742,7 @@ class SiteBundle:
     cards: list[CardSeed]
     devices: dict[str, DeviceConfig]
     credential_key_file: Path
+    visitor_pool: list[CardSeed] = field(default_factory=list)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -608,7 +773,8 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
     d = Path(directory)
     errors: list[ConfigError] = []
     site = _load_site(d / "site.toml", errors)
-    people, cards = _load_people(d / "people.toml", site, errors) if (d / "people.toml").exists() else ({}, [])
+    people, cards, pool = _load_people(d / "people.toml", site, errors) if (d / "people.toml").exists() \
+        else ({}, [], [])
     devices: dict[str, DeviceConfig] = {}
     dev_dir = d / "devices"
     for p in sorted(dev_dir.glob("*.toml")) if dev_dir.is_dir() else []:
@@ -626,7 +792,7 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
-    return SiteBundle(d, site, people, cards, devices, key_file)
+    return SiteBundle(d, site, people, cards, devices, key_file, pool)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:

@@ -68,6 +68,9 @@ class Topics:
     def snapshot(self, device: str, door: str, event_id: str) -> str:
         return self.door(device, door, f"snapshot/{_seg(event_id, 'event id')}")
 
+    def policy(self, device: str) -> str:
+        return f"{self.device(device)}/policy"
+
     def server_availability(self) -> str:
         return f"{self.base}/server/availability"
 
@@ -92,7 +95,7 @@ class Topics:
 class ParsedTopic:
     site: str
     device: str
-    kind: str  # availability | state | request | decision | event | snapshot
+    kind: str  # availability | state | policy | request | decision | event | snapshot
     door: str | None = None
     event_id: str | None = None
 
@@ -104,7 +107,7 @@ def parse_topic(topic: str) -> ParsedTopic:
     for p in parts[2:]:
         _seg(p, "topic segment")
     site, device, rest = parts[2], parts[3], parts[4:]
-    if rest in (["availability"], ["state"]):
+    if rest in (["availability"], ["state"], ["policy"]):
         return ParsedTopic(site, device, rest[0])
     if len(rest) == 3 and rest[0] == "door" and rest[2] in ("request", "decision", "event"):
         return ParsedTopic(site, device, rest[2], rest[1])
@@ -177,6 +180,7 @@ class RequestMsg:
     credential_last4: str
     credential_format: str
     ts: str
+    pin_hash: str | None = None  # HMAC of the PIN typed at the door, when the door asks for one
 
     def encode(self) -> bytes:
         return _dump({"schema": self.SCHEMA, **asdict(self)})
@@ -191,6 +195,7 @@ class RequestMsg:
             credential_last4=_field(d, "credential_last4", str)[:4],
             credential_format=_ident(d, "credential_format"),
             ts=_field(d, "ts", str),
+            pin_hash=_hash(d, "pin_hash", optional=True),
         )
 
 

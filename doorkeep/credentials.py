@@ -1,4 +1,4 @@
-"""Card numbers as keyed hashes.
+"""Card numbers and PINs as keyed hashes.
 
 A card number is turned into ``HMAC-SHA256(credential key, "format:NUMBER")``
 as soon as it is read, so neither the server's store nor an edge cache ever
@@ -33,6 +33,16 @@ def card_hash(key: bytes, fmt: str, number: str) -> str:
     family = "em4100" if fmt == "em4100" else "ascii"
     msg = f"{family}:{normalise(fmt, number)}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def pin_hash(key: bytes, pin: str) -> str:
+    """A PIN as the site stores and compares it: ``HMAC-SHA256(key, "pin:" + PIN)`` in hex.
+
+    The ``pin:`` prefix keeps a PIN from ever hashing like a card number of
+    the same digits. Only this hash is kept in ``Person.pin_hash`` and sent
+    in an access request; the clear PIN lives only in the people file.
+    """
+    return hmac.new(key, f"pin:{pin}".encode(), hashlib.sha256).hexdigest()
 
 
 def last4(number: str) -> str:

@@ -36,12 +36,28 @@ class OfflineMode(str, Enum):
     DENY = "deny"
 
 
+class AntiPassback(str, Enum):
+    NONE = "none"
+    SOFT = "soft"   # grant, and record a violation
+    HARD = "hard"   # deny with anti_passback
+
+
+class DoorMode(str, Enum):
+    NORMAL = "normal"
+    UNLOCKED_ON_SCHEDULE = "unlocked_on_schedule"
+
+
 @dataclass(frozen=True)
 class Area:
     id: str
     name: str
     restricted: bool = False
     clearance: int = 0
+    escort_required: bool = False
+    two_person: bool = False
+    anti_passback: AntiPassback = AntiPassback.NONE
+    anti_passback_reset_min: float | None = None  # timed anti-passback: a presence older than this no longer counts
+    max_occupancy: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,11 +72,19 @@ class Door:
     held_open_s: float = 30.0
     decision_timeout_ms: int = 1000
     offline: OfflineMode = OfflineMode.DENY
+    pin_required: bool = False
+    mode: DoorMode = DoorMode.NORMAL
+    unlock_schedule: str | None = None   # with mode unlocked_on_schedule: the door stays unlocked while it is open
+    first_person_in: bool = False        # ... but only once an authorised person has badged in that day
 
 
 @dataclass(frozen=True)
 class TimeWindow:
-    """Days of the week and a local start/end; ``end`` of 24:00 is written as ``None``."""
+    """Days of the week and a local start/end; ``end`` of 24:00 is written as ``None``.
+
+    An ``end`` at or before ``start`` spans midnight: the window starts on the
+    listed day and ends on the next (see ``doorkeep.schedule``).
+    """
 
     days: frozenset[str]
     start: time
@@ -108,8 +132,23 @@ class Person:
     access_levels: tuple[str, ...] = ()
     roles: frozenset[str] = frozenset()
     state: PersonState = PersonState.ACTIVE
-    valid_from: float | None = None
-    valid_until: float | None = None
+    valid_from: float | None = None      # for a visitor: the start of the visit window
+    valid_until: float | None = None     # for a visitor: the end of the visit window
+    pin_hash: str | None = None          # HMAC-SHA256 of "pin:" + PIN under the credential key
+    host: str | None = None              # visitors: the employee they visit
+    company: str | None = None           # visitors
+    allowed_areas: tuple[str, ...] = ()  # visitors: the areas they may enter (instead of access levels)
+    escort_required: bool = True         # visitors: needs an escort into restricted areas
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Site-wide rule settings."""
+
+    escort_window_s: float = 30.0      # visitor and escort badge at the same door within this time
+    two_person_window_s: float = 30.0  # the second authorised person badges within this time
+    pin_max_attempts: int = 3          # wrong PINs in a row before the card is locked out of PIN doors
+    pin_lockout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -123,3 +162,4 @@ class Site:
     access_levels: dict[str, AccessLevel] = field(default_factory=dict)
     people: dict[str, Person] = field(default_factory=dict)
     credentials: dict[str, Credential] = field(default_factory=dict)  # keyed by hash
+    rules: Rules = field(default_factory=Rules)

@@ -3,25 +3,62 @@
 The instant is UTC epoch seconds and is converted with ``zoneinfo``, so a
 window of 07:00–19:00 means local wall time on both sides of a
 daylight-saving change.
+
+A window whose ``end`` is at or before its ``start`` spans midnight: the day
+listed is the day the window *starts*, and it runs until ``end`` on the next
+local day (``fri 22:00–06:00`` is Friday 22:00 to Saturday 06:00; ``end ==
+start`` is a full 24 hours). Times are wall-clock times, so on the night the
+clocks go forward such a window is an hour shorter, and on the night they go
+back an hour longer.
+
+A holiday closes every window that *starts* on that local date. A window
+that started the evening before a holiday runs on into the holiday morning;
+one that starts on the holiday evening does not open at all.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from doorkeep.model import WEEKDAYS, Schedule
+from doorkeep.model import WEEKDAYS, Schedule, TimeWindow
+
+
+def local_datetime(epoch: float, tz: str) -> datetime:
+    """The wall-clock date and time at ``epoch`` in the site's time zone."""
+    return datetime.fromtimestamp(epoch, tz=ZoneInfo(tz))
+
+
+def local_date(epoch: float, tz: str) -> date:
+    """The local calendar date at ``epoch`` in the site's time zone."""
+    return local_datetime(epoch, tz).date()
+
+
+def spans_midnight(window: TimeWindow) -> bool:
+    """True when the window runs past midnight into the next day (``end <= start``)."""
+    return window.end is not None and window.end <= window.start
 
 
 def is_open(schedule: Schedule, epoch: float, tz: str) -> bool:
-    local = datetime.fromtimestamp(epoch, tz=ZoneInfo(tz))
-    if local.date() in schedule.holidays:
-        return False
-    day = WEEKDAYS[local.weekday()]
+    local = local_datetime(epoch, tz)
+    today = local.date()
+    yesterday = today - timedelta(days=1)
     now = local.time().replace(tzinfo=None)
-    for w in schedule.windows:
-        if day not in w.days:
-            continue
-        if now >= w.start and (w.end is None or now < w.end):
+    return any(_window_open(w, schedule.holidays, today, yesterday, now) for w in schedule.windows)
+
+
+def _window_open(w: TimeWindow, holidays: frozenset[date], today: date, yesterday: date, now: time) -> bool:
+    if spans_midnight(w):
+        assert w.end is not None
+        # The part that started today (start .. midnight) ...
+        if now >= w.start and _day(today) in w.days and today not in holidays:
             return True
-    return False
+        # ... or the part that started yesterday (midnight .. end).
+        return now < w.end and _day(yesterday) in w.days and yesterday not in holidays
+    if today in holidays or _day(today) not in w.days:
+        return False
+    return now >= w.start and (w.end is None or now < w.end)
+
+
+def _day(d: date) -> str:
+    return WEEKDAYS[d.weekday()]

@@ -20,22 +20,27 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from doorkeep import __version__
 from doorkeep.clock import Clock, SystemClock, iso_ms
 from doorkeep.config import DeviceConfig, DoorHardware
 from doorkeep.contract import DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
-from doorkeep.credentials import card_hash, last4
-from doorkeep.decision import Reason
+from doorkeep.credentials import card_hash, last4, pin_hash
+from doorkeep.decision import AccessRequest, DecisionState, Presence, Reason, commit, decide, offline_decision
 from doorkeep.errors import MessageError
-from doorkeep.model import Door, Site
+from doorkeep.model import Door, OfflineMode, Site
+from doorkeep.policy import PolicyError
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
 from edge.errors import HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, make_pin_factory
 from edge.link import Link
+from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
 
 log = logging.getLogger("doorkeep.edge")
@@ -45,6 +50,11 @@ PUBLISHED_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "forced_open", 
 SNAPSHOT_EVENTS = frozenset({"access", "forced_open"})
 
 EventListener = Callable[[EventMsg], None]
+
+#: How long a PIN door waits for the keypad after a card, before asking without a PIN.
+PIN_ENTRY_S = 10.0
+#: A keypad line is "P" followed by the digits (ASCII readers).
+PIN_PREFIX = "P"
 
 
 @dataclass
@@ -58,6 +68,15 @@ class _Pending:
     ts: str
     deadline: float
     snapshot: str | None
+    pin_hash: str | None = None
+    credential_format: str = ""
+
+
+@dataclass
+class _AwaitingPin:
+    card: CardRead
+    t_read: float
+    deadline: float
 
 
 @dataclass
@@ -71,12 +90,16 @@ class _DoorRuntime:
     camera: Camera | None
     relay_on: bool = False
     last_state: str = "locked"
+    awaiting_pin: _AwaitingPin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class EdgeAgent:
     def __init__(self, device: DeviceConfig, site: Site, key: bytes, *, clock: Clock | None = None,
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, policy_key: Ed25519PublicKey | None = None,
+                 state_dir: Path | None = None) -> None:
+        """``policy_key`` verifies the server's signed policy; without it (or ``state_dir``) the edge
+        keeps no offline cache and denies whenever the server does not answer."""
         self.device = device
         self.site = site
         self.key = key
@@ -94,6 +117,9 @@ class EdgeAgent:
         self._stopped = False
         self._control = threading.Thread(target=self._control_loop, name=f"doorkeep-doors-{device.id}", daemon=True)
         self._snapper = threading.Thread(target=self._snapshot_loop, name=f"doorkeep-snap-{device.id}", daemon=True)
+        self._policy_q: queue.Queue[bytes | None] = queue.Queue()
+        self._policy_thread = threading.Thread(target=self._policy_loop, name=f"doorkeep-policy-{device.id}",
+                                               daemon=True)
         self.cameras = {
             cid: Camera(cid, c.source, fps=c.fps, buffer_seconds=c.buffer_seconds, jpeg_quality=c.jpeg_quality,
                         clock=self.clock)
@@ -102,8 +128,15 @@ class EdgeAgent:
         self.doors: dict[str, _DoorRuntime] = {}
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(site.doors[did], hw)
+        self.local_state = DecisionState()
+        self.policy: PolicyCache | None = None
+        if policy_key is not None and state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.policy = PolicyCache(state_dir / "policy.json", policy_key, site_id=site.id, device=device.id)
+            self.policy.load()
         self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
-                         state_payload=self._state_payload, on_server_availability=self._on_server_availability)
+                         state_payload=self._state_payload, on_server_availability=self._on_server_availability,
+                         on_policy=self._on_policy if self.policy is not None else None)
 
     def _build_door(self, door: Door, hw: DoorHardware) -> _DoorRuntime:
         machine = DoorMachine(door.id, DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s), self.clock)
@@ -132,6 +165,7 @@ class EdgeAgent:
             cam.start()
         self._control.start()
         self._snapper.start()
+        self._policy_thread.start()
         for rt in self.doors.values():
             if rt.inputs is not None and rt.inputs.contact_open:
                 self._q.put(("contact", rt.door.id, True))
@@ -159,10 +193,16 @@ class EdgeAgent:
             rt.relay.close()
         self._snap_q.put(None)
         self._snapper.join(timeout=5)
+        self._policy_q.put(None)
+        self._policy_thread.join(timeout=5)
         for cam in self.cameras.values():
             cam.stop()
         self.link.publish_state()  # the retained state now shows every relay off
         self.link.stop()
+
+    def poke(self) -> None:
+        """Re-evaluate every deadline now (after a simulated clock jumped forward)."""
+        self._q.put(("tick",))
 
     def _make_safe(self) -> None:
         for rt in self.doors.values():
@@ -190,6 +230,37 @@ class EdgeAgent:
     def _on_server_availability(self, value: str) -> None:
         self.server_availability = value
 
+    def _on_policy(self, payload: bytes) -> None:
+        """Hand the payload to the policy thread: verifying a large policy must not stall paho's network thread."""
+        self._policy_q.put(payload)
+
+    def _policy_loop(self) -> None:
+        while True:
+            payload = self._policy_q.get()
+            if payload is None:
+                return
+            while not self._policy_q.empty():  # only the newest of a burst matters
+                newer = self._policy_q.get()
+                if newer is None:
+                    return
+                payload = newer
+            self._verify_policy(payload)
+
+    def _verify_policy(self, payload: bytes) -> None:
+        assert self.policy is not None
+        try:
+            if self.policy.offer(payload):
+                self.counters["policies"] += 1
+                log.info("policy version %s verified and cached", self.policy.version)
+        except PolicyError as exc:
+            # Unsigned, badly signed, foreign or replayed: refused and recorded, the cache keeps what it had.
+            self.counters["policies_refused"] += 1
+            log.warning("refused a policy: %s", exc)
+
+    @property
+    def server_reachable(self) -> bool:
+        return self.link.connected and self.server_availability not in ("offline", "stopped")
+
     # --------------------------------------------------------- control loop
 
     def _control_loop(self) -> None:
@@ -215,6 +286,7 @@ class EdgeAgent:
     def _next_wake(self) -> float:
         now = self.clock.monotonic()
         deadlines = [p.deadline for p in self._pending.values()]
+        deadlines += [rt.awaiting_pin.deadline for rt in self.doors.values() if rt.awaiting_pin is not None]
         deadlines += [d for rt in self.doors.values() if (d := rt.machine.next_deadline()) is not None]
         if not deadlines:
             return 0.5
@@ -223,7 +295,7 @@ class EdgeAgent:
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "card":
-            self._request(item[1], item[2], item[3])
+            self._card(item[1], item[2], item[3])
         elif kind == "decision":
             self._decided(item[1], item[2])
         elif kind == "contact":
@@ -238,10 +310,14 @@ class EdgeAgent:
         for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
             p = self._pending.pop(tx)
             self.counters["timeouts"] += 1
-            log.warning("door %s: no decision within %d ms; denied", p.door,
+            log.warning("door %s: no decision within %d ms; deciding locally", p.door,
                         self.site.doors[p.door].decision_timeout_ms)
-            self._access_event(p, granted=False, reason=Reason.SERVER_TIMEOUT.value, person=None,
-                               decided_by="edge_offline", t_done=now)
+            self._decide_locally(p)
+        for rt in self.doors.values():
+            if rt.awaiting_pin is not None and rt.awaiting_pin.deadline <= now:
+                waiting, rt.awaiting_pin = rt.awaiting_pin, None
+                self.counters["pin_timeouts"] += 1
+                self._request(rt.door.id, waiting.card, waiting.t_read, None)
         for rt in self.doors.values():
             deadline = rt.machine.next_deadline()
             if deadline is not None and deadline <= now:
@@ -249,7 +325,28 @@ class EdgeAgent:
 
     # ---------------------------------------------------- request/decision
 
-    def _request(self, door: str, card: CardRead, t_read: float) -> None:
+    def _card(self, door: str, card: CardRead, t_read: float) -> None:
+        """A card or a keypad entry; PIN doors wait for the PIN before asking."""
+        rt = self.doors[door]
+        is_pin = card.format == "ascii" and card.number.startswith(PIN_PREFIX) and card.number[1:].isdigit()
+        if is_pin:
+            waiting, rt.awaiting_pin = rt.awaiting_pin, None
+            if waiting is None:
+                self.counters["pin_without_card"] += 1
+                log.info("door %s: PIN typed without a card first; ignored", door)
+                return
+            self._request(door, waiting.card, t_read, pin_hash(self.key, card.number[1:]))
+        elif self._door(door).pin_required:
+            rt.awaiting_pin = _AwaitingPin(card, t_read, t_read + PIN_ENTRY_S)
+        else:
+            self._request(door, card, t_read, None)
+
+    def _door(self, door: str) -> Door:
+        """The door's settings: from the signed policy when one is cached, else from the site file."""
+        site = self.policy.site if self.policy is not None else None
+        return (site.doors.get(door) if site is not None else None) or self.site.doors[door]
+
+    def _request(self, door: str, card: CardRead, t_read: float, pin: str | None) -> None:
         rt = self.doors[door]
         h = card_hash(self.key, card.format, card.number)
         tx = uuid.uuid4().hex
@@ -257,13 +354,47 @@ class EdgeAgent:
         wall = self.clock.wall()
         snapshot = event_id if rt.camera is not None and rt.camera.stats.online else None
         p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
-                     t_read + rt.door.decision_timeout_ms / 1000.0, snapshot)
-        self._pending[tx] = p
+                     t_read + rt.door.decision_timeout_ms / 1000.0, snapshot, pin, card.format)
         self.counters["requests"] += 1
-        req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts)
-        self.link.publish(self.topics.request(self.device.id, door), req.encode())
         if snapshot is not None and rt.camera is not None:
             self._snap_q.put((rt.camera, t_read, door, event_id))
+        if not self.server_reachable:
+            # No broker or no server: waiting out the timeout would only keep the person at the door.
+            self._decide_locally(p)
+            return
+        self._pending[tx] = p
+        req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin)
+        self.link.publish(self.topics.request(self.device.id, door), req.encode())
+
+    def _decide_locally(self, p: _Pending) -> None:
+        """The same decide() the server runs, on the cached policy and this edge's own state."""
+        door = self._door(p.door)
+        site = self.policy.site if self.policy is not None else None
+        now_mono = self.clock.monotonic()
+        if door.offline is OfflineMode.DENY:
+            self.counters["offline_denied"] += 1
+            self._access_event(p, granted=False, reason=Reason.OFFLINE_RESTRICTED.value, person=None,
+                               decided_by="edge_offline", t_done=now_mono)
+            return
+        if site is None:
+            self.counters["offline_no_policy"] += 1
+            self._access_event(p, granted=False, reason=Reason.SERVER_TIMEOUT.value, person=None,
+                               decided_by="edge_offline", t_done=now_mono)
+            return
+        req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
+        wall = self.clock.wall()
+        decision = decide(req, site, self.local_state, wall)
+        commit(req, decision, site, self.local_state, wall)
+        decision = offline_decision(decision)
+        rt = self.doors[p.door]
+        t_done = now_mono
+        if decision.granted:
+            self.counters["offline_granted"] += 1
+            t_done = self._apply(rt, rt.machine.grant())
+        else:
+            self.counters["offline_denied"] += 1
+        self._access_event(p, granted=decision.granted, reason=decision.reason.value, person=decision.person,
+                           decided_by="edge_offline", t_done=t_done)
 
     def _decided(self, door: str, msg: DecisionMsg) -> None:
         p = self._pending.get(msg.transaction)
@@ -282,6 +413,9 @@ class EdgeAgent:
         if msg.granted:
             self.counters["granted"] += 1
             t_done = self._apply(rt, rt.machine.grant())
+            if msg.person:
+                # Keep local presence current, so anti-passback still holds if the server goes away.
+                self.local_state.presence[msg.person] = Presence(rt.door.to_area, self.clock.wall())
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,

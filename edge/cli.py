@@ -12,6 +12,7 @@ import threading
 from doorkeep.config import BrokerConfig, load_device
 from doorkeep.credentials import load_key
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.policy import PolicyError, load_public_key
 from edge.errors import EdgeError
 
 log = logging.getLogger("doorkeep.edge")
@@ -25,8 +26,12 @@ def run(args: argparse.Namespace) -> int:
         if args.broker:
             device = dataclasses.replace(device, broker=BrokerConfig(args.broker))
         key = load_key(device.credential_key_file, source=device.file)
-        agent = EdgeAgent(device, site, key)
-    except (ConfigErrors, ConfigError, EdgeError) as exc:
+        policy_key = load_public_key(device.policy_key_file) if device.policy_key_file else None
+        if policy_key is None:
+            log.warning("no policy_key_file in %s: this edge keeps no offline policy and denies "
+                        "whenever the server does not answer", device.file)
+        agent = EdgeAgent(device, site, key, policy_key=policy_key, state_dir=device.state_dir)
+    except (ConfigErrors, ConfigError, EdgeError, PolicyError) as exc:
         print(f"doorkeep edge: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()

@@ -8,7 +8,11 @@ or after :meth:`next_deadline`, so tests drive it with a ``FakeClock`` and no
 waiting, and the real edge drives the relay from the events it returns.
 
 The safe state is relay de-energised. The relay is on only while an unlock
-(a grant, or a REX press with ``rex_unlocks``) is in force.
+(a grant, or a REX press with ``rex_unlocks``) is in force, or while the door
+is held unlocked by its schedule (:meth:`hold_unlocked`, door mode
+``unlocked_on_schedule``): then every opening is authorised and no
+held-open alarm runs, and releasing the hold relocks the door unless a
+grant's unlock window is still running.
 
 Before applying an input, every method first applies the deadlines that are
 already due, and deadline events carry the deadline as their time. The result
@@ -72,6 +76,8 @@ class DoorMachine:
         # When an authorised opening becomes "held open"; None once fired or closed.
         self._held_at: float | None = None
         self._alarm: str | None = None  # "forced" | "held"
+        # Held unlocked by the door's schedule (door mode unlocked_on_schedule).
+        self._hold = False
 
     # -- read-only view -------------------------------------------------
 
@@ -92,6 +98,11 @@ class DoorMachine:
     @property
     def door_open(self) -> bool:
         return self._open
+
+    @property
+    def held_unlocked(self) -> bool:
+        """True while the schedule holds the door unlocked."""
+        return self._hold
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which :meth:`tick` next has something to do."""
@@ -115,6 +126,34 @@ class DoorMachine:
         events += self._unlock(now, energise=self.timings.rex_unlocks, detail="rex")
         return events
 
+    def hold_unlocked(self, on: bool) -> list[DoorEvent]:
+        """Hold the door unlocked (schedule open) or release it; repeating the current value does nothing.
+
+        While held, the relay is energised, every opening is authorised and
+        no held-open alarm runs. On release the relay goes off (``relocked``,
+        detail ``schedule``) unless a grant's unlock window is still running;
+        a door still open then gets the usual held-open time from the release.
+        """
+        now = self._clock.monotonic()
+        events = self._advance(now)
+        if on == self._hold:
+            return events
+        self._hold = on
+        if on:
+            self._held_at = None  # an opening in progress is now authorised with no time limit
+            if self._open and self._alarm is None:
+                self._open_authorised = True
+            if not self._relay:
+                self._relay = True
+                events.append(DoorEvent("unlocked", now, "schedule"))
+            return events
+        if self._open and self._open_authorised and self._alarm is None:
+            self._held_at = now + self.timings.held_open_s
+        if self._window_until is None and self._relay:
+            self._relay = False
+            events.append(DoorEvent("relocked", now, "schedule"))
+        return events
+
     def contact(self, is_open: bool) -> list[DoorEvent]:
         """The door contact changed; a repeated value is not a change."""
         now = self._clock.monotonic()
@@ -124,7 +163,9 @@ class DoorMachine:
         self._open = is_open
         if is_open:
             events.append(DoorEvent("door_opened", now))
-            if self._window_until is not None:
+            if self._hold:
+                self._open_authorised = True
+            elif self._window_until is not None:
                 self._open_authorised = True
                 self._held_at = now + self.timings.held_open_s
             else:
@@ -145,9 +186,10 @@ class DoorMachine:
         return self._advance(self._clock.monotonic())
 
     def safe(self) -> list[DoorEvent]:
-        """Force the relay off (shutdown, crash path) and cancel any unlock in force."""
+        """Force the relay off (shutdown, crash path) and cancel any unlock in force, a schedule hold included."""
         now = self._clock.monotonic()
         events = self._advance(now)
+        self._hold = False
         events += self._relock(now, "safe")
         return events
 
@@ -163,9 +205,12 @@ class DoorMachine:
         return []
 
     def _relock(self, at: float, detail: str) -> list[DoorEvent]:
-        """End the unlock window; report "relocked" only if the relay was actually on."""
+        """End the unlock window; report "relocked" only if the relay was actually on.
+
+        While the schedule holds the door unlocked the relay stays on.
+        """
         self._window_until = None
-        if self._relay:
+        if self._relay and not self._hold:
             self._relay = False
             return [DoorEvent("relocked", at, detail)]
         return []

@@ -29,13 +29,15 @@ class Link:
     def __init__(self, site: str, device: str, broker: BrokerConfig, *,
                  on_decision: Callable[[str, bytes], None],
                  state_payload: Callable[[], bytes],
-                 on_server_availability: Callable[[str], None] | None = None) -> None:
+                 on_server_availability: Callable[[str], None] | None = None,
+                 on_policy: Callable[[bytes], None] | None = None) -> None:
         self.topics = Topics(site)
         self.device = device
         self.broker = broker
         self.on_decision = on_decision
         self.state_payload = state_payload
         self.on_server_availability = on_server_availability
+        self.on_policy = on_policy
         self.malformed = 0
         self._connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
@@ -86,6 +88,8 @@ class Link:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self.topics.all_decisions(self.device), qos=1)
         client.subscribe(self.topics.server_availability(), qos=1)
+        if self.on_policy is not None:
+            client.subscribe(self.topics.policy(self.device), qos=1)
         client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
         client.publish(self.topics.availability(self.device), AVAILABILITY_ONLINE, qos=1, retain=True)
         self._connected.set()
@@ -104,6 +108,9 @@ class Link:
             if topic.device == "server" and topic.kind == "availability":
                 if self.on_server_availability:
                     self.on_server_availability(msg.payload.decode("utf-8", "replace")[:16])
+                return
+            if topic.kind == "policy" and topic.device == self.device and self.on_policy is not None:
+                self.on_policy(msg.payload)
                 return
             if topic.kind in ("availability", "state"):
                 # Not subscribed to, but amqtt has delivered other devices' retained availability; ignore it.

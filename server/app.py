@@ -7,15 +7,21 @@ and clock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from doorkeep.clock import Clock, SystemClock
-from doorkeep.config import BrokerConfig, SiteBundle, load_site_dir, with_people
+from doorkeep.config import BrokerConfig, SiteBundle, load_site_dir
 from doorkeep.credentials import load_key
 from doorkeep.model import Site
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from doorkeep.policy import load_private_key
 from server.bus import ServerBus
+from server.directory import Directory
+from server.publisher import PolicyPublisher
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server")
@@ -23,9 +29,13 @@ log = logging.getLogger("doorkeep.server")
 
 @dataclass
 class Server:
-    site: Site
+    directory: Directory
     store: Store
     bus: ServerBus
+
+    @property
+    def site(self) -> Site:
+        return self.directory.site
 
     def start(self, wait_s: float = 10.0) -> None:
         self.bus.start(wait_s)
@@ -36,15 +46,25 @@ class Server:
 
 
 def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: bytes | None = None,
-              clock: Clock | None = None) -> Server:
+              signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None) -> Server:
+    """The server for a site; keys default to the site directory's key files."""
+    clock = clock or SystemClock()
     if key is None:
         key = load_key(bundle.credential_key_file, source=str(bundle.dir))
-    site = with_people(bundle.site, bundle.people, bundle.cards, key)
+    if signing_key is None:
+        signing_key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
     door_devices = {door: dev.id for dev in bundle.devices.values() for door in dev.doors}
     store = Store(data_dir)
-    bus = ServerBus(site, door_devices, store, broker, clock=clock or SystemClock())
+    directory = Directory(bundle, key, store, clock)
+    publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
+                                signing_key, store, clock)
+    # One stable client id per data directory: the broker's persistent session belongs to this store.
+    client_id = f"doorkeep-server-{bundle.site.id}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
+    bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id)
+    directory.listeners.append(bus.publish_policies)
+    site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
-    return Server(site, store, bus)
+    return Server(directory, store, bus)
 
 
 def load(site_dir: Path | str, data_dir: Path | str, broker_url: str) -> Server:

@@ -13,7 +13,6 @@ import logging
 import queue
 import socket
 import threading
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,9 +31,11 @@ from doorkeep.contract import (
     Topics,
     parse_topic,
 )
-from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, decide
+from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.errors import MessageError
 from doorkeep.model import Site
+from server.directory import Directory
+from server.publisher import PolicyPublisher
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.bus")
@@ -53,15 +54,17 @@ class _Work:
 class ServerBus:
     """Connects the site's decisions and store to the broker."""
 
-    def __init__(self, site: Site, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
-                 *, clock: Clock | None = None, client_id: str | None = None) -> None:
-        self.site = site
+    def __init__(self, directory: Directory, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
+                 *, clock: Clock | None = None, client_id: str | None = None,
+                 publisher: PolicyPublisher | None = None) -> None:
+        self.directory = directory
+        site = directory.site
         self.door_devices = door_devices  # door id -> the device that owns it
+        self.publisher = publisher
         self.store = store
         self.broker = broker
         self.clock = clock or SystemClock()
         self.topics = Topics(site.id)
-        self.state = DecisionState()
         self.counters: Counter[str] = Counter()
         self.availability: dict[str, str] = {}
         self.listeners: list[EventListener] = []
@@ -71,9 +74,11 @@ class ServerBus:
         self._done = 0
         self._worker = threading.Thread(target=self._store_loop, name="doorkeep-store", daemon=True)
         self._connected = threading.Event()
+        # A persistent session under a stable client id: the broker keeps the QoS 1 events and snapshots
+        # that edges publish while the server restarts, and delivers them when it returns.
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"doorkeep-server-{site.id}-{uuid.uuid4().hex[:6]}",
-                                   clean_session=True)
+                                   client_id=client_id or f"doorkeep-server-{site.id}",
+                                   clean_session=False)
         self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
@@ -102,6 +107,17 @@ class ServerBus:
         self._worker.join(timeout=10)
 
     @property
+    def site(self) -> Site:
+        return self.directory.site
+
+    def publish_policies(self, site: Site | None = None, *, force: bool = False) -> None:
+        """Sign and publish the devices' policies (retained); called on connect (force) and on every site change."""
+        if self.publisher is not None:
+            self.publisher.publish_all(site or self.directory.site,
+                                       lambda topic, payload: self._client.publish(topic, payload, qos=1, retain=True),
+                                       force=force)
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
@@ -120,6 +136,7 @@ class ServerBus:
         for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
                     self.topics.all_availability()):
             client.subscribe(sub, qos=1)
+        self.publish_policies(force=True)
         client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
         log.info("connected to %s", self.broker.url)
         self._connected.set()
@@ -165,7 +182,7 @@ class ServerBus:
             # A device may only ask about its own doors; anything else is refused, not ignored.
             decision = Decision(Reason.UNKNOWN_DOOR)
         else:
-            decision = decide(AccessRequest(req.door, req.credential_hash), self.site, self.state, self.clock.wall())
+            decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash))
         door = self.site.doors.get(req.door)
         answer = DecisionMsg(
             transaction=req.transaction, door=req.door, granted=decision.granted,
@@ -203,6 +220,9 @@ class ServerBus:
             raise MessageError("event's device/door do not match its topic")
         new = self.store.insert_event(ev, work.received_at)
         self.counters["events" if new else "duplicate_events"] += 1
+        if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
+            # The edge let someone through on its own: presence follows the door, as if the server had decided.
+            self.directory.record_passage(ev.person, ev.door, ev.ts)
         for listener in list(self.listeners):
             try:
                 listener(ev, new)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.policy import PolicyError
 from server.app import bootstrap
 from server.errors import ServerError
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
         server = bootstrap(bundle, data, BrokerConfig(args.broker))
-    except (ConfigErrors, ConfigError, ServerError) as exc:
+    except (ConfigErrors, ConfigError, ServerError, PolicyError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -34,4 +35,47 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         server.stop()
+    return 0
+
+
+def muster(args: argparse.Namespace) -> int:
+    """Roll call from the server's store: who is in which area now, visitors with their hosts."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from server.store import Store
+
+    try:
+        bundle = load_site_dir(args.site)
+    except (ConfigErrors, ConfigError) as exc:
+        print(f"doorkeep muster: {exc}", file=sys.stderr)
+        return 2
+    site = bundle.site
+    data = args.data or Path("var") / site.id
+    if not (data / "doorkeep.db").exists():
+        print(f"doorkeep muster: no store in {data} (fix: pass the server's --data directory)", file=sys.stderr)
+        return 2
+    store = Store(data)
+    try:
+        visitors = {v["id"]: v for v in store.rows("visitors")}
+        presence = sorted(store.rows("presence"), key=lambda r: (r["area"], r["person"]))
+    finally:
+        store.close()
+    tz = ZoneInfo(site.timezone)
+    names = {pid: p.name for pid, p in bundle.people.items()}
+    print(f"Muster for {site.name} — {datetime.now(tz):%Y-%m-%d %H:%M} {site.timezone}")
+    inside = [r for r in presence if r["area"] != "outside"]
+    for area_id in sorted({r["area"] for r in inside}):
+        rows = [r for r in inside if r["area"] == area_id]
+        area = site.areas.get(area_id)
+        print(f"\n{area.name if area else area_id} ({len(rows)})")
+        for r in rows:
+            since = datetime.fromtimestamp(r["since"], tz).strftime("%H:%M")
+            v = visitors.get(r["person"])
+            if v is not None:
+                host = names.get(v["host"], v["host"])
+                print(f"  {v['name']:28} visitor, host {host}, since {since}")
+            else:
+                print(f"  {names.get(r['person'], r['person']):28} since {since}")
+    print(f"\n{len(inside)} on site")
     return 0

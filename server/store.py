@@ -42,8 +42,26 @@ def _m001_events(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m002_directory(db: sqlite_utils.Database) -> None:
+    """What changes at runtime on top of the site files: visitors, card states, lockdowns, presence."""
+    db["visitors"].create(
+        {
+            "id": str, "name": str, "company": str, "email": str, "host": str, "valid_from": float,
+            "valid_until": float, "allowed_areas": str, "escort_required": int, "status": str,
+            "card_hash": str, "card_format": str, "card_number_last4": str, "registered_at": float,
+            "checked_in_at": float, "checked_out_at": float,
+        },
+        pk="id",
+    )
+    db["credential_states"].create({"hash": str, "state": str, "changed_at": float}, pk="hash")
+    db["lockdowns"].create({"scope": str, "active": int, "changed_at": float}, pk="scope")
+    db["presence"].create({"person": str, "area": str, "since": float}, pk="person")
+    db["counters"].create({"name": str, "value": int}, pk="name")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
+    ("002_directory", _m002_directory),
 ]
 
 
@@ -146,3 +164,26 @@ class Store:
     def count_events(self) -> int:
         with self._lock:
             return self.db["events"].count
+
+    # ------------------------------------------------------------ directory
+
+    def upsert(self, table: str, row: dict[str, Any], pk: str) -> None:
+        with self._lock, self.db.conn:
+            self.db[table].upsert(row, pk=pk)
+
+    def delete(self, table: str, pk_value: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.conn.execute(f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] "
+                                 f"WHERE {self.db[table].pks[0]} = ?)", [pk_value])
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db[table].rows)
+
+    def next_counter(self, name: str, at_least: int = 0) -> int:
+        """A counter that only grows, across restarts (policy versions)."""
+        with self._lock, self.db.conn:
+            rows = list(self.db.query("SELECT value FROM counters WHERE name = ?", [name]))
+            value = max((rows[0]["value"] + 1) if rows else 1, at_least)
+            self.db["counters"].upsert({"name": name, "value": value}, pk="name")
+        return value

@@ -41,6 +41,15 @@ class ReaderSimulator:
         self.frames_sent += 1
         return sent_at
 
+    def enter_pin(self, pin: str) -> float:
+        """Type a PIN on the reader's keypad: a line "P" + digits (ASCII readers only)."""
+        if self.protocol != "ascii":
+            raise ValueError("EM4100 readers have no keypad; use an ascii reader for PIN doors")
+        if not pin.isdigit():
+            raise ValueError(f"a PIN is digits only, got {pin!r}")
+        self._write(encode_ascii("P" + pin))
+        return time.monotonic()
+
     def write_raw(self, data: bytes) -> None:
         """Send arbitrary bytes, e.g. line noise or a deliberately broken frame."""
         self._write(data)

@@ -5,7 +5,14 @@ MJPEG over HTTP), with simulators in place of the hardware.
 Each device's file is loaded as written and then pointed at its simulators:
 reader URLs become pty paths, camera sources become the simulated MJPEG
 URLs, the pin factory becomes a fresh gpiozero ``MockFactory`` of its own
-(two Pis use the same GPIO numbers), and the broker is the runner's.
+(two Pis use the same GPIO numbers), and the broker is the runner's. Each
+edge keeps its verified policy cache under ``DATA/edge/DEVICE``.
+
+Outages for scenarios: :meth:`SiteRunner.stop_server` / :meth:`start_server`
+restart the server on the same data directory (the store, presence, visitors
+and lockdowns survive, as they would across a real restart), and
+:meth:`stop_broker` / :meth:`start_broker` restart the runner's own broker on
+the same port, so every client's own reconnect logic brings it back.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
 from doorkeep.clock import Clock, SystemClock
@@ -32,6 +43,27 @@ from simulators.reader import ReaderSimulator
 log = logging.getLogger("doorkeep.sim")
 
 DEMO_SITE = Path(__file__).resolve().parent.parent / "firmware-config" / "sites" / "demo"
+
+
+class SiteRunnerError(RuntimeError):
+    """The runner cannot do what was asked (e.g. restart a broker it does not own)."""
+
+
+def mosquitto_installed() -> bool:
+    """Whether a Mosquitto binary is available for :class:`MosquittoBroker`."""
+    return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll a condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(interval)
 
 
 @dataclass
@@ -49,12 +81,15 @@ class SiteRunner:
     data_dir: Path | None = None
     clock: Clock = field(default_factory=SystemClock)
     embedded_broker: bool = True
+    """With no ``broker_url``: run the embedded amqtt broker (True) or a private Mosquitto (False)."""
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     server: Server | None = None
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
     doors: dict[str, SimDoor] = field(default_factory=dict)
     cameras: dict[str, CameraSimulator] = field(default_factory=dict)
     _broker: Any = None
+    _broker_port: int | None = None
     _tmp: Any = None
 
     @classmethod
@@ -63,7 +98,8 @@ class SiteRunner:
 
     def start(self, *, with_server: bool = True) -> SiteRunner:
         if self.broker_url is None:
-            self._broker = (EmbeddedBroker() if self.embedded_broker else MosquittoBroker()).start()
+            self._broker = self._new_broker(None).start()
+            self._broker_port = self._broker.port
             self.broker_url = self._broker.url
         if self.data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="doorkeep-site-")
@@ -75,14 +111,68 @@ class SiteRunner:
             self._start_device(dev, broker)
         return self
 
+    @property
+    def owns_broker(self) -> bool:
+        """True when the runner started the broker itself (and so may stop and restart it)."""
+        return self._broker_port is not None
+
+    def _new_broker(self, port: int | None) -> Any:
+        return EmbeddedBroker(port=port) if self.embedded_broker else MosquittoBroker(port=port)
+
+    # --------------------------------------------------------------- server
+
     def start_server(self) -> Server:
+        """Start the server (again) on the runner's data directory: what it stored survives a restart."""
         assert self.broker_url is not None and self.data_dir is not None
+        if self.server is not None:
+            raise SiteRunnerError("the server is already running")
         self.server = bootstrap(self.bundle, self.data_dir / "server", BrokerConfig(self.broker_url),
-                                key=self.key, clock=self.clock)
+                                key=self.key, signing_key=self.signing_key, clock=self.clock)
         self.server.start()
         return self.server
 
+    def stop_server(self) -> None:
+        """Stop the server cleanly (it says ``stopped`` on its availability topic); the edges carry on alone."""
+        if self.server is None:
+            raise SiteRunnerError("the server is not running")
+        server, self.server = self.server, None
+        server.stop()
+
+    # --------------------------------------------------------------- broker
+
+    def stop_broker(self, timeout: float = 10.0) -> None:
+        """Stop the runner's own broker and wait until every client has noticed."""
+        if not self.owns_broker:
+            raise SiteRunnerError("the broker is external (--broker URL): the runner can only stop a broker it started")
+        if self._broker is None:
+            raise SiteRunnerError("the broker is already down")
+        broker, self._broker = self._broker, None
+        broker.stop()
+        if not _wait(lambda: not any(self._client_connected()), timeout):
+            log.warning("some clients still look connected %.0f s after the broker stopped", timeout)
+
+    def start_broker(self, timeout: float = 20.0) -> bool:
+        """Start the broker again on the same port; True once every client has reconnected by itself.
+
+        paho reconnects with a 1-10 s backoff, so this can take a few seconds.
+        """
+        if not self.owns_broker:
+            raise SiteRunnerError("the broker is external (--broker URL): the runner can only start a broker it started")
+        if self._broker is not None:
+            raise SiteRunnerError("the broker is already up")
+        self._broker = self._new_broker(self._broker_port).start()
+        return self.wait_connected(timeout)
+
+    def _client_connected(self) -> list[bool]:
+        states = [a.link.connected for a in self.agents.values()]
+        if self.server is not None:
+            states.append(self.server.bus.connected)
+        return states
+
+    # ---------------------------------------------------------------- edges
+
     def _start_device(self, dev: DeviceConfig, broker: BrokerConfig) -> None:
+        assert self.data_dir is not None
         factory = MockFactory()
         cams = {}
         for cid, cam in dev.cameras.items():
@@ -103,9 +193,63 @@ class SiteRunner:
             self.doors[did] = SimDoor(did, dev.id, reader, door)
             doors[did] = dataclasses.replace(hw, reader=dataclasses.replace(hw.reader, url=reader.path))
         simulated = dataclasses.replace(dev, doors=doors, cameras=cams, broker=broker, gpio_factory="mock")
-        agent = EdgeAgent(simulated, self.bundle.site, self.key, clock=self.clock, pin_factory=factory)
+        agent = EdgeAgent(simulated, self.bundle.site, self.key, clock=self.clock, pin_factory=factory,
+                          policy_key=self.signing_key.public_key(), state_dir=self.data_dir / "edge" / dev.id)
         agent.start()
         self.agents[dev.id] = agent
+
+    def poke(self) -> None:
+        """Make every edge re-evaluate its deadlines now (after the clock jumped)."""
+        for agent in self.agents.values():
+            agent.poke()
+
+    def advance(self, seconds: float, timeout: float = 5.0) -> bool:
+        """Jump a ``ScenarioClock`` forward, poke every edge and wait until each has caught up."""
+        advance = getattr(self.clock, "advance", None)
+        if advance is None:
+            raise SiteRunnerError(f"{type(self.clock).__name__} cannot be advanced; run the site on a ScenarioClock")
+        advance(seconds)
+        self.poke()
+        return self.wait_edges_idle(timeout)
+
+    def edges_idle(self) -> bool:
+        """True when no edge has input queued, a request in flight or a deadline overdue.
+
+        Reads each agent's control-loop bookkeeping from outside; reads only,
+        so a stale answer just means one more poll. (``EdgeAgent`` offers no
+        public "caught up" signal yet.)
+        """
+        now = self.clock.monotonic()
+        for agent in self.agents.values():
+            if not agent._q.empty() or agent._pending:
+                return False
+            for rt in agent.doors.values():
+                deadline = rt.machine.next_deadline()
+                if deadline is not None and deadline <= now:
+                    return False
+                waiting = getattr(rt, "awaiting_pin", None)
+                if waiting is not None and waiting.deadline <= now:
+                    return False
+        return True
+
+    def wait_edges_idle(self, timeout: float = 5.0) -> bool:
+        return _wait(self.edges_idle, timeout)
+
+    def policies_current(self) -> bool:
+        """True when every edge holds the policy version the server last published (or there is no server)."""
+        if self.server is None or self.server.bus.publisher is None:
+            return True
+        version = self.server.bus.publisher.version
+        for agent in self.agents.values():
+            cache = getattr(agent, "policy", None)
+            if cache is not None and (cache.version or 0) < version:
+                return False
+        return True
+
+    def wait_policies(self, timeout: float = 5.0) -> bool:
+        return _wait(self.policies_current, timeout)
+
+    # ------------------------------------------------------------ the rest
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         ok = all(a.link.wait_connected(timeout) for a in self.agents.values())

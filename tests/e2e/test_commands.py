@@ -34,12 +34,18 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     shutil.copytree(DEMO_SITE, site)
     key = site / "keys" / "credential.key"
     generate_key_file(key)
+    signing = subprocess.run([sys.executable, "-m", "doorkeep", "key", "init-signing",
+                              str(site / "keys" / "policy-signing.key")], capture_output=True, text=True, timeout=60)
+    assert signing.returncode == 0, signing.stderr
+    assert (site / "keys" / "policy-signing.pub").exists()
     reader = ReaderSimulator("em4100")
     camera = CameraSimulator()
     camera.start()
     device = site / "devices" / "pi-lobby.toml"
     text = device.read_text()
     text = text.replace('"/etc/doorkeep/credential.key"', '"../keys/credential.key"')
+    text = text.replace('"/etc/doorkeep/policy-signing.pub"', '"../keys/policy-signing.pub"')
+    text = text.replace('state_dir = "/var/lib/doorkeep"', f'state_dir = "{tmp_path / "edge-state"}"')
     text = text.replace('gpio_factory = "lgpio"', 'gpio_factory = "mock"')
     text = text.replace('url = "/dev/serial0"', f'url = "{reader.path}"')
     text = text.replace('source = "0"', f'source = "{camera.url}"')
@@ -50,15 +56,20 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     availability: list[str] = []
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 
+    server_availability: list[str] = []
+
     def on_message(client, userdata, msg):
         if msg.topic.endswith("/state"):
             states.append(json.loads(msg.payload))
+        elif msg.topic == topics.server_availability():
+            server_availability.append(msg.payload.decode())
         else:
             availability.append(msg.payload.decode())
 
     watcher.on_message = on_message
     watcher.on_connect = lambda c, *a: (c.subscribe(topics.state("pi-lobby"), 1),
-                                        c.subscribe(topics.availability("pi-lobby"), 1))
+                                        c.subscribe(topics.availability("pi-lobby"), 1),
+                                        c.subscribe(topics.server_availability(), 1))
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.loop_start()
 
@@ -68,20 +79,18 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     edge = doorkeep("edge", "--device", str(device), "--broker", mosquitto.url, log=tmp_path / "edge.log")
     try:
         assert wait_until(lambda: "online" in availability, 20), (tmp_path / "edge.log").read_text()
-        assert wait_until(lambda: (data / "doorkeep.db").exists(), 10)
-        # The server subscribes after connecting; badge until its first answer arrives.
-        def granted_once() -> bool:
-            return any(s["doors"]["lobby_in"]["relay"] for s in states)
-        for _ in range(20):
-            reader.badge("0F00A1B2C3")
-            if wait_until(granted_once, 1.5):
-                break
-        assert granted_once(), (tmp_path / "edge.log").read_text()
+        # The server says online once it has subscribed: from then on it answers every request.
+        assert wait_until(lambda: "online" in server_availability, 20), (tmp_path / "server.log").read_text()
+        reader.badge("0F00A1B2C3")
+        assert wait_until(lambda: any(s["doors"]["lobby_in"]["relay"] for s in states), 5), \
+            (tmp_path / "edge.log").read_text()
 
         def stored() -> list:
             with sqlite3.connect(data / "doorkeep.db") as db:
                 return db.execute("SELECT reason, person FROM events WHERE type = 'access'").fetchall()
         assert wait_until(lambda: ("granted", "alice") in stored(), 10)
+        # The edge verified and kept the server's signed policy for the day the server is away.
+        assert wait_until(lambda: (tmp_path / "edge-state" / "policy.json").exists(), 10)
     finally:
         edge.send_signal(signal.SIGTERM)
         edge_rc = edge.wait(15)

@@ -150,8 +150,17 @@ def test_rex_unlocks_without_forced_alarm(site: SiteRunner) -> None:
     assert "rex" in types and "forced_open" not in types
 
 
-def test_without_a_server_the_edge_denies_on_timeout_and_says_so(edge_only: SiteRunner) -> None:
-    agent = edge_only.agents["pi-lobby"]
+def announce_server(runner: SiteRunner, availability: str) -> None:
+    """Play the server's retained availability, as a live or a stopped server leaves it."""
+    client = raw_client(runner)
+    try:
+        client.publish(Topics("demo").server_availability(), availability, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def access_events(agent) -> tuple[list[EventMsg], threading.Event]:
     seen: list[EventMsg] = []
     got = threading.Event()
 
@@ -161,13 +170,65 @@ def test_without_a_server_the_edge_denies_on_timeout_and_says_so(edge_only: Site
             got.set()
 
     agent.listeners.append(listen)
+    return seen, got
+
+
+def test_a_server_that_does_not_answer_means_deny_after_the_timeout(edge_only: SiteRunner) -> None:
+    announce_server(edge_only, "online")  # says it is there, never answers
+    agent = edge_only.agents["pi-lobby"]
+    assert wait_until(lambda: agent.server_availability == "online", 5)
+    seen, got = access_events(agent)
     door = edge_only.doors["lobby_in"]
     door.reader.badge(ALICE)
     assert got.wait(5), "no access event after the decision timeout"
     ev = seen[0]
-    assert (ev.decision, ev.reason, ev.decided_by) == ("denied", "server_timeout", "edge_offline")
+    # No policy was ever received, so there is nothing to decide from: deny, and say so.
+    assert (ev.decision, ev.reason, ev.decided_by) == ("denied", "server_timeout", "edge_offline"), ev
     assert ev.latency_ms is not None and ev.latency_ms >= 1000 * 0.99
     assert not door.door.relay_history
+
+
+def test_a_stopped_server_means_an_immediate_local_decision(edge_only: SiteRunner) -> None:
+    announce_server(edge_only, "stopped")
+    agent = edge_only.agents["pi-lobby"]
+    assert wait_until(lambda: agent.server_availability == "stopped", 5)
+    seen, got = access_events(agent)
+    edge_only.doors["lobby_in"].reader.badge(ALICE)
+    assert got.wait(5)
+    assert (seen[0].reason, seen[0].decided_by) == ("server_timeout", "edge_offline")
+    assert seen[0].latency_ms is not None and seen[0].latency_ms < 500, "waited for a server known to be away"
+
+
+def test_offline_edge_decides_from_its_signed_policy_and_reports_after_the_server_returns(site: SiteRunner) -> None:
+    lobby = site.agents["pi-lobby"]
+    assert wait_until(lambda: lobby.policy.version is not None, 5), "no policy reached the edge"
+    assert wait_until(lambda: site.agents["pi-floor7"].policy.version is not None, 5)
+    site.server.stop()
+    site.server = None
+    assert wait_until(lambda: lobby.server_availability == "stopped", 5)
+    seen, got = access_events(lobby)
+    door = site.doors["lobby_in"]
+    door.reader.badge(ALICE)
+    assert door.door.wait_relay(True, 3.0), "cached policy should grant Alice at the lobby (offline = cache)"
+    assert got.wait(5)
+    assert (seen[0].reason, seen[0].decided_by, seen[0].person) == ("granted_offline", "edge_offline", "alice")
+
+    lab_agent = site.agents["pi-floor7"]
+    lab_seen, lab_got = access_events(lab_agent)
+    site.doors["lab"].reader.badge("40011111")  # Alice may enter the lab online; offline it is set to deny
+    assert lab_got.wait(5)
+    assert (lab_seen[0].reason, lab_seen[0].decision) == ("offline_restricted", "denied")
+    assert not site.doors["lab"].door.relay_history
+
+    server = site.start_server()
+    assert server.bus.wait_connected(10)
+    # The broker kept the events published while the server was away (persistent session).
+    assert wait_until(lambda: server.store.event(seen[0].id) is not None
+                      and server.store.event(lab_seen[0].id) is not None, 10)
+    assert server.store.event(seen[0].id)["reason"] == "granted_offline"
+    assert server.store.event(lab_seen[0].id)["reason"] == "offline_restricted"
+    assert wait_until(lambda: server.directory.state.presence.get("alice") is not None, 5)
+    assert server.directory.state.presence["alice"].area == "lobby"
 
 
 def test_duplicate_event_delivery_is_stored_once(site: SiteRunner) -> None:
@@ -184,3 +245,31 @@ def test_duplicate_event_delivery_is_stored_once(site: SiteRunner) -> None:
     bus = site.server.bus
     assert wait_until(lambda: bus.counters["duplicate_events"] >= 2, 5)
     assert len([e for e in site.server.store.events(100) if e["id"] == ev.id]) == 1
+
+
+def test_a_card_reported_lost_is_refused_online_and_from_every_edge_cache(site: SiteRunner) -> None:
+    from doorkeep.model import CredentialState
+
+    agents = list(site.agents.values())
+    assert wait_until(lambda: all(a.policy.version is not None for a in agents), 5)
+    before = {a.device.id: a.policy.version for a in agents}
+    directory = site.server.directory
+    directory.set_card_state(directory.card("em4100", ALICE), CredentialState.LOST)
+    assert wait_until(lambda: all(a.policy.version > before[a.device.id] for a in agents), 5), \
+        "the change did not reach every edge's policy"
+
+    door = site.doors["lobby_in"]
+    door.reader.badge(ALICE)
+    assert wait_until(lambda: stored_access(site, "lobby_in"), 5)
+    assert stored_access(site, "lobby_in")[0]["reason"] == "credential_inactive"
+
+    site.server.stop()
+    site.server = None
+    lobby = site.agents["pi-lobby"]
+    assert wait_until(lambda: lobby.server_availability == "stopped", 5)
+    seen, got = access_events(lobby)
+    gate = site.doors["lobby_out"]  # another reader: the lobby one would take this as the same card held
+    gate.reader.badge(ALICE)
+    assert got.wait(5)
+    assert (seen[0].reason, seen[0].decided_by) == ("credential_inactive", "edge_offline")
+    assert not door.door.relay_history and not gate.door.relay_history

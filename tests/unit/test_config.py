@@ -311,16 +311,22 @@ def test_missing_time_zone(tmp_path: Path) -> None:
     assert "missing" in err.problem
 
 
-def test_schedule_end_before_start(tmp_path: Path) -> None:
+def test_schedule_end_before_start_spans_midnight(tmp_path: Path) -> None:
+    from datetime import time
+
     site = SITE + '\n[schedules.night]\nwindows = [{ days = ["mon"], start = "19:00", end = "07:00" }]\n'
     d = make_site(tmp_path / "s", site=site)
-    err = only(check(d), "schedules.night.windows[0].end")
-    assert "after start" in err.problem and "midnight" in err.fix
+    assert check(d) == []
+    (w,) = load_site_dir(d).site.schedules["night"].windows
+    assert w.days == frozenset({"mon"}) and w.start == time(19, 0) and w.end == time(7, 0)
 
 
-def test_schedule_end_equal_to_start(tmp_path: Path) -> None:
-    site = SITE + '\n[schedules.empty]\nwindows = [{ days = ["mon"], start = "07:00", end = "07:00" }]\n'
-    only(check(make_site(tmp_path / "s", site=site)), "schedules.empty.windows[0].end")
+def test_schedule_end_equal_to_start_is_a_full_day(tmp_path: Path) -> None:
+    from datetime import time
+
+    site = SITE + '\n[schedules.day]\nwindows = [{ days = ["mon"], start = "07:00", end = "07:00" }]\n'
+    (w,) = load_site_dir(make_site(tmp_path / "s", site=site)).site.schedules["day"].windows
+    assert w.start == w.end == time(7, 0)
 
 
 @pytest.mark.parametrize("value", ["7:00", "25:00", "07:60", "24:01", "noon"])
@@ -643,3 +649,220 @@ def test_zero_is_an_error_not_a_silent_default(tmp_path: Path, extra: str, key: 
 def test_jpeg_quality_zero_is_out_of_range(tmp_path: Path) -> None:
     device = DEVICE + '\n[cameras.c]\nsource = "0"\njpeg_quality = 0\n'
     only(check(make_site(tmp_path / "s", devices={"pi-a": device})), "cameras.c.jpeg_quality")
+
+
+# ------------------------------------------------------- rules: site keys
+
+RULE_SITE = SITE + """
+[areas.vault]
+restricted = true
+clearance = 5
+escort_required = true
+two_person = true
+anti_passback = "hard"
+anti_passback_reset_min = 15
+max_occupancy = 4
+
+[doors.vault]
+from = "lobby"
+to = "vault"
+pin_required = true
+
+[schedules.business]
+windows = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "07:00", end = "19:00" }]
+
+[doors.front]
+from = "outside"
+to = "lobby"
+mode = "unlocked_on_schedule"
+unlock_schedule = "business"
+first_person_in = true
+
+[rules]
+escort_window_s = 20
+two_person_window_s = 45.5
+pin_max_attempts = 5
+pin_lockout_s = 600
+"""
+
+RULE_DEVICE = DEVICE + """
+[doors.vault]
+reader = { url = "loop://", protocol = "em4100" }
+lock = { pin = 18 }
+
+[doors.front]
+reader = { url = "loop://", protocol = "em4100" }
+lock = { pin = 19 }
+"""
+
+
+def rule_site(tmp_path: Path, site: str = RULE_SITE, people: str | None = PEOPLE) -> Path:
+    return make_site(tmp_path / "s", site=site, people=people, devices={"pi-a": RULE_DEVICE})
+
+
+def test_rule_keys_load(tmp_path: Path) -> None:
+    from doorkeep.model import AntiPassback, DoorMode, Rules
+
+    site = load_site_dir(rule_site(tmp_path)).site
+    vault = site.areas["vault"]
+    assert (vault.escort_required, vault.two_person, vault.anti_passback, vault.anti_passback_reset_min,
+            vault.max_occupancy) == (True, True, AntiPassback.HARD, 15.0, 4)
+    assert site.doors["vault"].pin_required and site.doors["vault"].mode is DoorMode.NORMAL
+    front = site.doors["front"]
+    assert (front.mode, front.unlock_schedule, front.first_person_in) == (DoorMode.UNLOCKED_ON_SCHEDULE, "business", True)
+    assert site.rules == Rules(escort_window_s=20.0, two_person_window_s=45.5, pin_max_attempts=5, pin_lockout_s=600.0)
+
+
+def test_rule_keys_default(tmp_path: Path) -> None:
+    from doorkeep.model import AntiPassback, DoorMode, Rules
+
+    site = load_site_dir(make_site(tmp_path / "s")).site
+    lobby, door = site.areas["lobby"], site.doors["lobby_in"]
+    assert (lobby.escort_required, lobby.two_person, lobby.anti_passback, lobby.anti_passback_reset_min,
+            lobby.max_occupancy) == (False, False, AntiPassback.NONE, None, None)
+    assert (door.pin_required, door.mode, door.unlock_schedule, door.first_person_in) == (
+        False, DoorMode.NORMAL, None, False)
+    assert site.rules == Rules()
+
+
+def test_rules_survive_with_people(tmp_path: Path) -> None:
+    from doorkeep.config import with_people
+
+    b = load_site_dir(rule_site(tmp_path))
+    site = with_people(b.site, b.people, b.cards, b"k" * 32)
+    assert site.rules.pin_max_attempts == 5 and site.doors["front"].first_person_in
+
+
+@pytest.mark.parametrize(("old", "new", "key", "hint"), [
+    ('anti_passback = "hard"', 'anti_passback = "strict"', "areas.vault.anti_passback", "soft"),
+    ("anti_passback_reset_min = 15", "anti_passback_reset_min = 0", "areas.vault.anti_passback_reset_min", "minutes"),
+    ("max_occupancy = 4", "max_occupancy = 0", "areas.vault.max_occupancy", "no limit"),
+    ("max_occupancy = 4", 'max_occupancy = "4"', "areas.vault.max_occupancy", "int"),
+    ("two_person = true", 'two_person = "yes"', "areas.vault.two_person", "bool"),
+    ("pin_required = true", "pin_required = 1", "doors.vault.pin_required", "bool"),
+    ('mode = "unlocked_on_schedule"', 'mode = "open"', "doors.front.mode", "unlocked_on_schedule"),
+    ('unlock_schedule = "business"', 'unlock_schedule = "busines"', "doors.front.unlock_schedule", "business"),
+    ("escort_window_s = 20", "escort_window_s = 0", "rules.escort_window_s", "positive"),
+    ("pin_max_attempts = 5", "pin_max_attempts = 0", "rules.pin_max_attempts", "wrong PINs"),
+    ("pin_lockout_s = 600", "pin_lockout_s = -1", "rules.pin_lockout_s", "positive"),
+    ("pin_lockout_s = 600", "pin_lockout_s = 600\npin_lockout = 3", "rules.pin_lockout", "pin_lockout_s"),
+])
+def test_rule_key_errors(tmp_path: Path, old: str, new: str, key: str, hint: str) -> None:
+    assert old in RULE_SITE
+    err = only(check(rule_site(tmp_path, site=RULE_SITE.replace(old, new))), key)
+    assert err.file.endswith("site.toml")
+    assert hint in err.fix or hint in err.problem, str(err)
+
+
+def test_reset_minutes_without_anti_passback(tmp_path: Path) -> None:
+    site = RULE_SITE.replace('anti_passback = "hard"\n', "")
+    err = only(check(rule_site(tmp_path, site=site)), "areas.vault.anti_passback_reset_min")
+    assert "no effect" in err.problem and 'anti_passback = "soft"' in err.fix
+
+
+def test_unlocked_on_schedule_needs_a_schedule(tmp_path: Path) -> None:
+    site = RULE_SITE.replace('unlock_schedule = "business"\n', "")
+    err = only(check(rule_site(tmp_path, site=site)), "doors.front.unlock_schedule")
+    assert "required" in err.problem
+
+
+@pytest.mark.parametrize("key", ["unlock_schedule", "first_person_in"])
+def test_door_mode_keys_need_the_mode(tmp_path: Path, key: str) -> None:
+    site = RULE_SITE.replace('mode = "unlocked_on_schedule"\n', "")
+    if key == "unlock_schedule":
+        site = site.replace("first_person_in = true\n", "")
+    err = only(check(rule_site(tmp_path, site=site)), f"doors.front.{key}")
+    assert "no effect" in err.problem and "unlocked_on_schedule" in err.fix
+
+
+def test_rules_must_be_a_table(tmp_path: Path) -> None:
+    site = SITE.replace("[site]", "rules = 3\n\n[site]")
+    only(check(make_site(tmp_path / "s", site=site)), "rules")
+
+
+def test_midnight_window_loads_clean(tmp_path: Path) -> None:
+    site = SITE + '\n[schedules.nights]\nwindows = [{ days = ["fri"], start = "22:00", end = "06:00" }]\n'
+    assert check(make_site(tmp_path / "s", site=site)) == []
+
+
+# ----------------------------------------------------- rules: people keys
+
+VISITOR = """
+[people.vic]
+name = "Vic Visitor"
+kind = "visitor"
+host = "alice"
+company = "Acme Ltd"
+allowed_areas = ["lobby"]
+escort_required = false
+valid_from = 2026-04-01T09:00:00Z
+valid_until = 2026-04-01T17:00:00Z
+cards = [{ format = "ascii", number = "V0001" }]
+"""
+
+
+def test_visitor_keys_load(tmp_path: Path) -> None:
+    people = load_site_dir(make_site(tmp_path / "s", people=PEOPLE + VISITOR)).people
+    vic = people["vic"]
+    assert (vic.host, vic.company, vic.allowed_areas, vic.escort_required) == ("alice", "Acme Ltd", ("lobby",), False)
+    assert people["alice"].host is None and people["alice"].allowed_areas == ()
+
+
+def test_visitor_escort_required_defaults_to_true(tmp_path: Path) -> None:
+    people = PEOPLE + VISITOR.replace("escort_required = false\n", "")
+    assert load_site_dir(make_site(tmp_path / "s", people=people)).people["vic"].escort_required is True
+
+
+@pytest.mark.parametrize(("old", "new", "key", "hint"), [
+    ('host = "alice"', 'host = "alise"', "people.vic.host", "alice"),
+    ('host = "alice"', 'host = "vic"', "people.vic.host", "alice"),
+    ('allowed_areas = ["lobby"]', 'allowed_areas = ["lobby", "roof"]', "people.vic.allowed_areas", "outside"),
+    ("escort_required = false", 'escort_required = "no"', "people.vic.escort_required", "bool"),
+    ('company = "Acme Ltd"', "company = 7", "people.vic.company", "str"),
+    ('kind = "visitor"\n', 'kind = "visitor"\naccess_levels = ["staff"]\n', "people.vic.access_levels", "allowed_areas"),
+])
+def test_visitor_key_errors(tmp_path: Path, old: str, new: str, key: str, hint: str) -> None:
+    assert old in VISITOR
+    err = only(check(make_site(tmp_path / "s", people=PEOPLE + VISITOR.replace(old, new))), key)
+    assert err.file.endswith("people.toml")
+    assert hint in err.fix or hint in err.problem, str(err)
+
+
+@pytest.mark.parametrize("key, value", [("host", '"alice"'), ("allowed_areas", '["lobby"]'),
+                                        ("escort_required", "true")])
+def test_visitor_keys_on_an_employee(tmp_path: Path, key: str, value: str) -> None:
+    people = PEOPLE + f'\n[people.bob]\nname = "Bob"\n{key} = {value}\n'
+    err = only(check(make_site(tmp_path / "s", people=people)), f"people.bob.{key}")
+    assert "only applies to visitors" in err.problem and 'kind = "visitor"' in err.fix
+
+
+def test_pin_is_hashed_with_the_key_and_never_kept_in_clear(tmp_path: Path) -> None:
+    from doorkeep.config import with_people
+    from doorkeep.credentials import pin_hash
+
+    people = PEOPLE + 'pin = "0417"\n'
+    bundle = load_site_dir(make_site(tmp_path / "s", people=people))
+    assert bundle.people["alice"].pin_hash is None  # not hashed before the key is known
+    assert [c.pin for c in bundle.cards] == ["0417"]
+    assert "0417" not in repr(bundle.cards)
+    site = with_people(bundle.site, bundle.people, bundle.cards, b"k" * 32)
+    alice = site.people["alice"]
+    assert alice.pin_hash == pin_hash(b"k" * 32, "0417")
+    assert "0417" not in repr(site)
+
+
+@pytest.mark.parametrize("value", ['"123"', '"123456789"', '"12a4"', '" 1234"', '""'])
+def test_pin_must_be_4_to_8_digits(tmp_path: Path, value: str) -> None:
+    err = only(check(make_site(tmp_path / "s", people=PEOPLE + f"pin = {value}\n")), "people.alice.pin")
+    assert "4 to 8 digits" in err.problem
+
+
+def test_pin_as_a_number_must_be_quoted(tmp_path: Path) -> None:
+    err = only(check(make_site(tmp_path / "s", people=PEOPLE + "pin = 417\n")), "people.alice.pin")
+    assert 'pin = "417"' in err.fix
+
+
+def test_pin_without_a_card(tmp_path: Path) -> None:
+    people = PEOPLE + '\n[people.bob]\nname = "Bob"\npin = "1234"\n'
+    err = only(check(make_site(tmp_path / "s", people=people)), "people.bob.pin")
+    assert "card" in err.fix

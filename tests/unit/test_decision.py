@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from doorkeep.config import load_site_dir, with_people
-from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, decide
 from doorkeep.model import (
     WEEKDAYS,
@@ -288,6 +288,91 @@ def test_empty_schedule_is_never_open() -> None:
     assert not is_open(Schedule("n", "never", ()), WED_NOON, "Europe/London")
 
 
+# --------------------------------------------------- midnight-spanning windows
+
+LONDON = "Europe/London"
+SAT_NIGHT = Schedule("night", "Saturday night", (TimeWindow(frozenset({"sat"}), time(22, 0), time(6, 0)),))
+
+
+@pytest.mark.parametrize(
+    ("now", "open_"),
+    [
+        (utc(2026, 3, 28, 21, 59), False),  # Sat 21:59 GMT
+        (utc(2026, 3, 28, 22, 0), True),    # Sat 22:00 GMT: start is inclusive
+        (utc(2026, 3, 28, 23, 59), True),
+        (utc(2026, 3, 29, 0, 0), True),     # Sun 00:00 GMT: past midnight, still the Saturday window
+        (utc(2026, 3, 29, 0, 59), True),    # Sun 00:59 GMT, a minute before the clocks go forward
+        (utc(2026, 3, 29, 1, 0), True),     # Sun 02:00 BST (01:00-02:00 local never happened)
+        (utc(2026, 3, 29, 4, 59), True),    # Sun 05:59 BST
+        (utc(2026, 3, 29, 5, 0), False),    # Sun 06:00 BST: end is exclusive, 7 real hours after the start
+        (utc(2026, 3, 29, 21, 30), False),  # Sun 22:30 BST: the window starts on Saturdays only
+    ],
+)
+def test_midnight_window_across_spring_dst(now: float, open_: bool) -> None:
+    assert is_open(SAT_NIGHT, now, LONDON) is open_
+
+
+@pytest.mark.parametrize(
+    ("now", "open_"),
+    [
+        (utc(2026, 10, 24, 20, 59), False),  # Sat 21:59 BST
+        (utc(2026, 10, 24, 21, 0), True),    # Sat 22:00 BST
+        (utc(2026, 10, 25, 0, 30), True),    # Sun 01:30 BST (first time round)
+        (utc(2026, 10, 25, 1, 30), True),    # Sun 01:30 GMT (second time round)
+        (utc(2026, 10, 25, 5, 59), True),    # Sun 05:59 GMT
+        (utc(2026, 10, 25, 6, 0), False),    # Sun 06:00 GMT: 9 real hours after the start
+    ],
+)
+def test_midnight_window_across_autumn_dst(now: float, open_: bool) -> None:
+    assert is_open(SAT_NIGHT, now, LONDON) is open_
+
+
+def test_window_starting_in_the_skipped_hour_opens_when_the_clocks_jump() -> None:
+    sched = Schedule("s", "s", (TimeWindow(frozenset({"sun"}), time(1, 30), time(3, 0)),))
+    assert not is_open(sched, utc(2026, 3, 29, 0, 59), LONDON)  # 00:59 GMT
+    assert is_open(sched, utc(2026, 3, 29, 1, 0), LONDON)       # 02:00 BST
+    assert not is_open(sched, utc(2026, 3, 29, 2, 0), LONDON)   # 03:00 BST
+
+
+def test_midnight_window_wraps_sunday_into_monday() -> None:
+    sched = Schedule("s", "s", (TimeWindow(frozenset({"sun"}), time(22, 0), time(2, 0)),))
+    assert is_open(sched, utc(2026, 1, 12, 1, 0), LONDON)       # Mon 01:00
+    assert not is_open(sched, utc(2026, 1, 12, 2, 0), LONDON)   # Mon 02:00
+    assert not is_open(sched, utc(2026, 1, 11, 1, 0), LONDON)   # Sun 01:00: that part started on Saturday
+
+
+def test_end_equal_to_start_is_a_full_day_from_the_start() -> None:
+    sched = Schedule("s", "s", (TimeWindow(frozenset({"mon"}), time(7, 0), time(7, 0)),))
+    assert not is_open(sched, utc(2026, 1, 12, 6, 59), LONDON)  # Mon 06:59
+    assert is_open(sched, utc(2026, 1, 12, 7, 0), LONDON)
+    assert is_open(sched, utc(2026, 1, 13, 6, 59), LONDON)      # Tue 06:59
+    assert not is_open(sched, utc(2026, 1, 13, 7, 0), LONDON)
+
+
+def test_holiday_closes_windows_that_start_on_it() -> None:
+    # Thursday and Friday nights; Friday 2026-12-25 is a holiday (GMT: local = UTC).
+    sched = Schedule("s", "s", (TimeWindow(frozenset({"thu", "fri"}), time(22, 0), time(6, 0)),),
+                     frozenset({date(2026, 12, 25)}))
+    assert is_open(sched, utc(2026, 12, 24, 23, 0), LONDON)      # Thu night, before the holiday
+    assert is_open(sched, utc(2026, 12, 25, 3, 0), LONDON)       # ... runs on into the holiday morning
+    assert not is_open(sched, utc(2026, 12, 25, 6, 0), LONDON)
+    assert not is_open(sched, utc(2026, 12, 25, 22, 0), LONDON)  # the holiday's own night never opens
+    assert not is_open(sched, utc(2026, 12, 26, 3, 0), LONDON)   # ... nor its Saturday-morning part
+    assert is_open(sched, utc(2027, 1, 1, 23, 0), LONDON)        # next Friday night: open
+
+
+def test_midnight_window_in_a_decision() -> None:
+    night = Schedule("night", "Nights", (TimeWindow(WEEKDAYS_ONLY, time(19, 0), time(7, 0)),))
+    site = build_site([Person("nora", "Nora", access_levels=("nights",))])
+    site.schedules["night"] = night
+    site.access_levels["nights"] = AccessLevel("nights", "Nights", (AccessEntry("lab", "night"),))
+    assert badge(site, "nora", "lab", WED_2200).reason is Reason.GRANTED
+    assert badge(site, "nora", "lab", utc(2026, 3, 28, 6, 0)).reason is Reason.GRANTED   # Sat 06:00, Fri's night
+    assert badge(site, "nora", "lab", utc(2026, 3, 28, 7, 0)).reason is Reason.OUTSIDE_SCHEDULE
+    assert badge(site, "nora", "lab", utc(2026, 3, 29, 5, 0)).reason is Reason.OUTSIDE_SCHEDULE  # Sun: no Sat night
+    assert badge(site, "nora", "lab", WED_NOON).reason is Reason.OUTSIDE_SCHEDULE
+
+
 # ------------------------------------------------------------------ Reason
 
 
@@ -335,6 +420,28 @@ def test_hash_is_keyed_and_format_bound() -> None:
 def test_ascii_numbers_keep_their_case() -> None:
     assert card_hash(KEY, "ascii", "abc123") != card_hash(KEY, "ascii", "ABC123")
     assert card_hash(KEY, "ascii", " 40011111 ") == card_hash(KEY, "ascii", "40011111")
+
+
+def test_pin_hash_is_keyed_hmac_of_prefixed_pin() -> None:
+    import hashlib
+    import hmac
+
+    assert pin_hash(KEY, "1234") == hmac.new(KEY, b"pin:1234", hashlib.sha256).hexdigest()
+    assert pin_hash(KEY, "1234") != pin_hash(b"K" * 32, "1234")
+    assert pin_hash(KEY, "1234") != pin_hash(KEY, "01234")
+    assert pin_hash(KEY, "1234") != card_hash(KEY, "ascii", "1234")  # never collides with a card of the same digits
+
+
+def test_access_request_carries_a_pin_hash_not_a_pin() -> None:
+    req = AccessRequest("lab", "h")
+    assert req.pin_hash is None
+    assert AccessRequest("lab", "h", pin_hash(KEY, "1234")).pin_hash == pin_hash(KEY, "1234")
+    assert not hasattr(req, "pin")
+
+
+def test_decision_defaults() -> None:
+    d = Decision(Reason.GRANTED, "alice")
+    assert d.companions == () and d.violation is None
 
 
 def test_last4() -> None:

@@ -232,3 +232,102 @@ def test_rex_without_unlock_window_expires() -> None:
 def test_timings_reject_non_positive(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DoorTimings(**kwargs)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------- held unlocked by schedule
+
+
+def test_hold_unlocked_energises_and_release_relocks() -> None:
+    door, clock = make()
+    assert door.hold_unlocked(True) == [DoorEvent("unlocked", T0, "schedule")]
+    assert door.relay_energised and door.held_unlocked and door.state is DoorState.UNLOCKED
+    assert door.next_deadline() is None  # no unlock window: it stays unlocked
+    clock.advance(3600.0)
+    assert door.tick() == []
+    assert door.relay_energised
+    assert door.hold_unlocked(False) == [DoorEvent("relocked", T0 + 3600.0, "schedule")]
+    assert not door.relay_energised and not door.held_unlocked and door.state is DoorState.LOCKED
+
+
+def test_hold_unlocked_repeated_value_is_no_event() -> None:
+    door, _ = make()
+    assert door.hold_unlocked(False) == []
+    door.hold_unlocked(True)
+    assert door.hold_unlocked(True) == []
+
+
+def test_openings_while_held_are_authorised_and_never_held_open() -> None:
+    door, clock = make(held_open_s=10.0)
+    door.hold_unlocked(True)
+    for _ in range(3):
+        assert types(door.contact(True)) == ["door_opened"]
+        assert door.state is DoorState.OPEN
+        clock.advance(600.0)
+        assert door.tick() == []  # propped open for ten minutes: no held_open alarm
+        assert types(door.contact(False)) == ["door_closed"]  # closing keeps the relay on
+        assert door.relay_energised and door.state is DoorState.UNLOCKED
+
+
+def test_release_keeps_relay_while_a_grant_window_runs() -> None:
+    door, clock = make(unlock_s=5.0)
+    door.hold_unlocked(True)
+    clock.advance(1.0)
+    assert door.grant() == []  # already energised
+    clock.advance(1.0)
+    assert door.hold_unlocked(False) == []
+    assert door.relay_energised
+    clock.advance(3.9)
+    assert door.tick() == []
+    clock.advance(0.1)
+    assert door.tick() == [DoorEvent("relocked", T0 + 6.0, "expired")]
+    assert not door.relay_energised
+
+
+def test_grant_window_expiring_while_held_keeps_relay_on() -> None:
+    door, clock = make(unlock_s=5.0)
+    door.grant()
+    door.hold_unlocked(True)
+    clock.advance(10.0)
+    assert door.tick() == []
+    assert door.relay_energised
+    assert door.hold_unlocked(False) == [DoorEvent("relocked", T0 + 10.0, "schedule")]
+
+
+def test_release_while_open_starts_held_open_time() -> None:
+    door, clock = make(held_open_s=10.0)
+    door.hold_unlocked(True)
+    door.contact(True)
+    clock.advance(100.0)
+    assert door.hold_unlocked(False) == [DoorEvent("relocked", T0 + 100.0, "schedule")]
+    assert door.state is DoorState.OPEN
+    assert door.next_deadline() == T0 + 110.0
+    clock.advance(10.0)
+    assert door.tick() == [DoorEvent("held_open", T0 + 110.0)]
+    assert types(door.contact(False)) == ["door_closed"]
+    assert door.state is DoorState.LOCKED
+
+
+def test_hold_authorises_an_opening_already_in_progress() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=10.0)
+    door.grant()
+    door.contact(True)
+    door.hold_unlocked(True)
+    clock.advance(60.0)
+    assert types(door.tick()) == []  # neither the expiry (held) nor held_open
+    assert door.state is DoorState.OPEN and door.relay_energised
+
+
+def test_opening_after_release_is_forced() -> None:
+    door, clock = make()
+    door.hold_unlocked(True)
+    door.hold_unlocked(False)
+    clock.advance(1.0)
+    assert types(door.contact(True)) == ["door_opened", "forced_open"]
+
+
+def test_safe_releases_the_hold() -> None:
+    door, _ = make()
+    door.hold_unlocked(True)
+    assert door.safe() == [DoorEvent("relocked", T0, "safe")]
+    assert not door.relay_energised and not door.held_unlocked
+    assert types(door.contact(True)) == ["door_opened", "forced_open"]

@@ -1,0 +1,153 @@
+"""The decision cache (DESIGN §5): the last verified policy snapshot, persisted.
+
+The server publishes one signed policy per device, retained. The MQTT thread
+hands each one to :meth:`PolicyCache.offer`, which verifies it (signature,
+site, device, not older than the one held), writes it to disk atomically and
+swaps it in; the control thread reads :attr:`PolicyCache.site` when it has
+to decide without the server. At start-up :meth:`PolicyCache.load` reads the
+file back and verifies it again — an SD card can be altered while the Pi is
+off — and sets a bad file aside as ``*.rejected`` rather than trusting it.
+
+The file holds exactly the bytes the server signed (names and keyed card
+hashes, never card numbers) and is written readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from doorkeep.model import Site
+from doorkeep.policy import PolicyError, VerifiedPolicy, verify_policy
+
+log = logging.getLogger("doorkeep.edge.policy")
+
+
+class PolicyCache:
+    def __init__(self, path: Path, public_key: Ed25519PublicKey, *, site_id: str, device: str) -> None:
+        self.path = Path(path)
+        self.public_key = public_key
+        self.site_id = site_id
+        self.device = device
+        self._current: VerifiedPolicy | None = None
+        self._lock = threading.Lock()        # guards _current: held only to swap or read it
+        self._offer_lock = threading.Lock()  # one offer at a time; readers never wait for a verify
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def current(self) -> VerifiedPolicy | None:
+        """The policy held now (site, version, issued_at and nonce that belong together)."""
+        with self._lock:
+            return self._current
+
+    @property
+    def site(self) -> Site | None:
+        current = self.current
+        return None if current is None else current.site
+
+    @property
+    def version(self) -> int | None:
+        current = self.current
+        return None if current is None else current.version
+
+    @property
+    def issued_at(self) -> float | None:
+        current = self.current
+        return None if current is None else current.issued_at
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".rejected")
+
+    # ------------------------------------------------------------ start-up
+
+    def load(self) -> bool:
+        """Load and re-verify the persisted policy; False (never an exception) if there is none usable."""
+        with self._offer_lock:
+            try:
+                payload = self.path.read_bytes()
+            except FileNotFoundError:
+                log.info("no cached policy at %s yet; waiting for the server's", self.path)
+                return False
+            except OSError as e:
+                log.error("cannot read the cached policy %s: %s", self.path, e)
+                return False
+            try:
+                verified = verify_policy(payload, self.public_key, site_id=self.site_id, device=self.device)
+            except PolicyError as e:
+                self._set_aside(e)
+                return False
+            with self._lock:
+                if self._current is not None and self._current.version > verified.version:
+                    return False  # a newer one was offered already
+                self._current = verified
+        log.info("loaded cached policy version %d for %s (%d people, %d credentials)", verified.version,
+                 self.device, len(verified.site.people), len(verified.site.credentials))
+        return True
+
+    def _set_aside(self, why: PolicyError) -> None:
+        try:
+            os.replace(self.path, self.rejected_path)
+            where = f"moved to {self.rejected_path}"
+        except OSError as e:
+            where = f"and could not be moved to {self.rejected_path}: {e}"
+        log.error("cached policy %s rejected: %s; %s. The edge will deny offline until the server "
+                  "delivers a valid policy", self.path, why, where)
+
+    # ------------------------------------------------------------ updates
+
+    def offer(self, payload: bytes) -> bool:
+        """Verify, persist and swap in a policy from the server.
+
+        Returns True if it was taken, False if it is the version already held (a
+        re-delivery; the file is not rewritten). Raises PolicyError if refused.
+        """
+        with self._offer_lock:
+            held = self.current
+            verified = verify_policy(payload, self.public_key, site_id=self.site_id, device=self.device,
+                                     min_version=None if held is None else held.version)
+            if held is not None and verified.version == held.version:
+                if verified.nonce != held.nonce:
+                    log.warning("policy version %d signed again (nonce %s, held %s); keeping the one held. "
+                                "If its content changed, the publisher must raise the version on every change",
+                                verified.version, verified.nonce, held.nonce)
+                return False
+            try:
+                self._persist(payload)
+            except OSError as e:
+                # A revocation must take effect now even if the SD card is full or failing; after a
+                # restart the retained message brings this version back.
+                log.error("could not persist policy version %d to %s: %s; using it from memory only",
+                          verified.version, self.path, e)
+            with self._lock:
+                self._current = verified
+        log.info("policy version %d accepted (%d people, %d credentials)", verified.version,
+                 len(verified.site.people), len(verified.site.credentials))
+        return True
+
+    def _persist(self, payload: bytes) -> None:
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

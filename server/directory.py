@@ -1,0 +1,264 @@
+"""The server's live site: the site files plus what changes at runtime.
+
+People, areas, doors and schedules come from the site directory; visitors,
+card states (lost, revoked), lockdowns and presence change while the server
+runs. They are persisted in the store and folded into a new immutable
+``Site`` on every change, so ``decide()`` always reads one consistent
+snapshot and the policy publisher republishes it to every edge at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from doorkeep.clock import Clock, parse_iso_ms
+from doorkeep.config import SiteBundle, with_people
+from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.decision import AccessRequest, Decision, DecisionState, Presence, commit, decide
+from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
+from server.errors import ServerError
+from server.store import Store
+
+log = logging.getLogger("doorkeep.server.directory")
+
+SiteListener = Callable[[Site], None]
+
+
+class DirectoryError(ServerError, ValueError):
+    """An operation that the site's current state does not allow (unknown person, no free badge, …)."""
+
+
+@dataclass(frozen=True)
+class Visitor:
+    id: str
+    name: str
+    host: str
+    valid_from: float
+    valid_until: float
+    allowed_areas: tuple[str, ...]
+    company: str = ""
+    email: str = ""
+    escort_required: bool = True
+    status: str = "registered"  # registered | checked_in | checked_out
+    card_hash: str | None = None
+    card_last4: str | None = None
+
+
+class Directory:
+    def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock,
+                 visitor_pool: list[tuple[str, str]] | None = None) -> None:
+        self.bundle = bundle
+        self.key = key
+        self.store = store
+        self.clock = clock
+        self.listeners: list[SiteListener] = []
+        self._lock = threading.RLock()
+        self._base = with_people(bundle.site, bundle.people, bundle.cards, key)
+        pool = visitor_pool if visitor_pool is not None else [(c.format, c.number) for c in bundle.visitor_pool]
+        self._pool = {card_hash(key, fmt, num): (fmt, normalise(fmt, num)) for fmt, num in pool}
+        self.state = DecisionState()
+        for row in store.rows("presence"):
+            self.state.presence[row["person"]] = Presence(row["area"], row["since"])
+        for row in store.rows("lockdowns"):
+            if row["active"]:
+                if row["scope"] == "site":
+                    self.state.lockdown_site = True
+                else:
+                    self.state.lockdown_areas.add(row["scope"])
+        self.site = self._build()
+
+    # ------------------------------------------------------------- building
+
+    def _visitors(self) -> list[Visitor]:
+        out = []
+        for r in self.store.rows("visitors"):
+            out.append(Visitor(
+                id=r["id"], name=r["name"], host=r["host"], valid_from=r["valid_from"], valid_until=r["valid_until"],
+                allowed_areas=tuple(json.loads(r["allowed_areas"] or "[]")), company=r["company"] or "",
+                email=r["email"] or "", escort_required=bool(r["escort_required"]), status=r["status"],
+                card_hash=r["card_hash"], card_last4=r["card_number_last4"],
+            ))
+        return out
+
+    def _build(self) -> Site:
+        """The base site + visitors + card state overrides; called under the lock on every change."""
+        people = dict(self._base.people)
+        creds = dict(self._base.credentials)
+        for v in self._visitors():
+            people[v.id] = Person(
+                id=v.id, name=v.name, kind=PersonKind.VISITOR, state=PersonState.ACTIVE,
+                valid_from=v.valid_from, valid_until=v.valid_until, host=v.host, company=v.company or None,
+                allowed_areas=v.allowed_areas, escort_required=v.escort_required,
+            )
+            if v.status == "checked_in" and v.card_hash:
+                fmt = self._pool.get(v.card_hash, ("em4100", ""))[0]
+                creds[v.card_hash] = Credential(v.card_hash, v.card_last4 or "", fmt, v.id, CredentialState.ACTIVE)
+        for row in self.store.rows("credential_states"):
+            c = creds.get(row["hash"])
+            if c is not None:
+                creds[row["hash"]] = dataclasses.replace(c, state=CredentialState(row["state"]))
+        return dataclasses.replace(self._base, people=people, credentials=creds)
+
+    def _changed(self) -> None:
+        self.site = self._build()
+        for listener in list(self.listeners):
+            try:
+                listener(self.site)
+            except Exception:
+                log.exception("site listener failed")
+
+    # ------------------------------------------------------------ decisions
+
+    def decide(self, request: AccessRequest) -> Decision:
+        """Decide and apply the decision's effects (presence, pending partners, PIN counts) atomically."""
+        with self._lock:
+            now = self.clock.wall()
+            before = dict(self.state.presence)
+            decision = decide(request, self.site, self.state, now)
+            commit(request, decision, self.site, self.state, now)
+            moved = [p for p, pres in self.state.presence.items() if before.get(p) != pres]
+        for person in moved:
+            pres = self.state.presence[person]
+            self.store.upsert("presence", {"person": person, "area": pres.area, "since": pres.since}, "person")
+        return decision
+
+    def record_passage(self, person: str, door: str, ts: str) -> None:
+        """A grant the edge made on its own: move the person as a server grant would have."""
+        d = self.site.doors.get(door)
+        if d is None or person not in self.site.people:
+            return
+        try:
+            since = parse_iso_ms(ts)
+        except ValueError:
+            since = self.clock.wall()
+        with self._lock:
+            current = self.state.presence.get(person)
+            if current is not None and current.since > since:
+                return  # the server has seen a later passage already
+            self.state.presence[person] = Presence(d.to_area, since)
+        self.store.upsert("presence", {"person": person, "area": d.to_area, "since": since}, "person")
+
+    # ----------------------------------------------------------- operations
+
+    def set_card_state(self, credential_hash: str, state: CredentialState) -> Credential:
+        with self._lock:
+            cred = self.site.credentials.get(credential_hash)
+            if cred is None:
+                raise DirectoryError("no such credential")
+            self.store.upsert("credential_states", {"hash": credential_hash, "state": state.value,
+                                                    "changed_at": self.clock.wall()}, "hash")
+            self._changed()
+            return self.site.credentials[credential_hash]
+
+    def card(self, fmt: str, number: str) -> str:
+        """The hash under which a card is known (for operators who hold the card in their hand)."""
+        return card_hash(self.key, fmt, number)
+
+    def register_visitor(self, visitor: Visitor) -> Visitor:
+        with self._lock:
+            site = self.site
+            if visitor.id in site.people:
+                raise DirectoryError(f"person {visitor.id!r} already exists")
+            host = site.people.get(visitor.host)
+            if host is None or host.kind is PersonKind.VISITOR:
+                raise DirectoryError(f"host {visitor.host!r} is not an employee or contractor of this site")
+            unknown = [a for a in visitor.allowed_areas if a not in site.areas]
+            if unknown:
+                raise DirectoryError(f"unknown areas {unknown}")
+            if visitor.valid_until <= visitor.valid_from:
+                raise DirectoryError("the visit must end after it starts")
+            self.store.upsert("visitors", {
+                "id": visitor.id, "name": visitor.name, "company": visitor.company, "email": visitor.email,
+                "host": visitor.host, "valid_from": visitor.valid_from, "valid_until": visitor.valid_until,
+                "allowed_areas": json.dumps(list(visitor.allowed_areas)), "escort_required": int(visitor.escort_required),
+                "status": "registered", "card_hash": None, "card_format": None, "card_number_last4": None,
+                "registered_at": self.clock.wall(), "checked_in_at": None, "checked_out_at": None,
+            }, "id")
+            self._changed()
+            return self.visitor(visitor.id)
+
+    def visitor(self, visitor_id: str) -> Visitor:
+        for v in self._visitors():
+            if v.id == visitor_id:
+                return v
+        raise DirectoryError(f"no visitor {visitor_id!r}")
+
+    def free_badges(self) -> list[str]:
+        used = {v.card_hash for v in self._visitors() if v.status == "checked_in"}
+        return [h for h in self._pool if h not in used]
+
+    def check_in(self, visitor_id: str, card: tuple[str, str] | None = None) -> Visitor:
+        """Activate a badge from the visitor pool (the given card, or the first free one)."""
+        with self._lock:
+            v = self.visitor(visitor_id)
+            if v.status == "checked_in":
+                raise DirectoryError(f"visitor {visitor_id!r} is already checked in")
+            if v.status == "checked_out":
+                raise DirectoryError(f"visitor {visitor_id!r} has already left; register a new visit")
+            free = self.free_badges()
+            if card is not None:
+                h = card_hash(self.key, *card)
+                if h not in self._pool:
+                    raise DirectoryError("that card is not in the visitor badge pool")
+                if h not in free:
+                    raise DirectoryError("that badge is in use")
+            elif free:
+                h = free[0]
+            else:
+                raise DirectoryError("no free visitor badge in the pool")
+            fmt, number = self._pool[h]
+            self.store.upsert("visitors", {"id": visitor_id, "status": "checked_in", "card_hash": h,
+                                           "card_format": fmt, "card_number_last4": last4(number),
+                                           "checked_in_at": self.clock.wall()}, "id")
+            # A pool badge may carry a stale 'revoked' from its previous holder.
+            self.store.delete("credential_states", h)
+            self._changed()
+            return self.visitor(visitor_id)
+
+    def check_out(self, visitor_id: str) -> Visitor:
+        """Return the badge to the pool: from now on it opens nothing until the next check-in."""
+        with self._lock:
+            v = self.visitor(visitor_id)
+            if v.status != "checked_in":
+                raise DirectoryError(f"visitor {visitor_id!r} is not checked in")
+            self.store.upsert("visitors", {"id": visitor_id, "status": "checked_out",
+                                           "checked_out_at": self.clock.wall()}, "id")
+            self.state.presence.pop(visitor_id, None)
+            self.store.delete("presence", visitor_id)
+            self._changed()
+            return self.visitor(visitor_id)
+
+    def lockdown(self, area: str | None, active: bool) -> None:
+        """Lock down the whole site (area None) or one area; responders still pass."""
+        with self._lock:
+            if area is not None and area not in self.site.areas:
+                raise DirectoryError(f"no area {area!r}")
+            scope = area or "site"
+            self.store.upsert("lockdowns", {"scope": scope, "active": int(active), "changed_at": self.clock.wall()},
+                              "scope")
+            if area is None:
+                self.state.lockdown_site = active
+            elif active:
+                self.state.lockdown_areas.add(area)
+            else:
+                self.state.lockdown_areas.discard(area)
+            self._changed()
+
+    def muster(self) -> list[dict[str, Any]]:
+        """Who is where now, as the doors saw it; visitors with their hosts."""
+        site = self.site
+        rows = []
+        for person, pres in sorted(self.state.presence.items(), key=lambda kv: (kv[1].area, kv[0])):
+            p = site.people.get(person)
+            host = site.people.get(p.host) if p is not None and p.host else None
+            rows.append({
+                "area": pres.area, "area_name": site.areas[pres.area].name if pres.area in site.areas else pres.area,
+                "person": person, "name": p.name if p else person, "kind": p.kind.value if p else "unknown",
+                "host": host.name if host else None, "since": pres.since,
+            })
+        return rows
