@@ -163,3 +163,6 @@ class Site:
     people: dict[str, Person] = field(default_factory=dict)
     credentials: dict[str, Credential] = field(default_factory=dict)  # keyed by hash
     rules: Rules = field(default_factory=Rules)
+    # Lockdowns in force ("site" or area ids): set by the server, carried in the policy so that an
+    # edge deciding on its own honours them too.
+    lockdowns: frozenset[str] = frozenset()

@@ -30,9 +30,18 @@ from doorkeep.clock import Clock, SystemClock, iso_ms
 from doorkeep.config import DeviceConfig, DoorHardware
 from doorkeep.contract import DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
 from doorkeep.credentials import card_hash, last4, pin_hash
-from doorkeep.decision import AccessRequest, DecisionState, Presence, Reason, commit, decide, offline_decision
+from doorkeep.decision import (
+    AccessRequest,
+    Decision,
+    DecisionState,
+    Reason,
+    commit,
+    decide,
+    door_unlocked_now,
+    offline_decision,
+)
 from doorkeep.errors import MessageError
-from doorkeep.model import Door, OfflineMode, Site
+from doorkeep.model import Door, DoorMode, OfflineMode, Site
 from doorkeep.policy import PolicyError
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
@@ -252,6 +261,7 @@ class EdgeAgent:
             if self.policy.offer(payload):
                 self.counters["policies"] += 1
                 log.info("policy version %s verified and cached", self.policy.version)
+                self._q.put(("policy",))
         except PolicyError as exc:
             # Unsigned, badly signed, foreign or replayed: refused and recorded, the cache keeps what it had.
             self.counters["policies_refused"] += 1
@@ -304,9 +314,31 @@ class EdgeAgent:
         elif kind == "rex":
             rt = self.doors[item[1]]
             self._apply(rt, rt.machine.rex())
+        elif kind == "policy":
+            self._sync_lockdowns()
+
+    def _sync_lockdowns(self) -> None:
+        """Lockdowns travel in the signed policy, so they hold when this edge decides alone."""
+        site = self.policy.site if self.policy is not None else None
+        if site is not None:
+            self.local_state.lockdown_site = "site" in site.lockdowns
+            self.local_state.lockdown_areas = {a for a in site.lockdowns if a != "site"}
+
+    def _door_modes(self) -> None:
+        """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow."""
+        site = (self.policy.site if self.policy is not None else None) or self.site
+        wall = self.clock.wall()
+        for rt in self.doors.values():
+            door = site.doors.get(rt.door.id)
+            if door is None or door.mode is DoorMode.NORMAL:
+                continue
+            want = door_unlocked_now(door.id, site, self.local_state, wall)
+            if want != rt.machine.held_unlocked:
+                self._apply(rt, rt.machine.hold_unlocked(want))
 
     def _on_time(self) -> None:
         now = self.clock.monotonic()
+        self._door_modes()
         for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
             p = self._pending.pop(tx)
             self.counters["timeouts"] += 1
@@ -413,13 +445,27 @@ class EdgeAgent:
         if msg.granted:
             self.counters["granted"] += 1
             t_done = self._apply(rt, rt.machine.grant())
-            if msg.person:
-                # Keep local presence current, so anti-passback still holds if the server goes away.
-                self.local_state.presence[msg.person] = Presence(rt.door.to_area, self.clock.wall())
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
                            decided_by="server", t_done=t_done)
+        self._follow_server(p, msg)
+
+    def _follow_server(self, p: _Pending, msg: DecisionMsg) -> None:
+        """Apply the server's decision to this edge's own state (presence, first person in, pending partners),
+        so anti-passback and door modes still hold if the server goes away."""
+        site = self.policy.site if self.policy is not None else None
+        if site is None:
+            return
+        try:
+            reason = Reason(msg.reason)
+        except ValueError:
+            return
+        req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
+        try:
+            commit(req, Decision(reason, msg.person), site, self.local_state, self.clock.wall())
+        except Exception:
+            log.exception("door %s: could not follow the server's decision locally", p.door)
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
                       decided_by: str, t_done: float) -> None:

@@ -102,7 +102,8 @@ class Directory:
             c = creds.get(row["hash"])
             if c is not None:
                 creds[row["hash"]] = dataclasses.replace(c, state=CredentialState(row["state"]))
-        return dataclasses.replace(self._base, people=people, credentials=creds)
+        lockdowns = frozenset((["site"] if self.state.lockdown_site else []) + sorted(self.state.lockdown_areas))
+        return dataclasses.replace(self._base, people=people, credentials=creds, lockdowns=lockdowns)
 
     def _changed(self) -> None:
         self.site = self._build()

@@ -273,3 +273,36 @@ def test_a_card_reported_lost_is_refused_online_and_from_every_edge_cache(site: 
     assert got.wait(5)
     assert (seen[0].reason, seen[0].decided_by) == ("credential_inactive", "edge_offline")
     assert not door.door.relay_history and not gate.door.relay_history
+
+
+def test_muster_lists_who_is_in_which_area_with_visitors_and_hosts(site: SiteRunner, capsys) -> None:
+    from doorkeep.cli import main
+    from server.directory import Visitor
+    from simulators.site import DEMO_SITE
+
+    directory = site.server.directory
+    now = site.clock.wall()
+    directory.register_visitor(Visitor(id="v-zoe", name="Zoe Visitor", host="alice", valid_from=now - 60,
+                                       valid_until=now + 3600, allowed_areas=("lobby", "outside")))
+    visitor = directory.check_in("v-zoe")
+    assert visitor.card_hash is not None and visitor.status == "checked_in"
+    site.doors["lobby_in"].reader.badge(ALICE)
+    site.doors["lobby_out"].reader.badge("0F00F00001")  # the first pool badge, now Zoe's... leaving the lobby
+    assert wait_until(lambda: "alice" in directory.state.presence and "v-zoe" in directory.state.presence, 5)
+    assert directory.state.presence["v-zoe"].area == "outside"
+    site.doors["lobby_in"].reader.badge("0F00F00001")  # Zoe comes in
+    assert wait_until(lambda: directory.state.presence["v-zoe"].area == "lobby", 5)
+
+    assert main(["muster", "--site", str(DEMO_SITE), "--data", str(site.data_dir / "server")]) == 0
+    out = capsys.readouterr().out
+    lobby = out.split("Lobby (")[1]
+    assert "Alice Archer" in lobby and "Zoe Visitor" in lobby and "host Alice Archer" in lobby
+    assert "2 on site" in out
+
+    directory.check_out("v-zoe")
+    from doorkeep.decision import AccessRequest
+
+    badge = directory.card("em4100", "0F00F00001")
+    assert directory.decide(AccessRequest("lobby_in", badge)).reason.value == "unknown_credential", \
+        "a returned pool badge must stop working at once"
+    assert "v-zoe" not in directory.state.presence
