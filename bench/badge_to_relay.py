@@ -37,7 +37,6 @@ import os
 import platform
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -50,7 +49,7 @@ from urllib.parse import urlsplit
 import paho.mqtt
 import paho.mqtt.client as mqtt
 
-from simulators.brokers import MosquittoBroker
+from simulators.brokers import MosquittoBroker, subscribed_client
 from simulators.site import DEMO_SITE, SiteRunner
 
 DOOR = "lobby_in"
@@ -121,35 +120,12 @@ def _parse_broker(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 1883
 
 
-def _echo_client(host: str, port: int, name: str, subscribe: str,
-                 on_message: Any) -> mqtt.Client:
-    ready = threading.Event()
-    failed: list[str] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{uuid.uuid4().hex[:6]}",
-                         clean_session=True)
-
-    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            failed.append(str(reason))
-            ready.set()
-            return
-        sock = c.socket()
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.subscribe(subscribe, qos=1)
-
-    def on_subscribe(c: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        ready.set()
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    if not ready.wait(10) or failed:
-        client.loop_stop()
-        raise SystemExit(f"echo client {name}: could not connect and subscribe to {host}:{port} {failed}")
-    return client
+def _echo_client(host: str, port: int, name: str, subscribe: str, on_message: Any) -> mqtt.Client:
+    try:
+        return subscribed_client(host, port, f"bench-{name}-{uuid.uuid4().hex[:6]}", subscribe, on_message,
+                                 timeout=10)
+    except RuntimeError as exc:
+        raise SystemExit(f"echo client {name}: {exc}") from None
 
 
 class EchoPair:

@@ -211,6 +211,7 @@ class DecisionMsg:
     person: str | None
     unlock_s: float
     ts: str
+    violation: str | None = None  # e.g. "anti_passback": granted, but a soft rule was broken
 
     def encode(self) -> bytes:
         return _dump({"schema": self.SCHEMA, **asdict(self)})
@@ -233,6 +234,7 @@ class DecisionMsg:
             person=_ident(d, "person", optional=True),
             unlock_s=float(unlock),
             ts=_field(d, "ts", str),
+            violation=_ident(d, "violation", optional=True),
         )
 
 

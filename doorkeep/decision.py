@@ -443,7 +443,7 @@ def commit(request: AccessRequest, decision: Decision, site: Site, state: Decisi
     door = site.doors.get(request.door)
     if door is None:
         return
-    _prune(state, site, now)
+    _prune(state, site, now, request.door)
     person = site.people.get(decision.person) if decision.person else None
     reason = decision.reason
 
@@ -484,11 +484,16 @@ def _count_pin(request: AccessRequest, decision: Decision, site: Site, state: De
         state.pin_failures.pop(key, None)
 
 
+#: Badges remembered per door while they wait for a partner. A door flooded with badges keeps the newest
+#: ones, so its decisions stay cheap (every decision at the door walks this list).
+MAX_PENDING_PER_DOOR = 64
+
+
 def _add_pending(state: DecisionState, door: str, entry: Pending) -> None:
     """Record a badge waiting at a door, replacing that person's earlier entry of the same kind."""
     entries = [p for p in state.pending.get(door, ()) if not (p.person == entry.person and p.kind == entry.kind)]
     entries.append(entry)
-    state.pending[door] = entries
+    state.pending[door] = entries[-MAX_PENDING_PER_DOOR:]
 
 
 def _drop_pending(state: DecisionState, door: str, people: set[str]) -> None:
@@ -499,16 +504,21 @@ def _drop_pending(state: DecisionState, door: str, people: set[str]) -> None:
         state.pending.pop(door, None)
 
 
-def _prune(state: DecisionState, site: Site, now: float) -> None:
-    """Forget badges older than their window: they can no longer pair with anyone."""
+def _prune(state: DecisionState, site: Site, now: float, door: str) -> None:
+    """Forget badges older than their window at this door: they can no longer pair with anyone.
+
+    Only the door being decided is pruned (each decision must not walk every door); other doors'
+    stale entries are ignored by their window and bounded by MAX_PENDING_PER_DOOR.
+    """
     windows = {PENDING_VISITOR: site.rules.escort_window_s, PENDING_ESCORT: site.rules.escort_window_s,
                PENDING_TWO_PERSON: site.rules.two_person_window_s}
-    for door in list(state.pending):
-        kept = [p for p in state.pending[door] if now - p.at <= windows.get(p.kind, 0.0)]
-        if kept:
-            state.pending[door] = kept
-        else:
-            del state.pending[door]
+    if door not in state.pending:
+        return
+    kept = [p for p in state.pending[door] if now - p.at <= windows.get(p.kind, 0.0)]
+    if kept:
+        state.pending[door] = kept
+    else:
+        del state.pending[door]
 
 
 # -------------------------------------------------------------- door modes

@@ -213,6 +213,17 @@ class EdgeAgent:
         """Re-evaluate every deadline now (after a simulated clock jumped forward)."""
         self._q.put(("tick",))
 
+    def sync(self, timeout: float) -> bool:
+        """True once the control loop has handled everything queued before this call (and any overdue timer)."""
+        done = threading.Event()
+        self._q.put(("sync", done))
+        return done.wait(timeout)
+
+    @property
+    def in_flight(self) -> bool:
+        """A request is waiting for the server, or a card for its PIN."""
+        return bool(self._pending) or any(rt.awaiting_pin is not None for rt in self.doors.values())
+
     def _make_safe(self) -> None:
         for rt in self.doors.values():
             try:
@@ -287,6 +298,8 @@ class EdgeAgent:
                     if item is not None:
                         self._handle(item)
                     self._on_time()
+                    if item is not None and item[0] == "sync":
+                        item[1].set()
                 except Exception:
                     self.counters["errors"] += 1
                     log.exception("error handling %s", item[0] if item else "timer")
@@ -385,8 +398,10 @@ class EdgeAgent:
         event_id = uuid.uuid4().hex
         wall = self.clock.wall()
         snapshot = event_id if rt.camera is not None and rt.camera.stats.online else None
+        # The timeout runs from the moment the question is asked (after a PIN, that is later than the card).
+        asked = max(t_read, self.clock.monotonic())
         p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
-                     t_read + rt.door.decision_timeout_ms / 1000.0, snapshot, pin, card.format)
+                     asked + rt.door.decision_timeout_ms / 1000.0, snapshot, pin, card.format)
         self.counters["requests"] += 1
         if snapshot is not None and rt.camera is not None:
             self._snap_q.put((rt.camera, t_read, door, event_id))
@@ -426,7 +441,7 @@ class EdgeAgent:
         else:
             self.counters["offline_denied"] += 1
         self._access_event(p, granted=decision.granted, reason=decision.reason.value, person=decision.person,
-                           decided_by="edge_offline", t_done=t_done)
+                           decided_by="edge_offline", t_done=t_done, violation=decision.violation)
 
     def _decided(self, door: str, msg: DecisionMsg) -> None:
         p = self._pending.get(msg.transaction)
@@ -448,7 +463,7 @@ class EdgeAgent:
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
-                           decided_by="server", t_done=t_done)
+                           decided_by="server", t_done=t_done, violation=msg.violation)
         self._follow_server(p, msg)
 
     def _follow_server(self, p: _Pending, msg: DecisionMsg) -> None:
@@ -463,17 +478,19 @@ class EdgeAgent:
             return
         req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
         try:
-            commit(req, Decision(reason, msg.person), site, self.local_state, self.clock.wall())
+            commit(req, Decision(reason, msg.person, violation=msg.violation), site, self.local_state,
+                   self.clock.wall())
         except Exception:
             log.exception("door %s: could not follow the server's decision locally", p.door)
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
-                      decided_by: str, t_done: float) -> None:
+                      decided_by: str, t_done: float, violation: str | None = None) -> None:
         ev = EventMsg(
             id=p.event_id, seq=next(self._seq), ts=p.ts, device=self.device.id, door=p.door, type="access",
             decision="granted" if granted else "denied", reason=reason, decided_by=decided_by, person=person,
             credential_hash=p.credential_hash, credential_last4=p.credential_last4, transaction=p.transaction,
             latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot,
+            detail={"violation": violation} if violation else {},
         )
         self._publish_event(ev)
 

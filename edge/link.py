@@ -112,8 +112,8 @@ class Link:
             if topic.kind == "policy" and topic.device == self.device and self.on_policy is not None:
                 self.on_policy(msg.payload)
                 return
-            if topic.kind in ("availability", "state"):
-                # Not subscribed to, but amqtt has delivered other devices' retained availability; ignore it.
+            if topic.kind in ("availability", "state", "policy"):
+                # Not subscribed to, but amqtt delivers other devices' retained messages; ignore them.
                 log.debug("ignored %s", msg.topic)
                 return
             if topic.kind != "decision" or topic.device != self.device or topic.door is None:

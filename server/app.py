@@ -62,6 +62,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     client_id = f"doorkeep-server-{bundle.site.id}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
     bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id)
     directory.listeners.append(bus.publish_policies)
+    directory.defer = bus.defer
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
     return Server(directory, store, bus)

@@ -45,10 +45,11 @@ EventListener = Callable[[EventMsg, bool], None]
 
 @dataclass(frozen=True)
 class _Work:
-    kind: str  # "event" | "snapshot"
+    kind: str  # "event" | "snapshot" | "call"
     topic: Any
     payload: bytes
     received_at: float
+    call: Callable[[], object] | None = None
 
 
 class ServerBus:
@@ -106,13 +107,21 @@ class ServerBus:
         self._work.put(None)
         self._worker.join(timeout=10)
 
+    def defer(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the store thread, in order with event ingest (keeps disk writes off the network thread)."""
+        with self._idle:
+            self._queued += 1
+        self._work.put(_Work("call", None, b"", 0.0, fn))
+
     @property
     def site(self) -> Site:
         return self.directory.site
 
     def publish_policies(self, site: Site | None = None, *, force: bool = False) -> None:
         """Sign and publish the devices' policies (retained); called on connect (force) and on every site change."""
-        if self.publisher is not None:
+        if self.publisher is not None and (force or self._connected.is_set()):
+            # While disconnected nothing is sent: paho would deliver the queued policy after the one
+            # on_connect publishes, and the broker would keep the older version retained.
             self.publisher.publish_all(site or self.directory.site,
                                        lambda topic, payload: self._client.publish(topic, payload, qos=1, retain=True),
                                        force=force)
@@ -187,7 +196,7 @@ class ServerBus:
         answer = DecisionMsg(
             transaction=req.transaction, door=req.door, granted=decision.granted,
             reason=decision.reason.value, person=decision.person,
-            unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()),
+            unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()), violation=decision.violation,
         )
         self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
         self.counters["decisions"] += 1
@@ -202,13 +211,15 @@ class ServerBus:
             try:
                 if work.kind == "event":
                     self._ingest_event(work)
+                elif work.kind == "call" and work.call is not None:
+                    work.call()
                 else:
                     self._ingest_snapshot(work)
             except MessageError as exc:
                 self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
             except Exception:
                 self.counters["errors"] += 1
-                log.exception("could not store %s from %s", work.kind, work.topic.device)
+                log.exception("could not store %s from %s", work.kind, work.topic.device if work.topic else "server")
             finally:
                 with self._idle:
                     self._done += 1

@@ -57,6 +57,8 @@ class Directory:
         self.store = store
         self.clock = clock
         self.listeners: list[SiteListener] = []
+        #: How presence writes are run: at once by default; the server hands them to its store thread.
+        self.defer: Callable[[Callable[[], object]], None] = lambda fn: fn()
         self._lock = threading.RLock()
         self._base = with_people(bundle.site, bundle.people, bundle.cards, key)
         pool = visitor_pool if visitor_pool is not None else [(c.format, c.number) for c in bundle.visitor_pool]
@@ -116,16 +118,22 @@ class Directory:
     # ------------------------------------------------------------ decisions
 
     def decide(self, request: AccessRequest) -> Decision:
-        """Decide and apply the decision's effects (presence, pending partners, PIN counts) atomically."""
+        """Decide and apply the decision's effects (presence, pending partners, PIN counts) atomically.
+
+        Only the people a grant names can move, so only they are looked at; their new presence is
+        written by ``self.defer`` (the store's worker thread on a running server), never on the caller's
+        thread, because an answer must not wait for the disk.
+        """
         with self._lock:
             now = self.clock.wall()
-            before = dict(self.state.presence)
             decision = decide(request, self.site, self.state, now)
+            people = [p for p in (decision.person, *decision.companions) if p] if decision.granted else []
+            before = {p: self.state.presence.get(p) for p in people}
             commit(request, decision, self.site, self.state, now)
-            moved = [p for p, pres in self.state.presence.items() if before.get(p) != pres]
-        for person in moved:
-            pres = self.state.presence[person]
-            self.store.upsert("presence", {"person": person, "area": pres.area, "since": pres.since}, "person")
+            rows = [{"person": p, "area": pres.area, "since": pres.since}
+                    for p in people if (pres := self.state.presence.get(p)) is not None and pres != before[p]]
+        if rows:
+            self.defer(lambda: [self.store.upsert("presence", row, "person") for row in rows])
         return decision
 
     def record_passage(self, person: str, door: str, ts: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -41,7 +44,9 @@ class BrokerUnavailable(RuntimeError):
 
 
 class MosquittoBroker:
-    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, workdir: Path | None = None, *, persistent: bool = False) -> None:
+        """``persistent`` keeps sessions and queued QoS 1 messages across a restart, as a production broker
+        does; give the same ``workdir`` to the broker that replaces this one."""
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if self.binary is None:
             raise BrokerUnavailable("mosquitto is not installed: run `make test` (installs it) or `apt-get install mosquitto`")
@@ -49,6 +54,7 @@ class MosquittoBroker:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="doorkeep-mosq-")
         self.dir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.log_file = self.dir / "mosquitto.log"
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,13 +62,18 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def config(self) -> str:
+        # Started as root, Mosquitto switches to the 'mosquitto' user, which cannot write this private
+        # directory: its log and persistence would silently go nowhere. Keep the starting user.
+        user = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []
         return "\n".join([
+            *user,
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "set_tcp_nodelay true",
             "max_queued_messages 0",
             "max_inflight_messages 0",
-            "persistence false",
+            *(["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
+              if self.persistent else ["persistence false"]),
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",
@@ -148,3 +159,38 @@ class EmbeddedBroker:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout=10)
         self._thread = None
+
+
+def subscribed_client(host: str, port: int, client_id: str, subscribe: str, on_message: Any, *,
+                      inflight: int | None = None, keepalive: int = 30, timeout: float = 15.0) -> Any:
+    """A paho 2.x client (callback API v2) with Nagle off, returned once its subscription is acknowledged.
+
+    For benchmarks and tests that play a peer on the wire; raises RuntimeError if it cannot connect.
+    """
+    import paho.mqtt.client as mqtt
+
+    ready = threading.Event()
+    failed: list[str] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if inflight is not None:
+        client.max_inflight_messages_set(inflight)
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            failed.append(str(reason))
+            ready.set()
+            return
+        sock = c.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.subscribe(subscribe, qos=1)
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *args: ready.set()
+    client.on_message = on_message
+    client.connect(host, port, keepalive=keepalive)
+    client.loop_start()
+    if not ready.wait(timeout) or failed:
+        client.loop_stop()
+        raise RuntimeError(f"{client_id}: could not connect and subscribe to {host}:{port} {failed}")
+    return client

@@ -24,9 +24,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
@@ -89,6 +90,7 @@ class SiteRunner:
     doors: dict[str, SimDoor] = field(default_factory=dict)
     cameras: dict[str, CameraSimulator] = field(default_factory=dict)
     _broker: Any = None
+    _broker_dir: Any = None
     _broker_port: int | None = None
     _tmp: Any = None
 
@@ -117,7 +119,13 @@ class SiteRunner:
         return self._broker_port is not None
 
     def _new_broker(self, port: int | None) -> Any:
-        return EmbeddedBroker(port=port) if self.embedded_broker else MosquittoBroker(port=port)
+        if self.embedded_broker:
+            return EmbeddedBroker(port=port)
+        # Persistent, like a production broker: the server's session and the events queued for it
+        # survive a broker restart. The replacement broker reuses the same working directory.
+        if self._broker_dir is None:
+            self._broker_dir = tempfile.TemporaryDirectory(prefix="doorkeep-broker-")
+        return MosquittoBroker(port=port, workdir=Path(self._broker_dir.name), persistent=True)
 
     # --------------------------------------------------------------- server
 
@@ -212,25 +220,9 @@ class SiteRunner:
         self.poke()
         return self.wait_edges_idle(timeout)
 
-    def edges_idle(self) -> bool:
-        """True when no edge has input queued, a request in flight or a deadline overdue.
-
-        Reads each agent's control-loop bookkeeping from outside; reads only,
-        so a stale answer just means one more poll. (``EdgeAgent`` offers no
-        public "caught up" signal yet.)
-        """
-        now = self.clock.monotonic()
-        for agent in self.agents.values():
-            if not agent._q.empty() or agent._pending:
-                return False
-            for rt in agent.doors.values():
-                deadline = rt.machine.next_deadline()
-                if deadline is not None and deadline <= now:
-                    return False
-                waiting = getattr(rt, "awaiting_pin", None)
-                if waiting is not None and waiting.deadline <= now:
-                    return False
-        return True
+    def edges_idle(self, timeout: float = 1.0) -> bool:
+        """True when every edge's control loop has caught up and no request is in flight."""
+        return all(agent.sync(timeout) and not agent.in_flight for agent in self.agents.values())
 
     def wait_edges_idle(self, timeout: float = 5.0) -> bool:
         return _wait(self.edges_idle, timeout)
@@ -276,3 +268,6 @@ class SiteRunner:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._broker_dir is not None:
+            self._broker_dir.cleanup()
+            self._broker_dir = None

@@ -428,14 +428,28 @@ def test_commit_records_pending_and_consumes_it() -> None:
     assert state.pending["lab"] == [Pending("host", t0 + 2, "escort")]
 
 
-def test_commit_prunes_stale_pending() -> None:
+def test_commit_prunes_stale_pending_at_the_door_it_decides() -> None:
     state = DecisionState()
     req = request("emp", "vault")
     commit(req, decide(req, SITE, state, WED_NOON), SITE, state, WED_NOON)
     assert "vault" in state.pending
     other = request("emp2", "lobby_in")
     commit(other, decide(other, SITE, state, WED_NOON + 31), SITE, state, WED_NOON + 31)
-    assert state.pending == {}
+    assert "vault" in state.pending, "other doors are not walked on every decision"
+    again = request("emp2", "vault")
+    commit(again, decide(again, SITE, state, WED_NOON + 62), SITE, state, WED_NOON + 62)
+    assert "emp" not in [p.person for p in state.pending.get("vault", [])], "a stale badge was kept"
+
+
+def test_a_flooded_door_remembers_a_bounded_number_of_badges() -> None:
+    from doorkeep.decision import MAX_PENDING_PER_DOOR, Pending, _add_pending
+
+    state = DecisionState()
+    for i in range(MAX_PENDING_PER_DOOR * 3):
+        _add_pending(state, "vault", Pending(f"p{i}", WED_NOON + i, "escort"))
+    kept = state.pending["vault"]
+    assert len(kept) == MAX_PENDING_PER_DOOR
+    assert kept[-1].person == f"p{MAX_PENDING_PER_DOOR * 3 - 1}", "the newest badges are the ones kept"
 
 
 def test_commit_pin_failures_are_per_credential() -> None:

@@ -111,7 +111,7 @@ def test_lockdown_grants_only_responders(steps: list[Badge]) -> None:
 @SETTINGS
 @given(st.one_of(badges(VISITOR_PLAY, VISITOR_DOORS, lockdowns=False), badges(PEOPLE)))
 def test_visitor_is_never_granted_alone_into_an_escort_area(steps: list[Badge]) -> None:
-    for _, req, d, _, now in walk(steps):
+    for _, req, d, _, _now in walk(steps):
         door = SITE.doors.get(req.door)
         if door is None or not d.granted:
             continue

@@ -395,3 +395,12 @@ def test_step_text_reads_like_the_transcript() -> None:
         "badge vault_in: alice's card + PIN 2468"
     assert re.match(r"expect exactly 0 forced_open at main_out",
                     Step(2, "expect_alarm", "main_out", {"type": "forced_open", "count": 0}).text())
+
+
+def test_the_worked_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    block = re.search(r"```yaml\n(# a shorter simulators/scenarios/lost_card.yaml\n.*?)```", DOC, re.S)
+    assert block is not None
+    path = tmp_path / "example.yaml"
+    path.write_text(block.group(1).replace("site: ../../firmware-config/sites/hq", f"site: {HQ}"))
+    sc = load_scenario(path)
+    assert [s.verb for s in sc.steps][:3] == ["badge", "expect_decision", "advance"]

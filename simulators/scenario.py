@@ -1,0 +1,1679 @@
+"""Scenario files: a tester's timeline of steps and expectations, run against a full site.
+
+A scenario is a YAML file (docs/scenarios.md is the reference)::
+
+    name: Lost card mid-day
+    site: ../../firmware-config/sites/hq
+    start: "2026-03-02 08:55"
+    steps:
+      - badge: main_out
+        person: alice
+      - expect_decision: main_out
+        reason: granted
+      - advance: 3h
+      - report_lost: "0F00A1B2C3"
+      - badge: main_out
+        card: "0F00A1B2C3"
+      - expect_decision: main_out
+        reason: credential_inactive
+
+Each step is a mapping with exactly one *verb* key (``badge``, ``advance``,
+``expect_decision``, …) whose value is the step's subject (a door, a
+duration, a person…), plus the verb's named options. Loading is strict and
+happens in two passes before anything runs: the file's shape (every key and
+value, the order of outages and visitor steps), then every name against the
+site (doors, people, areas, cards, wiring). Every problem names the file,
+the line, the step and the fix (:class:`ScenarioError`).
+
+Running starts a broker, the server and every edge agent on simulators
+(:class:`simulators.site.SiteRunner`) on a :class:`ScenarioClock` set to
+``start``. Actions drive the simulators and the desk operations; each one
+waits for what it caused (a badge for its access decision, an opening for
+the edge to see it, a clock jump for every edge to catch up). Expectations
+wait for their condition up to a deadline (``within``, default 5 s real
+time), never a blind sleep. Decisions, relays and alarms are observed at the
+edge (so they work while the server or broker is down); stored events,
+presence and occupancy at the server.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import re
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from doorkeep.config import SiteBundle, load_site_dir
+from doorkeep.contract import EVENT_TYPES, EventMsg
+from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.decision import Reason
+from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.model import CredentialState, PersonKind
+from edge.agent import PIN_ENTRY_S
+from edge.framing import encode_ascii, encode_em4100
+from server.directory import Visitor
+from simulators.brokers import BrokerUnavailable
+from simulators.clock import ScenarioClock
+from simulators.site import DEMO_SITE, SiteRunner, SiteRunnerError, mosquitto_installed
+
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
+DEFAULT_WITHIN_S = 5.0
+MAX_WITHIN_S = 120.0
+ALARM_TYPES = ("forced_open", "held_open")
+
+
+# =================================================================== errors
+
+
+class ScenarioError(ValueError):
+    """One problem in a scenario file: where it is, what is wrong, how to fix it."""
+
+    def __init__(self, file: str, problem: str, fix: str, *, line: int | None = None,
+                 step: int | None = None, verb: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.step = step
+        self.verb = verb
+        self.problem = problem
+        self.fix = fix
+        where = file + (f":{line}" if line else "")
+        what = ""
+        if step is not None:
+            what = f" step {step}" + (f" ({verb})" if verb else "") + ":"
+        super().__init__(f"{where}:{what} {problem} (fix: {fix})")
+
+
+class ScenarioErrors(ValueError):
+    """Every problem found in one or more scenario files, reported together."""
+
+    def __init__(self, errors: list[ScenarioError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class StepFailed(RuntimeError):
+    """An action could not be carried out while running (the scenario stops there)."""
+
+
+class _Bad(Exception):
+    """A value that does not fit its field: the problem and the fix."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+
+# =================================================================== values
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"`` → seconds. A bare number is refused (which unit?)."""
+    if isinstance(value, (bool, int, float)):
+        raise _Bad(f"{value!r} has no unit", f'write the unit, e.g. "{value}s" (units: ms, s, m, h, d)')
+    if not isinstance(value, str):
+        raise _Bad(f"must be a duration, got {value!r}", 'write e.g. "30s", "5m", "1h30m"')
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise _Bad(f"{value!r} is not a duration", 'write e.g. "30s", "5m", "1h30m" (units: ms, s, m, h, d)')
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1 and seconds:
+        return f"{seconds * 1000:g}ms"
+    out, rest = [], seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            n = int(rest // size)
+            out.append(f"{n}{unit}")
+            rest -= n * size
+    if rest or not out:
+        out.append(f"{rest:g}s")
+    return "".join(out)
+
+
+def parse_local_datetime(value: Any) -> datetime:
+    """``"2026-03-02 08:55"`` (seconds optional, ``T`` allowed) → naive local date-time."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise _Bad("has a time zone offset", "write the local time in the site's time zone, without offset")
+        return value
+    if isinstance(value, date):
+        raise _Bad(f"{value} has no time of day", f'write the time too, e.g. "{value} 08:55"')
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("T", " "))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None and re.match(r"^\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}", value.strip()):
+            return parsed
+    raise _Bad(f"{value!r} is not a local date-time", 'write it like "2026-03-02 08:55" (site time zone)')
+
+
+def parse_time_or_datetime(value: Any) -> datetime | dtime:
+    """``"19:30"`` (the next such time) or a full local date-time."""
+    if isinstance(value, str) and re.match(r"^\d{1,2}:\d{2}(:\d{2})?$", value.strip()):
+        parts = [int(p) for p in value.strip().split(":")]
+        try:
+            return dtime(*parts)
+        except ValueError:
+            raise _Bad(f"{value!r} is not a time of day", 'write it like "19:30"') from None
+    return parse_local_datetime(value)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+# ============================================================ field kinds
+
+
+def _k_str(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad(f"must be text, got {v!r}", "write it as a (quoted) string")
+    return v
+
+
+def _k_ident(v: Any) -> str:
+    if not isinstance(v, str) or not SEGMENT.match(v):
+        raise _Bad(f"{v!r} is not an identifier", "use the id from the site files: letters, digits, '_' and '-'")
+    return v
+
+
+def _k_card(v: Any) -> str:
+    if isinstance(v, (bool, int, float)):
+        raise _Bad(f"card number {v!r} was read as a number (leading zeros and letters would be lost)",
+                   f'quote it: "{v}"')
+    if not isinstance(v, str) or not v.strip() or not v.strip().isalnum():
+        raise _Bad(f"{v!r} is not a card number", 'write it as the reader sends it, quoted: "0F00A1B2C3"')
+    return v.strip()
+
+
+def _k_pin(v: Any) -> str:
+    if isinstance(v, (bool, int, float)):
+        raise _Bad(f"PIN {v!r} was read as a number (a leading zero would be lost, 0417 even read as octal)",
+                   'quote it: pin: "0417"')
+    if not isinstance(v, str) or not re.match(r"^[0-9]{1,12}\Z", v):
+        raise _Bad(f"{v!r} is not a PIN", 'write the digits typed on the keypad, quoted: pin: "2468"')
+    return v
+
+
+def _k_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"must be true or false, got {v!r}", "write true or false")
+    return v
+
+
+def _k_count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad(f"must be a whole number >= 0, got {v!r}", "write e.g. count: 1")
+    return v
+
+
+def _k_duration(v: Any) -> float:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise _Bad(f"{v!r} is zero", "give a duration greater than 0")
+    return seconds
+
+
+def _k_within(v: Any) -> float:
+    seconds = _k_duration(v)
+    if seconds > MAX_WITHIN_S:
+        raise _Bad(f"{v!r} is longer than {MAX_WITHIN_S:g} s of real time",
+                   "expectations wait in real time: keep `within` short and use `advance` for simulated time")
+    return seconds
+
+
+def _k_optional_duration(v: Any) -> float | None:
+    return None if v is None else _k_within(v)
+
+
+def _k_datetime(v: Any) -> datetime:
+    return parse_local_datetime(v)
+
+
+def _k_time_or_datetime(v: Any) -> datetime | dtime:
+    return parse_time_or_datetime(v)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in choices:
+            near = _suggest(v, choices) if isinstance(v, str) else None
+            fix = f"did you mean `{near}`?" if near else f"use one of: {', '.join(choices)}"
+            raise _Bad(f"unknown value {v!r}", fix)
+        return v
+    return parse
+
+
+def _k_onoff(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("on", "off"):
+        return v.lower() == "on"
+    raise _Bad(f"must be on or off, got {v!r}", "write lockdown: on or lockdown: off")
+
+
+def _k_ident_or_null(v: Any) -> str | None:
+    return None if v is None else _k_ident(v)
+
+
+def _k_ident_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise _Bad(f"must be a list of ids, got {v!r}", "write e.g. areas: [lobby, floor3]")
+    return tuple(_k_ident(x) for x in v)
+
+
+_k_reason = _choice(*(r.value for r in Reason))
+_k_decision = _choice("granted", "denied")
+_k_decided_by = _choice("server", "edge_offline")
+_k_event_type = _choice(*sorted(EVENT_TYPES))
+_k_alarm_type = _choice(*ALARM_TYPES)
+_k_updown = _choice("up", "down")
+_k_format = _choice("em4100", "ascii")
+
+
+# ============================================================== vocabulary
+
+
+@dataclass(frozen=True)
+class Field:
+    parse: Callable[[Any], Any]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    subject: Field | None
+    """How the verb's own value is read; None: the verb takes no value (``- settle``)."""
+    options: dict[str, Field]
+    expectation: bool
+    summary: str
+
+
+def _verb(verb: str, subject: Callable[[Any], Any] | None, summary: str, /, *, expectation: bool = False,
+          optional_subject: bool = False, **options: Field) -> Verb:
+    opts = dict(options)
+    opts["note"] = Field(_k_str)
+    if expectation:
+        opts["within"] = Field(_k_within)
+    subj = None if subject is None else Field(subject, required=not optional_subject)
+    return Verb(verb, subj, opts, expectation, summary)
+
+
+VERBS: dict[str, Verb] = {v.name: v for v in (
+    # ---- actions
+    _verb("badge", _k_ident, "present a card at a door's reader (optionally type a PIN)",
+          card=Field(_k_card), person=Field(_k_ident), pin=Field(_k_pin), walk_through=Field(_k_bool)),
+    _verb("open", _k_ident, "open a door (its contact)"),
+    _verb("close", _k_ident, "close a door"),
+    _verb("force", _k_ident, "open a locked door without a grant or REX"),
+    _verb("hold_open", _k_ident, "keep a door open for a simulated time, then close it",
+          **{"for": Field(_k_duration, required=True)}),
+    _verb("rex", _k_ident, "press a door's request-to-exit button"),
+    _verb("register_visitor", _k_ident, "register a visitor at the security desk",
+          name=Field(_k_str, required=True), host=Field(_k_ident, required=True),
+          areas=Field(_k_ident_list, required=True), company=Field(_k_str), escort_required=Field(_k_bool),
+          **{"from": Field(_k_datetime), "until": Field(_k_datetime), "for": Field(_k_duration)}),
+    _verb("check_in", _k_ident, "check a visitor in: a badge from the visitor pool becomes theirs",
+          card=Field(_k_card)),
+    _verb("check_out", _k_ident, "check a visitor out: their badge stops working"),
+    _verb("report_lost", _k_card, "report a card lost at the desk", format=Field(_k_format)),
+    _verb("lockdown", _k_onoff, "lock the site (or one area) down, or lift it", area=Field(_k_ident)),
+    _verb("broker", _k_updown, "stop or restart the MQTT broker"),
+    _verb("server", _k_updown, "stop or restart the server"),
+    _verb("advance", _k_duration, "jump the simulated clock forward"),
+    _verb("advance_to", _k_time_or_datetime, "jump the simulated clock to a local time"),
+    _verb("settle", _k_optional_duration, "wait until the system is quiet and every event is stored",
+          optional_subject=True),
+    # ---- expectations
+    _verb("expect_decision", _k_ident, "the last access decision at a door", expectation=True,
+          decision=Field(_k_decision), reason=Field(_k_reason), person=Field(_k_ident_or_null),
+          decided_by=Field(_k_decided_by)),
+    _verb("expect_relay", _k_ident, "a door's lock relay energised or not", expectation=True,
+          energised=Field(_k_bool, required=True)),
+    _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open) raised at a door", expectation=True,
+          type=Field(_k_alarm_type), count=Field(_k_count)),
+    _verb("expect_event", _k_event_type, "an event stored by the server", expectation=True,
+          door=Field(_k_ident), decision=Field(_k_decision), reason=Field(_k_reason),
+          person=Field(_k_ident_or_null), decided_by=Field(_k_decided_by), violation=Field(_k_ident),
+          count=Field(_k_count)),
+    _verb("expect_area", _k_ident, "the area the server has a person in", expectation=True,
+          area=Field(_k_ident_or_null, required=True)),
+    _verb("expect_occupancy", _k_ident, "how many people the server counts in an area", expectation=True,
+          count=Field(_k_count, required=True)),
+)}
+
+TOP_LEVEL = {"name": True, "description": False, "site": False, "start": True, "steps": True}
+
+
+# =================================================================== model
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    verb: str
+    subject: Any
+    options: dict[str, Any]
+    line: int | None = None
+
+    @property
+    def expectation(self) -> bool:
+        return VERBS[self.verb].expectation
+
+    @property
+    def note(self) -> str | None:
+        return self.options.get("note")
+
+    def opt(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+    def text(self) -> str:
+        """The step as one line of the transcript."""
+        o = self.options
+        v = self.verb
+        if v == "badge":
+            who = f"card {o['card']}" if "card" in o else f"{o['person']}'s card"
+            pin = f" + PIN {o['pin']}" if "pin" in o else ""
+            walk = ", walks through" if o.get("walk_through") else ""
+            return f"badge {self.subject}: {who}{pin}{walk}"
+        if v == "hold_open":
+            return f"hold {self.subject} open for {format_duration(o['for'])}"
+        if v in ("open", "close", "force"):
+            return f"{v} {self.subject}"
+        if v == "rex":
+            return f"press REX at {self.subject}"
+        if v == "register_visitor":
+            return f"register visitor {self.subject} ({o['name']}, host {o['host']}, areas {', '.join(o['areas'])})"
+        if v == "check_in":
+            return f"check in {self.subject}" + (f" with badge {o['card']}" if "card" in o else "")
+        if v == "check_out":
+            return f"check out {self.subject}"
+        if v == "report_lost":
+            return f"report card {self.subject} lost"
+        if v == "lockdown":
+            return f"lockdown {'on' if self.subject else 'off'}" + (f" for {o['area']}" if "area" in o else " (site)")
+        if v in ("broker", "server"):
+            return f"{v} {self.subject}"
+        if v == "advance":
+            return f"advance {format_duration(self.subject)}"
+        if v == "advance_to":
+            s = self.subject
+            return f"advance to {s:%H:%M}" if isinstance(s, dtime) else f"advance to {s:%Y-%m-%d %H:%M}"
+        if v == "settle":
+            return "settle"
+        if v == "expect_decision":
+            parts = [o.get("decision"), o.get("reason") and f"reason {o['reason']}",
+                     "person " + str(o["person"] or "none") if "person" in o else None,
+                     o.get("decided_by") and f"by {o['decided_by']}"]
+            return f"expect decision at {self.subject}: " + ", ".join(p for p in parts if p)
+        if v == "expect_relay":
+            return f"expect relay of {self.subject} {'energised' if o['energised'] else 'not energised'}"
+        if v == "expect_alarm":
+            kind = o.get("type", "alarm")
+            return f"expect {_count_text(o.get('count'))} {kind} at {self.subject}"
+        if v == "expect_event":
+            filters = ", ".join(f"{k} {o[k] if o[k] is not None else 'none'}"
+                                for k in ("door", "decision", "reason", "person", "decided_by", "violation") if k in o)
+            plural = "s" if o.get("count") not in (None, 1) else ""
+            return (f"expect {_count_text(o.get('count'))} stored {self.subject} event{plural}"
+                    + (f" ({filters})" if filters else ""))
+        if v == "expect_area":
+            return f"expect {self.subject} in {o['area'] or 'no area'}"
+        if v == "expect_occupancy":
+            return f"expect {o['count']} in {self.subject}"
+        return v
+
+
+def _count_text(count: int | None) -> str:
+    return "at least 1" if count is None else f"exactly {count}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    file: Path
+    site_dir: Path
+    start: datetime
+    """Naive local date-time in the site's time zone."""
+    steps: tuple[Step, ...]
+
+    @property
+    def controls_broker(self) -> bool:
+        return any(s.verb == "broker" for s in self.steps)
+
+
+# ================================================================ loading
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    line: int = 0
+    lines: dict[Any, int]
+
+
+class _Seq(list):  # type: ignore[type-arg]
+    line: int = 0
+    lines: list[int]
+
+
+class _KeyProblem(yaml.MarkedYAMLError):
+    """A duplicate or unhashable key (PyYAML would silently keep the last duplicate)."""
+
+    def __init__(self, problem: str, fix: str, mark: Any) -> None:
+        super().__init__(None, None, problem, mark)
+        self.fix = fix
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that remembers line numbers and refuses duplicate keys."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    out.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise _KeyProblem(f"a key must be a plain name, got {key!r}", "write the key as a word",
+                              key_node.start_mark) from None
+        if key in out:
+            raise _KeyProblem(f"key {key!r} appears twice in one step or mapping",
+                              "keep one of them (a step does one thing: split it into two steps)", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    out.line = node.start_mark.line + 1
+    out.lines = [child.start_mark.line + 1 for child in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+def _read_yaml(path: Path) -> Any:
+    f = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioErrors([ScenarioError(f, "file not found", "check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioErrors([ScenarioError(f, f"cannot be read: {exc}", "check the file and its permissions")]) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except _KeyProblem as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ScenarioErrors([ScenarioError(f, str(exc.problem), exc.fix, line=line)]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioErrors([ScenarioError(
+            f, f"not valid YAML: {problem}",
+            "check that line: indentation, a missing colon, or a value containing ': ' that needs quotes",
+            line=mark.line + 1 if mark else None)]) from None
+
+
+def load_scenario(path: Path | str, *, check_site: bool = True) -> Scenario:
+    """Read and validate a scenario file; raise :class:`ScenarioErrors` listing every problem.
+
+    With ``check_site`` (the default) the site directory is loaded too and
+    every door, person, area and card the steps name is checked against it.
+    """
+    p = Path(path)
+    f = str(p)
+    data = _read_yaml(p)
+    errors: list[ScenarioError] = []
+    if not isinstance(data, dict):
+        raise ScenarioErrors([ScenarioError(f, "the file is not a mapping of name, start, steps, …",
+                                            "start the file with `name: ...`, `start: ...` and `steps:`", line=1)])
+    lines: dict[Any, int] = getattr(data, "lines", {})
+    for key in data:
+        if key not in TOP_LEVEL:
+            near = _suggest(key, TOP_LEVEL)
+            errors.append(ScenarioError(f, f"unknown key `{key}`",
+                                        f"did you mean `{near}`?" if near else f"allowed: {', '.join(TOP_LEVEL)}",
+                                        line=lines.get(key)))
+    for key, required in TOP_LEVEL.items():
+        if required and key not in data:
+            fixes = {"name": 'add name: "What this scenario proves"',
+                     "start": 'add start: "2026-03-02 08:55" (local time in the site\'s time zone)',
+                     "steps": "add steps: with a list of actions and expectations"}
+            errors.append(ScenarioError(f, f"`{key}` is required but missing", fixes[key], line=1))
+
+    name = data.get("name")
+    if "name" in data and (not isinstance(name, str) or not name.strip()):
+        errors.append(ScenarioError(f, "`name` must be text", 'write name: "What this scenario proves"',
+                                    line=lines.get("name")))
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        errors.append(ScenarioError(f, "`description` must be text", "write it as a string (use | for several lines)",
+                                    line=lines.get("description")))
+        description = ""
+    site_value = data.get("site")
+    site_dir = DEMO_SITE
+    if site_value is not None:
+        if not isinstance(site_value, str) or not site_value.strip():
+            errors.append(ScenarioError(f, f"`site` must be a directory path, got {site_value!r}",
+                                        "write the site directory relative to this file", line=lines.get("site")))
+        else:
+            site_dir = (p.parent / site_value).resolve()
+            if not (site_dir / "site.toml").is_file():
+                errors.append(ScenarioError(f, f"`site` {site_value!r} has no site.toml ({site_dir})",
+                                            "name a site directory, relative to this scenario file "
+                                            "(e.g. ../../firmware-config/sites/hq)", line=lines.get("site")))
+    start = datetime(2000, 1, 1)
+    if "start" in data:
+        try:
+            start = parse_local_datetime(data["start"])
+        except _Bad as bad:
+            errors.append(ScenarioError(f, f"`start`: {bad.problem}", bad.fix, line=lines.get("start")))
+
+    steps: list[Step] = []
+    raw_steps = data.get("steps")
+    if "steps" in data and (not isinstance(raw_steps, list) or not raw_steps):
+        errors.append(ScenarioError(f, "`steps` must be a non-empty list", "write each step as `- verb: value`",
+                                    line=lines.get("steps")))
+    elif isinstance(raw_steps, list):
+        step_lines = getattr(raw_steps, "lines", [])
+        for i, raw in enumerate(raw_steps):
+            line = step_lines[i] if i < len(step_lines) else None
+            step = _parse_step(f, i + 1, raw, line, errors)
+            if step is not None:
+                steps.append(step)
+        _check_sequence(f, steps, errors)
+
+    scenario = Scenario(str(name or p.stem).strip(), description.strip(), p, site_dir, start, tuple(steps))
+    site_ok = not any(e.problem.startswith("`site`") for e in errors)
+    if check_site and site_ok:
+        try:
+            bundle, pool = load_site(scenario)
+        except ScenarioErrors as exc:
+            errors += exc.errors
+        else:
+            errors += check_against_site(scenario, bundle, pool)
+    if errors:
+        errors.sort(key=lambda e: (e.line or 0, e.step or 0))
+        raise ScenarioErrors(errors)
+    return scenario
+
+
+def _parse_step(f: str, n: int, raw: Any, line: int | None, errors: list[ScenarioError]) -> Step | None:
+    verbs = ", ".join(VERBS)
+    if isinstance(raw, str):
+        verb = VERBS.get(raw)
+        if verb is not None and verb.subject is not None and verb.subject.required:
+            errors.append(ScenarioError(f, f"`{raw}` needs a value", f"write `- {raw}: VALUE`", line=line, step=n, verb=raw))
+            return None
+        if verb is None:
+            near = _suggest(raw, VERBS)
+            errors.append(ScenarioError(f, f"unknown step `{raw}`",
+                                        f"did you mean `{near}`?" if near else f"start the step with one of: {verbs}",
+                                        line=line, step=n))
+            return None
+        raw = {raw: None}
+    if not isinstance(raw, dict) or not raw:
+        errors.append(ScenarioError(f, f"a step must be a mapping like `- badge: main_in`, got {raw!r}",
+                                    f"start the step with one of: {verbs}", line=line, step=n))
+        return None
+    line = getattr(raw, "line", line)
+    key_lines: dict[Any, int] = getattr(raw, "lines", {})
+    found = [k for k in raw if k in VERBS]
+    if len(found) > 1:
+        errors.append(ScenarioError(f, f"one step has several verbs: {', '.join(found)}",
+                                    "a step does one thing: split it into one step per verb", line=line, step=n))
+        return None
+    if not found:
+        near = next((s for s in (_suggest(k, VERBS) for k in raw) if s), None)
+        keys = ", ".join(f"`{k}`" for k in raw)
+        fix = f"did you mean `{near}`?" if near else f"start the step with one of: {verbs}"
+        errors.append(ScenarioError(f, f"no action or expectation in this step (keys {keys})", fix, line=line, step=n))
+        return None
+    name = found[0]
+    verb = VERBS[name]
+    ok = True
+
+    def err(problem: str, fix: str, key: Any = None) -> None:
+        nonlocal ok
+        ok = False
+        errors.append(ScenarioError(f, problem, fix, line=key_lines.get(key, line), step=n, verb=name))
+
+    subject: Any = None
+    value = raw[name]
+    if verb.subject is None:
+        if value is not None:
+            err(f"`{name}` takes no value", f"write `- {name}`", name)
+    elif value is None and verb.subject.required:
+        err(f"`{name}` needs a value", f"write `- {name}: VALUE` ({verb.summary})", name)
+    elif value is not None:
+        try:
+            subject = verb.subject.parse(value)
+        except _Bad as bad:
+            err(f"`{name}`: {bad.problem}", bad.fix, name)
+    options: dict[str, Any] = {}
+    for key, val in raw.items():
+        if key == name:
+            continue
+        spec = verb.options.get(key)
+        if spec is None:
+            near = _suggest(key, verb.options)
+            fix = f"did you mean `{near}`?" if near else \
+                f"`{name}` takes: {', '.join(verb.options) or 'no options'}"
+            err(f"unknown key `{key}` for `{name}`", fix, key)
+            continue
+        try:
+            options[key] = spec.parse(val)
+        except _Bad as bad:
+            err(f"`{key}`: {bad.problem}", bad.fix, key)
+    for key, spec in verb.options.items():
+        if spec.required and key not in raw:
+            err(f"`{key}` is required", f"add `{key}: ...` to this `{name}` step", None)
+    if not ok:
+        return None
+    step = Step(n, name, subject, options, line)
+    before = len(errors)
+    _check_step_options(f, step, key_lines, errors)
+    return step if len(errors) == before else None
+
+
+def _check_step_options(f: str, step: Step, key_lines: dict[Any, int], errors: list[ScenarioError]) -> None:
+    """Rules between a step's own options."""
+    o = step.options
+
+    def err(problem: str, fix: str, key: str | None = None) -> None:
+        errors.append(ScenarioError(f, problem, fix, line=key_lines.get(key, step.line), step=step.number, verb=step.verb))
+
+    if step.verb == "badge" and ("card" in o) == ("person" in o):
+        err("give either `card` or `person`", 'write card: "0F00A1B2C3", or person: alice for their card')
+    if step.verb == "register_visitor" and "until" in o and "for" in o:
+        err("`until` and `for` both set the end of the visit", "keep one of them", "for")
+    if step.verb == "expect_decision":
+        if "decision" not in o and "reason" not in o:
+            err("say what decision to expect", "add decision: granted|denied and/or reason: CODE")
+        elif "decision" in o and "reason" in o and (o["decision"] == "granted") != o["reason"].startswith("granted"):
+            err(f"decision {o['decision']} contradicts reason {o['reason']}",
+                "only granted* reasons grant; fix one of them", "reason")
+    if step.verb == "expect_event" and "decision" in o and "reason" in o \
+            and (o["decision"] == "granted") != o["reason"].startswith("granted"):
+        err(f"decision {o['decision']} contradicts reason {o['reason']}",
+            "only granted* reasons grant; fix one of them", "reason")
+
+
+def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> None:
+    """Order rules: outages alternate, visitors exist before they check in, in before out."""
+    up = {"broker": True, "server": True}
+    visitors: dict[str, str] = {}  # id -> registered | in | out
+    def problem(s: Step, text: str, fix: str) -> None:
+        errors.append(ScenarioError(f, text, fix, line=s.line, step=s.number, verb=s.verb))
+
+    for s in steps:
+        def err(text: str, fix: str, s: Step = s) -> None:
+            problem(s, text, fix)
+
+        if s.verb in ("broker", "server"):
+            want_up = s.subject == "up"
+            if want_up == up[s.verb]:
+                err(f"the {s.verb} is already {s.subject} here",
+                    f"remove this step, or put `{s.verb}: {'down' if want_up else 'up'}` before it")
+            up[s.verb] = want_up
+        desk = s.verb in ("register_visitor", "check_in", "check_out", "report_lost", "lockdown")
+        if desk and not up["server"]:
+            err("the security desk works through the server, which is down here", "put `server: up` before this step")
+        if s.verb in ("expect_event", "expect_area", "expect_occupancy") and not up["server"]:
+            err("stored events, presence and occupancy are the server's, which is down here",
+                "put `server: up` before this expectation (events reach the server once it is back)")
+        if s.verb == "register_visitor":
+            if s.subject in visitors:
+                err(f"visitor {s.subject!r} is already registered", "give each visit its own id")
+            visitors[s.subject] = "registered"
+        elif s.verb == "check_in":
+            state = visitors.get(s.subject)
+            if state is None:
+                err(f"visitor {s.subject!r} is not registered before this step",
+                    f"add a `register_visitor: {s.subject}` step before it")
+            elif state != "registered":
+                err(f"visitor {s.subject!r} is already checked {'in' if state == 'in' else 'out'}",
+                    "register a new visit (a new id) for a second check-in")
+            else:
+                visitors[s.subject] = "in"
+        elif s.verb == "check_out":
+            if visitors.get(s.subject) != "in":
+                err(f"visitor {s.subject!r} is not checked in before this step",
+                    f"add a `check_in: {s.subject}` step before it")
+            else:
+                visitors[s.subject] = "out"
+        elif s.verb == "badge" and "person" in s.options and s.options["person"] in visitors \
+                and visitors[s.options["person"]] == "registered":
+            err(f"visitor {s.options['person']!r} has no badge before check-in",
+                f"add `check_in: {s.options['person']}` before this badge")
+
+
+# ----------------------------------------------------------- site checks
+
+
+def load_site(scenario: Scenario) -> tuple[SiteBundle, list[tuple[str, str]]]:
+    """The scenario's site and its visitor badge pool; site errors become scenario errors."""
+    f = str(scenario.file)
+    try:
+        bundle = load_site_dir(scenario.site_dir)
+    except (ConfigErrors, ConfigError) as exc:
+        problems = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        raise ScenarioErrors([ScenarioError(f, f"the site {scenario.site_dir} does not load: {p}",
+                                            f"fix the site files (doorkeep config check {scenario.site_dir})")
+                              for p in problems]) from None
+    return bundle, visitor_pool(bundle)
+
+
+def visitor_pool(bundle: SiteBundle) -> list[tuple[str, str]]:
+    """The site's visitor badges ``(format, number)`` (people.toml ``[visitor_pool]``)."""
+    return [(c.format, c.number) for c in bundle.visitor_pool]
+
+
+def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[str, str]]) -> list[ScenarioError]:
+    """Every door, area, person and card the steps name, checked against the site (nothing runs)."""
+    f = str(scenario.file)
+    site = bundle.site
+    errors: list[ScenarioError] = []
+    hardware = {did: hw for dev in bundle.devices.values() for did, hw in dev.doors.items()}
+    people = bundle.people
+    cards_of: dict[str, list[tuple[str, str]]] = {}
+    for seed in bundle.cards:
+        cards_of.setdefault(seed.person, []).append((seed.format, seed.number))
+    known_cards = {(fmt, normalise(fmt, num)) for fmt, num in [(c.format, c.number) for c in bundle.cards] + pool}
+    visitors: set[str] = set()
+
+    def err(s: Step, problem: str, fix: str) -> None:
+        errors.append(ScenarioError(f, problem, fix, line=s.line, step=s.number, verb=s.verb))
+
+    def door_ok(s: Step, door: str) -> bool:
+        if door in site.doors:
+            return True
+        near = _suggest(door, site.doors)
+        err(s, f"no door {door!r} in site {site.id}",
+            f"did you mean `{near}`?" if near else f"use one of: {', '.join(site.doors)}")
+        return False
+
+    def area_ok(s: Step, area: str | None) -> None:
+        if area is not None and area not in site.areas:
+            near = _suggest(area, site.areas)
+            err(s, f"no area {area!r} in site {site.id}",
+                f"did you mean `{near}`?" if near else f"use one of: {', '.join(site.areas)}")
+
+    def person_ok(s: Step, person: str | None) -> None:
+        if person is not None and person not in people and person not in visitors:
+            near = _suggest(person, list(people) + sorted(visitors))
+            err(s, f"no person {person!r} in {bundle.dir / 'people.toml'} or registered as a visitor before this step",
+                f"did you mean `{near}`?" if near else f"use one of: {', '.join(people)}")
+
+    for s in scenario.steps:
+        o = s.options
+        v = s.verb
+        if v in ("badge", "open", "close", "force", "hold_open", "rex", "expect_decision", "expect_relay",
+                 "expect_alarm") and not door_ok(s, s.subject):
+            continue
+        hw = hardware.get(s.subject) if isinstance(s.subject, str) else None
+        opens = v in ("open", "close", "force", "hold_open") or (v == "badge" and o.get("walk_through"))
+        if opens and hw is not None and hw.contact is None:
+            err(s, f"door {s.subject!r} has no door contact wired, so it cannot be seen opening",
+                "add `contact = { pin = N }` to the door in its device file, or use another door")
+        if v == "rex" and hw is not None and hw.rex is None:
+            err(s, f"door {s.subject!r} has no REX button wired",
+                "add `rex = { pin = N }` to the door in its device file, or use another door")
+        if v == "badge" and hw is not None:
+            proto = hw.reader.protocol
+            if "card" in o:
+                try:
+                    encode_em4100(o["card"]) if proto == "em4100" else encode_ascii(o["card"])
+                except ValueError as exc:
+                    err(s, f"card {o['card']!r} cannot be sent by {s.subject}'s {proto} reader: {exc}",
+                        "EM4100 readers send 10 hex digits; ASCII readers letters and digits")
+            elif o["person"] in people:
+                if not any(fmt == proto for fmt, _ in cards_of.get(o["person"], [])):
+                    err(s, f"{o['person']} has no {proto} card for {s.subject}'s {proto} reader",
+                        f"give `card:` explicitly, or add an {proto} card to {o['person']} in people.toml")
+            elif o["person"] in visitors:
+                if pool and not any(fmt == proto for fmt, _ in pool):
+                    err(s, f"visitor badges are {pool[0][0]}, but {s.subject} has an {proto} reader",
+                        "badge the visitor at a door whose reader reads the pool's cards")
+            else:
+                person_ok(s, o["person"])
+            if "pin" in o and proto != "ascii":
+                err(s, f"door {s.subject!r} has an {proto} reader, which has no keypad",
+                    "PINs are typed on ASCII keypad readers; use a PIN door or drop `pin`")
+        if v == "expect_decision":
+            person_ok(s, o.get("person"))
+        if v == "register_visitor":
+            if s.subject in people:
+                err(s, f"{s.subject!r} is already a person in people.toml", "give the visitor an id of their own")
+            host = people.get(o["host"])
+            if host is None or host.kind is PersonKind.VISITOR:
+                hosts = [p for p, q in people.items() if q.kind is not PersonKind.VISITOR]
+                err(s, f"host {o['host']!r} is not an employee or contractor of site {site.id}",
+                    f"use one of: {', '.join(hosts)}")
+            for area in o["areas"]:
+                area_ok(s, area)
+            visitors.add(s.subject)
+        if v == "check_in" and "card" in o \
+                and not any(normalise(fmt, num) == normalise(fmt, o["card"]) for fmt, num in pool):
+            err(s, f"card {o['card']!r} is not in the site's visitor badge pool",
+                f"use one of: {', '.join(num for _, num in pool) or '(the site has no visitor pool)'}")
+        if v == "check_in" and not pool:
+            err(s, f"site {site.id} has no visitor badge pool",
+                "list visitor badges in people.toml's [visitor_pool] (docs/configuration.md)")
+        if v == "report_lost":
+            fmts = [o["format"]] if "format" in o else ["em4100", "ascii"]
+            matches = [fmt for fmt in fmts if (fmt, normalise(fmt, s.subject)) in known_cards]
+            if not matches:
+                err(s, f"card {s.subject!r} belongs to no one in people.toml or the visitor pool",
+                    "report a card the site knows (people.toml `cards`)")
+            elif len(matches) > 1:
+                err(s, f"card {s.subject!r} exists as em4100 and as ascii", "add format: em4100 or format: ascii")
+        if v == "lockdown":
+            area_ok(s, o.get("area"))
+        if v == "expect_event":
+            if "door" in o and o["door"] not in site.doors:
+                door_ok(s, o["door"])
+            person_ok(s, o.get("person"))
+        if v == "expect_area":
+            person_ok(s, s.subject)
+            area_ok(s, o["area"])
+        if v == "expect_occupancy":
+            area_ok(s, s.subject)
+    return errors
+
+
+# ================================================================ results
+
+
+@dataclass
+class Check:
+    """The outcome of one expectation, or of an action that failed or was not run."""
+
+    step: Step
+    status: str  # "pass" | "fail" | "error" | "skipped"
+    expected: str = ""
+    actual: str = ""
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"step {self.step.number}: {self.step.text()}"
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+    transcript: str = ""
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def errors(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "error"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.errors
+
+
+# ================================================================ running
+
+
+class _Recorder:
+    """Every event the edges publish, as they publish it (the server need not be up)."""
+
+    def __init__(self, clock: ScenarioClock) -> None:
+        self.clock = clock
+        self.events: list[tuple[float, EventMsg]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, ev: EventMsg) -> None:
+        with self._cond:
+            self.events.append((self.clock.wall(), ev))
+            self._cond.notify_all()
+
+    def select(self, door: str | None = None, types: Iterable[str] | None = None) -> list[tuple[float, EventMsg]]:
+        wanted = set(types) if types is not None else None
+        with self._cond:
+            return [(t, e) for t, e in self.events
+                    if (door is None or e.door == door) and (wanted is None or e.type in wanted)]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def ids(self) -> list[str]:
+        with self._cond:
+            return [e.id for _, e in self.events]
+
+
+def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Re-check a condition until it holds or the deadline passes (state read from other threads)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        try:
+            if predicate():
+                return True
+        except RuntimeError:
+            pass  # a dict changed size while another thread wrote it: look again
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(interval)
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.buffer = io.StringIO()
+
+    def write(self, s: str) -> int:
+        self.buffer.write(s)
+        self.out.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class ScenarioRunner:
+    """Runs one validated scenario against a freshly started site."""
+
+    def __init__(self, scenario: Scenario, *, bundle: SiteBundle | None = None,
+                 pool: list[tuple[str, str]] | None = None, broker_url: str | None = None,
+                 out: TextIO | None = None, default_within: float = DEFAULT_WITHIN_S) -> None:
+        self.scenario = scenario
+        if bundle is None:
+            bundle, pool = load_site(scenario)
+        self.bundle = bundle
+        self.pool = pool or []
+        self.broker_url = broker_url
+        self.out = _Tee(out if out is not None else sys.stdout)
+        self.default_within = default_within
+        self.tz = ZoneInfo(bundle.site.timezone)
+        start = scenario.start.replace(tzinfo=self.tz)
+        self.clock = ScenarioClock(start.timestamp())
+        self.recorder = _Recorder(self.clock)
+        self.runner: SiteRunner | None = None
+        self.hardware = {did: hw for dev in bundle.devices.values() for did, hw in dev.doors.items()}
+        self.visitor_cards: dict[str, tuple[str, str]] = {}
+        self._last_read: dict[tuple[str, str], float] = {}
+        self._pool_by_hash: dict[str, tuple[str, str]] = {}
+
+    # ---------------------------------------------------------------- output
+
+    def _say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def _now_text(self) -> str:
+        return f"{datetime.fromtimestamp(self.clock.wall(), self.tz):%a %H:%M:%S}"
+
+    def _local(self, epoch: float) -> str:
+        return f"{datetime.fromtimestamp(epoch, self.tz):%H:%M:%S}"
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> ScenarioResult:
+        sc = self.scenario
+        result = ScenarioResult(sc)
+        began = time.monotonic()
+        self._say(f"scenario: {sc.name}  ({sc.file})")
+        if sc.description:
+            for line in sc.description.splitlines():
+                self._say(f"  {line}")
+        runner = SiteRunner(self.bundle, broker_url=self.broker_url, clock=self.clock,
+                            embedded_broker=not mosquitto_installed())
+        self.runner = runner
+        try:
+            try:
+                self._start_site(runner)
+            except BrokerUnavailable:
+                raise  # nothing can run here: the command says how to get a broker (exit 2)
+            except Exception as exc:  # noqa: BLE001 - whatever stops the site is the scenario's error
+                self._say(f"  ERROR: the site did not start: {type(exc).__name__}: {exc}")
+                self._give_up(result, sc.steps[0], f"the site did not start: {type(exc).__name__}: {exc}", 0)
+            else:
+                self._run_steps(result)
+        finally:
+            runner.stop()
+            self.runner = None
+        result.seconds = time.monotonic() - began
+        n = sum(1 for s in sc.steps if s.expectation)
+        passed = sum(1 for c in result.checks if c.status == "pass")
+        if result.passed:
+            self._say(f"PASS  {sc.name}: {passed} of {n} expectations passed ({result.seconds:.1f} s)")
+        else:
+            parts = []
+            if result.failures:
+                parts.append(f"{len(result.failures)} of {n} expectations failed")
+            for err in result.errors:
+                skipped = sum(1 for c in result.checks if c.status == "skipped")
+                parts.append(f"step {err.step.number} could not run ({skipped} expectation(s) not run)")
+            self._say(f"FAIL  {sc.name}: {', '.join(parts)} ({result.seconds:.1f} s)")
+        self._say()
+        result.transcript = self.out.buffer.getvalue()
+        return result
+
+    def _start_site(self, runner: SiteRunner) -> None:
+        runner.start()
+        self._pool_by_hash = {card_hash(runner.key, fmt, num): (fmt, num) for fmt, num in self.pool}
+        for agent in runner.agents.values():
+            agent.listeners.append(self.recorder)
+        kind = "external" if self.broker_url else ("embedded amqtt" if runner.embedded_broker else "Mosquitto")
+        self._say(f"  site {self.bundle.site.id} ({len(self.bundle.site.doors)} doors on "
+                  f"{len(runner.agents)} edges), {kind} broker {runner.broker_url}, "
+                  f"start {datetime.fromtimestamp(self.clock.wall(), self.tz):%a %d %b %Y %H:%M} "
+                  f"{self.bundle.site.timezone}")
+        if not runner.wait_connected(15.0):
+            raise StepFailed("the edges and the server did not all connect to the broker within 15 s")
+        if not runner.wait_policies(10.0):
+            raise StepFailed("the edges did not all verify the server's policy within 10 s")
+
+    def _give_up(self, result: ScenarioResult, step: Step, why: str, seconds: float) -> None:
+        """Record a step that could not run; the expectations after it are skipped."""
+        result.checks.append(Check(step, "error", "the step to run", why, seconds))
+        for rest in self.scenario.steps[step.number:]:
+            if rest.expectation:
+                result.checks.append(Check(rest, "skipped", actual=f"not run: step {step.number} could not run"))
+
+    def _run_steps(self, result: ScenarioResult) -> None:
+        for step in self.scenario.steps:
+            prefix = f"  [{step.number:3}] {self._now_text()}  {step.text()}"
+            if step.note:
+                self._say(f"  [{step.number:3}] # {step.note}")
+            started = time.monotonic()
+            if step.expectation:
+                self._say(prefix + " ... ", end="")
+                try:
+                    ok, expected, actual = getattr(self, f"_expect_{step.verb[len('expect_'):]}")(step)
+                except Exception as exc:  # noqa: BLE001 - a broken check is that check's failure, not a crash
+                    ok, expected, actual = False, step.text(), f"could not check: {type(exc).__name__}: {exc}"
+                result.checks.append(Check(step, "pass" if ok else "fail", expected, actual,
+                                           time.monotonic() - started))
+                if ok:
+                    self._say("PASS")
+                else:
+                    self._say("FAIL")
+                    self._say(f"          expected: {expected}")
+                    self._say(f"          actual:   {actual}")
+                    self._say(f"          ({self.scenario.file}:{step.line})")
+                continue
+            self._say(prefix, end="")
+            try:
+                outcome = getattr(self, f"_do_{step.verb}")(step)
+            except Exception as exc:  # noqa: BLE001 - report any failure of an action and stop there
+                why = str(exc) if isinstance(exc, (StepFailed, SiteRunnerError, ValueError)) \
+                    else f"{type(exc).__name__}: {exc}"
+                self._say(" ... ERROR")
+                self._say(f"          {why}")
+                self._say(f"          ({self.scenario.file}:{step.line}; the remaining steps are not run)")
+                self._give_up(result, step, why, time.monotonic() - started)
+                return
+            self._say(f"  → {outcome}" if outcome else "")
+
+    # -------------------------------------------------------------- helpers
+
+    @property
+    def site(self) -> SiteRunner:
+        assert self.runner is not None
+        return self.runner
+
+    def _agent_door(self, door: str) -> Any:
+        sim = self.site.doors[door]
+        return self.site.agents[sim.device].doors[door]
+
+    def _within(self, step: Step) -> float:
+        return float(step.opt("within", self.default_within))
+
+    def _advance(self, seconds: float) -> None:
+        if not self.site.advance(seconds, timeout=5.0):
+            raise StepFailed(f"the edges did not catch up within 5 s after the clock moved {format_duration(seconds)}")
+
+    def _card_for(self, step: Step) -> tuple[str, str]:
+        door = step.subject
+        proto = self.hardware[door].reader.protocol
+        if "card" in step.options:
+            return proto, step.options["card"]
+        person = step.options["person"]
+        if person in self.visitor_cards:
+            fmt, number = self.visitor_cards[person]
+            if fmt != proto:
+                raise StepFailed(f"{person}'s visitor badge is {fmt}, but {door} has an {proto} reader")
+            return fmt, number
+        for seed in self.bundle.cards:
+            if seed.person == person and seed.format == proto:
+                return seed.format, seed.number
+        raise StepFailed(f"{person} has no {proto} card for {door}")
+
+    def _avoid_repeat_filter(self, door: str, number: str) -> str:
+        """A reader ignores the same card again within ``repeat_ignore_s``: step the clock past it."""
+        window = self.hardware[door].reader.repeat_ignore_s
+        last = self._last_read.get((door, number))
+        if last is None:
+            return ""
+        gap = self.clock.monotonic() - last
+        if gap >= window:
+            return ""
+        self._advance(window - gap + 0.05)
+        return f" (clock +{window - gap + 0.05:.2f}s: the reader ignores a repeat within {window:g}s)"
+
+    def _directory(self) -> Any:
+        if self.site.server is None:
+            raise StepFailed("the server is down; put `server: up` first")
+        return self.site.server.directory
+
+    def _wait_open(self, door: str, is_open: bool) -> None:
+        rt = self._agent_door(door)
+        if not _poll(lambda: rt.machine.door_open == is_open, 3.0):
+            raise StepFailed(f"the edge did not see {door} {'open' if is_open else 'close'} within 3 s")
+
+    def _describe_access(self, at: float, ev: EventMsg) -> str:
+        who = f", person {ev.person}" if ev.person else ""
+        return f"{ev.decision}, reason {ev.reason}{who}, by {ev.decided_by} (badge at {self._local(at)})"
+
+    # -------------------------------------------------------------- actions
+
+    def _do_badge(self, step: Step) -> str:
+        door = step.subject
+        sim = self.site.doors[door]
+        fmt, number = self._card_for(step)
+        h = card_hash(self.site.key, fmt, number)
+        note = self._avoid_repeat_filter(door, number)
+        pin = step.opt("pin")
+        if pin is not None:
+            note += self._avoid_repeat_filter(door, "P" + pin)
+        before = len(self.recorder.select(door, ["access"]))
+        sim.reader.badge(number)
+        self._last_read[(door, number)] = self.clock.monotonic()
+        site_door = self.bundle.site.doors[door]
+        if pin is not None:
+            sim.reader.enter_pin(pin)
+            self._last_read[(door, "P" + pin)] = self.clock.monotonic()
+        elif site_door.pin_required:
+            note += self._walk_away_from_keypad(door)
+
+        def decided() -> bool:
+            found = self.recorder.select(door, ["access"])[before:]
+            return any(e.credential_hash == h for _, e in found)
+
+        timeout = site_door.decision_timeout_ms / 1000.0 + 5.0
+        if not self.recorder.wait(decided, timeout):
+            raise StepFailed(f"no access decision for card …{last4(number)} at {door} within {timeout:g} s")
+        ev = next(e for _, e in self.recorder.select(door, ["access"])[before:] if e.credential_hash == h)
+        latency = f", {ev.latency_ms:.1f} ms" if ev.latency_ms is not None else ""
+        who = f"{ev.person}, " if ev.person else ""
+        outcome = f"{ev.decision}: {ev.reason} ({who}{ev.decided_by}{latency}){note}"
+        if step.opt("walk_through") and ev.decision == "granted":
+            if not sim.door.wait_relay(True, 3.0):
+                raise StepFailed(f"{door} was granted but its relay was never energised")
+            sim.door.open()
+            self._wait_open(door, True)
+            sim.door.close()
+            self._wait_open(door, False)
+            outcome += ", walked through"
+        return outcome
+
+    def _walk_away_from_keypad(self, door: str) -> str:
+        """A PIN door waits for the PIN; with none given, let the edge's PIN entry time run out."""
+        rt = self._agent_door(door)
+        if not _poll(lambda: getattr(rt, "awaiting_pin", None) is not None, 3.0):
+            return ""  # the edge did not wait for a PIN: the decision comes by itself
+        self._advance(PIN_ENTRY_S + 0.1)
+        return f" (no PIN typed: clock +{PIN_ENTRY_S + 0.1:g}s, the keypad's entry time)"
+
+    def _do_open(self, step: Step) -> str:
+        self.site.doors[step.subject].door.open()
+        self._wait_open(step.subject, True)
+        return ""
+
+    def _do_close(self, step: Step) -> str:
+        self.site.doors[step.subject].door.close()
+        self._wait_open(step.subject, False)
+        return ""
+
+    def _do_force(self, step: Step) -> str:
+        door = step.subject
+        sim = self.site.doors[door]
+        if sim.door.relay_energised:
+            raise StepFailed(f"{door} is unlocked (relay energised), so opening it is not forcing it; "
+                             "close it or `advance` past its unlock time first")
+        if sim.door.is_open:
+            raise StepFailed(f"{door} is already open; `close` it first")
+        sim.door.open()
+        self._wait_open(door, True)
+        return "door open"
+
+    def _do_hold_open(self, step: Step) -> str:
+        door = step.subject
+        sim = self.site.doors[door]
+        if not sim.door.is_open:
+            sim.door.open()
+            self._wait_open(door, True)
+        self._advance(step.options["for"])
+        sim.door.close()
+        self._wait_open(door, False)
+        return f"closed at {self._local(self.clock.wall())}"
+
+    def _do_rex(self, step: Step) -> str:
+        door = step.subject
+        before = len(self.recorder.select(door, ["rex"]))
+        self.site.doors[door].door.press_rex()
+        if not self.recorder.wait(lambda: len(self.recorder.select(door, ["rex"])) > before, 3.0):
+            raise StepFailed(f"the edge reported no REX press at {door} within 3 s")
+        return ""
+
+    def _do_register_visitor(self, step: Step) -> str:
+        o = step.options
+        now = self.clock.wall()
+        start = o["from"].replace(tzinfo=self.tz).timestamp() if "from" in o else now
+        if "until" in o:
+            end = o["until"].replace(tzinfo=self.tz).timestamp()
+        else:
+            end = start + o.get("for", 8 * 3600.0)
+        visitor = Visitor(id=step.subject, name=o["name"], host=o["host"], valid_from=start, valid_until=end,
+                          allowed_areas=tuple(o["areas"]), company=o.get("company", ""),
+                          escort_required=o.get("escort_required", True))
+        self._directory().register_visitor(visitor)
+        self.site.wait_policies(5.0)
+        return f"visit {self._local(start)}–{self._local(end)}"
+
+    def _do_check_in(self, step: Step) -> str:
+        card = step.opt("card")
+        wanted = None
+        if card is not None:
+            wanted = next(((fmt, num) for fmt, num in self.pool if normalise(fmt, num) == normalise(fmt, card)), None)
+        visitor = self._directory().check_in(step.subject, card=wanted)
+        badge = self._pool_by_hash.get(visitor.card_hash or "")
+        if badge is None:
+            raise StepFailed(f"{step.subject} was given a badge the runner does not know (hash {visitor.card_hash})")
+        self.visitor_cards[step.subject] = badge
+        self.site.wait_policies(5.0)
+        return f"badge {badge[1]}"
+
+    def _do_check_out(self, step: Step) -> str:
+        self._directory().check_out(step.subject)
+        self.site.wait_policies(5.0)
+        return ""
+
+    def _do_report_lost(self, step: Step) -> str:
+        directory = self._directory()
+        fmts = [step.options["format"]] if "format" in step.options else ["em4100", "ascii"]
+        for fmt in fmts:
+            h = directory.card(fmt, step.subject)
+            if h in directory.site.credentials:
+                cred = directory.set_card_state(h, CredentialState.LOST)
+                self.site.wait_policies(5.0)
+                return f"{cred.person}'s card …{cred.last4} is lost"
+        raise StepFailed(f"card {step.subject} is not an active credential of the site now")
+
+    def _do_lockdown(self, step: Step) -> str:
+        self._directory().lockdown(step.opt("area"), bool(step.subject))
+        self.site.wait_policies(5.0)
+        return ""
+
+    def _do_broker(self, step: Step) -> str:
+        if not self.site.owns_broker:
+            raise StepFailed("the broker is external (--broker URL); broker steps need the runner's own broker")
+        if step.subject == "down":
+            self.site.wait_policies(5.0)
+            self.site.stop_broker()
+            return "every client disconnected"
+        began = time.monotonic()
+        if not self.site.start_broker(20.0):
+            raise StepFailed("not every client reconnected to the broker within 20 s")
+        if self.site.server is not None:
+            # The broker sent the server's last will as it went down; the edges ask the
+            # server again only once its retained "online" has reached them.
+            agents = list(self.site.agents.values())
+            if not _poll(lambda: all(a.server_availability == "online" for a in agents), 5.0):
+                raise StepFailed("the edges did not hear the server online within 5 s of reconnecting")
+        self.site.wait_policies(5.0)
+        return f"every client reconnected in {time.monotonic() - began:.1f} s"
+
+    def _do_server(self, step: Step) -> str:
+        agents = list(self.site.agents.values())
+        if step.subject == "down":
+            self.site.wait_policies(5.0)
+            self._do_settle_quietly(3.0)
+            self.site.stop_server()
+            _poll(lambda: all(a.server_availability != "online" for a in agents), 3.0)
+            return "the edges are on their own"
+        self.site.start_server()
+        if not self.site.wait_connected(15.0):
+            raise StepFailed("the server did not reconnect to the broker within 15 s")
+        if not _poll(lambda: all(a.server_availability == "online" for a in agents), 5.0):
+            raise StepFailed("the edges did not hear the server come back within 5 s")
+        self.site.wait_policies(5.0)
+        return "the edges see it online"
+
+    def _do_advance(self, step: Step) -> str:
+        self._advance(step.subject)
+        return f"now {datetime.fromtimestamp(self.clock.wall(), self.tz):%a %d %b %Y %H:%M:%S}"
+
+    def _do_advance_to(self, step: Step) -> str:
+        target: datetime | dtime = step.subject
+        now = datetime.fromtimestamp(self.clock.wall(), self.tz)
+        if isinstance(target, dtime):
+            when = now.replace(hour=target.hour, minute=target.minute, second=target.second, microsecond=0)
+            if when <= now:
+                when += timedelta(days=1)
+            when = when.replace(tzinfo=None).replace(tzinfo=self.tz)  # re-resolve the offset across DST
+        else:
+            when = target.replace(tzinfo=self.tz)
+        delta = when.timestamp() - self.clock.wall()
+        if delta <= 0:
+            raise StepFailed(f"{when:%Y-%m-%d %H:%M} is in the past (now {now:%Y-%m-%d %H:%M:%S}); time only moves forwards")
+        self._advance(delta)
+        return f"now {datetime.fromtimestamp(self.clock.wall(), self.tz):%a %d %b %Y %H:%M:%S}"
+
+    def _do_settle(self, step: Step) -> str:
+        return self._do_settle_quietly(step.subject or self.default_within)
+
+    def _do_settle_quietly(self, timeout: float) -> str:
+        """Edges idle, and every event they published stored (when the server can store it)."""
+        site = self.site
+        began = time.monotonic()
+        if not site.wait_edges_idle(timeout):
+            return "the edges are still busy"
+        if site.server is None:
+            return "edges idle (the server is down)"
+        store = site.server.store
+        pending = set(self.recorder.ids())
+
+        def stored() -> bool:
+            for event_id in list(pending):
+                if store.event(event_id) is not None:
+                    pending.discard(event_id)
+            return not pending
+
+        left = max(0.1, timeout - (time.monotonic() - began))
+        if not _poll(stored, left, 0.05):
+            return f"{len(pending)} event(s) the edges published are not stored after {timeout:g} s"
+        return "quiet: every event is stored"
+
+    # --------------------------------------------------------- expectations
+
+    def _expect_decision(self, step: Step) -> tuple[bool, str, str]:
+        o = step.options
+        door = step.subject
+        expected = ", ".join(p for p in (
+            o.get("decision"), o.get("reason") and f"reason {o['reason']}",
+            ("person " + (o["person"] or "none")) if "person" in o else None,
+            o.get("decided_by") and f"by {o['decided_by']}") if p)
+        if not self.recorder.wait(lambda: bool(self.recorder.select(door, ["access"])), self._within(step)):
+            return False, expected, f"no badge has been decided at {door}"
+        at, ev = self.recorder.select(door, ["access"])[-1]
+        ok = (o.get("decision", ev.decision) == ev.decision and o.get("reason", ev.reason) == ev.reason
+              and o.get("person", ev.person) == ev.person and o.get("decided_by", ev.decided_by) == ev.decided_by)
+        return ok, expected, self._describe_access(at, ev)
+
+    def _expect_relay(self, step: Step) -> tuple[bool, str, str]:
+        door = step.subject
+        want = step.options["energised"]
+        sim = self.site.doors[door]
+        ok = sim.door.wait_relay(want, self._within(step))
+        rt = self._agent_door(door)
+        state = "energised" if sim.door.relay_energised else "not energised"
+        return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
+
+    def _expect_alarm(self, step: Step) -> tuple[bool, str, str]:
+        door = step.subject
+        types = [step.options["type"]] if "type" in step.options else list(ALARM_TYPES)
+        count = step.options.get("count")
+
+        def found() -> list[tuple[float, EventMsg]]:
+            return self.recorder.select(door, types)
+
+        if count == 0:
+            self._do_settle_quietly(self._within(step))
+            ok = not found()
+        else:
+            ok = self.recorder.wait(lambda: len(found()) >= (count or 1), self._within(step))
+            ok = ok and (count is None or len(found()) == count)
+        alarms = found()
+        expected = f"{_count_text(count)} {' or '.join(types)} at {door}"
+        actual = (f"{len(alarms)}: " + ", ".join(f"{e.type} at {self._local(t)}" for t, e in alarms)) if alarms \
+            else f"no {' or '.join(types)} at {door}"
+        return ok, expected, actual
+
+    def _expect_event(self, step: Step) -> tuple[bool, str, str]:
+        o = step.options
+        count = o.get("count")
+        filters = {"type": step.subject}
+        filters.update({k: o[k] for k in ("door", "decision", "reason", "person", "decided_by") if k in o})
+        text = ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in filters.items())
+        expected = f"{_count_text(count)} stored event with {text}"
+        if self.site.server is None:
+            return False, expected, "the server is down: nothing can be stored"
+        store = self.site.server.store
+
+        violation = o.get("violation")
+        if violation is not None:
+            text += f", violation {violation}"
+            expected = f"{_count_text(count)} stored event with {text}"
+
+        def rows() -> list[dict[str, Any]]:
+            where = {k: v for k, v in filters.items() if v is not None}
+            found = store.events(limit=100_000, **where)
+            return [r for r in found if all(r.get(k) is None for k, v in filters.items() if v is None)
+                    and (violation is None or _detail(r).get("violation") == violation)]
+
+        if count == 0:
+            self._do_settle_quietly(self._within(step))
+            ok = not rows()
+        else:
+            ok = _poll(lambda: len(rows()) >= (count or 1), self._within(step), 0.05)
+            ok = ok and (count is None or len(rows()) == count)
+        found = rows()
+        if found:
+            actual = f"{len(found)} matching"
+        else:
+            around = store.events(limit=5, **({"door": o["door"]} if o.get("door") else {"type": step.subject}))
+            recent = "; ".join(f"{r['type']} {r.get('decision') or ''} {r.get('reason') or ''} "
+                               f"{r.get('decided_by') or ''} at {r['ts'][11:19]}Z".replace("  ", " ")
+                               for r in around)
+            actual = "none matching" + (f"; latest there: {recent}" if recent else "; nothing stored there")
+        return ok, expected, actual
+
+    def _expect_area(self, step: Step) -> tuple[bool, str, str]:
+        person = step.subject
+        want = step.options["area"]
+        expected = f"{person} in {want}" if want else f"{person} in no area"
+        if self.site.server is None:
+            return False, expected, "the server is down: presence is the server's"
+        directory = self.site.server.directory
+
+        def where() -> Any:
+            return directory.state.presence.get(person)
+
+        ok = _poll(lambda: (where().area if where() else None) == want, self._within(step))
+        seen = where()
+        actual = f"in {seen.area} since {self._local(seen.since)}" if seen else "in no area (never seen by a door)"
+        return ok, expected, actual
+
+    def _expect_occupancy(self, step: Step) -> tuple[bool, str, str]:
+        area = step.subject
+        want = step.options["count"]
+        expected = f"{want} in {area}"
+        if self.site.server is None:
+            return False, expected, "the server is down: occupancy is the server's"
+        state = self.site.server.directory.state
+        ok = _poll(lambda: state.occupancy(area) == want, self._within(step))
+
+        def who() -> list[str]:
+            for _ in range(5):
+                try:
+                    return sorted(p for p, pres in state.presence.items() if pres.area == area)
+                except RuntimeError:
+                    continue
+            return []
+
+        inside = who()
+        return ok, expected, f"{len(inside)} in {area}" + (f" ({', '.join(inside)})" if inside else "")
+
+
+def _detail(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        detail = json.loads(row.get("detail") or "{}")
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def run_scenario(scenario: Scenario, *, broker_url: str | None = None, out: TextIO | None = None,
+                 default_within: float = DEFAULT_WITHIN_S) -> ScenarioResult:
+    """Run one validated scenario against a fresh site and return what happened."""
+    if broker_url and scenario.controls_broker:
+        raise ScenarioErrors([ScenarioError(str(scenario.file), "this scenario takes the broker down and up, "
+                                            "which needs the runner's own broker",
+                                            "run it without --broker")])
+    return ScenarioRunner(scenario, broker_url=broker_url, out=out, default_within=default_within).run()
+
+
+# ================================================================= reports
+
+
+def junit_xml(results: list[ScenarioResult], invalid: dict[str, ScenarioErrors] | None = None) -> str:
+    """JUnit XML: one testsuite per scenario file, one testcase per expectation.
+
+    A failed expectation is a ``<failure>`` (expected/actual), an action that
+    could not run is an ``<error>``, expectations after it are ``<skipped>``;
+    an invalid file is a testsuite with one ``<error>`` listing its problems.
+    """
+    root = ET.Element("testsuites", name="doorkeep scenarios")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for r in results:
+        cases = [c for c in r.checks if c.step.expectation or c.status == "error"]
+        counts = {"tests": len(cases), "failures": len(r.failures), "errors": len(r.errors),
+                  "skipped": sum(1 for c in cases if c.status == "skipped")}
+        suite = ET.SubElement(root, "testsuite", name=r.scenario.name, file=str(r.scenario.file),
+                              time=f"{r.seconds:.3f}", **{k: str(v) for k, v in counts.items()})
+        classname = f"scenarios.{r.scenario.file.stem}"
+        for c in cases:
+            case = ET.SubElement(suite, "testcase", classname=classname, name=c.name, time=f"{c.seconds:.3f}",
+                                 file=str(r.scenario.file), line=str(c.step.line or 0))
+            body = f"expected: {c.expected}\nactual:   {c.actual}\n({r.scenario.file}:{c.step.line})"
+            if c.status == "fail":
+                ET.SubElement(case, "failure", message=f"expected {c.expected}; actual {c.actual}",
+                              type="ExpectationFailed").text = body
+            elif c.status == "error":
+                ET.SubElement(case, "error", message=c.actual, type="StepFailed").text = body
+            elif c.status == "skipped":
+                ET.SubElement(case, "skipped", message=c.actual)
+        ET.SubElement(suite, "system-out").text = r.transcript
+        for k in totals:
+            totals[k] += counts[k]
+    for file, errs in (invalid or {}).items():
+        suite = ET.SubElement(root, "testsuite", name=file, file=file, tests="1", failures="0", errors="1",
+                              skipped="0", time="0")
+        case = ET.SubElement(suite, "testcase", classname=f"scenarios.{Path(file).stem}",
+                             name="the scenario file is valid", file=file)
+        ET.SubElement(case, "error", message=f"{len(errs.errors)} problem(s) in {file}",
+                      type="InvalidScenario").text = str(errs)
+        totals["tests"] += 1
+        totals["errors"] += 1
+    for k, v in totals.items():
+        root.set(k, str(v))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# ================================================================ commands
+
+
+def expand(paths: Iterable[Path | str]) -> list[Path]:
+    """Files as given; a directory stands for its ``*.yaml`` and ``*.yml`` files, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
+        else:
+            out.append(p)
+    return out
+
+
+def run_files(paths: Iterable[Path | str], *, junit: Path | str | None = None, broker_url: str | None = None,
+              check_only: bool = False, out: TextIO | None = None, err: TextIO | None = None,
+              default_within: float = DEFAULT_WITHIN_S) -> int:
+    """``doorkeep sim run``: 0 every expectation passed, 1 one failed (or a step could not run), 2 a file is invalid.
+
+    Every file is validated before any runs; one invalid file stops the run (exit 2).
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    files = expand(paths)
+    scenarios: list[Scenario] = []
+    invalid: dict[str, ScenarioErrors] = {}
+    if not files:
+        print("doorkeep sim run: no scenario files given (a directory holds none?)", file=err)
+        return 2
+    for f in files:
+        try:
+            sc = load_scenario(f)
+            if broker_url and sc.controls_broker:
+                raise ScenarioErrors([ScenarioError(
+                    str(f), "this scenario takes the broker down and up, which needs the runner's own broker",
+                    "run it without --broker")])
+            scenarios.append(sc)
+        except ScenarioErrors as exc:
+            invalid[str(f)] = exc
+    if invalid:
+        for exc in invalid.values():
+            print(exc, file=err)
+        n = sum(len(e.errors) for e in invalid.values())
+        print(f"doorkeep sim run: {n} problem(s) in {len(invalid)} scenario file(s); nothing was run", file=err)
+        if junit:
+            Path(junit).write_text(junit_xml([], invalid), encoding="utf-8")
+        return 2
+    if check_only:
+        for sc in scenarios:
+            print(f"ok  {sc.file}  ({sc.name}: {len(sc.steps)} steps)", file=out)
+        return 0
+    results = [run_scenario(sc, broker_url=broker_url, out=out, default_within=default_within) for sc in scenarios]
+    if junit:
+        Path(junit).write_text(junit_xml(results), encoding="utf-8")
+    failed = [r for r in results if not r.passed]
+    if len(results) > 1:
+        print(f"{len(results) - len(failed)} of {len(results)} scenarios passed"
+              + (": failed " + ", ".join(str(r.scenario.file) for r in failed) if failed else ""), file=out)
+    return 1 if failed else 0
