@@ -27,6 +27,8 @@ test: $(STAMP) mosquitto
 
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/badge_to_relay.py
+	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache var
