@@ -29,6 +29,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/badge_to_relay.py
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/outbox.py --events 100000
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache var

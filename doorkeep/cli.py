@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
     srv.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    srv.add_argument("--device-timeout", type=float, metavar="S",
+                     help="raise device_offline for a device silent this long (default 90)")
+    srv.add_argument("--gap-timeout", type=float, metavar="S",
+                     help="raise event_gap for event numbers missing this long (default 60)")
 
     demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
     demo.add_argument("--duration", type=float, help="stop after this many seconds and print a summary")

@@ -264,6 +264,35 @@ def _door_mode(t: _Table, schedules: dict[str, Schedule]) -> tuple[DoorMode, str
     return mode, sched, first
 
 
+DEFAULT_PREALARM_S = 10.0
+
+
+def _prealarm(t: _Table, held_open_s: float) -> float:
+    """The held-open pre-alarm: 0 (none) or less than ``held_open_s``.
+
+    Left out, it is 10 s, or none on a door whose ``held_open_s`` is 10 s or
+    less (it would sound at every opening); written, a value that does not
+    fit is an error rather than a silent change.
+    """
+    if "prealarm_s" not in t.data:
+        t.used.add("prealarm_s")
+        return DEFAULT_PREALARM_S if DEFAULT_PREALARM_S < held_open_s else 0.0
+    value = t.get("prealarm_s", float, DEFAULT_PREALARM_S)
+    if value is None:
+        return 0.0
+    if not value >= 0:  # negative or nan
+        t.error("prealarm_s", f"must be 0 or more, got {value}",
+                "set prealarm_s to the seconds before held_open_s at which the sounder starts, "
+                "or 0 for no pre-alarm")
+        return 0.0
+    if value > 0 and value >= held_open_s:
+        t.error("prealarm_s", f"{value:g} s is not less than held_open_s ({held_open_s:g} s)",
+                "set prealarm_s below held_open_s (the pre-alarm starts that many seconds before the "
+                "held_open alarm), or 0 for no pre-alarm")
+        return 0.0
+    return value
+
+
 def _rules(t: _Table | None) -> Rules:
     if t is None:
         return Rules()
@@ -322,19 +351,21 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
             timeout = 1000
         offline = t.choice("offline", tuple(m.value for m in OfflineMode), "deny")
         mode, unlock_schedule, first_person_in = _door_mode(t, schedules)
+        held_open_s = t.positive("held_open_s", 30.0)
         doors[did] = Door(
             id=did,
             name=t.get("name", str, did),
             from_area=frm or "",
             to_area=to or "",
             unlock_s=t.positive("unlock_s", 5.0),
-            held_open_s=t.positive("held_open_s", 30.0),
+            held_open_s=held_open_s,
             decision_timeout_ms=timeout or 1000,
             offline=OfflineMode(offline or "deny"),
             pin_required=bool(t.get("pin_required", bool, False)),
             mode=mode,
             unlock_schedule=unlock_schedule,
             first_person_in=first_person_in,
+            prealarm_s=_prealarm(t, held_open_s),
         )
         t.done()
 
@@ -565,6 +596,23 @@ class RexConfig:
 
 
 @dataclass(frozen=True)
+class TamperConfig:
+    """The enclosure's tamper loop (normally closed while the cover is on)."""
+
+    pin: int
+    active_low: bool = True
+    """True: the intact loop goes to ground (pin pulled up), so high means tampered; False: loop to 3V3."""
+
+
+@dataclass(frozen=True)
+class SounderConfig:
+    """The door's local sounder (pre-alarm and alarms)."""
+
+    pin: int
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
 class DoorHardware:
     door: str
     reader: ReaderConfig
@@ -572,6 +620,8 @@ class DoorHardware:
     contact: ContactConfig | None = None
     rex: RexConfig | None = None
     camera: str | None = None
+    tamper: TamperConfig | None = None
+    sounder: SounderConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -610,7 +660,9 @@ class DeviceConfig:
     doors: dict[str, DoorHardware] = field(default_factory=dict)
     cameras: dict[str, CameraConfig] = field(default_factory=dict)
     policy_key_file: Path | None = None   # the server's public policy key (verifies the signed policy)
-    state_dir: Path | None = None         # where the edge keeps its policy cache
+    state_dir: Path | None = None         # where the edge keeps its policy cache and its outbox
+    heartbeat_s: float = 30.0             # the retained state is republished this often (the server's heartbeat)
+    outbox_max_mb: int = 512              # the outbox drops its oldest snapshots (never events) beyond this
 
 
 def _broker(t: _Table | None, f: str, errors: list[ConfigError]) -> BrokerConfig:
@@ -650,6 +702,12 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     key_file = root.get("credential_key_file", str, None)
     policy_key = root.get("policy_key_file", str, None)
     state_dir = root.get("state_dir", str, None)
+    heartbeat_s = root.positive("heartbeat_s", 30.0)
+    outbox_max_mb = root.get("outbox_max_mb", int, 512)
+    if outbox_max_mb is None or not 1 <= outbox_max_mb <= 1_048_576:
+        if outbox_max_mb is not None:
+            root.error("outbox_max_mb", f"{outbox_max_mb} is out of range", "use 1 to 1048576 (MB); the default is 512")
+        outbox_max_mb = 512
     factory = root.choice("gpio_factory", GPIO_FACTORIES)
     broker = _broker(root.sub("broker"), f, errors)
 
@@ -710,6 +768,20 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             claim(pin, f"doors.{did}.rex", rt)
             rex = RexConfig(pin if pin is not None else -1, bool(rt.get("active_low", bool, True)))
             rt.done()
+        tamper = None
+        tt = t.sub("tamper")
+        if tt is not None:
+            pin = _pin(tt)
+            claim(pin, f"doors.{did}.tamper", tt)
+            tamper = TamperConfig(pin if pin is not None else -1, bool(tt.get("active_low", bool, True)))
+            tt.done()
+        sounder = None
+        st = t.sub("sounder")
+        if st is not None:
+            pin = _pin(st)
+            claim(pin, f"doors.{did}.sounder", st)
+            sounder = SounderConfig(pin if pin is not None else -1, bool(st.get("active_high", bool, True)))
+            st.done()
         cam = t.ident("camera", None)
         if cam is not None and cam not in cameras:
             t.error("camera", f"camera {cam!r} is not defined in this file",
@@ -717,7 +789,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             cam = None
         t.done()
         if reader and lock:
-            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam)
+            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder)
     if not doors:
         root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
     root.done()
@@ -726,7 +798,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     return DeviceConfig(dev_id, site, f, site_file, broker, factory,
                         (path.parent / key_file) if key_file else None, doors, cameras,
                         (path.parent / policy_key) if policy_key else None,
-                        (path.parent / state_dir) if state_dir else None)
+                        (path.parent / state_dir) if state_dir else None,
+                        heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb)
 
 
 # ----------------------------------------------------------------- bundles

@@ -27,6 +27,7 @@ AVAILABILITY_STOPPED = "stopped"
 EVENT_TYPES = frozenset({
     "access", "door_opened", "door_closed", "forced_open", "held_open", "rex",
     "unlocked", "relocked", "reader_offline", "reader_online", "camera_offline", "camera_online",
+    "held_open_warning", "tamper", "relay_stuck",
 })
 DECIDED_BY = frozenset({"server", "edge_offline"})
 
@@ -306,7 +307,10 @@ class EventMsg:
 
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],
-                  cameras: dict[str, Any], ts: str) -> bytes:
-    """The retained ``state`` message: what a desk needs to draw the door board."""
-    return _dump({"schema": "doorkeep.state/1", "device": device, "versions": {"doorkeep": version},
-                  "doors": doors, "readers": readers, "cameras": cameras, "ts": ts})
+                  cameras: dict[str, Any], ts: str, *, outbox: dict[str, int] | None = None) -> bytes:
+    """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog)."""
+    body = {"schema": "doorkeep.state/1", "device": device, "versions": {"doorkeep": version},
+            "doors": doors, "readers": readers, "cameras": cameras, "ts": ts}
+    if outbox is not None:
+        body["outbox"] = outbox
+    return _dump(body)

@@ -13,9 +13,10 @@ and stop() (also on SIGTERM) de-energises every relay before anything else.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import logging
 import queue
+import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -47,16 +48,18 @@ from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
 from edge.errors import HardwareError
 from edge.framing import CardRead
-from edge.gpio import DoorInputs, LockRelay, make_pin_factory
+from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
+from edge.outbox import MB, Outbox, OutboxError
 from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
 
 log = logging.getLogger("doorkeep.edge")
 
 # Door state-machine events worth an event message; unlocked/relocked only change the retained state.
-PUBLISHED_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "forced_open", "held_open", "rex"})
-SNAPSHOT_EVENTS = frozenset({"access", "forced_open"})
+PUBLISHED_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "forced_open", "held_open", "held_open_warning",
+                                   "rex", "tamper", "relay_stuck"})
+SNAPSHOT_EVENTS = frozenset({"access", "forced_open", "tamper"})
 
 EventListener = Callable[[EventMsg], None]
 
@@ -97,8 +100,11 @@ class _DoorRuntime:
     inputs: DoorInputs | None
     reader: SerialReader
     camera: Camera | None
+    sounder: Sounder | None = None
     relay_on: bool = False
+    sounder_on: bool = False
     last_state: str = "locked"
+    last_tampered: bool = False
     awaiting_pin: _AwaitingPin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -121,7 +127,6 @@ class EdgeAgent:
         self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._snap_q: queue.Queue[tuple[Camera, float, str, str] | None] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
-        self._seq = itertools.count(1)
         self._stopping = threading.Event()
         self._stopped = False
         self._control = threading.Thread(target=self._control_loop, name=f"doorkeep-doors-{device.id}", daemon=True)
@@ -143,15 +148,30 @@ class EdgeAgent:
             state_dir.mkdir(parents=True, exist_ok=True)
             self.policy = PolicyCache(state_dir / "policy.json", policy_key, site_id=site.id, device=device.id)
             self.policy.load()
+        # Events and snapshots go to the outbox first (numbered there: seq survives restarts); the link pumps it.
+        self._outbox_tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._outbox_tmp = tempfile.TemporaryDirectory(prefix=f"doorkeep-outbox-{device.id}-")
+            outbox_dir = Path(self._outbox_tmp.name)
+            log.warning("%s has no state_dir: events and snapshots wait in %s and are NOT durable "
+                        "(an edge restart during an outage loses them, and seq starts again at 1)",
+                        device.id, outbox_dir)
+        else:
+            outbox_dir = state_dir
+        self.outbox = Outbox(outbox_dir / "outbox.db", max_bytes=device.outbox_max_mb * MB, clock=self.clock)
         self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
-                         on_policy=self._on_policy if self.policy is not None else None)
+                         on_policy=self._on_policy if self.policy is not None else None,
+                         outbox=self.outbox, heartbeat_s=device.heartbeat_s)
 
     def _build_door(self, door: Door, hw: DoorHardware) -> _DoorRuntime:
-        machine = DoorMachine(door.id, DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s), self.clock)
+        timings = DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s, prealarm_s=door.prealarm_s)
+        machine = DoorMachine(door.id, timings, self.clock)
         relay = LockRelay(hw.lock.pin, active_high=hw.lock.active_high, factory=self._factory)
+        sounder = Sounder(hw.sounder.pin, active_high=hw.sounder.active_high, factory=self._factory) \
+            if hw.sounder is not None else None
         inputs = None
-        if hw.contact is not None or hw.rex is not None:
+        if hw.contact is not None or hw.rex is not None or hw.tamper is not None:
             inputs = DoorInputs(
                 contact_pin=hw.contact.pin if hw.contact else None,
                 rex_pin=hw.rex.pin if hw.rex else None,
@@ -160,12 +180,15 @@ class EdgeAgent:
                 on_rex=lambda d=door.id: self._q.put(("rex", d)),
                 contact_open_level=hw.contact.open_level if hw.contact else "high",
                 rex_active_low=hw.rex.active_low if hw.rex else True,
+                tamper_pin=hw.tamper.pin if hw.tamper else None,
+                tamper_active_low=hw.tamper.active_low if hw.tamper else True,
+                on_tamper=(lambda active, d=door.id: self._q.put(("tamper", d, active))) if hw.tamper else None,
             )
         reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
                               baudrate=hw.reader.baudrate, clock=self.clock,
                               repeat_ignore_s=hw.reader.repeat_ignore_s)
         camera = self.cameras.get(hw.camera) if hw.camera else None
-        return _DoorRuntime(door, hw, machine, relay, inputs, reader, camera)
+        return _DoorRuntime(door, hw, machine, relay, inputs, reader, camera, sounder)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -178,6 +201,8 @@ class EdgeAgent:
         for rt in self.doors.values():
             if rt.inputs is not None and rt.inputs.contact_open:
                 self._q.put(("contact", rt.door.id, True))
+            if rt.inputs is not None and rt.inputs.tampered:
+                self._q.put(("tamper", rt.door.id, True))  # an open cover or a cut loop at boot is reported
             try:
                 rt.reader.start()
             except HardwareError as exc:
@@ -200,6 +225,8 @@ class EdgeAgent:
             if rt.inputs is not None:
                 rt.inputs.close()
             rt.relay.close()
+            if rt.sounder is not None:
+                rt.sounder.close()
         self._snap_q.put(None)
         self._snapper.join(timeout=5)
         self._policy_q.put(None)
@@ -207,7 +234,10 @@ class EdgeAgent:
         for cam in self.cameras.values():
             cam.stop()
         self.link.publish_state()  # the retained state now shows every relay off
-        self.link.stop()
+        self.link.stop()  # what the broker has not acknowledged stays in the outbox for the next start
+        self.outbox.close()
+        if self._outbox_tmp is not None:
+            self._outbox_tmp.cleanup()
 
     def poke(self) -> None:
         """Re-evaluate every deadline now (after a simulated clock jumped forward)."""
@@ -232,6 +262,12 @@ class EdgeAgent:
                 rt.relay_on = False
             except Exception:
                 log.exception("door %s: could not de-energise the relay", rt.door.id)
+            if rt.sounder is not None:
+                try:
+                    rt.sounder.set(False)
+                    rt.sounder_on = False
+                except Exception:
+                    log.exception("door %s: could not silence the sounder", rt.door.id)
 
     # --------------------------------------------------------- entry points
 
@@ -327,6 +363,9 @@ class EdgeAgent:
         elif kind == "rex":
             rt = self.doors[item[1]]
             self._apply(rt, rt.machine.rex())
+        elif kind == "tamper":
+            rt = self.doors[item[1]]
+            self._apply(rt, rt.machine.tamper(item[2]))
         elif kind == "policy":
             self._sync_lockdowns()
 
@@ -486,7 +525,7 @@ class EdgeAgent:
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
                       decided_by: str, t_done: float, violation: str | None = None) -> None:
         ev = EventMsg(
-            id=p.event_id, seq=next(self._seq), ts=p.ts, device=self.device.id, door=p.door, type="access",
+            id=p.event_id, seq=0, ts=p.ts, device=self.device.id, door=p.door, type="access",
             decision="granted" if granted else "denied", reason=reason, decided_by=decided_by, person=person,
             credential_hash=p.credential_hash, credential_last4=p.credential_last4, transaction=p.transaction,
             latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot,
@@ -507,6 +546,19 @@ class EdgeAgent:
             rt.relay.set(want)
             rt.relay_on = want
         t_relay = self.clock.monotonic()
+        want_sounder = rt.machine.sounder_on
+        if rt.sounder is not None and want_sounder != rt.sounder_on:
+            try:
+                rt.sounder.set(want_sounder)
+                rt.sounder_on = want_sounder
+                changed = True
+            except HardwareError:
+                # A broken sounder must not stop the alarm events below from going out.
+                self.counters["sounder_errors"] += 1
+                log.exception("door %s: could not drive the sounder", rt.door.id)
+        if rt.machine.tampered != rt.last_tampered:
+            rt.last_tampered = rt.machine.tampered
+            changed = True
         for e in events:
             if e.type in PUBLISHED_DOOR_EVENTS:
                 self._door_event(rt, e)
@@ -522,13 +574,23 @@ class EdgeAgent:
         if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
             snapshot = event_id
             self._snap_q.put((rt.camera, e.at, rt.door.id, event_id))
-        ev = EventMsg(id=event_id, seq=next(self._seq), ts=iso_ms(self.clock.wall()), device=self.device.id,
+        ev = EventMsg(id=event_id, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
                       door=rt.door.id, type=e.type, snapshot=snapshot,
                       detail={"detail": e.detail} if e.detail else {})
         self._publish_event(ev)
 
     def _publish_event(self, ev: EventMsg) -> None:
-        self.link.publish(self.topics.event(self.device.id, ev.door), ev.encode())
+        """Number the event and put it in the outbox (on disk when this returns); the link's pump sends it."""
+        topic = self.topics.event(self.device.id, ev.door)
+        try:
+            seq = self.outbox.put_event(topic, lambda n: dataclasses.replace(ev, seq=n).encode())
+        except OutboxError as exc:
+            # The disk refused the row: send it now without durability rather than not at all.
+            self.counters["outbox_errors"] += 1
+            seq = exc.seq or 0
+            if exc.payload is not None:
+                self.link.publish(topic, exc.payload)
+        ev = dataclasses.replace(ev, seq=seq)
         self.counters[f"events_{ev.type}"] += 1
         for listener in list(self.listeners):
             try:
@@ -549,8 +611,10 @@ class EdgeAgent:
                 if snap is None:
                     self.counters["snapshot_missing"] += 1
                     continue
-                self.link.publish(self.topics.snapshot(self.device.id, door, event_id), snap.jpeg)
-                self.counters["snapshots"] += 1
+                if self.outbox.put_snapshot(self.topics.snapshot(self.device.id, door, event_id), snap.jpeg):
+                    self.counters["snapshots"] += 1
+                else:
+                    self.counters["snapshots_dropped"] += 1
             except Exception:
                 self.counters["errors"] += 1
                 log.exception("snapshot for %s failed", event_id)
@@ -558,11 +622,13 @@ class EdgeAgent:
     # ---------------------------------------------------------------- state
 
     def _state_payload(self) -> bytes:
-        doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open}
+        doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open,
+                     "sounder": rt.sounder_on, "tamper": rt.machine.tampered}
                  for d, rt in self.doors.items()}
         readers = {}
         for d, rt in self.doors.items():
             s = rt.reader.stats
             readers[d] = {"online": s.online, "frames": s.frames, "faults": sum(s.faults.values())}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
-        return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()))
+        return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
+                             outbox=self.outbox.stats())

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
+
+from sdnotify import SystemdNotifier
 
 from doorkeep.config import BrokerConfig, load_device
 from doorkeep.credentials import load_key
@@ -16,6 +19,15 @@ from doorkeep.policy import PolicyError, load_public_key
 from edge.errors import EdgeError
 
 log = logging.getLogger("doorkeep.edge")
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), or None when no watchdog is asked for."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,9 +51,17 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
     log.info("edge %s running %d door(s); Ctrl-C to stop", device.id, len(device.doors))
+    notifier = SystemdNotifier()
+    notifier.notify("READY=1")
+    interval = watchdog_interval()
     try:
-        stop.wait()
+        # Under systemd (firmware-config/systemd/), ping the watchdog only while the door control loop
+        # answers: a hung loop stops the pings, and systemd restarts the agent into the locked state.
+        while not stop.wait(interval or 3600):
+            if interval and agent.sync(timeout=interval):
+                notifier.notify("WATCHDOG=1")
     finally:
+        notifier.notify("STOPPING=1")
         agent.stop()
         log.info("edge %s stopped; relays de-energised", device.id)
     return 0

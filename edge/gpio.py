@@ -1,4 +1,4 @@
-"""gpiozero adapters: the lock relay output and the door contact / REX inputs.
+"""gpiozero adapters: the lock relay and sounder outputs, the door contact / REX / tamper inputs.
 
 Every device is built with an explicit ``pin_factory`` so two edge agents in
 one process (tests, the demo) never share gpiozero's global factory. The
@@ -79,8 +79,14 @@ def make_pin_factory(name: str) -> Any:
         raise HardwareError(f"GPIO pin factory {name!r} could not be opened: {exc}") from exc
 
 
-class LockRelay:
-    """The lock relay output; de-energised (the safe state) from construction on."""
+class _Output:
+    """A digital output that is off from construction on and switched off before it is released.
+
+    Subclasses name what is wired (``_WHAT``, used in every error) and give
+    the on/off state its own name.
+    """
+
+    _WHAT = "output"
 
     def __init__(self, pin: int, *, active_high: bool, factory: Any) -> None:
         # Re-entrant: on mock pins, watchers of the pin run inside set().
@@ -90,25 +96,24 @@ class LockRelay:
                 pin, active_high=active_high, initial_value=False, pin_factory=factory
             )
         except _GPIO_ERRORS as exc:
-            raise HardwareError(f"lock relay on pin {pin}: {exc}") from exc
+            raise HardwareError(f"{self._WHAT} on pin {pin}: {exc}") from exc
         self.pin = pin
 
-    def set(self, energised: bool) -> None:
+    def set(self, on: bool) -> None:
         with self._lock:
             if self._device is None:
-                raise HardwareError(f"lock relay on pin {self.pin} is closed")
+                raise HardwareError(f"{self._WHAT} on pin {self.pin} is closed")
             try:
-                self._device.value = bool(energised)
+                self._device.value = bool(on)
             except _GPIO_ERRORS as exc:
-                raise HardwareError(f"lock relay on pin {self.pin}: {exc}") from exc
+                raise HardwareError(f"{self._WHAT} on pin {self.pin}: {exc}") from exc
 
-    @property
-    def energised(self) -> bool:
+    def _is_on(self) -> bool:
         with self._lock:
             return self._device is not None and bool(self._device.value)
 
     def close(self) -> None:
-        """De-energise before releasing: a released pin must never leave the door unlocked."""
+        """Switch off before releasing; idempotent."""
         with self._lock:
             device, self._device = self._device, None
             if device is None:
@@ -119,14 +124,54 @@ class LockRelay:
                 device.close()
 
 
+class LockRelay(_Output):
+    """The lock relay output; de-energised (the safe state) from construction on.
+
+    :meth:`close` de-energises before releasing: a released pin must never
+    leave the door unlocked.
+    """
+
+    _WHAT = "lock relay"
+
+    @property
+    def energised(self) -> bool:
+        return self._is_on()
+
+
+class Sounder(_Output):
+    """The door's local sounder (buzzer or piezo on a transistor or relay): silent from construction on.
+
+    Driven from ``DoorMachine.sounder_on`` after every machine call, like the
+    relay; :meth:`close` silences it before releasing the pin.
+    ``active_high=False`` for driver boards that sound on a low level.
+    """
+
+    _WHAT = "sounder"
+
+    @property
+    def on(self) -> bool:
+        return self._is_on()
+
+
 class DoorInputs:
-    """Door contact and REX inputs, forwarding gpiozero's edge callbacks.
+    """Door contact, REX and tamper inputs, forwarding gpiozero's edge callbacks.
 
     Callbacks run on gpiozero's thread (for mock pins: the thread that drove
-    the pin) and fire only on changes; read :attr:`contact_open` once at start
-    to learn the initial position. The contact is always pulled up (switch to
-    ground); ``contact_open_level`` says which level means open. The REX
-    button is pulled up when ``rex_active_low`` (button to ground), else down.
+    the pin) and fire only on changes; read :attr:`contact_open` and
+    :attr:`tampered` once at start to learn the initial position. The contact
+    is always pulled up (switch to ground); ``contact_open_level`` says which
+    level means open. The REX button is pulled up when ``rex_active_low``
+    (button to ground), else down.
+
+    The tamper input is a normally-closed loop through the enclosure's cover
+    switch: closed (healthy) while the cover is on, open when the cover is
+    removed. ``tamper_active_low`` says where the loop goes: ``True`` (the
+    default) is a loop to ground with the pin pulled up, so **low means
+    intact and high means tampered**; ``False`` is a loop to 3V3 with the pin
+    pulled down, so high means intact and low tampered. Either way the pull
+    resistor wins when the loop opens, so a cut or unplugged tamper wire
+    reads as tampered, never as intact. ``on_tamper(True)`` reports the loop
+    opening, ``on_tamper(False)`` its restoration.
     """
 
     def __init__(
@@ -140,16 +185,23 @@ class DoorInputs:
         contact_open_level: str = "high",
         rex_active_low: bool = True,
         debounce_s: float | None = None,
+        tamper_pin: int | None = None,
+        on_tamper: Callable[[bool], None] | None = None,
+        tamper_active_low: bool = True,
     ) -> None:
         if contact_open_level not in ("high", "low"):
             raise ValueError(f"contact_open_level must be 'high' or 'low', got {contact_open_level!r}")
+        if tamper_pin is not None and on_tamper is None:
+            raise ValueError("a tamper_pin needs an on_tamper callback")
         self._on_contact = on_contact
         self._on_rex = on_rex
+        self._on_tamper = on_tamper
         self._closed = False
         # With a pull-up the device is "active" when the pin is low.
         self._open_when_active = contact_open_level == "low"
         self._contact: DigitalInputDevice | None = None
         self._rex: DigitalInputDevice | None = None
+        self._tamper: DigitalInputDevice | None = None
         try:
             if contact_pin is not None:
                 self._contact = self._input(contact_pin, True, debounce_s, factory, "door contact")
@@ -158,6 +210,11 @@ class DoorInputs:
             if rex_pin is not None:
                 self._rex = self._input(rex_pin, rex_active_low, debounce_s, factory, "REX")
                 self._rex.when_activated = self._rex_pressed
+            if tamper_pin is not None:
+                # Pulled towards the tampered level: the device is "active" while the loop holds it intact.
+                self._tamper = self._input(tamper_pin, tamper_active_low, debounce_s, factory, "tamper")
+                self._tamper.when_activated = self._tamper_restored
+                self._tamper.when_deactivated = self._tamper_opened
         except BaseException:
             self.close()
             raise
@@ -181,6 +238,14 @@ class DoorInputs:
         if not self._closed:
             self._on_rex()
 
+    def _tamper_opened(self) -> None:
+        if not self._closed and self._on_tamper is not None:
+            self._on_tamper(True)
+
+    def _tamper_restored(self) -> None:
+        if not self._closed and self._on_tamper is not None:
+            self._on_tamper(False)
+
     @property
     def contact_open(self) -> bool | None:
         device = self._contact
@@ -188,10 +253,18 @@ class DoorInputs:
             return None
         return device.is_active == self._open_when_active
 
+    @property
+    def tampered(self) -> bool | None:
+        """True while the tamper loop is open (cover off or wire cut); None with no tamper input."""
+        device = self._tamper
+        if device is None:
+            return None
+        return not device.is_active
+
     def close(self) -> None:
         """Stop forwarding first, so nothing reaches the owner while pins are released; idempotent."""
         self._closed = True
-        for attr in ("_contact", "_rex"):
+        for attr in ("_contact", "_rex", "_tamper"):
             device = getattr(self, attr)
             setattr(self, attr, None)
             if device is not None:

@@ -6,6 +6,15 @@ The last will (``offline``, retained) is set before connecting; on every
 bounded backoff: nothing here sleeps in a callback. Messages are handed to
 the agent's callbacks and never processed on the network thread beyond
 decoding.
+
+Events and snapshots are not published here directly: they sit in the
+outbox (``edge/outbox.py``) and the link's own thread pumps them out in
+order while connected; paho's PUBACK callback only hands the message id to
+the pump. paho never holds more than the pump's window of outbox messages
+(nothing is published while disconnected), and its queue is bounded. Direct
+publishes are kept for traffic that is useless later (requests, state,
+availability). The same thread republishes the retained state every
+``heartbeat_s`` seconds: the server treats it as the device's heartbeat.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
@@ -21,8 +31,14 @@ import paho.mqtt.client as mqtt
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, Topics, parse_topic
 from doorkeep.errors import MessageError
+from edge.outbox import Outbox, Pump
 
 log = logging.getLogger("doorkeep.edge.link")
+
+#: Room in paho's queue for direct messages (requests, state, availability) beside the pump's window.
+DIRECT_QUEUE = 256
+#: After a (re)connect the state is published once more this much later (see _run).
+RESTATE_AFTER_CONNECT_S = 1.0
 
 
 class Link:
@@ -30,7 +46,11 @@ class Link:
                  on_decision: Callable[[str, bytes], None],
                  state_payload: Callable[[], bytes],
                  on_server_availability: Callable[[str], None] | None = None,
-                 on_policy: Callable[[bytes], None] | None = None) -> None:
+                 on_policy: Callable[[bytes], None] | None = None,
+                 outbox: Outbox | None = None, heartbeat_s: float = 30.0,
+                 drain_rate: float = 200.0, window: int = 32) -> None:
+        """``outbox``: the rows to pump out (None: no events from this link); ``drain_rate`` in messages
+        per second and ``window`` unacknowledged messages bound how fast a backlog drains."""
         self.topics = Topics(site)
         self.device = device
         self.broker = broker
@@ -45,10 +65,24 @@ class Link:
                                    clean_session=True)
         self._client.will_set(self.topics.availability(device), AVAILABILITY_OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self._client.max_queued_messages_set(0)
+        # The pump bounds outbox traffic; paho sends at once (no queue of its own in front of requests)
+        # and refuses to hold more than that window plus a little direct traffic.
+        self._client.max_inflight_messages_set(0)
+        self._client.max_queued_messages_set(window + DIRECT_QUEUE)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self.heartbeat_s = heartbeat_s
+        self.heartbeats = 0
+        self._connects = 0
+        self.pump_errors = 0
+        self._state_lock = threading.Lock()  # one state payload at a time, so an older one never lands last
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.pump = (Pump(outbox, self._send, rate=drain_rate, window=window, wake=self._wake.set)
+                     if outbox is not None else None)
+        self._thread = threading.Thread(target=self._run, name=f"doorkeep-link-{device}", daemon=True)
 
     @property
     def connected(self) -> bool:
@@ -58,10 +92,16 @@ class Link:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
+        self._thread.start()
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
         self._client.loop_start()
 
     def stop(self) -> None:
+        """Stop pumping (what is not acknowledged stays in the outbox), say ``stopped``, disconnect."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         if self._connected.is_set():
             info = self._client.publish(self.topics.availability(self.device), AVAILABILITY_STOPPED, qos=1, retain=True)
             try:
@@ -72,12 +112,64 @@ class Link:
         self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """QoS 1 publish; paho queues it while the broker is away (the durable outbox comes later)."""
+        """Direct QoS 1 publish, for what is useless later (requests); events and snapshots go to the outbox."""
         return self._client.publish(topic, payload, qos=1, retain=retain)
 
     def publish_state(self) -> None:
         if self._connected.is_set():
-            self.publish(self.topics.state(self.device), self.state_payload(), retain=True)
+            with self._state_lock:
+                self.publish(self.topics.state(self.device), self.state_payload(), retain=True)
+
+    def wake(self) -> None:
+        """Make the pump look at the outbox now."""
+        self._wake.set()
+
+    # ------------------------------------------------------ pump and heartbeat
+
+    def _send(self, topic: str, payload: bytes) -> int | None:
+        """Hand one outbox row to paho; its message id, or None if paho refused it (the row stays)."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN: the connection dropped under us; paho keeps this copy and sends it on reconnect.
+            return info.mid
+        log.debug("paho refused an outbox message (%s); it stays in the outbox", mqtt.error_string(info.rc))
+        return None
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if self.pump is not None:
+            self.pump.acked(mid)
+
+    def _run(self) -> None:
+        """The link's thread: pump the outbox while connected, republish the state every heartbeat_s."""
+        next_beat = time.monotonic() + self.heartbeat_s
+        seen_connects = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            if self._connects != seen_connects:
+                # paho re-sends, after on_connect, what it had in flight when the link dropped, an older
+                # state among it: say the current state again shortly after, so the retained one is fresh.
+                seen_connects = self._connects
+                next_beat = min(next_beat, time.monotonic() + RESTATE_AFTER_CONNECT_S)
+            delay: float | None = None
+            if self.pump is not None:
+                try:
+                    delay = self.pump.step()
+                except Exception:
+                    # A disk or client error must not kill delivery for good: the rows stay, try again.
+                    self.pump_errors += 1
+                    log.exception("outbox pump failed; retrying in 1 s")
+                    delay = 1.0
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                try:
+                    if self._connected.is_set():
+                        self.publish_state()
+                        self.heartbeats += 1
+                except Exception:
+                    log.exception("heartbeat state publish failed")
+            wait = next_beat - now if delay is None else min(delay, next_beat - now)
+            self._wake.wait(max(0.0, wait))
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -90,13 +182,20 @@ class Link:
         client.subscribe(self.topics.server_availability(), qos=1)
         if self.on_policy is not None:
             client.subscribe(self.topics.policy(self.device), qos=1)
-        client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
+        with self._state_lock:
+            client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
         client.publish(self.topics.availability(self.device), AVAILABILITY_ONLINE, qos=1, retain=True)
         self._connected.set()
+        self._connects += 1
+        if self.pump is not None:
+            self.pump.connected()
+        self._wake.set()
         log.info("%s connected to %s", self.device, self.broker.url)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        if self.pump is not None:
+            self.pump.disconnected()
         if not reason.is_failure:
             log.info("disconnected from the broker")
             return

@@ -23,6 +23,7 @@ from server.bus import ServerBus
 from server.directory import Directory
 from server.publisher import PolicyPublisher
 from server.store import Store
+from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
 
 log = logging.getLogger("doorkeep.server")
 
@@ -37,6 +38,10 @@ class Server:
     def site(self) -> Site:
         return self.directory.site
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.bus.supervisor
+
     def start(self, wait_s: float = 10.0) -> None:
         self.bus.start(wait_s)
 
@@ -46,8 +51,14 @@ class Server:
 
 
 def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: bytes | None = None,
-              signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None) -> Server:
-    """The server for a site; keys default to the site directory's key files."""
+              signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None,
+              device_timeout_s: float = DEFAULT_DEVICE_TIMEOUT_S,
+              gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S) -> Server:
+    """The server for a site; keys default to the site directory's key files.
+
+    ``device_timeout_s``: a device heard from none of its messages for this long raises ``device_offline``;
+    ``gap_timeout_s``: missing event numbers not filled within this long raise ``event_gap`` (docs/alarms.md).
+    """
     clock = clock or SystemClock()
     if key is None:
         key = load_key(bundle.credential_key_file, source=str(bundle.dir))
@@ -60,7 +71,10 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
                                 signing_key, store, clock)
     # One stable client id per data directory: the broker's persistent session belongs to this store.
     client_id = f"doorkeep-server-{bundle.site.id}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
-    bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id)
+    supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
+                            device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
+    bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id,
+                    supervisor=supervisor)
     directory.listeners.append(bus.publish_policies)
     directory.defer = bus.defer
     site = directory.site

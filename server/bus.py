@@ -5,6 +5,11 @@ pure, microsecond-scale function and every millisecond there is a
 millisecond at the door. Events and snapshots go to a worker thread that
 writes the store, so a slow disk never delays an answer. A malformed
 message is counted, logged with what was wrong and dropped.
+
+Every message a device publishes is also news for the :class:`Supervisor`
+(server/supervision.py): availability, the retained ``state`` heartbeat,
+requests, events and snapshots tell it the device is alive, and each
+ingested event moves that device's sequence window; alarms are raised there.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from doorkeep.model import Site
 from server.directory import Directory
 from server.publisher import PolicyPublisher
 from server.store import Store
+from server.supervision import Supervisor, state_timestamp
 
 log = logging.getLogger("doorkeep.server.bus")
 
@@ -57,7 +63,7 @@ class ServerBus:
 
     def __init__(self, directory: Directory, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
                  *, clock: Clock | None = None, client_id: str | None = None,
-                 publisher: PolicyPublisher | None = None) -> None:
+                 publisher: PolicyPublisher | None = None, supervisor: Supervisor | None = None) -> None:
         self.directory = directory
         site = directory.site
         self.door_devices = door_devices  # door id -> the device that owns it
@@ -69,6 +75,8 @@ class ServerBus:
         self.counters: Counter[str] = Counter()
         self.availability: dict[str, str] = {}
         self.listeners: list[EventListener] = []
+        self.supervisor = supervisor or Supervisor(store, self.clock, devices=set(door_devices.values()))
+        self.supervisor.set_connected(False)
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._idle = threading.Condition()
         self._queued = 0
@@ -90,6 +98,7 @@ class ServerBus:
 
     def start(self, wait_s: float = 10.0) -> None:
         self._worker.start()
+        self.supervisor.start()
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
         self._client.loop_start()
         if not self._connected.wait(wait_s):
@@ -106,12 +115,18 @@ class ServerBus:
         self._client.loop_stop()
         self._work.put(None)
         self._worker.join(timeout=10)
+        self.supervisor.stop()
 
     def defer(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the store thread, in order with event ingest (keeps disk writes off the network thread)."""
         with self._idle:
             self._queued += 1
         self._work.put(_Work("call", None, b"", 0.0, fn))
+
+    @property
+    def healthy(self) -> bool:
+        """The store thread is alive (the network thread is paho's, which reconnects by itself)."""
+        return self._worker.is_alive()
 
     @property
     def site(self) -> Site:
@@ -142,9 +157,12 @@ class ServerBus:
         sock = client.socket()
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Availability before state: the retained copies arrive in that order, and a retained state never
+        # overrides a retained `offline` or `stopped`.
         for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
-                    self.topics.all_availability()):
+                    self.topics.all_availability(), f"{self.topics.base}/+/state"):
             client.subscribe(sub, qos=1)
+        self.supervisor.set_connected(True)
         self.publish_policies(force=True)
         client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
         log.info("connected to %s", self.broker.url)
@@ -152,6 +170,7 @@ class ServerBus:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        self.supervisor.set_connected(False)
         if not reason.is_failure:
             log.info("disconnected from the broker")
             return
@@ -164,9 +183,20 @@ class ServerBus:
                 raise MessageError(f"message for site {topic.site!r}")
             if topic.kind == "request":
                 self._answer(topic, msg.payload)
+                self.supervisor.heard(topic.device)
             elif topic.kind == "availability":
-                self.availability[topic.device] = msg.payload.decode("utf-8", "replace")[:16]
+                if not msg.payload:
+                    return  # a retained availability being deleted
+                value = msg.payload.decode("utf-8", "replace")[:16]
+                self.availability[topic.device] = value
+                self.supervisor.on_availability(topic.device, value, retained=bool(msg.retain))
+            elif topic.kind == "state":
+                if not msg.payload:
+                    return
+                ts = state_timestamp(msg.payload, topic.device)
+                self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
             elif topic.kind in ("event", "snapshot"):
+                self.supervisor.heard(topic.device)
                 with self._idle:
                     self._queued += 1
                 self._work.put(_Work(topic.kind, topic, msg.payload, self.clock.wall()))
@@ -229,11 +259,17 @@ class ServerBus:
         ev = EventMsg.decode(work.payload)
         if ev.device != work.topic.device or ev.door != work.topic.door:
             raise MessageError("event's device/door do not match its topic")
-        new = self.store.insert_event(ev, work.received_at)
+        rowid = self.store.ingest_event(ev, work.received_at)
+        new = rowid is not None
         self.counters["events" if new else "duplicate_events"] += 1
         if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
             # The edge let someone through on its own: presence follows the door, as if the server had decided.
             self.directory.record_passage(ev.person, ev.door, ev.ts)
+        try:
+            self.supervisor.on_event(ev, rowid)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("supervision of event %s failed", ev.id)
         for listener in list(self.listeners):
             try:
                 listener(ev, new)

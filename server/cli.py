@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from sdnotify import SystemdNotifier
 
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
@@ -20,10 +23,11 @@ log = logging.getLogger("doorkeep.server")
 
 def run(args: argparse.Namespace) -> int:
     try:
+        timeouts = _supervision_timeouts(args)
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
-        server = bootstrap(bundle, data, BrokerConfig(args.broker))
-    except (ConfigErrors, ConfigError, ServerError, PolicyError) as exc:
+        server = bootstrap(bundle, data, BrokerConfig(args.broker), **timeouts)
+    except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -31,11 +35,40 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id, data)
+    notifier = SystemdNotifier()
+    notifier.notify("READY=1")
+    interval = _watchdog_interval()
     try:
-        stop.wait()
+        # Under systemd, ping the watchdog while the store thread is alive (events are being stored).
+        while not stop.wait(interval or 3600):
+            if interval and server.bus.healthy:
+                notifier.notify("WATCHDOG=1")
     finally:
+        notifier.notify("STOPPING=1")
         server.stop()
     return 0
+
+
+def _watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), or None when no watchdog is asked for."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 else None
+
+
+def _supervision_timeouts(args: argparse.Namespace) -> dict[str, float]:
+    """``--device-timeout S`` and ``--gap-timeout S`` (docs/alarms.md); absent flags keep the defaults."""
+    out = {}
+    for flag, name in (("device_timeout", "device_timeout_s"), ("gap_timeout", "gap_timeout_s")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if not value > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {value}")
+        out[name] = float(value)
+    return out
 
 
 def muster(args: argparse.Namespace) -> int:

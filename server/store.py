@@ -13,14 +13,21 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
 from doorkeep.contract import EventMsg
-from server.errors import StoreError
+from server.errors import ServerError, StoreError
+
+SEVERITIES = ("alarm", "trouble", "warning", "info")
+
+
+class AlarmNotFound(ServerError, LookupError):
+    """No alarm has that id."""
 
 
 def _m001_events(db: sqlite_utils.Database) -> None:
@@ -59,9 +66,34 @@ def _m002_directory(db: sqlite_utils.Database) -> None:
     db["counters"].create({"name": str, "value": int}, pk="name")
 
 
+def _m003_alarms(db: sqlite_utils.Database) -> None:
+    """Alarms (docs/alarms.md) and the per-device event sequence state that gap detection keeps."""
+    db["alarms"].create(
+        {
+            "id": str, "key": str, "type": str, "severity": str, "device": str, "door": str,
+            "raised_at": float, "last_raised_at": float, "occurrences": int, "cleared_at": float,
+            "acknowledged_at": float, "acknowledged_by": str, "resolved_at": float, "resolved_by": str,
+            "note": str, "detail": str, "source_event": str,
+        },
+        pk="id",
+        not_null={"key", "type", "severity", "raised_at", "last_raised_at", "occurrences"},
+    )
+    # At most one open (unresolved) alarm per key: one device_offline per device, one alarm per event.
+    db.execute("CREATE UNIQUE INDEX alarms_open_key ON alarms ([key]) WHERE resolved_at IS NULL")
+    db["alarms"].create_index(["raised_at"])
+    db["alarms"].create_index(["device", "door"])
+    db["sequences"].create(
+        {"device": str, "epoch": int, "base": int, "top": int, "gaps": str, "lost": str, "saved_at": float},
+        pk="device",
+    )
+    # Events up to this rowid have been seen by gap detection; later ones are replayed at start.
+    db["sequence_checkpoint"].create({"id": int, "through_rowid": int, "saved_at": float}, pk="id")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
+    ("003_alarms", _m003_alarms),
 ]
 
 
@@ -109,6 +141,10 @@ class Store:
 
     def insert_event(self, ev: EventMsg, received_at: float) -> bool:
         """Store an event once; returns False for a duplicate delivery."""
+        return self.ingest_event(ev, received_at) is not None
+
+    def ingest_event(self, ev: EventMsg, received_at: float) -> int | None:
+        """Store an event once; returns its rowid (arrival order), or None for a duplicate delivery."""
         row = asdict(ev)
         row["detail"] = json.dumps(row["detail"], sort_keys=True)
         row["received_at"] = received_at
@@ -117,7 +153,7 @@ class Store:
         with self._lock:
             cur = self.db.conn.execute(f"INSERT OR IGNORE INTO events ({cols}) VALUES ({marks})", list(row.values()))
             self.db.conn.commit()
-            return cur.rowcount == 1
+            return cur.lastrowid if cur.rowcount == 1 else None
 
     def insert_snapshot(self, event_id: str, device: str, door: str, jpeg: bytes, received_at: float) -> bool:
         """Write the JPEG durably (temp file, fsync, rename), then record it; False for a duplicate."""
@@ -187,3 +223,185 @@ class Store:
             value = max((rows[0]["value"] + 1) if rows else 1, at_least)
             self.db["counters"].upsert({"name": name, "value": value}, pk="name")
         return value
+
+    # ---------------------------------------------------------------- alarms
+
+    def raise_alarm(self, type: str, *, key: str, at: float, severity: str = "alarm", device: str | None = None,
+                    door: str | None = None, detail: dict[str, Any] | None = None, source_event: str | None = None,
+                    once: bool = False, cleared: bool = False) -> tuple[str, bool]:
+        """Raise an alarm; returns ``(alarm id, True if it was raised or raised again now)``.
+
+        ``once``: the key can raise at most one alarm, ever (an alarm from an event: re-delivering the
+        event, or ingesting it again after the alarm was resolved, changes nothing); its id is the key.
+        Otherwise the key names a condition (``device_offline:pi-lobby``) with at most one open alarm:
+        raising it while that alarm is active only refreshes its detail; raising it after the condition
+        cleared but before an operator resolved the alarm makes the same alarm active again (``occurrences``
+        counts the times, and the acknowledgement is dropped: a recurrence needs a new look); raising it
+        after the alarm was resolved opens a new alarm. ``cleared``: the alarm records something that is
+        already over (a momentary event); it is stored cleared but still open until resolved.
+        """
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
+        detail_json = json.dumps(detail or {}, sort_keys=True)
+        row = {"key": key, "type": type, "severity": severity, "device": device, "door": door, "raised_at": at,
+               "last_raised_at": at, "occurrences": 1, "cleared_at": at if cleared else None,
+               "detail": detail_json, "source_event": source_event}
+        with self._lock, self.db.conn:
+            if once:
+                cur = self.db.conn.execute(
+                    f"INSERT OR IGNORE INTO alarms (id, {', '.join(f'[{k}]' for k in row)}) "
+                    f"VALUES (?, {', '.join('?' for _ in row)})", [key, *row.values()])
+                return key, cur.rowcount == 1
+            open_ = list(self.db.query("SELECT id, cleared_at, detail FROM alarms WHERE [key] = ? AND resolved_at IS NULL",
+                                       [key]))
+            if not open_:
+                alarm_id = f"{type}-{device or 'site'}-{uuid.uuid4().hex[:12]}"
+                self.db["alarms"].insert({"id": alarm_id, **row})
+                return alarm_id, True
+            current = open_[0]
+            if current["cleared_at"] is None:
+                if detail is not None and current["detail"] != detail_json:
+                    self.db.conn.execute("UPDATE alarms SET detail = ? WHERE id = ?", [detail_json, current["id"]])
+                return current["id"], False
+            self.db.conn.execute(
+                "UPDATE alarms SET cleared_at = ?, last_raised_at = ?, occurrences = occurrences + 1, "
+                "acknowledged_at = NULL, acknowledged_by = NULL, detail = ? WHERE id = ?",
+                [at if cleared else None, at, detail_json if detail is not None else current["detail"], current["id"]])
+            return current["id"], True
+
+    def clear_alarm(self, key: str, at: float, detail: dict[str, Any] | None = None) -> str | None:
+        """The condition behind the open, active alarm with this key is gone; returns its id, or None if none was active.
+
+        The alarm stays open (listed) until an operator resolves it."""
+        with self._lock, self.db.conn:
+            rows = list(self.db.query(
+                "SELECT id FROM alarms WHERE [key] = ? AND resolved_at IS NULL AND cleared_at IS NULL", [key]))
+            if not rows:
+                return None
+            sets, args = "cleared_at = ?", [at]
+            if detail is not None:
+                sets, args = sets + ", detail = ?", [at, json.dumps(detail, sort_keys=True)]
+            self.db.conn.execute(f"UPDATE alarms SET {sets} WHERE id = ?", [*args, rows[0]["id"]])
+            return str(rows[0]["id"])
+
+    def clear_door_alarms(self, device: str, door: str, types: tuple[str, ...], *, before_ts: str, at: float) -> int:
+        """Clear the active alarms of these types at a door whose source event happened before ``before_ts``
+        (the event that restored the door, by the device's own clock); returns how many."""
+        if not types:
+            return 0
+        marks = ", ".join("?" for _ in types)
+        with self._lock, self.db.conn:
+            cur = self.db.conn.execute(
+                f"UPDATE alarms SET cleared_at = ? WHERE resolved_at IS NULL AND cleared_at IS NULL AND device = ? "
+                f"AND door = ? AND type IN ({marks}) AND source_event IN "
+                f"(SELECT id FROM events WHERE device = ? AND door = ? AND ts < ?)",
+                [at, device, door, *types, device, door, before_ts])
+            return cur.rowcount
+
+    def later_event(self, device: str, door: str, types: tuple[str, ...], after_ts: str) -> str | None:
+        """The id of a stored event of these types at the door that happened after ``after_ts``, if any."""
+        if not types:
+            return None
+        marks = ", ".join("?" for _ in types)
+        with self._lock:
+            rows = list(self.db.query(
+                f"SELECT id FROM events WHERE device = ? AND door = ? AND type IN ({marks}) AND ts > ? "
+                f"ORDER BY ts LIMIT 1", [device, door, *types, after_ts]))
+        return str(rows[0]["id"]) if rows else None
+
+    def acknowledge(self, alarm_id: str, who: str, *, at: float | None = None) -> bool:
+        """An operator has seen the alarm; False if it was already acknowledged or is resolved."""
+        if not who:
+            raise ValueError("acknowledge needs the operator's name")
+        with self._lock, self.db.conn:
+            self._require_alarm(alarm_id)
+            cur = self.db.conn.execute(
+                "UPDATE alarms SET acknowledged_at = ?, acknowledged_by = ? "
+                "WHERE id = ? AND acknowledged_at IS NULL AND resolved_at IS NULL",
+                [time.time() if at is None else at, who, alarm_id])
+            return cur.rowcount == 1
+
+    def resolve(self, alarm_id: str, who: str, note: str, *, at: float | None = None) -> bool:
+        """An operator closes the alarm with a note; False if it was already resolved.
+
+        Resolving implies acknowledging. An alarm whose condition is still active may be resolved (a
+        device being replaced); the condition then raises a new alarm only when it recurs after clearing."""
+        if not who:
+            raise ValueError("resolve needs the operator's name")
+        now = time.time() if at is None else at
+        with self._lock, self.db.conn:
+            self._require_alarm(alarm_id)
+            cur = self.db.conn.execute(
+                "UPDATE alarms SET resolved_at = ?, resolved_by = ?, note = ?, "
+                "acknowledged_at = COALESCE(acknowledged_at, ?), acknowledged_by = COALESCE(acknowledged_by, ?) "
+                "WHERE id = ? AND resolved_at IS NULL",
+                [now, who, note, now, who, alarm_id])
+            return cur.rowcount == 1
+
+    def _require_alarm(self, alarm_id: str) -> None:
+        if not self.db.conn.execute("SELECT 1 FROM alarms WHERE id = ?", [alarm_id]).fetchone():
+            raise AlarmNotFound(f"no alarm {alarm_id!r}")
+
+    def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM alarms WHERE id = ?", [alarm_id]))
+        return _alarm_row(rows[0]) if rows else None
+
+    def open_alarm(self, key: str) -> dict[str, Any] | None:
+        """The open (unresolved) alarm with this key, if any."""
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM alarms WHERE [key] = ? AND resolved_at IS NULL", [key]))
+        return _alarm_row(rows[0]) if rows else None
+
+    def open_alarms(self, **where: Any) -> list[dict[str, Any]]:
+        """Alarms not yet resolved (active or cleared), newest first; ``where`` filters on columns."""
+        return self.alarms(limit=None, open_only=True, **where)
+
+    def alarms(self, limit: int | None = 100, *, open_only: bool = False, **where: Any) -> list[dict[str, Any]]:
+        """Alarms newest first, resolved ones too unless ``open_only``; ``where`` filters on columns."""
+        clauses = [f"[{k}] = ?" for k in where] + (["resolved_at IS NULL"] if open_only else [])
+        sql = ("SELECT * FROM alarms" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+               + " ORDER BY last_raised_at DESC, raised_at DESC" + (" LIMIT ?" if limit is not None else ""))
+        args = [*where.values(), *([limit] if limit is not None else [])]
+        with self._lock:
+            return [_alarm_row(r) for r in self.db.query(sql, args)]
+
+    # ------------------------------------------------- event sequence state
+
+    def load_sequences(self) -> tuple[list[dict[str, Any]], int]:
+        """Every device's saved sequence state and the rowid of the last event it accounts for."""
+        with self._lock:
+            rows = [dict(r, gaps=json.loads(r["gaps"] or "[]"), lost=json.loads(r["lost"] or "[]"))
+                    for r in self.db["sequences"].rows]
+            cp = list(self.db.query("SELECT through_rowid FROM sequence_checkpoint WHERE id = 1"))
+        return rows, int(cp[0]["through_rowid"]) if cp else 0
+
+    def save_sequences(self, rows: list[dict[str, Any]], through_rowid: int, at: float) -> None:
+        """Save changed devices' sequence state and the checkpoint together, in one transaction."""
+        with self._lock, self.db.conn:
+            for r in rows:
+                self.db["sequences"].upsert(
+                    {**r, "gaps": json.dumps(r["gaps"]), "lost": json.dumps(r["lost"]), "saved_at": at}, pk="device")
+            self.db["sequence_checkpoint"].upsert({"id": 1, "through_rowid": through_rowid, "saved_at": at}, pk="id")
+
+    def events_after(self, rowid: int, batch: int = 5000) -> Iterator[tuple[int, str, str, int]]:
+        """``(rowid, event id, device, seq)`` of events stored after ``rowid``, in arrival order."""
+        while True:
+            with self._lock:
+                rows = self.db.conn.execute(
+                    "SELECT rowid, id, device, seq FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    [rowid, batch]).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield int(r[0]), str(r[1]), str(r[2]), int(r[3])
+            rowid = int(rows[-1][0])
+
+
+def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An alarm as the API hands it out: ``detail`` decoded and its ``state`` spelled out."""
+    out = dict(row)
+    out["detail"] = json.loads(row["detail"] or "{}")
+    out["state"] = "resolved" if row["resolved_at"] is not None else "cleared" if row["cleared_at"] is not None \
+        else "active"
+    return out

@@ -1,12 +1,12 @@
 """A physical door on gpiozero mock pins, for tests and the demo.
 
-The simulator is the world outside the Pi: it holds the contact and REX input
-lines at the levels a reed switch and a button would, and watches the relay
-output line. It never creates gpiozero devices, so it reserves nothing and
+The simulator is the world outside the Pi: it holds the contact, REX and
+tamper input lines at the levels a reed switch, a button and an enclosure's
+tamper loop would, and watches the relay and sounder output lines. It never creates gpiozero devices, so it reserves nothing and
 coexists with the edge's devices on the same factory; it uses
 ``factory.pin(n)``, which returns the very ``MockPin`` the edge's devices use.
 
-How relay changes are observed (no polling): the simulator turns the
+How relay and sounder changes are observed (no polling): the simulator turns the
 factory's ``MockPin`` into a subclass of its own class (``__class__`` swap on
 that one instance). Every level change of a ``MockPin`` goes through
 ``_change_state``; the subclass calls the original and then notifies its
@@ -93,8 +93,24 @@ def _wire(factory: Any, number: int) -> _WiredPin:
     return pin  # type: ignore[return-value]
 
 
+def _output_line(factory: Any, pin: int, active_high: bool) -> _WiredPin:
+    """An output line the simulator watches, held off by the module's own resistor while undriven."""
+    line = _wire(factory, pin)
+    if line.function == "input" and not line.info.pull:
+        # A relay or sounder module's own input resistor holds it off while the
+        # Pi's pin is undriven (before the edge starts, after it releases the pin).
+        line.pull = "down" if active_high else "up"
+    return line
+
+
 class DoorSimulator:
-    """Physical door on mock pins: drives the contact and REX input pins, reads the relay output pin."""
+    """Physical door on mock pins: drives the contact, REX and tamper input pins, reads the relay and sounder.
+
+    The tamper loop follows the edge's reading (see ``edge.gpio.DoorInputs``):
+    with ``tamper_active_low`` the intact loop holds the line low and a
+    tampered enclosure lets it go high; without, the reverse. It starts
+    intact.
+    """
 
     def __init__(
         self,
@@ -106,23 +122,31 @@ class DoorSimulator:
         contact_open_level: str = "high",
         rex_pin: int | None = None,
         rex_active_low: bool = True,
+        tamper_pin: int | None = None,
+        tamper_active_low: bool = True,
+        sounder_pin: int | None = None,
+        sounder_active_high: bool = True,
     ) -> None:
         if contact_open_level not in ("high", "low"):
             raise ValueError(f"contact_open_level must be 'high' or 'low', got {contact_open_level!r}")
         self._cond = threading.Condition()
         self.relay_history: list[tuple[float, bool]] = []
         """(time.monotonic(), energised) each time the relay line changes."""
+        self.sounder_history: list[tuple[float, bool]] = []
+        """(time.monotonic(), sounding) each time the sounder line changes."""
         self._active_high = relay_active_high
+        self._sounder_active_high = sounder_active_high
         self._open_level = contact_open_level == "high"
         self._rex_pressed_level = not rex_active_low
+        self._tamper_intact_level = not tamper_active_low
         self._is_open = False
+        self._tampered = False
 
-        self._relay = _wire(factory, relay_pin)
-        if self._relay.function == "input" and not self._relay.info.pull:
-            # A relay module's own input resistor holds it off while the Pi's
-            # pin is undriven (before the edge starts, after it releases the pin).
-            self._relay.pull = "down" if relay_active_high else "up"
+        self._relay = _output_line(factory, relay_pin, relay_active_high)
         self._relay._dk_watchers.append(WeakMethod(self._relay_changed))
+        self._sounder = _output_line(factory, sounder_pin, sounder_active_high) if sounder_pin is not None else None
+        if self._sounder is not None:
+            self._sounder._dk_watchers.append(WeakMethod(self._sounder_changed))
 
         self._contact = _wire(factory, contact_pin) if contact_pin is not None else None
         if self._contact is not None:
@@ -130,6 +154,9 @@ class DoorSimulator:
         self._rex = _wire(factory, rex_pin) if rex_pin is not None else None
         if self._rex is not None:
             self._rex.dk_hold(not self._rex_pressed_level)  # starts released
+        self._tamper = _wire(factory, tamper_pin) if tamper_pin is not None else None
+        if self._tamper is not None:
+            self._tamper.dk_hold(self._tamper_intact_level)  # starts with the cover on
 
     def open(self) -> None:
         """Open the door (drives the contact line, if wired)."""
@@ -151,6 +178,24 @@ class DoorSimulator:
         self._rex.dk_hold(self._rex_pressed_level)
         self._rex.dk_hold(not self._rex_pressed_level)
 
+    def tamper(self) -> None:
+        """Open the enclosure: the tamper loop opens and its line goes to the tampered level."""
+        self._set_tampered(True)
+
+    def restore_tamper(self) -> None:
+        """Put the cover back: the loop closes again."""
+        self._set_tampered(False)
+
+    def _set_tampered(self, tampered: bool) -> None:
+        if self._tamper is None:
+            raise HardwareError("this simulated door has no tamper switch wired")
+        self._tampered = tampered
+        self._tamper.dk_hold(not self._tamper_intact_level if tampered else self._tamper_intact_level)
+
+    @property
+    def tampered(self) -> bool:
+        return self._tampered
+
     @property
     def is_open(self) -> bool:
         return self._is_open
@@ -168,3 +213,22 @@ class DoorSimulator:
         """Block until the relay is in that state; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self.relay_energised == energised, timeout)
+
+    @property
+    def sounder_on(self) -> bool:
+        """The sounder line's state, with its polarity; False when no sounder is wired."""
+        if self._sounder is None:
+            return False
+        return bool(self._sounder.state) == self._sounder_active_high
+
+    def _sounder_changed(self, level: bool) -> None:
+        with self._cond:
+            self.sounder_history.append((time.monotonic(), level == self._sounder_active_high))
+            self._cond.notify_all()
+
+    def wait_sounder(self, on: bool, timeout: float) -> bool:
+        """Block until the sounder is in that state; False on timeout (or with no sounder wired)."""
+        if self._sounder is None:
+            return not on
+        with self._cond:
+            return self._cond.wait_for(lambda: self.sounder_on == on, timeout)

@@ -197,6 +197,10 @@ class SiteRunner:
                 contact_open_level=hw.contact.open_level if hw.contact else "high",
                 rex_pin=hw.rex.pin if hw.rex else None,
                 rex_active_low=hw.rex.active_low if hw.rex else True,
+                tamper_pin=hw.tamper.pin if hw.tamper else None,
+                tamper_active_low=hw.tamper.active_low if hw.tamper else True,
+                sounder_pin=hw.sounder.pin if hw.sounder else None,
+                sounder_active_high=hw.sounder.active_high if hw.sounder else True,
             )
             self.doors[did] = SimDoor(did, dev.id, reader, door)
             doors[did] = dataclasses.replace(hw, reader=dataclasses.replace(hw.reader, url=reader.path))

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.e2e
 
 
-def doorkeep(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def doorkeep(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "doorkeep", *args], stdout=log.open("wb"),
+                            env={**os.environ, **(env or {})},
                             stderr=subprocess.STDOUT)
 
 
@@ -76,7 +78,12 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     data = tmp_path / "data"
     server = doorkeep("server", "--site", str(site), "--data", str(data), "--broker", mosquitto.url,
                       log=tmp_path / "server.log")
-    edge = doorkeep("edge", "--device", str(device), "--broker", mosquitto.url, log=tmp_path / "edge.log")
+    # Play systemd: a notify socket and a watchdog, as firmware-config/systemd/doorkeep-edge@.service sets up.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(5)
+    edge = doorkeep("edge", "--device", str(device), "--broker", mosquitto.url, log=tmp_path / "edge.log",
+                    env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
     try:
         assert wait_until(lambda: "online" in availability, 20), (tmp_path / "edge.log").read_text()
         # The server says online once it has subscribed: from then on it answers every request.
@@ -91,6 +98,8 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
         assert wait_until(lambda: ("granted", "alice") in stored(), 10)
         # The edge verified and kept the server's signed policy for the day the server is away.
         assert wait_until(lambda: (tmp_path / "edge-state" / "policy.json").exists(), 10)
+        said = [notify.recv(256).decode() for _ in range(3)]
+        assert said[0] == "READY=1" and "WATCHDOG=1" in said[1:], said
     finally:
         edge.send_signal(signal.SIGTERM)
         edge_rc = edge.wait(15)

@@ -306,3 +306,18 @@ def test_muster_lists_who_is_in_which_area_with_visitors_and_hosts(site: SiteRun
     assert directory.decide(AccessRequest("lobby_in", badge)).reason.value == "unknown_credential", \
         "a returned pool badge must stop working at once"
     assert "v-zoe" not in directory.state.presence
+
+
+def test_tamper_and_a_forced_lab_door_raise_alarms_and_the_sounder_follows_the_door(site: SiteRunner) -> None:
+    lab = site.doors["lab"]
+    store = site.server.store
+    lab.door.tamper()
+    assert wait_until(lambda: any(a["type"] == "tamper" and a["door"] == "lab" for a in store.open_alarms()), 5)
+    lab.door.restore_tamper()
+
+    lab.door.open()  # forced: the lab's sounder sounds until the door is shut
+    assert lab.door.wait_sounder(True, 3.0)
+    assert wait_until(lambda: any(a["type"] == "forced_open" and a["door"] == "lab" for a in store.open_alarms()), 5)
+    lab.door.close()
+    assert lab.door.wait_sounder(False, 3.0)
+    assert not lab.door.relay_history, "neither tamper nor a forced door may energise the relay"

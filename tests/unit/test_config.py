@@ -866,3 +866,115 @@ def test_pin_without_a_card(tmp_path: Path) -> None:
     people = PEOPLE + '\n[people.bob]\nname = "Bob"\npin = "1234"\n'
     err = only(check(make_site(tmp_path / "s", people=people)), "people.bob.pin")
     assert "card" in err.fix
+
+
+# ------------------------------------------- door supervision: tamper, sounder, pre-alarm
+
+
+def test_tamper_and_sounder_keys_load(tmp_path: Path) -> None:
+    dev = DEVICE + "\n[doors.lobby_in.tamper]\npin = 23\nactive_low = false\n" \
+        "\n[doors.lobby_in.sounder]\npin = 18\nactive_high = false\n"
+    d = make_site(tmp_path / "s", devices={"pi-a": dev})
+    assert check(d) == []
+    hw = load_site_dir(d).devices["pi-a"].doors["lobby_in"]
+    assert (hw.tamper.pin, hw.tamper.active_low) == (23, False)  # type: ignore[union-attr]
+    assert (hw.sounder.pin, hw.sounder.active_high) == (18, False)  # type: ignore[union-attr]
+
+
+def test_tamper_and_sounder_default_polarity_and_absence(tmp_path: Path) -> None:
+    dev = DEVICE + "\n[doors.lobby_in.tamper]\npin = 23\n\n[doors.lobby_in.sounder]\npin = 18\n"
+    hw = load_site_dir(make_site(tmp_path / "s", devices={"pi-a": dev})).devices["pi-a"].doors["lobby_in"]
+    assert hw.tamper is not None and hw.tamper.active_low is True
+    assert hw.sounder is not None and hw.sounder.active_high is True
+    plain = load_site_dir(make_site(tmp_path / "p")).devices["pi-a"].doors["lobby_in"]
+    assert plain.tamper is None and plain.sounder is None
+
+
+def test_demo_has_tamper_switches_and_a_lab_sounder() -> None:
+    bundle = load_site_dir(DEMO)
+    doors = {did: hw for dev in bundle.devices.values() for did, hw in dev.doors.items()}
+    assert all(hw.tamper is not None for hw in doors.values())
+    assert doors["lab"].sounder is not None
+
+
+@pytest.mark.parametrize("table, other", [("tamper", "lock"), ("sounder", "lock")])
+def test_tamper_or_sounder_pin_conflict(tmp_path: Path, table: str, other: str) -> None:
+    dev = DEVICE + f"\n[doors.lobby_in.{table}]\npin = 17\n"
+    err = only(check(make_site(tmp_path / "s", devices={"pi-a": dev})), f"doors.lobby_in.{table}.pin")
+    assert err.file.endswith("pi-a.toml")
+    assert "GPIO17" in err.problem and f"doors.lobby_in.{other}" in err.problem
+    assert "own GPIO" in err.fix
+
+
+def test_tamper_and_sounder_on_the_same_pin(tmp_path: Path) -> None:
+    dev = DEVICE + "\n[doors.lobby_in.tamper]\npin = 23\n\n[doors.lobby_in.sounder]\npin = 23\n"
+    err = only(check(make_site(tmp_path / "s", devices={"pi-a": dev})), "doors.lobby_in.sounder.pin")
+    assert "doors.lobby_in.tamper" in err.problem
+
+
+@pytest.mark.parametrize("table, body, key, problem, fix", [
+    ("tamper", "active_low = true", "doors.lobby_in.tamper.pin", "required", "pin = N"),
+    ("sounder", "active_high = true", "doors.lobby_in.sounder.pin", "required", "pin = N"),
+    ("tamper", "pin = 30", "doors.lobby_in.tamper.pin", "GPIO30", "0 to 27"),
+    ("sounder", "pin = 18\nactive_high = \"yes\"", "doors.lobby_in.sounder.active_high", "must be bool",
+     "active_high"),
+    ("tamper", "pin = 23\nactive_high = true", "doors.lobby_in.tamper.active_high", "unknown key",
+     "active_low"),
+    ("sounder", "pin = 18\nactive_low = true", "doors.lobby_in.sounder.active_low", "unknown key",
+     "active_high"),
+])
+def test_tamper_and_sounder_errors_name_file_key_and_fix(tmp_path: Path, table: str, body: str, key: str,
+                                                          problem: str, fix: str) -> None:
+    dev = DEVICE + f"\n[doors.lobby_in.{table}]\n{body}\n"
+    err = only(check(make_site(tmp_path / "s", devices={"pi-a": dev})), key)
+    assert err.file.endswith("pi-a.toml")
+    assert problem in err.problem and fix in err.fix
+
+
+def test_tamper_must_be_a_table(tmp_path: Path) -> None:
+    dev = DEVICE + "\n[doors.lobby_in]\ntamper = 23\n"
+    err = only(check(make_site(tmp_path / "s", devices={"pi-a": dev})), "doors.lobby_in.tamper")
+    assert "must be a table" in err.problem
+
+
+def prealarm_site(tmp_path: Path, keys: str) -> Path:
+    return make_site(tmp_path / "s", site=SITE.replace("unlock_s = 5", "unlock_s = 5\n" + keys))
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ("", 10.0),                                   # the default: 10 s before held_open_s (30 s)
+    ("prealarm_s = 5", 5.0),
+    ("prealarm_s = 0", 0.0),                      # no pre-alarm
+    ("held_open_s = 12\nprealarm_s = 3.5", 3.5),
+    ("held_open_s = 10", 0.0),                    # left out on a short held-open time: none
+    ("held_open_s = 8", 0.0),
+    ("held_open_s = 10.5", 10.0),
+])
+def test_prealarm_loads(tmp_path: Path, keys: str, expected: float) -> None:
+    d = prealarm_site(tmp_path, keys)
+    assert check(d) == []
+    assert load_site_dir(d).site.doors["lobby_in"].prealarm_s == expected
+
+
+@pytest.mark.parametrize("keys, problem", [
+    ("prealarm_s = 30", "not less than held_open_s (30 s)"),
+    ("held_open_s = 8\nprealarm_s = 10", "not less than held_open_s (8 s)"),
+    ("prealarm_s = -1", "must be 0 or more"),
+    ("prealarm_s = nan", "must be 0 or more"),
+    ('prealarm_s = "10"', "must be float"),
+])
+def test_prealarm_errors_name_file_key_and_fix(tmp_path: Path, keys: str, problem: str) -> None:
+    d = prealarm_site(tmp_path, keys)
+    err = only(check(d), "doors.lobby_in.prealarm_s")
+    assert err.file == str(d / "site.toml")
+    assert problem in err.problem
+    assert "prealarm_s" in err.fix
+
+
+def test_prealarm_travels_in_the_policy(tmp_path: Path) -> None:
+    """The edge reads door timings from its signed policy: the pre-alarm must survive the codec."""
+    from doorkeep.policy import site_from_dict, site_to_dict
+
+    site = load_site_dir(prealarm_site(tmp_path, "prealarm_s = 7.5")).site
+    assert site_from_dict(site_to_dict(site)).doors["lobby_in"].prealarm_s == 7.5
+

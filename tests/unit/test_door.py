@@ -128,7 +128,7 @@ def test_opening_after_unlock_expired_is_forced() -> None:
 
 
 def test_held_open_fires_exactly_once_then_close() -> None:
-    door, clock = make(unlock_s=5.0, held_open_s=30.0)
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=0)  # no pre-alarm: see below for it
     door.grant()
     clock.advance(1.0)
     door.contact(True)
@@ -155,6 +155,7 @@ def test_late_tick_fires_each_event_once_in_time_order() -> None:
     clock.advance(1000.0)
     assert door.tick() == [
         DoorEvent("relocked", T0 + 5.0, "expired"),
+        DoorEvent("held_open_warning", T0 + 20.0),  # the default pre-alarm, 10 s before held_open
         DoorEvent("held_open", T0 + 30.0),
     ]
     assert door.tick() == []
@@ -228,7 +229,8 @@ def test_rex_without_unlock_window_expires() -> None:
     assert types(door.contact(True)) == ["door_opened", "forced_open"]
 
 
-@pytest.mark.parametrize("kwargs", [{"unlock_s": 0}, {"held_open_s": -1.0}])
+@pytest.mark.parametrize("kwargs", [{"unlock_s": 0}, {"held_open_s": -1.0}, {"prealarm_s": -1.0},
+                                    {"prealarm_s": float("nan")}])
 def test_timings_reject_non_positive(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DoorTimings(**kwargs)  # type: ignore[arg-type]
@@ -331,3 +333,332 @@ def test_safe_releases_the_hold() -> None:
     assert door.safe() == [DoorEvent("relocked", T0, "safe")]
     assert not door.relay_energised and not door.held_unlocked
     assert types(door.contact(True)) == ["door_opened", "forced_open"]
+
+
+# ------------------------------------------------- held-open pre-alarm
+
+
+def test_prealarm_warns_once_at_its_time_then_held_open_keeps_sounding() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    clock.advance(1.0)
+    door.contact(True)
+    assert not door.sounder_on
+    clock.advance(4.0)
+    assert types(door.tick()) == ["relocked"]
+    assert door.next_deadline() == T0 + 21.0
+    clock.advance(15.9)
+    assert door.tick() == [] and not door.sounder_on
+    clock.advance(0.1)
+    assert door.tick() == [DoorEvent("held_open_warning", T0 + 21.0)]
+    assert door.sounder_on and door.state is DoorState.OPEN  # a warning, not an alarm yet
+    assert door.next_deadline() == T0 + 31.0
+    clock.advance(5.0)
+    assert door.tick() == []  # exactly once
+    assert door.sounder_on
+    clock.advance(5.0)
+    assert door.tick() == [DoorEvent("held_open", T0 + 31.0)]
+    assert door.sounder_on and door.state is DoorState.ALARM
+    clock.advance(100.0)
+    assert door.tick() == [] and door.next_deadline() is None
+    assert types(door.contact(False)) == ["door_closed"]
+    assert not door.sounder_on and not door.relay_energised and door.state is DoorState.LOCKED
+
+
+def test_default_prealarm_is_ten_seconds_before_held_open() -> None:
+    assert DoorTimings().prealarm_s == 10.0
+    door, clock = make(unlock_s=5.0, held_open_s=25.0)
+    door.grant()
+    door.contact(True)
+    clock.advance(1000.0)
+    assert door.tick() == [
+        DoorEvent("relocked", T0 + 5.0, "expired"),
+        DoorEvent("held_open_warning", T0 + 15.0),
+        DoorEvent("held_open", T0 + 25.0),
+    ]
+
+
+def test_closing_during_prealarm_silences_and_relocks() -> None:
+    door, clock = make(unlock_s=60.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    door.contact(True)
+    clock.advance(25.0)
+    assert types(door.tick()) == ["held_open_warning"]
+    assert door.sounder_on and door.relay_energised
+    assert types(door.contact(False)) == ["door_closed", "relocked"]
+    assert not door.sounder_on and not door.relay_energised
+    assert door.next_deadline() is None
+    clock.advance(100.0)
+    assert door.tick() == []  # neither the warning's held_open nor a second warning
+
+
+def test_closing_before_prealarm_means_no_warning() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    door.contact(True)
+    clock.advance(19.9)
+    door.tick()
+    door.contact(False)
+    clock.advance(100.0)
+    assert door.tick() == [] and not door.sounder_on
+
+
+@pytest.mark.parametrize("prealarm", [0.0, 30.0, 45.0])
+def test_no_prealarm_sounder_starts_with_held_open(prealarm: float) -> None:
+    """0 disables the pre-alarm, and so does one as long as the held-open time itself."""
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=prealarm)
+    door.grant()
+    door.contact(True)
+    clock.advance(29.9)
+    assert types(door.tick()) == ["relocked"]
+    assert not door.sounder_on
+    clock.advance(0.1)
+    assert types(door.tick()) == ["held_open"]
+    assert door.sounder_on
+    door.contact(False)
+    assert not door.sounder_on
+
+
+def test_hold_during_prealarm_cancels_it_and_silences() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    door.contact(True)
+    clock.advance(22.0)
+    assert types(door.tick()) == ["relocked", "held_open_warning"]
+    assert door.sounder_on
+    door.hold_unlocked(True)
+    assert not door.sounder_on and door.next_deadline() is None
+    clock.advance(600.0)
+    assert door.tick() == []
+    # Released while still open: a fresh held-open time with its own pre-alarm.
+    door.hold_unlocked(False)
+    assert door.next_deadline() == T0 + 622.0 + 20.0
+    clock.advance(20.0)
+    assert types(door.tick()) == ["held_open_warning"]
+    assert door.sounder_on
+
+
+def test_held_alarm_keeps_sounding_through_a_schedule_hold() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    door.contact(True)
+    clock.advance(30.0)
+    door.tick()
+    assert door.state is DoorState.ALARM and door.sounder_on
+    door.hold_unlocked(True)
+    assert door.sounder_on  # an alarm sounds until the door closes
+    door.contact(False)
+    assert not door.sounder_on
+
+
+def test_no_prealarm_while_held_unlocked_by_schedule() -> None:
+    door, clock = make(held_open_s=30.0, prealarm_s=10.0)
+    door.hold_unlocked(True)
+    door.contact(True)
+    clock.advance(3600.0)
+    assert door.tick() == [] and not door.sounder_on
+
+
+# ------------------------------------------------------------- sounder
+
+
+def test_sounder_starts_off() -> None:
+    door, _ = make()
+    assert not door.sounder_on
+
+
+def test_forced_opening_sounds_until_closed() -> None:
+    door, clock = make(held_open_s=30.0, prealarm_s=10.0)
+    assert types(door.contact(True)) == ["door_opened", "forced_open"]
+    assert door.sounder_on and not door.relay_energised
+    clock.advance(60.0)
+    assert door.tick() == []  # no warning or held_open on top of a forced opening
+    assert door.sounder_on
+    door.contact(False)
+    assert not door.sounder_on and not door.relay_energised
+
+
+def test_normal_passage_never_sounds() -> None:
+    door, clock = make(unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    door.grant()
+    clock.advance(1.0)
+    door.contact(True)
+    assert not door.sounder_on
+    clock.advance(3.0)
+    door.contact(False)
+    assert not door.sounder_on
+
+
+def test_grant_during_forced_alarm_keeps_sounding_until_close() -> None:
+    door, _ = make()
+    door.contact(True)
+    door.grant()
+    assert door.sounder_on and door.relay_energised
+    assert types(door.contact(False)) == ["door_closed", "relocked"]
+    assert not door.sounder_on
+
+
+# ---------------------------------------------------------- relay stuck
+
+
+def forced_cycle(door: DoorMachine, clock: FakeClock) -> list[str]:
+    clock.advance(1.0)
+    opened = types(door.contact(True))
+    clock.advance(1.0)
+    door.contact(False)
+    return opened
+
+
+def normal_cycle(door: DoorMachine, clock: FakeClock, via: str = "grant") -> None:
+    clock.advance(1.0)
+    if via == "grant":
+        door.grant()
+    else:
+        door.rex()
+    door.contact(True)
+    clock.advance(1.0)
+    assert types(door.contact(False))[0] == "door_closed"
+
+
+def test_relay_stuck_after_two_forced_openings_in_a_row() -> None:
+    door, clock = make()
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+    clock.advance(1.0)
+    events = door.contact(True)
+    assert events == [DoorEvent("door_opened", T0 + 3.0), DoorEvent("forced_open", T0 + 3.0),
+                      DoorEvent("relay_stuck", T0 + 3.0)]
+    assert not door.relay_energised
+
+
+def test_relay_stuck_is_reported_once() -> None:
+    door, clock = make()
+    forced_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open", "relay_stuck"]
+    for _ in range(3):
+        assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+
+
+@pytest.mark.parametrize("between", ["grant", "rex", "hold"])
+def test_grant_rex_or_hold_between_forced_openings_is_no_relay_stuck(between: str) -> None:
+    door, clock = make(unlock_s=5.0)
+    forced_cycle(door, clock)
+    if between == "grant":
+        door.grant()
+    elif between == "rex":
+        door.rex()
+    else:
+        door.hold_unlocked(True)
+        door.hold_unlocked(False)
+    clock.advance(10.0)  # the window expires unused
+    door.tick()
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open", "relay_stuck"]
+
+
+def test_normal_grant_cycle_rearms_relay_stuck() -> None:
+    door, clock = make()
+    forced_cycle(door, clock)
+    forced_cycle(door, clock)  # relay_stuck
+    normal_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open", "relay_stuck"]
+
+
+def test_normal_rex_cycle_rearms_relay_stuck() -> None:
+    door, clock = make()
+    forced_cycle(door, clock)
+    forced_cycle(door, clock)
+    normal_cycle(door, clock, via="rex")
+    forced_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open", "relay_stuck"]
+
+
+def test_unused_grant_or_alarmed_cycle_does_not_rearm_relay_stuck() -> None:
+    """Only an opening through a released lock that closes without alarm proves the relay works."""
+    door, clock = make(unlock_s=5.0, held_open_s=10.0)
+    forced_cycle(door, clock)
+    forced_cycle(door, clock)  # relay_stuck reported
+    door.grant()
+    clock.advance(10.0)
+    door.tick()  # the grant expires, the door never opened
+    forced_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+    door.grant()
+    door.contact(True)
+    clock.advance(20.0)
+    assert "held_open" in types(door.tick())
+    door.contact(False)  # closed after a held-open alarm: not a normal cycle
+    forced_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+
+
+def test_free_egress_rex_cycle_does_not_rearm_relay_stuck() -> None:
+    """With rex_unlocks=False the relay stayed off, so that opening proves nothing about it."""
+    door, clock = make(rex_unlocks=False)
+    forced_cycle(door, clock)
+    forced_cycle(door, clock)
+    normal_cycle(door, clock, via="rex")
+    forced_cycle(door, clock)
+    assert forced_cycle(door, clock) == ["door_opened", "forced_open"]
+
+
+# ---------------------------------------------------------------- tamper
+
+
+def test_tamper_opened_and_restored() -> None:
+    door, clock = make()
+    assert not door.tampered
+    assert door.tamper(True) == [DoorEvent("tamper", T0, "opened")]
+    assert door.tampered
+    assert door.tamper(True) == []  # a repeated value is not a change
+    clock.advance(5.0)
+    assert door.tamper(False) == [DoorEvent("tamper", T0 + 5.0, "restored")]
+    assert not door.tampered
+    assert door.tamper(False) == []
+
+
+def test_tamper_never_energises_unlocks_or_sounds() -> None:
+    door, _ = make()
+    door.tamper(True)
+    assert not door.relay_energised and door.state is DoorState.LOCKED and not door.sounder_on
+    assert door.next_deadline() is None
+    assert types(door.contact(True)) == ["door_opened", "forced_open"]  # tamper authorises nothing
+    door.contact(False)
+    door.tamper(False)
+    assert not door.relay_energised and door.state is DoorState.LOCKED
+
+
+def test_tamper_leaves_an_unlock_in_force_alone() -> None:
+    door, clock = make(unlock_s=5.0)
+    door.grant()
+    clock.advance(1.0)
+    assert types(door.tamper(True)) == ["tamper"]
+    assert door.relay_energised and door.next_deadline() == T0 + 5.0
+    clock.advance(4.0)
+    assert types(door.tamper(False)) == ["relocked", "tamper"]  # deadlines due first
+    assert not door.relay_energised
+
+
+# ------------------------------------- REX that only authorises (rex_unlocks=False)
+
+
+def test_authorising_rex_does_not_keep_relay_on_after_hold_release() -> None:
+    door, _ = make(unlock_s=5.0, rex_unlocks=False)
+    door.rex()
+    door.hold_unlocked(True)
+    assert door.hold_unlocked(False) == [DoorEvent("relocked", T0, "schedule")]
+    assert not door.relay_energised
+    assert types(door.contact(True)) == ["door_opened"]  # the REX still authorises the opening
+
+
+def test_authorising_rex_does_not_stretch_a_grant() -> None:
+    door, clock = make(unlock_s=5.0, rex_unlocks=False)
+    door.grant()
+    clock.advance(4.0)
+    assert door.rex() == [DoorEvent("rex", T0 + 4.0)]
+    clock.advance(1.0)
+    assert door.tick() == [DoorEvent("relocked", T0 + 5.0, "expired")]  # the grant's time, not the REX's
+    assert door.next_deadline() == T0 + 9.0
+    clock.advance(2.0)
+    assert types(door.contact(True)) == ["door_opened"]  # within the REX's window: authorised
+    assert not door.relay_energised

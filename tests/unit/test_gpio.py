@@ -16,10 +16,10 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from doorkeep.clock import FakeClock
 from edge.door import DoorMachine, DoorTimings
 from edge.errors import HardwareError
-from edge.gpio import FACTORIES, DoorInputs, LockRelay, make_pin_factory
+from edge.gpio import FACTORIES, DoorInputs, LockRelay, Sounder, make_pin_factory
 from simulators.door import DoorSimulator
 
-RELAY, CONTACT, REX = 17, 27, 22
+RELAY, CONTACT, REX, TAMPER, SOUNDER = 17, 27, 22, 23, 18
 WAIT = 2.0
 
 
@@ -36,6 +36,7 @@ class Recorder:
     def __init__(self) -> None:
         self.contacts: list[bool] = []
         self.rex = 0
+        self.tampers: list[bool] = []
         self._changed = threading.Condition()
 
     def on_contact(self, is_open: bool) -> None:
@@ -46,6 +47,11 @@ class Recorder:
     def on_rex(self) -> None:
         with self._changed:
             self.rex += 1
+            self._changed.notify_all()
+
+    def on_tamper(self, active: bool) -> None:
+        with self._changed:
+            self.tampers.append(active)
             self._changed.notify_all()
 
     def wait(self, predicate: object) -> bool:
@@ -316,3 +322,233 @@ def test_machine_drives_relay_through_simulated_door(factory: MockFactory) -> No
     assert [e for _, e in sim.relay_history] == [True, False]
     door.close()
     relay.close()
+
+
+# -- tamper input ---------------------------------------------------------
+
+
+def tamper_inputs(factory: MockFactory, rec: Recorder, **kwargs: object) -> DoorInputs:
+    return DoorInputs(contact_pin=None, rex_pin=None, tamper_pin=TAMPER, factory=factory,
+                      on_contact=rec.on_contact, on_rex=rec.on_rex, on_tamper=rec.on_tamper,
+                      **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("simulator_first", [True, False])
+def test_tamper_callbacks_loop_to_ground(factory: MockFactory, simulator_first: bool) -> None:
+    """Default wiring: the intact loop holds the line low, a tampered enclosure lets it go high."""
+    rec = Recorder()
+    if simulator_first:
+        sim = DoorSimulator(factory, relay_pin=RELAY, tamper_pin=TAMPER)
+        door = tamper_inputs(factory, rec)
+    else:
+        door = tamper_inputs(factory, rec)
+        assert door.tampered is True  # nothing holds the loop yet: the pull-up reads tampered
+        sim = DoorSimulator(factory, relay_pin=RELAY, tamper_pin=TAMPER)
+        assert rec.wait(lambda: rec.tampers == [False])  # the loop closing is a real change
+        rec.tampers.clear()
+    assert door.tampered is False and not sim.tampered and factory.pin(TAMPER).state == 0
+
+    sim.tamper()
+    assert rec.wait(lambda: rec.tampers == [True])
+    assert door.tampered is True and sim.tampered and factory.pin(TAMPER).state == 1
+    sim.tamper()  # no change, no callback
+    sim.restore_tamper()
+    assert rec.wait(lambda: rec.tampers == [True, False])
+    assert door.tampered is False and factory.pin(TAMPER).state == 0
+    assert rec.contacts == [] and rec.rex == 0
+    door.close()
+
+
+def test_tamper_loop_to_3v3_reads_low_as_tampered(factory: MockFactory) -> None:
+    sim = DoorSimulator(factory, relay_pin=RELAY, tamper_pin=TAMPER, tamper_active_low=False)
+    rec = Recorder()
+    door = tamper_inputs(factory, rec, tamper_active_low=False)
+    assert door.tampered is False and factory.pin(TAMPER).state == 1
+    sim.tamper()
+    assert rec.wait(lambda: rec.tampers == [True])
+    assert factory.pin(TAMPER).state == 0 and door.tampered is True
+    sim.restore_tamper()
+    assert rec.wait(lambda: rec.tampers == [True, False])
+    door.close()
+
+
+@pytest.mark.parametrize("active_low", [True, False])
+def test_cut_tamper_wire_reads_tampered(factory: MockFactory, active_low: bool) -> None:
+    """With nothing on the pin the pull resistor wins: a cut loop is tampered, never intact."""
+    rec = Recorder()
+    door = tamper_inputs(factory, rec, tamper_active_low=active_low)
+    assert door.tampered is True
+    door.close()
+
+
+def test_no_tamper_pin_reads_none(factory: MockFactory) -> None:
+    rec = Recorder()
+    door = inputs(factory, rec)
+    assert door.tampered is None
+    door.close()
+
+
+def test_tamper_pin_needs_a_callback(factory: MockFactory) -> None:
+    with pytest.raises(ValueError, match="on_tamper"):
+        DoorInputs(contact_pin=None, rex_pin=None, tamper_pin=TAMPER, factory=factory,
+                   on_contact=lambda _: None, on_rex=lambda: None)
+
+
+def test_closed_inputs_forward_no_tamper(factory: MockFactory) -> None:
+    sim = DoorSimulator(factory, relay_pin=RELAY, tamper_pin=TAMPER)
+    rec = Recorder()
+    tamper_inputs(factory, rec).close()
+    sim.tamper()
+    assert rec.tampers == []
+    tamper_inputs(factory, rec).close()  # the tamper pin was released
+
+
+def test_simulator_without_tamper_switch_refuses(factory: MockFactory) -> None:
+    sim = DoorSimulator(factory, relay_pin=RELAY)
+    with pytest.raises(HardwareError, match="tamper"):
+        sim.tamper()
+    with pytest.raises(HardwareError, match="tamper"):
+        sim.restore_tamper()
+
+
+# -- sounder output -------------------------------------------------------
+
+
+def test_sounder_starts_silent_active_high(factory: MockFactory) -> None:
+    sounder = Sounder(SOUNDER, active_high=True, factory=factory)
+    pin = factory.pin(SOUNDER)
+    assert not sounder.on and pin.function == "output" and pin.state == 0
+    sounder.set(True)
+    assert sounder.on and pin.state == 1
+    sounder.close()
+    assert pin.state == 0 and not sounder.on
+
+
+def test_sounder_active_low_inverts_pin_level(factory: MockFactory) -> None:
+    sounder = Sounder(SOUNDER, active_high=False, factory=factory)
+    pin = factory.pin(SOUNDER)
+    assert not sounder.on and pin.state == 1
+    sounder.set(True)
+    assert sounder.on and pin.state == 0
+    sounder.close()
+    assert pin.state == 1  # silenced before release
+
+
+def test_sounder_close_is_idempotent_and_final(factory: MockFactory) -> None:
+    sounder = Sounder(SOUNDER, active_high=True, factory=factory)
+    sounder.set(True)
+    sounder.close()
+    sounder.close()
+    with pytest.raises(HardwareError, match="sounder on pin 18 is closed"):
+        sounder.set(True)
+    Sounder(SOUNDER, active_high=True, factory=factory).close()  # the pin was released
+
+
+def test_sounder_pin_in_use_is_hardware_error(factory: MockFactory) -> None:
+    relay = LockRelay(RELAY, active_high=True, factory=factory)
+    with pytest.raises(HardwareError, match="sounder on pin 17"):
+        Sounder(RELAY, active_high=True, factory=factory)
+    relay.close()
+
+
+@pytest.mark.parametrize("active_high", [True, False])
+@pytest.mark.parametrize("simulator_first", [True, False])
+def test_simulator_sees_sounder_with_polarity_and_history(factory: MockFactory, active_high: bool,
+                                                          simulator_first: bool) -> None:
+    if simulator_first:
+        sim = DoorSimulator(factory, relay_pin=RELAY, sounder_pin=SOUNDER, sounder_active_high=active_high)
+        assert not sim.sounder_on  # the driver's own resistor holds an undriven line silent
+        sounder = Sounder(SOUNDER, active_high=active_high, factory=factory)
+    else:
+        sounder = Sounder(SOUNDER, active_high=active_high, factory=factory)
+        sim = DoorSimulator(factory, relay_pin=RELAY, sounder_pin=SOUNDER, sounder_active_high=active_high)
+    assert not sim.sounder_on and sim.sounder_history == []
+    sounder.set(True)
+    assert sim.wait_sounder(True, WAIT)
+    sounder.set(True)  # no change, no entry
+    sounder.set(False)
+    assert sim.wait_sounder(False, WAIT)
+    sounder.set(True)
+    sounder.close()
+    assert sim.wait_sounder(False, WAIT)
+    assert [on for _, on in sim.sounder_history] == [True, False, True, False]
+    times = [t for t, _ in sim.sounder_history]
+    assert times == sorted(times)
+    assert sim.relay_history == []  # the relay line is a different wire
+
+
+def test_simulator_without_sounder_is_silent(factory: MockFactory) -> None:
+    sim = DoorSimulator(factory, relay_pin=RELAY)
+    assert not sim.sounder_on and sim.sounder_history == []
+    assert sim.wait_sounder(False, 0.0)
+    assert not sim.wait_sounder(True, 0.0)
+
+
+# -- supervision end to end on mock pins -----------------------------------
+
+
+class _Wired:
+    """A door machine driving a relay and a sounder from its inputs, as the edge agent does."""
+
+    def __init__(self, factory: MockFactory, clock: FakeClock, **timings: float) -> None:
+        self.machine = DoorMachine("front", DoorTimings(**timings), clock)  # type: ignore[arg-type]
+        self.relay = LockRelay(RELAY, active_high=False, factory=factory)
+        self.sounder = Sounder(SOUNDER, active_high=True, factory=factory)
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+        self.inputs = DoorInputs(
+            contact_pin=CONTACT, rex_pin=REX, tamper_pin=TAMPER, factory=factory,
+            on_contact=lambda is_open: self.apply(self.machine.contact(is_open)),
+            on_rex=lambda: self.apply(self.machine.rex()),
+            on_tamper=lambda active: self.apply(self.machine.tamper(active)),
+        )
+
+    def apply(self, events: list) -> None:
+        with self._lock:
+            self.seen.extend(e.type for e in events)
+            self.relay.set(self.machine.relay_energised)
+            self.sounder.set(self.machine.sounder_on)
+
+    def close(self) -> None:
+        self.inputs.close()
+        self.sounder.close()
+        self.relay.close()
+
+
+def test_forced_door_sounds_and_tamper_never_energises(factory: MockFactory) -> None:
+    clock = FakeClock()
+    sim = DoorSimulator(factory, relay_pin=RELAY, relay_active_high=False, contact_pin=CONTACT, rex_pin=REX,
+                        tamper_pin=TAMPER, sounder_pin=SOUNDER)
+    door = _Wired(factory, clock)
+    sim.tamper()
+    sim.restore_tamper()
+    sim.open()
+    assert sim.wait_sounder(True, WAIT)
+    assert not sim.relay_energised
+    sim.close()
+    assert sim.wait_sounder(False, WAIT)
+    assert door.seen == ["tamper", "tamper", "door_opened", "forced_open", "door_closed"]
+    assert sim.relay_history == []  # tamper and a forced opening never touched the relay
+    door.close()
+
+
+def test_prealarm_drives_sounder_through_simulated_door(factory: MockFactory) -> None:
+    clock = FakeClock()
+    sim = DoorSimulator(factory, relay_pin=RELAY, relay_active_high=False, contact_pin=CONTACT, rex_pin=REX,
+                        tamper_pin=TAMPER, sounder_pin=SOUNDER)
+    door = _Wired(factory, clock, unlock_s=5.0, held_open_s=30.0, prealarm_s=10.0)
+    sim.press_rex()
+    assert sim.wait_relay(True, WAIT)
+    sim.open()
+    clock.advance(20.0)
+    door.apply(door.machine.tick())
+    assert sim.wait_sounder(True, WAIT) and not sim.relay_energised
+    clock.advance(10.0)
+    door.apply(door.machine.tick())
+    sim.close()
+    assert sim.wait_sounder(False, WAIT)
+    assert door.seen == ["rex", "unlocked", "door_opened", "relocked", "held_open_warning", "held_open",
+                         "door_closed"]
+    assert [on for _, on in sim.sounder_history] == [True, False]
+    assert [e for _, e in sim.relay_history] == [True, False]
+    door.close()
