@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import EventMsg

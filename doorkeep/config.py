@@ -90,7 +90,10 @@ class _Table:
         if isinstance(value, bool) and bool not in kinds:
             ok = False
         elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
+            try:
+                value, ok = float(value), True
+            except OverflowError:
+                ok = False
         else:
             ok = isinstance(value, kinds)
         if not ok:
@@ -159,6 +162,12 @@ def _read_toml(path: Path, errors: list[ConfigError]) -> dict[str, Any] | None:
         errors.append(ConfigError(str(path), "", f"not valid TOML: {exc}", "fix the TOML syntax at that line"))
     except OSError as exc:
         errors.append(ConfigError(str(path), "", f"cannot be read: {exc}", "check the file's permissions"))
+    except UnicodeDecodeError as exc:
+        errors.append(ConfigError(str(path), "", f"not UTF-8 text: {exc}", "save the file as UTF-8"))
+    except RecursionError:
+        errors.append(ConfigError(str(path), "", "arrays or tables nested too deeply", "flatten the structure"))
+    except ValueError as exc:  # an integer with thousands of digits, a NUL in the path
+        errors.append(ConfigError(str(path), "", f"cannot be read: {exc}", "check the path and the numbers in it"))
     return None
 
 
@@ -420,8 +429,15 @@ def _epoch(value: Any, t: _Table, name: str, tz: str | None, *, end_of_day: bool
             return None
         return value.timestamp()
     if isinstance(value, date):
-        day = value + timedelta(days=1) if end_of_day else value
-        return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz or "UTC")).timestamp()
+        try:
+            zone = ZoneInfo(tz or "UTC")
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            zone = ZoneInfo("UTC")  # the site's bad time zone is reported where it is written
+        try:
+            day = value + timedelta(days=1) if end_of_day else value
+        except OverflowError:
+            return None  # through 9999-12-31: no end at all
+        return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
     t.error(name, f"must be a date or date-time, got {value!r}", "write e.g. 2026-12-01 or 2026-12-01T09:00:00Z")
     return None
 
@@ -440,6 +456,9 @@ def _load_people(path: Path, site: Site | None,
     tz = site.timezone if site is not None else None
     for pid, t in root.children("people"):
         levels = t.get("access_levels", list, []) or []
+        if any(not isinstance(lvl, str) for lvl in levels):
+            t.error("access_levels", "must be a list of access level names", 'write e.g. access_levels = ["staff"]')
+            levels = [lvl for lvl in levels if isinstance(lvl, str)]
         for lvl in levels:
             if site is not None and lvl not in site.access_levels:
                 t.error("access_levels", f"access level {lvl!r} is not defined in the site file",

@@ -125,7 +125,7 @@ def _load(payload: bytes, schema: str) -> dict[str, Any]:
         raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer with too many digits
         raise MessageError(f"payload is not JSON: {exc}") from None
     except RecursionError:
         raise MessageError("payload is nested too deeply") from None
@@ -161,6 +161,17 @@ def _hash(data: dict[str, Any], name: str, *, optional: bool = False) -> Any:
     if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
         raise MessageError(f"field {name!r} is not a hex SHA-256 digest")
     return value
+
+
+MAX_DETAIL_DEPTH = 8
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    """How deep a JSON value nests (stops counting past the limit, so a hostile payload costs little)."""
+    if level > MAX_DETAIL_DEPTH or not isinstance(obj, (dict, list)):
+        return level
+    children = obj.values() if isinstance(obj, dict) else obj
+    return max((_depth(c, level + 1) for c in children), default=level + 1)
 
 
 def _dump(obj: Any) -> bytes:
@@ -280,12 +291,18 @@ class EventMsg:
         if decided_by is not None and decided_by not in DECIDED_BY:
             raise MessageError(f"unknown decided_by {decided_by!r}")
         latency = _field(d, "latency_ms", (int, float), optional=True)
+        try:
+            latency = float(latency) if latency is not None else None
+        except OverflowError:
+            raise MessageError("latency_ms is out of range") from None
         if latency is not None and not (math.isfinite(latency) and latency >= 0):
             raise MessageError(f"latency_ms {latency} is not a finite, non-negative number")
         reason = _ident(d, "reason", optional=True)
         if decision is not None and reason is not None and (decision == "granted") != reason.startswith("granted"):
             raise MessageError(f"decision {decision!r} contradicts reason {reason!r}")
         detail = _field(d, "detail", dict, optional=True) or {}
+        if _depth(detail) > MAX_DETAIL_DEPTH:
+            raise MessageError(f"detail is nested deeper than {MAX_DETAIL_DEPTH} levels")
         return cls(
             id=_ident(d, "id"),
             seq=seq,

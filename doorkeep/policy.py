@@ -280,7 +280,10 @@ def _dec_float(value: Any) -> float:
             raise _Bad(f"expected a finite number, got {value}")
         return value
     if cls is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Bad("an integer beyond the range of a floating-point number") from None
     raise _Bad(f"expected a number, got {_kind(value)}")
 
 
