@@ -101,7 +101,13 @@ class ScenarioErrors(ValueError):
 
     def __init__(self, errors: list[ScenarioError]) -> None:
         self.errors = list(errors)
-        super().__init__("\n".join(str(e) for e in self.errors))
+        super().__init__("\n".join(_short(e, 2000) for e in self.errors))
+
+
+def _short(thing: object, limit: int = 200) -> str:
+    """A message that stays readable whatever a hostile file holds (a YAML alias bomb expands hugely)."""
+    text = str(thing)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more characters)"
 
 
 class StepFailed(RuntimeError):
@@ -547,6 +553,12 @@ def _read_yaml(path: Path) -> Any:
             f, f"not valid YAML: {problem}",
             "check that line: indentation, a missing colon, or a value containing ': ' that needs quotes",
             line=mark.line + 1 if mark else None)]) from None
+    except RecursionError:
+        raise ScenarioErrors([ScenarioError(f, "not valid YAML: nested too deeply", "flatten the structure")]) from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        # PyYAML's own constructors fail this way on values like 2026-13-45 or `!!float abc`.
+        raise ScenarioErrors([ScenarioError(f, f"not valid YAML: a value cannot be read ({_short(exc)})",
+                                            "quote the value, or write a valid date, time or number")]) from None
 
 
 def load_scenario(path: Path | str, *, check_site: bool = True) -> Scenario:
@@ -592,8 +604,12 @@ def load_scenario(path: Path | str, *, check_site: bool = True) -> Scenario:
             errors.append(ScenarioError(f, f"`site` must be a directory path, got {site_value!r}",
                                         "write the site directory relative to this file", line=lines.get("site")))
         else:
-            site_dir = (p.parent / site_value).resolve()
-            if not (site_dir / "site.toml").is_file():
+            try:
+                site_dir = (p.parent / site_value).resolve()
+                has_site = (site_dir / "site.toml").is_file()
+            except (OSError, ValueError, UnicodeError):
+                site_dir, has_site = DEMO_SITE, False
+            if not has_site:
                 errors.append(ScenarioError(f, f"`site` {site_value!r} has no site.toml ({site_dir})",
                                             "name a site directory, relative to this scenario file "
                                             "(e.g. ../../firmware-config/sites/hq)", line=lines.get("site")))

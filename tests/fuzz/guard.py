@@ -68,28 +68,6 @@ class KnownBug:
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        "scenario-yaml-errors", "scenario", (RecursionError, ValueError, AttributeError), r".",
-        "_read_yaml|_construct_map|_construct_seq",
-        "simulators.scenario._read_yaml catches only yaml.YAMLError, but PyYAML also raises RecursionError "
-        "(nesting ~1000 deep), ValueError (x: 2026-13-45, x: 0000-00-00, !!float abc, !!int abc) and AttributeError "
-        "(!!timestamp abc); load_scenario lets them out instead of ScenarioErrors",
-    ),
-    KnownBug(
-        "scenario-site-path", "scenario", (OSError, ValueError, UnicodeEncodeError),
-        r"File name too long|embedded null byte|surrogates not allowed", "load_scenario",
-        "simulators.scenario.load_scenario: a `site:` value that is no possible path (300 characters in one "
-        "name, a NUL, a lone surrogate) makes Path.resolve()/is_file() raise OSError, ValueError or "
-        "UnicodeEncodeError instead of a ScenarioError",
-    ),
-    KnownBug(
-        "scenario-alias-bomb-message", "scenario", (Unbounded,), r"message of \d+ characters",
-        "load_scenario|_read_yaml",
-        "simulators.scenario: error messages quote the offending value in full ({raw!r} in _parse_step, {v!r} "
-        "in the value parsers, {key!r} in _construct_map), so a YAML alias bomb of a few hundred bytes in a "
-        "step, a value or a key is expanded into the ScenarioErrors text: 415 bytes give a 226 MB message "
-        "after 4 s, one level more runs out of memory",
-    ),
 )
 
 hits: Counter[str] = Counter()
