@@ -37,6 +37,7 @@ from doorkeep.credentials import generate_key_file
 from simulators.brokers import MosquittoBroker
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
+from simulators.wait import wait_until
 
 SITE = "demo"
 DEVICE = "pi-lobby"
@@ -46,15 +47,7 @@ GRANTED = {"0F00A1B2C3": "alice", "0F00B0B0B0": "bob", "0F00C4C4C4": "chen"}
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
-    """Poll a condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(interval)
+    return wait_until(predicate, timeout, interval)
 
 
 def sqlite_integrity(db: Path) -> tuple[str, int]:

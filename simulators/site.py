@@ -22,9 +22,6 @@ import logging
 import secrets
 import shutil
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from simulators.brokers import EmbeddedBroker, MosquittoBroker
 from simulators.camera import CameraSimulator
 from simulators.door import DoorSimulator
 from simulators.reader import ReaderSimulator
+from simulators.wait import wait_until
 
 log = logging.getLogger("doorkeep.sim")
 
@@ -55,16 +53,7 @@ def mosquitto_installed() -> bool:
     return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll a condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(interval)
+_wait = wait_until
 
 
 @dataclass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from simulators.brokers import MosquittoBroker
+from simulators.wait import wait_until  # noqa: F401  (re-exported for the tests)
 
 # The fault-injection suite (tests/faults, docs/faults.md) runs with `make faults`. It is kept out of
 # `make test` until an intermittent loss of reader bytes between consecutive pty simulators in one
@@ -22,15 +21,3 @@ def mosquitto() -> Iterator[MosquittoBroker]:
     broker = MosquittoBroker().start()
     yield broker
     broker.stop()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    """Poll a condition until it holds or the deadline passes (never a blind sleep)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(interval)
