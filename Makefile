@@ -26,7 +26,7 @@ test: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q
 
 faults: $(STAMP) mosquitto
-	DOORKEEP_FAULTS=1 $(BIN)/python -m pytest -q tests/faults
+	$(BIN)/python -m pytest -q tests/faults
 
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/badge_to_relay.py

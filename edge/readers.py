@@ -9,6 +9,7 @@ because a door whose reader thread died silently is a door nobody can open.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -122,7 +123,12 @@ class SerialReader:
     # -- reader thread -------------------------------------------------------
 
     def _open(self) -> Any:
-        return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_TIMEOUT_S)
+        port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_TIMEOUT_S)
+        if self._pty is None:
+            self._pty = _is_pty(self.url)
+        return port
+
+    _pty: bool | None = None
 
     def _set_online(self, online: bool) -> None:
         with self._lock:
@@ -134,6 +140,11 @@ class SerialReader:
         try:
             while not self._stop.is_set():
                 if port is None:
+                    if self._pty:
+                        # A pseudo-terminal never comes back: its number goes to the next pty opened on this
+                        # machine, and reopening the path would read another reader's bytes. Stay offline.
+                        self._stop.wait()
+                        break
                     port = self._reopen()
                     if port is None:
                         self._stop.wait(delay)
@@ -223,3 +234,15 @@ class SerialReader:
             self._on_fault(self.door, fault)
         except Exception:
             logger.exception("door %s: on_fault failed", self.door)
+
+
+#: Device majors of Unix98 pseudo-terminal slaves (/dev/pts/N) on Linux.
+_PTY_MAJORS = range(136, 144)
+
+
+def _is_pty(url: str) -> bool:
+    """Whether ``url`` names a pseudo-terminal slave (a simulator), which must not be reopened by path."""
+    try:
+        return os.major(os.stat(url).st_rdev) in _PTY_MAJORS
+    except (OSError, ValueError):
+        return False  # a URL such as socket:// or loop://, or a path that is gone

@@ -324,8 +324,11 @@ def test_tamper_and_a_forced_lab_door_raise_alarms_and_the_sounder_follows_the_d
     assert not lab.door.relay_history, "neither tamper nor a forced door may energise the relay"
 
 
-def test_a_camera_gone_dark_is_reported_and_the_doors_keep_working(site: SiteRunner) -> None:
+def test_a_cut_reader_and_a_camera_gone_dark_are_reported_and_the_doors_keep_working(site: SiteRunner) -> None:
     store = site.server.store
+    site.doors["lobby_out"].reader.close()  # the cable is cut: the pty goes away under the edge
+    assert wait_until(lambda: any(e["type"] == "reader_offline" for e in store.events(50, door="lobby_out")), 10)
+    assert wait_until(lambda: any(a["type"] == "reader_offline" for a in store.open_alarms()), 5)
     site.cameras["pi-floor7/lab"].stop()
     assert wait_until(lambda: any(e["type"] == "camera_offline" for e in store.events(50, door="lab")), 15)
     assert wait_until(lambda: any(a["type"] == "camera_offline" for a in store.open_alarms()), 5)
