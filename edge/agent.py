@@ -210,6 +210,8 @@ class EdgeAgent:
                 self._q.put(("tamper", rt.door.id, True))  # an open cover or a cut loop at boot is reported
             try:
                 rt.reader.start()
+                # Known good from here: a loss right after start is a loss, not a reader still booting.
+                self._healthy.setdefault(f"reader:{rt.door.id}", True)
             except HardwareError as exc:
                 # One dead reader must not take the other doors down; the state shows it offline.
                 self.counters["reader_start_failures"] += 1

@@ -72,7 +72,8 @@ from simulators.site import DEMO_SITE, SiteRunner, SiteRunnerError, mosquitto_in
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
 DEFAULT_WITHIN_S = 5.0
 MAX_WITHIN_S = 120.0
-ALARM_TYPES = ("forced_open", "held_open")
+ALARM_TYPES = ("forced_open", "held_open", "held_open_warning", "relay_stuck", "tamper", "reader_offline",
+               "camera_offline")
 
 
 # =================================================================== errors
@@ -364,7 +365,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
           decided_by=Field(_k_decided_by)),
     _verb("expect_relay", _k_ident, "a door's lock relay energised or not", expectation=True,
           energised=Field(_k_bool, required=True)),
-    _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open) raised at a door", expectation=True,
+    _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open, held_open_warning, relay_stuck, tamper, …) raised at a door", expectation=True,
           type=Field(_k_alarm_type), count=Field(_k_count)),
     _verb("expect_event", _k_event_type, "an event stored by the server", expectation=True,
           door=Field(_k_ident), decision=Field(_k_decision), reason=Field(_k_reason),
