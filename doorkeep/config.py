@@ -752,6 +752,17 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         else:
             pins_used[pin] = where
 
+    def wired(t: _Table, did: str, name: str, build: Callable[[int, _Table], Any]) -> Any:
+        """An optional [doors.X.NAME] table wired to one GPIO: parsed, its pin claimed, unknown keys refused."""
+        sub = t.sub(name)
+        if sub is None:
+            return None
+        pin = _pin(sub)
+        claim(pin, f"doors.{did}.{name}", sub)
+        value = build(pin if pin is not None else -1, sub)
+        sub.done()
+        return value
+
     for did, t in root.children("doors"):
         r = t.sub("reader", required=True)
         reader = None
@@ -773,34 +784,11 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             lock = LockConfig(pin if pin is not None else -1, bool(lk.get("active_high", bool, True)),
                               lk.choice("fail", LOCK_FAIL_MODES, "secure") or "secure")
             lk.done()
-        contact = None
-        ct = t.sub("contact")
-        if ct is not None:
-            pin = _pin(ct)
-            claim(pin, f"doors.{did}.contact", ct)
-            contact = ContactConfig(pin if pin is not None else -1, ct.choice("open_level", ("high", "low"), "high") or "high")
-            ct.done()
-        rex = None
-        rt = t.sub("rex")
-        if rt is not None:
-            pin = _pin(rt)
-            claim(pin, f"doors.{did}.rex", rt)
-            rex = RexConfig(pin if pin is not None else -1, bool(rt.get("active_low", bool, True)))
-            rt.done()
-        tamper = None
-        tt = t.sub("tamper")
-        if tt is not None:
-            pin = _pin(tt)
-            claim(pin, f"doors.{did}.tamper", tt)
-            tamper = TamperConfig(pin if pin is not None else -1, bool(tt.get("active_low", bool, True)))
-            tt.done()
-        sounder = None
-        st = t.sub("sounder")
-        if st is not None:
-            pin = _pin(st)
-            claim(pin, f"doors.{did}.sounder", st)
-            sounder = SounderConfig(pin if pin is not None else -1, bool(st.get("active_high", bool, True)))
-            st.done()
+        contact = wired(t, did, "contact", lambda pin, s: ContactConfig(
+            pin, s.choice("open_level", ("high", "low"), "high") or "high"))
+        rex = wired(t, did, "rex", lambda pin, s: RexConfig(pin, bool(s.get("active_low", bool, True))))
+        tamper = wired(t, did, "tamper", lambda pin, s: TamperConfig(pin, bool(s.get("active_low", bool, True))))
+        sounder = wired(t, did, "sounder", lambda pin, s: SounderConfig(pin, bool(s.get("active_high", bool, True))))
         cam = t.ident("camera", None)
         if cam is not None and cam not in cameras:
             t.error("camera", f"camera {cam!r} is not defined in this file",

@@ -69,6 +69,8 @@ PIN_ENTRY_S = 10.0
 PIN_PREFIX = "P"
 #: Seconds a reader or camera has to come up at start before it is reported offline.
 HEALTH_GRACE_S = 10.0
+#: How often reader and camera health is looked at.
+HEALTH_CHECK_S = 0.5
 
 
 @dataclass
@@ -148,6 +150,7 @@ class EdgeAgent:
         self._healthy: dict[str, bool] = {}
         self._io_errors: dict[str, int] = {}
         self._started_at = self.clock.monotonic()
+        self._health_at = float("-inf")
         self.policy: PolicyCache | None = None
         if policy_key is not None and state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -434,7 +437,10 @@ class EdgeAgent:
 
     def _on_time(self) -> None:
         now = self.clock.monotonic()
-        self._health(now)
+        if now - self._health_at >= HEALTH_CHECK_S:
+            # Not after every card and decision: a loss between two checks is still seen (io_errors).
+            self._health_at = now
+            self._health(now)
         self._door_modes()
         for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
             p = self._pending.pop(tx)

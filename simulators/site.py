@@ -53,9 +53,6 @@ def mosquitto_installed() -> bool:
     return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
-_wait = wait_until
-
-
 @dataclass
 class SimDoor:
     id: str
@@ -145,7 +142,7 @@ class SiteRunner:
             raise SiteRunnerError("the broker is already down")
         broker, self._broker = self._broker, None
         broker.stop()
-        if not _wait(lambda: not any(self._client_connected()), timeout):
+        if not wait_until(lambda: not any(self._client_connected()), timeout):
             log.warning("some clients still look connected %.0f s after the broker stopped", timeout)
 
     def start_broker(self, timeout: float = 20.0) -> bool:
@@ -218,7 +215,7 @@ class SiteRunner:
         return all(agent.sync(timeout) and not agent.in_flight for agent in self.agents.values())
 
     def wait_edges_idle(self, timeout: float = 5.0) -> bool:
-        return _wait(self.edges_idle, timeout)
+        return wait_until(self.edges_idle, timeout)
 
     def policies_current(self) -> bool:
         """True when every edge holds the policy version the server last published (or there is no server)."""
@@ -232,7 +229,7 @@ class SiteRunner:
         return True
 
     def wait_policies(self, timeout: float = 5.0) -> bool:
-        return _wait(self.policies_current, timeout)
+        return wait_until(self.policies_current, timeout)
 
     # ------------------------------------------------------------ the rest
 
