@@ -593,6 +593,7 @@ class ReaderConfig:
     protocol: str
     baudrate: int = 9600
     repeat_ignore_s: float = 1.0
+    silence_timeout_s: float | None = None  # offline after this long without a byte (readers that send keep-alives)
 
 
 @dataclass(frozen=True)
@@ -774,7 +775,12 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                 if baud is not None:
                     r.error("baudrate", f"{baud} is not a baud rate", "use the reader's rate, e.g. 9600")
                 baud = 9600
-            reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0))
+            silence = r.get("silence_timeout_s", float, None)
+            if silence is not None and silence <= 0:
+                r.error("silence_timeout_s", f"must be greater than 0, got {silence}",
+                        "remove it (no silence check) or set it to about three keep-alive intervals")
+                silence = None
+            reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0), silence)
             r.done()
         lk = t.sub("lock", required=True)
         lock = None

@@ -412,7 +412,14 @@ class EdgeAgent:
             if lost and self._healthy.get(key):
                 # Lost and already back between two checks: still an outage worth reporting.
                 self._health_change(rt, key, False, "reader", booting, {})
-            self._health_change(rt, key, stats.online, "reader", booting, {})
+            online, detail = stats.online, {}
+            timeout = rt.hw.reader.silence_timeout_s
+            if online and timeout is not None:
+                silent = rt.reader.silent_for(now)
+                if silent > timeout:
+                    # No frame, no keep-alive: a cut data line or a dead reader (docs/alarms.md).
+                    online, detail = False, {"cause": "silent", "silent_s": round(silent, 1)}
+            self._health_change(rt, key, online, "reader", booting, detail)
         for cid, cam in self.cameras.items():
             rt = next((r for r in self.doors.values() if r.hw.camera == cid), None)
             if rt is not None:

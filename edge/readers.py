@@ -44,6 +44,8 @@ class ReaderStats:
     faults: dict[str, int] = field(default_factory=dict)
     io_errors: int = 0
     last_frame_at: float | None = None
+    last_data_at: float | None = None
+    """Monotonic time of the last bytes received (valid, garbled or a keep-alive line), or of the port opening."""
     online: bool = False
     repeats: int = 0
 
@@ -91,6 +93,7 @@ class SerialReader:
             raise HardwareError(f"door {self.door!r}: cannot open reader at {self.url!r}: {exc}") from exc
         self._port = port
         self._set_online(True)
+        self._heard(self._clock.monotonic())
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, args=(port,), name=f"reader-{self.door}", daemon=True
@@ -134,6 +137,20 @@ class SerialReader:
         with self._lock:
             self._stats.online = online
 
+    def _heard(self, now: float) -> None:
+        with self._lock:
+            self._stats.last_data_at = now
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the reader last sent anything (0 before it was opened).
+
+        A reader that sends keep-alives (a blank line every few seconds on an ASCII reader) is judged by this:
+        a cut data line or a dead reader is otherwise indistinguishable from a quiet door.
+        """
+        with self._lock:
+            last = self._stats.last_data_at
+        return 0.0 if last is None else max(0.0, now - last)
+
     def _run(self, port: Any) -> None:
         parser = FrameParser(self.protocol)
         delay = RETRY_INITIAL_S
@@ -163,6 +180,7 @@ class SerialReader:
                 if not data:
                     continue
                 t_read = self._clock.monotonic()
+                self._heard(t_read)
                 for item in parser.feed(data):
                     if isinstance(item, CardRead):
                         self._card(item, t_read)
@@ -180,6 +198,7 @@ class SerialReader:
             return None
         self._port = port
         self._set_online(True)
+        self._heard(self._clock.monotonic())
         logger.info("door %s: reader %s back online", self.door, self.url)
         return port
 

@@ -638,6 +638,7 @@ def test_valid_until_date_lasts_through_that_local_day(tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra, key", [
     ("\n[broker]\nkeepalive = 0\n", "broker.keepalive"),
     ("baudrate = 0\n", "doors.lobby_in.reader.baudrate"),
+    ("silence_timeout_s = 0\n", "doors.lobby_in.reader.silence_timeout_s"),
 ])
 def test_zero_is_an_error_not_a_silent_default(tmp_path: Path, extra: str, key: str) -> None:
     device = DEVICE + extra if extra.startswith("\n[") else DEVICE.replace(
