@@ -29,7 +29,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,6 +376,27 @@ class Supervisor:
             st.confirmed = True
             st.status = "online"
         self.wake()
+
+    def clock_jump(self, jump: Callable[[], None]) -> None:
+        """Run ``jump``, which moves a simulated clock forward (scenarios), without judging anyone silent.
+
+        A scenario's "three hours later" skips time the devices spent talking: their heartbeats were
+        simply not simulated. Silence is not judged while the clock moves, and every online device's
+        silence timer restarts after it. Gap windows keep their timers: events still missing after the
+        jump are as late as the jump says.
+        """
+        with self._lock:
+            paused, self._paused = self._paused, True
+        try:
+            jump()
+        finally:
+            now = self.clock.monotonic()
+            with self._lock:
+                self._paused = paused
+                for st in self._devices.values():
+                    if st.status == "online" and st.last_seen is not None and st.last_seen < now:
+                        st.last_seen = now
+            self.wake()
 
     def set_connected(self, connected: bool, now: float | None = None) -> None:
         """The bus's broker connection. While it is down nothing can be heard, so nothing is judged

@@ -1126,6 +1126,8 @@ class ScenarioRunner:
             raise StepFailed("the edges and the server did not all connect to the broker within 15 s")
         if not runner.wait_policies(10.0):
             raise StepFailed("the edges did not all verify the server's policy within 10 s")
+        if not runner.wait_hardware(10.0):
+            raise StepFailed("the simulated readers and cameras did not all come up within 10 s")
 
     def _give_up(self, result: ScenarioResult, step: Step, why: str, seconds: float) -> None:
         """Record a step that could not run; the expectations after it are skipped."""

@@ -206,7 +206,11 @@ class SiteRunner:
         advance = getattr(self.clock, "advance", None)
         if advance is None:
             raise SiteRunnerError(f"{type(self.clock).__name__} cannot be advanced; run the site on a ScenarioClock")
-        advance(seconds)
+        supervisor = self.server.supervisor if self.server is not None else None
+        if supervisor is not None:
+            supervisor.clock_jump(lambda: advance(seconds))  # skipped time is not device silence
+        else:
+            advance(seconds)
         self.poke()
         return self.wait_edges_idle(timeout)
 
@@ -232,6 +236,16 @@ class SiteRunner:
         return wait_until(self.policies_current, timeout)
 
     # ------------------------------------------------------------ the rest
+
+    def hardware_up(self) -> bool:
+        """True when every edge has its readers open and its cameras streaming."""
+        return all(rt.reader.stats.online for a in self.agents.values() for rt in a.doors.values()) and \
+            all(c.stats.online for a in self.agents.values() for c in a.cameras.values())
+
+    def wait_hardware(self, timeout: float = 10.0) -> bool:
+        """Wait for :meth:`hardware_up`: a clock jump before then would end the edges' start-up grace with a
+        camera still opening, and report it offline for a moment that never happened."""
+        return wait_until(self.hardware_up, timeout)
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         ok = all(a.link.wait_connected(timeout) for a in self.agents.values())

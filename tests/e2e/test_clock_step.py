@@ -73,3 +73,25 @@ def test_a_wall_clock_step_changes_no_decision_and_loses_no_event(mosquitto, tmp
         assert gate.door.wait_relay(False, 10.0), "the unlock window did not end after the clock step"
     finally:
         runner.stop()
+
+
+def test_a_scenario_jump_is_not_device_silence(mosquitto, tmp_path) -> None:
+    """"Three hours later" in a scenario skips heartbeats that were never simulated: no device_offline."""
+    from simulators.clock import ScenarioClock
+
+    runner = SiteRunner.from_dir(DEMO_SITE, broker_url=mosquitto.url, data_dir=tmp_path,
+                                 clock=ScenarioClock(time.time()))
+    runner.start()
+    try:
+        assert runner.wait_connected(10)
+        supervisor = runner.server.supervisor
+        assert wait_until(lambda: all(d.status == "online" for d in supervisor.devices().values()), 5)
+        assert runner.advance(3 * 3600)
+        assert [a for a in supervisor.check() if a.type == "device_offline"] == []
+        assert not runner.server.store.open_alarms(type="device_offline")
+        # Silence after the jump is still judged: the timer restarted, it did not stop.
+        later = runner.clock.monotonic() + supervisor.device_timeout_s + 1
+        raised = {a.device for a in supervisor.check(later) if a.type == "device_offline" and a.verb == "raise"}
+        assert raised == set(runner.agents), raised
+    finally:
+        runner.stop()
