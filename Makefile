@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/doorkeep --log-level WARNING demo $(DEMO_ARGS)
 
 mosquitto:
-	@scripts/ensure-mosquitto
+	@scripts/ensure-test-tools
 
 test: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q

@@ -43,6 +43,17 @@ SITE = "demo"
 DEVICE = "pi-lobby"
 GRANT_DOOR = "lobby_in"   # mixed load: granted and unknown cards
 DENY_DOOR = "lobby_out"   # unknown cards only: its relay must never be energised
+
+
+def _faketime_lib() -> Path | None:
+    """libfaketime's preload library (Debian package libfaketime), or None."""
+    for lib in sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + [Path("/usr/lib/faketime/libfaketime.so.1")]:
+        if lib.exists():
+            return lib
+    return None
+
+
+FAKETIME_LIB = _faketime_lib()
 GRANTED = {"0F00A1B2C3": "alice", "0F00B0B0B0": "bob", "0F00C4C4C4": "chen"}
 
 
@@ -261,9 +272,12 @@ class FaultStack:
     """Broker, server and the ``pi-lobby`` edge as processes on a private copy of the demo site."""
 
     def __init__(self, workdir: Path, *, device_timeout: float = 5, gap_timeout: float = 5,
-                 keepalive: int = 5, heartbeat_s: float = 1, data_tmpfs_mb: int | None = None) -> None:
+                 keepalive: int = 5, heartbeat_s: float = 1, data_tmpfs_mb: int | None = None,
+                 steppable_edge_clock: bool = False) -> None:
         """``data_tmpfs_mb`` puts the server's data directory on a tmpfs of that size (needs root and
-        mount permission; :class:`FaultUnavailable` says why not), so :meth:`fill_data_disk` can fill it."""
+        mount permission; :class:`FaultUnavailable` says why not), so :meth:`fill_data_disk` can fill it.
+        ``steppable_edge_clock`` runs the edge under libfaketime, so :meth:`step_edge_clock` can step its
+        wall clock as NTP would (its monotonic clock untouched); :class:`FaultUnavailable` if it is missing."""
         self.dir = Path(workdir)
         self.site = self.dir / "site"
         self.data = self.dir / "data"
@@ -284,6 +298,12 @@ class FaultStack:
         self.device_file = self.site / "devices" / f"{DEVICE}.toml"
         self.data_tmpfs_mb = data_tmpfs_mb
         self._mounted = False
+        self.edge_clock_file: Path | None = None
+        self.edge_clock_offset = 0.0
+        if steppable_edge_clock:
+            if FAKETIME_LIB is None:
+                raise FaultUnavailable("libfaketime is not installed (make test installs it: scripts/ensure-test-tools)")
+            self.edge_clock_file = self.dir / "edge-clock-offset"
 
     # ------------------------------------------------------------ set-up
     def prepare(self) -> None:
@@ -314,10 +334,30 @@ class FaultStack:
         text = re.sub(r"\[cameras\.lobby\]\n(?:[^\[\n][^\n]*\n|\n)*", "", text)
         self.device_file.write_text(text)
 
-    def _proc(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _proc(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.dir / f"{name}.log").open("ab")
         self._logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "doorkeep", *args], stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "doorkeep", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env} if env else None)
+
+    def _edge_env(self) -> dict[str, str] | None:
+        """libfaketime in the edge only: its wall clock follows the offset file, its monotonic clock is real."""
+        if self.edge_clock_file is None:
+            return None
+        self.edge_clock_file.write_text(f"{self.edge_clock_offset:+.0f}\n")
+        return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(self.edge_clock_file),
+                "FAKETIME_CACHE_DURATION": "1", "DONT_FAKE_MONOTONIC": "1"}
+
+    def step_edge_clock(self, seconds: float) -> float:
+        """Step the edge's wall clock by ``seconds`` (an NTP step); returns when. The edge re-reads the
+        offset within a second (FAKETIME_CACHE_DURATION)."""
+        if self.edge_clock_file is None:
+            raise FaultUnavailable("this stack's edge clock is not steppable (steppable_edge_clock=False)")
+        self.edge_clock_offset += seconds
+        tmp = self.edge_clock_file.with_suffix(".tmp")
+        tmp.write_text(f"{self.edge_clock_offset:+.0f}\n")
+        os.replace(tmp, self.edge_clock_file)  # never a half-written offset
+        return time.time()
 
     def log(self, name: str, tail: int = 4000) -> str:
         path = self.dir / f"{name}.log"
@@ -387,7 +427,8 @@ class FaultStack:
 
     def start_edge(self, timeout: float = 20) -> None:
         before = len(self.watcher.availability)  # type: ignore[union-attr]
-        self.edge = self._proc("edge", "edge", "--device", str(self.device_file), "--broker", self.broker_url)
+        self.edge = self._proc("edge", "edge", "--device", str(self.device_file), "--broker", self.broker_url,
+                               env=self._edge_env())
         if not wait_for(lambda: "online" in self.watcher.availability[before:], timeout):  # type: ignore[union-attr]
             raise RuntimeError(f"the edge did not come online:\n{self.log('edge')}")
 

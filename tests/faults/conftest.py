@@ -52,6 +52,22 @@ def small_disk(tmp_path: Path) -> Iterator[FaultStack]:
 
 
 @pytest.fixture
+def clock_stack(tmp_path: Path) -> Iterator[FaultStack]:
+    """A stack whose edge runs under libfaketime, so its wall clock can be stepped."""
+    if not mosquitto_installed():
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    try:
+        stack = FaultStack(tmp_path, steppable_edge_clock=True)
+    except FaultUnavailable as exc:
+        pytest.skip(f"cannot step the edge's clock here: {exc}")
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
 def fault_row(request: pytest.FixtureRequest) -> Callable[..., None]:
     def add(fault: str, verdict: Verdict, recover_s: float | None, note: str = "", *, lost: int | None = None) -> None:
         request.config.stash[ROWS].append({

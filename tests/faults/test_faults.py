@@ -200,3 +200,28 @@ def test_server_disk_full_then_freed(small_disk: FaultStack, fault_row) -> None:
     fault_row("server disk full (4 MB tmpfs)", verdict, recover, "freed by deleting the filler file")
     assert_clean(stack, verdict)
     no_alarms_left(stack)
+
+
+def test_edge_clock_stepped_forwards_then_backwards(clock_stack: FaultStack, fault_row) -> None:
+    stack = clock_stack
+    warm_up(stack)
+    at = stack.step_edge_clock(+3600)   # NTP steps the edge an hour ahead...
+    edge_ts = lambda: stack.query("SELECT max(ts) FROM events")[0][0]  # noqa: E731
+    before = edge_ts()
+    more_badges(stack, 10)
+    assert wait_for(lambda: stack.all_stored() and edge_ts() > before, 10)
+    stack.step_edge_clock(-2 * 3600)    # ...then an hour behind true time
+    more_badges(stack, 10)
+    recover = recovered_since(stack, at)
+    more_badges(stack, AFTER)
+    verdict = settle(stack)
+    fault_row("edge clock step +1 h, -2 h", verdict, recover, "libfaketime on the edge; monotonic untouched")
+    assert_clean(stack, verdict)
+    stamps = [ts for (ts,) in stack.query("SELECT ts FROM events WHERE type = 'access' ORDER BY seq")]
+    ahead = max(stamps)
+    assert ahead > time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 1800)), \
+        "the edge's events never carried its stepped-ahead clock: the step did not happen"
+    assert stamps[-1] < time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 1800)), \
+        "the last events must carry the clock stepped back"
+    assert stack.edge_alive(), f"the edge died on a clock step\n{stack.log('edge')}"
+    no_alarms_left(stack)
