@@ -76,6 +76,7 @@ from doorkeep.credentials import card_hash, last4
 from doorkeep.decision import AccessRequest, DecisionState, commit, decide
 from doorkeep.model import CredentialState, Person, PersonKind, PersonState, Site
 from doorkeep.policy import compile_policy, sign_policy, verify_policy
+from doorkeep.envelope import SnapshotKeys
 from server.app import bootstrap
 from server.directory import Directory
 from server.store import Store
@@ -714,7 +715,8 @@ def run_server(demo: SiteBundle, pop: Population, key: bytes, broker: MosquittoB
         gc.collect()
         t0 = time.perf_counter()
         server = bootstrap(bundle, data_dir, BrokerConfig(broker.url), key=key,
-                           signing_key=Ed25519PrivateKey.generate(), clock=clock)
+                           signing_key=Ed25519PrivateKey.generate(), clock=clock,
+                           snapshot_keys=SnapshotKeys.generate())
         boot_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         server.start(wait_s=120)

@@ -18,13 +18,26 @@ HANDLERS = {
     "config check": "doorkeep.cli:_config_check",
     "key init": "doorkeep.cli:_key_init",
     "key init-signing": "doorkeep.cli:_key_init_signing",
+    "key init-data": "doorkeep.cli:_key_init_data",
+    "key rotate": "server.cli:key_rotate",
+    "pki init": "doorkeep.pki_cli:init",
+    "pki issue": "doorkeep.pki_cli:issue_cmd",
+    "pki revoke": "doorkeep.pki_cli:revoke_cmd",
+    "broker config": "doorkeep.pki_cli:broker_config_cmd",
     "muster": "server.cli:muster",
+    "door unlock": "server.cli:door_unlock",
+    "lockdown": "server.cli:lockdown",
     "edge": "edge.cli:run",
     "server": "server.cli:run",
     "demo": "simulators.cli:demo",
     "sim reader": "simulators.cli:reader",
     "sim camera": "simulators.cli:camera",
     "sim run": "simulators.cli:run_scenarios",
+    "audit verify": "server.cli:audit_verify",
+    "audit show": "server.cli:audit_show",
+    "retention run": "server.cli:retention_run",
+    "subject export": "server.cli:subject_export",
+    "subject erase": "server.cli:subject_erase",
 }
 
 
@@ -47,10 +60,82 @@ def build_parser() -> argparse.ArgumentParser:
     ksg = key_sub.add_parser("init-signing", help="create the server's Ed25519 policy signing key (PATH, mode 0600) "
                                                   "and its public key (PATH with .pub) for the edges")
     ksg.add_argument("path", type=Path)
+    kid = key_sub.add_parser("init-data", help="create the server's snapshot keys in SITE_DIR/keys (mode 0600): "
+                                               "snapshot.key (X25519) and data-keys.json (site data keys)")
+    kid.add_argument("site_dir", type=Path, metavar="SITE_DIR")
+    krt = key_sub.add_parser("rotate", help="new current site data key; re-wrap every snapshot's key under it "
+                                            "(the server keeps running), then retire the old key")
+    krt.add_argument("--site", required=True, type=Path, help="the site directory (its keys/data-keys.json)")
+    krt.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+
+    pki = sub.add_parser("pki", help="the site CA and the MQTT certificates (docs/security.md)")
+    pki_sub = pki.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pin = pki_sub.add_parser("init", help="create the site CA in SITE/pki (key mode 0600) and an empty CRL")
+    pin.add_argument("--site", required=True, type=Path, help="the site directory")
+    pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server` or `broker`")
+    pis.add_argument("name", metavar="NAME")
+    pis.add_argument("--site", required=True, type=Path, help="the site directory")
+    pis.add_argument("--host", action="append", metavar="HOST",
+                     help="broker only: a DNS name or IP the Pis use to reach it (repeatable; "
+                          "localhost and 127.0.0.1 are always in)")
+    prv = pki_sub.add_parser("revoke", help="revoke NAME's certificate and rewrite SITE/pki/crl.pem")
+    prv.add_argument("name", metavar="NAME")
+    prv.add_argument("--site", required=True, type=Path, help="the site directory")
+
+    brk = sub.add_parser("broker", help="the MQTT broker")
+    brk_sub = brk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bcf = brk_sub.add_parser("config", help="write mosquitto.conf and acl: mutual TLS only, one subtree per device")
+    bcf.add_argument("--site", required=True, type=Path, help="the site directory (its pki/ must exist)")
+    bcf.add_argument("--out", type=Path, help="where to write the files (default SITE/broker)")
+    bcf.add_argument("--port", type=int, default=8883, help="the TLS listener's port (default 8883)")
+    bcf.add_argument("--bind", help="listen on this address only (default: every interface)")
+    bcf.add_argument("--persistence", type=Path, default=Path("/var/lib/mosquitto"), metavar="DIR",
+                     help="where Mosquitto keeps sessions and queued messages (default /var/lib/mosquitto)")
+
+    aud = sub.add_parser("audit", help="the hash-chained audit log (docs/security.md)")
+    aud_sub = aud.add_subparsers(dest="action", required=True, metavar="ACTION")
+    avf = aud_sub.add_parser("verify", help="check the hash chain: prints 'ok: N records' (exit 0) or the first "
+                                           "bad record and what is wrong (exit 1); 2 for usage/config errors")
+    ash = aud_sub.add_parser("show", help="the newest audit records as a table")
+    ash.add_argument("--limit", type=int, default=50, help="how many records (default 50)")
+    ret = sub.add_parser("retention", help="delete data past its retention period (site.toml [retention])")
+    ret_sub = ret.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rrun = ret_sub.add_parser("run", help="run retention now and print what it deleted")
+    rrun.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    subj = sub.add_parser("subject", help="data-subject rights: export or erase everything held about a person")
+    subj_sub = subj.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sex = subj_sub.add_parser("export", help="write one zip with everything held about PERSON")
+    sex.add_argument("--out", required=True, type=Path, metavar="FILE.zip", help="the zip to write (mode 0600)")
+    ser = subj_sub.add_parser("erase", help="delete or pseudonymise everything held about PERSON")
+    ser.add_argument("--yes", action="store_true", help="confirm: erasure cannot be undone")
+    for sp in (sex, ser):
+        sp.add_argument("person", metavar="PERSON", help="the person's id (people.toml or visitor id)")
+    for sp in (avf, ash, rrun, sex, ser):
+        sp.add_argument("--site", required=True, type=Path, help="the site directory")
+        sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
 
     mus = sub.add_parser("muster", help="who is in which area now (roll call), visitors with their hosts")
     mus.add_argument("--site", required=True, type=Path, help="the site directory")
     mus.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+
+    door = sub.add_parser("door", help="signed remote commands to one door")
+    door_sub = door.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dun = door_sub.add_parser("unlock", help="momentarily unlock DOOR (its unlock_s) by a signed command; prints "
+                                             "the edge's result; exit 0 ok, 1 refused/failed/timeout, 2 usage")
+    dun.add_argument("door", metavar="DOOR")
+    dun.add_argument("--site", required=True, type=Path, help="the site directory (signs with keys/policy-signing.key)")
+    dun.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    dun.add_argument("--data", type=Path, help="the server's data directory, whose audit log records the command "
+                                               "(default: var/SITE)")
+
+    ldn = sub.add_parser("lockdown", help="send a signed lockdown on/off to the edges now (not persisted by the "
+                                          "server: see README); exit 0 ok, 1 refused/failed/timeout, 2 usage")
+    ldn.add_argument("state", choices=["on", "off"])
+    ldn.add_argument("--area", help="lock down only doors into this area (default: the whole site)")
+    ldn.add_argument("--site", required=True, type=Path, help="the site directory (signs with keys/policy-signing.key)")
+    ldn.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    ldn.add_argument("--data", type=Path, help="the server's data directory, whose audit log records the command "
+                                               "(default: var/SITE)")
 
     edge = sub.add_parser("edge", help="run an edge agent for one device file")
     edge.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
@@ -60,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
     srv.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    srv.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
+    srv.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
+    srv.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
     srv.add_argument("--device-timeout", type=float, metavar="S",
                      help="raise device_offline for a device silent this long (default 90)")
     srv.add_argument("--gap-timeout", type=float, metavar="S",
@@ -121,6 +209,18 @@ def _key_init_signing(args: argparse.Namespace) -> int:
         print(f"{args.path} already exists; not overwriting a key", file=sys.stderr)
         return 1
     print(f"wrote {args.path} (mode 0600) and {public_key_path(args.path)} (copy it to every edge device)")
+    return 0
+
+
+def _key_init_data(args: argparse.Namespace) -> int:
+    from doorkeep.envelope import init_data_keys
+
+    try:
+        snap, ring = init_data_keys(args.site_dir / "keys")
+    except FileExistsError as exc:
+        print(f"{exc} already exists; not overwriting a key (rotate with `doorkeep key rotate`)", file=sys.stderr)
+        return 1
+    print(f"wrote {snap} and {ring} (mode 0600); back them up: without them no snapshot can be read")
     return 0
 
 

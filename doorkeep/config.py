@@ -53,7 +53,8 @@ READER_PROTOCOLS = ("em4100", "ascii")
 CARD_FORMATS = ("em4100", "ascii")
 GPIO_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
 LOCK_FAIL_MODES = ("secure", "safe")
-BROKER_SCHEMES = ("mqtt", "tcp")
+BROKER_SCHEMES = ("mqtt", "tcp", "mqtts")
+TLS_SCHEMES = ("mqtts",)
 
 T = TypeVar("T")
 _MISSING = object()
@@ -395,10 +396,58 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
         levels[lid] = AccessLevel(lid, t.get("name", str, lid), tuple(entries))
         t.done()
     rules = _rules(root.sub("rules"))
+    root.used.add("retention")  # server-side only: read by _load_retention, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
     return Site(site_id, name or site_id, tz, areas, doors, schedules, levels, rules=rules)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How many days each class of data is kept (site.toml [retention]; server/retention.py enforces it).
+
+    Defaults a privacy officer can sign off: snapshots a month, access events half a year, a visitor's
+    record a month after the visit, resolved alarms a year, the audit log two years.
+    """
+
+    events_days: int = 180
+    snapshots_days: int = 30
+    visitors_days: int = 30
+    alarms_days: int = 365
+    audit_days: int = 730
+
+
+def _retention(t: _Table | None) -> RetentionSettings:
+    d = RetentionSettings()
+    if t is None:
+        return d
+
+    def days(name: str, value: Any) -> int:
+        default = getattr(d, name)
+        if value is not None and not 1 <= value <= 36500:
+            t.error(name, f"must be 1 to 36500 days, got {value}",
+                    f"set {name} to the whole days to keep that data, or remove it for {default}")
+            value = None
+        return default if value is None else int(value)
+
+    out = RetentionSettings(
+        events_days=days("events_days", t.get("events_days", int, d.events_days)),
+        snapshots_days=days("snapshots_days", t.get("snapshots_days", int, d.snapshots_days)),
+        visitors_days=days("visitors_days", t.get("visitors_days", int, d.visitors_days)),
+        alarms_days=days("alarms_days", t.get("alarms_days", int, d.alarms_days)),
+        audit_days=days("audit_days", t.get("audit_days", int, d.audit_days)),
+    )
+    t.done()
+    return out
+
+
+def _load_retention(path: Path, errors: list[ConfigError]) -> RetentionSettings:
+    """The [retention] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [])
+    if data is None:
+        return RetentionSettings()
+    return _retention(_Table(data, str(path), "", errors).sub("retention"))
 
 
 @dataclass(frozen=True)
@@ -651,21 +700,32 @@ class CameraConfig:
     fps: float = 10.0
     buffer_seconds: float = 2.0
     jpeg_quality: int = 85
+    # Polygons of (x, y) fractions of the frame width/height (0.0-1.0), blacked out before a snapshot is encoded.
+    privacy_masks: tuple[tuple[tuple[float, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
+    """Where the MQTT broker is; ``mqtts://`` means mutual TLS with the three files (docs/security.md)."""
+
     url: str
     keepalive: int = 30
+    ca_file: Path | None = None     # the site CA that signed the broker's certificate
+    cert_file: Path | None = None   # this client's certificate (CN = device id or `server`)
+    key_file: Path | None = None    # its private key (mode 0600)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.split("://", 1)[0] in TLS_SCHEMES
 
     @property
     def host(self) -> str:
-        return self.url.split("://", 1)[1].rsplit(":", 1)[0]
+        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
 
     @property
     def port(self) -> int:
-        rest = self.url.split("://", 1)[1]
-        return int(rest.rsplit(":", 1)[1]) if ":" in rest else 1883
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        return int(rest.rsplit(":", 1)[1]) if ":" in rest else (8883 if self.tls else 1883)
 
 
 @dataclass(frozen=True)
@@ -685,21 +745,48 @@ class DeviceConfig:
     outbox_max_mb: int = 512              # the outbox drops its oldest snapshots (never events) beyond this
 
 
-def _broker(t: _Table | None, f: str, errors: list[ConfigError]) -> BrokerConfig:
+TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file")
+
+
+def _broker(t: _Table | None, f: str, errors: list[ConfigError], base: Path | None = None) -> BrokerConfig:
+    """The [broker] table; TLS file paths are relative to the device file (``base``), like its other paths."""
     if t is None:
         return BrokerConfig("mqtt://127.0.0.1:1883")
     url = t.get("url", str, "mqtt://127.0.0.1:1883")
     m = re.match(r"^(\w+)://([^:/]+)(?::(\d+))?/?$", url or "")
     if not m or m.group(1) not in BROKER_SCHEMES:
-        t.error("url", f"{url!r} is not a broker URL", 'write it like "mqtt://127.0.0.1:1883"')
+        t.error("url", f"{url!r} is not a broker URL", 'write it like "mqtts://broker.lan:8883" or "mqtt://127.0.0.1:1883"')
         url = "mqtt://127.0.0.1:1883"
     keepalive = t.get("keepalive", int, 30)
     if keepalive is None or not 5 <= keepalive <= 3600:
         if keepalive is not None:
             t.error("keepalive", f"{keepalive} is out of range", "use 5 to 3600 seconds")
         keepalive = 30
+    files: dict[str, Path | None] = {}
+    for key, raw in (("ca_file", t.get("ca_file", str, None)), ("cert_file", t.get("cert_file", str, None)),
+                     ("key_file", t.get("key_file", str, None))):
+        files[key] = (base / raw) if (raw and base is not None) else (Path(raw) if raw else None)
+    tls = url.split("://", 1)[0] in TLS_SCHEMES
+    for key in TLS_FILE_KEYS:
+        if tls and files[key] is None:
+            t.error(key, "is required with an mqtts:// URL",
+                    f"set {key} to the file `doorkeep pki issue` wrote (docs/security.md)")
+        elif not tls and files[key] is not None:
+            t.error(key, "has no effect with a plain mqtt:// URL",
+                    'write the URL as "mqtts://HOST:8883", or remove the key')
+            files[key] = None
     t.done()
-    return BrokerConfig(url, keepalive)
+    return BrokerConfig(url, keepalive, files["ca_file"], files["cert_file"], files["key_file"])
+
+
+def _check_tls_files(dev: DeviceConfig, errors: list[ConfigError]) -> None:
+    """On the device itself the TLS files must exist (the server, loading every device file, skips this)."""
+    for key in TLS_FILE_KEYS:
+        path = getattr(dev.broker, key)
+        if path is not None and not path.is_file():
+            errors.append(ConfigError(dev.file, f"broker.{key}", f"{path} does not exist",
+                                      "copy it from the site's pki/ directory (`doorkeep pki issue DEVICE`), "
+                                      "or fix the path (relative to this file)"))
 
 
 def _pin(t: _Table, name: str = "pin") -> int | None:
@@ -710,6 +797,65 @@ def _pin(t: _Table, name: str = "pin") -> int | None:
     return pin
 
 
+PRIVACY_MASK_FIX = ("write each polygon as at least 3 [x, y] points given as fractions of the frame's width "
+                    "and height (0.0 = left/top, 1.0 = right/bottom), e.g. "
+                    "privacy_masks = [[[0.6, 0.0], [1.0, 0.0], [1.0, 0.4], [0.6, 0.4]]]")
+
+
+def _privacy_masks(t: _Table) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """A camera's ``privacy_masks``, every polygon and point checked.
+
+    Fractions rather than pixels so that a mask survives a change of the
+    camera's resolution; a value above 1 is almost always a pixel coordinate,
+    and the error says so. A polygon with a bad point is dropped as a whole
+    (and reported): a half-checked mask would hide the wrong area.
+    """
+    raw = t.get("privacy_masks", list, [], fix=PRIVACY_MASK_FIX)
+    polygons = []
+    for i, poly in enumerate(raw or []):
+        name = f"privacy_masks[{i}]"
+        if not isinstance(poly, list):
+            t.error(name, f"must be a list of [x, y] points, got {poly!r}", PRIVACY_MASK_FIX)
+            continue
+        if poly and not any(isinstance(p, list) for p in poly):  # one bracket level short, e.g. [[0.1, 0.2], ...]
+            t.error(name, f"must be a list of [x, y] points, got the numbers {poly!r}",
+                    "privacy_masks is a list of polygons, each a list of points: even one polygon needs three "
+                    "levels of brackets, e.g. privacy_masks = [[[0.6, 0.0], [1.0, 0.0], [1.0, 0.4]]]")
+            continue
+        if len(poly) < 3:
+            t.error(name, f"has {len(poly)} point(s); a polygon needs at least 3",
+                    "add points to make an area to black out, or remove the polygon")
+            continue
+        points = []
+        for j, point in enumerate(poly):
+            where = f"{name}[{j}]"
+            if not (isinstance(point, list) and len(point) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+                t.error(where, f"must be a point [x, y] of two numbers, got {point!r}", "write it like [0.25, 0.5]")
+                continue
+            x, y = float(point[0]), float(point[1])
+            bad = [f"{axis} = {v:g}" for axis, v in (("x", x), ("y", y)) if not 0.0 <= v <= 1.0]  # nan fails too
+            if bad:
+                t.error(where, f"{' and '.join(bad)} is outside 0.0-1.0",
+                        "give x and y as fractions of the frame's width and height (0.0 = left/top, "
+                        "1.0 = right/bottom), not pixels: x = pixel column / frame width")
+                continue
+            points.append((x, y))
+        if len(points) != len(poly):
+            continue
+        twice_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+        if abs(twice_area) < 1e-12:
+            t.error(name, "has no area (all its points lie on one line)",
+                    "give the corners of the area to black out, in order around it")
+            continue
+        polygons.append(tuple(points))
+    return tuple(polygons)
+
+
+#: Client names the site's PKI and broker ACL give to the server and the broker, never to a device.
+RESERVED_DEVICE_IDS = frozenset({"server", "broker"})
+
+
 def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     data = _read_toml(path, errors)
     if data is None:
@@ -717,6 +863,10 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     f = str(path)
     root = _Table(data, f, "", errors)
     dev_id = root.ident("device")
+    if dev_id in RESERVED_DEVICE_IDS:
+        # The broker's ACL gives the certificate named `server` the whole site, and `broker` is the broker's own.
+        root.error("device", f"{dev_id!r} is reserved for the site's {dev_id}",
+                   "name the device after where it is, e.g. device = \"pi-lobby\"")
     site = root.ident("site")
     site_file = path.parent / (root.get("site_file", str, "../site.toml") or "../site.toml")
     key_file = root.get("credential_key_file", str, None)
@@ -729,7 +879,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             root.error("outbox_max_mb", f"{outbox_max_mb} is out of range", "use 1 to 1048576 (MB); the default is 512")
         outbox_max_mb = 512
     factory = root.choice("gpio_factory", GPIO_FACTORIES)
-    broker = _broker(root.sub("broker"), f, errors)
+    broker = _broker(root.sub("broker"), f, errors, path.parent)
 
     cameras = {}
     for cid, t in root.children("cameras"):
@@ -739,7 +889,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             quality = 85
         elif not 10 <= quality <= 100:
             t.error("jpeg_quality", f"{quality} is out of range", "use 10 to 100")
-        cameras[cid] = CameraConfig(cid, str(src), t.positive("fps", 10.0), t.positive("buffer_seconds", 2.0), quality)
+        cameras[cid] = CameraConfig(cid, str(src), t.positive("fps", 10.0), t.positive("buffer_seconds", 2.0), quality,
+                                    _privacy_masks(t))
         t.done()
 
     doors = {}
@@ -829,6 +980,7 @@ class SiteBundle:
     devices: dict[str, DeviceConfig]
     credential_key_file: Path
     visitor_pool: list[CardSeed] = field(default_factory=list)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -875,10 +1027,11 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
         _cross_check(site, list(devices.values()), str(d / "site.toml"), errors, require_all_doors=True)
     # Where the server keeps the credential key unless $DOORKEEP_CREDENTIAL_KEY is set.
     key_file = d / "keys" / "credential.key"
+    retention = _load_retention(d / "site.toml", errors) if site is not None else RetentionSettings()
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
-    return SiteBundle(d, site, people, cards, devices, key_file, pool)
+    return SiteBundle(d, site, people, cards, devices, key_file, pool, retention=retention)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
@@ -886,6 +1039,8 @@ def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
     p = Path(path)
     errors: list[ConfigError] = []
     dev = _load_device(p, errors)
+    if dev is not None:
+        _check_tls_files(dev, errors)
     site = _load_site(dev.site_file, errors) if dev is not None else None
     if dev is not None and site is not None:
         _cross_check(site, [dev], str(dev.site_file), errors, require_all_doors=False)

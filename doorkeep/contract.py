@@ -28,6 +28,7 @@ EVENT_TYPES = frozenset({
     "access", "door_opened", "door_closed", "forced_open", "held_open", "rex",
     "unlocked", "relocked", "reader_offline", "reader_online", "camera_offline", "camera_online",
     "held_open_warning", "tamper", "relay_stuck",
+    "remote_unlock", "command_rejected", "lockdown",
 })
 DECIDED_BY = frozenset({"server", "edge_offline"})
 
@@ -75,6 +76,13 @@ class Topics:
     def server_availability(self) -> str:
         return f"{self.base}/server/availability"
 
+    def cmd(self, device: str) -> str:
+        """Signed commands to one device (doorkeep/commands.py)."""
+        return f"{self.device(device)}/cmd"
+
+    def cmd_result(self, device: str) -> str:
+        return f"{self.device(device)}/cmd/result"
+
     # Subscriptions (wildcards are only ever subscribed to, never published).
     def all_requests(self) -> str:
         return f"{self.base}/+/door/+/request"
@@ -91,12 +99,15 @@ class Topics:
     def all_decisions(self, device: str) -> str:
         return f"{self.device(device)}/door/+/decision"
 
+    def all_cmd_results(self) -> str:
+        return f"{self.base}/+/cmd/result"
+
 
 @dataclass(frozen=True)
 class ParsedTopic:
     site: str
     device: str
-    kind: str  # availability | state | policy | request | decision | event | snapshot
+    kind: str  # availability | state | policy | request | decision | event | snapshot | cmd | cmd_result
     door: str | None = None
     event_id: str | None = None
 
@@ -108,8 +119,10 @@ def parse_topic(topic: str) -> ParsedTopic:
     for p in parts[2:]:
         _seg(p, "topic segment")
     site, device, rest = parts[2], parts[3], parts[4:]
-    if rest in (["availability"], ["state"], ["policy"]):
+    if rest in (["availability"], ["state"], ["policy"], ["cmd"]):
         return ParsedTopic(site, device, rest[0])
+    if rest == ["cmd", "result"]:
+        return ParsedTopic(site, device, "cmd_result")
     if len(rest) == 3 and rest[0] == "door" and rest[2] in ("request", "decision", "event"):
         return ParsedTopic(site, device, rest[2], rest[1])
     if len(rest) == 4 and rest[0] == "door" and rest[2] == "snapshot":
@@ -321,6 +334,41 @@ class EventMsg:
             snapshot=_ident(d, "snapshot", optional=True),
             detail=detail,
         )
+
+
+CMD_STATUSES = frozenset({"ok", "rejected", "failed"})
+MAX_CMD_ERROR = 200
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Edge → server: what became of one signed command (doorkeep/commands.py), matched by transaction.
+
+    ``status``: ``ok`` (done), ``rejected`` (refused before acting; ``error`` is the refusal reason,
+    e.g. ``replayed``), ``failed`` (valid but not carried out; e.g. ``lockdown``). ``transaction`` is
+    None when the refused payload did not even carry a readable one.
+    """
+
+    SCHEMA = "doorkeep.cmd_result/1"
+    transaction: str | None
+    status: str
+    error: str | None = None
+
+    def encode(self) -> bytes:
+        return _dump({"schema": self.SCHEMA, **asdict(self)})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> CommandResult:
+        d = _load(payload, cls.SCHEMA)
+        status = _field(d, "status", str)
+        if status not in CMD_STATUSES:
+            raise MessageError(f"unknown command status {status!r}")
+        error = _field(d, "error", str, optional=True)
+        if error is not None and len(error) > MAX_CMD_ERROR:
+            raise MessageError(f"error is longer than {MAX_CMD_ERROR} characters")
+        if status != "ok" and not error:
+            raise MessageError(f"a {status} result needs an error")
+        return cls(transaction=_ident(d, "transaction", optional=True), status=status, error=error)
 
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],

@@ -58,25 +58,35 @@ def generate_key_file(path: Path) -> None:
 
 
 def load_key(path: Path | None, *, source: str) -> bytes:
-    """The credential key from ``$DOORKEEP_CREDENTIAL_KEY`` (hex) or a 0600 key file."""
+    """The credential key from ``$DOORKEEP_CREDENTIAL_KEY`` (hex) or a 0600 key file.
+
+    The variable, when set and not empty, wins over the file (a container or a
+    secrets manager hands keys over that way); a malformed value is refused,
+    never silently replaced by the file, and never echoed in the error.
+    """
     env = os.environ.get(KEY_ENV)
     if env:
+        fix = f"set ${KEY_ENV} to 64 hex digits (as written by `doorkeep key init`), or unset it to use the key file"
         try:
             key = bytes.fromhex(env.strip())
         except ValueError:
-            raise ConfigError(KEY_ENV, KEY_ENV, "is not hexadecimal", "set it to 64 hex digits") from None
+            raise ConfigError("environment", KEY_ENV, "is not hexadecimal", fix) from None
         if len(key) != KEY_BYTES:
-            raise ConfigError(KEY_ENV, KEY_ENV, f"has {len(key)} bytes, expected {KEY_BYTES}", "set it to 64 hex digits")
+            raise ConfigError("environment", KEY_ENV, f"has {len(key)} bytes, expected {KEY_BYTES}", fix)
         return key
     if path is None:
         raise ConfigError(source, "credential_key_file", "no credential key configured",
                           f"set credential_key_file or ${KEY_ENV}")
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         text = path.read_text().strip()
     except FileNotFoundError:
         raise ConfigError(source, "credential_key_file", f"key file {path} does not exist",
                           f"create it with `doorkeep key init {path}`") from None
-    mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "credential_key_file", f"key file cannot be read: {exc.__class__.__name__}",
+                          "run as the key file's owner, and point credential_key_file at the key file "
+                          f"written by `doorkeep key init {path}`") from None
     if mode & 0o077:
         raise ConfigError(str(path), "credential_key_file", f"key file is readable by others (mode {mode:o})",
                           f"chmod 600 {path}")

@@ -23,7 +23,7 @@ Three parts, each usable alone:
 * **The envelope** (``sign_policy`` / ``verify_policy``)::
 
       {"schema": "doorkeep.policy/1",
-       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy}>",
+       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy[, snapshot_key]}>",
        "signature": "<base64 Ed25519 signature over the UTF-8 bytes of signed>"}
 
   The signature covers the exact bytes of ``signed``, so checking it needs no
@@ -66,6 +66,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from doorkeep.envelope import EnvelopeError, SnapshotRecipient
 from doorkeep.errors import DoorkeepError
 from doorkeep.model import Site
 
@@ -73,6 +74,8 @@ SCHEMA = "doorkeep.policy/1"
 SIGNATURE_BYTES = 64
 ENVELOPE_FIELDS = frozenset({"schema", "signed", "signature"})
 BODY_FIELDS = frozenset({"site", "device", "version", "issued_at", "nonce", "policy"})
+#: body fields a policy may carry; ``snapshot_key``: the server's X25519 key edges seal snapshots to
+OPTIONAL_BODY_FIELDS = frozenset({"snapshot_key"})
 #: people holding one of these roles may matter at any door (escorts, responders in a lockdown)
 ALWAYS_INCLUDED_ROLES = frozenset({"escort", "responder"})
 INIT_SIGNING_FIX = "doorkeep key init-signing PATH"
@@ -759,6 +762,7 @@ class VerifiedPolicy:
     version: int
     issued_at: float  # UTC epoch seconds (millisecond precision)
     nonce: str
+    snapshot_key: SnapshotRecipient | None = None  # None: this edge cannot seal snapshots, so it keeps none
 
 
 def _iso_ms(epoch: float) -> str:
@@ -770,8 +774,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, issued_at: float,
-                key: Ed25519PrivateKey) -> bytes:
-    """The signed envelope (UTF-8 JSON bytes) carrying ``site_subset`` for ``device``."""
+                key: Ed25519PrivateKey, snapshot_key: SnapshotRecipient | None = None) -> bytes:
+    """The signed envelope (UTF-8 JSON bytes) carrying ``site_subset`` for ``device``.
+
+    ``snapshot_key``: the server's snapshot public key, so the edge can seal snapshots (doorkeep.envelope).
+    """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise PolicyError(f"version must be a non-negative integer, got {version!r}")
     if site_subset.id != site_id:
@@ -789,6 +796,8 @@ def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, i
             "nonce": secrets.token_hex(16),
             "policy": site_to_dict(site_subset),
         }
+        if snapshot_key is not None:
+            body["snapshot_key"] = snapshot_key.to_policy()
         signed = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         del body
     raw = signed.encode("utf-8")
@@ -863,9 +872,15 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     missing = sorted(BODY_FIELDS - body.keys())
     if missing:
         raise PolicyError(f"signed policy body is missing {', '.join(missing)}")
-    extra = sorted(body.keys() - BODY_FIELDS)
+    extra = sorted(body.keys() - BODY_FIELDS - OPTIONAL_BODY_FIELDS)
     if extra:
         raise PolicyError(f"signed policy body has unexpected field(s) {', '.join(map(repr, extra))}")
+    snapshot_key = None
+    if "snapshot_key" in body:
+        try:
+            snapshot_key = SnapshotRecipient.from_policy(body["snapshot_key"])
+        except EnvelopeError as e:
+            raise PolicyError(f"policy {e}") from None
     if body["site"] != site_id:
         raise PolicyError(f"policy is for site {body['site']!r}, this is site {site_id!r}")
     if body["device"] != device:
@@ -891,7 +906,8 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     site = site_from_dict(body["policy"], root="policy")
     if site.id != site_id:
         raise PolicyError(f"policy.id is {site.id!r}, but the envelope is for site {site_id!r}")
-    return VerifiedPolicy(site=site, version=version, issued_at=stamp.timestamp(), nonce=nonce)
+    return VerifiedPolicy(site=site, version=version, issued_at=stamp.timestamp(), nonce=nonce,
+                          snapshot_key=snapshot_key)
 
 
 # ================================================================= key files
@@ -926,11 +942,43 @@ def generate_signing_key(path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     pub_path.write_bytes(public_pem)
+    pub_path.chmod(0o644)  # whoever may rewrite it decides which policies an edge trusts (load_public_key)
+
+
+#: PEM text of the policy-signing key; when set and not empty it wins over the key file.
+SIGNING_KEY_ENV = "DOORKEEP_POLICY_SIGNING_KEY"
+
+
+def _private_key_from_env(text: str, path: Path) -> Ed25519PrivateKey:
+    """The signing key from ``$DOORKEEP_POLICY_SIGNING_KEY``; errors name the variable, never its value.
+
+    Environment files (Docker ``--env-file``, systemd ``Environment=``) hold one
+    line, so a literal ``\\n`` is read as a line break.
+    """
+    fix = (f"set ${SIGNING_KEY_ENV} to the whole text of a key file written by "
+           f"`doorkeep key init-signing PATH` (BEGIN and END lines included), or unset it to use {path}")
+    data = text.replace("\\n", "\n").strip().encode()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PolicyError(f"${SIGNING_KEY_ENV}: not an unencrypted PEM private key (fix: {fix})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PolicyError(f"${SIGNING_KEY_ENV}: policy signing key must be Ed25519, got {type(key).__name__} "
+                          f"(fix: {fix})")
+    return key
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The server's policy-signing key; refuses a file group or others may access."""
+    """The server's policy-signing key; refuses a file group or others may access.
+
+    ``$DOORKEEP_POLICY_SIGNING_KEY`` (PEM text), when set and not empty, wins
+    over the file, which is then not read at all; a malformed value is an
+    error, never a silent fall back to the file.
+    """
     path = Path(path)
+    env = os.environ.get(SIGNING_KEY_ENV)
+    if env:
+        return _private_key_from_env(env, path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         data = path.read_bytes()
@@ -960,12 +1008,17 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     fix = ("copy the server's public key here (the .pub file written by "
            "`doorkeep key init-signing PATH`)")
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         data = path.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"{path}: policy public key does not exist (fix: {fix})") from None
     except OSError as e:
         raise PolicyError(f"{path}: cannot read the policy public key: {e.strerror} "
                           "(fix: make it readable by the doorkeep user)") from None
+    # Not secret, so world-readable is fine; but whoever can rewrite it can sign policies the edge trusts.
+    if mode & 0o022:
+        raise PolicyError(f"{path}: policy public key is writable by group or others (mode {mode:03o}) "
+                          f"(fix: chmod 644 {path})")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):

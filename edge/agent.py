@@ -9,12 +9,19 @@ polling, and it never sleeps while a relay is energised.
 Fail safe: a relay is energised only by a grant or REX from the door state
 machine; a timeout, a malformed decision or a crash leaves it de-energised,
 and stop() (also on SIGTERM) de-energises every relay before anything else.
+
+Signed commands (unlock, lock, lockdown, sync; doorkeep/commands.py) reach
+the same control thread: verified with the policy key, their nonce written
+to ``state_dir/command-nonces.json`` before they act, and a refused one is
+never executed, only answered ``rejected`` and recorded (``command_rejected``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import queue
 import tempfile
 import threading
@@ -28,9 +35,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from doorkeep import __version__
 from doorkeep.clock import Clock, SystemClock, iso_ms
+from doorkeep.commands import DEFAULT_MAX_SKEW_S, CommandError, ReplayGuard, VerifiedCommand, peek_door, verify_command
 from doorkeep.config import DeviceConfig, DoorHardware
-from doorkeep.contract import DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
+from doorkeep.contract import CommandResult, DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
 from doorkeep.credentials import card_hash, last4, pin_hash
+from doorkeep.envelope import SnapshotRef, seal
 from doorkeep.decision import (
     AccessRequest,
     Decision,
@@ -71,6 +80,8 @@ PIN_PREFIX = "P"
 HEALTH_GRACE_S = 10.0
 #: How often reader and camera health is looked at.
 HEALTH_CHECK_S = 0.5
+#: The accepted command nonces (doorkeep/commands.py ReplayGuard), in the state_dir.
+COMMAND_NONCES_FILE = "command-nonces.json"
 
 
 @dataclass
@@ -140,7 +151,7 @@ class EdgeAgent:
                                                daemon=True)
         self.cameras = {
             cid: Camera(cid, c.source, fps=c.fps, buffer_seconds=c.buffer_seconds, jpeg_quality=c.jpeg_quality,
-                        clock=self.clock)
+                        clock=self.clock, privacy_masks=c.privacy_masks)
             for cid, c in device.cameras.items()
         }
         self.doors: dict[str, _DoorRuntime] = {}
@@ -156,6 +167,12 @@ class EdgeAgent:
             state_dir.mkdir(parents=True, exist_ok=True)
             self.policy = PolicyCache(state_dir / "policy.json", policy_key, site_id=site.id, device=device.id)
             self.policy.load()
+        # Signed commands: verified with the policy key; accepted nonces persisted so a restart reopens no replay.
+        self._policy_key = policy_key
+        self._cmd_lockdowns: set[str] = set()  # scopes locked down by command, until lifted by command
+        self.replay_guard = ReplayGuard()
+        self._nonce_file = state_dir / COMMAND_NONCES_FILE if state_dir is not None else None
+        self._load_nonces()
         # Events and snapshots go to the outbox first (numbered there: seq survives restarts); the link pumps it.
         self._outbox_tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
@@ -170,6 +187,7 @@ class EdgeAgent:
         self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
                          on_policy=self._on_policy if self.policy is not None else None,
+                         on_command=self._on_command_payload,
                          outbox=self.outbox, heartbeat_s=device.heartbeat_s)
 
     def _build_door(self, door: Door, hw: DoorHardware) -> _DoorRuntime:
@@ -378,13 +396,17 @@ class EdgeAgent:
             self._apply(rt, rt.machine.tamper(item[2]))
         elif kind == "policy":
             self._sync_lockdowns()
+        elif kind == "command":
+            self._command(item[1])
 
     def _sync_lockdowns(self) -> None:
-        """Lockdowns travel in the signed policy, so they hold when this edge decides alone."""
+        """Lockdowns travel in the signed policy, so they hold when this edge decides alone; a signed
+        lockdown command adds its scope at once (until a command lifts it), before the new policy arrives."""
         site = self.policy.site if self.policy is not None else None
-        if site is not None:
-            self.local_state.lockdown_site = "site" in site.lockdowns
-            self.local_state.lockdown_areas = {a for a in site.lockdowns if a != "site"}
+        scopes = set(site.lockdowns) if site is not None else set()
+        scopes |= self._cmd_lockdowns
+        self.local_state.lockdown_site = "site" in scopes
+        self.local_state.lockdown_areas = {a for a in scopes if a != "site"}
 
     def _door_modes(self) -> None:
         """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow."""
@@ -656,6 +678,158 @@ class EdgeAgent:
             except Exception:
                 log.exception("event listener failed")
 
+    # ------------------------------------------------------------- commands
+
+    def _on_command_payload(self, payload: bytes) -> None:
+        """Hand a signed command to the control loop: only it may touch doors (and it verifies, not paho)."""
+        self._q.put(("command", payload))
+
+    def _command(self, payload: bytes) -> None:
+        """Verify one command, remember its nonce on disk, then carry it out; a refusal never acts."""
+        self.counters["commands"] += 1
+        try:
+            if self._policy_key is None:
+                raise CommandError("bad_signature", "this edge holds no policy public key (policy_key_file) "
+                                                    "to verify commands with")
+            cmd = verify_command(payload, self._policy_key, site_id=self.site.id, device=self.device.id,
+                                 now=self.clock.wall(), guard=self.replay_guard)
+            if cmd.action in ("unlock", "lock") and cmd.args["door"] not in self.doors:
+                raise CommandError("bad_args", f"door {cmd.args['door']!r} is not on device {self.device.id}",
+                                   action=cmd.action, transaction=cmd.transaction)
+            if cmd.action == "lockdown" and cmd.args["scope"] != "site" \
+                    and cmd.args["scope"] not in self._site().areas:
+                raise CommandError("bad_args", f"no area {cmd.args['scope']!r}", action=cmd.action,
+                                   transaction=cmd.transaction)
+        except CommandError as exc:
+            self._reject(payload, exc)
+            return
+        if not self._save_nonces():
+            # Fail safe: what cannot be remembered across a restart could be replayed after one.
+            self._command_result(cmd.transaction, "failed", "nonce_not_persisted")
+            return
+        status, error = self._execute(cmd)
+        self.counters[f"commands_{status}"] += 1
+        log.info("command %s %s (transaction %s): %s%s", cmd.action, cmd.args, cmd.transaction, status,
+                 f" ({error})" if error else "")
+        self._command_result(cmd.transaction, status, error)
+
+    def _site(self) -> Site:
+        return (self.policy.site if self.policy is not None else None) or self.site
+
+    def _execute(self, cmd: VerifiedCommand) -> tuple[str, str | None]:
+        """Carry out a verified command; ``(status, error)`` for its result."""
+        if cmd.action == "unlock":
+            rt = self.doors[cmd.args["door"]]
+            if self.local_state.locked_down(self._door(rt.door.id).to_area):
+                return "failed", "lockdown"
+            self._apply(rt, rt.machine.grant())
+            self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                         device=self.device.id, door=rt.door.id, type="remote_unlock",
+                                         transaction=cmd.transaction, detail={"transaction": cmd.transaction}))
+            return "ok", None
+        if cmd.action == "lock":
+            rt = self.doors[cmd.args["door"]]
+            if rt.machine.held_unlocked:
+                return "failed", "schedule_hold"  # the door mode holds it; a lockdown is the way to lock it
+            self._apply(rt, rt.machine.safe())
+            return "ok", None
+        if cmd.action == "lockdown":
+            scope, active = cmd.args["scope"], cmd.args["active"]
+            (self._cmd_lockdowns.add if active else self._cmd_lockdowns.discard)(scope)
+            self._sync_lockdowns()
+            for rt in self.doors.values():
+                to_area = self._door(rt.door.id).to_area
+                if scope != "site" and to_area != scope:
+                    continue
+                if active and self.local_state.locked_down(to_area):
+                    self._apply(rt, rt.machine.safe())  # an unlock in force ends now
+                self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                             device=self.device.id, door=rt.door.id, type="lockdown",
+                                             transaction=cmd.transaction,
+                                             detail={"scope": scope, "active": active,
+                                                     "transaction": cmd.transaction}))
+            self._door_modes()
+            return "ok", None
+        # sync: say everything again now
+        if self.policy is not None:
+            self.policy.load()
+        self._sync_lockdowns()
+        self.link.publish_state()
+        self.link.wake()
+        return "ok", None
+
+    def _reject(self, payload: bytes, exc: CommandError) -> None:
+        """Not executed: counted, logged, answered ``rejected`` and recorded as a durable event."""
+        self.counters["commands_rejected"] += 1
+        self.counters[f"commands_rejected_{exc.reason}"] += 1
+        log.warning("refused a command: %s", exc)
+        self._command_result(exc.transaction, "rejected", exc.reason)
+        door = peek_door(payload)
+        if door not in self.doors:
+            door = min(self.doors) if self.doors else None
+        if door is None:
+            return
+        detail: dict[str, Any] = {"reason": exc.reason}
+        if exc.action is not None:
+            detail["action"] = exc.action
+        if exc.transaction is not None:
+            detail["transaction"] = exc.transaction
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=door, type="command_rejected",
+                                     reason=None, transaction=exc.transaction, detail=detail))
+
+    def _command_result(self, transaction: str | None, status: str, error: str | None) -> None:
+        try:
+            self.link.publish(self.topics.cmd_result(self.device.id),
+                              CommandResult(transaction, status, error).encode())
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("could not publish the result of command %s", transaction)
+
+    def _load_nonces(self) -> None:
+        """Take over the nonces accepted before a restart; if they are unreadable, refuse every command
+        issued before now (a lost memory must not reopen the replay window)."""
+        if self._nonce_file is None:
+            log.warning("%s has no state_dir: accepted command nonces are kept in memory only", self.device.id)
+            return
+        try:
+            self.replay_guard.load(json.loads(self._nonce_file.read_text(encoding="utf-8")))
+            return
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:  # CommandError is a ValueError
+            problem = str(exc)
+        self.counters["command_nonce_file_errors"] += 1
+        self.replay_guard.refuse_before(self.clock.wall() + DEFAULT_MAX_SKEW_S)
+        log.error("%s: unreadable (%s); refusing every command issued before now (fix: none needed, "
+                  "the file is rewritten by the next accepted command)", self._nonce_file, problem)
+
+    def _save_nonces(self) -> bool:
+        """Write the guard's nonces atomically and fsync'd; False if the disk refused."""
+        if self._nonce_file is None:
+            return True
+        tmp = self._nonce_file.with_name(self._nonce_file.name + ".tmp")
+        try:
+            data = json.dumps(self.replay_guard.export(), separators=(",", ":")).encode("utf-8")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._nonce_file)
+            dir_fd = os.open(self._nonce_file.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return True
+        except OSError as exc:
+            self.counters["command_nonce_file_errors"] += 1
+            log.error("cannot persist accepted command nonces to %s: %s (fix: free space or permissions in "
+                      "the state_dir); the command is not carried out", self._nonce_file, exc)
+            return False
+
     # ------------------------------------------------------------ snapshots
 
     def _snapshot_loop(self) -> None:
@@ -665,11 +839,22 @@ class EdgeAgent:
                 return
             camera, at, door, event_id = job
             try:
+                # Sealed to the server's key from the signed policy: this edge can encrypt but never decrypt,
+                # so neither the outbox nor the wire ever holds a plaintext JPEG (docs/security.md).
+                current = self.policy.current if self.policy is not None else None
+                recipient = current.snapshot_key if current is not None else None
+                if recipient is None:
+                    self.counters["snapshots_no_key"] += 1
+                    log.warning("snapshot for %s dropped: no snapshot key yet (it comes with the server's signed "
+                                "policy%s)", event_id, "" if self.policy is not None else
+                                "; this edge has no policy_key_file, so it never gets one")
+                    continue
                 snap = camera.snapshot(at)
                 if snap is None:
                     self.counters["snapshot_missing"] += 1
                     continue
-                if self.outbox.put_snapshot(self.topics.snapshot(self.device.id, door, event_id), snap.jpeg):
+                sealed = seal(snap.jpeg, recipient, SnapshotRef(self.site.id, self.device.id, event_id))
+                if self.outbox.put_snapshot(self.topics.snapshot(self.device.id, door, event_id), sealed):
                     self.counters["snapshots"] += 1
                 else:
                     self.counters["snapshots_dropped"] += 1

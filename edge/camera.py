@@ -10,19 +10,27 @@ is JPEG-encoded: encoding every frame would cost a core on a Raspberry Pi.
 The camera is best effort. A dead or unplugged camera never blocks or fails an
 access decision: the thread retries with backoff forever, and ``snapshot``
 returns None while there is nothing to show.
+
+Privacy masks (a street seen through the glass door, a neighbour's window) are
+polygons in fractions of the frame, filled black on a copy of the chosen frame
+*before* it is encoded, so no masked pixel ever reaches a JPEG, the outbox or
+the server. If masking fails the snapshot is dropped, never sent unmasked.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
+import numpy as np
 
 from doorkeep.clock import Clock, SystemClock
 
@@ -54,6 +62,61 @@ class CameraStats:
     last_frame_at: float | None = None
 
 
+Point = tuple[float, float]
+Polygon = tuple[Point, ...]
+
+
+class PrivacyMask:
+    """Polygons blacked out of every snapshot of one camera.
+
+    Points are ``(x, y)`` fractions of the frame's width and height (0.0-1.0),
+    so a mask drawn once survives a change of the camera's resolution. The
+    pixel polygons are computed once per frame size and cached; applying the
+    mask copies the frame (buffered frames are shared with the capture thread
+    and must never change) and fills each polygon with black. Boundary pixels
+    are filled too, so rounding errs on the side of hiding a pixel more.
+    """
+
+    def __init__(self, polygons: Sequence[Sequence[Sequence[float]]] = ()) -> None:
+        checked: list[Polygon] = []
+        for i, poly in enumerate(polygons):
+            if len(poly) < 3:
+                raise ValueError(f"privacy mask {i} has {len(poly)} points; a polygon needs at least 3")
+            points: list[Point] = []
+            for j, point in enumerate(poly):
+                if len(point) != 2:
+                    raise ValueError(f"privacy mask {i} point {j} must be [x, y], got {list(point)!r}")
+                x, y = (float(v) for v in point)
+                if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                    raise ValueError(f"privacy mask {i} point {j} ({x}, {y}) is outside 0.0-1.0")
+                points.append((x, y))
+            checked.append(tuple(points))
+        self.polygons: tuple[Polygon, ...] = tuple(checked)
+        self._pixels: dict[tuple[int, int], list[np.ndarray]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.polygons)
+
+    def pixel_polygons(self, width: int, height: int) -> list[np.ndarray]:
+        """The polygons in pixels for one frame size (cached; the sizes a camera produces are few)."""
+        pixels = self._pixels.get((width, height))
+        if pixels is None:
+            scale = np.array([width, height], dtype=np.float64)
+            pixels = [np.round(np.array(poly, dtype=np.float64) * scale).astype(np.int32).reshape(-1, 1, 2)
+                      for poly in self.polygons]
+            self._pixels[(width, height)] = pixels  # a racing thread computes the same value
+        return pixels
+
+    def apply(self, frame: Any) -> Any:
+        """``frame`` with every polygon black: a new array, or ``frame`` itself when there are no polygons."""
+        if not self.polygons:
+            return frame
+        height, width = frame.shape[:2]
+        out = frame.copy()
+        cv2.fillPoly(out, self.pixel_polygons(width, height), (0, 0, 0))
+        return out
+
+
 def redact(source: str) -> str:
     """The source with any password in a URL masked, fit for logs."""
     if "://" not in source:
@@ -73,7 +136,9 @@ class Camera:
     ``source`` is a device index given as digits ("0" is /dev/video0), an
     RTSP or HTTP (MJPEG) URL, or a video file path (read at ``fps`` and looped,
     which is handy for demos). ``fps`` should match the source's frame rate: it
-    sizes the buffer and the default snapshot wait.
+    sizes the buffer and the default snapshot wait. ``privacy_masks`` are
+    polygons of ``(x, y)`` frame fractions blacked out of every snapshot (see
+    :class:`PrivacyMask`).
     """
 
     # Bounded FFmpeg timeouts for network sources. OpenCV's defaults are 30 s,
@@ -85,7 +150,8 @@ class Camera:
     RECONNECT_MAX_S: float = 5.0
 
     def __init__(self, name: str, source: str, *, fps: float = 10.0, buffer_seconds: float = 2.0,
-                 jpeg_quality: int = 85, clock: Clock | None = None) -> None:
+                 jpeg_quality: int = 85, clock: Clock | None = None,
+                 privacy_masks: Sequence[Sequence[Sequence[float]]] = ()) -> None:
         if not source:
             raise ValueError("camera source must not be empty")
         if fps <= 0 or buffer_seconds <= 0:
@@ -97,6 +163,7 @@ class Camera:
         self.fps = fps
         self.buffer_seconds = buffer_seconds
         self.jpeg_quality = jpeg_quality
+        self.privacy_mask = PrivacyMask(privacy_masks)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._cond = threading.Condition()
         self._frames: deque[tuple[float, Any]] = deque(maxlen=max(2, round(fps * buffer_seconds)))
@@ -160,16 +227,33 @@ class Camera:
             if not self._frames:
                 return None
             captured_at, frame = min(self._frames, key=lambda tf: abs(tf[0] - at))
-        # Frames are never mutated once buffered, so encoding outside the lock is safe.
+        jpeg = self.encode(frame)
+        if jpeg is None:
+            return None
+        height, width = frame.shape[:2]
+        return Snapshot(jpeg=jpeg, captured_at=captured_at, width=width, height=height)
+
+    def encode(self, frame: Any) -> bytes | None:
+        """``frame`` with the privacy masks applied, as JPEG; None if masking or encoding failed.
+
+        Frames are never mutated once buffered (the mask works on a copy), so
+        this runs outside the lock. A frame that cannot be masked is never
+        encoded: no snapshot is better than one showing what must be hidden.
+        """
         try:
-            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            masked = self.privacy_mask.apply(frame)
+        except (cv2.error, ValueError, TypeError, AttributeError):
+            log.error("camera %s: privacy mask could not be applied to a %s frame; snapshot dropped",
+                      self.name, getattr(frame, "shape", "?"))
+            return None
+        try:
+            ok, buf = cv2.imencode(".jpg", masked, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         except cv2.error:
             ok = False
         if not ok:
             log.error("camera %s: JPEG encoding of a %s frame failed", self.name, getattr(frame, "shape", "?"))
             return None
-        height, width = frame.shape[:2]
-        return Snapshot(jpeg=buf.tobytes(), captured_at=captured_at, width=width, height=height)
+        return buf.tobytes()
 
     def _frame_interval(self) -> float:
         """The mean interval between buffered frames (the source's real rate), else the nominal one.

@@ -12,7 +12,7 @@ import threading
 
 from sdnotify import SystemdNotifier
 
-from doorkeep.config import BrokerConfig, load_device
+from doorkeep.config import load_device
 from doorkeep.credentials import load_key
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.policy import PolicyError, load_public_key
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         device, site = load_device(args.device)
         if args.broker:
-            device = dataclasses.replace(device, broker=BrokerConfig(args.broker))
+            # Only the URL changes: the device file's TLS files (ca_file, cert_file, key_file) still apply.
+            device = dataclasses.replace(device, broker=dataclasses.replace(device.broker, url=args.broker))
         key = load_key(device.credential_key_file, source=device.file)
         policy_key = load_public_key(device.policy_key_file) if device.policy_key_file else None
         if policy_key is None:

@@ -15,6 +15,9 @@ the pump. paho never holds more than the pump's window of outbox messages
 publishes are kept for traffic that is useless later (requests, state,
 availability). The same thread republishes the retained state every
 ``heartbeat_s`` seconds: the server treats it as the device's heartbeat.
+
+Signed commands on ``cmd`` are handed to the agent as bytes (``on_command``);
+the agent verifies and answers them on ``cmd/result``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import paho.mqtt.client as mqtt
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, Topics, parse_topic
 from doorkeep.errors import MessageError
+from doorkeep.pki import client_tls_context
 from edge.outbox import Outbox, Pump
 
 log = logging.getLogger("doorkeep.edge.link")
@@ -47,6 +51,7 @@ class Link:
                  state_payload: Callable[[], bytes],
                  on_server_availability: Callable[[str], None] | None = None,
                  on_policy: Callable[[bytes], None] | None = None,
+                 on_command: Callable[[bytes], None] | None = None,
                  outbox: Outbox | None = None, heartbeat_s: float = 30.0,
                  drain_rate: float = 200.0, window: int = 32) -> None:
         """``outbox``: the rows to pump out (None: no events from this link); ``drain_rate`` in messages
@@ -58,12 +63,17 @@ class Link:
         self.state_payload = state_payload
         self.on_server_availability = on_server_availability
         self.on_policy = on_policy
+        self.on_command = on_command  # signed commands (doorkeep/commands.py); verified by the agent, not here
         self.malformed = 0
         self._connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=f"doorkeep-edge-{device}-{uuid.uuid4().hex[:6]}",
                                    clean_session=True)
         self._client.will_set(self.topics.availability(device), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        # mqtts://: mutual TLS (1.2 at least) with this client's certificate; a bad file fails here, not later.
+        tls = client_tls_context(broker)
+        if tls is not None:
+            self._client.tls_set_context(tls)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         # The pump bounds outbox traffic; paho sends at once (no queue of its own in front of requests)
         # and refuses to hold more than that window plus a little direct traffic.
@@ -182,6 +192,8 @@ class Link:
         client.subscribe(self.topics.server_availability(), qos=1)
         if self.on_policy is not None:
             client.subscribe(self.topics.policy(self.device), qos=1)
+        if self.on_command is not None:
+            client.subscribe(self.topics.cmd(self.device), qos=1)
         with self._state_lock:
             client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
         client.publish(self.topics.availability(self.device), AVAILABILITY_ONLINE, qos=1, retain=True)
@@ -210,6 +222,9 @@ class Link:
                 return
             if topic.kind == "policy" and topic.device == self.device and self.on_policy is not None:
                 self.on_policy(msg.payload)
+                return
+            if topic.kind == "cmd" and topic.device == self.device and self.on_command is not None:
+                self.on_command(msg.payload)
                 return
             if topic.kind in ("availability", "state", "policy"):
                 # Not subscribed to, but amqtt delivers other devices' retained messages; ignore them.

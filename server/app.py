@@ -15,13 +15,17 @@ from pathlib import Path
 from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, SiteBundle, load_site_dir
 from doorkeep.credentials import load_key
+from doorkeep.envelope import SnapshotKeys, load_snapshot_keys
 from doorkeep.model import Site
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from doorkeep.policy import load_private_key
+from server.audit import AuditLog, record_site_changes
 from server.bus import ServerBus
+from server.commands import CommandSender
 from server.directory import Directory
 from server.publisher import PolicyPublisher
+from server.retention import RetentionJob
 from server.store import Store
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
 
@@ -33,6 +37,9 @@ class Server:
     directory: Directory
     store: Store
     bus: ServerBus
+    commands: CommandSender  # signed remote unlock / lock / lockdown / sync (server/commands.py)
+    audit: AuditLog | None = None  # the hash-chained audit log every feature records to (server/audit.py)
+    retention: RetentionJob | None = None  # deletes expired data at start and daily (server/retention.py)
 
     @property
     def site(self) -> Site:
@@ -44,8 +51,12 @@ class Server:
 
     def start(self, wait_s: float = 10.0) -> None:
         self.bus.start(wait_s)
+        if self.retention is not None:
+            self.retention.start()
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         self.bus.stop()
         self.store.close()
 
@@ -53,8 +64,11 @@ class Server:
 def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: bytes | None = None,
               signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None,
               device_timeout_s: float = DEFAULT_DEVICE_TIMEOUT_S,
-              gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S) -> Server:
+              gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S, snapshot_keys: SnapshotKeys | None = None) -> Server:
     """The server for a site; keys default to the site directory's key files.
+
+    ``snapshot_keys``: the X25519 key edges seal snapshots to and the site data keys (default
+    ``SITE/keys/snapshot.key`` and ``data-keys.json``, or ``$DOORKEEP_SNAPSHOT_KEY`` / ``$DOORKEEP_DATA_KEYS``).
 
     ``device_timeout_s``: a device heard from none of its messages for this long raises ``device_offline``;
     ``gap_timeout_s``: missing event numbers not filled within this long raise ``event_gap`` (docs/alarms.md).
@@ -64,11 +78,16 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
         key = load_key(bundle.credential_key_file, source=str(bundle.dir))
     if signing_key is None:
         signing_key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
+    if snapshot_keys is None:
+        snapshot_keys = load_snapshot_keys(bundle.dir / "keys", source=str(bundle.dir))
     door_devices = {door: dev.id for dev in bundle.devices.values() for door in dev.doors}
-    store = Store(data_dir)
-    directory = Directory(bundle, key, store, clock)
+    store = Store(data_dir, keys=snapshot_keys)
+    audit = AuditLog(store, clock)
+    record_site_changes(audit, bundle, key)
+    directory = Directory(bundle, key, store, clock, audit=audit)
+    retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
-                                signing_key, store, clock)
+                                signing_key, store, clock, snapshot_key=snapshot_keys.recipient)
     # One stable client id per data directory: the broker's persistent session belongs to this store.
     client_id = f"doorkeep-server-{bundle.site.id}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
@@ -77,10 +96,14 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
                     supervisor=supervisor)
     directory.listeners.append(bus.publish_policies)
     directory.defer = bus.defer
+    commands = CommandSender(lambda: directory.site, door_devices, signing_key, clock, bus.publish, directory=directory,
+                             audit=audit)
+    bus.command_results.append(commands.on_result)
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
-    return Server(directory, store, bus)
+    return Server(directory, store, bus, commands, audit=audit, retention=retention)
 
 
 def load(site_dir: Path | str, data_dir: Path | str, broker_url: str) -> Server:
     return bootstrap(load_site_dir(site_dir), Path(data_dir), BrokerConfig(broker_url))
+

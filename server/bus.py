@@ -31,6 +31,7 @@ from doorkeep.contract import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
     AVAILABILITY_STOPPED,
+    CommandResult,
     DecisionMsg,
     EventMsg,
     RequestMsg,
@@ -38,8 +39,10 @@ from doorkeep.contract import (
     parse_topic,
 )
 from doorkeep.decision import AccessRequest, Decision, Reason
+from doorkeep.envelope import EnvelopeError
 from doorkeep.errors import MessageError
 from doorkeep.model import Site
+from doorkeep.pki import client_tls_context
 from server.directory import Directory
 from server.publisher import PolicyPublisher
 from server.store import Store
@@ -78,6 +81,8 @@ class ServerBus:
         self.counters: Counter[str] = Counter()
         self.availability: dict[str, str] = {}
         self.listeners: list[EventListener] = []
+        # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
+        self.command_results: list[Callable[[str, CommandResult], None]] = []
         self.supervisor = supervisor or Supervisor(store, self.clock, devices=set(door_devices.values()))
         self.supervisor.set_connected(False)
         self._work: queue.Queue[_Work | None] = queue.Queue()
@@ -93,6 +98,10 @@ class ServerBus:
                                    client_id=client_id or f"doorkeep-server-{site.id}",
                                    clean_session=False)
         self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        # mqtts://: mutual TLS (1.2 at least) with this client's certificate; a bad file fails here, not later.
+        tls = client_tls_context(broker)
+        if tls is not None:
+            self._client.tls_set_context(tls)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         # Events are acknowledged only once stored: a server killed in between gets them again.
         self._client.manual_ack_set(True)
@@ -148,6 +157,10 @@ class ServerBus:
                                        lambda topic, payload: self._client.publish(topic, payload, qos=1, retain=True),
                                        force=force)
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, not retained (signed commands, server/commands.py); paho queues it while disconnected."""
+        self._client.publish(topic, payload, qos=1)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -167,7 +180,7 @@ class ServerBus:
         # Availability before state: the retained copies arrive in that order, and a retained state never
         # overrides a retained `offline` or `stopped`.
         for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
-                    self.topics.all_availability(), f"{self.topics.base}/+/state"):
+                    self.topics.all_availability(), f"{self.topics.base}/+/state", self.topics.all_cmd_results()):
             client.subscribe(sub, qos=1)
         self.supervisor.set_connected(True)
         self.publish_policies(force=True)
@@ -201,6 +214,11 @@ class ServerBus:
                 if msg.payload:
                     ts = state_timestamp(msg.payload, topic.device)
                     self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
+            elif topic.kind == "cmd_result":
+                result = CommandResult.decode(msg.payload)
+                self.supervisor.heard(topic.device)
+                for hook in list(self.command_results):
+                    hook(topic.device, result)
             elif topic.kind in ("event", "snapshot"):
                 self.supervisor.heard(topic.device)
                 with self._idle:
@@ -313,10 +331,13 @@ class ServerBus:
                 log.exception("event listener failed")
 
     def _ingest_snapshot(self, work: _Work) -> None:
-        if not work.payload.startswith(b"\xff\xd8"):
-            raise MessageError("snapshot is not a JPEG")
-        new = self.store.insert_snapshot(work.topic.event_id, work.topic.device, work.topic.door,
-                                         work.payload, work.received_at)
+        """Store a sealed snapshot (doorkeep/envelope.py); an unsealed, forged or foreign one is dropped."""
+        try:
+            new = self.store.insert_snapshot(work.topic.event_id, work.topic.device, work.topic.door,
+                                             work.payload, work.received_at, site=self.site.id)
+        except EnvelopeError as exc:
+            self.counters["snapshots_refused"] += 1
+            raise MessageError(f"snapshot refused: {exc}") from None
         self.counters["snapshots" if new else "duplicate_snapshots"] += 1
 
     def wait_idle(self, timeout: float) -> bool:

@@ -9,12 +9,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from sdnotify import SystemdNotifier
 
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.pki import pki_dir
 from doorkeep.policy import PolicyError
+from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run, subject_erase, subject_export  # noqa: F401
 from server.app import bootstrap
 from server.errors import ServerError
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         timeouts = _supervision_timeouts(args)
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
-        server = bootstrap(bundle, data, BrokerConfig(args.broker), **timeouts)
+        server = bootstrap(bundle, data, broker_config(args), **timeouts)
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
         return 2
@@ -49,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def broker_config(args: argparse.Namespace) -> BrokerConfig:
+    """``--broker URL`` with, for ``mqtts://``, ``--ca/--cert/--key`` (default: the site's pki/ca.crt,
+    pki/server.crt and pki/server.key, as ``doorkeep pki issue server`` writes them)."""
+    url = args.broker
+    flags = {name: getattr(args, name, None) for name in ("ca", "cert", "key")}
+    if not BrokerConfig(url).tls:
+        given = [f"--{name}" for name, value in flags.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need a TLS broker URL (fix: --broker mqtts://HOST:8883)")
+        return BrokerConfig(url)
+    pki = pki_dir(args.site)
+    return BrokerConfig(url, ca_file=flags["ca"] or pki / "ca.crt", cert_file=flags["cert"] or pki / "server.crt",
+                        key_file=flags["key"] or pki / "server.key")
+
+
 def _watchdog_interval() -> float | None:
     """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), or None when no watchdog is asked for."""
     try:
@@ -69,6 +87,129 @@ def _supervision_timeouts(args: argparse.Namespace) -> dict[str, float]:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {value}")
         out[name] = float(value)
     return out
+
+
+#: seconds ``doorkeep door unlock`` / ``doorkeep lockdown`` wait for the edges' results
+CLI_COMMAND_TIMEOUT_S = 5.0
+
+
+def door_unlock(args: argparse.Namespace) -> int:
+    """``doorkeep door unlock DOOR --site DIR``: a signed momentary unlock; prints the edge's result."""
+    return _send_command(args, "door unlock",
+                         lambda sender, actor: [sender.unlock(args.door, actor=actor, timeout=CLI_COMMAND_TIMEOUT_S)],
+                         door=args.door)
+
+
+def lockdown(args: argparse.Namespace) -> int:
+    """``doorkeep lockdown on|off [--area AREA] --site DIR``: signed lockdown commands to the edges it covers.
+
+    Only the edges hear it (at once): a running server's directory is not changed, so its decisions
+    and the policy it publishes do not carry this lockdown; persistent lockdowns belong to the server.
+    """
+    scope = args.area or "site"
+    return _send_command(args, "lockdown",
+                         lambda sender, actor: sender.lockdown(scope, args.state == "on", actor=actor,
+                                                               timeout=CLI_COMMAND_TIMEOUT_S, persist=False),
+                         scope=scope)
+
+
+def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str | None = None,
+                  scope: str | None = None) -> int:
+    """A short-lived MQTT client: sign with SITE/keys/policy-signing.key, publish, await ``cmd/result``.
+
+    Exit 0 every result ok; 1 refused, failed, timed out or broker unreachable; 2 usage or configuration.
+    Each command is first recorded in the server's audit log (``--data``), as ``cli:USER``.
+    """
+    from doorkeep.clock import SystemClock
+    from doorkeep.policy import load_private_key
+    from server.audit import AuditLog
+    from server.commands import CommandSendError, CommandSender
+    from server.store import Store
+
+    try:
+        bundle = load_site_dir(args.site)
+        key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
+        broker = BrokerConfig(args.broker)
+        host, port = broker.host, broker.port
+    except (ConfigErrors, ConfigError, PolicyError, ValueError, IndexError) as exc:
+        print(f"doorkeep {name}: {exc}", file=sys.stderr)
+        return 2
+    if broker.tls:
+        print(f"doorkeep {name}: {args.broker}: TLS brokers are not supported by this command yet "
+              "(fix: use the server's API, or a plain mqtt:// listener on the server host)", file=sys.stderr)
+        return 2
+    data = getattr(args, "data", None) or Path("var") / bundle.site.id
+    if not (data / "doorkeep.db").exists():
+        print(f"doorkeep {name}: no server store in {data}: a remote command is recorded in the server's audit log "
+              "before it is sent (fix: pass the server's --data directory)", file=sys.stderr)
+        return 2
+    store = Store(data)
+    try:
+        audit = AuditLog(store, SystemClock())
+        door_devices = {d: dev.id for dev in bundle.devices.values() for d in dev.doors}
+        sender = CommandSender(bundle.site, door_devices, key, SystemClock(), lambda t, p: None, audit=audit)
+        try:
+            if door is not None and door not in door_devices:
+                raise CommandSendError(f"no door {door!r} on any device (known: {', '.join(sorted(door_devices))})")
+            if scope is not None and not sender.devices_for(scope):
+                raise CommandSendError(f"no device has a door into {scope!r}")
+        except CommandSendError as exc:
+            print(f"doorkeep {name}: {exc}", file=sys.stderr)
+            return 2
+        return _run_command(args, name, sender, send, bundle.site.id, host, port, broker.keepalive)
+    finally:
+        store.close()
+
+
+def _run_command(args: argparse.Namespace, name: str, sender: Any, send: Any, site_id: str, host: str, port: int,
+                 keepalive: int) -> int:
+    """Connect, subscribe to the results, send as the operator running this command, print each result."""
+    import json
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from doorkeep.contract import CommandResult, Topics, parse_topic
+    from doorkeep.errors import MessageError
+
+    topics = Topics(site_id)
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"doorkeep-cli-{uuid.uuid4().hex[:8]}",
+                         clean_session=True)
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            c.subscribe(topics.all_cmd_results(), qos=1)
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = parse_topic(msg.topic)
+            if topic.kind == "cmd_result":
+                sender.on_result(topic.device, CommandResult.decode(msg.payload))
+        except MessageError as exc:
+            log.warning("dropped %s: %s", msg.topic, exc)
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = on_message
+    sender.publish = lambda topic, payload: client.publish(topic, payload, qos=1)
+    try:
+        client.connect(host, port, keepalive=keepalive)
+    except OSError as exc:
+        print(f"doorkeep {name}: cannot reach the broker at {args.broker}: {exc}", file=sys.stderr)
+        return 1
+    client.loop_start()
+    try:
+        if not subscribed.wait(CLI_COMMAND_TIMEOUT_S):
+            print(f"doorkeep {name}: the broker at {args.broker} did not accept the subscription", file=sys.stderr)
+            return 1
+        results = send(sender, cli_actor())
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    for result in results:
+        print(json.dumps(result, sort_keys=True))
+    return 0 if results and all(r["status"] == "ok" for r in results) else 1
 
 
 def muster(args: argparse.Namespace) -> int:
@@ -111,4 +252,45 @@ def muster(args: argparse.Namespace) -> int:
             else:
                 print(f"  {names.get(r['person'], r['person']):28} since {since}")
     print(f"\n{len(inside)} on site")
+    return 0
+
+
+def key_rotate(args: argparse.Namespace) -> int:
+    """``doorkeep key rotate``: a new current site data key, every snapshot's key re-wrapped, the old one retired.
+
+    Safe while the server runs: it reloads the key file when it changes, and each batch of re-wraps is one
+    short transaction on the same store (docs/security.md, "Encryption at rest").
+    """
+    from doorkeep.envelope import DATA_KEYS_ENV, EnvelopeError, load_snapshot_keys
+    from server.audit import AuditLog
+    from server.store import Store
+
+    if os.environ.get(DATA_KEYS_ENV):
+        print(f"doorkeep key rotate: the data keys come from ${DATA_KEYS_ENV}, which this command cannot change "
+              f"(fix: keep them in SITE/keys/data-keys.json, or rotate them in your secret store)", file=sys.stderr)
+        return 2
+    try:
+        bundle = load_site_dir(args.site)
+        keys = load_snapshot_keys(bundle.dir / "keys", source=str(bundle.dir))
+    except (ConfigErrors, ConfigError, EnvelopeError) as exc:
+        print(f"doorkeep key rotate: {exc}", file=sys.stderr)
+        return 2
+    data = args.data or Path("var") / bundle.site.id
+    if not (data / "doorkeep.db").exists():
+        print(f"doorkeep key rotate: no store in {data} (fix: pass the server's --data directory)", file=sys.stderr)
+        return 2
+    store = Store(data, keys=keys)
+    try:
+        old = keys.keyring.current()[0]
+        new = keys.keyring.rotate()
+        print(f"new current data key {new} (was {old}); re-wrapping snapshot keys", flush=True)
+        rewrapped, retired = store.rewrap_snapshot_keys()
+        AuditLog(store).record(cli_actor(), "key.rotate", new,
+                               {"previous": old, "rewrapped": rewrapped, "retired": retired})
+    except (EnvelopeError, ServerError) as exc:
+        print(f"doorkeep key rotate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"re-wrapped {rewrapped} snapshot key(s); retired {', '.join(retired) or 'no key'}")
     return 0

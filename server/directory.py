@@ -21,6 +21,7 @@ from doorkeep.config import SiteBundle, with_people
 from doorkeep.credentials import card_hash, last4, normalise
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Presence, commit, decide
 from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
+from server.audit import Auditor, subject_ref
 from server.errors import ServerError
 from server.store import Store
 
@@ -51,8 +52,10 @@ class Visitor:
 
 class Directory:
     def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock,
-                 visitor_pool: list[tuple[str, str]] | None = None) -> None:
+                 visitor_pool: list[tuple[str, str]] | None = None, audit: Auditor | None = None) -> None:
         self.bundle = bundle
+        #: Where security-relevant changes are recorded (server/audit.py); None records nothing.
+        self.audit = audit
         self.key = key
         self.store = store
         self.clock = clock
@@ -60,7 +63,8 @@ class Directory:
         #: How presence writes are run: at once by default; the server hands them to its store thread.
         self.defer: Callable[[Callable[[], object]], None] = lambda fn: fn()
         self._lock = threading.RLock()
-        self._base = with_people(bundle.site, bundle.people, bundle.cards, key)
+        people, cards = self._not_erased(bundle)
+        self._base = with_people(bundle.site, people, cards, key)
         pool = visitor_pool if visitor_pool is not None else [(c.format, c.number) for c in bundle.visitor_pool]
         self._pool = {card_hash(key, fmt, num): (fmt, normalise(fmt, num)) for fmt, num in pool}
         self.state = DecisionState()
@@ -75,6 +79,32 @@ class Directory:
         self.site = self._build()
 
     # ------------------------------------------------------------- building
+
+    def _not_erased(self, bundle: SiteBundle) -> tuple[dict[str, Person], list[Any]]:
+        """people.toml minus the people erased with ``doorkeep subject erase`` (and their cards)."""
+        erased = {r["ref"] for r in self.store.rows("erased_subjects")}
+        gone = {pid for pid in bundle.people if subject_ref(self.key, pid) in erased}
+        for pid in sorted(gone):
+            log.warning("person %r in people.toml was erased (doorkeep subject erase) and is skipped; "
+                        "remove them from people.toml", pid)
+        return ({pid: p for pid, p in bundle.people.items() if pid not in gone},
+                [c for c in bundle.cards if c.person not in gone])
+
+    def _audit(self, actor: str, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
+        """Record an operation that already happened; a failing audit is logged loudly, never undoes it."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(actor, action, target, details)
+        except Exception:
+            log.exception("AUDIT FAILED for %s on %s", action, target)
+
+    def forget(self, person_ids: list[str]) -> None:
+        """Drop people whose records retention or erasure removed from the store (presence held in memory)."""
+        with self._lock:
+            for pid in person_ids:
+                self.state.presence.pop(pid, None)
+            self._changed()
 
     def _visitors(self) -> list[Visitor]:
         out = []
@@ -154,7 +184,7 @@ class Directory:
 
     # ----------------------------------------------------------- operations
 
-    def set_card_state(self, credential_hash: str, state: CredentialState) -> Credential:
+    def set_card_state(self, credential_hash: str, state: CredentialState, *, actor: str = "system") -> Credential:
         with self._lock:
             cred = self.site.credentials.get(credential_hash)
             if cred is None:
@@ -162,13 +192,16 @@ class Directory:
             self.store.upsert("credential_states", {"hash": credential_hash, "state": state.value,
                                                     "changed_at": self.clock.wall()}, "hash")
             self._changed()
+            self._audit(actor, f"card.{state.value}", subject_ref(self.key, cred.person),
+                        {"from": cred.state.value, "to": state.value, "format": cred.format,
+                         "card": cred.hash[:12]})  # a pseudonymous card id: no digits of the number
             return self.site.credentials[credential_hash]
 
     def card(self, fmt: str, number: str) -> str:
         """The hash under which a card is known (for operators who hold the card in their hand)."""
         return card_hash(self.key, fmt, number)
 
-    def register_visitor(self, visitor: Visitor) -> Visitor:
+    def register_visitor(self, visitor: Visitor, *, actor: str = "system") -> Visitor:
         with self._lock:
             site = self.site
             if visitor.id in site.people:
@@ -189,6 +222,9 @@ class Directory:
                 "registered_at": self.clock.wall(), "checked_in_at": None, "checked_out_at": None,
             }, "id")
             self._changed()
+            self._audit(actor, "visitor.register", subject_ref(self.key, visitor.id),
+                        {"host": subject_ref(self.key, visitor.host), "areas": list(visitor.allowed_areas),
+                         "escort_required": visitor.escort_required})
             return self.visitor(visitor.id)
 
     def visitor(self, visitor_id: str) -> Visitor:
@@ -201,7 +237,7 @@ class Directory:
         used = {v.card_hash for v in self._visitors() if v.status == "checked_in"}
         return [h for h in self._pool if h not in used]
 
-    def check_in(self, visitor_id: str, card: tuple[str, str] | None = None) -> Visitor:
+    def check_in(self, visitor_id: str, card: tuple[str, str] | None = None, *, actor: str = "system") -> Visitor:
         """Activate a badge from the visitor pool (the given card, or the first free one)."""
         with self._lock:
             v = self.visitor(visitor_id)
@@ -227,9 +263,10 @@ class Directory:
             # A pool badge may carry a stale 'revoked' from its previous holder.
             self.store.delete("credential_states", h)
             self._changed()
+            self._audit(actor, "visitor.check_in", subject_ref(self.key, visitor_id), {"badge_last4": last4(number)})
             return self.visitor(visitor_id)
 
-    def check_out(self, visitor_id: str) -> Visitor:
+    def check_out(self, visitor_id: str, *, actor: str = "system") -> Visitor:
         """Return the badge to the pool: from now on it opens nothing until the next check-in."""
         with self._lock:
             v = self.visitor(visitor_id)
@@ -240,9 +277,10 @@ class Directory:
             self.state.presence.pop(visitor_id, None)
             self.store.delete("presence", visitor_id)
             self._changed()
+            self._audit(actor, "visitor.check_out", subject_ref(self.key, visitor_id))
             return self.visitor(visitor_id)
 
-    def lockdown(self, area: str | None, active: bool) -> None:
+    def lockdown(self, area: str | None, active: bool, *, actor: str = "system") -> None:
         """Lock down the whole site (area None) or one area; responders still pass."""
         with self._lock:
             if area is not None and area not in self.site.areas:
@@ -257,6 +295,7 @@ class Directory:
             else:
                 self.state.lockdown_areas.discard(area)
             self._changed()
+            self._audit(actor, "lockdown.set" if active else "lockdown.clear", scope)
 
     def muster(self) -> list[dict[str, Any]]:
         """Who is where now, as the doors saw it; visitors with their hosts."""

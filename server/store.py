@@ -21,6 +21,17 @@ from typing import Any, Callable, Iterator
 import sqlite_utils
 
 from doorkeep.contract import EventMsg
+from doorkeep.envelope import (
+    JPEG_MAGIC,
+    EnvelopeError,
+    SnapshotKeys,
+    SnapshotRef,
+    decrypt_body,
+    parse_sealed,
+    unwrap_data_key,
+    unwrap_sealed,
+    wrap_data_key,
+)
 from server.errors import ServerError, StoreError
 
 SEVERITIES = ("alarm", "trouble", "warning", "info")
@@ -90,10 +101,55 @@ def _m003_alarms(db: sqlite_utils.Database) -> None:
     db["sequence_checkpoint"].create({"id": int, "through_rowid": int, "saved_at": float}, pk="id")
 
 
+def _m005_audit_and_retention(db: sqlite_utils.Database) -> None:
+    """The hash-chained audit log (server/audit.py, docs/security.md) and what erasure must remember.
+
+    Triggers make the log append-only for every writer of this file, the server's own code included:
+    no UPDATE, and a DELETE only of records already behind the retention anchor (the seq and hash of the
+    last record retention removed), which itself only moves forward onto an existing record.
+    """
+    db.execute("CREATE TABLE audit_log (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, actor TEXT NOT NULL, "
+               "action TEXT NOT NULL, target TEXT, details TEXT NOT NULL, prev_hash TEXT NOT NULL, "
+               "hash TEXT NOT NULL)")
+    db.execute("CREATE TABLE audit_anchor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, "
+               "hash TEXT NOT NULL, removed INTEGER NOT NULL, moved_at TEXT NOT NULL)")
+    refuse = "BEGIN SELECT RAISE(ABORT, '{}'); END"
+    db.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+               + refuse.format("the audit log is append-only"))
+    db.execute("CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+               "WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0) "
+               + refuse.format("the audit log is append-only: only records behind the retention anchor may go"))
+    db.execute("CREATE TRIGGER audit_anchor_insert BEFORE INSERT ON audit_anchor "
+               "WHEN NEW.hash IS NOT (SELECT hash FROM audit_log WHERE seq = NEW.seq) "
+               + refuse.format("the audit anchor must name an existing record"))
+    db.execute("CREATE TRIGGER audit_anchor_forward BEFORE UPDATE ON audit_anchor "
+               "WHEN NEW.seq < OLD.seq OR NEW.hash IS NOT (SELECT hash FROM audit_log WHERE seq = NEW.seq) "
+               + refuse.format("the audit anchor only moves forward, onto an existing record"))
+    db.execute("CREATE TRIGGER audit_anchor_no_delete BEFORE DELETE ON audit_anchor "
+               + refuse.format("the audit anchor cannot be removed"))
+    # Digests of the site files' people and access data as last audited (keys never hold names).
+    db["audit_state"].create({"name": str, "value": str}, pk="name")
+    # Pseudonyms of erased people: the server skips a person of people.toml whose pseudonym is here.
+    db["erased_subjects"].create({"ref": str, "erased_at": float}, pk="ref")
+    db["events"].create_index(["person"], if_not_exists=True)
+    db["visitors"].create_index(["checked_out_at"], if_not_exists=True)
+
+def _m004_snapshot_keys(db: sqlite_utils.Database) -> None:
+    """Snapshots encrypted at rest (doorkeep/envelope.py): each row holds the only copy of its data key,
+    wrapped under the site data key ``kek_id``; the site is kept because it is bound into the key's AAD.
+    A row without ``kek_id`` is a plaintext snapshot stored before this migration."""
+    db["snapshots"].add_column("site", str)
+    db["snapshots"].add_column("kek_id", str)
+    db["snapshots"].add_column("wrapped_key", bytes)
+    db["snapshots"].create_index(["kek_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
     ("003_alarms", _m003_alarms),
+    ("004_snapshot_keys", _m004_snapshot_keys),
+    ("005_audit_and_retention", _m005_audit_and_retention),
 ]
 
 
@@ -120,8 +176,10 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 class Store:
     """Events and snapshots of one site. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, *, keys: SnapshotKeys | None = None) -> None:
+        """``keys``: the snapshot keys (without them the store can neither take nor show a snapshot)."""
         self.dir = Path(data_dir)
+        self.keys = keys
         self.snapshot_dir = self.dir / "snapshots"
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
@@ -155,24 +213,56 @@ class Store:
             self.db.conn.commit()
             return cur.lastrowid if cur.rowcount == 1 else None
 
-    def insert_snapshot(self, event_id: str, device: str, door: str, jpeg: bytes, received_at: float) -> bool:
-        """Write the JPEG durably (temp file, fsync, rename), then record it; False for a duplicate."""
+    def _snapshot_keys(self) -> SnapshotKeys:
+        if self.keys is None:
+            raise StoreError("this store was opened without the snapshot keys (SITE/keys/snapshot.key, "
+                             "data-keys.json)")
+        return self.keys
+
+    def insert_snapshot(self, event_id: str, device: str, door: str, sealed: bytes, received_at: float, *,
+                        site: str) -> bool:
+        """Keep a sealed (``DKS1``) snapshot encrypted at rest; False for a duplicate.
+
+        The data key is unwrapped with the server's X25519 key and the ciphertext checked (decrypted in
+        memory only, never to disk); the file keeps the ciphertext exactly as received, and the row the
+        data key wrapped under the current site data key. Raises :class:`EnvelopeError` for a payload that
+        is not a sealed JPEG for this site, device and event.
+        """
+        keys = self._snapshot_keys()
         with self._lock:
             if self.db["snapshots"].count_where("id = ?", [event_id]):
                 return False
-        path = self.snapshot_dir / f"{event_id}.jpg"
+        ref = SnapshotRef(site, device, event_id)
+        parsed = parse_sealed(sealed)
+        data_key = unwrap_sealed(parsed, keys.private, ref)
+        if not decrypt_body(parsed.body, data_key, ref).startswith(JPEG_MAGIC):
+            raise EnvelopeError("sealed snapshot does not hold a JPEG")
+        path = self.snapshot_dir / f"{event_id}.bin"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(jpeg)
+            f.write(parsed.body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         with self._lock:
-            cur = self.db.conn.execute(
-                "INSERT OR IGNORE INTO snapshots (id, device, door, path, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [event_id, device, door, path.name, len(jpeg), received_at],
-            )
-            self.db.conn.commit()
+            conn = self.db.conn
+            try:
+                # Take the write lock before reading the current data key: `doorkeep key rotate` (another
+                # process) replaces the key file and then re-wraps under this same lock, so a row is either
+                # visible to its scan or wrapped under the new key. Never one it misses.
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                kek_id, kek = keys.keyring.current()
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO snapshots (id, device, door, path, bytes, received_at, site, kek_id, "
+                    "wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [event_id, device, door, path.name, len(parsed.body), received_at, site, kek_id,
+                     wrap_data_key(kek_id, kek, data_key, ref)],
+                )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
             return cur.rowcount == 1
 
     def event(self, event_id: str) -> dict[str, Any] | None:
@@ -191,11 +281,80 @@ class Store:
             return list(self.db.query(sql, [*where.values(), limit]))
 
     def snapshot_bytes(self, snapshot_id: str) -> bytes | None:
-        with self._lock:
+        """The snapshot's JPEG, decrypted in memory; None if there is none (never stored, or deleted)."""
+        for attempt in range(2):
+            with self._lock:
+                rows = list(self.db.query("SELECT path, site, device, kek_id, wrapped_key FROM snapshots "
+                                          "WHERE id = ?", [snapshot_id]))
+            if not rows:
+                return None
+            row = rows[0]
+            data = (self.snapshot_dir / row["path"]).read_bytes()
+            if row["kek_id"] is None:
+                return data  # stored in plaintext before migration 004
+            keys = self._snapshot_keys()
+            ref = SnapshotRef(row["site"], row["device"], snapshot_id)
+            try:
+                data_key = unwrap_data_key(row["kek_id"], keys.keyring.get(row["kek_id"]), row["wrapped_key"], ref)
+            except EnvelopeError:
+                if attempt == 0:
+                    continue  # re-wrapped by a rotation between reading the row and the key: read it again
+                raise
+            return decrypt_body(data, data_key, ref)
+        return None  # pragma: no cover - the loop returns or raises
+
+    def rewrap_snapshot_keys(self, *, batch: int = 100) -> tuple[int, list[str]]:
+        """Re-wrap every stored data key under the keyring's current key, then retire the keys no row uses.
+
+        ``doorkeep key rotate`` calls it right after making a new key current. Each batch is one short
+        write transaction, so a running server keeps ingesting in between. Returns ``(re-wrapped, retired)``.
+        """
+        keys = self._snapshot_keys()
+        conn = self.db.conn
+        done = 0
+        while True:
+            with self._lock:
+                try:
+                    if not conn.in_transaction:
+                        conn.execute("BEGIN IMMEDIATE")
+                    current, kek = keys.keyring.current()
+                    rows = conn.execute(
+                        "SELECT id, site, device, kek_id, wrapped_key FROM snapshots "
+                        "WHERE kek_id IS NOT NULL AND kek_id != ? LIMIT ?", [current, batch]).fetchall()
+                    for sid, site, device, old, wrapped in rows:
+                        ref = SnapshotRef(site, device, sid)
+                        data_key = unwrap_data_key(old, keys.keyring.get(old), wrapped, ref)
+                        conn.execute("UPDATE snapshots SET kek_id = ?, wrapped_key = ? WHERE id = ? AND kek_id = ?",
+                                     [current, wrap_data_key(current, kek, data_key, ref), sid, old])
+                    done += len(rows)
+                    retired: list[str] = []
+                    if not rows:
+                        # Still under the write lock: no insert can be wrapping under an old key right now.
+                        used = {r[0] for r in conn.execute(
+                            "SELECT DISTINCT kek_id FROM snapshots WHERE kek_id IS NOT NULL")}
+                        retired = keys.keyring.retire(set(keys.keyring.ids()) - used - {current})
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
+            if not rows:
+                return done, retired
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """Forget a snapshot for good (retention, erasure): its row first, then its file; False if unknown.
+
+        The row holds the only copy of the snapshot's data key, so once it is gone the file (ciphertext)
+        is unreadable even if the unlink fails or the disk keeps the blocks."""
+        with self._lock, self.db.conn:
             rows = list(self.db.query("SELECT path FROM snapshots WHERE id = ?", [snapshot_id]))
-        if not rows:
-            return None
-        return (self.snapshot_dir / rows[0]["path"]).read_bytes()
+            if not rows:
+                return False
+            self.db.conn.execute("DELETE FROM snapshots WHERE id = ?", [snapshot_id])
+        try:
+            (self.snapshot_dir / rows[0]["path"]).unlink()
+        except FileNotFoundError:
+            pass
+        return True
 
     def count_events(self) -> int:
         with self._lock:

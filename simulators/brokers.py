@@ -44,9 +44,14 @@ class BrokerUnavailable(RuntimeError):
 
 
 class MosquittoBroker:
-    def __init__(self, port: int | None = None, workdir: Path | None = None, *, persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, workdir: Path | None = None, *, persistent: bool = False,
+                 config_text: str | None = None) -> None:
         """``persistent`` keeps sessions and queued QoS 1 messages across a restart, as a production broker
-        does; give the same ``workdir`` to the broker that replaces this one."""
+        does; give the same ``workdir`` to the broker that replaces this one.
+
+        ``config_text``: run this configuration (e.g. from ``doorkeep broker config``, whose listener must
+        be on ``port``) instead of the built-in plain one; only the run-as user and a log file are added.
+        """
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if self.binary is None:
             raise BrokerUnavailable("mosquitto is not installed: run `make test` (installs it) or `apt-get install mosquitto`")
@@ -55,16 +60,25 @@ class MosquittoBroker:
         self.dir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.log_file = self.dir / "mosquitto.log"
         self.persistent = persistent
+        self.config_text = config_text
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls(self) -> bool:
+        """Whether the given configuration is TLS (the clients then need ``mqtts://`` and certificates)."""
+        return self.config_text is not None and "\ncertfile " in self.config_text
+
+    @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def config(self) -> str:
         # Started as root, Mosquitto switches to the 'mosquitto' user, which cannot write this private
         # directory: its log and persistence would silently go nowhere. Keep the starting user.
         user = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []
+        if self.config_text is not None:
+            return "\n".join([*user, self.config_text, f"log_dest file {self.log_file}",
+                              "log_type error", "log_type warning", "log_type notice", ""])
         return "\n".join([
             *user,
             f"listener {self.port} 127.0.0.1",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from doorkeep.credentials import generate_key_file
+from doorkeep.envelope import init_data_keys
 from simulators.brokers import MosquittoBroker
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
@@ -310,6 +311,7 @@ class FaultStack:
         shutil.copytree(DEMO_SITE, self.site)
         keys = self.site / "keys"
         generate_key_file(keys / "credential.key")
+        init_data_keys(keys)  # the server's snapshot keys (doorkeep key init-data)
         done = subprocess.run([sys.executable, "-m", "doorkeep", "key", "init-signing", str(keys / "policy-signing.key")],
                               capture_output=True, text=True, timeout=60)
         if done.returncode != 0:

@@ -31,6 +31,7 @@ from gpiozero.pins.mock import MockFactory
 
 from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, DeviceConfig, SiteBundle, load_site_dir
+from doorkeep.envelope import SnapshotKeys
 from edge.agent import EdgeAgent
 from server.app import Server, bootstrap
 from simulators.brokers import EmbeddedBroker, MosquittoBroker
@@ -71,6 +72,11 @@ class SiteRunner:
     """With no ``broker_url``: run the embedded amqtt broker (True) or a private Mosquitto (False)."""
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    snapshot_keys: SnapshotKeys = field(default_factory=SnapshotKeys.generate)
+    """In memory by default; pass ``load_snapshot_keys(DIR)`` for a file keyring ``doorkeep key rotate`` can change."""
+    pki: Path | None = None
+    """With an ``mqtts://`` ``broker_url``: the site's pki/ directory, where each client finds its
+    certificate (``DEVICE.crt``/``.key``, ``server.crt``/``.key``) and ``ca.crt``."""
     server: Server | None = None
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
     doors: dict[str, SimDoor] = field(default_factory=dict)
@@ -92,12 +98,19 @@ class SiteRunner:
         if self.data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="doorkeep-site-")
             self.data_dir = Path(self._tmp.name)
-        broker = BrokerConfig(self.broker_url)
         if with_server:
             self.start_server()
         for dev in self.bundle.devices.values():
-            self._start_device(dev, broker)
+            self._start_device(dev, self.broker_config(dev.id))
         return self
+
+    def broker_config(self, name: str) -> BrokerConfig:
+        """The broker as client ``name`` (a device id or ``server``) sees it: with TLS, its own certificate."""
+        assert self.broker_url is not None
+        if self.pki is None or not BrokerConfig(self.broker_url).tls:
+            return BrokerConfig(self.broker_url)
+        return BrokerConfig(self.broker_url, ca_file=self.pki / "ca.crt", cert_file=self.pki / f"{name}.crt",
+                            key_file=self.pki / f"{name}.key")
 
     @property
     def owns_broker(self) -> bool:
@@ -120,8 +133,9 @@ class SiteRunner:
         assert self.broker_url is not None and self.data_dir is not None
         if self.server is not None:
             raise SiteRunnerError("the server is already running")
-        self.server = bootstrap(self.bundle, self.data_dir / "server", BrokerConfig(self.broker_url),
-                                key=self.key, signing_key=self.signing_key, clock=self.clock)
+        self.server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
+                                key=self.key, signing_key=self.signing_key, clock=self.clock,
+                                snapshot_keys=self.snapshot_keys)
         self.server.start()
         return self.server
 

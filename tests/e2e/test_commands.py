@@ -17,6 +17,7 @@ import pytest
 
 from doorkeep.contract import Topics
 from doorkeep.credentials import generate_key_file
+from doorkeep.envelope import init_data_keys
 from simulators.camera import CameraSimulator
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
@@ -36,6 +37,7 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     shutil.copytree(DEMO_SITE, site)
     key = site / "keys" / "credential.key"
     generate_key_file(key)
+    init_data_keys(site / "keys")
     signing = subprocess.run([sys.executable, "-m", "doorkeep", "key", "init-signing",
                               str(site / "keys" / "policy-signing.key")], capture_output=True, text=True, timeout=60)
     assert signing.returncode == 0, signing.stderr

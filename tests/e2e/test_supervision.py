@@ -38,7 +38,8 @@ def short_gaps(mosquitto, tmp_path: Path) -> Iterator[SiteRunner]:
     runner = SiteRunner.from_dir(DEMO_SITE, broker_url=mosquitto.url, data_dir=tmp_path)
     runner.start(with_server=False)
     runner.server = bootstrap(runner.bundle, tmp_path / "server", BrokerConfig(mosquitto.url), key=runner.key,
-                              signing_key=runner.signing_key, gap_timeout_s=0.5)
+                              signing_key=runner.signing_key, gap_timeout_s=0.5,
+                              snapshot_keys=runner.snapshot_keys)
     runner.server.start()
     assert runner.wait_connected(10)
     yield runner
@@ -79,7 +80,8 @@ def test_sequence_gap_raises_event_gap_and_the_fill_clears_it(short_gaps: SiteRu
     # A restart of the server keeps the window: the next number is no gap.
     short_gaps.stop_server()
     short_gaps.server = bootstrap(short_gaps.bundle, short_gaps.data_dir / "server", BrokerConfig(short_gaps.broker_url),
-                                  key=short_gaps.key, signing_key=short_gaps.signing_key, gap_timeout_s=0.5)
+                                  key=short_gaps.key, signing_key=short_gaps.signing_key, gap_timeout_s=0.5,
+                                  snapshot_keys=short_gaps.snapshot_keys)
     short_gaps.server.start()
     assert short_gaps.server.bus.wait_connected(10)
     publish_seq(publisher, site, 6)

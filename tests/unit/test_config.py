@@ -979,3 +979,12 @@ def test_prealarm_travels_in_the_policy(tmp_path: Path) -> None:
     site = load_site_dir(prealarm_site(tmp_path, "prealarm_s = 7.5")).site
     assert site_from_dict(site_to_dict(site)).doors["lobby_in"].prealarm_s == 7.5
 
+
+
+@pytest.mark.parametrize("name", ["server", "broker"])
+def test_a_device_may_not_take_the_servers_or_the_brokers_name(tmp_path: Path, name: str) -> None:
+    # The broker ACL gives the certificate named `server` the whole site: a device so named would get it too.
+    device = DEVICE.replace('device = "pi-a"', f'device = "{name}"')
+    errors = check(make_site(tmp_path / "s", devices={name: device}))
+    assert "device" in [e.key for e in errors], [str(e) for e in errors]
+    assert any("reserved" in str(e) for e in errors)

@@ -480,6 +480,28 @@ def test_signed_bodies_missing_fields_or_with_bad_ones_are_refused(demo: Site, k
             verify_policy(payload, key.public_key(), site_id="demo", device="pi-floor7")
 
 
+def test_the_snapshot_key_travels_signed_and_is_checked_strictly(demo: Site, key: Ed25519PrivateKey) -> None:
+    from doorkeep.envelope import SnapshotKeys
+
+    recipient = SnapshotKeys.generate().recipient
+    payload = sign_policy(demo, site_id="demo", device="pi-floor7", version=5, issued_at=ISSUED, key=key,
+                          snapshot_key=recipient)
+    assert verify_policy(payload, key.public_key(), site_id="demo", device="pi-floor7").snapshot_key == recipient
+    assert verify_policy(signed(demo, key), key.public_key(), site_id="demo", device="pi-floor7").snapshot_key is None
+    good = json.loads(json.loads(payload)["signed"])
+    other = SnapshotKeys.generate().recipient.to_policy()
+    for bad in ({**good["snapshot_key"], "id": other["id"]}, {"x25519": other["x25519"]}, "key"):
+        text = json.dumps({**good, "snapshot_key": bad})
+        forged = json.dumps({"schema": "doorkeep.policy/1", "signed": text,
+                             "signature": base64.b64encode(key.sign(text.encode())).decode()}).encode()
+        with pytest.raises(PolicyError, match="snapshot_key"):
+            verify_policy(forged, key.public_key(), site_id="demo", device="pi-floor7")
+    # Swapping in another key without re-signing breaks the signature, as for any field.
+    tampered = with_signed(payload, lambda s: s.replace(recipient.to_policy()["x25519"], other["x25519"]))
+    with pytest.raises(PolicyError, match="signature does not match"):
+        verify_policy(tampered, key.public_key(), site_id="demo", device="pi-floor7")
+
+
 @pytest.mark.parametrize("payload, message", [
     (b"", "not JSON"),
     (b"\xff\xfe\x00", "not UTF-8"),

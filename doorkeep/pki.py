@@ -1,0 +1,418 @@
+"""The site's own certificate authority, and the Mosquitto configuration that trusts it.
+
+Every MQTT client of a site (each edge device, the server) and the broker
+hold a certificate from one site CA. The broker refuses any client without
+one (``require_certificate``), takes the certificate's common name as the
+client's user name (``use_identity_as_username``) and confines each device
+to ``doorkeep/v1/{site}/{device}/#`` with one ACL pattern, so a stolen Pi
+can speak only for itself. A revoked certificate lands in the CRL the broker
+reads when it starts.
+
+Layout (``SITE/pki/``)::
+
+    ca.crt  ca.key          the site CA (EC P-256, 10 years); ca.key never leaves this machine
+    crl.pem                 the certificates revoked so far (read by Mosquitto at start)
+    index.json              every certificate issued: name, serial, role, expiry, revocation
+    NAME.crt  NAME.key      one pair per device id, ``server`` and ``broker``
+    revoked/NAME-SERIAL.*   a revoked pair, moved aside so NAME can be issued again
+
+Private keys are written once, mode 0600, with ``O_EXCL``: nothing here ever
+overwrites a key. Only key and certificate files are read or written (the
+core stays free of other I/O); the broker configuration is returned as text.
+Times come from the caller (``now``), so tests pin them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import ssl
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from doorkeep.config import SEGMENT, BrokerConfig
+from doorkeep.errors import ConfigError, DoorkeepError
+
+CA_DAYS = 3652          # ten years: re-keying every device is a site visit
+LEAF_DAYS = 1826        # five years for devices, the server and the broker
+BACKDATE = timedelta(minutes=5)  # a Pi whose clock is a little behind still accepts a fresh certificate
+SERVER = "server"
+BROKER = "broker"
+ROLES = ("device", SERVER, BROKER)
+DEFAULT_PORT = 8883
+
+
+class PkiError(DoorkeepError, ValueError):
+    """A PKI file is missing, unreadable or would be overwritten; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """One row of ``index.json``."""
+
+    name: str
+    serial: int
+    role: str
+    not_after: str
+    revoked: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "serial": format(self.serial, "x"), "role": self.role,
+                "not_after": self.not_after, "revoked": self.revoked}
+
+
+def pki_dir(site_dir: Path | str) -> Path:
+    """Where a site keeps its CA: ``SITE/pki``."""
+    return Path(site_dir) / "pki"
+
+
+# ------------------------------------------------------------------ files
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (never replace it): a key or certificate that exists stays as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise PkiError(f"{path}: already exists; not overwriting it "
+                       "(fix: revoke the certificate first, or move the file away if it is left over)") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Atomically replace a public file (CRL, index): a crash leaves the old or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # Unencrypted: Mosquitto and paho read the key at start without a person to type a passphrase.
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _read(path: Path, what: str, fix: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"{path}: {what} does not exist (fix: {fix})") from None
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read the {what}: {exc.strerror} (fix: run as the file's owner)") from None
+
+
+def load_ca(pki: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and key; refuses a key that group or others can read."""
+    fix = f"create the site CA with `doorkeep pki init --site {pki.parent}`"
+    cert_path, key_path = pki / "ca.crt", pki / "ca.key"
+    cert_data = _read(cert_path, "site CA certificate", fix)
+    key_data = _read(key_path, "site CA key", fix)
+    mode = stat.S_IMODE(key_path.stat().st_mode)
+    if mode & 0o077:
+        raise PkiError(f"{key_path}: the site CA key is accessible by group or others (mode {mode:03o}) "
+                       f"(fix: chmod 600 {key_path})")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_data)
+    except ValueError:
+        raise PkiError(f"{cert_path}: not a PEM certificate (fix: restore it from your backup of {pki})") from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError(f"{key_path}: not an unencrypted PEM private key "
+                       f"(fix: restore it from your backup of {pki})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise PkiError(f"{key_path}: does not belong to {cert_path} (fix: restore the matching pair from your backup)")
+    return cert, key
+
+
+def load_index(pki: Path) -> list[Issued]:
+    path = pki / "index.json"
+    data = _read(path, "certificate index", f"create the site CA with `doorkeep pki init --site {pki.parent}`")
+    try:
+        rows = json.loads(data)["issued"]
+        return [Issued(r["name"], int(r["serial"], 16), r["role"], r["not_after"], r.get("revoked")) for r in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PkiError(f"{path}: not a doorkeep certificate index ({exc}) "
+                       "(fix: restore it from your backup; it lists every certificate issued)") from None
+
+
+def _save_index(pki: Path, rows: list[Issued]) -> None:
+    _replace(pki / "index.json", (json.dumps({"issued": [r.to_json() for r in rows]}, indent=2) + "\n").encode())
+
+
+# -------------------------------------------------------------- CA, certs
+
+
+def _name(common_name: str, site_id: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"doorkeep site {site_id}"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def init_ca(pki: Path, site_id: str, *, now: datetime) -> Path:
+    """Create the site CA, an empty index and an empty CRL in ``pki``; returns the CA certificate's path.
+
+    Refuses if a CA key is already there: a second CA would orphan every certificate issued.
+    """
+    if not SEGMENT.match(site_id):
+        raise PkiError(f"site id {site_id!r} is not a valid topic segment (fix: use letters, digits, '_' and '-')")
+    pki.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"doorkeep {site_id} CA", site_id)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE).not_valid_after(now + timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_new(pki / "ca.key", _key_pem(key), 0o600)
+    _write_new(pki / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _save_index(pki, [])
+    write_crl(pki, now=now)
+    return pki / "ca.crt"
+
+
+def role_of(name: str) -> str:
+    """``server`` and ``broker`` are roles of their own; every other name is a device id."""
+    return name if name in (SERVER, BROKER) else "device"
+
+
+def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Issue ``NAME.crt`` and ``NAME.key`` (mode 0600) signed by the site CA; returns their paths.
+
+    Devices and the server get a client certificate (CN = the name the broker's ACL uses). The broker
+    gets a server certificate whose SAN holds ``localhost``, ``127.0.0.1`` and ``hosts`` (the names
+    the Pis use to reach it): paho checks the broker's name against it.
+    """
+    if not SEGMENT.match(name):
+        raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server` or `broker`)")
+    ca_cert, ca_key = load_ca(pki)
+    rows = load_index(pki)
+    live = [r for r in rows if r.name == name and r.revoked is None]
+    if live:
+        raise PkiError(f"{pki / (name + '.crt')}: {name} already has certificate {live[0].serial:x} "
+                       f"(fix: `doorkeep pki revoke {name} --site {pki.parent}` first to replace it)")
+    role = role_of(name)
+    site_id = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    site_id = str(site_id).removeprefix("doorkeep site ")
+    key = ec.generate_private_key(ec.SECP256R1())
+    serial = x509.random_serial_number()
+    not_after = min(now + timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc)
+    if role == BROKER:
+        alt: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        for h in hosts:
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                alt.append(x509.DNSName(h))
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH]
+    else:
+        if hosts:
+            raise PkiError(f"--host applies to the broker's certificate only, not to {name!r} "
+                           "(fix: drop --host, or issue `broker`)")
+        alt = [x509.UniformResourceIdentifier(f"urn:doorkeep:{site_id}:{name}")]
+        usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name, site_id)).issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - BACKDATE).not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_path, cert_path = pki / f"{name}.key", pki / f"{name}.crt"
+    _write_new(key_path, _key_pem(key), 0o600)
+    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _save_index(pki, [*rows, Issued(name, serial, role, not_after.isoformat())])
+    return cert_path, key_path
+
+
+def revoke(pki: Path, name: str, *, now: datetime) -> int:
+    """Revoke NAME's live certificate, rewrite the CRL, move its files to ``revoked/``; returns the serial.
+
+    The broker reads the CRL when it starts: restart it (or reload its configuration) afterwards.
+    """
+    rows = load_index(pki)
+    hits = [i for i, r in enumerate(rows) if r.name == name and r.revoked is None]
+    if not hits:
+        raise PkiError(f"{pki / 'index.json'}: {name!r} has no live certificate "
+                       f"(fix: check the name; `doorkeep pki issue {name} --site {pki.parent}` issues one)")
+    i = hits[0]
+    rows[i] = Issued(rows[i].name, rows[i].serial, rows[i].role, rows[i].not_after, now.isoformat())
+    _save_index(pki, rows)
+    write_crl(pki, now=now)
+    aside = pki / "revoked"
+    aside.mkdir(exist_ok=True)
+    for ext in ("crt", "key"):
+        src = pki / f"{name}.{ext}"
+        if src.exists():
+            os.replace(src, aside / f"{name}-{rows[i].serial:x}.{ext}")
+    return rows[i].serial
+
+
+def write_crl(pki: Path, *, now: datetime) -> Path:
+    """Write ``crl.pem`` listing every revoked serial, signed by the CA.
+
+    Its next update is the CA's own expiry: OpenSSL refuses every client once a CRL has expired, and
+    a broker that suddenly refuses every door is worse than a CRL that is rewritten only on revocation.
+    """
+    ca_cert, ca_key = load_ca(pki)
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject)
+               .last_update(now - BACKDATE)
+               .next_update(ca_cert.not_valid_after_utc))
+    for r in load_index(pki):
+        if r.revoked is not None:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(r.serial)
+                .revocation_date(datetime.fromisoformat(r.revoked)).build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _replace(pki / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    return pki / "crl.pem"
+
+
+# --------------------------------------------------------- Mosquitto files
+
+
+def broker_acl(site_id: str) -> str:
+    """The ACL: each device its own subtree (plus reading the server's availability), the server the site."""
+    if not SEGMENT.match(site_id):
+        raise PkiError(f"site id {site_id!r} is not a valid topic segment (fix: use letters, digits, '_' and '-')")
+    base = f"doorkeep/v1/{site_id}"
+    return "\n".join([
+        f"# doorkeep ACL for site {site_id}, generated by `doorkeep broker config`; regenerate, do not edit.",
+        "# The user name is the client certificate's CN (use_identity_as_username).",
+        "",
+        "# Every device: read and write its own subtree only (availability, state, requests, decisions,",
+        "# events, snapshots, commands, policy).",
+        f"pattern readwrite {base}/%u/#",
+        "# Every device hears whether the server is up (it then asks the server before deciding offline).",
+        f"pattern read {base}/server/availability",
+        "",
+        "# The server reads and writes the whole site (its own availability included).",
+        f"user {SERVER}",
+        f"topic readwrite {base}/#",
+        "",
+    ])
+
+
+def broker_config(site_id: str, pki: Path, acl_file: Path, *, port: int = DEFAULT_PORT, bind: str | None = None,
+                  persistence_dir: Path | None = Path("/var/lib/mosquitto")) -> str:
+    """The Mosquitto configuration: one mutual-TLS listener, the ACL, and what doorkeep needs for reliability.
+
+    ``bind`` None listens on every interface (the Pis reach the broker over the network); give an
+    address to listen on one only. Paths are written absolute, so Mosquitto finds them from anywhere.
+    """
+    if not 1 <= port <= 65535:
+        raise PkiError(f"port {port} is not a TCP port (fix: use 1-65535; MQTT over TLS is 8883)")
+    pki = pki.resolve()
+    listener = f"listener {port} {bind}" if bind else f"listener {port}"
+    lines = [
+        f"# doorkeep Mosquitto configuration for site {site_id}, generated by `doorkeep broker config`.",
+        "# Mutual TLS only: no plain listener, no anonymous clients; the ACL confines each device.",
+        "# Run it with `mosquitto -c THIS_FILE`; regenerate it rather than editing it.",
+        "",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {acl_file.resolve()}",
+        "",
+        "# Nagle's algorithm adds ~40 ms to every request/decision hop.",
+        "set_tcp_nodelay true",
+        "# The defaults (1000 queued, 20 in flight per client) drop QoS 1 messages to a",
+        "# slow subscriber; doorkeep must lose no event.",
+        "max_queued_messages 0",
+        "max_inflight_messages 0",
+        "",
+    ]
+    if persistence_dir is not None:
+        lines += [
+            "# The server's persistent session and the events queued for it survive a broker restart.",
+            "persistence true",
+            f"persistence_location {str(persistence_dir).rstrip('/')}/",
+            "autosave_interval 1",
+            "",
+        ]
+    else:
+        lines += ["persistence false", ""]
+    lines += [
+        listener,
+        "# The site CA, the broker's own certificate (SAN: the names clients connect to) and the",
+        "# revocation list (read at start: restart the broker after `doorkeep pki revoke`).",
+        f"cafile {pki / 'ca.crt'}",
+        f"certfile {pki / 'broker.crt'}",
+        f"keyfile {pki / 'broker.key'}",
+        f"crlfile {pki / 'crl.pem'}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "# The minimum version: TLS 1.2 and 1.3 are accepted.",
+        "tls_version tlsv1.2",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- clients
+
+
+def client_tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
+    """The TLS context an MQTT client uses for ``broker`` (None for plain ``mqtt://``).
+
+    TLS 1.2 at least, the broker's certificate checked against the site CA and its name against the
+    host in the URL, and this client's own certificate presented. A missing or broken file is a
+    :class:`ConfigError` naming it, raised before any connection is tried.
+    """
+    if not broker.tls:
+        return None
+    files = (("ca_file", broker.ca_file), ("cert_file", broker.cert_file), ("key_file", broker.key_file))
+    for key, path in files:
+        if path is None:
+            raise ConfigError(broker.url, f"broker.{key}", "is required with an mqtts:// URL",
+                              f"set {key} to the file `doorkeep pki issue` wrote")
+        if not Path(path).is_file():
+            raise ConfigError(str(path), f"broker.{key}", "file not found",
+                              "copy it from the site's pki/ directory (`doorkeep pki issue NAME --site DIR`)")
+    mode = stat.S_IMODE(Path(broker.key_file).stat().st_mode)  # type: ignore[arg-type]
+    if mode & 0o077:
+        raise ConfigError(str(broker.key_file), "broker.key_file",
+                          f"private key is accessible by group or others (mode {mode:03o})",
+                          f"chmod 600 {broker.key_file}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=str(broker.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(str(broker.ca_file), "broker.ca_file", f"not a usable CA certificate: {exc}",
+                          "use the site's pki/ca.crt") from None
+    try:
+        ctx.load_cert_chain(certfile=str(broker.cert_file), keyfile=str(broker.key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(str(broker.cert_file), "broker.cert_file",
+                          f"certificate and key {broker.key_file} are not a usable pair: {exc}",
+                          "use NAME.crt and NAME.key issued together by `doorkeep pki issue NAME`") from None
+    return ctx

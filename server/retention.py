@@ -1,0 +1,195 @@
+"""Retention: each class of data is deleted when its period (site.toml [retention]) is over.
+
+The server runs :func:`run_retention` at start and then daily (:class:`RetentionJob`);
+``doorkeep retention run`` runs it on demand. Each run records one ``retention.run``
+audit record with its cut-offs and what it deleted. What an unresolved alarm needs
+(its source event and that event's snapshot) is kept until the alarm is resolved,
+because an operator must be able to look at it (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from doorkeep.clock import Clock, iso_ms
+from doorkeep.config import RetentionSettings
+from server.audit import AuditLog
+from server.store import Store
+
+log = logging.getLogger("doorkeep.server.retention")
+
+DAY_S = 86_400.0
+BATCH = 500
+
+# Events that an alarm an operator has not resolved yet points at: never deleted.
+_ALARM_NEEDS = "SELECT source_event FROM alarms WHERE resolved_at IS NULL AND source_event IS NOT NULL"
+
+
+@dataclass
+class RetentionReport:
+    """What one run deleted (or, for a dry run, would delete), and the cut-offs it used."""
+
+    cutoffs: dict[str, str]
+    deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("events", "snapshots", "visitors", "presence", "alarms", "audit"), 0))
+    kept_for_alarms: int = 0
+    visitor_ids: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        verb = "would delete" if self.dry_run else "deleted"
+        out = [f"{verb} {n} {what}" + (f" (before {self.cutoffs[what]})" if what in self.cutoffs else "")
+               for what, n in self.deleted.items()]
+        if self.kept_for_alarms:
+            out.append(f"kept {self.kept_for_alarms} old events (and their snapshots) that open alarms need")
+        return out
+
+
+def cutoffs(settings: RetentionSettings, now: float) -> dict[str, float]:
+    """Epoch seconds before which each class of data is due."""
+    return {"events": now - settings.events_days * DAY_S, "snapshots": now - settings.snapshots_days * DAY_S,
+            "visitors": now - settings.visitors_days * DAY_S, "alarms": now - settings.alarms_days * DAY_S,
+            "audit": now - settings.audit_days * DAY_S}
+
+
+def run_retention(store: Store, settings: RetentionSettings, now: float, audit: AuditLog | None, *,
+                  dry_run: bool = False, actor: str = "system", batch: int = BATCH) -> RetentionReport:
+    """Delete what is past its period, in small transactions so the server keeps ingesting meanwhile."""
+    cut = cutoffs(settings, now)
+    report = RetentionReport({k: iso_ms(v) for k, v in cut.items()}, dry_run=dry_run)
+    conn = store.db.conn
+
+    # Events: both the device's timestamp and the server's receipt are past the cut-off, so a device
+    # whose clock is years behind cannot get its fresh events purged.
+    ev_where = (f"ts < ? AND (received_at IS NULL OR received_at < ?) AND id NOT IN ({_ALARM_NEEDS})")
+    ev_args = [report.cutoffs["events"], cut["events"]]
+    with store._lock:
+        report.kept_for_alarms = conn.execute(
+            f"SELECT COUNT(*) FROM events WHERE ts < ? AND id IN ({_ALARM_NEEDS})",
+            [report.cutoffs["events"]]).fetchone()[0]
+    if dry_run:
+        with store._lock:
+            report.deleted["events"] = conn.execute(f"SELECT COUNT(*) FROM events WHERE {ev_where}",
+                                                    ev_args).fetchone()[0]
+    else:
+        while True:
+            with store._lock:
+                rows = conn.execute(f"SELECT id, snapshot FROM events WHERE {ev_where} LIMIT ?",
+                                    [*ev_args, batch]).fetchall()
+            if not rows:
+                break
+            for eid, snap in rows:
+                if store.delete_snapshot(snap or eid):
+                    report.deleted["snapshots"] += 1
+            with store._lock, conn:
+                ids = [r[0] for r in rows]
+                conn.execute(f"DELETE FROM events WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+            report.deleted["events"] += len(rows)
+
+    # Snapshots on their own, shorter period (the event stays, without its picture).
+    snap_where = f"received_at < ? AND id NOT IN ({_ALARM_NEEDS})"
+    if dry_run:
+        with store._lock:
+            report.deleted["snapshots"] = conn.execute(
+                f"SELECT COUNT(*) FROM snapshots WHERE {snap_where} OR id IN (SELECT snapshot FROM events "
+                f"WHERE {ev_where})", [cut["snapshots"], *ev_args]).fetchone()[0]
+    else:
+        while True:
+            with store._lock:
+                ids = [r[0] for r in conn.execute(f"SELECT id FROM snapshots WHERE {snap_where} LIMIT ?",
+                                                  [cut["snapshots"], batch])]
+            if not ids:
+                break
+            report.deleted["snapshots"] += sum(1 for sid in ids if store.delete_snapshot(sid))
+
+    # Visitors: a period after the visit ended (checked out, or the window closed without a check-in).
+    # A visitor still checked in is kept: the desk must check them out (their badge is live).
+    vis_where = ("status != 'checked_in' AND COALESCE(checked_out_at, valid_until) < ?")
+    with store._lock:
+        report.visitor_ids = [r[0] for r in conn.execute(f"SELECT id FROM visitors WHERE {vis_where}",
+                                                         [cut["visitors"]])]
+    report.deleted["visitors"] = len(report.visitor_ids)
+    if report.visitor_ids and not dry_run:
+        with store._lock, conn:
+            for i in range(0, len(report.visitor_ids), batch):
+                chunk = report.visitor_ids[i:i + batch]
+                marks = ", ".join("?" for _ in chunk)
+                report.deleted["presence"] += conn.execute(f"DELETE FROM presence WHERE person IN ({marks})",
+                                                           chunk).rowcount
+                conn.execute(f"DELETE FROM visitors WHERE id IN ({marks})", chunk)
+    elif report.visitor_ids:
+        with store._lock:
+            marks = ", ".join("?" for _ in report.visitor_ids)
+            report.deleted["presence"] = conn.execute(f"SELECT COUNT(*) FROM presence WHERE person IN ({marks})",
+                                                      report.visitor_ids).fetchone()[0]
+
+    # Alarms: only resolved ones; an open alarm stays whatever its age.
+    with store._lock:
+        if dry_run:
+            report.deleted["alarms"] = conn.execute("SELECT COUNT(*) FROM alarms WHERE resolved_at IS NOT NULL "
+                                                    "AND resolved_at < ?", [cut["alarms"]]).fetchone()[0]
+        else:
+            with conn:
+                report.deleted["alarms"] = conn.execute("DELETE FROM alarms WHERE resolved_at IS NOT NULL AND "
+                                                        "resolved_at < ?", [cut["alarms"]]).rowcount
+
+    # The audit log: its oldest records, behind an anchor that keeps the rest verifiable.
+    if audit is not None:
+        if dry_run:
+            report.deleted["audit"] = audit.count_before(report.cutoffs["audit"])
+        else:
+            report.deleted["audit"] = audit.prune_before(report.cutoffs["audit"])
+            audit.record(actor, "retention.run", None, {"cutoffs": report.cutoffs, "deleted": report.deleted,
+                                                        "kept_for_alarms": report.kept_for_alarms})
+    log.info("retention%s: %s", " (dry run)" if dry_run else "", ", ".join(report.lines()))
+    return report
+
+
+class RetentionJob:
+    """Runs retention at start and then every ``interval_s`` on its own thread, until stopped.
+
+    The wait is ``Event.wait`` on the stop event, so stopping is immediate and no logic sleeps.
+    ``on_visitors_removed`` lets the live directory forget the visitors it still holds in memory.
+    """
+
+    def __init__(self, store: Store, settings: RetentionSettings, clock: Clock, audit: AuditLog | None, *,
+                 interval_s: float = DAY_S,
+                 on_visitors_removed: Callable[[list[str]], None] | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.audit = audit
+        self.interval_s = interval_s
+        self.on_visitors_removed = on_visitors_removed
+        self.stop_event = threading.Event()
+        self.last: RetentionReport | None = None
+        self.runs = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="doorkeep-retention", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_once(self) -> RetentionReport:
+        report = run_retention(self.store, self.settings, self.clock.wall(), self.audit)
+        if report.visitor_ids and self.on_visitors_removed is not None:
+            self.on_visitors_removed(report.visitor_ids)
+        self.last, self.runs = report, self.runs + 1
+        return report
+
+    def _loop(self) -> None:
+        delay = 0.0
+        while not self.stop_event.wait(delay):
+            try:
+                self.run_once()
+            except Exception:  # a failed run must not end the job: the next day tries again
+                log.exception("retention run failed; retrying in %.0f s", self.interval_s)
+            delay = self.interval_s

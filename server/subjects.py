@@ -1,0 +1,233 @@
+"""Data-subject rights: export everything held about a person, or erase it.
+
+``doorkeep subject export PERSON`` writes one zip (manifest, profile, masked
+credentials, events, snapshots, visits, presence, the audit records about them);
+``doorkeep subject erase PERSON`` deletes their snapshots, visits, presence and
+card states and pseudonymises their events. The pseudonym is
+:func:`server.audit.subject_ref` (an HMAC of the id under the site's credential
+key), so erasing twice gives the same result, and the audit log, which only ever
+names people by that pseudonym, needs no change. Choices in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doorkeep.clock import iso_ms
+from doorkeep.config import SiteBundle
+from doorkeep.credentials import card_hash, last4
+from server.audit import AuditLog, subject_ref
+from server.errors import ServerError
+from server.store import Store
+
+EXPORT_SCHEMA = "doorkeep.subject_export/1"
+ERASED_NAME = "[erased]"
+# Event columns an export leaves out: the keyed card hash is a secret of the site, not the person's data.
+_EVENT_HIDDEN = ("credential_hash",)
+
+
+class SubjectError(ServerError, LookupError):
+    """The person is unknown here, or the export cannot be written."""
+
+
+@dataclass
+class Subject:
+    """Where a person shows up: the site files, the visitor records, the events."""
+
+    id: str
+    ref: str
+    name: str | None
+    configured: bool                     # listed in people.toml: only the operator can remove them there
+    card_hashes: list[str] = field(default_factory=list)
+
+
+def find(bundle: SiteBundle, store: Store, key: bytes, person: str) -> Subject:
+    """The person as the site files and the store know them (possibly not at all: then ``name`` is None)."""
+    p = bundle.people.get(person)
+    hashes = [card_hash(key, c.format, c.number) for c in bundle.cards if c.person == person]
+    name = p.name if p is not None else None
+    if name is None:
+        with store._lock:
+            row = store.db.conn.execute("SELECT name FROM visitors WHERE id = ?", [person]).fetchone()
+        name = row[0] if row else None
+    return Subject(person, subject_ref(key, person), name, p is not None, hashes)
+
+
+def _event_where(subject: Subject) -> tuple[str, list[str]]:
+    clauses, args = ["person = ?"], [subject.id]
+    if subject.card_hashes:
+        clauses.append(f"credential_hash IN ({', '.join('?' for _ in subject.card_hashes)})")
+        args += subject.card_hashes
+    return " OR ".join(clauses), args
+
+
+def _query(store: Store, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    with store._lock:
+        return list(store.db.query(sql, args))
+
+
+# --------------------------------------------------------------- export
+
+
+def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path, audit: AuditLog | None, *,
+           now: float, actor: str = "system") -> dict[str, int]:
+    """Write everything held about ``person`` to the zip ``out`` (mode 0600); returns the counts."""
+    s = find(bundle, store, key, person)
+    where, args = _event_where(s)
+    events = _query(store, f"SELECT * FROM events WHERE {where} ORDER BY ts, seq", args)
+    visits = _query(store, "SELECT * FROM visitors WHERE id = ?", [person])
+    presence = _query(store, "SELECT * FROM presence WHERE person = ?", [person])
+    if s.name is None and not events and not presence:
+        raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
+                           f"people.toml ids or visitor ids)")
+    states = {r["hash"]: r["state"] for r in store.rows("credential_states")}
+    credentials = [{"format": c.format, "last4": last4(c.number),
+                    "state": states.get(card_hash(key, c.format, c.number), c.state.value), "source": "people.toml"}
+                   for c in bundle.cards if c.person == person]
+    credentials += [{"format": v["card_format"], "last4": v["card_number_last4"],
+                     "state": "active" if v["status"] == "checked_in" else "returned", "source": "visitor badge"}
+                    for v in visits if v["card_format"]]
+    profile: dict[str, Any] = {"id": person}
+    p = bundle.people.get(person)
+    if p is not None:
+        profile.update({"name": p.name, "kind": p.kind.value, "state": p.state.value, "clearance": p.clearance,
+                        "access_levels": list(p.access_levels), "roles": sorted(p.roles),
+                        "valid_from": p.valid_from, "valid_until": p.valid_until, "host": p.host,
+                        "company": p.company, "allowed_areas": list(p.allowed_areas),
+                        "escort_required": p.escort_required if p.kind.value == "visitor" else None,
+                        "pin": "set" if any(c.pin for c in bundle.cards if c.person == person) else None,
+                        "source": "people.toml"})
+    elif visits:
+        v = visits[-1]
+        profile.update({"name": v["name"], "kind": "visitor", "company": v["company"], "email": v["email"],
+                        "host": v["host"], "source": "visitor register"})
+    audit_rows = [] if audit is None else [
+        {k: r[k] for k in ("seq", "ts", "actor", "action", "details")}
+        for r in _query(store, "SELECT * FROM audit_log WHERE target = ? ORDER BY seq", [s.ref])]
+    files: dict[str, bytes] = {
+        "profile.json": _json(profile),
+        "credentials.json": _json(credentials),
+        "events.json": _json([{k: v for k, v in e.items() if k not in _EVENT_HIDDEN}
+                              | {"detail": json.loads(e["detail"] or "{}")} for e in events]),
+        "visits.json": _json([{k: v for k, v in r.items() if k != "card_hash"} for r in visits]),
+        "presence.json": _json(presence),
+        "audit.json": _json(audit_rows),
+    }
+    missing = []
+    for e in events:
+        sid = e["snapshot"] or e["id"]
+        try:
+            jpeg = store.snapshot_bytes(sid)
+        except (ServerError, OSError, ValueError):  # a damaged file or a destroyed key: say so, go on
+            missing.append(sid)
+            continue
+        if jpeg is not None:
+            files[f"snapshots/{e['id']}.jpg"] = jpeg
+    counts = {"events": len(events), "snapshots": sum(1 for n in files if n.startswith("snapshots/")),
+              "credentials": len(credentials), "visits": len(visits), "presence": len(presence),
+              "audit_records": len(audit_rows)}
+    manifest = {"schema": EXPORT_SCHEMA, "site": bundle.site.id, "site_name": bundle.site.name, "person": person,
+                "generated_at": iso_ms(now), "counts": counts, "files": sorted(files),
+                "unreadable_snapshots": missing,
+                "notes": ["card numbers are shown by their last four digits only",
+                          "audit.json lists the audit records about this person; they name people by pseudonym"]}
+    _write_zip(out, {"manifest.json": _json(manifest), **files})
+    if audit is not None:
+        audit.record(actor, "subject.export", s.ref, counts)
+    return counts
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def _write_zip(out: Path, files: dict[str, bytes]) -> None:
+    """Personal data: created 0600, written beside the target and renamed, never over an existing file."""
+    if out.exists():
+        raise SubjectError(f"{out} already exists (fix: choose another --out, or remove the old export)")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                for name, data in files.items():
+                    z.writestr(name, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SubjectError(f"cannot write {out}: {exc} (fix: check the directory exists and is writable)") from exc
+
+
+# ---------------------------------------------------------------- erase
+
+
+def _scrub(value: Any, person: str, ref: str, name: str | None) -> Any:
+    """``value`` with the person's id replaced by the pseudonym and their name blanked, at any depth."""
+    if isinstance(value, str):
+        return ref if value == person else ERASED_NAME if name and value == name else value
+    if isinstance(value, list):
+        return [_scrub(v, person, ref, name) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, person, ref, name): _scrub(v, person, ref, name) for k, v in value.items()}
+    return value
+
+
+def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: AuditLog | None, *,
+          now: float, actor: str = "system") -> dict[str, Any]:
+    """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
+    s = find(bundle, store, key, person)
+    conn = store.db.conn
+    counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "presence", "card_states", "alarms",
+                            "hosted_visits"), 0)
+    with store._lock:
+        # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
+        conn.execute("PRAGMA secure_delete = ON")
+    where, args = _event_where(s)
+    for e in _query(store, f"SELECT id, snapshot FROM events WHERE {where}", args):
+        if store.delete_snapshot(e["snapshot"] or e["id"]):
+            counts["snapshots"] += 1
+    needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
+    with store._lock, conn:
+        rows = conn.execute(f"SELECT id, detail FROM events WHERE {where}", args).fetchall()
+        for eid, detail in rows:
+            conn.execute("UPDATE events SET person = ?, credential_hash = NULL, credential_last4 = NULL, "
+                         "detail = ? WHERE id = ?",
+                         [s.ref, json.dumps(_scrub(json.loads(detail or "{}"), person, s.ref, s.name),
+                                            sort_keys=True), eid])
+        counts["events"] = len(rows)
+        # Other people's events and alarms that mention them (an escort, a companion) keep their own data.
+        for table, col, c in (("events", "detail", "mentions"), ("alarms", "detail", "alarms")):
+            hits = conn.execute(f"SELECT id, {col} FROM {table} WHERE instr({col}, ?) > 0", [needle]).fetchall()
+            for rid, detail in hits:
+                conn.execute(f"UPDATE {table} SET {col} = ? WHERE id = ?",
+                             [json.dumps(_scrub(json.loads(detail or "{}"), person, s.ref, s.name),
+                                         sort_keys=True), rid])
+                counts[c] += 1
+        counts["visits"] = conn.execute("DELETE FROM visitors WHERE id = ?", [person]).rowcount
+        counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
+                                               [s.ref, person]).rowcount
+        counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount
+        if s.card_hashes:
+            counts["card_states"] = conn.execute(
+                f"DELETE FROM credential_states WHERE hash IN ({', '.join('?' for _ in s.card_hashes)})",
+                s.card_hashes).rowcount
+        conn.execute("INSERT OR IGNORE INTO erased_subjects (ref, erased_at) VALUES (?, ?)", [s.ref, now])
+    with store._lock:
+        # Old page images live on in the write-ahead log until a checkpoint copies them back and truncates
+        # it; a reader (the running server) can hold that off, so this is best effort and says so.
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if audit is not None:
+        audit.record(actor, "subject.erase", s.ref, counts)
+    return {"ref": s.ref, "configured": s.configured, "counts": counts, "wal_truncated": not busy}
+
+
+def erased_refs(store: Store) -> set[str]:
+    """Pseudonyms of the people erased from this store (the directory skips them in people.toml)."""
+    return {r["ref"] for r in store.rows("erased_subjects")}
