@@ -38,6 +38,11 @@ HANDLERS = {
     "retention run": "server.cli:retention_run",
     "subject export": "server.cli:subject_export",
     "subject erase": "server.cli:subject_erase",
+    "user add": "server.web.cli:user_add",
+    "user token": "server.web.cli:user_token",
+    "user list": "server.web.cli:user_list",
+    "user disable": "server.web.cli:user_disable",
+    "desk": "server.web.cli:desk",
 }
 
 
@@ -113,6 +118,37 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (avf, ash, rrun, sex, ser):
         sp.add_argument("--site", required=True, type=Path, help="the site directory")
         sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+
+    usr = sub.add_parser("user", help="security-desk operator accounts and API tokens (docs/desk.md)")
+    usr_sub = usr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    uad = usr_sub.add_parser("add", help="a new operator; asks for the password twice (or --password-stdin)")
+    uad.add_argument("name", metavar="NAME", help="login name: lower-case letters, digits, . _ @ -")
+    uad.add_argument("--role", required=True, choices=["admin", "desk", "auditor"], help="what the operator may do")
+    uad.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    utk = usr_sub.add_parser("token", help="print a new API token for NAME once (or --revoke the one labelled L)")
+    utk.add_argument("name", metavar="NAME")
+    utk.add_argument("--label", required=True, help="what the token is for (unique per operator)")
+    utk.add_argument("--role", choices=["admin", "desk", "auditor"],
+                     help="the token's role (default the operator's; never more than the operator's)")
+    utk.add_argument("--revoke", action="store_true", help="revoke the operator's token with this label")
+    uls = usr_sub.add_parser("list", help="every operator, role, state and live token labels")
+    udi = usr_sub.add_parser("disable", help="disable NAME: its sessions and tokens stop working at once")
+    udi.add_argument("name", metavar="NAME")
+    for sp in (uad, utk, uls, udi):
+        sp.add_argument("--site", required=True, type=Path, help="the site directory")
+        sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+
+    dsk = sub.add_parser("desk", help="run the server and the security desk (web UI and API) in one process")
+    dsk.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
+    dsk.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
+    dsk.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    dsk.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
+    dsk.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
+    dsk.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
+    dsk.add_argument("--host", default="127.0.0.1", help="address the desk listens on (default 127.0.0.1)")
+    dsk.add_argument("--port", type=int, default=8080, help="the desk's HTTP port (default 8080)")
+    dsk.add_argument("--proxy-headers", action="store_true",
+                     help="behind a TLS reverse proxy on this host: trust its X-Forwarded-Proto/-For")
 
     mus = sub.add_parser("muster", help="who is in which area now (roll call), visitors with their hosts")
     mus.add_argument("--site", required=True, type=Path, help="the site directory")

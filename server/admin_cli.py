@@ -22,8 +22,8 @@ from server.errors import ServerError
 from server.store import Store
 
 
-class _Usage(Exception):
-    """A problem reported with exit code 2."""
+class UsageError(Exception):
+    """A problem with how a command was run (bad site, no store): reported with exit code 2."""
 
 
 def cli_actor() -> str:
@@ -41,10 +41,10 @@ def _open(args: argparse.Namespace, cmd: str, *, snapshots: bool = False) -> Ite
     try:
         bundle = load_site_dir(args.site)
     except (ConfigErrors, ConfigError) as exc:
-        raise _Usage(f"doorkeep {cmd}: {exc}") from exc
+        raise UsageError(f"doorkeep {cmd}: {exc}") from exc
     data = args.data or Path("var") / bundle.site.id
     if not (data / "doorkeep.db").exists():
-        raise _Usage(f"doorkeep {cmd}: no store in {data} (fix: pass the server's --data directory)")
+        raise UsageError(f"doorkeep {cmd}: no store in {data} (fix: pass the server's --data directory)")
     keys = None
     if snapshots:
         from doorkeep.envelope import load_snapshot_keys
@@ -52,7 +52,7 @@ def _open(args: argparse.Namespace, cmd: str, *, snapshots: bool = False) -> Ite
         try:
             keys = load_snapshot_keys(bundle.dir / "keys", source=str(bundle.dir))
         except DoorkeepError as exc:
-            raise _Usage(f"doorkeep {cmd}: {exc}") from exc
+            raise UsageError(f"doorkeep {cmd}: {exc}") from exc
     store = Store(data, keys=keys)
     try:
         yield bundle, store
@@ -66,13 +66,13 @@ def _key(bundle: SiteBundle, cmd: str) -> bytes:
     try:
         return load_key(bundle.credential_key_file, source=str(bundle.dir))
     except DoorkeepError as exc:
-        raise _Usage(f"doorkeep {cmd}: {exc}") from exc
+        raise UsageError(f"doorkeep {cmd}: {exc}") from exc
 
 
 def _run(cmd: str, body: Callable[[], int]) -> int:
     try:
         return body()
-    except _Usage as exc:
+    except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
     except (ServerError, DoorkeepError) as exc:
@@ -107,7 +107,7 @@ def audit_show(args: argparse.Namespace) -> int:
             names: dict[str, str] = {}
             try:
                 key = _key(bundle, "audit show")
-            except _Usage:
+            except UsageError:
                 key = None  # without the key, pseudonyms stay pseudonyms
             if key is not None:
                 ids = list(bundle.people) + [r["id"] for r in store.rows("visitors")]
@@ -162,7 +162,7 @@ def subject_erase(args: argparse.Namespace) -> int:
 
     def body() -> int:
         if not args.yes:
-            raise _Usage(f"doorkeep subject erase: this deletes everything held about {args.person!r} for good "
+            raise UsageError(f"doorkeep subject erase: this deletes everything held about {args.person!r} for good "
                          f"(fix: add --yes to confirm)")
         with _open(args, "subject erase", snapshots=True) as (bundle, store):
             now = datetime.now(timezone.utc).timestamp()

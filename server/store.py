@@ -144,12 +144,30 @@ def _m004_snapshot_keys(db: sqlite_utils.Database) -> None:
     db["snapshots"].create_index(["kek_id"])
 
 
+def _m006_operators(db: sqlite_utils.Database) -> None:
+    """Security-desk operators (server/web/operators.py, docs/desk.md): accounts with argon2id hashes, API
+    tokens and sessions kept only as SHA-256 hashes, and failed-login counters keyed by a hash of the name
+    or client address (a name typed by mistake, maybe a password, is never stored)."""
+    db["operators"].create({"name": str, "role": str, "password_hash": str, "created_at": float,
+                            "disabled_at": float}, pk="name", not_null={"role", "password_hash", "created_at"})
+    db["operator_tokens"].create({"id": str, "operator": str, "label": str, "role": str, "hash": str,
+                                  "created_at": float, "last_used_at": float, "revoked_at": float},
+                                 pk="id", not_null={"operator", "label", "role", "hash", "created_at"})
+    db["operator_tokens"].create_index(["hash"], unique=True)
+    db["operator_sessions"].create({"hash": str, "operator": str, "csrf": str, "created_at": float,
+                                    "last_seen_at": float, "client": str},
+                                   pk="hash", not_null={"operator", "csrf", "created_at", "last_seen_at"})
+    db["login_failures"].create({"key": str, "failures": int, "last_failure_at": float, "locked_until": float},
+                                pk="key")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
     ("003_alarms", _m003_alarms),
     ("004_snapshot_keys", _m004_snapshot_keys),
     ("005_audit_and_retention", _m005_audit_and_retention),
+    ("006_operators", _m006_operators),
 ]
 
 

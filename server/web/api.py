@@ -1,0 +1,267 @@
+"""The desk's JSON API under ``/api/v1`` (slice 1: session, who am I, audit log, doors, operators; docs/desk.md).
+
+Every route declares who may call it (server/web/access.py). Handlers that touch SQLite or argon2 are
+plain ``def`` functions, so FastAPI runs them on its worker threads and the event loop never waits on
+the disk or a password hash.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Literal
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.web.access import SESSION_COOKIE, cookie_secure, public, require
+from server.web.auth import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Principal, client_key
+from server.web.errors import OperatorError, OperatorExists, UnknownOperator
+from server.web.operators import MIN_PASSWORD, Operator
+from server.web.roles import ADMIN, ANY, AUDITOR, DESK, sections_for
+
+API_PREFIX = "/api/v1"
+#: (path, endpoint, add_api_route options) of every API route, added to the app by :func:`install`
+#: (added on the app itself, not through an included router: the route list stays flat and checkable).
+ROUTES: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(path: str, method: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def add(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((path, endpoint, {"methods": [method], "tags": ["desk"], **options}))
+        return endpoint
+    return add
+
+
+def install(app: FastAPI) -> None:
+    for path, endpoint, options in ROUTES:
+        app.add_api_route(API_PREFIX + path, endpoint, **options)
+
+
+DOOR_ID = r"^[A-Za-z0-9_-]{1,64}$"
+OPERATOR_NAME = r"^[a-z0-9][a-z0-9._@-]{0,63}$"
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what went wrong and what to do about it")
+    detail: Any = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 429)}
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, description="the operator's login name")
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SessionOut(BaseModel):
+    operator: str
+    role: str
+    csrf_token: str = Field(description="send as X-CSRF-Token on every POST/PUT/PATCH/DELETE made with the cookie")
+    idle_timeout_s: int
+    absolute_timeout_s: int
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str
+    via: str = Field(description="session (cookie) or token (Authorization: Bearer)")
+    csrf_token: str | None = None
+    sections: list[str] = Field(description="the desk sections this role may open")
+
+
+class AuditRecordOut(BaseModel):
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    hash: str
+
+
+class AuditPageOut(BaseModel):
+    records: list[AuditRecordOut] = Field(description="newest first")
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null at the end")
+
+
+class DoorOut(BaseModel):
+    id: str
+    name: str
+    from_area: str
+    to_area: str
+    restricted: bool = Field(description="the area it leads into is restricted")
+    device: str | None
+    device_status: str = Field(description="unknown, online, offline or stopped (as the server last heard)")
+    mode: str
+    offline: str = Field(description="what the door does when its edge cannot reach the server: cache or deny")
+    unlock_s: float
+
+
+class DoorsOut(BaseModel):
+    doors: list[DoorOut]
+
+
+def _cookie(request: Request, response: Response, sid: str) -> None:
+    response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="strict", secure=cookie_secure(request),
+                        path="/")
+
+
+def start_session(request: Request, response: Response, name: str, password: str) -> Any:
+    """Shared by the API and the login form: the logged-in result, or raises :class:`LoginRefused`."""
+    desk = request.app.state.desk
+    old = request.cookies.get(SESSION_COOKIE)
+    result = desk.auth.login(name, password, client_key(request.client.host if request.client else None))
+    if old:  # a fresh id on every login: a planted cookie never becomes a logged-in session
+        found = desk.auth.sessions.lookup(old)
+        if found is not None:
+            desk.auth.sessions.end(found[2])
+    _cookie(request, response, result.session_id)
+    return result
+
+
+def refused(exc: LoginRefused) -> JSONResponse:
+    status = 429 if exc.reason == "throttled" else 401
+    headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))} if status == 429 else None
+    return JSONResponse({"error": exc.message, "detail": {"reason": exc.reason}}, status_code=status,
+                        headers=headers)
+
+
+@route("/session", "POST", response_model=SessionOut, responses=ERRORS, dependencies=[Depends(public())],
+             summary="Log in: sets the session cookie and returns the CSRF token")
+def login(body: LoginIn, request: Request, response: Response) -> Any:
+    try:
+        result = start_session(request, response, body.name, body.password)
+    except LoginRefused as exc:
+        return refused(exc)
+    return SessionOut(operator=result.operator.name, role=result.operator.role, csrf_token=result.csrf,
+                      idle_timeout_s=SESSION_IDLE_S, absolute_timeout_s=SESSION_ABSOLUTE_S)
+
+
+@route("/session", "DELETE", status_code=204, responses=ERRORS, summary="Log out (needs the CSRF token)")
+def logout(request: Request, who: Principal = Depends(require(*ANY))) -> Response:
+    if who.via != "session":
+        return JSONResponse({"error": "a bearer token has no session to end; revoke the token instead "
+                                      "(doorkeep user token NAME --label LABEL --revoke)", "detail": None},
+                            status_code=400)
+    request.app.state.desk.auth.logout(who)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@route("/me", "GET", response_model=MeOut, responses=ERRORS, summary="Who is calling, with which role")
+def me(who: Principal = Depends(require(*ANY))) -> MeOut:
+    return MeOut(name=who.name, role=who.role, via=who.via, csrf_token=who.csrf,
+                 sections=[s.key for s in sections_for(who.role)])
+
+
+@route("/audit", "GET", response_model=AuditPageOut, responses=ERRORS, dependencies=[Depends(require(ADMIN, AUDITOR))],
+            summary="The audit log, newest first, a page at a time")
+def audit(request: Request, limit: int = Query(50, ge=1, le=500),
+          before: int | None = Query(None, ge=1, le=2**62, description="only records with a smaller seq")) -> AuditPageOut:
+    store = request.app.state.desk.server.store
+    # Read the table server/audit.py writes directly: its records() has no paging.
+    sql = ("SELECT seq, ts, actor, action, target, details, hash FROM audit_log"
+           + (" WHERE seq < ?" if before is not None else "") + " ORDER BY seq DESC LIMIT ?")
+    args: list[Any] = [*([before] if before is not None else []), limit + 1]
+    with store._lock:
+        rows = store.db.conn.execute(sql, args).fetchall()
+    records = [AuditRecordOut(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=r[4], details=json.loads(r[5]),
+                              hash=r[6]) for r in rows[:limit]]
+    return AuditPageOut(records=records, next_before=records[-1].seq if len(rows) > limit else None)
+
+
+def door_list(request: Request) -> list[DoorOut]:
+    server = request.app.state.desk.server
+    site = server.directory.site
+    devices = server.bus.door_devices
+    status = server.supervisor.devices()
+    out = []
+    for door in sorted(site.doors.values(), key=lambda d: d.id):
+        area = site.areas.get(door.to_area)
+        device = devices.get(door.id)
+        out.append(DoorOut(id=door.id, name=door.name, from_area=door.from_area, to_area=door.to_area,
+                           restricted=bool(area and area.restricted), device=device,
+                           device_status=status[device].status if device in status else "unknown",
+                           mode=door.mode.value, offline=door.offline.value, unlock_s=door.unlock_s))
+    return out
+
+
+@route("/doors", "GET", response_model=DoorsOut, responses=ERRORS, dependencies=[Depends(require(ADMIN, DESK))],
+            summary="Every door of the site")
+def doors(request: Request) -> DoorsOut:
+    return DoorsOut(doors=door_list(request))
+
+
+@route("/doors/{door_id}", "GET", response_model=DoorOut, responses=ERRORS,
+            dependencies=[Depends(require(ADMIN, DESK))], summary="One door")
+def door(request: Request, door_id: str = Path(pattern=DOOR_ID, description="the door's id (site.toml)")) -> Any:
+    for d in door_list(request):
+        if d.id == door_id:
+            return d
+    return JSONResponse({"error": f"no door {door_id!r} on this site (GET /api/v1/doors lists them)",
+                         "detail": None}, status_code=404)
+
+
+class OperatorOut(BaseModel):
+    name: str
+    role: str
+    active: bool
+    created_at: float
+
+
+class OperatorsOut(BaseModel):
+    operators: list[OperatorOut]
+
+
+class OperatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, description="login name: lower-case letters, digits, . _ @ -")
+    role: Literal["admin", "desk", "auditor"]
+    password: str = Field(min_length=1, max_length=1024, description=f"at least {MIN_PASSWORD} characters")
+
+
+class DisabledOut(BaseModel):
+    name: str
+    disabled: bool = Field(description="false when the account was already disabled")
+
+
+def _operator_out(op: Operator) -> OperatorOut:
+    return OperatorOut(name=op.name, role=op.role, active=op.active, created_at=op.created_at)
+
+
+@route("/operators", "GET", response_model=OperatorsOut, responses=ERRORS, dependencies=[Depends(require(ADMIN))],
+       summary="Every operator account")
+def operators(request: Request) -> OperatorsOut:
+    return OperatorsOut(operators=[_operator_out(op) for op in request.app.state.desk.operators.all()])
+
+
+@route("/operators", "POST", status_code=201, response_model=OperatorOut, responses={**ERRORS, 409: {"model": ErrorOut}},
+       summary="Create an operator account (needs the CSRF token with a cookie session)")
+def add_operator(body: OperatorIn, request: Request, who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        op = request.app.state.desk.operators.add(body.name, body.role, body.password, actor=who.name)
+    except OperatorError as exc:
+        return JSONResponse({"error": str(exc), "detail": None},
+                            status_code=409 if isinstance(exc, OperatorExists) else 422)
+    return _operator_out(op)
+
+
+@route("/operators/{name}/disable", "POST", response_model=DisabledOut, responses=ERRORS,
+       summary="Disable an operator: its sessions and tokens stop working at once")
+def disable_operator(request: Request, name: str = Path(pattern=OPERATOR_NAME),
+                     who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        changed = request.app.state.desk.operators.disable(name, actor=who.name)
+    except UnknownOperator as exc:
+        return JSONResponse({"error": str(exc), "detail": None}, status_code=404)
+    return DisabledOut(name=name, disabled=changed)
+
+
+@route("/openapi.json", "GET", include_in_schema=False, dependencies=[Depends(require(*ANY))])
+def openapi(request: Request) -> JSONResponse:
+    """The API's OpenAPI document (for any logged-in operator or token: it lists what exists, not data)."""
+    return JSONResponse(request.app.openapi())

@@ -1,0 +1,223 @@
+"""The security desk's ASGI application factory (``uvicorn --factory server.app:create_app``).
+
+``create_app(server)`` mounts the desk on a server the caller owns and runs (``doorkeep desk``, tests).
+``create_app()`` with no server bootstraps one from the environment (server/web/env.py) and starts and
+stops it with the app. Either way the app adds: the API under ``/api/v1`` (JSON everywhere, errors
+included), the pages, the static files, a request-body cap and security headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from urllib.parse import quote
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from argon2 import PasswordHasher
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from doorkeep import __version__
+from doorkeep.clock import Clock
+from server.app import Server
+from server.audit import AuditLog
+from server.web.access import CSRF_FIELD, AuthRequired, Forbidden, check_routes
+from server.web.auth import DeskAuth
+from server.web.operators import Operators
+from server.web.roles import sections_for
+
+log = logging.getLogger("doorkeep.server.desk")
+
+HERE = Path(__file__).resolve().parent
+API_PREFIX = "/api/v1"
+#: Largest request body accepted (forms and JSON are small; nothing is uploaded in this slice).
+MAX_BODY_BYTES = 64 * 1024
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
+
+
+@dataclass
+class Desk:
+    """What every request handler needs, hung on ``app.state.desk``."""
+
+    server: Server
+    operators: Operators
+    auth: DeskAuth
+    audit: AuditLog | None
+    templates: Jinja2Templates
+    secure_cookies: bool | None  # None: Secure when the request came over https
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the request's receive channel once a streamed body passes the cap (answered 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit // 1024} KiB")
+
+
+class DeskMiddleware:
+    """A cap on request bodies (declared or streamed) and security headers on every response."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            response = error_response(413 if declared.isdigit() else 400,
+                                      f"the request body is larger than {self.max_body // 1024} KiB"
+                                      if declared.isdigit() else "the Content-Length header is not a number")
+            await response(scope, receive, self._secured(send))
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        await self.app(scope, limited, self._secured(send))
+
+    @staticmethod
+    def _secured(send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                         (b"x-frame-options", b"DENY"), (b"content-security-policy", CSP.encode()),
+                         (b"cache-control", b"no-store")]
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *((k, v) for k, v in extra if k not in names)]
+            await send(message)
+        return wrapped
+
+
+def error_response(status: int, message: str, detail: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one JSON error shape of the API: ``{"error": message an operator can act on, "detail": ...}``."""
+    return JSONResponse({"error": message, "detail": detail}, status_code=status, headers=headers)
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path == API_PREFIX or request.url.path.startswith(API_PREFIX + "/")
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Validation errors without the offending input (it may be a password)."""
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+
+
+def _install_handlers(app: FastAPI) -> None:
+    def page_error(request: Request, status: int, message: str, who: Any = None) -> Response:
+        desk: Desk = request.app.state.desk
+        context = {"status": status, "message": message, "who": who, "csrf_field": CSRF_FIELD,
+                   "nav": sections_for(who.role) if who is not None else []}
+        return desk.templates.TemplateResponse(request, "error.html", context, status_code=status)
+
+    @app.exception_handler(AuthRequired)
+    async def auth_required(request: Request, exc: AuthRequired) -> Response:
+        if is_api(request):
+            return error_response(401, "not logged in: POST /api/v1/session with your name and password, or send "
+                                       "'Authorization: Bearer TOKEN' (doorkeep user token)",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        target = request.url.path if request.method == "GET" else "/"
+        return RedirectResponse(f"/login?next={quote(target)}" if target != "/" else "/login", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        if is_api(request):
+            return error_response(403, exc.message)
+        return page_error(request, 403, exc.message, exc.who)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        detail = _validation_detail(exc)
+        where = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in detail[:5])
+        if is_api(request):
+            return error_response(422, f"the request is not valid: {where}", detail)
+        return page_error(request, 422, f"the form is not valid: {where}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            message = f"nothing at {request.url.path}" + (" (the API is listed at GET /api/v1/openapi.json)"
+                                                          if is_api(request) else "")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        if is_api(request) or exc.status_code == 413:
+            return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return page_error(request, exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        ref = uuid.uuid4().hex[:10]
+        log.error("desk request %s %s failed (ref %s)", request.method, request.url.path, ref, exc_info=exc)
+        return error_response(500, f"internal error; the server log has the details (ref {ref})")
+
+
+def create_app(server: Server | None = None, *, clock: Clock | None = None, hasher: PasswordHasher | None = None,
+               secure_cookies: bool | None = None) -> FastAPI:
+    """The desk around ``server``; with none, one bootstrapped from the environment and run by the app.
+
+    ``secure_cookies``: True marks cookies Secure always, False never, None (default) when the request
+    came over https (behind a TLS proxy, run uvicorn with ``--proxy-headers``; docs/desk.md).
+    """
+    from server.web import api, pages
+
+    owned = server is None
+    if server is None:
+        from server.web.env import server_from_env
+
+        server = server_from_env()
+    clock = clock or server.directory.clock
+    audit = server.audit
+    operators = Operators(server.store, clock=clock, audit=audit, hasher=hasher)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    desk = Desk(server, operators, DeskAuth(operators, server.store, clock=clock, audit=audit), audit, templates,
+                secure_cookies)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(server.start)
+        try:
+            yield
+        finally:
+            if owned:
+                server.stop()
+
+    app = FastAPI(title="doorkeep security desk", version=__version__, openapi_url=None, docs_url=None,
+                  redoc_url=None, lifespan=lifespan,
+                  description="The security desk's HTTP API. Log in with POST /api/v1/session (cookie + CSRF "
+                              "token) or send 'Authorization: Bearer TOKEN'. Errors are "
+                              "{\"error\": message, \"detail\": ...}.")
+    app.state.desk = desk
+    app.add_middleware(DeskMiddleware)
+    _install_handlers(app)
+    api.install(app)
+    pages.install(app)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    check_routes(app.routes)
+    if not operators.all():
+        log.warning("the desk has no operator yet: create one with "
+                    "doorkeep user add NAME --role admin --site DIR --data DIR")
+    return app

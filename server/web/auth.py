@@ -1,0 +1,266 @@
+"""Logging in and staying logged in: sessions, CSRF tokens, failed-login throttling (docs/desk.md).
+
+Policy (one place, documented in docs/desk.md):
+
+- a session lives in the server's store, found by the SHA-256 of its cookie; it ends after
+  :data:`SESSION_IDLE_S` without a request or :data:`SESSION_ABSOLUTE_S` after login, whichever is first;
+- each session has its own CSRF token, required on every state-changing request made with the cookie;
+- failed logins are counted per account name and per client address (both keyed by a hash, so a name
+  typed by mistake is never stored). From the :data:`ACCOUNT_DELAY_AFTER`-th failure on an account the
+  next attempt must wait 1, 2, 4 … up to :data:`MAX_DELAY_S` seconds; the :data:`ACCOUNT_LOCK_AFTER`-th
+  locks it for :data:`LOCKOUT_S`. A client address gets more room (several operators share a desk PC).
+  Counters are forgotten :data:`FAILURE_WINDOW_S` after the last failure. Unknown names are counted
+  exactly like known ones, so throttling does not tell whether a name exists either.
+
+The waits are enforced by refusing early attempts (HTTP 429 with ``Retry-After``), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+
+from doorkeep.clock import Clock, SystemClock
+from server.audit import Auditor
+from server.store import Store
+from server.web.operators import Operator, Operators, normalise_name, record_audit, sha256_hex
+
+log = logging.getLogger("doorkeep.server.desk")
+
+SESSION_IDLE_S = 30 * 60
+SESSION_ABSOLUTE_S = 12 * 3600
+#: A session's last-seen time is written at most this often (a page load is not a disk write).
+TOUCH_EVERY_S = 60.0
+ACCOUNT_DELAY_AFTER = 3
+ACCOUNT_LOCK_AFTER = 10
+ADDRESS_DELAY_AFTER = 10
+ADDRESS_LOCK_AFTER = 30
+MAX_DELAY_S = 60.0
+LOCKOUT_S = 15 * 60
+FAILURE_WINDOW_S = 15 * 60
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an operator through a session (with its CSRF token) or through an API token."""
+
+    name: str
+    role: str
+    via: str  # "session" | "token"
+    csrf: str | None = None
+    session_hash: str | None = None
+    token_id: str | None = None
+
+    def csrf_ok(self, offered: str | None) -> bool:
+        """Whether a state-changing request carries this session's CSRF token (tokens need none)."""
+        if self.via == "token":
+            return True
+        return bool(offered) and self.csrf is not None and hmac.compare_digest(offered.encode(), self.csrf.encode())
+
+
+@dataclass(frozen=True)
+class LoginRefused(Exception):
+    """Why a login did not succeed: ``bad_credentials`` (401) or ``throttled`` (429, wait ``retry_after``)."""
+
+    reason: str
+    retry_after: float = 0.0
+    locked: bool = False
+
+    @property
+    def message(self) -> str:
+        if self.reason == "throttled":
+            wait = max(1, int(self.retry_after + 0.999))
+            if self.locked:
+                return (f"too many failed logins: locked for {wait // 60 or 1} more minute(s); "
+                        "an admin can help if you forgot your password")
+            return f"too many failed logins: wait {wait} s before trying again"
+        return "wrong name or password"
+
+
+class LoginThrottle:
+    """Failure counters per account name and per client address, in the store (they survive a restart)."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    @staticmethod
+    def keys(name: str, client: str) -> list[tuple[str, int, int]]:
+        """``(key, delay_after, lock_after)`` for the account and the address of one attempt."""
+        return [("name:" + sha256_hex(normalise_name(name))[:32], ACCOUNT_DELAY_AFTER, ACCOUNT_LOCK_AFTER),
+                ("addr:" + sha256_hex(client)[:32], ADDRESS_DELAY_AFTER, ADDRESS_LOCK_AFTER)]
+
+    def _row(self, key: str) -> tuple[int, float, float | None] | None:
+        with self.store._lock:
+            row = self.store.db.conn.execute(
+                "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
+        return (int(row[0]), float(row[1]), row[2]) if row else None
+
+    def _live(self, row: tuple[int, float, float | None] | None, now: float) -> tuple[int, float, float | None]:
+        """The counter as it stands now: zero once a lockout or the failure window has passed."""
+        if row is None:
+            return 0, 0.0, None
+        failures, last, locked_until = row
+        if locked_until is not None:
+            return (failures, last, locked_until) if now < locked_until else (0, 0.0, None)
+        return (0, 0.0, None) if now - last > FAILURE_WINDOW_S else row
+
+    def wait(self, name: str, client: str) -> tuple[float, bool]:
+        """Seconds before this attempt may be checked (0: now), and whether that is a lockout."""
+        now = self.clock.wall()
+        worst, locked = 0.0, False
+        for key, delay_after, _ in self.keys(name, client):
+            failures, last, locked_until = self._live(self._row(key), now)
+            if locked_until is not None:
+                worst, locked = max(worst, locked_until - now), True
+            elif failures >= delay_after:
+                allowed = last + min(2.0 ** (failures - delay_after), MAX_DELAY_S)
+                worst = max(worst, allowed - now)
+        return max(0.0, worst), locked
+
+    def failed(self, name: str, client: str) -> list[str]:
+        """Count one failure on the account and the address; returns the kinds (name/addr) it just locked."""
+        now = self.clock.wall()
+        locked = []
+        with self.store._lock, self.store.db.conn:
+            for key, _, lock_after in self.keys(name, client):
+                row = self.store.db.conn.execute(
+                    "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
+                failures = self._live((int(row[0]), float(row[1]), row[2]) if row else None, now)[0] + 1
+                until = now + LOCKOUT_S if failures >= lock_after else None
+                if until is not None:
+                    locked.append(key.split(":")[0])
+                self.store.db["login_failures"].upsert(
+                    {"key": key, "failures": failures, "last_failure_at": now, "locked_until": until}, pk="key")
+        return locked
+
+    def succeeded(self, name: str) -> None:
+        """A right password clears the account's counter (not the address's: one good account must not
+        reset the count of a client guessing others)."""
+        key = self.keys(name, "")[0][0]
+        with self.store._lock, self.store.db.conn:
+            self.store.db.conn.execute("DELETE FROM login_failures WHERE key = ?", [key])
+
+
+class Sessions:
+    """Server-side sessions; the browser holds only a random id, the store only its hash."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def create(self, operator: str, client: str) -> tuple[str, str]:
+        """A new session: ``(cookie value, CSRF token)``. Expired sessions are swept here."""
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = self.clock.wall()
+        with self.store._lock, self.store.db.conn:
+            self.store.db.conn.execute("DELETE FROM operator_sessions WHERE last_seen_at < ? OR created_at < ?",
+                                       [now - SESSION_IDLE_S, now - SESSION_ABSOLUTE_S])
+            self.store.db["operator_sessions"].insert({"hash": sha256_hex(sid), "operator": operator, "csrf": csrf,
+                                                       "created_at": now, "last_seen_at": now, "client": client})
+        return sid, csrf
+
+    def lookup(self, sid: str) -> tuple[str, str, str] | None:
+        """``(operator, csrf, hash)`` of a live session, touching it; None when unknown or expired."""
+        if not sid or len(sid) > 200:
+            return None
+        digest = sha256_hex(sid)
+        now = self.clock.wall()
+        with self.store._lock:
+            row = self.store.db.conn.execute("SELECT operator, csrf, created_at, last_seen_at FROM operator_sessions "
+                                             "WHERE hash = ?", [digest]).fetchone()
+        if row is None:
+            return None
+        operator, csrf, created, seen = row
+        if now - seen > SESSION_IDLE_S or now - created > SESSION_ABSOLUTE_S:
+            self.end(digest)
+            return None
+        if now - seen > TOUCH_EVERY_S:
+            with self.store._lock, self.store.db.conn:
+                self.store.db.conn.execute("UPDATE operator_sessions SET last_seen_at = ? WHERE hash = ?", [now, digest])
+        return operator, csrf, digest
+
+    def expires_at(self, digest: str) -> float | None:
+        """When the session ends if idle from now on (the earlier of the idle and absolute limits)."""
+        with self.store._lock:
+            row = self.store.db.conn.execute("SELECT created_at FROM operator_sessions WHERE hash = ?",
+                                             [digest]).fetchone()
+        if row is None:
+            return None
+        return min(self.clock.wall() + SESSION_IDLE_S, row[0] + SESSION_ABSOLUTE_S)
+
+    def end(self, digest: str) -> None:
+        with self.store._lock, self.store.db.conn:
+            self.store.db.conn.execute("DELETE FROM operator_sessions WHERE hash = ?", [digest])
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    operator: Operator
+    session_id: str
+    csrf: str
+
+
+class DeskAuth:
+    """Everything the HTTP layer asks about identity: log in, log out, who is this request."""
+
+    def __init__(self, operators: Operators, store: Store, *, clock: Clock | None = None,
+                 audit: Auditor | None = None) -> None:
+        self.operators = operators
+        self.clock = clock or SystemClock()
+        self.audit = audit
+        self.sessions = Sessions(store, self.clock)
+        self.throttle = LoginThrottle(store, self.clock)
+
+    def login(self, name: str, password: str, client: str) -> LoggedIn:
+        """Check a name and password (throttled); raises :class:`LoginRefused`. Blocking (argon2): call it
+        from a worker thread."""
+        wait, locked = self.throttle.wait(name, client)
+        if wait > 0:
+            raise LoginRefused("throttled", wait, locked)
+        op = self.operators.verify_password(name, password)
+        if op is None:
+            known = self.operators.get(normalise_name(name)) is not None
+            newly_locked = self.throttle.failed(name, client)
+            # The attempted name is recorded only when it is an account: a mistyped one may be a password.
+            target = normalise_name(name) if known else None
+            record_audit(self.audit, "anonymous", "operator.login_failed", target,
+                    {"client": client, "known_name": known})
+            if newly_locked:
+                record_audit(self.audit, "system", "operator.lockout", target,
+                        {"client": client, "by": sorted(newly_locked), "minutes": LOCKOUT_S // 60})
+            raise LoginRefused("bad_credentials")
+        self.throttle.succeeded(name)
+        sid, csrf = self.sessions.create(op.name, client)
+        record_audit(self.audit, op.name, "operator.login", op.name, {"client": client})
+        return LoggedIn(op, sid, csrf)
+
+    def logout(self, who: Principal) -> None:
+        if who.session_hash is not None:
+            self.sessions.end(who.session_hash)
+            record_audit(self.audit, who.name, "operator.logout", who.name)
+
+    def from_session(self, sid: str) -> Principal | None:
+        found = self.sessions.lookup(sid)
+        if found is None:
+            return None
+        name, csrf, digest = found
+        op = self.operators.get(name)
+        if op is None or not op.active:
+            self.sessions.end(digest)
+            return None
+        return Principal(op.name, op.role, "session", csrf=csrf, session_hash=digest)
+
+    def from_token(self, secret: str) -> Principal | None:
+        found = self.operators.token_owner(secret)
+        if found is None:
+            return None
+        op, token = found
+        return Principal(op.name, token.role, "token", token_id=token.id)
+
+
+def client_key(host: str | None) -> str:
+    """The address a request came from, as counted by the throttle ("unknown" without one)."""
+    return host or "unknown"

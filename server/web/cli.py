@@ -1,0 +1,169 @@
+"""``doorkeep user …`` (operator accounts and API tokens) and ``doorkeep desk`` (server + desk in one process).
+
+Exit codes: 0 done, 1 refused (exists, unknown, no such token), 2 usage or configuration errors.
+The user commands work while the server runs (SQLite WAL; each change is one short transaction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+from doorkeep.config import load_site_dir
+from doorkeep.errors import ConfigError, ConfigErrors
+from server.admin_cli import UsageError, cli_actor
+from server.audit import AuditLog
+from server.errors import ServerError
+from server.store import Store
+from server.web.errors import OperatorError, OperatorExists, UnknownOperator
+from server.web.operators import MIN_PASSWORD, Operators, check_password
+
+log = logging.getLogger("doorkeep.server.desk")
+
+
+@contextmanager
+def _operators(args: argparse.Namespace, cmd: str) -> Iterator[Operators]:
+    """The operator accounts in the server's store (``--data``, default var/SITE; created if new)."""
+    try:
+        bundle = load_site_dir(args.site)
+    except (ConfigErrors, ConfigError) as exc:
+        raise UsageError(f"doorkeep {cmd}: {exc}") from exc
+    data = args.data or Path("var") / bundle.site.id
+    try:
+        store = Store(data)
+    except ServerError as exc:
+        raise UsageError(f"doorkeep {cmd}: {exc}") from exc
+    try:
+        yield Operators(store, audit=AuditLog(store))
+    finally:
+        store.close()
+
+
+def _run(cmd: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (UnknownOperator, OperatorExists) as exc:
+        print(f"doorkeep {cmd}: {exc}", file=sys.stderr)
+        return 1
+    except OperatorError as exc:  # a bad name, role, label or password: usage
+        print(f"doorkeep {cmd}: {exc}", file=sys.stderr)
+        return 2
+
+
+def read_password(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
+    """The new password: one line of stdin with ``--password-stdin``, else asked twice without echo."""
+    if args.password_stdin:
+        line = (stdin or sys.stdin).readline()
+        password = line[:-1] if line.endswith("\n") else line
+        check_password(password)
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError("doorkeep user add: no terminal to ask for the password "
+                     "(fix: pipe it in with --password-stdin)")
+    print(f"Choose a password of at least {MIN_PASSWORD} characters (a few unrelated words work well).",
+          file=sys.stderr)
+    first = getpass.getpass("Password: ")
+    check_password(first)
+    if getpass.getpass("Password again: ") != first:
+        raise OperatorError("the two passwords differ; nothing was changed")
+    return first
+
+
+def user_add(args: argparse.Namespace) -> int:
+    """``doorkeep user add NAME --role ROLE --site DIR``: a new operator account."""
+    def body() -> int:
+        with _operators(args, "user add") as ops:
+            password = read_password(args)
+            op = ops.add(args.name, args.role, password, actor=cli_actor())
+        print(f"operator {op.name} added with role {op.role}; log in at the desk (doorkeep desk)")
+        return 0
+    return _run("user add", body)
+
+
+def user_token(args: argparse.Namespace) -> int:
+    """``doorkeep user token NAME --label L [--role ROLE] [--revoke]``: issue (printed once) or revoke."""
+    def body() -> int:
+        with _operators(args, "user token") as ops:
+            if args.revoke:
+                if not ops.revoke_token(args.name, args.label, actor=cli_actor()):
+                    print(f"doorkeep user token: {args.name} has no live token labelled {args.label!r}",
+                          file=sys.stderr)
+                    return 1
+                print(f"revoked {args.name}'s token {args.label!r}")
+                return 0
+            secret, token = ops.issue_token(args.name, args.label, role=args.role, actor=cli_actor())
+        print(secret)
+        print(f"token {token.id} ({token.label!r}, role {token.role}) for {token.operator}: shown this once; "
+              "send it as 'Authorization: Bearer TOKEN'", file=sys.stderr)
+        return 0
+    return _run("user token", body)
+
+
+def user_list(args: argparse.Namespace) -> int:
+    """``doorkeep user list``: every operator, its role and state, and its live tokens (never their secrets)."""
+    def body() -> int:
+        with _operators(args, "user list") as ops:
+            rows = [(op, [t for t in ops.tokens(op.name) if t.revoked_at is None]) for op in ops.all()]
+        if not rows:
+            print("no operators yet (fix: doorkeep user add NAME --role admin --site DIR)")
+        for op, tokens in rows:
+            created = datetime.fromtimestamp(op.created_at, timezone.utc).strftime("%Y-%m-%d")
+            state = "active" if op.active else "disabled"
+            labels = ", ".join(f"{t.label} ({t.role})" for t in tokens) or "-"
+            print(f"{op.name:24} {op.role:8} {state:9} since {created}  tokens: {labels}")
+        return 0
+    return _run("user list", body)
+
+
+def user_disable(args: argparse.Namespace) -> int:
+    """``doorkeep user disable NAME``: the account, its sessions and its tokens stop working at once."""
+    def body() -> int:
+        with _operators(args, "user disable") as ops:
+            changed = ops.disable(args.name, actor=cli_actor())
+        print(f"operator {args.name} " + ("disabled" if changed else "was already disabled"))
+        return 0
+    return _run("user disable", body)
+
+
+def desk(args: argparse.Namespace) -> int:
+    """``doorkeep desk --site DIR``: the server (bus, store) and the security desk in one process."""
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        print(f"doorkeep desk: {exc} (fix: pip install -e .)", file=sys.stderr)
+        return 2
+
+    from doorkeep.policy import PolicyError
+    from server.app import bootstrap, create_app
+    from server.cli import broker_config
+
+    try:
+        bundle = load_site_dir(args.site)
+        data = args.data or Path("var") / bundle.site.id
+        server = bootstrap(bundle, data, broker_config(args))
+    except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
+        print(f"doorkeep desk: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(server)
+        server.start()
+        print(f"security desk for site {bundle.site.id} on http://{args.host}:{args.port}/ (store in {data}); "
+              "Ctrl-C to stop", file=sys.stderr, flush=True)
+        # Behind a TLS proxy on this host, --proxy-headers trusts its X-Forwarded-Proto/-For (from 127.0.0.1
+        # only), so cookies are marked Secure and failed logins are counted per real client address.
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", server_header=False,
+                                proxy_headers=bool(getattr(args, "proxy_headers", False)))
+        uvicorn.Server(config).run()  # handles SIGINT / SIGTERM itself
+    finally:
+        server.stop()
+    return 0
+

@@ -1,0 +1,46 @@
+"""A server built from the environment, for ``uvicorn --factory server.app:create_app`` (docs/desk.md).
+
+``DOORKEEP_SITE``   the site directory (default: the demo site in firmware-config/sites/demo)
+``DOORKEEP_DATA``   the server's data directory (default: var/SITE_ID, as ``doorkeep server``)
+``DOORKEEP_BROKER`` the broker URL (default mqtt://127.0.0.1:1883; plain MQTT only here: a TLS broker
+                    needs ``doorkeep desk`` with its --broker mqtts://... and the site's pki/)
+
+The demo site ships without keys; with the default site and no ``keys/`` directory the server runs on
+keys made up in memory (logged as a warning): enough to try the desk, not to serve real edges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from doorkeep.config import BrokerConfig, load_site_dir
+from server.app import Server, bootstrap
+
+log = logging.getLogger("doorkeep.server.desk")
+
+DEMO_SITE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def server_from_env(environ: Mapping[str, str] | None = None) -> Server:
+    env = os.environ if environ is None else environ
+    site_dir = Path(env.get("DOORKEEP_SITE") or DEMO_SITE)
+    bundle = load_site_dir(site_dir)
+    data = Path(env.get("DOORKEEP_DATA") or Path("var") / bundle.site.id)
+    broker = BrokerConfig(env.get("DOORKEEP_BROKER") or DEFAULT_BROKER)
+    keys: dict[str, Any] = {}
+    if not env.get("DOORKEEP_SITE") and not (bundle.dir / "keys").exists():
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from doorkeep.envelope import SnapshotKeys
+
+        log.warning("DOORKEEP_SITE is not set: the desk runs the demo site %s with keys made up in memory "
+                    "(set DOORKEEP_SITE to a site directory with keys/ to serve real edges)", bundle.dir)
+        keys = {"key": secrets.token_bytes(32), "signing_key": Ed25519PrivateKey.generate(),
+                "snapshot_keys": SnapshotKeys.generate()}
+    return bootstrap(bundle, data, broker, **keys)

@@ -1,0 +1,112 @@
+"""The desk's server-rendered pages: login, home, and one page per section of the navigation.
+
+The login form is protected against login CSRF by a double-submit token (a short-lived cookie and the
+same value in the form); every other form carries the session's CSRF token, checked by ``require``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, Form, Request, Response
+from fastapi.responses import RedirectResponse
+
+from server.web.access import CSRF_FIELD, SESSION_COOKIE, cookie_secure, identify, public, require
+from server.web.api import door_list, start_session
+from server.web.auth import LoginRefused, Principal
+from server.web.roles import ANY, SECTIONS, Section, sections_for
+
+#: (path, endpoint, add_api_route options) of every page, added to the app by :func:`install`.
+ROUTES: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(path: str, method: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def add(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((path, endpoint, {"methods": [method], "include_in_schema": False, **options}))
+        return endpoint
+    return add
+
+
+def install(app: FastAPI) -> None:
+    for path, endpoint, options in ROUTES:
+        app.add_api_route(path, endpoint, **options)
+
+LOGIN_COOKIE = "doorkeep_login"
+
+
+def render(request: Request, template: str, who: Principal | None, status: int = 200, **context: Any) -> Response:
+    desk = request.app.state.desk
+    nav = sections_for(who.role) if who is not None else []
+    return desk.templates.TemplateResponse(request, template, {"who": who, "nav": nav, "csrf_field": CSRF_FIELD,
+                                                               **context}, status_code=status)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (never ``//host`` or a URL): no open redirect through the login form."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _login_form(request: Request, status: int = 200, error: str | None = None, name: str = "",
+                next_path: str = "/") -> Response:
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", None, status, error=error, login_token=token, name=name,
+                      next_path=_safe_next(next_path))
+    response.set_cookie(LOGIN_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
+                        secure=cookie_secure(request), path="/login")
+    return response
+
+
+@route("/login", "GET", dependencies=[Depends(public())])
+def login_page(request: Request, next: str = "/") -> Response:
+    if identify(request.app.state.desk.auth, request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_form(request, next_path=next)
+
+
+@route("/login", "POST", dependencies=[Depends(public())])
+def login_submit(request: Request, name: str = Form("", max_length=256), password: str = Form("", max_length=4096),
+                 login_token: str = Form("", max_length=200), next: str = Form("/", max_length=2000)) -> Response:
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), login_token.encode()):
+        return _login_form(request, 400, "The login form expired. Please enter your name and password again.",
+                           name=name, next_path=next)
+    if not name or not password:
+        return _login_form(request, 401, "Enter your name and password.", name=name, next_path=next)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    try:
+        start_session(request, response, name, password)
+    except LoginRefused as exc:
+        return _login_form(request, 429 if exc.reason == "throttled" else 401, exc.message[0].upper() + exc.message[1:]
+                           + ".", name=name, next_path=next)
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+@route("/logout", "POST")
+def logout(request: Request, who: Principal = Depends(require(*ANY))) -> Response:
+    request.app.state.desk.auth.logout(who)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@route("/", "GET")
+def home(request: Request, who: Principal = Depends(require(*ANY))) -> Response:
+    server = request.app.state.desk.server
+    return render(request, "home.html", who, site=server.site)
+
+
+def _section_page(section: Section) -> Callable[..., Response]:
+    def page(request: Request, who: Principal = Depends(require(*section.roles))) -> Response:
+        doors = door_list(request) if section.key == "doors" else None
+        return render(request, "section.html", who, section=section, doors=doors)
+    page.__name__ = f"section_{section.key}"
+    return page
+
+
+for _section in SECTIONS:
+    route(_section.path, "GET")(_section_page(_section))

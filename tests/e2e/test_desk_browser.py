@@ -1,0 +1,147 @@
+"""The security desk in a real headless Chromium (Debian's ``chromium``, driven by Playwright), served by
+uvicorn on a free loopback port, around the server of a whole demo site on the session's Mosquitto.
+
+Skipped, with the reason, when the browser or Playwright is absent (``make test`` installs chromium through
+scripts/ensure-test-tools).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from simulators.site import SiteRunner
+from simulators.wait import wait_until
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (make test installs it through "
+                    "scripts/ensure-test-tools; or: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    pw = sync_playwright().start()
+    try:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+    except Exception as exc:  # a browser that cannot start here is an environment problem, said plainly
+        pw.stop()
+        pytest.skip(f"chromium did not start: {exc}")
+    yield chromium
+    chromium.close()
+    pw.stop()
+
+
+@pytest.fixture
+def desk(site: SiteRunner) -> Iterator[str]:
+    """The desk app around the running site's server, served by uvicorn in a thread; yields its base URL."""
+    import uvicorn
+    from argon2 import PasswordHasher
+
+    from server.app import create_app
+
+    assert site.server is not None
+    app = create_app(site.server, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    app.state.desk.operators.add("ada", "admin", PASSWORDS["ada"], actor="test")
+    app.state.desk.operators.add("dex", "desk", PASSWORDS["dex"], actor="test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="desk-uvicorn", daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, 10), "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    yield pg
+    context.close()
+
+
+def log_in(page: Any, base: str, name: str, password: str, path: str = "/") -> None:
+    page.goto(base + path)
+    assert page.url.startswith(base + "/login")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+
+
+def nav_links(page: Any) -> list[str]:
+    return [t.strip() for t in page.get_by_role("navigation", name="Desk sections").get_by_role("link").all_inner_texts()]
+
+
+def session_cookie(page: Any) -> dict[str, Any] | None:
+    return next((c for c in page.context.cookies() if c["name"] == "doorkeep_session"), None)
+
+
+def test_wrong_password_shows_an_error_and_opens_no_session(page: Any, desk: str) -> None:
+    log_in(page, desk, "ada", "not the password at all")
+    alert = page.get_by_role("alert")
+    assert "Wrong name or password" in alert.inner_text()
+    assert page.get_by_role("heading", level=1).inner_text() == "Log in to the security desk"
+    assert session_cookie(page) is None
+    page.goto(desk + "/")
+    assert page.url.startswith(desk + "/login")
+
+
+def test_admin_logs_in_sees_home_and_every_section_then_logs_out(page: Any, desk: str) -> None:
+    log_in(page, desk, "ada", PASSWORDS["ada"])
+    assert page.url == desk + "/"
+    page.keyboard.press("Tab")  # the first stop on every page is the skip link, and it shows its focus
+    focused = page.evaluate("() => [document.activeElement.textContent.trim(), "
+                            "getComputedStyle(document.activeElement).outlineStyle]")
+    assert focused[0] == "Skip to main content" and focused[1] != "none"
+    assert page.get_by_role("heading", level=1).inner_text() == "Security desk — Demo HQ"
+    assert page.get_by_role("heading", level=2, name="What you can do here").is_visible()
+    assert re.search(r"Signed in as\s+ada\s+\(admin\)", page.get_by_role("banner").inner_text())
+    assert nav_links(page) == ALL_SECTIONS
+    assert page.get_by_role("main").count() == 1 and page.get_by_role("contentinfo").count() == 1
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1366  # no sideways scroll at 1366x768
+    cookie = session_cookie(page)
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    nav = page.get_by_role("navigation", name="Desk sections")
+    nav.get_by_role("link", name="Doors").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Doors"
+    assert page.get_by_role("row", name=re.compile("Floor 7 lab")).is_visible()
+    assert nav.get_by_role("link", name="Doors").get_attribute("aria-current") == "page"
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(desk + "/login")
+    page.goto(desk + "/")
+    assert page.url.startswith(desk + "/login")
+
+
+def test_desk_operator_sees_no_people_or_audit_and_is_refused_there(page: Any, desk: str) -> None:
+    log_in(page, desk, "dex", PASSWORDS["dex"], path="/alarms")
+    assert page.url == desk + "/alarms"  # back where the login began
+    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Doors", "Muster"]
+    response = page.goto(desk + "/people")
+    assert response is not None and response.status == 403
+    assert page.get_by_role("heading", level=1).inner_text() == "Not allowed"
+    assert "needs admin" in page.get_by_role("alert").inner_text()
+    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Doors", "Muster"]  # still their own way out
+    assert page.goto(desk + "/api/v1/audit").status == 403
