@@ -707,8 +707,9 @@ def compile_policy(site: Site, doors: Iterable[str]) -> Site:
     that cover a door's destination area (or the door itself); the schedules those
     levels and the doors use; the people who could matter at those doors (holders of
     those levels, visitors allowed into a destination area and their hosts, anyone with
-    the ``escort`` or ``responder`` role); exactly those people's credentials (keyed
-    hashes only); the rules and any other site-wide setting unchanged.
+    the ``escort`` or ``responder`` role), with their names and companies replaced by their ids;
+    exactly those people's credentials (keyed hashes only); the rules and any other site-wide
+    setting unchanged.
     """
     door_ids = list(dict.fromkeys(doors))
     unknown = [d for d in door_ids if d not in site.doors]
@@ -747,6 +748,9 @@ def compile_policy(site: Site, doors: Iterable[str]) -> Site:
             people.setdefault(host, site.people[host])
 
     credentials = {h: c for h, c in site.credentials.items() if c.person in people}
+    # Data minimisation: a decision needs ids, levels and states, never who someone is. A stolen SD card holds
+    # person ids, not names or employers (docs/privacy.md).
+    people = {pid: dataclasses.replace(p, name=pid, company=None) for pid, p in people.items()}
     return dataclasses.replace(site, doors=kept_doors, access_levels=levels, schedules=schedules,
                                people=people, credentials=credentials)
 

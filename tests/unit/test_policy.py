@@ -391,7 +391,7 @@ def with_signed(payload: bytes, change) -> bytes:
 
 @pytest.mark.parametrize("change", [
     lambda s: s.replace('"version":5', '"version":6'),
-    lambda s: s.replace("Alice Archer", "Alice ArcheR"),
+    lambda s: s.replace('"alice"', '"alicf"', 1),
     lambda s: s.replace('"business_hours"', '"business_hourz"', 1),
     lambda s: s[:40] + ("x" if s[40] != "x" else "y") + s[41:],
 ])
@@ -588,3 +588,12 @@ def test_missing_or_invalid_key_files_name_the_file_and_the_fix(tmp_path: Path) 
     (tmp_path / "junk.pub").write_text("not a key")
     with pytest.raises(PolicyError, match="junk.pub"):
         load_public_key(tmp_path / "junk.pub")
+
+
+def test_an_edge_policy_names_no_one(demo: Site, key: Ed25519PrivateKey) -> None:
+    """Decisions need ids, levels and states: names and employers stay on the server (docs/privacy.md)."""
+    compiled = compile_policy(demo, ["lobby_in", "lab"])
+    assert compiled.people and all(p.name == p.id and p.company is None for p in compiled.people.values())
+    text = signed(compiled, key).decode()
+    for person in demo.people.values():
+        assert person.name not in text or person.name == person.id
