@@ -230,12 +230,12 @@ class SerialReader:
                 self._accepted_at[card.number] = t_read
                 repeat = False
         if repeat:
-            logger.debug("door %s: card %s held, repeat ignored", self.door, card.number)
+            logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
             return
         try:
             self._on_card(self.door, card, t_read)
         except Exception:
-            logger.exception("door %s: on_card failed for card %s", self.door, card.number)
+            logger.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
 
     def _forget_old(self, now: float) -> None:
         """Keep the repeat table to recent cards so a busy door does not grow it forever."""
@@ -246,13 +246,24 @@ class SerialReader:
     def _fault(self, fault: FrameFault) -> None:
         with self._lock:
             self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
-        logger.warning("door %s: reader fault %s: %s (raw %r)", self.door, fault.kind, fault.detail, fault.raw)
+        logger.warning("door %s: reader fault %s: %s (raw %s)", self.door, fault.kind, fault.detail, masked(fault.raw))
         if self._on_fault is None:
             return
         try:
             self._on_fault(self.door, fault)
         except Exception:
             logger.exception("door %s: on_fault failed", self.door)
+
+
+def masked(raw: bytes) -> str:
+    """A frame fit for a log that ends up on the SD card: its shape without its card number.
+
+    Letters and digits become ``#``; framing and control bytes stay (as ``\\xNN``), so a wiring or baud
+    fault can still be told from line noise. Logs keep last four digits at most (docs/privacy.md).
+    """
+    out = "".join("#" if chr(b).isalnum() and b < 128 else (chr(b) if 32 <= b < 127 else f"\\x{b:02x}")
+                  for b in raw[:64])
+    return f"{out}{'…' if len(raw) > 64 else ''} ({len(raw)} bytes)"
 
 
 #: Device majors of Unix98 pseudo-terminal slaves (/dev/pts/N) on Linux.

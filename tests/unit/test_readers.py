@@ -90,6 +90,20 @@ def test_bad_checksum_is_counted_and_logged(em4100: Harness, caplog: pytest.LogC
     assert any("front" in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
 
 
+def test_logs_never_hold_a_card_number(em4100: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Logs end up in the journal on the SD card: a fault shows the frame's shape, a card its last four."""
+    caplog.set_level("DEBUG", logger="doorkeep.edge.reader")
+    em4100.sim.write_raw(b"\x02" + CARD.encode() + b"00\x03")  # the card with a broken checksum
+    em4100.sim.badge(CARD)
+    em4100.sim.badge(CARD)  # held: the repeat is logged at DEBUG
+    em4100.sim.badge(OTHER)
+    assert em4100.next_card()[1].number == CARD and em4100.next_card()[1].number == OTHER
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "checksum" in text and r"\x02############\x03" in text, text
+    assert "held" in text and CARD[-4:] in text
+    assert CARD[:8] not in text and CARD not in text, text
+
+
 def test_held_card_repeat_is_ignored(em4100: Harness) -> None:
     em4100.sim.badge(CARD)
     em4100.sim.badge(CARD)  # the reader repeating while the card is held
