@@ -32,7 +32,9 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/badge_to_relay.py
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/osdp.py
 	$(BIN)/python bench/outbox.py --events 100000
+	$(BIN)/python bench/desk.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
 # atheris harness for FUZZ_SECONDS. Stops by itself (about ten minutes) and fails on any new crash.

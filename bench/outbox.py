@@ -113,7 +113,7 @@ def bench_drain(d: Path, n: int) -> None:
         for rate, count in ((1e9, n), (200.0, min(n, 1000))):
             ob = Outbox(d / f"drain-{int(rate)}.db")
             ob.put_events((TOPIC, access_event) for _ in range(count))
-            link = Link("demo", "pi-lobby", BrokerConfig(broker.url), on_decision=lambda door, p: None,
+            link = Link("demo", "pi-lobby", BrokerConfig(broker.url, allow_plain=True), on_decision=lambda door, p: None,
                         state_payload=lambda: b"{}", outbox=ob, drain_rate=rate)
             t = time.perf_counter()
             link.start()

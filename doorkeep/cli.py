@@ -31,6 +31,8 @@ HANDLERS = {
     "server": "server.cli:run",
     "demo": "simulators.cli:demo",
     "sim reader": "simulators.cli:reader",
+    "sim osdp": "simulators.cli:osdp",
+    "osdp install-key": "edge.cli:osdp_install_key",
     "sim camera": "simulators.cli:camera",
     "sim run": "simulators.cli:run_scenarios",
     "audit verify": "server.cli:audit_verify",
@@ -44,6 +46,21 @@ HANDLERS = {
     "user disable": "server.web.cli:user_disable",
     "desk": "server.web.cli:desk",
 }
+
+
+ALLOW_PLAIN_HELP = ("development only: allow a plain mqtt:// broker (no TLS; logged as a WARNING at start). "
+                    "Without it a plain URL is refused")
+#: the default broker of the server-side commands: the site's own Mosquitto over mutual TLS (SITE/pki)
+DEFAULT_BROKER = "mqtts://127.0.0.1:8883"
+
+
+def _tls_flags(sp: argparse.ArgumentParser) -> None:
+    """``--broker`` (default mutual TLS), ``--ca/--cert/--key`` and ``--allow-plain-mqtt`` for a server-side client."""
+    sp.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker URL (default {DEFAULT_BROKER})")
+    sp.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
+    sp.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
+    sp.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
+    sp.add_argument("--allow-plain-mqtt", action="store_true", help=ALLOW_PLAIN_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsk = sub.add_parser("desk", help="run the server and the security desk (web UI and API) in one process")
     dsk.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     dsk.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
-    dsk.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
-    dsk.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
-    dsk.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
-    dsk.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
+    _tls_flags(dsk)
     dsk.add_argument("--host", default="127.0.0.1", help="address the desk listens on (default 127.0.0.1)")
     dsk.add_argument("--port", type=int, default=8080, help="the desk's HTTP port (default 8080)")
     dsk.add_argument("--proxy-headers", action="store_true",
@@ -160,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "the edge's result; exit 0 ok, 1 refused/failed/timeout, 2 usage")
     dun.add_argument("door", metavar="DOOR")
     dun.add_argument("--site", required=True, type=Path, help="the site directory (signs with keys/policy-signing.key)")
-    dun.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    _tls_flags(dun)
     dun.add_argument("--data", type=Path, help="the server's data directory, whose audit log records the command "
                                                "(default: var/SITE)")
 
@@ -169,21 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     ldn.add_argument("state", choices=["on", "off"])
     ldn.add_argument("--area", help="lock down only doors into this area (default: the whole site)")
     ldn.add_argument("--site", required=True, type=Path, help="the site directory (signs with keys/policy-signing.key)")
-    ldn.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    _tls_flags(ldn)
     ldn.add_argument("--data", type=Path, help="the server's data directory, whose audit log records the command "
                                                "(default: var/SITE)")
 
     edge = sub.add_parser("edge", help="run an edge agent for one device file")
     edge.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
     edge.add_argument("--broker", help="override the device file's broker URL")
+    edge.add_argument("--allow-plain-mqtt", action="store_true",
+                      help=ALLOW_PLAIN_HELP + " (or `allow_plain_mqtt = true` in the device file's [broker])")
+
+    osd = sub.add_parser("osdp", help="OSDP readers (docs/readers.md)")
+    osd_sub = osd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    oik = osd_sub.add_parser("install-key", help="give DOOR's OSDP reader (still on the default key) a new "
+                                                 "random Secure Channel key and write it to its scbk_file (0600); "
+                                                 "run with the edge agent stopped")
+    oik.add_argument("door", help="the door id whose reader gets the key")
+    oik.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
+    oik.add_argument("--timeout", type=float, default=15.0, metavar="S", help="give up after S seconds (15)")
 
     srv = sub.add_parser("server", help="run the central server for a site directory")
     srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
-    srv.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
-    srv.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
-    srv.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
-    srv.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
+    _tls_flags(srv)
     srv.add_argument("--device-timeout", type=float, metavar="S",
                      help="raise device_offline for a device silent this long (default 90)")
     srv.add_argument("--gap-timeout", type=float, metavar="S",
@@ -191,13 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
     demo.add_argument("--duration", type=float, help="stop after this many seconds and print a summary")
-    demo.add_argument("--broker", help="use this broker instead of starting the embedded one")
+    demo.add_argument("--broker", help="use this broker instead of starting the embedded one (mqtts://: the "
+                                       "site's pki/ holds each client's certificate)")
+    demo.add_argument("--allow-plain-mqtt", action="store_true", help=ALLOW_PLAIN_HELP + " (for --broker)")
     demo.add_argument("--site", type=Path, help="site directory (default: the embedded demo site)")
+    demo.add_argument("--no-desk", action="store_true", help="do not serve the security desk on 127.0.0.1")
+    demo.add_argument("--desk-port", type=int, metavar="PORT", help="the desk's port (default 8080)")
 
     sim = sub.add_parser("sim", help="hardware simulators")
     sim_sub = sim.add_subparsers(dest="action", required=True, metavar="ACTION")
     rd = sim_sub.add_parser("reader", help="a reader on a new pty: prints its path, then badges each card number typed")
     rd.add_argument("--protocol", default="em4100", choices=["em4100", "ascii"])
+    sos = sim_sub.add_parser("osdp", help="an OSDP reader on a new pty (Secure Channel, keypad, cards): prints its "
+                                          "path, then presents each line typed (`w26 FAC CARD`, `keys 1234#`)")
+    sos.add_argument("--address", type=int, default=0, help="the reader's OSDP address (0)")
+    sos.add_argument("--scbk", metavar="HEX", help="its installed key (32 hex digits); without it the reader is in "
+                                                   "factory state (default key only: try `doorkeep osdp install-key`)")
+    sos.add_argument("--no-secure-channel", action="store_true", help="a reader that offers no Secure Channel")
     cam = sim_sub.add_parser("camera", help="serve a simulated MJPEG camera on loopback")
     cam.add_argument("--port", type=int, default=8081)
     cam.add_argument("--fps", type=float, default=10.0)
@@ -207,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scenario YAML files, or directories of them")
     run.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report to FILE")
     run.add_argument("--broker", help="use this broker instead of a private one (no broker down/up steps then)")
+    run.add_argument("--allow-plain-mqtt", action="store_true", help=ALLOW_PLAIN_HELP + " (for --broker)")
     run.add_argument("--check", action="store_true", help="only validate the files (exit 0 or 2); run nothing")
     run.add_argument("--verbose", action="store_true",
                      help="show the system's own log on stderr at --log-level (default: errors only)")

@@ -49,8 +49,16 @@ from doorkeep.model import (
 )
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
-READER_PROTOCOLS = ("em4100", "ascii")
-CARD_FORMATS = ("em4100", "ascii")
+READER_PROTOCOLS = ("em4100", "ascii", "osdp")
+#: wiegand*: "FACILITY:CARD" in decimal; osdp_raw: "BITS:HEX" (edge/osdp/cards.py, docs/readers.md)
+CARD_FORMATS = ("em4100", "ascii", "wiegand26", "wiegand34", "wiegand37", "osdp_raw")
+_CARD_NUMBER_RULES: dict[str, tuple[str, str]] = {
+    "em4100": (r"^[0-9A-Fa-f]{10}$", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3"),
+    "wiegand26": (r"^\d{1,3}:\d{1,5}$", "write FACILITY:CARD in decimal, e.g. 12:34567"),
+    "wiegand34": (r"^\d{1,5}:\d{1,5}$", "write FACILITY:CARD in decimal, e.g. 1234:5678"),
+    "wiegand37": (r"^\d{1,5}:\d{1,6}$", "write FACILITY:CARD in decimal, e.g. 1234:56789"),
+    "osdp_raw": (r"^\d{1,4}:[0-9A-Fa-f]+$", "write BITS:HEX as the edge logs it, e.g. 40:0123456789"),
+}
 GPIO_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
 LOCK_FAIL_MODES = ("secure", "safe")
 BROKER_SCHEMES = ("mqtt", "tcp", "mqtts")
@@ -563,6 +571,10 @@ def _load_people(path: Path, site: Site | None,
             if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
                 c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3")
                 continue
+            if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and number \
+                    and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
+                c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
+                continue
             if fmt and number:
                 norm = (fmt, normalise(fmt, number))
                 if norm in seen:
@@ -593,6 +605,10 @@ def _load_people(path: Path, site: Site | None,
             c.done()
             if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
                 c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them")
+                continue
+            if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and number \
+                    and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
+                c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
                 continue
             if fmt and number and number.strip():
                 norm = (fmt, normalise(fmt, number))
@@ -643,6 +659,11 @@ class ReaderConfig:
     baudrate: int = 9600
     repeat_ignore_s: float = 1.0
     silence_timeout_s: float | None = None  # offline after this long without a byte (readers that send keep-alives)
+    # OSDP only (protocol = "osdp"; docs/readers.md)
+    address: int = 0
+    poll_ms: int = 100
+    scbk_file: Path | None = None
+    secure_channel: bool = True
 
 
 @dataclass(frozen=True)
@@ -713,6 +734,9 @@ class BrokerConfig:
     ca_file: Path | None = None     # the site CA that signed the broker's certificate
     cert_file: Path | None = None   # this client's certificate (CN = device id or `server`)
     key_file: Path | None = None    # its private key (mode 0600)
+    # Plain mqtt:// is refused unless this is set (device file `allow_plain_mqtt`, `--allow-plain-mqtt`, or
+    # the site runner for the embedded broker it starts itself); when set, the client logs a WARNING.
+    allow_plain: bool = False
 
     @property
     def tls(self) -> bool:
@@ -767,6 +791,9 @@ def _broker(t: _Table | None, f: str, errors: list[ConfigError], base: Path | No
                      ("key_file", t.get("key_file", str, None))):
         files[key] = (base / raw) if (raw and base is not None) else (Path(raw) if raw else None)
     tls = url.split("://", 1)[0] in TLS_SCHEMES
+    allow_plain = t.get("allow_plain_mqtt", bool, False)
+    if allow_plain and tls:
+        t.error("allow_plain_mqtt", "has no effect with an mqtts:// URL", "remove it")
     for key in TLS_FILE_KEYS:
         if tls and files[key] is None:
             t.error(key, "is required with an mqtts:// URL",
@@ -776,7 +803,8 @@ def _broker(t: _Table | None, f: str, errors: list[ConfigError], base: Path | No
                     'write the URL as "mqtts://HOST:8883", or remove the key')
             files[key] = None
     t.done()
-    return BrokerConfig(url, keepalive, files["ca_file"], files["cert_file"], files["key_file"])
+    return BrokerConfig(url, keepalive, files["ca_file"], files["cert_file"], files["key_file"],
+                        allow_plain=bool(allow_plain) and not tls)
 
 
 def _check_tls_files(dev: DeviceConfig, errors: list[ConfigError]) -> None:
@@ -932,6 +960,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                         "remove it (no silence check) or set it to about three keep-alive intervals")
                 silence = None
             reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0), silence)
+            if proto == "osdp":
+                reader = _osdp_reader(r, reader, path)
             r.done()
         lk = t.sub("lock", required=True)
         lock = None
@@ -956,6 +986,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder)
     if not doors:
         root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
+    _check_shared_buses(doors, root)
     root.done()
     if dev_id is None or site is None or factory is None:
         return None
@@ -964,6 +995,51 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                         (path.parent / policy_key) if policy_key else None,
                         (path.parent / state_dir) if state_dir else None,
                         heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb)
+
+
+def _osdp_reader(r: _Table, reader: ReaderConfig, path: Path) -> ReaderConfig:
+    """The OSDP keys of a reader table: address, poll_ms, and its key (or an explicit opt-out of Secure Channel)."""
+    address = r.get("address", int, fix="add address = 0 (the reader's OSDP address, 0-126, set on the reader)")
+    if address is not None and not 0 <= address <= 126:
+        r.error("address", f"{address} is not an OSDP address", "use 0-126 (127 is the broadcast address)")
+        address = None
+    poll_ms = r.get("poll_ms", int, 100)
+    if poll_ms is None or not 10 <= poll_ms <= 10000:
+        if poll_ms is not None:
+            r.error("poll_ms", f"{poll_ms} is out of range", "use 10-10000 ms (100 is the usual poll interval)")
+        poll_ms = 100
+    secure = r.get("secure_channel", bool, True)
+    scbk = r.get("scbk_file", str, None)
+    if secure and scbk is None:
+        r.error("scbk_file", "an OSDP reader needs its Secure Channel key file",
+                'add scbk_file = "keys/front.scbk" (written by `doorkeep osdp install-key`), or '
+                "secure_channel = false for development only")
+    if not secure and scbk is not None:
+        r.error("scbk_file", "is set but secure_channel = false", "remove one of the two")
+    return replace(reader, address=address if address is not None else 0, poll_ms=poll_ms,
+                               scbk_file=(path.parent / scbk) if scbk else None, secure_channel=bool(secure))
+
+
+def _check_shared_buses(doors: dict[str, DoorHardware], root: _Table) -> None:
+    """Doors may share a serial URL only as OSDP readers on one RS-485 bus, each with its own address."""
+    by_url: dict[str, list[DoorHardware]] = {}
+    for hw in doors.values():
+        by_url.setdefault(hw.reader.url, []).append(hw)
+    for url, hws in by_url.items():
+        if len(hws) < 2 or url.startswith("loop://"):  # every loop:// opens its own loopback
+            continue
+        names = ", ".join(h.door for h in hws)
+        if any(h.reader.protocol != "osdp" for h in hws):
+            root.error("doors", f"doors {names} share the reader url {url!r}",
+                       "give each door its own reader port; only OSDP readers (protocol = \"osdp\") share a bus")
+            continue
+        addresses = [h.reader.address for h in hws]
+        if len(set(addresses)) != len(addresses):
+            root.error("doors", f"OSDP readers of doors {names} on {url!r} share an address ({addresses})",
+                       "set a different address on each reader of one bus")
+        if len({h.reader.baudrate for h in hws}) != 1:
+            root.error("doors", f"OSDP readers of doors {names} on {url!r} have different baudrate",
+                       "one bus runs at one baud rate: set the same baudrate on each")
 
 
 # ----------------------------------------------------------------- bundles
@@ -1035,12 +1111,14 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
-    """Load a device file and the site file it points at; its doors must exist in the site."""
+    """Load a device file and the site file it points at; its doors must exist in the site.
+
+    The TLS files it names are not opened here (like the key files, they exist only on the Pi):
+    :func:`check` reports missing ones, and the edge's link refuses to start without them.
+    """
     p = Path(path)
     errors: list[ConfigError] = []
     dev = _load_device(p, errors)
-    if dev is not None:
-        _check_tls_files(dev, errors)
     site = _load_site(dev.site_file, errors) if dev is not None else None
     if dev is not None and site is not None:
         _cross_check(site, [dev], str(dev.site_file), errors, require_all_doors=False)
@@ -1048,6 +1126,15 @@ def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
         raise ConfigErrors(errors)
     assert dev is not None and site is not None
     return dev, site
+
+
+def _load_device_on_the_pi(path: Path) -> None:
+    """``doorkeep config check DEVICE_FILE``, run on the Pi: the device file loads and its TLS files exist."""
+    dev, _ = load_device(path)
+    errors: list[ConfigError] = []
+    _check_tls_files(dev, errors)
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def check(path: Path | str) -> list[ConfigError]:
@@ -1059,7 +1146,7 @@ def check(path: Path | str) -> list[ConfigError]:
     elif p.name == "site.toml":
         loader = lambda q: load_site_dir(q.parent)  # noqa: E731
     else:
-        loader = load_device
+        loader = _load_device_on_the_pi
     try:
         loader(p)
     except ConfigErrors as exc:

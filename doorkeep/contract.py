@@ -29,6 +29,7 @@ EVENT_TYPES = frozenset({
     "unlocked", "relocked", "reader_offline", "reader_online", "camera_offline", "camera_online",
     "held_open_warning", "tamper", "relay_stuck",
     "remote_unlock", "command_rejected", "lockdown",
+    "reader_security", "reader_key_installed",
 })
 DECIDED_BY = frozenset({"server", "edge_offline"})
 

@@ -59,6 +59,7 @@ from edge.errors import HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
+from edge.osdp.cp import OsdpReader, build_buses
 from edge.outbox import MB, Outbox, OutboxError
 from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
@@ -113,7 +114,7 @@ class _DoorRuntime:
     machine: DoorMachine
     relay: LockRelay
     inputs: DoorInputs | None
-    reader: SerialReader
+    reader: SerialReader | OsdpReader
     camera: Camera | None
     sounder: Sounder | None = None
     relay_on: bool = False
@@ -155,6 +156,11 @@ class EdgeAgent:
             for cid, c in device.cameras.items()
         }
         self.doors: dict[str, _DoorRuntime] = {}
+        # OSDP readers share one bus (thread, port) per URL; cards, tamper and security faults come back here.
+        self._osdp = build_buses(device.doors, self._on_card, clock=self.clock,
+                                 on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
+                                 on_security=lambda d, cause, detail: self._q.put(("reader_security", d, cause,
+                                                                                   detail)))
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(site.doors[did], hw)
         self.local_state = DecisionState()
@@ -210,9 +216,13 @@ class EdgeAgent:
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
                 on_tamper=(lambda active, d=door.id: self._q.put(("tamper", d, active))) if hw.tamper else None,
             )
-        reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
-                              baudrate=hw.reader.baudrate, clock=self.clock,
-                              repeat_ignore_s=hw.reader.repeat_ignore_s)
+        reader: SerialReader | OsdpReader
+        if door.id in self._osdp:
+            reader = self._osdp[door.id]
+        else:
+            reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
+                                  baudrate=hw.reader.baudrate, clock=self.clock,
+                                  repeat_ignore_s=hw.reader.repeat_ignore_s)
         camera = self.cameras.get(hw.camera) if hw.camera else None
         return _DoorRuntime(door, hw, machine, relay, inputs, reader, camera, sounder)
 
@@ -232,7 +242,9 @@ class EdgeAgent:
             try:
                 rt.reader.start()
                 # Known good from here: a loss right after start is a loss, not a reader still booting.
-                self._healthy.setdefault(f"reader:{rt.door.id}", True)
+                # (An OSDP reader is good only once its handshake is done: it gets the start-up grace.)
+                if not isinstance(rt.reader, OsdpReader):
+                    self._healthy.setdefault(f"reader:{rt.door.id}", True)
             except HardwareError as exc:
                 # One dead reader must not take the other doors down; the state shows it offline.
                 self.counters["reader_start_failures"] += 1
@@ -398,6 +410,8 @@ class EdgeAgent:
             self._sync_lockdowns()
         elif kind == "command":
             self._command(item[1])
+        elif kind == "reader_security":
+            self._reader_security(item[1], item[2], item[3])
 
     def _sync_lockdowns(self) -> None:
         """Lockdowns travel in the signed policy, so they hold when this edge decides alone; a signed
@@ -435,6 +449,9 @@ class EdgeAgent:
                 # Lost and already back between two checks: still an outage worth reporting.
                 self._health_change(rt, key, False, "reader", booting, {})
             online, detail = stats.online, {}
+            reason = getattr(rt.reader, "health_reason", None)  # OSDP: no_reply, needs_key, wrong_key, ...
+            if not online and reason:
+                detail = {"cause": reason}
             timeout = rt.hw.reader.silence_timeout_s
             if online and timeout is not None:
                 silent = rt.reader.silent_for(now)
@@ -492,7 +509,8 @@ class EdgeAgent:
     def _card(self, door: str, card: CardRead, t_read: float) -> None:
         """A card or a keypad entry; PIN doors wait for the PIN before asking."""
         rt = self.doors[door]
-        is_pin = card.format == "ascii" and card.number.startswith(PIN_PREFIX) and card.number[1:].isdigit()
+        is_pin = card.format in ("ascii", "keypad") and card.number.startswith(PIN_PREFIX) \
+            and card.number[1:].isdigit()
         if is_pin:
             waiting, rt.awaiting_pin = rt.awaiting_pin, None
             if waiting is None:
@@ -612,6 +630,25 @@ class EdgeAgent:
             detail={"violation": violation} if violation else {},
         )
         self._publish_event(ev)
+        self._reader_feedback(p.door, granted)
+
+    def _reader_feedback(self, door: str, granted: bool) -> None:
+        """LED and buzzer on readers that have them (OSDP): green and one beep, or red and two beeps."""
+        feedback = getattr(self.doors[door].reader, "feedback", None)
+        if feedback is None:
+            return
+        try:
+            feedback(granted)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("door %s: reader feedback failed", door)
+
+    def _reader_security(self, door: str, cause: str, detail: dict[str, Any]) -> None:
+        """A reader's Secure Channel failed its checks (MAC failure, answer in clear, SC withdrawn): an alarm."""
+        self.counters[f"reader_security_{cause}"] += 1
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=door, type="reader_security",
+                                     reason=None, detail={"cause": cause, **detail}))
 
     # ------------------------------------------------------------ door I/O
 
@@ -872,6 +909,8 @@ class EdgeAgent:
         for d, rt in self.doors.items():
             s = rt.reader.stats
             readers[d] = {"online": s.online, "frames": s.frames, "faults": sum(s.faults.values())}
+            if isinstance(rt.reader, OsdpReader):  # why it is offline, and whether over Secure Channel
+                readers[d].update(secure=s.secure, reason=s.reason)
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
         return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
                              outbox=self.outbox.stats())

@@ -9,12 +9,15 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 from sdnotify import SystemdNotifier
 
 from doorkeep.config import load_device
 from doorkeep.credentials import load_key
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.pki import check_transport
 from doorkeep.policy import PolicyError, load_public_key
 from edge.errors import EdgeError
 
@@ -38,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         if args.broker:
             # Only the URL changes: the device file's TLS files (ca_file, cert_file, key_file) still apply.
             device = dataclasses.replace(device, broker=dataclasses.replace(device.broker, url=args.broker))
+        if getattr(args, "allow_plain_mqtt", False):
+            device = dataclasses.replace(device, broker=dataclasses.replace(device.broker, allow_plain=True))
+        check_transport(device.broker)  # plain mqtt:// refused without the flag, before any hardware is touched
         key = load_key(device.credential_key_file, source=device.file)
         policy_key = load_public_key(device.policy_key_file) if device.policy_key_file else None
         if policy_key is None:
@@ -66,3 +72,102 @@ def run(args: argparse.Namespace) -> int:
         agent.stop()
         log.info("edge %s stopped; relays de-energised", device.id)
     return 0
+
+
+def osdp_install_key(args: argparse.Namespace) -> int:
+    """``doorkeep osdp install-key DOOR --device FILE``: the only way doorkeep ever re-keys a reader.
+
+    The reader must still be on its default key SCBK-D (factory state): a Secure Channel is opened with SCBK-D,
+    a fresh random SCBK is sent with KEYSET, and only once the reader acknowledged it is the key file (0600)
+    moved into place; the reader is then checked online under the new key. The act is recorded as a
+    ``reader_key_installed`` event in the edge's outbox, sent to the server when the agent next runs.
+    Run it with the edge agent stopped: both would otherwise drive the same bus.
+    """
+    import getpass
+    import hashlib
+    import secrets
+    import uuid
+
+    from doorkeep.clock import SystemClock, iso_ms
+    from doorkeep.contract import EventMsg, Topics
+    from edge.osdp.cp import OsdpBus, OsdpReaderSpec
+    from edge.osdp.keys import write_scbk
+    from edge.outbox import Outbox
+
+    def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
+        deadline, pause = time.monotonic() + timeout, threading.Event()
+        while not cond():
+            if time.monotonic() >= deadline:
+                return False
+            pause.wait(0.05)
+        return True
+
+    try:
+        device, site = load_device(args.device)
+    except (ConfigErrors, ConfigError) as exc:
+        print(f"doorkeep osdp install-key: {exc}", file=sys.stderr)
+        return 2
+    hw = device.doors.get(args.door)
+    if hw is None or hw.reader.protocol != "osdp":
+        print(f"doorkeep osdp install-key: {device.file}: door {args.door!r} has no OSDP reader "
+              f"(fix: one of {', '.join(d for d, h in device.doors.items() if h.reader.protocol == 'osdp') or 'none'})",
+              file=sys.stderr)
+        return 2
+    rc = hw.reader
+    if not rc.secure_channel or rc.scbk_file is None:
+        print(f"doorkeep osdp install-key: {device.file}: doors.{args.door}.reader has secure_channel = false "
+              "(fix: set scbk_file and remove secure_channel = false first)", file=sys.stderr)
+        return 2
+    if rc.scbk_file.exists():
+        print(f"doorkeep osdp install-key: {rc.scbk_file} already exists: the reader has a key "
+              "(fix: to re-key, reset the reader to its default key and move the old file away)", file=sys.stderr)
+        return 1
+    bus = OsdpBus(rc.url, [OsdpReaderSpec(args.door, rc.address, None)], lambda *_: None,
+                  baudrate=rc.baudrate, poll_ms=rc.poll_ms)
+    try:
+        bus.start()
+    except EdgeError as exc:
+        print(f"doorkeep osdp install-key: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not wait_until(lambda: bus.stats(rc.address).reason == "needs_key", args.timeout):
+            reason = bus.stats(rc.address).reason
+            print(f"doorkeep osdp install-key: the reader at {rc.url} address {rc.address} is not on its default "
+                  f"key (state: {reason or 'unknown'}); nothing changed", file=sys.stderr)
+            return 1
+        key = secrets.token_bytes(16)
+        try:
+            tmp = write_scbk(rc.scbk_file, key)
+        except FileExistsError as exc:
+            print(f"doorkeep osdp install-key: {exc.filename} is left from an earlier attempt and may be the "
+                  f"reader's key (fix: if the reader refuses its default key, move it to {rc.scbk_file}; "
+                  "otherwise delete it)", file=sys.stderr)
+            return 1
+        if not bus.begin_install(rc.address, key).wait(args.timeout):
+            # Kept, not deleted: had the reader taken the key but its ACK been lost, this is the only copy.
+            print(f"doorkeep osdp install-key: no acknowledgement of the new key from the reader; the key is kept "
+                  f"in {tmp} (0600). If the reader now refuses its default key, it took it: move {tmp} to "
+                  f"{rc.scbk_file}; otherwise delete {tmp} and try again", file=sys.stderr)
+            return 1
+        os.replace(tmp, rc.scbk_file)
+        online = wait_until(lambda: bus.stats(rc.address).online and bus.stats(rc.address).secure, args.timeout)
+    finally:
+        bus.stop()
+    fingerprint = hashlib.sha256(key).hexdigest()[:16]
+    operator = getpass.getuser()
+    log.warning("OSDP key installed on door %s (address %d) by %s, fingerprint %s", args.door, rc.address,
+                operator, fingerprint)
+    if device.state_dir is not None:
+        clock = SystemClock()
+        ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(clock.wall()), device=device.id, door=args.door,
+                      type="reader_key_installed",
+                      detail={"address": rc.address, "operator": operator, "key_fingerprint": fingerprint})
+        outbox = Outbox(device.state_dir / "outbox.db", max_bytes=device.outbox_max_mb * 1024 * 1024, clock=clock)
+        try:
+            outbox.put_event(Topics(site.id).event(device.id, args.door),
+                             lambda n: dataclasses.replace(ev, seq=n).encode())
+        finally:
+            outbox.close()
+    print(f"installed a new Secure Channel key on door {args.door}'s reader; wrote {rc.scbk_file} (mode 0600), "
+          f"fingerprint {fingerprint}; reader {'online' if online else 'NOT yet online'} under the new key")
+    return 0 if online else 1

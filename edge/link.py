@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, Topics, parse_topic
 from doorkeep.errors import MessageError
-from doorkeep.pki import client_tls_context
+from doorkeep.pki import check_transport, client_tls_context
 from edge.outbox import Outbox, Pump
 
 log = logging.getLogger("doorkeep.edge.link")
@@ -70,6 +70,8 @@ class Link:
                                    client_id=f"doorkeep-edge-{device}-{uuid.uuid4().hex[:6]}",
                                    clean_session=True)
         self._client.will_set(self.topics.availability(device), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        # Plain mqtt:// is refused (ConfigError) unless explicitly allowed, before anything starts.
+        self._plain_warning = check_transport(broker)
         # mqtts://: mutual TLS (1.2 at least) with this client's certificate; a bad file fails here, not later.
         tls = client_tls_context(broker)
         if tls is not None:
@@ -102,6 +104,9 @@ class Link:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
+        """Connect in the background (loudly, if plain MQTT was explicitly allowed)."""
+        if self._plain_warning is not None:
+            log.warning("edge %s: %s", self.device, self._plain_warning)
         self._thread.start()
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
         self._client.loop_start()

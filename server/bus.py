@@ -42,7 +42,7 @@ from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.envelope import EnvelopeError
 from doorkeep.errors import MessageError
 from doorkeep.model import Site
-from doorkeep.pki import client_tls_context
+from doorkeep.pki import check_transport, client_tls_context
 from server.directory import Directory
 from server.publisher import PolicyPublisher
 from server.store import Store
@@ -51,6 +51,8 @@ from server.supervision import Supervisor, state_timestamp
 log = logging.getLogger("doorkeep.server.bus")
 
 EventListener = Callable[[EventMsg, bool], None]
+#: Called on the store thread with (snapshot id = event id, device, door) once a new snapshot is stored.
+SnapshotListener = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,11 @@ class ServerBus:
         self.topics = Topics(site.id)
         self.counters: Counter[str] = Counter()
         self.availability: dict[str, str] = {}
+        #: The latest ``state`` payload of each device (raw JSON, as retained on the broker): the desk's door
+        #: board reads it (server/web/doors.py); parsing waits until someone looks.
+        self.states: dict[str, bytes] = {}
         self.listeners: list[EventListener] = []
+        self.snapshot_listeners: list[SnapshotListener] = []  # the desk's live feed updates "snapshot pending"
         # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
         self.command_results: list[Callable[[str, CommandResult], None]] = []
         self.supervisor = supervisor or Supervisor(store, self.clock, devices=set(door_devices.values()))
@@ -112,6 +118,10 @@ class ServerBus:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, wait_s: float = 10.0) -> None:
+        """Connect; plain ``mqtt://`` is refused here unless explicitly allowed (ConfigError, nothing started)."""
+        plain = check_transport(self.broker)
+        if plain is not None:
+            log.warning("server: %s", plain)
         self._worker.start()
         self.supervisor.start()
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
@@ -213,6 +223,7 @@ class ServerBus:
             elif topic.kind == "state":
                 if msg.payload:
                     ts = state_timestamp(msg.payload, topic.device)
+                    self.states[topic.device] = bytes(msg.payload)
                     self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
             elif topic.kind == "cmd_result":
                 result = CommandResult.decode(msg.payload)
@@ -339,6 +350,12 @@ class ServerBus:
             self.counters["snapshots_refused"] += 1
             raise MessageError(f"snapshot refused: {exc}") from None
         self.counters["snapshots" if new else "duplicate_snapshots"] += 1
+        if new:
+            for listener in list(self.snapshot_listeners):
+                try:
+                    listener(work.topic.event_id, work.topic.device, work.topic.door)
+                except Exception:
+                    log.exception("snapshot listener failed")
 
     def wait_idle(self, timeout: float) -> bool:
         """True once every event and snapshot received so far has been stored (tests and the demo use it)."""

@@ -15,7 +15,7 @@ from sdnotify import SystemdNotifier
 
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
-from doorkeep.pki import pki_dir
+from doorkeep.pki import check_transport, client_tls_context, pki_dir
 from doorkeep.policy import PolicyError
 from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run, subject_erase, subject_export  # noqa: F401
 from server.app import bootstrap
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         timeouts = _supervision_timeouts(args)
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
+        warn_if_readable(bundle.dir / "people.toml", "it holds card numbers in clear")
         server = bootstrap(bundle, data, broker_config(args), **timeouts)
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
@@ -54,17 +55,34 @@ def run(args: argparse.Namespace) -> int:
 
 def broker_config(args: argparse.Namespace) -> BrokerConfig:
     """``--broker URL`` with, for ``mqtts://``, ``--ca/--cert/--key`` (default: the site's pki/ca.crt,
-    pki/server.crt and pki/server.key, as ``doorkeep pki issue server`` writes them)."""
+    pki/server.crt and pki/server.key, as ``doorkeep pki issue server`` writes them).
+
+    A plain ``mqtt://`` URL is refused (ConfigError naming the fix) unless ``--allow-plain-mqtt`` is given.
+    """
     url = args.broker
     flags = {name: getattr(args, name, None) for name in ("ca", "cert", "key")}
     if not BrokerConfig(url).tls:
         given = [f"--{name}" for name, value in flags.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} need a TLS broker URL (fix: --broker mqtts://HOST:8883)")
-        return BrokerConfig(url)
+        plain = BrokerConfig(url, allow_plain=bool(getattr(args, "allow_plain_mqtt", False)))
+        check_transport(plain)  # refused without the flag; the client logs the WARNING when it starts
+        return plain
     pki = pki_dir(args.site)
     return BrokerConfig(url, ca_file=flags["ca"] or pki / "ca.crt", cert_file=flags["cert"] or pki / "server.crt",
                         key_file=flags["key"] or pki / "server.key")
+
+
+def warn_if_readable(path: Path, why: str) -> bool:
+    """Log a WARNING when group or others may read ``path``; True if so (docs/privacy.md)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return False
+    if mode & 0o077:
+        log.warning("%s is readable by group or others (mode %03o) and %s (fix: chmod 600 %s)", path, mode, why, path)
+        return True
+    return False
 
 
 def _watchdog_interval() -> float | None:
@@ -129,14 +147,11 @@ def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str |
     try:
         bundle = load_site_dir(args.site)
         key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
-        broker = BrokerConfig(args.broker)
-        host, port = broker.host, broker.port
+        # The command client speaks as the server (its certificate: the ACL gives `server` the whole site).
+        broker = broker_config(args)
+        tls = client_tls_context(broker)
     except (ConfigErrors, ConfigError, PolicyError, ValueError, IndexError) as exc:
         print(f"doorkeep {name}: {exc}", file=sys.stderr)
-        return 2
-    if broker.tls:
-        print(f"doorkeep {name}: {args.broker}: TLS brokers are not supported by this command yet "
-              "(fix: use the server's API, or a plain mqtt:// listener on the server host)", file=sys.stderr)
         return 2
     data = getattr(args, "data", None) or Path("var") / bundle.site.id
     if not (data / "doorkeep.db").exists():
@@ -156,13 +171,13 @@ def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str |
         except CommandSendError as exc:
             print(f"doorkeep {name}: {exc}", file=sys.stderr)
             return 2
-        return _run_command(args, name, sender, send, bundle.site.id, host, port, broker.keepalive)
+        return _run_command(args, name, sender, send, bundle.site.id, broker, tls)
     finally:
         store.close()
 
 
-def _run_command(args: argparse.Namespace, name: str, sender: Any, send: Any, site_id: str, host: str, port: int,
-                 keepalive: int) -> int:
+def _run_command(args: argparse.Namespace, name: str, sender: Any, send: Any, site_id: str, broker: BrokerConfig,
+                 tls: Any) -> int:
     """Connect, subscribe to the results, send as the operator running this command, print each result."""
     import json
     import uuid
@@ -193,8 +208,13 @@ def _run_command(args: argparse.Namespace, name: str, sender: Any, send: Any, si
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = on_message
     sender.publish = lambda topic, payload: client.publish(topic, payload, qos=1)
+    if tls is not None:
+        client.tls_set_context(tls)
+    else:
+        log.warning("doorkeep %s: plain MQTT without TLS to %s:%d: development only; anyone on the network "
+                    "can read and forge door traffic", name, broker.host, broker.port)
     try:
-        client.connect(host, port, keepalive=keepalive)
+        client.connect(broker.host, broker.port, keepalive=broker.keepalive)
     except OSError as exc:
         print(f"doorkeep {name}: cannot reach the broker at {args.broker}: {exc}", file=sys.stderr)
         return 1

@@ -121,6 +121,7 @@ class Directory:
         """The base site + visitors + card state overrides; called under the lock on every change."""
         people = dict(self._base.people)
         creds = dict(self._base.credentials)
+        self._merge_desk_people(people, creds)
         for v in self._visitors():
             people[v.id] = Person(
                 id=v.id, name=v.name, kind=PersonKind.VISITOR, state=PersonState.ACTIVE,
@@ -136,6 +137,47 @@ class Directory:
                 creds[row["hash"]] = dataclasses.replace(c, state=CredentialState(row["state"]))
         lockdowns = frozenset((["site"] if self.state.lockdown_site else []) + sorted(self.state.lockdown_areas))
         return dataclasses.replace(self._base, people=people, credentials=creds, lockdowns=lockdowns)
+
+    def _merge_desk_people(self, people: dict[str, Person], creds: dict[str, Credential]) -> None:
+        """Fold in the security desk's people changes (migration 008, server/web/people.py): people.toml is
+        the seed, a desk row overrides it field by field (NULL: keep the people.toml value), a desk-added
+        person exists only in the store; desk-added cards join their person's cards."""
+        for row in self.store.rows("desk_people"):
+            pid = row["id"]
+            seed = people.get(pid)
+            if seed is None and not row["added"]:
+                continue  # an override of someone people.toml no longer lists (or erased): nothing to override
+            base = seed or Person(id=pid, name=row["name"] or pid)
+            changes: dict[str, Any] = {}
+            if row["name"]:
+                changes["name"] = row["name"]
+            if row["kind"]:
+                changes["kind"] = PersonKind(row["kind"])
+            if row["clearance"] is not None:
+                changes["clearance"] = int(row["clearance"])
+            if row["access_levels"] is not None:
+                changes["access_levels"] = tuple(json.loads(row["access_levels"]))
+            if row["state"]:
+                changes["state"] = PersonState(row["state"])
+            people[pid] = dataclasses.replace(base, **changes)
+        for row in self.store.rows("desk_cards"):
+            if row["person"] not in people:
+                continue
+            if row["hash"] in creds and creds[row["hash"]].person != row["person"]:
+                log.warning("a desk-added card of %s is also in people.toml for someone else; people.toml wins",
+                            subject_ref(self.key, row["person"]))
+                continue
+            creds[row["hash"]] = Credential(row["hash"], row["last4"], row["format"], row["person"])
+
+    def refresh(self, *, action: str | None = None, actor: str = "system", target: str | None = None,
+                details: dict[str, Any] | None = None) -> Site:
+        """Rebuild the site after a change written to the store by someone else (the desk's people
+        admin), republish the policies, and audit ``action`` if given; returns the new site."""
+        with self._lock:
+            self._changed()
+            if action is not None:
+                self._audit(actor, action, target, details)
+            return self.site
 
     def _changed(self) -> None:
         self.site = self._build()

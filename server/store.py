@@ -161,6 +161,35 @@ def _m006_operators(db: sqlite_utils.Database) -> None:
                                 pk="key")
 
 
+def _m007_visitor_desk(db: sqlite_utils.Database) -> None:
+    """The desk's visitor records (server/web/visitors.py, docs/desk.md): the consent given at each check-in
+    (which privacy notice version was shown, photo consent yes/no, when, taken by which operator) and the
+    admin-managed watchlist of names and companies that warns the desk (``norm`` is the accent- and
+    case-folded text the match uses)."""
+    db["visitor_consents"].create({"id": int, "visitor": str, "notice_version": str, "photo_consent": int,
+                                   "consented_at": float, "operator": str}, pk="id",
+                                  not_null={"visitor", "notice_version", "photo_consent", "consented_at"})
+    db["visitor_consents"].create_index(["visitor"])
+    db["watchlist"].create({"id": int, "kind": str, "value": str, "norm": str, "note": str, "added_by": str,
+                            "added_at": float}, pk="id", not_null={"kind", "value", "norm", "added_at"})
+    db["watchlist"].create_index(["kind", "norm"], unique=True)
+
+
+def _m008_desk_admin(db: sqlite_utils.Database) -> None:
+    """People and cards changed at the security desk (server/web/people.py, docs/desk.md "People").
+
+    ``desk_people`` holds people added at the desk (``added`` 1) and overrides of people.toml people
+    (``added`` 0: a NULL column keeps the people.toml value); Directory merges it over people.toml.
+    ``desk_cards`` holds cards added at the desk, only as the keyed hash and the last four characters.
+    """
+    db["desk_people"].create({"id": str, "added": int, "name": str, "kind": str, "clearance": int,
+                              "access_levels": str, "state": str, "changed_at": float},
+                             pk="id", not_null={"added", "changed_at"})
+    db["desk_cards"].create({"hash": str, "person": str, "format": str, "last4": str, "added_at": float},
+                            pk="hash", not_null={"person", "format", "last4", "added_at"})
+    db["desk_cards"].create_index(["person"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -168,6 +197,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("004_snapshot_keys", _m004_snapshot_keys),
     ("005_audit_and_retention", _m005_audit_and_retention),
     ("006_operators", _m006_operators),
+    ("007_visitor_desk", _m007_visitor_desk),
+    ("008_desk_admin", _m008_desk_admin),
 ]
 
 

@@ -51,10 +51,15 @@ def find(bundle: SiteBundle, store: Store, key: bytes, person: str) -> Subject:
     p = bundle.people.get(person)
     hashes = [card_hash(key, c.format, c.number) for c in bundle.cards if c.person == person]
     name = p.name if p is not None else None
-    if name is None:
-        with store._lock:
-            row = store.db.conn.execute("SELECT name FROM visitors WHERE id = ?", [person]).fetchone()
-        name = row[0] if row else None
+    with store._lock:
+        # People and cards added at the security desk (migration 008) are the subject's too.
+        hashes += [r[0] for r in store.db.conn.execute("SELECT hash FROM desk_cards WHERE person = ?", [person])
+                   if r[0] not in hashes]
+        if name is None:
+            row = store.db.conn.execute("SELECT name FROM desk_people WHERE id = ? AND added = 1",
+                                        [person]).fetchone()
+            row = row or store.db.conn.execute("SELECT name FROM visitors WHERE id = ?", [person]).fetchone()
+            name = row[0] if row else None
     return Subject(person, subject_ref(key, person), name, p is not None, hashes)
 
 
@@ -185,7 +190,7 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
     s = find(bundle, store, key, person)
     conn = store.db.conn
     counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "presence", "card_states", "alarms",
-                            "hosted_visits"), 0)
+                            "hosted_visits", "desk_people", "desk_cards"), 0)
     with store._lock:
         # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
         conn.execute("PRAGMA secure_delete = ON")
@@ -214,6 +219,8 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
         counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
                                                [s.ref, person]).rowcount
         counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount
+        counts["desk_people"] = conn.execute("DELETE FROM desk_people WHERE id = ?", [person]).rowcount
+        counts["desk_cards"] = conn.execute("DELETE FROM desk_cards WHERE person = ?", [person]).rowcount
         if s.card_hashes:
             counts["card_states"] = conn.execute(
                 f"DELETE FROM credential_states WHERE hash IN ({', '.join('?' for _ in s.card_hashes)})",

@@ -51,6 +51,7 @@ EVENT_ALARMS: dict[str, str] = {
     "held_open_warning": "warning",
     "relay_stuck": "trouble",
     "reader_offline": "trouble",
+    "reader_security": "alarm",
     "camera_offline": "trouble",
 }
 #: event type -> the alarm types at the same door that it ends (the door closed, the reader is back)

@@ -4,6 +4,14 @@
 settings doorkeep needs (Nagle off, no QoS 1 queue limit: see
 shared MEASURED.md); ``EmbeddedBroker`` runs amqtt inside this process so
 the demo needs nothing installed.
+
+``MosquittoBroker(tls_sites=[...])`` runs exactly what ``doorkeep broker
+config`` generates (mutual TLS only, the per-site ACL, the CRL) from a CA of
+its own made with :mod:`doorkeep.pki` in its working directory; it issues a
+client certificate for any name on first use (:meth:`MosquittoBroker.client_config`,
+:meth:`MosquittoBroker.client`). A TLS broker started here is registered by
+URL (:func:`tls_broker_for`), so a :class:`~simulators.site.SiteRunner`
+given only its URL finds each client's certificate by itself.
 """
 
 from __future__ import annotations
@@ -18,8 +26,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
+
+from doorkeep.config import BrokerConfig
 
 
 def free_port() -> int:
@@ -43,14 +55,30 @@ class BrokerUnavailable(RuntimeError):
     """No broker could be started; the message says how to get one."""
 
 
+#: TLS brokers started in this process, by URL (see :func:`tls_broker_for`)
+_TLS_BROKERS: weakref.WeakValueDictionary[str, MosquittoBroker] = weakref.WeakValueDictionary()
+
+
+def tls_broker_for(url: str) -> MosquittoBroker | None:
+    """The TLS :class:`MosquittoBroker` of this process listening at ``url`` (it holds the clients' certificates)."""
+    return _TLS_BROKERS.get(url)
+
+
 class MosquittoBroker:
     def __init__(self, port: int | None = None, workdir: Path | None = None, *, persistent: bool = False,
-                 config_text: str | None = None) -> None:
+                 config_text: str | None = None, tls_sites: Sequence[str] | Mapping[str, Iterable[str]] | None = None,
+                 clients: Iterable[str] = ()) -> None:
         """``persistent`` keeps sessions and queued QoS 1 messages across a restart, as a production broker
         does; give the same ``workdir`` to the broker that replaces this one.
 
         ``config_text``: run this configuration (e.g. from ``doorkeep broker config``, whose listener must
         be on ``port``) instead of the built-in plain one; only the run-as user and a log file are added.
+
+        ``tls_sites``: run the configuration ``doorkeep broker config`` generates (mutual TLS on loopback,
+        the ACL, the CRL) for one site (``[SITE]``: every device confined by the ``%u`` pattern) or a campus
+        (``{SITE: device ids}``: each device listed in its own site), with a CA in ``workdir/pki`` (kept
+        when the workdir is reused, so a replacement broker trusts the same clients) and certificates for
+        ``clients`` issued now.
         """
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if self.binary is None:
@@ -62,6 +90,56 @@ class MosquittoBroker:
         self.persistent = persistent
         self.config_text = config_text
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pki: Path | None = None
+        """With ``tls_sites``: the CA and every certificate issued for this broker's clients."""
+        if tls_sites is not None:
+            self._setup_tls(tls_sites, clients)
+
+    def _setup_tls(self, tls_sites: Sequence[str] | Mapping[str, Iterable[str]], clients: Iterable[str]) -> None:
+        from doorkeep.pki import BROKER, broker_acl, broker_config, init_ca
+
+        if self.config_text is not None:
+            raise ValueError("give tls_sites or config_text, not both")
+        if isinstance(tls_sites, Mapping):
+            sites: str | dict[str, list[str]] = {site: list(devices) for site, devices in tls_sites.items()}
+        elif len(tls_sites) == 1 and not isinstance(tls_sites, str):
+            sites = tls_sites[0]
+        else:
+            raise ValueError("tls_sites: give [SITE] for one site, or {SITE: [device ids]} for several")
+        self.pki = self.dir / "pki"
+        if not (self.pki / "ca.key").exists():
+            init_ca(self.pki, sites if isinstance(sites, str) else next(iter(sites)), now=datetime.now(timezone.utc))
+        self._issue(BROKER)
+        for name in [*clients, *(d for devices in (sites.values() if isinstance(sites, dict) else ()) for d in devices)]:
+            self._issue(name)
+        acl = self.dir / "acl"
+        acl.write_text(broker_acl(sites))
+        self.config_text = broker_config(sites, self.pki, acl, port=self.port, bind="127.0.0.1",
+                                         persistence_dir=self.dir if self.persistent else None)
+
+    def _issue(self, name: str) -> None:
+        from doorkeep.pki import issue
+
+        assert self.pki is not None
+        if not (self.pki / f"{name}.crt").exists():
+            issue(self.pki, name, now=datetime.now(timezone.utc))
+
+    def client_config(self, name: str, *, url: str | None = None) -> BrokerConfig:
+        """How client ``name`` (a device id, or ``server`` for the whole site) reaches this broker.
+
+        With TLS: its own certificate, issued on first use. Plain: explicitly allowed (a test broker on
+        loopback), so the client logs the development WARNING.
+        """
+        if self.pki is None:
+            return BrokerConfig(url or self.url, allow_plain=not self.tls)
+        self._issue(name)
+        return BrokerConfig(url or self.url, ca_file=self.pki / "ca.crt", cert_file=self.pki / f"{name}.crt",
+                            key_file=self.pki / f"{name}.key")
+
+    def client(self, name: str, client_id: str | None = None, *, clean_session: bool = True) -> Any:
+        """A paho 2.x client (callback API v2, not yet connected) that presents ``name``'s certificate."""
+        return mqtt_client(self.client_config(name), client_id or f"{name}-{os.urandom(3).hex()}",
+                           clean_session=clean_session)
 
     @property
     def tls(self) -> bool:
@@ -102,6 +180,8 @@ class MosquittoBroker:
         if not wait_port(self.port, timeout):
             self.stop()
             raise BrokerUnavailable(f"mosquitto did not listen on port {self.port}; see {self.log_file}")
+        if self.pki is not None:
+            _TLS_BROKERS[self.url] = self
         return self
 
     def stop(self) -> None:
@@ -175,17 +255,37 @@ class EmbeddedBroker:
         self._thread = None
 
 
+def mqtt_client(broker: BrokerConfig, client_id: str, *, clean_session: bool = True) -> Any:
+    """A paho 2.x client (callback API v2, not connected) set up for ``broker``: its TLS context when
+    ``mqtts://`` (the same one the edge and server build), else nothing (plain must be allowed)."""
+    import paho.mqtt.client as mqtt
+
+    from doorkeep.pki import check_transport, client_tls_context
+
+    check_transport(broker)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
+    tls = client_tls_context(broker)
+    if tls is not None:
+        client.tls_set_context(tls)
+    return client
+
+
 def subscribed_client(host: str, port: int, client_id: str, subscribe: str, on_message: Any, *,
-                      inflight: int | None = None, keepalive: int = 30, timeout: float = 15.0) -> Any:
+                      inflight: int | None = None, keepalive: int = 30, timeout: float = 15.0,
+                      broker: BrokerConfig | None = None) -> Any:
     """A paho 2.x client (callback API v2) with Nagle off, returned once its subscription is acknowledged.
 
     For benchmarks and tests that play a peer on the wire; raises RuntimeError if it cannot connect.
+    ``broker``: connect as this client config (TLS certificate); None is plain MQTT to ``host:port``, or,
+    if a TLS broker of this process listens there, its ``server`` identity (which may read the whole site).
     """
-    import paho.mqtt.client as mqtt
-
     ready = threading.Event()
     failed: list[str] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if broker is None:
+        tls_broker = tls_broker_for(f"mqtts://{host}:{port}")
+        broker = (tls_broker.client_config("server") if tls_broker is not None
+                  else BrokerConfig(f"mqtt://{host}:{port}", allow_plain=True))
+    client = mqtt_client(broker, client_id)
     if inflight is not None:
         client.max_inflight_messages_set(inflight)
 
@@ -199,7 +299,14 @@ def subscribed_client(host: str, port: int, client_id: str, subscribe: str, on_m
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.subscribe(subscribe, qos=1)
 
+    def on_disconnect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        # A refused TLS handshake surfaces here, not as an exception from connect() (MEASURED.md).
+        if not ready.is_set():
+            failed.append(f"disconnected: {reason}")
+            ready.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.on_subscribe = lambda *args: ready.set()
     client.on_message = on_message
     client.connect(host, port, keepalive=keepalive)

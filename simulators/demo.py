@@ -9,6 +9,7 @@ exit status follows it.
 
 from __future__ import annotations
 
+import secrets
 import signal
 import statistics
 import sys
@@ -116,15 +117,17 @@ class Demo:
                   file=self.out, flush=True)
             self._access.notify_all()
 
-    def _count(self, kind: str) -> int:
-        return sum(1 for r in self.rows if r.event.type == kind)
+    def _count(self, kind: str, door: str | None = None) -> int:
+        return sum(1 for r in self.rows if r.event.type == kind and door in (None, r.event.door))
 
-    def _wait_access(self, before: int, timeout: float) -> EventMsg | None:
+    def _wait_access(self, before: int, timeout: float, door: str | None = None) -> EventMsg | None:
+        """The access event after the first ``before`` ones (at ``door``: a card badged by hand at the
+        terminal, at another door, is not the scripted step's answer)."""
         with self._access:
-            ok = self._access.wait_for(lambda: self._count("access") > before, timeout)
+            ok = self._access.wait_for(lambda: self._count("access", door) > before, timeout)
             if not ok:
                 return None
-            return [r.event for r in self.rows if r.event.type == "access"][before]
+            return [r.event for r in self.rows if r.event.type == "access" and door in (None, r.event.door)][before]
 
     def play(self, steps: tuple[Step, ...], started: float) -> None:
         for step in steps:
@@ -133,9 +136,9 @@ class Demo:
             sim = self.runner.doors[step.door]
             if step.action == "badge":
                 with self._lock:
-                    before = self._count("access")
+                    before = self._count("access", step.door)
                 sim.reader.badge(step.card)
-                ev = self._wait_access(before, 3.0)
+                ev = self._wait_access(before, 3.0, step.door)
                 self.expected.append((step, ev.reason if ev else None))
                 if ev is not None and ev.decision == "granted" and step.walk_through:
                     if sim.door.wait_relay(True, 2.0):
@@ -180,21 +183,99 @@ class Demo:
         return not wrong
 
 
+DESK_ADMIN = "demo"
+
+
+class DemoDesk:
+    """The security desk on the demo's server, served by uvicorn on its own thread (docs/desk.md).
+
+    A demo admin ``demo`` gets a fresh random password each run (printed): the demo's store lives in a
+    temporary directory and goes away with it.
+    """
+
+    def __init__(self, runner: SiteRunner, host: str, port: int) -> None:
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self.password = secrets.token_urlsafe(12)
+        self._server: object = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 10.0) -> str | None:
+        """Serve the desk; returns why it could not start (port taken), or None."""
+        import socket
+
+        import uvicorn
+        from argon2 import PasswordHasher
+
+        from server.app import create_app
+        from simulators.wait import wait_until
+
+        with socket.socket() as probe:
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                return f"cannot listen on {self.host}:{self.port} ({exc.strerror}); try --desk-port"
+        assert self.runner.server is not None
+        # Cheaper argon2 than production: the demo admin is thrown away with the demo's temporary store.
+        app = create_app(self.runner.server, hasher=PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+        app.state.desk.operators.add(DESK_ADMIN, "admin", self.password, actor="demo")
+        server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
+                                               server_header=False))
+        self._server = server
+        self._thread = threading.Thread(target=server.run, name="demo-desk", daemon=True)
+        self._thread.start()
+        if not wait_until(lambda: server.started or not self._thread.is_alive(), timeout) or not server.started:
+            return f"the desk did not start on {self.host}:{self.port}"
+        return None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def badge_from_stdin(runner: SiteRunner, out: TextIO, stop: threading.Event) -> None:
+    """``DOOR CARD`` typed on the terminal badges CARD at DOOR's simulated reader (a visitor's badge, say)."""
+    for line in sys.stdin:
+        if stop.is_set():
+            return
+        parts = line.split()
+        if len(parts) != 2:
+            if parts:
+                print(f"type DOOR CARD, e.g. lobby_in 0F00F00001 (doors: {', '.join(sorted(runner.doors))})",
+                      file=out, flush=True)
+            continue
+        door, card = parts
+        sim = runner.doors.get(door)
+        if sim is None:
+            print(f"no door {door!r}; doors: {', '.join(sorted(runner.doors))}", file=out, flush=True)
+            continue
+        try:
+            sim.reader.badge(card)
+        except ValueError as exc:
+            print(f"not sent: {exc}", file=out, flush=True)
+
+
 def run_demo(duration: float | None, broker: str | None, site_dir: object = None,
-             out: TextIO = sys.stdout, on_ready: Callable[[SiteRunner], None] | None = None) -> int:
+             out: TextIO = sys.stdout, on_ready: Callable[[SiteRunner], None] | None = None, *,
+             desk: bool = True, desk_host: str = "127.0.0.1", desk_port: int = 8080, allow_plain: bool = False) -> int:
     from doorkeep.config import load_site_dir
     from simulators.site import DEMO_SITE
 
     bundle = load_site_dir(site_dir or DEMO_SITE)  # type: ignore[arg-type]
     holidays: frozenset[date] = frozenset().union(*(s.holidays for s in bundle.site.schedules.values()))
     clock = ShiftedClock(demo_morning(bundle.site.timezone, holidays))
-    runner = SiteRunner(bundle, broker_url=broker, clock=clock)
+    # allow_plain: --allow-plain-mqtt for a plain --broker URL; the embedded broker needs no flag.
+    runner = SiteRunner(bundle, broker_url=broker, clock=clock, allow_plain=allow_plain)
     demo = Demo(runner, out)
     print(f"doorkeep demo: site {bundle.site.name!r}, {len(bundle.site.doors)} doors on "
           f"{len(bundle.devices)} edge devices; demo time starts "
           f"{datetime.fromtimestamp(clock.wall(), demo.tz):%a %d %b %H:%M} {bundle.site.timezone}", file=out)
     ok = False
     interrupted = threading.Event()
+    stoppers: list[Callable[[], None]] = []
 
     def on_signal(signum: int, frame: object) -> None:
         interrupted.set()
@@ -211,7 +292,23 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
         if not runner.wait_connected(10.0):
             print("doorkeep demo: the broker did not accept every client within 10 s", file=out)
             return 1
-        print(f"broker {runner.broker_url}; Ctrl-C stops everything with the relays locked\n", file=out)
+        print(f"broker {runner.broker_url}; Ctrl-C stops everything with the relays locked", file=out)
+        if desk:
+            web = DemoDesk(runner, desk_host, desk_port)
+            why = web.start()
+            if why is None:
+                pool = ", ".join(c.number for c in bundle.visitor_pool)
+                print(f"security desk: http://{desk_host}:{desk_port}/  log in as {DESK_ADMIN!r} with password "
+                      f"{web.password!r}\n  visitor badges (checked in at the desk): {pool}\n  to badge a card at "
+                      f"a door, type DOOR CARD and Enter, e.g. 'lobby_in {bundle.visitor_pool[0].number if bundle.visitor_pool else 'CARD'}' "
+                      f"(doors: {', '.join(sorted(runner.doors))})", file=out, flush=True)
+                stoppers.append(web.stop)
+                if sys.stdin is not None and sys.stdin.isatty():
+                    threading.Thread(target=badge_from_stdin, args=(runner, out, demo._stop), name="demo-stdin",
+                                     daemon=True).start()
+            else:
+                print(f"security desk not started: {why}", file=out, flush=True)
+        print(file=out)
         if on_ready:
             on_ready(runner)
         demo.header()
@@ -231,6 +328,8 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
         ok = demo.summary() or interrupted.is_set()
     finally:
         demo.stop()
+        for stop in stoppers:
+            stop()
         runner.stop()
         locked = not any(runner.relays_energised().values())
         print(f"stopped; all relays de-energised: {'yes' if locked else 'NO'}", file=out)

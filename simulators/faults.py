@@ -2,7 +2,9 @@
 
 :class:`FaultStack` starts a persistent Mosquitto, ``doorkeep server`` and ``doorkeep edge`` (the demo's
 ``pi-lobby``) as real processes on a private copy of the demo site, with reader simulators (ptys) in place
-of both lobby readers and no camera. :class:`LoadGenerator` badges cards from a thread at a steady rate:
+of both lobby readers and no camera. Everything speaks mutual TLS as shipped: the broker runs what
+``doorkeep broker config`` generates, the server gets ``--ca/--cert/--key`` and the edge's device file
+names pi-lobby's certificate (all from the stack broker's own CA). :class:`LoadGenerator` badges cards from a thread at a steady rate:
 ``lobby_in`` gets granted cards (alice, bob, chen) alternating with unknown ones, ``lobby_out`` gets only
 unknown cards, so its relay must never be energised. :meth:`FaultStack.verify` compares what was badged
 with what the server stored (docs/faults.md explains every figure).
@@ -33,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from doorkeep.config import BrokerConfig
 from doorkeep.credentials import generate_key_file
 from doorkeep.envelope import init_data_keys
-from simulators.brokers import MosquittoBroker
+from simulators.brokers import MosquittoBroker, mqtt_client
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
 from simulators.wait import wait_until
@@ -120,9 +123,9 @@ class Watcher:
     queued for it survives a broker restart as well as any other subscriber's.
     """
 
-    def __init__(self, port: int, client_id: str) -> None:
-        import paho.mqtt.client as mqtt
-
+    def __init__(self, broker: BrokerConfig, client_id: str) -> None:
+        """``broker``: how to reach it; over mutual TLS the watcher presents the ``server`` certificate
+        (the one identity the ACL lets read the whole site)."""
         self.lock = threading.Lock()
         self.states: list[tuple[float, dict[str, Any]]] = []
         self.availability: list[str] = []
@@ -132,12 +135,12 @@ class Watcher:
         base = f"doorkeep/v1/{SITE}"
         self._subs = [(f"{base}/{DEVICE}/state", 1), (f"{base}/{DEVICE}/availability", 1),
                       (f"{base}/server/availability", 1), (f"{base}/+/door/+/event", 1)]
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client = mqtt_client(broker, client_id, clean_session=False)
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -327,6 +330,8 @@ class FaultStack:
             ('url = "/dev/ttyUSB0"', f'url = "{self.readers[DENY_DOOR].path}"'),
             ("keepalive = 30", f"keepalive = {self.keepalive}"),
             ('camera = "lobby"\n', ""),
+            # Mutual TLS as shipped: pi-lobby's certificate from the stack broker's CA (see start()).
+            ('"/etc/doorkeep/pki/', f'"{self.pki}/'),
         ]
         for old, new in replacements:
             if old not in text:
@@ -403,9 +408,9 @@ class FaultStack:
         if self.data_tmpfs_mb:
             self.mount_data()
         self.broker_dir.mkdir(parents=True, exist_ok=True)
-        self.broker = MosquittoBroker(workdir=self.broker_dir, persistent=True).start()
+        self.broker = self._new_broker(None).start()
         self.port = self.broker.port
-        self.watcher = Watcher(self.port, f"faults-watcher-{os.getpid()}-{id(self)}")
+        self.watcher = Watcher(self.broker.client_config("server"), f"faults-watcher-{os.getpid()}-{id(self)}")
         if not self.watcher.connected.wait(10):
             raise RuntimeError("the watcher could not connect to Mosquitto")
         self.start_server()
@@ -417,12 +422,25 @@ class FaultStack:
 
     @property
     def broker_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    @property
+    def pki(self) -> Path:
+        """The stack broker's CA and certificates (the broker's, the server's, pi-lobby's)."""
+        return self.broker_dir / "pki"
+
+    def _new_broker(self, port: int | None) -> MosquittoBroker:
+        """Mosquitto running what `doorkeep broker config` generates for the site (mutual TLS, ACL, CRL),
+        persistent; a restart reuses the working directory, so the same CA, sessions and queued messages."""
+        return MosquittoBroker(port=port, workdir=self.broker_dir, persistent=True, tls_sites=[SITE],
+                               clients=["server", DEVICE])
 
     def start_server(self, timeout: float = 20) -> None:
         before = len(self.watcher.server_availability)  # type: ignore[union-attr]
         self.server = self._proc("server", "server", "--site", str(self.site), "--data", str(self.data),
-                                 "--broker", self.broker_url, "--device-timeout", str(self.device_timeout),
+                                 "--broker", self.broker_url, "--ca", str(self.pki / "ca.crt"),
+                                 "--cert", str(self.pki / "server.crt"), "--key", str(self.pki / "server.key"),
+                                 "--device-timeout", str(self.device_timeout),
                                  "--gap-timeout", str(self.gap_timeout))
         if not wait_for(lambda: "online" in self.watcher.server_availability[before:], timeout):  # type: ignore[union-attr]
             raise RuntimeError(f"the server did not come online:\n{self.log('server')}")
@@ -447,7 +465,7 @@ class FaultStack:
         return at
 
     def restart_broker(self) -> None:
-        self.broker = MosquittoBroker(port=self.port, workdir=self.broker_dir, persistent=True).start(timeout=10)
+        self.broker = self._new_broker(self.port).start(timeout=10)
 
     def kill_server(self) -> float:
         at = time.time()

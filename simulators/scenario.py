@@ -1038,8 +1038,13 @@ class ScenarioRunner:
 
     def __init__(self, scenario: Scenario, *, bundle: SiteBundle | None = None,
                  pool: list[tuple[str, str]] | None = None, broker_url: str | None = None,
-                 out: TextIO | None = None, default_within: float = DEFAULT_WITHIN_S) -> None:
+                 out: TextIO | None = None, default_within: float = DEFAULT_WITHIN_S,
+                 allow_plain: bool = False) -> None:
+        """``allow_plain``: a plain ``mqtt://`` ``broker_url`` is allowed (``--allow-plain-mqtt``, development
+        only; every client logs a WARNING). The runner's own brokers need no flag: Mosquitto runs mutual TLS,
+        the embedded amqtt broker is started here on loopback."""
         self.scenario = scenario
+        self.allow_plain = allow_plain
         if bundle is None:
             bundle, pool = load_site(scenario)
         self.bundle = bundle
@@ -1080,7 +1085,7 @@ class ScenarioRunner:
             for line in sc.description.splitlines():
                 self._say(f"  {line}")
         runner = SiteRunner(self.bundle, broker_url=self.broker_url, clock=self.clock,
-                            embedded_broker=not mosquitto_installed())
+                            embedded_broker=not mosquitto_installed(), allow_plain=self.allow_plain)
         self.runner = runner
         try:
             try:
@@ -1117,7 +1122,8 @@ class ScenarioRunner:
         self._pool_by_hash = {card_hash(runner.key, fmt, num): (fmt, num) for fmt, num in self.pool}
         for agent in runner.agents.values():
             agent.listeners.append(self.recorder)
-        kind = "external" if self.broker_url else ("embedded amqtt" if runner.embedded_broker else "Mosquitto")
+        kind = "external" if self.broker_url else ("embedded amqtt" if runner.embedded_broker
+                                                   else "Mosquitto (mutual TLS)")
         self._say(f"  site {self.bundle.site.id} ({len(self.bundle.site.doors)} doors on "
                   f"{len(runner.agents)} edges), {kind} broker {runner.broker_url}, "
                   f"start {datetime.fromtimestamp(self.clock.wall(), self.tz):%a %d %b %Y %H:%M} "
@@ -1581,13 +1587,14 @@ def _detail(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_scenario(scenario: Scenario, *, broker_url: str | None = None, out: TextIO | None = None,
-                 default_within: float = DEFAULT_WITHIN_S) -> ScenarioResult:
+                 default_within: float = DEFAULT_WITHIN_S, allow_plain: bool = False) -> ScenarioResult:
     """Run one validated scenario against a fresh site and return what happened."""
     if broker_url and scenario.controls_broker:
         raise ScenarioErrors([ScenarioError(str(scenario.file), "this scenario takes the broker down and up, "
                                             "which needs the runner's own broker",
                                             "run it without --broker")])
-    return ScenarioRunner(scenario, broker_url=broker_url, out=out, default_within=default_within).run()
+    return ScenarioRunner(scenario, broker_url=broker_url, out=out, default_within=default_within,
+                          allow_plain=allow_plain).run()
 
 
 # ================================================================= reports
@@ -1654,7 +1661,7 @@ def expand(paths: Iterable[Path | str]) -> list[Path]:
 
 def run_files(paths: Iterable[Path | str], *, junit: Path | str | None = None, broker_url: str | None = None,
               check_only: bool = False, out: TextIO | None = None, err: TextIO | None = None,
-              default_within: float = DEFAULT_WITHIN_S) -> int:
+              default_within: float = DEFAULT_WITHIN_S, allow_plain: bool = False) -> int:
     """``doorkeep sim run``: 0 every expectation passed, 1 one failed (or a step could not run), 2 a file is invalid.
 
     Every file is validated before any runs; one invalid file stops the run (exit 2).
@@ -1689,7 +1696,8 @@ def run_files(paths: Iterable[Path | str], *, junit: Path | str | None = None, b
         for sc in scenarios:
             print(f"ok  {sc.file}  ({sc.name}: {len(sc.steps)} steps)", file=out)
         return 0
-    results = [run_scenario(sc, broker_url=broker_url, out=out, default_within=default_within) for sc in scenarios]
+    results = [run_scenario(sc, broker_url=broker_url, out=out, default_within=default_within, allow_plain=allow_plain)
+               for sc in scenarios]
     if junit:
         Path(junit).write_text(junit_xml(results), encoding="utf-8")
     failed = [r for r in results if not r.passed]

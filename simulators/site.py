@@ -34,7 +34,7 @@ from doorkeep.config import BrokerConfig, DeviceConfig, SiteBundle, load_site_di
 from doorkeep.envelope import SnapshotKeys
 from edge.agent import EdgeAgent
 from server.app import Server, bootstrap
-from simulators.brokers import EmbeddedBroker, MosquittoBroker
+from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
 from simulators.door import DoorSimulator
 from simulators.reader import ReaderSimulator
@@ -76,7 +76,11 @@ class SiteRunner:
     """In memory by default; pass ``load_snapshot_keys(DIR)`` for a file keyring ``doorkeep key rotate`` can change."""
     pki: Path | None = None
     """With an ``mqtts://`` ``broker_url``: the site's pki/ directory, where each client finds its
-    certificate (``DEVICE.crt``/``.key``, ``server.crt``/``.key``) and ``ca.crt``."""
+    certificate (``DEVICE.crt``/``.key``, ``server.crt``/``.key``) and ``ca.crt``. None: the TLS
+    :class:`MosquittoBroker` of this process at that URL issues them (tests), else the site's own pki/."""
+    allow_plain: bool = False
+    """Allow a plain ``mqtt://`` ``broker_url`` (development only; every client logs a WARNING). The
+    runner's own embedded broker on loopback needs no flag: the runner allows it in code."""
     server: Server | None = None
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
     doors: dict[str, SimDoor] = field(default_factory=dict)
@@ -94,6 +98,8 @@ class SiteRunner:
         if self.broker_url is None:
             self._broker = self._new_broker(None).start()
             self._broker_port = self._broker.port
+            if getattr(self._broker, "pki", None) is not None:
+                self.pki = self._broker.pki  # its CA issued the server's and every device's certificate
             self.broker_url = self._broker.url
         if self.data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="doorkeep-site-")
@@ -105,12 +111,28 @@ class SiteRunner:
         return self
 
     def broker_config(self, name: str) -> BrokerConfig:
-        """The broker as client ``name`` (a device id or ``server``) sees it: with TLS, its own certificate."""
+        """The broker as client ``name`` (a device id or ``server``) sees it: with TLS, its own certificate.
+
+        Plain MQTT only to the runner's own embedded broker (loopback, started here) or with ``allow_plain``;
+        anything else is refused by the clients themselves (doorkeep.pki.check_transport).
+        """
         assert self.broker_url is not None
-        if self.pki is None or not BrokerConfig(self.broker_url).tls:
-            return BrokerConfig(self.broker_url)
-        return BrokerConfig(self.broker_url, ca_file=self.pki / "ca.crt", cert_file=self.pki / f"{name}.crt",
-                            key_file=self.pki / f"{name}.key")
+        if not BrokerConfig(self.broker_url).tls:
+            own_embedded = self.owns_broker and self.embedded_broker
+            return BrokerConfig(self.broker_url, allow_plain=self.allow_plain or own_embedded)
+        if self.pki is None:
+            tls_broker = tls_broker_for(self.broker_url)
+            if tls_broker is not None:
+                return tls_broker.client_config(name, url=self.broker_url)
+        pki = self.pki if self.pki is not None else self.bundle.dir / "pki"
+        return BrokerConfig(self.broker_url, ca_file=pki / "ca.crt", cert_file=pki / f"{name}.crt",
+                            key_file=pki / f"{name}.key")
+
+    def mqtt_client(self, name: str, client_id: str | None = None, *, clean_session: bool = True) -> Any:
+        """A paho client (not yet connected) to the runner's broker as ``name``: a peer on the wire for tests
+        (``server`` reads and writes the whole site; a device id only its own subtree)."""
+        return mqtt_client(self.broker_config(name), client_id or f"test-{name}-{secrets.token_hex(3)}",
+                           clean_session=clean_session)
 
     @property
     def owns_broker(self) -> bool:
@@ -121,10 +143,12 @@ class SiteRunner:
         if self.embedded_broker:
             return EmbeddedBroker(port=port)
         # Persistent, like a production broker: the server's session and the events queued for it
-        # survive a broker restart. The replacement broker reuses the same working directory.
+        # survive a broker restart. The replacement broker reuses the same working directory (and so the
+        # same CA). Mutual TLS with the ACL `doorkeep broker config` generates, as in production.
         if self._broker_dir is None:
             self._broker_dir = tempfile.TemporaryDirectory(prefix="doorkeep-broker-")
-        return MosquittoBroker(port=port, workdir=Path(self._broker_dir.name), persistent=True)
+        return MosquittoBroker(port=port, workdir=Path(self._broker_dir.name), persistent=True,
+                               tls_sites=[self.bundle.site.id], clients=["server", *self.bundle.devices])
 
     # --------------------------------------------------------------- server
 
@@ -133,10 +157,16 @@ class SiteRunner:
         assert self.broker_url is not None and self.data_dir is not None
         if self.server is not None:
             raise SiteRunnerError("the server is already running")
-        self.server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
-                                key=self.key, signing_key=self.signing_key, clock=self.clock,
-                                snapshot_keys=self.snapshot_keys)
-        self.server.start()
+        server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
+                           key=self.key, signing_key=self.signing_key, clock=self.clock,
+                           snapshot_keys=self.snapshot_keys)
+        try:
+            server.start()
+        except Exception:
+            # Refused before anything started (e.g. plain MQTT not allowed): only the store is open.
+            server.store.close()
+            raise
+        self.server = server
         return self.server
 
     def stop_server(self) -> None:

@@ -1,18 +1,47 @@
-"""Shared fixtures: one real Mosquitto per test session on a free loopback port."""
+"""Shared fixtures: one real Mosquitto per test session on a free loopback port, over mutual TLS.
+
+The session broker runs exactly the configuration ``doorkeep broker config`` generates (TLS only,
+``require_certificate``, the certificate's CN as user name, the per-site ACL, the CRL), for every
+shipped site (each of its devices in its own site) and the tests' own devices (TEST_DEVICES),
+from a session CA made with :mod:`doorkeep.pki`. It holds a
+certificate for every device of the shipped sites and for ``server``, and issues one for any other
+name on first use: ``mosquitto.client(NAME)`` is a paho client presenting NAME's certificate,
+``mosquitto.client_config(NAME)`` the ``BrokerConfig`` an edge or server uses, ``mosquitto.pki`` the
+directory. A peer that must read everything (an observer) connects as ``server``. A SiteRunner given
+``mosquitto.url`` finds its clients' certificates by itself (simulators.brokers.tls_broker_for).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from doorkeep.config import load_site_dir
 from simulators.brokers import MosquittoBroker
 from simulators.wait import wait_until  # noqa: F401  (re-exported for the tests)
 
+SITES_DIR = Path(__file__).resolve().parent.parent / "firmware-config" / "sites"
+#: devices only the tests play (beside every device of the shipped sites), by site: the ACL of a
+#: broker serving several sites lists each device in its own site (doorkeep.pki.broker_acl)
+TEST_DEVICES = {"demo": ["pi-annex"], "t": ["d"]}
+
+
+def session_sites() -> dict[str, list[str]]:
+    """The sites the session broker serves, each with the device ids its ACL confines to their subtrees."""
+    sites: dict[str, list[str]] = {}
+    for site_dir in sorted(p for p in SITES_DIR.iterdir() if (p / "site.toml").is_file()):
+        bundle = load_site_dir(site_dir)
+        sites[bundle.site.id] = sorted(bundle.devices)
+    for site_id, devices in TEST_DEVICES.items():
+        sites[site_id] = [*sites.get(site_id, []), *devices]
+    return sites
 
 
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker().start()
+    broker = MosquittoBroker(tls_sites=session_sites(), clients=["server"]).start()
+    assert broker.tls and broker.url.startswith("mqtts://")
     yield broker
     broker.stop()

@@ -8,7 +8,7 @@ the disk or a password hash.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -19,23 +19,16 @@ from server.web.auth import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Pr
 from server.web.errors import OperatorError, OperatorExists, UnknownOperator
 from server.web.operators import MIN_PASSWORD, Operator
 from server.web.roles import ADMIN, ANY, AUDITOR, DESK, sections_for
+from server.web.routes import Routes
 
 API_PREFIX = "/api/v1"
-#: (path, endpoint, add_api_route options) of every API route, added to the app by :func:`install`
-#: (added on the app itself, not through an included router: the route list stays flat and checkable).
-ROUTES: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
-
-
-def route(path: str, method: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def add(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-        ROUTES.append((path, endpoint, {"methods": [method], "tags": ["desk"], **options}))
-        return endpoint
-    return add
+#: every API route, added to the app by :func:`install`
+#: (on the app itself, not through an included router: the route list stays flat and checkable).
+route = Routes(API_PREFIX, tags=["desk"])
 
 
 def install(app: FastAPI) -> None:
-    for path, endpoint, options in ROUTES:
-        app.add_api_route(API_PREFIX + path, endpoint, **options)
+    route.install(app)
 
 
 DOOR_ID = r"^[A-Za-z0-9_-]{1,64}$"

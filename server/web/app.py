@@ -179,7 +179,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     ``secure_cookies``: True marks cookies Secure always, False never, None (default) when the request
     came over https (behind a TLS proxy, run uvicorn with ``--proxy-headers``; docs/desk.md).
     """
-    from server.web import api, pages
+    from server.web import alarms, api, doors, live, muster, pages, people, visitors
 
     owned = server is None
     if server is None:
@@ -199,9 +199,14 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
             from starlette.concurrency import run_in_threadpool
 
             await run_in_threadpool(server.start)
+        jobs = list(getattr(app.state, "jobs", []))  # periodic desk jobs (visitors.py: overdue visits closed)
+        for job in jobs:
+            job.start()
         try:
             yield
         finally:
+            for job in jobs:
+                job.stop()
             if owned:
                 server.stop()
 
@@ -214,6 +219,10 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     app.add_middleware(DeskMiddleware)
     _install_handlers(app)
     api.install(app)
+    live.install(app)  # before visitors: check-in tells the host through the live feed
+    visitors.install(app)
+    for module in (alarms, doors, muster, people):  # the desk's admin pages and their API (docs/desk.md)
+        module.install(app)
     pages.install(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     check_routes(app.routes)

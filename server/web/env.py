@@ -2,8 +2,10 @@
 
 ``DOORKEEP_SITE``   the site directory (default: the demo site in firmware-config/sites/demo)
 ``DOORKEEP_DATA``   the server's data directory (default: var/SITE_ID, as ``doorkeep server``)
-``DOORKEEP_BROKER`` the broker URL (default mqtt://127.0.0.1:1883; plain MQTT only here: a TLS broker
-                    needs ``doorkeep desk`` with its --broker mqtts://... and the site's pki/)
+``DOORKEEP_BROKER`` the broker URL (default mqtts://127.0.0.1:8883, as ``doorkeep desk``)
+``DOORKEEP_CA``, ``DOORKEEP_CERT``, ``DOORKEEP_KEY``  with mqtts://: the site CA and the server's certificate
+                    and key (default SITE/pki/ca.crt, server.crt, server.key)
+``DOORKEEP_ALLOW_PLAIN_MQTT=1``  allow a plain mqtt:// broker (development only; a WARNING at start)
 
 The demo site ships without keys; with the default site and no ``keys/`` directory the server runs on
 keys made up in memory (logged as a warning): enough to try the desk, not to serve real edges.
@@ -24,7 +26,18 @@ from server.app import Server, bootstrap
 log = logging.getLogger("doorkeep.server.desk")
 
 DEMO_SITE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_BROKER = "mqtts://127.0.0.1:8883"
+
+
+def _broker(env: Mapping[str, str], site_dir: Path) -> BrokerConfig:
+    """The broker as ``doorkeep desk`` reaches it: mutual TLS as ``server`` unless plain is explicitly allowed."""
+    url = env.get("DOORKEEP_BROKER") or DEFAULT_BROKER
+    if not BrokerConfig(url).tls:
+        return BrokerConfig(url, allow_plain=env.get("DOORKEEP_ALLOW_PLAIN_MQTT", "") in ("1", "true", "yes"))
+    pki = site_dir / "pki"
+    return BrokerConfig(url, ca_file=Path(env.get("DOORKEEP_CA") or pki / "ca.crt"),
+                        cert_file=Path(env.get("DOORKEEP_CERT") or pki / "server.crt"),
+                        key_file=Path(env.get("DOORKEEP_KEY") or pki / "server.key"))
 
 
 def server_from_env(environ: Mapping[str, str] | None = None) -> Server:
@@ -32,7 +45,7 @@ def server_from_env(environ: Mapping[str, str] | None = None) -> Server:
     site_dir = Path(env.get("DOORKEEP_SITE") or DEMO_SITE)
     bundle = load_site_dir(site_dir)
     data = Path(env.get("DOORKEEP_DATA") or Path("var") / bundle.site.id)
-    broker = BrokerConfig(env.get("DOORKEEP_BROKER") or DEFAULT_BROKER)
+    broker = _broker(env, site_dir)
     keys: dict[str, Any] = {}
     if not env.get("DOORKEEP_SITE") and not (bundle.dir / "keys").exists():
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -17,21 +17,14 @@ from server.web.access import CSRF_FIELD, SESSION_COOKIE, cookie_secure, identif
 from server.web.api import door_list, start_session
 from server.web.auth import LoginRefused, Principal
 from server.web.roles import ANY, SECTIONS, Section, sections_for
+from server.web.routes import Routes
 
-#: (path, endpoint, add_api_route options) of every page, added to the app by :func:`install`.
-ROUTES: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
-
-
-def route(path: str, method: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def add(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-        ROUTES.append((path, endpoint, {"methods": [method], "include_in_schema": False, **options}))
-        return endpoint
-    return add
+#: every page (not in the OpenAPI document), added to the app by :func:`install`.
+route = Routes(include_in_schema=False)
 
 
 def install(app: FastAPI) -> None:
-    for path, endpoint, options in ROUTES:
-        app.add_api_route(path, endpoint, **options)
+    route.install(app)
 
 LOGIN_COOKIE = "doorkeep_login"
 
@@ -108,5 +101,11 @@ def _section_page(section: Section) -> Callable[..., Response]:
     return page
 
 
+#: Sections whose own module installs a real page (server/web/visitors.py, live.py): no placeholder for them.
+BUILT: set[str] = {"visitors", "live"}
+#: ... and server/web/alarms.py, doors.py, muster.py, people.py.
+BUILT |= {"alarms", "doors", "muster", "people"}
+
 for _section in SECTIONS:
-    route(_section.path, "GET")(_section_page(_section))
+    if _section.key not in BUILT:
+        route(_section.path, "GET")(_section_page(_section))

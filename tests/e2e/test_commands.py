@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from doorkeep.contract import Topics
@@ -53,12 +52,15 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     text = text.replace('gpio_factory = "lgpio"', 'gpio_factory = "mock"')
     text = text.replace('url = "/dev/serial0"', f'url = "{reader.path}"')
     text = text.replace('source = "0"', f'source = "{camera.url}"')
+    # Mutual TLS as shipped, with pi-lobby's certificate from the session broker's CA.
+    assert 'url = "mqtts://' in text
+    text = text.replace('"/etc/doorkeep/pki/', f'"{mosquitto.pki}/')
     device.write_text(text)
 
     topics = Topics("demo")
     states: list[dict] = []
     availability: list[str] = []
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher = mosquitto.client("server")  # an observer that reads the whole site
 
     server_availability: list[str] = []
 
@@ -78,7 +80,9 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     watcher.loop_start()
 
     data = tmp_path / "data"
+    pki = mosquitto.pki
     server = doorkeep("server", "--site", str(site), "--data", str(data), "--broker", mosquitto.url,
+                      "--ca", str(pki / "ca.crt"), "--cert", str(pki / "server.crt"), "--key", str(pki / "server.key"),
                       log=tmp_path / "server.log")
     # Play systemd: a notify socket and a watchdog, as firmware-config/systemd/doorkeep-edge@.service sets up.
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

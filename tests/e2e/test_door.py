@@ -25,13 +25,14 @@ def stored_access(runner: SiteRunner, door: str) -> list[dict]:
     return [e for e in runner.server.store.events(50, door=door) if e["type"] == "access"]
 
 
-def raw_client(runner: SiteRunner) -> mqtt.Client:
-    """A bare paho client, for injecting what a broken or hostile peer would send."""
+def raw_client(runner: SiteRunner, name: str = "pi-lobby") -> mqtt.Client:
+    """A bare paho client, for injecting what a broken or hostile peer would send (as ``name``)."""
     assert runner.broker_url is not None
     port = int(runner.broker_url.rsplit(":", 1)[1])
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:6]}")
+    # Over mutual TLS, by default as the device itself: what a stolen Pi could still send under its subtree.
+    client = runner.mqtt_client(name, f"test-{uuid.uuid4().hex[:6]}")
     connected = threading.Event()
-    client.on_connect = lambda *a: connected.set()
+    client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
     client.connect("127.0.0.1", port)
     client.loop_start()
     assert connected.wait(5)
@@ -152,7 +153,7 @@ def test_rex_unlocks_without_forced_alarm(site: SiteRunner) -> None:
 
 def announce_server(runner: SiteRunner, availability: str) -> None:
     """Play the server's retained availability, as a live or a stopped server leaves it."""
-    client = raw_client(runner)
+    client = raw_client(runner, "server")  # the ACL lets only `server` write its availability
     try:
         client.publish(Topics("demo").server_availability(), availability, qos=1, retain=True).wait_for_publish(5)
     finally:

@@ -17,11 +17,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from doorkeep.config import BrokerConfig, load_site_dir
+from doorkeep.config import load_site_dir
 from doorkeep.contract import EventMsg, Topics
 from edge.agent import EdgeAgent
 from edge.link import Link
@@ -178,7 +177,7 @@ def test_the_retained_state_is_republished_every_heartbeat_with_the_outbox_figur
         states.append(json.loads(msg.payload))
         got.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:6]}")
+    client = mosquitto.client(DEVICE, f"test-{uuid.uuid4().hex[:6]}")  # a device may read its own state
     client.on_connect = lambda c, *a: c.subscribe(Topics("demo").state(DEVICE), qos=1)
     client.on_message = on_message
     try:
@@ -200,12 +199,12 @@ def test_messages_in_flight_when_the_connection_drops_are_resent_before_anything
     paho's own copies go first and are acknowledged, then the pump carries on; nothing overtakes."""
     if not mosquitto_installed():
         pytest.skip("mosquitto is not installed")
-    broker = MosquittoBroker().start()
+    broker = MosquittoBroker(tls_sites=["t"], clients=["server", "d"]).start()  # mutual TLS, as in production
     arrivals: list[int] = []
     sub = subscribed_client("127.0.0.1", broker.port, f"sub-{uuid.uuid4().hex[:6]}", "doorkeep/v1/t/d/door/+/event",
                             lambda c, u, msg: arrivals.append(json.loads(msg.payload)["seq"]))
     outbox = Outbox(tmp_path / "outbox.db")
-    link = Link("t", "d", BrokerConfig(broker.url), on_decision=lambda door, payload: None,
+    link = Link("t", "d", broker.client_config("d"), on_decision=lambda door, payload: None,
                 state_payload=lambda: b"{}", outbox=outbox, drain_rate=5000, window=32)
     topic = Topics("t").event("d", "x")
     try:
@@ -240,7 +239,8 @@ def test_without_a_state_dir_the_outbox_is_temporary_and_the_edge_says_so(mosqui
     dev = bundle.devices[DEVICE]
     doors = {d: dataclasses.replace(hw, reader=dataclasses.replace(hw.reader, url="loop://"))
              for d, hw in dev.doors.items()}
-    dev = dataclasses.replace(dev, doors=doors, cameras={}, broker=BrokerConfig(mosquitto.url), gpio_factory="mock")
+    dev = dataclasses.replace(dev, doors=doors, cameras={}, broker=mosquitto.client_config(DEVICE),
+                              gpio_factory="mock")
     caplog.set_level(logging.WARNING, logger="doorkeep.edge")
     agent = EdgeAgent(dev, bundle.site, os.urandom(32), pin_factory=MockFactory(), state_dir=None)
     where = agent.outbox.path.parent

@@ -56,7 +56,8 @@ class Wire:
         self.results: list[tuple[str, CommandResult]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-wire-{uuid.uuid4().hex[:6]}")
+        # As `server`: the one identity besides the device that the ACL lets read and write its cmd topic.
+        self.client = runner.mqtt_client("server", f"test-wire-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: subscribed.set()
         broker = BrokerConfig(runner.broker_url)
@@ -115,7 +116,7 @@ def restart_edge(runner: SiteRunner, device: str) -> None:
     for name in [n for n in runner.cameras if n.startswith(f"{device}/")]:
         runner.cameras.pop(name).stop()
     assert runner.broker_url is not None
-    runner._start_device(runner.bundle.devices[device], BrokerConfig(runner.broker_url))
+    runner._start_device(runner.bundle.devices[device], runner.broker_config(device))
     assert runner.agents[device].link.wait_connected(10)
 
 
@@ -264,6 +265,12 @@ def _site_with_key(runner: SiteRunner, tmp_path: Path) -> Path:
                                                           serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption()))
     key_file.chmod(0o600)
+    # The command client speaks mutual TLS as `server`, from SITE/pki/ as `doorkeep pki issue server` leaves it.
+    tls = runner.broker_config("server")
+    (site_dir / "pki").mkdir()
+    for src, name in ((tls.ca_file, "ca.crt"), (tls.cert_file, "server.crt"), (tls.key_file, "server.key")):
+        assert src is not None
+        shutil.copy2(src, site_dir / "pki" / name)
     return site_dir
 
 

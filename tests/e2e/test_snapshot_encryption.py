@@ -109,6 +109,8 @@ def test_snapshots_travel_and_rest_sealed_and_no_card_number_is_stored(secure_si
     plain = [p.name for p in outbox_files if JPEG_MARKER in p.read_bytes()]
     assert plain == [], f"plaintext JPEG waiting in the edge outbox: {plain}"
     assert runner.start_broker(), "clients did not reconnect"
+    # The lab decides online only (offline = deny): badge once every edge hears the server again.
+    assert wait_until(lambda: all(a.server_reachable for a in runner.agents.values()), 10)
 
     lobby.reader.badge(ALICE_EM)
     assert lobby.door.wait_relay(True, 3.0), "alice was not let in"

@@ -10,7 +10,6 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from doorkeep.clock import iso_ms
-from doorkeep.config import BrokerConfig
 from doorkeep.contract import EventMsg, Topics
 from server.app import bootstrap
 from simulators.site import DEMO_SITE, SiteRunner
@@ -37,7 +36,7 @@ def short_gaps(mosquitto, tmp_path: Path) -> Iterator[SiteRunner]:
     """The demo site with a server whose gap timeout is half a second."""
     runner = SiteRunner.from_dir(DEMO_SITE, broker_url=mosquitto.url, data_dir=tmp_path)
     runner.start(with_server=False)
-    runner.server = bootstrap(runner.bundle, tmp_path / "server", BrokerConfig(mosquitto.url), key=runner.key,
+    runner.server = bootstrap(runner.bundle, tmp_path / "server", runner.broker_config("server"), key=runner.key,
                               signing_key=runner.signing_key, gap_timeout_s=0.5,
                               snapshot_keys=runner.snapshot_keys)
     runner.server.start()
@@ -48,7 +47,7 @@ def short_gaps(mosquitto, tmp_path: Path) -> Iterator[SiteRunner]:
 
 @pytest.fixture
 def publisher(mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="doorkeep-test-ghost")
+    client = mosquitto.client(GHOST, "doorkeep-test-ghost")  # its own certificate: its own subtree only
     client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()
     yield client
@@ -79,7 +78,7 @@ def test_sequence_gap_raises_event_gap_and_the_fill_clears_it(short_gaps: SiteRu
 
     # A restart of the server keeps the window: the next number is no gap.
     short_gaps.stop_server()
-    short_gaps.server = bootstrap(short_gaps.bundle, short_gaps.data_dir / "server", BrokerConfig(short_gaps.broker_url),
+    short_gaps.server = bootstrap(short_gaps.bundle, short_gaps.data_dir / "server", short_gaps.broker_config("server"),
                                   key=short_gaps.key, signing_key=short_gaps.signing_key, gap_timeout_s=0.5,
                                   snapshot_keys=short_gaps.snapshot_keys)
     short_gaps.server.start()

@@ -289,3 +289,61 @@ def test_badge_is_decided_by_the_server_over_mutual_tls(site: Path, broker: Brok
         assert (ev["decision"], ev["reason"], ev["decided_by"], ev["person"]) == ("granted", "granted", "server", "alice")
     finally:
         runner.stop()
+
+
+# ------------------------------------------------- the session broker (several sites)
+
+
+def test_campus_acl_lists_each_device_in_its_own_site_and_gives_the_server_every_site() -> None:
+    from doorkeep.pki import PkiError, broker_acl
+
+    acl = broker_acl({"demo": ["pi-lobby", "pi-floor7"], "hq": ["pi-entrance"]}).splitlines()
+    entrance = acl.index("user pi-entrance")
+    assert acl[entrance + 1:entrance + 3] == ["topic readwrite doorkeep/v1/hq/pi-entrance/#",
+                                              "topic read doorkeep/v1/hq/server/availability"]
+    assert "topic readwrite doorkeep/v1/demo/pi-lobby/#" in acl
+    server = acl.index("user server")
+    assert acl[server + 1:server + 3] == ["topic readwrite doorkeep/v1/demo/#", "topic readwrite doorkeep/v1/hq/#"]
+    # A CN does not name its site: a pattern would let pi-lobby write doorkeep/v1/hq/pi-lobby/# too.
+    assert not any(line.startswith("pattern") for line in acl)
+    with pytest.raises(PkiError, match="unique across"):
+        broker_acl({"demo": ["pi-x"], "hq": ["pi-x"]})
+    with pytest.raises(PkiError, match="reserved"):
+        broker_acl({"demo": ["server"]})
+    assert broker_acl("demo").count("pattern readwrite doorkeep/v1/demo/%u/#") == 1  # one site: unchanged
+
+
+def test_session_broker_runs_the_generated_tls_config_for_every_site_and_confines_devices(mosquitto: Any) -> None:
+    """The suite's own broker (tests/conftest.py) is the generated campus configuration: mutual TLS, and
+    a device of one site can write neither another device's subtree nor its own id under another site."""
+    assert mosquitto.url.startswith("mqtts://") and mosquitto.pki is not None
+    assert "require_certificate true" in mosquitto.config_text and "allow_anonymous false" in mosquitto.config_text
+
+    def peer(name: str) -> Peer:
+        ctx = client_tls_context(mosquitto.client_config(name))
+        assert ctx is not None
+        p = Peer(mosquitto.port, ctx, name)
+        assert p.outcome() == "connected", f"{name}: {p.result}"
+        return p
+
+    run = uuid.uuid4().hex[:8].encode()
+    server = peer("server")
+    server.subscribe("doorkeep/v1/demo/#", "doorkeep/v1/hq/#")
+    try:
+        forged = [("doorkeep/v1/hq/pi-entrance/door/entrance/request", b"cross-site-" + run),
+                  ("doorkeep/v1/hq/pi-lobby/door/lobby_in/request", b"own-id-other-site-" + run),
+                  ("doorkeep/v1/demo/pi-floor7/door/lab/request", b"other-device-" + run)]
+        for topic, payload in forged:
+            a = peer("pi-lobby")
+            info = a.client.publish(topic, payload, qos=1)
+            assert wait_until(lambda a=a, info=info: info.is_published() or not a.client.is_connected(), 5)
+            a.close()
+        a, h = peer("pi-lobby"), peer("pi-entrance")
+        a.publish("doorkeep/v1/demo/pi-lobby/door/lobby_in/event", b"marker-demo-" + run)
+        h.publish("doorkeep/v1/hq/pi-entrance/door/entrance/event", b"marker-hq-" + run)
+        a.close()
+        h.close()
+        assert wait_until(lambda: server.got(b"marker-demo-" + run) and server.got(b"marker-hq-" + run), 5)
+        assert not any(server.got(payload) for _, payload in forged), server.messages
+    finally:
+        server.close()

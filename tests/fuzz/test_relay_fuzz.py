@@ -56,11 +56,13 @@ def edges(mosquitto: Any) -> Iterator[SiteRunner]:
 
 @pytest.fixture(scope="module")
 def hostile(edges: SiteRunner) -> Iterator[mqtt.Client]:
-    """A bare paho client: what a broken or compromised peer on the broker would send."""
+    """A bare paho client: what a broken or compromised peer on the broker would send. It holds the
+    server's certificate (mutual TLS; the ACL lets only `server` write decisions, policy and commands),
+    the strongest position a forger can reach short of the server's signing key."""
     assert edges.broker_url is not None
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fuzz-{uuid.uuid4().hex[:6]}")
+    client = edges.mqtt_client("server", f"fuzz-{uuid.uuid4().hex[:6]}")
     connected = threading.Event()
-    client.on_connect = lambda *a: connected.set()
+    client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
     client.connect("127.0.0.1", int(edges.broker_url.rsplit(":", 1)[1]))
     client.loop_start()
     assert connected.wait(5)

@@ -602,6 +602,9 @@ def test_create_app_without_arguments_runs_the_demo_server_from_the_environment(
     monkeypatch.delenv("DOORKEEP_SITE", raising=False)
     monkeypatch.setenv("DOORKEEP_DATA", str(tmp_path / "envdata"))
     monkeypatch.setenv("DOORKEEP_BROKER", mosquitto.url)
+    tls = mosquitto.client_config("server")  # the session broker speaks mutual TLS only
+    for var, path in (("DOORKEEP_CA", tls.ca_file), ("DOORKEEP_CERT", tls.cert_file), ("DOORKEEP_KEY", tls.key_file)):
+        monkeypatch.setenv(var, str(path))
     app = create_app()
     with TestClient(app) as client:  # the lifespan starts the server's bus, and stops it at the end
         server = app.state.desk.server
@@ -618,7 +621,9 @@ def test_uvicorn_factory_serves_the_desk(mosquitto: Any, tmp_path: Path) -> None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "DOORKEEP_DATA": str(tmp_path / "uv"), "DOORKEEP_BROKER": mosquitto.url}
+    tls = mosquitto.client_config("server")  # the session broker speaks mutual TLS only
+    env = {**os.environ, "DOORKEEP_DATA": str(tmp_path / "uv"), "DOORKEEP_BROKER": mosquitto.url,
+           "DOORKEEP_CA": str(tls.ca_file), "DOORKEEP_CERT": str(tls.cert_file), "DOORKEEP_KEY": str(tls.key_file)}
     env.pop("DOORKEEP_SITE", None)
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host",
                              "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

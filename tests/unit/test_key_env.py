@@ -237,3 +237,15 @@ def test_a_device_tls_key_open_to_group_or_others_is_refused(tmp_path: Path) -> 
     os.chmod(root / "pi-a.key", 0o644)
     with pytest.raises(DoorkeepError, match="chmod 600"):
         client_tls_context(broker)
+
+
+def test_the_server_warns_about_a_people_file_others_can_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from server.cli import warn_if_readable
+
+    people = tmp_path / "people.toml"
+    people.write_text("[people]\n")
+    people.chmod(0o644)
+    assert warn_if_readable(people, "it holds card numbers in clear")
+    assert "chmod 600" in caplog.text and "card numbers" in caplog.text
+    people.chmod(0o600)
+    assert not warn_if_readable(people, "it holds card numbers in clear")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from doorkeep.config import CameraConfig, check, load_device, load_site_dir
+from doorkeep.config import BrokerConfig, CameraConfig, check, load_device, load_site_dir
 from doorkeep.errors import ConfigError
 from edge.camera import Camera, PrivacyMask
 from simulators.wait import wait_until
@@ -199,7 +199,9 @@ def test_the_edge_agent_builds_its_cameras_with_the_device_files_masks(tmp_path:
     doors = {d: dataclasses.replace(hw, reader=dataclasses.replace(hw.reader, url="loop://"))
              for d, hw in dev.doors.items()}
     cams = {"lobby": CameraConfig("lobby", "0", privacy_masks=MASKS)}
-    dev = dataclasses.replace(dev, doors=doors, cameras=cams, gpio_factory="mock")
+    # No broker is reached here: a plain loopback URL, allowed, instead of the Pi's mutual-TLS files.
+    broker = BrokerConfig("mqtt://127.0.0.1:1", allow_plain=True)
+    dev = dataclasses.replace(dev, doors=doors, cameras=cams, gpio_factory="mock", broker=broker)
     agent = EdgeAgent(dev, bundle.site, os.urandom(32), pin_factory=MockFactory(), state_dir=tmp_path)
     try:
         assert agent.cameras["lobby"].privacy_mask.polygons == MASKS

@@ -1,0 +1,691 @@
+"""The OSDP control panel (CP): one thread owns one RS-485 bus and polls every reader on it.
+
+Per reader (by address) the CP walks ``ID -> CAP -> Secure Channel handshake -> online polling``. Each exchange
+is one command and at most one reply within ``REPLY_TIMEOUT_S`` (the standard's 200 ms), retried with the same
+sequence number so the reader repeats its reply rather than acting twice. A reader with no valid reply for
+``offline_after_s`` is offline and is brought back by itself (sequence 0, ID, CAP, handshake again).
+
+Security posture (docs/readers.md): Secure Channel is enforced unless the device file explicitly says
+``secure_channel = false``. A reader that only knows the default key SCBK-D is never silently re-keyed: it stays
+offline with the reason ``needs_key`` until an operator runs ``doorkeep osdp install-key``. A MAC that does not
+verify, a reader answering in clear inside a session, or a reader that stops offering Secure Channel after it
+had one is reported through ``on_security`` (the agent makes it a ``reader_security`` alarm) and the session is
+dropped; nothing read in such a packet is ever passed on as a card.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import serial
+
+from doorkeep.clock import Clock, SystemClock
+from edge.errors import HardwareError
+from edge.framing import CardRead
+from edge.osdp import packet as pk
+from edge.osdp.cards import ParityError, decode_card
+from edge.osdp.secure import (
+    KEY_TYPE_SCBK,
+    KEY_TYPE_SCBK_D,
+    SCBK_D,
+    SecureChannelError,
+    SecureSession,
+    client_cryptogram,
+    derive_session_keys,
+    initial_rmac,
+    random_bytes,
+    server_cryptogram,
+)
+from edge.readers import _is_pty
+
+log = logging.getLogger("doorkeep.edge.osdp")
+
+REPLY_TIMEOUT_S = 0.2
+RETRIES = 2
+OFFLINE_AFTER_S = 8.0
+RETRY_OFFLINE_S = 1.0
+RETRY_KEY_PROBLEM_S = 5.0
+READ_SLICE_S = 0.005
+KEYPAD_MAX = 12
+STOP_DEADLINE_S = 2.0
+
+CardCallback = Callable[[str, CardRead, float], None]
+TamperCallback = Callable[[str, bool], None]
+SecurityCallback = Callable[[str, str, dict[str, Any]], None]
+
+# Health reasons a reader can be offline with (docs/readers.md)
+REASON_NO_REPLY = "no_reply"
+REASON_NEEDS_KEY = "needs_key"
+REASON_WRONG_KEY = "wrong_key"
+REASON_SC_UNSUPPORTED = "sc_unsupported"
+REASON_SECURITY = "security_fault"
+
+
+@dataclass(frozen=True)
+class OsdpReaderSpec:
+    """One reader on the bus: its door, address and key (``scbk`` None = no key installed yet)."""
+
+    door: str
+    address: int
+    scbk: bytes | None = None
+    secure: bool = True
+    repeat_ignore_s: float = 1.0
+
+
+@dataclass
+class OsdpReaderStats:
+    """Health counters, shaped like ``edge.readers.ReaderStats`` so the agent reads both alike."""
+
+    frames: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    io_errors: int = 0
+    last_frame_at: float | None = None
+    last_data_at: float | None = None
+    online: bool = False
+    repeats: int = 0
+    secure: bool = False
+    reason: str | None = None
+    mac_failures: int = 0
+    retries: int = 0
+    polls: int = 0
+
+
+@dataclass
+class _Reader:
+    spec: OsdpReaderSpec
+    phase: str = "id"
+    seq: int = 0
+    session: SecureSession | None = None
+    rnd_a: bytes = b""
+    keys: Any = None
+    key_type: int = KEY_TYPE_SCBK
+    last_ok: float | None = None
+    next_try: float = 0.0
+    had_sc: bool = False
+    caps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    outq: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+    keypad: str = ""
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    stats: OsdpReaderStats = field(default_factory=OsdpReaderStats)
+    install_key: bytes | None = None
+    installed: threading.Event = field(default_factory=threading.Event)
+    last_tamper: bool | None = None
+    missed: bool = False
+    """The last exchange timed out: the reader may have acted on it and sent a reply we never heard."""
+
+
+class OsdpBus:
+    """One serial port (any ``serial_for_url`` URL), one thread, every reader on it polled round-robin."""
+
+    def __init__(self, url: str, readers: list[OsdpReaderSpec], on_card: CardCallback, *,
+                 baudrate: int = 9600, poll_ms: int = 100, clock: Clock | None = None,
+                 on_tamper: TamperCallback | None = None, on_security: SecurityCallback | None = None,
+                 offline_after_s: float = OFFLINE_AFTER_S, reply_timeout_s: float = REPLY_TIMEOUT_S,
+                 port: Any = None) -> None:
+        addresses = [r.address for r in readers]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"{url}: two readers share an OSDP address ({addresses})")
+        for r in readers:
+            if not 0 <= r.address <= pk.MAX_ADDRESS:
+                raise ValueError(f"door {r.door}: OSDP address must be 0..{pk.MAX_ADDRESS}, got {r.address}")
+        self.url = url
+        self.baudrate = baudrate
+        self.poll_s = max(0.0, poll_ms / 1000.0)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        """The agent's clock: card read times and last_data_at (latency figures, health) are on it."""
+        self._wire: Clock = SystemClock()
+        """Reply windows, retries and the offline timeout are physical wire time, never a scenario's jumps."""
+        self._readers = {r.address: _Reader(r) for r in readers}
+        self._on_card = on_card
+        self._on_tamper = on_tamper
+        self._on_security = on_security
+        self.offline_after_s = offline_after_s
+        self.reply_timeout_s = reply_timeout_s
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._port: Any = port
+        self._parser = pk.PacketParser()
+        self.bus_faults: dict[str, int] = {}
+        self.cycle_s: float | None = None
+        """Duration of the last full poll cycle over every reader (for bench/osdp.py)."""
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self._port is None:
+            try:
+                self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_SLICE_S)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                raise HardwareError(f"cannot open OSDP bus at {self.url!r}: {exc}") from exc
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"osdp-{self.url}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(STOP_DEADLINE_S)
+        if thread.is_alive():
+            log.warning("OSDP bus %s: thread did not stop within %.1f s", self.url, STOP_DEADLINE_S)
+        self._thread = None
+        try:
+            self._port.close()
+        except Exception:  # the port is gone either way
+            log.debug("OSDP bus %s: closing the port failed", self.url, exc_info=True)
+        self._port = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    # -- API for the agent (any thread) -------------------------------------
+
+    def stats(self, address: int) -> OsdpReaderStats:
+        with self._lock:
+            s = self._readers[address].stats
+            return replace(s, faults=dict(s.faults))
+
+    def send(self, address: int, code: int, data: bytes) -> None:
+        """Queue a command (LED, BUZ, OUT, ...) for the reader's next turn; dropped if the reader is offline."""
+        with self._lock:
+            r = self._readers[address]
+            if r.stats.online and len(r.outq) < 16:
+                r.outq.append((code, data))
+
+    def feedback(self, address: int, granted: bool) -> None:
+        """Grant: green LED and one short beep. Deny: red LED and two beeps."""
+        color = pk.LED_GREEN if granted else pk.LED_RED
+        self.send(address, pk.CMD_LED, pk.LedCommand(color, on_ms=3000, off_ms=0, timer_ms=3000).encode())
+        self.send(address, pk.CMD_BUZ, pk.BuzzerCommand(count=1 if granted else 2, on_ms=200, off_ms=200).encode())
+
+    def begin_install(self, address: int, new_key: bytes) -> threading.Event:
+        """Open a session with SCBK-D and send KEYSET(new_key); the event is set once the reader is back
+        online under the new key. Only the ``doorkeep osdp install-key`` command calls this."""
+        if len(new_key) != 16:
+            raise ValueError("an SCBK is 16 bytes")
+        with self._lock:
+            r = self._readers[address]
+            r.installed.clear()
+            r.install_key = new_key  # the bus thread starts over with this reader at its next turn
+            r.next_try = 0.0
+        return r.installed
+
+    # -- bus thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                start = self._wire.monotonic()
+                for r in list(self._readers.values()):
+                    if self._stop.is_set():
+                        break
+                    with self._lock:
+                        begin_install = r.install_key is not None and r.phase not in ("id", "cap", "chlng")
+                    if begin_install:
+                        self._restart(r, r.stats.reason)  # leave the session under the old key first
+                    if self._wire.monotonic() < r.next_try:
+                        continue
+                    try:
+                        self._turn(r)
+                    except _PortGone:
+                        if not self._reopen():
+                            return
+                        break
+                    except Exception:
+                        log.exception("OSDP %s address %d: unexpected error", self.url, r.spec.address)
+                        self._restart(r, REASON_NO_REPLY)
+                self.cycle_s = self._wire.monotonic() - start
+                self._stop.wait(max(0.0, self.poll_s - self.cycle_s))
+        finally:
+            with self._lock:
+                for r in self._readers.values():
+                    r.stats.online = False
+
+    def _reopen(self) -> bool:
+        """After the port failed: reopen it with backoff (a USB adapter unplugged and plugged back), every
+        reader starting over from ID. A pty is never reopened: its number goes to the next pty opened on this
+        machine. False when the bus is to stop."""
+        try:
+            self._port.close()
+        except Exception:  # the port is gone either way
+            log.debug("OSDP bus %s: closing the failed port", self.url, exc_info=True)
+        for r in self._readers.values():
+            self._restart(r, REASON_NO_REPLY)
+        if _is_pty(self.url):
+            self._stop.wait()
+            return False
+        delay = 0.1
+        while not self._stop.wait(delay):
+            try:
+                self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_SLICE_S)
+            except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
+                log.debug("OSDP bus %s still unavailable: %s", self.url, exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._parser.reset()
+            log.info("OSDP bus %s reopened", self.url)
+            return True
+        return False
+
+    def _turn(self, r: _Reader) -> None:
+        """One exchange with one reader, chosen by its phase."""
+        spec = r.spec
+        if r.phase == "id":
+            r.seq = 0
+            reply = self._exchange(r, pk.CMD_ID, b"\x00")
+            if reply is None:
+                return
+            if reply.code == pk.REPLY_PDID:
+                r.phase = "cap"
+            return
+        if r.phase == "cap":
+            reply = self._exchange(r, pk.CMD_CAP, b"\x00")
+            if reply is None or reply.code != pk.REPLY_PDCAP:
+                return
+            try:
+                r.caps = pk.decode_pdcap(reply.data)
+            except ValueError as exc:
+                self._fault(r, "malformed", str(exc))
+                return
+            if not spec.secure:
+                self._set_online(r, True, None)
+                r.phase = "online"
+                return
+            level = r.caps.get(pk.CAP_COMMUNICATION_SECURITY, (0, 0))[0]
+            if level == 0:
+                self._refuse(r, REASON_SC_UNSUPPORTED, "reader does not offer Secure Channel")
+                return
+            r.phase = "chlng"
+            return
+        if r.phase == "chlng":
+            self._challenge(r)
+            return
+        if r.phase == "online":
+            with self._lock:
+                item = r.outq.popleft() if r.outq else None
+            code, data = item if item is not None else (pk.CMD_POLL, b"")
+            if item is None:
+                r.stats.polls += 1
+            reply = self._exchange(r, code, data)
+            if reply is not None:
+                self._online_reply(r, code, data, reply)
+
+    def _challenge(self, r: _Reader) -> None:
+        install = r.install_key is not None
+        key = SCBK_D if install else r.spec.scbk
+        if key is None:
+            self._refuse(r, REASON_NEEDS_KEY, "no SCBK installed for this reader "
+                                              "(fix: doorkeep osdp install-key DOOR --device FILE)")
+            return
+        r.key_type = KEY_TYPE_SCBK_D if install else KEY_TYPE_SCBK
+        r.rnd_a = random_bytes(8)
+        reply = self._exchange(r, pk.CMD_CHLNG, r.rnd_a, scb=pk.Scb.handshake(pk.SCS_11, r.key_type))
+        if reply is None:
+            return
+        if reply.code == pk.REPLY_NAK:
+            self._refuse(r, REASON_SC_UNSUPPORTED, f"reader refused the challenge (NAK {pk.decode_nak(reply.data)})")
+            return
+        if reply.code != pk.REPLY_CCRYPT or len(reply.data) != 32 or reply.scb_type != pk.SCS_12:
+            self._fault(r, "malformed", "CHLNG not answered by a CCRYPT")
+            self._restart(r, REASON_NO_REPLY)
+            return
+        rnd_b, crypt = reply.data[8:16], reply.data[16:32]
+        keys = derive_session_keys(key, r.rnd_a)
+        if client_cryptogram(keys, r.rnd_a, rnd_b) != crypt:
+            if not install and self._knows_only_default_key(r):
+                self._refuse(r, REASON_NEEDS_KEY, "reader only knows the default key SCBK-D "
+                                                  "(fix: doorkeep osdp install-key DOOR --device FILE)")
+            else:
+                self._refuse(r, REASON_WRONG_KEY, "reader's key does not match scbk_file "
+                                                  "(fix: point scbk_file at this reader's key, or reset the "
+                                                  "reader to its default key and run doorkeep osdp install-key)")
+            return
+        scrypt = server_cryptogram(keys, r.rnd_a, rnd_b)
+        reply = self._exchange(r, pk.CMD_SCRYPT, scrypt, scb=pk.Scb.handshake(pk.SCS_13, r.key_type))
+        if reply is None:
+            return
+        if reply.code != pk.REPLY_RMAC_I or len(reply.data) != 16 or initial_rmac(keys, scrypt) != reply.data:
+            self._refuse(r, REASON_WRONG_KEY, "reader's R-MAC-I does not verify")
+            return
+        r.session = SecureSession.established(keys, bytes(reply.data))
+        r.had_sc = True
+        with self._lock:
+            r.stats.secure = True
+        if install:
+            assert r.install_key is not None
+            r.phase = "install"
+            reply = self._exchange(r, pk.CMD_KEYSET, pk.keyset_command(r.install_key))
+            if reply is not None and reply.code == pk.REPLY_ACK:
+                log.warning("OSDP %s address %d: new SCBK installed", self.url, r.spec.address)
+                r.spec = replace(r.spec, scbk=r.install_key)
+                r.install_key = None
+                r.installed.set()
+            else:
+                log.error("OSDP %s address %d: no ACK to KEYSET (%s)", self.url, r.spec.address,
+                          "no reply" if reply is None else f"reply {reply.code:02X}")
+                r.install_key = None  # one attempt per begin_install(): the operator decides what next
+            self._restart(r, REASON_NEEDS_KEY)
+            r.next_try = 0.0
+            return
+        r.phase = "online"
+        self._set_online(r, True, None)
+        log.info("OSDP %s address %d (door %s): Secure Channel established", self.url, r.spec.address, r.spec.door)
+
+    def _knows_only_default_key(self, r: _Reader) -> bool:
+        """After our key failed: does the reader answer a challenge under SCBK-D? Only asked, never used -
+        the handshake is abandoned before SCRYPT, so no session under the default key is ever opened here."""
+        rnd_a = random_bytes(8)
+        reply = self._exchange(r, pk.CMD_CHLNG, rnd_a, scb=pk.Scb.handshake(pk.SCS_11, KEY_TYPE_SCBK_D))
+        if reply is None or reply.code != pk.REPLY_CCRYPT or len(reply.data) != 32:
+            return False
+        keys = derive_session_keys(SCBK_D, rnd_a)
+        return client_cryptogram(keys, rnd_a, reply.data[8:16]) == reply.data[16:32]
+
+    def _online_reply(self, r: _Reader, code: int, data: bytes, reply: pk.Packet) -> None:
+        t_read = self.clock.monotonic()
+        if reply.code == pk.REPLY_ACK:
+            return
+        if reply.code == pk.REPLY_NAK:
+            reason = pk.decode_nak(reply.data)
+            self._fault(r, "nak", f"command {code:02X} refused: {pk.NAK_REASONS.get(reason, reason)}")
+            if reason in (pk.NAK_SC_REQUIRED, pk.NAK_SCB_UNSUPPORTED, 4):
+                self._restart(r, REASON_NO_REPLY)
+            return
+        if reply.code == pk.REPLY_BUSY:
+            with self._lock:
+                if code != pk.CMD_POLL:
+                    r.outq.appendleft((code, data))
+            return
+        if reply.code == pk.REPLY_RAW:
+            try:
+                raw = pk.decode_raw(reply.data)
+                fmt, number = decode_card(raw)
+            except ParityError as exc:
+                self._fault(r, "parity", str(exc))
+                return
+            except ValueError as exc:
+                self._fault(r, "malformed", str(exc))
+                return
+            self._card(r, CardRead(number, fmt), t_read)
+            return
+        if reply.code == pk.REPLY_KEYPAD:
+            try:
+                _, keys = pk.decode_keypad(reply.data)
+            except ValueError as exc:
+                self._fault(r, "malformed", str(exc))
+                return
+            self._keys(r, keys, t_read)
+            return
+        if reply.code == pk.REPLY_LSTATR and len(reply.data) >= 1:
+            tampered = bool(reply.data[0])
+            if tampered != r.last_tamper:
+                r.last_tamper = tampered
+                self._call(self._on_tamper, r.spec.door, tampered)
+            return
+        self._fault(r, "unexpected", f"reply {reply.code:02X} to command {code:02X} ignored")
+
+    # -- one exchange ---------------------------------------------------------
+
+    def _exchange(self, r: _Reader, code: int, data: bytes, *, scb: bytes = b"") -> pk.Packet | None:
+        """Send one command (retried with the same sequence number) and return its verified, clear reply."""
+        cmd = pk.Packet(r.spec.address, code, data, sequence=r.seq, scb=scb)
+        if r.session is not None and not scb:
+            cmd = r.session.seal(cmd)
+        wire = cmd.encode()
+        for attempt in range(1 + RETRIES):
+            if attempt:
+                with self._lock:
+                    r.stats.retries += 1
+            reply = self._send_and_wait(r, wire)
+            if reply is not None:
+                return self._accept(r, cmd, reply)
+            if self._stop.is_set():
+                return None
+        self._timed_out(r)
+        return None
+
+    def _send_and_wait(self, r: _Reader, wire: bytes) -> pk.Packet | None:
+        port = self._port
+        try:
+            port.reset_input_buffer()
+            self._parser.reset()
+            port.write(wire)
+            port.flush()
+            deadline = self._wire.monotonic() + self.reply_timeout_s
+            while self._wire.monotonic() < deadline and not self._stop.is_set():
+                chunk = port.read(max(1, port.in_waiting))
+                if not chunk:
+                    continue
+                for item in self._parser.feed(chunk):
+                    if isinstance(item, pk.PacketFault):
+                        self._fault(r, item.kind, item.detail)
+                    elif item.reply and item.address == r.spec.address:
+                        return item
+                    # our own echo (half-duplex adapters) or another reader's reply: not for us
+        except Exception as exc:
+            if self._stop.is_set():
+                return None
+            with self._lock:
+                for other in self._readers.values():
+                    # One update under the lock: whoever sees the reader offline also sees why.
+                    other.stats.io_errors += 1
+                    other.stats.online = False
+                    other.stats.reason = REASON_NO_REPLY
+            log.error("OSDP bus %s lost: %s", self.url, exc)
+            raise _PortGone() from exc
+        return None
+
+    def _accept(self, r: _Reader, cmd: pk.Packet, reply: pk.Packet) -> pk.Packet | None:
+        """Check sequence and Secure Channel of a reply; None (and a restarted reader) when it cannot be trusted."""
+        now = self._wire.monotonic()
+        with self._lock:
+            r.stats.last_data_at = self.clock.monotonic()
+        if reply.sequence != cmd.sequence:
+            self._fault(r, "sequence", f"reply sequence {reply.sequence} to command sequence {cmd.sequence}")
+            self._restart(r, REASON_NO_REPLY)
+            return None
+        secure_reply = reply.scb_type in (pk.SCS_16, pk.SCS_18)
+        if r.session is not None and cmd.scb_type in (pk.SCS_15, pk.SCS_17):
+            if not secure_reply:
+                if reply.code == pk.REPLY_NAK:
+                    # The reader lost its session (restart, its own timeout): a new handshake, not an attack.
+                    self._fault(r, "session_lost", f"NAK {pk.decode_nak(reply.data)} in clear inside a session")
+                    self._restart(r, REASON_NO_REPLY)
+                    return None
+                self._security(r, "downgrade", {"detail": f"reply {reply.code:02X} in clear inside a session"})
+                return None
+            try:
+                reply = r.session.open(reply)
+            except SecureChannelError as exc:
+                with self._lock:
+                    r.stats.mac_failures += 1
+                if r.missed:
+                    # After a timeout the reader may be repeating its answer to the command we gave up on
+                    # (same sequence number): a desynchronised chain, not an attack. Start a new session.
+                    self._fault(r, "session_lost", f"MAC mismatch right after a timeout: {exc}")
+                    self._restart(r, REASON_NO_REPLY)
+                    return None
+                self._security(r, "mac_failure", {"detail": str(exc)})
+                return None
+        elif secure_reply:
+            self._fault(r, "unexpected", "secure reply without a session")
+            return None
+        r.seq = r.seq % 3 + 1
+        r.last_ok = now
+        r.missed = False
+        return reply
+
+    def _timed_out(self, r: _Reader) -> None:
+        now = self._wire.monotonic()
+        r.missed = True
+        with self._lock:
+            r.stats.faults["timeout"] = r.stats.faults.get("timeout", 0) + 1
+        if r.last_ok is None or now - r.last_ok >= self.offline_after_s:
+            if r.stats.online:
+                log.warning("OSDP %s address %d (door %s): no reply for %.1f s, offline", self.url,
+                            r.spec.address, r.spec.door, self.offline_after_s)
+            self._restart(r, REASON_NO_REPLY)
+            r.next_try = now + RETRY_OFFLINE_S
+        elif r.phase != "online":
+            self._restart(r, r.stats.reason)
+            r.next_try = now + RETRY_OFFLINE_S
+        # an online reader that missed one exchange keeps its session and sequence: the next poll retries
+
+    # -- state changes ---------------------------------------------------------
+
+    def _restart(self, r: _Reader, reason: str | None) -> None:
+        """Back to sequence 0 and ID; offline with ``reason``."""
+        r.phase = "id"
+        r.seq = 0
+        r.session = None
+        r.keypad = ""
+        with self._lock:
+            r.outq.clear()
+            r.stats.secure = False
+        self._set_online(r, False, reason)
+
+    def _refuse(self, r: _Reader, reason: str, why: str) -> None:
+        """A key or capability problem: offline with a reason; downgrade alarm if the reader had SC before."""
+        if r.stats.reason != reason:
+            log.error("OSDP %s address %d (door %s): %s", self.url, r.spec.address, r.spec.door, why)
+        if r.had_sc and reason in (REASON_SC_UNSUPPORTED, REASON_NEEDS_KEY):
+            self._security(r, "downgrade", {"detail": why}, restart=False)
+        self._restart(r, reason)
+        r.next_try = self._wire.monotonic() + RETRY_KEY_PROBLEM_S
+
+    def _security(self, r: _Reader, cause: str, detail: dict[str, Any], *, restart: bool = True) -> None:
+        log.error("OSDP %s address %d (door %s): security fault %s: %s", self.url, r.spec.address, r.spec.door,
+                  cause, detail.get("detail", ""))
+        with self._lock:
+            r.stats.faults[cause] = r.stats.faults.get(cause, 0) + 1
+        self._call(self._on_security, r.spec.door, cause, {"address": r.spec.address, **detail})
+        if restart:
+            self._restart(r, REASON_SECURITY)
+
+    def _set_online(self, r: _Reader, online: bool, reason: str | None) -> None:
+        with self._lock:
+            r.stats.online = online
+            r.stats.reason = None if online else reason
+
+    def _fault(self, r: _Reader, kind: str, detail: str) -> None:
+        with self._lock:
+            r.stats.faults[kind] = r.stats.faults.get(kind, 0) + 1
+        log.warning("OSDP %s address %d: %s: %s", self.url, r.spec.address, kind, detail)
+
+    # -- what readers tell us ------------------------------------------------------
+
+    def _card(self, r: _Reader, card: CardRead, t_read: float) -> None:
+        with self._lock:
+            r.stats.frames += 1
+            r.stats.last_frame_at = t_read
+            previous = r.accepted_at.get(card.number)
+            if previous is not None and t_read - previous < r.spec.repeat_ignore_s:
+                r.stats.repeats += 1
+                return
+            r.accepted_at = {n: t for n, t in r.accepted_at.items() if t_read - t < r.spec.repeat_ignore_s}
+            r.accepted_at[card.number] = t_read
+        self._call(self._on_card, r.spec.door, card, t_read)
+
+    def _keys(self, r: _Reader, keys: str, t_read: float) -> None:
+        """Keypad digits: ``#`` (or Enter) submits the PIN as a ``keypad`` read ``P<digits>``, ``*`` clears."""
+        for key in keys:
+            if key == "#":
+                if r.keypad:
+                    pin, r.keypad = r.keypad, ""
+                    self._call(self._on_card, r.spec.door, CardRead("P" + pin, "keypad"), t_read)
+            elif key == "*":
+                r.keypad = ""
+            elif key.isdigit() and len(r.keypad) < KEYPAD_MAX:
+                r.keypad += key
+
+    def _call(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("OSDP %s: callback failed", self.url)
+
+
+class _PortGone(Exception):
+    """The serial port failed: the bus thread ends and every reader on it is offline."""
+
+
+class OsdpReader:
+    """One door's view of a shared bus, with the same surface the agent uses for a ``SerialReader``."""
+
+    def __init__(self, bus: OsdpBus, door: str, address: int) -> None:
+        self.bus = bus
+        self.door = door
+        self.address = address
+        self.url = bus.url
+        self.protocol = "osdp"
+
+    def start(self) -> None:
+        self.bus.start()
+
+    def stop(self) -> None:
+        self.bus.stop()
+
+    @property
+    def stats(self) -> OsdpReaderStats:
+        return self.bus.stats(self.address)
+
+    @property
+    def health_reason(self) -> str | None:
+        return self.bus.stats(self.address).reason
+
+    def silent_for(self, now: float) -> float:
+        last = self.bus.stats(self.address).last_data_at
+        return 0.0 if last is None else max(0.0, now - last)
+
+    def feedback(self, granted: bool) -> None:
+        self.bus.feedback(self.address, granted)
+
+
+def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | None = None,
+                on_tamper: TamperCallback | None = None,
+                on_security: SecurityCallback | None = None) -> dict[str, OsdpReader]:
+    """One bus per serial URL for the doors whose reader is OSDP; door -> its reader handle.
+
+    ``doors`` maps door ids to ``doorkeep.config.DoorHardware``. A key file that cannot be used is logged with
+    its fix and the reader left without a key (offline, ``needs_key``): one bad file must not stop the edge.
+    """
+    from edge.osdp.keys import KeyFileError, load_scbk
+
+    by_url: dict[str, list[tuple[str, Any]]] = {}
+    for did, hw in doors.items():
+        if hw.reader.protocol == "osdp":
+            by_url.setdefault(hw.reader.url, []).append((did, hw.reader))
+    handles: dict[str, OsdpReader] = {}
+    for url, members in by_url.items():
+        specs = []
+        for did, rc in members:
+            key = None
+            if rc.secure_channel and rc.scbk_file is not None:
+                try:
+                    key = load_scbk(rc.scbk_file)
+                except KeyFileError as exc:
+                    log.error("door %s: %s", did, exc)
+            if not rc.secure_channel:
+                log.warning("door %s: OSDP reader at %s address %d runs WITHOUT Secure Channel "
+                            "(secure_channel = false): card numbers cross the wire in clear, development only",
+                            did, url, rc.address)
+            specs.append(OsdpReaderSpec(did, rc.address, key, rc.secure_channel, rc.repeat_ignore_s))
+        first = members[0][1]
+        poll_ms = min(rc.poll_ms for _, rc in members)
+        bus = OsdpBus(url, specs, on_card, baudrate=first.baudrate, poll_ms=poll_ms, clock=clock,
+                      on_tamper=on_tamper, on_security=on_security)
+        for did, rc in members:
+            handles[did] = OsdpReader(bus, did, rc.address)
+    return handles

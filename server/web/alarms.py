@@ -1,0 +1,242 @@
+"""The desk's alarms: what is active, what cleared but nobody has closed yet, and what was resolved.
+
+An alarm stays on the desk until an operator resolves it with a note, even after its condition ended
+(the door closed, the device came back): the store keeps it open (server/store.py, docs/alarms.md). An
+operator acknowledges it ("I have seen it") and resolves it ("it is dealt with, and this is what
+happened"); both are recorded in the audit log with the operator as actor. The note itself stays in the
+alarms table, not in the append-only audit log, because free text may name people.
+
+Roles: admin and desk. An auditor reads what operators did with alarms in the audit log instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import Depends, FastAPI, Form, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.store import AlarmNotFound
+from server.web.access import require
+from server.web.auth import Principal
+from server.web.roles import ADMIN, DESK
+from server.web.routes import Routes
+
+API_PREFIX = "/api/v1"
+ALARM_ID = r"^[A-Za-z0-9_.:-]{1,200}$"
+MAX_NOTE = 2000
+#: How many resolved alarms the history shows.
+HISTORY = 50
+#: Human names of the alarm types (docs/alarms.md); others are spelled out from their id.
+TYPE_NAMES = {
+    "forced_open": "Door forced open", "held_open": "Door held open", "held_open_warning": "Door held open (warning)",
+    "tamper": "Tamper", "device_offline": "Device offline", "relay_stuck": "Relay stuck",
+    "reader_offline": "Reader offline", "camera_offline": "Camera offline", "event_gap": "Events missing",
+    "sequence_reset": "Event numbering restarted", "anti_passback_violation": "Anti-passback violation",
+}
+
+
+route = Routes()
+
+
+def install(app: FastAPI) -> None:
+    install_filters(app.state.desk.templates)
+    route.install(app)
+
+
+def install_filters(templates: Jinja2Templates) -> None:
+    """Template filters the desk-admin pages share (alarms, doors, muster, people)."""
+    templates.env.filters["localtime"] = local_time
+    templates.env.filters["alarm_name"] = alarm_name
+
+
+def local_time(ts: float | None, tz: str = "UTC") -> str:
+    """An epoch time as the site's wall clock reads it ("2026-11-28 09:15:02"); "—" for none."""
+    if ts is None:
+        return "—"
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):  # the site's timezone was checked at load: only a broken tzdata
+        zone = ZoneInfo("UTC")
+    return dt.datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def alarm_name(alarm_type: str) -> str:
+    return TYPE_NAMES.get(alarm_type, alarm_type.replace("_", " ").capitalize())
+
+
+class AlarmOut(BaseModel):
+    id: str
+    type: str
+    title: str = Field(description="the type in words")
+    severity: str = Field(description="alarm, trouble, warning or info")
+    state: str = Field(description="active, cleared (condition over, not yet resolved) or resolved")
+    device: str | None
+    door: str | None
+    door_name: str | None
+    raised_at: float
+    last_raised_at: float
+    occurrences: int
+    cleared_at: float | None
+    acknowledged_at: float | None
+    acknowledged_by: str | None
+    resolved_at: float | None
+    resolved_by: str | None
+    note: str | None
+    detail: dict[str, Any]
+
+
+class AlarmsOut(BaseModel):
+    alarms: list[AlarmOut] = Field(description="newest first")
+    open: int = Field(description="how many are not resolved (active or cleared)")
+    active: int
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(min_length=1, max_length=MAX_NOTE, description="what happened and what was done")
+
+
+class ActionOut(BaseModel):
+    alarm: AlarmOut
+    changed: bool = Field(description="false when it was already acknowledged / resolved")
+
+
+def _out(request: Request, row: dict[str, Any]) -> AlarmOut:
+    site = request.app.state.desk.server.site
+    door = site.doors.get(row["door"]) if row.get("door") else None
+    return AlarmOut(id=row["id"], type=row["type"], title=alarm_name(row["type"]), severity=row["severity"],
+                    state=row["state"], device=row["device"], door=row["door"], door_name=door.name if door else None,
+                    raised_at=row["raised_at"], last_raised_at=row["last_raised_at"], occurrences=row["occurrences"],
+                    cleared_at=row["cleared_at"], acknowledged_at=row["acknowledged_at"],
+                    acknowledged_by=row["acknowledged_by"], resolved_at=row["resolved_at"],
+                    resolved_by=row["resolved_by"], note=row["note"], detail=row["detail"])
+
+
+def open_alarms(request: Request) -> list[AlarmOut]:
+    """Every unresolved alarm, newest first (active and cleared)."""
+    return [_out(request, r) for r in request.app.state.desk.server.store.open_alarms()]
+
+
+def _history(request: Request, limit: int) -> list[AlarmOut]:
+    store = request.app.state.desk.server.store
+    with store._lock:  # the store's alarms() has no "resolved only" filter: read its table directly
+        rows = list(store.db.query("SELECT * FROM alarms WHERE resolved_at IS NOT NULL "
+                                   "ORDER BY resolved_at DESC LIMIT ?", [limit]))
+    from server.store import _alarm_row
+
+    return [_out(request, _alarm_row(r)) for r in rows]
+
+
+def _not_found(alarm_id: str) -> JSONResponse:
+    return JSONResponse({"error": f"no alarm {alarm_id!r} (GET /api/v1/alarms lists them)", "detail": None},
+                        status_code=404)
+
+
+def acknowledge(request: Request, alarm_id: str, who: Principal) -> tuple[AlarmOut, bool]:
+    """Acknowledge and audit (raises AlarmNotFound)."""
+    desk = request.app.state.desk
+    now = desk.server.directory.clock.wall()
+    changed = desk.server.store.acknowledge(alarm_id, who.name, at=now)
+    row = desk.server.store.alarm(alarm_id)
+    if changed and desk.audit is not None:
+        desk.audit.record(who.name, "alarm.acknowledge", alarm_id, {"type": row["type"], "door": row["door"]})
+    return _out(request, row), changed
+
+
+def resolve(request: Request, alarm_id: str, note: str, who: Principal) -> tuple[AlarmOut, bool]:
+    """Resolve with a note and audit (raises AlarmNotFound); the note stays out of the audit log."""
+    desk = request.app.state.desk
+    now = desk.server.directory.clock.wall()
+    changed = desk.server.store.resolve(alarm_id, who.name, note.strip(), at=now)
+    row = desk.server.store.alarm(alarm_id)
+    if changed and desk.audit is not None:
+        desk.audit.record(who.name, "alarm.resolve", alarm_id,
+                          {"type": row["type"], "door": row["door"], "state_before": "active"
+                           if row["cleared_at"] is None else "cleared"})
+    return _out(request, row), changed
+
+
+# ------------------------------------------------------------------- API
+
+
+@route(API_PREFIX + "/alarms", "GET", response_model=AlarmsOut, tags=["alarms"],
+       dependencies=[Depends(require(ADMIN, DESK))],
+       summary="Open alarms (active and cleared, until resolved), or the resolved history")
+def list_alarms(request: Request, state: str = Query("open", pattern="^(open|resolved)$",
+                                                     description="open (default) or resolved"),
+                limit: int = Query(HISTORY, ge=1, le=500)) -> AlarmsOut:
+    current = open_alarms(request)
+    shown = current if state == "open" else _history(request, limit)
+    return AlarmsOut(alarms=shown, open=len(current), active=sum(1 for a in current if a.state == "active"))
+
+
+@route(API_PREFIX + "/alarms/{alarm_id}/acknowledge", "POST", response_model=ActionOut, tags=["alarms"],
+       summary="Acknowledge an alarm (audited)")
+def api_acknowledge(request: Request, alarm_id: str = Path(pattern=ALARM_ID),
+                    who: Principal = Depends(require(ADMIN, DESK))) -> Any:
+    try:
+        alarm, changed = acknowledge(request, alarm_id, who)
+    except AlarmNotFound:
+        return _not_found(alarm_id)
+    return ActionOut(alarm=alarm, changed=changed)
+
+
+@route(API_PREFIX + "/alarms/{alarm_id}/resolve", "POST", response_model=ActionOut, tags=["alarms"],
+       summary="Resolve an alarm with a note (audited); it then leaves the open list")
+def api_resolve(body: ResolveIn, request: Request, alarm_id: str = Path(pattern=ALARM_ID),
+                who: Principal = Depends(require(ADMIN, DESK))) -> Any:
+    if not body.note.strip():
+        return JSONResponse({"error": "the note is empty: say what happened and what was done", "detail": None},
+                            status_code=422)
+    try:
+        alarm, changed = resolve(request, alarm_id, body.note, who)
+    except AlarmNotFound:
+        return _not_found(alarm_id)
+    return ActionOut(alarm=alarm, changed=changed)
+
+
+# ----------------------------------------------------------------- pages
+
+#: Messages the alarms page shows after a form, by code (never text taken from the URL).
+DONE = {"acknowledged": "Alarm acknowledged.", "resolved": "Alarm resolved.", "note": "Write a note to resolve "
+        "the alarm: what happened and what was done.", "gone": "That alarm no longer exists."}
+
+
+@route("/alarms", "GET", include_in_schema=False)
+def alarms_page(request: Request, done: str = Query("", max_length=20),
+                who: Principal = Depends(require(ADMIN, DESK))) -> Response:
+    from server.web.pages import render
+
+    current = open_alarms(request)
+    site = request.app.state.desk.server.site
+    return render(request, "alarms.html", who, active=[a for a in current if a.state == "active"],
+                  cleared=[a for a in current if a.state == "cleared"], history=_history(request, HISTORY),
+                  message=DONE.get(done), tz=site.timezone, max_note=MAX_NOTE,
+                  fingerprint=",".join(f"{a.id}:{a.state}:{a.occurrences}" for a in current))
+
+
+@route("/alarms/{alarm_id}/acknowledge", "POST", include_in_schema=False)
+def acknowledge_form(request: Request, alarm_id: str = Path(pattern=ALARM_ID),
+                     who: Principal = Depends(require(ADMIN, DESK))) -> Response:
+    try:
+        acknowledge(request, alarm_id, who)
+    except AlarmNotFound:
+        return RedirectResponse("/alarms?done=gone", status_code=303)
+    return RedirectResponse("/alarms?done=acknowledged", status_code=303)
+
+
+@route("/alarms/{alarm_id}/resolve", "POST", include_in_schema=False)
+def resolve_form(request: Request, alarm_id: str = Path(pattern=ALARM_ID), note: str = Form("", max_length=MAX_NOTE),
+                 who: Principal = Depends(require(ADMIN, DESK))) -> Response:
+    if not note.strip():
+        return RedirectResponse("/alarms?done=note", status_code=303)
+    try:
+        resolve(request, alarm_id, note, who)
+    except AlarmNotFound:
+        return RedirectResponse("/alarms?done=gone", status_code=303)
+    return RedirectResponse("/alarms?done=resolved", status_code=303)

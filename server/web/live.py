@@ -1,0 +1,434 @@
+"""The live view: every door event as it happens, pushed to browsers by server-sent events (docs/desk.md).
+
+``GET /api/v1/events/stream`` (``text/event-stream``) sends one ``row`` message per new event (time, door,
+person, decision, reason, snapshot state) and a ``snapshot`` message when an event's snapshot lands after
+the event did, so "snapshot pending" turns into the picture without a reload. ``GET /api/v1/events`` is
+the same rows from the store, newest first, a page at a time; ``GET /api/v1/snapshots/{id}`` the JPEG.
+
+The server's store thread learns of events and snapshots through the bus's listener hooks
+(server/bus.py) and hands each message to :class:`LiveHub`, which copies it into every connected client's
+own bounded queue on that client's event loop. A browser that does not keep up fills its queue and is cut
+off (its EventSource reconnects and resumes from ``Last-Event-ID``): the store thread never waits for a
+browser, and a client that went away is removed when its response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, AsyncIterator
+from zoneinfo import ZoneInfo
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from doorkeep.clock import iso_ms
+from doorkeep.contract import EventMsg
+from doorkeep.model import PersonKind, Site
+from server.web.access import identify, require
+from server.web.api import ERRORS, ErrorOut
+from server.web.auth import Principal
+from server.web.roles import ADMIN, DESK
+
+log = logging.getLogger("doorkeep.server.desk")
+
+API_PREFIX = "/api/v1"
+#: Messages a client may have waiting before it is cut off as too slow (it reconnects and catches up).
+CLIENT_QUEUE = 256
+#: A comment line this often keeps proxies from closing an idle stream and re-checks the caller's login.
+HEARTBEAT_S = 15.0
+#: At most this many stored rows are replayed to a client that reconnects with ``Last-Event-ID``.
+RESUME_MAX = 200
+#: Events the server itself records (never on the MQTT wire, so not in doorkeep.contract.EVENT_TYPES).
+SERVER_EVENT_TYPES = frozenset({"visitor_arrived"})
+#: The device name server-side events are stored under.
+SERVER_DEVICE = "desk"
+EVENT_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+# --------------------------------------------------------------------------- rows
+
+
+class EventRowOut(BaseModel):
+    cursor: int = Field(description="arrival order; pass as ?before= for older rows")
+    id: str
+    ts: str = Field(description="when it happened, by the device's clock (ISO 8601, UTC)")
+    local_time: str = Field(description="ts in the site's time zone, HH:MM:SS")
+    type: str
+    door: str
+    door_name: str
+    person: str | None
+    person_name: str = Field(description="the person's name (site people and visitors), a card's last digits, or —")
+    person_kind: str | None
+    decision: str | None
+    reason: str | None
+    snapshot: str = Field(description="ready, pending (expected, not arrived yet), withheld (the visitor "
+                                      "declined photos) or none")
+    snapshot_url: str | None
+    detail: dict[str, Any]
+
+
+class EventPageOut(BaseModel):
+    events: list[EventRowOut] = Field(description="newest first")
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null at the end")
+
+
+def person_label(site: Site, person: str | None, last4: str | None) -> tuple[str, str | None]:
+    """The name to show and the person's kind: people of the site and visitors by name, else the card."""
+    p = site.people.get(person) if person else None
+    if p is not None:
+        return p.name, p.kind.value
+    if last4:
+        return f"card …{last4}", None
+    return (person or "—"), None
+
+
+def photo_declined(store: Any, person: str | None) -> bool:
+    """Whether this visitor's latest consent says no photos: the desk then never shows their snapshots."""
+    if not person:
+        return False
+    with store._lock:
+        row = store.db.conn.execute("SELECT photo_consent FROM visitor_consents WHERE visitor = ? "
+                                    "ORDER BY id DESC LIMIT 1", [person]).fetchone()
+    return row is not None and not row[0]
+
+
+def event_row(row: dict[str, Any], site: Site, store: Any) -> EventRowOut:
+    """One stored event (``Store.event``/``events`` shape plus ``cursor``) as the live view shows it."""
+    name, kind = person_label(site, row.get("person"), row.get("credential_last4"))
+    door = site.doors.get(row["door"])
+    if not row.get("snapshot"):
+        snap = "none"
+    elif kind == PersonKind.VISITOR.value and photo_declined(store, row.get("person")):
+        snap = "withheld"
+    else:
+        snap = "ready" if row.get("snapshot_path") else "pending"
+    try:
+        local = datetime.fromisoformat(row["ts"].replace("Z", "+00:00")).astimezone(ZoneInfo(site.timezone))
+        local_time = local.strftime("%H:%M:%S")
+    except (ValueError, KeyError):
+        local_time = row["ts"]
+    detail = row.get("detail") or {}
+    if isinstance(detail, str):
+        try:
+            detail = json.loads(detail)
+        except ValueError:
+            detail = {}
+    if row["type"] == "visitor_arrived" and isinstance(detail.get("host"), str):
+        detail = {**detail, "host_name": person_label(site, detail["host"], None)[0]}
+    return EventRowOut(
+        cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, type=row["type"],
+        door=row["door"], door_name=door.name if door else (row["door"] or "security desk"),
+        person=row.get("person"), person_name=name, person_kind=kind, decision=row.get("decision"),
+        reason=row.get("reason"), snapshot=snap,
+        snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None, detail=detail)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """The live view's filters; the same ones apply to the history and to the stream."""
+
+    door: str | None = None
+    person: str | None = None    # a person id, or part of a name (case-insensitive)
+    decision: str | None = None  # granted | denied
+
+    def person_ids(self, site: Site) -> set[str] | None:
+        if not self.person:
+            return None
+        needle = self.person.casefold()
+        return {pid for pid, p in site.people.items() if pid == self.person or needle in p.name.casefold()}
+
+    def matches(self, row: EventRowOut, site: Site, ids: set[str] | None = None) -> bool:
+        """``ids``: :meth:`person_ids` computed once for many rows (the person filter scans every person)."""
+        if self.door and row.door != self.door:
+            return False
+        if self.decision and row.decision != self.decision:
+            return False
+        if not self.person:
+            return True
+        return row.person in (ids if ids is not None else self.person_ids(site) or set())
+
+
+def history(store: Any, site: Site, flt: EventFilter, *, before: int | None = None, after: int | None = None,
+            limit: int = 50) -> tuple[list[EventRowOut], bool]:
+    """Stored events matching ``flt``, newest first (or oldest first with ``after``); and whether more exist."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if before is not None:
+        clauses.append("e.rowid < ?")
+        args.append(before)
+    if after is not None:
+        clauses.append("e.rowid > ?")
+        args.append(after)
+    if flt.door:
+        clauses.append("e.door = ?")
+        args.append(flt.door)
+    if flt.decision:
+        clauses.append("e.decision = ?")
+        args.append(flt.decision)
+    ids = flt.person_ids(site)
+    if ids is not None:
+        if not ids:
+            return [], False
+        clauses.append(f"e.person IN ({', '.join('?' for _ in ids)})")
+        args.extend(sorted(ids))
+    sql = ("SELECT e.rowid AS cursor, e.*, s.path AS snapshot_path FROM events e "
+           "LEFT JOIN snapshots s ON s.id = e.snapshot" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+           + f" ORDER BY e.rowid {'ASC' if after is not None else 'DESC'} LIMIT ?")
+    with store._lock:
+        rows = list(store.db.query(sql, [*args, limit + 1]))
+    return [event_row(r, site, store) for r in rows[:limit]], len(rows) > limit
+
+
+def stored_row(store: Any, site: Site, event_id: str) -> EventRowOut | None:
+    with store._lock:
+        rows = list(store.db.query("SELECT e.rowid AS cursor, e.*, s.path AS snapshot_path FROM events e "
+                                   "LEFT JOIN snapshots s ON s.id = e.snapshot WHERE e.id = ?", [event_id]))
+    return event_row(rows[0], site, store) if rows else None
+
+
+# --------------------------------------------------------------------------- hub
+
+
+@dataclass(eq=False)
+class Client:
+    """One open stream: its own bounded queue, filled on its own event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    flt: EventFilter
+    queue: asyncio.Queue[tuple[str, str, str] | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
+    dropped: bool = False
+    gone: bool = False  # the browser closed the connection
+
+    def end(self) -> None:
+        """On the client's loop: the browser went away; wake the stream so it ends now, not at the heartbeat."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+    def offer(self, item: tuple[str, str, str]) -> None:
+        """On the client's loop: queue the message, or cut the client off when it is too far behind."""
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)  # the stream ends; the browser reconnects and resumes
+
+
+class LiveHub:
+    """Fans new events and snapshots out to the open streams; called from the server's store thread."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self._clients: set[Client] = set()
+        self._lock = threading.Lock()
+        self.dropped = 0  # clients cut off for being too slow (counted for the log and tests)
+
+    @property
+    def clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def attach(self) -> None:
+        bus = self.server.bus
+        bus.listeners.append(self.on_event)
+        bus.snapshot_listeners.append(self.on_snapshot)
+
+    def detach(self) -> None:
+        bus = self.server.bus
+        for hooks, fn in ((bus.listeners, self.on_event), (bus.snapshot_listeners, self.on_snapshot)):
+            if fn in hooks:
+                hooks.remove(fn)
+
+    def add(self, client: Client) -> None:
+        with self._lock:
+            self._clients.add(client)
+
+    def remove(self, client: Client) -> None:
+        with self._lock:
+            self._clients.discard(client)
+        if client.dropped:
+            self.dropped += 1
+            log.info("live feed: a client fell %d messages behind and was cut off (it reconnects)", CLIENT_QUEUE)
+
+    def on_event(self, ev: EventMsg, new: bool) -> None:
+        """Bus listener (store thread): a new event is stored; push its row to every matching client."""
+        if not new or not self.clients:
+            return
+        site = self.server.site
+        row = stored_row(self.server.store, site, ev.id)
+        if row is not None:
+            self.push("row", str(row.cursor), row.model_dump_json(), row=row, site=site)
+
+    def on_snapshot(self, snapshot_id: str, device: str, door: str) -> None:
+        """Bus listener (store thread): a snapshot landed; rows showing "pending" for it can load it now."""
+        if not self.clients:
+            return
+        site = self.server.site
+        row = stored_row(self.server.store, site, snapshot_id)
+        if row is not None and row.snapshot == "ready":
+            data = json.dumps({"id": row.id, "snapshot": row.snapshot, "snapshot_url": row.snapshot_url})
+            self.push("snapshot", "", data, row=row, site=site)
+
+    def push(self, kind: str, msg_id: str, data: str, *, row: EventRowOut, site: Site) -> None:
+        with self._lock:
+            clients = list(self._clients)
+        people: dict[str, set[str]] = {}  # person filter -> the ids it names, once per message
+        for client in clients:
+            flt = client.flt
+            ids = people.setdefault(flt.person, flt.person_ids(site) or set()) if flt.person else None
+            if not flt.matches(row, site, ids):
+                continue
+            try:
+                client.loop.call_soon_threadsafe(client.offer, (kind, msg_id, data))
+            except RuntimeError:  # its loop is closed: the client is gone
+                self.remove(client)
+
+    def record(self, ev: EventMsg) -> int | None:
+        """Store an event the server itself makes (``visitor_arrived``) and show it on the live feed."""
+        rowid = self.server.store.ingest_event(ev, self.server.directory.clock.wall())
+        if rowid is not None:
+            self.on_event(ev, True)
+        return rowid
+
+
+def server_event(hub: LiveHub, etype: str, *, person: str | None = None,
+                 detail: dict[str, Any] | None = None) -> EventMsg:
+    """Record a server-side event (one of :data:`SERVER_EVENT_TYPES`) under the device ``desk``."""
+    if etype not in SERVER_EVENT_TYPES:
+        raise ValueError(f"{etype!r} is not a server event type ({sorted(SERVER_EVENT_TYPES)})")
+    import uuid
+
+    store = hub.server.store
+    seq = store.next_counter("desk_event_seq")
+    ev = EventMsg(id=f"desk-{uuid.uuid4().hex}", seq=seq, ts=iso_ms(hub.server.directory.clock.wall()),
+                  device=SERVER_DEVICE, door="", type=etype, person=person, detail=detail or {})
+    hub.record(ev)
+    return ev
+
+
+def sse(kind: str, msg_id: str, data: str) -> bytes:
+    """One server-sent event; ``data`` is JSON (one line), so it needs no further framing."""
+    head = f"event: {kind}\n" + (f"id: {msg_id}\n" if msg_id else "")
+    return (head + f"data: {data}\n\n").encode()
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _filter(door: str | None, person: str | None, decision: str | None) -> EventFilter:
+    return EventFilter(door or None, (person or "").strip() or None, decision or None)
+
+
+async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | None) -> AsyncIterator[bytes]:
+    desk = request.app.state.desk
+    hub.add(client)  # here, not in the handler: only a response that runs can be cleaned up by its `finally`
+
+    async def watch() -> None:
+        # ASGI 2.4 servers report a closed connection only through receive(), never to a waiting stream.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        client.gone = True
+        client.end()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield b"retry: 2000\n\n"
+        if resume is not None:
+            rows, _ = await run_in_threadpool(history, desk.server.store, desk.server.site, client.flt,
+                                              after=resume, limit=RESUME_MAX)
+            for row in rows:
+                yield sse("row", str(row.cursor), row.model_dump_json())
+        while True:
+            try:
+                item = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                who = await run_in_threadpool(identify, desk.auth, request)
+                if who is None or who.role not in (ADMIN, DESK):
+                    yield sse("end", "", json.dumps({"reason": "logged out"}))
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            if item is None:
+                if not client.gone:
+                    yield sse("end", "", json.dumps({"reason": "too slow: reconnect"}))
+                return
+            yield sse(*item)
+    finally:
+        watcher.cancel()
+        hub.remove(client)
+
+
+def install(app: FastAPI) -> None:
+    """The live-view API and page; the hub hangs on ``app.state.live`` and listens to the server's bus."""
+    hub = LiveHub(app.state.desk.server)
+    hub.attach()
+    app.state.live = hub
+    roles = Depends(require(ADMIN, DESK))
+
+    def events(request: Request, before: int | None = Query(None, ge=1, le=2**62),
+               door: str | None = Query(None, max_length=64), person: str | None = Query(None, max_length=128),
+               decision: str | None = Query(None, pattern="^(granted|denied)$"),
+               limit: int = Query(50, ge=1, le=500)) -> EventPageOut:
+        server = request.app.state.desk.server
+        rows, more = history(server.store, server.site, _filter(door, person, decision), before=before, limit=limit)
+        return EventPageOut(events=rows, next_before=rows[-1].cursor if more and rows else None)
+
+    async def stream(request: Request, door: str | None = Query(None, max_length=64),
+                     person: str | None = Query(None, max_length=128),
+                     decision: str | None = Query(None, pattern="^(granted|denied)$"),
+                     after: int | None = Query(None, ge=0, le=2**62, description="replay stored rows after this "
+                                               "cursor first (the newest the page already shows)")) -> Response:
+        last = request.headers.get("last-event-id", "")
+        resume = int(last) if last.isdigit() and len(last) < 19 else after
+        client = Client(asyncio.get_running_loop(), _filter(door, person, decision))
+        return StreamingResponse(_stream(request, hub, client, resume), media_type="text/event-stream",
+                                 headers={"X-Accel-Buffering": "no"})
+
+    def snapshot(request: Request, snapshot_id: str = Path(pattern=EVENT_ID)) -> Response:
+        server = request.app.state.desk.server
+        row = stored_row(server.store, server.site, snapshot_id)
+        if row is not None and row.snapshot == "withheld":
+            return JSONResponse({"error": "this visitor declined photos at check-in: the desk does not show "
+                                          "their snapshots", "detail": None}, status_code=404)
+        data = server.store.snapshot_bytes(snapshot_id)
+        if data is None:
+            return JSONResponse({"error": f"no snapshot {snapshot_id!r} (not arrived yet, or removed by "
+                                          "retention)", "detail": None}, status_code=404)
+        return Response(data, media_type="image/jpeg")
+
+    def page(request: Request, who: Principal = Depends(require(ADMIN, DESK)), door: str = "", person: str = "",
+             decision: str = "") -> Response:
+        from server.web.pages import render
+
+        server = request.app.state.desk.server
+        doors = sorted(server.site.doors.values(), key=lambda d: d.name)
+        return render(request, "live.html", who, doors=doors, door=door[:64], person=person[:128],
+                      decision=decision if decision in ("granted", "denied") else "")
+
+    app.add_api_route(API_PREFIX + "/events", events, methods=["GET"], response_model=EventPageOut,
+                      responses=ERRORS, dependencies=[roles], tags=["desk"],
+                      summary="Door events, newest first, a page at a time (filters: door, person, decision)")
+    app.add_api_route(API_PREFIX + "/events/stream", stream, methods=["GET"], dependencies=[roles], tags=["desk"],
+                      responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
+                                                 "description": "server-sent events: row, snapshot, end"}},
+                      summary="The live feed as server-sent events (resumes after Last-Event-ID)")
+    app.add_api_route(API_PREFIX + "/snapshots/{snapshot_id}", snapshot, methods=["GET"], dependencies=[roles],
+                      tags=["desk"], responses={**ERRORS, 200: {"content": {"image/jpeg": {}}},
+                                                404: {"model": ErrorOut}},
+                      summary="An event's snapshot (JPEG, decrypted in memory)")
+    app.add_api_route("/live", page, methods=["GET"], include_in_schema=False)
+
+
+__all__ = ["SERVER_EVENT_TYPES", "EventFilter", "LiveHub", "event_row", "history", "install", "server_event"]
