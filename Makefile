@@ -23,6 +23,7 @@ mosquitto:
 	@scripts/ensure-test-tools
 
 test: $(STAMP) mosquitto
+	@scripts/fetch-axe
 	$(BIN)/python -m pytest -q
 
 faults: $(STAMP) mosquitto
@@ -37,7 +38,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/desk.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
-# atheris harness for FUZZ_SECONDS. Stops by itself (about ten minutes) and fails on any new crash.
+# atheris harness for FUZZ_SECONDS. Stops by itself (about 13 minutes) and fails on any new crash.
 FUZZ_SECONDS ?= 30
 FUZZ_HARNESSES := framing contract policy config scenario
 

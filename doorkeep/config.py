@@ -49,7 +49,7 @@ from doorkeep.model import (
 )
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
-READER_PROTOCOLS = ("em4100", "ascii", "osdp")
+READER_PROTOCOLS = ("em4100", "ascii", "osdp", "wiegand")
 #: wiegand*: "FACILITY:CARD" in decimal; osdp_raw: "BITS:HEX" (edge/osdp/cards.py, docs/readers.md)
 CARD_FORMATS = ("em4100", "ascii", "wiegand26", "wiegand34", "wiegand37", "osdp_raw")
 _CARD_NUMBER_RULES: dict[str, tuple[str, str]] = {
@@ -664,6 +664,10 @@ class ReaderConfig:
     poll_ms: int = 100
     scbk_file: Path | None = None
     secure_channel: bool = True
+    # Wiegand only (protocol = "wiegand"; docs/readers.md): the two data lines, and the gap that ends a frame
+    d0_pin: int | None = None
+    d1_pin: int | None = None
+    frame_timeout_ms: int = 25
 
 
 @dataclass(frozen=True)
@@ -924,11 +928,11 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     doors = {}
     pins_used: dict[int, str] = {}
 
-    def claim(pin: int | None, where: str, t: _Table) -> None:
+    def claim(pin: int | None, where: str, t: _Table, key: str = "pin") -> None:
         if pin is None:
             return
         if pin in pins_used:
-            t.error("pin", f"GPIO{pin} is already used by {pins_used[pin]}", "wire each input and relay to its own GPIO")
+            t.error(key, f"GPIO{pin} is already used by {pins_used[pin]}", "wire each input and relay to its own GPIO")
         else:
             pins_used[pin] = where
 
@@ -947,8 +951,9 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         r = t.sub("reader", required=True)
         reader = None
         if r is not None:
-            url = r.get("url", str, fix='add url = "/dev/serial0" (any pyserial URL)')
             proto = r.choice("protocol", READER_PROTOCOLS)
+            # A Wiegand reader is two GPIO lines, no port: its url names the pins (unique, as pins are claimed).
+            url = None if proto == "wiegand" else r.get("url", str, fix='add url = "/dev/serial0" (any pyserial URL)')
             baud = r.get("baudrate", int, 9600)
             if baud is None or baud <= 0:
                 if baud is not None:
@@ -962,6 +967,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             reader = ReaderConfig(url or "", proto or "em4100", baud, r.positive("repeat_ignore_s", 1.0), silence)
             if proto == "osdp":
                 reader = _osdp_reader(r, reader, path)
+            if proto == "wiegand":
+                reader = _wiegand_reader(r, reader, did, claim)
             r.done()
         lk = t.sub("lock", required=True)
         lock = None
@@ -1018,6 +1025,23 @@ def _osdp_reader(r: _Table, reader: ReaderConfig, path: Path) -> ReaderConfig:
         r.error("scbk_file", "is set but secure_channel = false", "remove one of the two")
     return replace(reader, address=address if address is not None else 0, poll_ms=poll_ms,
                                scbk_file=(path.parent / scbk) if scbk else None, secure_channel=bool(secure))
+
+
+def _wiegand_reader(r: _Table, reader: ReaderConfig, did: str,
+                    claim: Callable[[int | None, str, _Table, str], None]) -> ReaderConfig:
+    """The Wiegand keys of a reader table: D0 and D1 (claimed like every other pin) and ``frame_timeout_ms``."""
+    d0 = _pin(r, "d0_pin")
+    d1 = _pin(r, "d1_pin")
+    claim(d0, f"doors.{did}.reader D0", r, "d0_pin")
+    claim(d1, f"doors.{did}.reader D1", r, "d1_pin")
+    timeout = r.get("frame_timeout_ms", int, 25)
+    if timeout is None or not 5 <= timeout <= 500:
+        if timeout is not None:
+            r.error("frame_timeout_ms", f"{timeout} is out of range",
+                    "use 5-500 ms: longer than the reader's gap between bits (about 2 ms), 25 is usual")
+        timeout = 25
+    url = f"gpio://{d0 if d0 is not None else '?'},{d1 if d1 is not None else '?'}"
+    return replace(reader, url=url, d0_pin=d0, d1_pin=d1, frame_timeout_ms=timeout)
 
 
 def _check_shared_buses(doors: dict[str, DoorHardware], root: _Table) -> None:

@@ -63,6 +63,7 @@ from edge.osdp.cp import OsdpReader, build_buses
 from edge.outbox import MB, Outbox, OutboxError
 from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
+from edge.wiegand import WiegandReader
 
 log = logging.getLogger("doorkeep.edge")
 
@@ -114,7 +115,7 @@ class _DoorRuntime:
     machine: DoorMachine
     relay: LockRelay
     inputs: DoorInputs | None
-    reader: SerialReader | OsdpReader
+    reader: SerialReader | OsdpReader | WiegandReader
     camera: Camera | None
     sounder: Sounder | None = None
     relay_on: bool = False
@@ -216,9 +217,14 @@ class EdgeAgent:
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
                 on_tamper=(lambda active, d=door.id: self._q.put(("tamper", d, active))) if hw.tamper else None,
             )
-        reader: SerialReader | OsdpReader
+        reader: SerialReader | OsdpReader | WiegandReader
         if door.id in self._osdp:
             reader = self._osdp[door.id]
+        elif hw.reader.protocol == "wiegand" and hw.reader.d0_pin is not None and hw.reader.d1_pin is not None:
+            # D0/D1 on this agent's own pin factory (two agents in one process never share mock pins).
+            reader = WiegandReader(door.id, hw.reader.d0_pin, hw.reader.d1_pin, self._on_card, factory=self._factory,
+                                   clock=self.clock, frame_timeout_s=hw.reader.frame_timeout_ms / 1000.0,
+                                   repeat_ignore_s=hw.reader.repeat_ignore_s)
         else:
             reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
                                   baudrate=hw.reader.baudrate, clock=self.clock,

@@ -209,6 +209,7 @@ class DemoDesk:
         from argon2 import PasswordHasher
 
         from server.app import create_app
+        from server.web.operators import Operators
         from simulators.wait import wait_until
 
         with socket.socket() as probe:
@@ -218,8 +219,12 @@ class DemoDesk:
                 return f"cannot listen on {self.host}:{self.port} ({exc.strerror}); try --desk-port"
         assert self.runner.server is not None
         # Cheaper argon2 than production: the demo admin is thrown away with the demo's temporary store.
-        app = create_app(self.runner.server, hasher=PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
-        app.state.desk.operators.add(DESK_ADMIN, "admin", self.password, actor="demo")
+        # The admin exists before the app is built, which warns about a desk with no operator.
+        hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+        srv = self.runner.server
+        Operators(srv.store, clock=srv.directory.clock, audit=srv.audit, hasher=hasher).add(
+            DESK_ADMIN, "admin", self.password, actor="demo")
+        app = create_app(srv, hasher=hasher)
         server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                                server_header=False))
         self._server = server

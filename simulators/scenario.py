@@ -56,7 +56,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from doorkeep.config import SiteBundle, load_site_dir
+from doorkeep.config import CARD_FORMATS, SiteBundle, load_site_dir
 from doorkeep.contract import EVENT_TYPES, EventMsg
 from doorkeep.credentials import card_hash, last4, normalise
 from doorkeep.decision import Reason
@@ -67,7 +67,8 @@ from edge.framing import encode_ascii, encode_em4100
 from server.directory import Visitor
 from simulators.brokers import BrokerUnavailable
 from simulators.clock import ScenarioClock
-from simulators.site import DEMO_SITE, SiteRunner, SiteRunnerError, mosquitto_installed
+from simulators.site import DEMO_SITE, KEYPAD_PROTOCOLS, READER_CARD_FORMATS, SiteRunner, SiteRunnerError, mosquitto_installed
+from simulators.wiegand import card_bits
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
 DEFAULT_WITHIN_S = 5.0
@@ -215,8 +216,10 @@ def _k_card(v: Any) -> str:
     if isinstance(v, (bool, int, float)):
         raise _Bad(f"card number {v!r} was read as a number (leading zeros and letters would be lost)",
                    f'quote it: "{v}"')
-    if not isinstance(v, str) or not v.strip() or not v.strip().isalnum():
-        raise _Bad(f"{v!r} is not a card number", 'write it as the reader sends it, quoted: "0F00A1B2C3"')
+    # Wiegand and OSDP cards are "FACILITY:CARD" (e.g. "12:34567") or "BITS:HEX": one colon allowed.
+    if not isinstance(v, str) or not v.strip() or v.count(":") > 1 or not v.strip().replace(":", "").isalnum():
+        raise _Bad(f"{v!r} is not a card number",
+                   'write it as the reader sends it, quoted: "0F00A1B2C3", or "12:34567" for a Wiegand card')
     return v.strip()
 
 
@@ -303,6 +306,7 @@ _k_event_type = _choice(*sorted(EVENT_TYPES))
 _k_alarm_type = _choice(*ALARM_TYPES)
 _k_updown = _choice("up", "down")
 _k_format = _choice("em4100", "ascii")
+_k_card_format = _choice(*CARD_FORMATS)
 
 
 # ============================================================== vocabulary
@@ -337,7 +341,8 @@ def _verb(verb: str, subject: Callable[[Any], Any] | None, summary: str, /, *, e
 VERBS: dict[str, Verb] = {v.name: v for v in (
     # ---- actions
     _verb("badge", _k_ident, "present a card at a door's reader (optionally type a PIN)",
-          card=Field(_k_card), person=Field(_k_ident), pin=Field(_k_pin), walk_through=Field(_k_bool)),
+          card=Field(_k_card), person=Field(_k_ident), pin=Field(_k_pin), walk_through=Field(_k_bool),
+          format=Field(_k_card_format)),
     _verb("open", _k_ident, "open a door (its contact)"),
     _verb("close", _k_ident, "close a door"),
     _verb("force", _k_ident, "open a locked door without a grant or REX"),
@@ -817,6 +822,21 @@ def load_site(scenario: Scenario) -> tuple[SiteBundle, list[tuple[str, str]]]:
     return bundle, visitor_pool(bundle)
 
 
+def _check_card(proto: str, fmt: str, card: str) -> None:
+    """Raise ValueError when a reader of ``proto`` cannot send ``card`` as ``fmt``."""
+    if proto == "em4100":
+        encode_em4100(card)
+    elif proto == "ascii":
+        encode_ascii(card)
+    elif fmt == "osdp_raw":
+        bits, _, hexa = card.partition(":")
+        if not bits.isdigit() or not hexa or any(c not in "0123456789abcdefABCDEF" for c in hexa) \
+                or len(hexa) % 2:
+            raise ValueError(f"{card!r} is not BITS:HEX with whole bytes, e.g. 40:0123456789")
+    else:
+        card_bits(fmt, card)
+
+
 def visitor_pool(bundle: SiteBundle) -> list[tuple[str, str]]:
     """The site's visitor badges ``(format, number)`` (people.toml ``[visitor_pool]``)."""
     return [(c.format, c.number) for c in bundle.visitor_pool]
@@ -874,25 +894,31 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                 "add `rex = { pin = N }` to the door in its device file, or use another door")
         if v == "badge" and hw is not None:
             proto = hw.reader.protocol
-            if "card" in o:
+            readable = READER_CARD_FORMATS.get(proto, (proto,))
+            if "format" in o and o["format"] not in readable:
+                err(s, f"{s.subject}'s {proto} reader cannot send a {o['format']} card",
+                    f"use format: {' or '.join(readable)}, or another door")
+            elif "card" in o:
                 try:
-                    encode_em4100(o["card"]) if proto == "em4100" else encode_ascii(o["card"])
+                    _check_card(proto, o.get("format") or readable[0], o["card"])
                 except ValueError as exc:
                     err(s, f"card {o['card']!r} cannot be sent by {s.subject}'s {proto} reader: {exc}",
-                        "EM4100 readers send 10 hex digits; ASCII readers letters and digits")
+                        "EM4100 readers send 10 hex digits; ASCII readers letters and digits; Wiegand and "
+                        'OSDP readers "FACILITY:CARD" (format: wiegand26/34/37) or "BITS:HEX" (format: osdp_raw)')
             elif o["person"] in people:
-                if not any(fmt == proto for fmt, _ in cards_of.get(o["person"], [])):
+                if not any(fmt in readable for fmt, _ in cards_of.get(o["person"], [])):
                     err(s, f"{o['person']} has no {proto} card for {s.subject}'s {proto} reader",
-                        f"give `card:` explicitly, or add an {proto} card to {o['person']} in people.toml")
+                        f"give `card:` explicitly, or add a {' or '.join(readable)} card to {o['person']} "
+                        "in people.toml")
             elif o["person"] in visitors:
-                if pool and not any(fmt == proto for fmt, _ in pool):
+                if pool and not any(fmt in readable for fmt, _ in pool):
                     err(s, f"visitor badges are {pool[0][0]}, but {s.subject} has an {proto} reader",
                         "badge the visitor at a door whose reader reads the pool's cards")
             else:
                 person_ok(s, o["person"])
-            if "pin" in o and proto != "ascii":
+            if "pin" in o and proto not in KEYPAD_PROTOCOLS:
                 err(s, f"door {s.subject!r} has an {proto} reader, which has no keypad",
-                    "PINs are typed on ASCII keypad readers; use a PIN door or drop `pin`")
+                    "PINs are typed on ASCII, OSDP and Wiegand keypad readers; use a PIN door or drop `pin`")
         if v == "expect_decision":
             person_ok(s, o.get("person"))
         if v == "register_visitor":
@@ -1198,16 +1224,17 @@ class ScenarioRunner:
     def _card_for(self, step: Step) -> tuple[str, str]:
         door = step.subject
         proto = self.hardware[door].reader.protocol
+        readable = READER_CARD_FORMATS.get(proto, (proto,))
         if "card" in step.options:
-            return proto, step.options["card"]
+            return step.opt("format") or readable[0], step.options["card"]
         person = step.options["person"]
         if person in self.visitor_cards:
             fmt, number = self.visitor_cards[person]
-            if fmt != proto:
+            if fmt not in readable:
                 raise StepFailed(f"{person}'s visitor badge is {fmt}, but {door} has an {proto} reader")
             return fmt, number
         for seed in self.bundle.cards:
-            if seed.person == person and seed.format == proto:
+            if seed.person == person and seed.format in readable and step.opt("format") in (None, seed.format):
                 return seed.format, seed.number
         raise StepFailed(f"{person} has no {proto} card for {door}")
 
@@ -1249,11 +1276,11 @@ class ScenarioRunner:
         if pin is not None:
             note += self._avoid_repeat_filter(door, "P" + pin)
         before = len(self.recorder.select(door, ["access"]))
-        sim.reader.badge(number)
+        sim.badge(number, fmt)
         self._last_read[(door, number)] = self.clock.monotonic()
         site_door = self.bundle.site.doors[door]
         if pin is not None:
-            sim.reader.enter_pin(pin)
+            sim.enter_pin(pin)
             self._last_read[(door, "P" + pin)] = self.clock.monotonic()
         elif site_door.pin_required:
             note += self._walk_away_from_keypad(door)

@@ -3,8 +3,9 @@ all wired as in production (MQTT over loopback, serial bytes over ptys,
 MJPEG over HTTP), with simulators in place of the hardware.
 
 Each device's file is loaded as written and then pointed at its simulators:
-reader URLs become pty paths, camera sources become the simulated MJPEG
-URLs, the pin factory becomes a fresh gpiozero ``MockFactory`` of its own
+reader URLs become pty paths (an OSDP bus: one pty, one simulated reader per
+address; a Wiegand reader: pulse trains on the device's mock D0/D1 pins),
+camera sources become the simulated MJPEG URLs, the pin factory becomes a fresh gpiozero ``MockFactory`` of its own
 (two Pis use the same GPIO numbers), and the broker is the runner's. Each
 edge keeps its verified policy cache under ``DATA/edge/DEVICE``.
 
@@ -19,9 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
+import select
 import shutil
 import tempfile
+import threading
+import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,17 @@ from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, DeviceConfig, SiteBundle, load_site_dir
 from doorkeep.envelope import SnapshotKeys
 from edge.agent import EdgeAgent
+from edge.osdp.cards import WIEGAND_FORMATS
+from edge.osdp.keys import KeyFileError, load_scbk, write_scbk
 from server.app import Server, bootstrap
+from simulators import reader as _reader_module
 from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
 from simulators.door import DoorSimulator
+from simulators.osdp_pd import OsdpPdSimulator
 from simulators.reader import ReaderSimulator
 from simulators.wait import wait_until
+from simulators.wiegand import WiegandSimulator
 
 log = logging.getLogger("doorkeep.sim")
 
@@ -58,8 +68,88 @@ def mosquitto_installed() -> bool:
 class SimDoor:
     id: str
     device: str
-    reader: ReaderSimulator
+    reader: Any
+    """A :class:`ReaderSimulator` (em4100, ascii), :class:`OsdpPdSimulator` (osdp) or :class:`WiegandSimulator`."""
     door: DoorSimulator
+    protocol: str = "em4100"
+
+    def badge(self, number: str, fmt: str | None = None) -> None:
+        """Present a card the way this door's reader sends it: ``fmt`` picks the Wiegand format (default
+        ``wiegand26``) on Wiegand and OSDP readers; an OSDP reader also sends ``osdp_raw`` ``"BITS:HEX"`` cards."""
+        if self.protocol == "wiegand":
+            self.reader.badge(number, fmt or "wiegand26")
+        elif self.protocol == "osdp":
+            fmt = fmt or "wiegand26"
+            head, _, tail = number.partition(":")
+            if fmt == "osdp_raw":
+                self.reader.present_raw(int(head), bytes.fromhex(tail))
+            else:
+                self.reader.present_card(fmt, int(head), int(tail))
+        else:
+            self.reader.badge(number)
+
+    def enter_pin(self, pin: str) -> None:
+        """Type a PIN on the reader's keypad (ASCII line, OSDP KEYPAD reply, Wiegand 4-bit bursts), then enter."""
+        if self.protocol == "osdp":
+            self.reader.press_keys(pin + "#")
+        else:
+            self.reader.enter_pin(pin)
+
+
+#: The card formats each reader protocol can send (doorkeep/config.py CARD_FORMATS).
+READER_CARD_FORMATS: dict[str, tuple[str, ...]] = {
+    "em4100": ("em4100",), "ascii": ("ascii",), "wiegand": WIEGAND_FORMATS, "osdp": (*WIEGAND_FORMATS, "osdp_raw"),
+}
+#: Protocols whose readers have a keypad in simulation.
+KEYPAD_PROTOCOLS = ("ascii", "osdp", "wiegand")
+
+
+class OsdpBusSimulator:
+    """An RS-485 bus on one pty with several simulated OSDP readers on it, each at its own address.
+
+    Each :class:`OsdpPdSimulator` keeps its own pty; this hub copies what the control panel writes to every
+    reader (each answers only its own address, like on a real multi-drop bus) and every reply back to the
+    control panel, which is what the wire pair does.
+    """
+
+    def __init__(self, readers: list[OsdpPdSimulator]) -> None:
+        self.readers = readers
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._master)
+        tty.setraw(self._slave)
+        self.path = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="osdp-bus-sim", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Each reader's own pty: the hub writes the bus traffic into its slave end and reads its replies there.
+        ends = {pd._pty.slave: pd for pd in self.readers}  # the hub is the readers' wire: their pty's other end
+        for fd in ends:
+            tty.setraw(fd)
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master, *ends], [], [], 0.05)
+                for fd in ready:
+                    data = os.read(fd, 4096)
+                    if fd == self._master:
+                        for end in ends:
+                            os.write(end, data)
+                    else:
+                        os.write(self._master, data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for pd in self.readers:
+            pd.close()
+        for fd in (self._slave, self._master):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -85,6 +175,7 @@ class SiteRunner:
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
     doors: dict[str, SimDoor] = field(default_factory=dict)
     cameras: dict[str, CameraSimulator] = field(default_factory=dict)
+    _buses: list[OsdpBusSimulator] = field(default_factory=list)
     _broker: Any = None
     _broker_dir: Any = None
     _broker_port: int | None = None
@@ -219,8 +310,9 @@ class SiteRunner:
             self.cameras[f"{dev.id}/{cid}"] = sim
             cams[cid] = dataclasses.replace(cam, source=sim.url)
         doors = {}
+        readers = self._reader_simulators(dev, factory)
         for did, hw in dev.doors.items():
-            reader = ReaderSimulator(hw.reader.protocol)
+            reader, rc = readers[did]
             door = DoorSimulator(
                 factory, relay_pin=hw.lock.pin, relay_active_high=hw.lock.active_high,
                 contact_pin=hw.contact.pin if hw.contact else None,
@@ -232,13 +324,73 @@ class SiteRunner:
                 sounder_pin=hw.sounder.pin if hw.sounder else None,
                 sounder_active_high=hw.sounder.active_high if hw.sounder else True,
             )
-            self.doors[did] = SimDoor(did, dev.id, reader, door)
-            doors[did] = dataclasses.replace(hw, reader=dataclasses.replace(hw.reader, url=reader.path))
+            self.doors[did] = SimDoor(did, dev.id, reader, door, hw.reader.protocol)
+            doors[did] = dataclasses.replace(hw, reader=rc)
         simulated = dataclasses.replace(dev, doors=doors, cameras=cams, broker=broker, gpio_factory="mock")
         agent = EdgeAgent(simulated, self.bundle.site, self.key, clock=self.clock, pin_factory=factory,
                           policy_key=self.signing_key.public_key(), state_dir=self.data_dir / "edge" / dev.id)
         agent.start()
         self.agents[dev.id] = agent
+
+    def _reader_simulators(self, dev: DeviceConfig, factory: Any) -> dict[str, tuple[Any, Any]]:
+        """door -> (its reader simulator, the reader config pointed at it).
+
+        Serial readers get a pty each; Wiegand readers pulse the device's own mock D0/D1 pins; OSDP readers get
+        an :class:`OsdpPdSimulator` at their address, one pty per bus (a hub when several share it), keyed with
+        the door's key file if it exists, else with a fresh key written under the runner's data directory
+        (the reader then already holds it, as after ``doorkeep osdp install-key``).
+        """
+        assert self.data_dir is not None
+        out: dict[str, tuple[Any, Any]] = {}
+        buses: dict[str, list[str]] = {}
+        for did, hw in dev.doors.items():
+            rc = hw.reader
+            if rc.protocol == "wiegand" and rc.d0_pin is not None and rc.d1_pin is not None:
+                out[did] = (WiegandSimulator(factory, rc.d0_pin, rc.d1_pin), rc)
+            elif rc.protocol == "osdp" and ReaderSimulator is _reader_module.ReaderSimulator:
+                buses.setdefault(rc.url, []).append(did)
+            else:
+                # A test may swap ReaderSimulator for its own reader of any protocol (e.g. a libosdp one,
+                # tests/e2e/test_osdp_door.py): honour it, with the door's own key file untouched.
+                sim = ReaderSimulator(rc.protocol)
+                out[did] = (sim, dataclasses.replace(rc, url=sim.path))
+        for dids in buses.values():
+            pds = []
+            for did in dids:
+                rc = dev.doors[did].reader
+                key = self._osdp_key(dev.id, did, rc.scbk_file) if rc.secure_channel else None
+                pd = OsdpPdSimulator(address=rc.address, scbk=key, secure_channel=rc.secure_channel)
+                pds.append(pd)
+                scbk_file = rc.scbk_file
+                if key is not None and (scbk_file is None or not scbk_file.exists()):
+                    scbk_file = self.data_dir / "osdp-keys" / dev.id / f"{did}.scbk"
+                out[did] = (pd, rc if key is None else dataclasses.replace(rc, scbk_file=scbk_file))
+            if len(pds) == 1:
+                path = pds[0].path
+            else:
+                bus = OsdpBusSimulator(pds)
+                self._buses.append(bus)
+                path = bus.path
+            for did in dids:
+                out[did] = (out[did][0], dataclasses.replace(out[did][1], url=path))
+        return out
+
+    def _osdp_key(self, device: str, door: str, scbk_file: Path | None) -> bytes:
+        """The Secure Channel key a simulated reader holds: the door's key file's, else a fresh one on file."""
+        if scbk_file is not None and scbk_file.exists():
+            try:
+                key = load_scbk(scbk_file)
+                if key is not None:
+                    return key
+            except KeyFileError as exc:
+                log.warning("door %s: %s; the simulated reader gets a fresh key", door, exc)
+        assert self.data_dir is not None
+        key = secrets.token_bytes(16)
+        path = self.data_dir / "osdp-keys" / device / f"{door}.scbk"
+        for old in (path, path.with_name(path.name + ".new")):
+            old.unlink(missing_ok=True)
+        write_scbk(path, key).replace(path)  # written next to it at 0600, then moved into place
+        return key
 
     def poke(self) -> None:
         """Make every edge re-evaluate its deadlines now (after the clock jumped)."""
@@ -305,6 +457,9 @@ class SiteRunner:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        for bus in self._buses:
+            bus.close()  # and the readers on it
+        self._buses.clear()
         for d in self.doors.values():
             d.reader.close()
         for cam in self.cameras.values():

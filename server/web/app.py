@@ -172,6 +172,45 @@ def _install_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error; the server log has the details (ref {ref})")
 
 
+#: Error answers any API operation may give (the body is always ``ErrorOut``): bad header (400), no session or
+#: token (401), role or CSRF (403), unknown id (404), conflict with the current state (409), body too large
+#: (413), invalid request (422), too many failed logins (429).
+COMMON_ERRORS = {400: "bad request header", 401: "not logged in", 403: "role may not do this, or missing CSRF token",
+                 404: "not found", 409: "conflicts with the current state", 413: "request body too large",
+                 422: "request not valid", 429: "too many failed logins: wait"}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Every API operation's OpenAPI entry lists the shared error answers, so clients and the fuzzer
+    (tests/fuzz/test_desk_api_fuzz.py) know every status the desk may give and its JSON shape."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        doc.setdefault("components", {}).setdefault("schemas", {}).setdefault("ErrorOut", {
+            "title": "ErrorOut", "type": "object", "required": ["error"],
+            "properties": {"error": {"title": "Error", "type": "string",
+                                     "description": "what went wrong and what to do about it"},
+                           "detail": {"title": "Detail"}}})
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+        for path, operations in doc.get("paths", {}).items():
+            if not path.startswith(API_PREFIX):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                # FastAPI documents its own HTTPValidationError for 422; the desk answers ErrorOut (invalid())
+                responses["422"] = {"description": COMMON_ERRORS[422], "content": error}
+                for code, text in COMMON_ERRORS.items():
+                    responses.setdefault(str(code), {"description": text, "content": error})
+                    responses[str(code)].setdefault("content", error)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(server: Server | None = None, *, clock: Clock | None = None, hasher: PasswordHasher | None = None,
                secure_cookies: bool | None = None) -> FastAPI:
     """The desk around ``server``; with none, one bootstrapped from the environment and run by the app.
@@ -199,6 +238,11 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
             from starlette.concurrency import run_in_threadpool
 
             await run_in_threadpool(server.start)
+        # Checked when the desk starts serving, not when it is built: `doorkeep demo` and tests add their
+        # operators in between, and a new operator must not be told to create one that exists.
+        if not operators.all():
+            log.warning("the desk has no operator yet: create one with "
+                        "doorkeep user add NAME --role admin --site DIR --data DIR")
         jobs = list(getattr(app.state, "jobs", []))  # periodic desk jobs (visitors.py: overdue visits closed)
         for job in jobs:
             job.start()
@@ -226,7 +270,5 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     pages.install(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     check_routes(app.routes)
-    if not operators.all():
-        log.warning("the desk has no operator yet: create one with "
-                    "doorkeep user add NAME --role admin --site DIR --data DIR")
+    _document_errors(app)
     return app

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.commands import CommandSendError
 from server.web.access import require
 from server.web.alarms import install_filters
-from server.web.api import DOOR_ID, DoorOut, door_list
+from server.web.api import DOOR_ID, DoorOut, ErrorOut, door_list
 from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
@@ -158,6 +158,8 @@ def api_board(request: Request) -> BoardOut:
 
 
 @route(API_PREFIX + "/doors/{door_id}/unlock", "POST", response_model=CommandOut, tags=["doors"],
+       responses={502: {"model": ErrorOut, "description": "the door's edge refused the command, failed it or did not "
+                        "answer in time (detail: the command result); the door stays locked (docs/desk.md)"}},
        summary="Unlock a door momentarily (its unlock_s), as a signed command; audited")
 def api_unlock(request: Request, door_id: str = Path(pattern=DOOR_ID),
                who: Principal = Depends(require(ADMIN, DESK))) -> Any:

@@ -1,0 +1,383 @@
+"""Wiegand readers on two GPIO inputs: a pure frame decoder and the gpiozero adapter that feeds it.
+
+A Wiegand reader idles both data lines high (5 V on the reader side, pulled up on the Pi side) and sends each
+bit as a short low pulse (about 50 us) on D0 for a 0 or on D1 for a 1, about 2 ms apart. Nothing on the wire
+marks the end of a frame: a frame ends when no bit has come for a while (``frame_timeout_ms``, 25 ms by
+default, ten bit periods), so the decoder works on *timed bits* and a deadline.
+
+* :func:`decode_bits` turns one frame into a :class:`~edge.framing.CardRead` (26, 34 and 37 bits, parity
+  checked; the decoding itself is :func:`edge.osdp.cards.decode_card`, the same one the OSDP readers use, so a
+  card reads ``wiegand26`` ``"FACILITY:CARD"`` whichever kind of reader saw it), a keypad key (4-bit bursts,
+  or 8-bit bursts whose high nibble is the complement of the low one), or a
+  :class:`~edge.framing.FrameFault` (``parity``, ``length``). It never raises on wire input.
+* :class:`WiegandFramer` collects timed bits into frames and keypad keys into PINs, pure and clock-free.
+* :class:`WiegandReader` is the adapter: gpiozero ``DigitalInputDevice`` edge callbacks on D0/D1 (pull-ups,
+  a falling edge is a bit), each bit stamped with the injected clock, and a small timer thread that ends a
+  frame at its deadline. It has the surface the edge agent uses for a serial reader (``start``, ``stop``,
+  ``stats``, ``silent_for``), with the same health stats.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gpiozero import DigitalInputDevice
+from gpiozero.exc import GPIOZeroError
+
+from doorkeep.clock import Clock, SystemClock
+from edge.errors import HardwareError
+from edge.framing import CardRead, FrameFault
+from edge.osdp.cards import ParityError, decode_card
+from edge.osdp.packet import RawCard
+from edge.readers import CardCallback, FaultCallback, ReaderStats
+
+logger = logging.getLogger("doorkeep.edge.wiegand")
+
+CARD_LENGTHS: tuple[int, ...] = (26, 34, 37)
+"""The bit counts decoded as cards; their layouts live in :mod:`edge.osdp.cards`."""
+MAX_BITS = 64
+"""Longer than any format doorkeep knows: a longer train is noise (a floating line), dropped as ``length``."""
+DEFAULT_FRAME_TIMEOUT_S = 0.025
+KEYPAD_MAX = 12
+"""Most PIN digits kept; further digits are ignored until ``#`` or ``*``."""
+KEYPAD_IDLE_S = 10.0
+"""Digits typed this long ago without ``#`` are forgotten, so a half-typed PIN does not prefix the next one."""
+STUCK_LOW_S = 0.5
+"""A data line held low this long is a short or a dead reader (bits are 50 us pulses): the reader is offline."""
+STOP_DEADLINE_S = 2.0
+
+#: Key codes of 4-bit keypad bursts (and the low nibble of 8-bit ones): 0-9, then ESC and ENTER.
+KEY_ESC = 10
+KEY_ENTER = 11
+
+
+@dataclass(frozen=True)
+class KeyPress:
+    """One keypad key sent as a Wiegand burst: ``"0"``-``"9"``, ``"*"`` (clear) or ``"#"`` (enter)."""
+
+    key: str
+
+
+Decoded = CardRead | KeyPress | FrameFault
+
+
+def _pack(bits: Sequence[int]) -> RawCard:
+    """The bits as OSDP packs them (first bit = most significant bit of the first byte), for ``decode_card``."""
+    value = 0
+    for b in bits:
+        value = (value << 1) | (1 if b else 0)
+    nbytes = (len(bits) + 7) // 8
+    value <<= nbytes * 8 - len(bits)
+    return RawCard(0, 1, len(bits), value.to_bytes(nbytes, "big"))
+
+
+def _raw_of(bits: Sequence[int]) -> bytes:
+    """The frame's shape for a fault, without its content: the bit count only (a card number is personal)."""
+    return f"{len(bits)} bits".encode()
+
+
+def _key(code: int) -> str | None:
+    if 0 <= code <= 9:
+        return str(code)
+    return {KEY_ESC: "*", KEY_ENTER: "#"}.get(code)
+
+
+def decode_bits(bits: Sequence[int]) -> Decoded:
+    """One Wiegand frame -> a card, a keypad key, or a fault. Pure; never raises on any sequence of 0/1."""
+    n = len(bits)
+    if n in CARD_LENGTHS:
+        try:
+            fmt, number = decode_card(_pack(bits))
+        except ParityError as exc:
+            return FrameFault("parity", str(exc), _raw_of(bits))
+        return CardRead(number, fmt)
+    if n == 4:
+        key = _key(int("".join(str(b) for b in bits), 2))
+        if key is None:
+            return FrameFault("length", "4-bit burst is not a keypad key (0-9, * or #)", _raw_of(bits))
+        return KeyPress(key)
+    if n == 8:
+        high = int("".join(str(b) for b in bits[:4]), 2)
+        low = int("".join(str(b) for b in bits[4:]), 2)
+        key = _key(low)
+        if high != (~low & 0xF) or key is None:
+            return FrameFault("parity", "8-bit keypad burst fails its complement check", _raw_of(bits))
+        return KeyPress(key)
+    return FrameFault("length", f"{n}-bit frame: doorkeep decodes 26, 34 and 37-bit cards and 4/8-bit keys",
+                      _raw_of(bits))
+
+
+class WiegandFramer:
+    """Timed bits -> decoded frames; keypad keys -> PIN reads. Pure: time comes in with every call.
+
+    A frame ends ``frame_timeout_s`` after its last bit: :meth:`poll` at or after :attr:`deadline` ends it,
+    and a bit that arrives later than that ends the previous frame first (so even a late poll never joins two
+    frames). Keypad digits gather until ``#``, which yields ``CardRead("P" + digits, "keypad")`` (the PIN read
+    the agent already knows from ASCII and OSDP keypads); ``*`` clears them.
+    """
+
+    def __init__(self, frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S) -> None:
+        if not frame_timeout_s > 0:
+            raise ValueError(f"frame_timeout_s must be greater than 0, got {frame_timeout_s!r}")
+        self.frame_timeout_s = frame_timeout_s
+        self._bits: list[int] = []
+        self._last_bit_at: float | None = None
+        self._keys = ""
+        self._keys_at: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """When the frame being received ends (None when no frame is open)."""
+        return None if self._last_bit_at is None else self._last_bit_at + self.frame_timeout_s
+
+    def bit(self, value: int, now: float) -> list[CardRead | FrameFault]:
+        """A falling edge on D0 (``value`` 0) or D1 (1) at ``now``; returns what an ended earlier frame gave."""
+        out = self.poll(now)
+        if len(self._bits) <= MAX_BITS:  # past MAX_BITS it is noise: keep the count bounded, end it as `length`
+            self._bits.append(1 if value else 0)
+        self._last_bit_at = now
+        return out
+
+    def poll(self, now: float) -> list[CardRead | FrameFault]:
+        """End the open frame if its deadline has passed; cards, PINs and faults it gave (keys are kept)."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return []
+        bits, self._bits, self._last_bit_at = self._bits, [], None
+        item = decode_bits(bits)
+        if not isinstance(item, KeyPress):
+            return [item]
+        return self._keypress(item.key, now)
+
+    def _keypress(self, key: str, now: float) -> list[CardRead | FrameFault]:
+        if self._keys_at is not None and now - self._keys_at > KEYPAD_IDLE_S:
+            self._keys = ""
+        self._keys_at = now
+        if key == "*":
+            self._keys = ""
+        elif key == "#":
+            pin, self._keys = self._keys, ""
+            if pin:
+                return [CardRead("P" + pin, "keypad")]
+        elif len(self._keys) < KEYPAD_MAX:
+            self._keys += key
+        return []
+
+    def reset(self) -> None:
+        """Forget a half-received frame and typed digits (at start and stop)."""
+        self._bits, self._last_bit_at, self._keys, self._keys_at = [], None, "", None
+
+
+_GPIO_ERRORS = (GPIOZeroError, OSError)
+
+
+class WiegandReader:
+    """One door's Wiegand reader on two GPIO inputs; calls ``on_card`` for each new card or PIN.
+
+    gpiozero calls :meth:`_edge` from its own thread (for mock pins: the thread that drove the pin) with the
+    pin's falling edge; the bit is stamped with the injected clock at once, because a card's read time picks the
+    camera frame and measures latency. A timer thread ends each frame at its deadline; it waits on a condition
+    (woken by every bit) and never sleeps blindly.
+    """
+
+    def __init__(
+        self,
+        door: str,
+        d0_pin: int,
+        d1_pin: int,
+        on_card: CardCallback,
+        *,
+        factory: Any,
+        clock: Clock | None = None,
+        frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
+        repeat_ignore_s: float = 1.0,
+        on_fault: FaultCallback | None = None,
+    ) -> None:
+        if d0_pin == d1_pin:
+            raise ValueError("D0 and D1 must be different GPIOs")
+        self.door = door
+        self.d0_pin = d0_pin
+        self.d1_pin = d1_pin
+        self.url = f"gpio://{d0_pin},{d1_pin}"
+        self.protocol = "wiegand"
+        self._factory = factory
+        self._on_card = on_card
+        self._on_fault = on_fault
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._repeat_ignore_s = repeat_ignore_s
+        self._framer = WiegandFramer(frame_timeout_s)
+        self._stats = ReaderStats()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._devices: list[DigitalInputDevice] = []
+        self._accepted_at: dict[str, float] = {}
+        self._low_since: dict[int, float] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Claim both pins now, so a miswired device file fails loudly at start-up."""
+        if self._thread is not None:
+            raise RuntimeError(f"reader for door {self.door!r} already started")
+        try:
+            for value, pin in ((0, self.d0_pin), (1, self.d1_pin)):
+                dev = DigitalInputDevice(pin, pull_up=True, pin_factory=self._factory)
+                self._devices.append(dev)
+                # Pulled up: "active" is low, so activation is the falling edge that starts a bit. (A partial with
+                # every argument bound: gpiozero then calls it with none, never with the device.)
+                dev.when_activated = functools.partial(self._edge, value)
+        except _GPIO_ERRORS as exc:
+            self._close_devices()
+            raise HardwareError(f"door {self.door!r}: Wiegand reader on GPIO{self.d0_pin}/GPIO{self.d1_pin}: "
+                                f"{exc}") from exc
+        now = self._clock.monotonic()
+        with self._cond:
+            self._stopping = False
+            self._framer.reset()
+            self._stats.online = True
+            self._stats.last_data_at = now
+        self._thread = threading.Thread(target=self._run, name=f"wiegand-{self.door}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Release the pins and end the timer thread; safe to call any number of times."""
+        thread = self._thread
+        with self._cond:
+            self._stopping = True
+            self._stats.online = False
+            self._cond.notify_all()
+        self._close_devices()
+        if thread is None:
+            return
+        thread.join(STOP_DEADLINE_S)
+        if thread.is_alive():
+            logger.warning("door %s: Wiegand timer thread did not stop within %.1f s", self.door, STOP_DEADLINE_S)
+        self._thread = None
+
+    def _close_devices(self) -> None:
+        devices, self._devices = self._devices, []
+        for dev in devices:
+            try:
+                dev.close()
+            except Exception:  # the pin is released either way
+                logger.debug("door %s: closing a Wiegand input failed", self.door, exc_info=True)
+
+    # -- health --------------------------------------------------------------
+
+    @property
+    def stats(self) -> ReaderStats:
+        """Frames decoded, faults by kind (``parity``, ``length``), online (False while a line is stuck low)."""
+        with self._cond:
+            stats = replace(self._stats, faults=dict(self._stats.faults))
+        if stats.online and self.health_reason is not None:
+            stats.online = False
+        return stats
+
+    @property
+    def health_reason(self) -> str | None:
+        """``line_stuck_low`` while D0 or D1 has been held low for longer than any bit: a short or a fault."""
+        now = self._clock.monotonic()
+        for dev in list(self._devices):
+            try:
+                low = bool(dev.is_active)
+            except Exception:  # a device closed under us (stop) is not a stuck line
+                logger.debug("door %s: reading a Wiegand line failed", self.door, exc_info=True)
+                continue
+            key = id(dev)
+            if not low:
+                self._low_since.pop(key, None)
+                continue
+            since = self._low_since.setdefault(key, now)
+            if now - since >= STUCK_LOW_S:
+                return "line_stuck_low"
+        return None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the last bit (or since start): Wiegand readers send nothing while idle."""
+        with self._cond:
+            last = self._stats.last_data_at
+        return 0.0 if last is None else max(0.0, now - last)
+
+    # -- bits ----------------------------------------------------------------
+
+    def _edge(self, value: int) -> None:
+        now = self._clock.monotonic()
+        with self._cond:
+            if self._stopping:
+                return
+            self._stats.last_data_at = now
+            items = self._framer.bit(value, now)
+            self._cond.notify_all()
+        self._deliver(items, now)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                deadline = self._framer.deadline
+                now = self._clock.monotonic()
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                if now < deadline:
+                    # Bounded by the frame timeout: a clock that does not move in real time (a test's fake
+                    # clock) is looked at again every frame period instead of never.
+                    self._cond.wait(min(deadline - now, self._framer.frame_timeout_s))
+                    continue
+                items = self._framer.poll(now)
+            try:
+                self._deliver(items, now)
+            except Exception:  # the timer thread must outlive any callback failure
+                logger.exception("door %s: delivering a Wiegand frame failed", self.door)
+
+    def tick(self) -> None:
+        """End a frame whose deadline has passed now (the timer thread does this; tests on a fake clock too)."""
+        now = self._clock.monotonic()
+        with self._cond:
+            items = self._framer.poll(now)
+        self._deliver(items, now)
+
+    def _deliver(self, items: list[CardRead | FrameFault], t_read: float) -> None:
+        for item in items:
+            if isinstance(item, CardRead):
+                self._card(item, t_read)
+            else:
+                self._fault(item)
+
+    def _card(self, card: CardRead, t_read: float) -> None:
+        with self._cond:
+            self._stats.frames += 1
+            self._stats.last_frame_at = t_read
+            previous = self._accepted_at.get(card.number)
+            repeat = previous is not None and t_read - previous < self._repeat_ignore_s
+            if repeat:
+                self._stats.repeats += 1
+            else:
+                for number in [n for n, t in self._accepted_at.items() if t_read - t >= self._repeat_ignore_s]:
+                    del self._accepted_at[number]
+                self._accepted_at[card.number] = t_read
+        if repeat:
+            logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
+            return
+        try:
+            self._on_card(self.door, card, t_read)
+        except Exception:
+            logger.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
+
+    def _fault(self, fault: FrameFault) -> None:
+        with self._cond:
+            self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
+        logger.warning("door %s: Wiegand fault %s: %s", self.door, fault.kind, fault.detail)
+        if self._on_fault is None:
+            return
+        try:
+            self._on_fault(self.door, fault)
+        except Exception:
+            logger.exception("door %s: on_fault failed", self.door)

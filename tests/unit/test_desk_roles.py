@@ -1,0 +1,167 @@
+"""The desk's whole role matrix, table-driven: every route (API and pages) x every way in (an admin, desk and
+auditor token, and no login at all), against the table in docs/desk.md "Roles are not a ladder".
+
+The table is written out here by hand, not read from the routes' declarations, so a route that declares the
+wrong roles fails; and it must list exactly the app's routes, so a new route without a row fails too.
+
+An allowed caller gets past the access check (no 401/403, no redirect to the login page): requests name ids
+that do not exist or carry no body, so they end in 404/422/409 or a harmless 200 and change nothing that
+matters (nothing is unlocked: the publish hook records every command). A refused role gets 403 with the
+role it needs (API) or the "Not allowed" page; no login gets 401 JSON (API) or a redirect to /login (pages).
+
+Real parts: a real ``Server`` on the demo site, real SQLite store, FastAPI's TestClient, real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from server.app import Server
+from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name
+    app,
+    bearer,
+    client,
+    clock,
+    hasher,
+    server,
+    tokens,
+)
+
+A, D, U = "ada", "dex", "aud"  # admin, desk, auditor (tests/unit/test_desk_api.py ROLES)
+EVERYONE = {A, D, U}
+DESK = {A, D}
+PUBLIC: set[str] = set()  # marker: no login needed
+
+#: (method, route path) -> who may call it. The rows follow docs/desk.md's role table.
+MATRIX: dict[tuple[str, str], set[str]] = {
+    ("POST", "/api/v1/session"): PUBLIC,
+    ("GET", "/login"): PUBLIC,
+    ("POST", "/login"): PUBLIC,
+    ("DELETE", "/api/v1/session"): EVERYONE,
+    ("GET", "/api/v1/me"): EVERYONE,
+    ("GET", "/api/v1/openapi.json"): EVERYONE,
+    ("GET", "/"): EVERYONE,
+    ("POST", "/logout"): EVERYONE,
+    ("GET", "/api/v1/audit"): {A, U},
+    ("GET", "/audit"): {A, U},
+    ("GET", "/api/v1/doors"): DESK,
+    ("GET", "/api/v1/doors/{door_id}"): DESK,
+    ("GET", "/api/v1/operators"): {A},
+    ("POST", "/api/v1/operators"): {A},
+    ("POST", "/api/v1/operators/{name}/disable"): {A},
+    # live view and snapshots
+    ("GET", "/api/v1/events"): DESK,
+    ("GET", "/api/v1/events/stream"): DESK,
+    ("GET", "/api/v1/snapshots/{snapshot_id}"): DESK,
+    ("GET", "/live"): DESK,
+    # visitors; the watchlist is admin only
+    ("GET", "/api/v1/visitors/today"): DESK,
+    ("GET", "/api/v1/visitors/notice"): DESK,
+    ("POST", "/api/v1/visitors"): DESK,
+    ("GET", "/api/v1/visitors/{visitor_id}"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/check-in"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/check-out"): DESK,
+    ("GET", "/visitors"): DESK,
+    ("POST", "/visitors"): DESK,
+    ("GET", "/visitors/{visitor_id}/check-in"): DESK,
+    ("POST", "/visitors/{visitor_id}/check-in"): DESK,
+    ("POST", "/visitors/{visitor_id}/check-out"): DESK,
+    ("GET", "/api/v1/watchlist"): {A},
+    ("POST", "/api/v1/watchlist"): {A},
+    ("DELETE", "/api/v1/watchlist/{entry_id}"): {A},
+    ("GET", "/visitors/watchlist"): {A},
+    ("POST", "/visitors/watchlist"): {A},
+    ("POST", "/visitors/watchlist/{entry_id}/remove"): {A},
+    # alarms
+    ("GET", "/api/v1/alarms"): DESK,
+    ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): DESK,
+    ("POST", "/api/v1/alarms/{alarm_id}/resolve"): DESK,
+    ("GET", "/alarms"): DESK,
+    ("POST", "/alarms/{alarm_id}/acknowledge"): DESK,
+    ("POST", "/alarms/{alarm_id}/resolve"): DESK,
+    # doors: board, remote unlock, lockdown
+    ("GET", "/api/v1/board"): DESK,
+    ("POST", "/api/v1/doors/{door_id}/unlock"): DESK,
+    ("POST", "/api/v1/lockdown"): DESK,
+    ("GET", "/doors"): DESK,
+    ("GET", "/doors/{door_id}/unlock"): DESK,
+    ("POST", "/doors/{door_id}/unlock"): DESK,
+    ("GET", "/doors/lockdown"): DESK,
+    ("POST", "/doors/lockdown"): DESK,
+    # muster
+    ("GET", "/api/v1/muster"): DESK,
+    ("GET", "/muster"): DESK,
+    # people and cards: admin only
+    ("GET", "/api/v1/people"): {A},
+    ("POST", "/api/v1/people"): {A},
+    ("POST", "/api/v1/people/import"): {A},
+    ("GET", "/api/v1/people/{pid}"): {A},
+    ("POST", "/api/v1/people/{pid}/suspend"): {A},
+    ("POST", "/api/v1/people/{pid}/reinstate"): {A},
+    ("PUT", "/api/v1/people/{pid}/access"): {A},
+    ("POST", "/api/v1/people/{pid}/cards"): {A},
+    ("POST", "/api/v1/cards/{card}/lost"): {A},
+    ("GET", "/people"): {A},
+    ("POST", "/people"): {A},
+    ("POST", "/people/import"): {A},
+    ("GET", "/people/{pid}"): {A},
+    ("POST", "/people/{pid}/suspend"): {A},
+    ("POST", "/people/{pid}/reinstate"): {A},
+    ("POST", "/people/{pid}/access"): {A},
+    ("POST", "/people/{pid}/cards"): {A},
+    ("POST", "/people/{pid}/cards/{card}/lost"): {A},
+}
+
+#: Ids that name nothing: an allowed request stops at "not found" (or validation) and changes nothing.
+PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{snapshot_id}": "no-such-snapshot",
+                "{visitor_id}": "999999", "{entry_id}": "999999", "{alarm_id}": "999999", "{pid}": "no-such-person",
+                "{card}": "0" * 64}
+#: Query strings that make an allowed request end early (the live stream would otherwise never end).
+QUERIES = {"/api/v1/events/stream": {"door": "x" * 65}}
+
+
+def concrete(path: str) -> str:
+    for name, value in PLACEHOLDERS.items():
+        path = path.replace(name, value)
+    return path
+
+
+def call(http: Any, method: str, path: str, headers: dict[str, str]) -> Any:
+    return http.request(method, concrete(path), headers=headers, params=QUERIES.get(path))
+
+
+def test_the_matrix_lists_exactly_the_apps_routes(app: FastAPI) -> None:  # noqa: F811 - fixture
+    routes = {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert routes == set(MATRIX), {"missing from MATRIX": routes - set(MATRIX), "no such route": set(MATRIX) - routes}
+
+
+def test_every_route_answers_each_role_as_the_table_says(app: FastAPI, client: Any,  # noqa: F811 - fixtures
+                                                         server: Server) -> None:  # noqa: F811
+    sent: list[tuple[str, bytes]] = []
+    server.commands.publish = lambda topic, payload: sent.append((topic, payload))  # a command would show here
+    toks = tokens(app)
+    wrong: list[str] = []
+    # POST /logout last: logging out is allowed for everyone and must not end anything the other rows need
+    for (method, path), allowed in sorted(MATRIX.items(), key=lambda kv: kv[0][1] == "/logout"):
+        api = path.startswith("/api/")
+        for who in (A, D, U, None):
+            r = call(client, method, path, bearer(toks[who]) if who else {})
+            where = f"{method} {path} as {who or 'nobody'} -> {r.status_code}"
+            if not allowed:  # public
+                ok = r.status_code not in (401, 403)
+            elif who is None:
+                ok = (r.status_code == 401 and "error" in r.json()) if api else (
+                    r.status_code == 303 and r.headers["location"].startswith("/login"))
+            elif who in allowed:
+                to_login = r.status_code in (302, 303) and r.headers.get("location", "").startswith("/login")
+                ok = r.status_code not in (401, 403) and r.status_code < 500 and (not to_login or path == "/logout")
+            else:
+                ok = r.status_code == 403 and (
+                    ("needs" in r.json()["error"]) if api else "Not allowed" in r.text)
+            if not ok:
+                wrong.append(f"{where}: {r.text[:160]}")
+    assert wrong == []
+    assert sent == []  # no request of the matrix published a command (no door exists under the placeholders)

@@ -1,0 +1,277 @@
+"""Wiegand: the pure decoder (every format, parity, lengths, keypad, fuzz), the framer's timeout, the config,
+and the gpiozero adapter fed by the simulator's real pulse trains on mock pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from doorkeep.clock import SystemClock
+from doorkeep.config import _load_device, check
+from edge.framing import CardRead, FrameFault
+from edge.osdp.cards import bits_of, encode_wiegand
+from edge.wiegand import KeyPress, WiegandFramer, WiegandReader, decode_bits
+from simulators.wait import wait_until
+from simulators.wiegand import WiegandSimulator, card_bits, key_bits
+
+# H10301 known answer: facility 1, card 1 -> bits 0 00000001 0000000000000001 1 (even parity over bits 1-12
+# counts one 1, so the leading parity bit is 1 ... computed by hand below rather than trusted to the encoder).
+KNOWN_26 = [1] + [0, 0, 0, 0, 0, 0, 0, 1] + [0] * 15 + [1] + [0]
+# even span bits 1-12 hold one 1 -> even parity bit 1; odd span bits 13-24 hold one 1 -> odd parity bit 0.
+
+
+def test_a_hand_made_h10301_frame_decodes_to_facility_and_card() -> None:
+    assert decode_bits(KNOWN_26) == CardRead("1:1", "wiegand26")
+
+
+@pytest.mark.parametrize(("fmt", "facility", "card"), [
+    ("wiegand26", 0, 0), ("wiegand26", 12, 34567), ("wiegand26", 255, 65535),
+    ("wiegand34", 1234, 5678), ("wiegand34", 65535, 65535),
+    ("wiegand37", 1234, 56789), ("wiegand37", 65535, (1 << 19) - 1),
+])
+def test_every_format_round_trips_through_the_wire_bits(fmt: str, facility: int, card: int) -> None:
+    bits = card_bits(fmt, f"{facility}:{card}")
+    assert len(bits) == int(fmt[-2:])
+    assert decode_bits(bits) == CardRead(f"{facility}:{card}", fmt)
+
+
+@pytest.mark.parametrize("fmt", ["wiegand26", "wiegand34", "wiegand37"])
+def test_any_single_flipped_bit_is_a_parity_fault_never_another_card(fmt: str) -> None:
+    bits = card_bits(fmt, "100:200")
+    for i in range(len(bits)):
+        flipped = list(bits)
+        flipped[i] ^= 1
+        item = decode_bits(flipped)
+        assert isinstance(item, FrameFault) and item.kind == "parity", f"bit {i} flipped decoded as {item}"
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 7, 25, 27, 32, 33, 35, 36, 38, 48, 64])
+def test_unknown_lengths_are_length_faults(n: int) -> None:
+    item = decode_bits([1, 0] * (n // 2) + [1] * (n % 2))
+    assert isinstance(item, FrameFault) and item.kind == "length"
+    assert str(n).encode() in item.raw and b":" not in item.raw, "a fault keeps the bit count, not the content"
+
+
+def test_keypad_bursts_4_and_8_bit() -> None:
+    for key in "0123456789*#":
+        assert decode_bits(key_bits(key, 4)) == KeyPress(key)
+        assert decode_bits(key_bits(key, 8)) == KeyPress(key)
+    bad8 = key_bits("5", 8)
+    bad8[0] ^= 1
+    assert isinstance(decode_bits(bad8), FrameFault) and decode_bits(bad8).kind == "parity"
+    assert decode_bits([1, 1, 1, 1]).kind == "length", "code 15 is no key"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 1), max_size=80))
+def test_any_bit_string_decodes_to_something_and_never_raises(bits: list[int]) -> None:
+    item = decode_bits(bits)
+    assert isinstance(item, (CardRead, KeyPress, FrameFault))
+    if isinstance(item, CardRead):
+        assert len(bits) in (26, 34, 37)
+        fac, card = item.number.split(":")
+        # Whatever decodes is exactly what the encoder would send for it: parity really was right.
+        assert bits_of(encode_wiegand(item.format, int(fac), int(card))) == bits
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.floats(0, 0.1)), max_size=200))
+def test_the_framer_never_raises_and_keeps_its_buffer_bounded(timed: list[tuple[int, float]]) -> None:
+    f = WiegandFramer(0.025)
+    now = 0.0
+    for bit, gap in timed:
+        now += gap
+        for item in f.bit(bit, now):
+            assert isinstance(item, (CardRead, FrameFault))
+        assert len(f._bits) <= 65
+    f.poll(now + 1)
+    assert f.deadline is None
+
+
+def test_the_framer_ends_a_frame_at_its_deadline_and_a_late_bit_starts_a_new_one() -> None:
+    f = WiegandFramer(0.025)
+    bits = card_bits("wiegand26", "12:34567")
+    t = 0.0
+    for b in bits:
+        assert f.bit(b, t) == []
+        t += 0.002
+    last = t - 0.002
+    assert f.deadline == pytest.approx(last + 0.025)
+    assert f.poll(last + 0.024) == [], "not before the gap is over"
+    assert f.poll(last + 0.025) == [CardRead("12:34567", "wiegand26")]
+    # No poll in between: a bit after the gap still ends the previous frame first, never joins it.
+    for b in bits:
+        f.bit(b, t)
+        t += 0.002
+    out = f.bit(1, t + 0.5)
+    assert out == [CardRead("12:34567", "wiegand26")]
+    assert [i.kind for i in f.poll(t + 1)] == ["length"], "the lone late bit is its own (bad) frame"
+
+
+def test_keypad_digits_become_a_pin_read_on_enter_and_star_clears() -> None:
+    f = WiegandFramer(0.01)
+    t = 0.0
+    out: list = []
+    for key in "12*0417#":
+        for b in key_bits(key):
+            out += f.bit(b, t)
+            t += 0.002
+        t += 0.05
+        out += f.poll(t)
+    assert out == [CardRead("P0417", "keypad")]
+
+
+# ------------------------------------------------------------------ config
+
+
+def _device(tmp_path: Path, reader: str, extra: str = "") -> Path:
+    (tmp_path / "site.toml").write_text((Path(__file__).resolve().parents[2] / "firmware-config" / "sites" /
+                                         "demo" / "site.toml").read_text())
+    dev = tmp_path / "devices" / "pi.toml"
+    dev.parent.mkdir()
+    dev.write_text(f'device = "pi-lobby"\nsite = "demo"\ngpio_factory = "mock"\n'
+                   f'[broker]\nurl = "mqtts://b:8883"\n'
+                   f'[doors.lobby_in]\nreader = {{ {reader} }}\nlock = {{ pin = 17 }}\n{extra}')
+    return dev
+
+
+def test_config_reads_a_wiegand_reader(tmp_path: Path) -> None:
+    dev = _device(tmp_path, 'protocol = "wiegand", d0_pin = 23, d1_pin = 24, frame_timeout_ms = 40')
+    errors = [e for e in check(dev) if "lobby_in" in e.key and "reader" in e.key]
+    assert errors == []
+    found: list = []
+    cfg = _load_device(dev, found)
+    rc = cfg.doors["lobby_in"].reader
+    assert (rc.protocol, rc.d0_pin, rc.d1_pin, rc.frame_timeout_ms, rc.url) == ("wiegand", 23, 24, 40, "gpio://23,24")
+
+
+@pytest.mark.parametrize(("reader", "key", "fix"), [
+    ('protocol = "wiegand", d1_pin = 24', "d0_pin", "BCM GPIO number"),
+    ('protocol = "wiegand", d0_pin = 23, d1_pin = 17', "lock.pin", "own GPIO"),  # the reader claimed it first
+    ('protocol = "wiegand", d0_pin = 23, d1_pin = 23', "d1_pin", "own GPIO"),
+    ('protocol = "wiegand", d0_pin = 23, d1_pin = 40', "d1_pin", "0 to 27"),
+    ('protocol = "wiegand", d0_pin = 23, d1_pin = 24, frame_timeout_ms = 1', "frame_timeout_ms", "5-500"),
+    ('protocol = "wiegand", d0_pin = 23, d1_pin = 24, url = "/dev/ttyS0"', "url", "remove it"),
+])
+def test_config_errors_name_the_key_and_the_fix(tmp_path: Path, reader: str, key: str, fix: str) -> None:
+    errors: list = []
+    _load_device(_device(tmp_path, reader), errors)
+    hits = [e for e in errors if e.key.endswith(key)]
+    assert hits, errors
+    assert fix in hits[0].fix and hits[0].file.endswith("pi.toml")
+
+
+# ------------------------------------------------------- adapter + simulator
+
+
+@pytest.fixture
+def wired():
+    factory = MockFactory()
+    cards: list[tuple[str, CardRead, float]] = []
+    reader = WiegandReader("front", 23, 24, lambda d, c, t: cards.append((d, c, t)), factory=factory,
+                           clock=SystemClock(), repeat_ignore_s=1.0)
+    reader.start()
+    sim = WiegandSimulator(factory, 23, 24)
+    yield reader, sim, cards
+    sim.close()
+    reader.stop()
+
+
+def test_pulse_trains_on_mock_pins_decode_through_the_real_callbacks(wired) -> None:
+    reader, sim, cards = wired
+    sim.badge("12:34567")
+    sim.present_card("wiegand34", 1234, 5678)
+    sim.badge("1234:56789", "wiegand37")
+    assert wait_until(lambda: len(cards) == 3, 3)
+    assert [(d, c) for d, c, _ in cards] == [("front", CardRead("12:34567", "wiegand26")),
+                                            ("front", CardRead("1234:5678", "wiegand34")),
+                                            ("front", CardRead("1234:56789", "wiegand37"))]
+    assert sim.frames_sent == 3 and sim.bits_sent >= 26 + 34 + 37
+    s = reader.stats
+    assert (s.frames, s.online) == (3, True)
+    assert s.faults == {} or sim.stretched_frames, "faults only from a frame this machine failed to send in time"
+
+
+def test_bad_parity_and_odd_lengths_are_counted_and_skipped(wired) -> None:
+    reader, sim, cards = wired
+    bits = card_bits("wiegand26", "12:34567")
+    bits[5] ^= 1
+    sim.send_bits(bits)
+    sim.send_bits([1, 0, 1] * 10)  # 30 bits
+    assert wait_until(lambda: reader.stats.faults.get("parity") == 1, 3)
+    assert wait_until(lambda: reader.stats.faults.get("length", 0) >= 1, 3)
+    if not sim.stretched_frames:
+        assert reader.stats.faults == {"parity": 1, "length": 1}
+    assert cards == [] and reader.stats.frames == 0
+    sim.badge("12:34567")  # the reader goes on: the next good card reads
+    assert wait_until(lambda: len(cards) == 1, 3)
+
+
+def test_a_held_card_repeat_is_ignored_and_a_keypad_pin_is_read(wired) -> None:
+    reader, sim, cards = wired
+    sim.badge("7:7")
+    sim.badge("7:7")
+    sim.enter_pin("0417")
+    assert wait_until(lambda: len(cards) == 2, 3)
+    assert [c for _, c, _ in cards] == [CardRead("7:7", "wiegand26"), CardRead("P0417", "keypad")]
+    assert reader.stats.repeats == 1
+
+
+def test_a_line_held_low_takes_the_reader_offline(wired) -> None:
+    reader, sim, _ = wired
+    clock_reader = reader
+    sim.d0.drive_low()
+    assert clock_reader.stats.online, "a line low for an instant is a bit, not a fault"
+    assert wait_until(lambda: clock_reader.health_reason == "line_stuck_low", 3)
+    assert not clock_reader.stats.online
+    sim.d0.drive_high()
+    assert clock_reader.health_reason is None and clock_reader.stats.online
+    reader.tick()  # the stray bit from the drive_low ends as a length fault, never a card
+    assert wait_until(lambda: reader.stats.faults.get("length") == 1, 3)
+
+
+def test_stop_releases_the_pins_and_is_idempotent() -> None:
+    factory = MockFactory()
+    r = WiegandReader("x", 5, 6, lambda *a: None, factory=factory)
+    r.start()
+    r.stop()
+    r.stop()
+    assert not r.stats.online
+    r2 = WiegandReader("x", 5, 6, lambda *a: None, factory=factory)
+    r2.start()  # the pins were released, so a new reader can claim them
+    r2.stop()
+
+
+# ------------------------------------------------------ scenario validation
+
+
+READERS_SITE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "readers"
+
+
+def _scenario_problems(tmp_path: Path, steps: str) -> list[str]:
+    from simulators.scenario import ScenarioErrors, load_scenario
+
+    path = tmp_path / "scenario.yaml"
+    path.write_text(f'name: t\nsite: {READERS_SITE}\nstart: "2026-03-02 09:00"\nsteps:\n{steps}')
+    try:
+        load_scenario(path)
+    except ScenarioErrors as exc:
+        return [str(e) for e in exc.errors]
+    return []
+
+
+def test_scenarios_badge_wiegand_and_osdp_readers_with_their_card_formats(tmp_path: Path) -> None:
+    ok = ('  - badge: store_in\n    person: alice\n    pin: "0417"\n'          # Wiegand keypad: a PIN is fine
+          '  - badge: gate_in\n    card: "12:999"\n'                           # FACILITY:CARD, wiegand26
+          '  - badge: gate_out\n    card: "40:0123456789"\n    format: osdp_raw\n')
+    assert _scenario_problems(tmp_path, ok) == []
+    [too_big] = _scenario_problems(tmp_path, '  - badge: store_in\n    card: "12:99999999"\n')
+    assert "cannot be sent by store_in's wiegand reader" in too_big
+    [em] = _scenario_problems(tmp_path, '  - badge: store_in\n    card: "0F00A1B2C3"\n    format: em4100\n')
+    assert "wiegand reader cannot send a em4100 card" in em
+    [raw] = _scenario_problems(tmp_path, '  - badge: store_in\n    card: "40:01"\n    format: osdp_raw\n')
+    assert "cannot send a osdp_raw card" in raw, "a Wiegand reader has no raw-bits format"
