@@ -30,7 +30,12 @@ def normalise(fmt: str, number: str) -> str:
 
 
 def card_hash(key: bytes, fmt: str, number: str) -> str:
-    family = "em4100" if fmt == "em4100" else "ascii"
+    """``HMAC-SHA256(key, FAMILY + ":" + number)`` in hex: the only form a card number is kept in.
+
+    The family is the card's format, so a 34-bit Wiegand card never passes for the 26-bit card with the
+    same facility code and number; ``ascii`` (a reader that prints what the card holds) keeps its own.
+    """
+    family = fmt if fmt in ("em4100", "wiegand26", "wiegand34", "wiegand37", "osdp_raw") else "ascii"
     msg = f"{family}:{normalise(fmt, number)}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 

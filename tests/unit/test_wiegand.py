@@ -275,3 +275,11 @@ def test_scenarios_badge_wiegand_and_osdp_readers_with_their_card_formats(tmp_pa
     assert "wiegand reader cannot send a em4100 card" in em
     [raw] = _scenario_problems(tmp_path, '  - badge: store_in\n    card: "40:01"\n    format: osdp_raw\n')
     assert "cannot send a osdp_raw card" in raw, "a Wiegand reader has no raw-bits format"
+
+
+def test_two_wiegand_formats_with_the_same_numbers_are_different_cards() -> None:
+    from doorkeep.credentials import card_hash
+
+    key = bytes(32)
+    hashes = {card_hash(key, fmt, "12:34567") for fmt in ("wiegand26", "wiegand34", "wiegand37", "ascii")}
+    assert len(hashes) == 4, "a card of one format must never pass for a card of another"
