@@ -53,6 +53,9 @@ log = logging.getLogger("doorkeep.server.bus")
 EventListener = Callable[[EventMsg, bool], None]
 #: Called on the store thread with (snapshot id = event id, device, door) once a new snapshot is stored.
 SnapshotListener = Callable[[str, str, str], None]
+#: Most events the store thread commits in one transaction (those already queued; it never waits for more).
+STORE_BATCH = 256
+_BATCHED = ("event", "call")  # snapshots (files on disk) are stored one by one
 
 
 @dataclass(frozen=True)
@@ -273,11 +276,96 @@ class ServerBus:
     # --------------------------------------------------------------- ingest
 
     def _store_loop(self) -> None:
+        carry: list[_Work | None] = []  # an item taken off the queue while batching, handled next
         while True:
-            work = self._work.get()
+            work = carry.pop() if carry else self._work.get()
             if work is None:
                 return
-            self._store_one(work)
+            if work.kind not in _BATCHED:
+                self._store_one(work)
+                continue
+            # Group commit: the events and deferred presence writes already queued behind this one (in
+            # order, up to STORE_BATCH; it never waits for more) go into one transaction. One commit per
+            # row capped ingest at ~2,000 events/s and starved the decisions of the GIL (figures 3 and 4).
+            batch = [work]
+            while len(batch) < STORE_BATCH:
+                try:
+                    nxt = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or nxt.kind not in _BATCHED:
+                    carry.append(nxt)
+                    break
+                batch.append(nxt)
+            if len(batch) == 1:
+                self._store_one(work)
+            else:
+                self._store_batch(batch)
+
+    def _store_batch(self, batch: list[_Work]) -> None:
+        """Store queued events and deferred writes in one transaction, then acknowledge each event.
+
+        The rules of ``_store_one`` hold: a malformed event is dropped and acknowledged alone; a refused
+        disk (full, read-only) is retried for the whole batch, never dropped; anything unexpected falls
+        back to storing the items one by one, so one odd item cannot take the others down with it.
+        Deferred writes are idempotent upserts, so running them again on a retry is harmless.
+        """
+        items: list[tuple[_Work, EventMsg | None]] = []
+        for work in batch:
+            if work.kind != "event":
+                items.append((work, None))
+                continue
+            try:
+                ev = EventMsg.decode(work.payload)
+                if ev.device != work.topic.device or ev.door != work.topic.door:
+                    raise MessageError("event's device/door do not match its topic")
+            except MessageError as exc:
+                self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
+                self._finish(work, stored=True)
+                continue
+            items.append((work, ev))
+        if not items:
+            return
+        backoff = 0.1
+        while True:
+            try:
+                rowids: list[int | None] = []
+                with self.store.transaction():
+                    for work, ev in items:
+                        if ev is not None:
+                            rowids.append(self.store.ingest_event(ev, work.received_at))
+                        elif work.call is not None:
+                            work.call()
+                            rowids.append(None)
+                break
+            except (sqlite3.OperationalError, OSError) as exc:
+                self.counters["store_retries"] += 1
+                log.error("could not store %d items (%s); retrying in %.1f s", len(items), exc, backoff)
+                if self._stopping.wait(backoff):
+                    for work, _ in items:  # shutting down: not acknowledged, the broker delivers them again
+                        self._finish(work, stored=False)
+                    return
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("could not store a batch of %d items; storing them one by one", len(items))
+                for work, _ in items:
+                    self._store_one(work)
+                return
+        for (work, ev), rowid in zip(items, rowids):
+            if ev is not None:
+                try:
+                    self._after_event(ev, rowid)
+                except Exception:
+                    self.counters["errors"] += 1
+                    log.exception("could not handle stored event %s", ev.id)
+            self._finish(work, stored=True)
+
+    def _finish(self, work: _Work, *, stored: bool) -> None:
+        if stored and work.mid:
+            self._client.ack(work.mid, work.qos)
+        with self._idle:
+            self._done += 1
+            self._idle.notify_all()
 
     def _store_one(self, work: _Work) -> None:
         """Store one item, retrying while the disk refuses it (full, read-only): an event is never dropped.
@@ -324,7 +412,10 @@ class ServerBus:
         ev = EventMsg.decode(work.payload)
         if ev.device != work.topic.device or ev.door != work.topic.door:
             raise MessageError("event's device/door do not match its topic")
-        rowid = self.store.ingest_event(ev, work.received_at)
+        self._after_event(ev, self.store.ingest_event(ev, work.received_at))
+
+    def _after_event(self, ev: EventMsg, rowid: int | None) -> None:
+        """Counters, presence, supervision and listeners for an event just stored (rowid None: a duplicate)."""
         new = rowid is not None
         self.counters["events" if new else "duplicate_events"] += 1
         if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:

@@ -8,13 +8,14 @@ without any bookkeeping: the join is done when read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -222,6 +223,14 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
+# The events INSERT, built once: a shallow read of EventMsg's fields (dataclasses.asdict deep-copies
+# every value, a third of the cost of storing an event).
+_EVENT_FIELDS = [f.name for f in fields(EventMsg)]
+_EVENT_DETAIL = _EVENT_FIELDS.index("detail")
+_EVENT_INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(f'[{k}]' for k in [*_EVENT_FIELDS, 'received_at'])}) "
+                 f"VALUES ({', '.join('?' for _ in range(len(_EVENT_FIELDS) + 1))})")
+
+
 class Store:
     """Events and snapshots of one site. Thread-safe: one connection behind a lock."""
 
@@ -238,7 +247,9 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc}") from exc
         self.db.enable_wal()
-        self._lock = threading.Lock()
+        # Re-entrant: a method called inside transaction() takes it again on the same thread.
+        self._lock = threading.RLock()
+        self._in_tx = False
         with self._lock:
             migrate(self.db)
 
@@ -251,16 +262,49 @@ class Store:
         return self.ingest_event(ev, received_at) is not None
 
     def ingest_event(self, ev: EventMsg, received_at: float) -> int | None:
-        """Store an event once; returns its rowid (arrival order), or None for a duplicate delivery."""
-        row = asdict(ev)
-        row["detail"] = json.dumps(row["detail"], sort_keys=True)
-        row["received_at"] = received_at
-        cols = ", ".join(f"[{k}]" for k in row)
-        marks = ", ".join("?" for _ in row)
+        """Store an event once; returns its rowid (arrival order), or None for a duplicate delivery.
+
+        Committed at once, unless inside :meth:`transaction` (then with the rest of it)."""
+        values = [getattr(ev, k) for k in _EVENT_FIELDS]
+        values[_EVENT_DETAIL] = json.dumps(ev.detail, sort_keys=True)
+        values.append(received_at)
         with self._lock:
-            cur = self.db.conn.execute(f"INSERT OR IGNORE INTO events ({cols}) VALUES ({marks})", list(row.values()))
-            self.db.conn.commit()
+            cur = self.db.conn.execute(_EVENT_INSERT, values)
+            if not self._in_tx:
+                self.db.conn.commit()
             return cur.lastrowid if cur.rowcount == 1 else None
+
+    def ingest_events(self, items: list[tuple[EventMsg, float]]) -> list[int | None]:
+        """Store several events in one transaction (one commit): the rowid of each, None for a duplicate."""
+        with self.transaction():
+            return [self.ingest_event(ev, received_at) for ev, received_at in items]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group commit: the events and upserts written inside commit once, at the end, all or nothing.
+
+        The bus's store thread wraps whatever has queued up (events, deferred presence writes) in one,
+        so a burst costs one commit (a WAL fsync) instead of one per row: one commit per row capped
+        ingest at ~2,000 events/s (bench/run_all.py figure 4). On any error everything inside is rolled
+        back and the error raised, so a retry never mistakes its own uncommitted rows for duplicates.
+        Other threads wait on the store's lock meanwhile (a batch is a few milliseconds).
+        """
+        with self._lock:
+            if self._in_tx:  # nested: part of the outer transaction
+                yield
+                return
+            conn = self.db.conn
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            self._in_tx = True
+            try:
+                yield
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                self._in_tx = False
 
     def _snapshot_keys(self) -> SnapshotKeys:
         if self.keys is None:
@@ -412,8 +456,12 @@ class Store:
     # ------------------------------------------------------------ directory
 
     def upsert(self, table: str, row: dict[str, Any], pk: str) -> None:
-        with self._lock, self.db.conn:
-            self.db[table].upsert(row, pk=pk)
+        with self._lock:
+            if self._in_tx:  # sqlite-utils nests in a savepoint; transaction() commits
+                self.db[table].upsert(row, pk=pk)
+                return
+            with self.db.conn:
+                self.db[table].upsert(row, pk=pk)
 
     def delete(self, table: str, pk_value: str) -> None:
         with self._lock, self.db.conn:
