@@ -91,8 +91,8 @@ NOTES: dict[str, str] = {
           "whatever has queued, server/bus.py, server/store.py), the backlog drains in under a second and the "
           "p99 at 1,000 decisions/s went from ~700 ms to ~11 ms. Reaching 3,000/s needs more than one MQTT "
           "connection (e.g. a shared subscription served by several server processes), not a faster decide(). "
-          "The paced p99 at 1,000 decisions/s sits near its target on this machine: 9.5 ms in a quiet --quick "
-          "run, 40 ms in a full run while other test suites shared the 2 cores (median 2.5-3 ms in both); the "
+          "The paced p99 at 1,000 decisions/s is sensitive to load: 9.5-14 ms on a quiet machine (within its "
+          "target), 40 ms in a full run while test suites shared the 2 cores (median 1.4-3 ms in all); the "
           "tail was not profiled further."),
     "4": ("The figure is the store thread's group commit (up to 256 rows per transaction). A lone event on "
           "an idle site still costs one commit (the per-event figure beside it): it is acknowledged to the "
