@@ -32,6 +32,26 @@ CardCallback = Callable[[str, CardRead, float], None]
 FaultCallback = Callable[[str, FrameFault], None]
 
 
+class RepeatFilter:
+    """One badge per card per ``window_s``: a card held on a reader is read over and over.
+
+    Not thread-safe by itself: every reader calls it under the lock that guards its stats. Only cards seen
+    within the window are remembered, so a busy door does not grow the table forever.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._accepted_at: dict[str, float] = {}
+
+    def is_repeat(self, number: str, now: float) -> bool:
+        previous = self._accepted_at.get(number)
+        if previous is not None and now - previous < self.window_s:
+            return True
+        self._accepted_at = {n: t for n, t in self._accepted_at.items() if now - t < self.window_s}
+        self._accepted_at[number] = now
+        return False
+
+
 @dataclass
 class ReaderStats:
     """Health counters for one reader.
@@ -73,13 +93,12 @@ class SerialReader:
         self._on_card = on_card
         self._on_fault = on_fault
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._repeat_ignore_s = repeat_ignore_s
         self._stats = ReaderStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._port: Any = None
-        self._accepted_at: dict[str, float] = {}
+        self._repeats = RepeatFilter(repeat_ignore_s)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -221,14 +240,9 @@ class SerialReader:
         with self._lock:
             self._stats.frames += 1
             self._stats.last_frame_at = t_read
-            previous = self._accepted_at.get(card.number)
-            if previous is not None and t_read - previous < self._repeat_ignore_s:
+            repeat = self._repeats.is_repeat(card.number, t_read)
+            if repeat:
                 self._stats.repeats += 1
-                repeat = True
-            else:
-                self._forget_old(t_read)
-                self._accepted_at[card.number] = t_read
-                repeat = False
         if repeat:
             logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
             return
@@ -236,12 +250,6 @@ class SerialReader:
             self._on_card(self.door, card, t_read)
         except Exception:
             logger.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
-
-    def _forget_old(self, now: float) -> None:
-        """Keep the repeat table to recent cards so a busy door does not grow it forever."""
-        stale = [n for n, t in self._accepted_at.items() if now - t >= self._repeat_ignore_s]
-        for number in stale:
-            del self._accepted_at[number]
 
     def _fault(self, fault: FrameFault) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from edge.errors import HardwareError
 from edge.framing import CardRead, FrameFault
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.packet import RawCard
-from edge.readers import CardCallback, FaultCallback, ReaderStats
+from edge.readers import CardCallback, FaultCallback, ReaderStats, RepeatFilter
 
 logger = logging.getLogger("doorkeep.edge.wiegand")
 
@@ -209,14 +209,13 @@ class WiegandReader:
         self._on_card = on_card
         self._on_fault = on_fault
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._repeat_ignore_s = repeat_ignore_s
         self._framer = WiegandFramer(frame_timeout_s)
         self._stats = ReaderStats()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._devices: list[DigitalInputDevice] = []
-        self._accepted_at: dict[str, float] = {}
+        self._repeats = RepeatFilter(repeat_ignore_s)
         self._low_since: dict[int, float] = {}
 
     # -- lifecycle -----------------------------------------------------------
@@ -355,14 +354,9 @@ class WiegandReader:
         with self._cond:
             self._stats.frames += 1
             self._stats.last_frame_at = t_read
-            previous = self._accepted_at.get(card.number)
-            repeat = previous is not None and t_read - previous < self._repeat_ignore_s
+            repeat = self._repeats.is_repeat(card.number, t_read)
             if repeat:
                 self._stats.repeats += 1
-            else:
-                for number in [n for n, t in self._accepted_at.items() if t_read - t >= self._repeat_ignore_s]:
-                    del self._accepted_at[number]
-                self._accepted_at[card.number] = t_read
         if repeat:
             logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
             return

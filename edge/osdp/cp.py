@@ -41,7 +41,7 @@ from edge.osdp.secure import (
     random_bytes,
     server_cryptogram,
 )
-from edge.readers import _is_pty
+from edge.readers import RepeatFilter, _is_pty
 
 log = logging.getLogger("doorkeep.edge.osdp")
 
@@ -110,13 +110,16 @@ class _Reader:
     caps: dict[int, tuple[int, int]] = field(default_factory=dict)
     outq: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
     keypad: str = ""
-    accepted_at: dict[str, float] = field(default_factory=dict)
+    repeats: RepeatFilter = field(init=False)
     stats: OsdpReaderStats = field(default_factory=OsdpReaderStats)
     install_key: bytes | None = None
     installed: threading.Event = field(default_factory=threading.Event)
     last_tamper: bool | None = None
     missed: bool = False
     """The last exchange timed out: the reader may have acted on it and sent a reply we never heard."""
+
+    def __post_init__(self) -> None:
+        self.repeats = RepeatFilter(self.spec.repeat_ignore_s)
 
 
 class OsdpBus:
@@ -588,12 +591,9 @@ class OsdpBus:
         with self._lock:
             r.stats.frames += 1
             r.stats.last_frame_at = t_read
-            previous = r.accepted_at.get(card.number)
-            if previous is not None and t_read - previous < r.spec.repeat_ignore_s:
+            if r.repeats.is_repeat(card.number, t_read):
                 r.stats.repeats += 1
                 return
-            r.accepted_at = {n: t for n, t in r.accepted_at.items() if t_read - t < r.spec.repeat_ignore_s}
-            r.accepted_at[card.number] = t_read
         self._call(self._on_card, r.spec.door, card, t_read)
 
     def _keys(self, r: _Reader, keys: str, t_read: float) -> None:
