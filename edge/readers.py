@@ -70,7 +70,59 @@ class ReaderStats:
     repeats: int = 0
 
 
-class SerialReader:
+class CardDelivery:
+    """What every reader kind does with what it decoded: count it, drop a held card's repeats, pass it on.
+
+    Subclasses set ``door``, ``_stats``, ``_repeats``, ``_on_card``, ``_on_fault``, ``_log`` and ``_guard``
+    (the lock or condition that guards their stats), and say how a fault reads in the log.
+    """
+
+    door: str
+    _stats: ReaderStats
+    _repeats: RepeatFilter
+    _on_card: CardCallback
+    _on_fault: FaultCallback | None
+    _log: logging.Logger
+    _guard: Any
+
+    def _fault_text(self, fault: FrameFault) -> str:
+        return f"reader fault {fault.kind}: {fault.detail} (raw {masked(fault.raw)})"
+
+    def _deliver(self, items: list[CardRead | FrameFault], t_read: float) -> None:
+        for item in items:
+            if isinstance(item, CardRead):
+                self._card(item, t_read)
+            else:
+                self._fault(item)
+
+    def _card(self, card: CardRead, t_read: float) -> None:
+        with self._guard:
+            self._stats.frames += 1
+            self._stats.last_frame_at = t_read
+            repeat = self._repeats.is_repeat(card.number, t_read)
+            if repeat:
+                self._stats.repeats += 1
+        if repeat:
+            self._log.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
+            return
+        try:
+            self._on_card(self.door, card, t_read)
+        except Exception:
+            self._log.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
+
+    def _fault(self, fault: FrameFault) -> None:
+        with self._guard:
+            self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
+        self._log.warning("door %s: %s", self.door, self._fault_text(fault))
+        if self._on_fault is None:
+            return
+        try:
+            self._on_fault(self.door, fault)
+        except Exception:
+            self._log.exception("door %s: on_fault failed", self.door)
+
+
+class SerialReader(CardDelivery):
     """Reads one door's badge reader and calls ``on_card`` for each new card."""
 
     def __init__(
@@ -99,6 +151,8 @@ class SerialReader:
         self._thread: threading.Thread | None = None
         self._port: Any = None
         self._repeats = RepeatFilter(repeat_ignore_s)
+        self._guard = self._lock
+        self._log = logger
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -200,11 +254,7 @@ class SerialReader:
                     continue
                 t_read = self._clock.monotonic()
                 self._heard(t_read)
-                for item in parser.feed(data):
-                    if isinstance(item, CardRead):
-                        self._card(item, t_read)
-                    else:
-                        self._fault(item)
+                self._deliver(parser.feed(data), t_read)
         finally:
             self._close(port)
             self._set_online(False)
@@ -235,32 +285,6 @@ class SerialReader:
             port.close()
         except Exception:  # noqa: BLE001 - the port is gone either way
             logger.debug("door %s: closing reader %s failed", self.door, self.url, exc_info=True)
-
-    def _card(self, card: CardRead, t_read: float) -> None:
-        with self._lock:
-            self._stats.frames += 1
-            self._stats.last_frame_at = t_read
-            repeat = self._repeats.is_repeat(card.number, t_read)
-            if repeat:
-                self._stats.repeats += 1
-        if repeat:
-            logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
-            return
-        try:
-            self._on_card(self.door, card, t_read)
-        except Exception:
-            logger.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
-
-    def _fault(self, fault: FrameFault) -> None:
-        with self._lock:
-            self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
-        logger.warning("door %s: reader fault %s: %s (raw %s)", self.door, fault.kind, fault.detail, masked(fault.raw))
-        if self._on_fault is None:
-            return
-        try:
-            self._on_fault(self.door, fault)
-        except Exception:
-            logger.exception("door %s: on_fault failed", self.door)
 
 
 def masked(raw: bytes) -> str:

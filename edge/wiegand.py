@@ -34,7 +34,7 @@ from edge.errors import HardwareError
 from edge.framing import CardRead, FrameFault
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.packet import RawCard
-from edge.readers import CardCallback, FaultCallback, ReaderStats, RepeatFilter
+from edge.readers import CardCallback, CardDelivery, FaultCallback, ReaderStats, RepeatFilter
 
 logger = logging.getLogger("doorkeep.edge.wiegand")
 
@@ -176,7 +176,7 @@ class WiegandFramer:
 _GPIO_ERRORS = (GPIOZeroError, OSError)
 
 
-class WiegandReader:
+class WiegandReader(CardDelivery):
     """One door's Wiegand reader on two GPIO inputs; calls ``on_card`` for each new card or PIN.
 
     gpiozero calls :meth:`_edge` from its own thread (for mock pins: the thread that drove the pin) with the
@@ -212,6 +212,8 @@ class WiegandReader:
         self._framer = WiegandFramer(frame_timeout_s)
         self._stats = ReaderStats()
         self._cond = threading.Condition()
+        self._guard = self._cond
+        self._log = logger
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._devices: list[DigitalInputDevice] = []
@@ -343,35 +345,5 @@ class WiegandReader:
             items = self._framer.poll(now)
         self._deliver(items, now)
 
-    def _deliver(self, items: list[CardRead | FrameFault], t_read: float) -> None:
-        for item in items:
-            if isinstance(item, CardRead):
-                self._card(item, t_read)
-            else:
-                self._fault(item)
-
-    def _card(self, card: CardRead, t_read: float) -> None:
-        with self._cond:
-            self._stats.frames += 1
-            self._stats.last_frame_at = t_read
-            repeat = self._repeats.is_repeat(card.number, t_read)
-            if repeat:
-                self._stats.repeats += 1
-        if repeat:
-            logger.debug("door %s: card …%s held, repeat ignored", self.door, card.number[-4:])
-            return
-        try:
-            self._on_card(self.door, card, t_read)
-        except Exception:
-            logger.exception("door %s: on_card failed for card …%s", self.door, card.number[-4:])
-
-    def _fault(self, fault: FrameFault) -> None:
-        with self._cond:
-            self._stats.faults[fault.kind] = self._stats.faults.get(fault.kind, 0) + 1
-        logger.warning("door %s: Wiegand fault %s: %s", self.door, fault.kind, fault.detail)
-        if self._on_fault is None:
-            return
-        try:
-            self._on_fault(self.door, fault)
-        except Exception:
-            logger.exception("door %s: on_fault failed", self.door)
+    def _fault_text(self, fault: FrameFault) -> str:
+        return f"Wiegand fault {fault.kind}: {fault.detail}"

@@ -41,7 +41,7 @@ from edge.osdp.secure import (
     random_bytes,
     server_cryptogram,
 )
-from edge.readers import RepeatFilter, _is_pty
+from edge.readers import CardCallback, RepeatFilter, _is_pty
 
 log = logging.getLogger("doorkeep.edge.osdp")
 
@@ -54,7 +54,6 @@ READ_SLICE_S = 0.005
 KEYPAD_MAX = 12
 STOP_DEADLINE_S = 2.0
 
-CardCallback = Callable[[str, CardRead, float], None]
 TamperCallback = Callable[[str, bool], None]
 SecurityCallback = Callable[[str, str, dict[str, Any]], None]
 
