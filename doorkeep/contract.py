@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from doorkeep.errors import MessageError
@@ -19,6 +20,27 @@ from doorkeep.errors import MessageError
 PREFIX = "doorkeep/v1"
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
 MAX_PAYLOAD = 64 * 1024
+#: The largest sealed snapshot (JPEG) a device may publish: the server drops anything larger before reading
+#: it, and ``doorkeep broker config`` sets the broker's ``message_size_limit`` from it (with margin).
+MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
+
+# Ranges every decoder enforces (docs/mqtt.md, "Validation"). A value outside them is a MessageError, so a
+# hostile or broken device can never push something the store, the desk or retention cannot handle.
+#: identifiers (ids, doors, devices, reasons, transactions): a topic segment of at most this many characters
+MAX_IDENT = 64
+#: ``seq``: a signed 64-bit integer (what SQLite stores), never negative
+MAX_SEQ = 2**63 - 1
+#: ``latency_ms``: badge to relay is milliseconds; an hour is already absurd
+MAX_LATENCY_MS = 3_600_000.0
+#: timestamps: ISO 8601 UTC that parses, with a year in this range (a ``9999-…`` would top the live feed forever)
+MIN_TS_YEAR, MAX_TS_YEAR = 2000, 2100
+MAX_TS_CHARS = 32
+#: ``detail``: free-form JSON, bounded in nesting, size, key length and number range
+MAX_DETAIL_BYTES = 8 * 1024
+MAX_DETAIL_KEY = 64
+#: ``credential_last4``: the last characters of a card number (any reader format), printable, bounded
+MAX_LAST4_CHARS = 32
+_TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)\Z")
 
 AVAILABILITY_ONLINE = "online"
 AVAILABILITY_OFFLINE = "offline"
@@ -29,7 +51,7 @@ EVENT_TYPES = frozenset({
     "unlocked", "relocked", "reader_offline", "reader_online", "camera_offline", "camera_online",
     "held_open_warning", "tamper", "relay_stuck",
     "remote_unlock", "command_rejected", "lockdown",
-    "reader_security", "reader_key_installed",
+    "reader_security", "reader_key_installed", "outbox_tampered",
 })
 DECIDED_BY = frozenset({"server", "edge_offline"})
 
@@ -165,8 +187,45 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *, op
 
 def _ident(data: dict[str, Any], name: str, *, optional: bool = False) -> Any:
     value = _field(data, name, str, optional=optional)
-    if value is not None and not SEGMENT.match(value):
-        raise MessageError(f"field {name!r} value {value!r} is not an identifier")
+    if value is not None and (len(value) > MAX_IDENT or not SEGMENT.match(value)):
+        raise MessageError(f"field {name!r} value {value[:MAX_IDENT + 1]!r} is not an identifier "
+                           f"([A-Za-z0-9_-], at most {MAX_IDENT} characters)")
+    return value
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int) -> int:
+    """An integer (never a boolean: ``True`` is an int in Python) within ``low..high``."""
+    value: int = _field(data, name, int)
+    if not low <= value <= high:
+        raise MessageError(f"field {name!r} is out of range ({low}..{high})")
+    return value
+
+
+def check_ts(value: str, name: str = "ts") -> str:
+    """An ISO 8601 UTC timestamp (``Z`` or ``+00:00``) that parses, with a year in the sane range.
+
+    Shape first (a regular expression on a bounded string), then ``datetime`` for the calendar: no
+    February 30th, no hour 25. The text is returned unchanged (it is what the device signed off on).
+    """
+    if len(value) > MAX_TS_CHARS or not _TS.match(value):
+        raise MessageError(f"field {name!r} value {value[:MAX_TS_CHARS + 1]!r} is not an ISO 8601 UTC timestamp")
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        raise MessageError(f"field {name!r} value {value!r} is not a valid date and time") from None
+    if not MIN_TS_YEAR <= parsed.year <= MAX_TS_YEAR:
+        raise MessageError(f"field {name!r} year {parsed.year} is outside {MIN_TS_YEAR}..{MAX_TS_YEAR}")
+    return value
+
+
+def _ts(data: dict[str, Any], name: str) -> str:
+    return check_ts(_field(data, name, str), name)
+
+
+def _last4(data: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = _field(data, name, str, optional=optional)
+    if value is not None and (len(value) > MAX_LAST4_CHARS or not value.isprintable()):
+        raise MessageError(f"field {name!r} must be at most {MAX_LAST4_CHARS} printable characters")
     return value
 
 
@@ -186,6 +245,37 @@ def _depth(obj: Any, level: int = 0) -> int:
         return level
     children = obj.values() if isinstance(obj, dict) else obj
     return max((_depth(c, level + 1) for c in children), default=level + 1)
+
+
+def _check_detail(obj: Any) -> None:
+    """Every value of a ``detail`` tree is JSON the store and the desk can hold: string keys of bounded
+    length, integers in the signed 64-bit range, finite floats (json.loads reads ``NaN``/``1e999``)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if len(k) > MAX_DETAIL_KEY:
+                raise MessageError(f"detail key {k[:MAX_DETAIL_KEY]!r}… is longer than {MAX_DETAIL_KEY} characters")
+            _check_detail(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_detail(v)
+    elif isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    elif isinstance(obj, int):
+        if not -(2**63) <= obj <= 2**63 - 1:
+            raise MessageError("detail holds an integer outside the 64-bit range")
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise MessageError("detail holds a number that is not finite")
+
+
+def _detail(data: dict[str, Any]) -> dict[str, Any]:
+    detail: dict[str, Any] = _field(data, "detail", dict, optional=True) or {}
+    if _depth(detail) > MAX_DETAIL_DEPTH:
+        raise MessageError(f"detail is nested deeper than {MAX_DETAIL_DEPTH} levels")
+    _check_detail(detail)
+    if len(_dump(detail)) > MAX_DETAIL_BYTES:
+        raise MessageError(f"detail is larger than {MAX_DETAIL_BYTES} bytes")
+    return detail
 
 
 def _dump(obj: Any) -> bytes:
@@ -218,9 +308,9 @@ class RequestMsg:
             transaction=_ident(d, "transaction"),
             door=_ident(d, "door"),
             credential_hash=_hash(d, "credential_hash"),
-            credential_last4=_field(d, "credential_last4", str)[:4],
+            credential_last4=_last4(d, "credential_last4")[:4],
             credential_format=_ident(d, "credential_format"),
-            ts=_field(d, "ts", str),
+            ts=_ts(d, "ts"),
             pin_hash=_hash(d, "pin_hash", optional=True),
         )
 
@@ -259,7 +349,7 @@ class DecisionMsg:
             reason=reason,
             person=_ident(d, "person", optional=True),
             unlock_s=float(unlock),
-            ts=_field(d, "ts", str),
+            ts=_ts(d, "ts"),
             violation=_ident(d, "violation", optional=True),
         )
 
@@ -292,35 +382,32 @@ class EventMsg:
     @classmethod
     def decode(cls, payload: bytes) -> EventMsg:
         d = _load(payload, cls.SCHEMA)
-        seq = _field(d, "seq", int)
-        if seq < 0:
-            raise MessageError("seq must not be negative")
+        seq = _int(d, "seq", 0, MAX_SEQ)
         etype = _ident(d, "type")
         if etype not in EVENT_TYPES:
             raise MessageError(f"unknown event type {etype!r}")
         decision = _field(d, "decision", str, optional=True)
-        if etype == "access" and decision not in ("granted", "denied"):
+        if decision is not None and decision not in ("granted", "denied"):
+            raise MessageError(f"decision must be 'granted' or 'denied', not {decision[:16]!r}")
+        if etype == "access" and decision is None:
             raise MessageError("an access event needs decision 'granted' or 'denied'")
         decided_by = _field(d, "decided_by", str, optional=True)
         if decided_by is not None and decided_by not in DECIDED_BY:
-            raise MessageError(f"unknown decided_by {decided_by!r}")
+            raise MessageError(f"unknown decided_by {decided_by[:16]!r}")
         latency = _field(d, "latency_ms", (int, float), optional=True)
-        try:
-            latency = float(latency) if latency is not None else None
-        except OverflowError:
-            raise MessageError("latency_ms is out of range") from None
-        if latency is not None and not (math.isfinite(latency) and latency >= 0):
-            raise MessageError(f"latency_ms {latency} is not a finite, non-negative number")
+        if latency is not None:
+            # Compared before float(): an integer of 10**400 would raise OverflowError there.
+            if not (isinstance(latency, float) and not math.isfinite(latency)) and 0 <= latency <= MAX_LATENCY_MS:
+                latency = float(latency)
+            else:
+                raise MessageError(f"latency_ms must be a finite number in 0..{MAX_LATENCY_MS:g}")
         reason = _ident(d, "reason", optional=True)
         if decision is not None and reason is not None and (decision == "granted") != reason.startswith("granted"):
             raise MessageError(f"decision {decision!r} contradicts reason {reason!r}")
-        detail = _field(d, "detail", dict, optional=True) or {}
-        if _depth(detail) > MAX_DETAIL_DEPTH:
-            raise MessageError(f"detail is nested deeper than {MAX_DETAIL_DEPTH} levels")
         return cls(
             id=_ident(d, "id"),
             seq=seq,
-            ts=_field(d, "ts", str),
+            ts=_ts(d, "ts"),
             device=_ident(d, "device"),
             door=_ident(d, "door"),
             type=etype,
@@ -329,11 +416,11 @@ class EventMsg:
             decided_by=decided_by,
             person=_ident(d, "person", optional=True),
             credential_hash=_hash(d, "credential_hash", optional=True),
-            credential_last4=_field(d, "credential_last4", str, optional=True),
+            credential_last4=_last4(d, "credential_last4", optional=True),
             transaction=_ident(d, "transaction", optional=True),
-            latency_ms=float(latency) if latency is not None else None,
+            latency_ms=latency,
             snapshot=_ident(d, "snapshot", optional=True),
-            detail=detail,
+            detail=_detail(d),
         )
 
 
@@ -365,11 +452,14 @@ class CommandResult:
         if status not in CMD_STATUSES:
             raise MessageError(f"unknown command status {status!r}")
         error = _field(d, "error", str, optional=True)
-        if error is not None and len(error) > MAX_CMD_ERROR:
-            raise MessageError(f"error is longer than {MAX_CMD_ERROR} characters")
+        if error is not None and (len(error) > MAX_CMD_ERROR or not error.isprintable()):
+            raise MessageError(f"error is longer than {MAX_CMD_ERROR} characters or not printable")
         if status != "ok" and not error:
             raise MessageError(f"a {status} result needs an error")
-        return cls(transaction=_ident(d, "transaction", optional=True), status=status, error=error)
+        transaction = _ident(d, "transaction", optional=True)
+        if transaction is None and status != "rejected":
+            raise MessageError("only a rejected result may lack a transaction (the command was unreadable)")
+        return cls(transaction=transaction, status=status, error=error)
 
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],

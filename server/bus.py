@@ -10,6 +10,16 @@ Every message a device publishes is also news for the :class:`Supervisor`
 (server/supervision.py): availability, the retained ``state`` heartbeat,
 requests, events and snapshots tell it the device is alive, and each
 ingested event moves that device's sequence window; alarms are raised there.
+
+A device's certificate only lets it publish under its own subtree (the
+broker's ACL), but inside it, it could say anything. So every message is
+also checked against what that device may say (docs/mqtt.md, "Validation"):
+a request, event or snapshot only for one of its own doors, an event whose
+payload names the same device and door as its topic and whose ``ts`` is not
+from the future, a command result only for a command that was sent to it.
+A refused message is acknowledged (it never blocks the device's queue),
+counted, logged with the device and why, and reported to the supervisor,
+which raises one ``device_misbehaving`` alarm per device and hour.
 """
 
 from __future__ import annotations
@@ -18,19 +28,23 @@ import logging
 import queue
 import socket
 import sqlite3
+import json
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-from doorkeep.clock import Clock, SystemClock, iso_ms
+from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
     AVAILABILITY_STOPPED,
+    MAX_PAYLOAD,
+    MAX_SNAPSHOT_BYTES,
+    SEGMENT,
     CommandResult,
     DecisionMsg,
     EventMsg,
@@ -55,7 +69,35 @@ EventListener = Callable[[EventMsg, bool], None]
 SnapshotListener = Callable[[str, str, str], None]
 #: Most events the store thread commits in one transaction (those already queued; it never waits for more).
 STORE_BATCH = 256
-_BATCHED = ("event", "call")  # snapshots (files on disk) are stored one by one
+_BATCHED = ("event", "call")  # snapshots (files on disk) and misbehaviour reports are handled one by one
+#: An event whose ``ts`` is further than this ahead of the server's clock is refused (ServerBus max_event_skew_s).
+DEFAULT_MAX_EVENT_SKEW_S = 86_400.0
+#: How many commands (transaction -> device) the bus remembers, and for how long, to match their results.
+MAX_TRACKED_COMMANDS = 10_000
+COMMAND_MEMORY_S = 3_600.0
+
+
+class Refused(MessageError):
+    """A message the device was not entitled to send; ``category`` names the kind (docs/mqtt.md)."""
+
+    def __init__(self, category: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+
+
+def peek_transaction(payload: bytes) -> str | None:
+    """The transaction a signed command (doorkeep/commands.py envelope) names, without verifying it.
+
+    Only to match the device's ``cmd/result`` to a command that really went to that device; whether the
+    command was genuine is the edge's business (it refuses and reports forged ones).
+    """
+    try:
+        envelope = json.loads(payload)
+        body = json.loads(envelope["signed"]) if isinstance(envelope, dict) else None
+    except Exception:  # anything at all: best effort on input that may be hostile
+        return None
+    tx = body.get("transaction") if isinstance(body, dict) else None
+    return tx if isinstance(tx, str) and len(tx) <= 64 and SEGMENT.match(tx) else None
 
 
 @dataclass(frozen=True)
@@ -74,7 +116,13 @@ class ServerBus:
 
     def __init__(self, directory: Directory, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
                  *, clock: Clock | None = None, client_id: str | None = None,
-                 publisher: PolicyPublisher | None = None, supervisor: Supervisor | None = None) -> None:
+                 publisher: PolicyPublisher | None = None, supervisor: Supervisor | None = None,
+                 max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S) -> None:
+        """``max_event_skew_s``: an event dated further ahead of this server's clock is refused as misbehaviour
+        (a device whose clock is that wrong cannot be trusted to date anything; docs/mqtt.md)."""
+        if not max_event_skew_s > 0:
+            raise ValueError("max_event_skew_s must be positive")
+        self.max_event_skew_s = float(max_event_skew_s)
         self.directory = directory
         site = directory.site
         self.door_devices = door_devices  # door id -> the device that owns it
@@ -92,6 +140,10 @@ class ServerBus:
         self.snapshot_listeners: list[SnapshotListener] = []  # the desk's live feed updates "snapshot pending"
         # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
         self.command_results: list[Callable[[str, CommandResult], None]] = []
+        # transaction -> (device, wall time) of every command seen going to a device (ours, the CLI's, anyone's
+        # on its cmd topic): a cmd/result must answer one of these, from that device.
+        self._sent: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._sent_lock = threading.Lock()
         self.supervisor = supervisor or Supervisor(store, self.clock, devices=set(door_devices.values()))
         self.supervisor.set_connected(False)
         self._work: queue.Queue[_Work | None] = queue.Queue()
@@ -172,7 +224,46 @@ class ServerBus:
 
     def publish(self, topic: str, payload: bytes) -> None:
         """QoS 1, not retained (signed commands, server/commands.py); paho queues it while disconnected."""
+        try:
+            parsed = parse_topic(topic)
+        except MessageError:
+            parsed = None
+        if parsed is not None and parsed.kind == "cmd":
+            self._note_command(parsed.device, payload)  # before publishing: the result can be quick
         self._client.publish(topic, payload, qos=1)
+
+    def _note_command(self, device: str, payload: bytes) -> None:
+        tx = peek_transaction(payload)
+        if tx is None:
+            return
+        now = self.clock.wall()
+        with self._sent_lock:
+            self._sent[tx] = (device, now)
+            self._sent.move_to_end(tx)
+            while self._sent and (len(self._sent) > MAX_TRACKED_COMMANDS
+                                  or now - next(iter(self._sent.values()))[1] > COMMAND_MEMORY_S):
+                self._sent.popitem(last=False)
+
+    def _check_result(self, device: str, result: CommandResult) -> None:
+        """A result must answer a command that went to this device (never another device's transaction)."""
+        if result.transaction is None:
+            return  # a rejected result for a payload the edge could not even read (decode allows only that)
+        with self._sent_lock:
+            sent = self._sent.get(result.transaction)
+        if sent is None:
+            raise Refused("unmatched_result", f"result for transaction {result.transaction!r}, "
+                                              "which no command to this device carried")
+        if sent[0] != device:
+            raise Refused("foreign_result", f"result for transaction {result.transaction!r}, "
+                                            f"a command sent to {sent[0]!r}")
+
+    def _check_door(self, device: str, door: str | None) -> None:
+        """A request, event or snapshot may only be about a door the site gives to this device."""
+        owner = self.door_devices.get(door or "")
+        if owner is None:
+            raise Refused("unknown_door", f"door {door!r} is not a door of this site")
+        if owner != device:
+            raise Refused("foreign_door", f"door {door!r} belongs to {owner!r}, not to {device!r}")
 
     @property
     def connected(self) -> bool:
@@ -193,7 +284,9 @@ class ServerBus:
         # Availability before state: the retained copies arrive in that order, and a retained state never
         # overrides a retained `offline` or `stopped`.
         for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
-                    self.topics.all_availability(), f"{self.topics.base}/+/state", self.topics.all_cmd_results()):
+                    self.topics.all_availability(), f"{self.topics.base}/+/state", self.topics.all_cmd_results(),
+                    f"{self.topics.base}/+/policy",  # the retained policies: versions never go back (publisher.py)
+                    f"{self.topics.base}/+/cmd"):  # commands seen going out, to match their results (H1)
             client.subscribe(sub, qos=1)
         self.supervisor.set_connected(True)
         self.publish_policies(force=True)
@@ -211,10 +304,23 @@ class ServerBus:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         deferred = False  # events and snapshots are acknowledged by the store thread, once on disk
+        device: str | None = None  # whose subtree the message came from, once the topic is known
         try:
             topic = parse_topic(msg.topic)
             if topic.site != self.site.id:
                 raise MessageError(f"message for site {topic.site!r}")
+            device = topic.device if topic.kind != "cmd" else None  # what goes *to* a device is not its doing
+            if topic.kind == "policy":
+                # The site's signed policies, retained (this server's own, or an older server's): checked by
+                # signature in the publisher, never held to MAX_PAYLOAD (a large site's policy is bigger).
+                device = None
+                if msg.payload and self.publisher is not None and self.publisher.observe(topic.device, msg.payload):
+                    self.defer(self.publish_policies)  # re-sign above a newer retained version (publisher.py)
+                return
+            limit = MAX_SNAPSHOT_BYTES if topic.kind == "snapshot" else MAX_PAYLOAD
+            if len(msg.payload) > limit:
+                # Defence in depth: the broker's message_size_limit should already have refused it.
+                raise Refused("oversize", f"{topic.kind} of {len(msg.payload)} bytes exceeds {limit}")
             if topic.kind == "request":
                 self._answer(topic, msg.payload)
                 self.supervisor.heard(topic.device)
@@ -228,19 +334,28 @@ class ServerBus:
                     ts = state_timestamp(msg.payload, topic.device)
                     self.states[topic.device] = bytes(msg.payload)
                     self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
+                    if ts is not None and not msg.retain and topic.device != "server":
+                        self._measure_clock(topic.device, ts)
+            elif topic.kind == "cmd":
+                self._note_command(topic.device, msg.payload)
             elif topic.kind == "cmd_result":
                 result = CommandResult.decode(msg.payload)
                 self.supervisor.heard(topic.device)
+                self._check_result(topic.device, result)
                 for hook in list(self.command_results):
                     hook(topic.device, result)
             elif topic.kind in ("event", "snapshot"):
+                self._check_door(topic.device, topic.door)
                 self.supervisor.heard(topic.device)
                 with self._idle:
                     self._queued += 1
                 self._work.put(_Work(topic.kind, topic, msg.payload, self.clock.wall(), mid=msg.mid, qos=msg.qos))
                 deferred = True
         except MessageError as exc:
-            self._drop(msg.topic, str(exc))
+            if device is None or device == "server":
+                self._drop(msg.topic, str(exc))
+            else:
+                self._refuse(device, msg.topic, exc)
         except Exception:  # never let one message kill the network thread
             self.counters["errors"] += 1
             log.exception("unexpected error handling %s", msg.topic)
@@ -248,9 +363,45 @@ class ServerBus:
             if not deferred:
                 client.ack(msg.mid, msg.qos)
 
+    def _measure_clock(self, device: str, ts: float) -> None:
+        """A live heartbeat's ``ts`` against the server's clock: the edge's drift, kept for ``doorkeep doctor``
+        (written on the store thread, like every other store write)."""
+        wall = self.clock.wall()
+        drift = ts - wall
+        self.defer(lambda: self.store.record_device_clock(device, drift_s=drift, at=wall))
+
     def _drop(self, topic: str, why: str) -> None:
         self.counters["malformed"] += 1
         log.warning("dropped malformed message on %s: %s", topic, why)
+
+    def _refuse(self, device: str, topic: str, exc: MessageError) -> None:
+        """Count and log a message refused from ``device``'s subtree, and report it as misbehaviour.
+
+        ``malformed`` (the contract's decode refused it) keeps its old counter; every refusal also counts
+        under ``refused`` and ``refused_<category>``. The caller acknowledges the message either way.
+        """
+        category = exc.category if isinstance(exc, Refused) else "malformed"
+        self.counters["refused"] += 1
+        self.counters[f"refused_{category}"] += 1
+        if category == "malformed":
+            self.counters["malformed"] += 1
+        log.warning("refused a message from device %s on %s (%s): %s", device, topic, category, exc)
+        if threading.current_thread() is self._worker:
+            self._report(device, category, str(exc), topic)
+        else:  # alarms are written on the store thread, in order with the events
+            with self._idle:
+                self._queued += 1
+            self._work.put(_Work("report", None, b"", 0.0,
+                                 lambda: self._report(device, category, str(exc), topic)))
+
+    def _report(self, device: str, category: str, why: str, topic: str) -> None:
+        try:
+            self.supervisor.misbehaving(device, category, why, topic)
+        except (sqlite3.OperationalError, OSError):
+            raise  # the store thread retries a refused disk
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("could not report misbehaviour of %s", device)
 
     # ------------------------------------------------------------ decisions
 
@@ -260,8 +411,13 @@ class ServerBus:
             raise MessageError(f"request names door {req.door!r} but was published on door {topic.door!r}")
         self.counters["requests"] += 1
         if self.door_devices.get(req.door) != topic.device:
-            # A device may only ask about its own doors; anything else is refused, not ignored.
+            # A device may only ask about its own doors; anything else is refused, not ignored: it is
+            # answered (so the door is not left waiting) and reported as misbehaviour.
             decision = Decision(Reason.UNKNOWN_DOOR)
+            try:
+                self._check_door(topic.device, req.door)
+            except Refused as exc:
+                self._refuse(topic.device, self.topics.request(topic.device, req.door), exc)
         else:
             decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash))
         door = self.site.doors.get(req.door)
@@ -316,11 +472,9 @@ class ServerBus:
                 items.append((work, None))
                 continue
             try:
-                ev = EventMsg.decode(work.payload)
-                if ev.device != work.topic.device or ev.door != work.topic.door:
-                    raise MessageError("event's device/door do not match its topic")
+                ev = self._decode_event(work)
             except MessageError as exc:
-                self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
+                self._refuse(work.topic.device, self.topics.event(work.topic.device, work.topic.door), exc)
                 self._finish(work, stored=True)
                 continue
             items.append((work, ev))
@@ -355,6 +509,8 @@ class ServerBus:
             if ev is not None:
                 try:
                     self._after_event(ev, rowid)
+                except MessageError as exc:
+                    self._refuse(ev.device, self.topics.event(ev.device, ev.door), exc)
                 except Exception:
                     self.counters["errors"] += 1
                     log.exception("could not handle stored event %s", ev.id)
@@ -380,14 +536,15 @@ class ServerBus:
                 try:
                     if work.kind == "event":
                         self._ingest_event(work)
-                    elif work.kind == "call" and work.call is not None:
+                    elif work.kind in ("call", "report") and work.call is not None:
                         work.call()
                     else:
                         self._ingest_snapshot(work)
                     stored = True
                     return
                 except MessageError as exc:
-                    self._drop(f"{work.topic.device}/{work.topic.door}/{work.kind}", str(exc))
+                    self._refuse(work.topic.device, f"{self.topics.device(work.topic.device)}/door/"
+                                                    f"{work.topic.door}/{work.kind}", exc)
                     stored = True  # nothing to gain from having it sent again
                     return
                 except (sqlite3.OperationalError, OSError) as exc:
@@ -397,9 +554,12 @@ class ServerBus:
                         return  # shutting down: not acknowledged, the broker delivers it again
                     backoff = min(backoff * 2, 5.0)
                 except Exception:
+                    # Acknowledged all the same: a message that fails the same way at every delivery would
+                    # otherwise hold one of the broker's in-flight slots for this session forever.
                     self.counters["errors"] += 1
-                    log.exception("could not store %s from %s", work.kind,
+                    log.exception("could not store %s from %s; dropped", work.kind,
                                   work.topic.device if work.topic else "server")
+                    stored = True
                     return
         finally:
             if stored and work.mid:
@@ -408,15 +568,32 @@ class ServerBus:
                 self._done += 1
                 self._idle.notify_all()
 
-    def _ingest_event(self, work: _Work) -> None:
+    def _decode_event(self, work: _Work) -> EventMsg:
+        """Decode an event and check it against its topic and the server's clock (MessageError if refused)."""
         ev = EventMsg.decode(work.payload)
         if ev.device != work.topic.device or ev.door != work.topic.door:
-            raise MessageError("event's device/door do not match its topic")
+            raise Refused("topic_mismatch", f"event names {ev.device}/{ev.door} but was published on "
+                                            f"{work.topic.device}/{work.topic.door}")
+        ahead = parse_iso_ms(ev.ts) - self.clock.wall()
+        if ahead > self.max_event_skew_s:
+            raise Refused("future_ts", f"event ts {ev.ts} is {ahead:.0f} s ahead of the server's clock "
+                                       f"(at most {self.max_event_skew_s:.0f} s allowed)")
+        return ev
+
+    def _ingest_event(self, work: _Work) -> None:
+        ev = self._decode_event(work)
         self._after_event(ev, self.store.ingest_event(ev, work.received_at))
 
     def _after_event(self, ev: EventMsg, rowid: int | None) -> None:
         """Counters, presence, supervision and listeners for an event just stored (rowid None: a duplicate)."""
         new = rowid is not None
+        if not new:
+            # The same id stored for another device or door: not a re-delivery but a forgery that would
+            # re-run another device's alarms and listeners under this one's name.
+            first = self.store.event(ev.id)
+            if first is not None and (first["device"], first["door"]) != (ev.device, ev.door):
+                raise Refused("foreign_event_id", f"event id {ev.id!r} already belongs to an event at "
+                                                  f"{first['device']}/{first['door']}")
         self.counters["events" if new else "duplicate_events"] += 1
         if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
             # The edge let someone through on its own: presence follows the door, as if the server had decided.
@@ -434,12 +611,17 @@ class ServerBus:
 
     def _ingest_snapshot(self, work: _Work) -> None:
         """Store a sealed snapshot (doorkeep/envelope.py); an unsealed, forged or foreign one is dropped."""
+        event = self.store.event(work.topic.event_id)
+        if event is not None and (event["device"], event["door"]) != (work.topic.device, work.topic.door):
+            self.counters["snapshots_refused"] += 1
+            raise Refused("topic_mismatch", f"snapshot published on door {work.topic.door!r} for an event at "
+                                            f"{event['device']}/{event['door']}")
         try:
             new = self.store.insert_snapshot(work.topic.event_id, work.topic.device, work.topic.door,
                                              work.payload, work.received_at, site=self.site.id)
         except EnvelopeError as exc:
             self.counters["snapshots_refused"] += 1
-            raise MessageError(f"snapshot refused: {exc}") from None
+            raise Refused("bad_snapshot", f"snapshot refused: {exc}") from None
         self.counters["snapshots" if new else "duplicate_snapshots"] += 1
         if new:
             for listener in list(self.snapshot_listeners):

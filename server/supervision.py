@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from doorkeep.clock import Clock, SystemClock, parse_iso_ms
+from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, EventMsg
 from doorkeep.errors import MessageError
 from server.store import Store
@@ -52,6 +52,7 @@ EVENT_ALARMS: dict[str, str] = {
     "relay_stuck": "trouble",
     "reader_offline": "trouble",
     "reader_security": "alarm",
+    "outbox_tampered": "alarm",
     "camera_offline": "trouble",
 }
 #: event type -> the alarm types at the same door that it ends (the door closed, the reader is back)
@@ -67,6 +68,10 @@ RESTORES: dict[str, tuple[str, ...]] = {
 }
 VIOLATION_SEVERITY = "warning"
 MAX_LISTED_RANGES = 50
+#: A device whose messages the bus refuses raises one ``device_misbehaving`` alarm per window, not one per message.
+MISBEHAVING_WINDOW_S = 3600.0
+MISBEHAVING_SEVERITY = "alarm"
+MAX_REASON_CHARS = 300
 
 
 def violation_alarm(violation: str) -> str:
@@ -204,6 +209,22 @@ class Action:
     detail: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+@dataclass
+class Misbehaviour:
+    """One device's refused messages within one alarm window (``MISBEHAVING_WINDOW_S``)."""
+
+    key: str        # the alarm's key: device_misbehaving:{device}:{window start, epoch s}
+    started: float  # wall time of the window's first refusal
+    refusals: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # category -> count
+    raised: bool = False  # this window's alarm was raised (an operator may have resolved it since)
+
+    def detail(self, reason: str, topic: str | None, at: float) -> dict[str, Any]:
+        return {"refusals": self.refusals, "reasons": dict(sorted(self.reasons.items())),
+                "last_reason": reason[:MAX_REASON_CHARS], "last_topic": (topic or "")[:MAX_REASON_CHARS],
+                "window_start": iso_ms(self.started), "last_at": iso_ms(at), "window_s": MISBEHAVING_WINDOW_S}
+
+
 def state_timestamp(payload: bytes, device: str) -> float | None:
     """Validate a ``doorkeep.state/1`` payload enough to trust it for liveness; its ``ts`` (epoch s) or None."""
     try:
@@ -243,6 +264,8 @@ class Supervisor:
         self._lost: dict[str, list[tuple[int, list[tuple[int, int]]]]] = {}  # device -> [(old epoch, ranges)]
         self._gap_applied: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}  # device -> (epoch, raised)
         self._resets: list[tuple[str, str, dict[str, Any]]] = []  # sequence_reset alarms to raise: (device, event, detail)
+        self._misbehaving: dict[str, Misbehaviour] = {}  # device -> its current window (store thread only)
+        self._misbehaving_lock = threading.Lock()
         self._dirty: set[str] = set()
         self._through_rowid = 0
         self._saved_rowid = 0
@@ -430,6 +453,47 @@ class Supervisor:
                 self._raise_resets()
             if kind in ("ahead", "fill", "late", "reset"):
                 self.wake()
+
+    def misbehaving(self, device: str, category: str, reason: str, topic: str | None = None) -> tuple[str | None, bool]:
+        """The bus refused a message published under ``device``'s subtree (called on the store thread).
+
+        Raises ``device_misbehaving`` once per device and window (``MISBEHAVING_WINDOW_S`` from the first
+        refusal); later refusals in the window only update its detail (how many, of which kinds, the last
+        reason), so a device that floods the bus with forgeries costs one alarm, never one per message. An
+        operator who resolves the alarm silences the rest of that window (still counted and logged); the next
+        window raises again. After a restart the open alarm of the current window is picked up again.
+        Returns ``(alarm id or None, True if newly raised)``.
+        """
+        at = self.clock.wall()
+        with self._misbehaving_lock:
+            m = self._misbehaving.get(device)
+            if m is None or at - m.started >= MISBEHAVING_WINDOW_S or at < m.started:
+                m = self._misbehaving[device] = self._resume_misbehaviour(device, at)
+            m.refusals += 1
+            m.reasons[category] = m.reasons.get(category, 0) + 1
+            detail = m.detail(reason, topic, at)
+            if m.raised and self.store.open_alarm(m.key) is None:
+                return None, False  # resolved by an operator within this window
+            alarm_id, new = self.store.raise_alarm("device_misbehaving", key=m.key, at=at,
+                                                   severity=MISBEHAVING_SEVERITY, device=device, detail=detail)
+            m.raised = True
+        if new:
+            log.warning("alarm %s: device %s is misbehaving (%s: %s)", alarm_id, device, category, reason)
+        return alarm_id, new
+
+    def _resume_misbehaviour(self, device: str, at: float) -> Misbehaviour:
+        """The window an open alarm of this device still covers (a restart), or a new one starting now."""
+        for alarm in self.store.open_alarms(type="device_misbehaving", device=device):
+            detail = alarm["detail"] if isinstance(alarm["detail"], dict) else {}
+            try:
+                started = parse_iso_ms(str(detail.get("window_start")))
+            except ValueError:
+                continue
+            if 0 <= at - started < MISBEHAVING_WINDOW_S:
+                reasons = detail.get("reasons") if isinstance(detail.get("reasons"), dict) else {}
+                return Misbehaviour(str(alarm["key"]), started, int(detail.get("refusals", 0)),
+                                    {str(k): int(v) for k, v in reasons.items()}, raised=True)
+        return Misbehaviour(f"device_misbehaving:{device}:{int(at)}", at)
 
     def _event_alarms(self, ev: EventMsg) -> None:
         at = self.clock.wall()

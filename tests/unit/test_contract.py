@@ -344,14 +344,17 @@ def test_unknown_extra_fields_are_tolerated() -> None:
 
 
 def test_oversized_payload() -> None:
-    msg = event(detail={"pad": ""})
-    base = len(msg.encode())
-    at_limit = event(detail={"pad": "x" * (MAX_PAYLOAD - base)})
-    assert len(at_limit.encode()) == MAX_PAYLOAD
-    assert EventMsg.decode(at_limit.encode()) == at_limit
-    over = event(detail={"pad": "x" * (MAX_PAYLOAD - base + 1)})
+    # Padded with an unknown key (tolerated, ignored): every known field has its own, smaller bound.
+    def padded(n: int) -> bytes:
+        d = as_dict(event())
+        d["pad"] = "x" * n
+        return raw(d)
+    base = len(padded(0))
+    at_limit = padded(MAX_PAYLOAD - base)
+    assert len(at_limit) == MAX_PAYLOAD
+    assert EventMsg.decode(at_limit) == event()
     with pytest.raises(MessageError, match="exceeds"):
-        EventMsg.decode(over.encode())
+        EventMsg.decode(padded(MAX_PAYLOAD - base + 1))
     with pytest.raises(MessageError, match="exceeds"):
         RequestMsg.decode(b" " * (MAX_PAYLOAD + 1))
 
@@ -423,3 +426,133 @@ def test_access_event_decision_must_agree_with_reason(decision: str, reason: str
     payload = raw(as_dict(event(type="access", decision=decision, reason=reason)))
     with pytest.raises(MessageError, match="contradicts"):
         EventMsg.decode(payload)
+
+
+# ------------------------------------------------- ranges and types (issue 12, item 5)
+
+
+def test_attack_event_seq_beyond_64_bits_is_refused_at_decode() -> None:
+    # 2**70 used to pass decode and raise OverflowError in SQLite: the event was never acknowledged.
+    for seq in (2**63, 2**70, 10**400 // 10**300):
+        d = as_dict(event())
+        d["seq"] = seq
+        with pytest.raises(MessageError, match="seq"):
+            EventMsg.decode(raw(d))
+    d = as_dict(event())
+    d["seq"] = 2**63 - 1
+    assert EventMsg.decode(raw(d)).seq == 2**63 - 1
+
+
+@pytest.mark.parametrize("ts", ["9999-12-31T23:59:59.999Z", "1970-01-01T00:00:00.000Z", "2101-01-01T00:00:00Z"])
+def test_attack_event_ts_in_a_far_year_is_refused(ts: str) -> None:
+    # A 9999 timestamp sat at the top of the live feed forever and outlived every retention period.
+    for cls, build in ((EventMsg, event), (RequestMsg, request), (DecisionMsg, decision)):
+        d = as_dict(build())
+        d["ts"] = ts
+        with pytest.raises(MessageError, match="year"):
+            cls.decode(raw(d))
+
+
+@pytest.mark.parametrize("ts", ["not-a-time", "", "2026-02-30T09:00:00.000Z", "2026-03-30T25:00:00.000Z",
+                                "2026-03-30T09:00:00.000", "2026-03-30T09:00:00.000+02:00", "2026-03-30 09:00:00Z",
+                                "2026-03-30T09:00:00.000Z\n", "2026-03-30T09:00:00." + "1" * 40 + "Z",
+                                "\u0662\u0660\u0662\u0666-03-30T09:00:00Z"])
+def test_attack_event_ts_that_is_not_utc_iso_8601_is_refused(ts: str) -> None:
+    # "not-a-time" used to be stored and survived `retention run` (it sorts after every real date).
+    for cls, build in ((EventMsg, event), (RequestMsg, request), (DecisionMsg, decision)):
+        d = as_dict(build())
+        d["ts"] = ts
+        with pytest.raises(MessageError, match="ts"):
+            cls.decode(raw(d))
+
+
+def test_utc_timestamps_with_or_without_milliseconds_decode() -> None:
+    for ts in ("2026-03-30T09:00:00Z", "2026-03-30T09:00:00.5Z", "2026-03-30T09:00:00.123456+00:00"):
+        assert EventMsg.decode(event(ts=ts).encode()).ts == ts
+
+
+@pytest.mark.parametrize(("name", "value"), [("seq", True), ("latency_ms", True), ("latency_ms", False),
+                                             ("seq", 7.0), ("detail", True)])
+def test_attack_bool_where_a_number_is_expected_is_refused(name: str, value: Any) -> None:
+    # True == 1 in Python: without an explicit check a boolean would pass as seq 1.
+    d = as_dict(event())
+    d[name] = value
+    with pytest.raises(MessageError):
+        EventMsg.decode(raw(d))
+
+
+def test_attack_int_where_a_bool_is_expected_is_refused() -> None:
+    for value in (1, 0, "true", None):
+        d = as_dict(decision())
+        d["granted"] = value
+        with pytest.raises(MessageError, match="granted"):
+            DecisionMsg.decode(raw(d))
+
+
+@pytest.mark.parametrize(("cls", "build", "name"), [
+    (EventMsg, event, "id"), (EventMsg, event, "door"), (EventMsg, event, "device"), (EventMsg, event, "person"),
+    (EventMsg, event, "transaction"), (EventMsg, event, "reason"), (EventMsg, event, "snapshot"),
+    (RequestMsg, request, "transaction"), (RequestMsg, request, "credential_format"),
+    (DecisionMsg, decision, "person"),
+])
+def test_attack_oversize_identifier_is_refused(cls: Any, build: Callable[[], Any], name: str) -> None:
+    d = as_dict(build())
+    d[name] = "a" * 64
+    if name != "reason":
+        cls.decode(raw(d))  # the bound itself is allowed
+    d[name] = "a" * 65
+    with pytest.raises(MessageError, match="at most 64"):
+        cls.decode(raw(d))
+
+
+@pytest.mark.parametrize("last4", ["x" * 33, "12\x004", "1234\n", "\u202e4321"])
+def test_attack_oversize_or_odd_last_digits_are_refused(last4: str) -> None:
+    for cls, build in ((EventMsg, event), (RequestMsg, request)):
+        d = as_dict(build())
+        d["credential_last4"] = last4
+        with pytest.raises(MessageError, match="credential_last4"):
+            cls.decode(raw(d))
+
+
+@pytest.mark.parametrize("latency", [-0.1, 3_600_000.5, 10**400 // 10**300, 1e308])
+def test_event_latency_must_be_bounded(latency: float) -> None:
+    d = as_dict(event())
+    d["latency_ms"] = latency
+    with pytest.raises(MessageError, match="latency_ms"):
+        EventMsg.decode(raw(d))
+
+
+@pytest.mark.parametrize("detail", [
+    {"pad": "x" * 9000},
+    {"k" * 65: 1},
+    {"n": 2**64},
+    {"list": list(range(3000))},
+])
+def test_attack_oversize_event_detail_is_refused(detail: dict[str, Any]) -> None:
+    d = as_dict(event())
+    d["detail"] = detail
+    with pytest.raises(MessageError, match="detail"):
+        EventMsg.decode(raw(d))
+
+
+def test_event_detail_with_nan_is_refused() -> None:
+    payload = event().encode().replace(b'"n":[1,2]', b'"n":NaN')
+    with pytest.raises(MessageError, match="finite"):
+        EventMsg.decode(payload)
+
+
+def test_event_decision_must_be_granted_or_denied_even_for_non_access_events() -> None:
+    d = as_dict(event(type="door_opened", decision=None, reason=None))
+    d["decision"] = "x" * 10_000
+    with pytest.raises(MessageError, match="decision"):
+        EventMsg.decode(raw(d))
+
+
+def test_command_result_bounds() -> None:
+    from doorkeep.contract import CommandResult
+
+    assert CommandResult.decode(CommandResult(None, "rejected", "malformed").encode()).transaction is None
+    for bad in (CommandResult(None, "ok"), CommandResult(None, "failed", "lockdown"),
+                CommandResult("t" * 65, "ok"), CommandResult("tx", "rejected", "bad\nline")):
+        with pytest.raises(MessageError):
+            CommandResult.decode(bad.encode())

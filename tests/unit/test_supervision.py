@@ -506,3 +506,51 @@ def test_a_failed_alarm_write_is_tried_again(sup: Supervisor, store: Store, cloc
     assert store.open_alarms() == []
     sup.check()
     assert {a["type"] for a in store.open_alarms()} == {"device_offline", "event_gap"}
+
+
+# ------------------------------------------------------ device_misbehaving (issue 12, item 1)
+
+
+def test_attack_forgery_flood_raises_one_device_misbehaving_alarm_per_device_and_hour(
+        sup: Supervisor, store: Store, clock: FakeClock) -> None:
+    first, new = sup.misbehaving("pi-lobby", "foreign_door", "door 'lab' belongs to 'pi-floor7'", "t/lab/event")
+    assert new and first is not None
+    for i in range(49):
+        clock.advance(60.0 if i == 0 else 1.0)
+        assert sup.misbehaving("pi-lobby", "future_ts" if i % 2 else "foreign_door", f"refusal {i}") == (first, False)
+    alarms = open_of(store, "device_misbehaving")
+    assert [a["id"] for a in alarms] == [first]
+    a = alarms[0]
+    assert (a["severity"], a["device"], a["state"]) == ("alarm", "pi-lobby", "active")
+    assert a["detail"]["refusals"] == 50
+    assert a["detail"]["reasons"] == {"foreign_door": 26, "future_ts": 24}
+    assert a["detail"]["last_reason"] == "refusal 48"
+    # Another device is another alarm; the next hour of this one is another alarm too.
+    other, new = sup.misbehaving("pi-floor7", "malformed", "seq out of range")
+    assert new and other != first
+    clock.advance(3600.0)
+    later, new = sup.misbehaving("pi-lobby", "foreign_door", "again")
+    assert new and later not in (first, other)
+    assert len(open_of(store, "device_misbehaving", device="pi-lobby")) == 2
+
+
+def test_resolved_device_misbehaving_is_not_raised_again_within_its_hour(
+        sup: Supervisor, store: Store, clock: FakeClock) -> None:
+    first, _ = sup.misbehaving("pi-lobby", "foreign_door", "x")
+    assert first is not None
+    store.resolve(first, "carol", "certificate revoked, Pi collected")
+    clock.advance(600.0)
+    assert sup.misbehaving("pi-lobby", "foreign_door", "y") == (None, False)
+    assert open_of(store, "device_misbehaving") == []
+    clock.advance(3000.0)
+    again, new = sup.misbehaving("pi-lobby", "foreign_door", "z")
+    assert new and again != first
+
+
+def test_device_misbehaving_window_survives_a_server_restart(store: Store, clock: FakeClock) -> None:
+    first, _ = Supervisor(store, clock).misbehaving("pi-lobby", "unmatched_result", "tx never sent")
+    clock.advance(120.0)
+    restarted = Supervisor(store, clock)
+    assert restarted.misbehaving("pi-lobby", "unmatched_result", "again") == (first, False)
+    [a] = open_of(store, "device_misbehaving")
+    assert a["detail"]["refusals"] == 2
