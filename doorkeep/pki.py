@@ -3,17 +3,21 @@
 Every MQTT client of a site (each edge device, the server) and the broker
 hold a certificate from one site CA. The broker refuses any client without
 one (``require_certificate``), takes the certificate's common name as the
-client's user name (``use_identity_as_username``) and confines each device
+client's user name (``use_identity_as_username``) and also as its client id
+(``use_username_as_clientid``: whatever id a client asks for, so no
+certificate can take over another client's session), and confines each device
 to ``doorkeep/v1/{site}/{device}/#`` with one ACL pattern, so a stolen Pi
 can speak only for itself. A revoked certificate lands in the CRL the broker
-reads when it starts.
+reads when it starts. One certificate identity is one connection: the server
+(``server``), the operator's command-line tools (``operator``: commands and
+their results only) and each device hold their own certificate.
 
 Layout (``SITE/pki/``)::
 
     ca.crt  ca.key          the site CA (EC P-256, 10 years); ca.key never leaves this machine
     crl.pem                 the certificates revoked so far (read by Mosquitto at start)
     index.json              every certificate issued: name, serial, role, expiry, revocation
-    NAME.crt  NAME.key      one pair per device id, ``server`` and ``broker``
+    NAME.crt  NAME.key      one pair per device id, ``server``, ``operator`` and ``broker``
     revoked/NAME-SERIAL.*   a revoked pair, moved aside so NAME can be issued again
 
 Private keys are written once, mode 0600, with ``O_EXCL``: nothing here ever
@@ -41,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from doorkeep.config import SEGMENT, BrokerConfig
+from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.errors import ConfigError, DoorkeepError
 
 CA_DAYS = 3652          # ten years: re-keying every device is a site visit
@@ -48,8 +53,21 @@ LEAF_DAYS = 1826        # five years for devices, the server and the broker
 BACKDATE = timedelta(minutes=5)  # a Pi whose clock is a little behind still accepts a fresh certificate
 SERVER = "server"
 BROKER = "broker"
-ROLES = ("device", SERVER, BROKER)
+#: The operator's command-line tools (``doorkeep door unlock``, ``doorkeep lockdown``): they run while the
+#: server runs, and with client ids bound to certificates a second ``server`` connection would drop the server.
+OPERATOR = "operator"
+RESERVED = (SERVER, BROKER, OPERATOR)
+ROLES = ("device", *RESERVED)
 DEFAULT_PORT = 8883
+
+#: The broker's ``message_size_limit`` (payload bytes) is never below this: twice the largest sealed snapshot
+#: a device may publish (doorkeep.contract.MAX_SNAPSHOT_BYTES), which also holds the policy of a site of
+#: up to 32,768 people.
+MESSAGE_SIZE_FLOOR = 2 * MAX_SNAPSHOT_BYTES
+#: The signed policy of a door every person may pass weighs ~214 bytes per person with one card and ~326 with
+#: two (measured with doorkeep.policy.sign_policy, bench.policy.build_site); the limit allows 512 per person.
+POLICY_BYTES_PER_PERSON = 512
+MIB = 1024 * 1024
 
 
 class PkiError(DoorkeepError, ValueError):
@@ -86,6 +104,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     except FileExistsError:
         raise PkiError(f"{path}: already exists; not overwriting it "
                        "(fix: revoke the certificate first, or move the file away if it is left over)") from None
+    os.fchmod(fd, mode)  # exactly this mode, whatever the umask (`doorkeep` runs under 0077)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -96,6 +115,7 @@ def _replace(path: Path, data: bytes) -> None:
     """Atomically replace a public file (CRL, index): a crash leaves the old or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)  # public, whatever the umask (`doorkeep` runs under 0077)
     os.replace(tmp, path)
 
 
@@ -192,19 +212,20 @@ def init_ca(pki: Path, site_id: str, *, now: datetime) -> Path:
 
 
 def role_of(name: str) -> str:
-    """``server`` and ``broker`` are roles of their own; every other name is a device id."""
-    return name if name in (SERVER, BROKER) else "device"
+    """``server``, ``operator`` and ``broker`` are roles of their own; every other name is a device id."""
+    return name if name in RESERVED else "device"
 
 
 def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Issue ``NAME.crt`` and ``NAME.key`` (mode 0600) signed by the site CA; returns their paths.
 
-    Devices and the server get a client certificate (CN = the name the broker's ACL uses). The broker
+    Devices, the server and the operator get a client certificate (CN = the name the broker's ACL uses and,
+    with ``use_username_as_clientid``, the client id the broker gives the connection). The broker
     gets a server certificate whose SAN holds ``localhost``, ``127.0.0.1`` and ``hosts`` (the names
     the Pis use to reach it): paho checks the broker's name against it.
     """
     if not SEGMENT.match(name):
-        raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server` or `broker`)")
+        raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server`, `operator` or `broker`)")
     ca_cert, ca_key = load_ca(pki)
     rows = load_index(pki)
     live = [r for r in rows if r.name == name and r.revoked is None]
@@ -300,24 +321,38 @@ def write_crl(pki: Path, *, now: datetime) -> Path:
 # --------------------------------------------------------- Mosquitto files
 
 
-def broker_acl(sites: str | Mapping[str, Iterable[str]]) -> str:
-    """The ACL: each device its own subtree (plus reading the server's availability), the server the site.
+def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = ()) -> str:
+    """The ACL: each device its own subtree (plus reading the server's availability), the server the site,
+    the operator's tools the commands and their results.
 
     One site id gives a site's own broker: one ``pattern`` line confines every certificate (CN = device id)
     to its subtree. A mapping ``{site: device ids}`` gives one broker serving a campus of sites (and the
     test suite's session broker): a CN says nothing about its site, so each device gets its own subtree in
     its own site only, listed by name, and the certificate named ``server`` reads and writes every site.
     A device id may then appear in one site only.
+
+    ``operator`` (``doorkeep door unlock``, ``doorkeep lockdown``) may write any device's ``cmd`` and read
+    any ``cmd/result``, nothing else: it cannot forge decisions, policy or availability. ``observers``:
+    extra identities that read and write whole sites like the server (test peers on a test broker only;
+    a production ACL has none), so they never need the server's own certificate, and so never drop it.
     """
     def segment(value: str, what: str) -> str:
         if not SEGMENT.match(value):
             raise PkiError(f"{what} {value!r} is not a valid topic segment (fix: use letters, digits, '_' and '-')")
         return value
 
-    header = "# The user name is the client certificate's CN (use_identity_as_username)."
+    def operator(base: str) -> list[str]:
+        return [f"topic write {base}/+/cmd", f"topic read {base}/+/cmd/result"]
+
+    watchers = [segment(o, "observer") for o in observers]
+    for o in watchers:
+        if o in RESERVED:
+            raise PkiError(f"observer {o!r} is reserved (fix: give test observers a name of their own)")
+    header = ("# The user name is the client certificate's CN (use_identity_as_username), and so is its client id\n"
+              "# (use_username_as_clientid): one connection per certificate.")
     if isinstance(sites, str):
         base = f"doorkeep/v1/{segment(sites, 'site id')}"
-        return "\n".join([
+        lines = [
             f"# doorkeep ACL for site {sites}, generated by `doorkeep broker config`; regenerate, do not edit.",
             header,
             "",
@@ -331,7 +366,15 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]]) -> str:
             f"user {SERVER}",
             f"topic readwrite {base}/#",
             "",
-        ])
+            "# The operator's command-line tools: signed commands to any device and their results, nothing else.",
+            f"user {OPERATOR}",
+            *operator(base),
+            "",
+        ]
+        for o in watchers:
+            lines += [f"# A test observer: the whole site, under its own identity.", f"user {o}",
+                      f"topic readwrite {base}/#", ""]
+        return "\n".join(lines)
     if not sites:
         raise PkiError("no site given (fix: name at least one site and its device ids)")
     seen: dict[str, str] = {}
@@ -342,7 +385,7 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]]) -> str:
         base = f"doorkeep/v1/{segment(site_id, 'site id')}"
         for device in sorted(set(devices)):
             segment(device, "device id")
-            if device in (SERVER, BROKER):
+            if device in RESERVED or device in watchers:
                 raise PkiError(f"{device!r} is reserved (fix: rename the device in site {site_id})")
             if device in seen:
                 raise PkiError(f"device id {device!r} is in sites {seen[device]} and {site_id}: a certificate's CN "
@@ -350,19 +393,48 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]]) -> str:
             seen[device] = site_id
             lines += [f"user {device}", f"topic readwrite {base}/{device}/#", f"topic read {base}/server/availability", ""]
     lines += ["# The server reads and writes every site (its own availability included).", f"user {SERVER}",
-              *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), ""]
+              *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), "",
+              "# The operator's tools: signed commands and their results, in every site.", f"user {OPERATOR}",
+              *(line for site_id in sites for line in operator(f"doorkeep/v1/{site_id}")), ""]
+    for o in watchers:
+        lines += ["# A test observer: every site, under its own identity.", f"user {o}",
+                  *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), ""]
     return "\n".join(lines)
 
 
+def message_size_limit(people: int = 0) -> int:
+    """The broker's ``message_size_limit`` in bytes for a site of ``people`` people: the largest message
+    a legitimate client publishes, with margin.
+
+    Devices publish sealed snapshots (at most :data:`~doorkeep.contract.MAX_SNAPSHOT_BYTES`); the server
+    publishes each device's signed policy, which grows with the people who may pass its doors (a lobby
+    policy at 110,000 people weighs ~24 MB). Mosquitto 2.0 has one limit for every client, so it is the
+    larger of :data:`MESSAGE_SIZE_FLOOR` and :data:`POLICY_BYTES_PER_PERSON` per person, in whole MiB.
+    A policy above the limit would be dropped by the broker and the doors would keep the older one:
+    regenerate the configuration before the site outgrows it (docs/configuration.md, Broker).
+    """
+    if people < 0:
+        raise PkiError(f"people {people} is negative (fix: give the most people the site will hold)")
+    policy = -(-people * POLICY_BYTES_PER_PERSON // MIB) * MIB
+    return max(MESSAGE_SIZE_FLOOR, policy)
+
+
 def broker_config(site_id: str | Iterable[str], pki: Path, acl_file: Path, *, port: int = DEFAULT_PORT, bind: str | None = None,
-                  persistence_dir: Path | None = Path("/var/lib/mosquitto")) -> str:
+                  persistence_dir: Path | None = Path("/var/lib/mosquitto"), size_limit: int = MESSAGE_SIZE_FLOOR,
+                  log_file: Path | None = None) -> str:
     """The Mosquitto configuration: one mutual-TLS listener, the ACL, and what doorkeep needs for reliability.
 
     ``bind`` None listens on every interface (the Pis reach the broker over the network); give an
     address to listen on one only. Paths are written absolute, so Mosquitto finds them from anywhere.
+    ``size_limit``: the largest payload accepted (:func:`message_size_limit`). ``log_file``: where the
+    broker logs (instead of stderr), for the server's broker-log watcher (server/brokerlog.py); None: Mosquitto's
+    default (stderr, the journal under systemd).
     """
     if not 1 <= port <= 65535:
         raise PkiError(f"port {port} is not a TCP port (fix: use 1-65535; MQTT over TLS is 8883)")
+    if size_limit < MESSAGE_SIZE_FLOOR:
+        raise PkiError(f"message size limit {size_limit} is below {MESSAGE_SIZE_FLOOR}, the largest sealed snapshot "
+                       "with margin (fix: use doorkeep.pki.message_size_limit)")
     pki = pki.resolve()
     site_id = site_id if isinstance(site_id, str) else ", ".join(site_id)
     listener = f"listener {port} {bind}" if bind else f"listener {port}"
@@ -381,6 +453,16 @@ def broker_config(site_id: str | Iterable[str], pki: Path, acl_file: Path, *, po
         "# slow subscriber; doorkeep must lose no event.",
         "max_queued_messages 0",
         "max_inflight_messages 0",
+        "",
+        "# The largest payload accepted, from any client: a larger one is dropped (and acknowledged, so a",
+        "# device's queue moves on). Sized for the largest sealed snapshot and the largest signed policy",
+        "# (`doorkeep broker config --people N`; docs/configuration.md, Broker).",
+        f"message_size_limit {size_limit}",
+        "",
+        "# Every connection and every refused TLS handshake (a revoked certificate still trying) is logged;",
+        "# the server raises `certificate_refused` from the log file (docs/alarms.md).",
+        "connection_messages true",
+        *([f"log_dest file {log_file}"] if log_file is not None else []),
         "",
     ]
     if persistence_dir is not None:
@@ -403,6 +485,9 @@ def broker_config(site_id: str | Iterable[str], pki: Path, acl_file: Path, *, po
         f"crlfile {pki / 'crl.pem'}",
         "require_certificate true",
         "use_identity_as_username true",
+        "# The client id is the certificate's CN whatever the client asks for: no certificate can take",
+        "# over the server's or another device's session (one connection per certificate).",
+        "use_username_as_clientid true",
         "# The minimum version: TLS 1.2 and 1.3 are accepted.",
         "tls_version tlsv1.2",
         "",

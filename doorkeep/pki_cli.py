@@ -14,7 +14,18 @@ from pathlib import Path
 
 from doorkeep.config import SiteBundle, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
-from doorkeep.pki import BROKER, SERVER, PkiError, broker_acl, broker_config, init_ca, issue, pki_dir, revoke
+from doorkeep.pki import (
+    RESERVED,
+    POLICY_BYTES_PER_PERSON,
+    PkiError,
+    broker_acl,
+    broker_config,
+    init_ca,
+    issue,
+    message_size_limit,
+    pki_dir,
+    revoke,
+)
 
 
 def _now() -> datetime:
@@ -45,14 +56,14 @@ def issue_cmd(args: argparse.Namespace) -> int:
     try:
         bundle = _bundle(args.site)
         known = sorted(bundle.devices)
-        if args.name not in (*known, SERVER, BROKER):
+        if args.name not in (*known, *RESERVED):
             raise PkiError(f"{args.name!r} is not a device of site {bundle.site.id} "
-                           f"(fix: use one of: {', '.join([*known, SERVER, BROKER])})")
+                           f"(fix: use one of: {', '.join([*known, *RESERVED])})")
         cert, key = issue(pki_dir(args.site), args.name, now=_now(), hosts=tuple(args.host or ()))
     except (PkiError, ConfigErrors, ConfigError) as exc:
         return _fail("pki issue", exc)
     print(f"wrote {cert} and {key} (mode 0600)")
-    if args.name not in (SERVER, BROKER):
+    if args.name not in RESERVED:
         print(f"copy them with {pki_dir(args.site) / 'ca.crt'} to the Pi and set [broker] url = \"mqtts://…\", "
               "ca_file, cert_file and key_file in its device file")
     return 0
@@ -79,13 +90,21 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
         out: Path = args.out or Path(args.site) / "broker"
         out.mkdir(parents=True, exist_ok=True)
         acl = out / "acl"
+        people = getattr(args, "people", None)
+        if people is None:
+            people = len(bundle.people)
+        limit = message_size_limit(people)
+        log_file = getattr(args, "log_file", None)
         conf = broker_config(bundle.site.id, pki, acl, port=args.port, bind=args.bind or None,
-                             persistence_dir=args.persistence)
+                             persistence_dir=args.persistence, size_limit=limit,
+                             log_file=log_file.resolve() if log_file is not None else None)
         for path, text in ((acl, broker_acl(bundle.site.id)), (out / "mosquitto.conf", conf)):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)
+            os.chmod(tmp, 0o644)  # Mosquitto's own account reads it; it holds no secret (umask is 0077)
             os.replace(tmp, path)
     except (PkiError, ConfigErrors, ConfigError, OSError) as exc:
         return _fail("broker config", exc)
-    print(f"wrote {out / 'mosquitto.conf'} and {acl}; run `mosquitto -c {(out / 'mosquitto.conf').resolve()}`")
+    print(f"wrote {out / 'mosquitto.conf'} (message_size_limit {limit} bytes, for up to "
+          f"{limit // POLICY_BYTES_PER_PERSON} people) and {acl}; run `mosquitto -c {(out / 'mosquitto.conf').resolve()}`")
     return 0

@@ -23,10 +23,10 @@ the agent verifies and answers them on ``cmd/result``.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
-import uuid
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -67,7 +67,9 @@ class Link:
         self.malformed = 0
         self._connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=f"doorkeep-edge-{device}-{uuid.uuid4().hex[:6]}",
+                                   # 128 random bits: unguessable where the broker does not bind ids to
+                                   # certificates (a known id lets anyone drop this link); clean session.
+                                   client_id=f"doorkeep-edge-{device}-{secrets.token_hex(16)}",
                                    clean_session=True)
         self._client.will_set(self.topics.availability(device), AVAILABILITY_OFFLINE, qos=1, retain=True)
         # Plain mqtt:// is refused (ConfigError) unless explicitly allowed, before anything starts.

@@ -8,6 +8,7 @@ and clock.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from server.audit import AuditLog, record_site_changes
 from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
+from server.intrusion import IntrusionDetector
 from server.publisher import PolicyPublisher
 from server.retention import RetentionJob
 from server.store import Store
@@ -40,6 +42,7 @@ class Server:
     commands: CommandSender  # signed remote unlock / lock / lockdown / sync (server/commands.py)
     audit: AuditLog | None = None  # the hash-chained audit log every feature records to (server/audit.py)
     retention: RetentionJob | None = None  # deletes expired data at start and daily (server/retention.py)
+    intrusion: IntrusionDetector | None = None  # card probing, PIN guessing, door attacks (server/intrusion.py)
 
     @property
     def site(self) -> Site:
@@ -88,8 +91,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
                                 signing_key, store, clock, snapshot_key=snapshot_keys.recipient)
-    # One stable client id per data directory: the broker's persistent session belongs to this store.
-    client_id = f"doorkeep-server-{bundle.site.id}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
+    client_id = server_client_id(key, bundle.site.id, data_dir)
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
                             device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
     bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id,
@@ -99,9 +101,24 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     commands = CommandSender(lambda: directory.site, door_devices, signing_key, clock, bus.publish, directory=directory,
                              audit=audit)
     bus.command_results.append(commands.on_result)
+    # Intrusion signals count the events the store took in for the first time (never a re-delivery).
+    intrusion = IntrusionDetector(store, bundle.intrusion, clock)
+    bus.listeners.append(intrusion.on_event)
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
-    return Server(directory, store, bus, commands, audit=audit, retention=retention)
+    return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion)
+
+
+def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:
+    """The server's MQTT client id: stable per site key and data directory, unguessable without the key.
+
+    Stable, because the broker's persistent session (clean_session=False) must survive restarts; secret
+    (an HMAC of the credential key, which only the server holds), because on a broker that does not bind
+    client ids to certificates (the demo's embedded broker, a third-party broker) whoever knows a client's
+    id can connect with it and drop that client again and again (docs/security.md, Transport).
+    """
+    tag = hmac.new(key, b"doorkeep mqtt client id\0" + str(data_dir.resolve()).encode(), hashlib.sha256)
+    return f"doorkeep-server-{site_id}-{tag.hexdigest()[:32]}"
 
 
 def load(site_dir: Path | str, data_dir: Path | str, broker_url: str) -> Server:

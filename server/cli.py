@@ -15,9 +15,10 @@ from sdnotify import SystemdNotifier
 
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
-from doorkeep.pki import check_transport, client_tls_context, pki_dir
+from doorkeep.pki import OPERATOR, SERVER, check_transport, client_tls_context, pki_dir
 from doorkeep.policy import PolicyError
 from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run, subject_erase, subject_export  # noqa: F401
+from server.doctor import cli as doctor  # noqa: F401
 from server.app import bootstrap
 from server.errors import ServerError
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    watcher = _broker_log_watcher(args, server)
     log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id, data)
     notifier = SystemdNotifier()
     notifier.notify("READY=1")
@@ -49,13 +51,28 @@ def run(args: argparse.Namespace) -> int:
                 notifier.notify("WATCHDOG=1")
     finally:
         notifier.notify("STOPPING=1")
+        if watcher is not None:
+            watcher.stop()
         server.stop()
     return 0
 
 
-def broker_config(args: argparse.Namespace) -> BrokerConfig:
+def _broker_log_watcher(args: argparse.Namespace, server: Any) -> Any:
+    """``--broker-log FILE``: watch the broker's log for refused certificates (server/brokerlog.py); None without."""
+    path = getattr(args, "broker_log", None)
+    if path is None:
+        return None
+    from server.brokerlog import BrokerLogWatcher
+
+    watcher = BrokerLogWatcher(path, server.store)
+    watcher.start()
+    return watcher
+
+
+def broker_config(args: argparse.Namespace, identity: str = SERVER) -> BrokerConfig:
     """``--broker URL`` with, for ``mqtts://``, ``--ca/--cert/--key`` (default: the site's pki/ca.crt,
-    pki/server.crt and pki/server.key, as ``doorkeep pki issue server`` writes them).
+    pki/IDENTITY.crt and pki/IDENTITY.key, as ``doorkeep pki issue IDENTITY`` writes them; ``server`` for
+    the server, ``operator`` for the command-line tools that run beside it).
 
     A plain ``mqtt://`` URL is refused (ConfigError naming the fix) unless ``--allow-plain-mqtt`` is given.
     """
@@ -69,8 +86,8 @@ def broker_config(args: argparse.Namespace) -> BrokerConfig:
         check_transport(plain)  # refused without the flag; the client logs the WARNING when it starts
         return plain
     pki = pki_dir(args.site)
-    return BrokerConfig(url, ca_file=flags["ca"] or pki / "ca.crt", cert_file=flags["cert"] or pki / "server.crt",
-                        key_file=flags["key"] or pki / "server.key")
+    return BrokerConfig(url, ca_file=flags["ca"] or pki / "ca.crt", cert_file=flags["cert"] or pki / f"{identity}.crt",
+                        key_file=flags["key"] or pki / f"{identity}.key")
 
 
 def warn_if_readable(path: Path, why: str) -> bool:
@@ -147,8 +164,9 @@ def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str |
     try:
         bundle = load_site_dir(args.site)
         key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
-        # The command client speaks as the server (its certificate: the ACL gives `server` the whole site).
-        broker = broker_config(args)
+        # The command client has an identity of its own, `operator` (the ACL: commands and their results only):
+        # client ids are bound to certificates, so connecting as `server` would drop the running server.
+        broker = broker_config(args, OPERATOR)
         tls = client_tls_context(broker)
     except (ConfigErrors, ConfigError, PolicyError, ValueError, IndexError) as exc:
         print(f"doorkeep {name}: {exc}", file=sys.stderr)
@@ -189,7 +207,7 @@ def _run_command(args: argparse.Namespace, name: str, sender: Any, send: Any, si
 
     topics = Topics(site_id)
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"doorkeep-cli-{uuid.uuid4().hex[:8]}",
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"doorkeep-cli-{uuid.uuid4().hex}",
                          clean_session=True)
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -12,6 +12,11 @@ client certificate for any name on first use (:meth:`MosquittoBroker.client_conf
 :meth:`MosquittoBroker.client`). A TLS broker started here is registered by
 URL (:func:`tls_broker_for`), so a :class:`~simulators.site.SiteRunner`
 given only its URL finds each client's certificate by itself.
+
+The broker binds each client id to its certificate (``use_username_as_clientid``):
+one connection per certificate. A test peer that reads or writes the whole site
+therefore connects as :data:`OBSERVER` (in the ACL of these test brokers only),
+never as ``server``, which would drop the running server.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from doorkeep.config import BrokerConfig
+
+
+#: The identity of test peers that watch or write a whole site (a test broker's ACL gives it what the server has).
+OBSERVER = "observer"
 
 
 def free_port() -> int:
@@ -78,7 +87,8 @@ class MosquittoBroker:
         the ACL, the CRL) for one site (``[SITE]``: every device confined by the ``%u`` pattern) or a campus
         (``{SITE: device ids}``: each device listed in its own site), with a CA in ``workdir/pki`` (kept
         when the workdir is reused, so a replacement broker trusts the same clients) and certificates for
-        ``clients`` issued now.
+        ``clients`` issued now. Its ACL also lets :data:`OBSERVER` read and write every site, and it logs
+        to ``log_file`` (every connection, every refused handshake: ``connection_messages``).
         """
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if self.binary is None:
@@ -113,9 +123,10 @@ class MosquittoBroker:
         for name in [*clients, *(d for devices in (sites.values() if isinstance(sites, dict) else ()) for d in devices)]:
             self._issue(name)
         acl = self.dir / "acl"
-        acl.write_text(broker_acl(sites))
+        acl.write_text(broker_acl(sites, observers=[OBSERVER]))
         self.config_text = broker_config(sites, self.pki, acl, port=self.port, bind="127.0.0.1",
-                                         persistence_dir=self.dir if self.persistent else None)
+                                         persistence_dir=self.dir if self.persistent else None,
+                                         log_file=self.log_file)
 
     def _issue(self, name: str) -> None:
         from doorkeep.pki import issue
@@ -125,7 +136,7 @@ class MosquittoBroker:
             issue(self.pki, name, now=datetime.now(timezone.utc))
 
     def client_config(self, name: str, *, url: str | None = None) -> BrokerConfig:
-        """How client ``name`` (a device id, or ``server`` for the whole site) reaches this broker.
+        """How client ``name`` (a device id, ``server``, ``operator`` or :data:`OBSERVER`) reaches this broker.
 
         With TLS: its own certificate, issued on first use. Plain: explicitly allowed (a test broker on
         loopback), so the client logs the development WARNING.
@@ -155,7 +166,9 @@ class MosquittoBroker:
         # directory: its log and persistence would silently go nowhere. Keep the starting user.
         user = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []
         if self.config_text is not None:
-            return "\n".join([*user, self.config_text, f"log_dest file {self.log_file}",
+            # A generated TLS configuration already logs to log_file; one log file only (Mosquitto 2.0).
+            log_dest = [] if f"\nlog_dest file {self.log_file}\n" in self.config_text else [f"log_dest file {self.log_file}"]
+            return "\n".join([*user, self.config_text, *log_dest,
                               "log_type error", "log_type warning", "log_type notice", ""])
         return "\n".join([
             *user,
@@ -277,13 +290,14 @@ def subscribed_client(host: str, port: int, client_id: str, subscribe: str, on_m
 
     For benchmarks and tests that play a peer on the wire; raises RuntimeError if it cannot connect.
     ``broker``: connect as this client config (TLS certificate); None is plain MQTT to ``host:port``, or,
-    if a TLS broker of this process listens there, its ``server`` identity (which may read the whole site).
+    if a TLS broker of this process listens there, its :data:`OBSERVER` identity (which may read the whole
+    site without dropping the server: client ids are bound to certificates).
     """
     ready = threading.Event()
     failed: list[str] = []
     if broker is None:
         tls_broker = tls_broker_for(f"mqtts://{host}:{port}")
-        broker = (tls_broker.client_config("server") if tls_broker is not None
+        broker = (tls_broker.client_config(OBSERVER) if tls_broker is not None
                   else BrokerConfig(f"mqtt://{host}:{port}", allow_plain=True))
     client = mqtt_client(broker, client_id)
     if inflight is not None:

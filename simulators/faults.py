@@ -38,7 +38,7 @@ from typing import Any
 from doorkeep.config import BrokerConfig
 from doorkeep.credentials import generate_key_file
 from doorkeep.envelope import init_data_keys
-from simulators.brokers import MosquittoBroker, mqtt_client
+from simulators.brokers import OBSERVER, MosquittoBroker, mqtt_client
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
 from simulators.wait import wait_until
@@ -410,7 +410,8 @@ class FaultStack:
         self.broker_dir.mkdir(parents=True, exist_ok=True)
         self.broker = self._new_broker(None).start()
         self.port = self.broker.port
-        self.watcher = Watcher(self.broker.client_config("server"), f"faults-watcher-{os.getpid()}-{id(self)}")
+        # Its own identity: client ids are bound to certificates, so as `server` it would drop the server.
+        self.watcher = Watcher(self.broker.client_config(OBSERVER), f"faults-watcher-{os.getpid()}-{id(self)}")
         if not self.watcher.connected.wait(10):
             raise RuntimeError("the watcher could not connect to Mosquitto")
         self.start_server()

@@ -180,6 +180,7 @@ class SiteRunner:
     _broker_dir: Any = None
     _broker_port: int | None = None
     _tmp: Any = None
+    _server_started: bool = False
 
     @classmethod
     def from_dir(cls, site_dir: Path | str = DEMO_SITE, **kw: Any) -> SiteRunner:
@@ -248,6 +249,9 @@ class SiteRunner:
         assert self.broker_url is not None and self.data_dir is not None
         if self.server is not None:
             raise SiteRunnerError("the server is already running")
+        if not self._server_started and not self.owns_broker and tls_broker_for(self.broker_url) is not None:
+            self._discard_server_session()
+        self._server_started = True
         server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
                            key=self.key, signing_key=self.signing_key, clock=self.clock,
                            snapshot_keys=self.snapshot_keys)
@@ -259,6 +263,28 @@ class SiteRunner:
             raise
         self.server = server
         return self.server
+
+    def _discard_server_session(self) -> None:
+        """Start this runner's server on a fresh broker session, on a test broker shared by many runners.
+
+        Client ids are bound to certificates (``use_username_as_clientid``), so every runner's server is the
+        client ``server`` with one persistent session: what an earlier runner's edges published after its
+        server left would otherwise be delivered to this one. A clean-session connect as ``server`` discards
+        that session (MQTT 3.1.1); restarts of this runner's own server keep theirs, as in production.
+        """
+        done = threading.Event()
+        client = self.mqtt_client("server", clean_session=True)
+        client.on_connect = lambda *a: done.set()
+        assert self.broker_url is not None
+        broker = BrokerConfig(self.broker_url)
+        try:
+            client.connect(broker.host, broker.port)
+            client.loop_start()
+            if not done.wait(10):
+                log.warning("could not reach %s to discard the server's old session", self.broker_url)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def stop_server(self) -> None:
         """Stop the server cleanly (it says ``stopped`` on its availability topic); the edges carry on alone."""

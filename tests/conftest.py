@@ -7,8 +7,11 @@ from a session CA made with :mod:`doorkeep.pki`. It holds a
 certificate for every device of the shipped sites and for ``server``, and issues one for any other
 name on first use: ``mosquitto.client(NAME)`` is a paho client presenting NAME's certificate,
 ``mosquitto.client_config(NAME)`` the ``BrokerConfig`` an edge or server uses, ``mosquitto.pki`` the
-directory. A peer that must read everything (an observer) connects as ``server``. A SiteRunner given
-``mosquitto.url`` finds its clients' certificates by itself (simulators.brokers.tls_broker_for).
+directory. The broker binds each client id to its certificate (``use_username_as_clientid``), so one
+certificate is one connection: a peer that must read or write everything connects as ``observer``
+(OBSERVER, in this broker's ACL only), never as ``server``, which would drop the running server; the
+operator's command-line tools connect as ``operator``. A SiteRunner given ``mosquitto.url`` finds its
+clients' certificates by itself (simulators.brokers.tls_broker_for); log lines land in ``mosquitto.log_file``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Iterator
 import pytest
 
 from doorkeep.config import load_site_dir
-from simulators.brokers import MosquittoBroker
+from doorkeep.pki import OPERATOR, SERVER
+from simulators.brokers import OBSERVER, MosquittoBroker
 from simulators.wait import wait_until  # noqa: F401  (re-exported for the tests)
 
 SITES_DIR = Path(__file__).resolve().parent.parent / "firmware-config" / "sites"
@@ -41,7 +45,7 @@ def session_sites() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker(tls_sites=session_sites(), clients=["server"]).start()
+    broker = MosquittoBroker(tls_sites=session_sites(), clients=[SERVER, OPERATOR, OBSERVER]).start()
     assert broker.tls and broker.url.startswith("mqtts://")
     yield broker
     broker.stop()

@@ -17,6 +17,7 @@ import pytest
 from doorkeep.contract import Topics
 from doorkeep.credentials import generate_key_file
 from doorkeep.envelope import init_data_keys
+from simulators.brokers import OBSERVER
 from simulators.camera import CameraSimulator
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
@@ -60,7 +61,7 @@ def test_server_and_edge_commands_grant_a_card_and_stop_cleanly(mosquitto, tmp_p
     topics = Topics("demo")
     states: list[dict] = []
     availability: list[str] = []
-    watcher = mosquitto.client("server")  # an observer that reads the whole site
+    watcher = mosquitto.client(OBSERVER)  # reads the whole site (as `server` it would drop a running server)
 
     server_availability: list[str] = []
 

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from doorkeep.contract import DecisionMsg, EventMsg, Topics
+from simulators.brokers import OBSERVER
 from simulators.site import SiteRunner
 from tests.conftest import wait_until
 
@@ -25,11 +26,15 @@ def stored_access(runner: SiteRunner, door: str) -> list[dict]:
     return [e for e in runner.server.store.events(50, door=door) if e["type"] == "access"]
 
 
-def raw_client(runner: SiteRunner, name: str = "pi-lobby") -> mqtt.Client:
-    """A bare paho client, for injecting what a broken or hostile peer would send (as ``name``)."""
+def raw_client(runner: SiteRunner, name: str = OBSERVER) -> mqtt.Client:
+    """A bare paho client, for injecting what a broken or hostile peer would send (as ``name``).
+
+    By default the test observer, which may write anywhere in the site: client ids are bound to certificates,
+    so a client presenting ``pi-lobby``'s certificate would drop the running pi-lobby edge (as a thief with
+    that certificate would). What is published, on pi-lobby's own topics, is what a stolen Pi could send."""
     assert runner.broker_url is not None
     port = int(runner.broker_url.rsplit(":", 1)[1])
-    # Over mutual TLS, by default as the device itself: what a stolen Pi could still send under its subtree.
+    # Over mutual TLS, with the certificate of ``name``.
     client = runner.mqtt_client(name, f"test-{uuid.uuid4().hex[:6]}")
     connected = threading.Event()
     client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
@@ -153,7 +158,9 @@ def test_rex_unlocks_without_forced_alarm(site: SiteRunner) -> None:
 
 def announce_server(runner: SiteRunner, availability: str) -> None:
     """Play the server's retained availability, as a live or a stopped server leaves it."""
-    client = raw_client(runner, "server")  # the ACL lets only `server` write its availability
+    # The ACL lets only `server` write its availability, and the test observer (the server's rights under its
+    # own identity: connecting as `server` would drop a running server).
+    client = raw_client(runner, OBSERVER)
     try:
         client.publish(Topics("demo").server_availability(), availability, qos=1, retain=True).wait_for_publish(5)
     finally:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from doorkeep.commands import sign_command
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import CommandResult, Topics
+from doorkeep.pki import OPERATOR
+from simulators.brokers import OBSERVER
 from simulators.clock import ScenarioClock
 from simulators.site import DEMO_SITE, SiteRunner
 from tests.conftest import wait_until
@@ -56,8 +58,9 @@ class Wire:
         self.results: list[tuple[str, CommandResult]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
-        # As `server`: the one identity besides the device that the ACL lets read and write its cmd topic.
-        self.client = runner.mqtt_client("server", f"test-wire-{uuid.uuid4().hex[:6]}")
+        # As the test observer, which the session broker's ACL lets read and write the whole site like the
+        # server (as `server` itself it would drop the running server: client ids are bound to certificates).
+        self.client = runner.mqtt_client(OBSERVER, f"test-wire-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: subscribed.set()
         broker = BrokerConfig(runner.broker_url)
@@ -265,10 +268,11 @@ def _site_with_key(runner: SiteRunner, tmp_path: Path) -> Path:
                                                           serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption()))
     key_file.chmod(0o600)
-    # The command client speaks mutual TLS as `server`, from SITE/pki/ as `doorkeep pki issue server` leaves it.
-    tls = runner.broker_config("server")
+    # The command client speaks mutual TLS as `operator` (commands and results only, never `server`, which is
+    # connected), from SITE/pki/ as `doorkeep pki issue operator` leaves it.
+    tls = runner.broker_config(OPERATOR)
     (site_dir / "pki").mkdir()
-    for src, name in ((tls.ca_file, "ca.crt"), (tls.cert_file, "server.crt"), (tls.key_file, "server.key")):
+    for src, name in ((tls.ca_file, "ca.crt"), (tls.cert_file, "operator.crt"), (tls.key_file, "operator.key")):
         assert src is not None
         shutil.copy2(src, site_dir / "pki" / name)
     return site_dir

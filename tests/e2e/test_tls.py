@@ -24,7 +24,7 @@ import pytest
 from doorkeep.cli import main
 from doorkeep.config import BrokerConfig
 from doorkeep.pki import client_tls_context, init_ca, issue, pki_dir
-from simulators.brokers import MosquittoBroker, free_port
+from simulators.brokers import OBSERVER, MosquittoBroker, free_port
 from simulators.site import DEMO_SITE, SiteRunner, mosquitto_installed
 from tests.conftest import wait_until
 
@@ -327,7 +327,7 @@ def test_session_broker_runs_the_generated_tls_config_for_every_site_and_confine
         return p
 
     run = uuid.uuid4().hex[:8].encode()
-    server = peer("server")
+    server = peer(OBSERVER)  # the server's rights under its own identity (as `server` it would drop a running one)
     server.subscribe("doorkeep/v1/demo/#", "doorkeep/v1/hq/#")
     try:
         forged = [("doorkeep/v1/hq/pi-entrance/door/entrance/request", b"cross-site-" + run),

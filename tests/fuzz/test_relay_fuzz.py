@@ -27,6 +27,7 @@ from doorkeep.contract import DecisionMsg, EventMsg, RequestMsg, Topics
 from doorkeep.errors import MessageError
 from doorkeep.policy import compile_policy, sign_policy
 from edge.framing import encode_ascii, encode_em4100
+from simulators.brokers import OBSERVER
 from simulators.site import DEMO_SITE, SiteRunner, mosquitto_installed
 from tests.conftest import wait_until
 from tests.fuzz.conftest import fuzz
@@ -60,7 +61,7 @@ def hostile(edges: SiteRunner) -> Iterator[mqtt.Client]:
     server's certificate (mutual TLS; the ACL lets only `server` write decisions, policy and commands),
     the strongest position a forger can reach short of the server's signing key."""
     assert edges.broker_url is not None
-    client = edges.mqtt_client("server", f"fuzz-{uuid.uuid4().hex[:6]}")
+    client = edges.mqtt_client(OBSERVER, f"fuzz-{uuid.uuid4().hex[:6]}")  # the server's rights, its own identity
     connected = threading.Event()
     client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
     client.connect("127.0.0.1", int(edges.broker_url.rsplit(":", 1)[1]))

@@ -18,7 +18,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from doorkeep.cli import main
 from doorkeep.config import BrokerConfig, check, load_device, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.pki import (
+    MESSAGE_SIZE_FLOOR,
+    POLICY_BYTES_PER_PERSON,
     PkiError,
     broker_acl,
     broker_config,
@@ -26,6 +29,7 @@ from doorkeep.pki import (
     init_ca,
     issue,
     load_index,
+    message_size_limit,
     pki_dir,
     revoke,
 )
@@ -181,13 +185,78 @@ def test_broker_config_is_mutual_tls_only_with_absolute_paths(pki: Path, tmp_pat
 
 
 def test_broker_config_keeps_the_reliability_settings_of_the_shipped_conf(pki: Path, tmp_path: Path) -> None:
-    shipped = (ROOT / "firmware-config" / "mosquitto" / "doorkeep.conf").read_text().splitlines()
-    needed = [line for line in shipped
-              if line.split(" ")[0] in ("set_tcp_nodelay", "max_queued_messages", "max_inflight_messages")]
-    assert len(needed) == 3
-    lines = broker_config("t", pki, tmp_path / "acl").splitlines()
-    assert all(line in lines for line in needed)
-    assert "listener 8883" in lines  # every interface by default: the Pis reach the broker over the network
+    for name in ("doorkeep.conf", "dev-plain.conf"):
+        shipped = (ROOT / "firmware-config" / "mosquitto" / name).read_text().splitlines()
+        needed = [line for line in shipped if line.split(" ")[0] in
+                  ("set_tcp_nodelay", "max_queued_messages", "max_inflight_messages", "message_size_limit")]
+        assert len(needed) == 4, name
+        lines = broker_config("t", pki, tmp_path / "acl").splitlines()
+        assert all(line in lines for line in needed), name
+        assert "listener 8883" in lines  # every interface by default: the Pis reach the broker over the network
+
+
+def settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_shipped_production_conf_is_what_broker_config_generates_for_etc_doorkeep() -> None:
+    """firmware-config/mosquitto/doorkeep.conf carries the same client-id binding, size limit and TLS as the
+    generator (doorkeep doctor gives it a clean bill); regenerate it when broker_config changes."""
+    shipped = (ROOT / "firmware-config" / "mosquitto" / "doorkeep.conf").read_text()
+    generated = broker_config("SITE", Path("/etc/doorkeep/pki"), Path("/etc/doorkeep/broker/acl"),
+                              log_file=Path("/var/log/mosquitto/doorkeep.log"))
+    assert settings(shipped) == settings(generated)
+    for want in ("use_identity_as_username true", "use_username_as_clientid true",
+                 f"message_size_limit {MESSAGE_SIZE_FLOOR}", "allow_anonymous false", "require_certificate true"):
+        assert want in settings(shipped), want
+
+
+def test_attack_device_takes_over_another_client_id_is_closed_by_binding_ids_to_certificates(
+        pki: Path, tmp_path: Path) -> None:
+    """Mosquitto 2.0.11, measured: with both options a client's id becomes its certificate's CN, whatever
+    it asked for (a device asking for the server's id gets its own), so no certificate can drop another."""
+    lines = settings(broker_config("t", pki, tmp_path / "acl"))
+    assert lines.index("use_identity_as_username true") < lines.index("use_username_as_clientid true")
+    assert "clientid_prefixes" not in "\n".join(lines)  # must not be combined with the binding (man page)
+
+
+def test_message_size_limit_fits_a_sealed_snapshot_and_the_sites_policies_with_margin() -> None:
+    assert MESSAGE_SIZE_FLOOR == 2 * MAX_SNAPSHOT_BYTES == 16 * 1024 * 1024
+    assert message_size_limit() == message_size_limit(1000) == MESSAGE_SIZE_FLOOR
+    # 110,000 people: a lobby policy measured at ~24 MB; the limit leaves twice that.
+    big = message_size_limit(110_000)
+    assert big >= 2 * 24_000_000 and big % (1024 * 1024) == 0
+    assert message_size_limit(32_768) == MESSAGE_SIZE_FLOOR < message_size_limit(32_769)
+    with pytest.raises(PkiError, match="negative"):
+        message_size_limit(-1)
+
+
+def test_policy_weight_per_person_stays_under_what_the_size_limit_allows() -> None:
+    """The per-person allowance is a measurement: a real signed policy (two cards and a PIN per person, every
+    person allowed at the door) must weigh less than POLICY_BYTES_PER_PERSON each, or the limit is wrong."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from doorkeep.model import AccessEntry, AccessLevel, Area, Credential, CredentialState, Door, Person, Schedule, \
+        Site, TimeWindow
+    from doorkeep.policy import compile_policy, sign_policy
+
+    n = 2000
+    people = {f"p{i:06d}": Person(f"p{i:06d}", f"Person {i}", access_levels=("staff",),
+                                  pin_hash=hashlib.sha256(b"%d" % i).hexdigest()) for i in range(n)}
+    creds = {}
+    for i in range(2 * n):
+        h = hashlib.sha256(b"card:%d" % i).hexdigest()
+        creds[h] = Credential(h, f"{i % 10000:04d}", "em4100", f"p{i % n:06d}", CredentialState.ACTIVE)
+    always = Schedule("always", "Always", (TimeWindow(frozenset({"mon", "tue", "wed", "thu", "fri", "sat", "sun"}),
+                                                      __import__("datetime").time(0, 0), None),))
+    site = Site("t", "T", "Europe/London", {"outside": Area("outside", "Outside"), "lobby": Area("lobby", "Lobby")},
+                {"lobby_in": Door("lobby_in", "Lobby", "outside", "lobby")}, {"always": always},
+                {"staff": AccessLevel("staff", "Staff", (AccessEntry("lobby", "always"),))}, people, creds)
+    payload = sign_policy(compile_policy(site, ["lobby_in"]), site_id="t", device="pi-a", version=2**40,
+                          issued_at=1.8e9, key=Ed25519PrivateKey.generate())
+    assert len(payload) / n < POLICY_BYTES_PER_PERSON, len(payload) / n
 
 
 def test_broker_config_refuses_a_port_out_of_range(pki: Path, tmp_path: Path) -> None:
@@ -200,7 +269,25 @@ def test_acl_confines_devices_to_their_subtree_and_gives_the_server_the_site() -
     assert lines == ["pattern readwrite doorkeep/v1/hq/%u/#",
                      "pattern read doorkeep/v1/hq/server/availability",
                      "user server",
-                     "topic readwrite doorkeep/v1/hq/#"]
+                     "topic readwrite doorkeep/v1/hq/#",
+                     "user operator",
+                     "topic write doorkeep/v1/hq/+/cmd",
+                     "topic read doorkeep/v1/hq/+/cmd/result"]
+
+
+def test_acl_gives_the_operator_commands_and_results_only_and_test_observers_only_when_asked() -> None:
+    campus = broker_acl({"demo": ["pi-a"], "hq": ["pi-b"]}).splitlines()
+    op = campus.index("user operator")
+    assert campus[op + 1:op + 5] == ["topic write doorkeep/v1/demo/+/cmd", "topic read doorkeep/v1/demo/+/cmd/result",
+                                     "topic write doorkeep/v1/hq/+/cmd", "topic read doorkeep/v1/hq/+/cmd/result"]
+    assert "observer" not in broker_acl("hq") and "observer" not in "\n".join(campus)
+    watched = settings(broker_acl("hq", observers=["observer"]))
+    assert watched[-2:] == ["user observer", "topic readwrite doorkeep/v1/hq/#"]
+    for reserved in ("server", "operator", "broker"):
+        with pytest.raises(PkiError, match="reserved"):
+            broker_acl({"hq": [reserved]})
+        with pytest.raises(PkiError, match="reserved"):
+            broker_acl("hq", observers=[reserved])
 
 
 # ---------------------------------------------------------------- commands
@@ -211,14 +298,20 @@ def test_commands_issue_known_names_only_and_write_the_broker_files(tmp_path: Pa
     site = make_site(tmp_path / "s")
     assert main(["pki", "init", "--site", str(site)]) == 0
     assert main(["pki", "issue", "pi-zz", "--site", str(site)]) == 1
-    assert "use one of: pi-a, server, broker" in capsys.readouterr().err
+    assert "use one of: pi-a, server, broker, operator" in capsys.readouterr().err
     assert main(["broker", "config", "--site", str(site)]) == 1
     assert "doorkeep pki issue broker" in capsys.readouterr().err
-    for name in ("pi-a", "server", "broker"):
+    for name in ("pi-a", "server", "operator", "broker"):
         assert main(["pki", "issue", name, "--site", str(site)]) == 0
     assert main(["broker", "config", "--site", str(site), "--port", "9883"]) == 0
     assert (site / "broker" / "acl").read_text() == broker_acl("t")
-    assert "listener 9883" in (site / "broker" / "mosquitto.conf").read_text().splitlines()
+    conf = (site / "broker" / "mosquitto.conf").read_text().splitlines()
+    assert "listener 9883" in conf and "use_username_as_clientid true" in conf
+    assert f"message_size_limit {MESSAGE_SIZE_FLOOR}" in conf and not any(c.startswith("log_dest") for c in conf)
+    assert main(["broker", "config", "--site", str(site), "--people", "110000", "--log-file", str(tmp_path / "b.log")]) == 0
+    conf = (site / "broker" / "mosquitto.conf").read_text().splitlines()
+    assert f"message_size_limit {message_size_limit(110_000)}" in conf
+    assert f"log_dest file {(tmp_path / 'b.log').resolve()}" in conf
     assert main(["pki", "revoke", "pi-a", "--site", str(site)]) == 0
     assert len(crl_serials(pki_dir(site))) == 1
 
@@ -301,3 +394,34 @@ def test_tls_files_with_plain_mqtt_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as exc:
         load_site_dir(site)
     assert "mqtts://" in only(exc.value.errors, "broker.ca_file").fix
+
+
+# ------------------------------------------------------------- client ids
+
+
+def test_attack_guessing_the_servers_client_id_needs_the_site_key(tmp_path: Path) -> None:
+    """Where the broker does not bind ids (the demo's embedded broker, a third-party broker), whoever knows a
+    client's id can drop it: the server's id is an HMAC of the credential key, stable across restarts (its
+    persistent session) but no longer the predictable sha256 of its data directory."""
+    import hashlib
+
+    from server.app import server_client_id
+
+    key, other = b"k" * 32, b"o" * 32
+    cid = server_client_id(key, "demo", tmp_path)
+    assert cid == server_client_id(key, "demo", tmp_path)  # restarts resume the session
+    assert cid != server_client_id(other, "demo", tmp_path) and cid != server_client_id(key, "demo", tmp_path / "x")
+    assert hashlib.sha256(str(tmp_path.resolve()).encode()).hexdigest()[:8] not in cid
+    assert len(cid.rsplit("-", 1)[1]) == 32  # 128 bits
+
+
+def test_edge_client_id_carries_128_random_bits() -> None:
+    from edge.link import Link
+
+    def link() -> str:
+        lk = Link("demo", "pi-a", BrokerConfig("mqtt://127.0.0.1:1", allow_plain=True),
+                  on_decision=lambda *a: None, state_payload=lambda: b"{}")
+        return lk._client._client_id.decode()
+
+    a, b = link(), link()
+    assert a != b and a.startswith("doorkeep-edge-pi-a-") and len(a.rsplit("-", 1)[1]) == 32
