@@ -10,6 +10,17 @@ off — and sets a bad file aside as ``*.rejected`` rather than trusting it.
 
 The file holds exactly the bytes the server signed (names and keyed card
 hashes, never card numbers) and is written readable by its owner only.
+
+A policy older than one this edge ever accepted is refused on every path: an
+offer (a replay, including one a stolen device certificate left retained on
+the broker), a load at start-up or on ``sync``, and after the cached file was
+lost or set aside. For the last, the highest version accepted is kept in a
+second small file (``policy.json.version``, the *floor*), written after the
+policy; with no policy held, the floor's own version is taken again (the
+broker's retained copy of the policy that was lost). The same version with
+other content (another nonce) is never swapped for the one held:
+the publisher raises the version on every change, so a second body under one
+version can only be a mistake or an attack, and the one held stays.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -27,6 +39,9 @@ from doorkeep.policy import PolicyError, VerifiedPolicy, verify_policy
 
 log = logging.getLogger("doorkeep.edge.policy")
 
+#: Versions above this are refused: 2**53 - 1, exact in JSON and doubles (the server never signs more).
+MAX_POLICY_VERSION = 2**53 - 1
+
 
 class PolicyCache:
     def __init__(self, path: Path, public_key: Ed25519PublicKey, *, site_id: str, device: str) -> None:
@@ -35,6 +50,8 @@ class PolicyCache:
         self.site_id = site_id
         self.device = device
         self._current: VerifiedPolicy | None = None
+        _narrow(self.path.parent, 0o700)  # the edge's state directory: outbox, nonces and this cache
+        self._floor = self._read_floor()  # the highest version ever accepted here (0: none)
         self._lock = threading.Lock()        # guards _current: held only to swap or read it
         self._offer_lock = threading.Lock()  # one offer at a time; readers never wait for a verify
 
@@ -65,6 +82,31 @@ class PolicyCache:
     def rejected_path(self) -> Path:
         return self.path.with_name(self.path.name + ".rejected")
 
+    @property
+    def floor_path(self) -> Path:
+        """Where the highest version ever accepted is kept, apart from the policy itself."""
+        return self.path.with_name(self.path.name + ".version")
+
+    @property
+    def floor(self) -> int:
+        """No policy below this version is taken, whatever the cached file holds (0: none accepted yet)."""
+        return self._floor
+
+    def _read_floor(self) -> int:
+        try:
+            text = self.floor_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeError) as e:
+            log.error("cannot read the policy version floor %s: %s; relying on the cached policy's version",
+                      self.floor_path, e)
+            return 0
+        if not text.isdigit() or int(text) > MAX_POLICY_VERSION:
+            log.error("policy version floor %s holds %r, not a version; relying on the cached policy's version",
+                      self.floor_path, text[:40])
+            return 0
+        return int(text)
+
     # ------------------------------------------------------------ start-up
 
     def load(self) -> bool:
@@ -79,14 +121,17 @@ class PolicyCache:
                 log.error("cannot read the cached policy %s: %s", self.path, e)
                 return False
             try:
-                verified = verify_policy(payload, self.public_key, site_id=self.site_id, device=self.device)
+                verified = verify_policy(payload, self.public_key, site_id=self.site_id, device=self.device,
+                                         min_version=self._floor or None)
+                _check_range(verified)
             except PolicyError as e:
                 self._set_aside(e)
                 return False
             with self._lock:
-                if self._current is not None and self._current.version > verified.version:
-                    return False  # a newer one was offered already
+                if self._current is not None and self._current.version >= verified.version:
+                    return False  # a newer one was offered already, or this one is held (keep the one held)
                 self._current = verified
+            self._floor = max(self._floor, verified.version)
         log.info("loaded cached policy version %d for %s (%d people, %d credentials)", verified.version,
                  self.device, len(verified.site.people), len(verified.site.credentials))
         return True
@@ -110,8 +155,10 @@ class PolicyCache:
         """
         with self._offer_lock:
             held = self.current
+            floor = max(self._floor, 0 if held is None else held.version)
             verified = verify_policy(payload, self.public_key, site_id=self.site_id, device=self.device,
-                                     min_version=None if held is None else held.version)
+                                     min_version=floor or None)
+            _check_range(verified)
             if held is not None and verified.version == held.version:
                 if verified.nonce != held.nonce:
                     log.warning("policy version %d signed again (nonce %s, held %s); keeping the one held. "
@@ -127,21 +174,32 @@ class PolicyCache:
                           verified.version, self.path, e)
             with self._lock:
                 self._current = verified
+            self._floor = verified.version
+            try:
+                self._write_atomically(self.floor_path, str(verified.version).encode("ascii"))
+            except OSError as e:
+                log.error("could not persist the policy version floor %d to %s: %s", verified.version,
+                          self.floor_path, e)
         log.info("policy version %d accepted (%d people, %d credentials)", verified.version,
                  len(verified.site.people), len(verified.site.credentials))
         return True
 
     def _persist(self, payload: bytes) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._write_atomically(self.path, payload)
+
+    @staticmethod
+    def _write_atomically(path: Path, data: bytes) -> None:
+        """Write, fsync, rename, fsync the directory: a power cut leaves the old file or the new one."""
+        directory = path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(payload)
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -151,3 +209,26 @@ class PolicyCache:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _check_range(verified: VerifiedPolicy) -> None:
+    if verified.version > MAX_POLICY_VERSION:
+        raise PolicyError(f"policy version {verified.version} is above {MAX_POLICY_VERSION}, the largest a "
+                          "server signs")
+
+
+def _narrow(path: Path, allowed: int) -> None:
+    """Remove the mode bits of an existing ``path`` outside ``allowed``, logging what was open before.
+
+    The state directory holds the outbox (events with names), the command nonces and this cache: no
+    other local account may list or read it, whatever the umask of whoever created it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & ~allowed:
+            os.chmod(path, mode & allowed)
+            log.warning("%s was mode %03o, open to other accounts; now %03o", path, mode, mode & allowed)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.error("cannot make %s private to this account: %s (fix: chown it to the doorkeep account, "
+                  "chmod 700)", path, e)

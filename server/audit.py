@@ -39,6 +39,7 @@ from typing import Any, Generator, Iterator, Protocol
 
 from doorkeep.clock import Clock, SystemClock, iso_ms
 from server.errors import ServerError
+from server.private_files import open_private
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.audit")
@@ -145,13 +146,13 @@ class AuditLog:
         """Write the newest seq and hash beside the database, never moving it backwards (other processes)."""
         lock_path = self.head_path.with_suffix(".lock")
         try:
-            with open(lock_path, "a") as lock:
+            with os.fdopen(open_private(lock_path, "ab"), "ab") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 current = read_head(self.head_path)
                 if current is not None and current[0] >= seq:
                     return
                 tmp = self.head_path.with_suffix(".tmp")
-                with open(tmp, "w") as f:
+                with os.fdopen(open_private(tmp), "w") as f:  # 0600: server/private_files.py
                     json.dump({"seq": seq, "hash": digest}, f)
                     f.flush()
                     os.fsync(f.fileno())

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
+from doorkeep.clock import iso_ms
 from doorkeep.contract import EventMsg
 from doorkeep.envelope import (
     JPEG_MAGIC,
@@ -34,6 +35,7 @@ from doorkeep.envelope import (
     wrap_data_key,
 )
 from server.errors import ServerError, StoreError
+from server.private_files import create_private_file, open_private, private_dir, tighten_tree
 
 SEVERITIES = ("alarm", "trouble", "warning", "info")
 
@@ -191,6 +193,32 @@ def _m008_desk_admin(db: sqlite_utils.Database) -> None:
     db["desk_cards"].create_index(["person"])
 
 
+def _m_operator_2fa(db: sqlite_utils.Database) -> None:
+    """Operators' TOTP second factor (server/web/twofactor.py, docs/desk.md "Two-factor login").
+
+    ``operators.totp_secret`` is the confirmed RFC 6238 secret (NULL: no 2FA), ``totp_enabled_at`` when it was
+    confirmed, ``totp_last_step`` the last 30-second step a code was accepted for (a code is never accepted
+    twice), ``totp_pending`` a secret shown at enrolment but not yet confirmed with a code.
+    ``operator_recovery_codes`` keeps each one-time recovery code only as SHA-256 over its own random salt.
+    """
+    for column in ("totp_secret", "totp_pending"):
+        db["operators"].add_column(column, str)
+    db["operators"].add_column("totp_enabled_at", float)
+    db["operators"].add_column("totp_last_step", int)
+    db["operator_recovery_codes"].create({"id": int, "operator": str, "salt": str, "hash": str,
+                                          "created_at": float, "used_at": float}, pk="id",
+                                         not_null={"operator", "salt", "hash", "created_at"})
+    db["operator_recovery_codes"].create_index(["operator"])
+
+
+def _m010_device_clock(db: sqlite_utils.Database) -> None:
+    """Each edge's clock drift, measured on its last live ``state`` heartbeat (``doorkeep doctor`` reads it):
+    ``drift_s`` is the heartbeat's own ``ts`` minus the server's clock when it arrived (positive: the edge is
+    ahead), ``measured_at`` the server's ISO time of that measure."""
+    db["device_clock"].create({"device": str, "drift_s": float, "measured_at": str}, pk="device",
+                              not_null={"drift_s", "measured_at"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -200,6 +228,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("006_operators", _m006_operators),
     ("007_visitor_desk", _m007_visitor_desk),
     ("008_desk_admin", _m008_desk_admin),
+    ("009_operator_2fa", _m_operator_2fa),
+    ("010_device_clock", _m010_device_clock),
 ]
 
 
@@ -240,7 +270,12 @@ class Store:
         self.keys = keys
         self.snapshot_dir = self.dir / "snapshots"
         try:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            # Private to this account (server/private_files.py): directories 0700, files 0600, whatever the
+            # umask; a data directory left open by an older version is narrowed now, each change logged.
+            private_dir(self.dir)
+            tighten_tree(self.dir)
+            private_dir(self.snapshot_dir)
+            create_private_file(self.dir / "doorkeep.db")  # SQLite gives -wal and -shm the same mode
             # One connection shared by the bus's store worker and readers, serialised by self._lock.
             conn = sqlite3.connect(self.dir / "doorkeep.db", check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
@@ -332,7 +367,7 @@ class Store:
             raise EnvelopeError("sealed snapshot does not hold a JPEG")
         path = self.snapshot_dir / f"{event_id}.bin"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_private(tmp), "wb") as f:
             f.write(parsed.body)
             f.flush()
             os.fsync(f.fileno())
@@ -479,6 +514,12 @@ class Store:
             value = max((rows[0]["value"] + 1) if rows else 1, at_least)
             self.db["counters"].upsert({"name": name, "value": value}, pk="name")
         return value
+
+    def record_device_clock(self, device: str, *, drift_s: float, at: float) -> None:
+        """Keep the latest clock drift measured for ``device`` (one row per device, replaced each time)."""
+        with self._lock, self.db.conn:
+            self.db["device_clock"].upsert({"device": device, "drift_s": float(drift_s), "measured_at": iso_ms(at)},
+                                           pk="device")
 
     # ---------------------------------------------------------------- alarms
 

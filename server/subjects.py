@@ -1,9 +1,17 @@
 """Data-subject rights: export everything held about a person, or erase it.
 
 ``doorkeep subject export PERSON`` writes one zip (manifest, profile, masked
-credentials, events, snapshots, visits, presence, the audit records about them);
-``doorkeep subject erase PERSON`` deletes their snapshots, visits, presence and
-card states and pseudonymises their events. The pseudonym is
+credentials, events, snapshots, visits, consents, presence, the audit records
+about them); ``doorkeep subject erase PERSON`` deletes their snapshots, visits,
+consent rows, presence and card states and pseudonymises their events.
+
+Consents: the ``visitor_consents`` row names the visitor (by id) and goes at
+erasure. What the law still needs afterwards (that consent was given, to which
+notice version, photo consent yes/no, when, taken by which operator) is already
+in the hash-chained audit log: the desk records ``visitor.consent`` with those
+facts under the pseudonym at every check-in (server/web/visitors.py), and the
+log is append-only. The export lists the consents without the operator's name
+(another person's data). The pseudonym is
 :func:`server.audit.subject_ref` (an HMAC of the id under the site's credential
 key), so erasing twice gives the same result, and the audit log, which only ever
 names people by that pseudonym, needs no change. Choices in docs/security.md.
@@ -87,7 +95,9 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
     events = _query(store, f"SELECT * FROM events WHERE {where} ORDER BY ts, seq", args)
     visits = _query(store, "SELECT * FROM visitors WHERE id = ?", [person])
     presence = _query(store, "SELECT * FROM presence WHERE person = ?", [person])
-    if s.name is None and not events and not presence:
+    consents = _query(store, "SELECT notice_version, photo_consent, consented_at FROM visitor_consents "
+                             "WHERE visitor = ? ORDER BY id", [person])
+    if s.name is None and not events and not presence and not consents:
         raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
                            f"people.toml ids or visitor ids)")
     states = {r["hash"]: r["state"] for r in store.rows("credential_states")}
@@ -121,6 +131,8 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
                               | {"detail": json.loads(e["detail"] or "{}")} for e in events]),
         "visits.json": _json([{k: v for k, v in r.items() if k != "card_hash"} for r in visits]),
         "presence.json": _json(presence),
+        "consents.json": _json([{"notice_version": c["notice_version"], "photo_consent": bool(c["photo_consent"]),
+                                 "consented_at": iso_ms(c["consented_at"])} for c in consents]),
         "audit.json": _json(audit_rows),
     }
     missing = []
@@ -134,7 +146,8 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
         if jpeg is not None:
             files[f"snapshots/{e['id']}.jpg"] = jpeg
     counts = {"events": len(events), "snapshots": sum(1 for n in files if n.startswith("snapshots/")),
-              "credentials": len(credentials), "visits": len(visits), "presence": len(presence),
+              "credentials": len(credentials), "visits": len(visits), "consents": len(consents),
+              "presence": len(presence),
               "audit_records": len(audit_rows)}
     manifest = {"schema": EXPORT_SCHEMA, "site": bundle.site.id, "site_name": bundle.site.name, "person": person,
                 "generated_at": iso_ms(now), "counts": counts, "files": sorted(files),
@@ -189,8 +202,8 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
     """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
     s = find(bundle, store, key, person)
     conn = store.db.conn
-    counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "presence", "card_states", "alarms",
-                            "hosted_visits", "desk_people", "desk_cards"), 0)
+    counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "consents", "presence", "card_states",
+                            "alarms", "hosted_visits", "desk_people", "desk_cards"), 0)
     with store._lock:
         # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
         conn.execute("PRAGMA secure_delete = ON")
@@ -216,6 +229,8 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
                                          sort_keys=True), rid])
                 counts[c] += 1
         counts["visits"] = conn.execute("DELETE FROM visitors WHERE id = ?", [person]).rowcount
+        # The proof of consent stays in the audit log under the pseudonym (module docstring).
+        counts["consents"] = conn.execute("DELETE FROM visitor_consents WHERE visitor = ?", [person]).rowcount
         counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
                                                [s.ref, person]).rowcount
         counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount

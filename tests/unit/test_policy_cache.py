@@ -218,3 +218,67 @@ def test_offers_and_reads_from_two_threads_do_not_interfere(tmp_path: Path, key:
     assert not errors
     assert seen == sorted(seen), "a reader never sees the version go backwards"
     assert c.version == 30
+
+
+# ------------------------------------------ never an older policy, on any path (issue 12 item 3)
+
+
+def test_attack_replayed_older_policy_is_refused_after_the_cached_file_was_lost(
+        tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """A stolen device certificate may publish, retained, an old policy its server once signed (the ACL lets a
+    device write its own subtree). With the cached file damaged or deleted, the edge must still refuse it."""
+    path = tmp_path / "policy.json"
+    c = cache(path, key)
+    assert c.offer(payload(key, 7))
+    path.write_bytes(b"damaged by a power cut")
+    restarted = cache(path, key)
+    assert restarted.load() is False and restarted.current is None  # set aside
+    assert restarted.floor == 7
+    with pytest.raises(PolicyError, match="older"):
+        restarted.offer(payload(key, 6))
+    assert restarted.current is None
+    assert restarted.offer(payload(key, 7)) is True  # the broker's retained copy of the one lost: taken again
+    assert restarted.offer(payload(key, 8)) is True and restarted.version == 8
+
+
+def test_an_older_cached_file_than_the_floor_is_set_aside_at_start(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / "policy.json"
+    old = payload(key, 3)
+    c = cache(path, key)
+    assert c.offer(old) and c.offer(payload(key, 9))
+    path.write_bytes(old)  # a copy of an older, validly signed file put back on the SD card
+    restarted = cache(path, key)
+    assert restarted.load() is False and restarted.current is None
+    assert restarted.rejected_path.read_bytes() == old
+
+
+def test_a_load_never_swaps_the_held_policy_for_another_body_of_the_same_version(
+        tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / "policy.json"
+    c = cache(path, key)
+    held = payload(key, 5, revision=1)
+    assert c.offer(held)
+    path.write_bytes(payload(key, 5, revision=2))  # same version, other content
+    assert c.load() is False
+    assert c.site == site(1)
+
+
+def test_a_version_beyond_what_json_holds_exactly_is_refused(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    c = cache(tmp_path / "policy.json", key)
+    huge = sign_policy(site(1), site_id=SITE_ID, device=DEVICE, version=2**53, issued_at=1_767_225_600.0, key=key)
+    with pytest.raises(PolicyError, match="above"):
+        c.offer(huge)
+    assert c.current is None and c.floor == 0
+
+
+def test_an_unreadable_floor_file_falls_back_to_the_cached_policy(tmp_path: Path, key: Ed25519PrivateKey,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "policy.json"
+    assert cache(path, key).offer(payload(key, 4))
+    (tmp_path / "policy.json.version").write_text("garbage")
+    with caplog.at_level(logging.ERROR, logger="doorkeep.edge.policy"):
+        c = cache(path, key)
+    assert "not a version" in caplog.text
+    assert c.load() and c.version == 4 and c.floor == 4
+    with pytest.raises(PolicyError, match="older"):
+        c.offer(payload(key, 3))

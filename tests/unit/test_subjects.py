@@ -195,6 +195,56 @@ def test_the_server_skips_an_erased_person_still_in_people_toml(world: World,
     assert "remove them from people.toml" in caplog.text
 
 
+# ---------------------------------------------------------------- consents
+
+
+def check_in_with_consent(world: World, visitor: str = "v-zoe") -> None:
+    """Check the visitor in as the desk does (VisitorDesk.check_in): notice shown, photo consent given."""
+    from types import SimpleNamespace
+
+    from server.web.visitors import CheckInIn, Notice, VisitorDesk
+
+    directory = Directory(world.bundle, world.key, world.store, world.clock, audit=world.audit)
+    desk = VisitorDesk(SimpleNamespace(directory=directory, store=world.store), world.clock,
+                       Notice("2025-11", ("We record who passes which door.",)))
+    desk.check_in(visitor, CheckInIn(notice_version="2025-11", consent=True, photo_consent=True), "desk1")
+
+
+def test_export_of_a_visitor_lists_the_consent_given_at_check_in(world: World, tmp_path: Path) -> None:
+    check_in_with_consent(world)
+    out = tmp_path / "zoe.zip"
+    counts = subjects.export(world.bundle, world.store, world.key, "v-zoe", out, world.audit, now=NOW)
+    with zipfile.ZipFile(out) as z:
+        consents = json.loads(z.read("consents.json"))
+        manifest = json.loads(z.read("manifest.json"))
+    assert consents == [{"notice_version": "2025-11", "photo_consent": True,
+                         "consented_at": "2025-11-28T08:00:00.000Z"}]
+    assert counts["consents"] == 1 and "consents.json" in manifest["files"]
+    assert b"desk1" not in json.dumps(consents).encode()  # the operator is another person: not in the export
+
+
+def test_attack_erased_visitor_is_still_named_by_the_consent_row(world: World) -> None:
+    check_in_with_consent(world)
+    assert world.store.db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 1
+    out = world.erase("v-zoe")
+    assert out["counts"]["consents"] == 1
+    assert world.store.db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 0
+    # What the law still needs stays provable, without the name: the audit record of the consent.
+    [proof] = [r for r in world.audit.records() if r["action"] == "visitor.consent"]
+    assert proof["target"] == subject_ref(world.key, "v-zoe") and proof["actor"] == "desk1"
+    assert proof["details"] == {"notice_version": "2025-11", "photo_consent": True}
+    assert world.audit.verify().ok
+
+    def no_trace(blob: bytes) -> None:
+        for secret in (b"v-zoe", b"Zoe Zimmer"):
+            assert secret not in blob, f"{secret!r} still stored"
+
+    no_trace(world.db_bytes())  # erase checkpointed the WAL; secure_delete zeroed the freed pages
+    world.store.db.execute("VACUUM")
+    world.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    no_trace(world.db_bytes())
+
+
 # --------------------------------------------------------------------- CLI
 
 

@@ -46,3 +46,10 @@ def test_systemd_analyze_verifies_both_units(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "doorkeep" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in UNITS.glob("*.service")))
+def test_every_unit_creates_its_files_private_to_the_service_account(name: str) -> None:
+    """UMask=0077: the store, snapshots, outbox and policy cache a service creates are 0600 in 0700 directories,
+    whatever umask systemd would otherwise hand down (0022): no other local account reads visitors' names."""
+    assert _unit(name)["Service"].get("UMask") == "0077"
