@@ -60,7 +60,7 @@ from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
 from edge.osdp.cp import OsdpReader, build_buses
-from edge.outbox import MB, Outbox, OutboxError
+from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
 from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
 from edge.wiegand import WiegandReader
@@ -190,7 +190,9 @@ class EdgeAgent:
                         device.id, outbox_dir)
         else:
             outbox_dir = state_dir
-        self.outbox = Outbox(outbox_dir / "outbox.db", max_bytes=device.outbox_max_mb * MB, clock=self.clock)
+        # Rows whose MAC fails on drain are never sent; the control loop reports them as outbox_tampered.
+        self.outbox = Outbox(outbox_dir / "outbox.db", max_bytes=device.outbox_max_mb * MB, clock=self.clock,
+                             on_tampered=lambda rows: self._q.put(("outbox_tampered", rows)))
         self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
                          on_policy=self._on_policy if self.policy is not None else None,
@@ -418,6 +420,8 @@ class EdgeAgent:
             self._command(item[1])
         elif kind == "reader_security":
             self._reader_security(item[1], item[2], item[3])
+        elif kind == "outbox_tampered":
+            self._outbox_tampered(item[1])
 
     def _sync_lockdowns(self) -> None:
         """Lockdowns travel in the signed policy, so they hold when this edge decides alone; a signed
@@ -655,6 +659,30 @@ class EdgeAgent:
         self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
                                      device=self.device.id, door=door, type="reader_security",
                                      reason=None, detail={"cause": cause, **detail}))
+
+    def _outbox_tampered(self, rows: list[Tampered]) -> None:
+        """Rows of the outbox failed their MAC (edited, forged or spliced in on disk): they were not sent; say so.
+
+        The event lists what the rows claimed (ids, seqs, kinds: untrusted, for the investigation) and why each
+        failed; it is itself a new, MACed row, so it goes out in order with the genuine rows after them.
+        """
+        self.counters["outbox_tampered_rows"] += len(rows)
+        door = min(self.doors) if self.doors else None
+        if door is None:
+            return
+        shown = rows[:MAX_REPORTED_IDS]
+        detail: dict[str, Any] = {
+            "rows": len(rows),
+            "ids": [r.id for r in shown],
+            "seqs": [r.seq for r in shown if r.seq is not None],
+            "kinds": sorted({r.kind for r in rows}),
+            "why": sorted({r.why for r in rows}),
+        }
+        if len(rows) > len(shown):
+            detail["truncated"] = True
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=door, type="outbox_tampered", reason=None,
+                                     detail=detail))
 
     # ------------------------------------------------------------ door I/O
 

@@ -74,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+INSTALL_KEY_WARNING = (
+    "doorkeep osdp install-key: WARNING: the new key is sent under the public default key SCBK-D, so anyone "
+    "listening on the RS-485 bus at {url} learns it. Install keys on an isolated bus: the reader alone on its "
+    "wire, disconnected from the building's bus, with no other device attached (docs/readers.md)."
+)
+
+
 def osdp_install_key(args: argparse.Namespace) -> int:
     """``doorkeep osdp install-key DOOR --device FILE``: the only way doorkeep ever re-keys a reader.
 
@@ -82,6 +89,11 @@ def osdp_install_key(args: argparse.Namespace) -> int:
     moved into place; the reader is then checked online under the new key. The act is recorded as a
     ``reader_key_installed`` event in the edge's outbox, sent to the server when the agent next runs.
     Run it with the edge agent stopped: both would otherwise drive the same bus.
+
+    The new key is sent encrypted only under SCBK-D, which every reader ships with and the OSDP standard
+    publishes: anyone listening on the RS-485 wire during the install learns the key. So, before anything
+    is opened, the command says on stderr to do it on an isolated bus, the reader alone on its wire
+    (:data:`INSTALL_KEY_WARNING`; docs/readers.md "Installing a key").
     """
     import getpass
     import hashlib
@@ -122,6 +134,7 @@ def osdp_install_key(args: argparse.Namespace) -> int:
         print(f"doorkeep osdp install-key: {rc.scbk_file} already exists: the reader has a key "
               "(fix: to re-key, reset the reader to its default key and move the old file away)", file=sys.stderr)
         return 1
+    print(INSTALL_KEY_WARNING.format(url=rc.url), file=sys.stderr, flush=True)
     bus = OsdpBus(rc.url, [OsdpReaderSpec(args.door, rc.address, None)], lambda *_: None,
                   baudrate=rc.baudrate, poll_ms=rc.poll_ms)
     try:

@@ -18,6 +18,22 @@ Storage (one SQLite file, WAL, ``synchronous=FULL`` so a row is on disk when
              created_at REAL)
     messages_snapshots: index on messages(id) WHERE kind = 'snapshot'  -- oldest snapshot first
     meta(name PRIMARY KEY, value)  -- 'seq' (last event seq handed out), 'dropped_snapshots'
+    quarantine(...)  -- rows that failed their MAC, kept for inspection, never sent (schema 2)
+
+Tamper evidence (schema 2, docs/faults.md "Tampered outbox"): every row carries
+``mac = HMAC-SHA256-128(key, id, kind, codec, topic, stored payload, seq, prev_mac)``
+and ``prev_mac``, the first 8 bytes of the MAC of the row written just before it, so a row cannot be
+edited, moved to another id or spliced in from another file without the key. The
+key is 32 random bytes in its own file (``outbox.key`` beside ``outbox.db``, mode
+0600, created on first start; a file readable by group or others is refused).
+:meth:`Outbox.peek` checks every row (and its link to the row before it, when
+that one is still there and verifies) before it is handed to the pump: a row
+that fails is never published, it moves to ``quarantine`` and ``on_tampered``
+reports it (the agent turns that into an ``outbox_tampered`` event); the rows
+after it carry on. Rows deleted legitimately (acknowledged, snapshots dropped
+for space) leave gaps in the chain, so a deleted event is caught by the server's
+``event_gap`` alarm rather than here. Upgrading a schema 1 file MACs its rows
+once, in the transaction that creates the key (trust on first use).
 
 An event's ``seq`` is taken from ``meta`` and written in the same
 transaction as its row, so the counter keeps increasing across restarts and
@@ -37,10 +53,14 @@ touches the disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import shutil
 import sqlite3
+import stat
+import struct
 import threading
 import time
 import zlib
@@ -48,6 +68,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import EdgeError
@@ -60,7 +81,18 @@ DEFAULT_MAX_MB = 512
 DISK_RESERVE_BYTES = 16 * MB
 #: Bytes a row costs beyond its payload and topic (record header, cell pointer, page slack): an estimate.
 ROW_OVERHEAD = 48
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The MAC key's file, beside the database unless the caller names another.
+KEY_FILE_NAME = "outbox.key"
+KEY_BYTES = 32
+#: A row's MAC: HMAC-SHA256 truncated to 128 bits (as RFC 4868 does); its link to the row before it: the first
+#: 64 bits of that row's MAC (under the row's own MAC, so it cannot be changed; a collision with another genuine
+#: row is a 2^-64 chance). 26 bytes a row in all, about a tenth of an event's (bench/outbox.py).
+MAC_LEN = 16
+LINK_LEN = 8
+_MAC_DOMAIN = b"doorkeep.outbox.row/1\x00"
+#: How many tampered ids one report lists (the count is always complete).
+MAX_REPORTED_IDS = 50
 
 KIND_EVENT = "event"
 KIND_SNAPSHOT = "snapshot"
@@ -129,6 +161,77 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
+def row_mac(key: bytes, rid: int, kind: str, codec: int, topic: str, blob: bytes, seq: int | None,
+            prev_mac: bytes) -> bytes:
+    """HMAC-SHA256 of one row as stored (the payload before decoding: checked before it is inflated).
+
+    Every field is length-prefixed, so no two different rows encode alike.
+    """
+    k = kind.encode("utf-8")
+    t = topic.encode("utf-8")
+    parts = [_MAC_DOMAIN, struct.pack(">qiB", rid, codec, seq is not None), struct.pack(">q", seq or 0),
+             struct.pack(">I", len(k)), k, struct.pack(">I", len(t)), t, struct.pack(">I", len(blob)), bytes(blob),
+             struct.pack(">I", len(prev_mac)), bytes(prev_mac)]
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()[:MAC_LEN]
+
+
+def load_or_create_key(path: Path) -> tuple[bytes, bool]:
+    """The outbox's MAC key and whether it was created now; refuses a file open to group or others.
+
+    Created with O_EXCL and mode 0600, fsync'd with its directory, so a crash leaves either no key or a whole one.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OutboxError(f"{path}: cannot create the outbox key ({exc}); fix: make its directory writable "
+                          "by the edge's user") from exc
+    else:
+        key = os.urandom(KEY_BYTES)
+        try:
+            os.write(fd, (key.hex() + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return key, True
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutboxError(f"{path}: cannot read the outbox key ({exc.__class__.__name__}); fix: run as its "
+                          "owner") from None
+    if mode & 0o077:
+        raise OutboxError(f"{path}: outbox key file is open to group or others (mode {mode:o}); "
+                          f"fix: chmod 600 {path}")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise OutboxError(f"{path}: outbox key is not {KEY_BYTES * 2} hex digits; fix: move it away (a new key is "
+                          "made at the next start, and the rows still in the outbox are then reported as "
+                          "tampered, since they can no longer be checked)")
+    return key, False
+
+
+@dataclass(frozen=True, slots=True)
+class Tampered:
+    """A row that failed its check: what it claimed (not trusted) and why it failed."""
+
+    id: int
+    kind: str
+    topic: str
+    seq: int | None
+    why: str
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     id: int
@@ -150,14 +253,27 @@ _SCHEMA = [
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT INTO meta (name, value) VALUES ('seq', 0), ('dropped_snapshots', 0)",
 ]
+# Schema 1 -> 2: the MAC columns and the quarantine (the rows are MACed by Outbox._migrate, with the key).
+_SCHEMA_2 = [
+    "ALTER TABLE messages ADD COLUMN mac BLOB",
+    "ALTER TABLE messages ADD COLUMN prev_mac BLOB",
+    ("CREATE TABLE quarantine ("
+     " id INTEGER NOT NULL, kind TEXT, codec INTEGER, topic TEXT, payload BLOB, seq INTEGER, created_at REAL,"
+     " mac BLOB, prev_mac BLOB, found_at REAL NOT NULL, why TEXT NOT NULL)"),
+]
+_COLUMNS = "id, kind, codec, topic, payload, seq, mac, prev_mac"
 
 
 class Outbox:
     """The SQLite outbox of one edge device. Thread-safe."""
 
     def __init__(self, path: Path | str, *, max_bytes: int = DEFAULT_MAX_MB * MB, clock: Clock | None = None,
-                 disk_free: Callable[[], int] | None = None) -> None:
-        """``disk_free`` returns the bytes left on the outbox's disk (default: ``shutil.disk_usage``)."""
+                 disk_free: Callable[[], int] | None = None, key_path: Path | str | None = None,
+                 on_tampered: Callable[[list[Tampered]], None] | None = None) -> None:
+        """``disk_free`` returns the bytes left on the outbox's disk (default: ``shutil.disk_usage``).
+
+        ``key_path``: the MAC key's file (default ``outbox.key`` beside the database). ``on_tampered`` is called
+        (from the thread that peeks, outside the outbox's lock) with the rows that failed their check."""
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.path = Path(path)
@@ -172,10 +288,14 @@ class Outbox:
         self._over_limit_logged = 0.0
         self._over_limit_since_log = 0
         self.set_aside: Path | None = None
+        self.on_tampered = on_tampered
+        self.tampered_rows = 0
+        self.key_path = Path(key_path) if key_path is not None else self.path.with_name(KEY_FILE_NAME)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutboxError(f"cannot create the outbox directory {self.path.parent}: {exc}") from exc
+        self._key, self._key_created = load_or_create_key(self.key_path)
         salvaged_seq = 0
         try:
             try:
@@ -196,6 +316,9 @@ class Outbox:
         self._dropped = int(meta["dropped_snapshots"])
         self._pending = int(self._conn.execute("SELECT count(*) FROM messages").fetchone()[0])
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        last = self._conn.execute("SELECT mac FROM messages ORDER BY id DESC LIMIT 1").fetchone()
+        self._last_mac: bytes = bytes(last[0]) if last is not None and last[0] is not None else b""
+        """The MAC of the last row written: the next row's ``prev_mac`` (only changed after a commit)."""
         if self._pending:
             log.info("outbox %s: %d message(s) from before the restart to deliver; last seq %d",
                      self.path, self._pending, self._seq)
@@ -204,6 +327,10 @@ class Outbox:
 
     def _open(self) -> sqlite3.Connection:
         """Connect, check and create the schema; raises _Unusable for a file that is not a sound database."""
+        # Created 0600 before SQLite opens it, whatever the umask: SQLite gives the -wal and -shm files the
+        # database's own mode, and the rows hold card hashes and snapshots.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         try:
             try:
@@ -220,11 +347,16 @@ class Outbox:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA journal_size_limit={4 * MB}")  # the WAL shrinks back after a checkpoint
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version == 0:
+            if version in (0, 1):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for stmt in _SCHEMA:
+                    if version == 0:
+                        for stmt in _SCHEMA:
+                            conn.execute(stmt)
+                    for stmt in _SCHEMA_2:
                         conn.execute(stmt)
+                    if version == 1:
+                        self._migrate(conn)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     conn.execute("COMMIT")
                 except BaseException:
@@ -237,6 +369,31 @@ class Outbox:
             conn.close()
             raise
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 -> 2: MAC the rows already waiting, in order, once (they were written before there was a
+        key: trusted on first use). Only when the key is new too: a schema 1 file met by an existing key is
+        not an upgrade but a file put back or rewritten, and its rows are left without a MAC, so the drain
+        reports them as tampered instead of blessing them."""
+        count = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+        if not self._key_created:
+            log.error("outbox %s: schema 1 file but the key %s already existed: its %d row(s) are not MACed and "
+                      "will be reported as tampered", self.path, self.key_path, count)
+            return
+        prev = b""
+        for rid, kind, codec, topic, blob, seq in conn.execute(
+                "SELECT id, kind, codec, topic, payload, seq FROM messages ORDER BY id").fetchall():
+            link = prev[:LINK_LEN]
+            mac = row_mac(self._key, rid, kind, codec, topic, blob, seq, link)
+            conn.execute("UPDATE messages SET mac = ?, prev_mac = ? WHERE id = ?", (mac, link, rid))
+            prev = mac
+        log.warning("outbox %s upgraded to tamper-evident rows: %d waiting row(s) MACed as found", self.path, count)
+
+    def _next_id(self, conn: sqlite3.Connection) -> int:
+        """Inside a write transaction: the id the next row gets (as AUTOINCREMENT would give it)."""
+        row = conn.execute("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),"
+                           " coalesce((SELECT max(id) FROM messages), 0))").fetchone()
+        return int(row[0]) + 1
 
     def _set_aside(self, why: str) -> int:
         """Move an unusable database aside (with its WAL); returns the last seq it still shows, if any."""
@@ -350,16 +507,23 @@ class Outbox:
             if not rows:
                 return []
             now = self.clock.wall()
+            prev = self._last_mac
             try:
                 with self._write() as conn:
                     dropped = 0
+                    rid = self._next_id(conn)
                     for topic, s, _, blob in rows:
                         fits, d = self._make_room(self._need(len(blob) + len(topic)))
                         dropped += d
                         if not fits:
                             self._over_limit()
-                        conn.execute("INSERT INTO messages (kind, codec, topic, payload, seq, created_at) "
-                                     "VALUES ('event', ?, ?, ?, ?, ?)", (CODEC_EVENT_DEFLATE, topic, blob, s, now))
+                        link = prev[:LINK_LEN]
+                        mac = row_mac(self._key, rid, KIND_EVENT, CODEC_EVENT_DEFLATE, topic, blob, s, link)
+                        conn.execute("INSERT INTO messages (id, kind, codec, topic, payload, seq, created_at, mac, "
+                                     "prev_mac) VALUES (?, 'event', ?, ?, ?, ?, ?, ?, ?)",
+                                     (rid, CODEC_EVENT_DEFLATE, topic, blob, s, now, mac, link))
+                        prev = mac
+                        rid += 1
                     conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
             except sqlite3.Error as exc:
                 self._seq = seq  # the numbers are spent: the caller publishes these events without the outbox
@@ -368,6 +532,7 @@ class Outbox:
                 raise OutboxError(f"cannot store the event: {exc}",
                                   events=[(s, t, payload) for t, s, payload, _ in rows]) from exc
             self._seq = seq
+            self._last_mac = prev
             self._pending += len(rows) - dropped
             self._dropped += dropped
         self._notify()
@@ -377,19 +542,24 @@ class Outbox:
         """Store one snapshot; False if it was dropped at once because not even it fits."""
         with self._lock:
             need = self._need(len(jpeg) + len(topic))
+            mac = self._last_mac
             try:
                 with self._write() as conn:
                     fits, dropped_older = self._make_room(need)
                     if fits:
-                        conn.execute("INSERT INTO messages (kind, codec, topic, payload, seq, created_at) "
-                                     "VALUES ('snapshot', ?, ?, ?, NULL, ?)",
-                                     (CODEC_RAW, topic, jpeg, self.clock.wall()))
+                        rid = self._next_id(conn)
+                        link = self._last_mac[:LINK_LEN]
+                        mac = row_mac(self._key, rid, KIND_SNAPSHOT, CODEC_RAW, topic, jpeg, None, link)
+                        conn.execute("INSERT INTO messages (id, kind, codec, topic, payload, seq, created_at, mac, "
+                                     "prev_mac) VALUES (?, 'snapshot', ?, ?, ?, NULL, ?, ?, ?)",
+                                     (rid, CODEC_RAW, topic, jpeg, self.clock.wall(), mac, link))
                     else:
                         conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'dropped_snapshots'")
             except sqlite3.Error as exc:
                 self.write_errors += 1
                 log.error("outbox: could not store the snapshot %s (%s); it is lost", topic, exc)
                 raise OutboxError(f"cannot store the snapshot: {exc}") from exc
+            self._last_mac = mac
             self._pending += (1 if fits else 0) - dropped_older
             self._dropped += dropped_older + (0 if fits else 1)
         if not fits:
@@ -451,23 +621,106 @@ class Outbox:
     # ---------------------------------------------------------------- drain
 
     def peek(self, after: int = 0, limit: int = 100) -> list[Row]:
-        """The oldest rows with an id above ``after``, in insertion order, payloads decoded."""
+        """The oldest rows with an id above ``after`` that pass their MAC check, in order, payloads decoded.
+
+        A row that fails is quarantined (never returned, so never published) and reported through
+        ``on_tampered``; the scan goes on past it, so the good rows behind it still come. The lock is taken
+        per chunk, so a file full of forged rows never holds up the doors' puts for long.
+        """
+        rows: list[Row] = []
+        cursor = after
+        while len(rows) < limit:
+            tampered: list[Tampered] = []
+            with self._lock:
+                found = self._conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                                           (cursor, max(limit - len(rows), 1))).fetchall()
+                if not found:
+                    break
+                prev_id = found[0][0] - 1
+                prev_good = self._verified_mac(prev_id)
+                bad: list[tuple[int, Any, Any, Any, str]] = []
+                for rid, kind, codec, topic, blob, seq, mac, prev_mac in found:
+                    cursor = rid
+                    why = self._check(rid, kind, codec, topic, blob, seq, mac, prev_mac,
+                                      prev_good if prev_id == rid - 1 else None)
+                    prev_id = rid
+                    if why is not None:
+                        bad.append((rid, kind, topic, seq, why))
+                        prev_good = None
+                        continue
+                    prev_good = bytes(mac)
+                    try:
+                        rows.append(Row(rid, kind, topic, _decode(codec, blob)))
+                    except zlib.error as exc:
+                        # MAC-verified yet undecodable: a bug, not an attack; a row no one can send must not
+                        # block the rest.
+                        self.corrupt_rows += 1
+                        log.error("outbox: row %d (%s) cannot be decoded (%s); discarded", rid, topic, exc)
+                        with self._write(durable=False) as conn:
+                            if conn.execute("DELETE FROM messages WHERE id = ?", (rid,)).rowcount:
+                                self._pending -= 1
+                if bad:
+                    tampered = self._quarantine(bad)
+            if tampered:
+                self._report(tampered)
+        return rows
+
+    def _check(self, rid: int, kind: Any, codec: Any, topic: Any, blob: Any, seq: Any, mac: Any, prev_mac: Any,
+               prev_good: bytes | None) -> str | None:
+        """Why the row cannot be trusted, or None. ``prev_good``: the verified MAC of row ``rid - 1``, if any."""
+        if not isinstance(mac, bytes) or not isinstance(prev_mac, bytes):
+            return "no MAC"
+        if not (isinstance(kind, str) and isinstance(codec, int) and isinstance(topic, str)
+                and isinstance(blob, bytes) and (seq is None or isinstance(seq, int))):
+            return "column of the wrong type"
+        if not hmac.compare_digest(row_mac(self._key, rid, kind, codec, topic, blob, seq, prev_mac), mac):
+            return "MAC does not verify"
+        if prev_good is not None and not hmac.compare_digest(prev_good[:LINK_LEN], prev_mac):
+            return "not chained to the row before it"
+        return None
+
+    def _verified_mac(self, rid: int) -> bytes | None:
+        """The MAC of row ``rid`` if it is still there and verifies (the anchor for the next row's link)."""
+        found = self._conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (rid,)).fetchone()
+        if found is None or self._check(*found, None) is not None:
+            return None
+        return bytes(found[6])
+
+    def _quarantine(self, bad: list[tuple[int, Any, Any, Any, str]]) -> list[Tampered]:
+        """Move rows that failed their check out of the queue (one transaction), kept for inspection; never sent."""
+        now = self.clock.wall()
+        with self._write(durable=False) as conn:
+            gone = 0
+            for rid, _, _, _, why in bad:
+                conn.execute("INSERT INTO quarantine (id, kind, codec, topic, payload, seq, created_at, mac, "
+                             "prev_mac, found_at, why) SELECT id, kind, codec, topic, payload, seq, created_at, mac, "
+                             "prev_mac, ?, ? FROM messages WHERE id = ?", (now, why, rid))
+                gone += conn.execute("DELETE FROM messages WHERE id = ?", (rid,)).rowcount
+        self._pending -= gone
+        self.tampered_rows += len(bad)
+        items = [Tampered(rid, str(kind)[:20], str(topic)[:200],
+                          seq if isinstance(seq, int) and not isinstance(seq, bool) else None, why)
+                 for rid, kind, topic, seq, why in bad]
+        first = items[0]
+        log.error("outbox %s: %d row(s) failed their check and are NOT sent (kept in its quarantine table); "
+                  "first: row %d (%s %s, claims seq %s): %s", self.path, len(items), first.id, first.kind,
+                  first.topic, first.seq, first.why)
+        return items
+
+    def _report(self, tampered: list[Tampered]) -> None:
+        if self.on_tampered is None:
+            return
+        try:
+            self.on_tampered(tampered)
+        except Exception:
+            log.exception("outbox: reporting tampered rows failed")
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """The rows set aside as tampered (for inspection and tests)."""
         with self._lock:
-            found = self._conn.execute(
-                "SELECT id, kind, codec, topic, payload FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit)).fetchall()
-            rows = []
-            for rid, kind, codec, topic, blob in found:
-                try:
-                    rows.append(Row(rid, kind, topic, _decode(codec, blob)))
-                except zlib.error as exc:
-                    # Cannot happen in a consistent file; a row no one can send must not block the rest.
-                    self.corrupt_rows += 1
-                    log.error("outbox: row %d (%s) cannot be decoded (%s); discarded", rid, topic, exc)
-                    with self._write(durable=False) as conn:
-                        if conn.execute("DELETE FROM messages WHERE id = ?", (rid,)).rowcount:
-                            self._pending -= 1
-            return rows
+            cur = self._conn.execute("SELECT id, kind, topic, seq, why FROM quarantine ORDER BY id")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged rows; returns how many were still there."""

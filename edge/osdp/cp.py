@@ -11,6 +11,13 @@ offline with the reason ``needs_key`` until an operator runs ``doorkeep osdp ins
 verify, a reader answering in clear inside a session, or a reader that stops offering Secure Channel after it
 had one is reported through ``on_security`` (the agent makes it a ``reader_security`` alarm) and the session is
 dropped; nothing read in such a packet is ever passed on as a card.
+
+Security signals (docs/readers.md "Security signals"): besides those, a Secure Channel handshake that fails
+again and again (``handshake_failed``: a wrong client cryptogram or R-MAC-I, a refused or malformed challenge)
+and NAKs in clear from a reader that must speak Secure Channel (``clear_nak``: what a storm of injected NAKs
+looks like) are reported too. Every cause goes through a :class:`SignalLimiter` per reader: reported once it
+reaches its threshold within ``signal_window_s``, then at most once per window with the counts, never once per
+packet, so an attacker on the wire cannot flood the alarm list.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from edge.osdp.secure import (
     SecureChannelError,
     SecureSession,
     client_cryptogram,
+    cryptograms_match,
     derive_session_keys,
     initial_rmac,
     random_bytes,
@@ -63,6 +71,18 @@ REASON_NEEDS_KEY = "needs_key"
 REASON_WRONG_KEY = "wrong_key"
 REASON_SC_UNSUPPORTED = "sc_unsupported"
 REASON_SECURITY = "security_fault"
+
+# Security signal causes (the ``detail.cause`` of a ``reader_security`` event; docs/readers.md)
+CAUSE_MAC_FAILURE = "mac_failure"
+CAUSE_DOWNGRADE = "downgrade"
+CAUSE_HANDSHAKE_FAILED = "handshake_failed"
+CAUSE_CLEAR_NAK = "clear_nak"
+#: Occurrences within the window before a cause is reported. A MAC failure or a downgrade is an attack on its
+#: own; one failed handshake or one clear NAK is a reader rebooting, a few in a minute are not.
+SIGNAL_THRESHOLDS: dict[str, int] = {CAUSE_MAC_FAILURE: 1, CAUSE_DOWNGRADE: 1, CAUSE_HANDSHAKE_FAILED: 3,
+                                     CAUSE_CLEAR_NAK: 4}
+#: One report per cause per reader per window at most; the next one carries the count of what came between.
+SIGNAL_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,42 @@ class OsdpReaderStats:
     polls: int = 0
 
 
+class SignalLimiter:
+    """Turns a stream of security faults of one cause at one reader into rare, counted reports (pure).
+
+    :meth:`note` records one occurrence at ``now`` (the bus's wire clock) and returns the counts to report, or
+    None: nothing until ``threshold`` occurrences fall within ``window_s``, then one report, then none until
+    ``window_s`` after it. ``count`` in a report is every occurrence since the previous report (so nothing
+    suppressed goes unaccounted), ``in_window`` those of the last ``window_s``, ``total`` since the start.
+    """
+
+    def __init__(self, threshold: int, window_s: float) -> None:
+        if threshold < 1 or window_s <= 0:
+            raise ValueError("threshold must be at least 1 and window_s positive")
+        self.threshold = threshold
+        self.window_s = window_s
+        self.total = 0
+        self._times: collections.deque[float] = collections.deque()
+        self._since_report = 0
+        self._reported_at: float | None = None
+
+    def note(self, now: float) -> dict[str, Any] | None:
+        self.total += 1
+        self._since_report += 1
+        self._times.append(now)
+        while self._times and self._times[0] <= now - self.window_s:
+            self._times.popleft()
+        if len(self._times) < self.threshold:
+            return None
+        if self._reported_at is not None and now - self._reported_at < self.window_s:
+            return None
+        counts = {"count": self._since_report, "in_window": len(self._times), "window_s": self.window_s,
+                  "total": self.total}
+        self._reported_at = now
+        self._since_report = 0
+        return counts
+
+
 @dataclass
 class _Reader:
     spec: OsdpReaderSpec
@@ -116,6 +172,8 @@ class _Reader:
     last_tamper: bool | None = None
     missed: bool = False
     """The last exchange timed out: the reader may have acted on it and sent a reply we never heard."""
+    signals: dict[str, SignalLimiter] = field(default_factory=dict)
+    """Per security cause: the limiter that decides when it is reported (bus thread only)."""
 
     def __post_init__(self) -> None:
         self.repeats = RepeatFilter(self.spec.repeat_ignore_s)
@@ -128,7 +186,12 @@ class OsdpBus:
                  baudrate: int = 9600, poll_ms: int = 100, clock: Clock | None = None,
                  on_tamper: TamperCallback | None = None, on_security: SecurityCallback | None = None,
                  offline_after_s: float = OFFLINE_AFTER_S, reply_timeout_s: float = REPLY_TIMEOUT_S,
-                 port: Any = None) -> None:
+                 port: Any = None, retry_key_problem_s: float = RETRY_KEY_PROBLEM_S,
+                 signal_window_s: float = SIGNAL_WINDOW_S,
+                 signal_thresholds: dict[str, int] | None = None) -> None:
+        """``signal_window_s`` and ``signal_thresholds`` (cause -> occurrences, merged over
+        :data:`SIGNAL_THRESHOLDS`) shape the ``reader_security`` reports; ``retry_key_problem_s`` is the pause
+        before a reader refused for its key or capabilities is tried again."""
         addresses = [r.address for r in readers]
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"{url}: two readers share an OSDP address ({addresses})")
@@ -148,6 +211,9 @@ class OsdpBus:
         self._on_security = on_security
         self.offline_after_s = offline_after_s
         self.reply_timeout_s = reply_timeout_s
+        self.retry_key_problem_s = retry_key_problem_s
+        self.signal_window_s = signal_window_s
+        self.signal_thresholds = {**SIGNAL_THRESHOLDS, **(signal_thresholds or {})}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -335,19 +401,24 @@ class OsdpBus:
         if reply is None:
             return
         if reply.code == pk.REPLY_NAK:
-            self._refuse(r, REASON_SC_UNSUPPORTED, f"reader refused the challenge (NAK {pk.decode_nak(reply.data)})")
+            why = f"reader refused the challenge (NAK {pk.decode_nak(reply.data)})"
+            self._handshake_failed(r, why)
+            self._refuse(r, REASON_SC_UNSUPPORTED, why)
             return
         if reply.code != pk.REPLY_CCRYPT or len(reply.data) != 32 or reply.scb_type != pk.SCS_12:
             self._fault(r, "malformed", "CHLNG not answered by a CCRYPT")
+            self._handshake_failed(r, "CHLNG not answered by a CCRYPT")
             self._restart(r, REASON_NO_REPLY)
             return
         rnd_b, crypt = reply.data[8:16], reply.data[16:32]
         keys = derive_session_keys(key, r.rnd_a)
-        if client_cryptogram(keys, r.rnd_a, rnd_b) != crypt:
+        if not cryptograms_match(client_cryptogram(keys, r.rnd_a, rnd_b), crypt):
             if not install and self._knows_only_default_key(r):
+                # Factory state, waiting for install-key: expected, reported as reader_offline needs_key.
                 self._refuse(r, REASON_NEEDS_KEY, "reader only knows the default key SCBK-D "
                                                   "(fix: doorkeep osdp install-key DOOR --device FILE)")
             else:
+                self._handshake_failed(r, "client cryptogram does not verify under this reader's key")
                 self._refuse(r, REASON_WRONG_KEY, "reader's key does not match scbk_file "
                                                   "(fix: point scbk_file at this reader's key, or reset the "
                                                   "reader to its default key and run doorkeep osdp install-key)")
@@ -356,7 +427,9 @@ class OsdpBus:
         reply = self._exchange(r, pk.CMD_SCRYPT, scrypt, scb=pk.Scb.handshake(pk.SCS_13, r.key_type))
         if reply is None:
             return
-        if reply.code != pk.REPLY_RMAC_I or len(reply.data) != 16 or initial_rmac(keys, scrypt) != reply.data:
+        if reply.code != pk.REPLY_RMAC_I or len(reply.data) != 16 \
+                or not cryptograms_match(initial_rmac(keys, scrypt), reply.data):
+            self._handshake_failed(r, "R-MAC-I does not verify")
             self._refuse(r, REASON_WRONG_KEY, "reader's R-MAC-I does not verify")
             return
         r.session = SecureSession.established(keys, bytes(reply.data))
@@ -391,7 +464,7 @@ class OsdpBus:
         if reply is None or reply.code != pk.REPLY_CCRYPT or len(reply.data) != 32:
             return False
         keys = derive_session_keys(SCBK_D, rnd_a)
-        return client_cryptogram(keys, rnd_a, reply.data[8:16]) == reply.data[16:32]
+        return cryptograms_match(client_cryptogram(keys, rnd_a, reply.data[8:16]), reply.data[16:32])
 
     def _online_reply(self, r: _Reader, code: int, data: bytes, reply: pk.Packet) -> None:
         t_read = self.clock.monotonic()
@@ -492,6 +565,13 @@ class OsdpBus:
         now = self._wire.monotonic()
         with self._lock:
             r.stats.last_data_at = self.clock.monotonic()
+        if r.spec.secure and reply.code == pk.REPLY_NAK and reply.scb_type not in (pk.SCS_16, pk.SCS_18) \
+                and cmd.code != pk.CMD_CHLNG:
+            # A reader that must speak Secure Channel NAKs in clear: once after a reboot is normal, a stream is
+            # what NAKs injected on the wire look like (they cost the attacker no key). A refused challenge is
+            # counted as a failed handshake instead.
+            self._security(r, CAUSE_CLEAR_NAK, {"detail": f"NAK {pk.decode_nak(reply.data)} in clear to command "
+                                                          f"{cmd.code:02X}"}, restart=False)
         if reply.sequence != cmd.sequence:
             self._fault(r, "sequence", f"reply sequence {reply.sequence} to command sequence {cmd.sequence}")
             self._restart(r, REASON_NO_REPLY)
@@ -504,7 +584,7 @@ class OsdpBus:
                     self._fault(r, "session_lost", f"NAK {pk.decode_nak(reply.data)} in clear inside a session")
                     self._restart(r, REASON_NO_REPLY)
                     return None
-                self._security(r, "downgrade", {"detail": f"reply {reply.code:02X} in clear inside a session"})
+                self._security(r, CAUSE_DOWNGRADE, {"detail": f"reply {reply.code:02X} in clear inside a session"})
                 return None
             try:
                 reply = r.session.open(reply)
@@ -517,7 +597,7 @@ class OsdpBus:
                     self._fault(r, "session_lost", f"MAC mismatch right after a timeout: {exc}")
                     self._restart(r, REASON_NO_REPLY)
                     return None
-                self._security(r, "mac_failure", {"detail": str(exc)})
+                self._security(r, CAUSE_MAC_FAILURE, {"detail": str(exc)})
                 return None
         elif secure_reply:
             self._fault(r, "unexpected", "secure reply without a session")
@@ -561,16 +641,29 @@ class OsdpBus:
         if r.stats.reason != reason:
             log.error("OSDP %s address %d (door %s): %s", self.url, r.spec.address, r.spec.door, why)
         if r.had_sc and reason in (REASON_SC_UNSUPPORTED, REASON_NEEDS_KEY):
-            self._security(r, "downgrade", {"detail": why}, restart=False)
+            self._security(r, CAUSE_DOWNGRADE, {"detail": why}, restart=False)
         self._restart(r, reason)
-        r.next_try = self._wire.monotonic() + RETRY_KEY_PROBLEM_S
+        r.next_try = self._wire.monotonic() + self.retry_key_problem_s
+
+    def _handshake_failed(self, r: _Reader, why: str) -> None:
+        """A Secure Channel handshake that did not complete (not the factory-key case): a signal when repeated."""
+        self._security(r, CAUSE_HANDSHAKE_FAILED, {"detail": why}, restart=False)
 
     def _security(self, r: _Reader, cause: str, detail: dict[str, Any], *, restart: bool = True) -> None:
-        log.error("OSDP %s address %d (door %s): security fault %s: %s", self.url, r.spec.address, r.spec.door,
-                  cause, detail.get("detail", ""))
+        """Count one security fault; report it through ``on_security`` only when its limiter says so."""
         with self._lock:
             r.stats.faults[cause] = r.stats.faults.get(cause, 0) + 1
-        self._call(self._on_security, r.spec.door, cause, {"address": r.spec.address, **detail})
+        limiter = r.signals.get(cause)
+        if limiter is None:
+            limiter = r.signals[cause] = SignalLimiter(self.signal_thresholds.get(cause, 1), self.signal_window_s)
+        counts = limiter.note(self._wire.monotonic())
+        if counts is None:
+            log.warning("OSDP %s address %d (door %s): security fault %s (%d so far): %s", self.url,
+                        r.spec.address, r.spec.door, cause, limiter.total, detail.get("detail", ""))
+        else:
+            log.error("OSDP %s address %d (door %s): security fault %s, reported (%d since the last report): %s",
+                      self.url, r.spec.address, r.spec.door, cause, counts["count"], detail.get("detail", ""))
+            self._call(self._on_security, r.spec.door, cause, {"address": r.spec.address, **detail, **counts})
         if restart:
             self._restart(r, REASON_SECURITY)
 

@@ -126,6 +126,17 @@ def decrypt_data(keys: SessionKeys, last_mac: bytes, data: bytes) -> bytes:
     return unpad_data(_cbc_decrypt(keys.s_enc, iv, data))
 
 
+def cryptograms_match(expected: bytes, received: bytes) -> bool:
+    """The one way doorkeep compares a cryptogram, an R-MAC-I or a MAC: in constant time.
+
+    ``==`` on bytes returns at the first differing byte, so the time a refusal takes tells a peer on the bus how
+    many leading bytes it guessed right; ``hmac.compare_digest`` takes the same time whatever the contents.
+    Every comparison of secret-derived bytes in ``edge/osdp/`` and the PD simulator goes through here
+    (tests/unit/test_osdp_security.py checks the sources for any other).
+    """
+    return hmac.compare_digest(bytes(expected), bytes(received))
+
+
 def random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
@@ -179,7 +190,7 @@ class SecureSession:
             raise SecureChannelError(f"packet without a Secure Channel block (SCB {packet.scb.hex() or 'none'})")
         iv = self._iv_for(from_cp)
         mac = compute_mac(self.keys, iv, packet.header_and_body())
-        if not hmac.compare_digest(mac[:MAC_LEN], packet.mac):
+        if not cryptograms_match(mac[:MAC_LEN], packet.mac):
             raise SecureChannelError("MAC does not verify")
         data = packet.data
         if packet.scb_type in (SCS_17, SCS_18):

@@ -145,3 +145,35 @@ def test_a_factory_reader_is_reported_offline_needing_a_key_and_a_forged_reply_r
         assert not runner.doors[DOOR].door.relay_history
     finally:
         runner.stop()
+
+
+def test_attack_clear_nak_storm_on_the_bus_raises_one_reader_security_alarm_at_the_server(
+        mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a storm of NAKs injected in clear used to take the reader offline with no reader_security
+    alarm. Now exactly one event (cause clear_nak, with its counts) reaches the server, not one per packet."""
+    runner, pds = _osdp_site(mosquitto, tmp_path, monkeypatch, lambda: OsdpPdSimulator(address=0, scbk=KEY))
+    runner.start()
+    try:
+        assert runner.wait_connected(10)
+        [sim] = pds
+        edge_reader = runner.agents["pi-lobby"].doors[DOOR].reader
+        assert wait_until(lambda: edge_reader.stats.online and edge_reader.stats.secure, 10), edge_reader.stats
+        store = runner.server.store
+
+        def security() -> list[dict]:
+            return [e for e in store.events(50, door=DOOR) if e["type"] == "reader_security"]
+
+        assert not security()
+        sim.nak_storm = True
+        assert wait_until(lambda: edge_reader.stats.faults.get("clear_nak", 0) >= 30, 10), edge_reader.stats
+        assert wait_until(lambda: security(), 10)
+        assert wait_until(lambda: any(a["type"] == "reader_security" for a in store.open_alarms()), 5)
+        # The storm goes on: still only one event once everything the edge queued has been delivered.
+        agent = runner.agents["pi-lobby"]
+        assert wait_until(lambda: edge_reader.stats.faults.get("clear_nak", 0) >= 60, 10)
+        assert agent.sync(5) and wait_until(lambda: agent.outbox.pending == 0, 10)
+        [ev] = security()
+        assert '"cause": "clear_nak"' in ev["detail"] and '"count": ' in ev["detail"]
+        assert not runner.doors[DOOR].door.relay_history
+    finally:
+        runner.stop()

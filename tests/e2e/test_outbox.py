@@ -25,7 +25,7 @@ from doorkeep.contract import EventMsg, Topics
 from edge.agent import EdgeAgent
 from edge.link import Link
 from edge.outbox import Outbox
-from simulators.brokers import MosquittoBroker, subscribed_client
+from simulators.brokers import OBSERVER, MosquittoBroker, subscribed_client
 from simulators.site import DEMO_SITE, SiteRunner, mosquitto_installed
 from tests.conftest import wait_until
 
@@ -165,6 +165,63 @@ def test_an_edge_restarted_after_a_crash_delivers_what_it_had_not_sent_and_seq_c
     assert wait_until(lambda: new.outbox.pending == 0, 10)
 
 
+def test_attack_denial_rewritten_as_a_grant_in_the_edge_outbox_never_reaches_the_server(
+        private_site: SiteRunner) -> None:
+    """Issue 12: a denial waiting in ``outbox.db`` is rewritten with sqlite3 into a grant while the edge is down.
+    The restarted edge refuses the row on drain: the server never stores it (as a grant or at all), gets an
+    ``outbox_tampered`` alarm naming the row, and every genuine event before and after it is stored."""
+    import sqlite3
+
+    from edge.outbox import _deflate, _inflate
+
+    runner = private_site
+    old = runner.agents[DEVICE]
+    seen = access_events(old)
+    runner.stop_broker()
+    badge_all(runner, strangers(3, 5), seen)  # three denials wait in the outbox
+    assert [ev.decision for ev in seen] == ["denied"] * 3
+    victim = seen[1]
+    crash(old)
+
+    state_dir = runner.data_dir / "edge" / DEVICE
+    conn = sqlite3.connect(state_dir / "outbox.db", isolation_level=None)
+    try:
+        rid, blob = conn.execute("SELECT id, payload FROM messages WHERE seq = ?", (victim.seq,)).fetchone()
+        forged = json.loads(_inflate(blob))
+        assert forged["id"] == victim.id and forged["decision"] == "denied"
+        forged.update(decision="granted", reason="granted_offline", person="alice")
+        conn.execute("UPDATE messages SET payload = ? WHERE id = ?", (_deflate(json.dumps(forged).encode()), rid))
+    finally:
+        conn.close()
+
+    new = EdgeAgent(old.device, runner.bundle.site, runner.key, clock=runner.clock, pin_factory=old._factory,
+                    policy_key=runner.signing_key.public_key(), state_dir=state_dir)
+    runner.agents[DEVICE] = new
+    after = access_events(new)
+    new.start()
+    assert runner.start_broker(30)
+    store = runner.server.store
+
+    def tampered_alarms() -> list[dict]:
+        return [a for a in store.open_alarms() if a["type"] == "outbox_tampered"]
+
+    assert wait_until(lambda: tampered_alarms(), 30), "no outbox_tampered alarm"
+    genuine = {seen[0].id, seen[2].id}
+    assert wait_until(lambda: len(stored_seqs(runner, genuine)) == 2, 30), "a genuine event was lost"
+    assert store.event(victim.id) is None, "the rewritten row reached the server"
+    assert not [e for e in store.events(200) if e["type"] == "access" and e["decision"] == "granted"
+                and e["device"] == DEVICE]
+    [report] = [e for e in store.events(200) if e["type"] == "outbox_tampered"]
+    detail = json.loads(report["detail"])
+    assert detail["rows"] == 1 and detail["ids"] == [rid] and detail["seqs"] == [victim.seq]
+    assert new.outbox.quarantined()[0]["id"] == rid
+
+    assert wait_until(lambda: new.server_reachable, 10)
+    badge_all(runner, strangers(1, 6), after)  # the queue is not blocked: new events still flow
+    assert wait_until(lambda: store.event(after[0].id) is not None, 10)
+    assert wait_until(lambda: new.outbox.pending == 0, 10)
+
+
 def test_the_retained_state_is_republished_every_heartbeat_with_the_outbox_figures(mosquitto, tmp_path: Path) -> None:
     bundle = load_site_dir(DEMO_SITE)
     fast = {d: dataclasses.replace(dev, heartbeat_s=0.2) for d, dev in bundle.devices.items()}
@@ -177,7 +234,8 @@ def test_the_retained_state_is_republished_every_heartbeat_with_the_outbox_figur
         states.append(json.loads(msg.payload))
         got.set()
 
-    client = mosquitto.client(DEVICE, f"test-{uuid.uuid4().hex[:6]}")  # a device may read its own state
+    # The test observer: as DEVICE itself it would drop the running edge (client ids are bound to certificates).
+    client = mosquitto.client(OBSERVER, f"test-{uuid.uuid4().hex[:6]}")
     client.on_connect = lambda c, *a: c.subscribe(Topics("demo").state(DEVICE), qos=1)
     client.on_message = on_message
     try:

@@ -138,3 +138,18 @@ def test_the_doorkeep_command_runs_under_umask_0077_and_gives_the_caller_its_uma
     assert stat.S_IMODE((tmp_path / "made-by-the-command").stat().st_mode) == 0o600
     current = os.umask(0o022)
     assert current == 0o022, "main() must put the caller's umask back"
+
+
+def test_attack_edge_outbox_with_its_wal_is_readable_by_its_own_account_only(tmp_path: Path, loose_umask: None) -> None:
+    from edge.outbox import Outbox
+
+    state = tmp_path / "edge"
+    state.mkdir(mode=0o700)
+    ob = Outbox(state / "outbox.db", disk_free=lambda: 1 << 40)
+    try:
+        ob.put_event("doorkeep/v1/t/d/door/x/event", lambda seq: b'{"seq": %d}' % seq)
+        names = {p.name for p in state.iterdir()}
+        assert {"outbox.db", "outbox.db-wal"} <= names, names  # the WAL exists while the outbox is open
+        assert open_to_others(state) == {}
+    finally:
+        ob.close()
