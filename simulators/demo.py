@@ -210,6 +210,7 @@ class DemoDesk:
 
         from server.app import create_app
         from server.web.operators import Operators
+        from server.web.serving import uvicorn_config
         from simulators.wait import wait_until
 
         with socket.socket() as probe:
@@ -225,8 +226,8 @@ class DemoDesk:
         Operators(srv.store, clock=srv.directory.clock, audit=srv.audit, hasher=hasher).add(
             DESK_ADMIN, "admin", self.password, actor="demo")
         app = create_app(srv, hasher=hasher)
-        server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
-                                               server_header=False))
+        # No forwarded headers: the demo has no proxy, and uvicorn's default would trust them from 127.0.0.1.
+        server = uvicorn.Server(uvicorn_config(app, host=self.host, port=self.port, log_level="warning"))
         self._server = server
         self._thread = threading.Thread(target=server.run, name="demo-desk", daemon=True)
         self._thread.start()

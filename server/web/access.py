@@ -26,6 +26,8 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Mounted apps that are public by design (the stylesheet and script the login page needs).
 PUBLIC_MOUNTS = frozenset({"/static"})
+#: What an admin session that must enrol a second factor first (Principal.must_enrol) may still open.
+ENROL_PATHS = frozenset({"/account/2fa", "/logout", "/api/v1/session", "/api/v1/me"})
 
 
 class AuthRequired(Exception):
@@ -39,6 +41,11 @@ class Forbidden(Exception):
         super().__init__(message)
         self.message = message
         self.who = who  # so a refused page still shows the operator's own navigation
+
+
+class EnrolmentRequired(Exception):
+    """The site requires two-factor login for admins and this admin has none yet: enrol first (403 for the API,
+    a redirect to the enrolment page for pages)."""
 
 
 class Access:
@@ -61,6 +68,8 @@ class Access:
         who = await run_in_threadpool(identify, auth, request)
         if who is None:
             raise AuthRequired()
+        if who.must_enrol and request.url.path not in ENROL_PATHS:
+            raise EnrolmentRequired()
         if who.role not in self.roles:
             raise Forbidden(f"your role ({who.role}) may not do this; it needs {' or '.join(self.roles)}", who)
         if request.method not in SAFE_METHODS and who.via == "session":

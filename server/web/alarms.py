@@ -36,7 +36,10 @@ TYPE_NAMES = {
     "forced_open": "Door forced open", "held_open": "Door held open", "held_open_warning": "Door held open (warning)",
     "tamper": "Tamper", "device_offline": "Device offline", "relay_stuck": "Relay stuck",
     "reader_offline": "Reader offline", "camera_offline": "Camera offline", "event_gap": "Events missing",
+    "reader_security": "Reader security", "outbox_tampered": "Edge outbox tampered",
     "sequence_reset": "Event numbering restarted", "anti_passback_violation": "Anti-passback violation",
+    "device_misbehaving": "Device misbehaving", "certificate_refused": "Certificate refused by the broker",
+    "card_probing": "Card probing", "pin_guessing": "PIN guessing", "door_attack": "Door attack (forced and tampered)",
 }
 
 

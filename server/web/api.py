@@ -47,6 +47,8 @@ class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64, description="the operator's login name")
     password: str = Field(min_length=1, max_length=1024)
+    code: str | None = Field(None, max_length=32, description="accounts with two-factor login: the 6-digit code "
+                                                             "from the authenticator app, or a recovery code")
 
 
 class SessionOut(BaseModel):
@@ -63,6 +65,9 @@ class MeOut(BaseModel):
     via: str = Field(description="session (cookie) or token (Authorization: Bearer)")
     csrf_token: str | None = None
     sections: list[str] = Field(description="the desk sections this role may open")
+    two_factor: bool = Field(False, description="the operator has enrolled a second factor (TOTP)")
+    must_enrol: bool = Field(False, description="the site requires two-factor login for admins and this session "
+                                                "must enrol at /account/2fa before anything else")
 
 
 class AuditRecordOut(BaseModel):
@@ -102,11 +107,16 @@ def _cookie(request: Request, response: Response, sid: str) -> None:
                         path="/")
 
 
-def start_session(request: Request, response: Response, name: str, password: str) -> Any:
-    """Shared by the API and the login form: the logged-in result, or raises :class:`LoginRefused`."""
+def request_client(request: Request) -> str:
+    """The client address the throttle counts and the audit log records: the TCP peer, or the address a proxy
+    named only when the desk was started to trust that proxy (``--forwarded-allow-ips``; docs/desk.md)."""
+    return client_key(request.client.host if request.client else None)
+
+
+def open_session(request: Request, response: Response, result: Any) -> Any:
+    """Set the cookie of a new session (ending any session id the browser already had); returns ``result``."""
     desk = request.app.state.desk
     old = request.cookies.get(SESSION_COOKIE)
-    result = desk.auth.login(name, password, client_key(request.client.host if request.client else None))
     if old:  # a fresh id on every login: a planted cookie never becomes a logged-in session
         found = desk.auth.sessions.lookup(old)
         if found is not None:
@@ -115,7 +125,15 @@ def start_session(request: Request, response: Response, name: str, password: str
     return result
 
 
+def start_session(request: Request, response: Response, name: str, password: str, code: str | None = None) -> Any:
+    """The API's one-request login (name, password, and code for two-factor accounts): the logged-in result, or
+    raises :class:`LoginRefused`."""
+    result = request.app.state.desk.auth.login(name, password, request_client(request), code)
+    return open_session(request, response, result)
+
+
 def refused(exc: LoginRefused) -> JSONResponse:
+    """401 for a wrong password or code (or a missing code: ``detail.reason`` = ``code_required``), 429 throttled."""
     status = 429 if exc.reason == "throttled" else 401
     headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))} if status == 429 else None
     return JSONResponse({"error": exc.message, "detail": {"reason": exc.reason}}, status_code=status,
@@ -126,7 +144,7 @@ def refused(exc: LoginRefused) -> JSONResponse:
              summary="Log in: sets the session cookie and returns the CSRF token")
 def login(body: LoginIn, request: Request, response: Response) -> Any:
     try:
-        result = start_session(request, response, body.name, body.password)
+        result = start_session(request, response, body.name, body.password, body.code)
     except LoginRefused as exc:
         return refused(exc)
     return SessionOut(operator=result.operator.name, role=result.operator.role, csrf_token=result.csrf,
@@ -146,9 +164,10 @@ def logout(request: Request, who: Principal = Depends(require(*ANY))) -> Respons
 
 
 @route("/me", "GET", response_model=MeOut, responses=ERRORS, summary="Who is calling, with which role")
-def me(who: Principal = Depends(require(*ANY))) -> MeOut:
+def me(request: Request, who: Principal = Depends(require(*ANY))) -> MeOut:
     return MeOut(name=who.name, role=who.role, via=who.via, csrf_token=who.csrf,
-                 sections=[s.key for s in sections_for(who.role)])
+                 sections=[s.key for s in sections_for(who.role)],
+                 two_factor=request.app.state.desk.auth.twofactor.enabled(who.name), must_enrol=who.must_enrol)
 
 
 @route("/audit", "GET", response_model=AuditPageOut, responses=ERRORS, dependencies=[Depends(require(ADMIN, AUDITOR))],
@@ -204,6 +223,7 @@ class OperatorOut(BaseModel):
     role: str
     active: bool
     created_at: float
+    two_factor: bool = Field(False, description="has enrolled a second factor (TOTP)")
 
 
 class OperatorsOut(BaseModel):
@@ -222,14 +242,16 @@ class DisabledOut(BaseModel):
     disabled: bool = Field(description="false when the account was already disabled")
 
 
-def _operator_out(op: Operator) -> OperatorOut:
-    return OperatorOut(name=op.name, role=op.role, active=op.active, created_at=op.created_at)
+def _operator_out(op: Operator, two_factor: bool = False) -> OperatorOut:
+    return OperatorOut(name=op.name, role=op.role, active=op.active, created_at=op.created_at, two_factor=two_factor)
 
 
 @route("/operators", "GET", response_model=OperatorsOut, responses=ERRORS, dependencies=[Depends(require(ADMIN))],
        summary="Every operator account")
 def operators(request: Request) -> OperatorsOut:
-    return OperatorsOut(operators=[_operator_out(op) for op in request.app.state.desk.operators.all()])
+    tf = request.app.state.desk.auth.twofactor
+    return OperatorsOut(operators=[_operator_out(op, tf.enabled(op.name))
+                                   for op in request.app.state.desk.operators.all()])
 
 
 @route("/operators", "POST", status_code=201, response_model=OperatorOut, responses={**ERRORS, 409: {"model": ErrorOut}},
@@ -252,6 +274,27 @@ def disable_operator(request: Request, name: str = Path(pattern=OPERATOR_NAME),
     except UnknownOperator as exc:
         return JSONResponse({"error": str(exc), "detail": None}, status_code=404)
     return DisabledOut(name=name, disabled=changed)
+
+
+class TwoFactorResetOut(BaseModel):
+    name: str
+    reset: bool = Field(description="false when the operator had no second factor")
+
+
+@route("/operators/{name}/2fa/reset", "POST", response_model=TwoFactorResetOut, responses=ERRORS,
+       summary="Remove an operator's second factor (a lost phone): they log in with the password and enrol "
+               "again; their sessions end (audited)")
+def reset_two_factor(request: Request, name: str = Path(pattern=OPERATOR_NAME),
+                     who: Principal = Depends(require(ADMIN))) -> Any:
+    desk = request.app.state.desk
+    try:
+        desk.operators.require(name)
+    except UnknownOperator as exc:
+        return JSONResponse({"error": str(exc), "detail": None}, status_code=404)
+    changed = desk.auth.twofactor.reset(name, actor=who.name)
+    if changed:
+        desk.auth.end_sessions(name)
+    return TwoFactorResetOut(name=name, reset=changed)
 
 
 @route("/openapi.json", "GET", include_in_schema=False, dependencies=[Depends(require(*ANY))])

@@ -29,7 +29,7 @@ from doorkeep import __version__
 from doorkeep.clock import Clock
 from server.app import Server
 from server.audit import AuditLog
-from server.web.access import CSRF_FIELD, AuthRequired, Forbidden, check_routes
+from server.web.access import CSRF_FIELD, AuthRequired, EnrolmentRequired, Forbidden, check_routes
 from server.web.auth import DeskAuth
 from server.web.operators import Operators
 from server.web.roles import sections_for
@@ -139,6 +139,13 @@ def _install_handlers(app: FastAPI) -> None:
         target = request.url.path if request.method == "GET" else "/"
         return RedirectResponse(f"/login?next={quote(target)}" if target != "/" else "/login", status_code=303)
 
+    @app.exception_handler(EnrolmentRequired)
+    async def enrolment_required(request: Request, exc: EnrolmentRequired) -> Response:
+        if is_api(request):
+            return error_response(403, "this site requires two-factor login for admins: enrol an authenticator "
+                                       "app at /account/2fa first (API tokens are not affected)")
+        return RedirectResponse("/account/2fa", status_code=303)
+
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
         if is_api(request):
@@ -212,13 +219,15 @@ def _document_errors(app: FastAPI) -> None:
 
 
 def create_app(server: Server | None = None, *, clock: Clock | None = None, hasher: PasswordHasher | None = None,
-               secure_cookies: bool | None = None) -> FastAPI:
+               secure_cookies: bool | None = None, require_totp_for_admins: bool | None = None) -> FastAPI:
     """The desk around ``server``; with none, one bootstrapped from the environment and run by the app.
 
     ``secure_cookies``: True marks cookies Secure always, False never, None (default) when the request
-    came over https (behind a TLS proxy, run uvicorn with ``--proxy-headers``; docs/desk.md).
+    came over https (behind a TLS proxy trusted with ``--forwarded-allow-ips``; docs/desk.md).
+    ``require_totp_for_admins``: admins must enrol a second factor before using the desk; None (default) reads
+    ``[desk] require_totp_for_admins`` of the site's site.toml.
     """
-    from server.web import alarms, api, doors, live, muster, pages, people, visitors
+    from server.web import account, alarms, api, doors, live, muster, pages, people, visitors
 
     owned = server is None
     if server is None:
@@ -229,8 +238,13 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     audit = server.audit
     operators = Operators(server.store, clock=clock, audit=audit, hasher=hasher)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    desk = Desk(server, operators, DeskAuth(operators, server.store, clock=clock, audit=audit), audit, templates,
-                secure_cookies)
+    if require_totp_for_admins is None:
+        from doorkeep.config import load_desk_settings
+
+        require_totp_for_admins = load_desk_settings(server.directory.bundle.dir).require_totp_for_admins
+    auth = DeskAuth(operators, server.store, clock=clock, audit=audit,
+                    require_totp_for_admins=require_totp_for_admins)
+    desk = Desk(server, operators, auth, audit, templates, secure_cookies)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -268,6 +282,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     for module in (alarms, doors, muster, people):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     pages.install(app)
+    account.install(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     check_routes(app.routes)
     _document_errors(app)

@@ -13,6 +13,13 @@ Policy (one place, documented in docs/desk.md):
   exactly like known ones, so throttling does not tell whether a name exists either.
 
 The waits are enforced by refusing early attempts (HTTP 429 with ``Retry-After``), never by sleeping.
+Checking the wait and counting the attempt are one step (:meth:`LoginThrottle.reserve`, under the store's
+lock, in one transaction) taken *before* the slow argon2 check: every attempt counts as a failure until it
+is proven right, so a parallel burst gets no more password checks than a sequence would.
+
+With two-factor login (server/web/twofactor.py) a right password opens a short-lived challenge
+(:data:`CHALLENGE_S`, at most :data:`CHALLENGE_TRIES` codes) instead of a session; a wrong code counts toward
+the same throttle as a wrong password, and only a right code clears the account's counter.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from doorkeep.clock import Clock, SystemClock
 from server.audit import Auditor
 from server.store import Store
 from server.web.operators import Operator, Operators, normalise_name, record_audit, sha256_hex
+from server.web.twofactor import TwoFactor
 
 log = logging.getLogger("doorkeep.server.desk")
 
@@ -40,6 +50,9 @@ ADDRESS_LOCK_AFTER = 30
 MAX_DELAY_S = 60.0
 LOCKOUT_S = 15 * 60
 FAILURE_WINDOW_S = 15 * 60
+#: How long the code step of a two-factor login waits after the right password, and how many codes it takes.
+CHALLENGE_S = 5 * 60
+CHALLENGE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class Principal:
     csrf: str | None = None
     session_hash: str | None = None
     token_id: str | None = None
+    #: An admin session without a second factor where the site requires one: it may only enrol (or log out).
+    must_enrol: bool = False
 
     def csrf_ok(self, offered: str | None) -> bool:
         """Whether a state-changing request carries this session's CSRF token (tokens need none)."""
@@ -62,7 +77,8 @@ class Principal:
 
 @dataclass(frozen=True)
 class LoginRefused(Exception):
-    """Why a login did not succeed: ``bad_credentials`` (401) or ``throttled`` (429, wait ``retry_after``)."""
+    """Why a login did not succeed: ``bad_credentials`` (401), ``code_required`` (401: the account has two-factor
+    login; send the code), ``bad_code`` (401) or ``throttled`` (429, wait ``retry_after``)."""
 
     reason: str
     retry_after: float = 0.0
@@ -76,6 +92,10 @@ class LoginRefused(Exception):
                 return (f"too many failed logins: locked for {wait // 60 or 1} more minute(s); "
                         "an admin can help if you forgot your password")
             return f"too many failed logins: wait {wait} s before trying again"
+        if self.reason == "code_required":
+            return "this account uses two-factor login: enter the code from your authenticator app"
+        if self.reason == "bad_code":
+            return "wrong or already used code: enter the current code from your app, or a recovery code"
         return "wrong name or password"
 
 
@@ -107,12 +127,9 @@ class LoginThrottle:
             return (failures, last, locked_until) if now < locked_until else (0, 0.0, None)
         return (0, 0.0, None) if now - last > FAILURE_WINDOW_S else row
 
-    def wait(self, name: str, client: str) -> tuple[float, bool]:
-        """Seconds before this attempt may be checked (0: now), and whether that is a lockout."""
-        now = self.clock.wall()
+    def _wait(self, rows: list[tuple[str, int, int, tuple[int, float, float | None]]], now: float) -> tuple[float, bool]:
         worst, locked = 0.0, False
-        for key, delay_after, _ in self.keys(name, client):
-            failures, last, locked_until = self._live(self._row(key), now)
+        for _, delay_after, _, (failures, last, locked_until) in rows:
             if locked_until is not None:
                 worst, locked = max(worst, locked_until - now), True
             elif failures >= delay_after:
@@ -120,8 +137,41 @@ class LoginThrottle:
                 worst = max(worst, allowed - now)
         return max(0.0, worst), locked
 
+    def wait(self, name: str, client: str) -> tuple[float, bool]:
+        """Seconds before this attempt may be checked (0: now), and whether that is a lockout (read only)."""
+        now = self.clock.wall()
+        rows = [(key, d, lk, self._live(self._row(key), now)) for key, d, lk in self.keys(name, client)]
+        return self._wait(rows, now)
+
+    def reserve(self, name: str, client: str) -> list[str]:
+        """Check the wait and count this attempt as a failure, atomically, before the password is checked.
+
+        Raises :class:`LoginRefused` (throttled) when the attempt must wait; otherwise returns the kinds
+        (name/addr) this attempt just locked. A right answer gives the count back (:meth:`refund`,
+        :meth:`succeeded`)."""
+        now = self.clock.wall()
+        locked = []
+        with self.store._lock, self.store.db.conn:
+            rows = []
+            for key, delay_after, lock_after in self.keys(name, client):
+                row = self.store.db.conn.execute(
+                    "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
+                rows.append((key, delay_after, lock_after,
+                             self._live((int(row[0]), float(row[1]), row[2]) if row else None, now)))
+            wait, is_lock = self._wait(rows, now)
+            if wait > 0:
+                raise LoginRefused("throttled", wait, is_lock)
+            for key, _, lock_after, (failures, _, _) in rows:
+                failures += 1
+                until = now + LOCKOUT_S if failures >= lock_after else None
+                if until is not None:
+                    locked.append(key.split(":")[0])
+                self.store.db["login_failures"].upsert(
+                    {"key": key, "failures": failures, "last_failure_at": now, "locked_until": until}, pk="key")
+        return locked
+
     def failed(self, name: str, client: str) -> list[str]:
-        """Count one failure on the account and the address; returns the kinds (name/addr) it just locked."""
+        """Count one failure on the account and the address (no wait check); the kinds it just locked."""
         now = self.clock.wall()
         locked = []
         with self.store._lock, self.store.db.conn:
@@ -136,20 +186,37 @@ class LoginThrottle:
                     {"key": key, "failures": failures, "last_failure_at": now, "locked_until": until}, pk="key")
         return locked
 
-    def succeeded(self, name: str) -> None:
-        """A right password clears the account's counter (not the address's: one good account must not
-        reset the count of a client guessing others)."""
+    def refund(self, name: str, client: str, *, account: bool = True) -> None:
+        """Give back one reserved attempt (it turned out right) on the address, and on the account if asked;
+        a lockout that attempt caused is lifted with it."""
+        keys = self.keys(name, client) if account else self.keys(name, client)[1:]
+        with self.store._lock, self.store.db.conn:
+            for key, _, lock_after in keys:
+                row = self.store.db.conn.execute("SELECT failures FROM login_failures WHERE key = ?", [key]).fetchone()
+                if row is None:
+                    continue
+                failures = max(0, int(row[0]) - 1)
+                self.store.db.conn.execute(
+                    "UPDATE login_failures SET failures = ?, locked_until = CASE WHEN ? < ? THEN NULL "
+                    "ELSE locked_until END WHERE key = ?", [failures, failures, lock_after, key])
+
+    def succeeded(self, name: str, client: str = "") -> None:
+        """A complete login clears the account's counter and gives back the address's reserved attempt (not its
+        whole count: one good account must not reset the count of a client guessing others)."""
         key = self.keys(name, "")[0][0]
         with self.store._lock, self.store.db.conn:
             self.store.db.conn.execute("DELETE FROM login_failures WHERE key = ?", [key])
+        if client:
+            self.refund(name, client, account=False)
 
 
 class Sessions:
     """Server-side sessions; the browser holds only a random id, the store only its hash."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, on_end: Callable[[str, str], None] | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.on_end = on_end  # told ("session", hash) when a session ends, so its live streams end too
 
     def create(self, operator: str, client: str) -> tuple[str, str]:
         """A new session: ``(cookie value, CSRF token)``. Expired sessions are swept here."""
@@ -194,6 +261,8 @@ class Sessions:
     def end(self, digest: str) -> None:
         with self.store._lock, self.store.db.conn:
             self.store.db.conn.execute("DELETE FROM operator_sessions WHERE hash = ?", [digest])
+        if self.on_end is not None:
+            self.on_end("session", digest)
 
 
 @dataclass(frozen=True)
@@ -203,44 +272,132 @@ class LoggedIn:
     csrf: str
 
 
+@dataclass(frozen=True)
+class CodeNeeded:
+    """The password was right and the account has two-factor login: send a code with this challenge."""
+
+    operator: Operator
+    challenge: str
+
+
+@dataclass
+class _Challenge:
+    operator: str
+    client: str
+    created_at: float
+    tries: int = 0
+
+
 class DeskAuth:
     """Everything the HTTP layer asks about identity: log in, log out, who is this request."""
 
     def __init__(self, operators: Operators, store: Store, *, clock: Clock | None = None,
-                 audit: Auditor | None = None) -> None:
+                 audit: Auditor | None = None, require_totp_for_admins: bool = False) -> None:
         self.operators = operators
         self.clock = clock or SystemClock()
         self.audit = audit
-        self.sessions = Sessions(store, self.clock)
+        self.sessions = Sessions(store, self.clock, on_end=operators.revocations.notify)
         self.throttle = LoginThrottle(store, self.clock)
+        self.twofactor = TwoFactor(store, self.clock, audit)
+        self.require_totp_for_admins = require_totp_for_admins
+        # Challenges of the code step live in memory only: a restart just asks for the password again.
+        self._challenges: dict[str, _Challenge] = {}
+        self._challenge_lock = threading.Lock()
 
-    def login(self, name: str, password: str, client: str) -> LoggedIn:
-        """Check a name and password (throttled); raises :class:`LoginRefused`. Blocking (argon2): call it
-        from a worker thread."""
-        wait, locked = self.throttle.wait(name, client)
-        if wait > 0:
-            raise LoginRefused("throttled", wait, locked)
+    def login(self, name: str, password: str, client: str, code: str | None = None) -> LoggedIn:
+        """Name, password and (for a two-factor account) code in one call, as the API takes them; raises
+        :class:`LoginRefused`. Blocking (argon2): call it from a worker thread."""
+        result = self.check_password(name, password, client)
+        if isinstance(result, LoggedIn):
+            return result
+        if not code:
+            self._drop(result.challenge)
+            raise LoginRefused("code_required")
+        return self.check_code(result.challenge, code, client)
+
+    def check_password(self, name: str, password: str, client: str) -> LoggedIn | CodeNeeded:
+        """The password step: a session, or (two-factor account) a challenge for the code step."""
+        newly_locked = self.throttle.reserve(name, client)  # raises when throttled; counted before argon2
         op = self.operators.verify_password(name, password)
         if op is None:
             known = self.operators.get(normalise_name(name)) is not None
-            newly_locked = self.throttle.failed(name, client)
             # The attempted name is recorded only when it is an account: a mistyped one may be a password.
             target = normalise_name(name) if known else None
             record_audit(self.audit, "anonymous", "operator.login_failed", target,
-                    {"client": client, "known_name": known})
+                         {"client": client, "known_name": known})
             if newly_locked:
                 record_audit(self.audit, "system", "operator.lockout", target,
-                        {"client": client, "by": sorted(newly_locked), "minutes": LOCKOUT_S // 60})
+                             {"client": client, "by": sorted(newly_locked), "minutes": LOCKOUT_S // 60})
             raise LoginRefused("bad_credentials")
-        self.throttle.succeeded(name)
+        if self.twofactor.enabled(op.name):
+            # Give back this attempt only (not the account's whole count): wrong codes keep counting, and a
+            # right password never wipes them.
+            self.throttle.refund(name, client)
+            token = secrets.token_urlsafe(32)
+            with self._challenge_lock:
+                now = self.clock.wall()
+                for key in [k for k, c in self._challenges.items() if now - c.created_at > CHALLENGE_S]:
+                    del self._challenges[key]
+                self._challenges[sha256_hex(token)] = _Challenge(op.name, client, now)
+            return CodeNeeded(op, token)
+        return self._open(op, client, name)
+
+    def check_code(self, challenge: str, code: str, client: str) -> LoggedIn:
+        """The code step: a TOTP code or a recovery code for the challenged operator; raises LoginRefused."""
+        key = sha256_hex(challenge or "")
+        with self._challenge_lock:
+            found = self._challenges.get(key)
+            if found is not None and (self.clock.wall() - found.created_at > CHALLENGE_S
+                                      or found.tries >= CHALLENGE_TRIES):
+                del self._challenges[key]
+                found = None
+            if found is not None:
+                found.tries += 1
+        if found is None:
+            raise LoginRefused("bad_credentials")  # expired or unknown: start again with the password
+        name = found.operator
+        newly_locked = self.throttle.reserve(name, client)
+        op = self.operators.get(name)
+        kind = self.twofactor.check(name, code, client=client) if op is not None and op.active else None
+        if kind is None:
+            record_audit(self.audit, "anonymous", "operator.login_failed", name,
+                         {"client": client, "known_name": True, "step": "code"})
+            if newly_locked:
+                record_audit(self.audit, "system", "operator.lockout", name,
+                             {"client": client, "by": sorted(newly_locked), "minutes": LOCKOUT_S // 60})
+            raise LoginRefused("bad_code")
+        self._drop(challenge)
+        assert op is not None
+        return self._open(op, client, name, second_factor=kind)
+
+    def _drop(self, challenge: str) -> None:
+        with self._challenge_lock:
+            self._challenges.pop(sha256_hex(challenge), None)
+
+    def _open(self, op: Operator, client: str, typed_name: str, second_factor: str | None = None) -> LoggedIn:
+        self.throttle.succeeded(typed_name, client)
         sid, csrf = self.sessions.create(op.name, client)
-        record_audit(self.audit, op.name, "operator.login", op.name, {"client": client})
+        details = {"client": client, **({"second_factor": second_factor} if second_factor else {})}
+        record_audit(self.audit, op.name, "operator.login", op.name, details)
         return LoggedIn(op, sid, csrf)
 
     def logout(self, who: Principal) -> None:
         if who.session_hash is not None:
             self.sessions.end(who.session_hash)
             record_audit(self.audit, who.name, "operator.logout", who.name)
+
+    def end_sessions(self, name: str) -> int:
+        """End every session of an operator (after a 2FA reset); returns how many there were."""
+        with self.sessions.store._lock:
+            digests = [r[0] for r in self.sessions.store.db.conn.execute(
+                "SELECT hash FROM operator_sessions WHERE operator = ?", [name]).fetchall()]
+        for digest in digests:
+            self.sessions.end(digest)
+        return len(digests)
+
+    def must_enrol(self, op: Operator) -> bool:
+        """Whether this operator must enrol a second factor before using the desk (site setting, admins)."""
+        return self.require_totp_for_admins and op.role == "admin" and not self.twofactor.enabled(op.name)
 
     def from_session(self, sid: str) -> Principal | None:
         found = self.sessions.lookup(sid)
@@ -251,7 +408,7 @@ class DeskAuth:
         if op is None or not op.active:
             self.sessions.end(digest)
             return None
-        return Principal(op.name, op.role, "session", csrf=csrf, session_hash=digest)
+        return Principal(op.name, op.role, "session", csrf=csrf, session_hash=digest, must_enrol=self.must_enrol(op))
 
     def from_token(self, secret: str) -> Principal | None:
         found = self.operators.token_owner(secret)

@@ -146,6 +146,16 @@ def desk(args: argparse.Namespace) -> int:
     from server.app import bootstrap, create_app
     from server.cli import broker_config
 
+    from server.web.serving import parse_allow_ips, uvicorn_config
+
+    allow_ips = getattr(args, "forwarded_allow_ips", None)
+    if allow_ips is None and getattr(args, "proxy_headers", False):
+        allow_ips = "127.0.0.1,::1"  # the older flag: a proxy on this host
+    try:
+        parse_allow_ips(allow_ips)
+    except ValueError as exc:
+        print(f"doorkeep desk: {exc}", file=sys.stderr)
+        return 2
     try:
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
@@ -158,10 +168,10 @@ def desk(args: argparse.Namespace) -> int:
         server.start()
         print(f"security desk for site {bundle.site.id} on http://{args.host}:{args.port}/ (store in {data}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
-        # Behind a TLS proxy on this host, --proxy-headers trusts its X-Forwarded-Proto/-For (from 127.0.0.1
-        # only), so cookies are marked Secure and failed logins are counted per real client address.
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", server_header=False,
-                                proxy_headers=bool(getattr(args, "proxy_headers", False)))
+        # Forwarded headers only from the proxies named (server/web/serving.py): by default nobody can name
+        # another client address to the throttle or the audit log.
+        config = uvicorn_config(app, host=args.host, port=args.port, log_level="warning",
+                                forwarded_allow_ips=allow_ips)
         uvicorn.Server(config).run()  # handles SIGINT / SIGTERM itself
     finally:
         server.stop()

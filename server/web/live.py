@@ -10,6 +10,13 @@ The server's store thread learns of events and snapshots through the bus's liste
 own bounded queue on that client's event loop. A browser that does not keep up fills its queue and is cut
 off (its EventSource reconnects and resumes from ``Last-Event-ID``): the store thread never waits for a
 browser, and a client that went away is removed when its response ends.
+
+A stream shows names, so it lives no longer than the login that opened it. When an operator is disabled, an
+API token revoked or a session ended (logout, disable) in this process, the operator service tells the hub
+(:class:`server.web.operators.Revocations`) and the matching streams end at once, dropping what they had
+queued. As a backstop (a ``doorkeep user disable`` in another process, a session reaching its time limit)
+every stream re-checks its caller's login at least every :data:`RECHECK_S`, whether or not messages flow,
+and ends with an ``end`` message when the login is gone.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ log = logging.getLogger("doorkeep.server.desk")
 API_PREFIX = "/api/v1"
 #: Messages a client may have waiting before it is cut off as too slow (it reconnects and catches up).
 CLIENT_QUEUE = 256
-#: A comment line this often keeps proxies from closing an idle stream and re-checks the caller's login.
+#: A comment line this often keeps proxies from closing an idle stream.
 HEARTBEAT_S = 15.0
+#: The caller's login is re-checked at least this often, busy or idle (the revocation notice is faster).
+RECHECK_S = 1.0
 #: At most this many stored rows are replayed to a client that reconnects with ``Last-Event-ID``.
 RESUME_MAX = 200
 #: Events the server itself records (never on the MQTT wire, so not in doorkeep.contract.EVENT_TYPES).
@@ -202,10 +211,27 @@ class Client:
 
     loop: asyncio.AbstractEventLoop
     flt: EventFilter
+    who: Principal | None = None  # the login that opened the stream
     queue: asyncio.Queue[tuple[str, str, str] | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
     dropped: bool = False
     gone: bool = False  # the browser closed the connection
+    revoked: str | None = None  # why the login ended (the stream then ends at once and delivers nothing more)
+    valid_until: float | None = None  # a session's end by the desk's clock, if idle from the last re-check on
+
+    def revoke(self, reason: str) -> None:
+        """On the client's loop: the login behind the stream ended; drop what is queued and end the stream."""
+        if self.revoked is None:
+            self.revoked = reason
+            self.end()
+
+    def revoked_by(self, kind: str, value: str) -> bool:
+        """Whether a revocation ``(kind, value)`` (server/web/operators.py Revocations) ends this stream."""
+        who = self.who
+        if who is None:
+            return False
+        return ((kind == "operator" and who.name == value) or (kind == "token" and who.token_id == value)
+                or (kind == "session" and who.session_hash == value))
 
     def end(self) -> None:
         """On the client's loop: the browser went away; wake the stream so it ends now, not at the heartbeat."""
@@ -215,7 +241,7 @@ class Client:
 
     def offer(self, item: tuple[str, str, str]) -> None:
         """On the client's loop: queue the message, or cut the client off when it is too far behind."""
-        if self.dropped:
+        if self.dropped or self.revoked is not None:
             return
         try:
             self.queue.put_nowait(item)
@@ -261,6 +287,17 @@ class LiveHub:
         if client.dropped:
             self.dropped += 1
             log.info("live feed: a client fell %d messages behind and was cut off (it reconnects)", CLIENT_QUEUE)
+
+    def revoked(self, kind: str, value: str) -> None:
+        """Revocation listener (any thread): end every open stream of that operator, token or session now."""
+        with self._lock:
+            clients = [c for c in self._clients if c.revoked_by(kind, value)]
+        reason = {"operator": "operator disabled", "token": "token revoked", "session": "logged out"}.get(kind, kind)
+        for client in clients:
+            try:
+                client.loop.call_soon_threadsafe(client.revoke, reason)
+            except RuntimeError:  # its loop is closed: the client is gone
+                self.remove(client)
 
     def on_event(self, ev: EventMsg, new: bool) -> None:
         """Bus listener (store thread): a new event is stored; push its row to every matching client."""
@@ -343,28 +380,68 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
         client.end()
 
     watcher = asyncio.ensure_future(watch())
+    loop = asyncio.get_running_loop()
+
+    def check() -> bool:
+        who = identify(desk.auth, request)
+        if who is None or who.role not in (ADMIN, DESK) or who.must_enrol:
+            return False
+        if who.session_hash is not None:
+            client.valid_until = desk.auth.sessions.expires_at(who.session_hash)
+        return True
+
+    async def still_allowed() -> bool:
+        return await run_in_threadpool(check)
+
+    def expired() -> bool:
+        """The session's own time limit passed since the last re-check (no store access: the clock only)."""
+        return client.valid_until is not None and desk.auth.clock.wall() >= client.valid_until
+
+    def ended() -> bytes:
+        return sse("end", "", json.dumps({"reason": client.revoked or "logged out"}))
+
     try:
         yield b"retry: 2000\n\n"
+        if not await still_allowed():  # also learns the session's time limit, checked before every message
+            client.revoked = "logged out"
         if resume is not None:
             rows, _ = await run_in_threadpool(history, desk.server.store, desk.server.site, client.flt,
                                               after=resume, limit=RESUME_MAX)
             for row in rows:
+                if client.revoked is not None:
+                    break
                 yield sse("row", str(row.cursor), row.model_dump_json())
+        checked = idle_since = loop.time()
         while True:
-            try:
-                item = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
-            except TimeoutError:
-                who = await run_in_threadpool(identify, desk.auth, request)
-                if who is None or who.role not in (ADMIN, DESK):
-                    yield sse("end", "", json.dumps({"reason": "logged out"}))
+            if client.revoked is not None:
+                yield ended()
+                return
+            if loop.time() - checked >= RECHECK_S or expired():  # on a timer, busy or idle
+                if not await still_allowed():
+                    client.revoked = client.revoked or "logged out"
+                    yield ended()
                     return
-                yield b": keep-alive\n\n"
+                checked = loop.time()
+            try:
+                item = await asyncio.wait_for(client.queue.get(), max(0.0, RECHECK_S - (loop.time() - checked)))
+            except TimeoutError:
+                if loop.time() - idle_since >= HEARTBEAT_S:
+                    yield b": keep-alive\n\n"
+                    idle_since = loop.time()
                 continue
             if item is None:
-                if not client.gone:
+                if client.revoked is not None:
+                    yield ended()
+                elif not client.gone:
                     yield sse("end", "", json.dumps({"reason": "too slow: reconnect"}))
                 return
+            if client.revoked is not None:
+                continue  # revoked while this item waited: never delivered
+            if expired() and not await still_allowed():
+                client.revoked = "logged out"
+                continue
             yield sse(*item)
+            idle_since = loop.time()
     finally:
         watcher.cancel()
         hub.remove(client)
@@ -374,6 +451,7 @@ def install(app: FastAPI) -> None:
     """The live-view API and page; the hub hangs on ``app.state.live`` and listens to the server's bus."""
     hub = LiveHub(app.state.desk.server)
     hub.attach()
+    app.state.desk.operators.revocations.subscribe(hub.revoked)
     app.state.live = hub
     roles = Depends(require(ADMIN, DESK))
 
@@ -392,7 +470,8 @@ def install(app: FastAPI) -> None:
                                                "cursor first (the newest the page already shows)")) -> Response:
         last = request.headers.get("last-event-id", "")
         resume = int(last) if last.isdigit() and len(last) < 19 else after
-        client = Client(asyncio.get_running_loop(), _filter(door, person, decision))
+        who = await run_in_threadpool(identify, request.app.state.desk.auth, request)
+        client = Client(asyncio.get_running_loop(), _filter(door, person, decision), who)
         return StreamingResponse(_stream(request, hub, client, resume), media_type="text/event-stream",
                                  headers={"X-Accel-Buffering": "no"})
 

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -90,6 +91,34 @@ def record_audit(audit: Auditor | None, actor: str, action: str, target: str | N
         log.exception("AUDIT FAILED for %s on %s", action, target)
 
 
+#: A revocation: ``(kind, value)`` with kind ``operator`` (a name), ``token`` (a token id) or ``session``
+#: (a session's hash).
+RevocationListener = Callable[[str, str], None]
+
+
+class Revocations:
+    """Tells whoever listens (the live feed's open streams) the moment a login stops being valid, so an open
+    stream ends at once instead of at its next periodic re-check (server/web/live.py)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[RevocationListener] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: RevocationListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def notify(self, kind: str, value: str) -> None:
+        """Call every listener; one that fails is logged and never stops the others (nor the revocation)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(kind, value)
+            except Exception:
+                log.exception("a revocation listener failed for %s %s", kind, value)
+
+
 class Operators:
     """Accounts and tokens in one store. Thread-safe (the store's lock)."""
 
@@ -101,6 +130,7 @@ class Operators:
         self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
         # Verified when the name is unknown, so an unknown name costs the same argon2 run as a known one.
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self.revocations = Revocations()
 
     # ------------------------------------------------------------ accounts
 
@@ -146,6 +176,7 @@ class Operators:
             cur = self.store.db.conn.execute(
                 "UPDATE operators SET disabled_at = ? WHERE name = ? AND disabled_at IS NULL", [self.clock.wall(), name])
             self.store.db.conn.execute("DELETE FROM operator_sessions WHERE operator = ?", [name])
+        self.revocations.notify("operator", name)  # even when already disabled: nothing of it may stay open
         if cur.rowcount:
             record_audit(self.audit, actor, "operator.disable", name)
         return cur.rowcount == 1
@@ -210,6 +241,7 @@ class Operators:
                 return False
             self.store.db.conn.execute("UPDATE operator_tokens SET revoked_at = ? WHERE id = ?",
                                        [self.clock.wall(), row[0]])
+        self.revocations.notify("token", row[0])
         record_audit(self.audit, actor, "operator.token_revoke", name, {"token": row[0], "label": label})
         return True
 

@@ -14,8 +14,8 @@ from fastapi import Depends, FastAPI, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
 from server.web.access import CSRF_FIELD, SESSION_COOKIE, cookie_secure, identify, public, require
-from server.web.api import door_list, start_session
-from server.web.auth import LoginRefused, Principal
+from server.web.api import door_list, open_session, request_client
+from server.web.auth import CodeNeeded, LoginRefused, Principal
 from server.web.roles import ANY, SECTIONS, Section, sections_for
 from server.web.routes import Routes
 
@@ -27,6 +27,8 @@ def install(app: FastAPI) -> None:
     route.install(app)
 
 LOGIN_COOKIE = "doorkeep_login"
+#: The two-factor challenge between the password and the code step (HttpOnly, only sent to /login).
+CHALLENGE_COOKIE = "doorkeep_2fa"
 
 
 def render(request: Request, template: str, who: Principal | None, status: int = 200, **context: Any) -> Response:
@@ -53,6 +55,24 @@ def _login_form(request: Request, status: int = 200, error: str | None = None, n
     return response
 
 
+def _code_form(request: Request, status: int = 200, error: str | None = None, next_path: str = "/",
+               challenge: str | None = None) -> Response:
+    """The second step of a two-factor login: the code from the app, or a recovery code."""
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login_code.html", None, status, error=error, login_token=token,
+                      next_path=_safe_next(next_path))
+    response.set_cookie(LOGIN_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
+                        secure=cookie_secure(request), path="/login")
+    if challenge is not None:
+        response.set_cookie(CHALLENGE_COOKIE, challenge, max_age=300, httponly=True, samesite="strict",
+                            secure=cookie_secure(request), path="/login")
+    return response
+
+
+def _refused_message(exc: LoginRefused) -> str:
+    return exc.message[0].upper() + exc.message[1:] + "."
+
+
 @route("/login", "GET", dependencies=[Depends(public())])
 def login_page(request: Request, next: str = "/") -> Response:
     if identify(request.app.state.desk.auth, request) is not None:
@@ -71,11 +91,41 @@ def login_submit(request: Request, name: str = Form("", max_length=256), passwor
         return _login_form(request, 401, "Enter your name and password.", name=name, next_path=next)
     response = RedirectResponse(_safe_next(next), status_code=303)
     try:
-        start_session(request, response, name, password)
+        result = request.app.state.desk.auth.check_password(name, password, request_client(request))
     except LoginRefused as exc:
-        return _login_form(request, 429 if exc.reason == "throttled" else 401, exc.message[0].upper() + exc.message[1:]
-                           + ".", name=name, next_path=next)
+        return _login_form(request, 429 if exc.reason == "throttled" else 401, _refused_message(exc), name=name,
+                           next_path=next)
+    if isinstance(result, CodeNeeded):
+        return _code_form(request, next_path=next, challenge=result.challenge)
+    open_session(request, response, result)
     response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+@route("/login/code", "POST", dependencies=[Depends(public())])
+def login_code(request: Request, code: str = Form("", max_length=64), login_token: str = Form("", max_length=200),
+               next: str = Form("/", max_length=2000)) -> Response:
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    challenge = request.cookies.get(CHALLENGE_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), login_token.encode()) or not challenge:
+        return _login_form(request, 400, "The login form expired. Please enter your name and password again.",
+                           next_path=next)
+    if not code.strip():
+        return _code_form(request, 401, "Enter the code from your authenticator app, or a recovery code.",
+                          next_path=next)
+    try:
+        result = request.app.state.desk.auth.check_code(challenge, code, request_client(request))
+    except LoginRefused as exc:
+        if exc.reason == "bad_code":
+            return _code_form(request, 401, _refused_message(exc), next_path=next)
+        if exc.reason == "throttled":
+            return _code_form(request, 429, _refused_message(exc), next_path=next)
+        return _login_form(request, 401, "The login took too long or had too many wrong codes. Please enter your "
+                                         "name and password again.", next_path=next)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    open_session(request, response, result)
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    response.delete_cookie(CHALLENGE_COOKIE, path="/login")
     return response
 
 

@@ -50,7 +50,10 @@ NOTICE_FILE = Path(__file__).resolve().parent / "templates" / "privacy-notice.tx
 VISITOR_ID = r"^v-[0-9a-f]{8,32}$"
 PERSON_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+#: The longest visit window (a longer stay is a contractor: add them to people.toml).
 MAX_VISIT = timedelta(days=31)
+#: How far ahead a visit may be pre-registered (it must start within a year from now).
+MAX_AHEAD = timedelta(days=366)
 #: How often the desk looks for visits that ended without a check-out.
 OVERDUE_EVERY_S = 60.0
 CONFLICT = {409: {"model": ErrorOut}}
@@ -185,14 +188,7 @@ class VisitorDesk:
         unknown = [a for a in body.allowed_areas if a not in site.areas]
         if unknown:
             raise DirectoryError(f"unknown areas {unknown}: the site has {sorted(site.areas)}")
-        start = self.instant(body.valid_from)
-        end = self.instant(body.valid_until)
-        if end <= start:
-            raise DirectoryError("the visit must end after it starts (check 'until')")
-        if end <= self.clock.wall():
-            raise DirectoryError("the visit window has already ended (check 'until')")
-        if end - start > MAX_VISIT.total_seconds():
-            raise DirectoryError("a visit lasts at most 31 days; for longer stays add the person to people.toml")
+        start, end = self.window(body.valid_from, body.valid_until)
         restricted = any(site.areas[a].restricted for a in body.allowed_areas)
         escort = restricted if body.escort_required is None else body.escort_required
         vid = f"v-{secrets.token_hex(6)}"
@@ -202,11 +198,42 @@ class VisitorDesk:
         out = self.directory.register_visitor(visitor, actor=actor)
         return out, self.warn(vid, body.name, body.company, "register", actor)
 
-    def instant(self, value: datetime) -> float:
+    def instant(self, value: datetime, what: str = "time") -> float:
         """A datetime from a form or JSON; one without an offset is in the site's time zone."""
         if value.tzinfo is None:
             value = value.replace(tzinfo=self.tz)
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:
+            raise DirectoryError(f"the visit's {what} {value.isoformat()} is out of range") from exc
+
+    def window(self, valid_from: datetime, valid_until: datetime) -> tuple[float, float]:
+        """The visit window as instants, checked before anything is stored (422 with the reason): it ends
+        after it starts and after now, lasts at most :data:`MAX_VISIT`, starts within :data:`MAX_AHEAD`.
+        So every stored window is shown in the site's time zone without overflow (year 9999 + an offset)."""
+        start = self.instant(valid_from, "start ('from')")
+        end = self.instant(valid_until, "end ('until')")
+        now = self.clock.wall()
+        if end <= start:
+            raise DirectoryError("the visit must end after it starts (check 'until')")
+        if end <= now:
+            raise DirectoryError("the visit window has already ended (check 'until')")
+        if start > now + MAX_AHEAD.total_seconds():
+            raise DirectoryError(f"a visit can be registered at most {MAX_AHEAD.days} days ahead (check 'from')")
+        if end - start > MAX_VISIT.total_seconds():
+            raise DirectoryError(f"a visit lasts at most {MAX_VISIT.days} days; for longer stays add the person to "
+                                 "people.toml")
+        return start, end
+
+    def shown(self, t: float | None) -> str | None:
+        """A stored instant in site time for display; a value no calendar can show (a row stored before the
+        window was validated) is shown as it is rather than failing the whole page."""
+        if not t:
+            return None
+        try:
+            return datetime.fromtimestamp(t, self.tz).isoformat(timespec="minutes")
+        except (OverflowError, ValueError, OSError, TypeError):
+            return f"invalid time ({t!r})"
 
     def check_in(self, visitor_id: str, body: CheckInIn, actor: str) -> tuple[Visitor, list[dict[str, Any]]]:
         v = self.get(visitor_id)
@@ -314,7 +341,7 @@ class VisitorDesk:
             pres = self.directory.state.presence.get(row["id"])
             area = site.areas.get(pres.area) if pres else None
             where = area.name if area else (pres.area if pres else None)
-        iso = lambda t: datetime.fromtimestamp(t, self.tz).isoformat(timespec="minutes") if t else None  # noqa: E731
+        iso = self.shown
         return VisitorOut(
             id=row["id"], name=row["name"], company=row["company"] or "", email=row["email"] or "",
             host=row["host"], host_name=host.name if host else row["host"], valid_from=iso(row["valid_from"]) or "",

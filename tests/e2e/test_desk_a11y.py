@@ -115,6 +115,8 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     check("watchlist")
     page.goto(desk + "/audit")
     check("audit")
+    page.goto(desk + "/account/2fa")
+    check("two-factor enrolment")
     page.goto(desk + "/no-such-page")
     check("error page")
 

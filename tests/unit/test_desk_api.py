@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "firmware-config" / "sites" / "demo"
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip", "aud": "aud audit trail rules"}
 ROLES = {"ada": "admin", "dex": "desk", "aud": "auditor"}
-PUBLIC_ROUTES = {("POST", "/api/v1/session"), ("GET", "/login"), ("POST", "/login")}
+PUBLIC_ROUTES = {("POST", "/api/v1/session"), ("GET", "/login"), ("POST", "/login"), ("POST", "/login/code")}
 
 
 class CountingHasher(PasswordHasher):
@@ -213,7 +213,7 @@ def test_only_an_admin_creates_operators_and_a_desk_operator_cannot_manage_peopl
     assert app.state.desk.operators.get("newbie") is None
     r = client.post("/api/v1/operators", json=body, headers=bearer(toks["ada"]))
     assert r.status_code == 201 and r.json() == {"name": "newbie", "role": "desk", "active": True,
-                                                 "created_at": r.json()["created_at"]}
+                                                 "created_at": r.json()["created_at"], "two_factor": False}
     assert "already exists" in assert_json_error(client.post("/api/v1/operators", json=body,
                                                              headers=bearer(toks["ada"])), 409)["error"]
     weak = client.post("/api/v1/operators", json={**body, "name": "weak", "password": "short"},

@@ -52,6 +52,12 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/operators"): {A},
     ("POST", "/api/v1/operators"): {A},
     ("POST", "/api/v1/operators/{name}/disable"): {A},
+    ("POST", "/api/v1/operators/{name}/2fa/reset"): {A},
+    # two-factor login: the code step of the login form is public (it needs the password step's challenge);
+    # every operator may open their own enrolment page
+    ("POST", "/login/code"): PUBLIC,
+    ("GET", "/account/2fa"): EVERYONE,
+    ("POST", "/account/2fa"): EVERYONE,
     # live view and snapshots
     ("GET", "/api/v1/events"): DESK,
     ("GET", "/api/v1/events/stream"): DESK,

@@ -1,0 +1,242 @@
+"""Operators' optional second factor: TOTP codes (RFC 6238, pyotp) and one-time recovery codes (docs/desk.md
+"Two-factor login"). Columns and table of store migration ``009_operator_2fa``.
+
+Choices, and why:
+
+- 30-second steps, 6 digits, SHA-1: what every authenticator app accepts. A code of the step before or after
+  the server's is accepted too (one step of clock drift either way), and every code is single-use: a code is
+  accepted only for a step later than the last one accepted (``operators.totp_last_step``), checked and
+  written in one conditional UPDATE, so a code seen over a shoulder or replayed in parallel is refused.
+- The secret is shown once at enrolment (text, ``otpauth://`` URI and a QR image) and becomes active only
+  when the operator proves their app has it by typing a valid code. It is kept in the store (0600, like the
+  password hashes): a copy of the database lets one make codes, so backups are protected like the keys.
+- 10 recovery codes are shown once at enrolment and stored only as SHA-256 over a per-code random salt; each
+  works once. Using one is audited with how many are left.
+- An admin resets another operator's 2FA (a lost phone): its secret and codes are deleted and its sessions
+  end. Enrolment, recovery-code use and reset are audited (``operator.totp_enrol``, ``operator.totp_recovery_used``,
+  ``operator.totp_reset``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+import pyotp
+
+from doorkeep.clock import Clock
+from server.audit import Auditor
+from server.store import Store
+from server.web.operators import record_audit
+
+STEP_S = 30
+DIGITS = 6
+#: Steps of clock drift accepted either side of the server's own step.
+DRIFT_STEPS = 1
+RECOVERY_CODES = 10
+#: Recovery codes: 10 characters without look-alikes (0/o, 1/l/i), shown as two groups of five (~49 bits).
+RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+RECOVERY_LENGTH = 10
+ISSUER = "doorkeep"
+TOTP_CODE = re.compile(r"^[0-9]{6}\Z")
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A secret being enrolled: shown to the operator, active only once confirmed with a code."""
+
+    secret: str
+    uri: str
+
+    @property
+    def grouped(self) -> str:
+        """The secret in groups of four, easier to type into an app by hand."""
+        return " ".join(self.secret[i:i + 4] for i in range(0, len(self.secret), 4))
+
+
+@dataclass(frozen=True)
+class Status:
+    enabled: bool
+    enabled_at: float | None
+    recovery_left: int
+
+
+def normalise_code(code: str) -> str:
+    """What the operator typed, without blanks, dashes and case (``123 456``, ``ABCDE-FGHJK``)."""
+    return re.sub(r"[\s-]+", "", code).lower()
+
+
+def _digest(salt: str, code: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + normalise_code(code).encode()).hexdigest()
+
+
+def qr_png(uri: str) -> bytes | None:
+    """The otpauth URI as a QR code PNG (OpenCV's encoder), or None when OpenCV cannot make one."""
+    try:
+        import cv2
+
+        matrix = cv2.QRCodeEncoder.create().encode(uri)
+        if matrix is None or not matrix.size:
+            return None
+        scale = 6
+        big = cv2.resize(matrix, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        padded = cv2.copyMakeBorder(big, 4 * scale, 4 * scale, 4 * scale, 4 * scale, cv2.BORDER_CONSTANT, value=255)
+        ok, png = cv2.imencode(".png", padded)
+        return bytes(png) if ok else None
+    except Exception:  # a QR image is a convenience: the secret and the URI are on the page anyway
+        return None
+
+
+def qr_data_uri(uri: str) -> str | None:
+    png = qr_png(uri)
+    return "data:image/png;base64," + base64.b64encode(png).decode() if png else None
+
+
+class TwoFactor:
+    """TOTP secrets and recovery codes of the operators in one store. Thread-safe (the store's lock)."""
+
+    def __init__(self, store: Store, clock: Clock, audit: Auditor | None, *, issuer: str = ISSUER) -> None:
+        self.store = store
+        self.clock = clock
+        self.audit = audit
+        self.issuer = issuer
+
+    def _row(self, name: str) -> tuple[str | None, float | None, int | None, str | None] | None:
+        with self.store._lock:
+            return self.store.db.conn.execute(
+                "SELECT totp_secret, totp_enabled_at, totp_last_step, totp_pending FROM operators WHERE name = ?",
+                [name]).fetchone()
+
+    def enabled(self, name: str) -> bool:
+        row = self._row(name)
+        return row is not None and row[0] is not None
+
+    def status(self, name: str) -> Status:
+        row = self._row(name)
+        with self.store._lock:
+            left = self.store.db.conn.execute("SELECT COUNT(*) FROM operator_recovery_codes WHERE operator = ? "
+                                              "AND used_at IS NULL", [name]).fetchone()[0]
+        return Status(row is not None and row[0] is not None, row[1] if row else None, int(left))
+
+    # ------------------------------------------------------------ enrolment
+
+    def begin(self, name: str) -> Enrolment:
+        """The secret to enrol (the pending one if the page is shown again, so a scanned code stays valid)."""
+        row = self._row(name)
+        if row is None:
+            raise LookupError(f"no operator {name!r}")
+        secret = row[3]
+        if not secret:
+            secret = pyotp.random_base32(32)  # 160 bits, RFC 4226's recommended length
+            with self.store._lock, self.store.db.conn:
+                self.store.db.conn.execute("UPDATE operators SET totp_pending = ? WHERE name = ?", [secret, name])
+        uri = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_S).provisioning_uri(name=name, issuer_name=self.issuer)
+        return Enrolment(secret, uri)
+
+    def confirm(self, name: str, code: str, *, actor: str) -> list[str] | None:
+        """Activate the pending secret if ``code`` is valid for it; returns the new recovery codes (shown once),
+        or None when the code is wrong or nothing is pending."""
+        row = self._row(name)
+        if row is None or not row[3]:
+            return None
+        step = self._matching_step(row[3], code)
+        if step is None:
+            return None
+        codes = [self._new_code() for _ in range(RECOVERY_CODES)]
+        now = self.clock.wall()
+        with self.store._lock, self.store.db.conn:
+            cur = self.store.db.conn.execute(
+                "UPDATE operators SET totp_secret = totp_pending, totp_pending = NULL, totp_enabled_at = ?, "
+                "totp_last_step = ? WHERE name = ? AND totp_pending = ?", [now, step, name, row[3]])
+            if cur.rowcount != 1:
+                return None
+            self._store_codes(name, codes, now)
+        record_audit(self.audit, actor, "operator.totp_enrol", name, {"recovery_codes": len(codes)})
+        return codes
+
+    def reset(self, name: str, *, actor: str) -> bool:
+        """Remove an operator's second factor (lost phone); False when they had none."""
+        with self.store._lock, self.store.db.conn:
+            cur = self.store.db.conn.execute(
+                "UPDATE operators SET totp_secret = NULL, totp_pending = NULL, totp_enabled_at = NULL, "
+                "totp_last_step = NULL WHERE name = ? AND (totp_secret IS NOT NULL OR totp_pending IS NOT NULL)",
+                [name])
+            self.store.db.conn.execute("DELETE FROM operator_recovery_codes WHERE operator = ?", [name])
+        if cur.rowcount:
+            record_audit(self.audit, actor, "operator.totp_reset", name)
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------ login
+
+    def check(self, name: str, code: str, *, client: str = "") -> str | None:
+        """``"totp"`` or ``"recovery"`` when ``code`` is a valid, unused second factor for ``name``; else None."""
+        typed = normalise_code(code)
+        if TOTP_CODE.match(typed):
+            return "totp" if self._use_totp(name, typed) else None
+        if len(typed) == RECOVERY_LENGTH and all(c in RECOVERY_ALPHABET for c in typed):
+            left = self._use_recovery(name, typed)
+            if left is not None:
+                record_audit(self.audit, name, "operator.totp_recovery_used", name, {"left": left, "client": client})
+                return "recovery"
+        return None
+
+    def _matching_step(self, secret: str, code: str) -> int | None:
+        """The step (within the drift) whose code this is, compared in constant time for every step."""
+        typed = normalise_code(code)
+        if not TOTP_CODE.match(typed):
+            return None
+        totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_S)
+        now_step = int(self.clock.wall() // STEP_S)
+        found = None
+        for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
+            if hmac.compare_digest(totp.at(step * STEP_S).encode(), typed.encode()):
+                found = step
+        return found
+
+    def _use_totp(self, name: str, code: str) -> bool:
+        row = self._row(name)
+        if row is None or row[0] is None:
+            return False
+        step = self._matching_step(row[0], code)
+        if step is None:
+            return False
+        with self.store._lock, self.store.db.conn:  # single use: only a later step than any accepted before
+            cur = self.store.db.conn.execute(
+                "UPDATE operators SET totp_last_step = ? WHERE name = ? AND totp_secret = ? AND "
+                "(totp_last_step IS NULL OR totp_last_step < ?)", [step, name, row[0], step])
+        return cur.rowcount == 1
+
+    def _use_recovery(self, name: str, code: str) -> int | None:
+        """Spend a recovery code; the number left, or None when it is not one of the operator's unused codes."""
+        with self.store._lock, self.store.db.conn:
+            rows = self.store.db.conn.execute("SELECT id, salt, hash FROM operator_recovery_codes WHERE operator = ? "
+                                              "AND used_at IS NULL", [name]).fetchall()
+            match = None
+            for rid, salt, digest in rows:  # every row compared: the time does not tell which one matched
+                if hmac.compare_digest(_digest(salt, code), digest):
+                    match = rid
+            if match is None:
+                return None
+            cur = self.store.db.conn.execute("UPDATE operator_recovery_codes SET used_at = ? WHERE id = ? AND "
+                                             "used_at IS NULL", [self.clock.wall(), match])
+            if cur.rowcount != 1:
+                return None
+        return len(rows) - 1
+
+    @staticmethod
+    def _new_code() -> str:
+        raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
+        return f"{raw[:5]}-{raw[5:]}"
+
+    def _store_codes(self, name: str, codes: list[str], now: float) -> None:
+        """Replace the operator's recovery codes (caller holds the store's lock and transaction)."""
+        conn = self.store.db.conn
+        conn.execute("DELETE FROM operator_recovery_codes WHERE operator = ?", [name])
+        for code in codes:
+            salt = secrets.token_hex(16)
+            conn.execute("INSERT INTO operator_recovery_codes (operator, salt, hash, created_at) VALUES (?, ?, ?, ?)",
+                         [name, salt, _digest(salt, code), now])
