@@ -405,6 +405,8 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
         t.done()
     rules = _rules(root.sub("rules"))
     root.used.add("retention")  # server-side only: read by _load_retention, not part of the Site
+    root.used.add("intrusion")  # server-side only: read by _load_intrusion, not part of the Site
+    root.used.add("desk")  # server-side only: read by load_desk_settings, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
@@ -456,6 +458,108 @@ def _load_retention(path: Path, errors: list[ConfigError]) -> RetentionSettings:
     if data is None:
         return RetentionSettings()
     return _retention(_Table(data, str(path), "", errors).sub("retention"))
+
+
+@dataclass(frozen=True)
+class IntrusionSettings:
+    """Thresholds of the server's intrusion signals (site.toml [intrusion]; server/intrusion.py applies them).
+
+    Defaults chosen so that an honest bad day (a few mistyped PINs, a visitor trying a wrong card twice) stays
+    quiet while a scripted attack is caught within its first minute: five unknown or inactive cards at one
+    reader in a minute, one card refused at four doors in ten minutes, five wrong PINs at one keypad in five
+    minutes whatever the cards, a door forced within a minute of a tamper at it.
+    """
+
+    enabled: bool = True
+    probe_count: int = 5
+    probe_window_s: float = 60.0
+    probe_doors: int = 4
+    probe_doors_window_s: float = 600.0
+    pin_guess_count: int = 5
+    pin_guess_window_s: float = 300.0
+    attack_window_s: float = 60.0
+
+
+#: Allowed ranges of the [intrusion] thresholds: a count of 1 would alarm on every mistyped card; a window
+#: over a day would keep an honest person's old mistakes counting against them.
+INTRUSION_COUNT_RANGE = (2, 1000)
+INTRUSION_WINDOW_RANGE = (1.0, 86400.0)
+
+
+def _intrusion(t: _Table | None) -> IntrusionSettings:
+    d = IntrusionSettings()
+    if t is None:
+        return d
+
+    def count(name: str) -> int:
+        default = getattr(d, name)
+        value = t.get(name, int, default)
+        lo, hi = INTRUSION_COUNT_RANGE
+        if value is not None and not lo <= value <= hi:
+            t.error(name, f"must be {lo} to {hi}, got {value}",
+                    f"set {name} to a whole number from {lo} to {hi}, or remove it for {default}")
+            value = None
+        return default if value is None else int(value)
+
+    def window(name: str) -> float:
+        default = getattr(d, name)
+        value = t.get(name, float, default)
+        lo, hi = INTRUSION_WINDOW_RANGE
+        if value is not None and not lo <= value <= hi:
+            t.error(name, f"must be {lo:g} to {hi:g} seconds, got {value:g}",
+                    f"set {name} to a number of seconds from {lo:g} to {hi:g}, or remove it for {default:g}")
+            value = None
+        return default if value is None else float(value)
+
+    enabled = t.get("enabled", bool, d.enabled)
+    out = IntrusionSettings(
+        enabled=d.enabled if enabled is None else bool(enabled),
+        probe_count=count("probe_count"),
+        probe_window_s=window("probe_window_s"),
+        probe_doors=count("probe_doors"),
+        probe_doors_window_s=window("probe_doors_window_s"),
+        pin_guess_count=count("pin_guess_count"),
+        pin_guess_window_s=window("pin_guess_window_s"),
+        attack_window_s=window("attack_window_s"),
+    )
+    t.done()
+    return out
+
+
+def _load_intrusion(path: Path, errors: list[ConfigError]) -> IntrusionSettings:
+    """The [intrusion] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [])
+    if data is None:
+        return IntrusionSettings()
+    return _intrusion(_Table(data, str(path), "", errors).sub("intrusion"))
+
+
+@dataclass(frozen=True)
+class DeskSettings:
+    """The security desk's site settings (site.toml [desk]; server/web reads them, docs/desk.md).
+
+    ``require_totp_for_admins``: an admin without a second factor is sent to enrol one before using the desk.
+    Off by default so a new site can be set up; ``doorkeep doctor`` reports admins without 2FA when it is on.
+    """
+
+    require_totp_for_admins: bool = False
+
+
+def load_desk_settings(directory: Path | str) -> DeskSettings:
+    """The [desk] table of a site directory's site.toml (defaults when absent); raises ConfigErrors."""
+    path = Path(directory) / "site.toml"
+    errors: list[ConfigError] = []
+    data = _read_toml(path, errors) if path.exists() else None
+    if errors:
+        raise ConfigErrors(errors)
+    t = _Table(data, str(path), "", errors).sub("desk") if data is not None else None
+    if t is None:
+        return DeskSettings()
+    value = t.get("require_totp_for_admins", bool, False)
+    t.done()
+    if errors:
+        raise ConfigErrors(errors)
+    return DeskSettings(require_totp_for_admins=bool(value))
 
 
 @dataclass(frozen=True)
@@ -885,7 +989,7 @@ def _privacy_masks(t: _Table) -> tuple[tuple[tuple[float, float], ...], ...]:
 
 
 #: Client names the site's PKI and broker ACL give to the server and the broker, never to a device.
-RESERVED_DEVICE_IDS = frozenset({"server", "broker"})
+RESERVED_DEVICE_IDS = frozenset({"server", "broker", "operator"})  # certificate identities (doorkeep.pki)
 
 
 def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
@@ -1081,6 +1185,7 @@ class SiteBundle:
     credential_key_file: Path
     visitor_pool: list[CardSeed] = field(default_factory=list)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    intrusion: IntrusionSettings = field(default_factory=IntrusionSettings)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -1128,10 +1233,11 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
     # Where the server keeps the credential key unless $DOORKEEP_CREDENTIAL_KEY is set.
     key_file = d / "keys" / "credential.key"
     retention = _load_retention(d / "site.toml", errors) if site is not None else RetentionSettings()
+    intrusion = _load_intrusion(d / "site.toml", errors) if site is not None else IntrusionSettings()
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
-    return SiteBundle(d, site, people, cards, devices, key_file, pool, retention=retention)
+    return SiteBundle(d, site, people, cards, devices, key_file, pool, retention=retention, intrusion=intrusion)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:

@@ -30,6 +30,7 @@ from edge.osdp.secure import (
     SecureChannelError,
     SecureSession,
     client_cryptogram,
+    cryptograms_match,
     derive_session_keys,
     initial_rmac,
     random_bytes,
@@ -78,9 +79,12 @@ class OsdpPdSimulator:
     secure_channel: bool = True
     commands: list[RecordedCommand] = field(default_factory=list)
     muted: bool = False
+    """True: hear nothing, answer nothing (a cut bus or a dead reader)."""
     forge_next_reply: bool = False
     """True: the next secure card or keypad reply carries a wrong MAC (a forged packet), once."""
-    """True: hear nothing, answer nothing (a cut bus or a dead reader)."""
+    nak_storm: bool = False
+    """True: every command is answered by a NAK in clear, what an attacker injecting NAKs on the RS-485 wire
+    ahead of the real reader makes the control panel hear (a NAK needs no key)."""
     line_baud: int | None = None
     """Pace writes at this line rate (a pty carries bytes instantly whatever the baud rate; bench only)."""
 
@@ -174,6 +178,12 @@ class OsdpPdSimulator:
             pass
 
     def _handle(self, cmd: pk.Packet) -> bytes | None:
+        if self.nak_storm:
+            self._session = None
+            wire = pk.Packet(self.address, pk.REPLY_NAK, bytes([pk.NAK_SC_REQUIRED]), sequence=cmd.sequence,
+                             reply=True).encode()
+            self._last = None
+            return wire
         if cmd.sequence == 0:
             self._session = None
             self._last = None
@@ -237,7 +247,7 @@ class OsdpPdSimulator:
 
     def _scrypt(self, cmd: pk.Packet) -> bytes | None:
         hs = self._handshake
-        if not hs or server_cryptogram(hs["keys"], hs["rnd_a"], hs["rnd_b"]) != cmd.data:
+        if not hs or not cryptograms_match(server_cryptogram(hs["keys"], hs["rnd_a"], hs["rnd_b"]), cmd.data):
             self._handshake = {}
             return self._reply(cmd, pk.REPLY_NAK, bytes([pk.NAK_SC_REQUIRED]), clear=True)
         rmac = initial_rmac(hs["keys"], bytes(cmd.data))

@@ -65,6 +65,7 @@ from doorkeep.model import CredentialState, PersonKind
 from edge.agent import PIN_ENTRY_S
 from edge.framing import encode_ascii, encode_em4100
 from server.directory import Visitor
+from server.intrusion import INTRUSION_ALARMS
 from simulators.brokers import BrokerUnavailable
 from simulators.clock import ScenarioClock
 from simulators.site import DEMO_SITE, KEYPAD_PROTOCOLS, READER_CARD_FORMATS, SiteRunner, SiteRunnerError, mosquitto_installed
@@ -74,7 +75,11 @@ SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
 DEFAULT_WITHIN_S = 5.0
 MAX_WITHIN_S = 120.0
 ALARM_TYPES = ("forced_open", "held_open", "held_open_warning", "relay_stuck", "tamper", "reader_offline",
-               "camera_offline")
+               "camera_offline", "reader_security", "outbox_tampered")
+#: Alarms the server raises from patterns of events (server/intrusion.py): checked in the server's alarm store,
+#: at a door or, for ``card_probing``, for one card (``expect_alarm`` with ``card:`` and no door).
+SERVER_ALARM_TYPES: tuple[str, ...] = INTRUSION_ALARMS
+CARD_ALARM_TYPES = ("card_probing",)
 
 
 # =================================================================== errors
@@ -303,7 +308,7 @@ _k_reason = _choice(*(r.value for r in Reason))
 _k_decision = _choice("granted", "denied")
 _k_decided_by = _choice("server", "edge_offline")
 _k_event_type = _choice(*sorted(EVENT_TYPES))
-_k_alarm_type = _choice(*ALARM_TYPES)
+_k_alarm_type = _choice(*ALARM_TYPES, *SERVER_ALARM_TYPES)
 _k_updown = _choice("up", "down")
 _k_format = _choice("em4100", "ascii")
 _k_card_format = _choice(*CARD_FORMATS)
@@ -349,6 +354,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("hold_open", _k_ident, "keep a door open for a simulated time, then close it",
           **{"for": Field(_k_duration, required=True)}),
     _verb("rex", _k_ident, "press a door's request-to-exit button"),
+    _verb("tamper", _k_ident, "open a door's tamper switch (the reader's cover); restored: true puts it back",
+          restored=Field(_k_bool)),
     _verb("register_visitor", _k_ident, "register a visitor at the security desk",
           name=Field(_k_str, required=True), host=Field(_k_ident, required=True),
           areas=Field(_k_ident_list, required=True), company=Field(_k_str), escort_required=Field(_k_bool),
@@ -370,9 +377,10 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
           decided_by=Field(_k_decided_by)),
     _verb("expect_relay", _k_ident, "a door's lock relay energised or not", expectation=True,
           energised=Field(_k_bool, required=True)),
-    _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open, relay_stuck, tamper, …) raised at a door",
-          expectation=True,
-          type=Field(_k_alarm_type), count=Field(_k_count)),
+    _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open, relay_stuck, tamper, …) raised at a door, "
+          "or an intrusion alarm (card_probing, pin_guessing, door_attack) at a door or for a card",
+          expectation=True, optional_subject=True,
+          type=Field(_k_alarm_type), count=Field(_k_count), card=Field(_k_card), format=Field(_k_card_format)),
     _verb("expect_event", _k_event_type, "an event stored by the server", expectation=True,
           door=Field(_k_ident), decision=Field(_k_decision), reason=Field(_k_reason),
           person=Field(_k_ident_or_null), decided_by=Field(_k_decided_by), violation=Field(_k_ident),
@@ -423,6 +431,8 @@ class Step:
             return f"{v} {self.subject}"
         if v == "rex":
             return f"press REX at {self.subject}"
+        if v == "tamper":
+            return f"{'close' if o.get('restored') else 'open'} the tamper switch at {self.subject}"
         if v == "register_visitor":
             return f"register visitor {self.subject} ({o['name']}, host {o['host']}, areas {', '.join(o['areas'])})"
         if v == "check_in":
@@ -451,7 +461,8 @@ class Step:
             return f"expect relay of {self.subject} {'energised' if o['energised'] else 'not energised'}"
         if v == "expect_alarm":
             kind = o.get("type", "alarm")
-            return f"expect {_count_text(o.get('count'))} {kind} at {self.subject}"
+            where = f"for card {o['card']}" if "card" in o else f"at {self.subject}"
+            return f"expect {_count_text(o.get('count'))} {kind} {where}"
         if v == "expect_event":
             filters = ", ".join(f"{k} {o[k] if o[k] is not None else 'none'}"
                                 for k in ("door", "decision", "reason", "person", "decided_by", "violation") if k in o)
@@ -751,6 +762,19 @@ def _check_step_options(f: str, step: Step, key_lines: dict[Any, int], errors: l
         elif "decision" in o and "reason" in o and (o["decision"] == "granted") != o["reason"].startswith("granted"):
             err(f"decision {o['decision']} contradicts reason {o['reason']}",
                 "only granted* reasons grant; fix one of them", "reason")
+    if step.verb == "expect_alarm":
+        if "card" in o:
+            if step.subject is not None:
+                err("give either a door or `card:`, not both", "write `- expect_alarm:` with card: for an alarm "
+                    "about one card, or `- expect_alarm: DOOR` for one at a door", "card")
+            elif o.get("type") not in CARD_ALARM_TYPES:
+                err(f"only {', '.join(CARD_ALARM_TYPES)} is raised for a card",
+                    "add type: card_probing, or name a door instead of `card:`", "type")
+        elif step.subject is None:
+            err("`expect_alarm` needs a door (or `card:` for card_probing of one card)",
+                "write `- expect_alarm: DOOR`, or add card: \"0F00A1B2C3\" and type: card_probing")
+        if "format" in o and "card" not in o:
+            err("`format` says how to read `card:`, which is not given", "add card: or remove format:", "format")
     if step.verb == "expect_event" and "decision" in o and "reason" in o \
             and (o["decision"] == "granted") != o["reason"].startswith("granted"):
         err(f"decision {o['decision']} contradicts reason {o['reason']}",
@@ -777,6 +801,9 @@ def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> N
         desk = s.verb in ("register_visitor", "check_in", "check_out", "report_lost", "lockdown")
         if desk and not up["server"]:
             err("the security desk works through the server, which is down here", "put `server: up` before this step")
+        if s.verb == "expect_alarm" and s.options.get("type") in SERVER_ALARM_TYPES and not up["server"]:
+            err(f"{s.options['type']} alarms are raised by the server, which is down here",
+                "put `server: up` before this expectation")
         if s.verb in ("expect_event", "expect_area", "expect_occupancy") and not up["server"]:
             err("stored events, presence and occupancy are the server's, which is down here",
                 "put `server: up` before this expectation (events reach the server once it is back)")
@@ -881,14 +908,17 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
     for s in scenario.steps:
         o = s.options
         v = s.verb
-        if v in ("badge", "open", "close", "force", "hold_open", "rex", "expect_decision", "expect_relay",
-                 "expect_alarm") and not door_ok(s, s.subject):
+        if v in ("badge", "open", "close", "force", "hold_open", "rex", "tamper", "expect_decision", "expect_relay",
+                 "expect_alarm") and s.subject is not None and not door_ok(s, s.subject):
             continue
         hw = hardware.get(s.subject) if isinstance(s.subject, str) else None
         opens = v in ("open", "close", "force", "hold_open") or (v == "badge" and o.get("walk_through"))
         if opens and hw is not None and hw.contact is None:
             err(s, f"door {s.subject!r} has no door contact wired, so it cannot be seen opening",
                 "add `contact = { pin = N }` to the door in its device file, or use another door")
+        if v == "tamper" and hw is not None and hw.tamper is None:
+            err(s, f"door {s.subject!r} has no tamper switch wired",
+                "add `tamper = { pin = N }` to the door in its device file, or use another door")
         if v == "rex" and hw is not None and hw.rex is None:
             err(s, f"door {s.subject!r} has no REX button wired",
                 "add `rex = { pin = N }` to the door in its device file, or use another door")
@@ -1355,6 +1385,19 @@ class ScenarioRunner:
             raise StepFailed(f"the edge reported no REX press at {door} within 3 s")
         return ""
 
+    def _do_tamper(self, step: Step) -> str:
+        door = step.subject
+        restored = bool(step.opt("restored"))
+        sim = self.site.doors[door].door
+        if sim.tampered != restored:
+            raise StepFailed(f"the tamper switch at {door} is already {'closed' if restored else 'open'}")
+        rt = self._agent_door(door)
+        (sim.restore_tamper if restored else sim.tamper)()
+        if not _poll(lambda: rt.machine.tampered != restored, 3.0):
+            raise StepFailed(f"the edge did not see the tamper switch at {door} {'close' if restored else 'open'} "
+                             "within 3 s")
+        return ""
+
     def _do_register_visitor(self, step: Step) -> str:
         o = step.options
         now = self.clock.wall()
@@ -1510,6 +1553,8 @@ class ScenarioRunner:
         return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
 
     def _expect_alarm(self, step: Step) -> tuple[bool, str, str]:
+        if step.options.get("type") in SERVER_ALARM_TYPES:
+            return self._expect_server_alarm(step)
         door = step.subject
         types = [step.options["type"]] if "type" in step.options else list(ALARM_TYPES)
         count = step.options.get("count")
@@ -1527,6 +1572,39 @@ class ScenarioRunner:
         expected = f"{_count_text(count)} {' or '.join(types)} at {door}"
         actual = (f"{len(alarms)}: " + ", ".join(f"{e.type} at {self._local(t)}" for t, e in alarms)) if alarms \
             else f"no {' or '.join(types)} at {door}"
+        return ok, expected, actual
+
+    def _expect_server_alarm(self, step: Step) -> tuple[bool, str, str]:
+        """An alarm the server raised (intrusion signals): every one ever stored of that type at the door, or
+        about the card, resolved ones included."""
+        o = step.options
+        kind, count = o["type"], o.get("count")
+        where = f"for card {o['card']}" if "card" in o else f"at {step.subject}"
+        expected = f"{_count_text(count)} {kind} {where}"
+        if self.site.server is None:
+            return False, expected, "the server is down: it raises these alarms"
+        store = self.site.server.store
+        if "card" in o:
+            fmt = o.get("format", "em4100")
+            keys = [f"{kind}:credential:{card_hash(self.site.key, fmt, o['card'])}"]
+        else:
+            keys = [f"{kind}:door:{step.subject}"]
+
+        def found() -> list[dict[str, Any]]:
+            return [a for key in keys for a in store.alarms(limit=None, type=kind, key=key)]
+
+        if count == 0:
+            self._do_settle_quietly(self._within(step))
+            ok = not found()
+        else:
+            ok = _poll(lambda: len(found()) >= (count or 1), self._within(step), 0.05)
+            ok = ok and (count is None or len(found()) == count)
+        alarms = found()
+        actual = (f"{len(alarms)}: " + ", ".join(
+            f"{a['id']} ({a['state']}; " + ", ".join(f"{k} {a['detail'][k]}" for k in ("count", "door_count",
+                                                                                    "seconds_apart", "window_s")
+                                                     if k in a["detail"]) + ")" for a in alarms)) \
+            if alarms else f"no {kind} {where}"
         return ok, expected, actual
 
     def _expect_event(self, step: Step) -> tuple[bool, str, str]:
