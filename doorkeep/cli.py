@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ HANDLERS = {
     "user list": "server.web.cli:user_list",
     "user disable": "server.web.cli:user_disable",
     "desk": "server.web.cli:desk",
+    "doctor": "server.cli:doctor",
 }
 
 
@@ -58,8 +60,10 @@ def _tls_flags(sp: argparse.ArgumentParser) -> None:
     """``--broker`` (default mutual TLS), ``--ca/--cert/--key`` and ``--allow-plain-mqtt`` for a server-side client."""
     sp.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker URL (default {DEFAULT_BROKER})")
     sp.add_argument("--ca", type=Path, help="mqtts:// only: the site CA (default SITE/pki/ca.crt)")
-    sp.add_argument("--cert", type=Path, help="mqtts:// only: the server's certificate (default SITE/pki/server.crt)")
-    sp.add_argument("--key", type=Path, help="mqtts:// only: the server's key (default SITE/pki/server.key)")
+    sp.add_argument("--cert", type=Path, help="mqtts:// only: this client's certificate (default SITE/pki/server.crt; "
+                                              "operator.crt for door unlock and lockdown)")
+    sp.add_argument("--key", type=Path, help="mqtts:// only: this client's key (default SITE/pki/server.key; "
+                                             "operator.key for door unlock and lockdown)")
     sp.add_argument("--allow-plain-mqtt", action="store_true", help=ALLOW_PLAIN_HELP)
 
 
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     pki_sub = pki.add_subparsers(dest="action", required=True, metavar="ACTION")
     pin = pki_sub.add_parser("init", help="create the site CA in SITE/pki (key mode 0600) and an empty CRL")
     pin.add_argument("--site", required=True, type=Path, help="the site directory")
-    pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server` or `broker`")
+    pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server`, `operator` "
+                                           "or `broker`")
     pis.add_argument("name", metavar="NAME")
     pis.add_argument("--site", required=True, type=Path, help="the site directory")
     pis.add_argument("--host", action="append", metavar="HOST",
@@ -113,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     bcf.add_argument("--bind", help="listen on this address only (default: every interface)")
     bcf.add_argument("--persistence", type=Path, default=Path("/var/lib/mosquitto"), metavar="DIR",
                      help="where Mosquitto keeps sessions and queued messages (default /var/lib/mosquitto)")
+    bcf.add_argument("--people", type=int, metavar="N", help="the most people the site will hold: sizes "
+                     "message_size_limit for the signed policies (default: the site files' count; at least 16 MiB)")
+    bcf.add_argument("--log-file", type=Path, metavar="FILE", help="log to FILE for `doorkeep server --broker-log` "
+                     "(default: stderr, i.e. the journal)")
 
     aud = sub.add_parser("audit", help="the hash-chained audit log (docs/security.md)")
     aud_sub = aud.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -161,8 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     _tls_flags(dsk)
     dsk.add_argument("--host", default="127.0.0.1", help="address the desk listens on (default 127.0.0.1)")
     dsk.add_argument("--port", type=int, default=8080, help="the desk's HTTP port (default 8080)")
+    dsk.add_argument("--forwarded-allow-ips", metavar="ADDRS",
+                     help="behind a TLS reverse proxy: trust X-Forwarded-Proto/-For only from these comma-separated "
+                          "proxy addresses (default: trusted from nobody)")
     dsk.add_argument("--proxy-headers", action="store_true",
-                     help="behind a TLS reverse proxy on this host: trust its X-Forwarded-Proto/-For")
+                     help="the same as --forwarded-allow-ips 127.0.0.1,::1 (a proxy on this host)")
+
+    doc = sub.add_parser("doctor", help="a hardening report for a site: each finding with its fix; exit 0 none "
+                                        "high, 1 a high finding, 2 usage (docs/security.md)")
+    doc.add_argument("--site", required=True, type=Path, help="the site directory")
+    doc.add_argument("--data", type=Path, help="the server's data directory, to check its modes, retention, "
+                                               "operators' 2FA and the edges' clocks (default: not checked)")
+    doc.add_argument("--broker-config", type=Path, metavar="FILE",
+                     help="the Mosquitto configuration to check (default SITE/broker/mosquitto.conf)")
+    doc.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     mus = sub.add_parser("muster", help="who is in which area now (roll call), visitors with their hosts")
     mus.add_argument("--site", required=True, type=Path, help="the site directory")
@@ -195,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     osd = sub.add_parser("osdp", help="OSDP readers (docs/readers.md)")
     osd_sub = osd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    oik = osd_sub.add_parser("install-key", help="give DOOR's OSDP reader (still on the default key) a new "
-                                                 "random Secure Channel key and write it to its scbk_file (0600); "
-                                                 "run with the edge agent stopped")
+    oik_help = ("give DOOR's OSDP reader (still on the default key) a new random Secure Channel key and write it "
+                "to its scbk_file (0600); run with the edge agent stopped. The key travels under the public "
+                "default key SCBK-D: anyone on the RS-485 wire learns it, so do it on an isolated bus, the reader "
+                "alone on its wire")
+    oik = osd_sub.add_parser("install-key", help=oik_help, description=oik_help)
     oik.add_argument("door", help="the door id whose reader gets the key")
     oik.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
     oik.add_argument("--timeout", type=float, default=15.0, metavar="S", help="give up after S seconds (15)")
@@ -210,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="raise device_offline for a device silent this long (default 90)")
     srv.add_argument("--gap-timeout", type=float, metavar="S",
                      help="raise event_gap for event numbers missing this long (default 60)")
+    srv.add_argument("--broker-log", type=Path, metavar="FILE", help="the broker's log file (`doorkeep broker config "
+                     "--log-file`): raise certificate_refused when a refused certificate keeps trying")
 
     demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
     demo.add_argument("--duration", type=float, help="stop after this many seconds and print a summary")
@@ -293,16 +318,30 @@ def _key_init_data(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The command's umask: what it creates (the server's store, snapshots, audit head, the edge's outbox, policy
+#: cache and nonces, keys) is readable by its own account only. Files meant for others (certificates, the
+#: broker's configuration) are given their mode explicitly where they are written.
+UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
-    module, func = HANDLERS[name].split(":")
-    handler = getattr(importlib.import_module(module), func)
+    """Run one subcommand under ``UMASK``.
+
+    The umask is process state, so it is set here, at the command's entry point, never in a library; it is
+    put back on return for a caller (a test) that runs ``main`` in its own process."""
+    previous = os.umask(UMASK)
     try:
-        return int(handler(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
+        module, func = HANDLERS[name].split(":")
+        handler = getattr(importlib.import_module(module), func)
+        try:
+            return int(handler(args) or 0)
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":
