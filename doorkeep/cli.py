@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsk.add_argument("--forwarded-allow-ips", metavar="ADDRS",
                      help="behind a TLS reverse proxy: trust X-Forwarded-Proto/-For only from these comma-separated "
                           "proxy addresses (default: trusted from nobody)")
+    dsk.add_argument("--broker-log", type=Path, metavar="FILE", help="the broker's log file (`doorkeep broker config "
+                     "--log-file`): raise certificate_refused when a refused certificate keeps trying")
     dsk.add_argument("--proxy-headers", action="store_true",
                      help="the same as --forwarded-allow-ips 127.0.0.1,::1 (a proxy on this host)")
 

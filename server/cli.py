@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    watcher = _broker_log_watcher(args, server)
+    watcher = broker_log_watcher(args, server)
     log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id, data)
     notifier = SystemdNotifier()
     notifier.notify("READY=1")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker_log_watcher(args: argparse.Namespace, server: Any) -> Any:
+def broker_log_watcher(args: argparse.Namespace, server: Any) -> Any:
     """``--broker-log FILE``: watch the broker's log for refused certificates (server/brokerlog.py); None without."""
     path = getattr(args, "broker_log", None)
     if path is None:

@@ -144,7 +144,7 @@ def desk(args: argparse.Namespace) -> int:
 
     from doorkeep.policy import PolicyError
     from server.app import bootstrap, create_app
-    from server.cli import broker_config
+    from server.cli import broker_config, broker_log_watcher
 
     from server.web.serving import parse_allow_ips, uvicorn_config
 
@@ -163,9 +163,11 @@ def desk(args: argparse.Namespace) -> int:
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep desk: {exc}", file=sys.stderr)
         return 2
+    watcher = None
     try:
         app = create_app(server)
         server.start()
+        watcher = broker_log_watcher(args, server)
         print(f"security desk for site {bundle.site.id} on http://{args.host}:{args.port}/ (store in {data}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
         # Forwarded headers only from the proxies named (server/web/serving.py): by default nobody can name
@@ -174,6 +176,8 @@ def desk(args: argparse.Namespace) -> int:
                                 forwarded_allow_ips=allow_ips)
         uvicorn.Server(config).run()  # handles SIGINT / SIGTERM itself
     finally:
+        if watcher is not None:
+            watcher.stop()
         server.stop()
     return 0
 
