@@ -81,6 +81,8 @@ class AlarmOut(BaseModel):
     device: str | None
     door: str | None
     door_name: str | None
+    subject: str | None = Field(default=None, description="what an alarm at no door is about: a card's last "
+                                "digits (card_probing) or a network address (certificate_refused)")
     raised_at: float
     last_raised_at: float
     occurrences: int
@@ -109,11 +111,26 @@ class ActionOut(BaseModel):
     changed: bool = Field(description="false when it was already acknowledged / resolved")
 
 
+def _subject(row: dict[str, Any]) -> str | None:
+    """A security alarm raised at no door names its subject in its detail; shown where the door would be."""
+    detail = row.get("detail") or {}
+    if row.get("door"):
+        return None
+    last4 = detail.get("credential_last4")
+    if isinstance(last4, list):
+        last4 = ", ".join(str(x) for x in last4[:3])
+    if last4:
+        return f"card …{last4}"
+    address = detail.get("address")
+    return f"from {address}" if isinstance(address, str) and address else None
+
+
 def _out(request: Request, row: dict[str, Any]) -> AlarmOut:
     site = request.app.state.desk.server.site
     door = site.doors.get(row["door"]) if row.get("door") else None
     return AlarmOut(id=row["id"], type=row["type"], title=alarm_name(row["type"]), severity=row["severity"],
                     state=row["state"], device=row["device"], door=row["door"], door_name=door.name if door else None,
+                    subject=_subject(row),
                     raised_at=row["raised_at"], last_raised_at=row["last_raised_at"], occurrences=row["occurrences"],
                     cleared_at=row["cleared_at"], acknowledged_at=row["acknowledged_at"],
                     acknowledged_by=row["acknowledged_by"], resolved_at=row["resolved_at"],

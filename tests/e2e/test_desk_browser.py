@@ -145,3 +145,26 @@ def test_desk_operator_sees_no_people_or_audit_and_is_refused_there(page: Any, d
     assert "needs admin" in page.get_by_role("alert").inner_text()
     assert nav_links(page) == ["Visitors", "Live", "Alarms", "Doors", "Muster"]  # still their own way out
     assert page.goto(desk + "/api/v1/audit").status == 403
+
+
+def test_security_alarms_without_a_door_are_listed_by_name_on_the_alarms_page(page: Any, desk: str,
+                                                                                site: SiteRunner) -> None:
+    """Intrusion signals and device-level security alarms (issue 12) reach the desk like door alarms do."""
+    assert site.server is not None
+    store, now = site.server.store, site.clock.wall()
+    store.raise_alarm("card_probing", key="card_probing:door:lobby_in", at=now, door="lobby_in",
+                      detail={"count": 5, "window_s": 60})
+    store.raise_alarm("card_probing", key="card_probing:credential:ab12", at=now,
+                      detail={"doors": ["lobby_in", "lobby_out", "lab", "x"], "credential_last4": ["4321"]})
+    store.raise_alarm("device_misbehaving", key="device_misbehaving:pi-lobby:0", at=now, device="pi-lobby",
+                      detail={"refusals": 6})
+    store.raise_alarm("certificate_refused", key="certificate_refused:127.0.0.9", at=now,
+                      detail={"address": "127.0.0.9", "refusals": 3})
+    log_in(page, desk, "ada", PASSWORDS["ada"], "/alarms")
+    body = page.locator("main").inner_text()
+    for label in ("Card probing", "Device misbehaving", "Certificate refused by the broker"):
+        assert label in body, f"{label!r} is not on the alarms page"
+    assert body.count("Card probing") == 2
+    assert "Active (4)" in body
+    assert "card …4321" in body and "from 127.0.0.9" in body  # what an alarm at no door is about
+    page.screenshot(path=str(Path(site.data_dir or ".") / "alarms-security.png"), full_page=True)
