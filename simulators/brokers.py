@@ -329,3 +329,32 @@ def subscribed_client(host: str, port: int, client_id: str, subscribe: str, on_m
         client.loop_stop()
         raise RuntimeError(f"{client_id}: could not connect and subscribe to {host}:{port} {failed}")
     return client
+
+
+def connection_attempt(broker: BrokerConfig, client_id: str, *, timeout: float = 10.0) -> str:
+    """One connection attempt to ``broker`` as its configuration says (certificate and all), then hang up.
+
+    Returns ``"connected"``, ``"refused"`` (the broker answered CONNACK with a failure) or ``"disconnected"``
+    (the TLS handshake was refused: paho reports that as a disconnect, not as an exception from connect;
+    MEASURED.md), ``"failed"`` (no TCP connection), or ``"no answer"`` after ``timeout``. For scenarios and tests
+    that play a client the broker must turn away, such as a revoked device still trying.
+    """
+    outcome: list[str] = []
+    answered = threading.Event()
+
+    def note(what: str) -> None:
+        outcome.append(what)
+        answered.set()
+
+    client = mqtt_client(broker, client_id)
+    client.on_connect = lambda c, u, f, reason, p: note("refused" if reason.is_failure else "connected")
+    client.on_disconnect = lambda *a: note("disconnected")
+    client.on_connect_fail = lambda *a: note("failed")
+    client.reconnect_delay_set(min_delay=60, max_delay=120)  # one attempt: no reconnect before we hang up
+    client.connect_async(broker.host, broker.port)
+    client.loop_start()
+    try:
+        return outcome[0] if answered.wait(timeout) else "no answer"
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -87,12 +87,19 @@ class OsdpPdSimulator:
     ahead of the real reader makes the control panel hear (a NAK needs no key)."""
     line_baud: int | None = None
     """Pace writes at this line rate (a pty carries bytes instantly whatever the baud rate; bench only)."""
+    clear_naks_pending: int = 0
+    """The next this many commands are answered by a NAK in clear, like :attr:`nak_storm` but bounded
+    (:meth:`inject_clear_naks`): a scenario can stay just under the control panel's threshold."""
+    wrong_key_pending: int = 0
+    """The next this many Secure Channel challenges are answered under a wrong key (:meth:`answer_with_wrong_key`):
+    what a reader swapped on the wall, or a man in the middle without the key, looks like to the control panel."""
 
     def __post_init__(self) -> None:
         self._pty = _Pty()
         self._events: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
         self._session: SecureSession | None = None
+        self._drop_session = False
         self._handshake: dict[str, Any] = {}
         self._last: tuple[int, bytes] | None = None
         self._stop = threading.Event()
@@ -125,6 +132,40 @@ class OsdpPdSimulator:
 
     def set_tamper(self, active: bool) -> None:
         self._queue(pk.REPLY_LSTATR, bytes([1 if active else 0, 0]))
+
+    def inject_clear_naks(self, count: int) -> None:
+        """Answer the next ``count`` commands (whatever they are) by a NAK in clear, then answer normally again."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            self.clear_naks_pending += count
+
+    def answer_with_wrong_key(self, count: int) -> None:
+        """Lose the Secure Channel session (like a reader swapped on the wall, or rebooted: the control panel's
+        next secure command is NAKed in clear, once) and answer the next ``count`` challenges under our own key
+        with a cryptogram under another key (each a failed handshake for the control panel), then under the
+        right key again. A probe under the default key SCBK-D is answered as before (a keyed reader refuses it)
+        and is not counted."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            self.wrong_key_pending += count
+            self._drop_session = count > 0
+
+    @property
+    def injections_pending(self) -> int:
+        """Clear NAKs and wrong-key answers still to be sent: 0 once the control panel has heard them all."""
+        with self._lock:
+            return self.clear_naks_pending + self.wrong_key_pending
+
+    def _take(self, name: str) -> bool:
+        """Consume one pending injection of kind ``name`` (an attribute); True if there was one."""
+        with self._lock:
+            left = getattr(self, name)
+            if left <= 0:
+                return False
+            setattr(self, name, left - 1)
+            return True
 
     def leds(self) -> list[int]:
         """The colours of every LED command received, in order."""
@@ -178,7 +219,12 @@ class OsdpPdSimulator:
             pass
 
     def _handle(self, cmd: pk.Packet) -> bytes | None:
-        if self.nak_storm:
+        with self._lock:
+            drop, self._drop_session = self._drop_session, False
+        if drop:
+            self._session = None  # the bus thread owns the session; a tester only asks for it to go
+            self._last = None
+        if self.nak_storm or self._take("clear_naks_pending"):
             self._session = None
             wire = pk.Packet(self.address, pk.REPLY_NAK, bytes([pk.NAK_SC_REQUIRED]), sequence=cmd.sequence,
                              reply=True).encode()
@@ -239,6 +285,8 @@ class OsdpPdSimulator:
             key = SCBK_D if self.scbk is None else bytes(16)  # a keyed reader refuses the default key
         else:
             key = self.scbk if self.scbk is not None else bytes(16)
+            if self._take("wrong_key_pending"):
+                key = bytes(b ^ 0xA5 for b in key)  # not the key the control panel holds
         rnd_a, rnd_b = bytes(cmd.data), random_bytes(8)
         keys = derive_session_keys(key, rnd_a)
         self._handshake = {"keys": keys, "rnd_a": rnd_a, "rnd_b": rnd_b, "type": key_type}

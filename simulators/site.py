@@ -14,6 +14,13 @@ restart the server on the same data directory (the store, presence, visitors
 and lockdowns survive, as they would across a real restart), and
 :meth:`stop_broker` / :meth:`start_broker` restart the runner's own broker on
 the same port, so every client's own reconnect logic brings it back.
+
+With its own Mosquitto (``embedded_broker=False``) the runner also wires the broker's log as production
+does (``doorkeep server --broker-log FILE``): Mosquitto logs to ``mosquitto.log`` in its working directory
+and the server's :class:`~server.brokerlog.BrokerLogWatcher` follows it (:attr:`SiteRunner.broker_log_watcher`),
+so refused certificates raise ``certificate_refused``. :meth:`SiteRunner.revoke_device` takes a device off
+the site and revokes its certificate, as an operator does when a Pi is stolen; the stolen pair it returns is
+what an attacker still tries to connect with.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import tempfile
 import threading
 import tty
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +45,12 @@ from gpiozero.pins.mock import MockFactory
 from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, DeviceConfig, SiteBundle, load_site_dir
 from doorkeep.envelope import SnapshotKeys
+from doorkeep.pki import revoke
 from edge.agent import EdgeAgent
 from edge.osdp.cards import WIEGAND_FORMATS
 from edge.osdp.keys import KeyFileError, load_scbk, write_scbk
 from server.app import Server, bootstrap
+from server.brokerlog import BrokerLogWatcher
 from simulators import reader as _reader_module
 from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
@@ -181,6 +191,10 @@ class SiteRunner:
     _broker_port: int | None = None
     _tmp: Any = None
     _server_started: bool = False
+    broker_log_watcher: BrokerLogWatcher | None = None
+    """With the runner's own Mosquitto and a server running: the server's watcher of the broker's log."""
+    retired: set[str] = field(default_factory=set)
+    """Devices taken off the site by :meth:`revoke_device` (their agent stopped, their certificate revoked)."""
 
     @classmethod
     def from_dir(cls, site_dir: Path | str = DEMO_SITE, **kw: Any) -> SiteRunner:
@@ -239,8 +253,17 @@ class SiteRunner:
         # same CA). Mutual TLS with the ACL `doorkeep broker config` generates, as in production.
         if self._broker_dir is None:
             self._broker_dir = tempfile.TemporaryDirectory(prefix="doorkeep-broker-")
+        live = [d for d in self.bundle.devices if d not in self.retired]  # a revoked device gets no new certificate
         return MosquittoBroker(port=port, workdir=Path(self._broker_dir.name), persistent=True,
-                               tls_sites=[self.bundle.site.id], clients=["server", *self.bundle.devices])
+                               tls_sites=[self.bundle.site.id], clients=["server", *live])
+
+    @property
+    def broker_log(self) -> Path | None:
+        """The log file of the runner's own Mosquitto (what ``--broker-log`` names in production); None for the
+        embedded broker or an external one."""
+        if not self.owns_broker or self.embedded_broker or self._broker_dir is None:
+            return None
+        return Path(self._broker_dir.name) / "mosquitto.log"
 
     # --------------------------------------------------------------- server
 
@@ -262,6 +285,11 @@ class SiteRunner:
             server.store.close()
             raise
         self.server = server
+        log_file = self.broker_log
+        if log_file is not None:
+            # As `doorkeep server --broker-log FILE` does (server/cli.py), on the server's store and clock.
+            self.broker_log_watcher = BrokerLogWatcher(log_file, server.store, self.clock, poll_s=0.1)
+            self.broker_log_watcher.start()
         return self.server
 
     def _discard_server_session(self) -> None:
@@ -291,7 +319,13 @@ class SiteRunner:
         if self.server is None:
             raise SiteRunnerError("the server is not running")
         server, self.server = self.server, None
+        self._stop_watcher()
         server.stop()
+
+    def _stop_watcher(self) -> None:
+        watcher, self.broker_log_watcher = self.broker_log_watcher, None
+        if watcher is not None:
+            watcher.stop()
 
     # --------------------------------------------------------------- broker
 
@@ -317,6 +351,37 @@ class SiteRunner:
             raise SiteRunnerError("the broker is already up")
         self._broker = self._new_broker(self._broker_port).start()
         return self.wait_connected(timeout)
+
+    def revoke_device(self, device: str, timeout: float = 20.0) -> BrokerConfig:
+        """Take ``device`` off the site as an operator does when its Pi is stolen, and return the stolen pair.
+
+        Its edge agent stops (relays to their safe state), its certificate is revoked (``doorkeep pki revoke``:
+        the CRL rewritten, the files moved to ``pki/revoked/``), and the broker is restarted so that it reads the
+        new CRL (Mosquitto reads it only at start). Every other client reconnects by itself; the returned
+        configuration is the revoked certificate and key, for whoever still holds them. Needs the runner's own
+        Mosquitto: the embedded broker has no TLS and an external one is not ours to restart.
+        """
+        if self.embedded_broker or not self.owns_broker:
+            raise SiteRunnerError("revoking a certificate needs the runner's own Mosquitto (mutual TLS, a CRL): "
+                                  "install mosquitto and run without --broker")
+        if device in self.retired:
+            raise SiteRunnerError(f"{device} is already off the site (its certificate revoked)")
+        if device not in self.agents:
+            raise SiteRunnerError(f"no edge agent {device!r} runs here")
+        if self._broker is None:
+            raise SiteRunnerError("the broker is down; bring it up first")
+        pki = getattr(self._broker, "pki", None)
+        if pki is None:
+            raise SiteRunnerError("the runner's broker has no PKI")
+        self.agents.pop(device).stop()
+        self.retired.add(device)
+        serial = revoke(pki, device, now=datetime.now(timezone.utc))
+        self.stop_broker()
+        if not self.start_broker(timeout):
+            raise SiteRunnerError(f"not every client reconnected within {timeout:g} s after the broker restart")
+        aside = pki / "revoked"
+        return BrokerConfig(self.broker_url or "", ca_file=pki / "ca.crt", cert_file=aside / f"{device}-{serial:x}.crt",
+                            key_file=aside / f"{device}-{serial:x}.key")
 
     def _client_connected(self) -> list[bool]:
         states = [a.link.connected for a in self.agents.values()]
@@ -480,6 +545,7 @@ class SiteRunner:
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()
+        self._stop_watcher()
         if self.server is not None:
             self.server.stop()
             self.server = None

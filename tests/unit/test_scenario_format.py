@@ -303,6 +303,96 @@ def test_a_visitor_host_must_be_an_employee_or_contractor(tmp_path: Path) -> Non
     assert "host 'nobody' is not an employee or contractor of site hq" in only(path)
 
 
+# ------------------------------------------- intrusion signals: reader Secure Channel, refused certificates
+
+READERS = ROOT / "firmware-config" / "sites" / "readers"
+DEMO = ROOT / "firmware-config" / "sites" / "demo"
+
+
+def test_injected_clear_naks_and_wrong_key_handshakes_load_with_a_bounded_count(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "  - osdp_clear_naks: gate_in\n    count: 3\n"
+        "  - osdp_wrong_key: gate_out\n    count: 2\n"
+        "  - expect_alarm: gate_in\n    type: reader_security\n    cause: clear_nak\n    count: 0\n"
+    ), site=READERS)
+    naks, wrong, expect = load_scenario(path).steps
+    assert (naks.subject, naks.options["count"], wrong.options["count"]) == ("gate_in", 3, 2)
+    assert expect.options["cause"] == "clear_nak"
+    assert naks.text() == "inject 3 NAKs in clear at gate_in's OSDP reader"
+    assert expect.text() == "expect exactly 0 reader_security (clear_nak) at gate_in"
+
+
+@pytest.mark.parametrize("count", ["0", "21", "-1", "true", "\"3\""])
+def test_an_attack_step_count_outside_1_to_20_is_refused(tmp_path: Path, count: str) -> None:
+    path = write(tmp_path, f"  - osdp_clear_naks: gate_in\n    count: {count}\n", site=READERS)
+    assert "`count`: must be a whole number from 1 to 20" in only(path)
+
+
+def test_an_attack_step_without_a_count_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "  - osdp_wrong_key: gate_in\n", site=READERS)
+    assert "step 1 (osdp_wrong_key): `count` is required" in only(path)
+
+
+def test_secure_channel_attacks_need_an_osdp_reader_on_secure_channel(tmp_path: Path) -> None:
+    path = write(tmp_path, "  - osdp_clear_naks: store_in\n    count: 4\n  - osdp_wrong_key: gate_inn\n    count: 3\n",
+                 site=READERS)
+    found = problems(path)
+    assert any("door 'store_in' has an wiegand reader; osdp_clear_naks attacks an OSDP reader's Secure Channel" in p
+               for p in found), found
+    assert any("no door 'gate_inn'" in p and "did you mean `gate_in`?" in p for p in found), found
+
+
+def test_cause_is_only_for_reader_security_alarms(tmp_path: Path) -> None:
+    path = write(tmp_path, "  - expect_alarm: gate_in\n    type: tamper\n    cause: clear_nak\n", site=READERS)
+    assert "`cause` tells reader_security alarms apart" in only(path, check_site=False)
+    path = write(tmp_path, "  - expect_alarm: gate_in\n    type: reader_security\n    cause: clear_nack\n",
+                 site=READERS)
+    assert "did you mean `clear_nak`?" in only(path, check_site=False)
+
+
+def test_certificate_refused_is_expected_from_an_address_at_no_door(tmp_path: Path) -> None:
+    ok = write(tmp_path, "  - expect_alarm:\n    type: certificate_refused\n    count: 1\n", site=DEMO)
+    (step,) = load_scenario(ok).steps
+    assert step.subject is None and step.text() == "expect exactly 1 certificate_refused (any address)"
+    path = write(tmp_path, "  - expect_alarm: lobby_in\n    type: certificate_refused\n", site=DEMO)
+    assert "certificate_refused is about a network address, at no door and for no card" in only(path)
+
+
+def test_revoked_device_must_be_one_of_the_sites_devices(tmp_path: Path) -> None:
+    path = write(tmp_path, "  - revoked_device_connects: pi-floor8\n    count: 3\n", site=DEMO)
+    assert "no device 'pi-floor8'" in only(path) and "did you mean `pi-floor7`?" in only(path)
+
+
+def test_a_revoked_devices_doors_cannot_be_used_after_the_revocation(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "  - force: lab\n"
+        "  - revoked_device_connects: pi-floor7\n    count: 3\n"
+        "  - expect_alarm: lab\n    type: forced_open\n"
+        "  - badge: lab\n    person: alice\n"
+        "  - badge: lobby_in\n    person: alice\n"
+    ), site=DEMO)
+    found = only(path)
+    assert "step 4 (badge): door 'lab' is on pi-floor7, which step 2 took off the site" in found
+
+
+def test_revoking_a_certificate_needs_the_server_and_the_broker_up(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "  - server: down\n  - revoked_device_connects: pi-floor7\n    count: 1\n  - server: up\n"
+        "  - broker: down\n  - revoked_device_connects: pi-floor7\n    count: 1\n"
+    ), site=DEMO)
+    found = problems(path, check_site=False)
+    assert any("step 2 (revoked_device_connects)" in p and "put `server: up` before this step" in p for p in found)
+    assert any("step 5 (revoked_device_connects)" in p and "put `broker: up` before this step" in p for p in found)
+
+
+def test_revocation_scenarios_are_refused_with_an_external_broker(capsys) -> None:
+    """The step restarts the broker so it reads the new CRL: only the runner's own broker can be restarted."""
+    path = SCENARIOS / "intrusion_certificate_refused.yaml"
+    assert load_scenario(path).controls_broker
+    assert run_files([path], broker_url="mqtts://127.0.0.1:1") == 2
+    assert "needs the runner's own broker" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------- the command
 
 
