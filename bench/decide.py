@@ -686,8 +686,7 @@ def preload_presence(data_dir: Path, people: dict[str, Person], since: float) ->
     try:
         rows = [{"person": pid, "area": "floor7" if "lab" in p.access_levels else "lobby", "since": since}
                 for pid, p in people.items()]
-        with store.db.conn:
-            store.db["presence"].insert_all(rows, pk="person", batch_size=5000)
+        store.set_presences(rows)
         return len(rows)
     finally:
         store.close()
@@ -787,7 +786,7 @@ def directory_breakdown(demo: SiteBundle, pop: Population, key: bytes, pool: lis
             for j in range(50):
                 row = {"person": people_ids[j], "area": "lobby", "since": clock.wall()}
                 t0 = time.perf_counter_ns()
-                store.upsert("presence", row, "person")
+                store.set_presence(row["person"], row["area"], row["since"])
                 upserts.append(time.perf_counter_ns() - t0)
             total.sort()
             core.sort()

@@ -110,7 +110,7 @@ def audit_show(args: argparse.Namespace) -> int:
             except UsageError:
                 key = None  # without the key, pseudonyms stay pseudonyms
             if key is not None:
-                ids = list(bundle.people) + [r["id"] for r in store.rows("visitors")]
+                ids = list(bundle.people) + [r["id"] for r in store.visitor_records()]
                 names = {subject_ref(key, pid): pid for pid in ids}
         print(f"{'seq':>6}  {'time (UTC)':24}  {'actor':12}  {'action':22}  {'target':28}  details")
         for r in reversed(rows):

@@ -35,16 +35,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from doorkeep.clock import Clock, SystemClock, iso_ms
 from server.errors import ServerError
 from server.private_files import open_private
 from server.store import Store
+from server.store_audit import GENESIS  # the hash before the first record
 
 log = logging.getLogger("doorkeep.server.audit")
 
-GENESIS = "0" * 64
 HEAD_FILE = "audit-head.json"
 ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 
@@ -116,31 +116,15 @@ class AuditLog:
             raise AuditError(f"audit action {action!r} is not a dotted lower-case name such as 'door.unlock'")
         text = canonical(details or {})
         ts = iso_ms(self.clock.wall())
-        conn = self.store.db.conn
-        with self.store._lock:
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading the chain's end
-            try:
-                prev_seq, prev_hash = self._end(conn)
-                seq = prev_seq + 1
-                digest = record_hash(seq, ts, actor, action, target, text, prev_hash)
-                conn.execute("INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [seq, ts, actor, action, target, text, prev_hash,
-                                                                 digest])
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            self._write_head(seq, digest)
+        # The store reads the chain's end under SQLite's write lock, then asks for the hash; the head file is
+        # written after the commit, still under the store's lock, so heads follow records in order.
+        seq, digest = self.store.append_audit(
+            ts=ts, actor=actor, action=action, target=target, details=text,
+            digest=lambda seq, prev_hash: record_hash(seq, ts, actor, action, target, text, prev_hash),
+            committed=self._write_head)
         # The log line is a second, off-database witness of the head (journald keeps it).
         log.info("audit %d %s hash=%s", seq, action, digest[:16])
         return seq
-
-    @staticmethod
-    def _end(conn: Any) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is None:
-            row = conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     def _write_head(self, seq: int, digest: str) -> None:
         """Write the newest seq and hash beside the database, never moving it backwards (other processes)."""
@@ -167,62 +151,22 @@ class AuditLog:
         Only a prefix goes (records up to the first one at or after the cut-off), so the rest still
         chains from the anchor: the seq and hash of the last record removed.
         """
-        conn = self.store.db.conn
-        with self.store._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                first_kept = conn.execute("SELECT MIN(seq) FROM audit_log WHERE ts >= ?", [cutoff_ts]).fetchone()[0]
-                last = conn.execute("SELECT MAX(seq) FROM audit_log" + (" WHERE seq < ?" if first_kept else ""),
-                                    [first_kept] if first_kept else []).fetchone()[0]
-                removed = 0
-                if last is not None:
-                    digest = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", [last]).fetchone()[0]
-                    removed = conn.execute("SELECT COUNT(*) FROM audit_log WHERE seq <= ?", [last]).fetchone()[0]
-                    now = iso_ms(self.clock.wall())
-                    if conn.execute("SELECT 1 FROM audit_anchor WHERE id = 1").fetchone():
-                        conn.execute("UPDATE audit_anchor SET seq = ?, hash = ?, removed = removed + ?, moved_at = ? "
-                                     "WHERE id = 1", [last, digest, removed, now])
-                    else:
-                        conn.execute("INSERT INTO audit_anchor (id, seq, hash, removed, moved_at) "
-                                     "VALUES (1, ?, ?, ?, ?)", [last, digest, removed, now])
-                    conn.execute("DELETE FROM audit_log WHERE seq <= ?", [last])
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-        return int(removed)
+        return self.store.prune_audit_before(cutoff_ts, iso_ms(self.clock.wall()))
 
     def count_before(self, cutoff_ts: str) -> int:
         """How many records :meth:`prune_before` would remove (a dry run)."""
-        with self.store._lock:
-            conn = self.store.db.conn
-            first_kept = conn.execute("SELECT MIN(seq) FROM audit_log WHERE ts >= ?", [cutoff_ts]).fetchone()[0]
-            sql = "SELECT COUNT(*) FROM audit_log" + (" WHERE seq < ?" if first_kept else "")
-            return int(conn.execute(sql, [first_kept] if first_kept else []).fetchone()[0])
+        return self.store.count_audit_before(cutoff_ts)
 
     # ----------------------------------------------------------- reading
 
     def records(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest records first (all of them without ``limit``), ``details`` decoded."""
-        sql = "SELECT * FROM audit_log ORDER BY seq DESC" + (" LIMIT ?" if limit is not None else "")
-        with self.store._lock:
-            rows = list(self.store.db.query(sql, [limit] if limit is not None else []))
-        return [dict(r, details=json.loads(r["details"])) for r in rows]
-
-    def _iter(self) -> Generator[tuple[Any, ...], None, None]:
-        with self.store._lock:
-            cur = self.store.db.conn.execute(
-                "SELECT seq, ts, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY seq")
-            while batch := cur.fetchmany(1000):
-                yield from batch
+        return [dict(r, details=json.loads(r["details"])) for r in self.store.audit_records(limit)]
 
     def verify(self) -> VerifyResult:
         """Walk the chain from the anchor to the head file; the first bad record and what is wrong with it."""
-        with self.store._lock:
-            conn = self.store.db.conn
-            anchor = conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
-            hashes = {str(h): int(s) for s, h in conn.execute("SELECT seq, hash FROM audit_log")}
-        rows = self._iter()
+        anchor, hashes = self.store.audit_anchor_and_hashes()
+        rows = self.store.audit_chain()
         try:
             return self._walk(rows, anchor, hashes)
         finally:
@@ -343,9 +287,8 @@ def record_site_changes(audit: AuditLog, bundle: Any, key: bytes) -> list[int]:
     store = audit.store
     seqs = []
     for name, current in site_digests(bundle, key).items():
-        with store._lock:
-            row = store.db.conn.execute("SELECT value FROM audit_state WHERE name = ?", [f"site.{name}"]).fetchone()
-        before: dict[str, str] = json.loads(row[0]) if row else {}
+        row = store.audit_state(f"site.{name}")
+        before: dict[str, str] = json.loads(row) if row is not None else {}
         added = sum(1 for k in current if k not in before)
         removed = sum(1 for k in before if k not in current)
         changed = sum(1 for k in current if k in before and before[k] != current[k])
@@ -354,5 +297,5 @@ def record_site_changes(audit: AuditLog, bundle: Any, key: bytes) -> list[int]:
         seqs.append(audit.record("system", f"site.{name}_changed", bundle.site.id,
                                  {"added": added, "removed": removed, "changed": changed,
                                   "total": len(current), "first_seen": row is None}))
-        store.upsert("audit_state", {"name": f"site.{name}", "value": json.dumps(current, sort_keys=True)}, "name")
+        store.set_audit_state(f"site.{name}", json.dumps(current, sort_keys=True))
     return seqs

@@ -24,9 +24,6 @@ log = logging.getLogger("doorkeep.server.retention")
 DAY_S = 86_400.0
 BATCH = 500
 
-# Events that an alarm an operator has not resolved yet points at: never deleted.
-_ALARM_NEEDS = "SELECT source_event FROM alarms WHERE resolved_at IS NULL AND source_event IS NOT NULL"
-
 
 @dataclass
 class RetentionReport:
@@ -60,81 +57,48 @@ def run_retention(store: Store, settings: RetentionSettings, now: float, audit: 
     """Delete what is past its period, in small transactions so the server keeps ingesting meanwhile."""
     cut = cutoffs(settings, now)
     report = RetentionReport({k: iso_ms(v) for k, v in cut.items()}, dry_run=dry_run)
-    conn = store.db.conn
 
-    # Events: both the device's timestamp and the server's receipt are past the cut-off, so a device
-    # whose clock is years behind cannot get its fresh events purged.
-    ev_where = (f"ts < ? AND (received_at IS NULL OR received_at < ?) AND id NOT IN ({_ALARM_NEEDS})")
-    ev_args = [report.cutoffs["events"], cut["events"]]
-    with store._lock:
-        report.kept_for_alarms = conn.execute(
-            f"SELECT COUNT(*) FROM events WHERE ts < ? AND id IN ({_ALARM_NEEDS})",
-            [report.cutoffs["events"]]).fetchone()[0]
+    # Events: both the device's timestamp and the server's receipt must be past the cut-off (the store's
+    # query), so a device whose clock is years behind cannot get its fresh events purged.
+    ev_args = (report.cutoffs["events"], cut["events"])
+    report.kept_for_alarms = store.count_events_kept_for_alarms(report.cutoffs["events"])
     if dry_run:
-        with store._lock:
-            report.deleted["events"] = conn.execute(f"SELECT COUNT(*) FROM events WHERE {ev_where}",
-                                                    ev_args).fetchone()[0]
+        report.deleted["events"] = store.count_expired_events(*ev_args)
     else:
         while True:
-            with store._lock:
-                rows = conn.execute(f"SELECT id, snapshot FROM events WHERE {ev_where} LIMIT ?",
-                                    [*ev_args, batch]).fetchall()
+            rows = store.expired_events(*ev_args, batch)
             if not rows:
                 break
             for eid, snap in rows:
                 if store.delete_snapshot(snap or eid):
                     report.deleted["snapshots"] += 1
-            with store._lock, conn:
-                ids = [r[0] for r in rows]
-                conn.execute(f"DELETE FROM events WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+            store.delete_events([eid for eid, _ in rows])
             report.deleted["events"] += len(rows)
 
     # Snapshots on their own, shorter period (the event stays, without its picture).
-    snap_where = f"received_at < ? AND id NOT IN ({_ALARM_NEEDS})"
     if dry_run:
-        with store._lock:
-            report.deleted["snapshots"] = conn.execute(
-                f"SELECT COUNT(*) FROM snapshots WHERE {snap_where} OR id IN (SELECT snapshot FROM events "
-                f"WHERE {ev_where})", [cut["snapshots"], *ev_args]).fetchone()[0]
+        report.deleted["snapshots"] = store.count_expired_snapshots(cut["snapshots"], *ev_args)
     else:
         while True:
-            with store._lock:
-                ids = [r[0] for r in conn.execute(f"SELECT id FROM snapshots WHERE {snap_where} LIMIT ?",
-                                                  [cut["snapshots"], batch])]
+            ids = store.expired_snapshots(cut["snapshots"], batch)
             if not ids:
                 break
             report.deleted["snapshots"] += sum(1 for sid in ids if store.delete_snapshot(sid))
 
     # Visitors: a period after the visit ended (checked out, or the window closed without a check-in).
     # A visitor still checked in is kept: the desk must check them out (their badge is live).
-    vis_where = ("status != 'checked_in' AND COALESCE(checked_out_at, valid_until) < ?")
-    with store._lock:
-        report.visitor_ids = [r[0] for r in conn.execute(f"SELECT id FROM visitors WHERE {vis_where}",
-                                                         [cut["visitors"]])]
+    report.visitor_ids = store.ended_visits(cut["visitors"])
     report.deleted["visitors"] = len(report.visitor_ids)
     if report.visitor_ids and not dry_run:
-        with store._lock, conn:
-            for i in range(0, len(report.visitor_ids), batch):
-                chunk = report.visitor_ids[i:i + batch]
-                marks = ", ".join("?" for _ in chunk)
-                report.deleted["presence"] += conn.execute(f"DELETE FROM presence WHERE person IN ({marks})",
-                                                           chunk).rowcount
-                conn.execute(f"DELETE FROM visitors WHERE id IN ({marks})", chunk)
+        report.deleted["presence"] += store.delete_visitors(report.visitor_ids, batch)
     elif report.visitor_ids:
-        with store._lock:
-            marks = ", ".join("?" for _ in report.visitor_ids)
-            report.deleted["presence"] = conn.execute(f"SELECT COUNT(*) FROM presence WHERE person IN ({marks})",
-                                                      report.visitor_ids).fetchone()[0]
+        report.deleted["presence"] = store.count_presence_of(report.visitor_ids)
 
     # Alarms: only resolved ones; an open alarm stays whatever its age.
-    with store._lock:
-        if dry_run:
-            report.deleted["alarms"] = conn.execute("SELECT COUNT(*) FROM alarms WHERE resolved_at IS NOT NULL "
-                                                    "AND resolved_at < ?", [cut["alarms"]]).fetchone()[0]
-        else:
-            with conn:
-                report.deleted["alarms"] = conn.execute("DELETE FROM alarms WHERE resolved_at IS NOT NULL AND "
-                                                        "resolved_at < ?", [cut["alarms"]]).rowcount
+    if dry_run:
+        report.deleted["alarms"] = store.count_resolved_alarms_before(cut["alarms"])
+    else:
+        report.deleted["alarms"] = store.delete_resolved_alarms_before(cut["alarms"])
 
     # The audit log: its oldest records, behind an anchor that keeps the rest verifiable.
     if audit is not None:

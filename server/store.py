@@ -17,10 +17,11 @@ import time
 import uuid
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import sqlite_utils
 
+from doorkeep import vocabulary
 from doorkeep.clock import iso_ms
 from doorkeep.contract import EventMsg
 from doorkeep.envelope import (
@@ -36,8 +37,12 @@ from doorkeep.envelope import (
 )
 from server.errors import ServerError, StoreError
 from server.private_files import create_private_file, open_private, private_dir, tighten_tree
+from server.store_audit import AuditRecords
+from server.store_desk import DeskRecords
+from server.store_operators import OperatorRecords
+from server.store_privacy import PrivacyRecords
 
-SEVERITIES = ("alarm", "trouble", "warning", "info")
+SEVERITIES = vocabulary.SEVERITIES
 
 
 class AlarmNotFound(ServerError, LookupError):
@@ -219,6 +224,15 @@ def _m010_device_clock(db: sqlite_utils.Database) -> None:
                               not_null={"drift_s", "measured_at"})
 
 
+def _m011_site_revisions(db: sqlite_utils.Database) -> None:
+    """The site model's history (server/siteadmin.py, docs/administration.md): each revision is the whole
+    ``site.toml`` text as committed, with who, when, a one-line summary and the changes in words (JSON list).
+    The highest number is the live site; rows are never updated or deleted (a rollback is a new revision)."""
+    db["site_revisions"].create({"number": int, "created_at": float, "actor": str, "summary": str,
+                                 "changes": str, "site_toml": str, "rollback_of": int}, pk="number",
+                                not_null={"created_at", "actor", "summary", "changes", "site_toml"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -230,6 +244,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("008_desk_admin", _m008_desk_admin),
     ("009_operator_2fa", _m_operator_2fa),
     ("010_device_clock", _m010_device_clock),
+    ("011_site_revisions", _m011_site_revisions),
 ]
 
 
@@ -261,8 +276,31 @@ _EVENT_INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(f'[{k}]' for k in [*
                  f"VALUES ({', '.join('?' for _ in range(len(_EVENT_FIELDS) + 1))})")
 
 
-class Store:
-    """Events and snapshots of one site. Thread-safe: one connection behind a lock."""
+class StoredAccessEvent(NamedTuple):
+    """An ``access`` or ``lockdown`` event as :meth:`Store.access_events_since` reads it (impact preview)."""
+
+    id: str
+    ts: str
+    device: str
+    door: str
+    type: str
+    decision: str | None
+    reason: str | None
+    decided_by: str | None
+    person: str | None
+    credential_hash: str | None
+    detail: str | None
+    """The event's detail, JSON text (a lockdown's ``scope`` and ``active``)."""
+
+
+class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
+    """Events and snapshots of one site. Thread-safe: one connection behind a lock.
+
+    The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
+    taking the lock itself, and a change of several statements is one transaction inside the store
+    (tests/unit/test_layout.py keeps it so). The methods of one kind of record live in the base classes
+    (server/store_operators.py, store_desk.py, store_audit.py, store_privacy.py).
+    """
 
     def __init__(self, data_dir: Path | str, *, keys: SnapshotKeys | None = None) -> None:
         """``keys``: the snapshot keys (without them the store can neither take nor show a snapshot)."""
@@ -278,19 +316,27 @@ class Store:
             create_private_file(self.dir / "doorkeep.db")  # SQLite gives -wal and -shm the same mode
             # One connection shared by the bus's store worker and readers, serialised by self._lock.
             conn = sqlite3.connect(self.dir / "doorkeep.db", check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
+            self._db = sqlite_utils.Database(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc}") from exc
-        self.db.enable_wal()
+        self._db.enable_wal()
         # Re-entrant: a method called inside transaction() takes it again on the same thread.
         self._lock = threading.RLock()
         self._in_tx = False
         with self._lock:
-            migrate(self.db)
+            migrate(self._db)
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            self._db.close()
+
+    @contextlib.contextmanager
+    def connection_for_tests(self) -> Iterator[sqlite_utils.Database]:
+        """Tests only: the database itself, under the store's lock, to check what is really stored (a hash,
+        never a card number) or to plant a row no public method writes. Product code never calls this
+        (tests/unit/test_layout.py); it uses the typed methods."""
+        with self._lock:
+            yield self._db
 
     def insert_event(self, ev: EventMsg, received_at: float) -> bool:
         """Store an event once; returns False for a duplicate delivery."""
@@ -304,9 +350,9 @@ class Store:
         values[_EVENT_DETAIL] = json.dumps(ev.detail, sort_keys=True)
         values.append(received_at)
         with self._lock:
-            cur = self.db.conn.execute(_EVENT_INSERT, values)
+            cur = self._db.conn.execute(_EVENT_INSERT, values)
             if not self._in_tx:
-                self.db.conn.commit()
+                self._db.conn.commit()
             return cur.lastrowid if cur.rowcount == 1 else None
 
     def ingest_events(self, items: list[tuple[EventMsg, float]]) -> list[int | None]:
@@ -328,7 +374,7 @@ class Store:
             if self._in_tx:  # nested: part of the outer transaction
                 yield
                 return
-            conn = self.db.conn
+            conn = self._db.conn
             if not conn.in_transaction:
                 conn.execute("BEGIN")
             self._in_tx = True
@@ -358,7 +404,7 @@ class Store:
         """
         keys = self._snapshot_keys()
         with self._lock:
-            if self.db["snapshots"].count_where("id = ?", [event_id]):
+            if self._db["snapshots"].count_where("id = ?", [event_id]):
                 return False
         ref = SnapshotRef(site, device, event_id)
         parsed = parse_sealed(sealed)
@@ -373,7 +419,7 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         with self._lock:
-            conn = self.db.conn
+            conn = self._db.conn
             try:
                 # Take the write lock before reading the current data key: `doorkeep key rotate` (another
                 # process) replaces the key file and then re-wraps under this same lock, so a row is either
@@ -396,7 +442,7 @@ class Store:
     def event(self, event_id: str) -> dict[str, Any] | None:
         """An event with its snapshot file name (``snapshot_path``) when the snapshot has arrived."""
         with self._lock:
-            rows = list(self.db.query(
+            rows = list(self._db.query(
                 "SELECT e.*, s.path AS snapshot_path FROM events e "
                 "LEFT JOIN snapshots s ON s.id = e.snapshot WHERE e.id = ?", [event_id]))
         return rows[0] if rows else None
@@ -406,13 +452,32 @@ class Store:
         sql = ("SELECT e.*, s.path AS snapshot_path FROM events e LEFT JOIN snapshots s ON s.id = e.snapshot"
                + (f" WHERE {clauses}" if clauses else "") + " ORDER BY e.ts DESC, e.seq DESC LIMIT ?")
         with self._lock:
-            return list(self.db.query(sql, [*where.values(), limit]))
+            return list(self._db.query(sql, [*where.values(), limit]))
+
+    def access_events_since(self, since_ts: str, batch: int = 5000) -> Iterator[StoredAccessEvent]:
+        """Every ``access`` and ``lockdown`` event at or after ``since_ts`` (ISO UTC), oldest first; read only.
+
+        Streams in batches, the lock taken per batch only, so a month of badges replayed (server/replay.py)
+        neither fills memory nor holds up the store thread's writes.
+        """
+        last_ts, last_rowid = since_ts, -1
+        while True:
+            with self._lock:
+                rows = self._db.conn.execute(
+                    "SELECT rowid, id, ts, device, door, type, decision, reason, decided_by, person, credential_hash, "
+                    "detail FROM events WHERE ts >= ? AND (ts > ? OR rowid > ?) AND type IN ('access', 'lockdown') "
+                    "ORDER BY ts, rowid LIMIT ?", [last_ts, last_ts, last_rowid, batch]).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield StoredAccessEvent(*r[1:])
+            last_ts, last_rowid = rows[-1][2], int(rows[-1][0])
 
     def snapshot_bytes(self, snapshot_id: str) -> bytes | None:
         """The snapshot's JPEG, decrypted in memory; None if there is none (never stored, or deleted)."""
         for attempt in range(2):
             with self._lock:
-                rows = list(self.db.query("SELECT path, site, device, kek_id, wrapped_key FROM snapshots "
+                rows = list(self._db.query("SELECT path, site, device, kek_id, wrapped_key FROM snapshots "
                                           "WHERE id = ?", [snapshot_id]))
             if not rows:
                 return None
@@ -438,7 +503,7 @@ class Store:
         write transaction, so a running server keeps ingesting in between. Returns ``(re-wrapped, retired)``.
         """
         keys = self._snapshot_keys()
-        conn = self.db.conn
+        conn = self._db.conn
         done = 0
         while True:
             with self._lock:
@@ -473,11 +538,11 @@ class Store:
 
         The row holds the only copy of the snapshot's data key, so once it is gone the file (ciphertext)
         is unreadable even if the unlink fails or the disk keeps the blocks."""
-        with self._lock, self.db.conn:
-            rows = list(self.db.query("SELECT path FROM snapshots WHERE id = ?", [snapshot_id]))
+        with self._lock, self._db.conn:
+            rows = list(self._db.query("SELECT path FROM snapshots WHERE id = ?", [snapshot_id]))
             if not rows:
                 return False
-            self.db.conn.execute("DELETE FROM snapshots WHERE id = ?", [snapshot_id])
+            self._db.conn.execute("DELETE FROM snapshots WHERE id = ?", [snapshot_id])
         try:
             (self.snapshot_dir / rows[0]["path"]).unlink()
         except FileNotFoundError:
@@ -486,44 +551,137 @@ class Store:
 
     def count_events(self) -> int:
         with self._lock:
-            return self.db["events"].count
+            return self._db["events"].count
 
     # ------------------------------------------------------------ directory
 
     def upsert(self, table: str, row: dict[str, Any], pk: str) -> None:
         with self._lock:
             if self._in_tx:  # sqlite-utils nests in a savepoint; transaction() commits
-                self.db[table].upsert(row, pk=pk)
+                self._db[table].upsert(row, pk=pk)
                 return
-            with self.db.conn:
-                self.db[table].upsert(row, pk=pk)
+            with self._db.conn:
+                self._db[table].upsert(row, pk=pk)
 
     def delete(self, table: str, pk_value: str) -> None:
-        with self._lock, self.db.conn:
-            self.db.conn.execute(f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] "
-                                 f"WHERE {self.db[table].pks[0]} = ?)", [pk_value])
+        with self._lock, self._db.conn:
+            self._db.conn.execute(f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] "
+                                 f"WHERE {self._db[table].pks[0]} = ?)", [pk_value])
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db[table].rows)
+            return list(self._db[table].rows)
+
+    # What the directory keeps on top of the site (migration 002, 005, 008): typed, so no caller names a table.
+    # Writes go through upsert()/delete(), so inside transaction() they join the store thread's batch.
+
+    def all_presence(self) -> list[dict[str, Any]]:
+        """Where everyone is (``person, area, since``)."""
+        return self.rows("presence")
+
+    def set_presence(self, person: str, area: str, since: float) -> None:
+        self.upsert("presence", {"person": person, "area": area, "since": since}, "person")
+
+    def set_presences(self, rows: list[dict[str, Any]]) -> None:
+        """Many ``person, area, since`` rows at once, in one transaction (a building's worth, bench/decide.py)."""
+        with self._lock:
+            if self._in_tx:
+                self._db["presence"].upsert_all(rows, pk="person", batch_size=5000)
+                return
+            with self._db.conn:
+                self._db["presence"].upsert_all(rows, pk="person", batch_size=5000)
+
+    def forget_presence(self, person: str) -> None:
+        self.delete("presence", person)
+
+    def lockdowns(self) -> list[dict[str, Any]]:
+        """Every lockdown scope ever set (``scope, active, changed_at``): ``site`` or an area id."""
+        return self.rows("lockdowns")
+
+    def set_lockdown(self, scope: str, active: bool, at: float) -> None:
+        self.upsert("lockdowns", {"scope": scope, "active": int(active), "changed_at": at}, "scope")
+
+    def erased_refs(self) -> set[str]:
+        """Pseudonyms of the people erased from this store (``doorkeep subject erase``)."""
+        return {str(r["ref"]) for r in self.rows("erased_subjects")}
+
+    def visitor_records(self) -> list[dict[str, Any]]:
+        """Every visitor in the register, every column."""
+        return self.rows("visitors")
+
+    def save_visitor(self, visitor_id: str, **columns: Any) -> None:
+        """Create a visitor or change the given columns of one (the others are kept)."""
+        self.upsert("visitors", {"id": visitor_id, **columns}, "id")
+
+    def card_states(self) -> list[dict[str, Any]]:
+        """States set on cards at runtime (``hash, state, changed_at``) over what the site files say."""
+        return self.rows("credential_states")
+
+    def set_card_state(self, card_hash: str, state: str, at: float) -> None:
+        self.upsert("credential_states", {"hash": card_hash, "state": state, "changed_at": at}, "hash")
+
+    def clear_card_state(self, card_hash: str) -> None:
+        self.delete("credential_states", card_hash)
+
+    def desk_people(self) -> list[dict[str, Any]]:
+        """People added or changed at the security desk (migration 008)."""
+        return self.rows("desk_people")
+
+    def desk_cards(self) -> list[dict[str, Any]]:
+        """Cards added at the security desk (hash and last four only)."""
+        return self.rows("desk_cards")
 
     def next_counter(self, name: str, at_least: int = 0) -> int:
         """A counter that only grows, across restarts (policy versions)."""
-        with self._lock, self.db.conn:
-            rows = list(self.db.query("SELECT value FROM counters WHERE name = ?", [name]))
+        with self._lock, self._db.conn:
+            rows = list(self._db.query("SELECT value FROM counters WHERE name = ?", [name]))
             value = max((rows[0]["value"] + 1) if rows else 1, at_least)
-            self.db["counters"].upsert({"name": name, "value": value}, pk="name")
+            self._db["counters"].upsert({"name": name, "value": value}, pk="name")
         return value
 
     def record_device_clock(self, device: str, *, drift_s: float, at: float) -> None:
         """Keep the latest clock drift measured for ``device`` (one row per device, replaced each time)."""
-        with self._lock, self.db.conn:
-            self.db["device_clock"].upsert({"device": device, "drift_s": float(drift_s), "measured_at": iso_ms(at)},
+        with self._lock, self._db.conn:
+            self._db["device_clock"].upsert({"device": device, "drift_s": float(drift_s), "measured_at": iso_ms(at)},
                                            pk="device")
 
+
+    # -------------------------------------------------------- site revisions
+
+    def latest_site_revision(self) -> dict[str, Any] | None:
+        """The live site's revision row (``changes`` decoded), or None before the first import."""
+        with self._lock:
+            rows = list(self._db.query("SELECT * FROM site_revisions ORDER BY number DESC LIMIT 1"))
+        return _revision_row(rows[0]) if rows else None
+
+    def site_revision(self, number: int) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self._db.query("SELECT * FROM site_revisions WHERE number = ?", [number]))
+        return _revision_row(rows[0]) if rows else None
+
+    def site_revisions(self, limit: int = 50, *, after: int = 0) -> list[dict[str, Any]]:
+        """Newest first; ``after`` keeps only revisions numbered above it (what changed since a base)."""
+        with self._lock:
+            rows = list(self._db.query("SELECT number, created_at, actor, summary, changes, rollback_of FROM "
+                                       "site_revisions WHERE number > ? ORDER BY number DESC LIMIT ?",
+                                       [after, limit]))
+        return [_revision_row(r) for r in rows]
+
+    def add_site_revision(self, *, base: int, site_toml: str, actor: str, summary: str, changes: list[str],
+                          at: float, rollback_of: int | None = None) -> int | None:
+        """Append revision ``base + 1`` if ``base`` is still the latest (0: none yet); None if another commit
+        came first. The check and the insert are one transaction: two writers can never both win."""
+        with self._lock, self._db.conn:
+            latest = self._db.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0]
+            if latest != base:
+                return None
+            self._db["site_revisions"].insert({"number": base + 1, "created_at": at, "actor": actor,
+                                               "summary": summary, "changes": json.dumps(changes),
+                                               "site_toml": site_toml, "rollback_of": rollback_of})
+        return base + 1
     # ---------------------------------------------------------------- alarms
 
-    def raise_alarm(self, type: str, *, key: str, at: float, severity: str = "alarm", device: str | None = None,
+    def raise_alarm(self, type: str, *, key: str, at: float, severity: str | None = None, device: str | None = None,
                     door: str | None = None, detail: dict[str, Any] | None = None, source_event: str | None = None,
                     once: bool = False, cleared: bool = False) -> tuple[str, bool]:
         """Raise an alarm; returns ``(alarm id, True if it was raised or raised again now)``.
@@ -536,31 +694,39 @@ class Store:
         counts the times, and the acknowledgement is dropped: a recurrence needs a new look); raising it
         after the alarm was resolved opens a new alarm. ``cleared``: the alarm records something that is
         already over (a momentary event); it is stored cleared but still open until resolved.
+
+        ``type`` must be declared in doorkeep/vocabulary.py and ``severity`` (default: the declared one) must be
+        the declared one: an alarm the desk cannot label, the docs do not list and a scenario cannot expect is
+        a programming error, refused (``ValueError``) before anything is stored.
         """
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
+        declared = vocabulary.ALARMS.get(type)
+        if declared is None:
+            raise ValueError(f"alarm type {type!r} is not declared in doorkeep/vocabulary.py")
+        severity = declared.severity if severity is None else severity
+        if severity != declared.severity:
+            raise ValueError(f"alarm type {type!r} has severity {declared.severity!r}, not {severity!r}")
         detail_json = json.dumps(detail or {}, sort_keys=True)
         row = {"key": key, "type": type, "severity": severity, "device": device, "door": door, "raised_at": at,
                "last_raised_at": at, "occurrences": 1, "cleared_at": at if cleared else None,
                "detail": detail_json, "source_event": source_event}
-        with self._lock, self.db.conn:
+        with self._lock, self._db.conn:
             if once:
-                cur = self.db.conn.execute(
+                cur = self._db.conn.execute(
                     f"INSERT OR IGNORE INTO alarms (id, {', '.join(f'[{k}]' for k in row)}) "
                     f"VALUES (?, {', '.join('?' for _ in row)})", [key, *row.values()])
                 return key, cur.rowcount == 1
-            open_ = list(self.db.query("SELECT id, cleared_at, detail FROM alarms WHERE [key] = ? AND resolved_at IS NULL",
+            open_ = list(self._db.query("SELECT id, cleared_at, detail FROM alarms WHERE [key] = ? AND resolved_at IS NULL",
                                        [key]))
             if not open_:
                 alarm_id = f"{type}-{device or 'site'}-{uuid.uuid4().hex[:12]}"
-                self.db["alarms"].insert({"id": alarm_id, **row})
+                self._db["alarms"].insert({"id": alarm_id, **row})
                 return alarm_id, True
             current = open_[0]
             if current["cleared_at"] is None:
                 if detail is not None and current["detail"] != detail_json:
-                    self.db.conn.execute("UPDATE alarms SET detail = ? WHERE id = ?", [detail_json, current["id"]])
+                    self._db.conn.execute("UPDATE alarms SET detail = ? WHERE id = ?", [detail_json, current["id"]])
                 return current["id"], False
-            self.db.conn.execute(
+            self._db.conn.execute(
                 "UPDATE alarms SET cleared_at = ?, last_raised_at = ?, occurrences = occurrences + 1, "
                 "acknowledged_at = NULL, acknowledged_by = NULL, detail = ? WHERE id = ?",
                 [at if cleared else None, at, detail_json if detail is not None else current["detail"], current["id"]])
@@ -570,15 +736,15 @@ class Store:
         """The condition behind the open, active alarm with this key is gone; returns its id, or None if none was active.
 
         The alarm stays open (listed) until an operator resolves it."""
-        with self._lock, self.db.conn:
-            rows = list(self.db.query(
+        with self._lock, self._db.conn:
+            rows = list(self._db.query(
                 "SELECT id FROM alarms WHERE [key] = ? AND resolved_at IS NULL AND cleared_at IS NULL", [key]))
             if not rows:
                 return None
             sets, args = "cleared_at = ?", [at]
             if detail is not None:
                 sets, args = sets + ", detail = ?", [at, json.dumps(detail, sort_keys=True)]
-            self.db.conn.execute(f"UPDATE alarms SET {sets} WHERE id = ?", [*args, rows[0]["id"]])
+            self._db.conn.execute(f"UPDATE alarms SET {sets} WHERE id = ?", [*args, rows[0]["id"]])
             return str(rows[0]["id"])
 
     def clear_door_alarms(self, device: str, door: str, types: tuple[str, ...], *, before_ts: str, at: float) -> int:
@@ -587,8 +753,8 @@ class Store:
         if not types:
             return 0
         marks = ", ".join("?" for _ in types)
-        with self._lock, self.db.conn:
-            cur = self.db.conn.execute(
+        with self._lock, self._db.conn:
+            cur = self._db.conn.execute(
                 f"UPDATE alarms SET cleared_at = ? WHERE resolved_at IS NULL AND cleared_at IS NULL AND device = ? "
                 f"AND door = ? AND type IN ({marks}) AND source_event IN "
                 f"(SELECT id FROM events WHERE device = ? AND door = ? AND ts < ?)",
@@ -601,7 +767,7 @@ class Store:
             return None
         marks = ", ".join("?" for _ in types)
         with self._lock:
-            rows = list(self.db.query(
+            rows = list(self._db.query(
                 f"SELECT id FROM events WHERE device = ? AND door = ? AND type IN ({marks}) AND ts > ? "
                 f"ORDER BY ts LIMIT 1", [device, door, *types, after_ts]))
         return str(rows[0]["id"]) if rows else None
@@ -610,9 +776,9 @@ class Store:
         """An operator has seen the alarm; False if it was already acknowledged or is resolved."""
         if not who:
             raise ValueError("acknowledge needs the operator's name")
-        with self._lock, self.db.conn:
+        with self._lock, self._db.conn:
             self._require_alarm(alarm_id)
-            cur = self.db.conn.execute(
+            cur = self._db.conn.execute(
                 "UPDATE alarms SET acknowledged_at = ?, acknowledged_by = ? "
                 "WHERE id = ? AND acknowledged_at IS NULL AND resolved_at IS NULL",
                 [time.time() if at is None else at, who, alarm_id])
@@ -626,9 +792,9 @@ class Store:
         if not who:
             raise ValueError("resolve needs the operator's name")
         now = time.time() if at is None else at
-        with self._lock, self.db.conn:
+        with self._lock, self._db.conn:
             self._require_alarm(alarm_id)
-            cur = self.db.conn.execute(
+            cur = self._db.conn.execute(
                 "UPDATE alarms SET resolved_at = ?, resolved_by = ?, note = ?, "
                 "acknowledged_at = COALESCE(acknowledged_at, ?), acknowledged_by = COALESCE(acknowledged_by, ?) "
                 "WHERE id = ? AND resolved_at IS NULL",
@@ -636,18 +802,18 @@ class Store:
             return cur.rowcount == 1
 
     def _require_alarm(self, alarm_id: str) -> None:
-        if not self.db.conn.execute("SELECT 1 FROM alarms WHERE id = ?", [alarm_id]).fetchone():
+        if not self._db.conn.execute("SELECT 1 FROM alarms WHERE id = ?", [alarm_id]).fetchone():
             raise AlarmNotFound(f"no alarm {alarm_id!r}")
 
     def alarm(self, alarm_id: str) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(self.db.query("SELECT * FROM alarms WHERE id = ?", [alarm_id]))
+            rows = list(self._db.query("SELECT * FROM alarms WHERE id = ?", [alarm_id]))
         return _alarm_row(rows[0]) if rows else None
 
     def open_alarm(self, key: str) -> dict[str, Any] | None:
         """The open (unresolved) alarm with this key, if any."""
         with self._lock:
-            rows = list(self.db.query("SELECT * FROM alarms WHERE [key] = ? AND resolved_at IS NULL", [key]))
+            rows = list(self._db.query("SELECT * FROM alarms WHERE [key] = ? AND resolved_at IS NULL", [key]))
         return _alarm_row(rows[0]) if rows else None
 
     def open_alarms(self, **where: Any) -> list[dict[str, Any]]:
@@ -661,7 +827,13 @@ class Store:
                + " ORDER BY last_raised_at DESC, raised_at DESC" + (" LIMIT ?" if limit is not None else ""))
         args = [*where.values(), *([limit] if limit is not None else [])]
         with self._lock:
-            return [_alarm_row(r) for r in self.db.query(sql, args)]
+            return [_alarm_row(r) for r in self._db.query(sql, args)]
+
+    def resolved_alarms(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Resolved alarms, the most recently resolved first (the desk's alarm history)."""
+        with self._lock:
+            return [_alarm_row(r) for r in self._db.query(
+                "SELECT * FROM alarms WHERE resolved_at IS NOT NULL ORDER BY resolved_at DESC LIMIT ?", [limit])]
 
     # ------------------------------------------------- event sequence state
 
@@ -669,23 +841,23 @@ class Store:
         """Every device's saved sequence state and the rowid of the last event it accounts for."""
         with self._lock:
             rows = [dict(r, gaps=json.loads(r["gaps"] or "[]"), lost=json.loads(r["lost"] or "[]"))
-                    for r in self.db["sequences"].rows]
-            cp = list(self.db.query("SELECT through_rowid FROM sequence_checkpoint WHERE id = 1"))
+                    for r in self._db["sequences"].rows]
+            cp = list(self._db.query("SELECT through_rowid FROM sequence_checkpoint WHERE id = 1"))
         return rows, int(cp[0]["through_rowid"]) if cp else 0
 
     def save_sequences(self, rows: list[dict[str, Any]], through_rowid: int, at: float) -> None:
         """Save changed devices' sequence state and the checkpoint together, in one transaction."""
-        with self._lock, self.db.conn:
+        with self._lock, self._db.conn:
             for r in rows:
-                self.db["sequences"].upsert(
+                self._db["sequences"].upsert(
                     {**r, "gaps": json.dumps(r["gaps"]), "lost": json.dumps(r["lost"]), "saved_at": at}, pk="device")
-            self.db["sequence_checkpoint"].upsert({"id": 1, "through_rowid": through_rowid, "saved_at": at}, pk="id")
+            self._db["sequence_checkpoint"].upsert({"id": 1, "through_rowid": through_rowid, "saved_at": at}, pk="id")
 
     def events_after(self, rowid: int, batch: int = 5000) -> Iterator[tuple[int, str, str, int]]:
         """``(rowid, event id, device, seq)`` of events stored after ``rowid``, in arrival order."""
         while True:
             with self._lock:
-                rows = self.db.conn.execute(
+                rows = self._db.conn.execute(
                     "SELECT rowid, id, device, seq FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     [rowid, batch]).fetchall()
             if not rows:
@@ -702,3 +874,7 @@ def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
     out["state"] = "resolved" if row["resolved_at"] is not None else "cleared" if row["cleared_at"] is not None \
         else "active"
     return out
+
+
+def _revision_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "changes": json.loads(row["changes"])}

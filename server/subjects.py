@@ -59,29 +59,12 @@ def find(bundle: SiteBundle, store: Store, key: bytes, person: str) -> Subject:
     p = bundle.people.get(person)
     hashes = [card_hash(key, c.format, c.number) for c in bundle.cards if c.person == person]
     name = p.name if p is not None else None
-    with store._lock:
-        # People and cards added at the security desk (migration 008) are the subject's too.
-        hashes += [r[0] for r in store.db.conn.execute("SELECT hash FROM desk_cards WHERE person = ?", [person])
-                   if r[0] not in hashes]
-        if name is None:
-            row = store.db.conn.execute("SELECT name FROM desk_people WHERE id = ? AND added = 1",
-                                        [person]).fetchone()
-            row = row or store.db.conn.execute("SELECT name FROM visitors WHERE id = ?", [person]).fetchone()
-            name = row[0] if row else None
+    # People and cards added at the security desk (migration 008) are the subject's too.
+    desk_hashes, stored_name = store.subject_cards_and_name(person)
+    hashes += [h for h in desk_hashes if h not in hashes]
+    if name is None:
+        name = stored_name
     return Subject(person, subject_ref(key, person), name, p is not None, hashes)
-
-
-def _event_where(subject: Subject) -> tuple[str, list[str]]:
-    clauses, args = ["person = ?"], [subject.id]
-    if subject.card_hashes:
-        clauses.append(f"credential_hash IN ({', '.join('?' for _ in subject.card_hashes)})")
-        args += subject.card_hashes
-    return " OR ".join(clauses), args
-
-
-def _query(store: Store, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-    with store._lock:
-        return list(store.db.query(sql, args))
 
 
 # --------------------------------------------------------------- export
@@ -91,16 +74,14 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
            now: float, actor: str = "system") -> dict[str, int]:
     """Write everything held about ``person`` to the zip ``out`` (mode 0600); returns the counts."""
     s = find(bundle, store, key, person)
-    where, args = _event_where(s)
-    events = _query(store, f"SELECT * FROM events WHERE {where} ORDER BY ts, seq", args)
-    visits = _query(store, "SELECT * FROM visitors WHERE id = ?", [person])
-    presence = _query(store, "SELECT * FROM presence WHERE person = ?", [person])
-    consents = _query(store, "SELECT notice_version, photo_consent, consented_at FROM visitor_consents "
-                             "WHERE visitor = ? ORDER BY id", [person])
+    events = store.subject_events(s.id, s.card_hashes)
+    visits = store.visitor_rows(person)
+    presence = store.presence_rows(person)
+    consents = store.visitor_consents(person)
     if s.name is None and not events and not presence and not consents:
         raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
                            f"people.toml ids or visitor ids)")
-    states = {r["hash"]: r["state"] for r in store.rows("credential_states")}
+    states = {r["hash"]: r["state"] for r in store.card_states()}
     credentials = [{"format": c.format, "last4": last4(c.number),
                     "state": states.get(card_hash(key, c.format, c.number), c.state.value), "source": "people.toml"}
                    for c in bundle.cards if c.person == person]
@@ -123,7 +104,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
                         "host": v["host"], "source": "visitor register"})
     audit_rows = [] if audit is None else [
         {k: r[k] for k in ("seq", "ts", "actor", "action", "details")}
-        for r in _query(store, "SELECT * FROM audit_log WHERE target = ? ORDER BY seq", [s.ref])]
+        for r in reversed(store.audit_records(target=s.ref))]
     files: dict[str, bytes] = {
         "profile.json": _json(profile),
         "credentials.json": _json(credentials),
@@ -201,55 +182,26 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
           now: float, actor: str = "system") -> dict[str, Any]:
     """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
     s = find(bundle, store, key, person)
-    conn = store.db.conn
     counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "consents", "presence", "card_states",
                             "alarms", "hosted_visits", "desk_people", "desk_cards"), 0)
-    with store._lock:
-        # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
-        conn.execute("PRAGMA secure_delete = ON")
-    where, args = _event_where(s)
-    for e in _query(store, f"SELECT id, snapshot FROM events WHERE {where}", args):
+    # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
+    store.enable_secure_delete()
+    for e in store.subject_events(s.id, s.card_hashes):
         if store.delete_snapshot(e["snapshot"] or e["id"]):
             counts["snapshots"] += 1
-    needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
-    with store._lock, conn:
-        rows = conn.execute(f"SELECT id, detail FROM events WHERE {where}", args).fetchall()
-        for eid, detail in rows:
-            conn.execute("UPDATE events SET person = ?, credential_hash = NULL, credential_last4 = NULL, "
-                         "detail = ? WHERE id = ?",
-                         [s.ref, json.dumps(_scrub(json.loads(detail or "{}"), person, s.ref, s.name),
-                                            sort_keys=True), eid])
-        counts["events"] = len(rows)
-        # Other people's events and alarms that mention them (an escort, a companion) keep their own data.
-        for table, col, c in (("events", "detail", "mentions"), ("alarms", "detail", "alarms")):
-            hits = conn.execute(f"SELECT id, {col} FROM {table} WHERE instr({col}, ?) > 0", [needle]).fetchall()
-            for rid, detail in hits:
-                conn.execute(f"UPDATE {table} SET {col} = ? WHERE id = ?",
-                             [json.dumps(_scrub(json.loads(detail or "{}"), person, s.ref, s.name),
-                                         sort_keys=True), rid])
-                counts[c] += 1
-        counts["visits"] = conn.execute("DELETE FROM visitors WHERE id = ?", [person]).rowcount
-        # The proof of consent stays in the audit log under the pseudonym (module docstring).
-        counts["consents"] = conn.execute("DELETE FROM visitor_consents WHERE visitor = ?", [person]).rowcount
-        counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
-                                               [s.ref, person]).rowcount
-        counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount
-        counts["desk_people"] = conn.execute("DELETE FROM desk_people WHERE id = ?", [person]).rowcount
-        counts["desk_cards"] = conn.execute("DELETE FROM desk_cards WHERE person = ?", [person]).rowcount
-        if s.card_hashes:
-            counts["card_states"] = conn.execute(
-                f"DELETE FROM credential_states WHERE hash IN ({', '.join('?' for _ in s.card_hashes)})",
-                s.card_hashes).rowcount
-        conn.execute("INSERT OR IGNORE INTO erased_subjects (ref, erased_at) VALUES (?, ?)", [s.ref, now])
-    with store._lock:
-        # Old page images live on in the write-ahead log until a checkpoint copies them back and truncates
-        # it; a reader (the running server) can hold that off, so this is best effort and says so.
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    # One transaction in the store: their events pseudonymised, mentions of them scrubbed, their visits,
+    # consents (the proof of consent stays in the audit log under the pseudonym: module docstring),
+    # presence, desk rows and card states removed, the pseudonym remembered as erased.
+    counts.update(store.erase_subject_rows(s.id, s.ref, s.card_hashes,
+                                           lambda detail: _scrub(detail, person, s.ref, s.name), now))
+    # Old page images live on in the write-ahead log until a checkpoint copies them back and truncates
+    # it; a reader (the running server) can hold that off, so this is best effort and says so.
+    truncated = store.checkpoint_wal()
     if audit is not None:
         audit.record(actor, "subject.erase", s.ref, counts)
-    return {"ref": s.ref, "configured": s.configured, "counts": counts, "wal_truncated": not busy}
+    return {"ref": s.ref, "configured": s.configured, "counts": counts, "wal_truncated": truncated}
 
 
 def erased_refs(store: Store) -> set[str]:
     """Pseudonyms of the people erased from this store (the directory skips them in people.toml)."""
-    return {r["ref"] for r in store.rows("erased_subjects")}
+    return store.erased_refs()

@@ -174,15 +174,9 @@ def me(request: Request, who: Principal = Depends(require(*ANY))) -> MeOut:
             summary="The audit log, newest first, a page at a time")
 def audit(request: Request, limit: int = Query(50, ge=1, le=500),
           before: int | None = Query(None, ge=1, le=2**62, description="only records with a smaller seq")) -> AuditPageOut:
-    store = request.app.state.desk.server.store
-    # Read the table server/audit.py writes directly: its records() has no paging.
-    sql = ("SELECT seq, ts, actor, action, target, details, hash FROM audit_log"
-           + (" WHERE seq < ?" if before is not None else "") + " ORDER BY seq DESC LIMIT ?")
-    args: list[Any] = [*([before] if before is not None else []), limit + 1]
-    with store._lock:
-        rows = store.db.conn.execute(sql, args).fetchall()
-    records = [AuditRecordOut(seq=r[0], ts=r[1], actor=r[2], action=r[3], target=r[4], details=json.loads(r[5]),
-                              hash=r[6]) for r in rows[:limit]]
+    rows = request.app.state.desk.server.store.audit_records(limit + 1, before=before)
+    records = [AuditRecordOut(seq=r["seq"], ts=r["ts"], actor=r["actor"], action=r["action"], target=r["target"],
+                              details=json.loads(r["details"]), hash=r["hash"]) for r in rows[:limit]]
     return AuditPageOut(records=records, next_before=records[-1].seq if len(rows) > limit else None)
 
 

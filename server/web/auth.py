@@ -34,6 +34,7 @@ from typing import Callable
 from doorkeep.clock import Clock, SystemClock
 from server.audit import Auditor
 from server.store import Store
+from server.store_operators import FailureCount
 from server.web.operators import Operator, Operators, normalise_name, record_audit, sha256_hex
 from server.web.twofactor import TwoFactor
 
@@ -99,6 +100,11 @@ class LoginRefused(Exception):
         return "wrong name or password"
 
 
+def _as_tuple(count: FailureCount | None) -> tuple[int, float, float | None] | None:
+    """A stored counter as the ``(failures, last failure, locked until)`` the throttle's rules work on."""
+    return (count.failures, count.last_failure_at, count.locked_until) if count is not None else None
+
+
 class LoginThrottle:
     """Failure counters per account name and per client address, in the store (they survive a restart)."""
 
@@ -113,10 +119,8 @@ class LoginThrottle:
                 ("addr:" + sha256_hex(client)[:32], ADDRESS_DELAY_AFTER, ADDRESS_LOCK_AFTER)]
 
     def _row(self, key: str) -> tuple[int, float, float | None] | None:
-        with self.store._lock:
-            row = self.store.db.conn.execute(
-                "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
-        return (int(row[0]), float(row[1]), row[2]) if row else None
+        count = self.store.login_failure(key)
+        return _as_tuple(count)
 
     def _live(self, row: tuple[int, float, float | None] | None, now: float) -> tuple[int, float, float | None]:
         """The counter as it stands now: zero once a lockout or the failure window has passed."""
@@ -150,62 +154,69 @@ class LoginThrottle:
         (name/addr) this attempt just locked. A right answer gives the count back (:meth:`refund`,
         :meth:`succeeded`)."""
         now = self.clock.wall()
-        locked = []
-        with self.store._lock, self.store.db.conn:
-            rows = []
-            for key, delay_after, lock_after in self.keys(name, client):
-                row = self.store.db.conn.execute(
-                    "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
-                rows.append((key, delay_after, lock_after,
-                             self._live((int(row[0]), float(row[1]), row[2]) if row else None, now)))
+        locked: list[str] = []
+        keys = self.keys(name, client)
+
+        def count(current: dict[str, FailureCount | None]) -> dict[str, FailureCount]:
+            rows = [(key, delay_after, lock_after, self._live(_as_tuple(current[key]), now))
+                    for key, delay_after, lock_after in keys]
             wait, is_lock = self._wait(rows, now)
             if wait > 0:
                 raise LoginRefused("throttled", wait, is_lock)
+            out = {}
             for key, _, lock_after, (failures, _, _) in rows:
                 failures += 1
                 until = now + LOCKOUT_S if failures >= lock_after else None
                 if until is not None:
                     locked.append(key.split(":")[0])
-                self.store.db["login_failures"].upsert(
-                    {"key": key, "failures": failures, "last_failure_at": now, "locked_until": until}, pk="key")
+                out[key] = FailureCount(failures, now, until)
+            return out
+
+        self.store.update_login_failures([key for key, _, _ in keys], count)
         return locked
 
     def failed(self, name: str, client: str) -> list[str]:
         """Count one failure on the account and the address (no wait check); the kinds it just locked."""
         now = self.clock.wall()
-        locked = []
-        with self.store._lock, self.store.db.conn:
-            for key, _, lock_after in self.keys(name, client):
-                row = self.store.db.conn.execute(
-                    "SELECT failures, last_failure_at, locked_until FROM login_failures WHERE key = ?", [key]).fetchone()
-                failures = self._live((int(row[0]), float(row[1]), row[2]) if row else None, now)[0] + 1
+        locked: list[str] = []
+        keys = self.keys(name, client)
+
+        def count(current: dict[str, FailureCount | None]) -> dict[str, FailureCount]:
+            out = {}
+            for key, _, lock_after in keys:
+                failures = self._live(_as_tuple(current[key]), now)[0] + 1
                 until = now + LOCKOUT_S if failures >= lock_after else None
                 if until is not None:
                     locked.append(key.split(":")[0])
-                self.store.db["login_failures"].upsert(
-                    {"key": key, "failures": failures, "last_failure_at": now, "locked_until": until}, pk="key")
+                out[key] = FailureCount(failures, now, until)
+            return out
+
+        self.store.update_login_failures([key for key, _, _ in keys], count)
         return locked
 
     def refund(self, name: str, client: str, *, account: bool = True) -> None:
         """Give back one reserved attempt (it turned out right) on the address, and on the account if asked;
         a lockout that attempt caused is lifted with it."""
         keys = self.keys(name, client) if account else self.keys(name, client)[1:]
-        with self.store._lock, self.store.db.conn:
+
+        def give_back(current: dict[str, FailureCount | None]) -> dict[str, FailureCount]:
+            out = {}
             for key, _, lock_after in keys:
-                row = self.store.db.conn.execute("SELECT failures FROM login_failures WHERE key = ?", [key]).fetchone()
+                row = current[key]
                 if row is None:
                     continue
-                failures = max(0, int(row[0]) - 1)
-                self.store.db.conn.execute(
-                    "UPDATE login_failures SET failures = ?, locked_until = CASE WHEN ? < ? THEN NULL "
-                    "ELSE locked_until END WHERE key = ?", [failures, failures, lock_after, key])
+                failures = max(0, row.failures - 1)
+                out[key] = FailureCount(failures, row.last_failure_at,
+                                        None if failures < lock_after else row.locked_until)
+            return out
+
+        self.store.update_login_failures([key for key, _, _ in keys], give_back)
 
     def succeeded(self, name: str, client: str = "") -> None:
         """A complete login clears the account's counter and gives back the address's reserved attempt (not its
         whole count: one good account must not reset the count of a client guessing others)."""
         key = self.keys(name, "")[0][0]
-        with self.store._lock, self.store.db.conn:
-            self.store.db.conn.execute("DELETE FROM login_failures WHERE key = ?", [key])
+        self.store.clear_login_failures(key)
         if client:
             self.refund(name, client, account=False)
 
@@ -222,11 +233,8 @@ class Sessions:
         """A new session: ``(cookie value, CSRF token)``. Expired sessions are swept here."""
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self.clock.wall()
-        with self.store._lock, self.store.db.conn:
-            self.store.db.conn.execute("DELETE FROM operator_sessions WHERE last_seen_at < ? OR created_at < ?",
-                                       [now - SESSION_IDLE_S, now - SESSION_ABSOLUTE_S])
-            self.store.db["operator_sessions"].insert({"hash": sha256_hex(sid), "operator": operator, "csrf": csrf,
-                                                       "created_at": now, "last_seen_at": now, "client": client})
+        self.store.create_session(sha256_hex(sid), operator, csrf, client, now, idle_before=now - SESSION_IDLE_S,
+                                  started_before=now - SESSION_ABSOLUTE_S)
         return sid, csrf
 
     def lookup(self, sid: str) -> tuple[str, str, str] | None:
@@ -235,32 +243,26 @@ class Sessions:
             return None
         digest = sha256_hex(sid)
         now = self.clock.wall()
-        with self.store._lock:
-            row = self.store.db.conn.execute("SELECT operator, csrf, created_at, last_seen_at FROM operator_sessions "
-                                             "WHERE hash = ?", [digest]).fetchone()
+        row = self.store.session_row(digest)
         if row is None:
             return None
-        operator, csrf, created, seen = row
+        operator, csrf, created, seen = row.operator, row.csrf, row.created_at, row.last_seen_at
         if now - seen > SESSION_IDLE_S or now - created > SESSION_ABSOLUTE_S:
             self.end(digest)
             return None
         if now - seen > TOUCH_EVERY_S:
-            with self.store._lock, self.store.db.conn:
-                self.store.db.conn.execute("UPDATE operator_sessions SET last_seen_at = ? WHERE hash = ?", [now, digest])
+            self.store.touch_session(digest, now)
         return operator, csrf, digest
 
     def expires_at(self, digest: str) -> float | None:
         """When the session ends if idle from now on (the earlier of the idle and absolute limits)."""
-        with self.store._lock:
-            row = self.store.db.conn.execute("SELECT created_at FROM operator_sessions WHERE hash = ?",
-                                             [digest]).fetchone()
+        row = self.store.session_row(digest)
         if row is None:
             return None
-        return min(self.clock.wall() + SESSION_IDLE_S, row[0] + SESSION_ABSOLUTE_S)
+        return min(self.clock.wall() + SESSION_IDLE_S, row.created_at + SESSION_ABSOLUTE_S)
 
     def end(self, digest: str) -> None:
-        with self.store._lock, self.store.db.conn:
-            self.store.db.conn.execute("DELETE FROM operator_sessions WHERE hash = ?", [digest])
+        self.store.delete_session(digest)
         if self.on_end is not None:
             self.on_end("session", digest)
 
@@ -388,9 +390,7 @@ class DeskAuth:
 
     def end_sessions(self, name: str) -> int:
         """End every session of an operator (after a 2FA reset); returns how many there were."""
-        with self.sessions.store._lock:
-            digests = [r[0] for r in self.sessions.store.db.conn.execute(
-                "SELECT hash FROM operator_sessions WHERE operator = ?", [name]).fetchall()]
+        digests = self.sessions.store.session_hashes(name)
         for digest in digests:
             self.sessions.end(digest)
         return len(digests)

@@ -25,6 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from doorkeep.clock import Clock, SystemClock
 from server.audit import Auditor
 from server.store import Store
+from server.store_operators import OperatorRow, TokenRow
 from server.web.errors import OperatorError, OperatorExists, UnknownOperator
 from server.web.roles import GRANTS, ROLES
 
@@ -61,6 +62,11 @@ class Token:
     created_at: float
     last_used_at: float | None = None
     revoked_at: float | None = None
+
+
+def _operator(row: OperatorRow) -> Operator:
+    """An account as the desk shows it (never its password hash)."""
+    return Operator(row.name, row.role, row.created_at, row.disabled_at)
 
 
 def sha256_hex(text: str) -> str:
@@ -142,26 +148,17 @@ class Operators:
             raise OperatorError(f"role {role!r} is not one of {', '.join(ROLES)}")
         check_password(password)
         now = self.clock.wall()
-        row = {"name": name, "role": role, "password_hash": self.hasher.hash(password), "created_at": now,
-               "disabled_at": None}
-        with self.store._lock, self.store.db.conn:
-            if self.store.db.conn.execute("SELECT 1 FROM operators WHERE name = ?", [name]).fetchone():
-                raise OperatorExists(f"operator {name!r} already exists")
-            self.store.db["operators"].insert(row)
+        if not self.store.insert_operator(name, role, self.hasher.hash(password), now):
+            raise OperatorExists(f"operator {name!r} already exists")
         record_audit(self.audit, actor, "operator.add", name, {"role": role})
         return Operator(name, role, now)
 
     def get(self, name: str) -> Operator | None:
-        with self.store._lock:
-            row = self.store.db.conn.execute(
-                "SELECT name, role, created_at, disabled_at FROM operators WHERE name = ?", [name]).fetchone()
-        return Operator(*row) if row else None
+        row = self.store.operator_row(name)
+        return _operator(row) if row else None
 
     def all(self) -> list[Operator]:
-        with self.store._lock:
-            rows = self.store.db.conn.execute(
-                "SELECT name, role, created_at, disabled_at FROM operators ORDER BY name").fetchall()
-        return [Operator(*r) for r in rows]
+        return [_operator(r) for r in self.store.operator_rows()]
 
     def require(self, name: str) -> Operator:
         op = self.get(name)
@@ -172,25 +169,19 @@ class Operators:
     def disable(self, name: str, *, actor: str) -> bool:
         """Disable an account: its sessions and tokens stop working at once. False if already disabled."""
         self.require(name)
-        with self.store._lock, self.store.db.conn:
-            cur = self.store.db.conn.execute(
-                "UPDATE operators SET disabled_at = ? WHERE name = ? AND disabled_at IS NULL", [self.clock.wall(), name])
-            self.store.db.conn.execute("DELETE FROM operator_sessions WHERE operator = ?", [name])
+        disabled = self.store.disable_operator(name, self.clock.wall())
         self.revocations.notify("operator", name)  # even when already disabled: nothing of it may stay open
-        if cur.rowcount:
+        if disabled:
             record_audit(self.audit, actor, "operator.disable", name)
-        return cur.rowcount == 1
+        return disabled
 
     def verify_password(self, name: str, password: str) -> Operator | None:
         """The active operator these credentials belong to, or None; one argon2 run whatever the outcome."""
         key = normalise_name(name)
-        with self.store._lock:
-            row = self.store.db.conn.execute(
-                "SELECT name, role, created_at, disabled_at, password_hash FROM operators WHERE name = ?",
-                [key]).fetchone() if NAME.match(key) else None
+        row = self.store.operator_row(key) if NAME.match(key) else None
         # Longer than any password we store: verify the dummy (bounded cost, same timing), never a prefix.
         too_long = len(password) > MAX_PASSWORD
-        stored = row[4] if row is not None and not too_long else self._dummy_hash
+        stored = row.password_hash if row is not None and not too_long else self._dummy_hash
         try:
             self.hasher.verify(stored, password[:MAX_PASSWORD])
             ok = row is not None and not too_long
@@ -198,13 +189,11 @@ class Operators:
             ok = False
         if not ok or row is None:
             return None
-        op = Operator(*row[:4])
+        op = _operator(row)
         if not op.active:
             return None
         if self.hasher.check_needs_rehash(stored):
-            with self.store._lock, self.store.db.conn:
-                self.store.db.conn.execute("UPDATE operators SET password_hash = ? WHERE name = ?",
-                                           [self.hasher.hash(password), op.name])
+            self.store.set_password_hash(op.name, self.hasher.hash(password))
         return op
 
     # -------------------------------------------------------------- tokens
@@ -222,35 +211,24 @@ class Operators:
                                 f"(allowed: {', '.join(sorted(GRANTS[op.role]))})")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = Token(secrets.token_hex(6), name, label, role, self.clock.wall())
-        with self.store._lock, self.store.db.conn:
-            if self.store.db.conn.execute("SELECT 1 FROM operator_tokens WHERE operator = ? AND label = ? AND "
-                                          "revoked_at IS NULL", [name, label]).fetchone():
-                raise OperatorExists(f"operator {name!r} already has a token labelled {label!r} "
-                                    "(fix: another label, or revoke it first with --revoke)")
-            self.store.db["operator_tokens"].insert({**token.__dict__, "hash": sha256_hex(secret)})
+        if not self.store.insert_token(TokenRow(**token.__dict__), sha256_hex(secret)):
+            raise OperatorExists(f"operator {name!r} already has a token labelled {label!r} "
+                                "(fix: another label, or revoke it first with --revoke)")
         record_audit(self.audit, actor, "operator.token_issue", name, {"token": token.id, "label": label, "role": role})
         return secret, token
 
     def revoke_token(self, name: str, label: str, *, actor: str) -> bool:
         """Revoke the operator's live token with this label; False if there is none."""
         self.require(name)
-        with self.store._lock, self.store.db.conn:
-            row = self.store.db.conn.execute("SELECT id FROM operator_tokens WHERE operator = ? AND label = ? AND "
-                                             "revoked_at IS NULL", [name, label]).fetchone()
-            if row is None:
-                return False
-            self.store.db.conn.execute("UPDATE operator_tokens SET revoked_at = ? WHERE id = ?",
-                                       [self.clock.wall(), row[0]])
-        self.revocations.notify("token", row[0])
-        record_audit(self.audit, actor, "operator.token_revoke", name, {"token": row[0], "label": label})
+        token_id = self.store.revoke_token(name, label, self.clock.wall())
+        if token_id is None:
+            return False
+        self.revocations.notify("token", token_id)
+        record_audit(self.audit, actor, "operator.token_revoke", name, {"token": token_id, "label": label})
         return True
 
     def tokens(self, name: str) -> list[Token]:
-        with self.store._lock:
-            rows = self.store.db.conn.execute(
-                "SELECT id, operator, label, role, created_at, last_used_at, revoked_at FROM operator_tokens "
-                "WHERE operator = ? ORDER BY created_at", [name]).fetchall()
-        return [Token(*r) for r in rows]
+        return [Token(**r.__dict__) for r in self.store.operator_tokens(name)]
 
     def token_owner(self, secret: str) -> tuple[Operator, Token] | None:
         """The active operator and live token a bearer secret belongs to, or None.
@@ -258,18 +236,14 @@ class Operators:
         The token's role is only honoured while the operator's own role still grants it."""
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             return None
-        with self.store._lock:
-            row = self.store.db.conn.execute(
-                "SELECT id, operator, label, role, created_at, last_used_at, revoked_at FROM operator_tokens "
-                "WHERE hash = ? AND revoked_at IS NULL", [sha256_hex(secret)]).fetchone()
+        row = self.store.live_token(sha256_hex(secret))
         if row is None:
             return None
-        token = Token(*row)
+        token = Token(**row.__dict__)
         op = self.get(token.operator)
         if op is None or not op.active or token.role not in GRANTS[op.role]:
             return None
         now = self.clock.wall()
         if token.last_used_at is None or now - token.last_used_at > 60:
-            with self.store._lock, self.store.db.conn:
-                self.store.db.conn.execute("UPDATE operator_tokens SET last_used_at = ? WHERE id = ?", [now, token.id])
+            self.store.touch_token(token.id, now)
         return op, token

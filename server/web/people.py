@@ -146,25 +146,13 @@ def check_new_person(server: Any, pid: str, name: str, kind: str, clearance: Any
 
 
 def _row(server: Any, pid: str) -> dict[str, Any] | None:
-    store = server.store
-    with store._lock:
-        rows = list(store.db.query("SELECT * FROM desk_people WHERE id = ?", [pid]))
-    return rows[0] if rows else None
+    row: dict[str, Any] | None = server.store.desk_person(pid)
+    return row
 
 
 def add_people(server: Any, people: list[NewPerson], *, actor: str, via: str) -> None:
     """Write every person and card in one transaction (all or nothing), then rebuild the site once."""
-    store = server.store
-    now = server.directory.clock.wall()
-    with store._lock, store.db.conn:
-        conn = store.db.conn
-        for p in people:
-            conn.execute("INSERT INTO desk_people (id, added, name, kind, clearance, access_levels, state, changed_at) "
-                         "VALUES (?, 1, ?, ?, ?, ?, 'active', ?)",
-                         [p.id, p.name, p.kind, p.clearance, json.dumps(p.access_levels), now])
-            for h, fmt, l4 in p.cards:
-                conn.execute("INSERT INTO desk_cards (hash, person, format, last4, added_at) VALUES (?, ?, ?, ?, ?)",
-                             [h, p.id, fmt, l4, now])
+    server.store.add_desk_people(people, server.directory.clock.wall())
     key = server.directory.key
     server.directory.refresh()
     audit = server.audit
@@ -187,13 +175,7 @@ def person(server: Any, pid: str) -> Any:
 
 def _override(server: Any, pid: str, **columns: Any) -> None:
     """Set desk columns of a person (a new override row for a people.toml person, kept NULL elsewhere)."""
-    store = server.store
-    now = server.directory.clock.wall()
-    sets = ", ".join(f"{k} = ?" for k in columns)
-    with store._lock, store.db.conn:
-        store.db.conn.execute("INSERT OR IGNORE INTO desk_people (id, added, changed_at) VALUES (?, 0, ?)", [pid, now])
-        store.db.conn.execute(f"UPDATE desk_people SET {sets}, changed_at = ? WHERE id = ?",
-                              [*columns.values(), now, pid])
+    server.store.override_desk_person(pid, columns, server.directory.clock.wall())
 
 
 def set_state(server: Any, pid: str, state: PersonState, *, actor: str) -> bool:
@@ -220,10 +202,7 @@ def set_access(server: Any, pid: str, clearance: Any, levels: list[str], *, acto
 def add_card(server: Any, pid: str, fmt: str, number: str, *, actor: str) -> str:
     person(server, pid)
     h, fmt, l4 = check_card(server, fmt, number, {})
-    store = server.store
-    with store._lock, store.db.conn:
-        store.db.conn.execute("INSERT INTO desk_cards (hash, person, format, last4, added_at) VALUES (?, ?, ?, ?, ?)",
-                              [h, pid, fmt, l4, server.directory.clock.wall()])
+    server.store.add_desk_card(h, pid, fmt, l4, server.directory.clock.wall())
     server.directory.refresh(action="card.add", actor=actor, target=subject_ref(server.directory.key, pid),
                              details={"format": fmt, "card": h[:12]})
     return h
@@ -355,7 +334,7 @@ def person_out(server: Any, pid: str, rows: dict[str, dict[str, Any]] | None = N
 
 
 def people_list(server: Any, q: str = "") -> list[PersonOut]:
-    rows = {r["id"]: r for r in server.store.rows("desk_people")}
+    rows = {r["id"]: r for r in server.store.desk_people()}
     needle = q.strip().lower()
     out = []
     for pid, p in server.directory.site.people.items():

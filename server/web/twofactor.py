@@ -31,6 +31,7 @@ import pyotp
 from doorkeep.clock import Clock
 from server.audit import Auditor
 from server.store import Store
+from server.store_operators import TotpRow
 from server.web.operators import record_audit
 
 STEP_S = 30
@@ -74,6 +75,12 @@ def _digest(salt: str, code: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + normalise_code(code).encode()).hexdigest()
 
 
+def _salted(code: str) -> tuple[str, str]:
+    """A recovery code as stored: ``(salt, SHA-256 over salt and code)``, its own random salt each."""
+    salt = secrets.token_hex(16)
+    return salt, _digest(salt, code)
+
+
 def qr_png(uri: str) -> bytes | None:
     """The otpauth URI as a QR code PNG (OpenCV's encoder), or None when OpenCV cannot make one."""
     try:
@@ -105,22 +112,17 @@ class TwoFactor:
         self.audit = audit
         self.issuer = issuer
 
-    def _row(self, name: str) -> tuple[str | None, float | None, int | None, str | None] | None:
-        with self.store._lock:
-            return self.store.db.conn.execute(
-                "SELECT totp_secret, totp_enabled_at, totp_last_step, totp_pending FROM operators WHERE name = ?",
-                [name]).fetchone()
+    def _row(self, name: str) -> TotpRow | None:
+        return self.store.totp_row(name)
 
     def enabled(self, name: str) -> bool:
         row = self._row(name)
-        return row is not None and row[0] is not None
+        return row is not None and row.secret is not None
 
     def status(self, name: str) -> Status:
         row = self._row(name)
-        with self.store._lock:
-            left = self.store.db.conn.execute("SELECT COUNT(*) FROM operator_recovery_codes WHERE operator = ? "
-                                              "AND used_at IS NULL", [name]).fetchone()[0]
-        return Status(row is not None and row[0] is not None, row[1] if row else None, int(left))
+        left = self.store.unused_recovery_codes(name)
+        return Status(row is not None and row.secret is not None, row.enabled_at if row else None, left)
 
     # ------------------------------------------------------------ enrolment
 
@@ -129,11 +131,10 @@ class TwoFactor:
         row = self._row(name)
         if row is None:
             raise LookupError(f"no operator {name!r}")
-        secret = row[3]
+        secret = row.pending
         if not secret:
             secret = pyotp.random_base32(32)  # 160 bits, RFC 4226's recommended length
-            with self.store._lock, self.store.db.conn:
-                self.store.db.conn.execute("UPDATE operators SET totp_pending = ? WHERE name = ?", [secret, name])
+            self.store.set_totp_pending(name, secret)
         uri = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_S).provisioning_uri(name=name, issuer_name=self.issuer)
         return Enrolment(secret, uri)
 
@@ -141,34 +142,24 @@ class TwoFactor:
         """Activate the pending secret if ``code`` is valid for it; returns the new recovery codes (shown once),
         or None when the code is wrong or nothing is pending."""
         row = self._row(name)
-        if row is None or not row[3]:
+        if row is None or not row.pending:
             return None
-        step = self._matching_step(row[3], code)
+        step = self._matching_step(row.pending, code)
         if step is None:
             return None
         codes = [self._new_code() for _ in range(RECOVERY_CODES)]
-        now = self.clock.wall()
-        with self.store._lock, self.store.db.conn:
-            cur = self.store.db.conn.execute(
-                "UPDATE operators SET totp_secret = totp_pending, totp_pending = NULL, totp_enabled_at = ?, "
-                "totp_last_step = ? WHERE name = ? AND totp_pending = ?", [now, step, name, row[3]])
-            if cur.rowcount != 1:
-                return None
-            self._store_codes(name, codes, now)
+        if not self.store.confirm_totp(name, row.pending, at=self.clock.wall(), step=step,
+                                       recovery_codes=[_salted(code) for code in codes]):
+            return None
         record_audit(self.audit, actor, "operator.totp_enrol", name, {"recovery_codes": len(codes)})
         return codes
 
     def reset(self, name: str, *, actor: str) -> bool:
         """Remove an operator's second factor (lost phone); False when they had none."""
-        with self.store._lock, self.store.db.conn:
-            cur = self.store.db.conn.execute(
-                "UPDATE operators SET totp_secret = NULL, totp_pending = NULL, totp_enabled_at = NULL, "
-                "totp_last_step = NULL WHERE name = ? AND (totp_secret IS NOT NULL OR totp_pending IS NOT NULL)",
-                [name])
-            self.store.db.conn.execute("DELETE FROM operator_recovery_codes WHERE operator = ?", [name])
-        if cur.rowcount:
+        removed = self.store.reset_totp(name)
+        if removed:
             record_audit(self.audit, actor, "operator.totp_reset", name)
-        return cur.rowcount == 1
+        return removed
 
     # ------------------------------------------------------------ login
 
@@ -199,44 +190,20 @@ class TwoFactor:
 
     def _use_totp(self, name: str, code: str) -> bool:
         row = self._row(name)
-        if row is None or row[0] is None:
+        if row is None or row.secret is None:
             return False
-        step = self._matching_step(row[0], code)
+        step = self._matching_step(row.secret, code)
         if step is None:
             return False
-        with self.store._lock, self.store.db.conn:  # single use: only a later step than any accepted before
-            cur = self.store.db.conn.execute(
-                "UPDATE operators SET totp_last_step = ? WHERE name = ? AND totp_secret = ? AND "
-                "(totp_last_step IS NULL OR totp_last_step < ?)", [step, name, row[0], step])
-        return cur.rowcount == 1
+        return self.store.accept_totp_step(name, row.secret, step)  # single use: only a later step than before
 
     def _use_recovery(self, name: str, code: str) -> int | None:
         """Spend a recovery code; the number left, or None when it is not one of the operator's unused codes."""
-        with self.store._lock, self.store.db.conn:
-            rows = self.store.db.conn.execute("SELECT id, salt, hash FROM operator_recovery_codes WHERE operator = ? "
-                                              "AND used_at IS NULL", [name]).fetchall()
-            match = None
-            for rid, salt, digest in rows:  # every row compared: the time does not tell which one matched
-                if hmac.compare_digest(_digest(salt, code), digest):
-                    match = rid
-            if match is None:
-                return None
-            cur = self.store.db.conn.execute("UPDATE operator_recovery_codes SET used_at = ? WHERE id = ? AND "
-                                             "used_at IS NULL", [self.clock.wall(), match])
-            if cur.rowcount != 1:
-                return None
-        return len(rows) - 1
+        # Every unused code is compared (the store calls this for each): the time does not tell which matched.
+        return self.store.spend_recovery_code(
+            name, lambda salt, digest: hmac.compare_digest(_digest(salt, code), digest), self.clock.wall())
 
     @staticmethod
     def _new_code() -> str:
         raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_LENGTH))
         return f"{raw[:5]}-{raw[5:]}"
-
-    def _store_codes(self, name: str, codes: list[str], now: float) -> None:
-        """Replace the operator's recovery codes (caller holds the store's lock and transaction)."""
-        conn = self.store.db.conn
-        conn.execute("DELETE FROM operator_recovery_codes WHERE operator = ?", [name])
-        for code in codes:
-            salt = secrets.token_hex(16)
-            conn.execute("INSERT INTO operator_recovery_codes (operator, salt, hash, created_at) VALUES (?, ?, ?, ?)",
-                         [name, salt, _digest(salt, code), now])

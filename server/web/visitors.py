@@ -106,36 +106,27 @@ class Watchlist:
         self.store = store
 
     def entries(self) -> list[dict[str, Any]]:
-        with self.store._lock:
-            rows = self.store.db.conn.execute(
-                "SELECT id, kind, value, note, added_by, added_at FROM watchlist ORDER BY kind, norm").fetchall()
-        return [{"id": r[0], "kind": r[1], "value": r[2], "note": r[3] or "", "added_by": r[4], "added_at": r[5]}
-                for r in rows]
+        return [{"id": r["id"], "kind": r["kind"], "value": r["value"], "note": r["note"] or "",
+                 "added_by": r["added_by"], "added_at": r["added_at"]} for r in self.store.watchlist_entries()]
 
     def add(self, kind: str, value: str, note: str, actor: str, at: float) -> int:
         norm = fold(value)
         if not norm:
             raise DirectoryError("the watchlist entry has no letters or digits to match on")
-        with self.store._lock, self.store.db.conn:
-            if self.store.db.conn.execute("SELECT 1 FROM watchlist WHERE kind = ? AND norm = ?",
-                                          [kind, norm]).fetchone():
-                raise WatchlistExists(f"the watchlist already has this {kind}")
-            cur = self.store.db.conn.execute(
-                "INSERT INTO watchlist (kind, value, norm, note, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [kind, value, norm, note, actor, at])
-            return int(cur.lastrowid or 0)
+        entry_id = self.store.add_watchlist_entry(kind, value, norm, note, actor, at)
+        if entry_id is None:
+            raise WatchlistExists(f"the watchlist already has this {kind}")
+        return entry_id
 
     def remove(self, entry_id: int) -> bool:
-        with self.store._lock, self.store.db.conn:
-            return self.store.db.conn.execute("DELETE FROM watchlist WHERE id = ?", [entry_id]).rowcount == 1
+        return bool(self.store.remove_watchlist_entry(entry_id))
 
     def check(self, name: str, company: str) -> list[dict[str, Any]]:
         """The entries the visitor's name or company matches."""
         folded = {"name": fold(name), "company": fold(company)}
-        with self.store._lock:
-            rows = self.store.db.conn.execute("SELECT id, kind, value, norm, note FROM watchlist").fetchall()
-        return [{"id": r[0], "kind": r[1], "value": r[2], "note": r[4] or ""}
-                for r in rows if _matches(r[3], folded.get(r[1], ""))]
+        rows = sorted(self.store.watchlist_entries(), key=lambda r: r["id"])
+        return [{"id": r["id"], "kind": r["kind"], "value": r["value"], "note": r["note"] or ""}
+                for r in rows if _matches(r["norm"], folded.get(r["kind"], ""))]
 
 
 class WatchlistExists(DirectoryError):
@@ -257,11 +248,8 @@ class VisitorDesk:
             v = self.directory.check_in(visitor_id, actor=actor)
         except DirectoryError as exc:  # a race for the last badge
             raise Conflict(str(exc)) from exc
-        now = self.clock.wall()
-        with self.store._lock, self.store.db.conn:
-            self.store.db.conn.execute(
-                "INSERT INTO visitor_consents (visitor, notice_version, photo_consent, consented_at, operator) "
-                "VALUES (?, ?, ?, ?, ?)", [visitor_id, self.notice.version, int(body.photo_consent), now, actor])
+        self.store.add_visitor_consent(visitor_id, self.notice.version, bool(body.photo_consent), self.clock.wall(),
+                                       actor)
         self.audit(actor, "visitor.consent", self.ref(visitor_id),
                    {"notice_version": self.notice.version, "photo_consent": body.photo_consent})
         if self.hub is not None:
@@ -301,17 +289,14 @@ class VisitorDesk:
                 except (DirectoryError, Conflict, NotFound):
                     log.exception("could not close the overdue visit of %s", v.id)
         # Consents of visitors that retention removed go with them.
-        with self.store._lock, self.store.db.conn:
-            self.store.db.conn.execute("DELETE FROM visitor_consents WHERE visitor NOT IN (SELECT id FROM visitors)")
+        self.store.drop_orphan_consents()
         return closed
 
     def consent(self, visitor_id: str) -> dict[str, Any] | None:
-        with self.store._lock:
-            row = self.store.db.conn.execute(
-                "SELECT notice_version, photo_consent, consented_at, operator FROM visitor_consents WHERE visitor = ? "
-                "ORDER BY id DESC LIMIT 1", [visitor_id]).fetchone()
-        return None if row is None else {"notice_version": row[0], "photo_consent": bool(row[1]),
-                                         "consented_at": row[2], "operator": row[3]}
+        row = self.store.latest_visitor_consent(visitor_id)
+        return None if row is None else {"notice_version": row["notice_version"],
+                                         "photo_consent": bool(row["photo_consent"]),
+                                         "consented_at": row["consented_at"], "operator": row["operator"]}
 
     def today(self) -> dict[str, list[VisitorOut]]:
         """Today's visitors in the site's time zone: expected, on site (with where), left."""
@@ -320,7 +305,7 @@ class VisitorDesk:
         start = datetime.combine(day, dtime(0), self.tz).timestamp()
         end = datetime.combine(day + timedelta(days=1), dtime(0), self.tz).timestamp()
         groups: dict[str, list[VisitorOut]] = {"expected": [], "on_site": [], "left": []}
-        for row in self.store.rows("visitors"):
+        for row in self.store.visitor_records():
             if row["status"] == "registered" and row["valid_from"] < end and row["valid_until"] > now:
                 groups["expected"].append(self.out(row))
             elif row["status"] == "checked_in":
@@ -333,7 +318,7 @@ class VisitorDesk:
 
     def out(self, row: dict[str, Any] | Visitor) -> VisitorOut:
         if isinstance(row, Visitor):
-            row = next(r for r in self.store.rows("visitors") if r["id"] == row.id)
+            row = next(r for r in self.store.visitor_records() if r["id"] == row.id)
         site = self.directory.site
         host = site.people.get(row["host"])
         where = None

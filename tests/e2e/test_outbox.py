@@ -72,8 +72,8 @@ def stored_seqs(runner: SiteRunner, ids: set[str]) -> list[tuple[str, int]]:
     """(id, seq) of this device's stored events among ``ids``, in the order the server stored them."""
     assert runner.server is not None
     store = runner.server.store
-    with store._lock:
-        rows = store.db.execute("SELECT id, seq FROM events WHERE device = ? ORDER BY rowid", [DEVICE]).fetchall()
+    with store.connection_for_tests() as db:
+        rows = db.execute("SELECT id, seq FROM events WHERE device = ? ORDER BY rowid", [DEVICE]).fetchall()
     return [(i, s) for i, s in rows if i in ids]
 
 

@@ -166,11 +166,15 @@ def test_key_rotation_while_the_server_ingests(secure_site: tuple[SiteRunner, Pa
 
     badged = 0
 
+    def stored_snapshots() -> int:
+        with store.connection_for_tests() as db:
+            return int(db["snapshots"].count)
+
     def badge_next() -> None:
         nonlocal badged
         lobby.reader.badge(f"0F00FE{badged:04X}")  # a new unknown card each time: denied, one snapshot each
         badged += 1
-        assert wait_until(lambda: store.db["snapshots"].count >= badged, 10), "a snapshot did not arrive"
+        assert wait_until(lambda: stored_snapshots() >= badged, 10), "a snapshot did not arrive"
 
     for _ in range(5):
         badge_next()
@@ -206,11 +210,13 @@ def test_key_rotation_while_the_server_ingests(secure_site: tuple[SiteRunner, Pa
     ring = json.loads(ring_file.read_text())
     new = ring["current"]
     assert new != old and old not in ring["keys"] and list(ring["keys"]) == [new]
-    rows = list(store.db.query("SELECT id, kek_id FROM snapshots"))
+    with store.connection_for_tests() as db:
+        rows = list(db.query("SELECT id, kek_id FROM snapshots"))
     assert len(rows) == badged
     assert {r["kek_id"] for r in rows} == {new}, "a snapshot still refers to the retired key"
     assert all(decodes(store.snapshot_bytes(r["id"])) for r in rows)
-    audit = list(store.db.query("SELECT actor, action, target, details FROM audit_log WHERE action = 'key.rotate'"))
+    with store.connection_for_tests() as db:
+        audit = list(db.query("SELECT actor, action, target, details FROM audit_log WHERE action = 'key.rotate'"))
     assert len(audit) == 1 and audit[0]["target"] == new
     details = json.loads(audit[0]["details"])
     assert details["previous"] == old and details["retired"] == [old]

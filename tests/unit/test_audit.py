@@ -62,7 +62,8 @@ def test_records_chain_with_increasing_seq_and_documented_hash(store: Store, clo
     assert rows[0]["prev_hash"] == GENESIS and rows[1]["prev_hash"] == rows[0]["hash"]
     assert rows[0]["ts"] == "2025-11-28T08:00:00.000Z" and rows[1]["ts"] == "2025-11-28T08:00:00.250Z"
     # Recomputed from the documented format alone (docs/security.md), without server.audit.
-    r = store.db.conn.execute("SELECT * FROM audit_log WHERE seq = 2").fetchone()
+    with store.connection_for_tests() as db:
+        r = db.conn.execute("SELECT * FROM audit_log WHERE seq = 2").fetchone()
     body = {"seq": r[0], "ts": r[1], "actor": r[2], "action": r[3], "target": r[4], "details": r[5],
             "prev_hash": r[6]}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def stored_visitors(server: Server) -> list[Any]:
-    with server.store._lock:
-        return server.store.db.conn.execute("SELECT id, valid_from, valid_until FROM visitors").fetchall()
+    with server.store.connection_for_tests() as db:
+        return db.conn.execute("SELECT id, valid_from, valid_until FROM visitors").fetchall()
 
 
 def audit_actions(server: Server) -> list[str]:

@@ -84,10 +84,10 @@ def test_enrolment_needs_a_valid_code_and_shows_ten_recovery_codes_once_stored_s
     assert client.get("/api/v1/me").json()["two_factor"] is True
     again = client.get("/account/2fa").text
     assert "10 recovery code(s) left" in again and not any(c in again for c in codes) and secret not in again
-    with server.store._lock:
-        rows = server.store.db.conn.execute("SELECT salt, hash FROM operator_recovery_codes "
-                                            "WHERE operator = 'dex'").fetchall()
-        dump = "\n".join(server.store.db.conn.iterdump())
+    with server.store.connection_for_tests() as db:
+        rows = db.conn.execute("SELECT salt, hash FROM operator_recovery_codes "
+                               "WHERE operator = 'dex'").fetchall()
+        dump = "\n".join(db.conn.iterdump())
     assert len(rows) == 10 and len({salt for salt, _ in rows}) == 10
     assert not any(c in dump or c.replace("-", "") in dump for c in codes)
     assert actions(server).count("operator.totp_enrol") == 1
@@ -174,8 +174,8 @@ def test_an_admin_resets_a_lost_second_factor_and_the_operators_sessions_end(app
     assert session(TestClient(client.app), "dex").status_code == 200  # password alone, until enrolled again
     assert client.post("/api/v1/operators/dex/2fa/reset", headers=bearer(toks["ada"])).json()["reset"] is False
     assert client.post("/api/v1/operators/nobody/2fa/reset", headers=bearer(toks["ada"])).status_code == 404
-    with server.store._lock:
-        assert server.store.db.conn.execute("SELECT COUNT(*) FROM operator_recovery_codes").fetchone()[0] == 0
+    with server.store.connection_for_tests() as db:
+        assert db.conn.execute("SELECT COUNT(*) FROM operator_recovery_codes").fetchone()[0] == 0
     reset = [r for r in server.audit.records() if r["action"] == "operator.totp_reset"]  # type: ignore[union-attr]
     assert len(reset) == 1 and reset[0]["actor"] == "ada" and reset[0]["target"] == "dex"
 

@@ -45,3 +45,53 @@ def test_core_cli_loads_parts_only_by_name() -> None:
         module = target.split(":")[0]
         assert module.split(".")[0] in {"doorkeep", "edge", "server", "simulators"}
         assert module.split(".")[0] == "doorkeep" or module.endswith(".cli")
+
+
+# The store's connection and lock are its own (issue 13): everything else calls Store's typed methods.
+STORE_MODULES = {"server/store.py"} | {f"server/{p.name}" for p in (ROOT / "server").glob("store_*.py")}
+STORE_PRIVATE = {"_db", "db", "_lock", "_in_tx", "connection_for_tests"}
+
+
+def _names_a_store(node: ast.expr) -> bool:
+    """``store``, ``self.store``, ``server.store``, ``audit.store`` …: an expression naming a Store."""
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return name == "store" or name.endswith("_store")
+
+
+def store_reach_ins(root: Path) -> list[str]:
+    """Every place outside the store modules that touches a store's connection or lock, as ``file:line code``."""
+    found = []
+    for package in ("server", "simulators", "bench", "edge", "doorkeep"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in STORE_MODULES:
+                continue
+            tree = ast.parse(path.read_text(), filename=rel)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                reach = (node.attr in STORE_PRIVATE and _names_a_store(node.value)) or (
+                    node.attr == "conn" and isinstance(node.value, ast.Attribute) and node.value.attr in {"db", "_db"})
+                if reach:
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_the_store_touches_its_connection_or_lock() -> None:
+    bad = store_reach_ins(ROOT)
+    assert not bad, ("these reach into a Store's connection or lock; give Store a typed method named for what it "
+                     "does (server/store.py, server/store_*.py) and call that instead:\n" + "\n".join(bad))
+
+
+def test_store_layout_scan_finds_a_reach_in(tmp_path: Path) -> None:
+    """The scan itself: a module that takes the store's lock and runs SQL on its connection is reported."""
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "leaky.py").write_text(
+        "def f(store, server):\n"
+        "    with store._lock, store._db.conn:\n"
+        "        store._db.conn.execute('DELETE FROM events')\n"
+        "    return server.store.db.conn, server.store.connection_for_tests()\n")
+    found = store_reach_ins(tmp_path)
+    assert [f.split(" ")[0] for f in found].count("server/leaky.py:2") == 3  # _lock, _db, _db.conn
+    assert any(f.endswith("server.store.connection_for_tests") for f in found)
+    assert any(f.endswith("server.store.db.conn") for f in found)

@@ -110,7 +110,8 @@ def add_visitor(store: Store, vid: str, *, status: str, ended_days_ago: float) -
 
 
 def ids(store: Store, table: str) -> set[str]:
-    return {r[0] for r in store.db.conn.execute(f"SELECT id FROM {table}")}
+    with store.connection_for_tests() as db:
+        return {r[0] for r in db.conn.execute(f"SELECT id FROM {table}")}
 
 
 def test_each_class_goes_after_its_own_period(store: Store) -> None:
@@ -209,8 +210,9 @@ def test_cli_retention_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "deleted 1 visitors" in capsys.readouterr().out
     store = Store(data)
     assert store.rows("visitors") == []
-    rec = json.loads(store.db.conn.execute("SELECT details FROM audit_log WHERE action = 'retention.run'")
-                     .fetchone()[0])
+    with store.connection_for_tests() as db:
+        rec = json.loads(db.conn.execute("SELECT details FROM audit_log WHERE action = 'retention.run'")
+                         .fetchone()[0])
     assert rec["deleted"]["visitors"] == 1
     store.close()
     assert main(["retention", "run", "--site", str(tmp_path / "nosite"), "--data", str(data)]) == 2

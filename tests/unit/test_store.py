@@ -56,16 +56,18 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_migrations_applied_once_and_recorded(tmp_path: Path) -> None:
     s = Store(tmp_path)
-    names = [r["name"] for r in s.db["_migrations"].rows]
-    assert names == [name for name, _ in MIGRATIONS]
-    assert {"events", "snapshots", "_migrations"} <= set(s.db.table_names())
-    assert migrate(s.db) == []  # nothing left to apply
+    with s.connection_for_tests() as db:
+        names = [r["name"] for r in db["_migrations"].rows]
+        assert names == [name for name, _ in MIGRATIONS]
+        assert {"events", "snapshots", "_migrations"} <= set(db.table_names())
+        assert migrate(db) == []  # nothing left to apply
     s.insert_event(ev(), 1.0)
     s.close()
 
     again = Store(tmp_path)  # re-opening applies nothing new and keeps the data
-    assert [r["name"] for r in again.db["_migrations"].rows] == names
-    assert again.db["_migrations"].count == len(MIGRATIONS)
+    with again.connection_for_tests() as db:
+        assert [r["name"] for r in db["_migrations"].rows] == names
+        assert db["_migrations"].count == len(MIGRATIONS)
     assert again.count_events() == 1
     again.close()
 
@@ -100,7 +102,8 @@ def test_failed_migration_is_rolled_back(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_wal_mode(store: Store) -> None:
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with store.connection_for_tests() as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # ------------------------------------------------------------------ events
@@ -162,7 +165,8 @@ def test_duplicate_snapshot(store: Store) -> None:
     assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", sealed("ev-1"), 1.0, site="demo") is True
     assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", b"other", 2.0, site="demo") is False
     assert store.snapshot_bytes("ev-1") == JPEG  # the first one wins, the file is not replaced
-    assert store.db["snapshots"].count == 1
+    with store.connection_for_tests() as db:
+        assert db["snapshots"].count == 1
     assert list(store.snapshot_dir.glob("*.tmp")) == []
 
 
@@ -238,7 +242,8 @@ def test_concurrent_inserts_lose_nothing(store: Store) -> None:
     assert store.count_events() == threads * per_thread
     assert all(r[:per_thread] == [True] * per_thread for r in results)
     assert all(r[per_thread:] == [False] * threads for r in results)
-    ids = {r["id"] for r in store.db.query("SELECT id FROM events")}
+    with store.connection_for_tests() as db:
+        ids = {r["id"] for r in db.query("SELECT id FROM events")}
     assert ids == {f"t{n}-{i}" for n in range(threads) for i in range(per_thread)}
 
 
@@ -250,7 +255,8 @@ def test_snapshot_file_is_the_received_ciphertext_and_the_row_holds_the_wrapped_
     assert store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", blob, 1.0, site="demo")
     on_disk = (store.snapshot_dir / "ev-1.bin").read_bytes()
     assert on_disk == parse_sealed(blob).body and not on_disk.startswith(b"\xff\xd8")
-    row = next(store.db.query("SELECT * FROM snapshots WHERE id = 'ev-1'"))
+    with store.connection_for_tests() as db:
+        row = next(db.query("SELECT * FROM snapshots WHERE id = 'ev-1'"))
     assert row["kek_id"] == KEYS.keyring.current()[0] and len(row["wrapped_key"]) == 60
     assert row["site"] == "demo"
     assert store.snapshot_bytes("ev-1") == JPEG
@@ -268,7 +274,8 @@ def test_unsealed_forged_or_foreign_snapshot_is_refused_and_nothing_kept(store: 
                                                                          why: str) -> None:
     with pytest.raises(EnvelopeError, match=why):
         store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", payload, 1.0, site="demo")
-    assert store.db["snapshots"].count == 0 and list(store.snapshot_dir.iterdir()) == []
+    with store.connection_for_tests() as db:
+        assert db["snapshots"].count == 0 and list(store.snapshot_dir.iterdir()) == []
     assert store.snapshot_bytes("ev-1") is None
 
 
@@ -283,7 +290,8 @@ def test_delete_destroys_the_key_with_the_row(store: Store) -> None:
     store.insert_snapshot("ev-1", "pi-lobby", "lobby_in", sealed("ev-1"), 1.0, site="demo")
     kept = (store.snapshot_dir / "ev-1.bin").read_bytes()  # as if the disk kept the blocks
     assert store.delete_snapshot("ev-1") is True
-    assert store.db["snapshots"].count == 0 and not (store.snapshot_dir / "ev-1.bin").exists()
+    with store.connection_for_tests() as db:
+        assert db["snapshots"].count == 0 and not (store.snapshot_dir / "ev-1.bin").exists()
     (store.snapshot_dir / "ev-1.bin").write_bytes(kept)
     assert store.snapshot_bytes("ev-1") is None  # no row, no key: the ciphertext is all that is left
     assert b"\xff\xd8\xff" not in kept
@@ -292,9 +300,10 @@ def test_delete_destroys_the_key_with_the_row(store: Store) -> None:
 
 def test_plaintext_snapshot_from_before_migration_004_still_reads(store: Store) -> None:
     (store.snapshot_dir / "old.jpg").write_bytes(JPEG)
-    store.db.conn.execute("INSERT INTO snapshots (id, device, door, path, bytes, received_at) "
-                          "VALUES ('old', 'pi-lobby', 'lobby_in', 'old.jpg', ?, 0)", [len(JPEG)])
-    store.db.conn.commit()
+    with store.connection_for_tests() as db:
+        db.conn.execute("INSERT INTO snapshots (id, device, door, path, bytes, received_at) "
+                        "VALUES ('old', 'pi-lobby', 'lobby_in', 'old.jpg', ?, 0)", [len(JPEG)])
+        db.conn.commit()
     assert store.snapshot_bytes("old") == JPEG
 
 
@@ -317,12 +326,14 @@ def test_rotation_rewraps_every_key_and_retires_the_old_one(tmp_path: Path) -> N
     new = cli_keys.keyring.rotate()
     assert cli.rewrap_snapshot_keys(batch=40) == (250, [old])
     cli.close()
-    assert {r["kek_id"] for r in server.db.query("SELECT kek_id FROM snapshots")} == {new}
+    with server.connection_for_tests() as db:
+        assert {r["kek_id"] for r in db.query("SELECT kek_id FROM snapshots")} == {new}
     assert old not in (tmp_path / "keys" / "data-keys.json").read_text()
     assert all(server.snapshot_bytes(f"e{i}") == JPEG + bytes([i]) for i in range(250))
     blob = seal(JPEG, server_keys.recipient, SnapshotRef("demo", "pi-lobby", "after"))
     server.insert_snapshot("after", "pi-lobby", "lobby_in", blob, 2.0, site="demo")
-    assert next(server.db.query("SELECT kek_id FROM snapshots WHERE id = 'after'"))["kek_id"] == new
+    with server.connection_for_tests() as db:
+        assert next(db.query("SELECT kek_id FROM snapshots WHERE id = 'after'"))["kek_id"] == new
     server.close()
 
 
@@ -360,7 +371,8 @@ def test_rotation_while_the_server_ingests_loses_no_key(tmp_path: Path) -> None:
     worker.join(timeout=30)
     assert errors == [] and not worker.is_alive()
     assert retired == [old] and rewrapped >= 100
-    rows = list(server.db.query("SELECT id, kek_id FROM snapshots"))
+    with server.connection_for_tests() as db:
+        rows = list(db.query("SELECT id, kek_id FROM snapshots"))
     assert len(rows) == 100 + len(ingested)
     assert {r["kek_id"] for r in rows} == {new}
     assert all(server.snapshot_bytes(r["id"]) == JPEG for r in rows)

@@ -50,7 +50,8 @@ def work(server: Server, ev: EventMsg, mid: int) -> _Work:
 
 
 def stored_ids(server: Server) -> list[str]:
-    return [r["id"] for r in server.store.db.query("SELECT id FROM events ORDER BY rowid")]
+    with server.store.connection_for_tests() as db:
+        return [r["id"] for r in db.query("SELECT id FROM events ORDER BY rowid")]
 
 
 def test_batch_stores_in_order_runs_deferred_writes_and_acks_each(server: Server) -> None:

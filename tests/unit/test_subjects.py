@@ -153,10 +153,12 @@ def test_erase_removes_or_pseudonymises_everything(world: World) -> None:
 
 def test_erase_is_idempotent(world: World) -> None:
     world.erase("alice")
-    before = [dict(r) for r in world.store.db.query("SELECT * FROM events ORDER BY id")]
+    with world.store.connection_for_tests() as db:
+        before = [dict(r) for r in db.query("SELECT * FROM events ORDER BY id")]
     again = world.erase("alice")
     assert set(again["counts"].values()) == {0}
-    assert [dict(r) for r in world.store.db.query("SELECT * FROM events ORDER BY id")] == before
+    with world.store.connection_for_tests() as db:
+        assert [dict(r) for r in db.query("SELECT * FROM events ORDER BY id")] == before
 
 
 def test_the_audit_log_holds_no_personal_data_after_erasure(world: World) -> None:
@@ -225,10 +227,12 @@ def test_export_of_a_visitor_lists_the_consent_given_at_check_in(world: World, t
 
 def test_attack_erased_visitor_is_still_named_by_the_consent_row(world: World) -> None:
     check_in_with_consent(world)
-    assert world.store.db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 1
+    with world.store.connection_for_tests() as db:
+        assert db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 1
     out = world.erase("v-zoe")
     assert out["counts"]["consents"] == 1
-    assert world.store.db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 0
+    with world.store.connection_for_tests() as db:
+        assert db.execute("SELECT count(*) FROM visitor_consents").fetchone()[0] == 0
     # What the law still needs stays provable, without the name: the audit record of the consent.
     [proof] = [r for r in world.audit.records() if r["action"] == "visitor.consent"]
     assert proof["target"] == subject_ref(world.key, "v-zoe") and proof["actor"] == "desk1"
@@ -240,8 +244,9 @@ def test_attack_erased_visitor_is_still_named_by_the_consent_row(world: World) -
             assert secret not in blob, f"{secret!r} still stored"
 
     no_trace(world.db_bytes())  # erase checkpointed the WAL; secure_delete zeroed the freed pages
-    world.store.db.execute("VACUUM")
-    world.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with world.store.connection_for_tests() as db:
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     no_trace(world.db_bytes())
 
 

@@ -1,0 +1,200 @@
+"""The store's queries for retention and data-subject rights: what is past its period, what is held about
+one person, and the erasure of it (server/retention.py, server/subjects.py, docs/security.md).
+
+Part of :class:`server.store.Store` (a base class of it): every method takes the store's lock itself.
+Retention works in small batches (one short transaction each) so the server keeps ingesting meanwhile;
+an erasure is one transaction, all or nothing. What an unresolved alarm needs (its source event and that
+event's snapshot) is never selected for deletion.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Callable, Sequence
+
+import sqlite_utils
+
+# Events that an alarm an operator has not resolved yet points at: never deleted.
+_ALARM_NEEDS = "SELECT source_event FROM alarms WHERE resolved_at IS NULL AND source_event IS NOT NULL"
+# Events past their period: both the device's timestamp and the server's receipt are before the cut-off,
+# so a device whose clock is years behind cannot get its fresh events purged.
+_EXPIRED_EVENTS = f"ts < ? AND (received_at IS NULL OR received_at < ?) AND id NOT IN ({_ALARM_NEEDS})"
+_EXPIRED_SNAPSHOTS = f"received_at < ? AND id NOT IN ({_ALARM_NEEDS})"
+# A visit is over once checked out, or once its window closed without a check-in; a visitor still
+# checked in is kept (their badge is live: the desk must check them out).
+_ENDED_VISITS = "status != 'checked_in' AND COALESCE(checked_out_at, valid_until) < ?"
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+class PrivacyRecords:
+    """Retention and erasure queries (a base of ``Store``)."""
+
+    _db: sqlite_utils.Database
+    _lock: threading.RLock
+
+    # ------------------------------------------------------------ retention
+
+    def count_events_kept_for_alarms(self, cutoff_ts: str) -> int:
+        """Events older than ``cutoff_ts`` kept only because an open alarm needs them."""
+        with self._lock:
+            return int(self._db.conn.execute(f"SELECT COUNT(*) FROM events WHERE ts < ? AND id IN ({_ALARM_NEEDS})",
+                                             [cutoff_ts]).fetchone()[0])
+
+    def count_expired_events(self, cutoff_ts: str, cutoff_received: float) -> int:
+        with self._lock:
+            return int(self._db.conn.execute(f"SELECT COUNT(*) FROM events WHERE {_EXPIRED_EVENTS}",
+                                             [cutoff_ts, cutoff_received]).fetchone()[0])
+
+    def expired_events(self, cutoff_ts: str, cutoff_received: float, limit: int) -> list[tuple[str, str | None]]:
+        """Up to ``limit`` events past their period, as ``(event id, snapshot id)``."""
+        with self._lock:
+            return [(str(r[0]), r[1]) for r in self._db.conn.execute(
+                f"SELECT id, snapshot FROM events WHERE {_EXPIRED_EVENTS} LIMIT ?",
+                [cutoff_ts, cutoff_received, limit]).fetchall()]
+
+    def delete_events(self, event_ids: Sequence[str]) -> int:
+        """Delete these events (their snapshots are deleted first, by :meth:`delete_snapshot`)."""
+        if not event_ids:
+            return 0
+        with self._lock, self._db.conn:
+            return self._db.conn.execute(f"DELETE FROM events WHERE id IN ({_marks(event_ids)})",
+                                         list(event_ids)).rowcount
+
+    def count_expired_snapshots(self, cutoff_received: float, event_cutoff_ts: str,
+                                event_cutoff_received: float) -> int:
+        """Snapshots past their own period, or whose event is past its period."""
+        with self._lock:
+            return int(self._db.conn.execute(
+                f"SELECT COUNT(*) FROM snapshots WHERE {_EXPIRED_SNAPSHOTS} OR id IN (SELECT snapshot FROM events "
+                f"WHERE {_EXPIRED_EVENTS})", [cutoff_received, event_cutoff_ts, event_cutoff_received]).fetchone()[0])
+
+    def expired_snapshots(self, cutoff_received: float, limit: int) -> list[str]:
+        """Up to ``limit`` ids of snapshots past their own period."""
+        with self._lock:
+            return [str(r[0]) for r in self._db.conn.execute(
+                f"SELECT id FROM snapshots WHERE {_EXPIRED_SNAPSHOTS} LIMIT ?", [cutoff_received, limit])]
+
+    def ended_visits(self, cutoff: float) -> list[str]:
+        """Ids of the visitors whose visit ended before ``cutoff``."""
+        with self._lock:
+            return [str(r[0]) for r in self._db.conn.execute(f"SELECT id FROM visitors WHERE {_ENDED_VISITS}",
+                                                             [cutoff])]
+
+    def count_presence_of(self, people: Sequence[str]) -> int:
+        if not people:
+            return 0
+        with self._lock:
+            return int(self._db.conn.execute(f"SELECT COUNT(*) FROM presence WHERE person IN ({_marks(people)})",
+                                             list(people)).fetchone()[0])
+
+    def delete_visitors(self, visitor_ids: Sequence[str], batch: int) -> int:
+        """Delete these visitors and their presence, in one transaction; returns the presence rows removed."""
+        removed = 0
+        with self._lock, self._db.conn:
+            for i in range(0, len(visitor_ids), batch):
+                chunk = list(visitor_ids[i:i + batch])
+                removed += self._db.conn.execute(f"DELETE FROM presence WHERE person IN ({_marks(chunk)})",
+                                                 chunk).rowcount
+                self._db.conn.execute(f"DELETE FROM visitors WHERE id IN ({_marks(chunk)})", chunk)
+        return removed
+
+    def count_resolved_alarms_before(self, cutoff: float) -> int:
+        with self._lock:
+            return int(self._db.conn.execute("SELECT COUNT(*) FROM alarms WHERE resolved_at IS NOT NULL "
+                                             "AND resolved_at < ?", [cutoff]).fetchone()[0])
+
+    def delete_resolved_alarms_before(self, cutoff: float) -> int:
+        """Delete the alarms resolved before ``cutoff`` (an open alarm stays whatever its age)."""
+        with self._lock, self._db.conn:
+            return self._db.conn.execute("DELETE FROM alarms WHERE resolved_at IS NOT NULL AND resolved_at < ?",
+                                         [cutoff]).rowcount
+
+    # ------------------------------------------------------- data subjects
+
+    def subject_cards_and_name(self, person: str) -> tuple[list[str], str | None]:
+        """The hashes of the cards added for ``person`` at the desk, and the name the store holds for them
+        (a person added at the desk, else a visitor), if any."""
+        with self._lock:
+            hashes = [str(r[0]) for r in self._db.conn.execute("SELECT hash FROM desk_cards WHERE person = ?",
+                                                               [person])]
+            row = self._db.conn.execute("SELECT name FROM desk_people WHERE id = ? AND added = 1", [person]).fetchone()
+            row = row or self._db.conn.execute("SELECT name FROM visitors WHERE id = ?", [person]).fetchone()
+        return hashes, (row[0] if row else None)
+
+    @staticmethod
+    def _subject_where(person: str, card_hashes: Sequence[str]) -> tuple[str, list[str]]:
+        clauses, args = ["person = ?"], [person]
+        if card_hashes:
+            clauses.append(f"credential_hash IN ({_marks(card_hashes)})")
+            args += card_hashes
+        return " OR ".join(clauses), args
+
+    def subject_events(self, person: str, card_hashes: Sequence[str]) -> list[dict[str, Any]]:
+        """Every stored event of the person or of one of their cards, in time order."""
+        where, args = self._subject_where(person, card_hashes)
+        with self._lock:
+            return list(self._db.query(f"SELECT * FROM events WHERE {where} ORDER BY ts, seq", args))
+
+    def visitor_rows(self, visitor: str) -> list[dict[str, Any]]:
+        """The visitor register's rows for this id (every column)."""
+        with self._lock:
+            return list(self._db.query("SELECT * FROM visitors WHERE id = ?", [visitor]))
+
+    def presence_rows(self, person: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._db.query("SELECT * FROM presence WHERE person = ?", [person]))
+
+    def enable_secure_delete(self) -> None:
+        """From now on deleted and overwritten content is zeroed on disk, not left in free pages."""
+        with self._lock:
+            self._db.conn.execute("PRAGMA secure_delete = ON")
+
+    def erase_subject_rows(self, person: str, ref: str, card_hashes: Sequence[str],
+                           scrub: Callable[[Any], Any], at: float) -> dict[str, int]:
+        """Pseudonymise or delete every row about ``person`` in one transaction; the counts by kind.
+
+        Their events get the pseudonym ``ref`` and lose the card; ``scrub`` rewrites a decoded ``detail``
+        (theirs, and other people's events and alarms that mention them); visits, consents, presence, desk
+        rows and card states go; visits they hosted name the pseudonym; ``ref`` is remembered as erased."""
+        counts = dict.fromkeys(("events", "mentions", "visits", "consents", "presence", "card_states", "alarms",
+                                "hosted_visits", "desk_people", "desk_cards"), 0)
+        where, args = self._subject_where(person, card_hashes)
+        needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
+        with self._lock, self._db.conn:
+            conn = self._db.conn
+            rows = conn.execute(f"SELECT id, detail FROM events WHERE {where}", args).fetchall()
+            for eid, detail in rows:
+                conn.execute("UPDATE events SET person = ?, credential_hash = NULL, credential_last4 = NULL, "
+                             "detail = ? WHERE id = ?",
+                             [ref, json.dumps(scrub(json.loads(detail or "{}")), sort_keys=True), eid])
+            counts["events"] = len(rows)
+            # Other people's events and alarms that mention them (an escort, a companion) keep their own data.
+            for table, col, c in (("events", "detail", "mentions"), ("alarms", "detail", "alarms")):
+                hits = conn.execute(f"SELECT id, {col} FROM {table} WHERE instr({col}, ?) > 0", [needle]).fetchall()
+                for rid, detail in hits:
+                    conn.execute(f"UPDATE {table} SET {col} = ? WHERE id = ?",
+                                 [json.dumps(scrub(json.loads(detail or "{}")), sort_keys=True), rid])
+                    counts[c] += 1
+            counts["visits"] = conn.execute("DELETE FROM visitors WHERE id = ?", [person]).rowcount
+            counts["consents"] = conn.execute("DELETE FROM visitor_consents WHERE visitor = ?", [person]).rowcount
+            counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
+                                                   [ref, person]).rowcount
+            counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount
+            counts["desk_people"] = conn.execute("DELETE FROM desk_people WHERE id = ?", [person]).rowcount
+            counts["desk_cards"] = conn.execute("DELETE FROM desk_cards WHERE person = ?", [person]).rowcount
+            if card_hashes:
+                counts["card_states"] = conn.execute(
+                    f"DELETE FROM credential_states WHERE hash IN ({_marks(card_hashes)})", list(card_hashes)).rowcount
+            conn.execute("INSERT OR IGNORE INTO erased_subjects (ref, erased_at) VALUES (?, ?)", [ref, at])
+        return counts
+
+    def checkpoint_wal(self) -> bool:
+        """Copy the write-ahead log back into the database and truncate it; False when a reader held it off
+        (best effort: old page images live on in the log until then)."""
+        with self._lock:
+            busy = self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return not busy
