@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from doorkeep.errors import MessageError
+from doorkeep.vocabulary import WIRE_EVENT_TYPES
 
 PREFIX = "doorkeep/v1"
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
@@ -46,13 +47,8 @@ AVAILABILITY_ONLINE = "online"
 AVAILABILITY_OFFLINE = "offline"
 AVAILABILITY_STOPPED = "stopped"
 
-EVENT_TYPES = frozenset({
-    "access", "door_opened", "door_closed", "forced_open", "held_open", "rex",
-    "unlocked", "relocked", "reader_offline", "reader_online", "camera_offline", "camera_online",
-    "held_open_warning", "tamper", "relay_stuck",
-    "remote_unlock", "command_rejected", "lockdown",
-    "reader_security", "reader_key_installed", "outbox_tampered",
-})
+#: The event types the decoder accepts: those of the vocabulary that travel on the wire (doorkeep/vocabulary.py).
+EVENT_TYPES: frozenset[str] = WIRE_EVENT_TYPES
 DECIDED_BY = frozenset({"server", "edge_offline"})
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from doorkeep import __version__
+from doorkeep import __version__, vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms
 from doorkeep.commands import DEFAULT_MAX_SKEW_S, CommandError, ReplayGuard, VerifiedCommand, peek_door, verify_command
 from doorkeep.config import DeviceConfig, DoorHardware
@@ -67,10 +67,10 @@ from edge.wiegand import WiegandReader
 
 log = logging.getLogger("doorkeep.edge")
 
-# Door state-machine events worth an event message; unlocked/relocked only change the retained state.
-PUBLISHED_DOOR_EVENTS = frozenset({"door_opened", "door_closed", "forced_open", "held_open", "held_open_warning",
-                                   "rex", "tamper", "relay_stuck"})
-SNAPSHOT_EVENTS = frozenset({"access", "forced_open", "tamper"})
+# Door state-machine events worth an event message (unlocked/relocked only change the retained state), and the
+# events that carry a camera snapshot: both declared in doorkeep/vocabulary.py.
+PUBLISHED_DOOR_EVENTS: frozenset[str] = vocabulary.PUBLISHED_DOOR_EVENTS
+SNAPSHOT_EVENTS: frozenset[str] = vocabulary.SNAPSHOT_EVENTS
 
 EventListener = Callable[[EventMsg], None]
 

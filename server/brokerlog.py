@@ -47,14 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from doorkeep import vocabulary
 from doorkeep.clock import Clock, SystemClock
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.brokerlog")
 
-#: The alarm type (docs/alarms.md): a certificate the broker refused, presented again and again from one address.
-CERTIFICATE_REFUSED = "certificate_refused"
-SEVERITY = "alarm"
+#: The alarm type (docs/alarms.md): a certificate the broker refused, presented again and again from one address;
+#: its name and severity as doorkeep/vocabulary.py declares them.
+CERTIFICATE_REFUSED = vocabulary.ALARMS["certificate_refused"].name
+SEVERITY = vocabulary.severity(CERTIFICATE_REFUSED)
 #: Refused handshakes from one address within the window that raise the alarm: a Pi retrying with a revoked
 #: certificate reconnects every 1-10 s, so it crosses this in under half a minute.
 DEFAULT_THRESHOLD = 3

@@ -50,6 +50,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from doorkeep import vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from doorkeep.config import IntrusionSettings
 from doorkeep.contract import EventMsg
@@ -58,12 +59,13 @@ from server.store import Store
 
 log = logging.getLogger("doorkeep.server.intrusion")
 
-#: The alarm types this module raises (docs/alarms.md "Intrusion signals"); all are security alarms.
-CARD_PROBING = "card_probing"
-PIN_GUESSING = "pin_guessing"
-DOOR_ATTACK = "door_attack"
-INTRUSION_ALARMS: tuple[str, ...] = (CARD_PROBING, PIN_GUESSING, DOOR_ATTACK)
-SEVERITY = "alarm"
+#: The alarm types this module raises (docs/alarms.md "Intrusion signals"): the vocabulary's ``intrusion`` alarms.
+INTRUSION_ALARMS: tuple[str, ...] = vocabulary.alarms_from(vocabulary.INTRUSION)
+CARD_PROBING = vocabulary.ALARMS["card_probing"].name  # a KeyError at import if the vocabulary loses one
+PIN_GUESSING = vocabulary.ALARMS["pin_guessing"].name
+DOOR_ATTACK = vocabulary.ALARMS["door_attack"].name
+#: All are security alarms (their declared severity; the store refuses any other).
+SEVERITY = vocabulary.severity(CARD_PROBING)
 
 #: Refusals that say the card itself is no good (card probing at one reader).
 PROBE_REASONS = frozenset({Reason.UNKNOWN_CREDENTIAL.value, Reason.CREDENTIAL_INACTIVE.value})
@@ -271,7 +273,8 @@ class IntrusionDetector:
     def _raise(self, alarm_type: str, key: str, device: str | None, door: str | None, detail: dict[str, Any],
                ev: EventMsg) -> None:
         try:
-            alarm_id, new = self.store.raise_alarm(alarm_type, key=key, at=self.clock.wall(), severity=SEVERITY,
+            alarm_id, new = self.store.raise_alarm(alarm_type, key=key, at=self.clock.wall(),
+                                                   severity=vocabulary.severity(alarm_type),
                                                    device=device, door=door, detail=detail, source_event=ev.id)
         except Exception:
             # The event itself is stored; losing one refresh of an alarm must not stop ingest.

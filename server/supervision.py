@@ -29,10 +29,12 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from doorkeep import vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, EventMsg
 from doorkeep.errors import MessageError
@@ -43,40 +45,27 @@ log = logging.getLogger("doorkeep.server.supervision")
 DEFAULT_DEVICE_TIMEOUT_S = 90.0  # 3 x the edge's 30 s heartbeat
 DEFAULT_GAP_TIMEOUT_S = 60.0
 
-#: event type -> severity of the alarm it raises (the alarm type is the event type)
-EVENT_ALARMS: dict[str, str] = {
-    "forced_open": "alarm",
-    "held_open": "alarm",
-    "tamper": "alarm",
-    "held_open_warning": "warning",
-    "relay_stuck": "trouble",
-    "reader_offline": "trouble",
-    "reader_security": "alarm",
-    "outbox_tampered": "alarm",
-    "camera_offline": "trouble",
-}
+#: event type -> the alarm type it raises (doorkeep/vocabulary.py declares both, and the alarm's severity)
+EVENT_ALARMS: Mapping[str, str] = vocabulary.EVENT_ALARMS
 #: event type -> the alarm types at the same door that it ends (the door closed, the reader is back)
-RESTORED_BY: dict[str, tuple[str, ...]] = {
-    "door_closed": ("forced_open", "held_open", "held_open_warning"),
-    "reader_online": ("reader_offline",),
-    "camera_online": ("camera_offline",),
-}
+RESTORED_BY: Mapping[str, tuple[str, ...]] = vocabulary.RESTORED_BY
 #: alarm type -> the event types that end it (the inverse of RESTORED_BY)
 RESTORES: dict[str, tuple[str, ...]] = {
     alarm: tuple(ev for ev, alarms in RESTORED_BY.items() if alarm in alarms)
     for alarm in {a for alarms in RESTORED_BY.values() for a in alarms}
 }
-VIOLATION_SEVERITY = "warning"
+# The alarm types this module raises besides those of events; their severities are the vocabulary's.
+DEVICE_OFFLINE = "device_offline"
+EVENT_GAP = "event_gap"
+SEQUENCE_RESET = "sequence_reset"
+DEVICE_MISBEHAVING = "device_misbehaving"
 MAX_LISTED_RANGES = 50
 #: A device whose messages the bus refuses raises one ``device_misbehaving`` alarm per window, not one per message.
 MISBEHAVING_WINDOW_S = 3600.0
-MISBEHAVING_SEVERITY = "alarm"
 MAX_REASON_CHARS = 300
 
 
-def violation_alarm(violation: str) -> str:
-    """The alarm type of a rule broken but not enforced on a grant: ``anti_passback`` -> ``anti_passback_violation``."""
-    return f"{violation}_violation"
+violation_alarm = vocabulary.violation_alarm
 
 
 # ------------------------------------------------------------ sequences
@@ -266,6 +255,8 @@ class Supervisor:
         self._resets: list[tuple[str, str, dict[str, Any]]] = []  # sequence_reset alarms to raise: (device, event, detail)
         self._misbehaving: dict[str, Misbehaviour] = {}  # device -> its current window (store thread only)
         self._misbehaving_lock = threading.Lock()
+        #: ``unknown_violation``: access events naming a violation the vocabulary does not declare (store thread)
+        self.counters: Counter[str] = Counter()
         self._dirty: set[str] = set()
         self._through_rowid = 0
         self._saved_rowid = 0
@@ -474,8 +465,9 @@ class Supervisor:
             detail = m.detail(reason, topic, at)
             if m.raised and self.store.open_alarm(m.key) is None:
                 return None, False  # resolved by an operator within this window
-            alarm_id, new = self.store.raise_alarm("device_misbehaving", key=m.key, at=at,
-                                                   severity=MISBEHAVING_SEVERITY, device=device, detail=detail)
+            alarm_id, new = self.store.raise_alarm(DEVICE_MISBEHAVING, key=m.key, at=at,
+                                                   severity=vocabulary.severity(DEVICE_MISBEHAVING), device=device,
+                                                   detail=detail)
             m.raised = True
         if new:
             log.warning("alarm %s: device %s is misbehaving (%s: %s)", alarm_id, device, category, reason)
@@ -498,20 +490,27 @@ class Supervisor:
     def _event_alarms(self, ev: EventMsg) -> None:
         at = self.clock.wall()
         if ev.type in EVENT_ALARMS:
-            restorers = RESTORES.get(ev.type, ())
+            alarm = EVENT_ALARMS[ev.type]
+            restorers = RESTORES.get(alarm, ())
             # Out of order after an outage, the event that ended it may have arrived first.
             cleared = self.store.later_event(ev.device, ev.door, restorers, ev.ts) is not None if restorers else False
             alarm_id, new = self.store.raise_alarm(
-                ev.type, key=f"{ev.type}-{ev.id}", at=at, severity=EVENT_ALARMS[ev.type], device=ev.device,
+                alarm, key=f"{alarm}-{ev.id}", at=at, severity=vocabulary.severity(alarm), device=ev.device,
                 door=ev.door, source_event=ev.id, once=True, cleared=cleared,
                 detail={"event_ts": ev.ts, "seq": ev.seq, **({"event_detail": ev.detail} if ev.detail else {})})
             if new:
                 log.info("alarm %s: %s at %s/%s", alarm_id, ev.type, ev.device, ev.door)
         violation = ev.detail.get("violation") if ev.type == "access" else None
-        if isinstance(violation, str) and violation:
+        if isinstance(violation, str) and violation and violation not in vocabulary.VIOLATIONS:
+            # Not a rule decide() can report: a device speaking outside the contract. The event is stored as it
+            # came; no alarm of an undeclared type is invented (Store.raise_alarm would refuse it).
+            self.counters["unknown_violation"] += 1
+            log.warning("event %s from %s names an unknown violation %r (known: %s): no alarm raised", ev.id,
+                        ev.device, violation[:64], ", ".join(vocabulary.VIOLATIONS))
+        elif isinstance(violation, str) and violation:
             kind = violation_alarm(violation)
             alarm_id, new = self.store.raise_alarm(
-                kind, key=f"{kind}-{ev.id}", at=at, severity=VIOLATION_SEVERITY, device=ev.device, door=ev.door,
+                kind, key=f"{kind}-{ev.id}", at=at, severity=vocabulary.severity(kind), device=ev.device, door=ev.door,
                 source_event=ev.id, once=True, cleared=True,
                 detail={"event_ts": ev.ts, "seq": ev.seq, "person": ev.person, "reason": ev.reason,
                         "decided_by": ev.decided_by})
@@ -554,9 +553,9 @@ class Supervisor:
         with self._lock:
             resets, self._resets = self._resets, []
         for device, event_id, detail in resets:
-            self.store.raise_alarm("sequence_reset", key=f"sequence_reset-{event_id}", at=self.clock.wall(),
-                                   severity="info", device=device, source_event=event_id, once=True, cleared=True,
-                                   detail=detail)
+            self.store.raise_alarm(SEQUENCE_RESET, key=f"{SEQUENCE_RESET}-{event_id}", at=self.clock.wall(),
+                                   severity=vocabulary.severity(SEQUENCE_RESET), device=device,
+                                   source_event=event_id, once=True, cleared=True, detail=detail)
 
     # ------------------------------------------------------------ check
 
@@ -602,8 +601,9 @@ class Supervisor:
         key, at = f"device_offline:{device}", self.clock.wall()
         try:
             if verb == "raise":
-                alarm_id, new = self.store.raise_alarm("device_offline", key=key, at=at, severity="trouble",
-                                                       device=device, detail=detail)
+                alarm_id, new = self.store.raise_alarm(DEVICE_OFFLINE, key=key, at=at,
+                                                       severity=vocabulary.severity(DEVICE_OFFLINE), device=device,
+                                                       detail=detail)
                 if new:
                     log.info("alarm %s: device %s offline (%s)", alarm_id, device, detail["reason"])
             else:
@@ -666,8 +666,8 @@ class Supervisor:
         if lost:
             detail["sequence_reset"] = True
         if ranges:
-            alarm_id, new = self.store.raise_alarm("event_gap", key=key, at=at, severity="trouble", device=device,
-                                                   detail=detail)
+            alarm_id, new = self.store.raise_alarm(EVENT_GAP, key=key, at=at, severity=vocabulary.severity(EVENT_GAP),
+                                                   device=device, detail=detail)
             log.info("alarm %s: %s missing events %s%s", alarm_id, device,
                      ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges[:5]),
                      " (lost in a counter reset)" if lost else "")

@@ -63,12 +63,11 @@ from doorkeep.credentials import card_hash, last4, normalise
 from doorkeep.decision import Reason
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.model import CredentialState, PersonKind
+from doorkeep.vocabulary import ADDRESS, CREDENTIAL, EDGE_EVENT, INTRUSION, SECURITY, alarms_about, alarms_from
 from edge.agent import PIN_ENTRY_S
 from edge.osdp.cp import CAUSE_CLEAR_NAK, CAUSE_DOWNGRADE, CAUSE_HANDSHAKE_FAILED, CAUSE_MAC_FAILURE
 from edge.framing import encode_ascii, encode_em4100
 from server.directory import Visitor
-from server.brokerlog import CERTIFICATE_REFUSED
-from server.intrusion import INTRUSION_ALARMS
 from simulators.brokers import BrokerUnavailable, connection_attempt
 from simulators.clock import ScenarioClock
 from simulators.site import DEMO_SITE, KEYPAD_PROTOCOLS, READER_CARD_FORMATS, SiteRunner, SiteRunnerError, mosquitto_installed
@@ -77,15 +76,17 @@ from simulators.wiegand import card_bits
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
 DEFAULT_WITHIN_S = 5.0
 MAX_WITHIN_S = 120.0
-ALARM_TYPES = ("forced_open", "held_open", "held_open_warning", "relay_stuck", "tamper", "reader_offline",
-               "camera_offline", "reader_security", "outbox_tampered")
-#: Alarms the server raises from patterns of events (server/intrusion.py): checked in the server's alarm store,
-#: at a door or, for ``card_probing``, for one card (``expect_alarm`` with ``card:`` and no door).
-SERVER_ALARM_TYPES: tuple[str, ...] = (*INTRUSION_ALARMS, CERTIFICATE_REFUSED)
-CARD_ALARM_TYPES = ("card_probing",)
+#: Alarms an edge raises by its events (doorkeep/vocabulary.py, source ``edge_event``): checked in the events
+#: the edges publish, at a door.
+ALARM_TYPES: tuple[str, ...] = alarms_from(EDGE_EVENT)
+#: Alarms the server raises from patterns of events (server/intrusion.py) and its security watchers
+#: (server/brokerlog.py): checked in the server's alarm store, at a door or, for ``card_probing``, for one card
+#: (``expect_alarm`` with ``card:`` and no door).
+SERVER_ALARM_TYPES: tuple[str, ...] = alarms_from(INTRUSION, SECURITY)
+CARD_ALARM_TYPES: tuple[str, ...] = alarms_about(CREDENTIAL)
 #: Server alarms about a network address, at no door (``expect_alarm:`` with only ``type:``): the broker's log
 #: names neither the device nor the certificate it refused (server/brokerlog.py).
-ADDRESS_ALARM_TYPES = (CERTIFICATE_REFUSED,)
+ADDRESS_ALARM_TYPES: tuple[str, ...] = alarms_about(ADDRESS)
 #: ``detail.cause`` of a ``reader_security`` alarm (edge/osdp/cp.py, docs/readers.md "Security signals").
 READER_SECURITY_CAUSES = (CAUSE_MAC_FAILURE, CAUSE_DOWNGRADE, CAUSE_HANDSHAKE_FAILED, CAUSE_CLEAR_NAK)
 #: The most clear NAKs, wrong-key handshakes or connection attempts one step makes: an attack is a handful

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
+from doorkeep import vocabulary
 from server.store import AlarmNotFound
 from server.web.access import require
 from server.web.auth import Principal
@@ -31,16 +32,8 @@ ALARM_ID = r"^[A-Za-z0-9_.:-]{1,200}$"
 MAX_NOTE = 2000
 #: How many resolved alarms the history shows.
 HISTORY = 50
-#: Human names of the alarm types (docs/alarms.md); others are spelled out from their id.
-TYPE_NAMES = {
-    "forced_open": "Door forced open", "held_open": "Door held open", "held_open_warning": "Door held open (warning)",
-    "tamper": "Tamper", "device_offline": "Device offline", "relay_stuck": "Relay stuck",
-    "reader_offline": "Reader offline", "camera_offline": "Camera offline", "event_gap": "Events missing",
-    "reader_security": "Reader security", "outbox_tampered": "Edge outbox tampered",
-    "sequence_reset": "Event numbering restarted", "anti_passback_violation": "Anti-passback violation",
-    "device_misbehaving": "Device misbehaving", "certificate_refused": "Certificate refused by the broker",
-    "card_probing": "Card probing", "pin_guessing": "PIN guessing", "door_attack": "Door attack (forced and tampered)",
-}
+#: Human names of the alarm types, as doorkeep/vocabulary.py declares them (docs/alarms.md).
+TYPE_NAMES: dict[str, str] = {a.name: a.label for a in vocabulary.ALARMS.values()}
 
 
 route = Routes()
@@ -55,6 +48,7 @@ def install_filters(templates: Jinja2Templates) -> None:
     """Template filters the desk-admin pages share (alarms, doors, muster, people)."""
     templates.env.filters["localtime"] = local_time
     templates.env.filters["alarm_name"] = alarm_name
+    templates.env.filters["reason_label"] = vocabulary.reason_label
 
 
 def local_time(ts: float | None, tz: str = "UTC") -> str:
@@ -69,7 +63,8 @@ def local_time(ts: float | None, tz: str = "UTC") -> str:
 
 
 def alarm_name(alarm_type: str) -> str:
-    return TYPE_NAMES.get(alarm_type, alarm_type.replace("_", " ").capitalize())
+    """The desk's title for an alarm type; a type no longer declared (an old row) is spelled out from its id."""
+    return vocabulary.alarm_label(alarm_type)
 
 
 class AlarmOut(BaseModel):
@@ -143,13 +138,7 @@ def open_alarms(request: Request) -> list[AlarmOut]:
 
 
 def _history(request: Request, limit: int) -> list[AlarmOut]:
-    store = request.app.state.desk.server.store
-    with store._lock:  # the store's alarms() has no "resolved only" filter: read its table directly
-        rows = list(store.db.query("SELECT * FROM alarms WHERE resolved_at IS NOT NULL "
-                                   "ORDER BY resolved_at DESC LIMIT ?", [limit]))
-    from server.store import _alarm_row
-
-    return [_out(request, _alarm_row(r)) for r in rows]
+    return [_out(request, r) for r in request.app.state.desk.server.store.resolved_alarms(limit)]
 
 
 def _not_found(alarm_id: str) -> JSONResponse:

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from doorkeep import vocabulary
 from doorkeep.clock import iso_ms
 from doorkeep.contract import EventMsg
 from doorkeep.model import PersonKind, Site
@@ -55,7 +56,7 @@ RECHECK_S = 1.0
 #: At most this many stored rows are replayed to a client that reconnects with ``Last-Event-ID``.
 RESUME_MAX = 200
 #: Events the server itself records (never on the MQTT wire, so not in doorkeep.contract.EVENT_TYPES).
-SERVER_EVENT_TYPES = frozenset({"visitor_arrived"})
+SERVER_EVENT_TYPES: frozenset[str] = vocabulary.SERVER_EVENT_TYPES  # declared in doorkeep/vocabulary.py
 #: The device name server-side events are stored under.
 SERVER_DEVICE = "desk"
 EVENT_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -77,6 +78,8 @@ class EventRowOut(BaseModel):
     person_kind: str | None
     decision: str | None
     reason: str | None
+    reason_label: str | None = Field(default=None, description="the reason as the desk shows it "
+                                     "(doorkeep/vocabulary.py, docs/reason-codes.md); an unknown code as it is")
     snapshot: str = Field(description="ready, pending (expected, not arrived yet), withheld (the visitor "
                                       "declined photos) or none")
     snapshot_url: str | None
@@ -102,10 +105,8 @@ def photo_declined(store: Any, person: str | None) -> bool:
     """Whether this visitor's latest consent says no photos: the desk then never shows their snapshots."""
     if not person:
         return False
-    with store._lock:
-        row = store.db.conn.execute("SELECT photo_consent FROM visitor_consents WHERE visitor = ? "
-                                    "ORDER BY id DESC LIMIT 1", [person]).fetchone()
-    return row is not None and not row[0]
+    row = store.latest_visitor_consent(person)
+    return row is not None and not row["photo_consent"]
 
 
 def event_row(row: dict[str, Any], site: Site, store: Any) -> EventRowOut:
@@ -135,7 +136,7 @@ def event_row(row: dict[str, Any], site: Site, store: Any) -> EventRowOut:
         cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, type=row["type"],
         door=row["door"], door_name=door.name if door else (row["door"] or "security desk"),
         person=row.get("person"), person_name=name, person_kind=kind, decision=row.get("decision"),
-        reason=row.get("reason"), snapshot=snap,
+        reason=row.get("reason"), reason_label=vocabulary.reason_label(row.get("reason")), snapshot=snap,
         snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None, detail=detail)
 
 
@@ -167,39 +168,17 @@ class EventFilter:
 def history(store: Any, site: Site, flt: EventFilter, *, before: int | None = None, after: int | None = None,
             limit: int = 50) -> tuple[list[EventRowOut], bool]:
     """Stored events matching ``flt``, newest first (or oldest first with ``after``); and whether more exist."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    if before is not None:
-        clauses.append("e.rowid < ?")
-        args.append(before)
-    if after is not None:
-        clauses.append("e.rowid > ?")
-        args.append(after)
-    if flt.door:
-        clauses.append("e.door = ?")
-        args.append(flt.door)
-    if flt.decision:
-        clauses.append("e.decision = ?")
-        args.append(flt.decision)
     ids = flt.person_ids(site)
-    if ids is not None:
-        if not ids:
-            return [], False
-        clauses.append(f"e.person IN ({', '.join('?' for _ in ids)})")
-        args.extend(sorted(ids))
-    sql = ("SELECT e.rowid AS cursor, e.*, s.path AS snapshot_path FROM events e "
-           "LEFT JOIN snapshots s ON s.id = e.snapshot" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-           + f" ORDER BY e.rowid {'ASC' if after is not None else 'DESC'} LIMIT ?")
-    with store._lock:
-        rows = list(store.db.query(sql, [*args, limit + 1]))
+    if ids is not None and not ids:
+        return [], False
+    rows = store.event_page(before=before, after=after, door=flt.door or None, decision=flt.decision or None,
+                            people=sorted(ids) if ids is not None else None, limit=limit + 1)
     return [event_row(r, site, store) for r in rows[:limit]], len(rows) > limit
 
 
 def stored_row(store: Any, site: Site, event_id: str) -> EventRowOut | None:
-    with store._lock:
-        rows = list(store.db.query("SELECT e.rowid AS cursor, e.*, s.path AS snapshot_path FROM events e "
-                                   "LEFT JOIN snapshots s ON s.id = e.snapshot WHERE e.id = ?", [event_id]))
-    return event_row(rows[0], site, store) if rows else None
+    row = store.event_with_cursor(event_id)
+    return event_row(row, site, store) if row else None
 
 
 # --------------------------------------------------------------------------- hub

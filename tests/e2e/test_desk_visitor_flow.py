@@ -77,5 +77,6 @@ def test_register_check_in_badge_on_live_feed_with_snapshot_check_out_refused(pa
     site.doors["lobby_in"].reader.badge(VISITOR_BADGE)
     refused = live_row(page, "Lobby entrance", "card …0001", "denied")
     refused.wait_for()
-    assert "unknown_credential" in refused.first.inner_text()
+    assert "Unknown card" in refused.first.inner_text()  # the reason in words (doorkeep/vocabulary.py)
+    assert refused.first.locator("td", has_text="Unknown card").get_attribute("title") == "unknown_credential"
     assert not site.doors["lobby_in"].door.relay_energised  # refused: the lock never moved

@@ -58,7 +58,7 @@
     if (row.type === "visitor_arrived") {
       return "host: " + ((row.detail && row.detail.host_name) || "—") + " notified";
     }
-    return row.reason;
+    return row.reason_label || row.reason;
   }
 
   function render(row) {
@@ -72,7 +72,9 @@
     tr.appendChild(text("td", row.person_name));
     var decision = text("td", decisionText(row), "decision decision-" + (row.decision || row.type));
     tr.appendChild(decision);
-    tr.appendChild(text("td", reasonText(row)));
+    var why = text("td", reasonText(row));
+    if (row.reason) { why.title = row.reason; }
+    tr.appendChild(why);
     var snap = document.createElement("td");
     snap.className = "snapshot";
     snapshotCell(snap, row);
