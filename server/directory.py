@@ -50,6 +50,27 @@ class Visitor:
     card_last4: str | None = None
 
 
+class _ChangeLock:
+    """A re-entrant lock that calls ``on_release`` each time its outermost holder releases it (outside it)."""
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._depth = threading.local()
+        self._on_release = on_release
+
+    def __enter__(self) -> _ChangeLock:
+        self._lock.acquire()
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth.n -= 1
+        outermost = self._depth.n == 0
+        self._lock.release()
+        if outermost:
+            self._on_release()
+
+
 class Directory:
     def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock,
                  visitor_pool: list[tuple[str, str]] | None = None, audit: Auditor | None = None) -> None:
@@ -62,15 +83,19 @@ class Directory:
         self.listeners: list[SiteListener] = []
         #: How presence writes are run: at once by default; the server hands them to its store thread.
         self.defer: Callable[[Callable[[], object]], None] = lambda fn: fn()
-        self._lock = threading.RLock()
+        #: Held for the decision and the site rebuild only; the site listeners (policy signing, seconds at
+        #: 100,000 people) run after the outermost holder let go, so a decision never waits behind them.
+        self._lock = _ChangeLock(self._notify)
+        self._pending = False
+        self._notify_lock = threading.Lock()
         people, cards = self._not_erased(bundle)
         self._base = with_people(bundle.site, people, cards, key)
         pool = visitor_pool if visitor_pool is not None else [(c.format, c.number) for c in bundle.visitor_pool]
         self._pool = {card_hash(key, fmt, num): (fmt, normalise(fmt, num)) for fmt, num in pool}
         self.state = DecisionState()
-        for row in store.rows("presence"):
+        for row in store.all_presence():
             self.state.presence[row["person"]] = Presence(row["area"], row["since"])
-        for row in store.rows("lockdowns"):
+        for row in store.lockdowns():
             if row["active"]:
                 if row["scope"] == "site":
                     self.state.lockdown_site = True
@@ -82,7 +107,7 @@ class Directory:
 
     def _not_erased(self, bundle: SiteBundle) -> tuple[dict[str, Person], list[Any]]:
         """people.toml minus the people erased with ``doorkeep subject erase`` (and their cards)."""
-        erased = {r["ref"] for r in self.store.rows("erased_subjects")}
+        erased = self.store.erased_refs()
         gone = {pid for pid in bundle.people if subject_ref(self.key, pid) in erased}
         for pid in sorted(gone):
             log.warning("person %r in people.toml was erased (doorkeep subject erase) and is skipped; "
@@ -108,7 +133,7 @@ class Directory:
 
     def _visitors(self) -> list[Visitor]:
         out = []
-        for r in self.store.rows("visitors"):
+        for r in self.store.visitor_records():
             out.append(Visitor(
                 id=r["id"], name=r["name"], host=r["host"], valid_from=r["valid_from"], valid_until=r["valid_until"],
                 allowed_areas=tuple(json.loads(r["allowed_areas"] or "[]")), company=r["company"] or "",
@@ -131,7 +156,7 @@ class Directory:
             if v.status == "checked_in" and v.card_hash:
                 fmt = self._pool.get(v.card_hash, ("em4100", ""))[0]
                 creds[v.card_hash] = Credential(v.card_hash, v.card_last4 or "", fmt, v.id, CredentialState.ACTIVE)
-        for row in self.store.rows("credential_states"):
+        for row in self.store.card_states():
             c = creds.get(row["hash"])
             if c is not None:
                 creds[row["hash"]] = dataclasses.replace(c, state=CredentialState(row["state"]))
@@ -142,7 +167,7 @@ class Directory:
         """Fold in the security desk's people changes (migration 008, server/web/people.py): people.toml is
         the seed, a desk row overrides it field by field (NULL: keep the people.toml value), a desk-added
         person exists only in the store; desk-added cards join their person's cards."""
-        for row in self.store.rows("desk_people"):
+        for row in self.store.desk_people():
             pid = row["id"]
             seed = people.get(pid)
             if seed is None and not row["added"]:
@@ -160,7 +185,7 @@ class Directory:
             if row["state"]:
                 changes["state"] = PersonState(row["state"])
             people[pid] = dataclasses.replace(base, **changes)
-        for row in self.store.rows("desk_cards"):
+        for row in self.store.desk_cards():
             if row["person"] not in people:
                 continue
             if row["hash"] in creds and creds[row["hash"]].person != row["person"]:
@@ -179,13 +204,40 @@ class Directory:
                 self._audit(actor, action, target, details)
             return self.site
 
+    def replace_site(self, bundle: SiteBundle) -> Site:
+        """Swap in a new site model (a committed site revision, server/siteadmin.py): areas, doors, schedules,
+        access levels and rules; people, visitors, card states, presence and lockdowns carry over."""
+        people, cards = self._not_erased(bundle)
+        base = with_people(bundle.site, people, cards, self.key)  # built outside the lock: decisions go on
+        with self._lock:
+            self.bundle = bundle
+            self._base = base
+            self._changed()
+            return self.site
+
     def _changed(self) -> None:
+        """Rebuild the site (under the lock); the listeners hear of it once the lock is released."""
         self.site = self._build()
-        for listener in list(self.listeners):
-            try:
-                listener(self.site)
-            except Exception:
-                log.exception("site listener failed")
+        self._pending = True
+
+    def _notify(self) -> None:
+        """Tell the listeners the newest site, outside the decision lock, one notification at a time.
+
+        A later notifier always reads the newest site, so two changes racing each other can only publish the
+        newest one last; publishing an unchanged site again costs nothing (the publisher skips it).
+        """
+        if not self._pending:
+            return
+        with self._notify_lock:
+            if not self._pending:
+                return
+            self._pending = False
+            site = self.site
+            for listener in list(self.listeners):
+                try:
+                    listener(site)
+                except Exception:
+                    log.exception("site listener failed")
 
     # ------------------------------------------------------------ decisions
 
@@ -205,7 +257,7 @@ class Directory:
             rows = [{"person": p, "area": pres.area, "since": pres.since}
                     for p in people if (pres := self.state.presence.get(p)) is not None and pres != before[p]]
         if rows:
-            self.defer(lambda: [self.store.upsert("presence", row, "person") for row in rows])
+            self.defer(lambda: [self.store.set_presence(row["person"], row["area"], row["since"]) for row in rows])
         return decision
 
     def record_passage(self, person: str, door: str, ts: str) -> None:
@@ -222,7 +274,7 @@ class Directory:
             if current is not None and current.since > since:
                 return  # the server has seen a later passage already
             self.state.presence[person] = Presence(d.to_area, since)
-        self.store.upsert("presence", {"person": person, "area": d.to_area, "since": since}, "person")
+        self.store.set_presence(person, d.to_area, since)
 
     # ----------------------------------------------------------- operations
 
@@ -231,8 +283,7 @@ class Directory:
             cred = self.site.credentials.get(credential_hash)
             if cred is None:
                 raise DirectoryError("no such credential")
-            self.store.upsert("credential_states", {"hash": credential_hash, "state": state.value,
-                                                    "changed_at": self.clock.wall()}, "hash")
+            self.store.set_card_state(credential_hash, state.value, self.clock.wall())
             self._changed()
             self._audit(actor, f"card.{state.value}", subject_ref(self.key, cred.person),
                         {"from": cred.state.value, "to": state.value, "format": cred.format,
@@ -256,13 +307,12 @@ class Directory:
                 raise DirectoryError(f"unknown areas {unknown}")
             if visitor.valid_until <= visitor.valid_from:
                 raise DirectoryError("the visit must end after it starts")
-            self.store.upsert("visitors", {
-                "id": visitor.id, "name": visitor.name, "company": visitor.company, "email": visitor.email,
-                "host": visitor.host, "valid_from": visitor.valid_from, "valid_until": visitor.valid_until,
-                "allowed_areas": json.dumps(list(visitor.allowed_areas)), "escort_required": int(visitor.escort_required),
-                "status": "registered", "card_hash": None, "card_format": None, "card_number_last4": None,
-                "registered_at": self.clock.wall(), "checked_in_at": None, "checked_out_at": None,
-            }, "id")
+            self.store.save_visitor(
+                visitor.id, name=visitor.name, company=visitor.company, email=visitor.email, host=visitor.host,
+                valid_from=visitor.valid_from, valid_until=visitor.valid_until,
+                allowed_areas=json.dumps(list(visitor.allowed_areas)), escort_required=int(visitor.escort_required),
+                status="registered", card_hash=None, card_format=None, card_number_last4=None,
+                registered_at=self.clock.wall(), checked_in_at=None, checked_out_at=None)
             self._changed()
             self._audit(actor, "visitor.register", subject_ref(self.key, visitor.id),
                         {"host": subject_ref(self.key, visitor.host), "areas": list(visitor.allowed_areas),
@@ -299,11 +349,10 @@ class Directory:
             else:
                 raise DirectoryError("no free visitor badge in the pool")
             fmt, number = self._pool[h]
-            self.store.upsert("visitors", {"id": visitor_id, "status": "checked_in", "card_hash": h,
-                                           "card_format": fmt, "card_number_last4": last4(number),
-                                           "checked_in_at": self.clock.wall()}, "id")
+            self.store.save_visitor(visitor_id, status="checked_in", card_hash=h, card_format=fmt,
+                                    card_number_last4=last4(number), checked_in_at=self.clock.wall())
             # A pool badge may carry a stale 'revoked' from its previous holder.
-            self.store.delete("credential_states", h)
+            self.store.clear_card_state(h)
             self._changed()
             self._audit(actor, "visitor.check_in", subject_ref(self.key, visitor_id), {"badge_last4": last4(number)})
             return self.visitor(visitor_id)
@@ -314,10 +363,9 @@ class Directory:
             v = self.visitor(visitor_id)
             if v.status != "checked_in":
                 raise DirectoryError(f"visitor {visitor_id!r} is not checked in")
-            self.store.upsert("visitors", {"id": visitor_id, "status": "checked_out",
-                                           "checked_out_at": self.clock.wall()}, "id")
+            self.store.save_visitor(visitor_id, status="checked_out", checked_out_at=self.clock.wall())
             self.state.presence.pop(visitor_id, None)
-            self.store.delete("presence", visitor_id)
+            self.store.forget_presence(visitor_id)
             self._changed()
             self._audit(actor, "visitor.check_out", subject_ref(self.key, visitor_id))
             return self.visitor(visitor_id)
@@ -328,8 +376,7 @@ class Directory:
             if area is not None and area not in self.site.areas:
                 raise DirectoryError(f"no area {area!r}")
             scope = area or "site"
-            self.store.upsert("lockdowns", {"scope": scope, "active": int(active), "changed_at": self.clock.wall()},
-                              "scope")
+            self.store.set_lockdown(scope, active, self.clock.wall())
             if area is None:
                 self.state.lockdown_site = active
             elif active:
