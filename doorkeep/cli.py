@@ -47,6 +47,12 @@ HANDLERS = {
     "user disable": "server.web.cli:user_disable",
     "desk": "server.web.cli:desk",
     "doctor": "server.cli:doctor",
+    "site import": "server.cli:site_import",
+    "site export": "server.cli:site_export",
+    "site history": "server.cli:site_history",
+    "site show": "server.cli:site_show",
+    "site rollback": "server.cli:site_rollback",
+    "site diff": "server.cli:site_diff",
 }
 
 
@@ -177,6 +183,36 @@ def build_parser() -> argparse.ArgumentParser:
                      "--log-file`): raise certificate_refused when a refused certificate keeps trying")
     dsk.add_argument("--proxy-headers", action="store_true",
                      help="the same as --forwarded-allow-ips 127.0.0.1,::1 (a proxy on this host)")
+
+    # `doorkeep site …`: the site model's revisions in the server's store (server/siteadmin.py,
+    # docs/administration.md). Add further `site` actions to site_sub.
+    site = sub.add_parser("site", help="the site model the server holds: import, export, history, rollback")
+    site_sub = site.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sim_ = site_sub.add_parser("import", help="apply DIR/site.toml (checked as `config check` does) as the next "
+                                              "site revision; live at the doors within seconds, no restart")
+    sim_.add_argument("dir", type=Path, metavar="DIR")
+    sex_ = site_sub.add_parser("export", help="write the live site revision to DIR/site.toml")
+    sex_.add_argument("dir", type=Path, metavar="DIR")
+    shi = site_sub.add_parser("history", help="the site revisions, newest first: number, when, who, what")
+    shi.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    ssh = site_sub.add_parser("show", help="one revision with its changes")
+    ssh.add_argument("number", type=int, metavar="N")
+    srb = site_sub.add_parser("rollback", help="make revision N live again, as a new revision (needs --yes)")
+    srb.add_argument("number", type=int, metavar="N")
+    srb.add_argument("--yes", action="store_true", help="confirm the rollback")
+    sdf = site_sub.add_parser("diff", help="replay the recorded badges of the last DAYS with the current and a "
+                                           "proposed site: which grants and refusals would change, for whom, why")
+    sdf.add_argument("--replay", required=True, type=int, metavar="DAYS", help="how many days of recorded badges "
+                     "to replay (the desk's default is 30)")
+    sdf.add_argument("--proposed", required=True, type=Path, metavar="DIR",
+                     help="the proposed site: an edited copy of the site directory")
+    sdf.add_argument("--json", action="store_true", help="print the report as JSON")
+    sdf.add_argument("--site", required=True, type=Path, help="the current site directory, as the server runs it")
+    sdf.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+    for sp in (sim_, sex_, shi, ssh, srb):
+        sp.add_argument("--site", required=True, type=Path, help="the site directory (its people and devices "
+                                                                "are checked against every revision)")
+        sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
 
     doc = sub.add_parser("doctor", help="a hardening report for a site: each finding with its fix; exit 0 none "
                                         "high, 1 a high finding, 2 usage (docs/security.md)")

@@ -125,10 +125,12 @@ class _Table:
             return None
         return value
 
-    def positive(self, name: str, default: float) -> float:
+    def positive(self, name: str, default: float, maximum: float = 1_000_000.0) -> float:
+        """A finite number above 0 and at most ``maximum`` (TOML also spells inf and nan, and any size)."""
         value = self.get(name, float, default)
-        if value is not None and value <= 0:
-            self.error(name, f"must be greater than 0, got {value}", f"set {name} to a positive number")
+        if value is not None and not (0 < value <= maximum):  # also false for nan
+            self.error(name, f"must be greater than 0 and at most {maximum:g}, got {value}",
+                       f"set {name} to a positive number, at most {maximum:g}")
             return default
         return value if value is not None else default
 
@@ -161,8 +163,12 @@ class _Table:
             self.error(extra, "unknown key", hint)
 
 
-def _read_toml(path: Path, errors: list[ConfigError]) -> dict[str, Any] | None:
+def _read_toml(path: Path, errors: list[ConfigError], text: str | None = None) -> dict[str, Any] | None:
+    """The TOML at ``path``; with ``text``, that text stands for the file's content (a site revision held by
+    the server, checked with the same rules and messages as the file itself)."""
     try:
+        if text is not None:
+            return tomllib.loads(text)
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
@@ -331,8 +337,8 @@ def _rules(t: _Table | None) -> Rules:
     return rules
 
 
-def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
-    data = _read_toml(path, errors)
+def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -> Site | None:
+    data = _read_toml(path, errors, text)
     if data is None:
         return None
     f = str(path)
@@ -369,13 +375,13 @@ def _load_site(path: Path, errors: list[ConfigError]) -> Site | None:
             timeout = 1000
         offline = t.choice("offline", tuple(m.value for m in OfflineMode), "deny")
         mode, unlock_schedule, first_person_in = _door_mode(t, schedules)
-        held_open_s = t.positive("held_open_s", 30.0)
+        held_open_s = t.positive("held_open_s", 30.0, maximum=86_400.0)
         doors[did] = Door(
             id=did,
             name=t.get("name", str, did),
             from_area=frm or "",
             to_area=to or "",
-            unlock_s=t.positive("unlock_s", 5.0),
+            unlock_s=t.positive("unlock_s", 5.0, maximum=3600.0),  # longer than an hour is a door mode
             held_open_s=held_open_s,
             decision_timeout_ms=timeout or 1000,
             offline=OfflineMode(offline or "deny"),
@@ -452,9 +458,9 @@ def _retention(t: _Table | None) -> RetentionSettings:
     return out
 
 
-def _load_retention(path: Path, errors: list[ConfigError]) -> RetentionSettings:
+def _load_retention(path: Path, errors: list[ConfigError], text: str | None = None) -> RetentionSettings:
     """The [retention] table of site.toml (the file's own problems are reported by _load_site)."""
-    data = _read_toml(path, [])
+    data = _read_toml(path, [], text)
     if data is None:
         return RetentionSettings()
     return _retention(_Table(data, str(path), "", errors).sub("retention"))
@@ -526,9 +532,9 @@ def _intrusion(t: _Table | None) -> IntrusionSettings:
     return out
 
 
-def _load_intrusion(path: Path, errors: list[ConfigError]) -> IntrusionSettings:
+def _load_intrusion(path: Path, errors: list[ConfigError], text: str | None = None) -> IntrusionSettings:
     """The [intrusion] table of site.toml (the file's own problems are reported by _load_site)."""
-    data = _read_toml(path, [])
+    data = _read_toml(path, [], text)
     if data is None:
         return IntrusionSettings()
     return _intrusion(_Table(data, str(path), "", errors).sub("intrusion"))
@@ -1211,11 +1217,15 @@ def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors
                                           f"add [doors.{did}] with its reader and lock to one file in devices/"))
 
 
-def load_site_dir(directory: Path | str) -> SiteBundle:
-    """Load and cross-check a whole site directory; raise ConfigErrors listing every problem."""
+def load_site_dir(directory: Path | str, *, site_text: str | None = None) -> SiteBundle:
+    """Load and cross-check a whole site directory; raise ConfigErrors listing every problem.
+
+    ``site_text`` stands for ``site.toml``'s content: a site revision the server holds (server/siteadmin.py)
+    is checked against the directory's people and devices with exactly the rules of ``doorkeep config check``.
+    """
     d = Path(directory)
     errors: list[ConfigError] = []
-    site = _load_site(d / "site.toml", errors)
+    site = _load_site(d / "site.toml", errors, site_text)
     people, cards, pool = _load_people(d / "people.toml", site, errors) if (d / "people.toml").exists() \
         else ({}, [], [])
     devices: dict[str, DeviceConfig] = {}
@@ -1232,8 +1242,8 @@ def load_site_dir(directory: Path | str) -> SiteBundle:
         _cross_check(site, list(devices.values()), str(d / "site.toml"), errors, require_all_doors=True)
     # Where the server keeps the credential key unless $DOORKEEP_CREDENTIAL_KEY is set.
     key_file = d / "keys" / "credential.key"
-    retention = _load_retention(d / "site.toml", errors) if site is not None else RetentionSettings()
-    intrusion = _load_intrusion(d / "site.toml", errors) if site is not None else IntrusionSettings()
+    retention = _load_retention(d / "site.toml", errors, site_text) if site is not None else RetentionSettings()
+    intrusion = _load_intrusion(d / "site.toml", errors, site_text) if site is not None else IntrusionSettings()
     if errors:
         raise ConfigErrors(errors)
     assert site is not None

@@ -7,6 +7,8 @@ and clock.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import hmac
 import logging
@@ -28,6 +30,7 @@ from server.directory import Directory
 from server.intrusion import IntrusionDetector
 from server.publisher import PolicyPublisher
 from server.retention import RetentionJob
+from server.siteadmin import SiteAdmin
 from server.store import Store
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
 
@@ -43,6 +46,7 @@ class Server:
     audit: AuditLog | None = None  # the hash-chained audit log every feature records to (server/audit.py)
     retention: RetentionJob | None = None  # deletes expired data at start and daily (server/retention.py)
     intrusion: IntrusionDetector | None = None  # card probing, PIN guessing, door attacks (server/intrusion.py)
+    siteadmin: SiteAdmin | None = None  # the site model's revisions: every change goes through it (server/siteadmin.py)
 
     @property
     def site(self) -> Site:
@@ -56,8 +60,12 @@ class Server:
         self.bus.start(wait_s)
         if self.retention is not None:
             self.retention.start()
+        if self.siteadmin is not None:
+            self.siteadmin.start_polling()
 
     def stop(self) -> None:
+        if self.siteadmin is not None:
+            self.siteadmin.stop_polling()
         if self.retention is not None:
             self.retention.stop()
         self.bus.stop()
@@ -87,7 +95,14 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     store = Store(data_dir, keys=snapshot_keys)
     audit = AuditLog(store, clock)
     record_site_changes(audit, bundle, key)
+    # The site model lives in the store (server/siteadmin.py): the first start imports site.toml as revision 1;
+    # once a revision newer than the file is live (a change from the desk or `doorkeep site import`), it wins.
+    siteadmin = SiteAdmin(store, bundle.dir, clock, audit=audit)
+    live = siteadmin.start()
+    if live is not None:
+        bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion)
     directory = Directory(bundle, key, store, clock, audit=audit)
+    siteadmin.apply = directory.replace_site
     retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
                                 signing_key, store, clock, snapshot_key=snapshot_keys.recipient)
@@ -106,7 +121,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     bus.listeners.append(intrusion.on_event)
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
-    return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion)
+    return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
+                  siteadmin=siteadmin)
 
 
 def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:

@@ -19,6 +19,8 @@ from doorkeep.pki import OPERATOR, SERVER, check_transport, client_tls_context, 
 from doorkeep.policy import PolicyError
 from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run, subject_erase, subject_export  # noqa: F401
 from server.doctor import cli as doctor  # noqa: F401
+from server.replay import site_diff  # noqa: F401
+from server.site_commands import site_export, site_history, site_import, site_rollback, site_show  # noqa: F401
 from server.app import bootstrap
 from server.errors import ServerError
 
@@ -269,8 +271,8 @@ def muster(args: argparse.Namespace) -> int:
         return 2
     store = Store(data)
     try:
-        visitors = {v["id"]: v for v in store.rows("visitors")}
-        presence = sorted(store.rows("presence"), key=lambda r: (r["area"], r["person"]))
+        visitors = {v["id"]: v for v in store.visitor_records()}
+        presence = sorted(store.all_presence(), key=lambda r: (r["area"], r["person"]))
     finally:
         store.close()
     tz = ZoneInfo(site.timezone)

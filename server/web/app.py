@@ -227,7 +227,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     ``require_totp_for_admins``: admins must enrol a second factor before using the desk; None (default) reads
     ``[desk] require_totp_for_admins`` of the site's site.toml.
     """
-    from server.web import account, alarms, api, doors, live, muster, pages, people, visitors
+    from server.web import account, alarms, api, doors, live, muster, pages, people, site, visitors
 
     owned = server is None
     if server is None:
@@ -279,7 +279,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     api.install(app)
     live.install(app)  # before visitors: check-in tells the host through the live feed
     visitors.install(app)
-    for module in (alarms, doors, muster, people):  # the desk's admin pages and their API (docs/desk.md)
+    for module in (alarms, doors, muster, people, site):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     pages.install(app)
     account.install(app)

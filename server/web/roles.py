@@ -40,6 +40,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("muster", "Muster", "/muster", (ADMIN, DESK), "Who is in which area now, for a roll call."),
     Section("people", "People", "/people", (ADMIN,), "People, cards, access levels and clearance."),
     Section("audit", "Audit", "/audit", (ADMIN, AUDITOR), "The hash-chained record of every change."),
+    Section("site", "Site", "/site", (ADMIN, AUDITOR), "The site's revisions: what changed, who, when; rollback."),
 )
 
 

@@ -117,6 +117,12 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     check("audit")
     page.goto(desk + "/account/2fa")
     check("two-factor enrolment")
+    assert site.server is not None and site.server.siteadmin is not None
+    site.server.siteadmin.change({"doors.lab.unlock_s": 6}, base=1, actor="desk:ada")
+    page.goto(desk + "/site")
+    check("site history")
+    page.goto(desk + "/site/revisions/1/rollback")
+    check("rollback confirmation")
     page.goto(desk + "/no-such-page")
     check("error page")
 

@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
-ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit"]
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site"]
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,28 @@ def test_security_alarms_without_a_door_are_listed_by_name_on_the_alarms_page(pa
     assert "Active (4)" in body
     assert "card …4321" in body and "from 127.0.0.9" in body  # what an alarm at no door is about
     page.screenshot(path=str(Path(site.data_dir or ".") / "alarms-security.png"), full_page=True)
+
+
+def test_admin_finds_a_site_change_in_the_history_and_rolls_it_back_with_confirmation(page: Any, desk: str,
+                                                                                      site: SiteRunner) -> None:
+    """Issue 13: the site history page lists each revision with its changes; a rollback asks first and is a
+    new revision, live in the server's decisions at once."""
+    server = site.server
+    assert server is not None and server.siteadmin is not None
+    server.siteadmin.change({"doors.lab.unlock_s": 9}, base=1, actor="desk:ada", summary="slower lab door")
+    assert server.site.doors["lab"].unlock_s == 9
+    log_in(page, desk, "ada", PASSWORDS["ada"], "/site")
+    assert "Site" in nav_links(page)
+    row = page.locator("#revision-2")
+    assert "slower lab door" in row.inner_text() and "live" in row.inner_text()
+    row.get_by_text("1 change").click()
+    assert "~ doors.lab.unlock_s: 4 -> 9" in row.inner_text()
+    page.get_by_role("link", name="Roll back to revision 1").click()
+    page.wait_for_load_state()
+    assert "Roll back to revision 1?" in page.locator("main").inner_text()
+    page.get_by_role("button", name="Roll back to revision 1").click()
+    page.wait_for_load_state()
+    assert page.url.endswith("/site?done=rollback")
+    assert "rollback to revision 1" in page.locator("#revision-3").inner_text()
+    assert server.site.doors["lab"].unlock_s == 4
+    page.screenshot(path=str(Path(site.data_dir or ".") / "site-history.png"), full_page=True)

@@ -149,6 +149,15 @@ def test_load_device_demo() -> None:
 # ------------------------------------------------------------ unknown keys
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1180591620717411303424", "3601"])
+def test_an_unlock_time_that_is_endless_or_beyond_an_hour_is_refused(tmp_path: Path, value: str) -> None:
+    # A door unlocked "for ever" by a typo (or a hostile site change) is a door left open: an hour is the
+    # most a grant may hold a lock; longer belongs to a door mode with a schedule.
+    d = make_site(tmp_path / "s", site=SITE.replace("unlock_s = 5", f"unlock_s = {value}"))
+    err = only(check(d), "doors.lobby_in.unlock_s")
+    assert "at most 3600" in err.problem
+
+
 def test_unknown_key_names_file_dotted_key_and_fix(tmp_path: Path) -> None:
     d = make_site(tmp_path / "s", site=SITE.replace("unlock_s = 5", "unlcok_s = 5"))
     err = only(check(d), "doors.lobby_in.unlcok_s")

@@ -223,9 +223,9 @@ def test_only_an_admin_creates_operators_and_a_desk_operator_cannot_manage_peopl
 
 def test_home_page_shows_operator_role_and_only_the_nav_the_role_may_use(app: FastAPI, client: TestClient) -> None:
     toks = tokens(app)
-    expected = {"ada": {"Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit"},
+    expected = {"ada": {"Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site"},
                 "dex": {"Visitors", "Live", "Alarms", "Doors", "Muster"},
-                "aud": {"Audit"}}
+                "aud": {"Audit", "Site"}}
     for name, titles in expected.items():
         page = client.get("/", headers=bearer(toks[name])).text
         nav = page[page.index('<nav aria-label="Desk sections">'):page.index("</nav>")]
@@ -245,8 +245,8 @@ def test_api_login_sets_a_strict_httponly_cookie_and_returns_the_csrf_token(clie
     assert cookie.startswith(f"{SESSION_COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert "Secure" not in cookie  # plain http (TestClient); see the https test
     sid = cookie.split(";")[0].split("=", 1)[1]
-    with server.store._lock:
-        stored = [r[0] for r in server.store.db.conn.execute("SELECT hash FROM operator_sessions")]
+    with server.store.connection_for_tests() as db:
+        stored = [r[0] for r in db.conn.execute("SELECT hash FROM operator_sessions")]
     assert stored and sid not in stored  # only the hash is kept
     me = client.get("/api/v1/me").json()
     assert me["name"] == "ada" and me["via"] == "session" and me["csrf_token"] == r.json()["csrf_token"]
@@ -294,8 +294,8 @@ def test_bearer_token_works_without_csrf_and_a_revoked_token_stops_at_once(app: 
     assert client.get("/api/v1/me", headers=bearer(secret)).json()["via"] == "token"
     assert "revoke the token" in assert_json_error(client.delete("/api/v1/session", headers=bearer(secret)),
                                                    400)["error"]
-    with server.store._lock:
-        hashes = [r[0] for r in server.store.db.conn.execute("SELECT hash FROM operator_tokens")]
+    with server.store.connection_for_tests() as db:
+        hashes = [r[0] for r in db.conn.execute("SELECT hash FROM operator_tokens")]
     assert secret not in hashes and all(len(h) == 64 for h in hashes)
     assert ops.revoke_token("ada", "integration", actor="ada")
     assert_json_error(client.get("/api/v1/me", headers=bearer(secret)), 401)
@@ -390,8 +390,8 @@ def test_failed_logins_slow_down_then_lock_the_account(client: TestClient, clock
             delays.append(wait)
             clock.advance(wait)
             continue
-        with server.store._lock:
-            if server.store.db.conn.execute("SELECT MAX(locked_until) FROM login_failures").fetchone()[0]:
+        with server.store.connection_for_tests() as db:
+            if db.conn.execute("SELECT MAX(locked_until) FROM login_failures").fetchone()[0]:
                 break
     assert delays[:4] == [1, 2, 4, 8]  # exponential
     r = client.post("/api/v1/session", json={"name": "dex", "password": PASSWORDS["dex"]})

@@ -81,6 +81,14 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/visitors/watchlist"): {A},
     ("POST", "/visitors/watchlist"): {A},
     ("POST", "/visitors/watchlist/{entry_id}/remove"): {A},
+    # the site model's revisions (docs/administration.md): admin changes, admin and auditor read
+    ("GET", "/api/v1/site/revisions"): {A, U},
+    ("GET", "/api/v1/site/revisions/{number}"): {A, U},
+    ("POST", "/api/v1/site/changes"): {A},
+    ("POST", "/api/v1/site/revisions/{number}/rollback"): {A},
+    ("GET", "/site"): {A, U},
+    ("GET", "/site/revisions/{number}/rollback"): {A},
+    ("POST", "/site/revisions/{number}/rollback"): {A},
     # alarms
     ("GET", "/api/v1/alarms"): DESK,
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): DESK,
