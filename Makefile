@@ -30,7 +30,8 @@ faults: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q tests/faults
 
 # make bench: issue 8's eight figures beside their baselines and targets (bench/run_all.py), written to
-# docs/performance.md, then the component benches run_all does not table. About six minutes on 2 cores.
+# docs/performance.md, then the component benches run_all does not table (site changes under decisions and
+# the impact-preview replay among them: issue 13). About eight minutes on 2 cores.
 # BENCH_ARGS=--quick for a short check run (indicative figures; it still rewrites docs/performance.md).
 BENCH_ARGS ?=
 
@@ -40,6 +41,8 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/osdp.py
 	$(BIN)/python bench/outbox.py --events 100000
 	$(BIN)/python bench/desk.py
+	$(BIN)/python bench/site_changes.py
+	$(BIN)/python bench/replay.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
 # atheris harness for FUZZ_SECONDS. Stops by itself (about 13 minutes) and fails on any new crash.

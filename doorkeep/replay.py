@@ -1,0 +1,463 @@
+"""Impact preview: what a proposed site would have decided on the badges really recorded.
+
+Access rules are easy to get wrong, and a mistake is usually found when
+someone is locked out at a door. ``decide()`` is pure and cheap, so a
+proposed site can be judged against what happened instead: :func:`replay`
+walks a time-ordered stream of recorded access attempts (and the lockdowns
+recorded with them) through ``decide()`` and ``commit()`` twice, once with
+the current site and once with the proposed one, each replay rebuilding its
+own :class:`~doorkeep.decision.DecisionState` (presence, anti-passback,
+partners waiting at a door, PIN failure counts, occupancy) from its own
+decisions as it goes.
+
+The proposed site is compared with the *current site's replay*, not with
+what was recorded: both replays make the same approximations (the state at
+the start of the period is unknown, today's people and cards stand in for
+the period's), so every difference they show comes from the change alone.
+How far the current replay agrees with the record is reported beside it
+(:class:`Honesty`): the figure that says how much the preview can be trusted.
+
+Some attempts cannot be judged, and the report says which and why instead
+of guessing (:data:`NOT_JUDGED`): PINs are never stored, so an attempt whose
+outcome hinges on a PIN the record does not vouch for; a decision the edge
+took on its own; a visitor's badge (pool cards are reissued, and the
+escort who let a visitor in is not recorded). An attempt not judged still
+moves its replay's state as it really happened (its recorded outcome is
+committed), so the attempts after it are judged on the best state known.
+
+Pure: the caller reads the records (server/replay.py) and renders the
+report (:func:`render_text`, :meth:`ReplayReport.to_dict`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, commit, decide
+from doorkeep.model import PersonKind, Site
+
+#: How many examples each group of the report keeps.
+EXAMPLES = 5
+
+# Why an attempt was not judged (ReplayReport.not_judged keys), with the sentence the report prints.
+PIN = "pin"
+OFFLINE = "offline"
+VISITOR = "visitor"
+NO_CREDENTIAL = "no_credential"
+NOT_JUDGED: dict[str, str] = {
+    PIN: "the outcome hinges on a PIN, and PINs are not recorded (the record does not show whether the "
+         "right one would have been typed)",
+    OFFLINE: "decided by the edge on its own (server unreachable): its cached policy and local state, "
+             "not the server's, made that decision",
+    VISITOR: "a visitor's badge: pool cards are reissued to other visitors and the escort who let a visitor "
+             "in is not recorded",
+    NO_CREDENTIAL: "the recorded attempt carries no credential",
+}
+
+#: Recorded reasons that mean the attempt got past every rule before the PIN with a PIN typed and right
+#: (decide() checks the PIN last, before the two waiting outcomes).
+_PIN_PASSED = frozenset({Reason.GRANTED.value, Reason.GRANTED_ESCORTED.value, Reason.GRANTED_TWO_PERSON.value,
+                         Reason.ESCORT_REQUIRED.value, Reason.AWAITING_SECOND_PERSON.value})
+#: Recorded reasons only the edge gives when it decides alone.
+_EDGE_ONLY = frozenset({Reason.GRANTED_OFFLINE.value, Reason.OFFLINE_RESTRICTED.value, Reason.SERVER_TIMEOUT.value})
+#: A PIN hash no person has: a typed PIN known to be wrong.
+_WRONG_PIN = "!"
+#: Looked up rather than ``Decision.granted`` (a string test per call): the replay makes millions of them.
+_GRANTED = frozenset(r for r in Reason if r.granted)
+
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """One access attempt as the store recorded it."""
+
+    ts: float
+    """UTC epoch seconds of the badge."""
+    door: str
+    credential_hash: str | None
+    granted: bool
+    reason: str | None
+    person: str | None = None
+    """The person the recorded decision named, if any."""
+    decided_by: str | None = "server"
+    """``server`` or ``edge_offline``."""
+    pin: bool = False
+    """A PIN was typed with the badge (as far as the record tells: the door asked for one)."""
+    visitor: bool = False
+    """The card was a visitor's (from the visitor pool, or the recorded person is a visitor)."""
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LockdownChange:
+    """A lockdown recorded at ``ts``: ``scope`` is ``"site"`` or an area id."""
+
+    ts: float
+    scope: str
+    active: bool
+
+
+Record = RecordedAttempt | LockdownChange
+
+
+@dataclass(frozen=True)
+class Example:
+    ts: float
+    door: str
+    person: str | None
+    before: str
+    """The reason before: the current site's replay (or, in :class:`Honesty`, the record)."""
+    after: str
+    """The reason after: the proposed site's replay (or, in :class:`Honesty`, the current site's replay)."""
+
+
+@dataclass
+class Group:
+    """Attempts whose outcome changed the same way: ``before`` reason → ``after`` reason."""
+
+    before: str
+    after: str
+    count: int = 0
+    examples: list[Example] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "count": self.count,
+                "examples": [vars(e) for e in self.examples]}
+
+
+@dataclass
+class Impact:
+    """How many of one door's (or one person's) attempts flip each way."""
+
+    to_refused: int = 0
+    to_granted: int = 0
+
+
+@dataclass
+class NotJudged:
+    why: str
+    explanation: str
+    count: int = 0
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class Honesty:
+    """How far the current site's replay agrees with what was recorded, over the attempts both judged.
+
+    Disagreement comes from what a replay cannot know (the state before the period, today's cards and
+    people standing in for the period's, a site edited by hand since): the flips of the report are
+    trustworthy where this is high.
+    """
+
+    judged: int = 0
+    same_outcome: int = 0
+    same_reason: int = 0
+    disagreements: dict[tuple[str, str], Group] = field(default_factory=dict)
+
+    @property
+    def agreement(self) -> float:
+        """The share of judged attempts whose grant or refusal the replay reproduces (1.0 when none)."""
+        return self.same_outcome / self.judged if self.judged else 1.0
+
+
+@dataclass
+class ReplayReport:
+    attempts: int = 0
+    judged: int = 0
+    lockdown_changes: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+    granted_before: int = 0
+    """Judged attempts the current site's replay grants."""
+    granted_after: int = 0
+    """Judged attempts the proposed site's replay grants."""
+    reason_changed: int = 0
+    """Judged attempts with the same outcome under both sites but another reason (no_access → outside_schedule)."""
+    to_refused: dict[tuple[str, str], Group] = field(default_factory=dict)
+    to_granted: dict[tuple[str, str], Group] = field(default_factory=dict)
+    doors: dict[str, Impact] = field(default_factory=dict)
+    people: dict[str, Impact] = field(default_factory=dict)
+    """Person id -> impact; attempts with a card nobody holds are counted under ``""``."""
+    not_judged: dict[str, NotJudged] = field(default_factory=dict)
+    honesty: Honesty = field(default_factory=Honesty)
+
+    @property
+    def grants_to_refusals(self) -> int:
+        return sum(g.count for g in self.to_refused.values())
+
+    @property
+    def refusals_to_grants(self) -> int:
+        return sum(g.count for g in self.to_granted.values())
+
+    @property
+    def not_judged_count(self) -> int:
+        return sum(n.count for n in self.not_judged.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (``doorkeep site diff --json``, the API)."""
+        def groups(gs: dict[tuple[str, str], Group]) -> list[dict[str, Any]]:
+            return [g.to_dict() for g in _largest(gs)]
+
+        return {
+            "attempts": self.attempts, "judged": self.judged, "not_judged_total": self.not_judged_count,
+            "lockdown_changes": self.lockdown_changes, "first_ts": self.first_ts, "last_ts": self.last_ts,
+            "granted_before": self.granted_before, "granted_after": self.granted_after,
+            "grants_to_refusals": self.grants_to_refusals, "refusals_to_grants": self.refusals_to_grants,
+            "reason_changed": self.reason_changed,
+            "to_refused": groups(self.to_refused), "to_granted": groups(self.to_granted),
+            "doors": {d: vars(i) for d, i in sorted(self.doors.items())},
+            "people": {p: vars(i) for p, i in sorted(self.people.items())},
+            "not_judged": [{"why": n.why, "explanation": n.explanation, "count": n.count,
+                            "examples": [vars(e) for e in n.examples]}
+                           for n in sorted(self.not_judged.values(), key=lambda n: -n.count)],
+            "honesty": {"judged": self.honesty.judged, "same_outcome": self.honesty.same_outcome,
+                        "same_reason": self.honesty.same_reason, "agreement": self.honesty.agreement,
+                        "disagreements": groups(self.honesty.disagreements)},
+        }
+
+
+# ------------------------------------------------------------------ replay
+
+
+class _Replay:
+    """One site's replay: the site and the state its own decisions build."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.state = DecisionState()
+
+    def lockdown(self, change: LockdownChange) -> None:
+        if change.scope == "site":
+            self.state.lockdown_site = change.active
+        elif change.active:
+            self.state.lockdown_areas.add(change.scope)
+        else:
+            self.state.lockdown_areas.discard(change.scope)
+
+    def judge(self, a: RecordedAttempt, cred: str, typed_pin: str | None) -> tuple[AccessRequest, Decision | str]:
+        """The request as replayed and this site's decision, or why it cannot be judged (:data:`NOT_JUDGED`).
+
+        Decided first without a PIN: a refusal before the PIN rule (or a PIN lock-out this replay's state
+        holds) stands whatever was typed. When only the PIN is left (``pin_required``), the record says
+        what was typed: a recorded ``wrong_pin`` or ``pin_required`` is that again; a recorded outcome
+        past the PIN rule, with a PIN typed, means the person's current PIN was typed (``typed_pin``).
+        Anything else the record cannot vouch for.
+        """
+        req = AccessRequest(a.door, cred)
+        d = decide(req, self.site, self.state, a.ts)
+        if d.reason is not Reason.PIN_REQUIRED:
+            return req, d
+        if a.reason in (Reason.WRONG_PIN.value, Reason.PIN_REQUIRED.value):
+            return req, Decision(Reason(a.reason), d.person)
+        if a.pin and a.reason in _PIN_PASSED:
+            req = AccessRequest(a.door, cred, typed_pin or _WRONG_PIN)
+            return req, decide(req, self.site, self.state, a.ts)
+        return req, PIN
+
+    def follow(self, a: RecordedAttempt, req: AccessRequest, outcome: Decision | str) -> None:
+        """Apply the attempt's effects: this replay's own decision, or the recorded one when not judged."""
+        if isinstance(outcome, Decision):
+            commit(req, outcome, self.site, self.state, a.ts)
+            return
+        recorded = _recorded_decision(a, self.site)
+        if recorded is not None:
+            commit(req, recorded, self.site, self.state, a.ts)
+
+
+def _recorded_decision(a: RecordedAttempt, site: Site) -> Decision | None:
+    """The recorded outcome as a Decision, to carry the state past an attempt not judged."""
+    try:
+        reason = Reason(a.reason) if a.reason else (Reason.GRANTED if a.granted else None)
+    except ValueError:
+        reason = Reason.GRANTED if a.granted else None
+    if reason is None:
+        return None
+    person = a.person
+    if person is None and a.credential_hash:
+        cred = site.credentials.get(a.credential_hash)
+        person = cred.person if cred is not None else None
+    return Decision(reason, person)
+
+
+def _largest(groups: dict[tuple[str, str], Group]) -> list[Group]:
+    return sorted(groups.values(), key=lambda g: (-g.count, g.before, g.after))
+
+
+def _add(groups: dict[tuple[str, str], Group], before: str, after: str, example: Example, keep: int) -> None:
+    key = (before, after)
+    g = groups.get(key)
+    if g is None:
+        g = groups[key] = Group(before, after)
+    g.count += 1
+    if len(g.examples) < keep:
+        g.examples.append(example)
+
+
+def _why_not(a: RecordedAttempt, current: Site) -> str | None:
+    """Why an attempt cannot be judged whatever the site (None: it can be)."""
+    if not a.credential_hash:
+        return NO_CREDENTIAL
+    if a.decided_by != "server" or a.reason in _EDGE_ONLY:
+        return OFFLINE
+    if a.visitor:
+        return VISITOR
+    cred = current.credentials.get(a.credential_hash)
+    holder = current.people.get(cred.person if cred is not None else a.person or "")
+    if holder is not None and holder.kind is PersonKind.VISITOR:
+        return VISITOR
+    return None
+
+
+def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples: int = EXAMPLES) -> ReplayReport:
+    """Replay ``records`` (time-ordered) with ``current`` and ``proposed``; what would change, and how honestly.
+
+    Streams: memory grows with the people, doors and distinct reason pairs, not with the records.
+    """
+    report = ReplayReport()
+    before, after = _Replay(current), _Replay(proposed)
+    honesty = report.honesty
+    for rec in records:
+        if isinstance(rec, LockdownChange):
+            report.lockdown_changes += 1
+            before.lockdown(rec)
+            after.lockdown(rec)
+            continue
+        a = rec
+        report.attempts += 1
+        if report.first_ts is None:
+            report.first_ts = a.ts
+        report.last_ts = a.ts
+        why = _why_not(a, current)
+        cred = a.credential_hash or ""
+        holder = current.credentials.get(cred)
+        typed_pin = None
+        if holder is not None:
+            person = current.people.get(holder.person)
+            typed_pin = person.pin_hash if person is not None else None
+        req_b, out_b = before.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
+        req_a, out_a = after.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
+        before.follow(a, req_b, out_b)
+        after.follow(a, req_a, out_a)
+        if not isinstance(out_b, Decision) or not isinstance(out_a, Decision):
+            why = out_b if isinstance(out_b, str) else str(out_a)
+            n = report.not_judged.get(why)
+            if n is None:
+                n = report.not_judged[why] = NotJudged(why, NOT_JUDGED[why])
+            n.count += 1
+            if len(n.examples) < examples:
+                n.examples.append(Example(a.ts, a.door, a.person, a.reason or "", ""))
+            continue
+
+        report.judged += 1
+        person = out_b.person or out_a.person or a.person
+        reason_b, reason_a = out_b.reason, out_a.reason
+        granted_b, granted_a = reason_b in _GRANTED, reason_a in _GRANTED
+        # Honesty: the current site's replay against the record.
+        honesty.judged += 1
+        if granted_b == a.granted:
+            honesty.same_outcome += 1
+        if reason_b.value == a.reason:
+            honesty.same_reason += 1
+        elif granted_b != a.granted:
+            _add(honesty.disagreements, a.reason or "", reason_b.value,
+                 Example(a.ts, a.door, person, a.reason or "", reason_b.value), examples)
+        # The change: the proposed site's replay against the current site's.
+        report.granted_before += granted_b
+        report.granted_after += granted_a
+        if granted_b == granted_a:
+            if reason_b is not reason_a:
+                report.reason_changed += 1
+            continue
+        example = Example(a.ts, a.door, person, reason_b.value, reason_a.value)
+        _add(report.to_refused if granted_b else report.to_granted, reason_b.value, reason_a.value, example,
+             examples)
+        for impacts, key in ((report.doors, a.door), (report.people, person or "")):
+            impact = impacts.get(key)
+            if impact is None:
+                impact = impacts[key] = Impact()
+            if granted_b:
+                impact.to_refused += 1
+            else:
+                impact.to_granted += 1
+    return report
+
+
+# ------------------------------------------------------------------ render
+
+
+def _counts(groups: dict[tuple[str, str], Group], side: int) -> str:
+    """``no_access 200, outside_schedule 12``: counts by the new (side 1) or old (side 0) reason."""
+    by: dict[str, int] = {}
+    for g in groups.values():
+        key = g.after if side else g.before
+        by[key] = by.get(key, 0) + g.count
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def summary(report: ReplayReport) -> str:
+    """One line, like ``git diff --stat`` for access."""
+    people = sum(1 for p in report.people if p)
+    doors = len(report.doors)
+    if not report.to_refused and not report.to_granted:
+        head = f"no grant or refusal would change over {report.judged:,} judged attempts"
+    else:
+        head = f"{people:,} {'person' if people == 1 else 'people'} / {doors:,} door{'s' * (doors != 1)} would change:"
+        parts = []
+        if report.to_refused:
+            parts.append(f"{report.grants_to_refusals:,} grants become refusals ({_counts(report.to_refused, 1)})")
+        if report.to_granted:
+            parts.append(f"{report.refusals_to_grants:,} refusals become grants (were {_counts(report.to_granted, 0)})")
+        head += " " + ", ".join(parts)
+    return head
+
+
+def render_text(report: ReplayReport, *, names: dict[str, str] | None = None, fmt_ts: Any = None,
+                top: int = 20) -> str:
+    """The report for a terminal. ``names``: person id -> display name; ``fmt_ts``: epoch -> text."""
+    names = names or {}
+    show_ts = fmt_ts or (lambda t: f"{t:.0f}")
+
+    def who(pid: str | None) -> str:
+        if not pid:
+            return "(card held by nobody)"
+        return f"{names[pid]} ({pid})" if pid in names else pid
+
+    lines = [summary(report), ""]
+    span = (f" from {show_ts(report.first_ts)} to {show_ts(report.last_ts)}"
+            if report.first_ts is not None and report.last_ts is not None else "")
+    lines.append(f"{report.attempts:,} recorded attempts{span}: {report.judged:,} judged, "
+                 f"{report.not_judged_count:,} not judged; {report.lockdown_changes:,} lockdown changes replayed")
+    lines.append(f"grants: {report.granted_before:,} with the current site, {report.granted_after:,} with the "
+                 f"proposed one; {report.reason_changed:,} keep their outcome with another reason")
+    for title, groups in (("Grants that become refusals", report.to_refused),
+                          ("Refusals that become grants", report.to_granted)):
+        if not groups:
+            continue
+        lines += ["", f"{title}:"]
+        for g in _largest(groups):
+            lines.append(f"  {g.count:>8,}  {g.before} -> {g.after}")
+            for e in g.examples:
+                lines.append(f"            e.g. {show_ts(e.ts)}  {e.door}  {who(e.person)}")
+    if report.doors:
+        lines += ["", "By door (grants lost / grants gained):"]
+        for door, i in sorted(report.doors.items(), key=lambda kv: -(kv[1].to_refused + kv[1].to_granted))[:top]:
+            lines.append(f"  {door:<24} -{i.to_refused:<8,} +{i.to_granted:,}")
+    if report.people:
+        ranked = sorted(report.people.items(), key=lambda kv: (-(kv[1].to_refused + kv[1].to_granted), kv[0]))
+        lines += ["", f"By person (grants lost / grants gained){f', the first {top}' if len(ranked) > top else ''}:"]
+        for pid, i in ranked[:top]:
+            lines.append(f"  {who(pid):<40} -{i.to_refused:<8,} +{i.to_granted:,}")
+    if report.not_judged:
+        lines += ["", "Not judged:"]
+        for n in sorted(report.not_judged.values(), key=lambda n: -n.count):
+            lines.append(f"  {n.count:>8,}  {n.why}: {n.explanation}")
+    h = report.honesty
+    lines += ["", f"Replay honesty: the current site's replay reproduces {h.same_outcome:,} of {h.judged:,} recorded "
+                  f"outcomes ({h.agreement:.1%}; same reason {h.same_reason:,})."]
+    for g in _largest(h.disagreements)[:5]:
+        lines.append(f"  {g.count:>8,}  recorded {g.before}, replayed {g.after}")
+    if h.judged and h.agreement < 0.95:
+        lines.append("  The replay starts with nobody inside and uses today's people and cards: read the flips with "
+                     "this in mind.")
+    return "\n".join(lines)
