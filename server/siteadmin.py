@@ -223,10 +223,16 @@ class SiteAdmin:
 
     def import_dir(self, directory: Path, *, actor: str) -> Revision:
         """Apply ``DIRECTORY/site.toml`` (a reviewed file) as the next revision; the live one if identical."""
+        source = Path(directory) / "site.toml"
         text = self._file_text(Path(directory))
         with self._commit_lock:
             current = self.current()
-            return self.commit(text, base=current.number if current else 0, actor=actor, summary=None)
+            try:
+                return self.commit(text, base=current.number if current else 0, actor=actor, summary=None)
+            except SiteInvalid as exc:  # name the file the operator gave, not the live site's
+                live = str(self.site_dir / "site.toml")
+                raise SiteInvalid([ConfigError(str(source), e.key, e.problem, e.fix) if e.file == live else e
+                                   for e in exc.errors]) from None
 
     def export_dir(self, directory: Path) -> Path:
         """Write the live revision's text to ``DIRECTORY/site.toml`` (atomically; other files untouched)."""

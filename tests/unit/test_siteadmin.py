@@ -160,3 +160,14 @@ def test_apply_edits_adds_a_new_named_table_and_removes_keys() -> None:
     doc = tomllib.loads(out)
     assert doc["areas"]["gym"] == {"name": "Gym", "max_occupancy": 4} and doc["areas"]["lobby"] == {}
     assert "# the id" in out
+
+
+def test_an_invalid_import_names_the_imported_file(store, site_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    admin = admin_for(store, site_dir)
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    (reviewed / "site.toml").write_text((site_dir / "site.toml").read_text().replace('to = "lab"', 'to = "attic"'))
+    with pytest.raises(SiteInvalid) as exc:
+        admin.import_dir(reviewed, actor="cli:root")
+    assert {e.file for e in exc.value.errors} == {str(reviewed / "site.toml")}
+    assert admin.current().number == 1  # type: ignore[union-attr]
