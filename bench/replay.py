@@ -41,6 +41,7 @@ from doorkeep.decision import AccessRequest, DecisionState, commit, decide  # no
 from doorkeep.model import Credential, Person, Site  # noqa: E402
 from doorkeep.config import load_site_dir  # noqa: E402
 from doorkeep.replay import RecordedAttempt, replay, summary  # noqa: E402
+from server.replay import replay_on_two_cores  # noqa: E402
 
 HQ = ROOT / "firmware-config" / "sites" / "hq"
 TARGET_S = 10.0
@@ -105,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.collect()
     t0 = time.perf_counter()
-    report = replay(records, site, proposed)
+    one = replay(records, site, proposed)
+    one_s = time.perf_counter() - t0
+    gc.collect()
+    t0 = time.perf_counter()
+    report = replay_on_two_cores(lambda: records, site, proposed)  # as server/replay.py runs it
     replay_s = time.perf_counter() - t0
+    assert report.to_dict() == one.to_dict(), "the two-process replay disagrees with the one-process replay"
     rate = args.decisions / replay_s if replay_s else float("inf")
     projected = TARGET_N / rate
 
     print(f"impact preview: {args.decisions:,} recorded decisions, hq site ({len(site.doors)} doors), "
           f"{args.people:,} people, {args.days:g} days; proposal: access level {REMOVED!r} removed")
     print(f"  recording (decide + commit, not timed as the figure): {recording_s:.2f} s")
-    print(f"  replay (both sites, comparison, report): {replay_s:.2f} s = {rate:,.0f} recorded decisions/s; "
+    print(f"  replay in one process (both sites, comparison, report): {one_s:.2f} s")
+    print(f"  replay on two cores (server/replay.py): {replay_s:.2f} s = {rate:,.0f} recorded decisions/s; "
           f"1 million in {projected:.1f} s (target <= {TARGET_S:g} s: {'PASS' if projected <= TARGET_S else 'MISS'})")
     print(f"  {summary(report)}")
     print(f"  judged {report.judged:,}, not judged {report.not_judged_count:,}, "

@@ -32,7 +32,7 @@ report (:func:`render_text`, :meth:`ReplayReport.to_dict`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, commit, decide
 from doorkeep.model import PersonKind, Site
@@ -309,10 +309,50 @@ def _why_not(a: RecordedAttempt, current: Site) -> str | None:
     return None
 
 
-def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples: int = EXAMPLES) -> ReplayReport:
+#: One small integer per attempt, for a replay run elsewhere (another process): a reason, or why not judged.
+CODES: tuple[str, ...] = (*(r.value for r in Reason), *NOT_JUDGED)
+_CODE = {value: i for i, value in enumerate(CODES)}
+_REASON_CODES = len(Reason)
+
+
+def _typed_pin(a: RecordedAttempt, current: Site) -> str | None:
+    """The PIN the credential's holder has now: what a recorded grant past the PIN rule must have typed."""
+    holder = current.credentials.get(a.credential_hash or "")
+    if holder is None:
+        return None
+    person = current.people.get(holder.person)
+    return person.pin_hash if person is not None else None
+
+
+def side_codes(records: Iterable[Record], site: Site, current: Site) -> Iterator[int]:
+    """``site``'s replay alone, one code (:data:`CODES`) per attempt, lockdowns followed and not coded.
+
+    The same judgement :func:`replay` makes for each side, so the proposed side can run in another process
+    (two cores: server/replay.py) and be fed back through ``replay(..., proposed_codes=...)``.
+    """
+    side = _Replay(site)
+    for rec in records:
+        if isinstance(rec, LockdownChange):
+            side.lockdown(rec)
+            continue
+        why = _why_not(rec, current)
+        cred = rec.credential_hash or ""
+        req, out = side.judge(rec, cred, _typed_pin(rec, current)) if why is None else (AccessRequest(rec.door, cred), why)
+        side.follow(rec, req, out)
+        yield _CODE[out.reason.value] if isinstance(out, Decision) else _CODE[out]
+
+
+def _decoded(code: int) -> Decision | str:
+    value = CODES[code]
+    return Decision(Reason(value)) if code < _REASON_CODES else value
+
+
+def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples: int = EXAMPLES,
+           proposed_codes: Iterator[int] | None = None) -> ReplayReport:
     """Replay ``records`` (time-ordered) with ``current`` and ``proposed``; what would change, and how honestly.
 
     Streams: memory grows with the people, doors and distinct reason pairs, not with the records.
+    ``proposed_codes``: the proposed side already replayed elsewhere (:func:`side_codes` over the same records).
     """
     report = ReplayReport()
     before, after = _Replay(current), _Replay(proposed)
@@ -321,7 +361,8 @@ def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples
         if isinstance(rec, LockdownChange):
             report.lockdown_changes += 1
             before.lockdown(rec)
-            after.lockdown(rec)
+            if proposed_codes is None:
+                after.lockdown(rec)
             continue
         a = rec
         report.attempts += 1
@@ -330,15 +371,15 @@ def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples
         report.last_ts = a.ts
         why = _why_not(a, current)
         cred = a.credential_hash or ""
-        holder = current.credentials.get(cred)
-        typed_pin = None
-        if holder is not None:
-            person = current.people.get(holder.person)
-            typed_pin = person.pin_hash if person is not None else None
+        typed_pin = _typed_pin(a, current)
         req_b, out_b = before.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
-        req_a, out_a = after.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
         before.follow(a, req_b, out_b)
-        after.follow(a, req_a, out_a)
+        out_a: Decision | str
+        if proposed_codes is not None:
+            out_a = _decoded(next(proposed_codes))
+        else:
+            req_a, out_a = after.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
+            after.follow(a, req_a, out_a)
         if not isinstance(out_b, Decision) or not isinstance(out_a, Decision):
             why = out_b if isinstance(out_b, str) else str(out_a)
             n = report.not_judged.get(why)

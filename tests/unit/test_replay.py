@@ -231,3 +231,28 @@ def test_store_streams_access_and_lockdown_events_since_a_time_in_order_across_b
             (True, "granted"), (False, "lockdown"), (False, "no_access")]
     finally:
         store.close()
+
+
+def test_the_replay_on_two_cores_reports_exactly_what_one_process_does() -> None:
+    """server/replay.py runs the proposed side in a forked child and feeds its codes back: same report."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from server.replay import replay_on_two_cores
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "replay.py"
+    spec = importlib.util.spec_from_file_location("bench_replay", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # its generated hq population and live-decided recording
+    rng = random.Random(5)
+    site = bench.build_site(300, rng)
+    levels = dict(site.access_levels)
+    del levels[bench.REMOVED]
+    proposed = dataclasses.replace(site, access_levels=levels)
+    recorded = bench.record(site, 3000, 2, rng)
+    one = replay(recorded, site, proposed)
+    two = replay_on_two_cores(lambda: recorded, site, proposed)
+    assert one.grants_to_refusals > 0
+    assert two.to_dict() == one.to_dict()
