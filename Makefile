@@ -42,6 +42,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/outbox.py --events 100000
 	$(BIN)/python bench/desk.py
 	$(BIN)/python bench/site_changes.py
+	$(BIN)/python bench/site_change_to_door.py
 	$(BIN)/python bench/replay.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
