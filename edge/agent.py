@@ -174,6 +174,7 @@ class EdgeAgent:
             state_dir.mkdir(parents=True, exist_ok=True)
             self.policy = PolicyCache(state_dir / "policy.json", policy_key, site_id=site.id, device=device.id)
             self.policy.load()
+            self._sync_timings()  # the cached policy's door times, from the first badge on
         # Signed commands: verified with the policy key; accepted nonces persisted so a restart reopens no replay.
         self._policy_key = policy_key
         self._cmd_lockdowns: set[str] = set()  # scopes locked down by command, until lifted by command
@@ -416,12 +417,33 @@ class EdgeAgent:
             self._apply(rt, rt.machine.tamper(item[2]))
         elif kind == "policy":
             self._sync_lockdowns()
+            self._sync_timings()
         elif kind == "command":
             self._command(item[1])
         elif kind == "reader_security":
             self._reader_security(item[1], item[2], item[3])
         elif kind == "outbox_tampered":
             self._outbox_tampered(item[1])
+
+    def _sync_timings(self) -> None:
+        """A door's unlock, held-open and pre-alarm times come with the signed policy: a site revision changes
+        them at the door without touching the Pi (its device file holds the hardware). The door's state
+        machine reads them at each step, and only this thread (the control loop, or the constructor before
+        it starts) changes them."""
+        site = self.policy.site if self.policy is not None else None
+        if site is None:
+            return
+        for rt in self.doors.values():
+            door = site.doors.get(rt.door.id)
+            if door is None:
+                continue
+            now = rt.machine.timings
+            new = dataclasses.replace(now, unlock_s=door.unlock_s, held_open_s=door.held_open_s,
+                                      prealarm_s=door.prealarm_s)
+            if new != now:
+                rt.machine.timings = new
+                log.info("door %s: unlock %.1f s, held open %.1f s, pre-alarm %.1f s (signed policy)", rt.door.id,
+                         new.unlock_s, new.held_open_s, new.prealarm_s)
 
     def _sync_lockdowns(self) -> None:
         """Lockdowns travel in the signed policy, so they hold when this edge decides alone; a signed
@@ -825,6 +847,7 @@ class EdgeAgent:
         if self.policy is not None:
             self.policy.load()
         self._sync_lockdowns()
+        self._sync_timings()
         self.link.publish_state()
         self.link.wake()
         return "ok", None

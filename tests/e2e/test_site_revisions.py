@@ -79,3 +79,19 @@ def test_a_site_import_beside_the_running_server_is_live_without_a_restart(site:
     assert badge(site, "lobby_in", BOB)["decision"] == "granted"  # still Bob's door: only its timing changed
     history = [r.summary for r in server.siteadmin.history()]
     assert history[0] == "doors.lobby_in changed"
+
+
+def test_a_doors_times_reach_the_edges_door_machine_with_the_signed_policy(site: SiteRunner) -> None:
+    """The device file holds the hardware; unlock, held-open and pre-alarm times come with the policy."""
+    server = site.server
+    assert server is not None and server.siteadmin is not None
+    machine = site.agents["pi-floor7"].doors["lab"].machine
+    assert (machine.timings.unlock_s, machine.timings.held_open_s) == (4.0, 15.0)
+    base = server.siteadmin.current()
+    assert base is not None
+    server.siteadmin.change({"doors.lab.unlock_s": 7, "doors.lab.held_open_s": 40, "doors.lab.prealarm_s": 5},
+                            base=base.number, actor="ada")
+    assert wait_until(lambda: (machine.timings.unlock_s, machine.timings.held_open_s, machine.timings.prealarm_s)
+                      == (7.0, 40.0, 5.0), 2.0), machine.timings
+    untouched = site.agents["pi-lobby"].doors["lobby_in"].machine.timings
+    assert (untouched.unlock_s, untouched.held_open_s) == (5.0, 20.0)
