@@ -10,11 +10,27 @@ between. How a record's hash is computed and how the chain is verified stay in s
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
 GENESIS = "0" * 64  # the hash "before" the first record (server/audit.py uses the same)
+#: The most records one search returns (the desk pages through the rest with ``before_seq``).
+AUDIT_SEARCH_MAX = 500
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audit record as stored (``details`` still the canonical JSON text the hash covers)."""
+
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str | None
+    details: str
+    hash: str
 
 
 class AuditRecords:
@@ -108,6 +124,51 @@ class AuditRecords:
                + " ORDER BY seq DESC" + (" LIMIT ?" if limit is not None else ""))
         with self._lock:
             return list(self._db.query(sql, [*args, *([limit] if limit is not None else [])]))
+
+    def audit_search(self, *, actor: str | tuple[str, ...] | None = None, action: str | None = None,
+                     target: str | tuple[str, ...] | None = None, since_ts: str | None = None,
+                     until_ts: str | None = None, before_seq: int | None = None,
+                     limit: int = 50) -> list[AuditRow]:
+        """Records matching every filter given, newest first, at most ``limit`` (bounded by
+        :data:`AUDIT_SEARCH_MAX`). Read-only.
+
+        ``actor`` / ``target``: one value or any of several, matched exactly. ``action``: exact, or every action
+        under a prefix when it ends in ``.`` (``visitor.``). ``since_ts`` (inclusive) and ``until_ts``
+        (exclusive) compare with the stored UTC ``ts`` text (the ``iso_ms`` form orders as time does).
+        ``before_seq``: only older records than that one (paging)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, wanted in (("actor", actor), ("target", target)):
+            if wanted is None:
+                continue
+            values = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+            if not values:
+                return []
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args.extend(values)
+        if action is not None:
+            if action.endswith("."):  # a prefix: compared as text, so no LIKE wildcard in it can widen it
+                clauses.append("substr(action, 1, ?) = ?")
+                args.extend([len(action), action])
+            else:
+                clauses.append("action = ?")
+                args.append(action)
+        if since_ts is not None:
+            clauses.append("ts >= ?")
+            args.append(since_ts)
+        if until_ts is not None:
+            clauses.append("ts < ?")
+            args.append(until_ts)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            args.append(before_seq)
+        bounded = max(1, min(int(limit), AUDIT_SEARCH_MAX))
+        sql = ("SELECT seq, ts, actor, action, target, details, hash FROM audit_log"
+               + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY seq DESC LIMIT ?")
+        with self._lock:
+            rows = self._db.conn.execute(sql, [*args, bounded]).fetchall()
+        return [AuditRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), None if r[4] is None else str(r[4]), str(r[5]),
+                         str(r[6])) for r in rows]
 
     def audit_chain(self) -> Iterator[tuple[Any, ...]]:
         """Every record as ``(seq, ts, actor, action, target, details, prev_hash, hash)``, oldest first.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import sqlite_utils
 
@@ -70,6 +70,21 @@ class TotpRow:
     pending: str | None
 
 
+#: What :meth:`OperatorRecords.disable_operator_keeping_an_admin` did.
+DisableOutcome = Literal["disabled", "already_disabled", "last_admin", "unknown"]
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    """What :meth:`OperatorRecords.change_role` did: ``outcome`` changed, unchanged, last_admin (refused) or
+    unknown; the role before; the ids of the tokens it revoked and the hashes of the sessions it ended."""
+
+    outcome: Literal["changed", "unchanged", "last_admin", "unknown"]
+    old_role: str | None = None
+    revoked_tokens: tuple[str, ...] = ()
+    ended_sessions: tuple[str, ...] = ()
+
+
 _TOKEN_COLUMNS = "id, operator, label, role, created_at, last_used_at, revoked_at"
 
 
@@ -115,6 +130,63 @@ class OperatorRecords:
     def set_password_hash(self, name: str, password_hash: str) -> None:
         with self._lock, self._db.conn:
             self._db.conn.execute("UPDATE operators SET password_hash = ? WHERE name = ?", [password_hash, name])
+
+    def _other_active_admins(self, name: str) -> int:
+        """Active admins other than ``name`` (call with the lock held, inside the transaction)."""
+        return int(self._db.conn.execute("SELECT COUNT(*) FROM operators WHERE role = 'admin' AND "
+                                         "disabled_at IS NULL AND name != ?", [name]).fetchone()[0])
+
+    def disable_operator_keeping_an_admin(self, name: str, at: float) -> DisableOutcome:
+        """Like :meth:`disable_operator`, but refuse (nothing written) to disable the last active admin; the
+        count and the change are one transaction, so two admins disabling each other at once cannot both win."""
+        with self._lock, self._db.conn:
+            row = self._db.conn.execute("SELECT role, disabled_at FROM operators WHERE name = ?", [name]).fetchone()
+            if row is None:
+                return "unknown"
+            if row[1] is None and row[0] == "admin" and self._other_active_admins(name) == 0:
+                return "last_admin"
+            cur = self._db.conn.execute("UPDATE operators SET disabled_at = ? WHERE name = ? AND disabled_at IS NULL",
+                                        [at, name])
+            self._db.conn.execute("DELETE FROM operator_sessions WHERE operator = ?", [name])
+        return "disabled" if cur.rowcount == 1 else "already_disabled"
+
+    def replace_password(self, name: str, password_hash: str) -> list[str] | None:
+        """Set a new password hash and end every session of the operator, in one transaction; the ended
+        sessions' hashes, or None (nothing written) when there is no such operator."""
+        with self._lock, self._db.conn:
+            cur = self._db.conn.execute("UPDATE operators SET password_hash = ? WHERE name = ?", [password_hash, name])
+            if cur.rowcount != 1:
+                return None
+            ended = [str(r[0]) for r in self._db.conn.execute(
+                "SELECT hash FROM operator_sessions WHERE operator = ?", [name]).fetchall()]
+            self._db.conn.execute("DELETE FROM operator_sessions WHERE operator = ?", [name])
+        return ended
+
+    def change_role(self, name: str, role: str, token_roles: Iterable[str], at: float) -> RoleChange:
+        """Give the operator ``role``, end its sessions and revoke its live tokens whose role is not in
+        ``token_roles`` (what the new role grants), in one transaction. Refused (nothing written) when it would
+        take the admin role from the last active admin."""
+        keep = sorted(set(token_roles))
+        with self._lock, self._db.conn:
+            row = self._db.conn.execute("SELECT role, disabled_at FROM operators WHERE name = ?", [name]).fetchone()
+            if row is None:
+                return RoleChange("unknown")
+            old = str(row[0])
+            if old == role:
+                return RoleChange("unchanged", old)
+            if old == "admin" and row[1] is None and self._other_active_admins(name) == 0:
+                return RoleChange("last_admin", old)
+            self._db.conn.execute("UPDATE operators SET role = ? WHERE name = ?", [role, name])
+            marks = ", ".join("?" for _ in keep) or "NULL"
+            revoked = [str(r[0]) for r in self._db.conn.execute(
+                f"SELECT id FROM operator_tokens WHERE operator = ? AND revoked_at IS NULL AND role NOT IN ({marks})",
+                [name, *keep]).fetchall()]
+            self._db.conn.executemany("UPDATE operator_tokens SET revoked_at = ? WHERE id = ?",
+                                      [(at, token_id) for token_id in revoked])
+            ended = [str(r[0]) for r in self._db.conn.execute(
+                "SELECT hash FROM operator_sessions WHERE operator = ?", [name]).fetchall()]
+            self._db.conn.execute("DELETE FROM operator_sessions WHERE operator = ?", [name])
+        return RoleChange("changed", old, tuple(revoked), tuple(ended))
 
     # -------------------------------------------------------------- tokens
 

@@ -1,4 +1,5 @@
-"""The desk's JSON API under ``/api/v1`` (slice 1: session, who am I, audit log, doors, operators; docs/desk.md).
+"""The desk's JSON API under ``/api/v1`` (slice 1: session, who am I, doors, operators; docs/desk.md; the audit
+log's routes are in server/web/audit.py).
 
 Every route declares who may call it (server/web/access.py). Handlers that touch SQLite or argon2 are
 plain ``def`` functions, so FastAPI runs them on its worker threads and the event loop never waits on
@@ -7,7 +8,6 @@ the disk or a password hash.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.web.access import SESSION_COOKIE, cookie_secure, public, require
 from server.web.auth import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Principal, client_key
-from server.web.errors import OperatorError, OperatorExists, UnknownOperator
-from server.web.operators import MIN_PASSWORD, Operator
-from server.web.roles import ADMIN, ANY, AUDITOR, DESK, sections_for
+from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
+from server.web.operators import MAX_PASSWORD, MIN_PASSWORD, Operator, Token
+from server.web.roles import ADMIN, ANY, DESK, sections_for
 from server.web.routes import Routes
 
 API_PREFIX = "/api/v1"
@@ -68,21 +68,6 @@ class MeOut(BaseModel):
     two_factor: bool = Field(False, description="the operator has enrolled a second factor (TOTP)")
     must_enrol: bool = Field(False, description="the site requires two-factor login for admins and this session "
                                                 "must enrol at /account/2fa before anything else")
-
-
-class AuditRecordOut(BaseModel):
-    seq: int
-    ts: str
-    actor: str
-    action: str
-    target: str | None
-    details: dict[str, Any]
-    hash: str
-
-
-class AuditPageOut(BaseModel):
-    records: list[AuditRecordOut] = Field(description="newest first")
-    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null at the end")
 
 
 class DoorOut(BaseModel):
@@ -170,16 +155,6 @@ def me(request: Request, who: Principal = Depends(require(*ANY))) -> MeOut:
                  two_factor=request.app.state.desk.auth.twofactor.enabled(who.name), must_enrol=who.must_enrol)
 
 
-@route("/audit", "GET", response_model=AuditPageOut, responses=ERRORS, dependencies=[Depends(require(ADMIN, AUDITOR))],
-            summary="The audit log, newest first, a page at a time")
-def audit(request: Request, limit: int = Query(50, ge=1, le=500),
-          before: int | None = Query(None, ge=1, le=2**62, description="only records with a smaller seq")) -> AuditPageOut:
-    rows = request.app.state.desk.server.store.audit_records(limit + 1, before=before)
-    records = [AuditRecordOut(seq=r["seq"], ts=r["ts"], actor=r["actor"], action=r["action"], target=r["target"],
-                              details=json.loads(r["details"]), hash=r["hash"]) for r in rows[:limit]]
-    return AuditPageOut(records=records, next_before=records[-1].seq if len(rows) > limit else None)
-
-
 def door_list(request: Request) -> list[DoorOut]:
     server = request.app.state.desk.server
     site = server.directory.site
@@ -260,13 +235,13 @@ def add_operator(body: OperatorIn, request: Request, who: Principal = Depends(re
 
 
 @route("/operators/{name}/disable", "POST", response_model=DisabledOut, responses=ERRORS,
-       summary="Disable an operator: its sessions and tokens stop working at once")
+       summary="Disable an operator: its sessions and tokens stop working at once (409 for the last active admin)")
 def disable_operator(request: Request, name: str = Path(pattern=OPERATOR_NAME),
                      who: Principal = Depends(require(ADMIN))) -> Any:
     try:
         changed = request.app.state.desk.operators.disable(name, actor=who.name)
-    except UnknownOperator as exc:
-        return JSONResponse({"error": str(exc), "detail": None}, status_code=404)
+    except OperatorError as exc:
+        return operator_refused(exc)
     return DisabledOut(name=name, disabled=changed)
 
 
@@ -289,6 +264,135 @@ def reset_two_factor(request: Request, name: str = Path(pattern=OPERATOR_NAME),
     if changed:
         desk.auth.end_sessions(name)
     return TwoFactorResetOut(name=name, reset=changed)
+
+
+TOKEN_LABEL = r"^[A-Za-z0-9][A-Za-z0-9 ._:@-]{0,63}$"
+
+
+def operator_refused(exc: OperatorError) -> JSONResponse:
+    """The answer to a refused operator change: 404 unknown name, 409 taken name or label, or the last active
+    admin; 422 a bad name, role, password or label (the message says which and how to fix it)."""
+    status = 404 if isinstance(exc, UnknownOperator) else 409 if isinstance(exc, (OperatorExists, OperatorConflict)) \
+        else 422
+    return JSONResponse({"error": str(exc), "detail": None}, status_code=status)
+
+
+class PasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD, description=f"at least {MIN_PASSWORD} characters")
+
+
+class PasswordResetOut(BaseModel):
+    name: str
+    sessions_ended: int = Field(description="the operator's sessions ended by the reset (API tokens stay)")
+
+
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["admin", "desk", "auditor"]
+
+
+class TokenOut(BaseModel):
+    label: str
+    role: str
+    created_at: float
+    last_used_at: float | None = Field(description="roughly (updated at most once a minute); null if never used")
+
+
+class RoleOut(BaseModel):
+    name: str
+    role: str
+    tokens_revoked: list[TokenOut] = Field(description="live tokens that carried more than the new role grants")
+
+
+class TokensOut(BaseModel):
+    name: str
+    tokens: list[TokenOut] = Field(description="live tokens, oldest first; never their secrets")
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(min_length=1, max_length=64, pattern=TOKEN_LABEL,
+                       description="unique among the operator's live tokens: letters, digits, spaces, . _ : @ -")
+    role: Literal["admin", "desk", "auditor"] | None = Field(
+        None, description="at most what the operator's own role grants (default: the operator's role)")
+
+
+class IssuedTokenOut(TokenOut):
+    token: str = Field(description="the secret: shown this once, never stored in clear; send it as "
+                                   "'Authorization: Bearer TOKEN'")
+
+
+class RevokedOut(BaseModel):
+    name: str
+    label: str
+    revoked: bool
+
+
+def _token_out(token: Token) -> TokenOut:
+    return TokenOut(label=token.label, role=token.role, created_at=token.created_at, last_used_at=token.last_used_at)
+
+
+@route("/operators/{name}/password", "POST", response_model=PasswordResetOut, responses=ERRORS,
+       summary="Set an operator's password (the password rules of account creation); their sessions end (audited, "
+               "never the password)")
+def reset_password(body: PasswordIn, request: Request, name: str = Path(pattern=OPERATOR_NAME),
+                   who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        ended = request.app.state.desk.operators.reset_password(name, body.password, actor=who.name)
+    except OperatorError as exc:
+        return operator_refused(exc)
+    return PasswordResetOut(name=name, sessions_ended=ended)
+
+
+@route("/operators/{name}/role", "POST", response_model=RoleOut, responses=ERRORS,
+       summary="Give an operator another role: their sessions end and tokens above the new role are revoked "
+               "(409 for the last active admin)")
+def set_role(body: RoleIn, request: Request, name: str = Path(pattern=OPERATOR_NAME),
+             who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        revoked = request.app.state.desk.operators.set_role(name, body.role, actor=who.name)
+    except OperatorError as exc:
+        return operator_refused(exc)
+    return RoleOut(name=name, role=body.role, tokens_revoked=[_token_out(t) for t in revoked])
+
+
+@route("/operators/{name}/tokens", "GET", response_model=TokensOut, responses=ERRORS,
+       dependencies=[Depends(require(ADMIN))], summary="An operator's live API tokens (never their secrets)")
+def operator_tokens(request: Request, name: str = Path(pattern=OPERATOR_NAME)) -> Any:
+    try:
+        live = request.app.state.desk.operators.live_tokens(name)
+    except OperatorError as exc:
+        return operator_refused(exc)
+    return TokensOut(name=name, tokens=[_token_out(t) for t in live])
+
+
+@route("/operators/{name}/tokens", "POST", status_code=201, response_model=IssuedTokenOut, responses=ERRORS,
+       summary="Issue an API token for an operator: the secret is in this answer only (audited, never the secret)")
+def issue_token(body: TokenIn, request: Request, name: str = Path(pattern=OPERATOR_NAME),
+                who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        secret, token = request.app.state.desk.operators.issue_token(name, body.label, role=body.role,
+                                                                      actor=who.name)
+    except OperatorError as exc:
+        return operator_refused(exc)
+    return IssuedTokenOut(token=secret, **_token_out(token).model_dump())
+
+
+@route("/operators/{name}/tokens/{label}/revoke", "POST", response_model=RevokedOut, responses=ERRORS,
+       summary="Revoke an operator's live token by its label: it stops working at once (audited)")
+def revoke_token(request: Request, name: str = Path(pattern=OPERATOR_NAME),
+                 label: str = Path(pattern=TOKEN_LABEL, description="the token's label (GET .../tokens lists them)"),
+                 who: Principal = Depends(require(ADMIN))) -> Any:
+    try:
+        revoked = request.app.state.desk.operators.revoke_token(name, label, actor=who.name)
+    except OperatorError as exc:
+        return operator_refused(exc)
+    if not revoked:
+        return JSONResponse({"error": f"operator {name!r} has no live token labelled {label!r} "
+                                      f"(GET /api/v1/operators/{name}/tokens lists them)", "detail": None},
+                            status_code=404)
+    return RevokedOut(name=name, label=label, revoked=True)
 
 
 @route("/openapi.json", "GET", include_in_schema=False, dependencies=[Depends(require(*ANY))])

@@ -228,6 +228,8 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     ``[desk] require_totp_for_admins`` of the site's site.toml.
     """
     from server.web import account, alarms, api, doors, live, muster, pages, people, site, visitors
+    from server.web import operators_pages
+    from server.web import audit as audit_pages  # not `audit`: create_app has an AuditLog by that name
 
     owned = server is None
     if server is None:
@@ -279,7 +281,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     api.install(app)
     live.install(app)  # before visitors: check-in tells the host through the live feed
     visitors.install(app)
-    for module in (alarms, doors, muster, people, site):  # the desk's admin pages and their API (docs/desk.md)
+    for module in (alarms, doors, muster, people, site, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     pages.install(app)
     account.install(app)

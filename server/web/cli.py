@@ -21,7 +21,7 @@ from server.admin_cli import UsageError, cli_actor
 from server.audit import AuditLog
 from server.errors import ServerError
 from server.store import Store
-from server.web.errors import OperatorError, OperatorExists, UnknownOperator
+from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
 from server.web.operators import MIN_PASSWORD, Operators, check_password
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -51,7 +51,7 @@ def _run(cmd: str, body: Callable[[], int]) -> int:
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (UnknownOperator, OperatorExists) as exc:
+    except (UnknownOperator, OperatorExists, OperatorConflict) as exc:
         print(f"doorkeep {cmd}: {exc}", file=sys.stderr)
         return 1
     except OperatorError as exc:  # a bad name, role, label or password: usage

@@ -19,3 +19,7 @@ class OperatorExists(OperatorError):
 
 class UnknownOperator(OperatorError, LookupError):
     """No operator has that name."""
+
+
+class OperatorConflict(OperatorError):
+    """The change conflicts with the accounts as they are: it would disable or demote the last active admin."""

@@ -5,8 +5,12 @@ API tokens are random, shown once, and kept only as a SHA-256 hash: a copy of th
 call the API. Checking a password always runs one argon2 verification, against a dummy hash when the name
 is unknown or the account disabled, so the answer and its timing do not tell whether a name exists.
 
-Every change is recorded in the audit log (``operator.add``, ``operator.disable``,
-``operator.token_issue``, ``operator.token_revoke``) with the acting operator as actor.
+Every change is recorded in the audit log (``operator.add``, ``operator.disable``, ``operator.password_reset``,
+``operator.role_change``, ``operator.token_issue``, ``operator.token_revoke``) with the acting operator as actor,
+never with a password or a token's secret.
+
+A site must never lock itself out: the last active admin can be neither disabled nor given another role
+(:class:`OperatorConflict`); the check and the change are one store transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from doorkeep.clock import Clock, SystemClock
 from server.audit import Auditor
 from server.store import Store
 from server.store_operators import OperatorRow, TokenRow
-from server.web.errors import OperatorError, OperatorExists, UnknownOperator
+from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
 from server.web.roles import GRANTS, ROLES
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -167,13 +171,60 @@ class Operators:
         return op
 
     def disable(self, name: str, *, actor: str) -> bool:
-        """Disable an account: its sessions and tokens stop working at once. False if already disabled."""
+        """Disable an account: its sessions and tokens stop working at once. False if already disabled.
+
+        Raises :class:`OperatorConflict` for the last active admin: nobody could administer the site after."""
         self.require(name)
-        disabled = self.store.disable_operator(name, self.clock.wall())
+        outcome = self.store.disable_operator_keeping_an_admin(name, self.clock.wall())
+        if outcome == "unknown":
+            raise UnknownOperator(f"no operator {name!r}")
+        if outcome == "last_admin":
+            raise OperatorConflict(f"{name!r} is the last active admin: disabling it would leave nobody to "
+                                   "administer the site (fix: add or promote another admin first)")
         self.revocations.notify("operator", name)  # even when already disabled: nothing of it may stay open
-        if disabled:
+        if outcome == "disabled":
             record_audit(self.audit, actor, "operator.disable", name)
-        return disabled
+        return outcome == "disabled"
+
+    def reset_password(self, name: str, new_password: str, *, actor: str) -> int:
+        """Give an operator a new password (same rules and argon2id hashing as :meth:`add`) and end every
+        session it has, so whoever knew the old one is out at once. API tokens stay (revoke them separately
+        when they may be compromised too). Returns how many sessions ended; the password is never audited."""
+        self.require(name)
+        check_password(new_password)
+        ended = self.store.replace_password(name, self.hasher.hash(new_password))
+        if ended is None:
+            raise UnknownOperator(f"no operator {name!r}")
+        for digest in ended:
+            self.revocations.notify("session", digest)
+        record_audit(self.audit, actor, "operator.password_reset", name, {"sessions_ended": len(ended)})
+        return len(ended)
+
+    def set_role(self, name: str, role: str, *, actor: str) -> list[Token]:
+        """Give an operator another role. Its sessions end (the next login carries the new role) and every live
+        token carrying more than the new role grants is revoked. Returns the revoked tokens.
+
+        Raises :class:`OperatorConflict` when it would take the admin role from the last active admin."""
+        if role not in ROLES:
+            raise OperatorError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        self.require(name)
+        before = {t.id: t for t in self.tokens(name)}
+        change = self.store.change_role(name, role, GRANTS[role], self.clock.wall())
+        if change.outcome == "unknown":
+            raise UnknownOperator(f"no operator {name!r}")
+        if change.outcome == "last_admin":
+            raise OperatorConflict(f"{name!r} is the last active admin: another role would leave nobody to "
+                                   "administer the site (fix: add or promote another admin first)")
+        if change.outcome == "unchanged":
+            return []
+        for digest in change.ended_sessions:
+            self.revocations.notify("session", digest)
+        for token_id in change.revoked_tokens:
+            self.revocations.notify("token", token_id)
+        record_audit(self.audit, actor, "operator.role_change", name,
+                     {"from": change.old_role, "to": role, "tokens_revoked": list(change.revoked_tokens),
+                      "sessions_ended": len(change.ended_sessions)})
+        return [before[t] for t in change.revoked_tokens if t in before]
 
     def verify_password(self, name: str, password: str) -> Operator | None:
         """The active operator these credentials belong to, or None; one argon2 run whatever the outcome."""
@@ -228,7 +279,13 @@ class Operators:
         return True
 
     def tokens(self, name: str) -> list[Token]:
+        """Every token of an operator, revoked ones too, oldest first (never a secret)."""
         return [Token(**r.__dict__) for r in self.store.operator_tokens(name)]
+
+    def live_tokens(self, name: str) -> list[Token]:
+        """The operator's tokens that still work: label, role, created, last used (never a secret)."""
+        self.require(name)
+        return [t for t in self.tokens(name) if t.revoked_at is None]
 
     def token_owner(self, secret: str) -> tuple[Operator, Token] | None:
         """The active operator and live token a bearer secret belongs to, or None.

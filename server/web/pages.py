@@ -155,6 +155,10 @@ def _section_page(section: Section) -> Callable[..., Response]:
 BUILT: set[str] = {"visitors", "live"}
 #: ... and server/web/alarms.py, doors.py, muster.py, people.py.
 BUILT |= {"alarms", "doors", "muster", "people"}
+#: ... and server/web/audit.py.
+BUILT |= {"audit"}
+#: ... and server/web/operators_pages.py.
+BUILT |= {"operators"}
 
 for _section in SECTIONS:
     if _section.key not in BUILT:

@@ -41,6 +41,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("people", "People", "/people", (ADMIN,), "People, cards, access levels and clearance."),
     Section("audit", "Audit", "/audit", (ADMIN, AUDITOR), "The hash-chained record of every change."),
     Section("site", "Site", "/site", (ADMIN, AUDITOR), "The site's revisions: what changed, who, when; rollback."),
+    Section("operators", "Operators", "/operators", (ADMIN,),
+            "Who may use the desk and its API: accounts, roles, passwords, two-factor login, API tokens."),
 )
 
 

@@ -123,6 +123,8 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     check("site history")
     page.goto(desk + "/site/revisions/1/rollback")
     check("rollback confirmation")
+    page.goto(desk + "/operators")
+    check("operators")
     page.goto(desk + "/no-such-page")
     check("error page")
 

@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
-ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site"]
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Operators"]
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,81 @@ def test_admin_finds_a_site_change_in_the_history_and_rolls_it_back_with_confirm
     assert "rollback to revision 1" in page.locator("#revision-3").inner_text()
     assert server.site.doors["lab"].unlock_s == 4
     page.screenshot(path=str(Path(site.data_dir or ".") / "site-history.png"), full_page=True)
+
+
+def test_auditor_searches_the_audit_page_for_a_lost_card_and_sees_the_chain_intact(page: Any, desk: str,
+                                                                                   site: SiteRunner) -> None:
+    """Issue 13: the audit page shows the hash chain's verify status and finds an action by name."""
+    from argon2 import PasswordHasher
+
+    from doorkeep.model import CredentialState
+    from server.web.operators import Operators
+
+    server = site.server
+    assert server is not None and server.audit is not None
+    Operators(server.store, audit=server.audit, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+              ).add("aud", "auditor", "aud audit trail rules", actor="test")
+    card = server.directory.card("em4100", "0F00A1B2C3")  # Alice's card on the demo site
+    server.directory.set_card_state(card, CredentialState.LOST, actor="ada")
+    log_in(page, desk, "aud", "aud audit trail rules", "/audit")
+    assert "Audit" in nav_links(page)
+    assert page.get_by_role("heading", level=1).inner_text() == "Audit log"
+    status = page.locator("#chain-status")
+    assert status.get_attribute("role") == "status" and "Chain intact" in status.inner_text()
+    page.get_by_label("Action").fill("card.lost")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_load_state()
+    assert "action=card.lost" in page.url
+    rows = page.locator("#audit-records tbody tr")
+    assert rows.count() == 1
+    row = rows.first
+    assert "card.lost" in row.inner_text() and "ada" in row.inner_text() and "alice" not in row.inner_text()
+    row.get_by_text("4 fields").click()
+    assert card[:12] in row.inner_text()  # the details unfold: the card's pseudonymous id
+    page.screenshot(path=str(Path(site.data_dir or ".") / "audit-search.png"), full_page=True)
+
+
+def test_admin_adds_an_operator_issues_a_token_shown_once_resets_the_password_and_the_operator_logs_in(
+        page: Any, desk: str, browser: Any) -> None:
+    """Issue 13: operators are run from the desk, not only the command line."""
+    log_in(page, desk, "ada", PASSWORDS["ada"], "/operators")
+    assert page.get_by_role("heading", level=1).inner_text() == "Operators"
+    assert "Operators" in nav_links(page)
+    first, second = "pat first passphrase ok", "pat second passphrase ok"
+    page.get_by_label("Login name").fill("pat")
+    page.get_by_label("Role", exact=True).select_option("desk")
+    page.get_by_label("Password (at least").fill(first)
+    page.get_by_label("The same password again").fill(first)
+    page.get_by_role("button", name="Add operator").click()
+    page.wait_for_load_state()
+    assert "Operator pat added." in page.get_by_role("status").inner_text()
+    assert page.locator('tr[data-operator="pat"] [data-field="role"]').inner_text() == "desk"
+
+    pat = page.locator('[data-manage="pat"]')
+    pat.get_by_label("New API token label").fill("front kiosk")
+    pat.get_by_role("button", name="Issue token").click()
+    page.wait_for_load_state()
+    secret = page.get_by_label(re.compile("Token .front kiosk.")).input_value()
+    assert secret.startswith("dkt_") and "shown this once" in page.get_by_role("alert").first.inner_text()
+    page.get_by_role("link", name="Done: back to the operators").click()
+    page.wait_for_load_state()
+    assert secret not in page.content() and "front kiosk (desk)" in page.locator('tr[data-operator="pat"]').inner_text()
+
+    pat = page.locator('[data-manage="pat"]')
+    pat.get_by_label("New password for pat").fill(second)
+    pat.get_by_label("The same again").fill(second)
+    pat.get_by_role("button", name="Reset password").click()
+    page.wait_for_load_state()
+    assert "Password of pat reset" in page.get_by_role("status").inner_text()
+
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        other = context.new_page()
+        log_in(other, desk, "pat", first)
+        assert "Wrong name or password" in other.get_by_role("alert").inner_text()
+        log_in(other, desk, "pat", second)
+        assert other.url == desk + "/"
+        assert re.search(r"Signed in as\s+pat\s+\(desk\)", other.get_by_role("banner").inner_text())
+        assert "Operators" not in nav_links(other)
+    finally:
+        context.close()

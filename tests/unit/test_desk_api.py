@@ -223,7 +223,7 @@ def test_only_an_admin_creates_operators_and_a_desk_operator_cannot_manage_peopl
 
 def test_home_page_shows_operator_role_and_only_the_nav_the_role_may_use(app: FastAPI, client: TestClient) -> None:
     toks = tokens(app)
-    expected = {"ada": {"Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site"},
+    expected = {"ada": {"Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Operators"},
                 "dex": {"Visitors", "Live", "Alarms", "Doors", "Muster"},
                 "aud": {"Audit", "Site"}}
     for name, titles in expected.items():
@@ -585,6 +585,11 @@ def test_user_commands_create_accounts_and_tokens_that_work_at_the_desk(
         assert r.status_code == 200 and r.json()["role"] == "admin"
         assert run_cli(["user", "token", "root-admin", "--label", "ci", "--revoke", *common], monkeypatch) == 0
         assert client.get("/api/v1/me", headers=bearer(secret)).status_code == 401
+        # the last active admin cannot be disabled (a site never locks itself out); with a second admin it can
+        assert run_cli(["user", "disable", "root-admin", *common], monkeypatch) == 1
+        assert client.get("/api/v1/me").status_code == 200
+        assert run_cli(["user", "add", "second-admin", "--role", "admin", "--password-stdin", *common], monkeypatch,
+                       "another very good passphrase\n") == 0
         assert run_cli(["user", "disable", "root-admin", *common], monkeypatch) == 0
         assert client.get("/api/v1/me").status_code == 401
         assert srv.audit is not None and srv.audit.verify().ok

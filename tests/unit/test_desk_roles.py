@@ -47,12 +47,29 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/logout"): EVERYONE,
     ("GET", "/api/v1/audit"): {A, U},
     ("GET", "/audit"): {A, U},
+    ("GET", "/api/v1/audit/verify"): {A, U},
     ("GET", "/api/v1/doors"): DESK,
     ("GET", "/api/v1/doors/{door_id}"): DESK,
     ("GET", "/api/v1/operators"): {A},
     ("POST", "/api/v1/operators"): {A},
     ("POST", "/api/v1/operators/{name}/disable"): {A},
     ("POST", "/api/v1/operators/{name}/2fa/reset"): {A},
+    ("POST", "/api/v1/operators/{name}/password"): {A},
+    ("POST", "/api/v1/operators/{name}/role"): {A},
+    ("GET", "/api/v1/operators/{name}/tokens"): {A},
+    ("POST", "/api/v1/operators/{name}/tokens"): {A},
+    ("POST", "/api/v1/operators/{name}/tokens/{label}/revoke"): {A},
+    # the Operators page: admin only
+    ("GET", "/operators"): {A},
+    ("POST", "/operators"): {A},
+    ("POST", "/operators/{name}/role"): {A},
+    ("POST", "/operators/{name}/password"): {A},
+    ("GET", "/operators/{name}/disable"): {A},
+    ("POST", "/operators/{name}/disable"): {A},
+    ("GET", "/operators/{name}/2fa/reset"): {A},
+    ("POST", "/operators/{name}/2fa/reset"): {A},
+    ("POST", "/operators/{name}/tokens"): {A},
+    ("POST", "/operators/{name}/tokens/revoke"): {A},
     # two-factor login: the code step of the login form is public (it needs the password step's challenge);
     # every operator may open their own enrolment page
     ("POST", "/login/code"): PUBLIC,
@@ -130,7 +147,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
 }
 
 #: Ids that name nothing: an allowed request stops at "not found" (or validation) and changes nothing.
-PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{snapshot_id}": "no-such-snapshot",
+PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{label}": "no-such-token", "{snapshot_id}": "no-such-snapshot",
                 "{visitor_id}": "999999", "{entry_id}": "999999", "{alarm_id}": "999999", "{pid}": "no-such-person",
                 "{card}": "0" * 64}
 #: Query strings that make an allowed request end early (the live stream would otherwise never end).
