@@ -381,3 +381,15 @@ def test_rotation_while_the_server_ingests_loses_no_key(tmp_path: Path) -> None:
 
 def sealed_for(keys: SnapshotKeys, eid: str) -> bytes:
     return seal(JPEG, keys.recipient, SnapshotRef("demo", "pi-lobby", eid))
+
+
+def test_audit_searches_by_actor_or_action_use_an_index_not_a_walk_of_the_log(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    try:
+        with store.connection_for_tests() as db:
+            for where in ("actor = 'ada'", "action = 'card.lost'"):
+                plan = " ".join(str(r[3]) for r in db.execute(
+                    f"EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE {where} ORDER BY seq DESC LIMIT 50"))
+                assert "USING INDEX audit_log_" in plan, (where, plan)
+    finally:
+        store.close()
