@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from argon2 import PasswordHasher
 
-    from server.app import bootstrap, create_app
+    from server.app import bootstrap
+    from server.web.app import create_app
 
     broker = MosquittoBroker().start()
     tmp = tempfile.TemporaryDirectory(prefix="doorkeep-bench-desk-")

@@ -299,7 +299,8 @@ def fig_revocation(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]
     from argon2 import PasswordHasher
     from gensite import STAFF_CARDS, generate_site
 
-    from server.app import bootstrap, create_app
+    from server.app import bootstrap
+    from server.web.app import create_app
 
     n_edges, rounds = 100, (2 if quick else 3)
     tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-revoke-"))

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from argon2 import PasswordHasher
     from gensite import STAFF_CARDS, generate_site
 
-    from server.app import bootstrap, create_app
+    from server.app import bootstrap
+    from server.web.app import create_app
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4, help="site changes to time (default 4)")

@@ -139,15 +139,3 @@ def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:
 
 def load(site_dir: Path | str, data_dir: Path | str, broker_url: str) -> Server:
     return bootstrap(load_site_dir(site_dir), Path(data_dir), BrokerConfig(broker_url))
-
-
-def create_app(server: Server | None = None, **options: object) -> object:
-    """The security desk's ASGI app (FastAPI): ``uvicorn --factory server.app:create_app``.
-
-    Without ``server`` it bootstraps one from $DOORKEEP_SITE / $DOORKEEP_DATA / $DOORKEEP_BROKER (or the
-    demo site) and runs it with the app (docs/desk.md). Imported lazily so this module, and every tool
-    that only needs ``bootstrap``, still loads without FastAPI.
-    """
-    from server.web.app import create_app as build
-
-    return build(server, **options)  # type: ignore[arg-type]

@@ -208,7 +208,7 @@ class DemoDesk:
         import uvicorn
         from argon2 import PasswordHasher
 
-        from server.app import create_app
+        from server.web.app import create_app
         from server.web.operators import Operators
         from server.web.serving import uvicorn_config
         from simulators.wait import wait_until

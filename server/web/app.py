@@ -1,4 +1,4 @@
-"""The security desk's ASGI application factory (``uvicorn --factory server.app:create_app``).
+"""The security desk's ASGI application factory (``uvicorn --factory server.web.app:create_app``).
 
 ``create_app(server)`` mounts the desk on a server the caller owns and runs (``doorkeep desk``, tests).
 ``create_app()`` with no server bootstraps one from the environment (server/web/env.py) and starts and

@@ -143,7 +143,8 @@ def desk(args: argparse.Namespace) -> int:
         return 2
 
     from doorkeep.policy import PolicyError
-    from server.app import bootstrap, create_app
+    from server.app import bootstrap
+    from server.web.app import create_app
     from server.cli import broker_config, broker_log_watcher
 
     from server.web.serving import parse_allow_ips, uvicorn_config

@@ -1,4 +1,4 @@
-"""A server built from the environment, for ``uvicorn --factory server.app:create_app`` (docs/desk.md).
+"""A server built from the environment, for ``uvicorn --factory server.web.app:create_app`` (docs/desk.md).
 
 ``DOORKEEP_SITE``   the site directory (default: the demo site in firmware-config/sites/demo)
 ``DOORKEEP_DATA``   the server's data directory (default: var/SITE_ID, as ``doorkeep server``)

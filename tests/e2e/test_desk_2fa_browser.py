@@ -41,7 +41,8 @@ def desk(tmp_path: Path, clock: FakeClock) -> Iterator[str]:
     import uvicorn
     from argon2 import PasswordHasher
 
-    from server.app import bootstrap, create_app
+    from server.app import bootstrap
+    from server.web.app import create_app
 
     server = bootstrap(load_site_dir(DEMO), tmp_path / "data", BrokerConfig("mqtt://127.0.0.1:9"),
                        key=secrets.token_bytes(32), signing_key=Ed25519PrivateKey.generate(),

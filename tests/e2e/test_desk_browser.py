@@ -53,7 +53,7 @@ def desk(site: SiteRunner) -> Iterator[str]:
     import uvicorn
     from argon2 import PasswordHasher
 
-    from server.app import create_app
+    from server.web.app import create_app
 
     assert site.server is not None
     app = create_app(site.server, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))

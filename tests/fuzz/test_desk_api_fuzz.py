@@ -52,7 +52,8 @@ from doorkeep.clock import FakeClock
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.contract import CommandResult
 from doorkeep.envelope import SnapshotKeys
-from server.app import Server, bootstrap, create_app
+from server.app import Server, bootstrap
+from server.web.app import create_app
 from tests.fuzz.conftest import PROFILE, fuzz
 from tests.unit.test_desk_api import CountingHasher
 

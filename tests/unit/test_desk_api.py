@@ -31,7 +31,8 @@ from doorkeep.cli import main
 from doorkeep.clock import FakeClock
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.envelope import SnapshotKeys
-from server.app import Server, bootstrap, create_app
+from server.app import Server, bootstrap
+from server.web.app import create_app
 from server.web import auth as auth_mod
 from server.web.access import SESSION_COOKIE, UndeclaredRoute, check_routes, route_access
 from server.web.errors import OperatorError
@@ -630,7 +631,7 @@ def test_uvicorn_factory_serves_the_desk(mosquitto: Any, tmp_path: Path) -> None
     env = {**os.environ, "DOORKEEP_DATA": str(tmp_path / "uv"), "DOORKEEP_BROKER": mosquitto.url,
            "DOORKEEP_CA": str(tls.ca_file), "DOORKEEP_CERT": str(tls.cert_file), "DOORKEEP_KEY": str(tls.key_file)}
     env.pop("DOORKEEP_SITE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host",
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "server.web.app:create_app", "--host",
                              "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

@@ -24,7 +24,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from server.app import Server, create_app
+from server.app import Server
+from server.web.app import create_app
 from server.directory import Visitor
 from server.web import auth as auth_mod
 from server.web.serving import parse_allow_ips
@@ -231,7 +232,7 @@ def test_attack_forged_forwarded_for_at_doorkeep_desk(server: Server, monkeypatc
 def documented_factory_command() -> list[str]:
     """The ``uvicorn --factory`` command line docs/desk.md tells an operator to run."""
     text = (ROOT / "docs" / "desk.md").read_text()
-    match = re.search(r"^uvicorn --factory server\.app:create_app[^\n]*$", text, re.M)
+    match = re.search(r"^uvicorn --factory server\.web\.app:create_app[^\n]*$", text, re.M)
     assert match, "docs/desk.md documents no uvicorn --factory command"
     return match.group(0).split()
 
@@ -242,7 +243,7 @@ def test_the_documented_uvicorn_command_trusts_no_forwarded_headers() -> None:
     argv = documented_factory_command()[1:]
     with uvicorn_main.make_context("uvicorn", argv) as ctx:
         params = ctx.params
-    assert params["factory"] and params["app"] == "server.app:create_app"
+    assert params["factory"] and params["app"] == "server.web.app:create_app"
     assert params["proxy_headers"] is False, "the documented command trusts X-Forwarded-For from 127.0.0.1"
 
 

@@ -16,7 +16,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's TestClient prefers httpx2; httpx works the same here
     from fastapi.testclient import TestClient
 
-from server.app import Server, create_app
+from server.app import Server
+from server.web.app import create_app
 from tests.unit.test_desk_api import CountingHasher, clock, server  # noqa: F401 - fixtures, used by name
 
 NO_OPERATOR = "the desk has no operator yet"

@@ -25,7 +25,8 @@ with warnings.catch_warnings():
 from doorkeep.clock import FakeClock
 from doorkeep.config import load_desk_settings
 from doorkeep.errors import ConfigErrors
-from server.app import Server, create_app
+from server.app import Server
+from server.web.app import create_app
 from server.web import auth as auth_mod
 from server.web.access import SESSION_COOKIE
 from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name

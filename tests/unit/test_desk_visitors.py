@@ -28,7 +28,8 @@ from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.credentials import card_hash
 from doorkeep.decision import AccessRequest
 from doorkeep.envelope import SnapshotKeys
-from server.app import Server, bootstrap, create_app
+from server.app import Server, bootstrap
+from server.web.app import create_app
 from server.audit import subject_ref
 from server.web.visitors import fold, load_notice
 

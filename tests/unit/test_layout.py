@@ -95,3 +95,18 @@ def test_store_layout_scan_finds_a_reach_in(tmp_path: Path) -> None:
     assert [f.split(" ")[0] for f in found].count("server/leaky.py:2") == 3  # _lock, _db, _db.conn
     assert any(f.endswith("server.store.connection_for_tests") for f in found)
     assert any(f.endswith("server.store.db.conn") for f in found)
+
+
+def test_the_application_layer_never_imports_the_web_layer() -> None:
+    """server/web/ translates HTTP to the services in server/ and nothing more (DESIGN §9): the services never
+    reach back into it, so there is no import circle (server/app.py once imported server.web.app lazily)."""
+    bad = []
+    for path in sorted((ROOT / "server").glob("*.py")):  # server/, not server/web/
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad += [(path.name, n) for n in names if n == "server.web" or n.startswith("server.web.")]
+            if isinstance(node, ast.ImportFrom) and node.module == "server" and any(a.name == "web" for a in node.names):
+                bad.append((path.name, "server.web"))
+    assert not bad, f"the application layer imports the web layer: {bad}"
