@@ -484,6 +484,11 @@ class IntrusionSettings:
     pin_guess_count: int = 5
     pin_guess_window_s: float = 300.0
     attack_window_s: float = 60.0
+    #: The edge's OSDP readers (edge/osdp/cp.py): reader_security after this many failed Secure Channel
+    #: handshakes, or clear (unsecured) NAKs from a reader that must use Secure Channel, within the window.
+    reader_handshake_failures: int = 3
+    reader_clear_naks: int = 4
+    reader_window_s: float = 60.0
 
 
 #: Allowed ranges of the [intrusion] thresholds: a count of 1 would alarm on every mistyped card; a window
@@ -497,10 +502,10 @@ def _intrusion(t: _Table | None) -> IntrusionSettings:
     if t is None:
         return d
 
-    def count(name: str) -> int:
+    def count(name: str, lo: int = INTRUSION_COUNT_RANGE[0]) -> int:
         default = getattr(d, name)
         value = t.get(name, int, default)
-        lo, hi = INTRUSION_COUNT_RANGE
+        hi = INTRUSION_COUNT_RANGE[1]
         if value is not None and not lo <= value <= hi:
             t.error(name, f"must be {lo} to {hi}, got {value}",
                     f"set {name} to a whole number from {lo} to {hi}, or remove it for {default}")
@@ -527,8 +532,25 @@ def _intrusion(t: _Table | None) -> IntrusionSettings:
         pin_guess_count=count("pin_guess_count"),
         pin_guess_window_s=window("pin_guess_window_s"),
         attack_window_s=window("attack_window_s"),
+        # One failed handshake or clear NAK may already be worth a report on a bus nobody else can reach.
+        reader_handshake_failures=count("reader_handshake_failures", lo=1),
+        reader_clear_naks=count("reader_clear_naks", lo=1),
+        reader_window_s=window("reader_window_s"),
     )
     t.done()
+    return out
+
+
+def load_intrusion_settings(site_file: Path | str) -> IntrusionSettings:
+    """The [intrusion] table of a site file, for the edge (its readers' thresholds); raises ConfigErrors."""
+    errors: list[ConfigError] = []
+    path = Path(site_file)
+    data = _read_toml(path, errors)
+    if data is None:
+        raise ConfigErrors(errors)
+    out = _intrusion(_Table(data, str(path), "", errors).sub("intrusion"))
+    if errors:
+        raise ConfigErrors(errors)
     return out
 
 

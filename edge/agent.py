@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from doorkeep import __version__, vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms
 from doorkeep.commands import DEFAULT_MAX_SKEW_S, CommandError, ReplayGuard, VerifiedCommand, peek_door, verify_command
-from doorkeep.config import DeviceConfig, DoorHardware
+from doorkeep.config import DeviceConfig, DoorHardware, IntrusionSettings
 from doorkeep.contract import CommandResult, DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
 from doorkeep.credentials import card_hash, last4, pin_hash
 from doorkeep.envelope import SnapshotRef, seal
@@ -59,7 +59,7 @@ from edge.errors import HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
-from edge.osdp.cp import OsdpReader, build_buses
+from edge.osdp.cp import OsdpReader, build_buses, reader_signal_settings
 from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
 from edge.policy_cache import PolicyCache
 from edge.readers import SerialReader
@@ -129,9 +129,10 @@ class _DoorRuntime:
 class EdgeAgent:
     def __init__(self, device: DeviceConfig, site: Site, key: bytes, *, clock: Clock | None = None,
                  pin_factory: Any = None, policy_key: Ed25519PublicKey | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, intrusion: IntrusionSettings | None = None) -> None:
         """``policy_key`` verifies the server's signed policy; without it (or ``state_dir``) the edge
-        keeps no offline cache and denies whenever the server does not answer."""
+        keeps no offline cache and denies whenever the server does not answer. ``intrusion``: the site's
+        ``[intrusion]`` thresholds for the readers' ``reader_security`` reports (defaults without it)."""
         self.device = device
         self.site = site
         self.key = key
@@ -161,7 +162,8 @@ class EdgeAgent:
         self._osdp = build_buses(device.doors, self._on_card, clock=self.clock,
                                  on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
                                  on_security=lambda d, cause, detail: self._q.put(("reader_security", d, cause,
-                                                                                   detail)))
+                                                                                   detail)),
+                                 **reader_signal_settings(intrusion or IntrusionSettings()))
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(site.doors[did], hw)
         self.local_state = DecisionState()

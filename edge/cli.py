@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from sdnotify import SystemdNotifier
 
-from doorkeep.config import load_device
+from doorkeep.config import load_device, load_intrusion_settings
 from doorkeep.credentials import load_key
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.pki import check_transport
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         if policy_key is None:
             log.warning("no policy_key_file in %s: this edge keeps no offline policy and denies "
                         "whenever the server does not answer", device.file)
-        agent = EdgeAgent(device, site, key, policy_key=policy_key, state_dir=device.state_dir)
+        intrusion = load_intrusion_settings(device.site_file)  # the readers' reader_security thresholds
+        agent = EdgeAgent(device, site, key, policy_key=policy_key, state_dir=device.state_dir, intrusion=intrusion)
     except (ConfigErrors, ConfigError, EdgeError, PolicyError) as exc:
         print(f"doorkeep edge: {exc}", file=sys.stderr)
         return 2

@@ -419,7 +419,8 @@ class SiteRunner:
             doors[did] = dataclasses.replace(hw, reader=rc)
         simulated = dataclasses.replace(dev, doors=doors, cameras=cams, broker=broker, gpio_factory="mock")
         agent = EdgeAgent(simulated, self.bundle.site, self.key, clock=self.clock, pin_factory=factory,
-                          policy_key=self.signing_key.public_key(), state_dir=self.data_dir / "edge" / dev.id)
+                          policy_key=self.signing_key.public_key(), state_dir=self.data_dir / "edge" / dev.id,
+                          intrusion=self.bundle.intrusion)
         agent.start()
         self.agents[dev.id] = agent
 

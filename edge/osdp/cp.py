@@ -745,10 +745,21 @@ class OsdpReader:
         self.bus.feedback(self.address, granted)
 
 
+def reader_signal_settings(intrusion: Any) -> dict[str, Any]:
+    """``build_buses``'s signal arguments from the site's ``[intrusion]`` settings (doorkeep.config)."""
+    return {"signal_window_s": intrusion.reader_window_s,
+            "signal_thresholds": {CAUSE_HANDSHAKE_FAILED: intrusion.reader_handshake_failures,
+                                  CAUSE_CLEAR_NAK: intrusion.reader_clear_naks}}
+
+
 def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | None = None,
                 on_tamper: TamperCallback | None = None,
-                on_security: SecurityCallback | None = None) -> dict[str, OsdpReader]:
+                on_security: SecurityCallback | None = None, signal_window_s: float = SIGNAL_WINDOW_S,
+                signal_thresholds: dict[str, int] | None = None) -> dict[str, OsdpReader]:
     """One bus per serial URL for the doors whose reader is OSDP; door -> its reader handle.
+
+    ``signal_window_s`` and ``signal_thresholds`` come from the site's ``[intrusion]`` table (the agent maps
+    them): how many handshake failures or clear NAKs within the window make one ``reader_security`` report.
 
     ``doors`` maps door ids to ``doorkeep.config.DoorHardware``. A key file that cannot be used is logged with
     its fix and the reader left without a key (offline, ``needs_key``): one bad file must not stop the edge.
@@ -777,7 +788,8 @@ def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | 
         first = members[0][1]
         poll_ms = min(rc.poll_ms for _, rc in members)
         bus = OsdpBus(url, specs, on_card, baudrate=first.baudrate, poll_ms=poll_ms, clock=clock,
-                      on_tamper=on_tamper, on_security=on_security)
+                      on_tamper=on_tamper, on_security=on_security, signal_window_s=signal_window_s,
+                      signal_thresholds=signal_thresholds)
         for did, rc in members:
             handles[did] = OsdpReader(bus, did, rc.address)
     return handles

@@ -313,6 +313,25 @@ attack_window_s = 90
     assert load_site_dir(d).intrusion == IntrusionSettings(False, 3, 30.0, 2, 120.5, 4, 600.0, 90.0)
 
 
+def test_the_readers_thresholds_come_from_the_site_file_to_each_osdp_bus(tmp_path: Path) -> None:
+    """The edge reads [intrusion] reader_* from its site file and gives them to every OSDP bus it builds."""
+    from doorkeep.config import DoorHardware, LockConfig, ReaderConfig, load_intrusion_settings
+    from edge.osdp.cp import CAUSE_CLEAR_NAK, CAUSE_HANDSHAKE_FAILED, build_buses, reader_signal_settings
+    from tests.unit.test_config import SITE
+
+    d = make_site(tmp_path / "s", site=SITE + "\n[intrusion]\nreader_clear_naks = 1\nreader_handshake_failures = 9\n"
+                  "reader_window_s = 300\n")
+    settings = load_intrusion_settings(d / "site.toml")
+    assert (settings.reader_clear_naks, settings.reader_handshake_failures, settings.reader_window_s) == (1, 9, 300.0)
+    hw = DoorHardware("x", ReaderConfig(url="loop://", protocol="osdp", secure_channel=False), LockConfig(pin=5))
+    [reader] = build_buses({"x": hw}, lambda *a: None, **reader_signal_settings(settings)).values()
+    assert reader.bus.signal_window_s == 300.0
+    assert (reader.bus.signal_thresholds[CAUSE_CLEAR_NAK], reader.bus.signal_thresholds[CAUSE_HANDSHAKE_FAILED]) == (1, 9)
+    bad = make_site(tmp_path / "b", site=SITE + "\n[intrusion]\nreader_clear_naks = 0\n")
+    err = only(check(bad), "intrusion.reader_clear_naks")
+    assert "must be 1 to 1000" in str(err)
+
+
 @pytest.mark.parametrize(("line", "key", "words"), [
     ("probe_count = 1", "intrusion.probe_count", "must be 2 to 1000"),
     ("pin_guess_count = 100000", "intrusion.pin_guess_count", "must be 2 to 1000"),
