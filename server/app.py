@@ -102,7 +102,6 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     if live is not None:
         bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion)
     directory = Directory(bundle, key, store, clock, audit=audit)
-    siteadmin.apply = directory.replace_site
     retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
                                 signing_key, store, clock, snapshot_key=snapshot_keys.recipient)
@@ -119,6 +118,14 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     # Intrusion signals count the events the store took in for the first time (never a re-delivery).
     intrusion = IntrusionDetector(store, bundle.intrusion, clock)
     bus.listeners.append(intrusion.on_event)
+
+    def apply_revision(live: SiteBundle) -> None:
+        """A committed site revision, everywhere it matters: decisions and policies, retention, intrusion."""
+        directory.replace_site(live)
+        retention.settings = live.retention  # read at each run
+        intrusion.configure(live.intrusion)
+
+    siteadmin.apply = apply_revision
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
     return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,

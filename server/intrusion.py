@@ -187,6 +187,17 @@ class IntrusionDetector:
         self._forced: _Tracker[str] = _Tracker(HISTORY_FACTOR)
         self._tampers: _Tracker[str] = _Tracker(HISTORY_FACTOR)
 
+    def configure(self, settings: IntrusionSettings) -> None:
+        """New thresholds from a site revision (server/siteadmin.py), live at once. The counts start afresh
+        when a count changes, because the history kept per subject is sized by it."""
+        with self._lock:
+            old, self.settings = self.settings, settings
+            if (old.probe_count, old.probe_doors, old.pin_guess_count) != \
+                    (settings.probe_count, settings.probe_doors, settings.pin_guess_count):
+                self._probes = _Tracker(settings.probe_count * HISTORY_FACTOR)
+                self._card_doors = _Tracker(settings.probe_doors * HISTORY_FACTOR)
+                self._pins = _Tracker(settings.pin_guess_count * HISTORY_FACTOR)
+
     # ------------------------------------------------------------ input
 
     def on_event(self, ev: EventMsg, new: bool) -> None:

@@ -89,3 +89,15 @@ def test_values_toml_cannot_hold_and_out_of_range_numbers_are_refused_not_a_500(
         assert r.status_code == 422, (body, r.text)
     assert client.get(f"/api/v1/site/revisions/{2**70}", headers=bearer(t["ada"])).status_code == 422
     assert server.siteadmin is not None and server.siteadmin.current().number == 1  # type: ignore[union-attr]
+
+
+def test_retention_and_intrusion_settings_of_a_revision_are_live_without_a_restart(app: FastAPI, client: TestClient,
+                                                                                   server: Server) -> None:
+    t = tokens(app)
+    assert server.retention is not None and server.intrusion is not None
+    assert (server.retention.settings.events_days, server.intrusion.settings.probe_count) == (180, 5)
+    r = client.post("/api/v1/site/changes", headers=bearer(t["ada"]),
+                    json={"base": 1, "edits": {"retention.events_days": 90, "intrusion.probe_count": 3}})
+    assert r.status_code == 200, r.text
+    assert server.retention.settings.events_days == 90
+    assert server.intrusion.settings.probe_count == 3
