@@ -248,9 +248,12 @@ class SiteAdmin:
         return path
 
     def poll(self) -> bool:
-        """Swap in a revision another process committed; True when one was."""
+        """Swap in a revision another process committed; True when one was. Runs every second: only the
+        number is read until it moves."""
+        if self.store.latest_site_revision_number() in (0, self._live):
+            return False
         current = self.current()
-        if current is None or current.number == self._live:
+        if current is None:
             return False
         with self._commit_lock:
             try:

@@ -662,6 +662,11 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
             rows = list(self._db.query("SELECT * FROM site_revisions ORDER BY number DESC LIMIT 1"))
         return _revision_row(rows[0]) if rows else None
 
+    def latest_site_revision_number(self) -> int:
+        """The live revision's number (0 before the first): what a poll needs, without the revision's text."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0])
+
     def site_revision(self, number: int) -> dict[str, Any] | None:
         with self._lock:
             rows = list(self._db.query("SELECT * FROM site_revisions WHERE number = ?", [number]))
