@@ -163,17 +163,23 @@ class LoginThrottle:
             wait, is_lock = self._wait(rows, now)
             if wait > 0:
                 raise LoginRefused("throttled", wait, is_lock)
-            out = {}
-            for key, _, lock_after, (failures, _, _) in rows:
-                failures += 1
-                until = now + LOCKOUT_S if failures >= lock_after else None
-                if until is not None:
-                    locked.append(key.split(":")[0])
-                out[key] = FailureCount(failures, now, until)
-            return out
+            return self._one_more([(key, lock_after, failures) for key, _, lock_after, (failures, _, _) in rows],
+                                  now, locked)
 
         self.store.update_login_failures([key for key, _, _ in keys], count)
         return locked
+
+    @staticmethod
+    def _one_more(counts: list[tuple[str, int, int]], now: float, locked: list[str]) -> dict[str, FailureCount]:
+        """Each key's live failures + 1, locked when that reaches its limit; the kinds locked go to ``locked``."""
+        out = {}
+        for key, lock_after, failures in counts:
+            failures += 1
+            until = now + LOCKOUT_S if failures >= lock_after else None
+            if until is not None:
+                locked.append(key.split(":")[0])
+            out[key] = FailureCount(failures, now, until)
+        return out
 
     def failed(self, name: str, client: str) -> list[str]:
         """Count one failure on the account and the address (no wait check); the kinds it just locked."""
@@ -182,14 +188,8 @@ class LoginThrottle:
         keys = self.keys(name, client)
 
         def count(current: dict[str, FailureCount | None]) -> dict[str, FailureCount]:
-            out = {}
-            for key, _, lock_after in keys:
-                failures = self._live(_as_tuple(current[key]), now)[0] + 1
-                until = now + LOCKOUT_S if failures >= lock_after else None
-                if until is not None:
-                    locked.append(key.split(":")[0])
-                out[key] = FailureCount(failures, now, until)
-            return out
+            return self._one_more([(key, lock_after, self._live(_as_tuple(current[key]), now)[0])
+                                   for key, _, lock_after in keys], now, locked)
 
         self.store.update_login_failures([key for key, _, _ in keys], count)
         return locked

@@ -55,17 +55,8 @@ class Operator:
         return self.disabled_at is None
 
 
-@dataclass(frozen=True)
-class Token:
-    """An API token as listed (never its secret)."""
-
-    id: str
-    operator: str
-    label: str
-    role: str
-    created_at: float
-    last_used_at: float | None = None
-    revoked_at: float | None = None
+#: An API token as listed (never its secret or hash): the store's row, as the desk names it.
+Token = TokenRow
 
 
 def _operator(row: OperatorRow) -> Operator:
@@ -262,7 +253,7 @@ class Operators:
                                 f"(allowed: {', '.join(sorted(GRANTS[op.role]))})")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = Token(secrets.token_hex(6), name, label, role, self.clock.wall())
-        if not self.store.insert_token(TokenRow(**token.__dict__), sha256_hex(secret)):
+        if not self.store.insert_token(token, sha256_hex(secret)):
             raise OperatorExists(f"operator {name!r} already has a token labelled {label!r} "
                                 "(fix: another label, or revoke it first with --revoke)")
         record_audit(self.audit, actor, "operator.token_issue", name, {"token": token.id, "label": label, "role": role})
@@ -280,7 +271,7 @@ class Operators:
 
     def tokens(self, name: str) -> list[Token]:
         """Every token of an operator, revoked ones too, oldest first (never a secret)."""
-        return [Token(**r.__dict__) for r in self.store.operator_tokens(name)]
+        return self.store.operator_tokens(name)
 
     def live_tokens(self, name: str) -> list[Token]:
         """The operator's tokens that still work: label, role, created, last used (never a secret)."""
@@ -293,10 +284,9 @@ class Operators:
         The token's role is only honoured while the operator's own role still grants it."""
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             return None
-        row = self.store.live_token(sha256_hex(secret))
-        if row is None:
+        token = self.store.live_token(sha256_hex(secret))
+        if token is None:
             return None
-        token = Token(**row.__dict__)
         op = self.get(token.operator)
         if op is None or not op.active or token.role not in GRANTS[op.role]:
             return None
