@@ -292,23 +292,21 @@ def fig_ingest(quick: bool) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------ 5: revocation
 
-def fig_revocation(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
-    import http.client
-
+def serve_generated_site(tmp: Path, n_edges: int, broker_url: str) -> tuple[Any, bytes, Any, Any, Any, int, str]:
+    """The demo site plus ``n_edges`` generated doors (one per edge), its real server started on ``broker_url``
+    and the desk served by uvicorn on a free port with an admin token: (bundle, credential key, the policy
+    public key, server, uvicorn server, port, token). Shared by figure 5 and bench/site_change_to_door.py."""
     import uvicorn
     from argon2 import PasswordHasher
-    from gensite import STAFF_CARDS, generate_site
+    from gensite import generate_site
 
     from server.app import bootstrap
     from server.web.app import create_app
 
-    n_edges, rounds = 100, (2 if quick else 3)
-    tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-revoke-"))
     bundle = generate_site(tmp / "site", n_edges, 1)
     key = secrets.token_bytes(32)
     signing = Ed25519PrivateKey.generate()
-    public = signing.public_key()
-    server = bootstrap(bundle, tmp / "server", BrokerConfig(broker.url, allow_plain=True), key=key,
+    server = bootstrap(bundle, tmp / "server", BrokerConfig(broker_url, allow_plain=True), key=key,
                        signing_key=signing, snapshot_keys=SnapshotKeys.generate())
     server.start(wait_s=30)
     app = create_app(server, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
@@ -319,6 +317,17 @@ def fig_revocation(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]
         port = s.getsockname()[1]
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=web.run, daemon=True).start()
+    return bundle, key, signing.public_key(), server, web, port, token
+
+
+def fig_revocation(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
+    import http.client
+
+    from gensite import STAFF_CARDS
+
+    n_edges, rounds = 100, (2 if quick else 3)
+    tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-revoke-"))
+    bundle, key, public, server, web, port, token = serve_generated_site(tmp, n_edges, broker.url)
     topics = Topics(bundle.site.id)
     devices = {dev.id: next(iter(dev.doors)) for dev in bundle.devices.values() if dev.id.startswith("gen-")}
     lock = threading.Lock()

@@ -19,7 +19,6 @@ import http.client
 import json
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -31,15 +30,11 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-
-from doorkeep.config import BrokerConfig  # noqa: E402
 from doorkeep.contract import Topics  # noqa: E402
 from doorkeep.credentials import card_hash  # noqa: E402
 from doorkeep.decision import AccessRequest, DecisionState, decide  # noqa: E402
-from doorkeep.envelope import SnapshotKeys  # noqa: E402
 from doorkeep.policy import PolicyError, verify_policy  # noqa: E402
-from run_all import pct  # noqa: E402
+from run_all import pct, serve_generated_site  # noqa: E402
 from simulators.brokers import MosquittoBroker, subscribed_client  # noqa: E402
 from simulators.wait import wait_until  # noqa: E402
 
@@ -50,33 +45,14 @@ WITH_LOBBY = [{"area": "lobby", "schedule": "always"}, {"area": "outside", "sche
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-    from argon2 import PasswordHasher
-    from gensite import STAFF_CARDS, generate_site
-
-    from server.app import bootstrap
-    from server.web.app import create_app
+    from gensite import STAFF_CARDS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4, help="site changes to time (default 4)")
     args = ap.parse_args(argv)
     broker = MosquittoBroker().start()
     tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-change-"))
-    bundle = generate_site(tmp / "site", N_EDGES, 1)
-    key = secrets.token_bytes(32)
-    signing = Ed25519PrivateKey.generate()
-    public = signing.public_key()
-    server = bootstrap(bundle, tmp / "server", BrokerConfig(broker.url, allow_plain=True), key=key,
-                       signing_key=signing, snapshot_keys=SnapshotKeys.generate())
-    server.start(wait_s=30)
-    app = create_app(server, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    app.state.desk.operators.add("bench", "admin", "bench password long enough", actor="bench")
-    token = app.state.desk.operators.issue_token("bench", "bench", actor="bench")[0]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=web.run, daemon=True).start()
+    bundle, key, public, server, web, port, token = serve_generated_site(tmp, N_EDGES, broker.url)
     topics = Topics(bundle.site.id)
     devices = {dev.id: next(iter(dev.doors)) for dev in bundle.devices.values() if dev.id.startswith("gen-")}
     card = card_hash(key, "em4100", STAFF_CARDS[0])
