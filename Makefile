@@ -1,23 +1,31 @@
 # Two commands on a fresh machine:
 #   make demo   - creates .venv, installs doorkeep, runs the demo site (Ctrl-C stops it)
 #   make test   - installs what the tests need (Mosquitto included) and runs the suite
+#   make dist   - builds the wheel and the sdist into dist/ (install them on a server or a Pi: docs/deploy.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test install mosquitto bench faults fuzz clean
+.PHONY: demo test install dist mosquitto bench faults fuzz clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "$(PYTHON) cannot create a virtual environment: on Debian, apt-get install python3-venv" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/doorkeep --log-level WARNING demo $(DEMO_ARGS)
+
+# The sdist and the wheel (every package, templates, static files, the demo site), nothing else: a wheel left
+# from another version would be installed by mistake. tests/e2e/test_package.py installs a wheel built like this.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
 
 mosquitto:
 	@scripts/ensure-test-tools
@@ -65,4 +73,4 @@ fuzz: $(STAMP) mosquitto
 	fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache var
+	rm -rf $(VENV) *.egg-info .pytest_cache var dist build

@@ -5,7 +5,7 @@ Run from the project root:
     .venv/bin/python bench/decide.py [--employees N] [--visitors N] [--calls N] [--seconds S]
                                      [--concurrency 1,10,50] [--seed N] [--quick] [--json PATH]
 
-The site is the demo site (``firmware-config/sites/demo``: its areas, doors,
+The site is the demo site (``doorkeep/sites/demo``: its areas, doors,
 schedules and access levels) with a generated population: 100,000 employees
 and contractors (access levels "staff" and "staff"+"lab" mixed, some escorts
 and responders, a few suspended, expired, lost and revoked cards) and 10,000
@@ -83,7 +83,7 @@ from server.store import Store
 from simulators.brokers import MosquittoBroker, subscribed_client
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = ROOT / "firmware-config" / "sites" / "demo"
+DEMO_DIR = ROOT / "doorkeep" / "sites" / "demo"
 
 TARGET_DECIDE_US = 50.0           # issue 3: the pure function under 50 µs per decision at this size
 WARMUP_CALLS = 5_000

@@ -14,7 +14,7 @@ from pathlib import Path
 from doorkeep.config import SiteBundle, load_site_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = ROOT / "firmware-config" / "sites" / "demo"
+DEMO_DIR = ROOT / "doorkeep" / "sites" / "demo"
 
 #: Cards of the demo's staff (access level "staff": lobby and outside, always), granted at every generated door.
 STAFF_CARDS = ("0F00A1B2C3", "0F00B0B0B0", "0F00C4C4C4")

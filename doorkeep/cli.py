@@ -1,6 +1,8 @@
 """The ``doorkeep`` command's face: parses arguments and hands each
 subcommand to the CLI module of its part, imported only when it runs, so the
-core never depends on paho, OpenCV or gpiozero.
+core never depends on paho, OpenCV or gpiozero, and a Pi installed with only
+the ``[edge]`` extra runs its commands without the server's web stack. A
+command whose part's extra is not installed says which one to install.
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ HANDLERS = {
     "site rollback": "server.cli:site_rollback",
     "site diff": "server.cli:site_diff",
 }
+
+
+#: the extra (pyproject.toml) a part's commands need, by the top-level package of their handler; the core's
+#: own commands (``doorkeep.cli``, ``doorkeep.pki_cli``) need none
+EXTRAS = {"edge": "edge", "server": "server", "simulators": "demo"}
+OWN_PACKAGES = ("doorkeep", "edge", "server", "simulators")
+
+
+def missing_extra(target: str, exc: ModuleNotFoundError) -> str | None:
+    """The extra to install when running ``target`` ("module:function") raised ``exc``, or None when ``exc`` is
+    not a missing third-party dependency of a part (a missing doorkeep module is a broken install: let it show)."""
+    missing = (exc.name or "").split(".")[0]
+    if not missing or missing in OWN_PACKAGES:
+        return None
+    return EXTRAS.get(target.split(".")[0])
+
+
+def missing_extra_message(command: str, extra: str, module: str) -> str:
+    """One line: what is missing and how to install it (no registry holds doorkeep: docs/deploy.md)."""
+    return (f"doorkeep {command}: needs the [{extra}] extra (Python module {module!r} is not installed); install "
+            f"doorkeep with it: pip install 'doorkeep-{__version__}-py3-none-any.whl[{extra}]' (the built wheel) "
+            f"or pip install '.[{extra}]' in a checkout (docs/deploy.md)")
 
 
 ALLOW_PLAIN_HELP = ("development only: allow a plain mqtt:// broker (no TLS; logged as a WARNING at start). "
@@ -189,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     site = sub.add_parser("site", help="the site model the server holds: import, export, history, rollback")
     site_sub = site.add_subparsers(dest="action", required=True, metavar="ACTION")
     sim_ = site_sub.add_parser("import", help="apply DIR/site.toml (checked as `config check` does) as the next "
-                                              "site revision; live at the doors within seconds, no restart")
+                                              "site revision and DIR/people.toml as the full list of people; live "
+                                              "at the doors within seconds, no restart")
     sim_.add_argument("dir", type=Path, metavar="DIR")
-    sex_ = site_sub.add_parser("export", help="write the live site revision to DIR/site.toml")
+    sex_ = site_sub.add_parser("export", help="write the live site revision to DIR/site.toml and the people to "
+                                              "DIR/people.toml (cards and PINs as keyed hashes)")
     sex_.add_argument("dir", type=Path, metavar="DIR")
     shi = site_sub.add_parser("history", help="the site revisions, newest first: number, when, who, what")
     shi.add_argument("--limit", type=int, default=50, help="how many (default 50)")
@@ -310,13 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from doorkeep.config import check
+    from doorkeep.config import check, site_source
 
     errors = check(args.path)
     for e in errors:
         print(e)
     if not errors:
         print("ok")
+        source = site_source(args.path)  # a device file: its site file, or the server's signed policy
+        if source is not None:
+            print(source)
     return 1 if errors else 0
 
 
@@ -372,12 +401,20 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
-        module, func = HANDLERS[name].split(":")
-        handler = getattr(importlib.import_module(module), func)
+        target = HANDLERS[name]
+        module, func = target.split(":")
         try:
+            handler = getattr(importlib.import_module(module), func)
             return int(handler(args) or 0)
         except KeyboardInterrupt:
             return 130
+        except ModuleNotFoundError as exc:
+            # the part's extra is not installed (e.g. `doorkeep desk` on a Pi with only [edge]): one line, exit 2
+            extra = missing_extra(target, exc)
+            if extra is None:
+                raise
+            print(missing_extra_message(name, extra, exc.name or "?"), file=sys.stderr)
+            return 2
     finally:
         os.umask(previous)
 

@@ -46,6 +46,7 @@ from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, DeviceConfig, SiteBundle, load_site_dir
 from doorkeep.envelope import SnapshotKeys
 from doorkeep.pki import revoke
+from doorkeep.sites import DEMO_SITE
 from edge.agent import EdgeAgent
 from edge.osdp.cards import WIEGAND_FORMATS
 from edge.osdp.keys import KeyFileError, load_scbk, write_scbk
@@ -61,8 +62,6 @@ from simulators.wait import wait_until
 from simulators.wiegand import WiegandSimulator
 
 log = logging.getLogger("doorkeep.sim")
-
-DEMO_SITE = Path(__file__).resolve().parent.parent / "firmware-config" / "sites" / "demo"
 
 
 class SiteRunnerError(RuntimeError):

@@ -23,6 +23,7 @@ import pytest
 
 from doorkeep.config import load_site_dir
 from doorkeep.pki import OPERATOR, SERVER
+from doorkeep.sites import DEMO_SITE
 from simulators.brokers import OBSERVER, MosquittoBroker
 from simulators.wait import wait_until  # noqa: F401  (re-exported for the tests)
 
@@ -35,7 +36,8 @@ TEST_DEVICES = {"demo": ["pi-annex"], "t": ["d"]}
 def session_sites() -> dict[str, list[str]]:
     """The sites the session broker serves, each with the device ids its ACL confines to their subtrees."""
     sites: dict[str, list[str]] = {}
-    for site_dir in sorted(p for p in SITES_DIR.iterdir() if (p / "site.toml").is_file()):
+    shipped = [DEMO_SITE, *(p for p in SITES_DIR.iterdir() if (p / "site.toml").is_file())]
+    for site_dir in sorted(shipped):
         bundle = load_site_dir(site_dir)
         sites[bundle.site.id] = sorted(bundle.devices)
     for site_id, devices in TEST_DEVICES.items():

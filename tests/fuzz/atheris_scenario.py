@@ -17,7 +17,6 @@ with atheris.instrument_imports():
 from tests.fuzz.guard import only_raises
 from tests.fuzz.harness import ROOT, run
 
-SITES = ROOT / "firmware-config" / "sites"
 WORK = Path(tempfile.mkdtemp(prefix="doorkeep-atheris-")) / "scenario.yaml"
 MAX_MESSAGE = 1_000_000
 
@@ -33,7 +32,7 @@ def test_one(data: bytes) -> None:
         load_scenario(WORK)
 
 
-SEEDS = [p.read_bytes().replace(b"../../firmware-config/sites/", f"{SITES}/".encode())
+SEEDS = [p.read_bytes().replace(b"site: ../../", f"site: {ROOT}/".encode())
          for p in sorted((ROOT / "simulators" / "scenarios").glob("*.yaml"))]
 
 if __name__ == "__main__":

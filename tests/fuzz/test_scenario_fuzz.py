@@ -12,15 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simulators.scenario import ScenarioErrors, load_scenario
-from simulators.site import DEMO_SITE
 from tests.fuzz.conftest import fuzz
 from tests.fuzz.guard import only_raises
 from tests.fuzz.strategies import Raw, hostile_values, mutated_lines, mutated_tree
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "simulators" / "scenarios"
-SITES = DEMO_SITE.parent
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "simulators" / "scenarios"
 # The shipped scenarios name their site relative to their own folder; the mutants live in a temporary one.
-TEXT = {p.name: p.read_text(encoding="utf-8").replace("../../firmware-config/sites/", f"{SITES}/")
+TEXT = {p.name: p.read_text(encoding="utf-8").replace("site: ../../", f"site: {ROOT}/")
         for p in sorted(SCENARIOS.glob("*.yaml"))}
 TREES = {name: yaml.safe_load(text) for name, text in TEXT.items()}
 names = st.sampled_from(sorted(TEXT))

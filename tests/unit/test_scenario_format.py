@@ -306,7 +306,7 @@ def test_a_visitor_host_must_be_an_employee_or_contractor(tmp_path: Path) -> Non
 # ------------------------------------------- intrusion signals: reader Secure Channel, refused certificates
 
 READERS = ROOT / "firmware-config" / "sites" / "readers"
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 
 
 def test_injected_clear_naks_and_wrong_key_handshakes_load_with_a_bounded_count(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from doorkeep.clock import SystemClock
 from doorkeep.config import _load_device, check
+from doorkeep.sites import DEMO_SITE
 from edge.framing import CardRead, FrameFault
 from edge.osdp.cards import bits_of, encode_wiegand
 from edge.wiegand import KeyPress, WiegandFramer, WiegandReader, decode_bits
@@ -129,8 +130,7 @@ def test_keypad_digits_become_a_pin_read_on_enter_and_star_clears() -> None:
 
 
 def _device(tmp_path: Path, reader: str, extra: str = "") -> Path:
-    (tmp_path / "site.toml").write_text((Path(__file__).resolve().parents[2] / "firmware-config" / "sites" /
-                                         "demo" / "site.toml").read_text())
+    (tmp_path / "site.toml").write_text((DEMO_SITE / "site.toml").read_text())
     dev = tmp_path / "devices" / "pi.toml"
     dev.parent.mkdir()
     dev.write_text(f'device = "pi-lobby"\nsite = "demo"\ngpio_factory = "mock"\n'
