@@ -459,10 +459,16 @@ class CommandResult:
 
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],
-                  cameras: dict[str, Any], ts: str, *, outbox: dict[str, int] | None = None) -> bytes:
-    """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog)."""
+                  cameras: dict[str, Any], ts: str, *, outbox: dict[str, int] | None = None,
+                  policy: dict[str, Any] | None = None) -> bytes:
+    """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog).
+
+    ``policy``: the signed policy the edge holds, ``{"status", "version"}`` (docs/mqtt.md): an added key, so
+    a server that does not know it ignores it."""
     body = {"schema": "doorkeep.state/1", "device": device, "versions": {"doorkeep": version},
             "doors": doors, "readers": readers, "cameras": cameras, "ts": ts}
     if outbox is not None:
         body["outbox"] = outbox
+    if policy is not None:
+        body["policy"] = policy
     return _dump(body)

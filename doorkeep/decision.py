@@ -79,6 +79,7 @@ class Reason(str, Enum):
     OFFLINE_RESTRICTED = "offline_restricted"
     SERVER_TIMEOUT = "server_timeout"
     UNKNOWN_DOOR = "unknown_door"
+    NO_POLICY = "no_policy"  # the edge, never decide(): no site file and no signed policy held yet
 
     @property
     def granted(self) -> bool:

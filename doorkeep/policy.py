@@ -23,7 +23,7 @@ Three parts, each usable alone:
 * **The envelope** (``sign_policy`` / ``verify_policy``)::
 
       {"schema": "doorkeep.policy/1",
-       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy[, snapshot_key]}>",
+       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy[, snapshot_key][, reader_signals]}>",
        "signature": "<base64 Ed25519 signature over the UTF-8 bytes of signed>"}
 
   The signature covers the exact bytes of ``signed``, so checking it needs no
@@ -33,6 +33,13 @@ Three parts, each usable alone:
   broker re-delivering the retained message). The publisher must therefore
   never sign different content under one version. There is deliberately no
   age limit: a retained policy is legitimately as old as the last change.
+
+  Compatibility: the body and the site codec refuse keys they do not know,
+  so an edge refuses a policy carrying a field newer than itself. A field
+  added later is therefore optional and left out whenever it says nothing
+  an older edge would miss: ``reader_signals`` is signed only when the site
+  changed those thresholds from their defaults (:class:`ReaderSignals`),
+  so older edges keep taking the policies of every other site.
 
 The key-file helpers at the end are the only file I/O in this module.
 """
@@ -74,8 +81,9 @@ SCHEMA = "doorkeep.policy/1"
 SIGNATURE_BYTES = 64
 ENVELOPE_FIELDS = frozenset({"schema", "signed", "signature"})
 BODY_FIELDS = frozenset({"site", "device", "version", "issued_at", "nonce", "policy"})
-#: body fields a policy may carry; ``snapshot_key``: the server's X25519 key edges seal snapshots to
-OPTIONAL_BODY_FIELDS = frozenset({"snapshot_key"})
+#: body fields a policy may carry; ``snapshot_key``: the server's X25519 key edges seal snapshots to;
+#: ``reader_signals``: the site's thresholds for the edge's ``reader_security`` reports (:class:`ReaderSignals`)
+OPTIONAL_BODY_FIELDS = frozenset({"snapshot_key", "reader_signals"})
 #: people holding one of these roles may matter at any door (escorts, responders in a lockdown)
 ALWAYS_INCLUDED_ROLES = frozenset({"escort", "responder"})
 INIT_SIGNING_FIX = "doorkeep key init-signing PATH"
@@ -759,6 +767,30 @@ def compile_policy(site: Site, doors: Iterable[str]) -> Site:
 
 
 @dataclass(frozen=True)
+class ReaderSignals:
+    """The edge's share of the site's ``[intrusion]`` settings: how many failed Secure Channel handshakes, or
+    clear NAKs from a reader that must use Secure Channel, within ``window_s`` make one ``reader_security``
+    report from its OSDP readers (edge/osdp/cp.py).
+
+    It travels in the signed policy (body field ``reader_signals``), so an edge without a site file applies
+    the site's thresholds too; only when they differ from these defaults (see the module docstring)."""
+
+    handshake_failures: int = 3
+    clear_naks: int = 4
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.handshake_failures, bool) or not isinstance(self.handshake_failures, int) \
+                or self.handshake_failures < 1:
+            raise ValueError(f"handshake_failures must be a whole number of at least 1, got {self.handshake_failures!r}")
+        if isinstance(self.clear_naks, bool) or not isinstance(self.clear_naks, int) or self.clear_naks < 1:
+            raise ValueError(f"clear_naks must be a whole number of at least 1, got {self.clear_naks!r}")
+        if not isinstance(self.window_s, (int, float)) or isinstance(self.window_s, bool) \
+                or not 0 < self.window_s <= 86400 or not math.isfinite(self.window_s):
+            raise ValueError(f"window_s must be more than 0 and at most 86400 seconds, got {self.window_s!r}")
+
+
+@dataclass(frozen=True)
 class VerifiedPolicy:
     """A policy whose signature, site, device and version have been checked."""
 
@@ -767,6 +799,7 @@ class VerifiedPolicy:
     issued_at: float  # UTC epoch seconds (millisecond precision)
     nonce: str
     snapshot_key: SnapshotRecipient | None = None  # None: this edge cannot seal snapshots, so it keeps none
+    reader_signals: ReaderSignals | None = None  # None: not carried (the defaults, or a server older than it)
 
 
 def _iso_ms(epoch: float) -> str:
@@ -778,10 +811,12 @@ def _reject_constant(name: str) -> Any:
 
 
 def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, issued_at: float,
-                key: Ed25519PrivateKey, snapshot_key: SnapshotRecipient | None = None) -> bytes:
+                key: Ed25519PrivateKey, snapshot_key: SnapshotRecipient | None = None,
+                reader_signals: ReaderSignals | None = None) -> bytes:
     """The signed envelope (UTF-8 JSON bytes) carrying ``site_subset`` for ``device``.
 
     ``snapshot_key``: the server's snapshot public key, so the edge can seal snapshots (doorkeep.envelope).
+    ``reader_signals``: the site's reader thresholds; signed only when they differ from the defaults.
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise PolicyError(f"version must be a non-negative integer, got {version!r}")
@@ -802,6 +837,8 @@ def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, i
         }
         if snapshot_key is not None:
             body["snapshot_key"] = snapshot_key.to_policy()
+        if reader_signals is not None and reader_signals != ReaderSignals():
+            body["reader_signals"] = encode_value(reader_signals, ReaderSignals, root="reader_signals")
         signed = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         del body
     raw = signed.encode("utf-8")
@@ -907,11 +944,14 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     nonce = body["nonce"]
     if not isinstance(nonce, str) or not _NONCE.match(nonce):
         raise PolicyError(f"policy nonce must be 16-128 lowercase hex digits, got {nonce!r}")
+    reader_signals = None
+    if "reader_signals" in body:
+        reader_signals = decode_value(body["reader_signals"], ReaderSignals, root="policy reader_signals")
     site = site_from_dict(body["policy"], root="policy")
     if site.id != site_id:
         raise PolicyError(f"policy.id is {site.id!r}, but the envelope is for site {site_id!r}")
     return VerifiedPolicy(site=site, version=version, issued_at=stamp.timestamp(), nonce=nonce,
-                          snapshot_key=snapshot_key)
+                          snapshot_key=snapshot_key, reader_signals=reader_signals)
 
 
 # ================================================================= key files

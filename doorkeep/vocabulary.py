@@ -200,6 +200,7 @@ _REASON_LABELS: dict[Reason, str] = {
     Reason.OFFLINE_RESTRICTED: "Refused offline (server unreachable)",
     Reason.SERVER_TIMEOUT: "No answer from the server in time",
     Reason.UNKNOWN_DOOR: "Unknown door",
+    Reason.NO_POLICY: "Door waiting for its first policy",
 }
 _unlabelled = [r.value for r in Reason if r not in _REASON_LABELS]
 if _unlabelled:  # a programming error: the desk would show a raw code

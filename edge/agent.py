@@ -10,6 +10,15 @@ Fail safe: a relay is energised only by a grant or REX from the door state
 machine; a timeout, a malformed decision or a crash leaves it de-energised,
 and stop() (also on SIGTERM) de-energises every relay before anything else.
 
+Without a site file (a device file with no ``site_file``: the Pi holds only
+its hardware, keys and certificates) every door's name, mode, times, PIN and
+offline rules, the time zone and the decision rules come from the newest
+verified signed policy: the cached one at start, then each one received.
+Until the first is held the edge fails secure: every badge is refused with
+``no_policy`` without asking the server, no grant or command releases a
+lock, and REX still opens the door from inside as it always does (egress);
+the retained state says ``waiting_for_first_policy``.
+
 Signed commands (unlock, lock, lockdown, sync; doorkeep/commands.py) reach
 the same control thread: verified with the policy key, their nonce written
 to ``state_dir/command-nonces.json`` before they act, and a refused one is
@@ -52,10 +61,10 @@ from doorkeep.decision import (
 )
 from doorkeep.errors import MessageError
 from doorkeep.model import Door, DoorMode, OfflineMode, Site
-from doorkeep.policy import PolicyError
+from doorkeep.policy import PolicyError, ReaderSignals
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
-from edge.errors import HardwareError
+from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
@@ -110,7 +119,7 @@ class _AwaitingPin:
 
 @dataclass
 class _DoorRuntime:
-    door: Door
+    id: str  # the door's settings (Door) come from _door(): the signed policy's, else the site file's
     hw: DoorHardware
     machine: DoorMachine
     relay: LockRelay
@@ -127,17 +136,26 @@ class _DoorRuntime:
 
 
 class EdgeAgent:
-    def __init__(self, device: DeviceConfig, site: Site, key: bytes, *, clock: Clock | None = None,
+    def __init__(self, device: DeviceConfig, site: Site | None, key: bytes, *, clock: Clock | None = None,
                  pin_factory: Any = None, policy_key: Ed25519PublicKey | None = None,
                  state_dir: Path | None = None, intrusion: IntrusionSettings | None = None) -> None:
-        """``policy_key`` verifies the server's signed policy; without it (or ``state_dir``) the edge
-        keeps no offline cache and denies whenever the server does not answer. ``intrusion``: the site's
-        ``[intrusion]`` thresholds for the readers' ``reader_security`` reports (defaults without it)."""
+        """``site``: the site file's model, or None when the device has no site file; then every door's
+        settings come from the signed policy only, and ``policy_key`` is required (EdgeError without it).
+        ``policy_key`` verifies the server's signed policy; without it (or, with a site file, without
+        ``state_dir``) the edge keeps no offline cache and denies whenever the server does not answer; without
+        a site file and ``state_dir`` the policy is held in a temporary directory, so a restart waits for the
+        broker's retained copy. ``intrusion``: the site file's ``[intrusion]`` thresholds for the readers'
+        ``reader_security`` reports (defaults without it); a policy that carries them wins."""
+        if site is None and policy_key is None:
+            raise EdgeError(f"{device.file}: no site_file and no policy_key_file: the doors' settings come only "
+                            "from the server's signed policy, and nothing here could verify one (fix: set "
+                            "policy_key_file to the server's policy-signing.pub, or name the site file)")
         self.device = device
         self.site = site
+        self.site_id = site.id if site is not None else device.site
         self.key = key
         self.clock = clock or SystemClock()
-        self.topics = Topics(site.id)
+        self.topics = Topics(self.site_id)
         self.counters: Counter[str] = Counter()
         self.listeners: list[EventListener] = []
         self.server_availability = "unknown"
@@ -158,25 +176,39 @@ class EdgeAgent:
             for cid, c in device.cameras.items()
         }
         self.doors: dict[str, _DoorRuntime] = {}
+        # Without a state_dir, the outbox (and without a site file, the policy) live in a temporary directory.
+        self._outbox_tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._outbox_tmp = tempfile.TemporaryDirectory(prefix=f"doorkeep-outbox-{device.id}-")
+        self.policy: PolicyCache | None = None
+        policy_dir = state_dir
+        if policy_dir is None and site is None and self._outbox_tmp is not None:
+            policy_dir = Path(self._outbox_tmp.name)  # the policy is all it has: kept, if only until a restart
+        if policy_key is not None and policy_dir is not None:
+            policy_dir.mkdir(parents=True, exist_ok=True)
+            self.policy = PolicyCache(policy_dir / "policy.json", policy_key, site_id=self.site_id, device=device.id)
+            self.policy.load()
+        # The readers' reader_security thresholds: the cached policy's if it carries them, else the site file's.
+        self._site_signals = intrusion.reader_signals() if intrusion is not None else ReaderSignals()
+        self._signals = self._reader_signals()
         # OSDP readers share one bus (thread, port) per URL; cards, tamper and security faults come back here.
         self._osdp = build_buses(device.doors, self._on_card, clock=self.clock,
                                  on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
                                  on_security=lambda d, cause, detail: self._q.put(("reader_security", d, cause,
                                                                                    detail)),
-                                 **reader_signal_settings(intrusion or IntrusionSettings()))
+                                 **reader_signal_settings(self._signals))
         for did, hw in device.doors.items():
-            self.doors[did] = self._build_door(site.doors[did], hw)
+            self.doors[did] = self._build_door(did, hw)
         self.local_state = DecisionState()
         self._healthy: dict[str, bool] = {}
         self._io_errors: dict[str, int] = {}
         self._started_at = self.clock.monotonic()
         self._health_at = float("-inf")
-        self.policy: PolicyCache | None = None
-        if policy_key is not None and state_dir is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self.policy = PolicyCache(state_dir / "policy.json", policy_key, site_id=site.id, device=device.id)
-            self.policy.load()
+        self._uncovered: set[str] = set()  # doors of this device the policy held does not name (logged once)
+        if self.policy is not None:
             self._sync_timings()  # the cached policy's door times, from the first badge on
+        if site is None:
+            self._say_where_the_site_comes_from()
         # Signed commands: verified with the policy key; accepted nonces persisted so a restart reopens no replay.
         self._policy_key = policy_key
         self._cmd_lockdowns: set[str] = set()  # scopes locked down by command, until lifted by command
@@ -184,9 +216,8 @@ class EdgeAgent:
         self._nonce_file = state_dir / COMMAND_NONCES_FILE if state_dir is not None else None
         self._load_nonces()
         # Events and snapshots go to the outbox first (numbered there: seq survives restarts); the link pumps it.
-        self._outbox_tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
-            self._outbox_tmp = tempfile.TemporaryDirectory(prefix=f"doorkeep-outbox-{device.id}-")
+            assert self._outbox_tmp is not None
             outbox_dir = Path(self._outbox_tmp.name)
             log.warning("%s has no state_dir: events and snapshots wait in %s and are NOT durable "
                         "(an edge restart during an outage loses them, and seq starts again at 1)",
@@ -196,15 +227,19 @@ class EdgeAgent:
         # Rows whose MAC fails on drain are never sent; the control loop reports them as outbox_tampered.
         self.outbox = Outbox(outbox_dir / "outbox.db", max_bytes=device.outbox_max_mb * MB, clock=self.clock,
                              on_tampered=lambda rows: self._q.put(("outbox_tampered", rows)))
-        self.link = Link(site.id, device.id, device.broker, on_decision=self._on_decision_payload,
+        self.link = Link(self.site_id, device.id, device.broker, on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
                          on_policy=self._on_policy if self.policy is not None else None,
                          on_command=self._on_command_payload,
                          outbox=self.outbox, heartbeat_s=device.heartbeat_s)
 
-    def _build_door(self, door: Door, hw: DoorHardware) -> _DoorRuntime:
-        timings = DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s, prealarm_s=door.prealarm_s)
-        machine = DoorMachine(door.id, timings, self.clock)
+    def _build_door(self, did: str, hw: DoorHardware) -> _DoorRuntime:
+        # The site file's times, replaced by the signed policy's (_sync_timings). Without either, the machine's
+        # defaults serve REX alone: no badge is granted before a policy.
+        door = self.site.doors[did] if self.site is not None else None
+        timings = DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s, prealarm_s=door.prealarm_s) \
+            if door is not None else DoorTimings()
+        machine = DoorMachine(did, timings, self.clock)
         relay = LockRelay(hw.lock.pin, active_high=hw.lock.active_high, factory=self._factory)
         sounder = Sounder(hw.sounder.pin, active_high=hw.sounder.active_high, factory=self._factory) \
             if hw.sounder is not None else None
@@ -214,28 +249,28 @@ class EdgeAgent:
                 contact_pin=hw.contact.pin if hw.contact else None,
                 rex_pin=hw.rex.pin if hw.rex else None,
                 factory=self._factory,
-                on_contact=lambda is_open, d=door.id: self._q.put(("contact", d, is_open)),
-                on_rex=lambda d=door.id: self._q.put(("rex", d)),
+                on_contact=lambda is_open, d=did: self._q.put(("contact", d, is_open)),
+                on_rex=lambda d=did: self._q.put(("rex", d)),
                 contact_open_level=hw.contact.open_level if hw.contact else "high",
                 rex_active_low=hw.rex.active_low if hw.rex else True,
                 tamper_pin=hw.tamper.pin if hw.tamper else None,
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
-                on_tamper=(lambda active, d=door.id: self._q.put(("tamper", d, active))) if hw.tamper else None,
+                on_tamper=(lambda active, d=did: self._q.put(("tamper", d, active))) if hw.tamper else None,
             )
         reader: SerialReader | OsdpReader | WiegandReader
-        if door.id in self._osdp:
-            reader = self._osdp[door.id]
+        if did in self._osdp:
+            reader = self._osdp[did]
         elif hw.reader.protocol == "wiegand" and hw.reader.d0_pin is not None and hw.reader.d1_pin is not None:
             # D0/D1 on this agent's own pin factory (two agents in one process never share mock pins).
-            reader = WiegandReader(door.id, hw.reader.d0_pin, hw.reader.d1_pin, self._on_card, factory=self._factory,
+            reader = WiegandReader(did, hw.reader.d0_pin, hw.reader.d1_pin, self._on_card, factory=self._factory,
                                    clock=self.clock, frame_timeout_s=hw.reader.frame_timeout_ms / 1000.0,
                                    repeat_ignore_s=hw.reader.repeat_ignore_s)
         else:
-            reader = SerialReader(door.id, hw.reader.url, hw.reader.protocol, self._on_card,
+            reader = SerialReader(did, hw.reader.url, hw.reader.protocol, self._on_card,
                                   baudrate=hw.reader.baudrate, clock=self.clock,
                                   repeat_ignore_s=hw.reader.repeat_ignore_s)
         camera = self.cameras.get(hw.camera) if hw.camera else None
-        return _DoorRuntime(door, hw, machine, relay, inputs, reader, camera, sounder)
+        return _DoorRuntime(did, hw, machine, relay, inputs, reader, camera, sounder)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -247,19 +282,19 @@ class EdgeAgent:
         self._policy_thread.start()
         for rt in self.doors.values():
             if rt.inputs is not None and rt.inputs.contact_open:
-                self._q.put(("contact", rt.door.id, True))
+                self._q.put(("contact", rt.id, True))
             if rt.inputs is not None and rt.inputs.tampered:
-                self._q.put(("tamper", rt.door.id, True))  # an open cover or a cut loop at boot is reported
+                self._q.put(("tamper", rt.id, True))  # an open cover or a cut loop at boot is reported
             try:
                 rt.reader.start()
                 # Known good from here: a loss right after start is a loss, not a reader still booting.
                 # (An OSDP reader is good only once its handshake is done: it gets the start-up grace.)
                 if not isinstance(rt.reader, OsdpReader):
-                    self._healthy.setdefault(f"reader:{rt.door.id}", True)
+                    self._healthy.setdefault(f"reader:{rt.id}", True)
             except HardwareError as exc:
                 # One dead reader must not take the other doors down; the state shows it offline.
                 self.counters["reader_start_failures"] += 1
-                log.error("door %s: %s", rt.door.id, exc)
+                log.error("door %s: %s", rt.id, exc)
         self.link.start()
 
     def stop(self) -> None:
@@ -312,13 +347,13 @@ class EdgeAgent:
                 rt.relay.set(False)
                 rt.relay_on = False
             except Exception:
-                log.exception("door %s: could not de-energise the relay", rt.door.id)
+                log.exception("door %s: could not de-energise the relay", rt.id)
             if rt.sounder is not None:
                 try:
                     rt.sounder.set(False)
                     rt.sounder_on = False
                 except Exception:
-                    log.exception("door %s: could not silence the sounder", rt.door.id)
+                    log.exception("door %s: could not silence the sounder", rt.id)
 
     # --------------------------------------------------------- entry points
 
@@ -355,10 +390,13 @@ class EdgeAgent:
 
     def _verify_policy(self, payload: bytes) -> None:
         assert self.policy is not None
+        first = self.policy.current is None
         try:
             if self.policy.offer(payload):
                 self.counters["policies"] += 1
                 log.info("policy version %s verified and cached", self.policy.version)
+                if first and self.site is None:
+                    log.info("%s: first signed policy held; its doors now follow it (no site_file)", self.device.id)
                 self._q.put(("policy",))
         except PolicyError as exc:
             # Unsigned, badly signed, foreign or replayed: refused and recorded, the cache keeps what it had.
@@ -420,6 +458,8 @@ class EdgeAgent:
         elif kind == "policy":
             self._sync_lockdowns()
             self._sync_timings()
+            self._sync_reader_signals()
+            self.link.publish_state()  # the version held (and no longer waiting_for_first_policy)
         elif kind == "command":
             self._command(item[1])
         elif kind == "reader_security":
@@ -436,16 +476,58 @@ class EdgeAgent:
         if site is None:
             return
         for rt in self.doors.values():
-            door = site.doors.get(rt.door.id)
+            door = site.doors.get(rt.id)
             if door is None:
+                if self.site is None and rt.id not in self._uncovered:
+                    self._uncovered.add(rt.id)
+                    log.error("door %s is in %s but not in the signed policy version %s for %s: its badges are "
+                              "refused (unknown_door) until the server's site puts this door on this device",
+                              rt.id, self.device.file, self.policy.version if self.policy else None,
+                              self.device.id)
                 continue
+            self._uncovered.discard(rt.id)
             now = rt.machine.timings
             new = dataclasses.replace(now, unlock_s=door.unlock_s, held_open_s=door.held_open_s,
                                       prealarm_s=door.prealarm_s)
             if new != now:
                 rt.machine.timings = new
-                log.info("door %s: unlock %.1f s, held open %.1f s, pre-alarm %.1f s (signed policy)", rt.door.id,
+                log.info("door %s: unlock %.1f s, held open %.1f s, pre-alarm %.1f s (signed policy)", rt.id,
                          new.unlock_s, new.held_open_s, new.prealarm_s)
+
+    def _reader_signals(self) -> ReaderSignals:
+        """The readers' ``reader_security`` thresholds: the held policy's when it carries them, else the site
+        file's ``[intrusion]`` (defaults without a site file; a policy leaves them out when they are the
+        defaults)."""
+        current = self.policy.current if self.policy is not None else None
+        if current is not None and current.reader_signals is not None:
+            return current.reader_signals
+        return self._site_signals
+
+    def _sync_reader_signals(self) -> None:
+        """A policy may bring other reader thresholds (a site revision changed ``[intrusion]``): apply them."""
+        signals = self._reader_signals()
+        if signals == self._signals:
+            return
+        self._signals = signals
+        settings = reader_signal_settings(signals)
+        for bus in {id(r.bus): r.bus for r in self._osdp.values()}.values():
+            bus.configure_signals(settings["signal_window_s"], settings["signal_thresholds"])
+        log.info("reader_security thresholds: %d failed handshakes or %d clear NAKs within %g s (signed policy)",
+                 signals.handshake_failures, signals.clear_naks, signals.window_s)
+
+    def _say_where_the_site_comes_from(self) -> None:
+        """Without a site file, say once at start what this edge runs on, or what it waits for."""
+        held = self.policy.current if self.policy is not None else None
+        if held is not None:
+            log.info("%s has no site_file: its doors follow the cached signed policy version %d until the "
+                     "server sends a newer one", self.device.id, held.version)
+            return
+        log.warning("%s has no site_file and holds no signed policy yet: every door stays locked (REX still "
+                    "opens) and every badge is refused (no_policy) until the server's policy for %s arrives on "
+                    "%s, verified with %s%s", self.device.id, self.device.id, self.topics.policy(self.device.id),
+                    self.device.policy_key_file or "the policy key",
+                    "" if self.device.state_dir is not None else
+                    " (no state_dir: it is kept in memory only, so every restart waits for it again)")
 
     def _sync_lockdowns(self) -> None:
         """Lockdowns travel in the signed policy, so they hold when this edge decides alone; a signed
@@ -458,10 +540,12 @@ class EdgeAgent:
 
     def _door_modes(self) -> None:
         """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow."""
-        site = (self.policy.site if self.policy is not None else None) or self.site
+        site = self._site()
+        if site is None:
+            return  # no policy yet, no site file: no door is held open
         wall = self.clock.wall()
         for rt in self.doors.values():
-            door = site.doors.get(rt.door.id)
+            door = site.doors.get(rt.id)
             if door is None or door.mode is DoorMode.NORMAL:
                 continue
             want = door_unlocked_now(door.id, site, self.local_state, wall)
@@ -476,7 +560,7 @@ class EdgeAgent:
         booting = now - self._started_at < HEALTH_GRACE_S
         for rt in self.doors.values():
             stats = rt.reader.stats
-            key = f"reader:{rt.door.id}"
+            key = f"reader:{rt.id}"
             lost = stats.io_errors > self._io_errors.get(key, 0)
             self._io_errors[key] = stats.io_errors
             if lost and self._healthy.get(key):
@@ -509,9 +593,9 @@ class EdgeAgent:
         self._healthy[key] = online
         kind = f"{what}_{'online' if online else 'offline'}"
         self.counters[kind] += 1
-        (log.info if online else log.warning)("door %s: %s %s", rt.door.id, what, "back online" if online else "offline")
+        (log.info if online else log.warning)("door %s: %s %s", rt.id, what, "back online" if online else "offline")
         ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
-                      door=rt.door.id, type=kind, detail=detail)
+                      door=rt.id, type=kind, detail=detail)
         self._publish_event(ev)
         self.link.publish_state()
 
@@ -525,14 +609,15 @@ class EdgeAgent:
         for tx in [tx for tx, p in self._pending.items() if p.deadline <= now]:
             p = self._pending.pop(tx)
             self.counters["timeouts"] += 1
-            log.warning("door %s: no decision within %d ms; deciding locally", p.door,
-                        self.site.doors[p.door].decision_timeout_ms)
+            settings = self._door(p.door)
+            log.warning("door %s: no decision within %s ms; deciding locally", p.door,
+                        settings.decision_timeout_ms if settings is not None else "?")
             self._decide_locally(p)
         for rt in self.doors.values():
             if rt.awaiting_pin is not None and rt.awaiting_pin.deadline <= now:
                 waiting, rt.awaiting_pin = rt.awaiting_pin, None
                 self.counters["pin_timeouts"] += 1
-                self._request(rt.door.id, waiting.card, waiting.t_read, None)
+                self._request(rt.id, waiting.card, waiting.t_read, None)
         for rt in self.doors.values():
             deadline = rt.machine.next_deadline()
             if deadline is not None and deadline <= now:
@@ -545,6 +630,9 @@ class EdgeAgent:
         rt = self.doors[door]
         is_pin = card.format in ("ascii", "keypad") and card.number.startswith(PIN_PREFIX) \
             and card.number[1:].isdigit()
+        if self._door(door) is None and not is_pin:
+            self._refuse_unsettled(door, card, t_read)
+            return
         if is_pin:
             waiting, rt.awaiting_pin = rt.awaiting_pin, None
             if waiting is None:
@@ -552,15 +640,32 @@ class EdgeAgent:
                 log.info("door %s: PIN typed without a card first; ignored", door)
                 return
             self._request(door, waiting.card, t_read, pin_hash(self.key, card.number[1:]))
-        elif self._door(door).pin_required:
+        elif (settings := self._door(door)) is not None and settings.pin_required:
             rt.awaiting_pin = _AwaitingPin(card, t_read, t_read + PIN_ENTRY_S)
         else:
             self._request(door, card, t_read, None)
 
-    def _door(self, door: str) -> Door:
-        """The door's settings: from the signed policy when one is cached, else from the site file."""
+    def _door(self, door: str) -> Door | None:
+        """The door's settings: from the signed policy when one is cached, else from the site file; None
+        without a site file before a policy names the door (its badges are refused, see _refuse_unsettled)."""
         site = self.policy.site if self.policy is not None else None
-        return (site.doors.get(door) if site is not None else None) or self.site.doors[door]
+        found = site.doors.get(door) if site is not None else None
+        if found is None and self.site is not None:
+            found = self.site.doors[door]
+        return found
+
+    def _refuse_unsettled(self, door: str, card: CardRead, t_read: float) -> None:
+        """Fail secure without a site file when nothing says how this door behaves: refused at once, never
+        asked (``no_policy`` before any policy is held, ``unknown_door`` when the one held lacks the door)."""
+        rt = self.doors[door]
+        rt.awaiting_pin = None
+        held = self.policy is not None and self.policy.current is not None
+        reason = Reason.UNKNOWN_DOOR if held else Reason.NO_POLICY
+        self.counters[f"denied_{reason.value}"] += 1
+        p = _Pending(uuid.uuid4().hex, door, uuid.uuid4().hex, card_hash(self.key, card.format, card.number),
+                     last4(card.number), t_read, iso_ms(self.clock.wall()), t_read, None, None, card.format)
+        self._access_event(p, granted=False, reason=reason.value, person=None, decided_by="edge_offline",
+                           t_done=self.clock.monotonic())
 
     def _request(self, door: str, card: CardRead, t_read: float, pin: str | None) -> None:
         rt = self.doors[door]
@@ -572,7 +677,7 @@ class EdgeAgent:
         # The timeout runs from the moment the question is asked (after a PIN, that is later than the card).
         asked = max(t_read, self.clock.monotonic())
         p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
-                     asked + rt.door.decision_timeout_ms / 1000.0, snapshot, pin, card.format)
+                     asked + self._timeout_s(door), snapshot, pin, card.format)
         self.counters["requests"] += 1
         if snapshot is not None and rt.camera is not None:
             self._snap_q.put((rt.camera, t_read, door, event_id))
@@ -584,11 +689,21 @@ class EdgeAgent:
         req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin)
         self.link.publish(self.topics.request(self.device.id, door), req.encode())
 
+    def _timeout_s(self, door: str) -> float:
+        """How long a request waits for the server: the door's ``decision_timeout_ms`` (policy wins)."""
+        settings = self._door(door)
+        return (settings.decision_timeout_ms if settings is not None else Door.decision_timeout_ms) / 1000.0
+
     def _decide_locally(self, p: _Pending) -> None:
         """The same decide() the server runs, on the cached policy and this edge's own state."""
         door = self._door(p.door)
         site = self.policy.site if self.policy is not None else None
         now_mono = self.clock.monotonic()
+        if door is None:  # a newer policy took the door off this device while the request was out
+            self.counters["offline_denied"] += 1
+            self._access_event(p, granted=False, reason=Reason.UNKNOWN_DOOR.value, person=None,
+                               decided_by="edge_offline", t_done=now_mono)
+            return
         if door.offline is OfflineMode.DENY:
             self.counters["offline_denied"] += 1
             self._access_event(p, granted=False, reason=Reason.OFFLINE_RESTRICTED.value, person=None,
@@ -730,7 +845,7 @@ class EdgeAgent:
             except HardwareError:
                 # A broken sounder must not stop the alarm events below from going out.
                 self.counters["sounder_errors"] += 1
-                log.exception("door %s: could not drive the sounder", rt.door.id)
+                log.exception("door %s: could not drive the sounder", rt.id)
         if rt.machine.tampered != rt.last_tampered:
             rt.last_tampered = rt.machine.tampered
             changed = True
@@ -748,9 +863,9 @@ class EdgeAgent:
         snapshot = None
         if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
             snapshot = event_id
-            self._snap_q.put((rt.camera, e.at, rt.door.id, event_id))
+            self._snap_q.put((rt.camera, e.at, rt.id, event_id))
         ev = EventMsg(id=event_id, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
-                      door=rt.door.id, type=e.type, snapshot=snapshot,
+                      door=rt.id, type=e.type, snapshot=snapshot,
                       detail={"detail": e.detail} if e.detail else {})
         self._publish_event(ev)
 
@@ -786,13 +901,14 @@ class EdgeAgent:
             if self._policy_key is None:
                 raise CommandError("bad_signature", "this edge holds no policy public key (policy_key_file) "
                                                     "to verify commands with")
-            cmd = verify_command(payload, self._policy_key, site_id=self.site.id, device=self.device.id,
+            cmd = verify_command(payload, self._policy_key, site_id=self.site_id, device=self.device.id,
                                  now=self.clock.wall(), guard=self.replay_guard)
             if cmd.action in ("unlock", "lock") and cmd.args["door"] not in self.doors:
                 raise CommandError("bad_args", f"door {cmd.args['door']!r} is not on device {self.device.id}",
                                    action=cmd.action, transaction=cmd.transaction)
-            if cmd.action == "lockdown" and cmd.args["scope"] != "site" \
-                    and cmd.args["scope"] not in self._site().areas:
+            site = self._site()  # None before the first policy without a site file: any area is remembered
+            if cmd.action == "lockdown" and cmd.args["scope"] != "site" and site is not None \
+                    and cmd.args["scope"] not in site.areas:
                 raise CommandError("bad_args", f"no area {cmd.args['scope']!r}", action=cmd.action,
                                    transaction=cmd.transaction)
         except CommandError as exc:
@@ -808,18 +924,22 @@ class EdgeAgent:
                  f" ({error})" if error else "")
         self._command_result(cmd.transaction, status, error)
 
-    def _site(self) -> Site:
+    def _site(self) -> Site | None:
+        """The site the doors follow: the signed policy's when one is held, else the site file's (or None)."""
         return (self.policy.site if self.policy is not None else None) or self.site
 
     def _execute(self, cmd: VerifiedCommand) -> tuple[str, str | None]:
         """Carry out a verified command; ``(status, error)`` for its result."""
         if cmd.action == "unlock":
             rt = self.doors[cmd.args["door"]]
-            if self.local_state.locked_down(self._door(rt.door.id).to_area):
+            settings = self._door(rt.id)
+            if settings is None:
+                return "failed", Reason.NO_POLICY.value  # fail secure: nothing says how this door behaves yet
+            if self.local_state.locked_down(settings.to_area):
                 return "failed", "lockdown"
             self._apply(rt, rt.machine.grant())
             self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
-                                         device=self.device.id, door=rt.door.id, type="remote_unlock",
+                                         device=self.device.id, door=rt.id, type="remote_unlock",
                                          transaction=cmd.transaction, detail={"transaction": cmd.transaction}))
             return "ok", None
         if cmd.action == "lock":
@@ -833,13 +953,14 @@ class EdgeAgent:
             (self._cmd_lockdowns.add if active else self._cmd_lockdowns.discard)(scope)
             self._sync_lockdowns()
             for rt in self.doors.values():
-                to_area = self._door(rt.door.id).to_area
-                if scope != "site" and to_area != scope:
+                settings = self._door(rt.id)
+                to_area = settings.to_area if settings is not None else None
+                if scope != "site" and (to_area is None or to_area != scope):
                     continue
-                if active and self.local_state.locked_down(to_area):
+                if active and to_area is not None and self.local_state.locked_down(to_area):
                     self._apply(rt, rt.machine.safe())  # an unlock in force ends now
                 self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
-                                             device=self.device.id, door=rt.door.id, type="lockdown",
+                                             device=self.device.id, door=rt.id, type="lockdown",
                                              transaction=cmd.transaction,
                                              detail={"scope": scope, "active": active,
                                                      "transaction": cmd.transaction}))
@@ -850,6 +971,7 @@ class EdgeAgent:
             self.policy.load()
         self._sync_lockdowns()
         self._sync_timings()
+        self._sync_reader_signals()
         self.link.publish_state()
         self.link.wake()
         return "ok", None
@@ -949,7 +1071,7 @@ class EdgeAgent:
                 if snap is None:
                     self.counters["snapshot_missing"] += 1
                     continue
-                sealed = seal(snap.jpeg, recipient, SnapshotRef(self.site.id, self.device.id, event_id))
+                sealed = seal(snap.jpeg, recipient, SnapshotRef(self.site_id, self.device.id, event_id))
                 if self.outbox.put_snapshot(self.topics.snapshot(self.device.id, door, event_id), sealed):
                     self.counters["snapshots"] += 1
                 else:
@@ -972,4 +1094,12 @@ class EdgeAgent:
                 readers[d].update(secure=s.secure, reason=s.reason)
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
         return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
-                             outbox=self.outbox.stats())
+                             outbox=self.outbox.stats(), policy=self._policy_state())
+
+    def _policy_state(self) -> dict[str, Any]:
+        """The ``policy`` of the retained state: ``held`` (with its version), ``none`` (no policy, the site file
+        decides) or ``waiting_for_first_policy`` (no site file and no policy: every badge refused)."""
+        held = self.policy.current if self.policy is not None else None
+        if held is not None:
+            return {"status": "held", "version": held.version}
+        return {"status": "none" if self.site is not None else "waiting_for_first_policy", "version": None}

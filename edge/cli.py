@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         if policy_key is None:
             log.warning("no policy_key_file in %s: this edge keeps no offline policy and denies "
                         "whenever the server does not answer", device.file)
-        intrusion = load_intrusion_settings(device.site_file)  # the readers' reader_security thresholds
+        # The readers' reader_security thresholds from the site file; without one, the signed policy's.
+        intrusion = load_intrusion_settings(device.site_file) if device.site_file is not None else None
         agent = EdgeAgent(device, site, key, policy_key=policy_key, state_dir=device.state_dir, intrusion=intrusion)
     except (ConfigErrors, ConfigError, EdgeError, PolicyError) as exc:
         print(f"doorkeep edge: {exc}", file=sys.stderr)
@@ -116,7 +117,7 @@ def osdp_install_key(args: argparse.Namespace) -> int:
         return True
 
     try:
-        device, site = load_device(args.device)
+        device, _ = load_device(args.device)  # the hardware part is all this needs
     except (ConfigErrors, ConfigError) as exc:
         print(f"doorkeep osdp install-key: {exc}", file=sys.stderr)
         return 2
@@ -178,7 +179,7 @@ def osdp_install_key(args: argparse.Namespace) -> int:
                       detail={"address": rc.address, "operator": operator, "key_fingerprint": fingerprint})
         outbox = Outbox(device.state_dir / "outbox.db", max_bytes=device.outbox_max_mb * 1024 * 1024, clock=clock)
         try:
-            outbox.put_event(Topics(site.id).event(device.id, args.door),
+            outbox.put_event(Topics(device.site).event(device.id, args.door),
                              lambda n: dataclasses.replace(ev, seq=n).encode())
         finally:
             outbox.close()

@@ -46,7 +46,7 @@ from doorkeep.clock import Clock
 from doorkeep.contract import Topics
 from doorkeep.envelope import SnapshotRecipient
 from doorkeep.model import Site
-from doorkeep.policy import compile_policy, sign_policy
+from doorkeep.policy import ReaderSignals, compile_policy, sign_policy
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.policy")
@@ -86,8 +86,11 @@ def signed_version(payload: bytes, key: Ed25519PrivateKey, *, site_id: str, devi
 
 class PolicyPublisher:
     def __init__(self, site_id: str, device_doors: dict[str, list[str]], key: Ed25519PrivateKey, store: Store,
-                 clock: Clock, snapshot_key: SnapshotRecipient | None = None) -> None:
-        """``snapshot_key`` travels in every policy so edges can seal snapshots; changing it republishes."""
+                 clock: Clock, snapshot_key: SnapshotRecipient | None = None,
+                 reader_signals: ReaderSignals | None = None) -> None:
+        """``snapshot_key`` travels in every policy so edges can seal snapshots; ``reader_signals`` (the site's
+        ``[intrusion]`` reader thresholds) so an edge without a site file applies them too. Changing either
+        republishes; the edges hold them with the rest of their policy."""
         self.topics = Topics(site_id)
         self.site_id = site_id
         self.device_doors = device_doors
@@ -95,7 +98,9 @@ class PolicyPublisher:
         self.store = store
         self.clock = clock
         self.snapshot_key = snapshot_key
+        self.reader_signals = reader_signals
         self._signed_key: dict[str, SnapshotRecipient | None] = {}
+        self._signed_signals: dict[str, ReaderSignals | None] = {}
         self.version = 0
         self.published: dict[str, int] = {}
         self._last: dict[str, tuple[Site, bytes]] = {}
@@ -158,15 +163,19 @@ class PolicyPublisher:
             with self._seen_lock:
                 stale, self._stale = self._stale, set()
             changed = {d: compile_policy(site, doors) for d, doors in self.device_doors.items()}
+            signals = self.reader_signals  # read once: every device of this version gets the same
             changed = {d: sub for d, sub in changed.items() if d not in self._last or self._last[d][0] != sub
-                       or self._signed_key.get(d) != self.snapshot_key or d in stale}
+                       or self._signed_key.get(d) != self.snapshot_key
+                       or self._signed_signals.get(d) != signals or d in stale}
             if changed:
                 self.version = self.next_version()
             for device, subset in changed.items():
                 payload = sign_policy(subset, site_id=self.site_id, device=device, version=self.version,
-                                      issued_at=self.clock.wall(), key=self.key, snapshot_key=self.snapshot_key)
+                                      issued_at=self.clock.wall(), key=self.key, snapshot_key=self.snapshot_key,
+                                      reader_signals=signals)
                 self._last[device] = (subset, payload)
                 self._signed_key[device] = self.snapshot_key
+                self._signed_signals[device] = signals
                 self.published[device] = self.version
             for device in self.device_doors:
                 if device in changed or force:

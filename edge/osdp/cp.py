@@ -223,6 +223,18 @@ class OsdpBus:
         self.cycle_s: float | None = None
         """Duration of the last full poll cycle over every reader (for bench/osdp.py)."""
 
+    def configure_signals(self, signal_window_s: float, signal_thresholds: dict[str, int]) -> None:
+        """New ``reader_security`` thresholds (a signed policy carried the site's): counting starts again
+        under them, as after a restart; from any thread."""
+        with self._lock:
+            thresholds = {**SIGNAL_THRESHOLDS, **signal_thresholds}
+            if (signal_window_s, thresholds) == (self.signal_window_s, self.signal_thresholds):
+                return
+            self.signal_window_s = signal_window_s
+            self.signal_thresholds = thresholds
+            for r in self._readers.values():
+                r.signals.clear()
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -653,9 +665,11 @@ class OsdpBus:
         """Count one security fault; report it through ``on_security`` only when its limiter says so."""
         with self._lock:
             r.stats.faults[cause] = r.stats.faults.get(cause, 0) + 1
-        limiter = r.signals.get(cause)
-        if limiter is None:
-            limiter = r.signals[cause] = SignalLimiter(self.signal_thresholds.get(cause, 1), self.signal_window_s)
+        with self._lock:  # configure_signals() may swap the thresholds from the agent's thread
+            limiter = r.signals.get(cause)
+            if limiter is None:
+                limiter = r.signals[cause] = SignalLimiter(self.signal_thresholds.get(cause, 1),
+                                                           self.signal_window_s)
         counts = limiter.note(self._wire.monotonic())
         if counts is None:
             log.warning("OSDP %s address %d (door %s): security fault %s (%d so far): %s", self.url,
@@ -745,11 +759,15 @@ class OsdpReader:
         self.bus.feedback(self.address, granted)
 
 
-def reader_signal_settings(intrusion: Any) -> dict[str, Any]:
-    """``build_buses``'s signal arguments from the site's ``[intrusion]`` settings (doorkeep.config)."""
-    return {"signal_window_s": intrusion.reader_window_s,
-            "signal_thresholds": {CAUSE_HANDSHAKE_FAILED: intrusion.reader_handshake_failures,
-                                  CAUSE_CLEAR_NAK: intrusion.reader_clear_naks}}
+def reader_signal_settings(signals: Any) -> dict[str, Any]:
+    """``build_buses``'s (and :meth:`OsdpBus.configure_signals`') signal arguments from the site's reader
+    thresholds: a ``doorkeep.policy.ReaderSignals`` (the signed policy's) or the site file's ``[intrusion]``
+    settings (``doorkeep.config.IntrusionSettings``)."""
+    if hasattr(signals, "reader_signals"):
+        signals = signals.reader_signals()
+    return {"signal_window_s": signals.window_s,
+            "signal_thresholds": {CAUSE_HANDSHAKE_FAILED: signals.handshake_failures,
+                                  CAUSE_CLEAR_NAK: signals.clear_naks}}
 
 
 def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | None = None,

@@ -24,7 +24,7 @@ from tests.fuzz.harness import ROOT, run
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()
-SITE = load_site_dir(Path(ROOT) / "firmware-config" / "sites" / "demo").site
+SITE = load_site_dir(Path(ROOT) / "doorkeep" / "sites" / "demo").site
 SIGNED = sign_policy(compile_policy(SITE, ["lobby_in", "lobby_out"]), site_id="demo", device="pi-lobby",
                      version=3, issued_at=1_772_441_700.0, key=KEY)
 

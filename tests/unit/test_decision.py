@@ -28,7 +28,7 @@ from doorkeep.model import (
 from doorkeep.schedule import is_open
 
 KEY = b"k" * 32
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 ALL_DAYS = frozenset(WEEKDAYS)
 WEEKDAYS_ONLY = frozenset(WEEKDAYS[:5])
 

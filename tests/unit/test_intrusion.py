@@ -24,7 +24,7 @@ from server.store import Store
 from tests.unit.test_config import make_site, only
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 HQ = ROOT / "firmware-config" / "sites" / "hq"
 T0 = 1_775_000_000.0  # the events' own time (device clock), epoch s
 _ids = itertools.count(1)

@@ -341,7 +341,7 @@ def test_holds_a_million_events(tmp_path: Path) -> None:
 
 def device_file(tmp_path: Path, extra: str) -> Path:
     site = tmp_path / "demo"
-    shutil.copytree(ROOT / "firmware-config" / "sites" / "demo", site, ignore=shutil.ignore_patterns("keys"))
+    shutil.copytree(ROOT / "doorkeep" / "sites" / "demo", site, ignore=shutil.ignore_patterns("keys"))
     path = site / "devices" / "pi-lobby.toml"
     text = path.read_text()
     path.write_text(text.replace('gpio_factory = "lgpio"\n', f'gpio_factory = "lgpio"\n{extra}\n'))

@@ -52,7 +52,7 @@ from doorkeep.policy import (
     verify_policy,
 )
 
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 ISSUED = 1_767_225_600.123  # 2026-01-01T00:00:00.123Z
 
 

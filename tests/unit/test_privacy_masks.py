@@ -24,7 +24,7 @@ from edge.camera import Camera, PrivacyMask
 from simulators.wait import wait_until
 from tests.unit.test_config import DEVICE, make_site, only
 
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 W, H = 640, 360
 FPS = 10.0
 # A street seen through the glass (top-right rectangle) and a neighbour's window (a slanted triangle).

@@ -41,7 +41,7 @@ from tests.unit.test_desk_visitors import login
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 
 # The same real server, app and client as the desk tests (pytest finds fixtures by module attribute).
 clock, server, app, client = visitor_tests.clock, visitor_tests.server, visitor_tests.app, visitor_tests.client
