@@ -5,7 +5,7 @@ Part of :class:`server.store.Store` (a base class of it): every method takes the
 change that spans several statements (disable an account and end its sessions, confirm a second factor and
 replace its recovery codes) is one transaction here, so no caller ever holds the lock or the connection.
 The rules (password hashing, throttling, constant-time code checks) stay with the callers
-(server/web/operators.py, auth.py, twofactor.py); this module only reads and writes rows.
+(server/operators.py, server/sessions.py); this module only reads and writes rows.
 """
 
 from __future__ import annotations

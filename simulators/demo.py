@@ -209,7 +209,7 @@ class DemoDesk:
         from argon2 import PasswordHasher
 
         from server.web.app import create_app
-        from server.web.operators import Operators
+        from server.operators import Operators
         from server.web.serving import uvicorn_config
         from simulators.wait import wait_until
 

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount
 
-from server.web.auth import DeskAuth, Principal
+from server.sessions import DeskAuth, Principal
 from server.web.roles import ROLES
 
 SESSION_COOKIE = "doorkeep_session"

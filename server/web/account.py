@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Form, Request, Response
 
+from server.sessions import Principal
 from server.web.access import require
-from server.web.auth import Principal
 from server.web.roles import ANY
 from server.web.routes import Routes
 from server.web.twofactor import qr_data_uri

@@ -1,10 +1,8 @@
-"""The desk's alarms: what is active, what cleared but nobody has closed yet, and what was resolved.
+"""The desk's alarms over HTTP: what is active, what cleared but nobody has closed yet, and what was resolved.
 
 An alarm stays on the desk until an operator resolves it with a note, even after its condition ended
-(the door closed, the device came back): the store keeps it open (server/store.py, docs/alarms.md). An
-operator acknowledges it ("I have seen it") and resolves it ("it is dealt with, and this is what
-happened"); both are recorded in the audit log with the operator as actor. The note itself stays in the
-alarms table, not in the append-only audit log, because free text may name people.
+(docs/alarms.md). Acknowledging and resolving, and their audit records, are the alarm service's
+(server/alarms.py); this module is its routes, the API models and the alarm titles the pages show.
 
 Roles: admin and desk. An auditor reads what operators did with alarms in the audit log instead.
 """
@@ -21,15 +19,14 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
 from doorkeep import vocabulary
-from server.store import AlarmNotFound
+from server.alarms import MAX_NOTE, Alarm, AlarmError, AlarmNotFound, Alarms
+from server.sessions import Principal
 from server.web.access import require
-from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
 
 API_PREFIX = "/api/v1"
 ALARM_ID = r"^[A-Za-z0-9_.:-]{1,200}$"
-MAX_NOTE = 2000
 #: How many resolved alarms the history shows.
 HISTORY = 50
 #: Human names of the alarm types, as doorkeep/vocabulary.py declares them (docs/alarms.md).
@@ -106,10 +103,10 @@ class ActionOut(BaseModel):
     changed: bool = Field(description="false when it was already acknowledged / resolved")
 
 
-def _subject(row: dict[str, Any]) -> str | None:
+def _subject(alarm: Alarm) -> str | None:
     """A security alarm raised at no door names its subject in its detail; shown where the door would be."""
-    detail = row.get("detail") or {}
-    if row.get("door"):
+    detail = alarm.detail
+    if alarm.door:
         return None
     last4 = detail.get("credential_last4")
     if isinstance(last4, list):
@@ -120,25 +117,27 @@ def _subject(row: dict[str, Any]) -> str | None:
     return f"from {address}" if isinstance(address, str) and address else None
 
 
-def _out(request: Request, row: dict[str, Any]) -> AlarmOut:
+def _out(request: Request, a: Alarm) -> AlarmOut:
     site = request.app.state.desk.server.site
-    door = site.doors.get(row["door"]) if row.get("door") else None
-    return AlarmOut(id=row["id"], type=row["type"], title=alarm_name(row["type"]), severity=row["severity"],
-                    state=row["state"], device=row["device"], door=row["door"], door_name=door.name if door else None,
-                    subject=_subject(row),
-                    raised_at=row["raised_at"], last_raised_at=row["last_raised_at"], occurrences=row["occurrences"],
-                    cleared_at=row["cleared_at"], acknowledged_at=row["acknowledged_at"],
-                    acknowledged_by=row["acknowledged_by"], resolved_at=row["resolved_at"],
-                    resolved_by=row["resolved_by"], note=row["note"], detail=row["detail"])
+    door = site.doors.get(a.door) if a.door else None
+    return AlarmOut(id=a.id, type=a.type, title=alarm_name(a.type), severity=a.severity, state=a.state,
+                    device=a.device, door=a.door, door_name=door.name if door else None, subject=_subject(a),
+                    raised_at=a.raised_at, last_raised_at=a.last_raised_at, occurrences=a.occurrences,
+                    cleared_at=a.cleared_at, acknowledged_at=a.acknowledged_at, acknowledged_by=a.acknowledged_by,
+                    resolved_at=a.resolved_at, resolved_by=a.resolved_by, note=a.note, detail=a.detail)
+
+
+def _service(request: Request) -> Alarms:
+    return request.app.state.desk.alarms  # type: ignore[no-any-return]
 
 
 def open_alarms(request: Request) -> list[AlarmOut]:
     """Every unresolved alarm, newest first (active and cleared)."""
-    return [_out(request, r) for r in request.app.state.desk.server.store.open_alarms()]
+    return [_out(request, a) for a in _service(request).open()]
 
 
 def _history(request: Request, limit: int) -> list[AlarmOut]:
-    return [_out(request, r) for r in request.app.state.desk.server.store.resolved_alarms(limit)]
+    return [_out(request, a) for a in _service(request).resolved(limit)]
 
 
 def _not_found(alarm_id: str) -> JSONResponse:
@@ -147,27 +146,15 @@ def _not_found(alarm_id: str) -> JSONResponse:
 
 
 def acknowledge(request: Request, alarm_id: str, who: Principal) -> tuple[AlarmOut, bool]:
-    """Acknowledge and audit (raises AlarmNotFound)."""
-    desk = request.app.state.desk
-    now = desk.server.directory.clock.wall()
-    changed = desk.server.store.acknowledge(alarm_id, who.name, at=now)
-    row = desk.server.store.alarm(alarm_id)
-    if changed and desk.audit is not None:
-        desk.audit.record(who.name, "alarm.acknowledge", alarm_id, {"type": row["type"], "door": row["door"]})
-    return _out(request, row), changed
+    """Acknowledge (audited by the service; raises AlarmNotFound)."""
+    alarm, changed = _service(request).acknowledge(alarm_id, who.name)
+    return _out(request, alarm), changed
 
 
 def resolve(request: Request, alarm_id: str, note: str, who: Principal) -> tuple[AlarmOut, bool]:
-    """Resolve with a note and audit (raises AlarmNotFound); the note stays out of the audit log."""
-    desk = request.app.state.desk
-    now = desk.server.directory.clock.wall()
-    changed = desk.server.store.resolve(alarm_id, who.name, note.strip(), at=now)
-    row = desk.server.store.alarm(alarm_id)
-    if changed and desk.audit is not None:
-        desk.audit.record(who.name, "alarm.resolve", alarm_id,
-                          {"type": row["type"], "door": row["door"], "state_before": "active"
-                           if row["cleared_at"] is None else "cleared"})
-    return _out(request, row), changed
+    """Resolve with a note (audited by the service, never the note; raises AlarmNotFound, AlarmError)."""
+    alarm, changed = _service(request).resolve(alarm_id, note, who.name)
+    return _out(request, alarm), changed
 
 
 # ------------------------------------------------------------------- API
@@ -199,13 +186,12 @@ def api_acknowledge(request: Request, alarm_id: str = Path(pattern=ALARM_ID),
        summary="Resolve an alarm with a note (audited); it then leaves the open list")
 def api_resolve(body: ResolveIn, request: Request, alarm_id: str = Path(pattern=ALARM_ID),
                 who: Principal = Depends(require(ADMIN, DESK))) -> Any:
-    if not body.note.strip():
-        return JSONResponse({"error": "the note is empty: say what happened and what was done", "detail": None},
-                            status_code=422)
     try:
         alarm, changed = resolve(request, alarm_id, body.note, who)
     except AlarmNotFound:
         return _not_found(alarm_id)
+    except AlarmError as exc:
+        return JSONResponse({"error": str(exc), "detail": None}, status_code=422)
     return ActionOut(alarm=alarm, changed=changed)
 
 
@@ -242,10 +228,10 @@ def acknowledge_form(request: Request, alarm_id: str = Path(pattern=ALARM_ID),
 @route("/alarms/{alarm_id}/resolve", "POST", include_in_schema=False)
 def resolve_form(request: Request, alarm_id: str = Path(pattern=ALARM_ID), note: str = Form("", max_length=MAX_NOTE),
                  who: Principal = Depends(require(ADMIN, DESK))) -> Response:
-    if not note.strip():
-        return RedirectResponse("/alarms?done=note", status_code=303)
     try:
         resolve(request, alarm_id, note, who)
     except AlarmNotFound:
         return RedirectResponse("/alarms?done=gone", status_code=303)
+    except AlarmError:  # no note (the form caps its length)
+        return RedirectResponse("/alarms?done=note", status_code=303)
     return RedirectResponse("/alarms?done=resolved", status_code=303)

@@ -14,10 +14,11 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.operators import (MAX_PASSWORD, MIN_PASSWORD, Operator, OperatorConflict, OperatorError,
+                              OperatorExists, Token, UnknownOperator)
+from server.sessions import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Principal
 from server.web.access import SESSION_COOKIE, cookie_secure, public, require
-from server.web.auth import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Principal, client_key
-from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
-from server.web.operators import MAX_PASSWORD, MIN_PASSWORD, Operator, Token
+from server.web.auth import client_key
 from server.web.roles import ADMIN, ANY, DESK, sections_for
 from server.web.routes import Routes
 
@@ -255,14 +256,10 @@ class TwoFactorResetOut(BaseModel):
                "again; their sessions end (audited)")
 def reset_two_factor(request: Request, name: str = Path(pattern=OPERATOR_NAME),
                      who: Principal = Depends(require(ADMIN))) -> Any:
-    desk = request.app.state.desk
     try:
-        desk.operators.require(name)
+        changed = request.app.state.desk.auth.reset_second_factor(name, actor=who.name)
     except UnknownOperator as exc:
         return JSONResponse({"error": str(exc), "detail": None}, status_code=404)
-    changed = desk.auth.twofactor.reset(name, actor=who.name)
-    if changed:
-        desk.auth.end_sessions(name)
     return TwoFactorResetOut(name=name, reset=changed)
 
 

@@ -1,7 +1,7 @@
 """The audit log over HTTP: search by actor, action, subject and time, and the hash chain's verify status
 (docs/desk.md "Audit page"; the chain itself is server/audit.py, the SQL server/store_audit.py).
 
-A table of endpoints calling the store's read-only search and the audit log's verify, and nothing more:
+A table of endpoints calling the audit log's read-only search and its verify, and nothing more:
 this module translates query parameters into a search and answers 422 naming the parameter that is wrong.
 
 Subjects: people and visitors never appear in the log by id, only as pseudonyms (``subject_ref``, an HMAC of
@@ -32,12 +32,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from doorkeep.clock import Clock, iso_ms, parse_iso_ms
-from server.audit import AuditLog, VerifyResult, subject_ref
-from server.store_audit import AuditRow
+from server.audit import AuditLog, AuditRow, VerifyResult, subject_ref
+from server.sessions import Principal
 from server.web.access import require
 from server.web.alarms import install_filters
 from server.web.api import ERRORS
-from server.web.auth import Principal
 from server.web.roles import ADMIN, AUDITOR
 from server.web.routes import Routes
 
@@ -78,7 +77,7 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """A search as the store takes it (server/store_audit.py ``audit_search``)."""
+    """A search as the audit log takes it (server/audit.py ``AuditLog.search``)."""
 
     actor: tuple[str, ...] | None = None
     action: str | None = None
@@ -87,9 +86,8 @@ class AuditQuery:
     until_ts: str | None = None
 
     def search(self, log: AuditLog, *, before_seq: int | None, limit: int) -> list[AuditRow]:
-        return log.store.audit_search(actor=self.actor, action=self.action, target=self.target,
-                                      since_ts=self.since_ts, until_ts=self.until_ts, before_seq=before_seq,
-                                      limit=limit)
+        return log.search(actor=self.actor, action=self.action, target=self.target, since_ts=self.since_ts,
+                          until_ts=self.until_ts, before_seq=before_seq, limit=limit)
 
 
 def parse_when(param: str, text: str, tz: str) -> str:

@@ -10,7 +10,7 @@ import argparse
 import getpass
 import logging
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
@@ -18,11 +18,9 @@ from typing import Callable, Iterator, TextIO
 from doorkeep.config import load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
 from server.admin_cli import UsageError, cli_actor
-from server.audit import AuditLog
 from server.errors import ServerError
-from server.store import Store
-from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
-from server.web.operators import MIN_PASSWORD, Operators, check_password
+from server.operators import (MIN_PASSWORD, OperatorConflict, OperatorError, OperatorExists, Operators,
+                              UnknownOperator, check_password, operators_in)
 
 log = logging.getLogger("doorkeep.server.desk")
 
@@ -35,14 +33,12 @@ def _operators(args: argparse.Namespace, cmd: str) -> Iterator[Operators]:
     except (ConfigErrors, ConfigError) as exc:
         raise UsageError(f"doorkeep {cmd}: {exc}") from exc
     data = args.data or Path("var") / bundle.site.id
-    try:
-        store = Store(data)
-    except ServerError as exc:
-        raise UsageError(f"doorkeep {cmd}: {exc}") from exc
-    try:
-        yield Operators(store, audit=AuditLog(store))
-    finally:
-        store.close()
+    with ExitStack() as stack:
+        try:
+            ops = stack.enter_context(operators_in(data))
+        except ServerError as exc:
+            raise UsageError(f"doorkeep {cmd}: {exc}") from exc
+        yield ops
 
 
 def _run(cmd: str, body: Callable[[], int]) -> int:

@@ -21,11 +21,12 @@ from fastapi import Depends, FastAPI, Form, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.alarms import Alarm
 from server.commands import CommandSendError
+from server.sessions import Principal
 from server.web.access import require
 from server.web.alarms import install_filters
 from server.web.api import DOOR_ID, DoorOut, ErrorOut, door_list
-from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
 
@@ -105,10 +106,10 @@ def board(request: Request) -> BoardOut:
     server = request.app.state.desk.server
     site = server.site
     states = _door_states(request)
-    alarms: dict[str, list[dict[str, Any]]] = {}
-    for a in server.store.open_alarms():
-        if a["door"]:
-            alarms.setdefault(a["door"], []).append(a)
+    alarms: dict[str, list[Alarm]] = {}
+    for a in request.app.state.desk.alarms.open():
+        if a.door:
+            alarms.setdefault(a.door, []).append(a)
     locked = site.lockdowns
     out = []
     for d in door_list(request):
@@ -118,7 +119,7 @@ def board(request: Request) -> BoardOut:
             else (None, None, None)
         if d.device_status in ("offline", "stopped"):
             state = "offline"
-        elif tamper or any(a["severity"] == "alarm" for a in at_door):
+        elif tamper or any(a.severity == "alarm" for a in at_door):
             state = "alarm"
         elif st is None:
             state = "unknown"

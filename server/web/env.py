@@ -1,6 +1,6 @@
 """A server built from the environment, for ``uvicorn --factory server.web.app:create_app`` (docs/desk.md).
 
-``DOORKEEP_SITE``   the site directory (default: the demo site in firmware-config/sites/demo)
+``DOORKEEP_SITE``   the site directory (default: the demo site, doorkeep/sites/demo)
 ``DOORKEEP_DATA``   the server's data directory (default: var/SITE_ID, as ``doorkeep server``)
 ``DOORKEEP_BROKER`` the broker URL (default mqtts://127.0.0.1:8883, as ``doorkeep desk``)
 ``DOORKEEP_CA``, ``DOORKEEP_CERT``, ``DOORKEEP_KEY``  with mqtts://: the site CA and the server's certificate
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from doorkeep.config import BrokerConfig, load_site_dir
+from doorkeep.sites import DEMO_SITE
 from server.app import Server, bootstrap
 
 log = logging.getLogger("doorkeep.server.desk")
 
-DEMO_SITE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
 DEFAULT_BROKER = "mqtts://127.0.0.1:8883"
 
 

@@ -5,15 +5,17 @@ person, decision, reason, snapshot state) and a ``snapshot`` message when an eve
 the event did, so "snapshot pending" turns into the picture without a reload. ``GET /api/v1/events`` is
 the same rows from the store, newest first, a page at a time; ``GET /api/v1/snapshots/{id}`` the JPEG.
 
-The server's store thread learns of events and snapshots through the bus's listener hooks
-(server/bus.py) and hands each message to :class:`LiveHub`, which copies it into every connected client's
+Stored rows come from the event log (server/eventlog.py, a read service over the store). The server's store
+thread learns of events and snapshots through the bus's listener hooks (server/bus.py), and of the events the
+server makes itself (``visitor_arrived``) through the event log's listeners; each message goes to
+:class:`LiveHub`, which copies it into every connected client's
 own bounded queue on that client's event loop. A browser that does not keep up fills its queue and is cut
 off (its EventSource reconnects and resumes from ``Last-Event-ID``): the store thread never waits for a
 browser, and a client that went away is removed when its response ends.
 
 A stream shows names, so it lives no longer than the login that opened it. When an operator is disabled, an
 API token revoked or a session ended (logout, disable) in this process, the operator service tells the hub
-(:class:`server.web.operators.Revocations`) and the matching streams end at once, dropping what they had
+(:class:`server.operators.Revocations`) and the matching streams end at once, dropping what they had
 queued. As a backstop (a ``doorkeep user disable`` in another process, a session reaching its time limit)
 every stream re-checks its caller's login at least every :data:`RECHECK_S`, whether or not messages flow,
 and ends with an ``end`` message when the login is gone.
@@ -36,12 +38,12 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from doorkeep import vocabulary
-from doorkeep.clock import iso_ms
 from doorkeep.contract import EventMsg
 from doorkeep.model import PersonKind, Site
+from server.eventlog import EventLog
+from server.sessions import Principal
 from server.web.access import identify, require
 from server.web.api import ERRORS, ErrorOut
-from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -55,10 +57,6 @@ HEARTBEAT_S = 15.0
 RECHECK_S = 1.0
 #: At most this many stored rows are replayed to a client that reconnects with ``Last-Event-ID``.
 RESUME_MAX = 200
-#: Events the server itself records (never on the MQTT wire, so not in doorkeep.contract.EVENT_TYPES).
-SERVER_EVENT_TYPES: frozenset[str] = vocabulary.SERVER_EVENT_TYPES  # declared in doorkeep/vocabulary.py
-#: The device name server-side events are stored under.
-SERVER_DEVICE = "desk"
 EVENT_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
@@ -101,21 +99,13 @@ def person_label(site: Site, person: str | None, last4: str | None) -> tuple[str
     return (person or "—"), None
 
 
-def photo_declined(store: Any, person: str | None) -> bool:
-    """Whether this visitor's latest consent says no photos: the desk then never shows their snapshots."""
-    if not person:
-        return False
-    row = store.latest_visitor_consent(person)
-    return row is not None and not row["photo_consent"]
-
-
-def event_row(row: dict[str, Any], site: Site, store: Any) -> EventRowOut:
+def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
     """One stored event (``Store.event``/``events`` shape plus ``cursor``) as the live view shows it."""
     name, kind = person_label(site, row.get("person"), row.get("credential_last4"))
     door = site.doors.get(row["door"])
     if not row.get("snapshot"):
         snap = "none"
-    elif kind == PersonKind.VISITOR.value and photo_declined(store, row.get("person")):
+    elif kind == PersonKind.VISITOR.value and events.photo_declined(row.get("person")):
         snap = "withheld"
     else:
         snap = "ready" if row.get("snapshot_path") else "pending"
@@ -165,20 +155,20 @@ class EventFilter:
         return row.person in (ids if ids is not None else self.person_ids(site) or set())
 
 
-def history(store: Any, site: Site, flt: EventFilter, *, before: int | None = None, after: int | None = None,
-            limit: int = 50) -> tuple[list[EventRowOut], bool]:
+def history(events: EventLog, site: Site, flt: EventFilter, *, before: int | None = None,
+            after: int | None = None, limit: int = 50) -> tuple[list[EventRowOut], bool]:
     """Stored events matching ``flt``, newest first (or oldest first with ``after``); and whether more exist."""
     ids = flt.person_ids(site)
     if ids is not None and not ids:
         return [], False
-    rows = store.event_page(before=before, after=after, door=flt.door or None, decision=flt.decision or None,
-                            people=sorted(ids) if ids is not None else None, limit=limit + 1)
-    return [event_row(r, site, store) for r in rows[:limit]], len(rows) > limit
+    rows = events.page(before=before, after=after, door=flt.door or None, decision=flt.decision or None,
+                       people=sorted(ids) if ids is not None else None, limit=limit + 1)
+    return [event_row(r, site, events) for r in rows[:limit]], len(rows) > limit
 
 
-def stored_row(store: Any, site: Site, event_id: str) -> EventRowOut | None:
-    row = store.event_with_cursor(event_id)
-    return event_row(row, site, store) if row else None
+def stored_row(events: EventLog, site: Site, event_id: str) -> EventRowOut | None:
+    row = events.get(event_id)
+    return event_row(row, site, events) if row else None
 
 
 # --------------------------------------------------------------------------- hub
@@ -205,7 +195,7 @@ class Client:
             self.end()
 
     def revoked_by(self, kind: str, value: str) -> bool:
-        """Whether a revocation ``(kind, value)`` (server/web/operators.py Revocations) ends this stream."""
+        """Whether a revocation ``(kind, value)`` (server/operators.py Revocations) ends this stream."""
         who = self.who
         if who is None:
             return False
@@ -234,8 +224,9 @@ class Client:
 class LiveHub:
     """Fans new events and snapshots out to the open streams; called from the server's store thread."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, events: EventLog) -> None:
         self.server = server
+        self.events = events
         self._clients: set[Client] = set()
         self._lock = threading.Lock()
         self.dropped = 0  # clients cut off for being too slow (counted for the log and tests)
@@ -249,12 +240,14 @@ class LiveHub:
         bus = self.server.bus
         bus.listeners.append(self.on_event)
         bus.snapshot_listeners.append(self.on_snapshot)
+        self.events.listeners.append(self.on_server_event)
 
     def detach(self) -> None:
         bus = self.server.bus
-        for hooks, fn in ((bus.listeners, self.on_event), (bus.snapshot_listeners, self.on_snapshot)):
+        for hooks, fn in ((bus.listeners, self.on_event), (bus.snapshot_listeners, self.on_snapshot),
+                          (self.events.listeners, self.on_server_event)):
             if fn in hooks:
-                hooks.remove(fn)
+                hooks.remove(fn)  # type: ignore[arg-type]
 
     def add(self, client: Client) -> None:
         with self._lock:
@@ -283,16 +276,20 @@ class LiveHub:
         if not new or not self.clients:
             return
         site = self.server.site
-        row = stored_row(self.server.store, site, ev.id)
+        row = stored_row(self.events, site, ev.id)
         if row is not None:
             self.push("row", str(row.cursor), row.model_dump_json(), row=row, site=site)
+
+    def on_server_event(self, ev: EventMsg) -> None:
+        """Event log listener: an event the server made itself (``visitor_arrived``) is stored; push it too."""
+        self.on_event(ev, True)
 
     def on_snapshot(self, snapshot_id: str, device: str, door: str) -> None:
         """Bus listener (store thread): a snapshot landed; rows showing "pending" for it can load it now."""
         if not self.clients:
             return
         site = self.server.site
-        row = stored_row(self.server.store, site, snapshot_id)
+        row = stored_row(self.events, site, snapshot_id)
         if row is not None and row.snapshot == "ready":
             data = json.dumps({"id": row.id, "snapshot": row.snapshot, "snapshot_url": row.snapshot_url})
             self.push("snapshot", "", data, row=row, site=site)
@@ -310,29 +307,6 @@ class LiveHub:
                 client.loop.call_soon_threadsafe(client.offer, (kind, msg_id, data))
             except RuntimeError:  # its loop is closed: the client is gone
                 self.remove(client)
-
-    def record(self, ev: EventMsg) -> int | None:
-        """Store an event the server itself makes (``visitor_arrived``) and show it on the live feed."""
-        rowid = self.server.store.ingest_event(ev, self.server.directory.clock.wall())
-        if rowid is not None:
-            self.on_event(ev, True)
-        return rowid
-
-
-def server_event(hub: LiveHub, etype: str, *, person: str | None = None,
-                 detail: dict[str, Any] | None = None) -> EventMsg:
-    """Record a server-side event (one of :data:`SERVER_EVENT_TYPES`) under the device ``desk``."""
-    if etype not in SERVER_EVENT_TYPES:
-        raise ValueError(f"{etype!r} is not a server event type ({sorted(SERVER_EVENT_TYPES)})")
-    import uuid
-
-    store = hub.server.store
-    seq = store.next_counter("desk_event_seq")
-    ev = EventMsg(id=f"desk-{uuid.uuid4().hex}", seq=seq, ts=iso_ms(hub.server.directory.clock.wall()),
-                  device=SERVER_DEVICE, door="", type=etype, person=person, detail=detail or {})
-    hub.record(ev)
-    return ev
-
 
 def sse(kind: str, msg_id: str, data: str) -> bytes:
     """One server-sent event; ``data`` is JSON (one line), so it needs no further framing."""
@@ -384,7 +358,7 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
         if not await still_allowed():  # also learns the session's time limit, checked before every message
             client.revoked = "logged out"
         if resume is not None:
-            rows, _ = await run_in_threadpool(history, desk.server.store, desk.server.site, client.flt,
+            rows, _ = await run_in_threadpool(history, desk.events, desk.server.site, client.flt,
                                               after=resume, limit=RESUME_MAX)
             for row in rows:
                 if client.revoked is not None:
@@ -428,7 +402,7 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
 
 def install(app: FastAPI) -> None:
     """The live-view API and page; the hub hangs on ``app.state.live`` and listens to the server's bus."""
-    hub = LiveHub(app.state.desk.server)
+    hub = LiveHub(app.state.desk.server, app.state.desk.events)
     hub.attach()
     app.state.desk.operators.revocations.subscribe(hub.revoked)
     app.state.live = hub
@@ -438,8 +412,9 @@ def install(app: FastAPI) -> None:
                door: str | None = Query(None, max_length=64), person: str | None = Query(None, max_length=128),
                decision: str | None = Query(None, pattern="^(granted|denied)$"),
                limit: int = Query(50, ge=1, le=500)) -> EventPageOut:
-        server = request.app.state.desk.server
-        rows, more = history(server.store, server.site, _filter(door, person, decision), before=before, limit=limit)
+        desk = request.app.state.desk
+        rows, more = history(desk.events, desk.server.site, _filter(door, person, decision), before=before,
+                             limit=limit)
         return EventPageOut(events=rows, next_before=rows[-1].cursor if more and rows else None)
 
     async def stream(request: Request, door: str | None = Query(None, max_length=64),
@@ -455,12 +430,12 @@ def install(app: FastAPI) -> None:
                                  headers={"X-Accel-Buffering": "no"})
 
     def snapshot(request: Request, snapshot_id: str = Path(pattern=EVENT_ID)) -> Response:
-        server = request.app.state.desk.server
-        row = stored_row(server.store, server.site, snapshot_id)
+        desk = request.app.state.desk
+        row = stored_row(desk.events, desk.server.site, snapshot_id)
         if row is not None and row.snapshot == "withheld":
             return JSONResponse({"error": "this visitor declined photos at check-in: the desk does not show "
                                           "their snapshots", "detail": None}, status_code=404)
-        data = server.store.snapshot_bytes(snapshot_id)
+        data = desk.events.snapshot(snapshot_id)
         if data is None:
             return JSONResponse({"error": f"no snapshot {snapshot_id!r} (not arrived yet, or removed by "
                                           "retention)", "detail": None}, status_code=404)
@@ -489,4 +464,4 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/live", page, methods=["GET"], include_in_schema=False)
 
 
-__all__ = ["SERVER_EVENT_TYPES", "EventFilter", "LiveHub", "event_row", "history", "install", "server_event"]
+__all__ = ["EventFilter", "LiveHub", "event_row", "history", "install", "stored_row"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
+from server.sessions import Principal
 from server.web.access import require
 from server.web.alarms import install_filters
-from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
 

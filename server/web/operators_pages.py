@@ -1,6 +1,6 @@
 """The Operators page of the desk (admin only): accounts, roles, passwords, second factors and API tokens.
 
-A table of form endpoints calling :class:`server.web.operators.Operators` (the same service as the API's
+A table of form endpoints calling :class:`server.operators.Operators` (the same service as the API's
 ``/api/v1/operators`` routes and ``doorkeep user``) and nothing more. Every form carries the session's CSRF
 token (checked by ``require``); disabling an account and removing a second factor ask for confirmation
 first (confirm.html); a new token's secret is shown once, on the page that answers the form, never again.
@@ -14,12 +14,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Form, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from server.operators import (GRANTS, MAX_PASSWORD, MIN_PASSWORD, NAME, ROLES, OperatorConflict, OperatorError,
+                              OperatorExists, Operators, UnknownOperator)
+from server.sessions import Principal
 from server.web.access import require
 from server.web.api import OPERATOR_NAME
-from server.web.auth import Principal
-from server.web.errors import OperatorConflict, OperatorError, OperatorExists, UnknownOperator
-from server.web.operators import MAX_PASSWORD, MIN_PASSWORD, NAME, Operators
-from server.web.roles import ADMIN, GRANTS, ROLES
+from server.web.roles import ADMIN
 from server.web.routes import Routes
 
 route = Routes(include_in_schema=False)
@@ -157,14 +157,10 @@ def two_factor_confirm(request: Request, name: str = Path(pattern=OPERATOR_NAME)
 @route("/operators/{name}/2fa/reset", "POST")
 def two_factor_form(request: Request, name: str = Path(pattern=OPERATOR_NAME),
                     who: Principal = Depends(require(ADMIN))) -> Response:
-    desk = request.app.state.desk
     try:
-        _service(request).require(name)
+        changed = request.app.state.desk.auth.reset_second_factor(name, actor=who.name)
     except UnknownOperator as exc:
         return _page(request, who, 404, error=str(exc))
-    changed = desk.auth.twofactor.reset(name, actor=who.name)
-    if changed:
-        desk.auth.end_sessions(name)
     return _done("2fa" if changed else "no2fa", name)
 
 

@@ -28,7 +28,7 @@ from simulators.wait import wait_until
 from tests.e2e.test_desk_browser import PASSWORDS, browser, page  # noqa: F401 - fixtures, used by name
 
 pytestmark = pytest.mark.e2e
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ from tests.fuzz.conftest import PROFILE, fuzz
 from tests.unit.test_desk_api import CountingHasher
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 ADMIN, ADMIN_PASSWORD = "fuzz-admin", "fuzz admin correct horse"
 SESSION_ADMIN, SESSION_PASSWORD = "fuzz-session", "fuzz session battery staple"
 NOT_FUZZED = {("GET", "/api/v1/events/stream")}

@@ -1,5 +1,5 @@
-"""The desk's alarms (server/web/alarms.py): every kind listed until resolved, acknowledge and resolve with a
-note, audited with the operator as actor, roles and CSRF on every POST.
+"""The desk's alarms (server/alarms.py, its routes server/web/alarms.py): every kind listed until resolved,
+acknowledge and resolve with a note, audited with the operator as actor, roles and CSRF on every POST.
 
 Real parts: a real ``Server`` on the demo site with its SQLite store (bus not started), alarms raised through
 the store's own API as supervision raises them, FastAPI's TestClient.

@@ -31,16 +31,15 @@ from doorkeep.cli import main
 from doorkeep.clock import FakeClock
 from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.envelope import SnapshotKeys
+from server import sessions as auth_mod
 from server.app import Server, bootstrap
-from server.web.app import create_app
-from server.web import auth as auth_mod
+from server.operators import OperatorError, Operators
 from server.web.access import SESSION_COOKIE, UndeclaredRoute, check_routes, route_access
-from server.web.errors import OperatorError
-from server.web.operators import Operators
+from server.web.app import create_app
 from simulators.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip", "aud": "aud audit trail rules"}
 ROLES = {"ada": "admin", "dex": "desk", "aud": "auditor"}
 PUBLIC_ROUTES = {("POST", "/api/v1/session"), ("GET", "/login"), ("POST", "/login"), ("POST", "/login/code")}

@@ -27,7 +27,7 @@ with warnings.catch_warnings():
 from server.app import Server
 from server.web.app import create_app
 from server.directory import Visitor
-from server.web import auth as auth_mod
+from server import sessions as auth_mod
 from server.web.serving import parse_allow_ips
 from simulators.wait import wait_until
 from tests.unit import test_desk_visitors as visitor_tests
@@ -185,7 +185,7 @@ def test_attack_forged_forwarded_for_at_the_demo_desk(server: Server) -> None:
     demo = DemoDesk(runner, "127.0.0.1", port)  # type: ignore[arg-type]
     assert demo.start() is None
     try:
-        from server.web.operators import Operators
+        from server.operators import Operators
 
         Operators(server.store, audit=server.audit,
                   hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)).add(
@@ -218,7 +218,7 @@ def test_attack_forged_forwarded_for_at_doorkeep_desk(server: Server, monkeypatc
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = argparse.Namespace(site=ROOT / "firmware-config" / "sites" / "demo", data=None, host="127.0.0.1",
+    args = argparse.Namespace(site=ROOT / "doorkeep" / "sites" / "demo", data=None, host="127.0.0.1",
                               port=port, broker="mqtt://127.0.0.1:9", allow_plain_mqtt=True, ca=None, cert=None,
                               key=None, proxy_headers=False, forwarded_allow_ips=None)
     assert desk_cli.desk(args) == 0

@@ -32,6 +32,7 @@ from doorkeep.contract import EventMsg, Topics, parse_topic
 from doorkeep.envelope import SnapshotRef, seal
 from server.app import Server
 from server.bus import _Work
+from server.eventlog import EventLog
 from server.web.live import CLIENT_QUEUE, Client, EventFilter, LiveHub
 from simulators.wait import wait_until
 from tests.unit import test_desk_visitors as visitor_tests
@@ -282,7 +283,8 @@ def test_a_slow_client_is_cut_off_never_waited_for() -> None:
 
 
 def test_push_skips_clients_whose_loop_is_gone(server: Server, clock: FakeClock) -> None:
-    hub = LiveHub(server)
+    events = EventLog(server.store, clock)
+    hub = LiveHub(server, events)
     loop = asyncio.new_event_loop()
     gone = Client(loop, EventFilter())
     hub.add(gone)
@@ -290,7 +292,7 @@ def test_push_skips_clients_whose_loop_is_gone(server: Server, clock: FakeClock)
     ingest(server, event("ev-1", 1))
     from server.web.live import stored_row
 
-    row = stored_row(server.store, server.site, "ev-1")
+    row = stored_row(events, server.site, "ev-1")
     assert row is not None
     hub.push("row", "1", "{}", row=row, site=server.site)  # must not raise, must not block
     assert hub.clients == 0

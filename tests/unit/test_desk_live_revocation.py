@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from doorkeep.cli import main
 from doorkeep.clock import FakeClock
 from server.app import Server
-from server.web import auth as auth_mod
+from server import sessions as auth_mod
 from server.web.live import RECHECK_S
 from simulators.wait import wait_until
 from tests.unit import test_desk_live as live_tests

@@ -20,8 +20,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from server.app import Server
-from server.web.errors import OperatorConflict
-from server.web.operators import Operators
+from server.operators import OperatorConflict, Operators
 from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name
     PASSWORDS,
     actions,

@@ -1,5 +1,5 @@
-"""Operators' TOTP two-factor login (server/web/twofactor.py, docs/desk.md "Two-factor login"): enrolment
-confirmed by a code, recovery codes shown once and stored hashed, login as password then code, single-use
+"""Operators' TOTP two-factor login (server/operators.py, server/sessions.py; docs/desk.md "Two-factor login"):
+enrolment confirmed by a code, recovery codes shown once and stored hashed, login as password then code, single-use
 codes (replay refused), recovery codes usable once, wrong codes throttled like wrong passwords, an admin's
 reset, a site that requires it for admins, and API tokens unaffected.
 
@@ -27,7 +27,7 @@ from doorkeep.config import load_desk_settings
 from doorkeep.errors import ConfigErrors
 from server.app import Server
 from server.web.app import create_app
-from server.web import auth as auth_mod
+from server import sessions as auth_mod
 from server.web.access import SESSION_COOKIE
 from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name
     PASSWORDS,

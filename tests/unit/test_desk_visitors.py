@@ -1,6 +1,7 @@
-"""Visitors at the security desk (server/web/visitors.py): registration and its validation, check-in with the
-privacy notice and recorded consent, the badge pool, check-out and revocation, overdue visits closed by the
-periodic job, the watchlist, today at a glance, roles and CSRF, and the audit trail of each change.
+"""Visitors at the security desk (server/visitors.py, its routes server/web/visitors.py): registration and its
+validation, check-in with the privacy notice and recorded consent, the badge pool, check-out and revocation,
+overdue visits closed by the periodic job, the watchlist, today at a glance, roles and CSRF, and the audit
+trail of each change.
 
 Real parts: a ``Server`` bootstrapped on the demo site with a real SQLite store (its bus is not started: no
 broker needed), real decisions through ``Directory.decide``, FastAPI's TestClient, a fake clock.
@@ -31,10 +32,11 @@ from doorkeep.envelope import SnapshotKeys
 from server.app import Server, bootstrap
 from server.web.app import create_app
 from server.audit import subject_ref
-from server.web.visitors import fold, load_notice
+from server.visitors import fold
+from server.web.visitors import load_notice
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip", "aud": "aud audit trail rules"}
 ROLES = {"ada": "admin", "dex": "desk", "aud": "auditor"}
 #: 2026-11-30 09:00 Europe/London (= UTC in winter), a Monday.

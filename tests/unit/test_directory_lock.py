@@ -16,7 +16,7 @@ from doorkeep.model import CredentialState, Site
 from server.directory import Directory
 from server.store import Store
 
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 
 
 def test_a_decision_goes_on_while_a_slow_listener_publishes_a_lost_card(tmp_path: Path) -> None:

@@ -173,8 +173,7 @@ def test_doctor_reports_admins_without_two_factor_where_the_site_requires_it(sit
     import pyotp
 
     from doorkeep.clock import SystemClock
-    from server.web.operators import Operators
-    from server.web.twofactor import TwoFactor
+    from server.operators import Operators, TwoFactor
 
     data = site.parent / "data"
     store = Store(data)

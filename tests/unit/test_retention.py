@@ -21,7 +21,7 @@ from server.store import Store
 from simulators.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
 KEYS = SnapshotKeys.generate()
 NOW = 1_780_000_000.0

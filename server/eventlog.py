@@ -1,0 +1,76 @@
+"""The stored events as the desk reads them, and the events the server itself makes (docs/desk.md "Live").
+
+A read service: the live view and its history (server/web/live.py) page through stored events, fetch one by
+id and a snapshot's bytes (decrypted in memory by the store), and ask whether a visitor declined photos (the
+desk then never shows their snapshots). It also records the events no edge publishes — ``visitor_arrived``
+when a visitor checks in (server/visitors.py) — under the device :data:`SERVER_DEVICE`, and tells its
+listeners (the live feed) once each is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Callable
+
+from doorkeep import vocabulary
+from doorkeep.clock import Clock, iso_ms
+from doorkeep.contract import EventMsg
+from server.store import Store
+
+log = logging.getLogger("doorkeep.server.desk")
+
+#: Events the server itself records (never on the MQTT wire, so not in doorkeep.contract.EVENT_TYPES).
+SERVER_EVENT_TYPES: frozenset[str] = vocabulary.SERVER_EVENT_TYPES  # declared in doorkeep/vocabulary.py
+#: The device name server-side events are stored under.
+SERVER_DEVICE = "desk"
+
+#: Told of each server-made event once it is stored (the live feed pushes it to open streams).
+EventListener = Callable[[EventMsg], None]
+
+
+class EventLog:
+    """Pages of stored events, one event, a snapshot; and the server's own events, stored and announced."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.listeners: list[EventListener] = []
+
+    def page(self, *, before: int | None = None, after: int | None = None, door: str | None = None,
+             decision: str | None = None, people: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Stored events (``Store.event`` shape plus ``cursor``), newest first, or oldest first ``after`` a cursor;
+        filtered by door, decision and person ids (None: any)."""
+        return self.store.event_page(before=before, after=after, door=door, decision=decision, people=people,
+                                     limit=limit)
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        """One stored event with its cursor, or None."""
+        return self.store.event_with_cursor(event_id)
+
+    def snapshot(self, snapshot_id: str) -> bytes | None:
+        """A snapshot's JPEG, or None when it has not arrived or retention removed it."""
+        return self.store.snapshot_bytes(snapshot_id)
+
+    def photo_declined(self, person: str | None) -> bool:
+        """Whether this visitor's latest consent says no photos: the desk then never shows their snapshots."""
+        if not person:
+            return False
+        row = self.store.latest_visitor_consent(person)
+        return row is not None and not row["photo_consent"]
+
+    def record(self, etype: str, *, person: str | None = None, detail: dict[str, Any] | None = None) -> EventMsg:
+        """Store a server-side event (one of :data:`SERVER_EVENT_TYPES`) under the device ``desk`` and tell the
+        listeners; a listener that fails is logged and never undoes the event."""
+        if etype not in SERVER_EVENT_TYPES:
+            raise ValueError(f"{etype!r} is not a server event type ({sorted(SERVER_EVENT_TYPES)})")
+        seq = self.store.next_counter("desk_event_seq")
+        ev = EventMsg(id=f"desk-{uuid.uuid4().hex}", seq=seq, ts=iso_ms(self.clock.wall()), device=SERVER_DEVICE,
+                      door="", type=etype, person=person, detail=detail or {})
+        if self.store.ingest_event(ev, self.clock.wall()) is not None:
+            for listener in list(self.listeners):
+                try:
+                    listener(ev)
+                except Exception:
+                    log.exception("an event listener failed for %s", ev.id)
+        return ev
