@@ -39,7 +39,7 @@ from server.directory import Directory  # noqa: E402
 from server.publisher import PolicyPublisher  # noqa: E402
 from server.store import Store  # noqa: E402
 
-DEMO = Path(__file__).resolve().parent.parent / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parent.parent / "doorkeep" / "sites" / "demo"
 RATE = 200.0
 TIMEOUT_S = 1.0
 TARGET_P99_MS = 20.0

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.policy import ReaderSignals
 from doorkeep.model import (
     WEEKDAYS,
     AccessEntry,
@@ -486,9 +487,13 @@ class IntrusionSettings:
     attack_window_s: float = 60.0
     #: The edge's OSDP readers (edge/osdp/cp.py): reader_security after this many failed Secure Channel
     #: handshakes, or clear (unsecured) NAKs from a reader that must use Secure Channel, within the window.
-    reader_handshake_failures: int = 3
-    reader_clear_naks: int = 4
-    reader_window_s: float = 60.0
+    reader_handshake_failures: int = ReaderSignals.handshake_failures
+    reader_clear_naks: int = ReaderSignals.clear_naks
+    reader_window_s: float = ReaderSignals.window_s
+
+    def reader_signals(self) -> ReaderSignals:
+        """The edge's part of these settings, as the signed policy carries it to the edges."""
+        return ReaderSignals(self.reader_handshake_failures, self.reader_clear_naks, self.reader_window_s)
 
 
 #: Allowed ranges of the [intrusion] thresholds: a count of 1 would alarm on every mistyped card; a window
@@ -604,6 +609,18 @@ class CardSeed:
     number: str
     state: CredentialState
     pin: str | None = field(default=None, repr=False)
+    #: A card written as ``doorkeep site export`` writes it: its keyed hash and last four characters (``number``
+    #: is then empty). The hash is only meaningful under the credential key it was made with.
+    hash: str | None = None
+    last4: str | None = None
+
+    def hashed(self, key: bytes) -> str:
+        """The card's keyed hash under ``key`` (as given, for a card written as a hash)."""
+        return self.hash if self.hash is not None else card_hash(key, self.format, self.number)
+
+    def shown(self) -> str:
+        """The last four characters, the only part of a number the desk shows."""
+        return self.last4 if self.last4 is not None else last4(self.number)
 
 
 def _epoch(value: Any, t: _Table, name: str, tz: str | None, *, end_of_day: bool) -> float | None:
@@ -659,6 +676,13 @@ def _load_people(path: Path, site: Site | None,
         kind = PersonKind(t.choice("kind", tuple(k.value for k in PersonKind), "employee") or "employee")
         visitor = kind is PersonKind.VISITOR
         pin = _person_pin(t)
+        stored_pin = t.get("pin_hash", str, None)
+        if stored_pin is not None and pin is not None:
+            t.error("pin_hash", "a person has a pin or a pin_hash, not both", "keep one of the two")
+            stored_pin = None
+        elif stored_pin is not None and not KEYED_HASH.match(stored_pin):
+            t.error("pin_hash", "is not a PIN hash", HASH_FIX)
+            stored_pin = None
         host = t.ident("host", None)
         allowed = t.get("allowed_areas", list, None)
         escort_required = t.get("escort_required", bool, None)
@@ -689,31 +713,23 @@ def _load_people(path: Path, site: Site | None,
             company=t.get("company", str, None),
             allowed_areas=tuple(str(a) for a in allowed or []) if visitor else (),
             escort_required=True if escort_required is None else bool(escort_required),
+            pin_hash=stored_pin,
         )
         n_cards = len(cards)
         for i, item in enumerate(t.get("cards", list, []) or []):
             c = _Table(item, str(path), f"{t.key('cards')}[{i}]", errors)
             fmt = c.choice("format", CARD_FORMATS)
-            number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it)')
+            read = _card_fields(c, fmt)
             state = c.choice("state", tuple(s.value for s in CredentialState), "active")
             c.done()
-            if number is not None and not number.strip():
-                c.error("number", "is empty", "write the card number as the reader sends it")
-                continue
-            if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
-                c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3")
-                continue
-            if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and number \
-                    and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
-                c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
-                continue
-            if fmt and number:
-                norm = (fmt, normalise(fmt, number))
+            if fmt and read is not None:
+                norm, number, hashed, shown = read
                 if norm in seen:
-                    c.error("number", f"card already belongs to {seen[norm]!r}", "give each card to one person only")
+                    c.error("hash" if hashed else "number", f"card already belongs to {seen[norm]!r}",
+                            "give each card to one person only")
                     continue
                 seen[norm] = pid
-                cards.append(CardSeed(pid, fmt, number, CredentialState(state or "active"), pin))
+                cards.append(CardSeed(pid, fmt, number, CredentialState(state or "active"), pin, hashed, shown))
         if pin is not None and len(cards) == n_cards:
             t.error("pin", "a PIN is typed with a card, and this person has none",
                     "add the person's card to `cards`, or remove the PIN")
@@ -733,27 +749,69 @@ def _load_people(path: Path, site: Site | None,
         for i, item in enumerate(pool_table.get("cards", list, []) or []):
             c = _Table(item, str(path), f"{pool_table.key('cards')}[{i}]", errors)
             fmt = c.choice("format", CARD_FORMATS)
-            number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it)')
+            read = _card_fields(c, fmt)
             c.done()
-            if fmt == "em4100" and number and not re.match(r"^[0-9A-Fa-f]{10}$", number):
-                c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them")
-                continue
-            if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and number \
-                    and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
-                c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
-                continue
-            if fmt and number and number.strip():
-                norm = (fmt, normalise(fmt, number))
+            if fmt and read is not None:
+                norm, number, hashed, shown = read
                 if norm in seen:
                     owner = seen[norm]
-                    c.error("number", f"card already belongs to {owner!r}" if owner else "card is in the pool twice",
+                    c.error("hash" if hashed else "number",
+                            f"card already belongs to {owner!r}" if owner else "card is in the pool twice",
                             "a pool badge belongs to no one until check-in")
                     continue
                 seen[norm] = ""
-                pool.append(CardSeed("", fmt, number, CredentialState.ACTIVE))
+                pool.append(CardSeed("", fmt, number, CredentialState.ACTIVE, None, hashed, shown))
         pool_table.done()
     root.done()
     return people, cards, pool
+
+
+#: A card hash or PIN hash as ``doorkeep site export`` writes it: HMAC-SHA256 in lower-case hex.
+KEYED_HASH = re.compile(r"^[0-9a-f]{64}\Z")
+#: The last four characters of a card number as the desk shows them (Wiegand numbers keep their ':').
+LAST4 = re.compile(r"^[0-9A-Za-z:]{1,4}\Z")
+HASH_FIX = ("write it exactly as `doorkeep site export` wrote it (64 lower-case hex digits) for a site with the "
+            "same credential key (keys/credential.key), or give the clear value instead")
+
+
+def _card_fields(c: _Table, fmt: str | None) -> tuple[tuple[str, ...], str, str | None, str | None] | None:
+    """A card table's ``number``, or its keyed ``hash`` and ``last4`` (what ``doorkeep site export`` writes):
+    ``(identity for the duplicate check, number or "", hash or None, last4 or None)``; None when unusable (the
+    error is reported)."""
+    if "hash" in c.data or "last4" in c.data:
+        hashed = c.get("hash", str, fix=f"add hash = \"...\": {HASH_FIX}")
+        shown = c.get("last4", str, fix='add last4 = "B2C3", the last four characters of the card number')
+        if "number" in c.data:
+            c.used.add("number")
+            c.error("number", "a card is written with its number or with its hash and last4, not both",
+                    "keep one of the two")
+            return None
+        if hashed is not None and not KEYED_HASH.match(hashed):
+            c.error("hash", "is not a card hash", HASH_FIX)
+            return None
+        if shown is not None and not LAST4.match(shown):
+            c.error("last4", f"{shown!r} is not the last four characters of a card number",
+                    'write 1 to 4 letters, digits or ":" (e.g. last4 = "B2C3")')
+            return None
+        if hashed is None or shown is None:
+            return None
+        return ("hash", hashed), "", hashed, shown.upper()
+    number = c.get("number", str, fix='add number = "0F00A1B2C3" (the card number as the reader sends it), or '
+                                      'hash and last4 as `doorkeep site export` writes them')
+    if number is None:
+        return None
+    if not number.strip():
+        c.error("number", "is empty", "write the card number as the reader sends it")
+        return None
+    if fmt == "em4100" and not re.match(r"^[0-9A-Fa-f]{10}$", number):
+        c.error("number", f"{number!r} is not 10 hex digits", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3")
+        return None
+    if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
+        c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
+        return None
+    if fmt is None:
+        return None
+    return (fmt, normalise(fmt, number)), number, None, None
 
 
 def _person_pin(t: _Table) -> str | None:
@@ -769,13 +827,33 @@ def _person_pin(t: _Table) -> str | None:
     return pin
 
 
+def load_site_file(path: Path | str, *, text: str | None = None) -> Site:
+    """One site.toml (or ``text`` standing for it) on its own, checked as ``doorkeep config check`` checks it;
+    raises ConfigErrors. What a people.toml is checked against (server/people.py)."""
+    errors: list[ConfigError] = []
+    site = _load_site(Path(path), errors, text)
+    if errors or site is None:
+        raise ConfigErrors(errors)
+    return site
+
+
+def load_people_file(path: Path | str, site: Site) -> tuple[dict[str, Person], list[CardSeed], list[CardSeed]]:
+    """A people.toml checked against ``site`` with the rules and messages of ``doorkeep config check``:
+    ``(people, cards, visitor pool)``; raises ConfigErrors (``doorkeep site import``, server/people.py)."""
+    errors: list[ConfigError] = []
+    out = _load_people(Path(path), site, errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return out
+
+
 def with_people(site: Site, people: dict[str, Person], cards: list[CardSeed], key: bytes) -> Site:
     """The site with its people and their cards and PINs, hashed under the credential key."""
     creds = {}
     people = dict(people)
     for c in cards:
-        h = card_hash(key, c.format, c.number)
-        creds[h] = Credential(h, last4(c.number), c.format, c.person, c.state)
+        h = c.hashed(key)
+        creds[h] = Credential(h, c.shown(), c.format, c.person, c.state)
         if c.pin is not None and c.person in people:
             people[c.person] = replace(people[c.person], pin_hash=pin_hash(key, c.pin))
     return replace(site, people=people, credentials=creds)
@@ -893,7 +971,9 @@ class DeviceConfig:
     id: str
     site: str
     file: str
-    site_file: Path
+    # The site file beside this device, or None: the doors' settings then come from the server's signed policy
+    # alone (a Pi needs only this file, its keys and certificates; docs/configuration.md, Device files).
+    site_file: Path | None
     broker: BrokerConfig
     gpio_factory: str
     credential_key_file: Path | None
@@ -1019,6 +1099,25 @@ def _privacy_masks(t: _Table) -> tuple[tuple[tuple[float, float], ...], ...]:
 #: Client names the site's PKI and broker ACL give to the server and the broker, never to a device.
 RESERVED_DEVICE_IDS = frozenset({"server", "broker", "operator"})  # certificate identities (doorkeep.pki)
 
+#: Where a device file without ``site_file`` finds its site file, if there is one: a device file inside a site
+#: directory (``SITE/devices/NAME.toml``), as the server and the demo read it.
+DEFAULT_SITE_FILE = "../site.toml"
+
+
+def _site_file(device_file: Path, named: str | None) -> Path | None:
+    """The device's site file: the one ``site_file`` names (it must exist: :func:`load_device` says so), else
+    ``../site.toml`` when that file exists, else None: the site then comes from the server's signed policy.
+
+    The default is kept for device files that sit in their site directory and never named it; a device file
+    copied alone to a Pi (``/etc/doorkeep/pi-lobby.toml``) has no ``../site.toml`` and needs none."""
+    if named:
+        return device_file.parent / named
+    default = device_file.parent / DEFAULT_SITE_FILE
+    try:
+        return default if default.is_file() else None
+    except (OSError, ValueError):  # an unreadable directory: no site file to take
+        return None
+
 
 def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     data = _read_toml(path, errors)
@@ -1032,7 +1131,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         root.error("device", f"{dev_id!r} is reserved for the site's {dev_id}",
                    "name the device after where it is, e.g. device = \"pi-lobby\"")
     site = root.ident("site")
-    site_file = path.parent / (root.get("site_file", str, "../site.toml") or "../site.toml")
+    site_file = _site_file(path, root.get("site_file", str, None))
     key_file = root.get("credential_key_file", str, None)
     policy_key = root.get("policy_key_file", str, None)
     state_dir = root.get("state_dir", str, None)
@@ -1239,17 +1338,19 @@ def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors
                                           f"add [doors.{did}] with its reader and lock to one file in devices/"))
 
 
-def load_site_dir(directory: Path | str, *, site_text: str | None = None) -> SiteBundle:
+def load_site_dir(directory: Path | str, *, site_text: str | None = None, people: bool = True) -> SiteBundle:
     """Load and cross-check a whole site directory; raise ConfigErrors listing every problem.
 
     ``site_text`` stands for ``site.toml``'s content: a site revision the server holds (server/siteadmin.py)
-    is checked against the directory's people and devices with exactly the rules of ``doorkeep config check``.
+    is checked against the directory's devices with exactly the rules of ``doorkeep config check``.
+    ``people`` False leaves ``people.toml`` unread: the server checks a revision against the people its
+    store holds instead (the file is only an import format there).
     """
     d = Path(directory)
     errors: list[ConfigError] = []
     site = _load_site(d / "site.toml", errors, site_text)
-    people, cards, pool = _load_people(d / "people.toml", site, errors) if (d / "people.toml").exists() \
-        else ({}, [], [])
+    people_, cards, pool = _load_people(d / "people.toml", site, errors) \
+        if people and (d / "people.toml").exists() else ({}, [], [])
     devices: dict[str, DeviceConfig] = {}
     dev_dir = d / "devices"
     for p in sorted(dev_dir.glob("*.toml")) if dev_dir.is_dir() else []:
@@ -1269,25 +1370,61 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None) -> Sit
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
-    return SiteBundle(d, site, people, cards, devices, key_file, pool, retention=retention, intrusion=intrusion)
+    return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion)
 
 
-def load_device(path: Path | str) -> tuple[DeviceConfig, Site]:
-    """Load a device file and the site file it points at; its doors must exist in the site.
+def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:
+    """Load a device file and the site file it points at, if any; its doors must exist in that site.
 
+    The site is None when the device has no site file (see :func:`_site_file`): the edge then takes every
+    door's settings from the server's signed policy, so it needs ``policy_key_file`` to verify one.
     The TLS files it names are not opened here (like the key files, they exist only on the Pi):
     :func:`check` reports missing ones, and the edge's link refuses to start without them.
     """
     p = Path(path)
     errors: list[ConfigError] = []
     dev = _load_device(p, errors)
-    site = _load_site(dev.site_file, errors) if dev is not None else None
+    site = None
+    if dev is not None and dev.site_file is not None:
+        try:
+            present = dev.site_file.exists()
+        except (OSError, ValueError):
+            present = True  # let the loader name what is wrong with the path
+        if present:
+            site = _load_site(dev.site_file, errors)
+        else:
+            errors.append(ConfigError(dev.file, "site_file", f"{dev.site_file} does not exist",
+                                      "remove site_file (the doors' settings then come from the server's signed "
+                                      "policy) or fix the path (relative to this file)"))
+    elif dev is not None and dev.policy_key_file is None:
+        errors.append(ConfigError(dev.file, "policy_key_file",
+                                  "is required when the device has no site_file: the doors' names, modes, times "
+                                  "and rules come only from the server's signed policy, which this key verifies",
+                                  "set policy_key_file to the server's policy-signing.pub (relative to this "
+                                  "file), or name the site file in site_file"))
     if dev is not None and site is not None:
         _cross_check(site, [dev], str(dev.site_file), errors, require_all_doors=False)
     if errors:
         raise ConfigErrors(errors)
-    assert dev is not None and site is not None
+    assert dev is not None
     return dev, site
+
+
+def site_source(path: Path | str) -> str | None:
+    """For ``doorkeep config check DEVICE_FILE``: where the device's site comes from, in one line, or None for
+    a path that is not a loadable device file. Says so when it is the server's signed policy (no site file)."""
+    p = Path(path)
+    if p.is_dir() or p.name == "site.toml":
+        return None
+    try:
+        dev, site = load_device(p)
+    except (ConfigErrors, ConfigError):
+        return None
+    if site is not None:
+        return f"site: {dev.site_file}"
+    return (f"site: from the server (no site_file): the doors' names, modes, times and rules come with the "
+            f"signed policy for {dev.id}, verified with {dev.policy_key_file}; until the edge holds one it keeps every door locked "
+            "(REX still opens) and refuses every badge (no_policy)")
 
 
 def _load_device_on_the_pi(path: Path) -> None:

@@ -109,8 +109,9 @@ def audit_show(args: argparse.Namespace) -> int:
                 key = _key(bundle, "audit show")
             except UsageError:
                 key = None  # without the key, pseudonyms stay pseudonyms
-            if key is not None:
-                ids = list(bundle.people) + [r["id"] for r in store.visitor_records()]
+            if key is not None:  # the store's people (server/people.py), the file's, and the visitors
+                ids = [r["id"] for r in store.people_rows()] + list(bundle.people) \
+                    + [r["id"] for r in store.visitor_records()]
                 names = {subject_ref(key, pid): pid for pid in ids}
         print(f"{'seq':>6}  {'time (UTC)':24}  {'actor':12}  {'action':22}  {'target':28}  details")
         for r in reversed(rows):
@@ -171,9 +172,9 @@ def subject_erase(args: argparse.Namespace) -> int:
         print(f"erased {args.person!r}; now known as {out['ref']}: "
               + ", ".join(f"{n} {k}" for k, n in out["counts"].items()))
         if out["configured"]:
-            print(f"WARNING: {args.person!r} is still listed in {bundle.dir / 'people.toml'}: remove them there "
-                  f"(the server skips them meanwhile), then restart the server")
-        else:
-            print("restart the server so that it also forgets what it holds in memory (presence)")
+            print(f"WARNING: {args.person!r} is still listed in {bundle.dir / 'people.toml'}, which holds their "
+                  f"name and cards: remove them there (an import skips them: they stay erased)")
+        print("a running server drops them from its decisions within a second; restart it so that it also "
+              "forgets what it holds in memory (presence)")
         return 0
     return _run("subject erase", body)

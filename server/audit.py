@@ -41,7 +41,7 @@ from doorkeep.clock import Clock, SystemClock, iso_ms
 from server.errors import ServerError
 from server.private_files import open_private
 from server.store import Store
-from server.store_audit import GENESIS  # the hash before the first record
+from server.store_audit import GENESIS, AuditRow  # GENESIS: the hash before the first record
 
 log = logging.getLogger("doorkeep.server.audit")
 
@@ -163,6 +163,15 @@ class AuditLog:
         """The newest records first (all of them without ``limit``), ``details`` decoded."""
         return [dict(r, details=json.loads(r["details"])) for r in self.store.audit_records(limit)]
 
+    def search(self, *, actor: tuple[str, ...] | None = None, action: str | None = None,
+               target: tuple[str, ...] | None = None, since_ts: str | None = None, until_ts: str | None = None,
+               before_seq: int | None = None, limit: int = 50) -> list[AuditRow]:
+        """Records matching every filter given, newest first (the desk's audit page, server/web/audit.py):
+        ``actor``/``target`` any of several exactly, ``action`` exact or a prefix ending in ``.``, ``since_ts``
+        inclusive and ``until_ts`` exclusive (UTC ``iso_ms`` text), ``before_seq`` for paging. Read-only."""
+        return self.store.audit_search(actor=actor, action=action, target=target, since_ts=since_ts,
+                                       until_ts=until_ts, before_seq=before_seq, limit=limit)
+
     def verify(self) -> VerifyResult:
         """Walk the chain from the anchor to the head file; the first bad record and what is wrong with it."""
         anchor, hashes = self.store.audit_anchor_and_hashes()
@@ -264,12 +273,9 @@ def site_digests(bundle: Any, key: bytes) -> dict[str, dict[str, str]]:
     """Per-item digests of the site files' people (keyed by pseudonym) and access data (keyed by kind:id)."""
     from dataclasses import asdict
 
-    from doorkeep.credentials import card_hash
-
     cards: dict[str, list[Any]] = {}
-    for c in bundle.cards:
-        cards.setdefault(c.person, []).append([c.format, card_hash(key, c.format, c.number), c.state.value,
-                                               bool(c.pin)])
+    for c in bundle.cards:  # a card written as a hash (doorkeep site export) digests the same as its number
+        cards.setdefault(c.person, []).append([c.format, c.hashed(key), c.state.value, bool(c.pin)])
     people = {subject_ref(key, pid): _digest(key, [asdict(p), sorted(cards.get(pid, []))])
               for pid, p in bundle.people.items()}
     site = bundle.site

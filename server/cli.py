@@ -273,10 +273,12 @@ def muster(args: argparse.Namespace) -> int:
     try:
         visitors = {v["id"]: v for v in store.visitor_records()}
         presence = sorted(store.all_presence(), key=lambda r: (r["area"], r["person"]))
+        # The store holds the site's people (server/people.py); people.toml only until the server first ran.
+        names = {pid: p.name for pid, p in bundle.people.items()}
+        names.update({r["id"]: r["name"] for r in store.people_rows()})
     finally:
         store.close()
     tz = ZoneInfo(site.timezone)
-    names = {pid: p.name for pid, p in bundle.people.items()}
     print(f"Muster for {site.name} — {datetime.now(tz):%Y-%m-%d %H:%M} {site.timezone}")
     inside = [r for r in presence if r["area"] != "outside"]
     for area_id in sorted({r["area"] for r in inside}):

@@ -1,10 +1,10 @@
-"""The server's live site: the site files plus what changes at runtime.
+"""The server's live site: the live site revision plus what the store holds.
 
-People, areas, doors and schedules come from the site directory; visitors,
-card states (lost, revoked), lockdowns and presence change while the server
-runs. They are persisted in the store and folded into a new immutable
-``Site`` on every change, so ``decide()`` always reads one consistent
-snapshot and the policy publisher republishes it to every edge at once.
+Areas, doors and schedules come from the live site revision (server/siteadmin.py); people, their cards and
+the visitor badge pool from the store's tables (server/people.py: the first start imports people.toml);
+visitors, card states (lost, revoked), lockdowns and presence change while the server runs. They are folded
+into a new immutable ``Site`` on every change, so ``decide()`` always reads one consistent snapshot and the
+policy publisher republishes it to every edge at once.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from doorkeep.clock import Clock, parse_iso_ms
-from doorkeep.config import SiteBundle, with_people
-from doorkeep.credentials import card_hash, last4, normalise
+from doorkeep.config import SiteBundle
+from doorkeep.credentials import card_hash
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Presence, commit, decide
 from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
 from server.audit import Auditor, subject_ref
 from server.errors import ServerError
+from server.people import load_rows, seed
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.directory")
@@ -72,8 +73,9 @@ class _ChangeLock:
 
 
 class Directory:
-    def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock,
-                 visitor_pool: list[tuple[str, str]] | None = None, audit: Auditor | None = None) -> None:
+    def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock, audit: Auditor | None = None) -> None:
+        """``bundle``: the live site; its people.toml is imported into a store that never held people (the first
+        start, server/people.py ``seed``), and never read again: people come from the store."""
         self.bundle = bundle
         #: Where security-relevant changes are recorded (server/audit.py); None records nothing.
         self.audit = audit
@@ -88,10 +90,13 @@ class Directory:
         self._lock = _ChangeLock(self._notify)
         self._pending = False
         self._notify_lock = threading.Lock()
-        people, cards = self._not_erased(bundle)
-        self._base = with_people(bundle.site, people, cards, key)
-        pool = visitor_pool if visitor_pool is not None else [(c.format, c.number) for c in bundle.visitor_pool]
-        self._pool = {card_hash(key, fmt, num): (fmt, normalise(fmt, num)) for fmt, num in pool}
+        self._base = bundle.site
+        # The store's people, cards (state active: card states are applied in _build) and visitor badges
+        # (hash -> format, last four); people_version is the store's people counter they reflect.
+        seed(store, bundle, key, clock.wall(), audit)
+        #: Serialises reading all people from the store with the row changes the people service hands in.
+        self._people_lock = threading.Lock()
+        self.people_version, self._people, self._cards, self._pool = self._read_people()
         self.state = DecisionState()
         for row in store.all_presence():
             self.state.presence[row["person"]] = Presence(row["area"], row["since"])
@@ -104,16 +109,6 @@ class Directory:
         self.site = self._build()
 
     # ------------------------------------------------------------- building
-
-    def _not_erased(self, bundle: SiteBundle) -> tuple[dict[str, Person], list[Any]]:
-        """people.toml minus the people erased with ``doorkeep subject erase`` (and their cards)."""
-        erased = self.store.erased_refs()
-        gone = {pid for pid in bundle.people if subject_ref(self.key, pid) in erased}
-        for pid in sorted(gone):
-            log.warning("person %r in people.toml was erased (doorkeep subject erase) and is skipped; "
-                        "remove them from people.toml", pid)
-        return ({pid: p for pid, p in bundle.people.items() if pid not in gone},
-                [c for c in bundle.cards if c.person not in gone])
 
     def _audit(self, actor: str, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
         """Record an operation that already happened; a failing audit is logged loudly, never undoes it."""
@@ -143,10 +138,9 @@ class Directory:
         return out
 
     def _build(self) -> Site:
-        """The base site + visitors + card state overrides; called under the lock on every change."""
-        people = dict(self._base.people)
-        creds = dict(self._base.credentials)
-        self._merge_desk_people(people, creds)
+        """The live site + the store's people and cards + visitors + card states; under the lock on every change."""
+        people = dict(self._people)
+        creds = dict(self._cards)
         for v in self._visitors():
             people[v.id] = Person(
                 id=v.id, name=v.name, kind=PersonKind.VISITOR, state=PersonState.ACTIVE,
@@ -163,41 +157,12 @@ class Directory:
         lockdowns = frozenset((["site"] if self.state.lockdown_site else []) + sorted(self.state.lockdown_areas))
         return dataclasses.replace(self._base, people=people, credentials=creds, lockdowns=lockdowns)
 
-    def _merge_desk_people(self, people: dict[str, Person], creds: dict[str, Credential]) -> None:
-        """Fold in the security desk's people changes (migration 008, server/web/people.py): people.toml is
-        the seed, a desk row overrides it field by field (NULL: keep the people.toml value), a desk-added
-        person exists only in the store; desk-added cards join their person's cards."""
-        for row in self.store.desk_people():
-            pid = row["id"]
-            seed = people.get(pid)
-            if seed is None and not row["added"]:
-                continue  # an override of someone people.toml no longer lists (or erased): nothing to override
-            base = seed or Person(id=pid, name=row["name"] or pid)
-            changes: dict[str, Any] = {}
-            if row["name"]:
-                changes["name"] = row["name"]
-            if row["kind"]:
-                changes["kind"] = PersonKind(row["kind"])
-            if row["clearance"] is not None:
-                changes["clearance"] = int(row["clearance"])
-            if row["access_levels"] is not None:
-                changes["access_levels"] = tuple(json.loads(row["access_levels"]))
-            if row["state"]:
-                changes["state"] = PersonState(row["state"])
-            people[pid] = dataclasses.replace(base, **changes)
-        for row in self.store.desk_cards():
-            if row["person"] not in people:
-                continue
-            if row["hash"] in creds and creds[row["hash"]].person != row["person"]:
-                log.warning("a desk-added card of %s is also in people.toml for someone else; people.toml wins",
-                            subject_ref(self.key, row["person"]))
-                continue
-            creds[row["hash"]] = Credential(row["hash"], row["last4"], row["format"], row["person"])
-
     def refresh(self, *, action: str | None = None, actor: str = "system", target: str | None = None,
                 details: dict[str, Any] | None = None) -> Site:
-        """Rebuild the site after a change written to the store by someone else (the desk's people
-        admin), republish the policies, and audit ``action`` if given; returns the new site."""
+        """Rebuild the site after a change written to the store by someone else (people read again when the
+        store's people counter moved), republish the policies, and audit ``action`` if given; the new site."""
+        if self.store.people_version() != self.people_version:
+            self.reload_people()
         with self._lock:
             self._changed()
             if action is not None:
@@ -206,14 +171,55 @@ class Directory:
 
     def replace_site(self, bundle: SiteBundle) -> Site:
         """Swap in a new site model (a committed site revision, server/siteadmin.py): areas, doors, schedules,
-        access levels and rules; people, visitors, card states, presence and lockdowns carry over."""
-        people, cards = self._not_erased(bundle)
-        base = with_people(bundle.site, people, cards, self.key)  # built outside the lock: decisions go on
+        access levels and rules; people (the store's), visitors, card states, presence and lockdowns carry over."""
         with self._lock:
             self.bundle = bundle
-            self._base = base
+            self._base = bundle.site
             self._changed()
             return self.site
+
+    # ------------------------------------------------------------- people
+
+    def _read_people(self) -> tuple[int, dict[str, Person], dict[str, Credential], dict[str, tuple[str, str]]]:
+        """The store's people counter, then its people, cards (state active) and visitor badges."""
+        version = self.store.people_version()  # first: rows read after it are at least this new
+        rows = load_rows(self.store, with_states=False)
+        return version, rows.people, rows.cards, rows.pool
+
+    def reload_people(self) -> Site:
+        """Read every person, card and visitor badge from the store again (an import, another process's change)
+        and swap them in; the rows are read outside the decision lock, so decisions go on meanwhile."""
+        with self._people_lock:
+            version, people, cards, pool = self._read_people()
+            with self._lock:
+                self.people_version, self._people, self._cards, self._pool = version, people, cards, pool
+                self._changed()
+                return self.site
+
+    def update_people(self, people: Mapping[str, Person | None], cards: Mapping[str, Credential | None], *,
+                      version: int) -> Site:
+        """Swap in people and cards the people service just wrote (None: removed), as one cheap change;
+        ``version`` is the store's people counter after that write. When another writer's change came in
+        between (the counter skipped one), the counter is left behind so the next poll reads everything again."""
+        with self._people_lock, self._lock:
+            for pid, person in people.items():
+                if person is None:
+                    self._people.pop(pid, None)
+                else:
+                    self._people[pid] = person
+            for h, cred in cards.items():
+                if cred is None:
+                    self._cards.pop(h, None)
+                else:
+                    self._cards[h] = cred
+            if version == self.people_version + 1:
+                self.people_version = version
+            self._changed()
+            return self.site
+
+    def pool_badge(self, credential_hash: str) -> tuple[str, str] | None:
+        """``(format, last four)`` of a visitor badge of the pool, None for any other card."""
+        return self._pool.get(credential_hash)
 
     def _changed(self) -> None:
         """Rebuild the site (under the lock); the listeners hear of it once the lock is released."""
@@ -348,21 +354,26 @@ class Directory:
                 h = free[0]
             else:
                 raise DirectoryError("no free visitor badge in the pool")
-            fmt, number = self._pool[h]
+            fmt, shown = self._pool[h]
             self.store.save_visitor(visitor_id, status="checked_in", card_hash=h, card_format=fmt,
-                                    card_number_last4=last4(number), checked_in_at=self.clock.wall())
+                                    card_number_last4=shown, checked_in_at=self.clock.wall())
             # A pool badge may carry a stale 'revoked' from its previous holder.
             self.store.clear_card_state(h)
             self._changed()
-            self._audit(actor, "visitor.check_in", subject_ref(self.key, visitor_id), {"badge_last4": last4(number)})
+            self._audit(actor, "visitor.check_in", subject_ref(self.key, visitor_id), {"badge_last4": shown})
             return self.visitor(visitor_id)
 
-    def check_out(self, visitor_id: str, *, actor: str = "system") -> Visitor:
-        """Return the badge to the pool: from now on it opens nothing until the next check-in."""
+    def check_out(self, visitor_id: str, *, actor: str = "system", revoke_badge: bool = False) -> Visitor:
+        """Return the badge to the pool: from now on it opens nothing until the next check-in.
+
+        ``revoke_badge``: mark the badge revoked first (audited ``card.revoked``), in the same change, as the
+        desk does (server/visitors.py): a badge not handed back is refused at every door."""
         with self._lock:
             v = self.visitor(visitor_id)
             if v.status != "checked_in":
                 raise DirectoryError(f"visitor {visitor_id!r} is not checked in")
+            if revoke_badge and v.card_hash and v.card_hash in self.site.credentials:
+                self.set_card_state(v.card_hash, CredentialState.REVOKED, actor=actor)
             self.store.save_visitor(visitor_id, status="checked_out", checked_out_at=self.clock.wall())
             self.state.presence.pop(visitor_id, None)
             self.store.forget_presence(visitor_id)

@@ -153,7 +153,7 @@ def _m004_snapshot_keys(db: sqlite_utils.Database) -> None:
 
 
 def _m006_operators(db: sqlite_utils.Database) -> None:
-    """Security-desk operators (server/web/operators.py, docs/desk.md): accounts with argon2id hashes, API
+    """Security-desk operators (server/operators.py, docs/desk.md): accounts with argon2id hashes, API
     tokens and sessions kept only as SHA-256 hashes, and failed-login counters keyed by a hash of the name
     or client address (a name typed by mistake, maybe a password, is never stored)."""
     db["operators"].create({"name": str, "role": str, "password_hash": str, "created_at": float,
@@ -170,7 +170,7 @@ def _m006_operators(db: sqlite_utils.Database) -> None:
 
 
 def _m007_visitor_desk(db: sqlite_utils.Database) -> None:
-    """The desk's visitor records (server/web/visitors.py, docs/desk.md): the consent given at each check-in
+    """The desk's visitor records (server/visitors.py, docs/desk.md): the consent given at each check-in
     (which privacy notice version was shown, photo consent yes/no, when, taken by which operator) and the
     admin-managed watchlist of names and companies that warns the desk (``norm`` is the accent- and
     case-folded text the match uses)."""
@@ -187,8 +187,9 @@ def _m008_desk_admin(db: sqlite_utils.Database) -> None:
     """People and cards changed at the security desk (server/web/people.py, docs/desk.md "People").
 
     ``desk_people`` holds people added at the desk (``added`` 1) and overrides of people.toml people
-    (``added`` 0: a NULL column keeps the people.toml value); Directory merges it over people.toml.
+    (``added`` 0: a NULL column keeps the people.toml value); Directory merged it over people.toml.
     ``desk_cards`` holds cards added at the desk, only as the keyed hash and the last four characters.
+    Both are folded into migration 013's tables, then dropped, at the first start with the credential key.
     """
     db["desk_people"].create({"id": str, "added": int, "name": str, "kind": str, "clearance": int,
                               "access_levels": str, "state": str, "changed_at": float},
@@ -199,7 +200,7 @@ def _m008_desk_admin(db: sqlite_utils.Database) -> None:
 
 
 def _m_operator_2fa(db: sqlite_utils.Database) -> None:
-    """Operators' TOTP second factor (server/web/twofactor.py, docs/desk.md "Two-factor login").
+    """Operators' TOTP second factor (server/operators.py, docs/desk.md "Two-factor login").
 
     ``operators.totp_secret`` is the confirmed RFC 6238 secret (NULL: no 2FA), ``totp_enabled_at`` when it was
     confirmed, ``totp_last_step`` the last 30-second step a code was accepted for (a code is never accepted
@@ -240,6 +241,33 @@ def _m012_audit_search(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX IF NOT EXISTS audit_log_{column} ON audit_log ({column}, seq)")
 
 
+def _m013_people(db: sqlite_utils.Database) -> None:
+    """People, their cards and the visitor badge pool, held by the server (server/people.py,
+    docs/administration.md): people.toml becomes an import/export format.
+
+    ``people``: one row per person (lists as JSON text; ``pin_hash`` the keyed PIN hash, never a PIN;
+    ``source`` how they came, ``people.toml`` or ``desk``; ``desk_changed`` 1 once the desk changed them).
+    ``cards``: each card only as its keyed hash and last four characters; its state (lost, revoked) stays in
+    ``credential_states``. ``visitor_pool``: the badges the desk hands visitors, in the file's order (the first
+free one is handed out first). The rows of migration 008
+    (``desk_people``, ``desk_cards``) are folded in with people.toml at the first start that has the
+    credential key (server/people.py ``seed``), which drops those tables. The counters ``people.changes``
+    (grows with every change: a running server polls it to pick up another process's import) and
+    ``people.seeded`` (the first import is done) live in ``counters``.
+    """
+    db["people"].create({"id": str, "name": str, "kind": str, "clearance": int, "access_levels": str,
+                         "roles": str, "state": str, "valid_from": float, "valid_until": float, "pin_hash": str,
+                         "host": str, "company": str, "allowed_areas": str, "escort_required": int,
+                         "source": str, "desk_changed": int, "changed_at": float}, pk="id",
+                        not_null={"name", "kind", "clearance", "access_levels", "roles", "state", "allowed_areas",
+                                  "escort_required", "source", "desk_changed", "changed_at"})
+    db["cards"].create({"hash": str, "person": str, "format": str, "last4": str, "added_at": float}, pk="hash",
+                       not_null={"person", "format", "last4", "added_at"})
+    db["cards"].create_index(["person"])
+    db["visitor_pool"].create({"hash": str, "format": str, "last4": str, "position": int}, pk="hash",
+                              not_null={"format", "last4", "position"})
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -253,6 +281,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("010_device_clock", _m010_device_clock),
     ("011_site_revisions", _m011_site_revisions),
     ("012_audit_search", _m012_audit_search),
+    ("013_people", _m013_people),
 ]
 
 
@@ -630,14 +659,6 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
 
     def clear_card_state(self, card_hash: str) -> None:
         self.delete("credential_states", card_hash)
-
-    def desk_people(self) -> list[dict[str, Any]]:
-        """People added or changed at the security desk (migration 008)."""
-        return self.rows("desk_people")
-
-    def desk_cards(self) -> list[dict[str, Any]]:
-        """Cards added at the security desk (hash and last four only)."""
-        return self.rows("desk_cards")
 
     def next_counter(self, name: str, at_least: int = 0) -> int:
         """A counter that only grows, across restarts (policy versions)."""

@@ -1,44 +1,36 @@
 """The store's security-desk records: the visitor watchlist and consents (migration ``007_visitor_desk``),
-people and cards added or changed at the desk (``008_desk_admin``), and the pages of events the live view
+people, their cards and the visitor badge pool (``013_people``), and the pages of events the live view
 reads.
 
 Part of :class:`server.store.Store` (a base class of it): every method takes the store's lock itself; a
-change of several rows (a CSV import of people and their cards) is one transaction here, all or nothing.
+change of several rows (an import of people and their cards) is one transaction here, all or nothing.
 The rules (what a valid person or card is, what a watchlist entry matches) stay with the callers
-(server/web/visitors.py, people.py, live.py).
+(server/people.py, server/visitors.py, server/eventlog.py).
 """
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import threading
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import sqlite_utils
 
-# The columns of desk_people the desk may set on a person of people.toml (a NULL keeps the file's value).
-OVERRIDABLE = frozenset({"name", "kind", "clearance", "access_levels", "state"})
+# The columns of a stored person that :meth:`DeskRecords.update_person_row` may set (migration 013).
+PERSON_COLUMNS = frozenset({"name", "kind", "clearance", "access_levels", "roles", "state", "valid_from",
+                            "valid_until", "pin_hash", "host", "company", "allowed_areas", "escort_required",
+                            "source", "desk_changed"})
 
 
-class DeskPerson(Protocol):
-    """A validated person to add at the desk, cards already hashed (server/web/people.py ``NewPerson``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def clearance(self) -> int: ...
-    @property
-    def access_levels(self) -> list[str]: ...
-    @property
-    def cards(self) -> list[tuple[str, str, str]]: ...  # (hash, format, last4)
+def _bump_people(conn: sqlite3.Connection) -> int:
+    """Move the ``people.changes`` counter on, inside the caller's transaction; its new value."""
+    conn.execute("INSERT INTO counters (name, value) VALUES ('people.changes', 1) "
+                 "ON CONFLICT(name) DO UPDATE SET value = value + 1")
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'people.changes'").fetchone()[0])
 
 
 class DeskRecords:
-    """Watchlist, visitor consents, desk people and cards, event pages (a base of ``Store``)."""
+    """Watchlist, visitor consents, people and cards, event pages (a base of ``Store``)."""
 
     _db: sqlite_utils.Database
     _lock: threading.RLock
@@ -94,43 +86,134 @@ class DeskRecords:
             return self._db.conn.execute(
                 "DELETE FROM visitor_consents WHERE visitor NOT IN (SELECT id FROM visitors)").rowcount
 
-    # ------------------------------------------------- desk people and cards
+    # ---------------------------------------------- people and cards (migration 013)
+    # The rows are built and read by server/people.py (which owns what a valid person is); every write here is one
+    # transaction that also moves the ``people.changes`` counter, so a server polling it sees another process's
+    # change, and returns the counter's new value.
 
-    def desk_person(self, person: str) -> dict[str, Any] | None:
-        """The desk's row for a person (added at the desk, or overriding people.toml), if any."""
+    def people_seeded(self) -> bool:
+        """True once people.toml (and the desk rows of migration 008) were imported into the store."""
         with self._lock:
-            rows = list(self._db.query("SELECT * FROM desk_people WHERE id = ?", [person]))
+            return self._db.conn.execute("SELECT 1 FROM counters WHERE name = 'people.seeded'").fetchone() is not None
+
+    def people_version(self) -> int:
+        """The ``people.changes`` counter: it grows with every change to people, cards or the visitor pool."""
+        with self._lock:
+            row = self._db.conn.execute("SELECT value FROM counters WHERE name = 'people.changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def people_rows(self) -> list[dict[str, Any]]:
+        """Every person's row, by id."""
+        with self._lock:
+            return list(self._db.query("SELECT * FROM people ORDER BY id"))
+
+    def person_row(self, person: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self._db.query("SELECT * FROM people WHERE id = ?", [person]))
         return rows[0] if rows else None
 
-    def add_desk_people(self, people: Sequence[DeskPerson], at: float) -> None:
-        """Add people and their cards in one transaction: all of them, or (on any error) none."""
+    def people_sources(self) -> list[dict[str, Any]]:
+        """``id, source, desk_changed`` of the people not simply imported from people.toml (added or changed at the
+        desk): the few rows the desk's list needs to say where each person came from."""
+        with self._lock:
+            return list(self._db.query("SELECT id, source, desk_changed FROM people "
+                                       "WHERE source != 'people.toml' OR desk_changed != 0"))
+
+    def card_rows(self, person: str | None = None) -> list[dict[str, Any]]:
+        """Every card (``hash, person, format, last4, added_at``), or one person's; by hash."""
+        with self._lock:
+            if person is None:
+                return list(self._db.query("SELECT * FROM cards ORDER BY hash"))
+            return list(self._db.query("SELECT * FROM cards WHERE person = ? ORDER BY hash", [person]))
+
+    def pool_rows(self) -> list[dict[str, Any]]:
+        """The visitor badge pool (``hash, format, last4, position``), in its order."""
+        with self._lock:
+            return list(self._db.query("SELECT * FROM visitor_pool ORDER BY position"))
+
+    def legacy_desk_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rows of migration 008 (``desk_people``, ``desk_cards``) not folded in yet; empty once folded."""
+        with self._lock:
+            tables = set(self._db.table_names())
+            people = list(self._db.query("SELECT * FROM desk_people")) if "desk_people" in tables else []
+            cards = list(self._db.query("SELECT * FROM desk_cards")) if "desk_cards" in tables else []
+        return people, cards
+
+    def write_people(self, *, people: Sequence[Mapping[str, Any]] = (), remove: Sequence[str] = (),
+                     cards: Sequence[Mapping[str, Any]] = (), remove_cards: Sequence[str] = (),
+                     states: Mapping[str, str | None] | None = None, pool: Sequence[Mapping[str, Any]] | None = None,
+                     seeded: bool = False, at: float) -> int:
+        """One transaction: people rows written whole (inserted or replaced) or removed with their cards, card
+        rows written or removed, card states set (None clears one), the visitor pool replaced when given (in that
+        order); with
+        ``seeded`` the first import is marked done and migration 008's tables dropped. The new counter."""
+        with self._lock, self._db.conn:
+            conn = self._db.conn
+            if remove:
+                ids = [[pid] for pid in remove]
+                conn.executemany("DELETE FROM cards WHERE person = ?", ids)
+                conn.executemany("DELETE FROM people WHERE id = ?", ids)
+            if remove_cards:
+                conn.executemany("DELETE FROM cards WHERE hash = ?", [[h] for h in remove_cards])
+            if people:
+                cols = list(people[0])
+                conn.executemany(f"INSERT OR REPLACE INTO people ({', '.join(cols)}) VALUES "
+                                 f"({', '.join('?' for _ in cols)})", [[p[c] for c in cols] for p in people])
+            if cards:
+                conn.executemany("INSERT OR REPLACE INTO cards (hash, person, format, last4, added_at) "
+                                 "VALUES (?, ?, ?, ?, ?)",
+                                 [[c["hash"], c["person"], c["format"], c["last4"], at] for c in cards])
+            for h, state in (states or {}).items():
+                if state is None:
+                    conn.execute("DELETE FROM credential_states WHERE hash = ?", [h])
+                else:
+                    conn.execute("INSERT OR REPLACE INTO credential_states (hash, state, changed_at) VALUES (?, ?, ?)",
+                                 [h, state, at])
+            if pool is not None:
+                conn.execute("DELETE FROM visitor_pool")
+                conn.executemany("INSERT INTO visitor_pool (hash, format, last4, position) VALUES (?, ?, ?, ?)",
+                                 [[c["hash"], c["format"], c["last4"], i] for i, c in enumerate(pool)])
+            if seeded:
+                conn.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('people.seeded', 1)")
+                conn.execute("DROP TABLE IF EXISTS desk_cards")
+                conn.execute("DROP TABLE IF EXISTS desk_people")
+            return _bump_people(conn)
+
+    def add_people_rows(self, people: Sequence[Mapping[str, Any]], cards: Sequence[Mapping[str, Any]],
+                        at: float) -> int:
+        """Add new people and their cards in one transaction: all of them, or (an id or a card already
+        stored: sqlite3.IntegrityError) none. The new counter."""
         with self._lock, self._db.conn:
             conn = self._db.conn
             for p in people:
-                conn.execute("INSERT INTO desk_people (id, added, name, kind, clearance, access_levels, state, "
-                             "changed_at) VALUES (?, 1, ?, ?, ?, ?, 'active', ?)",
-                             [p.id, p.name, p.kind, p.clearance, json.dumps(p.access_levels), at])
-                for card_hash, fmt, last4 in p.cards:
-                    conn.execute("INSERT INTO desk_cards (hash, person, format, last4, added_at) "
-                                 "VALUES (?, ?, ?, ?, ?)", [card_hash, p.id, fmt, last4, at])
+                cols = list(p)
+                conn.execute(f"INSERT INTO people ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                             [p[c] for c in cols])
+            for c in cards:
+                conn.execute("INSERT INTO cards (hash, person, format, last4, added_at) VALUES (?, ?, ?, ?, ?)",
+                             [c["hash"], c["person"], c["format"], c["last4"], at])
+            return _bump_people(conn)
 
-    def override_desk_person(self, person: str, columns: dict[str, Any], at: float) -> None:
-        """Set desk columns of a person (an override row for a people.toml person, other columns kept NULL)."""
-        unknown = set(columns) - OVERRIDABLE
+    def update_person_row(self, person: str, columns: Mapping[str, Any], at: float) -> int:
+        """Set some columns of one person (a cheap row change: a suspension, new access levels). The new
+        counter; raises LookupError when no such person is stored."""
+        unknown = set(columns) - PERSON_COLUMNS
         if unknown or not columns:
-            raise ValueError(f"cannot set desk_people columns {sorted(unknown) or 'none'}")
+            raise ValueError(f"cannot set people columns {sorted(unknown) or 'none'}")
         sets = ", ".join(f"{k} = ?" for k in columns)
         with self._lock, self._db.conn:
-            self._db.conn.execute("INSERT OR IGNORE INTO desk_people (id, added, changed_at) VALUES (?, 0, ?)",
-                                  [person, at])
-            self._db.conn.execute(f"UPDATE desk_people SET {sets}, changed_at = ? WHERE id = ?",
-                                  [*columns.values(), at, person])
+            cur = self._db.conn.execute(f"UPDATE people SET {sets}, changed_at = ? WHERE id = ?",
+                                        [*columns.values(), at, person])
+            if cur.rowcount != 1:
+                raise LookupError(f"no stored person {person!r}")
+            return _bump_people(self._db.conn)
 
-    def add_desk_card(self, card_hash: str, person: str, fmt: str, last4: str, at: float) -> None:
+    def add_card_row(self, card_hash: str, person: str, fmt: str, last4: str, at: float) -> int:
         """Add a card (its keyed hash and last four characters only); raises if the hash is already a card."""
         with self._lock, self._db.conn:
-            self._db.conn.execute("INSERT INTO desk_cards (hash, person, format, last4, added_at) "
-                                  "VALUES (?, ?, ?, ?, ?)", [card_hash, person, fmt, last4, at])
+            self._db.conn.execute("INSERT INTO cards (hash, person, format, last4, added_at) VALUES (?, ?, ?, ?, ?)",
+                                  [card_hash, person, fmt, last4, at])
+            return _bump_people(self._db.conn)
 
     # -------------------------------------------------------- event pages
 

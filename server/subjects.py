@@ -9,7 +9,7 @@ Consents: the ``visitor_consents`` row names the visitor (by id) and goes at
 erasure. What the law still needs afterwards (that consent was given, to which
 notice version, photo consent yes/no, when, taken by which operator) is already
 in the hash-chained audit log: the desk records ``visitor.consent`` with those
-facts under the pseudonym at every check-in (server/web/visitors.py), and the
+facts under the pseudonym at every check-in (server/visitors.py), and the
 log is append-only. The export lists the consents without the operator's name
 (another person's data). The pseudonym is
 :func:`server.audit.subject_ref` (an HMAC of the id under the site's credential
@@ -28,9 +28,9 @@ from typing import Any
 
 from doorkeep.clock import iso_ms
 from doorkeep.config import SiteBundle
-from doorkeep.credentials import card_hash, last4
 from server.audit import AuditLog, subject_ref
 from server.errors import ServerError
+from server.people import person_from_row
 from server.store import Store
 
 EXPORT_SCHEMA = "doorkeep.subject_export/1"
@@ -45,25 +45,23 @@ class SubjectError(ServerError, LookupError):
 
 @dataclass
 class Subject:
-    """Where a person shows up: the site files, the visitor records, the events."""
+    """Where a person shows up: the store (people, cards, visitor records, events) and the site's people.toml."""
 
     id: str
     ref: str
     name: str | None
-    configured: bool                     # listed in people.toml: only the operator can remove them there
+    configured: bool                     # still listed in the site directory's people.toml: remove them there
     card_hashes: list[str] = field(default_factory=list)
 
 
 def find(bundle: SiteBundle, store: Store, key: bytes, person: str) -> Subject:
-    """The person as the site files and the store know them (possibly not at all: then ``name`` is None)."""
+    """The person as the store and the site directory's people.toml know them (possibly not at all: then
+    ``name`` is None). The store holds the site's people (server/people.py); the file may still name them."""
+    hashes, name = store.subject_cards_and_name(person)
     p = bundle.people.get(person)
-    hashes = [card_hash(key, c.format, c.number) for c in bundle.cards if c.person == person]
-    name = p.name if p is not None else None
-    # People and cards added at the security desk (migration 008) are the subject's too.
-    desk_hashes, stored_name = store.subject_cards_and_name(person)
-    hashes += [h for h in desk_hashes if h not in hashes]
-    if name is None:
-        name = stored_name
+    hashes += [h for h in (c.hashed(key) for c in bundle.cards if c.person == person) if h not in hashes]
+    if name is None and p is not None:
+        name = p.name
     return Subject(person, subject_ref(key, person), name, p is not None, hashes)
 
 
@@ -82,22 +80,21 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
         raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
                            f"people.toml ids or visitor ids)")
     states = {r["hash"]: r["state"] for r in store.card_states()}
-    credentials = [{"format": c.format, "last4": last4(c.number),
-                    "state": states.get(card_hash(key, c.format, c.number), c.state.value), "source": "people.toml"}
-                   for c in bundle.cards if c.person == person]
+    credentials = [{"format": c["format"], "last4": c["last4"], "state": states.get(c["hash"], "active"),
+                    "source": "site"} for c in store.card_rows(person)]
     credentials += [{"format": v["card_format"], "last4": v["card_number_last4"],
                      "state": "active" if v["status"] == "checked_in" else "returned", "source": "visitor badge"}
                     for v in visits if v["card_format"]]
     profile: dict[str, Any] = {"id": person}
-    p = bundle.people.get(person)
-    if p is not None:
+    row = store.person_row(person)
+    if row is not None:
+        p = person_from_row(row)
         profile.update({"name": p.name, "kind": p.kind.value, "state": p.state.value, "clearance": p.clearance,
                         "access_levels": list(p.access_levels), "roles": sorted(p.roles),
                         "valid_from": p.valid_from, "valid_until": p.valid_until, "host": p.host,
                         "company": p.company, "allowed_areas": list(p.allowed_areas),
                         "escort_required": p.escort_required if p.kind.value == "visitor" else None,
-                        "pin": "set" if any(c.pin for c in bundle.cards if c.person == person) else None,
-                        "source": "people.toml"})
+                        "pin": "set" if p.pin_hash else None, "source": row["source"]})
     elif visits:
         v = visits[-1]
         profile.update({"name": v["name"], "kind": "visitor", "company": v["company"], "email": v["email"],
@@ -183,7 +180,7 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
     """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
     s = find(bundle, store, key, person)
     counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "consents", "presence", "card_states",
-                            "alarms", "hosted_visits", "desk_people", "desk_cards"), 0)
+                            "alarms", "hosted_visits", "people", "cards"), 0)
     # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
     store.enable_secure_delete()
     for e in store.subject_events(s.id, s.card_hashes):
@@ -203,5 +200,5 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
 
 
 def erased_refs(store: Store) -> set[str]:
-    """Pseudonyms of the people erased from this store (the directory skips them in people.toml)."""
+    """Pseudonyms of the people erased from this store (an import of people.toml skips them: server/people.py)."""
     return store.erased_refs()

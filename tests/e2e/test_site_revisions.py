@@ -62,7 +62,9 @@ def test_taking_the_lobby_out_of_an_access_level_refuses_the_next_badge_and_reac
     assert (event["decision"], event["reason"]) == ("denied", "no_access")
 
 
-def test_a_site_import_beside_the_running_server_is_live_without_a_restart(site: SiteRunner, tmp_path: Path) -> None:
+def test_a_site_import_beside_the_running_server_is_live_without_a_restart(site: SiteRunner, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOORKEEP_CREDENTIAL_KEY", site.key.hex())  # the directory's people.toml is imported too
     server = site.server
     assert server is not None and server.siteadmin is not None and site.bundle is not None
     reviewed = tmp_path / "reviewed"

@@ -20,7 +20,7 @@ with atheris.instrument_imports():
 from tests.fuzz.guard import only_raises
 from tests.fuzz.harness import ROOT, run
 
-DEMO = ROOT / "firmware-config" / "sites" / "demo"
+DEMO = ROOT / "doorkeep" / "sites" / "demo"
 FILES = ("site.toml", "people.toml", "devices/pi-lobby.toml", "devices/pi-floor7.toml")
 TARGETS = ("", "site.toml", "devices/pi-lobby.toml", "devices/pi-floor7.toml")
 ORIGINAL = {name: (DEMO / name).read_bytes() for name in FILES}

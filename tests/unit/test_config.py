@@ -14,7 +14,7 @@ from doorkeep.credentials import KEY_ENV, load_key
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.model import Site
 
-DEMO = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 
 SITE = """\
 [site]

@@ -1,7 +1,7 @@
-"""People and credentials at the desk (server/web/people.py, Directory's merge of migration 008): admin only,
-add, suspend and reinstate, a card reported lost refused at once by ``Directory.decide``, access levels and
-clearance, CSV import validated line by line and all or nothing, desk changes surviving a restart over
-people.toml, card numbers never stored, and ``doorkeep subject erase`` removing desk-added people.
+"""People and credentials at the desk (server/web/people.py over server/people.py): admin only, add, suspend and
+reinstate, a card reported lost refused at once by ``Directory.decide``, access levels and clearance, CSV import
+validated line by line and all or nothing, desk changes kept in the store across a restart, card numbers never
+stored, and ``doorkeep subject erase`` removing desk-added people.
 
 Real parts: a real ``Server`` on the demo site with its SQLite store (bus not started), a second server
 bootstrapped on the same data directory for the restart, FastAPI's TestClient.
@@ -162,7 +162,7 @@ def test_suspend_and_access_changes_and_added_people_survive_a_restart(app: Fast
     assert [a["actor"] for a in audit(server, "person.suspend")] == ["ada"]
     assert audit(server, "person.access")[0]["details"]["access_levels"] == [["staff"], ["staff", "lab"]]
 
-    # A restart: a new server on the same store and key reads people.toml again, then the desk's changes.
+    # A restart: a new server on the same store and key runs the store's people (people.toml is not read again).
     server.store.close()
     again = bootstrap(load_site_dir(DEMO), server.store.dir, BrokerConfig("mqtt://127.0.0.1:9"),
                       key=server.directory.key, signing_key=Ed25519PrivateKey.generate(),
@@ -216,7 +216,7 @@ def test_csv_import_reports_each_bad_line_and_imports_nothing(app: FastAPI, clie
     assert "10 hex digits" in lines[10] and "0 to 9" in lines[11] and "4 fields" in lines[12]
     assert "already belongs" in lines[13]
     assert "zed" not in server.directory.site.people  # all or nothing: line 2 was fine, and is not imported
-    assert server.store.rows("desk_people") == [] and server.store.rows("desk_cards") == []
+    assert server.store.person_row("zed") is None and server.store.card_rows("zed") == []
 
     header = client.post("/api/v1/people/import", headers=admin(app), json={"csv": "id,fullname\nx,y\n"})
     assert assert_json_error(header, 422)["detail"]["errors"][0]["line"] == 1
@@ -264,8 +264,9 @@ def test_subject_erase_removes_desk_added_people_and_their_cards(app: FastAPI, c
     assert found.name == "Zed Zimmer" and card in found.card_hashes
     out = subjects.erase(server.directory.bundle, server.store, server.directory.key, "zed", server.audit,
                          now=clock.wall(), actor="dpo")
-    assert out["counts"]["desk_people"] == 1 and out["counts"]["desk_cards"] == 2
-    assert [r["id"] for r in server.store.rows("desk_people")] == ["yara"]
-    assert server.store.rows("desk_cards") == []
-    site = server.directory.refresh()
+    assert out["counts"]["people"] == 1 and out["counts"]["cards"] == 2
+    assert server.store.person_row("zed") is None and server.store.person_row("yara") is not None
+    assert server.store.card_rows("zed") == []
+    assert server.people is not None and server.people.poll()  # the running server picks the erasure up
+    site = server.directory.site
     assert "zed" not in site.people and card not in site.credentials and "yara" in site.people
