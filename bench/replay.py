@@ -28,8 +28,10 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import platform
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -109,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     one = replay(records, site, proposed)
     one_s = time.perf_counter() - t0
     gc.collect()
-    t0 = time.perf_counter()
+    load = os.getloadavg()[0]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     report = replay_on_two_cores(lambda: records, site, proposed)  # as server/replay.py runs it
-    replay_s = time.perf_counter() - t0
+    replay_s, parent_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu_s = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     assert report.to_dict() == one.to_dict(), "the two-process replay disagrees with the one-process replay"
     rate = args.decisions / replay_s if replay_s else float("inf")
     projected = TARGET_N / rate
@@ -122,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  replay in one process (both sites, comparison, report): {one_s:.2f} s")
     print(f"  replay on two cores (server/replay.py): {replay_s:.2f} s = {rate:,.0f} recorded decisions/s; "
           f"1 million in {projected:.1f} s (target <= {TARGET_S:g} s: {'PASS' if projected <= TARGET_S else 'MISS'})")
+    print(f"    CPU: {parent_cpu_s:.2f} s comparing process (the current site's replay and the comparison), "
+          f"{child_cpu_s:.2f} s proposed site's process; load average {load:.1f} on {os.cpu_count()} cores at the start "
+          "(above 0 means other work shared the cores)")
     print(f"  {summary(report)}")
     print(f"  judged {report.judged:,}, not judged {report.not_judged_count:,}, "
           f"replay honesty {report.honesty.agreement:.1%}")
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "decisions": args.decisions, "people": args.people, "days": args.days, "recording_s": recording_s,
             "replay_s": replay_s, "decisions_per_s": rate, "projected_1m_s": projected, "target_s": TARGET_S,
+            "parent_cpu_s": parent_cpu_s, "child_cpu_s": child_cpu_s, "load_average": load,
             "grants_to_refusals": report.grants_to_refusals, "refusals_to_grants": report.refusals_to_grants,
             "not_judged": report.not_judged_count, "honesty": report.honesty.agreement,
         }, indent=2) + "\n")

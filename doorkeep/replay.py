@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, commit, decide
+from doorkeep.errors import DoorkeepError
 from doorkeep.model import PersonKind, Site
+
+
+class ReplayMismatch(DoorkeepError, ValueError):
+    """The proposed side replayed elsewhere (``proposed_codes``) does not match the records replayed here."""
+
 
 #: How many examples each group of the report keeps.
 EXAMPLES = 5
@@ -218,6 +224,14 @@ class ReplayReport:
 
 
 # ------------------------------------------------------------------ replay
+#
+# Speed (bench/replay.py: a million attempts, two replays each): ``decide()`` and ``commit()`` are the work, about
+# 80 % of it; what runs around them per attempt is kept to a few look-ups. What a card's holder is (a visitor?
+# their PIN today?) is looked up once per card (:class:`_Holders`), reasons are compared by their string value,
+# and the report's counters are local variables written to the report once at the end. Kept out on purpose: a
+# cache of requests per door and card (a fresh small object is cheaper than a look-up in a large dict), and
+# reusing decisions whose inputs did not change (building a key of everything ``decide()`` reads cost more
+# than the decisions it saved; docs/performance.md).
 
 
 class _Replay:
@@ -235,34 +249,44 @@ class _Replay:
         else:
             self.state.lockdown_areas.discard(change.scope)
 
-    def judge(self, a: RecordedAttempt, cred: str, typed_pin: str | None) -> tuple[AccessRequest, Decision | str]:
-        """The request as replayed and this site's decision, or why it cannot be judged (:data:`NOT_JUDGED`).
-
-        Decided first without a PIN: a refusal before the PIN rule (or a PIN lock-out this replay's state
-        holds) stands whatever was typed. When only the PIN is left (``pin_required``), the record says
-        what was typed: a recorded ``wrong_pin`` or ``pin_required`` is that again; a recorded outcome
-        past the PIN rule, with a PIN typed, means the person's current PIN was typed (``typed_pin``).
-        Anything else the record cannot vouch for.
-        """
-        req = AccessRequest(a.door, cred)
-        d = decide(req, self.site, self.state, a.ts)
-        if d.reason is not Reason.PIN_REQUIRED:
-            return req, d
-        if a.reason in (Reason.WRONG_PIN.value, Reason.PIN_REQUIRED.value):
-            return req, Decision(Reason(a.reason), d.person)
-        if a.pin and a.reason in _PIN_PASSED:
-            req = AccessRequest(a.door, cred, typed_pin or _WRONG_PIN)
-            return req, decide(req, self.site, self.state, a.ts)
-        return req, PIN
-
-    def follow(self, a: RecordedAttempt, req: AccessRequest, outcome: Decision | str) -> None:
-        """Apply the attempt's effects: this replay's own decision, or the recorded one when not judged."""
-        if isinstance(outcome, Decision):
-            commit(req, outcome, self.site, self.state, a.ts)
-            return
+    def step(self, a: RecordedAttempt, holders: _Holders) -> Decision | str:
+        """Judge one attempt, or say why it cannot be judged (:data:`NOT_JUDGED`), and apply its effects to this
+        replay's state: this replay's own decision, or the recorded one when not judged. The common case
+        (judged, no PIN asked) is one ``decide()`` and one ``commit()``."""
+        why, typed_pin = holders.classify(a)
+        req = AccessRequest(a.door, a.credential_hash or "")
+        if why is None:
+            d = decide(req, self.site, self.state, a.ts)
+            if d.reason is not _PIN_REQUIRED:
+                commit(req, d, self.site, self.state, a.ts)
+                return d
+            req, out = self._with_pin(a, req, d, typed_pin)
+            if out.__class__ is Decision:
+                commit(req, out, self.site, self.state, a.ts)  # type: ignore[arg-type]
+                return out
+        else:
+            out = why
         recorded = _recorded_decision(a, self.site)
         if recorded is not None:
             commit(req, recorded, self.site, self.state, a.ts)
+        return out
+
+    def _with_pin(self, a: RecordedAttempt, req: AccessRequest, d: Decision,
+                  typed_pin: str | None) -> tuple[AccessRequest, Decision | str]:
+        """The decision when only the PIN is left (``pin_required`` without one), or why it cannot be judged.
+
+        A refusal before the PIN rule (or a PIN lock-out this replay's state holds) stands whatever was
+        typed, so the badge was decided without a PIN first. The record says what was typed: a recorded
+        ``wrong_pin`` or ``pin_required`` is that again; a recorded outcome past the PIN rule, with a PIN
+        typed, means the person's current PIN was typed (``typed_pin``). Anything else the record cannot
+        vouch for.
+        """
+        if a.reason in (Reason.WRONG_PIN.value, Reason.PIN_REQUIRED.value):
+            return req, Decision(Reason(a.reason), d.person)
+        if a.pin and a.reason in _PIN_PASSED:
+            req = AccessRequest(a.door, req.credential_hash, typed_pin or _WRONG_PIN)
+            return req, decide(req, self.site, self.state, a.ts)
+        return req, PIN
 
 
 def _recorded_decision(a: RecordedAttempt, site: Site) -> Decision | None:
@@ -294,34 +318,52 @@ def _add(groups: dict[tuple[str, str], Group], before: str, after: str, example:
         g.examples.append(example)
 
 
-def _why_not(a: RecordedAttempt, current: Site) -> str | None:
-    """Why an attempt cannot be judged whatever the site (None: it can be)."""
-    if not a.credential_hash:
-        return NO_CREDENTIAL
-    if a.decided_by != "server" or a.reason in _EDGE_ONLY:
-        return OFFLINE
-    if a.visitor:
-        return VISITOR
-    cred = current.credentials.get(a.credential_hash)
-    holder = current.people.get(cred.person if cred is not None else a.person or "")
-    if holder is not None and holder.kind is PersonKind.VISITOR:
-        return VISITOR
-    return None
+class _Holders:
+    """What the current site says of a card's holder, looked up once per card: both replays judge the same
+    attempts (the current site decides what can be judged, the record what was typed)."""
+
+    def __init__(self, current: Site) -> None:
+        self.current = current
+        #: card hash -> (the holder is a visitor, or None when the site knows no such card; their PIN hash today)
+        self._cards: dict[str, tuple[bool | None, str | None]] = {}
+
+    def _card(self, cred_hash: str) -> tuple[bool | None, str | None]:
+        cred = self.current.credentials.get(cred_hash)
+        if cred is None:
+            return None, None
+        holder = self.current.people.get(cred.person)
+        if holder is None:
+            return False, None
+        return holder.kind is PersonKind.VISITOR, holder.pin_hash
+
+    def classify(self, a: RecordedAttempt) -> tuple[str | None, str | None]:
+        """Why the attempt cannot be judged whatever the site (None: it can be), and the PIN its card's holder
+        has today (what a recorded grant past the PIN rule must have typed)."""
+        cred_hash = a.credential_hash
+        if not cred_hash:
+            return NO_CREDENTIAL, None
+        if a.decided_by != "server" or a.reason in _EDGE_ONLY:
+            return OFFLINE, None
+        if a.visitor:
+            return VISITOR, None
+        card = self._cards.get(cred_hash)
+        if card is None:
+            card = self._cards[cred_hash] = self._card(cred_hash)
+        visitor, pin = card
+        if visitor is None:  # a card nobody holds: the record's person, if the site knows them
+            holder = self.current.people.get(a.person or "")
+            visitor = holder is not None and holder.kind is PersonKind.VISITOR
+        return (VISITOR, None) if visitor else (None, pin)
 
 
 #: One small integer per attempt, for a replay run elsewhere (another process): a reason, or why not judged.
 CODES: tuple[str, ...] = (*(r.value for r in Reason), *NOT_JUDGED)
 _CODE = {value: i for i, value in enumerate(CODES)}
-_REASON_CODES = len(Reason)
-
-
-def _typed_pin(a: RecordedAttempt, current: Site) -> str | None:
-    """The PIN the credential's holder has now: what a recorded grant past the PIN rule must have typed."""
-    holder = current.credentials.get(a.credential_hash or "")
-    if holder is None:
-        return None
-    person = current.people.get(holder.person)
-    return person.pin_hash if person is not None else None
+#: Code -> what it stands for: a shared Decision (no person) or why not judged.
+_DECODED: tuple[Decision | str, ...] = (*(Decision(r) for r in Reason), *NOT_JUDGED)
+_PIN_REQUIRED = Reason.PIN_REQUIRED
+#: Granted reasons by value: a string is hashed in C, an Enum member in Python.
+_GRANTED_VALUES = frozenset(r.value for r in _GRANTED)
 
 
 def side_codes(records: Iterable[Record], site: Site, current: Site) -> Iterator[int]:
@@ -330,21 +372,30 @@ def side_codes(records: Iterable[Record], site: Site, current: Site) -> Iterator
     The same judgement :func:`replay` makes for each side, so the proposed side can run in another process
     (two cores: server/replay.py) and be fed back through ``replay(..., proposed_codes=...)``.
     """
-    side = _Replay(site)
+    for chunk in side_code_chunks(records, site, current):
+        yield from chunk
+
+
+def side_code_chunks(records: Iterable[Record], site: Site, current: Site, size: int = 65536) -> Iterator[bytes]:
+    """:func:`side_codes` as bytes (what crosses the pipe between the two processes): the first chunk small, so
+    the comparison starts at once, then doubling up to ``size`` codes."""
+    if len(CODES) > 256:
+        raise ValueError("more codes than a byte holds")
+    side, holders, code = _Replay(site), _Holders(current), _CODE
+    buf = bytearray()
+    limit = min(1024, size)
     for rec in records:
         if isinstance(rec, LockdownChange):
             side.lockdown(rec)
             continue
-        why = _why_not(rec, current)
-        cred = rec.credential_hash or ""
-        req, out = side.judge(rec, cred, _typed_pin(rec, current)) if why is None else (AccessRequest(rec.door, cred), why)
-        side.follow(rec, req, out)
-        yield _CODE[out.reason.value] if isinstance(out, Decision) else _CODE[out]
-
-
-def _decoded(code: int) -> Decision | str:
-    value = CODES[code]
-    return Decision(Reason(value)) if code < _REASON_CODES else value
+        out = side.step(rec, holders)
+        buf.append(code[out.reason._value_] if out.__class__ is Decision else code[out])  # type: ignore[union-attr]
+        if len(buf) >= limit:
+            yield bytes(buf)
+            buf.clear()
+            limit = min(limit * 2, size)
+    if buf:
+        yield bytes(buf)
 
 
 def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples: int = EXAMPLES,
@@ -356,63 +407,67 @@ def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples
     """
     report = ReplayReport()
     before, after = _Replay(current), _Replay(proposed)
+    holders = _Holders(current)
     honesty = report.honesty
+    granted_values, decoded = _GRANTED_VALUES, _DECODED
+    attempts = judged = lockdowns = same_outcome = same_reason = 0
+    granted_before = granted_after = reason_changed = 0
+    first: RecordedAttempt | None = None
+    last: RecordedAttempt | None = None
     for rec in records:
         if isinstance(rec, LockdownChange):
-            report.lockdown_changes += 1
-            before.lockdown(rec)
+            lockdowns += 1
+            before.lockdown(rec)  # type: ignore[arg-type]
             if proposed_codes is None:
-                after.lockdown(rec)
+                after.lockdown(rec)  # type: ignore[arg-type]
             continue
-        a = rec
-        report.attempts += 1
-        if report.first_ts is None:
-            report.first_ts = a.ts
-        report.last_ts = a.ts
-        why = _why_not(a, current)
-        cred = a.credential_hash or ""
-        typed_pin = _typed_pin(a, current)
-        req_b, out_b = before.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
-        before.follow(a, req_b, out_b)
-        out_a: Decision | str
-        if proposed_codes is not None:
-            out_a = _decoded(next(proposed_codes))
+        a: RecordedAttempt = rec  # type: ignore[assignment]
+        attempts += 1
+        if first is None:
+            first = a
+        last = a
+        out_b = before.step(a, holders)
+        if proposed_codes is None:
+            out_a = after.step(a, holders)
         else:
-            req_a, out_a = after.judge(a, cred, typed_pin) if why is None else (AccessRequest(a.door, cred), why)
-            after.follow(a, req_a, out_a)
-        if not isinstance(out_b, Decision) or not isinstance(out_a, Decision):
-            why = out_b if isinstance(out_b, str) else str(out_a)
-            n = report.not_judged.get(why)
+            code = next(proposed_codes, -1)
+            if code < 0:
+                raise ReplayMismatch(f"the proposed side's replay ended after {attempts - 1:,} attempts; the records go on")
+            out_a = decoded[code]
+        if out_b.__class__ is not Decision or out_a.__class__ is not Decision:
+            why = out_b if out_b.__class__ is str else str(out_a)
+            n = report.not_judged.get(why)  # type: ignore[arg-type]
             if n is None:
-                n = report.not_judged[why] = NotJudged(why, NOT_JUDGED[why])
+                n = report.not_judged[why] = NotJudged(why, NOT_JUDGED[why])  # type: ignore[index]
             n.count += 1
             if len(n.examples) < examples:
                 n.examples.append(Example(a.ts, a.door, a.person, a.reason or "", ""))
             continue
 
-        report.judged += 1
-        person = out_b.person or out_a.person or a.person
-        reason_b, reason_a = out_b.reason, out_a.reason
-        granted_b, granted_a = reason_b in _GRANTED, reason_a in _GRANTED
+        judged += 1
+        value_b = out_b.reason._value_  # type: ignore[union-attr]
+        value_a = out_a.reason._value_  # type: ignore[union-attr]
+        granted_b, granted_a = value_b in granted_values, value_a in granted_values
         # Honesty: the current site's replay against the record.
-        honesty.judged += 1
-        if granted_b == a.granted:
-            honesty.same_outcome += 1
-        if reason_b.value == a.reason:
-            honesty.same_reason += 1
-        elif granted_b != a.granted:
-            _add(honesty.disagreements, a.reason or "", reason_b.value,
-                 Example(a.ts, a.door, person, a.reason or "", reason_b.value), examples)
+        recorded = a.granted
+        if granted_b == recorded:
+            same_outcome += 1
+        if value_b == a.reason:
+            same_reason += 1
+        elif granted_b != recorded:
+            person = out_b.person or out_a.person or a.person  # type: ignore[union-attr]
+            _add(honesty.disagreements, a.reason or "", value_b,
+                 Example(a.ts, a.door, person, a.reason or "", value_b), examples)
         # The change: the proposed site's replay against the current site's.
-        report.granted_before += granted_b
-        report.granted_after += granted_a
+        granted_before += granted_b
+        granted_after += granted_a
         if granted_b == granted_a:
-            if reason_b is not reason_a:
-                report.reason_changed += 1
+            if value_b != value_a:
+                reason_changed += 1
             continue
-        example = Example(a.ts, a.door, person, reason_b.value, reason_a.value)
-        _add(report.to_refused if granted_b else report.to_granted, reason_b.value, reason_a.value, example,
-             examples)
+        person = out_b.person or out_a.person or a.person  # type: ignore[union-attr]
+        example = Example(a.ts, a.door, person, value_b, value_a)
+        _add(report.to_refused if granted_b else report.to_granted, value_b, value_a, example, examples)
         for impacts, key in ((report.doors, a.door), (report.people, person or "")):
             impact = impacts.get(key)
             if impact is None:
@@ -421,6 +476,11 @@ def replay(records: Iterable[Record], current: Site, proposed: Site, *, examples
                 impact.to_refused += 1
             else:
                 impact.to_granted += 1
+    report.attempts, report.judged, report.lockdown_changes = attempts, judged, lockdowns
+    report.first_ts = first.ts if first is not None else None
+    report.last_ts = last.ts if last is not None else None
+    report.granted_before, report.granted_after, report.reason_changed = granted_before, granted_after, reason_changed
+    honesty.judged, honesty.same_outcome, honesty.same_reason = judged, same_outcome, same_reason
     return report
 
 

@@ -28,6 +28,7 @@ from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
 from server.intrusion import IntrusionDetector
+from server.people import PeopleService
 from server.publisher import PolicyPublisher
 from server.retention import RetentionJob
 from server.siteadmin import SiteAdmin
@@ -47,6 +48,7 @@ class Server:
     retention: RetentionJob | None = None  # deletes expired data at start and daily (server/retention.py)
     intrusion: IntrusionDetector | None = None  # card probing, PIN guessing, door attacks (server/intrusion.py)
     siteadmin: SiteAdmin | None = None  # the site model's revisions: every change goes through it (server/siteadmin.py)
+    people: PeopleService | None = None  # people, cards, visitor badges in the store (server/people.py)
 
     @property
     def site(self) -> Site:
@@ -101,10 +103,18 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     live = siteadmin.start()
     if live is not None:
         bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion)
+    # People live in the store too (server/people.py): the first start imports people.toml (inside Directory);
+    # later starts only warn when the file differs from the store.
+    people_seeded = store.people_seeded()
     directory = Directory(bundle, key, store, clock, audit=audit)
+    people = PeopleService(store, key, clock, audit=audit, directory=directory)
+    if people_seeded:
+        people.check_file(bundle)
+    siteadmin.people = people
     retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
-                                signing_key, store, clock, snapshot_key=snapshot_keys.recipient)
+                                signing_key, store, clock, snapshot_key=snapshot_keys.recipient,
+                                reader_signals=bundle.intrusion.reader_signals())
     client_id = server_client_id(key, bundle.site.id, data_dir)
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
                             device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
@@ -121,6 +131,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
 
     def apply_revision(live: SiteBundle) -> None:
         """A committed site revision, everywhere it matters: decisions and policies, retention, intrusion."""
+        publisher.reader_signals = live.intrusion.reader_signals()  # signed into the policies replace_site sends
         directory.replace_site(live)
         retention.settings = live.retention  # read at each run
         intrusion.configure(live.intrusion)
@@ -129,7 +140,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
     return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
-                  siteadmin=siteadmin)
+                  siteadmin=siteadmin, people=people)
 
 
 def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:

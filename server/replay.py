@@ -21,18 +21,19 @@ import multiprocessing
 import os
 import sys
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 from doorkeep.clock import SystemClock, iso_ms, parse_iso_ms
 from doorkeep.config import SiteBundle, load_site_dir
-from doorkeep.credentials import card_hash, load_key
+from doorkeep.credentials import load_key
 from doorkeep.decision import Reason
 from doorkeep.errors import ConfigError, ConfigErrors, DoorkeepError
 from doorkeep.model import Site
-from doorkeep.replay import (CODES, LockdownChange, RecordedAttempt, Record, ReplayReport, render_text, replay,
-                             side_codes)
+from doorkeep.replay import (CODES, LockdownChange, RecordedAttempt, Record, ReplayMismatch, ReplayReport,
+                             render_text, replay, side_code_chunks)
 from server.directory import Directory
 from server.errors import ServerError
 from server.store import StoredAccessEvent, Store
@@ -43,6 +44,8 @@ log = logging.getLogger("doorkeep.server.replay")
 _PIN_REASONS = frozenset({Reason.WRONG_PIN.value, Reason.PIN_REQUIRED.value, Reason.PIN_LOCKED_OUT.value})
 #: The default period of ``doorkeep site diff --replay`` (and of the desk's preview): the last 30 days.
 DEFAULT_DAYS = 30
+#: How long the comparison waits for the next codes of the proposed site's process before replaying alone.
+CHILD_SILENCE_S = 20.0
 
 
 def live_site(bundle: SiteBundle, key: bytes, store: Store) -> Site:
@@ -79,13 +82,17 @@ def records(rows: Iterable[StoredAccessEvent], current: Site, visitor_cards: fro
 
 
 def replay_on_two_cores(make_records: Callable[[], Iterable[Record]], current: Site, proposed: Site) -> ReplayReport:
-    """:func:`doorkeep.replay.replay`, with the proposed site's side in a forked child process.
+    """:func:`doorkeep.replay.replay`, with the proposed site's replay in a forked child process.
 
     The two replays are independent until they are compared, and each is pure Python: on two cores a million
-    recorded decisions took 13.0 s instead of 18.5 s (bench/replay.py). The child makes its own pass over the records
-    (``make_records`` is called once in each process; it must not use a database connection opened before
-    the fork) and sends one byte per attempt (:data:`doorkeep.replay.CODES`) back through a pipe, which the
-    comparison here reads in step. Where ``fork`` is not available, or the child fails, it is one process.
+    recorded decisions take little more than one replay (bench/replay.py). The child makes its own pass over
+    the records (``make_records`` is called once in each process; it must not use a database connection
+    opened before the fork, and must give both processes the same records) and sends one byte per attempt
+    (:data:`doorkeep.replay.CODES`) back through a pipe, in chunks that start small so the comparison here
+    starts at once and reads them in step; then how many records it read and a digest of their times, which
+    must be this process's. Where ``fork`` is not available it is one process; when the child fails, falls
+    silent for :data:`CHILD_SILENCE_S` (a fork of a busy server can inherit a lock another thread held), or read
+    other records (an event stored meanwhile with an older time), the replay is made again in one process.
     """
     if "fork" not in multiprocessing.get_all_start_methods() or len(CODES) > 256:
         return replay(make_records(), current, proposed)
@@ -93,52 +100,102 @@ def replay_on_two_cores(make_records: Callable[[], Iterable[Record]], current: S
     receive, send = ctx.Pipe(duplex=False)
 
     def child() -> None:
-        buf = bytearray()
-        for code in side_codes(make_records(), proposed, current):
-            buf.append(code)
-            if len(buf) >= 65536:
-                send.send_bytes(bytes(buf))
-                buf.clear()
-        send.send_bytes(bytes(buf))
-        send.send_bytes(b"")  # the end
-        send.close()
+        tally = _Tally()
+        try:
+            for chunk in side_code_chunks(tally.over(make_records()), proposed, current):
+                send.send_bytes(chunk)
+            send.send_bytes(b"")  # the end of the codes
+            send.send_bytes(tally.token())
+        except BrokenPipeError:  # the parent stopped reading: it found a mismatch and replays alone
+            pass
+        finally:
+            send.close()
 
     proc = ctx.Process(target=child, name="doorkeep-replay-proposed", daemon=True)
     proc.start()
     send.close()
 
-    def codes() -> Iterator[int]:
-        while True:
-            try:
-                chunk = receive.recv_bytes()
-            except EOFError:
-                raise ServerError("the proposed site's replay process ended early (see its error above)") from None
-            if not chunk:
-                return
-            yield from chunk
+    def receive_bytes() -> bytes:
+        try:
+            if not receive.poll(CHILD_SILENCE_S):
+                raise _ChildFailed(f"the proposed site's replay process sent nothing for {CHILD_SILENCE_S:g} s")
+            return receive.recv_bytes()
+        except EOFError:
+            raise _ChildFailed("the proposed site's replay process ended early (see its error above)") from None
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := receive_bytes():
+            yield chunk
 
     try:
-        return replay(make_records(), current, proposed, proposed_codes=codes())
+        tally = _Tally()
+        codes = chain.from_iterable(chunks())
+        report = replay(tally.over(make_records()), current, proposed, proposed_codes=codes)
+        if next(codes, None) is not None or receive_bytes() != tally.token():
+            raise ReplayMismatch("the two processes read different records")
+        return report
+    except (_ChildFailed, ReplayMismatch) as exc:
+        log.warning("impact preview: %s; replaying both sites in this process instead", exc)
+        proc.kill()
     finally:
         receive.close()
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+            proc.join(1)
+    return replay(make_records(), current, proposed)
 
 
-def preview(store: Store, current: Site, proposed: Site, *, since: float, visitor_cards: frozenset[str] = frozenset(),
-            ) -> ReplayReport:
-    """Replay the events stored since ``since`` (UTC epoch) with both sites, on two cores."""
+class _ChildFailed(ServerError):
+    """The proposed site's replay process ended before its last code."""
+
+
+class _Tally:
+    """How many records a process read and the sum of their times' hashes: the two processes of
+    :func:`replay_on_two_cores` compare them (the fork keeps the hash seed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.digest = 0
+
+    def over(self, records: Iterable[Record]) -> Iterator[Record]:
+        count, digest = 0, 0
+        try:
+            for rec in records:
+                count += 1
+                digest += hash(rec.ts)
+                yield rec
+        finally:
+            self.count, self.digest = count, digest
+
+    def token(self) -> bytes:
+        return f"{self.count} {self.digest}".encode()
+
+
+def preview(store: Store, current: Site, proposed: Site, *, since: float, until: float | None = None,
+            visitor_cards: frozenset[str] = frozenset()) -> ReplayReport:
+    """Replay the events stored from ``since`` to ``until`` (UTC epoch; default: now) with both sites, on two cores.
+
+    ``until`` is fixed before the replay starts, so the badges recorded while it runs are left out of both
+    processes alike.
+    """
     visitors = frozenset(r["id"] for r in store.rows("visitors"))
     data_dir, opened_in = store.dir, os.getpid()
+    first, last = iso_ms(since), iso_ms(SystemClock().wall() if until is None else until)
+
+    def upto(rows: Iterable[StoredAccessEvent]) -> Iterator[StoredAccessEvent]:
+        for row in rows:
+            if row.ts > last:
+                return
+            yield row
 
     def make_records() -> Iterator[Record]:
         if os.getpid() == opened_in:
-            yield from records(store.access_events_since(iso_ms(since)), current, visitor_cards, visitors)
+            yield from records(upto(store.access_events_since(first)), current, visitor_cards, visitors)
             return
         own = Store(data_dir)  # the forked child: SQLite connections must not cross a fork
         try:
-            yield from records(own.access_events_since(iso_ms(since)), current, visitor_cards, visitors)
+            yield from records(upto(own.access_events_since(first)), current, visitor_cards, visitors)
         finally:
             own.close()
 
@@ -184,9 +241,9 @@ def _site_diff(args: argparse.Namespace) -> int:
         key = load_key(current_bundle.credential_key_file, source=str(current_bundle.dir))
     except DoorkeepError as exc:
         raise _Usage(f"doorkeep site diff: {exc}") from exc
-    pool = frozenset(card_hash(key, c.format, c.number) for c in current_bundle.visitor_pool)
     store = Store(data)
     try:
+        pool = frozenset(row["hash"] for row in store.pool_rows())  # the visitor badges (server/people.py)
         current = live_site(current_bundle, key, store)
         proposed = live_site(proposed_bundle, key, store)
         since = SystemClock().wall() - days * 86400.0

@@ -19,7 +19,12 @@ rollback, a structured edit from the desk or the API — goes through
 
 A revision committed by another process (``doorkeep site import`` while the
 server runs) is picked up by :meth:`SiteAdmin.poll`, which the server calls
-every second.
+every second; so are people another process changed (server/people.py).
+
+People, cards and the visitor pool are not part of the revisions: they live in
+the store's own tables (server/people.py). ``people.toml`` is imported and
+exported beside ``site.toml`` (:meth:`SiteAdmin.plan_people`,
+:meth:`SiteAdmin.import_people`, :meth:`SiteAdmin.export_people`).
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from typing import Any, Callable
 
 from doorkeep import sitediff
 from doorkeep.clock import Clock
-from doorkeep.config import SiteBundle, load_site_dir
+from doorkeep.config import SiteBundle, load_site_dir, load_site_file
 from doorkeep.errors import ConfigError, ConfigErrors
 from server.audit import Auditor
 from server.errors import ServerError
+from server.people import PeopleChanges, PeopleFileInvalid, PeopleService, PeopleSet
+from server.people import write_file as write_people_file
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.siteadmin")
@@ -89,6 +96,22 @@ class Revision:
                    row.get("site_toml", ""), row.get("rollback_of"))
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """Structured edits applied to the live revision and validated, not committed (:meth:`SiteAdmin.propose`)."""
+
+    revision: Revision
+    """The live revision the edits apply to (the base they were re-based onto)."""
+    text: str
+    """The proposed site.toml."""
+    bundle: SiteBundle
+    """The site directory with that site.toml, checked as ``doorkeep config check`` does."""
+
+    def changes(self) -> list[str]:
+        """Each change in words, as the revision would record them."""
+        return [c.line() for c in sitediff.diff(self.revision.site_toml, self.text)][:MAX_CHANGE_LINES]
+
+
 SiteSink = Callable[[SiteBundle], None]
 
 
@@ -109,6 +132,11 @@ class SiteAdmin:
         self.live_differs_from_file = False
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        #: people, cards and the visitor pool (server/people.py): people.toml is imported and exported with
+        #: site.toml, and the poll picks up another process's people changes. None: site.toml only.
+        self.people: PeopleService | None = None
+        #: the people.toml going live with an imported site.toml (under the commit lock): what it must fit
+        self._incoming_people: PeopleSet | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -128,11 +156,17 @@ class SiteAdmin:
     def validate(self, text: str) -> SiteBundle:
         """The site directory with ``text`` as its site.toml, checked as ``doorkeep config check`` does."""
         try:
-            return load_site_dir(self.site_dir, site_text=text)
+            bundle = load_site_dir(self.site_dir, site_text=text, people=self.people is None)
         except ConfigErrors as exc:
             raise SiteInvalid(list(exc.errors)) from None
         except ConfigError as exc:
             raise SiteInvalid([exc]) from None
+        if self.people is not None:  # the people live in the store: they are what the site must still fit
+            errors = self.people.check_site(bundle.site, file=str(self.site_dir / "site.toml"),
+                                            incoming=self._incoming_people)
+            if errors:
+                raise SiteInvalid(errors)
+        return bundle
 
     # ------------------------------------------------------------ changing
 
@@ -178,18 +212,25 @@ class SiteAdmin:
                 raise self._conflict(base, number, None)
             if current is not None and text == current.site_toml:
                 return current
-            bundle = self.validate(text)
-            changes = sitediff.diff(current.site_toml, text) if current is not None else []
-            lines = [c.line() for c in changes][:MAX_CHANGE_LINES]
-            if summary is None:
-                summary = sitediff.summary(current.site_toml, text, changes) if changes else LAYOUT_ONLY
-            new = self.store.add_site_revision(base=number, site_toml=text, actor=actor, summary=summary,
-                                               changes=lines, at=self.clock.wall(), rollback_of=rollback_of)
-            if new is None:  # another process committed between our read and our write
-                raise self._conflict(base, self.current().number if self.current() else 0, None)
-            self._record(actor, new, summary, lines, rollback_of)
-            self._go_live(new, bundle)
-            return self.revision(new)
+            return self._append(current, text, self.validate(text), actor=actor, summary=summary,
+                                rollback_of=rollback_of)
+
+    def _append(self, current: Revision | None, text: str, bundle: SiteBundle, *, actor: str, summary: str | None,
+                rollback_of: int | None) -> Revision:
+        """Store ``text`` (already validated as ``bundle``) as the revision after ``current``, audit it, go live."""
+        number = current.number if current is not None else 0
+        changes = sitediff.diff(current.site_toml, text) if current is not None else []
+        lines = [c.line() for c in changes][:MAX_CHANGE_LINES]
+        if summary is None:
+            summary = sitediff.summary(current.site_toml, text, changes) if changes else LAYOUT_ONLY
+        new = self.store.add_site_revision(base=number, site_toml=text, actor=actor, summary=summary,
+                                           changes=lines, at=self.clock.wall(), rollback_of=rollback_of)
+        if new is None:  # another process committed between our read and our write
+            latest = self.current()
+            raise self._conflict(number, latest.number if latest else 0, None)
+        self._record(actor, new, summary, lines, rollback_of)
+        self._go_live(new, bundle)
+        return self.revision(new)
 
     def change(self, edits: dict[str, Any], *, base: int, actor: str, summary: str | None = None) -> Revision:
         """Apply structured edits — dotted key -> new value, None to remove (``{"doors.lab_in.unlock_s": 8}``,
@@ -199,18 +240,31 @@ class SiteAdmin:
         (it is re-based onto the newest revision); otherwise :class:`SiteConflict`.
         """
         with self._commit_lock:
-            current = self.current()
-            if current is None:
-                raise SiteAdminError("the site has no revision yet (fix: start the server once, or "
-                                     "`doorkeep site import DIR`)")
-            touched = {sitediff.Change(k, None, v).object for k, v in edits.items()}
-            if base != current.number:
-                since = [c for r in self.history(1000, after=base) for c in r.changes]
-                clashing = touched & {_object_of_line(line) for line in since}
-                if clashing or base > current.number:
-                    raise self._conflict(base, current.number, touched)
-            text = apply_edits(current.site_toml, edits)
-            return self.commit(text, base=current.number, actor=actor, summary=summary)
+            proposal = self._propose(self.current(), edits, base)
+            if proposal.text == proposal.revision.site_toml:
+                return proposal.revision
+            return self._append(proposal.revision, proposal.text, proposal.bundle, actor=actor, summary=summary,
+                                rollback_of=None)
+
+    def propose(self, edits: dict[str, Any], *, base: int) -> Proposal:
+        """What :meth:`change` would commit, checked by the same rules (stale base, validation), committing
+        nothing: the impact preview (server/site_preview.py) judges it before an operator saves it."""
+        return self._propose(self.current(), edits, base)
+
+    def _propose(self, current: Revision | None, edits: dict[str, Any], base: int) -> Proposal:
+        """The one rule for structured edits: re-based when nothing they touch changed since ``base``, else
+        :class:`SiteConflict`; applied to the live text; validated (:class:`SiteInvalid`)."""
+        if current is None:
+            raise SiteAdminError("the site has no revision yet (fix: start the server once, or "
+                                 "`doorkeep site import DIR`)")
+        touched = {sitediff.Change(k, None, v).object for k, v in edits.items()}
+        if base != current.number:
+            since = [c for r in self.history(1000, after=base) for c in r.changes]
+            clashing = touched & {_object_of_line(line) for line in since}
+            if clashing or base > current.number:
+                raise self._conflict(base, current.number, touched)
+        text = apply_edits(current.site_toml, edits)
+        return Proposal(current, text, self.validate(text))
 
     def rollback(self, number: int, *, actor: str) -> Revision:
         """Make revision ``number``'s site live again, as a new revision (the history keeps everything)."""
@@ -221,18 +275,24 @@ class SiteAdmin:
             return self.commit(old.site_toml, base=current.number, actor=actor,
                                summary=f"rollback to revision {number}", rollback_of=number)
 
-    def import_dir(self, directory: Path, *, actor: str) -> Revision:
-        """Apply ``DIRECTORY/site.toml`` (a reviewed file) as the next revision; the live one if identical."""
+    def import_dir(self, directory: Path, *, actor: str, people: PeopleSet | None = None) -> Revision:
+        """Apply ``DIRECTORY/site.toml`` (a reviewed file) as the next revision; the live one if identical.
+
+        ``people``: the planned people.toml imported right after it (:meth:`plan_people`); the site is checked
+        against those people rather than the store's, so a level both files drop can go."""
         source = Path(directory) / "site.toml"
         text = self._file_text(Path(directory))
         with self._commit_lock:
             current = self.current()
+            self._incoming_people = people
             try:
                 return self.commit(text, base=current.number if current else 0, actor=actor, summary=None)
             except SiteInvalid as exc:  # name the file the operator gave, not the live site's
                 live = str(self.site_dir / "site.toml")
                 raise SiteInvalid([ConfigError(str(source), e.key, e.problem, e.fix) if e.file == live else e
                                    for e in exc.errors]) from None
+            finally:
+                self._incoming_people = None
 
     def export_dir(self, directory: Path) -> Path:
         """Write the live revision's text to ``DIRECTORY/site.toml`` (atomically; other files untouched)."""
@@ -248,8 +308,12 @@ class SiteAdmin:
         return path
 
     def poll(self) -> bool:
-        """Swap in a revision another process committed; True when one was. Runs every second: only the
-        number is read until it moves."""
+        """Swap in a revision another process committed, and people another process changed; True when either
+        was. Runs every second: only the revision number and the people counter are read until one moves."""
+        people = self.people.poll() if self.people is not None else False
+        return self._poll_site() or people
+
+    def _poll_site(self) -> bool:
         if self.store.latest_site_revision_number() in (0, self._live):
             return False
         current = self.current()
@@ -265,6 +329,46 @@ class SiteAdmin:
             log.info("site revision %d (by %s: %s) is live", current.number, current.actor, current.summary)
             self._go_live(current.number, bundle)
         return True
+
+    # ------------------------------------------------------------ people.toml
+
+    def plan_people(self, directory: Path) -> PeopleSet | None:
+        """``DIRECTORY/people.toml`` read for an import and checked with the rules of ``doorkeep config check``
+        against ``DIRECTORY/site.toml`` when there is one (it goes live with it), else the live revision; None
+        without such a file (or a people service). Raises :class:`SiteInvalid` listing every problem."""
+        path = Path(directory) / "people.toml"
+        if self.people is None or not path.exists():
+            return None
+        own = Path(directory) / "site.toml"
+        try:
+            if own.exists():
+                site = load_site_file(own)
+            else:
+                current = self.current()
+                if current is None:
+                    raise SiteAdminError("the site has no revision yet (fix: start the server once, or import a "
+                                         "directory with a site.toml)")
+                site = load_site_file(self.site_dir / "site.toml", text=current.site_toml)
+            return self.people.load_file(path, site)
+        except ConfigErrors as exc:
+            raise SiteInvalid(list(exc.errors)) from None
+        except PeopleFileInvalid as exc:
+            raise SiteInvalid(exc.errors) from None
+
+    def import_people(self, wanted: PeopleSet, *, actor: str, file: str = "people.toml") -> PeopleChanges:
+        """Make a planned people.toml (:meth:`plan_people`) the full list of people, live at once; what changed."""
+        if self.people is None:
+            raise SiteAdminError("people cannot be imported here (no people service)")
+        return self.people.apply_file(wanted, actor=actor, file=file)
+
+    def export_people(self, directory: Path) -> Path | None:
+        """Write the store's people to ``DIRECTORY/people.toml`` (cards and PINs as keyed hashes); None when the
+        store holds no people yet (no server started on it: nothing to export)."""
+        if not self.store.people_seeded():
+            return None
+        current = self.current()
+        site_id = load_site_file(self.site_dir / "site.toml", text=current.site_toml).id if current else ""
+        return write_people_file(self.store, Path(directory), site_id=site_id)
 
     def start_polling(self, interval_s: float = 1.0) -> None:
         """Pick up revisions other processes commit (``doorkeep site import`` beside a running server)."""

@@ -27,11 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from doorkeep import __version__
 from doorkeep.clock import Clock
+from server.alarms import Alarms
 from server.app import Server
 from server.audit import AuditLog
+from server.eventlog import EventLog
+from server.operators import Operators
+from server.sessions import DeskAuth
+from server.visitors import Visitors
 from server.web.access import CSRF_FIELD, AuthRequired, EnrolmentRequired, Forbidden, check_routes
-from server.web.auth import DeskAuth
-from server.web.operators import Operators
 from server.web.roles import sections_for
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -46,7 +49,8 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
 
 @dataclass
 class Desk:
-    """What every request handler needs, hung on ``app.state.desk``."""
+    """What every request handler needs, hung on ``app.state.desk``: the server and the application services
+    (server/*.py) the routes call; the routes reach the store only through these."""
 
     server: Server
     operators: Operators
@@ -54,6 +58,9 @@ class Desk:
     audit: AuditLog | None
     templates: Jinja2Templates
     secure_cookies: bool | None  # None: Secure when the request came over https
+    events: EventLog  # stored events, snapshots, and the server's own events (server/eventlog.py)
+    alarms: Alarms  # acknowledge and resolve (server/alarms.py)
+    visitors: Visitors  # registration, check-in and out, the watchlist (server/visitors.py)
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -229,6 +236,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     """
     from server.web import account, alarms, api, doors, live, muster, pages, people, site, visitors
     from server.web import operators_pages
+    from server.web import site_pages
     from server.web import audit as audit_pages  # not `audit`: create_app has an AuditLog by that name
 
     owned = server is None
@@ -246,7 +254,12 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
         require_totp_for_admins = load_desk_settings(server.directory.bundle.dir).require_totp_for_admins
     auth = DeskAuth(operators, server.store, clock=clock, audit=audit,
                     require_totp_for_admins=require_totp_for_admins)
-    desk = Desk(server, operators, auth, audit, templates, secure_cookies)
+    # The services run on the directory's clock, as the server's own changes do.
+    events = EventLog(server.store, server.directory.clock)
+    visitor_service = Visitors(server.directory, server.store, server.directory.clock, visitors.load_notice(),
+                               audit=audit, events=events)
+    desk = Desk(server, operators, auth, audit, templates, secure_cookies, events=events,
+                alarms=Alarms(server.store, server.directory.clock, audit), visitors=visitor_service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -279,9 +292,9 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     app.add_middleware(DeskMiddleware)
     _install_handlers(app)
     api.install(app)
-    live.install(app)  # before visitors: check-in tells the host through the live feed
+    live.install(app)
     visitors.install(app)
-    for module in (alarms, doors, muster, people, site, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
+    for module in (alarms, doors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     pages.install(app)
     account.install(app)

@@ -13,9 +13,9 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
+from server.sessions import CodeNeeded, LoginRefused, Principal
 from server.web.access import CSRF_FIELD, SESSION_COOKIE, cookie_secure, identify, public, require
 from server.web.api import door_list, open_session, request_client
-from server.web.auth import CodeNeeded, LoginRefused, Principal
 from server.web.roles import ANY, SECTIONS, Section, sections_for
 from server.web.routes import Routes
 
@@ -159,6 +159,8 @@ BUILT |= {"alarms", "doors", "muster", "people"}
 BUILT |= {"audit"}
 #: ... and server/web/operators_pages.py.
 BUILT |= {"operators"}
+#: ... and server/web/site_pages.py.
+BUILT |= {"site_setup"}
 
 for _section in SECTIONS:
     if _section.key not in BUILT:

@@ -1,24 +1,16 @@
-"""Operator roles and what each may see: the one table every desk route and page reads.
+"""What each operator role may see: the desk's navigation, the one table every desk page reads.
 
-Roles are not a ladder: ``admin`` may do everything, ``desk`` runs the desk (visitors, live view,
-alarms, doors, muster), ``auditor`` only reads (the audit log). A token may carry a role "no higher"
-than its operator's, i.e. one whose rights are a subset of the operator's (:data:`GRANTS`).
+The roles themselves and what a token of each may carry are the operator service's (server/operators.py:
+``ROLES``, ``GRANTS``); they are named here too because every route declares them (``require(ADMIN, DESK)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-ADMIN, DESK, AUDITOR = "admin", "desk", "auditor"
-ROLES: tuple[str, ...] = (ADMIN, DESK, AUDITOR)
-#: Every logged-in operator, whatever the role (for "who am I", logout, the home page).
-ANY: tuple[str, ...] = ROLES
-#: The roles an operator of each role may hand to an API token.
-GRANTS: dict[str, frozenset[str]] = {
-    ADMIN: frozenset(ROLES),
-    DESK: frozenset({DESK}),
-    AUDITOR: frozenset({AUDITOR}),
-}
+from server.operators import ADMIN, ANY, AUDITOR, DESK, GRANTS, ROLES
+
+__all__ = ["ADMIN", "ANY", "AUDITOR", "DESK", "GRANTS", "ROLES", "SECTIONS", "Section", "sections_for"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +33,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("people", "People", "/people", (ADMIN,), "People, cards, access levels and clearance."),
     Section("audit", "Audit", "/audit", (ADMIN, AUDITOR), "The hash-chained record of every change."),
     Section("site", "Site", "/site", (ADMIN, AUDITOR), "The site's revisions: what changed, who, when; rollback."),
+    Section("site_setup", "Site setup", "/site/areas", (ADMIN,),
+            "Areas, doors, schedules and holidays, access levels: changed here, live at the doors without a restart."),
     Section("operators", "Operators", "/operators", (ADMIN,),
             "Who may use the desk and its API: accounts, roles, passwords, two-factor login, API tokens."),
 )

@@ -123,6 +123,11 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     check("site history")
     page.goto(desk + "/site/revisions/1/rollback")
     check("rollback confirmation")
+    for name, path in (("site areas", "/site/areas"), ("site door form", "/site/doors/lab"),
+                       ("site schedules", "/site/schedules"), ("site schedule form", "/site/schedules/business_hours"),
+                       ("site access levels", "/site/levels")):
+        page.goto(desk + path)
+        check(name)
     page.goto(desk + "/operators")
     check("operators")
     page.goto(desk + "/no-such-page")

@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
-ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Operators"]
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Site setup", "Operators"]
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_auditor_searches_the_audit_page_for_a_lost_card_and_sees_the_chain_inta
     from argon2 import PasswordHasher
 
     from doorkeep.model import CredentialState
-    from server.web.operators import Operators
+    from server.operators import Operators
 
     server = site.server
     assert server is not None and server.audit is not None

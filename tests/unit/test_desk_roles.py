@@ -103,9 +103,36 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/site/revisions/{number}"): {A, U},
     ("POST", "/api/v1/site/changes"): {A},
     ("POST", "/api/v1/site/revisions/{number}/rollback"): {A},
+    ("POST", "/api/v1/site/preview"): {A},
+    ("GET", "/site/preview"): {A},
+    ("POST", "/site/preview"): {A},
     ("GET", "/site"): {A, U},
     ("GET", "/site/revisions/{number}/rollback"): {A},
     ("POST", "/site/revisions/{number}/rollback"): {A},
+    # the site admin pages (server/web/site_pages.py): admin changes, auditor reads the lists and the matrix
+    ("GET", "/site/areas"): {A, U},
+    ("POST", "/site/areas"): {A},
+    ("GET", "/site/areas/{oid}"): {A},
+    ("POST", "/site/areas/{oid}"): {A},
+    ("GET", "/site/areas/{oid}/delete"): {A},
+    ("POST", "/site/areas/{oid}/delete"): {A},
+    ("GET", "/site/doors"): {A, U},
+    ("POST", "/site/doors"): {A},
+    ("GET", "/site/doors/{oid}"): {A},
+    ("POST", "/site/doors/{oid}"): {A},
+    ("GET", "/site/doors/{oid}/delete"): {A},
+    ("POST", "/site/doors/{oid}/delete"): {A},
+    ("GET", "/site/schedules"): {A, U},
+    ("POST", "/site/schedules"): {A},
+    ("GET", "/site/schedules/{oid}"): {A},
+    ("POST", "/site/schedules/{oid}"): {A},
+    ("GET", "/site/schedules/{oid}/delete"): {A},
+    ("POST", "/site/schedules/{oid}/delete"): {A},
+    ("GET", "/site/levels"): {A, U},
+    ("POST", "/site/levels"): {A},
+    ("POST", "/site/levels/{oid}"): {A},
+    ("GET", "/site/levels/{oid}/delete"): {A},
+    ("POST", "/site/levels/{oid}/delete"): {A},
     # alarms
     ("GET", "/api/v1/alarms"): DESK,
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): DESK,
@@ -149,7 +176,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
 #: Ids that name nothing: an allowed request stops at "not found" (or validation) and changes nothing.
 PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{label}": "no-such-token", "{snapshot_id}": "no-such-snapshot",
                 "{visitor_id}": "999999", "{entry_id}": "999999", "{alarm_id}": "999999", "{pid}": "no-such-person",
-                "{card}": "0" * 64}
+                "{card}": "0" * 64, "{oid}": "no-such-object"}
 #: Query strings that make an allowed request end early (the live stream would otherwise never end).
 QUERIES = {"/api/v1/events/stream": {"door": "x" * 65}}
 

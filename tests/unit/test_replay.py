@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, time, timezone
+from typing import Any
+
+import pytest
 
 from doorkeep.decision import AccessRequest, DecisionState, Reason, commit, decide
 from doorkeep.model import (
@@ -256,3 +259,138 @@ def test_the_replay_on_two_cores_reports_exactly_what_one_process_does() -> None
     two = replay_on_two_cores(lambda: recorded, site, proposed)
     assert one.grants_to_refusals > 0
     assert two.to_dict() == one.to_dict()
+
+
+# ------------------------------------------------------------------ the engine's speed-ups change nothing
+
+
+def _bench() -> object:
+    """bench/replay.py as a module: its generated hq population and live-decided recording."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "replay.py"
+    spec = importlib.util.spec_from_file_location("bench_replay", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def rich_recording() -> tuple[list[RecordedAttempt | LockdownChange], Site, Site]:
+    """The hq site (anti-passback, a two-person vault, occupancy limits, PIN doors) with 300 people, 4,000 badges
+    decided live over two days, lockdowns of the lab and of the site, and attempts no replay may judge
+    (offline, visitor, no card) or a card nobody holds; the proposal removes an access level."""
+    import random
+
+    bench: Any = _bench()
+    rng = random.Random(5)
+    site = bench.build_site(300, rng)
+    out: list[RecordedAttempt | LockdownChange] = []
+    lockdowns = {1000: ("lab", True), 1400: ("lab", False), 2000: ("site", True), 2100: ("site", False)}
+    for i, r in enumerate(bench.record(site, 4000, 2, rng)):
+        if i in lockdowns:
+            out.append(LockdownChange(r.ts - 1, *lockdowns[i]))
+        if i % 97 == 0:
+            r = dataclasses.replace(r, decided_by="edge_offline", reason="granted_offline", granted=True)
+        elif i % 89 == 0:
+            r = dataclasses.replace(r, visitor=True)
+        elif i % 83 == 0:
+            r = dataclasses.replace(r, credential_hash=None)
+        elif i % 79 == 0:
+            r = dataclasses.replace(r, credential_hash="f" * 64, granted=False, reason="unknown_credential", person=None)
+        out.append(r)
+    levels = dict(site.access_levels)
+    del levels[bench.REMOVED]
+    return out, site, dataclasses.replace(site, access_levels=levels)
+
+
+def test_the_engine_reports_on_a_rich_recording_exactly_what_it_reported_before_it_was_made_faster() -> None:
+    """Figures of the engine as it was before the speed-ups (one decide() and commit() per attempt and side,
+    an object per request and code): the same recording must give the same report."""
+    recorded, site, proposed = rich_recording()
+    r = replay(recorded, site, proposed)
+    d = r.to_dict()
+    assert {k: d[k] for k in ("attempts", "judged", "not_judged_total", "lockdown_changes", "granted_before",
+                              "granted_after", "grants_to_refusals", "refusals_to_grants", "reason_changed")} == {
+        "attempts": 4000, "judged": 3866, "not_judged_total": 134, "lockdown_changes": 4, "granted_before": 2034,
+        "granted_after": 1790, "grants_to_refusals": 244, "refusals_to_grants": 0, "reason_changed": 267}
+    assert [(g["before"], g["after"], g["count"]) for g in d["to_refused"]] == [("granted", "no_access", 244)]
+    assert [(n["why"], n["count"]) for n in d["not_judged"]] == [("no_credential", 48), ("visitor", 44), ("offline", 42)]
+    assert (r.honesty.same_outcome, r.honesty.same_reason, len(r.people), len(r.doors)) == (3814, 3749, 148, 3)
+
+
+def test_side_codes_cross_the_pipe_in_chunks_that_start_small_and_say_the_same() -> None:
+    from doorkeep.replay import side_code_chunks, side_codes
+
+    recorded, site, proposed = rich_recording()
+    chunks = list(side_code_chunks(recorded, proposed, site, size=2048))
+    assert [len(c) for c in chunks] == [1024, 2048, 928], "the first chunk small, so the comparison starts at once"
+    assert b"".join(chunks) == bytes(side_codes(recorded, proposed, site))
+    assert replay(recorded, site, proposed, proposed_codes=iter(b"".join(chunks))).to_dict() == \
+        replay(recorded, site, proposed).to_dict()
+
+
+def test_the_two_processes_reading_different_records_is_caught_and_replayed_in_one_process(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An event stored with an older time while the replay runs (an edge's outbox flushed late) reaches one
+    process and not the other: the codes no longer line up, so the report would be wrong. It is caught (count
+    and digest of the records each read) and the replay is made again in one process."""
+    import os
+
+    from server.replay import replay_on_two_cores
+
+    recorded, site, proposed = rich_recording()
+    parent = os.getpid()
+    late = dataclasses.replace(recorded[10], ts=recorded[10].ts + 0.5)  # type: ignore[arg-type]
+
+    def make_records() -> list[RecordedAttempt | LockdownChange]:
+        return recorded if os.getpid() == parent else [*recorded[:11], late, *recorded[11:]]
+
+    with caplog.at_level("WARNING", logger="doorkeep.server.replay"):
+        two = replay_on_two_cores(make_records, site, proposed)
+    assert two.to_dict() == replay(recorded, site, proposed).to_dict()
+    assert "different records" in caplog.text
+
+    def failing() -> list[RecordedAttempt | LockdownChange]:
+        if os.getpid() != parent:
+            raise RuntimeError("the child's store cannot be read")
+        return recorded
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="doorkeep.server.replay"):
+        alone = replay_on_two_cores(failing, site, proposed)
+    assert alone.to_dict() == two.to_dict() and "ended early" in caplog.text
+
+
+def test_a_proposed_side_process_that_falls_silent_is_given_up_and_the_replay_made_in_one_process(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork of a busy server can inherit a lock another thread held: the child then waits forever."""
+    import os
+    import threading
+
+    import server.replay
+    from server.replay import replay_on_two_cores
+
+    recorded, site, proposed = rich_recording()
+    parent, never = os.getpid(), threading.Event()
+    monkeypatch.setattr(server.replay, "CHILD_SILENCE_S", 0.3)
+
+    def stuck_in_child() -> list[RecordedAttempt | LockdownChange]:
+        if os.getpid() != parent:
+            never.wait()
+        return recorded
+
+    with caplog.at_level("WARNING", logger="doorkeep.server.replay"):
+        report = replay_on_two_cores(stuck_in_child, site, proposed)
+    assert report.to_dict() == replay(recorded, site, proposed).to_dict()
+    assert "sent nothing for 0.3 s" in caplog.text
+
+
+def test_a_report_fed_fewer_proposed_codes_than_attempts_is_refused_not_miscounted() -> None:
+    from doorkeep.replay import ReplayMismatch, side_codes
+
+    recorded, site, proposed = rich_recording()
+    codes = list(side_codes(recorded, proposed, site))
+    with pytest.raises(ReplayMismatch, match="3,999 attempts"):
+        replay(recorded, site, proposed, proposed_codes=iter(codes[:-1]))
