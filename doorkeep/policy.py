@@ -656,7 +656,7 @@ def _table(cls: type) -> _Codec:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building hundreds of thousands of objects.
 
     None of them can form a cycle, yet each collection the allocations trigger walks them
@@ -679,7 +679,7 @@ def encode_value(value: Any, tp: Any, *, root: str = "value") -> Any:
     """
     codec = _codec(tp)
     try:
-        with _gc_paused():
+        with gc_paused():
             return codec.encode(value)
     except _Bad as e:
         raise PolicyError(f"cannot encode {e.path(root)}: {e.problem}") from None
@@ -689,7 +689,7 @@ def decode_value(data: Any, tp: Any, *, root: str = "value") -> Any:
     """The inverse of :func:`encode_value`; raises PolicyError naming where the data is wrong."""
     codec = _codec(tp)
     try:
-        with _gc_paused():
+        with gc_paused():
             return codec.decode(data)
     except _Bad as e:
         raise PolicyError(f"{e.path(root)}: {e.problem}") from None
@@ -810,13 +810,54 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+#: Entries per piece when a large policy is written as JSON (:func:`dumps_in_pieces`).
+_PIECE = 1000
+_JSON: dict[str, Any] = {"ensure_ascii": False, "separators": (",", ":"), "allow_nan": False}
+
+
+def dumps_in_pieces(value: Any, *, piece: int = _PIECE, depth: int = 4) -> str:
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)``, written in pieces.
+
+    One ``json.dumps`` of a 110,000-person policy (20 MB) holds the interpreter lock for about 160 ms, and a
+    decision on another thread of the server waits that long (bench/site_changes.py). A dict or list of
+    more than ``piece`` entries is written ``piece`` entries at a time, and the tables and lists above them
+    (to ``depth`` levels) entry by entry, so no single call holds the lock for more than a millisecond or two; the
+    text is exactly the one-call text (tests/unit/test_policy.py).
+    """
+    if isinstance(value, dict):
+        if len(value) > piece:
+            items = list(value.items())
+            parts = (json.dumps(dict(items[i:i + piece]), **_JSON)[1:-1] for i in range(0, len(items), piece))
+            return "{" + ",".join(parts) + "}"
+        if depth > 0 and all(isinstance(k, str) for k in value):
+            return "{" + ",".join(json.dumps(k, **_JSON) + ":" + dumps_in_pieces(v, piece=piece, depth=depth - 1)
+                                  for k, v in value.items()) + "}"
+    elif isinstance(value, list):
+        if len(value) > piece:
+            return "[" + ",".join(json.dumps(value[i:i + piece], **_JSON)[1:-1]
+                                  for i in range(0, len(value), piece)) + "]"
+        if depth > 0:  # a policy's tables are columns: a short list of long lists
+            return "[" + ",".join(dumps_in_pieces(v, piece=piece, depth=depth - 1) for v in value) + "]"
+    elif isinstance(value, str) and len(value) > piece * 256:  # escaping a long text is per character
+        step = piece * 256
+        return '"' + "".join(json.dumps(value[i:i + step], **_JSON)[1:-1] for i in range(0, len(value), step)) + '"'
+    return json.dumps(value, **_JSON)
+
+
+def policy_text(site_subset: Site) -> str:
+    """The JSON text of a compiled policy as :func:`sign_policy` signs it: what two versions compare by."""
+    with gc_paused():
+        return dumps_in_pieces(site_to_dict(site_subset))
+
+
 def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, issued_at: float,
                 key: Ed25519PrivateKey, snapshot_key: SnapshotRecipient | None = None,
-                reader_signals: ReaderSignals | None = None) -> bytes:
+                reader_signals: ReaderSignals | None = None, text: str | None = None) -> bytes:
     """The signed envelope (UTF-8 JSON bytes) carrying ``site_subset`` for ``device``.
 
     ``snapshot_key``: the server's snapshot public key, so the edge can seal snapshots (doorkeep.envelope).
     ``reader_signals``: the site's reader thresholds; signed only when they differ from the defaults.
+    ``text``: the subset's :func:`policy_text`, when the caller has it already (the publisher compares by it).
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise PolicyError(f"version must be a non-negative integer, got {version!r}")
@@ -826,28 +867,22 @@ def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, i
         issued = _iso_ms(issued_at)
     except (TypeError, ValueError, OverflowError, OSError):
         raise PolicyError(f"issued_at must be UTC epoch seconds, got {issued_at!r}") from None
-    with _gc_paused():
-        body = {
-            "site": site_id,
-            "device": device,
-            "version": version,
-            "issued_at": issued,
-            "nonce": secrets.token_hex(16),
-            "policy": site_to_dict(site_subset),
-        }
-        if snapshot_key is not None:
-            body["snapshot_key"] = snapshot_key.to_policy()
-        if reader_signals is not None and reader_signals != ReaderSignals():
-            body["reader_signals"] = encode_value(reader_signals, ReaderSignals, root="reader_signals")
-        signed = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        del body
+    if text is None:
+        text = policy_text(site_subset)
+    # The body's keys in this order (the publisher reads site, device and version from its head): the
+    # policy's text is put in place as it is, not decoded and written again.
+    head = {"site": site_id, "device": device, "version": version, "issued_at": issued, "nonce": secrets.token_hex(16)}
+    tail: dict[str, Any] = {}
+    if snapshot_key is not None:
+        tail["snapshot_key"] = snapshot_key.to_policy()
+    if reader_signals is not None and reader_signals != ReaderSignals():
+        tail["reader_signals"] = encode_value(reader_signals, ReaderSignals, root="reader_signals")
+    signed = (json.dumps(head, **_JSON)[:-1] + ',"policy":' + text
+              + ("," + json.dumps(tail, **_JSON)[1:] if tail else "}"))
     raw = signed.encode("utf-8")
-    envelope = {
-        "schema": SCHEMA,
-        "signed": signed,
-        "signature": base64.b64encode(key.sign(raw)).decode("ascii"),
-    }
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    signature = base64.b64encode(key.sign(raw)).decode("ascii")
+    return ('{"schema":' + json.dumps(SCHEMA, **_JSON) + ',"signed":' + dumps_in_pieces(signed)
+            + ',"signature":' + json.dumps(signature) + "}").encode("utf-8")
 
 
 def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device: str,
@@ -903,7 +938,7 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     # From here the body is the server's own words; still check it as strictly as any message.
     del raw, envelope, text  # a large policy is held several times over until here
     try:
-        with _gc_paused():
+        with gc_paused():
             body = json.loads(signed, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise PolicyError("signed policy body is not JSON") from None

@@ -85,9 +85,12 @@ class Directory:
         self.listeners: list[SiteListener] = []
         #: How presence writes are run: at once by default; the server hands them to its store thread.
         self.defer: Callable[[Callable[[], object]], None] = lambda fn: fn()
-        #: Held for the decision and the site rebuild only; the site listeners (policy signing, seconds at
-        #: 100,000 people) run after the outermost holder let go, so a decision never waits behind them.
+        #: The one writer: every change (store write, site rebuild, swap) runs holding it, one at a time. The
+        #: site listeners (policy signing, seconds at 100,000 people) run after the outermost holder let go.
         self._lock = _ChangeLock(self._notify)
+        #: Held by a decision and by the swap of a rebuilt site or of a decision-state flag only: microseconds.
+        #: A change builds its new site outside it, so a decision never waits behind a rebuild.
+        self._decide = threading.Lock()
         self._pending = False
         self._notify_lock = threading.Lock()
         self._base = bundle.site
@@ -122,8 +125,9 @@ class Directory:
     def forget(self, person_ids: list[str]) -> None:
         """Drop people whose records retention or erasure removed from the store (presence held in memory)."""
         with self._lock:
-            for pid in person_ids:
-                self.state.presence.pop(pid, None)
+            with self._decide:
+                for pid in person_ids:
+                    self.state.presence.pop(pid, None)
             self._changed()
 
     def _visitors(self) -> list[Visitor]:
@@ -222,8 +226,11 @@ class Directory:
         return self._pool.get(credential_hash)
 
     def _changed(self) -> None:
-        """Rebuild the site (under the lock); the listeners hear of it once the lock is released."""
-        self.site = self._build()
+        """Rebuild the site (under the writer lock, outside the decision lock) and swap it in; the listeners
+        hear of it once the writer lock is released."""
+        site = self._build()
+        with self._decide:
+            self.site = site
         self._pending = True
 
     def _notify(self) -> None:
@@ -254,7 +261,7 @@ class Directory:
         written by ``self.defer`` (the store's worker thread on a running server), never on the caller's
         thread, because an answer must not wait for the disk.
         """
-        with self._lock:
+        with self._decide:
             now = self.clock.wall()
             decision = decide(request, self.site, self.state, now)
             people = [p for p in (decision.person, *decision.companions) if p] if decision.granted else []
@@ -275,7 +282,7 @@ class Directory:
             since = parse_iso_ms(ts)
         except ValueError:
             since = self.clock.wall()
-        with self._lock:
+        with self._decide:
             current = self.state.presence.get(person)
             if current is not None and current.since > since:
                 return  # the server has seen a later passage already
@@ -375,7 +382,8 @@ class Directory:
             if revoke_badge and v.card_hash and v.card_hash in self.site.credentials:
                 self.set_card_state(v.card_hash, CredentialState.REVOKED, actor=actor)
             self.store.save_visitor(visitor_id, status="checked_out", checked_out_at=self.clock.wall())
-            self.state.presence.pop(visitor_id, None)
+            with self._decide:
+                self.state.presence.pop(visitor_id, None)
             self.store.forget_presence(visitor_id)
             self._changed()
             self._audit(actor, "visitor.check_out", subject_ref(self.key, visitor_id))
@@ -388,12 +396,13 @@ class Directory:
                 raise DirectoryError(f"no area {area!r}")
             scope = area or "site"
             self.store.set_lockdown(scope, active, self.clock.wall())
-            if area is None:
-                self.state.lockdown_site = active
-            elif active:
-                self.state.lockdown_areas.add(area)
-            else:
-                self.state.lockdown_areas.discard(area)
+            with self._decide:  # in force for the next decision, before the site is rebuilt
+                if area is None:
+                    self.state.lockdown_site = active
+                elif active:
+                    self.state.lockdown_areas.add(area)
+                else:
+                    self.state.lockdown_areas.discard(area)
             self._changed()
             self._audit(actor, "lockdown.set" if active else "lockdown.clear", scope)
 

@@ -46,7 +46,7 @@ from doorkeep.clock import Clock
 from doorkeep.contract import Topics
 from doorkeep.envelope import SnapshotRecipient
 from doorkeep.model import Site
-from doorkeep.policy import ReaderSignals, compile_policy, sign_policy
+from doorkeep.policy import ReaderSignals, compile_policy, gc_paused, policy_text, sign_policy
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.policy")
@@ -103,7 +103,7 @@ class PolicyPublisher:
         self._signed_signals: dict[str, ReaderSignals | None] = {}
         self.version = 0
         self.published: dict[str, int] = {}
-        self._last: dict[str, tuple[Site, bytes]] = {}
+        self._last: dict[str, tuple[str, bytes]] = {}  # device -> (its policy's text, the signed payload)
         #: The highest version seen retained on the broker for this site (signature checked): the floor.
         self.floor = 0
         self._stale: set[str] = set()  # devices whose retained policy is newer than the one published here
@@ -162,24 +162,33 @@ class PolicyPublisher:
             started = time.perf_counter()
             with self._seen_lock:
                 stale, self._stale = self._stale, set()
-            changed = {d: compile_policy(site, doors) for d, doors in self.device_doors.items()}
             signals = self.reader_signals  # read once: every device of this version gets the same
-            changed = {d: sub for d, sub in changed.items() if d not in self._last or self._last[d][0] != sub
-                       or self._signed_key.get(d) != self.snapshot_key
-                       or self._signed_signals.get(d) != signals or d in stale}
-            if changed:
-                self.version = self.next_version()
-            for device, subset in changed.items():
-                payload = sign_policy(subset, site_id=self.site_id, device=device, version=self.version,
-                                      issued_at=self.clock.wall(), key=self.key, snapshot_key=self.snapshot_key,
-                                      reader_signals=signals)
-                self._last[device] = (subset, payload)
-                self._signed_key[device] = self.snapshot_key
-                self._signed_signals[device] = signals
-                self.published[device] = self.version
+            # The collector paused: compiling and writing a device's subset makes hundreds of thousands of
+            # short-lived objects, and a full collection they trigger would hold the interpreter lock for
+            # hundreds of ms while a decision waits (bench/site_changes.py). Only the text is kept, so
+            # nothing of them outlives the change.
+            with gc_paused():
+                subsets = {d: compile_policy(site, doors) for d, doors in self.device_doors.items()}
+                texts = {d: policy_text(sub) for d, sub in subsets.items()}
+                changed = {d: sub for d, sub in subsets.items() if d not in self._last
+                           or self._last[d][0] != texts[d] or self._signed_key.get(d) != self.snapshot_key
+                           or self._signed_signals.get(d) != signals or d in stale}
+                if changed:
+                    self.version = self.next_version()
+                for device, subset in changed.items():
+                    payload = sign_policy(subset, site_id=self.site_id, device=device, version=self.version,
+                                          issued_at=self.clock.wall(), key=self.key, snapshot_key=self.snapshot_key,
+                                          reader_signals=signals, text=texts[device])
+                    self._last[device] = (texts[device], payload)
+                    self._signed_key[device] = self.snapshot_key
+                    self._signed_signals[device] = signals
+                    self.published[device] = self.version
+                changed_devices = set(changed)
+                subset = None
+                del subsets, changed, subset  # freed before the collector runs again: it never walks them
             for device in self.device_doors:
-                if device in changed or force:
+                if device in changed_devices or force:
                     publish(self.topics.policy(device), self._last[device][1])
             log.info("policy version %d: %d of %d device(s) changed, published in %.1f ms", self.version,
-                     len(changed), len(self.device_doors), (time.perf_counter() - started) * 1000)
+                     len(changed_devices), len(self.device_doors), (time.perf_counter() - started) * 1000)
             return self.version

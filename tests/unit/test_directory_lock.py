@@ -71,3 +71,36 @@ def test_nested_changes_tell_the_listeners_once_with_the_newest_site(tmp_path: P
         assert heard[0].credentials[bob].state is CredentialState.LOST and "floor7" in heard[0].lockdowns
     finally:
         store.close()
+
+
+def test_a_decision_goes_on_while_a_change_is_being_built_and_sees_it_once_swapped_in(tmp_path: Path) -> None:
+    """One writer: a change holds the writer lock while it writes the store and rebuilds the site (hundreds of
+    ms at 100,000 people); decisions take only the decision lock, held for the swap, so they go on meanwhile
+    with the site as it was, and see the change from the moment it is swapped in."""
+    store = Store(tmp_path / "data")
+    try:
+        d = Directory(load_site_dir(DEMO), secrets.token_bytes(32), store, FakeClock(1_780_000_000.0))
+        bob = d.card("em4100", "0F00B0B0B0")
+        building, release = threading.Event(), threading.Event()
+        real_build = d._build
+
+        def slow_build() -> Site:  # stands in for a rebuild of a very large site
+            building.set()
+            assert release.wait(10)
+            return real_build()
+
+        d._build = slow_build  # type: ignore[method-assign]
+        reporter = threading.Thread(target=d.set_card_state, args=(bob, CredentialState.LOST), daemon=True)
+        reporter.start()
+        assert building.wait(5)
+        outcome: list[str] = []
+        decider = threading.Thread(target=lambda: outcome.append(d.decide(AccessRequest("lobby_in", bob)).reason.value),
+                                   daemon=True)
+        decider.start()
+        decider.join(2)
+        assert outcome == ["granted"], "a decision waited behind a site rebuild"  # the change is not live yet
+        release.set()
+        reporter.join(5)
+        assert d.decide(AccessRequest("lobby_in", bob)).reason.value == "credential_inactive"
+    finally:
+        store.close()

@@ -597,3 +597,20 @@ def test_an_edge_policy_names_no_one(demo: Site, key: Ed25519PrivateKey) -> None
     text = signed(compiled, key).decode()
     for person in demo.people.values():
         assert person.name not in text or person.name == person.id
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 1000])
+def test_a_policy_written_in_pieces_is_exactly_the_one_call_text(demo: Site, piece: int) -> None:
+    """dumps_in_pieces keeps a large policy from holding the interpreter lock in one call; the text (what is
+    signed and what two versions compare by) must be byte for byte what one json.dumps writes."""
+    from doorkeep.policy import dumps_in_pieces, site_to_dict
+
+    value = site_to_dict(demo)
+    value["extra"] = {"ünïcode": ["a\"b", "\n", "✓" * 700], "nested": [[1, 2, 3, 4], {"k": [None, True, 1.5]}],
+                      "empty": {}, "list": []}
+    one_call = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert dumps_in_pieces(value, piece=piece) == one_call
+    text = "x\"\\\u2028é" * 1000  # a long text is escaped in slices: the same escapes
+    assert dumps_in_pieces(text, piece=piece) == json.dumps(text, ensure_ascii=False)
+    with pytest.raises(ValueError):
+        dumps_in_pieces({"x": [float("nan")] * 5}, piece=piece)
