@@ -501,14 +501,18 @@ def summary(report: ReplayReport) -> str:
     people = sum(1 for p in report.people if p)
     doors = len(report.doors)
     if not report.to_refused and not report.to_granted:
-        head = f"no grant or refusal would change over {report.judged:,} judged attempts"
+        head = f"no grant or refusal would change over {report.judged:,} judged attempt{'s' * (report.judged != 1)}"
     else:
         head = f"{people:,} {'person' if people == 1 else 'people'} / {doors:,} door{'s' * (doors != 1)} would change:"
         parts = []
         if report.to_refused:
-            parts.append(f"{report.grants_to_refusals:,} grants become refusals ({_counts(report.to_refused, 1)})")
+            n = report.grants_to_refusals
+            parts.append(f"{n:,} grant{'s' * (n != 1)} become{'s' * (n == 1)} "
+                         f"refusal{'s' * (n != 1)} ({_counts(report.to_refused, 1)})")
         if report.to_granted:
-            parts.append(f"{report.refusals_to_grants:,} refusals become grants (were {_counts(report.to_granted, 0)})")
+            n = report.refusals_to_grants
+            parts.append(f"{n:,} refusal{'s' * (n != 1)} become{'s' * (n == 1)} "
+                         f"grant{'s' * (n != 1)} (were {_counts(report.to_granted, 0)})")
         head += " " + ", ".join(parts)
     return head
 

@@ -19,6 +19,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import traceback
 import sys
 from datetime import datetime
 from itertools import chain
@@ -36,7 +38,7 @@ from doorkeep.replay import (CODES, LockdownChange, RecordedAttempt, Record, Rep
                              render_text, replay, side_code_chunks)
 from server.directory import Directory
 from server.errors import ServerError
-from server.store import StoredAccessEvent, Store
+from server.store import StoredAccessEvent, Store, read_access_events
 
 log = logging.getLogger("doorkeep.server.replay")
 
@@ -94,10 +96,9 @@ def replay_on_two_cores(make_records: Callable[[], Iterable[Record]], current: S
     silent for :data:`CHILD_SILENCE_S` (a fork of a busy server can inherit a lock another thread held), or read
     other records (an event stored meanwhile with an older time), the replay is made again in one process.
     """
-    if "fork" not in multiprocessing.get_all_start_methods() or len(CODES) > 256:
+    if not hasattr(os, "fork") or len(CODES) > 256:
         return replay(make_records(), current, proposed)
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
+    receive, send = multiprocessing.Pipe(duplex=False)
 
     def child() -> None:
         tally = _Tally()
@@ -111,8 +112,20 @@ def replay_on_two_cores(make_records: Callable[[], Iterable[Record]], current: S
         finally:
             send.close()
 
-    proc = ctx.Process(target=child, name="doorkeep-replay-proposed", daemon=True)
-    proc.start()
+    # A bare fork, not multiprocessing.Process: its start-up closes the child's stdin and flushes its standard
+    # streams, which blocks for ever when another thread of the server held their lock at the fork (the demo's
+    # thread reading typed badges does, always). The child touches neither, logs nothing and leaves with
+    # os._exit, so no lock another thread held can stop it.
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            receive.close()
+            logging.disable(logging.CRITICAL)  # what it would log, the parent logs too (same records)
+            child()
+        except BaseException:  # straight to the descriptor: sys.stderr's lock may be held by a parent's thread
+            os.write(2, f"doorkeep impact preview, proposed side:\n{traceback.format_exc()}".encode())
+        finally:
+            os._exit(0)
     send.close()
 
     def receive_bytes() -> bytes:
@@ -136,14 +149,28 @@ def replay_on_two_cores(make_records: Callable[[], Iterable[Record]], current: S
         return report
     except (_ChildFailed, ReplayMismatch) as exc:
         log.warning("impact preview: %s; replaying both sites in this process instead", exc)
-        proc.kill()
+        _kill(pid)
     finally:
         receive.close()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1)
+        _reap(pid)
     return replay(make_records(), current, proposed)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    """Collect the child. Its codes are read (or given up on) by now, so nothing it could still do matters:
+    it is killed rather than waited for, and cannot outlive the preview."""
+    _kill(pid)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 class _ChildFailed(ServerError):
@@ -193,11 +220,9 @@ def preview(store: Store, current: Site, proposed: Site, *, since: float, until:
         if os.getpid() == opened_in:
             yield from records(upto(store.access_events_since(first)), current, visitor_cards, visitors)
             return
-        own = Store(data_dir)  # the forked child: SQLite connections must not cross a fork
-        try:
-            yield from records(upto(own.access_events_since(first)), current, visitor_cards, visitors)
-        finally:
-            own.close()
+        # The forked child: SQLite connections must not cross a fork, and a running server's store must not be
+        # opened again (its start-up takes locks the server's store thread may hold): a read-only connection.
+        yield from records(upto(read_access_events(data_dir, first)), current, visitor_cards, visitors)
 
     return replay_on_two_cores(make_records, current, proposed)
 

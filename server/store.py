@@ -497,18 +497,12 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
         Streams in batches, the lock taken per batch only, so a month of badges replayed (server/replay.py)
         neither fills memory nor holds up the store thread's writes.
         """
-        last_ts, last_rowid = since_ts, -1
-        while True:
+        def fetch(query: str, params: list[Any]) -> list[Any]:
             with self._lock:
-                rows = self._db.conn.execute(
-                    "SELECT rowid, id, ts, device, door, type, decision, reason, decided_by, person, credential_hash, "
-                    "detail FROM events WHERE ts >= ? AND (ts > ? OR rowid > ?) AND type IN ('access', 'lockdown') "
-                    "ORDER BY ts, rowid LIMIT ?", [last_ts, last_ts, last_rowid, batch]).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield StoredAccessEvent(*r[1:])
-            last_ts, last_rowid = rows[-1][2], int(rows[-1][0])
+                return self._db.conn.execute(query, params).fetchall()
+
+        return _access_events(fetch, since_ts, batch)
+
 
     def snapshot_bytes(self, snapshot_id: str) -> bytes | None:
         """The snapshot's JPEG, decrypted in memory; None if there is none (never stored, or deleted)."""
@@ -912,3 +906,31 @@ def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _revision_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "changes": json.loads(row["changes"])}
+
+def read_access_events(data_dir: Path | str, since_ts: str, batch: int = 5000) -> Iterator[StoredAccessEvent]:
+    """:meth:`Store.access_events_since` on a connection of its own, opened read-only: for a process forked
+    from a running server (the impact preview's second core), which must neither share the server's
+    connection nor run the store's start-up (migrations, permission checks) while the server writes."""
+    path = Path(data_dir) / "doorkeep.db"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store in {data_dir}: {exc}") from exc
+    try:
+        yield from _access_events(lambda query, params: conn.execute(query, params).fetchall(), since_ts, batch)
+    finally:
+        conn.close()
+
+
+def _access_events(fetch: Callable[[str, list[Any]], list[Any]], since_ts: str,
+                   batch: int) -> Iterator[StoredAccessEvent]:
+    last_ts, last_rowid = since_ts, -1
+    while True:
+        rows = fetch("SELECT rowid, id, ts, device, door, type, decision, reason, decided_by, person, credential_hash, "
+                     "detail FROM events WHERE ts >= ? AND (ts > ? OR rowid > ?) AND type IN ('access', 'lockdown') "
+                     "ORDER BY ts, rowid LIMIT ?", [last_ts, last_ts, last_rowid, batch])
+        if not rows:
+            return
+        for r in rows:
+            yield StoredAccessEvent(*r[1:])
+        last_ts, last_rowid = rows[-1][2], int(rows[-1][0])

@@ -394,3 +394,41 @@ def test_a_report_fed_fewer_proposed_codes_than_attempts_is_refused_not_miscount
     codes = list(side_codes(recorded, proposed, site))
     with pytest.raises(ReplayMismatch, match="3,999 attempts"):
         replay(recorded, site, proposed, proposed_codes=iter(codes[:-1]))
+
+
+def test_the_proposed_side_starts_while_another_thread_holds_stdin_reading(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doorkeep demo` has a thread blocked reading typed badges from stdin, which holds stdin's lock. A
+    multiprocessing child closes stdin as it starts, so it waited for ever and every preview in the demo took
+    the 20 s silence timeout and then ran in one process. The bare fork touches no standard stream."""
+    import io
+    import os
+    import sys
+    import threading
+
+    import server.replay
+    from server.replay import replay_on_two_cores
+
+    recorded, site, proposed = rich_recording()
+    monkeypatch.setattr(server.replay, "CHILD_SILENCE_S", 5.0)
+    r, w = os.pipe()
+    blocked_stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(r, "r")))
+    monkeypatch.setattr(sys, "stdin", blocked_stdin)
+    reading = threading.Event()
+
+    def read_typed_badges() -> None:
+        reading.set()
+        blocked_stdin.readline()  # holds the buffer's lock until a line comes
+
+    reader = threading.Thread(target=read_typed_badges, daemon=True)
+    reader.start()
+    assert reading.wait(5)
+    try:
+        with caplog.at_level("WARNING", logger="doorkeep.server.replay"):
+            two = replay_on_two_cores(lambda: recorded, site, proposed)
+        assert "this process instead" not in caplog.text, caplog.text
+        assert two.to_dict() == replay(recorded, site, proposed).to_dict()
+    finally:
+        os.write(w, b"\n")
+        reader.join(5)
+        os.close(w)
