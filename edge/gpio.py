@@ -35,7 +35,8 @@ FACTORIES: tuple[str, ...] = ("mock", "lgpio", "rpigpio", "pigpio", "native")
 # name -> (module, class, the import the module needs, how to install it)
 _FACTORY_SOURCES: dict[str, tuple[str, str, str | None, str]] = {
     "mock": ("gpiozero.pins.mock", "MockFactory", None, ""),
-    "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory", "lgpio", "pip install 'doorkeep[pi]'"),
+    "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory", "lgpio",
+              "install doorkeep with the [pi] extra (pip install 'doorkeep-VERSION-py3-none-any.whl[pi]') or lgpio"),
     "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory", "RPi", "pip install RPi.GPIO"),
     "pigpio": (
         "gpiozero.pins.pigpio",

@@ -231,7 +231,7 @@ class EmbeddedBroker:
             from amqtt.broker import Broker
         except ImportError as exc:
             raise BrokerUnavailable(
-                "the embedded broker needs amqtt: pip install 'doorkeep[demo]', or pass --broker mqtt://HOST:PORT"
+                "the embedded broker needs amqtt: install doorkeep with the [demo] extra (pip install '.[demo]' in a checkout), or pass --broker mqtt://HOST:PORT"
             ) from exc
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -136,7 +136,7 @@ def test_unknown_factory_names_the_choices() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("lgpio") is not None, reason="lgpio is installed")
 def test_missing_driver_says_what_to_install() -> None:
-    with pytest.raises(HardwareError, match=r"doorkeep\[pi\]"):
+    with pytest.raises(HardwareError, match=r"\[pi\] extra"):
         make_pin_factory("lgpio")
 
 
