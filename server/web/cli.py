@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import signal
 import sys
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from doorkeep.config import load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
@@ -171,10 +172,51 @@ def desk(args: argparse.Namespace) -> int:
         # another client address to the throttle or the audit log.
         config = uvicorn_config(app, host=args.host, port=args.port, log_level="warning",
                                 forwarded_allow_ips=allow_ips)
-        uvicorn.Server(config).run()  # handles SIGINT / SIGTERM itself
+        # uvicorn handles SIGINT / SIGTERM itself, then raises the signal again under the handler it found: with
+        # the default one the process died right there, before the server below stopped its bus and store.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        _systemd_server(config, healthy=lambda: server.bus.healthy).run()
     finally:
         if watcher is not None:
             watcher.stop()
         server.stop()
     return 0
 
+
+
+def _systemd_server(config: Any, *, healthy: Callable[[], bool]) -> Any:
+    """A uvicorn server that tells systemd (Type=notify, WatchdogSec=: firmware-config/systemd/doorkeep-desk.
+    service) the desk is listening (READY=1) and pings the watchdog (WATCHDOG=1) from the event loop itself,
+    while the server's store thread is alive: a hung loop or a dead store thread stops the pings and systemd
+    restarts the desk, as it does `doorkeep server`. Without systemd every notification is a no-op."""
+    import socket
+    import time
+
+    import uvicorn
+    from sdnotify import SystemdNotifier
+
+    from server.cli import _watchdog_interval
+
+    notifier, interval = SystemdNotifier(), _watchdog_interval()
+
+    class SystemdServer(uvicorn.Server):
+        next_ping = 0.0
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                notifier.notify("READY=1")
+
+        async def on_tick(self, counter: int) -> bool:
+            now = time.monotonic()
+            if interval and self.started and now >= self.next_ping and healthy():
+                notifier.notify("WATCHDOG=1")
+                self.next_ping = now + interval
+            return await super().on_tick(counter)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            notifier.notify("STOPPING=1")
+            await super().shutdown(sockets=sockets)
+
+    return SystemdServer(config)

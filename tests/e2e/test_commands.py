@@ -129,3 +129,46 @@ def test_edge_refuses_a_broken_device_file_with_file_key_and_fix(tmp_path: Path)
                           capture_output=True, text=True, timeout=60, env={**os.environ})
     assert proc.returncode == 2
     assert "pi-lobby.toml" in proc.stderr and "doors.lobby_in.lock.pin" in proc.stderr and "fix:" in proc.stderr
+
+
+def test_desk_command_tells_systemd_it_is_ready_and_pings_the_watchdog(mosquitto, tmp_path: Path) -> None:
+    """firmware-config/systemd/doorkeep-desk.service is Type=notify with WatchdogSec=: the desk must say READY=1
+    once it listens, keep pinging while it lives, and say STOPPING=1 on SIGTERM (else systemd kills a healthy
+    desk every period, or never restarts a hung one)."""
+    site = tmp_path / "site"
+    shutil.copytree(DEMO_SITE, site)
+    generate_key_file(site / "keys" / "credential.key")
+    init_data_keys(site / "keys")
+    signing = subprocess.run([sys.executable, "-m", "doorkeep", "key", "init-signing",
+                              str(site / "keys" / "policy-signing.key")], capture_output=True, text=True, timeout=60)
+    assert signing.returncode == 0, signing.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    pki = mosquitto.pki
+    desk = doorkeep("desk", "--site", str(site), "--data", str(tmp_path / "data"), "--broker", mosquitto.url,
+                    "--ca", str(pki / "ca.crt"), "--cert", str(pki / "server.crt"), "--key", str(pki / "server.key"),
+                    "--port", str(port), log=tmp_path / "desk.log",
+                    env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
+    try:
+        said = [notify.recv(256).decode() for _ in range(3)]
+        assert said[0] == "READY=1" and said[1:] == ["WATCHDOG=1", "WATCHDOG=1"], \
+            (said, (tmp_path / "desk.log").read_text())
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # READY=1 came once it listens
+    finally:
+        desk.send_signal(signal.SIGTERM)
+        rc = desk.wait(20)
+    rest = []
+    notify.settimeout(2)
+    try:
+        while True:
+            rest.append(notify.recv(256).decode())
+    except TimeoutError:
+        pass
+    notify.close()
+    assert rc == 0, (tmp_path / "desk.log").read_text()
+    assert "STOPPING=1" in rest
