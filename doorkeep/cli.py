@@ -41,6 +41,9 @@ HANDLERS = {
     "audit verify": "server.cli:audit_verify",
     "audit show": "server.cli:audit_show",
     "retention run": "server.cli:retention_run",
+    "backup": "server.cli:backup",
+    "backup keygen": "server.cli:backup_keygen",
+    "restore": "server.cli:restore",
     "subject export": "server.cli:subject_export",
     "subject erase": "server.cli:subject_erase",
     "user add": "server.web.cli:user_add",
@@ -163,6 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
     ret_sub = ret.add_subparsers(dest="action", required=True, metavar="ACTION")
     rrun = ret_sub.add_parser("run", help="run retention now and print what it deleted")
     rrun.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    bak = sub.add_parser("backup", help="an online, consistent backup of the server's store, snapshots and audit "
+                         "head, encrypted to a recovery public key (docs/backups.md); `backup keygen` makes that key")
+    bak.add_argument("action", nargs="?", choices=["keygen"], help="keygen: write a recovery key pair (--out FILE)")
+    bak.add_argument("--site", type=Path, help="the site directory (its id goes in the manifest)")
+    bak.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+    bak.add_argument("--to", type=Path, metavar="FILE", help="the backup file to write (mode 0600)")
+    bak.add_argument("--recovery-key", type=Path, metavar="PUBFILE",
+                     help="the recovery public key (default: site.toml [backup] recovery_key)")
+    bak.add_argument("--with-keys", action="store_true", help="also write FILE.keys: the site's key files, sealed "
+                     "to --keys-to PUBFILE or to $DOORKEEP_BACKUP_PASSPHRASE (never to the recovery key)")
+    bak.add_argument("--keys-to", type=Path, metavar="PUBFILE", help="the public key FILE.keys is sealed to")
+    bak.add_argument("--out", type=Path, metavar="FILE", help="keygen: write FILE.key (private) and FILE.pub")
+    rst = sub.add_parser("restore", help="restore a backup into a new data directory and verify it: integrity "
+                         "check, audit chain, counts against the manifest; exit 1 for a damaged, foreign, truncated "
+                         "or wrongly-keyed file")
+    rst.add_argument("file", type=Path, metavar="FILE")
+    rst.add_argument("--site", required=True, type=Path, help="the site directory (the backup must be of this site)")
+    rst.add_argument("--to", required=True, type=Path, metavar="DATA", help="the new (or empty) data directory")
+    rst.add_argument("--recovery-key", required=True, type=Path, metavar="PRIVFILE", help="the recovery private key")
+    rst.add_argument("--keys", type=Path, metavar="FILE.keys", help="also open the key file `backup --with-keys` wrote")
+    rst.add_argument("--keys-key", type=Path, metavar="PRIVFILE",
+                     help="the private key FILE.keys was sealed to (or $DOORKEEP_BACKUP_PASSPHRASE)")
+    rst.add_argument("--keys-out", type=Path, metavar="DIR", help="where the key files go (default DATA-keys, beside DATA)")
     subj = sub.add_parser("subject", help="data-subject rights: export or erase everything held about a person")
     subj_sub = subj.add_subparsers(dest="action", required=True, metavar="ACTION")
     sex = subj_sub.add_parser("export", help="write one zip with everything held about PERSON")

@@ -414,6 +414,7 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.used.add("retention")  # server-side only: read by _load_retention, not part of the Site
     root.used.add("intrusion")  # server-side only: read by _load_intrusion, not part of the Site
     root.used.add("desk")  # server-side only: read by load_desk_settings, not part of the Site
+    root.used.add("backup")  # server-side only: read by _load_backup, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
@@ -465,6 +466,96 @@ def _load_retention(path: Path, errors: list[ConfigError], text: str | None = No
     if data is None:
         return RetentionSettings()
     return _retention(_Table(data, str(path), "", errors).sub("retention"))
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """The server's own backups (site.toml [backup]; server/backup.py takes them, docs/backups.md).
+
+    Off until ``dir`` is set. Every ``every_s`` seconds a full online backup of the store, encrypted to the
+    recovery public key, is written to ``dir`` and the newest ``keep`` are kept; each is then copied offsite
+    (a directory on another mount, or a command run without a shell, ``{file}`` standing for the backup).
+    A failed backup or copy raises ``backup_failed`` and is retried after ``retry_s``. Paths are relative to
+    the site directory. The default period, 50 s, keeps the worst-case loss (the period plus one backup's
+    duration, about 2 s at 1M events) within the 60 s recovery point objective (docs/backups.md).
+    """
+
+    dir: Path | None = None
+    every_s: float = 50.0
+    keep: int = 60
+    recovery_key: Path | None = None
+    offsite_dir: Path | None = None
+    offsite_command: tuple[str, ...] = ()
+    offsite_timeout_s: float = 300.0
+    retry_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
+
+
+def _backup(t: _Table | None, base: Path) -> BackupSettings:
+    d = BackupSettings()
+    if t is None:
+        return d
+
+    def path(name: str) -> Path | None:
+        value = t.get(name, str, None)
+        if value is None:
+            return None
+        if not value.strip():
+            t.error(name, "is empty", f"write a path (relative to the site directory) or remove {name}")
+            return None
+        return base / value
+
+    directory = path("dir")
+    recovery = path("recovery_key")
+    offsite_dir = path("offsite_dir")
+    command = t.get("offsite_command", list, [])
+    if command is not None and (not all(isinstance(c, str) and c for c in command)):
+        t.error("offsite_command", "must be a list of non-empty strings (the program, then its arguments)",
+                'write it like ["rsync", "-a", "{file}", "backup-host:/srv/doorkeep/"]')
+        command = []
+    if command and offsite_dir is not None:
+        t.error("offsite_command", "and offsite_dir are both set", "name one offsite target: a directory or a command")
+    if command and not any("{file}" in c for c in command):
+        t.error("offsite_command", "never names the backup", 'put "{file}" where the backup file goes')
+    keep = t.get("keep", int, d.keep)
+    if keep is not None and not 1 <= keep <= 100_000:
+        t.error("keep", f"must be 1 to 100000 backups, got {keep}", f"set keep to how many backups to keep, "
+                f"or remove it for {d.keep}")
+        keep = d.keep
+    out = BackupSettings(
+        dir=directory, every_s=t.positive("every_s", d.every_s, 7 * 86400.0), keep=int(keep or d.keep),
+        recovery_key=recovery, offsite_dir=offsite_dir, offsite_command=tuple(command or ()),
+        offsite_timeout_s=t.positive("offsite_timeout_s", d.offsite_timeout_s, 86400.0),
+        retry_s=t.positive("retry_s", d.retry_s, 86400.0))
+    if directory is not None and recovery is None:
+        t.error("recovery_key", "is required when dir is set: backups are encrypted to it",
+                "run `doorkeep backup keygen --out FILE`, keep FILE.key offline and set recovery_key to FILE.pub")
+    elif recovery is not None:
+        try:
+            text = recovery.read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            t.error("recovery_key", f"{recovery} cannot be read: {exc}",
+                    "run `doorkeep backup keygen --out FILE` and set recovery_key to FILE.pub")
+        else:
+            if "PRIVATE KEY" in text:
+                t.error("recovery_key", f"{recovery} is a private key: it must stay offline, not on the server",
+                        "set recovery_key to the .pub file `doorkeep backup keygen` wrote beside it")
+            elif "PUBLIC KEY" not in text:
+                t.error("recovery_key", f"{recovery} is not a public key file",
+                        "set recovery_key to the .pub file `doorkeep backup keygen` wrote")
+    t.done()
+    return out
+
+
+def _load_backup(path: Path, errors: list[ConfigError], text: str | None = None) -> BackupSettings:
+    """The [backup] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    if data is None:
+        return BackupSettings()
+    return _backup(_Table(data, str(path), "", errors).sub("backup"), path.parent)
 
 
 @dataclass(frozen=True)
@@ -1313,6 +1404,7 @@ class SiteBundle:
     visitor_pool: list[CardSeed] = field(default_factory=list)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     intrusion: IntrusionSettings = field(default_factory=IntrusionSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -1367,10 +1459,12 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     key_file = d / "keys" / "credential.key"
     retention = _load_retention(d / "site.toml", errors, site_text) if site is not None else RetentionSettings()
     intrusion = _load_intrusion(d / "site.toml", errors, site_text) if site is not None else IntrusionSettings()
+    backup = _load_backup(d / "site.toml", errors, site_text) if site is not None else BackupSettings()
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
-    return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion)
+    return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion,
+                      backup=backup)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:

@@ -55,7 +55,8 @@ DOOR = "door"
 DEVICE = "device"
 CREDENTIAL = "credential"
 ADDRESS = "address"
-SUBJECTS: tuple[str, ...] = (DOOR, DEVICE, CREDENTIAL, ADDRESS)
+SITE = "site"  # the site as a whole: the server's own duties (its backups)
+SUBJECTS: tuple[str, ...] = (DOOR, DEVICE, CREDENTIAL, ADDRESS, SITE)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
@@ -122,6 +123,8 @@ _ALARMS: tuple[AlarmType, ...] = (
     AlarmType("event_gap", "Events missing", TROUBLE, SUPERVISION, (DEVICE,)),
     AlarmType("sequence_reset", "Event numbering restarted", INFO, SUPERVISION, (DEVICE,)),
     AlarmType("device_misbehaving", "Device misbehaving", ALARM, SUPERVISION, (DEVICE,)),
+    # The server supervising its own duties: a backup or its offsite copy failed (server/backup.py).
+    AlarmType("backup_failed", "Backup failed", TROUBLE, SUPERVISION, (SITE,)),
     # Intrusion signals: patterns of stored events (server/intrusion.py).
     AlarmType("card_probing", "Card probing", ALARM, INTRUSION, (DOOR, CREDENTIAL)),
     AlarmType("pin_guessing", "PIN guessing", ALARM, INTRUSION, (DOOR,)),
@@ -300,7 +303,7 @@ def problems() -> list[str]:
 __all__ = [
     "ADDRESS", "ALARM", "ALARMS", "CREDENTIAL", "DEVICE", "DOOR", "EDGE_EVENT", "EVENTS", "EVENT_ALARMS", "INFO",
     "INTRUSION", "PUBLISHED_DOOR_EVENTS", "REASONS", "RESTORED_BY", "SECURITY", "SERVER_EVENT_TYPES", "SEVERITIES",
-    "SNAPSHOT_EVENTS", "SOURCES", "SUBJECTS", "SUPERVISION", "TROUBLE", "VIOLATION", "VIOLATIONS", "WARNING",
+    "SITE", "SNAPSHOT_EVENTS", "SOURCES", "SUBJECTS", "SUPERVISION", "TROUBLE", "VIOLATION", "VIOLATIONS", "WARNING",
     "WIRE_EVENT_TYPES", "AlarmType", "EventType", "ReasonCode", "alarm_label", "alarms_about", "alarms_from",
     "problems", "reason_label", "severity", "violation_alarm",
 ]

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from doorkeep.policy import load_private_key
 from server.audit import AuditLog, record_site_changes
+from server.backup import BackupJob
 from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
@@ -49,6 +50,7 @@ class Server:
     intrusion: IntrusionDetector | None = None  # card probing, PIN guessing, door attacks (server/intrusion.py)
     siteadmin: SiteAdmin | None = None  # the site model's revisions: every change goes through it (server/siteadmin.py)
     people: PeopleService | None = None  # people, cards, visitor badges in the store (server/people.py)
+    backup: BackupJob | None = None  # scheduled encrypted backups, site.toml [backup] (server/backup.py)
 
     @property
     def site(self) -> Site:
@@ -64,8 +66,12 @@ class Server:
             self.retention.start()
         if self.siteadmin is not None:
             self.siteadmin.start_polling()
+        if self.backup is not None:
+            self.backup.start()
 
     def stop(self) -> None:
+        if self.backup is not None:
+            self.backup.stop()
         if self.siteadmin is not None:
             self.siteadmin.stop_polling()
         if self.retention is not None:
@@ -102,7 +108,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     siteadmin = SiteAdmin(store, bundle.dir, clock, audit=audit)
     live = siteadmin.start()
     if live is not None:
-        bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion)
+        bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion,
+                                     backup=live.backup)
     # People live in the store too (server/people.py): the first start imports people.toml (inside Directory);
     # later starts only warn when the file differs from the store.
     people_seeded = store.people_seeded()
@@ -137,10 +144,12 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
         intrusion.configure(live.intrusion)
 
     siteadmin.apply = apply_revision
+    # Backups (docs/backups.md): [backup] as the server started; a changed table takes effect at the next start.
+    backup = BackupJob(store, bundle.backup, bundle.site.id, data_dir, clock) if bundle.backup.enabled else None
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
     return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
-                  siteadmin=siteadmin, people=people)
+                  siteadmin=siteadmin, people=people, backup=backup)
 
 
 def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:

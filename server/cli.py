@@ -336,3 +336,99 @@ def key_rotate(args: argparse.Namespace) -> int:
         store.close()
     print(f"re-wrapped {rewrapped} snapshot key(s); retired {', '.join(retired) or 'no key'}")
     return 0
+
+
+# ------------------------------------------------------------------ backups (server/backup.py, docs/backups.md)
+
+
+def backup(args: argparse.Namespace) -> int:
+    """``doorkeep backup --site DIR [--data DIR] --to FILE [--recovery-key PUBFILE] [--with-keys]``: one online,
+    encrypted backup while the server runs; exit 0 written, 1 it failed, 2 usage or configuration."""
+    from server.backup import BackupError, create_backup, load_public_key, seal_keys
+
+    if args.site is None or args.to is None:
+        print("doorkeep backup: --site DIR and --to FILE are required", file=sys.stderr)
+        return 2
+    try:
+        bundle = load_site_dir(args.site)
+        pub = args.recovery_key or bundle.backup.recovery_key
+        if pub is None:
+            raise BackupError("no recovery key: pass --recovery-key PUBFILE or set [backup] recovery_key in "
+                              "site.toml (fix: `doorkeep backup keygen --out FILE` makes one)")
+        recipient = load_public_key(pub)
+        keys_to = load_public_key(args.keys_to) if args.keys_to else None
+        passphrase = os.environ.get("DOORKEEP_BACKUP_PASSPHRASE") or None
+        if args.with_keys and (keys_to is None) == (passphrase is None):
+            raise BackupError("--with-keys needs exactly one of --keys-to PUBFILE (not the recovery key) or "
+                              "$DOORKEEP_BACKUP_PASSPHRASE")
+        if keys_to is not None and keys_to.public_bytes_raw() == recipient.public_bytes_raw():
+            raise BackupError("--keys-to is the recovery key itself: seal the keys to another key, so one stolen "
+                              "secret never opens both the data and the keys")
+    except (ConfigErrors, ConfigError, BackupError) as exc:
+        print(f"doorkeep backup: {exc}", file=sys.stderr)
+        return 2
+    data = args.data or Path("var") / bundle.site.id
+    try:
+        result = create_backup(data, args.to, site_id=bundle.site.id, recipient=recipient)
+        print(result.line())
+        if args.with_keys:
+            out = args.to.with_name(args.to.name + ".keys")
+            names = seal_keys(bundle.dir / "keys", out, recipient=keys_to, passphrase=passphrase)
+            print(f"keys {out}: {', '.join(names)} (sealed to {'a passphrase' if passphrase else args.keys_to})")
+    except (BackupError, ServerError, OSError) as exc:
+        print(f"doorkeep backup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def backup_keygen(args: argparse.Namespace) -> int:
+    """``doorkeep backup keygen --out FILE``: FILE.key (private, keep offline) and FILE.pub (for the server)."""
+    from server.backup import generate_recovery_key
+
+    if args.out is None:
+        print("doorkeep backup keygen: --out FILE is required", file=sys.stderr)
+        return 2
+    try:
+        priv, pub, kid = generate_recovery_key(args.out)
+    except FileExistsError as exc:
+        print(f"doorkeep backup keygen: {exc} already exists; not overwriting a key", file=sys.stderr)
+        return 1
+    print(f"wrote {priv} (mode 0600: keep it OFFLINE, e.g. on paper or a safe's USB stick: without it no backup "
+          f"can be read) and {pub} (give it to the server: [backup] recovery_key); key id {kid}")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """``doorkeep restore FILE --site DIR --to DATA --recovery-key PRIVFILE``: restore into a new directory and
+    verify it; exit 0 restored and verified, 1 refused or not verified (one line saying why), 2 usage."""
+    from server.backup import BackupError, load_private_key, open_keys, restore_backup
+
+    try:
+        bundle = load_site_dir(args.site)
+        private = load_private_key(args.recovery_key)
+    except (ConfigErrors, ConfigError, BackupError) as exc:
+        print(f"doorkeep restore: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = restore_backup(args.file, args.to, site_id=bundle.site.id, private=private)
+    except (BackupError, ServerError, OSError) as exc:
+        print(f"doorkeep restore: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    print(f"restored into {args.to} in {report.seconds:.2f} s; start the server with --data {args.to}")
+    if args.keys is not None:
+        try:
+            keys_key = load_private_key(args.keys_key) if args.keys_key else None
+            files = open_keys(args.keys, private=keys_key, passphrase=os.environ.get("DOORKEEP_BACKUP_PASSPHRASE"))
+            out = args.keys_out or args.to.with_name(args.to.name + "-keys")
+            out.mkdir(mode=0o700, parents=True, exist_ok=False)
+            for name, data in files.items():
+                fd = os.open(out / Path(name).name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            print(f"keys: {', '.join(sorted(files))} written to {out} (mode 0600; move them to SITE/keys)")
+        except (BackupError, OSError, ValueError) as exc:
+            print(f"doorkeep restore: the data is restored, but the keys were not: {exc}", file=sys.stderr)
+            return 1
+    return 0
