@@ -68,11 +68,9 @@ from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
 from edge.link import Link
-from edge.osdp.cp import OsdpReader, build_buses, reader_signal_settings
 from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
 from edge.policy_cache import PolicyCache
-from edge.readers import SerialReader
-from edge.wiegand import WiegandReader
+from edge.reader_port import Reader, ReaderDeps, build_reader
 
 log = logging.getLogger("doorkeep.edge")
 
@@ -124,7 +122,7 @@ class _DoorRuntime:
     machine: DoorMachine
     relay: LockRelay
     inputs: DoorInputs | None
-    reader: SerialReader | OsdpReader | WiegandReader
+    reader: Reader
     camera: Camera | None
     sounder: Sounder | None = None
     relay_on: bool = False
@@ -191,12 +189,12 @@ class EdgeAgent:
         # The readers' reader_security thresholds: the cached policy's if it carries them, else the site file's.
         self._site_signals = intrusion.reader_signals() if intrusion is not None else ReaderSignals()
         self._signals = self._reader_signals()
-        # OSDP readers share one bus (thread, port) per URL; cards, tamper and security faults come back here.
-        self._osdp = build_buses(device.doors, self._on_card, clock=self.clock,
-                                 on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
-                                 on_security=lambda d, cause, detail: self._q.put(("reader_security", d, cause,
-                                                                                   detail)),
-                                 **reader_signal_settings(self._signals))
+        # Every reader comes from the registry by its protocol (edge/reader_port.py); kinds that share a port
+        # between doors (OSDP buses) share it through the deps. Cards, tamper and security faults come back here.
+        self._reader_deps = ReaderDeps(self._on_card, self.clock, self._factory, device.doors, self._signals,
+                                       on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
+                                       on_security=lambda d, cause, detail: self._q.put(("reader_security", d,
+                                                                                         cause, detail)))
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(did, hw)
         self.local_state = DecisionState()
@@ -257,18 +255,7 @@ class EdgeAgent:
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
                 on_tamper=(lambda active, d=did: self._q.put(("tamper", d, active))) if hw.tamper else None,
             )
-        reader: SerialReader | OsdpReader | WiegandReader
-        if did in self._osdp:
-            reader = self._osdp[did]
-        elif hw.reader.protocol == "wiegand" and hw.reader.d0_pin is not None and hw.reader.d1_pin is not None:
-            # D0/D1 on this agent's own pin factory (two agents in one process never share mock pins).
-            reader = WiegandReader(did, hw.reader.d0_pin, hw.reader.d1_pin, self._on_card, factory=self._factory,
-                                   clock=self.clock, frame_timeout_s=hw.reader.frame_timeout_ms / 1000.0,
-                                   repeat_ignore_s=hw.reader.repeat_ignore_s)
-        else:
-            reader = SerialReader(did, hw.reader.url, hw.reader.protocol, self._on_card,
-                                  baudrate=hw.reader.baudrate, clock=self.clock,
-                                  repeat_ignore_s=hw.reader.repeat_ignore_s)
+        reader = build_reader(did, hw.reader, self._reader_deps)
         camera = self.cameras.get(hw.camera) if hw.camera else None
         return _DoorRuntime(did, hw, machine, relay, inputs, reader, camera, sounder)
 
@@ -289,7 +276,7 @@ class EdgeAgent:
                 rt.reader.start()
                 # Known good from here: a loss right after start is a loss, not a reader still booting.
                 # (An OSDP reader is good only once its handshake is done: it gets the start-up grace.)
-                if not isinstance(rt.reader, OsdpReader):
+                if rt.reader.ready_at_start:
                     self._healthy.setdefault(f"reader:{rt.id}", True)
             except HardwareError as exc:
                 # One dead reader must not take the other doors down; the state shows it offline.
@@ -509,9 +496,8 @@ class EdgeAgent:
         if signals == self._signals:
             return
         self._signals = signals
-        settings = reader_signal_settings(signals)
-        for bus in {id(r.bus): r.bus for r in self._osdp.values()}.values():
-            bus.configure_signals(settings["signal_window_s"], settings["signal_thresholds"])
+        for rt in self.doors.values():
+            rt.reader.apply_signals(signals)
         log.info("reader_security thresholds: %d failed handshakes or %d clear NAKs within %g s (signed policy)",
                  signals.handshake_failures, signals.clear_naks, signals.window_s)
 
@@ -567,7 +553,7 @@ class EdgeAgent:
                 # Lost and already back between two checks: still an outage worth reporting.
                 self._health_change(rt, key, False, "reader", booting, {})
             online, detail = stats.online, {}
-            reason = getattr(rt.reader, "health_reason", None)  # OSDP: no_reply, needs_key, wrong_key, ...
+            reason = rt.reader.health_reason  # OSDP: no_reply, needs_key, wrong_key, ...; Wiegand: line_stuck_low
             if not online and reason:
                 detail = {"cause": reason}
             timeout = rt.hw.reader.silence_timeout_s
@@ -783,11 +769,8 @@ class EdgeAgent:
 
     def _reader_feedback(self, door: str, granted: bool) -> None:
         """LED and buzzer on readers that have them (OSDP): green and one beep, or red and two beeps."""
-        feedback = getattr(self.doors[door].reader, "feedback", None)
-        if feedback is None:
-            return
         try:
-            feedback(granted)
+            self.doors[door].reader.feedback(granted)
         except Exception:
             self.counters["errors"] += 1
             log.exception("door %s: reader feedback failed", door)
@@ -1086,12 +1069,7 @@ class EdgeAgent:
         doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open,
                      "sounder": rt.sounder_on, "tamper": rt.machine.tampered}
                  for d, rt in self.doors.items()}
-        readers = {}
-        for d, rt in self.doors.items():
-            s = rt.reader.stats
-            readers[d] = {"online": s.online, "frames": s.frames, "faults": sum(s.faults.values())}
-            if isinstance(rt.reader, OsdpReader):  # why it is offline, and whether over Secure Channel
-                readers[d].update(secure=s.secure, reason=s.reason)
+        readers = {d: rt.reader.stats.published() for d, rt in self.doors.items()}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
         return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
                              outbox=self.outbox.stats(), policy=self._policy_state())

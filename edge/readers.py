@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 import serial
 
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import HardwareError
 from edge.framing import CardRead, FrameFault, FrameParser
+from edge.reader_port import CardCallback, ReaderDeps, ReaderStats, register
+
+if TYPE_CHECKING:
+    from doorkeep.config import ReaderConfig
+    from doorkeep.policy import ReaderSignals
 
 logger = logging.getLogger("doorkeep.edge.reader")
 
@@ -28,7 +33,6 @@ RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
 STOP_DEADLINE_S = 2.0
 
-CardCallback = Callable[[str, CardRead, float], None]
 FaultCallback = Callable[[str, FrameFault], None]
 
 
@@ -50,24 +54,6 @@ class RepeatFilter:
         self._accepted_at = {n: t for n, t in self._accepted_at.items() if now - t < self.window_s}
         self._accepted_at[number] = now
         return False
-
-
-@dataclass
-class ReaderStats:
-    """Health counters for one reader.
-
-    ``frames`` counts every valid frame, including held-card repeats;
-    ``repeats`` is the part of those that was not passed on.
-    """
-
-    frames: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-    io_errors: int = 0
-    last_frame_at: float | None = None
-    last_data_at: float | None = None
-    """Monotonic time of the last bytes received (valid, garbled or a keep-alive line), or of the port opening."""
-    online: bool = False
-    repeats: int = 0
 
 
 class CardDelivery:
@@ -124,6 +110,9 @@ class CardDelivery:
 
 class SerialReader(CardDelivery):
     """Reads one door's badge reader and calls ``on_card`` for each new card."""
+
+    ready_at_start = True
+    """A port that opened is a reader that works: a loss right after start is a loss."""
 
     def __init__(
         self,
@@ -195,6 +184,17 @@ class SerialReader(CardDelivery):
     def stats(self) -> ReaderStats:
         with self._lock:
             return replace(self._stats, faults=dict(self._stats.faults))
+
+    @property
+    def health_reason(self) -> str | None:
+        """None: a serial reader is judged by its port (``online``, ``io_errors``) and its silence alone."""
+        return None
+
+    def feedback(self, granted: bool) -> None:
+        """No LED or buzzer to drive over a one-way serial line."""
+
+    def apply_signals(self, signals: ReaderSignals) -> None:
+        """No security signals on a serial reader."""
 
     # -- reader thread -------------------------------------------------------
 
@@ -285,6 +285,14 @@ class SerialReader(CardDelivery):
             port.close()
         except Exception:  # noqa: BLE001 - the port is gone either way
             logger.debug("door %s: closing reader %s failed", self.door, self.url, exc_info=True)
+
+
+@register("em4100")
+@register("ascii")
+def _serial_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> SerialReader:
+    """EM4100 and ASCII readers: one serial port per door, framed by :class:`edge.framing.FrameParser`."""
+    return SerialReader(door, config.url, config.protocol, deps.on_card, baudrate=config.baudrate,
+                        clock=deps.clock, repeat_ignore_s=config.repeat_ignore_s)
 
 
 def masked(raw: bytes) -> str:

@@ -13,8 +13,8 @@ default, ten bit periods), so the decoder works on *timed bits* and a deadline.
 * :class:`WiegandFramer` collects timed bits into frames and keypad keys into PINs, pure and clock-free.
 * :class:`WiegandReader` is the adapter: gpiozero ``DigitalInputDevice`` edge callbacks on D0/D1 (pull-ups,
   a falling edge is a bit), each bit stamped with the injected clock, and a small timer thread that ends a
-  frame at its deadline. It has the surface the edge agent uses for a serial reader (``start``, ``stop``,
-  ``stats``, ``silent_for``), with the same health stats.
+  frame at its deadline. It implements :class:`edge.reader_port.Reader` (registered as ``wiegand``), with the
+  same health stats as a serial reader.
 """
 
 from __future__ import annotations
@@ -24,17 +24,22 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpiozero import DigitalInputDevice
 from gpiozero.exc import GPIOZeroError
 
 from doorkeep.clock import Clock, SystemClock
-from edge.errors import HardwareError
+from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead, FrameFault
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.packet import RawCard
+from edge.reader_port import ReaderDeps, register
 from edge.readers import CardCallback, CardDelivery, FaultCallback, ReaderStats, RepeatFilter
+
+if TYPE_CHECKING:
+    from doorkeep.config import ReaderConfig
+    from doorkeep.policy import ReaderSignals
 
 logger = logging.getLogger("doorkeep.edge.wiegand")
 
@@ -185,6 +190,9 @@ class WiegandReader(CardDelivery):
     (woken by every bit) and never sleeps blindly.
     """
 
+    ready_at_start = True
+    """Both pins claimed is a reader wired: a stuck line or silence after that is reported as it comes."""
+
     def __init__(
         self,
         door: str,
@@ -305,6 +313,12 @@ class WiegandReader(CardDelivery):
             last = self._stats.last_data_at
         return 0.0 if last is None else max(0.0, now - last)
 
+    def feedback(self, granted: bool) -> None:
+        """No-op: doorkeep does not drive a Wiegand reader's LED and beeper lines yet (docs/readers.md)."""
+
+    def apply_signals(self, signals: ReaderSignals) -> None:
+        """No security signals on a Wiegand reader: it has no secure channel to watch."""
+
     # -- bits ----------------------------------------------------------------
 
     def _edge(self, value: int) -> None:
@@ -347,3 +361,14 @@ class WiegandReader(CardDelivery):
 
     def _fault_text(self, fault: FrameFault) -> str:
         return f"Wiegand fault {fault.kind}: {fault.detail}"
+
+
+@register("wiegand")
+def _wiegand_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> WiegandReader:
+    """D0/D1 on the agent's own pin factory (two agents in one process never share mock pins)."""
+    if config.d0_pin is None or config.d1_pin is None:
+        raise EdgeError(f"door {door!r}: a Wiegand reader needs d0_pin and d1_pin; fix: add both to the door's "
+                        "reader table")
+    return WiegandReader(door, config.d0_pin, config.d1_pin, deps.on_card, factory=deps.pin_factory,
+                         clock=deps.clock, frame_timeout_s=config.frame_timeout_ms / 1000.0,
+                         repeat_ignore_s=config.repeat_ignore_s)

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import serial
 
@@ -49,7 +49,12 @@ from edge.osdp.secure import (
     random_bytes,
     server_cryptogram,
 )
+from edge.reader_port import ReaderDeps, ReaderStats, SecurityCallback, TamperCallback, register
 from edge.readers import CardCallback, RepeatFilter, _is_pty
+
+if TYPE_CHECKING:
+    from doorkeep.config import ReaderConfig
+    from doorkeep.policy import ReaderSignals
 
 log = logging.getLogger("doorkeep.edge.osdp")
 
@@ -61,9 +66,6 @@ RETRY_KEY_PROBLEM_S = 5.0
 READ_SLICE_S = 0.005
 KEYPAD_MAX = 12
 STOP_DEADLINE_S = 2.0
-
-TamperCallback = Callable[[str, bool], None]
-SecurityCallback = Callable[[str, str, dict[str, Any]], None]
 
 # Health reasons a reader can be offline with (docs/readers.md)
 REASON_NO_REPLY = "no_reply"
@@ -94,24 +96,6 @@ class OsdpReaderSpec:
     scbk: bytes | None = None
     secure: bool = True
     repeat_ignore_s: float = 1.0
-
-
-@dataclass
-class OsdpReaderStats:
-    """Health counters, shaped like ``edge.readers.ReaderStats`` so the agent reads both alike."""
-
-    frames: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-    io_errors: int = 0
-    last_frame_at: float | None = None
-    last_data_at: float | None = None
-    online: bool = False
-    repeats: int = 0
-    secure: bool = False
-    reason: str | None = None
-    mac_failures: int = 0
-    retries: int = 0
-    polls: int = 0
 
 
 class SignalLimiter:
@@ -166,7 +150,7 @@ class _Reader:
     outq: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
     keypad: str = ""
     repeats: RepeatFilter = field(init=False)
-    stats: OsdpReaderStats = field(default_factory=OsdpReaderStats)
+    stats: ReaderStats = field(default_factory=lambda: ReaderStats(secure=False))
     install_key: bytes | None = None
     installed: threading.Event = field(default_factory=threading.Event)
     last_tamper: bool | None = None
@@ -270,7 +254,7 @@ class OsdpBus:
 
     # -- API for the agent (any thread) -------------------------------------
 
-    def stats(self, address: int) -> OsdpReaderStats:
+    def stats(self, address: int) -> ReaderStats:
         with self._lock:
             s = self._readers[address].stats
             return replace(s, faults=dict(s.faults))
@@ -728,7 +712,10 @@ class _PortGone(Exception):
 
 
 class OsdpReader:
-    """One door's view of a shared bus, with the same surface the agent uses for a ``SerialReader``."""
+    """One door's view of a shared bus: an :class:`edge.reader_port.Reader` (registered as ``osdp``)."""
+
+    ready_at_start = False
+    """The bus opening proves nothing about this reader: it is good once its Secure Channel is up."""
 
     def __init__(self, bus: OsdpBus, door: str, address: int) -> None:
         self.bus = bus
@@ -744,7 +731,7 @@ class OsdpReader:
         self.bus.stop()
 
     @property
-    def stats(self) -> OsdpReaderStats:
+    def stats(self) -> ReaderStats:
         return self.bus.stats(self.address)
 
     @property
@@ -757,6 +744,11 @@ class OsdpReader:
 
     def feedback(self, granted: bool) -> None:
         self.bus.feedback(self.address, granted)
+
+    def apply_signals(self, signals: ReaderSignals) -> None:
+        """The bus's thresholds (shared by its readers; unchanged thresholds leave its counts alone)."""
+        settings = reader_signal_settings(signals)
+        self.bus.configure_signals(settings["signal_window_s"], settings["signal_thresholds"])
 
 
 def reader_signal_settings(signals: Any) -> dict[str, Any]:
@@ -811,3 +803,15 @@ def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | 
         for did, rc in members:
             handles[did] = OsdpReader(bus, did, rc.address)
     return handles
+
+
+@register("osdp")
+def _osdp_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> OsdpReader:
+    """The door's handle on its bus. The first OSDP door builds every bus of the device (one per URL) into
+    ``deps.shared["osdp"]``; the others pick their handle from there, so doors on one URL share one bus."""
+    handles: dict[str, OsdpReader] | None = deps.shared.get("osdp")
+    if handles is None:
+        handles = build_buses(dict(deps.doors), deps.on_card, clock=deps.clock, on_tamper=deps.on_tamper,
+                              on_security=deps.on_security, **reader_signal_settings(deps.signals))
+        deps.shared["osdp"] = handles
+    return handles[door]

@@ -266,7 +266,7 @@ def test_the_policys_reader_thresholds_reach_the_osdp_bus_and_defaults_are_left_
     agent = EdgeAgent(dev, None, KEY, pin_factory=MockFactory(), policy_key=signing_key.public_key(),
                       state_dir=state)
     try:
-        bus = agent.doors["lobby_in"].reader.bus  # type: ignore[union-attr]
+        bus = agent.doors["lobby_in"].reader.bus  # type: ignore[attr-defined]  # an OsdpReader
         assert (bus.signal_window_s, bus.signal_thresholds[CAUSE_HANDSHAKE_FAILED],
                 bus.signal_thresholds[CAUSE_CLEAR_NAK]) == (30.0, 2, 9), "the cached policy's, from the start"
         # A site revision back to the defaults: the next policy leaves the field out, and the bus follows.
