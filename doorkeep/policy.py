@@ -657,11 +657,15 @@ def _table(cls: type) -> _Codec:
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building hundreds of thousands of objects.
+    """Pause the cyclic garbage collector while the APPLICATION builds or loads a large policy.
 
-    None of them can form a cycle, yet each collection the allocations trigger walks them
-    all again: pausing halves the time to load a large policy. Re-enabled afterwards only
-    if it was enabled before, so an application that manages the collector keeps control.
+    A policy's hundreds of thousands of objects form no cycle, yet each collection their
+    allocations trigger walks them all again: pausing roughly halves the time to load or
+    sign a large policy. The collector is process-wide, so this module's own functions never
+    pause it (a library must not switch it off behind its caller's back): the applications
+    wrap their own big operations (server/publisher.py around compile and sign,
+    edge/policy_cache.py around verify). Re-enabled afterwards only if it was enabled
+    before, so an application that manages the collector keeps control.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -679,8 +683,7 @@ def encode_value(value: Any, tp: Any, *, root: str = "value") -> Any:
     """
     codec = _codec(tp)
     try:
-        with gc_paused():
-            return codec.encode(value)
+        return codec.encode(value)
     except _Bad as e:
         raise PolicyError(f"cannot encode {e.path(root)}: {e.problem}") from None
 
@@ -689,8 +692,7 @@ def decode_value(data: Any, tp: Any, *, root: str = "value") -> Any:
     """The inverse of :func:`encode_value`; raises PolicyError naming where the data is wrong."""
     codec = _codec(tp)
     try:
-        with gc_paused():
-            return codec.decode(data)
+        return codec.decode(data)
     except _Bad as e:
         raise PolicyError(f"{e.path(root)}: {e.problem}") from None
 
@@ -846,8 +848,7 @@ def dumps_in_pieces(value: Any, *, piece: int = _PIECE, depth: int = 4) -> str:
 
 def policy_text(site_subset: Site) -> str:
     """The JSON text of a compiled policy as :func:`sign_policy` signs it: what two versions compare by."""
-    with gc_paused():
-        return dumps_in_pieces(site_to_dict(site_subset))
+    return dumps_in_pieces(site_to_dict(site_subset))
 
 
 def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, issued_at: float,
@@ -938,8 +939,7 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     # From here the body is the server's own words; still check it as strictly as any message.
     del raw, envelope, text  # a large policy is held several times over until here
     try:
-        with gc_paused():
-            body = json.loads(signed, parse_constant=_reject_constant)
+        body = json.loads(signed, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise PolicyError("signed policy body is not JSON") from None
     del signed

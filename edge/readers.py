@@ -56,8 +56,62 @@ class RepeatFilter:
         return False
 
 
+KEYPAD_MAX = 12
+"""Most PIN digits kept; further digits are ignored until ``#`` or ``*``."""
+KEYPAD_IDLE_S = 10.0
+"""Digits typed this long ago without ``#`` are forgotten, so a half-typed PIN does not prefix the next one."""
+_DIGITS = frozenset("0123456789")
+
+
+class PinEntry:
+    """Keypad keys -> PIN reads, one per keypad: what every reader kind with a keypad does with its keys.
+
+    Digits gather until ``#``, which yields ``CardRead("P" + digits, "keypad")`` (the PIN read the agent
+    knows from ASCII readers' ``P####`` lines) for :meth:`CardDelivery._deliver` to count and pass on like a
+    card; ``*`` clears; digits typed more than ``idle_s`` before the next key are forgotten; any other key is
+    ignored. Pure and clock-free: time comes in with every key. Not thread-safe: one reader's thread feeds it.
+    """
+
+    def __init__(self, max_digits: int = KEYPAD_MAX, idle_s: float = KEYPAD_IDLE_S) -> None:
+        self.max_digits = max_digits
+        self.idle_s = idle_s
+        self._digits = ""
+        self._last_key_at: float | None = None
+
+    def key(self, key: str, now: float) -> CardRead | None:
+        """One key pressed at ``now``; the PIN read when it was ``#`` after at least one digit."""
+        if self._last_key_at is not None and now - self._last_key_at > self.idle_s:
+            self._digits = ""
+        self._last_key_at = now
+        if key == "*":
+            self._digits = ""
+        elif key == "#":
+            pin, self._digits = self._digits, ""
+            if pin:
+                return CardRead("P" + pin, "keypad")
+        elif key in _DIGITS and len(self._digits) < self.max_digits:
+            self._digits += key
+        return None
+
+    def keys(self, keys: str, now: float) -> list[CardRead | FrameFault]:
+        """Several keys at once (an OSDP KEYPAD reply carries a burst); the PIN reads they gave."""
+        out: list[CardRead | FrameFault] = []
+        for k in keys:
+            pin = self.key(k, now)
+            if pin is not None:
+                out.append(pin)
+        return out
+
+    def reset(self) -> None:
+        """Forget typed digits (a reader restarted, or stopped)."""
+        self._digits, self._last_key_at = "", None
+
+
 class CardDelivery:
     """What every reader kind does with what it decoded: count it, drop a held card's repeats, pass it on.
+
+    Serial and Wiegand readers are one; each reader on an OSDP bus has one (``edge.osdp.cp._Delivery``), so a
+    card or a PIN is counted, filtered and logged alike whichever wire it came over.
 
     Subclasses set ``door``, ``_stats``, ``_repeats``, ``_on_card``, ``_on_fault``, ``_log`` and ``_guard``
     (the lock or condition that guards their stats), and say how a fault reads in the log.

@@ -33,7 +33,7 @@ import serial
 
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import HardwareError
-from edge.framing import CardRead
+from edge.framing import CardRead, FrameFault
 from edge.osdp import packet as pk
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.secure import (
@@ -50,7 +50,7 @@ from edge.osdp.secure import (
     server_cryptogram,
 )
 from edge.reader_port import ReaderDeps, ReaderStats, SecurityCallback, TamperCallback, register
-from edge.readers import CardCallback, RepeatFilter, _is_pty
+from edge.readers import CardCallback, CardDelivery, PinEntry, RepeatFilter, _is_pty
 
 if TYPE_CHECKING:
     from doorkeep.config import ReaderConfig
@@ -64,7 +64,6 @@ OFFLINE_AFTER_S = 8.0
 RETRY_OFFLINE_S = 1.0
 RETRY_KEY_PROBLEM_S = 5.0
 READ_SLICE_S = 0.005
-KEYPAD_MAX = 12
 STOP_DEADLINE_S = 2.0
 
 # Health reasons a reader can be offline with (docs/readers.md)
@@ -134,9 +133,34 @@ class SignalLimiter:
         return counts
 
 
+class _Delivery(CardDelivery):
+    """One reader's cards and PINs, delivered as every reader kind delivers them (:class:`CardDelivery`):
+    counted in its stats under the bus's lock, a held card's repeats dropped, a failing ``on_card`` logged."""
+
+    def __init__(self, spec: OsdpReaderSpec, stats: ReaderStats, on_card: CardCallback, guard: Any,
+                 url: str) -> None:
+        self.door = spec.door
+        self._stats = stats
+        self._repeats = RepeatFilter(spec.repeat_ignore_s)
+        self._on_card = on_card
+        self._on_fault = None
+        self._log = log
+        self._guard = guard
+        self._where = f"OSDP {url} address {spec.address}"
+
+    def deliver(self, items: list[CardRead | FrameFault], t_read: float) -> None:
+        """Cards and PIN reads to ``on_card``, faults (``parity``, ``malformed``) to the stats and the log."""
+        self._deliver(items, t_read)
+
+    def _fault_text(self, fault: FrameFault) -> str:
+        return f"{self._where}: {fault.kind}: {fault.detail}"
+
+
 @dataclass
 class _Reader:
     spec: OsdpReaderSpec
+    delivery: _Delivery
+    """Counts and passes on its cards and PINs; shares :attr:`stats` (the bus thread feeds it)."""
     phase: str = "id"
     seq: int = 0
     session: SecureSession | None = None
@@ -148,8 +172,8 @@ class _Reader:
     had_sc: bool = False
     caps: dict[int, tuple[int, int]] = field(default_factory=dict)
     outq: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
-    keypad: str = ""
-    repeats: RepeatFilter = field(init=False)
+    pins: PinEntry = field(default_factory=PinEntry)
+    """Keypad keys -> PIN reads (bus thread only)."""
     stats: ReaderStats = field(default_factory=lambda: ReaderStats(secure=False))
     install_key: bytes | None = None
     installed: threading.Event = field(default_factory=threading.Event)
@@ -160,7 +184,8 @@ class _Reader:
     """Per security cause: the limiter that decides when it is reported (bus thread only)."""
 
     def __post_init__(self) -> None:
-        self.repeats = RepeatFilter(self.spec.repeat_ignore_s)
+        if self.delivery._stats is not self.stats:
+            raise ValueError("a reader's delivery must count into the reader's own stats")
 
 
 class OsdpBus:
@@ -189,8 +214,12 @@ class OsdpBus:
         """The agent's clock: card read times and last_data_at (latency figures, health) are on it."""
         self._wire: Clock = SystemClock()
         """Reply windows, retries and the offline timeout are physical wire time, never a scenario's jumps."""
-        self._readers = {r.address: _Reader(r) for r in readers}
-        self._on_card = on_card
+        self._lock = threading.RLock()
+        self._readers: dict[int, _Reader] = {}
+        for spec in readers:
+            stats = ReaderStats(secure=False)
+            delivery = _Delivery(spec, stats, on_card, self._lock, url)
+            self._readers[spec.address] = _Reader(spec, delivery, stats=stats)
         self._on_tamper = on_tamper
         self._on_security = on_security
         self.offline_after_s = offline_after_s
@@ -198,7 +227,6 @@ class OsdpBus:
         self.retry_key_problem_s = retry_key_problem_s
         self.signal_window_s = signal_window_s
         self.signal_thresholds = {**SIGNAL_THRESHOLDS, **(signal_thresholds or {})}
-        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._port: Any = port
@@ -478,16 +506,15 @@ class OsdpBus:
                     r.outq.appendleft((code, data))
             return
         if reply.code == pk.REPLY_RAW:
+            item: CardRead | FrameFault
             try:
-                raw = pk.decode_raw(reply.data)
-                fmt, number = decode_card(raw)
+                fmt, number = decode_card(pk.decode_raw(reply.data))
+                item = CardRead(number, fmt)
             except ParityError as exc:
-                self._fault(r, "parity", str(exc))
-                return
+                item = FrameFault("parity", str(exc), b"")
             except ValueError as exc:
-                self._fault(r, "malformed", str(exc))
-                return
-            self._card(r, CardRead(number, fmt), t_read)
+                item = FrameFault("malformed", str(exc), b"")
+            r.delivery.deliver([item], t_read)
             return
         if reply.code == pk.REPLY_KEYPAD:
             try:
@@ -495,7 +522,8 @@ class OsdpBus:
             except ValueError as exc:
                 self._fault(r, "malformed", str(exc))
                 return
-            self._keys(r, keys, t_read)
+            # ``#`` (or Enter) submits the PIN as a ``keypad`` read ``P<digits>``, ``*`` clears.
+            r.delivery.deliver(r.pins.keys(keys, t_read), t_read)
             return
         if reply.code == pk.REPLY_LSTATR and len(reply.data) >= 1:
             tampered = bool(reply.data[0])
@@ -626,7 +654,7 @@ class OsdpBus:
         r.phase = "id"
         r.seq = 0
         r.session = None
-        r.keypad = ""
+        r.pins.reset()
         with self._lock:
             r.outq.clear()
             r.stats.secure = False
@@ -676,27 +704,6 @@ class OsdpBus:
         log.warning("OSDP %s address %d: %s: %s", self.url, r.spec.address, kind, detail)
 
     # -- what readers tell us ------------------------------------------------------
-
-    def _card(self, r: _Reader, card: CardRead, t_read: float) -> None:
-        with self._lock:
-            r.stats.frames += 1
-            r.stats.last_frame_at = t_read
-            if r.repeats.is_repeat(card.number, t_read):
-                r.stats.repeats += 1
-                return
-        self._call(self._on_card, r.spec.door, card, t_read)
-
-    def _keys(self, r: _Reader, keys: str, t_read: float) -> None:
-        """Keypad digits: ``#`` (or Enter) submits the PIN as a ``keypad`` read ``P<digits>``, ``*`` clears."""
-        for key in keys:
-            if key == "#":
-                if r.keypad:
-                    pin, r.keypad = r.keypad, ""
-                    self._call(self._on_card, r.spec.door, CardRead("P" + pin, "keypad"), t_read)
-            elif key == "*":
-                r.keypad = ""
-            elif key.isdigit() and len(r.keypad) < KEYPAD_MAX:
-                r.keypad += key
 
     def _call(self, fn: Callable[..., None] | None, *args: Any) -> None:
         if fn is None:
