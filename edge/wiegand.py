@@ -35,7 +35,7 @@ from edge.framing import CardRead, FrameFault
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.packet import RawCard
 from edge.reader_port import ReaderDeps, register
-from edge.readers import CardCallback, CardDelivery, FaultCallback, ReaderStats, RepeatFilter
+from edge.readers import CardCallback, CardDelivery, FaultCallback, PinEntry, ReaderStats, RepeatFilter
 
 if TYPE_CHECKING:
     from doorkeep.config import ReaderConfig
@@ -48,10 +48,6 @@ CARD_LENGTHS: tuple[int, ...] = (26, 34, 37)
 MAX_BITS = 64
 """Longer than any format doorkeep knows: a longer train is noise (a floating line), dropped as ``length``."""
 DEFAULT_FRAME_TIMEOUT_S = 0.025
-KEYPAD_MAX = 12
-"""Most PIN digits kept; further digits are ignored until ``#`` or ``*``."""
-KEYPAD_IDLE_S = 10.0
-"""Digits typed this long ago without ``#`` are forgotten, so a half-typed PIN does not prefix the next one."""
 STUCK_LOW_S = 0.5
 """A data line held low this long is a short or a dead reader (bits are 50 us pulses): the reader is offline."""
 STOP_DEADLINE_S = 2.0
@@ -132,8 +128,7 @@ class WiegandFramer:
         self.frame_timeout_s = frame_timeout_s
         self._bits: list[int] = []
         self._last_bit_at: float | None = None
-        self._keys = ""
-        self._keys_at: float | None = None
+        self._pin = PinEntry()  # the keypad rules every reader kind shares (edge/readers.py)
 
     @property
     def deadline(self) -> float | None:
@@ -157,25 +152,13 @@ class WiegandFramer:
         item = decode_bits(bits)
         if not isinstance(item, KeyPress):
             return [item]
-        return self._keypress(item.key, now)
-
-    def _keypress(self, key: str, now: float) -> list[CardRead | FrameFault]:
-        if self._keys_at is not None and now - self._keys_at > KEYPAD_IDLE_S:
-            self._keys = ""
-        self._keys_at = now
-        if key == "*":
-            self._keys = ""
-        elif key == "#":
-            pin, self._keys = self._keys, ""
-            if pin:
-                return [CardRead("P" + pin, "keypad")]
-        elif len(self._keys) < KEYPAD_MAX:
-            self._keys += key
-        return []
+        pin = self._pin.key(item.key, now)
+        return [pin] if pin is not None else []
 
     def reset(self) -> None:
         """Forget a half-received frame and typed digits (at start and stop)."""
-        self._bits, self._last_bit_at, self._keys, self._keys_at = [], None, "", None
+        self._bits, self._last_bit_at = [], None
+        self._pin.reset()
 
 
 _GPIO_ERRORS = (GPIOZeroError, OSError)

@@ -126,6 +126,31 @@ def test_keypad_digits_become_a_pin_read_on_enter_and_star_clears() -> None:
     assert out == [CardRead("P0417", "keypad")]
 
 
+def test_keypad_rules_are_the_shared_ones_digits_forgotten_when_idle_and_capped() -> None:
+    """The Wiegand keypad follows edge/readers.py's PinEntry, as serial and OSDP keypads do: a half-typed PIN
+    does not prefix the next one after KEYPAD_IDLE_S, and digits past KEYPAD_MAX are ignored."""
+    from edge.readers import KEYPAD_IDLE_S, KEYPAD_MAX
+
+    f = WiegandFramer(0.01)
+    t = 0.0
+    out: list = []
+
+    def press(keys: str) -> None:
+        nonlocal t
+        for key in keys:
+            for b in key_bits(key):
+                out.extend(f.bit(b, t))
+                t += 0.002
+            t += 0.05
+            out.extend(f.poll(t))
+
+    press("99")
+    t += KEYPAD_IDLE_S + 1
+    press("1234#")
+    press("7" * (KEYPAD_MAX + 3) + "#")
+    assert out == [CardRead("P1234", "keypad"), CardRead("P" + "7" * KEYPAD_MAX, "keypad")]
+
+
 # ------------------------------------------------------------------ config
 
 
