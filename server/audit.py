@@ -60,6 +60,18 @@ class Auditor(Protocol):
                details: dict[str, Any] | None = None) -> int: ...
 
 
+def record_audit(audit: Auditor | None, actor: str, action: str, target: str | None,
+                 details: dict[str, Any] | None = None) -> None:
+    """Record what already happened; a failing audit is logged loudly and never undoes the action (the one
+    rule every service that audits follows)."""
+    if audit is None:
+        return
+    try:
+        audit.record(actor, action, target, details)
+    except Exception:
+        log.exception("AUDIT FAILED for %s on %s", action, target)
+
+
 def canonical(obj: Any) -> str:
     """The one JSON spelling hashed and stored: sorted keys, no spaces, ASCII only, no NaN."""
     try:

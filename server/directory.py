@@ -21,7 +21,7 @@ from doorkeep.config import SiteBundle
 from doorkeep.credentials import card_hash
 from doorkeep.decision import AccessRequest, Decision, DecisionState, Presence, commit, decide
 from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
-from server.audit import Auditor, subject_ref
+from server.audit import Auditor, record_audit, subject_ref
 from server.errors import ServerError
 from server.people import load_rows, seed
 from server.store import Store
@@ -115,12 +115,7 @@ class Directory:
 
     def _audit(self, actor: str, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
         """Record an operation that already happened; a failing audit is logged loudly, never undoes it."""
-        if self.audit is None:
-            return
-        try:
-            self.audit.record(actor, action, target, details)
-        except Exception:
-            log.exception("AUDIT FAILED for %s on %s", action, target)
+        record_audit(self.audit, actor, action, target, details)
 
     def forget(self, person_ids: list[str]) -> None:
         """Drop people whose records retention or erasure removed from the store (presence held in memory)."""

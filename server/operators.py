@@ -55,7 +55,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from doorkeep.clock import Clock, SystemClock
-from server.audit import AuditLog, Auditor
+from server.audit import AuditLog, Auditor, record_audit
 from server.errors import ServerError
 from server.store import Store
 from server.store_operators import OperatorRow, TokenRow, TotpRow
@@ -141,17 +141,6 @@ def check_password(password: str) -> None:
         raise OperatorError(f"the password must have at least {MIN_PASSWORD} characters (a few words work well)")
     if len(password) > MAX_PASSWORD:
         raise OperatorError(f"the password must have at most {MAX_PASSWORD} characters")
-
-
-def record_audit(audit: Auditor | None, actor: str, action: str, target: str | None,
-                 details: dict[str, Any] | None = None) -> None:
-    """Record what already happened; an audit failure is logged loudly and never undoes it."""
-    if audit is None:
-        return
-    try:
-        audit.record(actor, action, target, details)
-    except Exception:
-        log.exception("AUDIT FAILED for %s on %s", action, target)
 
 
 #: A revocation: ``(kind, value)`` with kind ``operator`` (a name), ``token`` (a token id) or ``session``

@@ -45,7 +45,7 @@ from doorkeep.config import CARD_FORMATS, CardSeed, SiteBundle, load_people_file
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
-from server.audit import Auditor, subject_ref
+from server.audit import Auditor, record_audit, subject_ref
 from server.errors import ServerError
 from server.store import Store
 
@@ -502,11 +502,7 @@ def seed(store: Store, bundle: SiteBundle, key: bytes, at: float, audit: Auditor
     log.info("first start: people.toml imported into the store (%d people, %d cards, %d visitor badges%s)",
              len(people.people), len(people.cards), len(people.pool),
              f"; {len(desk_people)} desk rows folded in" if desk_people else "")
-    if audit is not None:
-        try:
-            audit.record("system", FILE_IMPORT, bundle.site.id, details)
-        except Exception:
-            log.exception("AUDIT FAILED for the first import of people.toml (people counter %d)", version)
+    record_audit(audit, "system", FILE_IMPORT, bundle.site.id, details)
     return True
 
 
@@ -982,12 +978,7 @@ class PeopleService:
 
     def _audit(self, actor: str, action: str, target: str | None, details: dict[str, Any]) -> None:
         """Record a change that already happened; a failing audit is logged loudly, never undoes it."""
-        if self.audit is None:
-            return
-        try:
-            self.audit.record(actor, action, target, details)
-        except Exception:
-            log.exception("AUDIT FAILED for %s on %s", action, target)
+        record_audit(self.audit, actor, action, target, details)
 
 
 def _source(row: Mapping[str, Any]) -> str:

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from doorkeep.clock import Clock, SystemClock
-from server.audit import Auditor
+from server.audit import Auditor, record_audit
 from server.errors import ServerError
-from server.operators import ADMIN, Operator, Operators, TwoFactor, normalise_name, record_audit, sha256_hex
+from server.operators import ADMIN, Operator, Operators, TwoFactor, normalise_name, sha256_hex
 from server.store import Store
 from server.store_operators import FailureCount
 

@@ -40,7 +40,7 @@ from doorkeep import sitediff
 from doorkeep.clock import Clock
 from doorkeep.config import SiteBundle, load_site_dir, load_site_file
 from doorkeep.errors import ConfigError, ConfigErrors
-from server.audit import Auditor
+from server.audit import Auditor, record_audit
 from server.errors import ServerError
 from server.people import PeopleChanges, PeopleFileInvalid, PeopleService, PeopleSet
 from server.people import write_file as write_people_file
@@ -403,15 +403,10 @@ class SiteAdmin:
         return SiteConflict(base, current, since, (touched & changed) if touched else set())
 
     def _record(self, actor: str, number: int, summary: str, lines: list[str], rollback_of: int | None) -> None:
-        if self.audit is None:
-            return
         details: dict[str, Any] = {"summary": summary, "changes": lines[:50]}
         if rollback_of is not None:
             details["rollback_of"] = rollback_of
-        try:
-            self.audit.record(actor, "site.revision", f"revision {number}", details)
-        except Exception:
-            log.exception("AUDIT FAILED for site revision %d", number)
+        record_audit(self.audit, actor, "site.revision", f"revision {number}", details)
 
     @staticmethod
     def _file_text(directory: Path) -> str:

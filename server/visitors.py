@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from doorkeep.clock import Clock
 from doorkeep.model import Area, Person, PersonKind, PersonState
-from server.audit import Auditor, subject_ref
+from server.audit import Auditor, record_audit, subject_ref
 from server.directory import Directory, DirectoryError, Visitor
 from server.eventlog import EventLog
 from server.store import Store
@@ -259,12 +259,7 @@ class Visitors:
 
     def audit(self, actor: str, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
         """Record what already happened; a failing audit is logged loudly and never undoes it."""
-        if self.audit_log is None:
-            return
-        try:
-            self.audit_log.record(actor, action, target, details)
-        except Exception:
-            log.exception("AUDIT FAILED for %s on %s", action, target)
+        record_audit(self.audit_log, actor, action, target, details)
 
     def ref(self, person: str) -> str:
         return subject_ref(self.directory.key, person)

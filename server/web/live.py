@@ -228,12 +228,12 @@ class LiveHub:
         self.server = server
         self.events = events
         self._clients: set[Client] = set()
-        self._lock = threading.Lock()
+        self._clients_lock = threading.Lock()  # guards this hub's own set of open streams (not the store)
         self.dropped = 0  # clients cut off for being too slow (counted for the log and tests)
 
     @property
     def clients(self) -> int:
-        with self._lock:
+        with self._clients_lock:
             return len(self._clients)
 
     def attach(self) -> None:
@@ -250,11 +250,11 @@ class LiveHub:
                 hooks.remove(fn)  # type: ignore[arg-type]
 
     def add(self, client: Client) -> None:
-        with self._lock:
+        with self._clients_lock:
             self._clients.add(client)
 
     def remove(self, client: Client) -> None:
-        with self._lock:
+        with self._clients_lock:
             self._clients.discard(client)
         if client.dropped:
             self.dropped += 1
@@ -262,7 +262,7 @@ class LiveHub:
 
     def revoked(self, kind: str, value: str) -> None:
         """Revocation listener (any thread): end every open stream of that operator, token or session now."""
-        with self._lock:
+        with self._clients_lock:
             clients = [c for c in self._clients if c.revoked_by(kind, value)]
         reason = {"operator": "operator disabled", "token": "token revoked", "session": "logged out"}.get(kind, kind)
         for client in clients:
@@ -295,7 +295,7 @@ class LiveHub:
             self.push("snapshot", "", data, row=row, site=site)
 
     def push(self, kind: str, msg_id: str, data: str, *, row: EventRowOut, site: Site) -> None:
-        with self._lock:
+        with self._clients_lock:
             clients = list(self._clients)
         people: dict[str, set[str]] = {}  # person filter -> the ids it names, once per message
         for client in clients:
