@@ -51,6 +51,7 @@ import paho.mqtt.client as mqtt
 
 from simulators.brokers import MosquittoBroker, subscribed_client
 from simulators.site import DEMO_SITE, SiteRunner
+from simulators.wait import wait_until
 
 DOOR = "lobby_in"
 DEVICE = "pi-lobby"
@@ -197,7 +198,77 @@ def run_echo(broker_url: str, count: int, name: str) -> Row:
 
 # ------------------------------------------------------------ badge to relay
 
-def run_badges(runner: SiteRunner, count: int, echo: EchoPair | None = None) -> tuple[Row, Row, Row, dict[str, Any]]:
+class HopTrace:
+    """Where a badge's time goes, hop by hop, on the edge's own clock (time.monotonic, as the pins use).
+
+    Wraps, for the traced door only, the calls a badge passes through on the edge's loop: the card handed to
+    the door logic (its read time), the request flushed to paho's socket, the decision read from it, and the
+    relay energised. The wrappers add a few microseconds to each hop; the untraced run is the figure.
+    """
+
+    HOPS = ("reader write -> loop read", "read -> request on the socket", "request -> decision read",
+            "decision read -> relay")
+
+    def __init__(self, runner: SiteRunner) -> None:
+        agent = runner.agents[DEVICE]
+        self.marks: dict[str, float] = {}
+        self.rows = {h: Row(h) for h in self.HOPS}
+        self._patched: list[tuple[Any, str, Any]] = []  # (object, attribute, what it was before)
+
+        def wrap(obj: Any, name: str, mark: Any) -> None:
+            inner = getattr(obj, name)
+            self._patched.append((obj, name, obj.__dict__.get(name)))
+
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                out = inner(*args, **kwargs)
+                mark(*args)
+                return out
+
+            setattr(obj, name, wrapped)
+
+        def card(door: str, card: Any, t_read: float) -> None:
+            if door == DOOR:
+                self.marks["read"] = t_read
+
+        def flushed() -> None:
+            self.marks.setdefault("request", time.monotonic())
+
+        on_decision = agent.link.on_decision
+
+        def decision_entry(door: str, payload: bytes) -> Any:
+            if door == DOOR:
+                self.marks.setdefault("decision", time.monotonic())
+            return on_decision(door, payload)
+
+        self._patched.append((agent.link, "on_decision", on_decision))
+        agent.link.on_decision = decision_entry
+        wrap(agent, "_card", card)
+        wrap(agent.link, "flush", flushed)
+        wrap(agent.doors[DOOR].relay, "set", lambda on: self.marks.setdefault("relay", time.monotonic()) if on
+             else None)
+
+    def start(self) -> None:
+        self.marks.clear()
+
+    def finish(self, sent_at: float) -> None:
+        m = self.marks
+        points = [sent_at, m.get("read"), m.get("request"), m.get("decision"), m.get("relay")]
+        if any(p is None for p in points):
+            return
+        for hop, (a, b) in zip(self.HOPS, zip(points, points[1:])):
+            self.rows[hop].samples_ms.append((b - a) * 1000.0)  # type: ignore[operator]
+
+    def close(self) -> None:
+        """Put back what was wrapped: instance attributes as they were, class methods by removing the wrapper."""
+        for obj, name, before in reversed(self._patched):
+            if before is None:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, before)
+
+
+def run_badges(runner: SiteRunner, count: int, echo: EchoPair | None = None,
+               trace: HopTrace | None = None) -> tuple[Row, Row, Row, dict[str, Any]]:
     """Badge, wait for the relay, open and close the door, wait for the relock; repeat.
 
     With ``echo``, one echo round trip is made in the middle of each pacing gap, so
@@ -210,7 +281,7 @@ def run_badges(runner: SiteRunner, count: int, echo: EchoPair | None = None) -> 
     events: list[Any] = []
     ev_lock = threading.Lock()
 
-    def listener(ev: Any) -> None:  # runs on the edge's control thread: keep it trivial
+    def listener(ev: Any) -> None:  # runs on the edge's loop: keep it trivial
         if ev.type == "access" and ev.door == DOOR:
             with ev_lock:
                 events.append(ev)
@@ -243,6 +314,8 @@ def run_badges(runner: SiteRunner, count: int, echo: EchoPair | None = None) -> 
         with ev_lock:
             n_events = len(events)
         mark = len(door.relay_history)
+        if trace is not None:
+            trace.start()
         sent_at = reader.badge(card)
         ok = door.wait_relay(True, TIMEOUT_S)
         rise = next((t for t, on in door.relay_history[mark:] if on), None)
@@ -260,13 +333,16 @@ def run_badges(runner: SiteRunner, count: int, echo: EchoPair | None = None) -> 
             continue
         if not warm:
             relay_row.samples_ms.append((rise - sent_at) * 1000.0)
+            if trace is not None:
+                trace.finish(sent_at)
         door.open()
         door.close()
         if not door.wait_relay(False, TIMEOUT_S):
             info["late_relocks"] += 1
             door.wait_relay(False, 10.0)
-        # The access event is emitted on the control thread right after the grant, i.e. before
-        # the contact changes that relock the door, so it is already here.
+        # The access event reaches the listeners once the jobs worker stored it (a few ms after the
+        # grant); wait for it rather than assume it, so no latency figure is missed.
+        wait_until(lambda: len(events) > n_events, 2.0)
         with ev_lock:
             new = events[n_events:]
         if warm:
@@ -366,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--echo-count", type=int, default=300, help="echo round trips measured (default 300)")
     ap.add_argument("--broker", help="use this Mosquitto (mqtt://HOST:PORT) instead of starting a private one")
     ap.add_argument("--json", metavar="PATH", help="also write the figures (and raw samples) as JSON")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="after the figures, N more badges traced hop by hop on the edge (default: none)")
     args = ap.parse_args(argv)
     if args.count < 1 or args.echo_count < 1:
         ap.error("--count and --echo-count must be at least 1")
@@ -395,6 +473,14 @@ def main(argv: list[str] | None = None) -> int:
             relay_row, edge_row, echo_paced, badge_info = run_badges(runner, args.count, pair)
         finally:
             pair.close()
+        hops: list[Row] = []
+        if args.trace:
+            tracer = HopTrace(runner)
+            try:
+                run_badges(runner, args.trace, trace=tracer)
+            finally:
+                tracer.close()
+            hops = list(tracer.rows.values())
         agent = runner.agents.get(DEVICE)
         counters = dict(agent.counters) if agent is not None else {}
     finally:
@@ -407,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [echo_idle, echo_loaded, echo_paced, relay_row, edge_row]
     badge_rows = {relay_row.name, edge_row.name}
     print_report(info, rows, echo_idle, echo_paced, badge_rows)
+    if hops:
+        print()
+        print("hop by hop on the edge (time.monotonic; traced run, separate from the figures above):")
+        for hop in hops:
+            print(f"  {hop.name:<32} n={hop.n:<4} median {hop.median:7.3f} ms  p99 {hop.p99:7.3f} ms  "
+                  f"max {hop.max:7.3f} ms")
+        print("  'request -> decision read' is the broker, the server and the broker again: the echo's round trip "
+              "plus the server's decide")
     print(f"run time {elapsed:.1f} s; edge counters: requests={counters.get('requests', 0)} "
           f"granted={counters.get('granted', 0)} denied={counters.get('denied', 0)} "
           f"timeouts={counters.get('timeouts', 0)} errors={counters.get('errors', 0)}; "

@@ -1,10 +1,13 @@
 """The edge agent: readers, door I/O and camera wired to the MQTT link.
 
-One control thread owns every door state machine and every relay, so a
-card, a contact change, a decision and a timer can never race each other;
-readers, gpiozero and paho only post items to its queue. It wakes at the
-next deadline (unlock expiry, held-open, decision timeout) instead of
-polling, and it never sleeps while a relay is energised.
+One reactor (edge/loop.py) owns every door state machine and every relay, every reader's port and paho's
+socket, so a card, a contact change, a decision and a timer can never race each other, and a badge goes from
+the reader's bytes to the request on the socket, and from the decision on the socket to the relay, without
+handing anything to another thread. gpiozero's pin callbacks are handed to the loop (its eventfd); work that
+may block runs on the jobs worker (edge/jobs.py: the outbox and its fsyncs, policy verification, snapshots),
+the camera captures on its own thread. The loop wakes at the next deadline (unlock expiry, held-open,
+decision timeout) instead of polling, and never sleeps while a relay is energised. docs/concurrency.md says
+who owns what.
 
 Fail safe: a relay is energised only by a grant or REX from the door state
 machine; a timeout, a malformed decision or a crash leaves it de-energised,
@@ -20,9 +23,9 @@ lock, and REX still opens the door from inside as it always does (egress);
 the retained state says ``waiting_for_first_policy``.
 
 Signed commands (unlock, lock, lockdown, sync; doorkeep/commands.py) reach
-the same control thread: verified with the policy key, their nonce written
-to ``state_dir/command-nonces.json`` before they act, and a refused one is
-never executed, only answered ``rejected`` and recorded (``command_rejected``).
+the same loop: verified with the policy key, their nonce written (by the jobs
+worker) to ``state_dir/command-nonces.json`` before they act, and a refused one
+is never executed, only answered ``rejected`` and recorded (``command_rejected``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ import dataclasses
 import json
 import logging
 import os
-import queue
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,7 +70,9 @@ from edge.door import DoorEvent, DoorMachine, DoorTimings
 from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead
 from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
-from edge.link import Link
+from edge.jobs import Barrier, Jobs, SaveNonces, StoreEvent, TakeSnapshot, VerifyPolicy
+from edge.link import STOP_ACK_S, Link
+from edge.loop import Loop, Timer
 from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
 from edge.policy_cache import PolicyCache
 from edge.reader_port import Reader, ReaderDeps, build_reader
@@ -133,6 +138,10 @@ class _DoorRuntime:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _nothing() -> None:
+    """An entry with no handler: the timers are looked at again (``poke``)."""
+
+
 class EdgeAgent:
     def __init__(self, device: DeviceConfig, site: Site | None, key: bytes, *, clock: Clock | None = None,
                  pin_factory: Any = None, policy_key: Ed25519PublicKey | None = None,
@@ -158,16 +167,15 @@ class EdgeAgent:
         self.listeners: list[EventListener] = []
         self.server_availability = "unknown"
         self._factory = pin_factory if pin_factory is not None else make_pin_factory(device.gpio_factory)
-        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._snap_q: queue.Queue[tuple[Camera, float, str, str] | None] = queue.Queue()
+        # The reactor that owns the doors, and the one worker for what may block (edge/loop.py, edge/jobs.py).
+        self.loop = Loop(self.clock, name=f"doorkeep-edge-{device.id}")
+        self.jobs = Jobs({StoreEvent: self._store_event, SaveNonces: self._write_nonces_job,
+                          VerifyPolicy: self._verify_policy_job, Barrier: self._barrier,
+                          TakeSnapshot: self._snapshot_job}, name=f"doorkeep-jobs-{device.id}")
         self._pending: dict[str, _Pending] = {}
-        self._stopping = threading.Event()
+        self._tick: Timer | None = None
+        self._started = False
         self._stopped = False
-        self._control = threading.Thread(target=self._control_loop, name=f"doorkeep-doors-{device.id}", daemon=True)
-        self._snapper = threading.Thread(target=self._snapshot_loop, name=f"doorkeep-snap-{device.id}", daemon=True)
-        self._policy_q: queue.Queue[bytes | None] = queue.Queue()
-        self._policy_thread = threading.Thread(target=self._policy_loop, name=f"doorkeep-policy-{device.id}",
-                                               daemon=True)
         self.cameras = {
             cid: Camera(cid, c.source, fps=c.fps, buffer_seconds=c.buffer_seconds, jpeg_quality=c.jpeg_quality,
                         clock=self.clock, privacy_masks=c.privacy_masks)
@@ -192,9 +200,10 @@ class EdgeAgent:
         # Every reader comes from the registry by its protocol (edge/reader_port.py); kinds that share a port
         # between doors (OSDP buses) share it through the deps. Cards, tamper and security faults come back here.
         self._reader_deps = ReaderDeps(self._on_card, self.clock, self._factory, device.doors, self._signals,
-                                       on_tamper=lambda d, active: self._q.put(("tamper", d, active)),
-                                       on_security=lambda d, cause, detail: self._q.put(("reader_security", d,
-                                                                                         cause, detail)))
+                                       on_tamper=lambda d, active: self._post(self._tamper, d, active),
+                                       on_security=lambda d, cause, detail: self._post(self._reader_security, d,
+                                                                                       cause, detail),
+                                       loop=self.loop)
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(did, hw)
         self.local_state = DecisionState()
@@ -222,10 +231,11 @@ class EdgeAgent:
                         device.id, outbox_dir)
         else:
             outbox_dir = state_dir
-        # Rows whose MAC fails on drain are never sent; the control loop reports them as outbox_tampered.
+        # Rows whose MAC fails on drain are never sent; the loop reports them as outbox_tampered.
         self.outbox = Outbox(outbox_dir / "outbox.db", max_bytes=device.outbox_max_mb * MB, clock=self.clock,
-                             on_tampered=lambda rows: self._q.put(("outbox_tampered", rows)))
-        self.link = Link(self.site_id, device.id, device.broker, on_decision=self._on_decision_payload,
+                             on_tampered=lambda rows: self._post(self._outbox_tampered, rows))
+        self.link = Link(self.site_id, device.id, device.broker, loop=self.loop, jobs=self.jobs,
+                         on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
                          on_policy=self._on_policy if self.policy is not None else None,
                          on_command=self._on_command_payload,
@@ -247,13 +257,13 @@ class EdgeAgent:
                 contact_pin=hw.contact.pin if hw.contact else None,
                 rex_pin=hw.rex.pin if hw.rex else None,
                 factory=self._factory,
-                on_contact=lambda is_open, d=did: self._q.put(("contact", d, is_open)),
-                on_rex=lambda d=did: self._q.put(("rex", d)),
+                on_contact=lambda is_open, d=did: self._post(self._contact, d, is_open),
+                on_rex=lambda d=did: self._post(self._rex, d),
                 contact_open_level=hw.contact.open_level if hw.contact else "high",
                 rex_active_low=hw.rex.active_low if hw.rex else True,
                 tamper_pin=hw.tamper.pin if hw.tamper else None,
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
-                on_tamper=(lambda active, d=did: self._q.put(("tamper", d, active))) if hw.tamper else None,
+                on_tamper=(lambda active, d=did: self._post(self._tamper, d, active)) if hw.tamper else None,
             )
         reader = build_reader(did, hw.reader, self._reader_deps)
         camera = self.cameras.get(hw.camera) if hw.camera else None
@@ -262,16 +272,21 @@ class EdgeAgent:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        """Start the cameras, the jobs worker, the readers and the link, then the loop's thread.
+
+        Readers and the link register their fds and timers before the loop runs (the loop is not yet anyone's,
+        so this thread may); from the moment the loop runs, only its thread touches them."""
+        if self._started:
+            return
+        self._started = True
         for cam in self.cameras.values():
             cam.start()
-        self._control.start()
-        self._snapper.start()
-        self._policy_thread.start()
+        self.jobs.start()
         for rt in self.doors.values():
             if rt.inputs is not None and rt.inputs.contact_open:
-                self._q.put(("contact", rt.id, True))
+                self._post(self._contact, rt.id, True)
             if rt.inputs is not None and rt.inputs.tampered:
-                self._q.put(("tamper", rt.id, True))  # an open cover or a cut loop at boot is reported
+                self._post(self._tamper, rt.id, True)  # an open cover or a cut loop at boot is reported
             try:
                 rt.reader.start()
                 # Known good from here: a loss right after start is a loss, not a reader still booting.
@@ -283,43 +298,81 @@ class EdgeAgent:
                 self.counters["reader_start_failures"] += 1
                 log.error("door %s: %s", rt.id, exc)
         self.link.start()
+        self._rearm()
+        self.loop.start()
 
     def stop(self) -> None:
-        """Relays to their safe state first, then everything else; idempotent."""
+        """Relays to their safe state first, then everything else; idempotent.
+
+        On the loop: relays off, readers and inputs released, the retained state (every relay off) and
+        ``stopped`` published. The loop keeps turning until the broker acknowledged ``stopped`` (at most
+        ``STOP_ACK_S``), then ends; the jobs worker then writes what is queued to the outbox and ends. What the
+        broker has not acknowledged stays in the outbox for the next start."""
         if self._stopped:
             return
         self._stopped = True
-        self._stopping.set()
-        self._q.put(("stop",))
-        self._control.join(timeout=5)
+        if not self._started:
+            self._make_safe()
+            self._release_hardware()
+            self.outbox.close()
+            self._cleanup_tmp()
+            return
+        done, _ = self.loop.call_and_wait(self._stop_on_loop, 5.0)
+        if not done:
+            log.error("%s: the loop did not answer the stop within 5 s; making the relays safe from here",
+                      self.device.id)
+        self.link.stop_acknowledged.wait(STOP_ACK_S)
+        if not self.loop.stop(5.0):
+            log.error("%s: the loop thread did not end within 5 s", self.device.id)
+        self._make_safe()  # again, from this thread: whatever happened on the loop, the relays end off
+        self.link.close()
+        self._release_hardware()
+        for cam in self.cameras.values():
+            cam.stop()
+        self.jobs.stop()
+        self.outbox.close()
+        self.loop.close()
+        self._cleanup_tmp()
+
+    def _stop_on_loop(self) -> None:
         self._make_safe()
         for rt in self.doors.values():
-            rt.reader.stop()
+            try:
+                rt.reader.stop()
+            except Exception:
+                log.exception("door %s: stopping the reader failed", rt.id)
+        self.link.publish_state()  # the retained state now shows every relay off
+        self.link.begin_stop()
+
+    def _release_hardware(self) -> None:
+        for rt in self.doors.values():
+            try:
+                rt.reader.stop()
+            except Exception:
+                log.exception("door %s: stopping the reader failed", rt.id)
             if rt.inputs is not None:
                 rt.inputs.close()
             rt.relay.close()
             if rt.sounder is not None:
                 rt.sounder.close()
-        self._snap_q.put(None)
-        self._snapper.join(timeout=5)
-        self._policy_q.put(None)
-        self._policy_thread.join(timeout=5)
-        for cam in self.cameras.values():
-            cam.stop()
-        self.link.publish_state()  # the retained state now shows every relay off
-        self.link.stop()  # what the broker has not acknowledged stays in the outbox for the next start
-        self.outbox.close()
+
+    def _cleanup_tmp(self) -> None:
         if self._outbox_tmp is not None:
             self._outbox_tmp.cleanup()
 
     def poke(self) -> None:
-        """Re-evaluate every deadline now (after a simulated clock jumped forward)."""
-        self._q.put(("tick",))
+        """Re-evaluate every deadline now (after a simulated clock jumped forward); any thread."""
+        self._post(_nothing)
 
     def sync(self, timeout: float) -> bool:
-        """True once the control loop has handled everything queued before this call (and any overdue timer)."""
+        """True once the loop has handled everything handed to it before this call (and any overdue timer) and
+        the jobs worker has done what that gave it (events on disk, listeners told); any thread but the loop's."""
         done = threading.Event()
-        self._q.put(("sync", done))
+
+        def on_loop() -> None:
+            self.jobs.submit(Barrier(lambda: self.loop.call_soon_threadsafe(done.set)))
+
+        self._post(on_loop)
         return done.wait(timeout)
 
     @property
@@ -344,120 +397,122 @@ class EdgeAgent:
 
     # --------------------------------------------------------- entry points
 
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Hand ``fn(*args)`` to the loop from any thread (gpiozero, the jobs worker, the camera)."""
+        self.loop.call_soon_threadsafe(self._entry, fn, args)
+
+    def _entry(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Every way into the door logic, on the loop: the handler, then the timers it may have moved.
+
+        A handler that raises is counted and logged; the doors go on (and a relay is only ever energised by the
+        state machine's grant or REX, so an error leaves it as it was or de-energised)."""
+        try:
+            fn(*args)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("error handling %s", getattr(fn, "__name__", fn))
+        self._timers()
+
+    def _timers(self) -> None:
+        try:
+            self._on_time()
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("error handling a timer")
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """One timer, at the next door deadline, and at least every HEALTH_CHECK_S for health and door modes."""
+        now = self.clock.monotonic()
+        deadlines = [p.deadline for p in self._pending.values()]
+        deadlines += [rt.awaiting_pin.deadline for rt in self.doors.values() if rt.awaiting_pin is not None]
+        deadlines += [d for rt in self.doors.values() if (d := rt.machine.next_deadline()) is not None]
+        when = min([now + HEALTH_CHECK_S, *deadlines])
+        if self._tick is not None:
+            if self._tick.when <= when and not self._tick.cancelled:
+                return
+            self._tick.cancel()
+        self._tick = self.loop.call_at(when, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self._timers()
+
     def _on_card(self, door: str, card: CardRead, t_read: float) -> None:
-        self._q.put(("card", door, card, t_read))
+        """A reader's card or PIN: decided in this very call when the reader runs on the loop (it does)."""
+        if self.loop.in_loop():
+            self._entry(self._card, (door, card, t_read))
+        else:
+            self._post(self._card, door, card, t_read)
 
     def _on_decision_payload(self, door: str, payload: bytes) -> None:
+        """The server's answer, read from paho's socket on the loop: the relay is set in this call."""
         try:
             msg = DecisionMsg.decode(payload)
         except MessageError as exc:
             self.counters["malformed_decisions"] += 1
             log.warning("door %s: dropped malformed decision: %s", door, exc)
             return
-        self._q.put(("decision", door, msg))
+        self._entry(self._decided, (door, msg))
 
     def _on_server_availability(self, value: str) -> None:
         self.server_availability = value
 
-    def _on_policy(self, payload: bytes) -> None:
-        """Hand the payload to the policy thread: verifying a large policy must not stall paho's network thread."""
-        self._policy_q.put(payload)
+    def _contact(self, door: str, is_open: bool) -> None:
+        rt = self.doors[door]
+        self._apply(rt, rt.machine.contact(is_open))
 
-    def _policy_loop(self) -> None:
-        while True:
-            payload = self._policy_q.get()
-            if payload is None:
-                return
-            while not self._policy_q.empty():  # only the newest of a burst matters
-                newer = self._policy_q.get()
-                if newer is None:
-                    return
-                payload = newer
-            self._verify_policy(payload)
+    def _rex(self, door: str) -> None:
+        rt = self.doors[door]
+        self._apply(rt, rt.machine.rex())
+
+    def _tamper(self, door: str, active: bool) -> None:
+        rt = self.doors[door]
+        self._apply(rt, rt.machine.tamper(active))
+
+    def _on_policy(self, payload: bytes) -> None:
+        """Verification goes to the jobs worker: a large policy must not stall the doors."""
+        self.jobs.submit(VerifyPolicy(payload))
+
+    def _verify_policy_job(self, job: VerifyPolicy) -> None:
+        self._verify_policy(job.payload)
 
     def _verify_policy(self, payload: bytes) -> None:
+        """Jobs worker: verify and cache; the loop is told what came of it (it alone counts and applies)."""
         assert self.policy is not None
         first = self.policy.current is None
         try:
             if self.policy.offer(payload):
-                self.counters["policies"] += 1
                 log.info("policy version %s verified and cached", self.policy.version)
                 if first and self.site is None:
                     log.info("%s: first signed policy held; its doors now follow it (no site_file)", self.device.id)
-                self._q.put(("policy",))
+                self._post(self._policy_arrived)
         except PolicyError as exc:
             # Unsigned, badly signed, foreign or replayed: refused and recorded, the cache keeps what it had.
-            self.counters["policies_refused"] += 1
             log.warning("refused a policy: %s", exc)
+            self._post(self._count, "policies_refused")
+
+    def _count(self, name: str) -> None:
+        self.counters[name] += 1
+
+    def _policy_arrived(self) -> None:
+        self.counters["policies"] += 1
+        self._sync_lockdowns()
+        self._sync_timings()
+        self._sync_reader_signals()
+        self.link.publish_state()  # the version held (and no longer waiting_for_first_policy)
+
+    def _barrier(self, job: Barrier) -> None:
+        job.then()
 
     @property
     def server_reachable(self) -> bool:
         return self.link.connected and self.server_availability not in ("offline", "stopped")
 
-    # --------------------------------------------------------- control loop
-
-    def _control_loop(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                timeout = self._next_wake()
-                try:
-                    item = self._q.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-                if item is not None and item[0] == "stop":
-                    break
-                try:
-                    if item is not None:
-                        self._handle(item)
-                    self._on_time()
-                    if item is not None and item[0] == "sync":
-                        item[1].set()
-                except Exception:
-                    self.counters["errors"] += 1
-                    log.exception("error handling %s", item[0] if item else "timer")
-        finally:
-            self._make_safe()
-
-    def _next_wake(self) -> float:
-        now = self.clock.monotonic()
-        deadlines = [p.deadline for p in self._pending.values()]
-        deadlines += [rt.awaiting_pin.deadline for rt in self.doors.values() if rt.awaiting_pin is not None]
-        deadlines += [d for rt in self.doors.values() if (d := rt.machine.next_deadline()) is not None]
-        if not deadlines:
-            return 0.5
-        return min(max(0.0, min(deadlines) - now), 0.5)
-
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "card":
-            self._card(item[1], item[2], item[3])
-        elif kind == "decision":
-            self._decided(item[1], item[2])
-        elif kind == "contact":
-            rt = self.doors[item[1]]
-            self._apply(rt, rt.machine.contact(item[2]))
-        elif kind == "rex":
-            rt = self.doors[item[1]]
-            self._apply(rt, rt.machine.rex())
-        elif kind == "tamper":
-            rt = self.doors[item[1]]
-            self._apply(rt, rt.machine.tamper(item[2]))
-        elif kind == "policy":
-            self._sync_lockdowns()
-            self._sync_timings()
-            self._sync_reader_signals()
-            self.link.publish_state()  # the version held (and no longer waiting_for_first_policy)
-        elif kind == "command":
-            self._command(item[1])
-        elif kind == "reader_security":
-            self._reader_security(item[1], item[2], item[3])
-        elif kind == "outbox_tampered":
-            self._outbox_tampered(item[1])
-
     def _sync_timings(self) -> None:
         """A door's unlock, held-open and pre-alarm times come with the signed policy: a site revision changes
         them at the door without touching the Pi (its device file holds the hardware). The door's state
-        machine reads them at each step, and only this thread (the control loop, or the constructor before
+        machine reads them at each step, and only this thread (the loop, or the constructor before
         it starts) changes them."""
         site = self.policy.site if self.policy is not None else None
         if site is None:
@@ -665,15 +720,16 @@ class EdgeAgent:
         p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
                      asked + self._timeout_s(door), snapshot, pin, card.format)
         self.counters["requests"] += 1
-        if snapshot is not None and rt.camera is not None:
-            self._snap_q.put((rt.camera, t_read, door, event_id))
         if not self.server_reachable:
             # No broker or no server: waiting out the timeout would only keep the person at the door.
             self._decide_locally(p)
-            return
-        self._pending[tx] = p
-        req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin)
-        self.link.publish(self.topics.request(self.device.id, door), req.encode())
+        else:
+            self._pending[tx] = p
+            req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin)
+            self.link.publish(self.topics.request(self.device.id, door), req.encode())
+            self.link.flush()  # on the socket now, before anything else this turn does
+        if snapshot is not None and rt.camera is not None:
+            self._take_snapshot(rt.camera, t_read, door, event_id)
 
     def _timeout_s(self, door: str) -> float:
         """How long a request waits for the server: the door's ``decision_timeout_ms`` (policy wins)."""
@@ -846,25 +902,40 @@ class EdgeAgent:
         snapshot = None
         if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
             snapshot = event_id
-            self._snap_q.put((rt.camera, e.at, rt.id, event_id))
         ev = EventMsg(id=event_id, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
                       door=rt.id, type=e.type, snapshot=snapshot,
                       detail={"detail": e.detail} if e.detail else {})
         self._publish_event(ev)
+        if snapshot is not None and rt.camera is not None:
+            self._take_snapshot(rt.camera, e.at, rt.id, event_id)
+
+    def _take_snapshot(self, camera: Camera, at: float, door: str, event_id: str) -> None:
+        """Ask the jobs worker for the frame nearest ``at``; it waits for a nearer frame at most 1.5 periods."""
+        self.jobs.submit(TakeSnapshot(camera, at, door, event_id, give_up_at=time.monotonic() + 1.5 / camera.fps))
 
     def _publish_event(self, ev: EventMsg) -> None:
-        """Number the event and put it in the outbox (on disk when this returns); the link's pump sends it."""
-        topic = self.topics.event(self.device.id, ev.door)
+        """Hand the event to the jobs worker, which numbers it and puts it in the outbox (fsync'd); the pump
+        sends it from there. The loop never waits for the disk."""
+        self.counters[f"events_{ev.type}"] += 1
+        self.jobs.submit(StoreEvent(self.topics.event(self.device.id, ev.door), ev))
+
+    def _store_event(self, job: StoreEvent) -> None:
+        """Jobs worker: number, store and fsync one event; the listeners hear it (on the loop) with its seq."""
+        ev = job.event
         try:
-            seq = self.outbox.put_event(topic, lambda n: dataclasses.replace(ev, seq=n).encode())
+            seq = self.outbox.put_event(job.topic, lambda n: dataclasses.replace(ev, seq=n).encode())
         except OutboxError as exc:
             # The disk refused the row: send it now without durability rather than not at all.
-            self.counters["outbox_errors"] += 1
+            self._post(self._outbox_refused, job.topic, exc.payload)
             seq = exc.seq or 0
-            if exc.payload is not None:
-                self.link.publish(topic, exc.payload)
-        ev = dataclasses.replace(ev, seq=seq)
-        self.counters[f"events_{ev.type}"] += 1
+        self.loop.call_soon_threadsafe(self._tell_listeners, dataclasses.replace(ev, seq=seq))
+
+    def _outbox_refused(self, topic: str, payload: bytes | None) -> None:
+        self.counters["outbox_errors"] += 1
+        if payload is not None:
+            self.link.publish(topic, payload)
+
+    def _tell_listeners(self, ev: EventMsg) -> None:
         for listener in list(self.listeners):
             try:
                 listener(ev)
@@ -874,11 +945,15 @@ class EdgeAgent:
     # ------------------------------------------------------------- commands
 
     def _on_command_payload(self, payload: bytes) -> None:
-        """Hand a signed command to the control loop: only it may touch doors (and it verifies, not paho)."""
-        self._q.put(("command", payload))
+        """A signed command from paho's socket (on the loop), or from a test's thread."""
+        if self.loop.in_loop():
+            self._entry(self._command, (payload,))
+        else:
+            self._post(self._command, payload)
 
     def _command(self, payload: bytes) -> None:
-        """Verify one command, remember its nonce on disk, then carry it out; a refusal never acts."""
+        """Verify one command, have its nonce written to disk (jobs worker), then carry it out (back on the
+        loop, :meth:`_nonces_saved`); a refusal never acts."""
         self.counters["commands"] += 1
         try:
             if self._policy_key is None:
@@ -897,8 +972,16 @@ class EdgeAgent:
         except CommandError as exc:
             self._reject(payload, exc)
             return
-        if not self._save_nonces():
+        if self._nonce_file is None:
+            self._nonces_saved(cmd, True)
+            return
+        data = json.dumps(self.replay_guard.export(), separators=(",", ":")).encode("utf-8")
+        self.jobs.submit(SaveNonces(data, lambda ok: self._post(self._nonces_saved, cmd, ok)))
+
+    def _nonces_saved(self, cmd: VerifiedCommand, ok: bool) -> None:
+        if not ok:
             # Fail safe: what cannot be remembered across a restart could be replayed after one.
+            self.counters["command_nonce_file_errors"] += 1
             self._command_result(cmd.transaction, "failed", "nonce_not_persisted")
             return
         status, error = self._execute(cmd)
@@ -1005,13 +1088,15 @@ class EdgeAgent:
         log.error("%s: unreadable (%s); refusing every command issued before now (fix: none needed, "
                   "the file is rewritten by the next accepted command)", self._nonce_file, problem)
 
-    def _save_nonces(self) -> bool:
-        """Write the guard's nonces atomically and fsync'd; False if the disk refused."""
+    def _write_nonces_job(self, job: SaveNonces) -> None:
+        job.then(self._write_nonces(job.data))
+
+    def _write_nonces(self, data: bytes) -> bool:
+        """Jobs worker: write the guard's nonces atomically and fsync'd; False if the disk refused."""
         if self._nonce_file is None:
             return True
         tmp = self._nonce_file.with_name(self._nonce_file.name + ".tmp")
         try:
-            data = json.dumps(self.replay_guard.export(), separators=(",", ":")).encode("utf-8")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, data)
@@ -1026,42 +1111,36 @@ class EdgeAgent:
                 os.close(dir_fd)
             return True
         except OSError as exc:
-            self.counters["command_nonce_file_errors"] += 1
             log.error("cannot persist accepted command nonces to %s: %s (fix: free space or permissions in "
                       "the state_dir); the command is not carried out", self._nonce_file, exc)
             return False
 
     # ------------------------------------------------------------ snapshots
 
-    def _snapshot_loop(self) -> None:
-        while True:
-            job = self._snap_q.get()
-            if job is None:
-                return
-            camera, at, door, event_id = job
-            try:
-                # Sealed to the server's key from the signed policy: this edge can encrypt but never decrypt,
-                # so neither the outbox nor the wire ever holds a plaintext JPEG (docs/security.md).
-                current = self.policy.current if self.policy is not None else None
-                recipient = current.snapshot_key if current is not None else None
-                if recipient is None:
-                    self.counters["snapshots_no_key"] += 1
-                    log.warning("snapshot for %s dropped: no snapshot key yet (it comes with the server's signed "
-                                "policy%s)", event_id, "" if self.policy is not None else
-                                "; this edge has no policy_key_file, so it never gets one")
-                    continue
-                snap = camera.snapshot(at)
-                if snap is None:
-                    self.counters["snapshot_missing"] += 1
-                    continue
-                sealed = seal(snap.jpeg, recipient, SnapshotRef(self.site_id, self.device.id, event_id))
-                if self.outbox.put_snapshot(self.topics.snapshot(self.device.id, door, event_id), sealed):
-                    self.counters["snapshots"] += 1
-                else:
-                    self.counters["snapshots_dropped"] += 1
-            except Exception:
-                self.counters["errors"] += 1
-                log.exception("snapshot for %s failed", event_id)
+    def _snapshot_job(self, job: TakeSnapshot) -> float | None:
+        """Jobs worker: the frame nearest the badge, masked, encoded, sealed and stored; or, while a nearer frame
+        may still come, how long to wait before looking again (events keep being written meanwhile)."""
+        # Sealed to the server's key from the signed policy: this edge can encrypt but never decrypt,
+        # so neither the outbox nor the wire ever holds a plaintext JPEG (docs/security.md).
+        current = self.policy.current if self.policy is not None else None
+        recipient = current.snapshot_key if current is not None else None
+        if recipient is None:
+            self._post(self._count, "snapshots_no_key")
+            log.warning("snapshot for %s dropped: no snapshot key yet (it comes with the server's signed "
+                        "policy%s)", job.event_id, "" if self.policy is not None else
+                        "; this edge has no policy_key_file, so it never gets one")
+            return None
+        now = time.monotonic()
+        if now < job.give_up_at and not self.jobs.stopping and job.camera.nearer_frame_may_come(job.at):
+            return min(0.02, job.give_up_at - now)
+        snap = job.camera.snapshot(job.at, wait_s=0)
+        if snap is None:
+            self._post(self._count, "snapshot_missing")
+            return None
+        sealed = seal(snap.jpeg, recipient, SnapshotRef(self.site_id, self.device.id, job.event_id))
+        stored = self.outbox.put_snapshot(self.topics.snapshot(self.device.id, job.door, job.event_id), sealed)
+        self._post(self._count, "snapshots" if stored else "snapshots_dropped")
+        return None
 
     # ---------------------------------------------------------------- state
 

@@ -44,10 +44,12 @@ what the disk has left), the oldest snapshots are deleted first; events are
 never dropped — past the limit they are still accepted and an ERROR is
 logged. Every dropped snapshot is counted (persisted) and logged.
 
-Threads: the control thread and the snapshot thread put, the pump thread
-reads and deletes; they share one connection behind a lock. paho's network
-thread only appends acknowledged message ids to the pump's queue and never
-touches the disk.
+Threads: in the edge agent one thread touches this file, the jobs worker
+(edge/jobs.py): it puts events and snapshots and steps the pump, which reads
+and deletes; the loop never waits for the disk. The connection still sits
+behind a lock, so tools and tests may share an outbox between threads. The
+loop (paho's callbacks) only appends acknowledged message ids to the pump's
+queue.
 """
 
 from __future__ import annotations
@@ -755,8 +757,9 @@ class Pump:
     or None if the client refused it (try again later). A message id returned while the connection
     was dropping still counts: the client keeps that copy and sends it again on reconnect.
 
-    The link calls :meth:`connected` / :meth:`disconnected` / :meth:`acked` from its network thread
-    (they only record and wake); one thread calls :meth:`step` and waits as long as it returns.
+    The link calls :meth:`connected` / :meth:`disconnected` / :meth:`acked` from the edge's loop
+    (they only record and wake); one thread (the jobs worker) calls :meth:`step` and waits as long as it
+    returns.
 
     After a reconnect the client first re-sends its own unacknowledged copies; the pump waits for
     those acknowledgements (at most ``resend_grace_s``) and then starts again from the oldest row
@@ -799,7 +802,7 @@ class Pump:
     def _poke(self) -> None:
         self.wake()
 
-    # ------------------------------------------------ from the network thread
+    # ------------------------------------------------ from the edge's loop (paho's callbacks)
 
     def connected(self) -> None:
         with self._signal:

@@ -1,9 +1,9 @@
 """The decision cache (DESIGN §5): the last verified policy snapshot, persisted.
 
-The server publishes one signed policy per device, retained. The MQTT thread
-hands each one to :meth:`PolicyCache.offer`, which verifies it (signature,
+The server publishes one signed policy per device, retained. The edge's jobs
+worker hands each one to :meth:`PolicyCache.offer`, which verifies it (signature,
 site, device, not older than the one held), writes it to disk atomically and
-swaps it in; the control thread reads :attr:`PolicyCache.site` when it has
+swaps it in; the edge's loop reads :attr:`PolicyCache.site` when it has
 to decide without the server. At start-up :meth:`PolicyCache.load` reads the
 file back and verifies it again — an SD card can be altered while the Pi is
 off — and sets a bad file aside as ``*.rejected`` rather than trusting it.

@@ -14,6 +14,7 @@ imported lazily on first use (the adapters import this module for :func:`registe
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -25,6 +26,7 @@ from edge.framing import CardRead
 
 if TYPE_CHECKING:
     from doorkeep.config import DoorHardware, ReaderConfig
+    from edge.loop import Loop
 
 CardCallback = Callable[[str, CardRead, float], None]
 """``(door, card, t_read)``: a new card or PIN, with the monotonic time its bytes (or bits) arrived."""
@@ -33,8 +35,10 @@ TamperCallback = Callable[[str, bool], None]
 SecurityCallback = Callable[[str, str, dict[str, Any]], None]
 """``(door, cause, detail)``: a reader security signal (OSDP Secure Channel), made a ``reader_security`` alarm."""
 
-#: The modules whose import registers the reader kinds doorkeep ships.
+#: The modules whose import registers the reader kinds doorkeep ships; every module of the ``edge.kinds``
+#: package is imported too, so a new kind is a new module there and nothing in this file.
 KIND_MODULES: tuple[str, ...] = ("edge.readers", "edge.wiegand", "edge.osdp.cp")
+KIND_PACKAGE = "edge.kinds"
 
 
 @dataclass
@@ -119,6 +123,9 @@ class ReaderDeps:
     on_security: SecurityCallback | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     """Per kind (keyed by its protocol name): state its readers share, built by its first factory call."""
+    loop: Loop | None = None
+    """The edge's reactor (edge/loop.py): readers register their file descriptors and timers on it and call
+    ``on_card`` on its thread. None only for code that runs a reader without an agent (tests build one)."""
 
 
 ReaderFactory = Callable[[str, "ReaderConfig", ReaderDeps], Reader]
@@ -145,6 +152,12 @@ def register(protocol: str) -> Callable[[ReaderFactory], ReaderFactory]:
 def _load_kinds() -> None:
     for module in KIND_MODULES:
         importlib.import_module(module)
+    try:
+        package = importlib.import_module(KIND_PACKAGE)
+    except ModuleNotFoundError:
+        return
+    for info in pkgutil.iter_modules(package.__path__, KIND_PACKAGE + "."):
+        importlib.import_module(info.name)
 
 
 def known_protocols() -> tuple[str, ...]:

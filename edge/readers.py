@@ -1,9 +1,12 @@
-"""The serial badge-reader adapter: one pyserial port, one reader thread.
+"""The serial badge-reader adapter: one pyserial port, read by the edge's reactor.
 
-The thread owns the port. It timestamps each read before parsing (the badge
-time drives latency figures and picks the camera frame), survives any input
-and any callback failure, and reopens the port with backoff if it vanishes,
-because a door whose reader thread died silently is a door nobody can open.
+The port is opened non-blocking and its file descriptor handed to :class:`edge.loop.Loop`: when bytes are
+there, the loop reads them, stamps them with the clock before parsing (the badge time drives latency figures
+and picks the camera frame), and calls ``on_card`` in the same call, on the loop thread, where the door is
+decided. Any input and any callback failure is survived, and a port that vanishes is reopened with backoff on
+a wire timer, because a door whose reader died silently is a door nobody can open.
+
+Built without a loop (a test, a tool), the reader runs a loop of its own on a thread of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import os
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import serial
 
@@ -24,11 +27,20 @@ from edge.reader_port import CardCallback, ReaderDeps, ReaderStats, register
 if TYPE_CHECKING:
     from doorkeep.config import ReaderConfig
     from doorkeep.policy import ReaderSignals
+    from edge.loop import Loop, Timer
+
+
+class Parser(Protocol):
+    """Bytes from a serial reader -> what they mean; :class:`FrameParser` for EM4100 and ASCII readers."""
+
+    def feed(self, data: bytes) -> list[CardRead | FrameFault]: ...
+
+    def reset(self) -> None: ...
 
 logger = logging.getLogger("doorkeep.edge.reader")
 
-READ_TIMEOUT_S = 0.05
-"""Short so that stop() is noticed quickly; frames still arrive at once since reads return on data."""
+POLL_NO_FD_S = 0.01
+"""How often a port with no file descriptor (a ``loop://`` or ``socket://`` URL in a test) is read."""
 RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
 STOP_DEADLINE_S = 2.0
@@ -179,8 +191,13 @@ class SerialReader(CardDelivery):
         clock: Clock | None = None,
         repeat_ignore_s: float = 1.0,
         on_fault: FaultCallback | None = None,
+        parser: Parser | None = None,
+        loop: Loop | None = None,
     ) -> None:
-        FrameParser(protocol)  # reject an unknown protocol now, not in the thread
+        """``parser``: what turns the port's bytes into cards, PINs and faults (``feed(data)``, ``reset()``);
+        by default the :class:`FrameParser` of ``protocol`` (an unknown one is refused here, not later).
+        ``loop``: the edge's reactor; without one the reader runs its own on a thread."""
+        self._parser: Parser = parser if parser is not None else FrameParser(protocol)
         self.door = door
         self.url = url
         self.protocol = protocol
@@ -189,50 +206,47 @@ class SerialReader(CardDelivery):
         self._on_fault = on_fault
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._stats = ReaderStats()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards _stats: read from any thread, written on the loop
         self._port: Any = None
+        self._fd: int | None = None
+        self._timer: Timer | None = None
+        self._started = False
+        self._delay = RETRY_INITIAL_S
         self._repeats = RepeatFilter(repeat_ignore_s)
         self._guard = self._lock
         self._log = logger
+        self._own_loop = loop is None
+        self._loop: Loop = loop if loop is not None else _new_loop(f"reader-{door}")
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         """Open the port now so a miswired device file fails loudly at start-up."""
-        if self._thread is not None:
+        if self._started:
             raise RuntimeError(f"reader for door {self.door!r} already started")
         try:
             port = self._open()
         except (serial.SerialException, OSError, ValueError) as exc:
             raise HardwareError(f"door {self.door!r}: cannot open reader at {self.url!r}: {exc}") from exc
-        self._port = port
-        self._set_online(True)
-        self._heard(self._clock.monotonic())
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, args=(port,), name=f"reader-{self.door}", daemon=True
-        )
-        self._thread.start()
+        self._started = True
+        self._on_loop(self._attach, port)
+        if self._own_loop:
+            self._loop.start()
 
     def stop(self) -> None:
-        """Stop the thread, which closes the port; safe to call any number of times."""
-        thread = self._thread
-        if thread is None:
+        """Stop reading and close the port; safe to call any number of times."""
+        if not self._started:
             return
-        self._stop.set()
-        port = self._port
-        cancel = getattr(port, "cancel_read", None)
-        if cancel is not None:
-            try:
-                cancel()
-            except Exception:  # noqa: BLE001 - best effort, the read timeout ends the read anyway
-                pass
-        thread.join(STOP_DEADLINE_S)
-        if thread.is_alive():
-            logger.warning("door %s: reader thread did not stop within %.1f s", self.door, STOP_DEADLINE_S)
-        self._thread = None
+        self._started = False
+        if self._own_loop:
+            self._loop.stop(STOP_DEADLINE_S)
+        self._on_loop(self._detach)
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` where the port lives: at once if on (or before) the loop, else on the loop, and wait."""
+        done, _ = self._loop.call_and_wait(lambda: fn(*args), STOP_DEADLINE_S)
+        if not done:
+            logger.warning("door %s: the reader's loop did not answer within %.1f s", self.door, STOP_DEADLINE_S)
 
     @property
     def stats(self) -> ReaderStats:
@@ -250,15 +264,90 @@ class SerialReader(CardDelivery):
     def apply_signals(self, signals: ReaderSignals) -> None:
         """No security signals on a serial reader."""
 
-    # -- reader thread -------------------------------------------------------
+    # -- on the loop ---------------------------------------------------------
 
     def _open(self) -> Any:
-        port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_TIMEOUT_S)
+        port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0)  # reads never block
         if self._pty is None:
             self._pty = _is_pty(self.url)
         return port
 
     _pty: bool | None = None
+
+    def _attach(self, port: Any) -> None:
+        """Start reading ``port``: its fd on the loop, or (a URL with no fd, e.g. ``loop://``) a poll timer."""
+        self._port = port
+        self._set_online(True)
+        self._heard(self._clock.monotonic())
+        try:
+            self._fd = port.fileno()
+        except (AttributeError, OSError, ValueError, serial.SerialException):
+            self._fd = None
+        if self._fd is not None:
+            self._loop.add_reader(self._fd, self._readable)
+        else:
+            self._timer = self._loop.call_later(POLL_NO_FD_S, self._poll, wire=True)
+
+    def _detach(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+        port, self._port = self._port, None
+        self._close(port)
+        self._set_online(False)
+
+    def _poll(self) -> None:
+        self._timer = None
+        if self._port is None:
+            return
+        self._readable()
+        if self._port is not None and self._fd is None and self._started:
+            self._timer = self._loop.call_later(POLL_NO_FD_S, self._poll, wire=True)
+
+    def _readable(self) -> None:
+        port = self._port
+        if port is None:
+            return
+        try:
+            data = port.read(max(1, port.in_waiting))
+        except Exception as exc:  # noqa: BLE001 - any failure of the port means reopen it
+            self._lost(port, exc)
+            return
+        if not data:
+            return
+        t_read = self._clock.monotonic()
+        self._heard(t_read)
+        self._deliver(self._parser.feed(data), t_read)
+
+    def _lost(self, port: Any, exc: BaseException) -> None:
+        with self._lock:
+            self._stats.io_errors += 1
+        logger.warning("door %s: reader %s lost: %s; retrying", self.door, self.url, exc)
+        self._detach()
+        if self._pty:
+            # A pseudo-terminal never comes back: its number goes to the next pty opened on this machine, and
+            # reopening the path would read another reader's bytes. Stay offline.
+            return
+        self._delay = RETRY_INITIAL_S
+        self._timer = self._loop.call_later(self._delay, self._reopen, wire=True)
+
+    def _reopen(self) -> None:
+        self._timer = None
+        if not self._started:
+            return
+        try:
+            port = self._open()
+        except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
+            logger.debug("door %s: reader %s still unavailable: %s", self.door, self.url, exc)
+            self._delay = min(self._delay * 2, RETRY_MAX_S)
+            self._timer = self._loop.call_later(self._delay, self._reopen, wire=True)
+            return
+        self._parser.reset()  # a half frame from before the outage would only produce a fault
+        self._attach(port)
+        logger.info("door %s: reader %s back online", self.door, self.url)
 
     def _set_online(self, online: bool) -> None:
         with self._lock:
@@ -278,60 +367,6 @@ class SerialReader(CardDelivery):
             last = self._stats.last_data_at
         return 0.0 if last is None else max(0.0, now - last)
 
-    def _run(self, port: Any) -> None:
-        parser = FrameParser(self.protocol)
-        delay = RETRY_INITIAL_S
-        try:
-            while not self._stop.is_set():
-                if port is None:
-                    if self._pty:
-                        # A pseudo-terminal never comes back: its number goes to the next pty opened on this
-                        # machine, and reopening the path would read another reader's bytes. Stay offline.
-                        self._stop.wait()
-                        break
-                    port = self._reopen()
-                    if port is None:
-                        self._stop.wait(delay)
-                        delay = min(delay * 2, RETRY_MAX_S)
-                        continue
-                    delay = RETRY_INITIAL_S
-                    parser.reset()  # a half frame from before the outage would only produce a fault
-                try:
-                    data = port.read(max(1, port.in_waiting))
-                except Exception as exc:  # noqa: BLE001 - any failure of the port means reopen it
-                    if self._stop.is_set():
-                        break
-                    self._lost(port, exc)
-                    port = None
-                    continue
-                if not data:
-                    continue
-                t_read = self._clock.monotonic()
-                self._heard(t_read)
-                self._deliver(parser.feed(data), t_read)
-        finally:
-            self._close(port)
-            self._set_online(False)
-
-    def _reopen(self) -> Any:
-        try:
-            port = self._open()
-        except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
-            logger.debug("door %s: reader %s still unavailable: %s", self.door, self.url, exc)
-            return None
-        self._port = port
-        self._set_online(True)
-        self._heard(self._clock.monotonic())
-        logger.info("door %s: reader %s back online", self.door, self.url)
-        return port
-
-    def _lost(self, port: Any, exc: BaseException) -> None:
-        with self._lock:
-            self._stats.io_errors += 1
-            self._stats.online = False
-        logger.warning("door %s: reader %s lost: %s; retrying", self.door, self.url, exc)
-        self._close(port)
-
     def _close(self, port: Any) -> None:
         if port is None:
             return
@@ -341,12 +376,18 @@ class SerialReader(CardDelivery):
             logger.debug("door %s: closing reader %s failed", self.door, self.url, exc_info=True)
 
 
+def _new_loop(name: str) -> Loop:
+    from edge.loop import Loop
+
+    return Loop(name=name)
+
+
 @register("em4100")
 @register("ascii")
 def _serial_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> SerialReader:
     """EM4100 and ASCII readers: one serial port per door, framed by :class:`edge.framing.FrameParser`."""
     return SerialReader(door, config.url, config.protocol, deps.on_card, baudrate=config.baudrate,
-                        clock=deps.clock, repeat_ignore_s=config.repeat_ignore_s)
+                        clock=deps.clock, repeat_ignore_s=config.repeat_ignore_s, loop=deps.loop)
 
 
 def masked(raw: bytes) -> str:

@@ -12,8 +12,8 @@ default, ten bit periods), so the decoder works on *timed bits* and a deadline.
   :class:`~edge.framing.FrameFault` (``parity``, ``length``). It never raises on wire input.
 * :class:`WiegandFramer` collects timed bits into frames and keypad keys into PINs, pure and clock-free.
 * :class:`WiegandReader` is the adapter: gpiozero ``DigitalInputDevice`` edge callbacks on D0/D1 (pull-ups,
-  a falling edge is a bit), each bit stamped with the injected clock, and a small timer thread that ends a
-  frame at its deadline. It implements :class:`edge.reader_port.Reader` (registered as ``wiegand``), with the
+  a falling edge is a bit), each bit stamped with the injected clock on the pin's thread and handed to the
+  edge's loop (edge/loop.py), where a timer ends each frame at its deadline. It implements :class:`edge.reader_port.Reader` (registered as ``wiegand``), with the
   same health stats as a serial reader.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from edge.readers import CardCallback, CardDelivery, FaultCallback, PinEntry, Re
 if TYPE_CHECKING:
     from doorkeep.config import ReaderConfig
     from doorkeep.policy import ReaderSignals
+    from edge.loop import Loop, Timer
 
 logger = logging.getLogger("doorkeep.edge.wiegand")
 
@@ -165,12 +167,13 @@ _GPIO_ERRORS = (GPIOZeroError, OSError)
 
 
 class WiegandReader(CardDelivery):
-    """One door's Wiegand reader on two GPIO inputs; calls ``on_card`` for each new card or PIN.
+    """One door's Wiegand reader on two GPIO inputs; calls ``on_card`` for each new card or PIN, on the loop.
 
     gpiozero calls :meth:`_edge` from its own thread (for mock pins: the thread that drove the pin) with the
     pin's falling edge; the bit is stamped with the injected clock at once, because a card's read time picks the
-    camera frame and measures latency. A timer thread ends each frame at its deadline; it waits on a condition
-    (woken by every bit) and never sleeps blindly.
+    camera frame and measures latency, and appended to a deque the loop drains (one wake-up per burst of bits,
+    not per bit). On the loop a timer at the frame's deadline ends it. Built without a loop (a test), the reader
+    runs a loop of its own on a thread of its own.
     """
 
     ready_at_start = True
@@ -188,6 +191,7 @@ class WiegandReader(CardDelivery):
         frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
         repeat_ignore_s: float = 1.0,
         on_fault: FaultCallback | None = None,
+        loop: Loop | None = None,
     ) -> None:
         if d0_pin == d1_pin:
             raise ValueError("D0 and D1 must be different GPIOs")
@@ -200,22 +204,30 @@ class WiegandReader(CardDelivery):
         self._on_card = on_card
         self._on_fault = on_fault
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._framer = WiegandFramer(frame_timeout_s)
+        self._framer = WiegandFramer(frame_timeout_s)  # the loop's alone
         self._stats = ReaderStats()
-        self._cond = threading.Condition()
-        self._guard = self._cond
+        self._lock = threading.Lock()  # guards _stats
+        self._guard = self._lock
         self._log = logger
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._bits: deque[tuple[int, float]] = deque()  # pin threads append, the loop drains
+        self._drain_scheduled = False
+        self._timer: Timer | None = None
         self._devices: list[DigitalInputDevice] = []
         self._repeats = RepeatFilter(repeat_ignore_s)
         self._low_since: dict[int, float] = {}
+        self._own_loop = loop is None
+        if loop is None:
+            from edge.loop import Loop as _Loop
+
+            loop = _Loop(clock=self._clock, name=f"wiegand-{door}")
+        self._loop: Loop = loop
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         """Claim both pins now, so a miswired device file fails loudly at start-up."""
-        if self._thread is not None:
+        if self._started:
             raise RuntimeError(f"reader for door {self.door!r} already started")
         try:
             for value, pin in ((0, self.d0_pin), (1, self.d1_pin)):
@@ -229,28 +241,28 @@ class WiegandReader(CardDelivery):
             raise HardwareError(f"door {self.door!r}: Wiegand reader on GPIO{self.d0_pin}/GPIO{self.d1_pin}: "
                                 f"{exc}") from exc
         now = self._clock.monotonic()
-        with self._cond:
-            self._stopping = False
-            self._framer.reset()
+        self._framer.reset()
+        with self._lock:
             self._stats.online = True
             self._stats.last_data_at = now
-        self._thread = threading.Thread(target=self._run, name=f"wiegand-{self.door}", daemon=True)
-        self._thread.start()
+        self._started = True
+        if self._own_loop:
+            self._loop.start()
 
     def stop(self) -> None:
-        """Release the pins and end the timer thread; safe to call any number of times."""
-        thread = self._thread
-        with self._cond:
-            self._stopping = True
+        """Release the pins and forget a half-received frame; safe to call any number of times."""
+        started, self._started = self._started, False
+        with self._lock:
             self._stats.online = False
-            self._cond.notify_all()
         self._close_devices()
-        if thread is None:
+        if not started:
             return
-        thread.join(STOP_DEADLINE_S)
-        if thread.is_alive():
-            logger.warning("door %s: Wiegand timer thread did not stop within %.1f s", self.door, STOP_DEADLINE_S)
-        self._thread = None
+        if self._own_loop:
+            self._loop.stop(STOP_DEADLINE_S)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._bits.clear()
 
     def _close_devices(self) -> None:
         devices, self._devices = self._devices, []
@@ -265,7 +277,7 @@ class WiegandReader(CardDelivery):
     @property
     def stats(self) -> ReaderStats:
         """Frames decoded, faults by kind (``parity``, ``length``), online (False while a line is stuck low)."""
-        with self._cond:
+        with self._lock:
             stats = replace(self._stats, faults=dict(self._stats.faults))
         if stats.online and self.health_reason is not None:
             stats.online = False
@@ -292,7 +304,7 @@ class WiegandReader(CardDelivery):
 
     def silent_for(self, now: float) -> float:
         """Seconds since the last bit (or since start): Wiegand readers send nothing while idle."""
-        with self._cond:
+        with self._lock:
             last = self._stats.last_data_at
         return 0.0 if last is None else max(0.0, now - last)
 
@@ -305,42 +317,41 @@ class WiegandReader(CardDelivery):
     # -- bits ----------------------------------------------------------------
 
     def _edge(self, value: int) -> None:
-        now = self._clock.monotonic()
-        with self._cond:
-            if self._stopping:
-                return
-            self._stats.last_data_at = now
-            items = self._framer.bit(value, now)
-            self._cond.notify_all()
-        self._deliver(items, now)
+        """A falling edge, on the pin's thread: stamp it, queue it, wake the loop if it is not already coming."""
+        if not self._started:
+            return
+        self._bits.append((value, self._clock.monotonic()))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                deadline = self._framer.deadline
-                now = self._clock.monotonic()
-                if deadline is None:
-                    self._cond.wait()
-                    continue
-                if now < deadline:
-                    # Bounded by the frame timeout: a clock that does not move in real time (a test's fake
-                    # clock) is looked at again every frame period instead of never.
-                    self._cond.wait(min(deadline - now, self._framer.frame_timeout_s))
-                    continue
-                items = self._framer.poll(now)
-            try:
-                self._deliver(items, now)
-            except Exception:  # the timer thread must outlive any callback failure
-                logger.exception("door %s: delivering a Wiegand frame failed", self.door)
+    def _drain(self) -> None:
+        """On the loop: feed the queued bits to the framer and (re)arm the frame-end timer."""
+        self._drain_scheduled = False  # before popping: a bit queued from here on schedules another drain
+        while self._bits:
+            value, now = self._bits.popleft()
+            with self._lock:
+                self._stats.last_data_at = now
+            self._deliver(self._framer.bit(value, now), now)
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self._framer.deadline
+        if self._timer is not None:
+            if deadline is not None and self._timer.when == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._started:
+            self._timer = self._loop.call_at(deadline, self.tick)
 
     def tick(self) -> None:
-        """End a frame whose deadline has passed now (the timer thread does this; tests on a fake clock too)."""
+        """End a frame whose deadline has passed now (the loop's timer does this; tests on a fake clock too)."""
+        self._timer = None
         now = self._clock.monotonic()
-        with self._cond:
-            items = self._framer.poll(now)
+        items = self._framer.poll(now)
         self._deliver(items, now)
+        self._arm()
 
     def _fault_text(self, fault: FrameFault) -> str:
         return f"Wiegand fault {fault.kind}: {fault.detail}"
@@ -354,4 +365,4 @@ def _wiegand_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> Wiegan
                         "reader table")
     return WiegandReader(door, config.d0_pin, config.d1_pin, deps.on_card, factory=deps.pin_factory,
                          clock=deps.clock, frame_timeout_s=config.frame_timeout_ms / 1000.0,
-                         repeat_ignore_s=config.repeat_ignore_s)
+                         repeat_ignore_s=config.repeat_ignore_s, loop=deps.loop)

@@ -78,7 +78,7 @@ class SimDoor:
     id: str
     device: str
     reader: Any
-    """A :class:`ReaderSimulator` (em4100, ascii), :class:`OsdpPdSimulator` (osdp) or :class:`WiegandSimulator`."""
+    """A :class:`ReaderSimulator` (em4100, ascii, pinpad), :class:`OsdpPdSimulator` (osdp) or :class:`WiegandSimulator`."""
     door: DoorSimulator
     protocol: str = "em4100"
 
@@ -98,7 +98,8 @@ class SimDoor:
             self.reader.badge(number)
 
     def enter_pin(self, pin: str) -> None:
-        """Type a PIN on the reader's keypad (ASCII line, OSDP KEYPAD reply, Wiegand 4-bit bursts), then enter."""
+        """Type a PIN on the reader's keypad (ASCII line, OSDP KEYPAD reply, Wiegand 4-bit bursts, pin pad key
+        bytes), then enter."""
         if self.protocol == "osdp":
             self.reader.press_keys(pin + "#")
         else:
@@ -108,9 +109,10 @@ class SimDoor:
 #: The card formats each reader protocol can send (doorkeep/config.py CARD_FORMATS).
 READER_CARD_FORMATS: dict[str, tuple[str, ...]] = {
     "em4100": ("em4100",), "ascii": ("ascii",), "wiegand": WIEGAND_FORMATS, "osdp": (*WIEGAND_FORMATS, "osdp_raw"),
+    "pinpad": ("ascii",),
 }
 #: Protocols whose readers have a keypad in simulation.
-KEYPAD_PROTOCOLS = ("ascii", "osdp", "wiegand")
+KEYPAD_PROTOCOLS = ("ascii", "osdp", "wiegand", "pinpad")
 
 
 class OsdpBusSimulator:
@@ -502,7 +504,7 @@ class SiteRunner:
         return self.wait_edges_idle(timeout)
 
     def edges_idle(self, timeout: float = 1.0) -> bool:
-        """True when every edge's control loop has caught up and no request is in flight."""
+        """True when every edge's loop and jobs worker have caught up and no request is in flight."""
         return all(agent.sync(timeout) and not agent.in_flight for agent in self.agents.values())
 
     def wait_edges_idle(self, timeout: float = 5.0) -> bool:

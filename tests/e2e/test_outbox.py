@@ -111,14 +111,11 @@ def test_events_badged_during_a_broker_outage_reach_the_store_once_and_in_seq_or
 
 
 def crash(agent: EdgeAgent) -> None:
-    """As near to kill -9 as one process allows: the link's threads stop dead (no drain, no final state,
+    """As near to kill -9 as one process allows: the edge's loop stops dead (no drain, no final state,
     no ``stopped``); then the hardware is released so a new agent can open the same pty and pins.
     (A real power cut during outbox writes is tests/unit/test_outbox.py's SIGKILL test.)"""
+    agent.loop.stop(5)  # the loop ends between two turns: nothing more is read, written or pumped
     link = agent.link
-    link._stopping.set()
-    link._wake.set()
-    link._thread.join(5)
-    link._client.loop_stop()
     sock = link._client.socket()
     if sock is not None:
         sock.close()

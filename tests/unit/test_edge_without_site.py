@@ -272,7 +272,7 @@ def test_the_policys_reader_thresholds_reach_the_osdp_bus_and_defaults_are_left_
         # A site revision back to the defaults: the next policy leaves the field out, and the bus follows.
         agent._verify_policy(sign_policy(subset, site_id="demo", device="pi-lobby", version=3, issued_at=1.8e9,
                                          key=signing_key, reader_signals=ReaderSignals()))
-        agent._handle(("policy",))  # what the control loop does with it
+        agent._policy_arrived()  # what the loop does once the jobs worker verified it
         assert (bus.signal_window_s, bus.signal_thresholds[CAUSE_HANDSHAKE_FAILED],
                 bus.signal_thresholds[CAUSE_CLEAR_NAK]) == (60.0, 3, 4)
     finally:
