@@ -1,9 +1,21 @@
-"""The OSDP control panel (CP): one thread owns one RS-485 bus and polls every reader on it.
+"""The OSDP control panel (CP): one RS-485 bus, every reader on it polled round-robin by the edge's loop.
 
 Per reader (by address) the CP walks ``ID -> CAP -> Secure Channel handshake -> online polling``. Each exchange
-is one command and at most one reply within ``REPLY_TIMEOUT_S`` (the standard's 200 ms), retried with the same
-sequence number so the reader repeats its reply rather than acting twice. A reader with no valid reply for
-``offline_after_s`` is offline and is brought back by itself (sequence 0, ID, CAP, handshake again).
+is one command and at most one reply within ``REPLY_TIMEOUT_S`` (the standard's 200 ms, counted from the end of
+the command on the wire), retried with the same sequence number so the reader repeats its reply rather than
+acting twice. A reader with no valid reply for ``offline_after_s`` is offline and is brought back by itself
+(sequence 0, ID, CAP, handshake again).
+
+Concurrency (docs/concurrency.md): the bus owns no thread. It runs on an :class:`edge.loop.Loop` - the edge
+agent's, passed as ``loop``, or, for callers without one (``doorkeep osdp install-key``, a test building a bus
+alone), a loop of its own on a thread of its own. The port is a non-blocking file descriptor on that loop; a
+reader's *turn* (one or several exchanges: the handshake is four) is a generator that yields each command's
+wire bytes and is sent back the reply, or None when the reply window (a wire timer, physical time whatever a
+scenario does to the clock) closed without one. So the checks below are written once, in order, as if the
+exchange blocked, and nothing blocks. ``on_card``, ``on_tamper`` and ``on_security`` are called on the loop's
+thread. Pacing (edge/osdp/timing.py, docs/readers.md "Timing"): the next command goes out as soon as the
+previous exchange ended and the line's turnaround passed, to the next reader that is due; an idle reader is
+due one exchange budget per reader on the bus after its previous poll, ``poll_ms`` being the cap.
 
 Security posture (docs/readers.md): Secure Channel is enforced unless the device file explicitly says
 ``secure_channel = false``. A reader that only knows the default key SCBK-D is never silently re-keyed: it stays
@@ -24,17 +36,20 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import serial
 
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import HardwareError
 from edge.framing import CardRead, FrameFault
+from edge.loop import Loop, Timer
 from edge.osdp import packet as pk
+from edge.osdp import timing
 from edge.osdp.cards import ParityError, decode_card
 from edge.osdp.secure import (
     KEY_TYPE_SCBK,
@@ -63,8 +78,13 @@ RETRIES = 2
 OFFLINE_AFTER_S = 8.0
 RETRY_OFFLINE_S = 1.0
 RETRY_KEY_PROBLEM_S = 5.0
-READ_SLICE_S = 0.005
 STOP_DEADLINE_S = 2.0
+REOPEN_FIRST_S = 0.1
+REOPEN_MAX_S = 5.0
+NO_FD_POLL_S = 0.001
+"""A port without a file descriptor (a ``serial_for_url`` handler such as ``loop://``) cannot be watched by the
+loop: while a reply is awaited it is read on a wire timer this often instead."""
+OUTQ_MAX = 16
 
 # Health reasons a reader can be offline with (docs/readers.md)
 REASON_NO_REPLY = "no_reply"
@@ -84,6 +104,10 @@ SIGNAL_THRESHOLDS: dict[str, int] = {CAUSE_MAC_FAILURE: 1, CAUSE_DOWNGRADE: 1, C
                                      CAUSE_CLEAR_NAK: 4}
 #: One report per cause per reader per window at most; the next one carries the count of what came between.
 SIGNAL_WINDOW_S = 60.0
+
+T = TypeVar("T")
+Exchange = Generator[bytes, "pk.Packet | None", T]
+"""A reader's turn, or one exchange of it: yields a command's wire bytes, is sent the reply (None: none in time)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,7 @@ class _Delivery(CardDelivery):
 class _Reader:
     spec: OsdpReaderSpec
     delivery: _Delivery
-    """Counts and passes on its cards and PINs; shares :attr:`stats` (the bus thread feeds it)."""
+    """Counts and passes on its cards and PINs; shares :attr:`stats` (the loop feeds it)."""
     phase: str = "id"
     seq: int = 0
     session: SecureSession | None = None
@@ -173,7 +197,7 @@ class _Reader:
     caps: dict[int, tuple[int, int]] = field(default_factory=dict)
     outq: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
     pins: PinEntry = field(default_factory=PinEntry)
-    """Keypad keys -> PIN reads (bus thread only)."""
+    """Keypad keys -> PIN reads (loop only)."""
     stats: ReaderStats = field(default_factory=lambda: ReaderStats(secure=False))
     install_key: bytes | None = None
     installed: threading.Event = field(default_factory=threading.Event)
@@ -181,7 +205,11 @@ class _Reader:
     missed: bool = False
     """The last exchange timed out: the reader may have acted on it and sent a reply we never heard."""
     signals: dict[str, SignalLimiter] = field(default_factory=dict)
-    """Per security cause: the limiter that decides when it is reported (bus thread only)."""
+    """Per security cause: the limiter that decides when it is reported (loop only)."""
+    interval_s: float = 0.0
+    """This reader's poll interval: the bus's, longer for a while after the reader answered BUSY."""
+    polled_at: float = -math.inf
+    """Wire time its last turn began: an idle online reader is due again ``interval_s`` after it."""
 
     def __post_init__(self) -> None:
         if self.delivery._stats is not self.stats:
@@ -189,7 +217,12 @@ class _Reader:
 
 
 class OsdpBus:
-    """One serial port (any ``serial_for_url`` URL), one thread, every reader on it polled round-robin."""
+    """One serial port (any ``serial_for_url`` URL) and every reader on it, polled round-robin on a loop.
+
+    Every attribute but the readers' stats belongs to the loop's thread. :meth:`stats` copies them under a
+    lock from any thread; :meth:`send`, :meth:`feedback`, :meth:`configure_signals` and :meth:`begin_install`
+    may be called from any thread and hand their change to the loop.
+    """
 
     def __init__(self, url: str, readers: list[OsdpReaderSpec], on_card: CardCallback, *,
                  baudrate: int = 9600, poll_ms: int = 100, clock: Clock | None = None,
@@ -197,10 +230,12 @@ class OsdpBus:
                  offline_after_s: float = OFFLINE_AFTER_S, reply_timeout_s: float = REPLY_TIMEOUT_S,
                  port: Any = None, retry_key_problem_s: float = RETRY_KEY_PROBLEM_S,
                  signal_window_s: float = SIGNAL_WINDOW_S,
-                 signal_thresholds: dict[str, int] | None = None) -> None:
+                 signal_thresholds: dict[str, int] | None = None, loop: Loop | None = None) -> None:
         """``signal_window_s`` and ``signal_thresholds`` (cause -> occurrences, merged over
         :data:`SIGNAL_THRESHOLDS`) shape the ``reader_security`` reports; ``retry_key_problem_s`` is the pause
-        before a reader refused for its key or capabilities is tried again."""
+        before a reader refused for its key or capabilities is tried again. ``poll_ms`` caps the interval
+        between two polls of one reader (edge/osdp/timing.py). ``loop``: the edge's loop; None, the bus runs
+        a loop of its own while started. ``port``: an already open port (tests, bench), non-blocking reads."""
         addresses = [r.address for r in readers]
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"{url}: two readers share an OSDP address ({addresses})")
@@ -210,16 +245,22 @@ class OsdpBus:
         self.url = url
         self.baudrate = baudrate
         self.poll_s = max(0.0, poll_ms / 1000.0)
+        """The device file's ``poll_ms``: the longest an idle reader waits between two polls, line allowing."""
+        self.interval_s = timing.poll_interval(baudrate, max(1, len(readers)), poll_ms)
+        """How often each idle reader is polled (edge/osdp/timing.py)."""
+        self.turnaround_s = timing.turnaround_s(baudrate)
         self.clock: Clock = clock if clock is not None else SystemClock()
         """The agent's clock: card read times and last_data_at (latency figures, health) are on it."""
         self._wire: Clock = SystemClock()
         """Reply windows, retries and the offline timeout are physical wire time, never a scenario's jumps."""
         self._lock = threading.RLock()
+        """Guards the readers' stats: written on the loop, copied by :meth:`stats` from any thread."""
         self._readers: dict[int, _Reader] = {}
         for spec in readers:
             stats = ReaderStats(secure=False)
             delivery = _Delivery(spec, stats, on_card, self._lock, url)
-            self._readers[spec.address] = _Reader(spec, delivery, stats=stats)
+            self._readers[spec.address] = _Reader(spec, delivery, stats=stats, interval_s=self.interval_s)
+        self._order = list(self._readers.values())
         self._on_tamper = on_tamper
         self._on_security = on_security
         self.offline_after_s = offline_after_s
@@ -227,58 +268,136 @@ class OsdpBus:
         self.retry_key_problem_s = retry_key_problem_s
         self.signal_window_s = signal_window_s
         self.signal_thresholds = {**SIGNAL_THRESHOLDS, **(signal_thresholds or {})}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = loop
+        self._own_loop = loop is None
+        self._own_thread: int | None = None
+        """Ident of the thread running the bus's own loop (no caller's loop), while it runs."""
+        self._started = False
+        self._stopping = False
         self._port: Any = port
+        self._fd: int | None = None
+        self._pty = False
         self._parser = pk.PacketParser()
+        self._turn_gen: Exchange[None] | None = None
+        self._turn_reader: _Reader | None = None
+        self._turn_sent = False
+        self._awaiting = False
+        """A command is on the wire and its reply window open."""
+        self._out = b""
+        """The part of a command the port did not take at once (written when it is writable)."""
+        self._line_free_at = 0.0
+        """Wire time from which the CP may transmit: the end of the last reply (or window) plus the turnaround."""
+        self._next_index = 0
+        self._last_index = -1
+        self._round_start: float | None = None
+        self._reply_timer: Timer | None = None
+        self._send_timer: Timer | None = None
+        self._wait_timer: Timer | None = None
+        self._poll_timer: Timer | None = None
+        self._reopen_timer: Timer | None = None
+        self._reopen_delay = REOPEN_FIRST_S
         self.bus_faults: dict[str, int] = {}
         self.cycle_s: float | None = None
-        """Duration of the last full poll cycle over every reader (for bench/osdp.py)."""
+        """Duration of the last full round over the bus's readers (wire seconds)."""
+        bound = timing.line_bound_s(baudrate, max(1, len(readers)))
+        if readers and bound > self.poll_s:
+            log.warning("OSDP bus %s: %d reader(s) at %d baud need about %.0f ms per round, more than "
+                        "poll_ms = %d: each reader is polled as often as the line allows instead (fix: a higher "
+                        "baud rate, or fewer readers on this bus)", url, len(readers), baudrate, bound * 1000,
+                        poll_ms)
 
     def configure_signals(self, signal_window_s: float, signal_thresholds: dict[str, int]) -> None:
         """New ``reader_security`` thresholds (a signed policy carried the site's): counting starts again
         under them, as after a restart; from any thread."""
-        with self._lock:
-            thresholds = {**SIGNAL_THRESHOLDS, **signal_thresholds}
-            if (signal_window_s, thresholds) == (self.signal_window_s, self.signal_thresholds):
-                return
-            self.signal_window_s = signal_window_s
-            self.signal_thresholds = thresholds
-            for r in self._readers.values():
-                r.signals.clear()
+        self._post(self._set_signals, signal_window_s, {**SIGNAL_THRESHOLDS, **signal_thresholds})
+
+    def _set_signals(self, signal_window_s: float, thresholds: dict[str, int]) -> None:
+        if (signal_window_s, thresholds) == (self.signal_window_s, self.signal_thresholds):
+            return
+        self.signal_window_s = signal_window_s
+        self.signal_thresholds = thresholds
+        for r in self._readers.values():
+            r.signals.clear()
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Open the port (:class:`HardwareError` if it cannot be) and start polling. With the caller's loop,
+        call it on that loop's thread or before the loop runs; without one, the bus starts its own."""
+        if self._started:
             return
-        if self._port is None:
-            try:
-                self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_SLICE_S)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise HardwareError(f"cannot open OSDP bus at {self.url!r}: {exc}") from exc
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"osdp-{self.url}", daemon=True)
-        self._thread.start()
+        port, self._port = self._port, None
+        if port is None:
+            port = self._open()
+        self._pty = _is_pty(self.url)
+        if self._own_loop:
+            self._loop = Loop(name=f"osdp-{self.url}")
+        self._started = True
+        self._stopping = False
+        self._reopen_delay = REOPEN_FIRST_S
+        self._on_loop(self._attach, port)
+        if self._own_loop:
+            assert self._loop is not None
+            running = threading.Event()
+
+            def on_its_thread() -> None:
+                self._own_thread = threading.get_ident()
+                running.set()
+
+            self._loop.call_soon_threadsafe(on_its_thread)
+            self._loop.start()
+            if not running.wait(STOP_DEADLINE_S):  # from here on, other threads' calls are handed to it
+                log.warning("OSDP bus %s: its loop did not start within %.1f s", self.url, STOP_DEADLINE_S)
 
     def stop(self) -> None:
-        thread = self._thread
-        if thread is None:
+        """Stop polling and close the port; every reader is then offline. Safe to call any number of times."""
+        if not self._started:
             return
-        self._stop.set()
-        thread.join(STOP_DEADLINE_S)
-        if thread.is_alive():
-            log.warning("OSDP bus %s: thread did not stop within %.1f s", self.url, STOP_DEADLINE_S)
-        self._thread = None
-        try:
-            self._port.close()
-        except Exception:  # the port is gone either way
-            log.debug("OSDP bus %s: closing the port failed", self.url, exc_info=True)
-        self._port = None
+        self._started = False
+        loop = self._loop
+        if not self._own_loop or loop is None:
+            self._on_loop(self._shutdown)
+            return
+        stopped = loop.stop(STOP_DEADLINE_S)
+        if not stopped:
+            log.warning("OSDP bus %s: its loop did not stop within %.1f s", self.url, STOP_DEADLINE_S)
+        self._shutdown()  # the loop no longer turns: its state is this thread's now
+        if stopped and threading.get_ident() != self._own_thread:  # not from one of its own callbacks
+            loop.close()
+        self._loop = None
+        self._own_thread = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._started
+
+    def _open(self) -> Any:
+        # Reads never block: the loop says when the port is readable. A device's writes do not either (the
+        # rest of a command the driver did not take is written when the port is writable); a URL handler's
+        # (loop://, socket://) write is left as it is: theirs take a small packet at once, and some refuse 0.
+        extra = {} if "://" in self.url else {"write_timeout": 0}
+        try:
+            return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0, **extra)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise HardwareError(f"cannot open OSDP bus at {self.url!r}: {exc}") from exc
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the loop and wait for it: at once on (or before) the loop, else handed over."""
+        loop = self._loop
+        if loop is None:
+            fn(*args)
+            return
+        done, _ = loop.call_and_wait(lambda: fn(*args), STOP_DEADLINE_S)
+        if not done:
+            log.warning("OSDP bus %s: the loop did not answer within %.1f s", self.url, STOP_DEADLINE_S)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the loop without waiting: at once on (or before) the loop, else at its next turn."""
+        loop = self._loop
+        if loop is None or loop.in_loop():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     # -- API for the agent (any thread) -------------------------------------
 
@@ -289,10 +408,7 @@ class OsdpBus:
 
     def send(self, address: int, code: int, data: bytes) -> None:
         """Queue a command (LED, BUZ, OUT, ...) for the reader's next turn; dropped if the reader is offline."""
-        with self._lock:
-            r = self._readers[address]
-            if r.stats.online and len(r.outq) < 16:
-                r.outq.append((code, data))
+        self._post(self._queue, self._readers[address], code, data)
 
     def feedback(self, address: int, granted: bool) -> None:
         """Grant: green LED and one short beep. Deny: red LED and two beeps."""
@@ -305,83 +421,293 @@ class OsdpBus:
         online under the new key. Only the ``doorkeep osdp install-key`` command calls this."""
         if len(new_key) != 16:
             raise ValueError("an SCBK is 16 bytes")
-        with self._lock:
-            r = self._readers[address]
-            r.installed.clear()
-            r.install_key = new_key  # the bus thread starts over with this reader at its next turn
-            r.next_try = 0.0
+        r = self._readers[address]
+        r.installed.clear()
+        self._post(self._install, r, new_key)
         return r.installed
 
-    # -- bus thread ----------------------------------------------------------
+    def _queue(self, r: _Reader, code: int, data: bytes) -> None:
+        if r.stats.online and len(r.outq) < OUTQ_MAX:
+            r.outq.append((code, data))
+            self._kick()
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                start = self._wire.monotonic()
-                for r in list(self._readers.values()):
-                    if self._stop.is_set():
-                        break
-                    with self._lock:
-                        begin_install = r.install_key is not None and r.phase not in ("id", "cap", "chlng")
-                    if begin_install:
-                        self._restart(r, r.stats.reason)  # leave the session under the old key first
-                    if self._wire.monotonic() < r.next_try:
-                        continue
-                    try:
-                        self._turn(r)
-                    except _PortGone:
-                        if not self._reopen():
-                            return
-                        break
-                    except Exception:
-                        log.exception("OSDP %s address %d: unexpected error", self.url, r.spec.address)
-                        self._restart(r, REASON_NO_REPLY)
-                self.cycle_s = self._wire.monotonic() - start
-                self._stop.wait(max(0.0, self.poll_s - self.cycle_s))
-        finally:
-            with self._lock:
-                for r in self._readers.values():
-                    r.stats.online = False
+    def _install(self, r: _Reader, new_key: bytes) -> None:
+        r.install_key = new_key  # the reader starts over with this key at its next turn
+        r.next_try = 0.0
+        self._kick()
 
-    def _reopen(self) -> bool:
-        """After the port failed: reopen it with backoff (a USB adapter unplugged and plugged back), every
-        reader starting over from ID. A pty is never reopened: its number goes to the next pty opened on this
-        machine. False when the bus is to stop."""
+    # -- the state machine on the loop ----------------------------------------
+
+    def _attach(self, port: Any) -> None:
+        """Take ``port``: its fd on the loop (a port without one is read on a timer while a reply is due)."""
+        self._port = port
+        self._parser.reset()
         try:
-            self._port.close()
-        except Exception:  # the port is gone either way
-            log.debug("OSDP bus %s: closing the failed port", self.url, exc_info=True)
+            fd = port.fileno()
+        except (AttributeError, OSError, ValueError, serial.SerialException):
+            fd = None
+        self._fd = fd if isinstance(fd, int) else None
+        if self._fd is not None:
+            assert self._loop is not None
+            self._loop.add_reader(self._fd, self._readable)
+        self._next_turn()
+
+    def _detach_port(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+        self._out = b""
+        port, self._port = self._port, None
+        if port is None:
+            return
+        try:
+            port.close()
+        except Exception:  # noqa: BLE001 - the port is gone either way
+            log.debug("OSDP bus %s: closing the port failed", self.url, exc_info=True)
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        self._abandon_turn()
+        for timer in (self._wait_timer, self._reopen_timer):
+            if timer is not None:
+                timer.cancel()
+        self._wait_timer = self._reopen_timer = None
+        self._detach_port()
+        for r in self._readers.values():  # offline, and a start again begins at ID with a new session
+            self._restart(r, r.stats.reason)
+
+    def _abandon_turn(self) -> None:
+        """Drop the turn in progress (the port failed, or the bus stops) and every timer of its exchange."""
+        gen, self._turn_gen, self._turn_reader = self._turn_gen, None, None
+        self._awaiting = False
+        for timer in (self._reply_timer, self._send_timer, self._poll_timer):
+            if timer is not None:
+                timer.cancel()
+        self._reply_timer = self._send_timer = self._poll_timer = None
+        if gen is not None:
+            gen.close()
+
+    def _kick(self) -> None:
+        """Something became due (a queued command, a key to install): start it now if the line is idle."""
+        if self._turn_gen is None and self._port is not None and not self._stopping:
+            self._next_turn()
+
+    def _next_turn(self) -> None:
+        """The line is idle: begin the turn of the next reader that is due, round-robin, or wait for one."""
+        if self._turn_gen is not None or self._port is None or self._stopping:
+            return
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        now = self._wire.monotonic()
+        first_due = math.inf
+        count = len(self._order)
+        for k in range(count):
+            index = (self._next_index + k) % count
+            r = self._order[index]
+            if r.install_key is not None and r.phase not in ("id", "cap", "chlng"):
+                self._restart(r, r.stats.reason)  # leave the session under the old key first
+            due = max(self._due(r), self._line_free_at)
+            if due <= now:
+                self._next_index = (index + 1) % count
+                self._begin(r, index, now)
+                return
+            first_due = min(first_due, due)
+        if first_due < math.inf:
+            assert self._loop is not None
+            self._wait_timer = self._loop.call_at(first_due, self._next_turn, wire=True)
+
+    def _due(self, r: _Reader) -> float:
+        """Wire time from which ``r`` may have its next turn."""
+        if r.phase != "online" or r.outq:
+            return r.next_try
+        return max(r.next_try, r.polled_at + r.interval_s)
+
+    def _begin(self, r: _Reader, index: int, now: float) -> None:
+        if index <= self._last_index or self._round_start is None:
+            if self._round_start is not None:
+                self.cycle_s = now - self._round_start
+            self._round_start = now
+        self._last_index = index
+        r.polled_at = now
+        self._turn_reader = r
+        self._turn_sent = False
+        self._turn_gen = self._turn(r)
+        self._resume(None)  # a new generator starts on None
+
+    def _resume(self, reply: pk.Packet | None) -> None:
+        """Hand the turn in progress its reply (None: none in time) and put on the wire what it sends next."""
+        gen, r = self._turn_gen, self._turn_reader
+        if gen is None or r is None:
+            return
+        try:
+            wire = gen.send(reply)
+        except StopIteration:
+            self._end_turn()
+            return
+        except Exception:
+            log.exception("OSDP %s address %d: unexpected error", self.url, r.spec.address)
+            self._restart(r, REASON_NO_REPLY)
+            self._end_turn()
+            return
+        self._turn_sent = True
+        wait = self._line_free_at - self._wire.monotonic()
+        if wait > 0:
+            assert self._loop is not None
+            self._send_timer = self._loop.call_later(wait, self._transmit, wire, wire=True)
+        else:
+            self._transmit(wire)
+
+    def _end_turn(self) -> None:
+        sent = self._turn_sent
+        self._turn_gen = self._turn_reader = None
+        if sent:
+            self._next_turn()
+        elif self._loop is not None:
+            # Nothing went on the wire (a reader refused for its key): the next turn on the loop's next pass,
+            # not deeper in this call, however many readers are in that state.
+            self._loop.call_soon(self._next_turn)
+
+    def _transmit(self, wire: bytes) -> None:
+        """Put one command on the wire and open its reply window."""
+        self._send_timer = None
+        port, loop = self._port, self._loop
+        if port is None or loop is None or self._turn_gen is None:
+            return
+        try:
+            port.reset_input_buffer()  # whatever came late belongs to no exchange
+            self._parser.reset()
+            written = port.write(wire)
+        except Exception as exc:  # noqa: BLE001 - any failure of the port means the bus is lost
+            self._port_failed(exc)
+            return
+        self._out = wire[len(wire) if written is None else written:]
+        if self._out and self._fd is not None:
+            loop.add_writer(self._fd, self._writable)
+        self._awaiting = True
+        # The window opens once the command is on the wire: a non-blocking write returns before that.
+        window = timing.wire_s(len(wire), self.baudrate) + self.reply_timeout_s
+        self._reply_timer = loop.call_later(window, self._no_reply, wire=True)
+        if self._fd is None:
+            self._poll_timer = loop.call_later(NO_FD_POLL_S, self._poll_port, wire=True)
+
+    def _writable(self) -> None:
+        port = self._port
+        if port is None or not self._out:
+            return
+        try:
+            written = port.write(self._out)
+        except Exception as exc:  # noqa: BLE001
+            self._port_failed(exc)
+            return
+        self._out = self._out[len(self._out) if written is None else written:]
+        if not self._out and self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    def _poll_port(self) -> None:
+        """A port without a file descriptor: read it on a timer while a reply is awaited."""
+        self._poll_timer = None
+        if self._out:
+            self._writable()
+        self._readable()
+        if self._awaiting and self._fd is None and self._port is not None and self._loop is not None:
+            self._poll_timer = self._loop.call_later(NO_FD_POLL_S, self._poll_port, wire=True)
+
+    def _readable(self) -> None:
+        port = self._port
+        if port is None:
+            return
+        try:
+            data = port.read(max(1, port.in_waiting))
+        except Exception as exc:  # noqa: BLE001 - any failure of the port means the bus is lost
+            self._port_failed(exc)
+            return
+        r = self._turn_reader
+        if not data or not self._awaiting or r is None:
+            return  # bytes outside a reply window: a late reply or noise, dropped before the next command
+        for item in self._parser.feed(data):
+            if isinstance(item, pk.PacketFault):
+                self._fault(r, item.kind, item.detail)
+            elif item.reply and item.address == r.spec.address:
+                self._reply_came(item)
+                return
+            # our own echo (half-duplex adapters) or another reader's reply: not for us
+
+    def _reply_came(self, reply: pk.Packet) -> None:
+        self._reopen_delay = REOPEN_FIRST_S  # the port works: a later failure starts the backoff again
+        self._window_closed()
+        self._resume(reply)
+
+    def _no_reply(self) -> None:
+        self._reply_timer = None
+        if self._awaiting:
+            self._window_closed()
+            self._resume(None)
+
+    def _window_closed(self) -> None:
+        self._awaiting = False
+        for timer in (self._reply_timer, self._poll_timer):
+            if timer is not None:
+                timer.cancel()
+        self._reply_timer = self._poll_timer = None
+        self._line_free_at = self._wire.monotonic() + self.turnaround_s
+
+    def _port_failed(self, exc: BaseException) -> None:
+        """The serial port failed: every reader on it is offline; reopen it with backoff (a USB adapter
+        unplugged and plugged back), every reader starting over from ID. A pty is never reopened: its number
+        goes to the next pty opened on this machine."""
+        if self._stopping:
+            return
+        with self._lock:
+            for other in self._readers.values():
+                # One update under the lock: whoever sees the reader offline also sees why.
+                other.stats.io_errors += 1
+                other.stats.online = False
+                other.stats.reason = REASON_NO_REPLY
+        log.error("OSDP bus %s lost: %s", self.url, exc)
+        self._abandon_turn()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        self._detach_port()
         for r in self._readers.values():
             self._restart(r, REASON_NO_REPLY)
-        if _is_pty(self.url):
-            self._stop.wait()
-            return False
-        delay = 0.1
-        while not self._stop.wait(delay):
-            try:
-                self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=READ_SLICE_S)
-            except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
-                log.debug("OSDP bus %s still unavailable: %s", self.url, exc)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._parser.reset()
-            log.info("OSDP bus %s reopened", self.url)
-            return True
-        return False
+        if self._pty or self._loop is None:
+            return
+        # A port that opens and fails again before any reply came keeps backing off (up to REOPEN_MAX_S).
+        self._reopen_timer = self._loop.call_later(self._reopen_delay, self._reopen, wire=True)
+        self._reopen_delay = min(self._reopen_delay * 2, REOPEN_MAX_S)
 
-    def _turn(self, r: _Reader) -> None:
-        """One exchange with one reader, chosen by its phase."""
+    def _reopen(self) -> None:
+        self._reopen_timer = None
+        if self._stopping or not self._started or self._loop is None:
+            return
+        try:
+            port = self._open()
+        except Exception as exc:  # noqa: BLE001 - keep retrying whatever the cause
+            log.debug("OSDP bus %s still unavailable: %s", self.url, exc)
+            self._reopen_timer = self._loop.call_later(self._reopen_delay, self._reopen, wire=True)
+            self._reopen_delay = min(self._reopen_delay * 2, REOPEN_MAX_S)
+            return
+        log.info("OSDP bus %s reopened", self.url)
+        self._attach(port)
+
+    # -- one reader's turn (a generator: see the module docstring) -------------
+
+    def _turn(self, r: _Reader) -> Exchange[None]:
+        """One exchange with one reader, chosen by its phase (the handshake: several)."""
         spec = r.spec
         if r.phase == "id":
             r.seq = 0
-            reply = self._exchange(r, pk.CMD_ID, b"\x00")
+            reply = yield from self._exchange(r, pk.CMD_ID, b"\x00")
             if reply is None:
                 return
             if reply.code == pk.REPLY_PDID:
                 r.phase = "cap"
             return
         if r.phase == "cap":
-            reply = self._exchange(r, pk.CMD_CAP, b"\x00")
+            reply = yield from self._exchange(r, pk.CMD_CAP, b"\x00")
             if reply is None or reply.code != pk.REPLY_PDCAP:
                 return
             try:
@@ -400,19 +726,19 @@ class OsdpBus:
             r.phase = "chlng"
             return
         if r.phase == "chlng":
-            self._challenge(r)
+            yield from self._challenge(r)
             return
         if r.phase == "online":
-            with self._lock:
-                item = r.outq.popleft() if r.outq else None
+            item = r.outq.popleft() if r.outq else None
             code, data = item if item is not None else (pk.CMD_POLL, b"")
             if item is None:
-                r.stats.polls += 1
-            reply = self._exchange(r, code, data)
+                with self._lock:
+                    r.stats.polls += 1
+            reply = yield from self._exchange(r, code, data)
             if reply is not None:
                 self._online_reply(r, code, data, reply)
 
-    def _challenge(self, r: _Reader) -> None:
+    def _challenge(self, r: _Reader) -> Exchange[None]:
         install = r.install_key is not None
         key = SCBK_D if install else r.spec.scbk
         if key is None:
@@ -421,7 +747,7 @@ class OsdpBus:
             return
         r.key_type = KEY_TYPE_SCBK_D if install else KEY_TYPE_SCBK
         r.rnd_a = random_bytes(8)
-        reply = self._exchange(r, pk.CMD_CHLNG, r.rnd_a, scb=pk.Scb.handshake(pk.SCS_11, r.key_type))
+        reply = yield from self._exchange(r, pk.CMD_CHLNG, r.rnd_a, scb=pk.Scb.handshake(pk.SCS_11, r.key_type))
         if reply is None:
             return
         if reply.code == pk.REPLY_NAK:
@@ -437,7 +763,7 @@ class OsdpBus:
         rnd_b, crypt = reply.data[8:16], reply.data[16:32]
         keys = derive_session_keys(key, r.rnd_a)
         if not cryptograms_match(client_cryptogram(keys, r.rnd_a, rnd_b), crypt):
-            if not install and self._knows_only_default_key(r):
+            if not install and (yield from self._knows_only_default_key(r)):
                 # Factory state, waiting for install-key: expected, reported as reader_offline needs_key.
                 self._refuse(r, REASON_NEEDS_KEY, "reader only knows the default key SCBK-D "
                                                   "(fix: doorkeep osdp install-key DOOR --device FILE)")
@@ -448,7 +774,7 @@ class OsdpBus:
                                                   "reader to its default key and run doorkeep osdp install-key)")
             return
         scrypt = server_cryptogram(keys, r.rnd_a, rnd_b)
-        reply = self._exchange(r, pk.CMD_SCRYPT, scrypt, scb=pk.Scb.handshake(pk.SCS_13, r.key_type))
+        reply = yield from self._exchange(r, pk.CMD_SCRYPT, scrypt, scb=pk.Scb.handshake(pk.SCS_13, r.key_type))
         if reply is None:
             return
         if reply.code != pk.REPLY_RMAC_I or len(reply.data) != 16 \
@@ -463,7 +789,7 @@ class OsdpBus:
         if install:
             assert r.install_key is not None
             r.phase = "install"
-            reply = self._exchange(r, pk.CMD_KEYSET, pk.keyset_command(r.install_key))
+            reply = yield from self._exchange(r, pk.CMD_KEYSET, pk.keyset_command(r.install_key))
             if reply is not None and reply.code == pk.REPLY_ACK:
                 log.warning("OSDP %s address %d: new SCBK installed", self.url, r.spec.address)
                 r.spec = replace(r.spec, scbk=r.install_key)
@@ -480,11 +806,11 @@ class OsdpBus:
         self._set_online(r, True, None)
         log.info("OSDP %s address %d (door %s): Secure Channel established", self.url, r.spec.address, r.spec.door)
 
-    def _knows_only_default_key(self, r: _Reader) -> bool:
+    def _knows_only_default_key(self, r: _Reader) -> Exchange[bool]:
         """After our key failed: does the reader answer a challenge under SCBK-D? Only asked, never used -
         the handshake is abandoned before SCRYPT, so no session under the default key is ever opened here."""
         rnd_a = random_bytes(8)
-        reply = self._exchange(r, pk.CMD_CHLNG, rnd_a, scb=pk.Scb.handshake(pk.SCS_11, KEY_TYPE_SCBK_D))
+        reply = yield from self._exchange(r, pk.CMD_CHLNG, rnd_a, scb=pk.Scb.handshake(pk.SCS_11, KEY_TYPE_SCBK_D))
         if reply is None or reply.code != pk.REPLY_CCRYPT or len(reply.data) != 32:
             return False
         keys = derive_session_keys(SCBK_D, rnd_a)
@@ -492,6 +818,13 @@ class OsdpBus:
 
     def _online_reply(self, r: _Reader, code: int, data: bytes, reply: pk.Packet) -> None:
         t_read = self.clock.monotonic()
+        if reply.code == pk.REPLY_BUSY:
+            if code == pk.CMD_POLL:  # the reader asks for time: poll it less often for a while
+                r.interval_s = timing.busy_backoff_s(r.interval_s, max(self.poll_s, self.interval_s))
+            else:
+                r.outq.appendleft((code, data))
+            return
+        r.interval_s = timing.recovered_s(r.interval_s, self.interval_s)
         if reply.code == pk.REPLY_ACK:
             return
         if reply.code == pk.REPLY_NAK:
@@ -499,11 +832,6 @@ class OsdpBus:
             self._fault(r, "nak", f"command {code:02X} refused: {pk.NAK_REASONS.get(reason, reason)}")
             if reason in (pk.NAK_SC_REQUIRED, pk.NAK_SCB_UNSUPPORTED, 4):
                 self._restart(r, REASON_NO_REPLY)
-            return
-        if reply.code == pk.REPLY_BUSY:
-            with self._lock:
-                if code != pk.CMD_POLL:
-                    r.outq.appendleft((code, data))
             return
         if reply.code == pk.REPLY_RAW:
             item: CardRead | FrameFault
@@ -535,7 +863,7 @@ class OsdpBus:
 
     # -- one exchange ---------------------------------------------------------
 
-    def _exchange(self, r: _Reader, code: int, data: bytes, *, scb: bytes = b"") -> pk.Packet | None:
+    def _exchange(self, r: _Reader, code: int, data: bytes, *, scb: bytes = b"") -> Exchange[pk.Packet | None]:
         """Send one command (retried with the same sequence number) and return its verified, clear reply."""
         cmd = pk.Packet(r.spec.address, code, data, sequence=r.seq, scb=scb)
         if r.session is not None and not scb:
@@ -545,43 +873,12 @@ class OsdpBus:
             if attempt:
                 with self._lock:
                     r.stats.retries += 1
-            reply = self._send_and_wait(r, wire)
+            reply = yield wire
             if reply is not None:
                 return self._accept(r, cmd, reply)
-            if self._stop.is_set():
+            if self._stopping:
                 return None
         self._timed_out(r)
-        return None
-
-    def _send_and_wait(self, r: _Reader, wire: bytes) -> pk.Packet | None:
-        port = self._port
-        try:
-            port.reset_input_buffer()
-            self._parser.reset()
-            port.write(wire)
-            port.flush()
-            deadline = self._wire.monotonic() + self.reply_timeout_s
-            while self._wire.monotonic() < deadline and not self._stop.is_set():
-                chunk = port.read(max(1, port.in_waiting))
-                if not chunk:
-                    continue
-                for item in self._parser.feed(chunk):
-                    if isinstance(item, pk.PacketFault):
-                        self._fault(r, item.kind, item.detail)
-                    elif item.reply and item.address == r.spec.address:
-                        return item
-                    # our own echo (half-duplex adapters) or another reader's reply: not for us
-        except Exception as exc:
-            if self._stop.is_set():
-                return None
-            with self._lock:
-                for other in self._readers.values():
-                    # One update under the lock: whoever sees the reader offline also sees why.
-                    other.stats.io_errors += 1
-                    other.stats.online = False
-                    other.stats.reason = REASON_NO_REPLY
-            log.error("OSDP bus %s lost: %s", self.url, exc)
-            raise _PortGone() from exc
         return None
 
     def _accept(self, r: _Reader, cmd: pk.Packet, reply: pk.Packet) -> pk.Packet | None:
@@ -655,8 +952,8 @@ class OsdpBus:
         r.seq = 0
         r.session = None
         r.pins.reset()
+        r.outq.clear()
         with self._lock:
-            r.outq.clear()
             r.stats.secure = False
         self._set_online(r, False, reason)
 
@@ -677,11 +974,9 @@ class OsdpBus:
         """Count one security fault; report it through ``on_security`` only when its limiter says so."""
         with self._lock:
             r.stats.faults[cause] = r.stats.faults.get(cause, 0) + 1
-        with self._lock:  # configure_signals() may swap the thresholds from the agent's thread
-            limiter = r.signals.get(cause)
-            if limiter is None:
-                limiter = r.signals[cause] = SignalLimiter(self.signal_thresholds.get(cause, 1),
-                                                           self.signal_window_s)
+        limiter = r.signals.get(cause)  # the limiters, like the thresholds, belong to the loop
+        if limiter is None:
+            limiter = r.signals[cause] = SignalLimiter(self.signal_thresholds.get(cause, 1), self.signal_window_s)
         counts = limiter.note(self._wire.monotonic())
         if counts is None:
             log.warning("OSDP %s address %d (door %s): security fault %s (%d so far): %s", self.url,
@@ -712,10 +1007,6 @@ class OsdpBus:
             fn(*args)
         except Exception:
             log.exception("OSDP %s: callback failed", self.url)
-
-
-class _PortGone(Exception):
-    """The serial port failed: the bus thread ends and every reader on it is offline."""
 
 
 class OsdpReader:
@@ -772,8 +1063,8 @@ def reader_signal_settings(signals: Any) -> dict[str, Any]:
 def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | None = None,
                 on_tamper: TamperCallback | None = None,
                 on_security: SecurityCallback | None = None, signal_window_s: float = SIGNAL_WINDOW_S,
-                signal_thresholds: dict[str, int] | None = None) -> dict[str, OsdpReader]:
-    """One bus per serial URL for the doors whose reader is OSDP; door -> its reader handle.
+                signal_thresholds: dict[str, int] | None = None, loop: Loop | None = None) -> dict[str, OsdpReader]:
+    """One bus per serial URL for the doors whose reader is OSDP, on ``loop``; door -> its reader handle.
 
     ``signal_window_s`` and ``signal_thresholds`` come from the site's ``[intrusion]`` table (the agent maps
     them): how many handshake failures or clear NAKs within the window make one ``reader_security`` report.
@@ -806,7 +1097,7 @@ def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | 
         poll_ms = min(rc.poll_ms for _, rc in members)
         bus = OsdpBus(url, specs, on_card, baudrate=first.baudrate, poll_ms=poll_ms, clock=clock,
                       on_tamper=on_tamper, on_security=on_security, signal_window_s=signal_window_s,
-                      signal_thresholds=signal_thresholds)
+                      signal_thresholds=signal_thresholds, loop=loop)
         for did, rc in members:
             handles[did] = OsdpReader(bus, did, rc.address)
     return handles
@@ -819,6 +1110,7 @@ def _osdp_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> OsdpReade
     handles: dict[str, OsdpReader] | None = deps.shared.get("osdp")
     if handles is None:
         handles = build_buses(dict(deps.doors), deps.on_card, clock=deps.clock, on_tamper=deps.on_tamper,
-                              on_security=deps.on_security, **reader_signal_settings(deps.signals))
+                              on_security=deps.on_security, loop=deps.loop,
+                              **reader_signal_settings(deps.signals))
         deps.shared["osdp"] = handles
     return handles[door]

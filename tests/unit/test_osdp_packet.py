@@ -108,3 +108,11 @@ def test_wiegand26_known_bits_and_parity_failure() -> None:
 
 def test_unknown_bit_counts_are_kept_as_raw() -> None:
     assert decode_card(pk.RawCard(0, 0, 40, bytes.fromhex("0123456789"))) == ("osdp_raw", "40:0123456789")
+
+
+def test_the_table_driven_crc_equals_the_bitwise_definition_for_any_bytes_and_seed() -> None:
+    rng = random.Random(15)
+    for n in (0, 1, 2, 13, 64, 300):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        for seed in (0x1D0F, 0x0000, 0xFFFF, rng.randrange(0x10000)):
+            assert pk.crc16(data, seed) == pk._crc16_bitwise(data, seed), (n, seed)
