@@ -50,7 +50,8 @@ from doorkeep.model import (
 )
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
-READER_PROTOCOLS = ("em4100", "ascii", "osdp", "wiegand")
+#: pinpad: an ASCII card reader whose keypad sends each key as one byte (edge/kinds/pinpad.py); same keys as ascii
+READER_PROTOCOLS = ("em4100", "ascii", "osdp", "wiegand", "pinpad")
 #: wiegand*: "FACILITY:CARD" in decimal; osdp_raw: "BITS:HEX" (edge/osdp/cards.py, docs/readers.md)
 CARD_FORMATS = ("em4100", "ascii", "wiegand26", "wiegand34", "wiegand37", "osdp_raw")
 _CARD_NUMBER_RULES: dict[str, tuple[str, str]] = {

@@ -12,14 +12,19 @@ import time
 import tty
 
 from edge.framing import PROTOCOLS, encode_ascii, encode_em4100
+from edge.kinds.pinpad import encode_keys
+
+#: The serial reader kinds this simulator speaks: EM4100, ASCII, and the pin pad (ASCII card lines, one byte
+#: per key press: edge/kinds/pinpad.py).
+SERIAL_PROTOCOLS: tuple[str, ...] = (*PROTOCOLS, "pinpad")
 
 
 class ReaderSimulator:
     """One simulated reader; the edge reads from :attr:`path`."""
 
     def __init__(self, protocol: str = "em4100") -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown reader protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+        if protocol not in SERIAL_PROTOCOLS:
+            raise ValueError(f"unknown reader protocol {protocol!r}; allowed: {', '.join(SERIAL_PROTOCOLS)}")
         self.protocol = protocol
         self.frames_sent = 0
         self._master, self._slave = os.openpty()
@@ -42,12 +47,24 @@ class ReaderSimulator:
         return sent_at
 
     def enter_pin(self, pin: str) -> float:
-        """Type a PIN on the reader's keypad: a line "P" + digits (ASCII readers only)."""
-        if self.protocol != "ascii":
-            raise ValueError("EM4100 readers have no keypad; use an ascii reader for PIN doors")
+        """Type a PIN on the reader's keypad: a line "P" + digits on an ASCII reader; on a pin pad the digits
+        key by key, then ``#``."""
+        if self.protocol == "em4100":
+            raise ValueError("EM4100 readers have no keypad; use an ascii or pinpad reader for PIN doors")
         if not pin.isdigit():
             raise ValueError(f"a PIN is digits only, got {pin!r}")
+        if self.protocol == "pinpad":
+            return self.press_keys(pin + "#")
         self._write(encode_ascii("P" + pin))
+        return time.monotonic()
+
+    def press_keys(self, keys: str) -> float:
+        """Press keys on a pin pad's keypad (``0``-``9``, ``*`` clears, ``#`` enters), one byte per key, each
+        its own write as a person's presses are; returns when the last key left. Pin pads only."""
+        if self.protocol != "pinpad":
+            raise ValueError(f"a {self.protocol} reader sends no single key presses; use a pinpad reader")
+        for key in encode_keys(keys):
+            self._write(key)
         return time.monotonic()
 
     def write_raw(self, data: bytes) -> None:

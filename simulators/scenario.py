@@ -902,10 +902,10 @@ def load_site(scenario: Scenario) -> tuple[SiteBundle, list[tuple[str, str]]]:
 
 
 def _check_card(proto: str, fmt: str, card: str) -> None:
-    """Raise ValueError when a reader of ``proto`` cannot send ``card`` as ``fmt``."""
-    if proto == "em4100":
+    """Raise ValueError when a reader of ``proto`` cannot send ``card`` as ``fmt`` (one of its formats)."""
+    if fmt == "em4100":
         encode_em4100(card)
-    elif proto == "ascii":
+    elif fmt == "ascii":  # ASCII readers and pin pads send the same card lines
         encode_ascii(card)
     elif fmt == "osdp_raw":
         bits, _, hexa = card.partition(":")
@@ -1008,7 +1008,7 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                     _check_card(proto, o.get("format") or readable[0], o["card"])
                 except ValueError as exc:
                     err(s, f"card {o['card']!r} cannot be sent by {s.subject}'s {proto} reader: {exc}",
-                        "EM4100 readers send 10 hex digits; ASCII readers letters and digits; Wiegand and "
+                        "EM4100 readers send 10 hex digits; ASCII readers and pin pads letters and digits; Wiegand and "
                         'OSDP readers "FACILITY:CARD" (format: wiegand26/34/37) or "BITS:HEX" (format: osdp_raw)')
             elif o["person"] in people:
                 if not any(fmt in readable for fmt, _ in cards_of.get(o["person"], [])):
@@ -1023,7 +1023,7 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                 person_ok(s, o["person"])
             if "pin" in o and proto not in KEYPAD_PROTOCOLS:
                 err(s, f"door {s.subject!r} has an {proto} reader, which has no keypad",
-                    "PINs are typed on ASCII, OSDP and Wiegand keypad readers; use a PIN door or drop `pin`")
+                    "PINs are typed on ASCII, pin pad, OSDP and Wiegand keypad readers; use a PIN door or drop `pin`")
         if v == "expect_decision":
             person_ok(s, o.get("person"))
         if v == "register_visitor":

@@ -37,6 +37,7 @@ READERS = {
     "wg": ('protocol = "wiegand", d0_pin = 23, d1_pin = 24', WiegandReader),
     "os0": ('url = "loop://", protocol = "osdp", address = 0, secure_channel = false', OsdpReader),
     "os1": ('url = "loop://", protocol = "osdp", address = 1, secure_channel = false', OsdpReader),
+    "pp": ('url = "loop://", protocol = "pinpad"', SerialReader),
 }
 
 
@@ -61,6 +62,15 @@ def _deps(cfg: DeviceConfig, **kw: Any) -> ReaderDeps:
 def test_the_registry_covers_exactly_the_protocols_the_config_accepts() -> None:
     assert set(known_protocols()) == set(READER_PROTOCOLS)
     assert {r.split('protocol = "')[1].split('"')[0] for r, _ in READERS.values()} == set(READER_PROTOCOLS)
+
+
+def test_every_protocol_is_documented() -> None:
+    readers_md = (ROOT / "docs" / "readers.md").read_text()
+    config_row = next(line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
+                      if line.startswith("| reader `protocol` |"))
+    for protocol in READER_PROTOCOLS:
+        assert f'protocol = "{protocol}"' in readers_md, f"docs/readers.md does not show protocol = {protocol!r}"
+        assert f"`{protocol}`" in config_row, f"docs/configuration.md's reader protocol row lacks {protocol!r}"
 
 
 def test_every_protocol_builds_from_its_config_and_is_a_reader(tmp_path: Path) -> None:
