@@ -2,10 +2,27 @@
 
 A badge decision takes tens of milliseconds and the event is published after
 it; grabbing a frame *then* would show the person walking away. So a thread
-reads the camera continuously and keeps the last ``buffer_seconds`` of decoded
-frames, each stamped with ``clock.monotonic()`` as it arrives, and
+reads the camera continuously and keeps the last ``buffer_seconds`` of frames,
+each stamped with ``clock.monotonic()`` as it arrives, and
 :meth:`Camera.snapshot` picks the frame nearest the badge time. Only that frame
 is JPEG-encoded: encoding every frame would cost a core on a Raspberry Pi.
+
+An MJPEG camera (most USB and many IP cameras) already sends every frame as a
+JPEG, so for such a source the buffer keeps the camera's own JPEG bytes
+(OpenCV's raw mode, ``CAP_PROP_FORMAT = -1``) and only the chosen frame is ever
+decoded. Decoding and colour-converting every frame to keep a few of them was
+nearly all of the capture thread's work (2.9 ms of CPU a frame at 1280x720 on
+the bench machine, against 0.1 ms to read the JPEG), and 20 decoded 720p frames
+hold 55 MB where their JPEGs hold a few MB (bench/footprint.py,
+docs/performance.md). A source that is not MJPEG, or whose raw frames turn out
+not to be decodable JPEGs, is decoded frame by frame as before.
+
+OpenCV and FFmpeg start worker threads of their own (a pool per CPU core for
+OpenCV's parallel loops, frame threads in FFmpeg's decoder) that sit idle on a
+door controller: the capture asks FFmpeg for one decoding thread, and
+:meth:`Camera.start` turns OpenCV's pool off (``cv2.setNumThreads(0)``; the
+edge process's only OpenCV user is this module, and JPEG coding, masking and
+decoding run on one thread anyway).
 
 The camera is best effort. A dead or unplugged camera never blocks or fails an
 access decision: the thread retries with backoff forever, and ``snapshot``
@@ -52,7 +69,8 @@ class CameraStats:
     """Health counters for the device status report.
 
     ``read_failures`` counts every failed open or read (EOF included);
-    ``reconnects`` counts every attempt to reopen after one.
+    ``reconnects`` counts every attempt to reopen after one. ``jpeg_frames``:
+    the buffer holds the camera's own JPEGs (an MJPEG source), not decoded frames.
     """
 
     frames: int = 0
@@ -60,6 +78,7 @@ class CameraStats:
     reconnects: int = 0
     online: bool = False
     last_frame_at: float | None = None
+    jpeg_frames: bool = False
 
 
 Point = tuple[float, float]
@@ -117,6 +136,38 @@ class PrivacyMask:
         return out
 
 
+#: FOURCCs of sources that send every frame as a whole JPEG: their frames are buffered undecoded.
+MJPEG_FOURCCS = frozenset({"MJPG", "JPEG"})
+
+
+def fourcc(cap: Any) -> str:
+    """The capture's codec as four characters ("MJPG", "H264"), or "" when the backend does not say."""
+    try:
+        code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    except (cv2.error, ValueError, OverflowError):
+        return ""
+    if code <= 0:
+        return ""
+    return code.to_bytes(4, "little").decode("ascii", "replace")
+
+
+def raw_jpeg(frame: Any) -> bytes | None:
+    """The bytes of a raw-mode frame (one row of uint8) when they start like a JPEG, else None."""
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8 or arr.size < 4 or not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == 1)):
+        return None
+    data = arr.tobytes()
+    return data if data[:2] == b"\xff\xd8" else None
+
+
+def decode_jpeg(data: bytes) -> Any:
+    """A buffered JPEG decoded to a BGR frame, or None if it cannot be decoded."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
 def redact(source: str) -> str:
     """The source with any password in a URL masked, fit for logs."""
     if "://" not in source:
@@ -139,6 +190,9 @@ class Camera:
     sizes the buffer and the default snapshot wait. ``privacy_masks`` are
     polygons of ``(x, y)`` frame fractions blacked out of every snapshot (see
     :class:`PrivacyMask`).
+
+    Buffered frames are either decoded BGR arrays or, from an MJPEG source, the
+    camera's JPEG ``bytes``; :meth:`snapshot` decodes the one it picks.
     """
 
     # Bounded FFmpeg timeouts for network sources. OpenCV's defaults are 30 s,
@@ -171,11 +225,20 @@ class Camera:
         self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
+        # Set by the capture thread (and read only by it) once this source's raw frames proved not to be
+        # JPEGs: from then on every frame is decoded.
+        self._decode_only = False
 
     # -- public ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start capturing in a daemon thread; an unreachable source is retried, not raised."""
+        """Start capturing in a daemon thread; an unreachable source is retried, not raised.
+
+        Also turns OpenCV's own thread pool off (process-wide, and this is the edge's only OpenCV user):
+        a pool of one idle worker per core is waste on a door controller, and nothing here runs a
+        parallel OpenCV loop that would be faster with it.
+        """
+        cv2.setNumThreads(0)
         with self._lifecycle:
             if self._thread is not None:
                 return
@@ -206,6 +269,15 @@ class Camera:
         with self._cond:
             self._go_offline()
 
+    def nearer_frame_may_come(self, at: float) -> bool:
+        """Whether a frame not yet captured could be nearer ``at`` than every buffered one: the rule
+        :meth:`snapshot` waits by, for a caller that must not wait (the edge's jobs worker looks again later)."""
+        with self._cond:
+            if not self._frames:
+                return False
+            newest = self._frames[-1][0]
+            return newest < at and at - newest > self._frame_interval() / 2
+
     def snapshot(self, at: float, *, wait_s: float | None = None) -> Snapshot | None:
         """The buffered frame nearest ``at`` (a ``clock.monotonic()`` badge time), as JPEG.
 
@@ -227,6 +299,11 @@ class Camera:
             if not self._frames:
                 return None
             captured_at, frame = min(self._frames, key=lambda tf: abs(tf[0] - at))
+        if isinstance(frame, bytes):  # the camera's own JPEG: decoded only now, for this snapshot
+            frame = decode_jpeg(frame)
+            if frame is None:
+                log.error("camera %s: the buffered JPEG frame could not be decoded; snapshot dropped", self.name)
+                return None
         jpeg = self.encode(frame)
         if jpeg is None:
             return None
@@ -275,18 +352,48 @@ class Camera:
     # -- capture thread ----------------------------------------------------
 
     def _open(self) -> Any:
+        """Open the source; an MJPEG one in raw mode, so frames arrive as the camera's JPEGs."""
         src = self.source
         if src.isdigit():
             cap = cv2.VideoCapture(int(src))
             if cap.isOpened():
                 cap.set(cv2.CAP_PROP_FPS, self.fps)  # best effort; the buffer is sized for it
-            return cap
-        if "://" in src:
-            return cv2.VideoCapture(src, cv2.CAP_FFMPEG, [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.OPEN_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.READ_TIMEOUT_MS,
-            ])
-        return cv2.VideoCapture(src)
+        elif "://" in src:
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.OPEN_TIMEOUT_MS,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.READ_TIMEOUT_MS]
+            n_threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6
+            if n_threads is not None:
+                params += [n_threads, 1]  # one decoding thread (FFmpeg's default: one per core)
+            cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG, params)
+        else:
+            cap = cv2.VideoCapture(src)
+        if cap.isOpened() and not self._decode_only and fourcc(cap).upper() in MJPEG_FOURCCS:
+            # Best effort: a backend that refuses keeps decoding, and the first frame tells which it did.
+            cap.set(cv2.CAP_PROP_FORMAT, -1)
+        return cap
+
+    def _buffered_form(self, frame: Any, first: bool) -> tuple[Any, tuple[int, int] | None]:
+        """What to buffer for a frame just read, and its (width, height) when known; (None, None) when
+        raw frames turned out not to be usable JPEGs (the caller reopens the source, decoding).
+
+        A decoded frame (3-D) is buffered as it is. A raw frame must start like a JPEG, and the first
+        one after each open is decoded once, so a stream whose packets are not whole JPEGs (or that
+        OpenCV cannot decode) is caught before any of its frames could be chosen for a snapshot.
+        """
+        if getattr(frame, "ndim", 0) == 3:
+            return frame, (frame.shape[1], frame.shape[0])
+        jpeg = raw_jpeg(frame)
+        size: tuple[int, int] | None = None
+        if jpeg is not None and first:
+            image = decode_jpeg(jpeg)
+            jpeg = jpeg if image is not None else None
+            size = (image.shape[1], image.shape[0]) if image is not None else None
+        if jpeg is None:
+            log.warning("camera %s: the source's raw frames are not decodable JPEGs; decoding every frame instead",
+                        self.name)
+            self._decode_only = True
+            return None, None
+        return jpeg, size
 
     def _is_file(self) -> bool:
         return not self.source.isdigit() and "://" not in self.source
@@ -335,15 +442,20 @@ class Camera:
             if not ok or frame is None:
                 self._failed(stop, "end of stream" if got_any else "no frame after open")
                 break
+            item, size = self._buffered_form(frame, first=not got_any)
+            if item is None:
+                break
             got_any = True
             with self._cond:
-                self._frames.append((now, frame))
+                self._frames.append((now, item))
                 self._stats.frames += 1
                 self._stats.last_frame_at = now
+                self._stats.jpeg_frames = isinstance(item, bytes)
                 if not self._stats.online:
                     self._stats.online = True
-                    log.info("camera %s online (%s, %dx%d)", self.name, redact(self.source),
-                             frame.shape[1], frame.shape[0])
+                    width, height = size or (0, 0)
+                    log.info("camera %s online (%s, %dx%d, %s)", self.name, redact(self.source), width, height,
+                             "buffering its JPEGs" if isinstance(item, bytes) else "decoding every frame")
                 self._cond.notify_all()
             if pace and stop.wait(pace):
                 break

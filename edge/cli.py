@@ -34,6 +34,10 @@ def watchdog_interval() -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy and OpenCV each load an OpenBLAS that starts a worker thread per extra core at import; the edge does
+    # no linear algebra, so it asks for none. Read only at that import, hence here, before edge.agent pulls them in
+    # (docs/performance.md, "Edge footprint"). The application's choice, so not made in a library module.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from edge.agent import EdgeAgent
 
     try:
@@ -64,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     notifier.notify("READY=1")
     interval = watchdog_interval()
     try:
-        # Under systemd (firmware-config/systemd/), ping the watchdog only while the door control loop
-        # answers: a hung loop stops the pings, and systemd restarts the agent into the locked state.
+        # Under systemd (firmware-config/systemd/), ping the watchdog only while the edge's loop and jobs worker
+        # answer: a hung loop stops the pings, and systemd restarts the agent into the locked state.
         while not stop.wait(interval or 3600):
             if interval and agent.sync(timeout=interval):
                 notifier.notify("WATCHDOG=1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 import time
@@ -14,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import Camera, redact
+import edge.camera
+from edge.camera import Camera, raw_jpeg, redact
 from simulators.camera import CameraSimulator, decode_frame_index, draw_frame
 
 FPS = 10.0
@@ -256,6 +259,121 @@ def test_stop_ends_the_thread_and_empties_the_buffer(sim: CameraSimulator) -> No
     assert not cam.stats.online
     assert cam.snapshot(time.monotonic(), wait_s=0.05) is None
     cam.stop()
+
+
+# -- what the capture costs ----------------------------------------------------
+
+
+def native_threads() -> int:
+    """Threads of this process that no Python thread accounts for (OpenCV's, FFmpeg's, OpenBLAS's)."""
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+
+def test_an_mjpeg_source_is_buffered_as_its_own_jpegs_and_only_the_snapshot_is_decoded(
+        sim: CameraSimulator, make_camera: Callable[..., Camera], monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    real_decode = edge.camera.decode_jpeg
+    monkeypatch.setattr(edge.camera, "decode_jpeg", lambda data: decoded.append(len(data)) or real_decode(data))
+    cam = make_camera(sim.url)
+    assert wait_until(lambda: cam.stats.frames >= 5, 5.0), cam.stats
+    assert cam.stats.jpeg_frames
+    assert len(decoded) == 1  # the first frame after the open, to check the stream's JPEGs decode at all
+    snap = cam.snapshot(time.monotonic())
+    assert snap is not None and (snap.width, snap.height) == (320, 240)
+    assert len(decoded) == 2  # and the one frame chosen for the snapshot
+    assert decode_frame_index(decode_jpeg(snap.jpeg)) is not None
+
+
+def test_a_snapshot_from_buffered_jpegs_has_its_privacy_mask_applied(
+        sim: CameraSimulator, make_camera: Callable[..., Camera]) -> None:
+    cam = make_camera(sim.url, privacy_masks=[[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]])
+    assert wait_until(lambda: cam.stats.frames >= 3 and cam.stats.jpeg_frames, 5.0), cam.stats
+    snap = cam.snapshot(time.monotonic())
+    assert snap is not None
+    image = decode_jpeg(snap.jpeg)
+    assert image[4:116, 4:156].max() <= 24  # the masked quarter (less a JPEG block of ringing) is black
+    assert image[:100, 170:].mean() > 30    # the rest of the picture is still there
+    assert decode_frame_index(image) is not None
+
+
+def test_a_source_that_is_not_mjpeg_is_decoded_frame_by_frame(tmp_path: Path,
+                                                              make_camera: Callable[..., Camera]) -> None:
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (320, 240))
+    assert writer.isOpened()
+    for i in range(6):
+        writer.write(draw_frame(i, 320, 240, 0.0))
+    writer.release()
+    cam = make_camera(str(path))
+    assert wait_until(lambda: cam.stats.frames >= 3, 5.0), cam.stats
+    assert not cam.stats.jpeg_frames  # MPEG-4 packets are no pictures on their own: decoded as before
+    snap = cam.snapshot(time.monotonic())
+    assert snap is not None and decode_frame_index(decode_jpeg(snap.jpeg)) is not None
+
+
+class RawButNotJpegCapture:
+    """A capture that says MJPEG and takes raw mode, then hands out raw frames that are no JPEG."""
+
+    opened: list[RawButNotJpegCapture] = []
+
+    def __init__(self, *args: object) -> None:
+        self.raw = False
+        RawButNotJpegCapture.opened.append(self)
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def get(self, prop: int) -> float:
+        return float(cv2.VideoWriter_fourcc(*"MJPG")) if prop == cv2.CAP_PROP_FOURCC else 0.0
+
+    def set(self, prop: int, value: float) -> bool:
+        if prop == cv2.CAP_PROP_FORMAT:
+            self.raw = value == -1
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        if self.raw:
+            return True, np.arange(64, dtype=np.uint8).reshape(1, -1)
+        return True, draw_frame(7, 320, 240, 0.0)
+
+    def release(self) -> None:
+        pass
+
+
+def test_raw_frames_that_are_not_jpegs_make_the_camera_decode_every_frame(
+        make_camera: Callable[..., Camera], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    RawButNotJpegCapture.opened = []
+    monkeypatch.setattr(edge.camera.cv2, "VideoCapture", RawButNotJpegCapture)
+    caplog.set_level(logging.WARNING, logger="doorkeep.edge.camera")
+    cam = make_camera("clip.avi")  # a file path: read at FPS, not as fast as the fake can answer
+    assert wait_until(lambda: cam.stats.online and cam.stats.frames >= 2, 5.0), cam.stats
+    assert not cam.stats.jpeg_frames and cam.stats.read_failures == 0
+    assert [c.raw for c in RawButNotJpegCapture.opened[:2]] == [True, False]  # reopened without raw mode, once
+    assert all(not c.raw for c in RawButNotJpegCapture.opened[1:])
+    snap = cam.snapshot(time.monotonic())
+    assert snap is not None and decode_frame_index(decode_jpeg(snap.jpeg)) == 7
+    assert sum("not decodable JPEGs" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_raw_jpeg_accepts_one_row_of_jpeg_bytes_only() -> None:
+    ok, buf = cv2.imencode(".jpg", draw_frame(1, 320, 240, 0.0))
+    assert ok
+    assert raw_jpeg(buf.reshape(1, -1)) == buf.tobytes()
+    assert raw_jpeg(buf.reshape(-1)) == buf.tobytes()
+    assert raw_jpeg(np.arange(64, dtype=np.uint8).reshape(1, -1)) is None  # no start-of-image marker
+    assert raw_jpeg(draw_frame(1, 320, 240, 0.0)) is None                   # a decoded picture
+    assert raw_jpeg(buf.reshape(1, -1).astype(np.int16)) is None
+
+
+def test_capturing_an_mjpeg_stream_starts_no_native_threads(sim: CameraSimulator,
+                                                            make_camera: Callable[..., Camera]) -> None:
+    before = native_threads()
+    cam = make_camera(sim.url)
+    assert wait_until(lambda: cam.stats.frames >= 5, 5.0), cam.stats
+    assert cam.snapshot(time.monotonic()) is not None  # decode, mask and encode once too
+    # No FFmpeg decoding threads, no OpenCV worker pool: the camera's one Python thread is all it adds.
+    assert native_threads() <= before
 
 
 def test_redact_hides_passwords() -> None:
