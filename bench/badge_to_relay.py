@@ -209,11 +209,12 @@ class HopTrace:
 
     HOPS = ("reader write -> loop read", "read -> request on the socket", "request -> decision read",
             "decision read -> relay")
+    OFFLINE_HOP = "read -> relay (offline, cached policy)"
 
     def __init__(self, runner: SiteRunner) -> None:
         agent = runner.agents[DEVICE]
         self.marks: dict[str, float] = {}
-        self.rows = {h: Row(h) for h in self.HOPS}
+        self.rows = {h: Row(h) for h in (*self.HOPS, self.OFFLINE_HOP)}
         self._patched: list[tuple[Any, str, Any]] = []  # (object, attribute, what it was before)
 
         def wrap(obj: Any, name: str, mark: Any) -> None:
@@ -254,6 +255,10 @@ class HopTrace:
     def finish(self, sent_at: float) -> None:
         m = self.marks
         points = [sent_at, m.get("read"), m.get("request"), m.get("decision"), m.get("relay")]
+        if points[2] is None and points[3] is None and points[1] is not None and points[4] is not None:
+            self.rows[self.HOPS[0]].samples_ms.append((points[1] - sent_at) * 1000.0)
+            self.rows[self.OFFLINE_HOP].samples_ms.append((points[4] - points[1]) * 1000.0)
+            return
         if any(p is None for p in points):
             return
         for hop, (a, b) in zip(self.HOPS, zip(points, points[1:])):
@@ -481,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_badges(runner, args.trace, trace=tracer)
             finally:
                 tracer.close()
-            hops = list(tracer.rows.values())
+            hops = [r for r in tracer.rows.values() if r.n]
         agent = runner.agents.get(DEVICE)
         counters = dict(agent.counters) if agent is not None else {}
     finally:

@@ -3,8 +3,8 @@
 doorkeep's control panel talks to doorkeep's simulated readers (simulators/osdp_pd.py ``OsdpPdSimulator``,
 Secure Channel on) over a pty; libosdp's control panel, in the same run, to the same kind of reader. A pty
 carries bytes instantly whatever the baud rate (docs: /work/shared/MEASURED.md), so both directions are paced at
-the line rate: :class:`PacedWire` holds what the control panel writes for its time on the wire (10 bit times per
-byte, 8N1) before the readers get it, and the readers hold each reply for its own - an emulation of 9600 and
+the line rate: :class:`simulators.site.OsdpBusSimulator` (with ``baud``) holds what the control panel writes
+for its time on the wire (10 bit times per byte, 8N1) before the readers get it, and the readers hold each reply for its own - an emulation of 9600 and
 115200 baud, not a real line. libosdp's control panel is paced in its channel's write instead (writing byte by
 byte made it time out at 9600 on the pty; packet-level pacing gives both CPs the same line delay).
 
@@ -29,12 +29,10 @@ import inspect
 import itertools
 import os
 import random
-import select
 import statistics
 import sys
 import threading
 import time
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +45,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 from edge.osdp.cp import OsdpBus, OsdpReaderSpec
 from simulators.osdp_pd import OsdpPdSimulator
+from simulators.site import OsdpBusSimulator
 from simulators.wait import wait_until
 
 KEY = bytes(range(16))
@@ -59,56 +58,6 @@ MAX_PHASE_S = 0.1
 
 _ON_LOOP = "loop" in inspect.signature(OsdpBus).parameters
 """True for the bus on the edge's reactor; False for the thread-per-bus version (the same bench measures both)."""
-
-
-class PacedWire:
-    """The RS-485 pair between a control panel and its readers, at the line rate (bench only).
-
-    The control panel opens :attr:`path` as it opens an adapter; what it writes reaches the readers after its
-    time on the wire (10 bit times per byte), as through a UART, so its write returns at once and the bytes
-    arrive later. The readers (``OsdpPdSimulator(line_baud=...)``) pace their own replies; this copies them
-    back as they come. Each reader answers only its address, as on a multi-drop bus.
-    """
-
-    def __init__(self, readers: list[OsdpPdSimulator], baud: int) -> None:
-        self.readers = readers
-        self._per_byte = 10.0 / baud
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="paced-wire", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        ends = [pd._pty.slave for pd in self.readers]  # each reader's pty: the wire is its other end
-        for fd in ends:
-            tty.setraw(fd)
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([self._master, *ends], [], [], 0.05)
-                for fd in ready:
-                    data = os.read(fd, 4096)
-                    if fd == self._master:
-                        time.sleep(self._per_byte * len(data))  # the command's time on the wire
-                        for end in ends:
-                            os.write(end, data)
-                    else:
-                        os.write(self._master, data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        for pd in self.readers:
-            pd.close()
-        for fd in (self._slave, self._master):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def pct(values: list[float], p: float) -> float:
@@ -163,7 +112,7 @@ def doorkeep_bus(path: str, specs: list[OsdpReaderSpec], baud: int, poll_ms: int
 
 def bench_doorkeep_latency(baud: int, cards: int, poll_ms: int, rng: random.Random) -> list[float]:
     sim = OsdpPdSimulator(address=ADDR, scbk=KEY, line_baud=baud)
-    wire = PacedWire([sim], baud)
+    wire = OsdpBusSimulator([sim], baud=baud)
     got: list[float] = []
     on_threads: set[str] = set()
 
@@ -199,7 +148,7 @@ def _present_cards(sim: Any, got: list[float], cards: int, rng: random.Random) -
 def bench_doorkeep_idle(baud: int, readers: int, poll_ms: int, seconds: float) -> tuple[float, float, float]:
     """(polls per second per reader, median interval between two polls of one reader, CPU % of the CP thread)."""
     pds = [OsdpPdSimulator(address=ADDR + i, scbk=KEY, line_baud=baud) for i in range(readers)]
-    wire = PacedWire(pds, baud)
+    wire = OsdpBusSimulator(pds, baud=baud)
     specs = [OsdpReaderSpec(f"door{i}", ADDR + i, KEY) for i in range(readers)]
     try:
         with doorkeep_bus(wire.path, specs, baud, poll_ms, lambda *a: None) as (bus, thread):

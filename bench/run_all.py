@@ -14,7 +14,7 @@ its transport baseline are measured in the same run on the same broker:
 4. event ingest into the store vs raw sqlite-utils ``insert_all`` of the same rows in one transaction
 5. revocation: card reported lost at the desk API to refused at every door of 100 simulated edges
 6. snapshot: which frame is taken, and the cost of capture and encode at 1280x720, 10 fps
-7. edge footprint: RSS and CPU of one ``doorkeep edge`` process (two doors, a 10 fps camera)
+7. edge footprint: RSS, threads and idle CPU of one ``doorkeep edge`` process (bench/footprint.py)
 8. edge cache scale: 250,000 credentials, verify-and-load and lookup p99 (bench/policy.py)
 
 ``--write`` regenerates docs/performance.md from the figures (the table, the command, the date,
@@ -49,7 +49,6 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import paho.mqtt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from doorkeep.config import BrokerConfig, load_site_dir
@@ -69,19 +68,21 @@ PASS, MISS, INFO = "PASS", "MISS", "info"
 #: The honest note for each target missed, keyed by figure number; written into docs/performance.md
 #: beside the table whenever that figure misses. Written from what the profilers showed (see the doc).
 NOTES: dict[str, str] = {
-    "1": ("Traced hop by hop on this machine (median): reader frame to the request published 0.56 ms, "
-          "edge publish to the server's handler 0.69 ms, the server's handler 0.42 ms in situ (78 us when "
-          "called alone: decode, decide, encode, publish), decision back to the edge 0.55 ms, control loop to "
-          "relay 0.18 ms. The echo has two hops and no thread hand-off; the door path has four hops, each a "
-          "Python thread waking up (reader thread -> control loop -> paho loop -> server's paho loop -> edge's "
-          "paho loop -> control loop), in a process shared with the other edge, four camera threads and the "
-          "simulators. Running the server in its own process (as deployed; done here) did not move the median. "
-          "Nagle is off everywhere (broker set_tcp_nodelay, TCP_NODELAY on every client). What is left is "
-          "Python's thread wake-up cost per hop; p99 within 3x the echo would need the edge to publish from "
-          "the reader thread itself, a change to the door state machine's single-owner design, not made."),
-    "2": ("Offline the path is the reader thread, the cached-policy decision and the control loop: median "
-          "~0.7 ms. The p99 over a few hundred badges is set by thread scheduling on a 2-core machine shared "
-          "with the camera threads and, while these figures were taken, other test runs."),
+    "1": ("The edge's part is now small: traced hop by hop (the table below), reader write to the loop's read "
+          "about 0.14 ms, read to the request on the socket about 0.45 ms, decision read to relay about 0.12 ms, "
+          "all on one thread (issue 15). The rest, about 1.4-1.5 ms at the median, is the round trip through "
+          "Mosquitto and the server process (request read, decide, decision published) against the bare echo's "
+          "0.55-0.9 ms: the server's handler and its GIL (issue 20's several server workers is where that goes). "
+          "The edge under test also shares its process with the bench's simulators (readers, doors, camera "
+          "frame producers and their HTTP servers) and the second edge, whose threads take the GIL whenever the "
+          "loop lets it go for a system call (the pty read, the socket send); profiled on the loop thread, the "
+          "request path costs about 0.4 ms of CPU (HMAC, JSON, paho's publish and the send), most of the rest "
+          "is waiting for the GIL."),
+    "2": ("Offline the path is one call on the loop (read, parse, decide on the cached policy, relay): about "
+          "0.15 ms of the loop's CPU when called alone. The median adds the pty and the loop's wake-up from "
+          "epoll; the p99 is set by the other threads of the bench process (simulators, the other edge, the "
+          "cameras' capture threads) holding the GIL when the loop wakes, on a 2-core machine. A real edge "
+          "process has no simulator threads: bench/footprint.py counts four threads in it."),
     "3": ("py-spy of the server at 1,000 doors: about 85 % of its network thread is paho-mqtt itself (socket "
           "send/recv, packet parsing, PUBACK handling); ServerBus._answer (decode, decide, encode) is about "
           "16 % and Directory.decide 4 %. Every decision costs the server three MQTT messages (the request in, "
@@ -102,9 +103,10 @@ NOTES: dict[str, str] = {
           "and every edge verifies its own. The 100 simulated edges verify in one process, one after the "
           "other, so the last edge's figure includes the other 99 verifications."),
     "6": ("The snapshot picks the buffered frame nearest the badge; the frame period is 100 ms at 10 fps. "
-          "JPEG encoding runs on the edge's snapshot thread, after the request is sent, off the relay path."),
-    "7": ("The edge decodes every camera frame (MJPEG 1280x720 at 10 fps) to keep its ring buffer, and "
-          "OpenCV with its libraries is most of the resident memory."),
+          "JPEG encoding runs on the edge's jobs worker, after the request is sent, off the relay path."),
+    "7": ("An MJPEG camera's frames are kept as the camera's own JPEG bytes and decoded only for a snapshot "
+          "(bench/footprint.py); a camera that is not MJPEG (H.264) is decoded frame by frame, which adds about "
+          "55 MB of buffered frames at 720p."),
     "8": ("Verify-and-load is dominated by parsing and building 250,000 Credential objects (site_from_dict); "
           "on a Raspberry Pi expect several times this machine's time."),
 }
@@ -160,6 +162,18 @@ def row(fig: str, name: str, figure: str, baseline: str, target: str, state: str
 
 # ------------------------------------------------------- 1 + 2: badge to relay
 
+def traced_hops(runner: SiteRunner, count: int) -> dict[str, tuple[float, float]]:
+    """``count`` more badges traced hop by hop on the edge: ``{hop: (p50, p99)}`` in ms."""
+    import badge_to_relay as b2r
+
+    tracer = b2r.HopTrace(runner)
+    try:
+        b2r.run_badges(runner, count, trace=tracer)
+    finally:
+        tracer.close()
+    return {name: (r.median, r.p99) for name, r in tracer.rows.items() if r.n}
+
+
 def fig_badge(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
     import badge_to_relay as b2r
     from server_proc import ServerProcess
@@ -176,16 +190,12 @@ def fig_badge(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
         if not runner.wait_connected(15) or not wait_until(lambda: (getattr(agent.policy, "version", 0) or 0) > 0, 15):
             raise RuntimeError("the demo site did not connect or receive its policy within 15 s")
         relay, _edge, _paced, info = b2r.run_badges(runner, count)
-        tracer = b2r.HopTrace(runner)
-        try:
-            b2r.run_badges(runner, max(30, count // 3), trace=tracer)
-        finally:
-            tracer.close()
-        hops = {name: (r.median, r.p99) for name, r in tracer.rows.items()}
+        hops = traced_hops(runner, max(30, count // 3))
         server.stop()
         if not wait_until(lambda: agent.server_availability in ("stopped", "offline"), 10):
             raise RuntimeError("the edge did not notice the server stopping")
         offline, _e, _p, info_off = b2r.run_badges(runner, count)
+        hops_offline = traced_hops(runner, max(30, count // 3))
     finally:
         server.stop()
         runner.stop()
@@ -204,7 +214,8 @@ def fig_badge(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
         row("2", "badge-to-relay, offline (server stopped)",
             f"p50 {ms(offline.median)}, p99 {ms(offline.p99)}, max {ms(offline.max)} (n={offline.n}, "
             f"{offline.failures} failed)", "online figure above", f"p99 <= {b2r.TARGET_OFFLINE_P99_MS:g} ms",
-            status(offline.p99 <= b2r.TARGET_OFFLINE_P99_MS and not offline.failures), p50_ms=offline.median, p99_ms=offline.p99,
+            status(offline.p99 <= b2r.TARGET_OFFLINE_P99_MS and not offline.failures),
+            hops_ms={name: {"p50": p50, "p99": p99} for name, (p50, p99) in hops_offline.items()}, p50_ms=offline.median, p99_ms=offline.p99,
             max_ms=offline.max, failures=offline.failures, denied=info_off["denied"], total_failures=fails),
     ]
 
@@ -426,7 +437,7 @@ def fig_snapshot(quick: bool) -> list[dict[str, Any]]:
     sim.start()
     cam = Camera("bench", sim.url, fps=fps, buffer_seconds=2)
     try:
-        # Cost of the simulator alone, then with the camera capturing (decoding every frame) beside it.
+        # Cost of the simulator alone, then with the camera capturing beside it (an MJPEG source's frames kept as JPEG).
         window = 2.0 if quick else 5.0
         c0, t0 = time.process_time(), time.perf_counter()
         time.sleep(window)
@@ -472,7 +483,7 @@ def fig_snapshot(quick: bool) -> list[dict[str, Any]]:
                 status(bool(absoff) and max(absoff) <= period and len(offsets) == n),
                 p50_ms=pct(absoff, 50), p99_ms=pct(absoff, 99), identified=len(offsets), n=n),
             row("6", "snapshot: cost of capture and encode (1280x720, 10 fps)",
-                f"capture (MJPEG decode of every frame) {capture_share * 100:.1f} % of a core; encode p50 "
+                f"capture (frames kept as the camera's JPEGs) {capture_share * 100:.1f} % of a core; encode p50 "
                 f"{ms(pct(encode_ms, 50))}, p99 {ms(pct(encode_ms, 99))}",
                 "JPEG encode 1.9-4.7 ms at 1280x720 (MEASURED.md)", "reported", INFO,
                 capture_core_share=capture_share, encode_p50_ms=pct(encode_ms, 50),
@@ -493,80 +504,27 @@ def _proc_sample(pid: int) -> tuple[float, float]:
 
 
 def fig_footprint(broker: MosquittoBroker, quick: bool) -> list[dict[str, Any]]:
-    from server.app import bootstrap
-    from simulators.camera import CameraSimulator
-    from simulators.reader import ReaderSimulator
+    """bench/footprint.py's idle window on a real `doorkeep edge` process (its own broker, with mutual TLS)."""
+    import footprint as fp
 
-    window = 5.0 if quick else 20.0
-    bundle = load_site_dir(DEMO_SITE)
-    key = secrets.token_bytes(32)
-    signing = Ed25519PrivateKey.generate()
+    window, warmup = (8.0, 5.0) if quick else (30.0, 10.0)
     tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-edge-"))
-    pub = tmp / "policy.pub"
-    pub.write_bytes(signing.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
-    readers = {d: ReaderSimulator("em4100") for d in ("lobby_in", "lobby_out")}
-    cam = CameraSimulator(width=1280, height=720, fps=10)
-    cam.start()
-    device = tmp / "pi-lobby.toml"
-    lines = ['device = "pi-lobby"', 'site = "demo"', f'site_file = "{DEMO_SITE / "site.toml"}"',
-             f'policy_key_file = "{pub}"', f'state_dir = "{tmp / "state"}"', 'gpio_factory = "mock"',
-             '[broker]', f'url = "{broker.url}"', 'allow_plain_mqtt = true',
-             '[cameras.lobby]', f'source = "{cam.url}"', 'fps = 10', 'buffer_seconds = 2',
-             '[doors.lobby_in]', 'camera = "lobby"',
-             f'reader = {{ url = "{readers["lobby_in"].path}", protocol = "em4100" }}',
-             'lock = { pin = 17, active_high = true, fail = "secure" }', 'contact = { pin = 27, open_level = "high" }',
-             '[doors.lobby_out]', 'camera = "lobby"',
-             f'reader = {{ url = "{readers["lobby_out"].path}", protocol = "em4100" }}',
-             'lock = { pin = 5, active_high = true, fail = "secure" }']
-    device.write_text("\n".join(lines) + "\n")
-    server = bootstrap(bundle, tmp / "server", BrokerConfig(broker.url, allow_plain=True), key=key,
-                       signing_key=signing, snapshot_keys=SnapshotKeys.generate())
-    server.start(wait_s=30)
-    env = dict(os.environ, DOORKEEP_CREDENTIAL_KEY=key.hex(), GPIOZERO_PIN_FACTORY="mock")
-    doorkeep = shutil.which("doorkeep", path=str(Path(sys.executable).parent)) or "doorkeep"
-    log = open(tmp / "edge.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen([doorkeep, "edge", "--device", str(device), "--allow-plain-mqtt"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    stack = fp.Stack(tmp, plain=False)
     try:
-        if not wait_until(lambda: server.bus.availability.get("pi-lobby") == "online", 30):
-            raise RuntimeError(f"the doorkeep edge process did not come online; see {tmp / 'edge.log'}")
-        time.sleep(3.0)  # settle: camera open, policy verified
-
-        def measure(badge: bool) -> tuple[float, float, float, int]:
-            rss_max, (_, c0), t0 = 0.0, _proc_sample(proc.pid), time.perf_counter()
-            before = server.bus.counters["decisions"]
-            k = 0
-            while time.perf_counter() - t0 < window:
-                if badge:
-                    readers["lobby_in" if k % 2 == 0 else "lobby_out"].badge(
-                        ("0F00A1B2C3", "0F00B0B0B0", "0F00C4C4C4")[k % 3])
-                k += 1
-                time.sleep(1.0)
-                rss_max = max(rss_max, _proc_sample(proc.pid)[0])
-            rss, c1 = _proc_sample(proc.pid)
-            return rss_max, (c1 - c0) / (time.perf_counter() - t0), rss, server.bus.counters["decisions"] - before
-
-        idle = measure(False)
-        busy = measure(True)
+        phase = fp.run_phase(stack, "camera", True, warmup, window, shutil.which("py-spy"))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        server.stop()
-        cam.stop()
-        for r in readers.values():
-            r.close() if hasattr(r, "close") else None
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    ok = max(idle[0], busy[0]) <= 150 and max(idle[1], busy[1]) <= 0.25
-    return [row("7", "edge footprint: one `doorkeep edge` process, two doors, camera 1280x720 at 10 fps",
-                f"idle: RSS {idle[0]:.0f} MB, CPU {idle[1] * 100:.1f} % of a core; a badge a second "
-                f"({busy[3]} decisions): RSS {busy[0]:.0f} MB, CPU {busy[1] * 100:.1f} %",
-                "none (absolute targets)", "<= 150 MB and <= 25 % of a core", status(ok),
-                idle_rss_mb=idle[0], idle_cpu=idle[1], busy_rss_mb=busy[0], busy_cpu=busy[1], decisions=busy[3])]
+    ok = phase.rss_max <= fp.TARGET_RSS_MB and phase.threads_max <= fp.TARGET_THREADS \
+        and phase.cpu_pct <= fp.TARGET_CPU_PCT
+    names = sorted({t.python_name or t.comm for t in phase.thread_figures})
+    return [row("7", "edge footprint: one `doorkeep edge` process, two doors, camera 1280x720 at 10 fps, idle",
+                f"RSS max {phase.rss_max:.0f} MB, threads {phase.threads_max} ({', '.join(names)}), CPU "
+                f"{phase.cpu_pct:.1f} % of a core over {window:.0f} s",
+                "none (absolute targets)",
+                f"RSS <= {fp.TARGET_RSS_MB:.0f} MB, threads <= {fp.TARGET_THREADS}, CPU <= {fp.TARGET_CPU_PCT:.0f} %",
+                status(ok), rss_mb=phase.rss_max, threads=phase.threads_max, cpu_pct=phase.cpu_pct,
+                thread_names=names)]
 
 
 # ---------------------------------------------------------- 8: cache scale
@@ -631,6 +589,34 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+HOPS_BEFORE = """Before issue 15 (the edge on eight threads: control, link, policy, snapshot, paho, camera and one per
+reader), traced the same way (median): reader frame to the request published 0.56 ms, edge publish to the
+server's handler 0.69 ms, the server's handler 0.42 ms, decision back to the edge 0.55 ms, control loop to
+relay 0.18 ms; four thread wake-ups on the way (reader thread -> control loop -> paho loop -> ... -> control
+loop), each 16-64 us at the median and up to 12-20 ms at p99 behind another thread holding the GIL. Online
+p50 2.6-2.9 ms, p99 4.2-4.5 ms; offline p99 1.02-1.15 ms. An edge process ran 12 threads (the eight, OpenCV's
+and numpy's OpenBLAS workers and an FFmpeg decoder), 144 MB and 3.3 % of a core idle (bench/footprint.py
+on the old code). Now: one loop thread for the whole badge path, four threads in all (main, loop, jobs
+worker, camera; docs/concurrency.md)."""
+
+
+def render_hops(rows: list[dict[str, Any]]) -> str:
+    """The badge path hop by hop, from figures 1 and 2's traced runs, with the trace before issue 15."""
+    lines = ["## The badge path, hop by hop", "",
+             "Traced on the edge's own clock in separate runs after figures 1 and 2 (`HopTrace` in "
+             "bench/badge_to_relay.py; `--trace N` there).", "",
+             "| run | hop | p50 | p99 |", "|---|---|---|---|"]
+    found = False
+    for r in rows:
+        run = {"1": "online", "2": "offline"}.get(r["fig"], r["fig"])
+        for name, v in (r.get("raw", {}).get("hops_ms") or {}).items():
+            found = True
+            lines.append(f"| {run} | {name} | {v['p50']:.3f} ms | {v['p99']:.3f} ms |")
+    if not found:
+        return ""
+    return "\n".join(lines) + "\n\n" + HOPS_BEFORE + "\n"
+
+
 def write_doc(rows: list[dict[str, Any]], info: dict[str, Any], command: str, elapsed: float, quick: bool) -> None:
     missed = sorted({r["fig"] for r in rows if r["status"] == MISS}, key=int)
     notes = "\n".join(f"- **Figure {f}.** {NOTES.get(f, 'no note written for this figure yet.')}" for f in missed) \
@@ -656,6 +642,8 @@ algorithm off on every client.
 
 {notes}
 
+{render_hops(rows)}
+
 ## What each figure measures
 
 1. Badge-to-relay online: the reader simulator's last frame byte written into the pty to the rising edge of
@@ -675,9 +663,10 @@ algorithm off on every client.
    refuses the card at its door.
 6. `edge/camera.py` reading the simulated MJPEG camera at 1280x720, 10 fps: the frame chosen for a badge
    (identified by the index code the simulator draws into it) against the badge time; the CPU share of
-   capture (the camera thread decoding every frame) and the JPEG encode time of one snapshot.
-7. One `doorkeep edge` process (two doors, one camera at 1280x720, 10 fps), RSS and CPU from /proc, idle and
-   with a badge a second, talking to a real server.
+   capture (the camera thread reading every frame, kept as the camera's JPEG) and the JPEG encode time of one
+   snapshot.
+7. One `doorkeep edge` process (two doors, one camera at 1280x720, 10 fps; `bench/footprint.py`), RSS, thread
+   count and CPU from /proc while idle, talking to a real server over mutual TLS.
 8. `bench/policy.py`: a 250,000-credential signed policy, verified and loaded in a fresh process, and the
    lookup p99.
 
@@ -694,8 +683,11 @@ algorithm off on every client.
 - **Nagle's algorithm**: already off everywhere (`set_tcp_nodelay true` in the broker, `TCP_NODELAY` on the
   server's, every edge's and every bench client's socket), so nothing left to fix there.
 - **Work on the decision path that belongs after it**: already after it. Presence rows are written by the
-  store thread, events go to the outbox after the relay is set, and snapshots are encoded on the edge's
-  snapshot thread; tracing the badge path found no disk or encoding work before the relay.
+  store thread; the edge's events go to the outbox (on the jobs worker) after the relay is set, and
+  snapshots are encoded on the jobs worker after the request is on the wire; tracing the badge path found no
+  disk or encoding work before the relay.
+- **`dataclasses.asdict` in every message's encode** (issue 15, cProfile on the edge's loop thread): its deep
+  copy was about a sixth of the CPU from badge to request; messages now build their dict directly.
 - The bench itself: the simulated edges number their events per device, as a real edge does; numbering
   them per door made the server's supervision raise sequence-reset alarms, one commit each.
 """

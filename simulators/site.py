@@ -33,6 +33,7 @@ import select
 import shutil
 import tempfile
 import threading
+import time
 import tty
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -121,10 +122,14 @@ class OsdpBusSimulator:
     Each :class:`OsdpPdSimulator` keeps its own pty; this hub copies what the control panel writes to every
     reader (each answers only its own address, like on a real multi-drop bus) and every reply back to the
     control panel, which is what the wire pair does.
+
+    With ``baud`` (bench/osdp.py) the hub also holds what the control panel writes for its time on the wire
+    (10 bit times per byte), as through a UART: the panel's write returns at once and the bytes arrive later.
     """
 
-    def __init__(self, readers: list[OsdpPdSimulator]) -> None:
+    def __init__(self, readers: list[OsdpPdSimulator], *, baud: int | None = None) -> None:
         self.readers = readers
+        self._per_byte = 10.0 / baud if baud else 0.0
         self._master, self._slave = os.openpty()
         tty.setraw(self._master)
         tty.setraw(self._slave)
@@ -144,6 +149,8 @@ class OsdpBusSimulator:
                 for fd in ready:
                     data = os.read(fd, 4096)
                     if fd == self._master:
+                        if self._per_byte:
+                            time.sleep(self._per_byte * len(data))  # the command's time on the wire
                         for end in ends:
                             os.write(end, data)
                     else:
