@@ -272,6 +272,17 @@ class Visitors:
         return sorted((p for p in site.people.values() if p.kind is not PersonKind.VISITOR
                        and p.state is PersonState.ACTIVE), key=lambda p: p.name)
 
+    def host_id(self, typed: str) -> str:
+        """The host a receptionist typed into the picker: an id as is, else the id of the one active person whose
+        name is exactly that (any case); otherwise what was typed, for the registration to refuse by name."""
+        typed = typed.strip()
+        site = self.directory.site
+        if typed in site.people:
+            return typed
+        named = [p.id for p in site.people.values() if p.kind is not PersonKind.VISITOR
+                 and p.state is PersonState.ACTIVE and p.name.casefold() == typed.casefold()]
+        return named[0] if len(named) == 1 else typed
+
     def areas(self) -> list[Area]:
         """The areas a visit may allow, by name."""
         return sorted(self.directory.site.areas.values(), key=lambda a: a.name)

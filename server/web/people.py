@@ -22,7 +22,7 @@ from server.people import (KINDS, MAX_CLEARANCE, MAX_IMPORT_ROWS, PeopleError, P
 from server.web.access import require
 from server.web.alarms import install_filters
 from server.web.auth import Principal
-from server.web.roles import ADMIN
+from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
 
 API_PREFIX = "/api/v1"
@@ -71,6 +71,25 @@ class PersonOut(BaseModel):
 
 class PeopleOut(BaseModel):
     people: list[PersonOut]
+    total: int = Field(description="how many people match ?q= (the list holds ?limit= of them from ?offset=)")
+    offset: int
+    limit: int
+
+
+class PersonHit(BaseModel):
+    id: str
+    name: str
+
+
+class PeopleSearchOut(BaseModel):
+    people: list[PersonHit] = Field(description="at most ?limit= matches by name, for a type-ahead picker")
+    total: int
+
+
+#: People shown per page on /people, and the API's default and largest ?limit=.
+PAGE_SIZE = 50
+API_LIMIT = 100
+API_LIMIT_MAX = 1000
 
 
 def _out(v: PersonView) -> PersonOut:
@@ -83,8 +102,9 @@ def person_out(request: Request, pid: str) -> PersonOut:
     return _out(_people(request).view(pid))
 
 
-def people_list(request: Request, q: str = "") -> list[PersonOut]:
-    return [_out(v) for v in _people(request).people(q)]
+def people_page(request: Request, q: str, offset: int, limit: int) -> tuple[int, list[PersonOut]]:
+    total, views = _people(request).page(q, offset, limit)
+    return total, [_out(v) for v in views]
 
 
 # ------------------------------------------------------------------- API
@@ -131,9 +151,22 @@ def _refused(exc: PeopleError) -> JSONResponse:
 
 
 @route(API_PREFIX + "/people", "GET", response_model=PeopleOut, tags=["people"],
-       dependencies=[Depends(require(ADMIN))], summary="People (not visitors), with their cards; ?q= searches")
-def api_people(request: Request, q: str = Query("", max_length=100)) -> PeopleOut:
-    return PeopleOut(people=people_list(request, q))
+       dependencies=[Depends(require(ADMIN))],
+       summary="People (not visitors), with their cards, by name; ?q= searches, ?offset= and ?limit= page")
+def api_people(request: Request, q: str = Query("", max_length=100), offset: int = Query(0, ge=0),
+               limit: int = Query(API_LIMIT, ge=1, le=API_LIMIT_MAX)) -> PeopleOut:
+    total, people = people_page(request, q, offset, limit)
+    return PeopleOut(people=people, total=total, offset=offset, limit=limit)
+
+
+@route(API_PREFIX + "/people/search", "GET", response_model=PeopleSearchOut, tags=["people"],
+       dependencies=[Depends(require(ADMIN, DESK))],
+       summary="Names and ids matching ?q= for a type-ahead picker (the visitor's host); no cards")
+def api_people_search(request: Request, q: str = Query("", max_length=100),
+                      limit: int = Query(10, ge=1, le=50)) -> PeopleSearchOut:
+    matched = _people(request).matching(q)
+    return PeopleSearchOut(people=[PersonHit(id=pid, name=name) for name, pid in matched[:limit]],
+                           total=len(matched))
 
 
 @route(API_PREFIX + "/people", "POST", status_code=201, response_model=PersonOut, tags=["people"],
@@ -233,15 +266,21 @@ def _render(request: Request, template: str, who: Principal, status: int = 200, 
                   kinds=KINDS, formats=CARD_FORMATS, max_clearance=MAX_CLEARANCE, **context)
 
 
-def _list_page(request: Request, who: Principal, q: str = "", status: int = 200, **context: Any) -> Response:
-    return _render(request, "people.html", who, status, people=people_list(request, q), q=q, **context)
+def _list_page(request: Request, who: Principal, q: str = "", status: int = 200, page: int = 1,
+               **context: Any) -> Response:
+    total, people = people_page(request, q, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    return _render(request, "people.html", who, status, people=people, q=q, total=total, page=min(page, pages),
+                   pages=pages, first=(page - 1) * PAGE_SIZE + 1 if people else 0,
+                   last=(page - 1) * PAGE_SIZE + len(people), **context)
 
 
 @route("/people", "GET", include_in_schema=False)
-def people_page(request: Request, q: str = Query("", max_length=100), done: str = Query("", max_length=20),
-                n: int = Query(0, ge=0, le=MAX_IMPORT_ROWS), who: Principal = Depends(require(ADMIN))) -> Response:
+def list_page(request: Request, q: str = Query("", max_length=100), done: str = Query("", max_length=20),
+              n: int = Query(0, ge=0, le=MAX_IMPORT_ROWS), page: int = Query(1, ge=1, le=1_000_000),
+              who: Principal = Depends(require(ADMIN))) -> Response:
     message = f"Imported {n} people." if done == "imported" else DONE.get(done)
-    return _list_page(request, who, q, message=message)
+    return _list_page(request, who, q, page=page, message=message)
 
 
 @route("/people", "POST", include_in_schema=False)

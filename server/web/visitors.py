@@ -35,6 +35,9 @@ NOTICE_FILE = Path(__file__).resolve().parent / "templates" / "privacy-notice.tx
 VISITOR_ID = r"^v-[0-9a-f]{8,32}$"
 PERSON_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 CONFLICT = {409: {"model": ErrorOut}}
+#: Hosts listed in the page itself (the picker's suggestions without scripting); past this, the picker asks
+#: /api/v1/people/search as the receptionist types (static/picker.js), so a site of 100,000 stays light.
+HOST_OPTIONS = 200
 
 
 def load_notice(path: Path = NOTICE_FILE) -> Notice:
@@ -306,7 +309,9 @@ def _pages(app: FastAPI) -> None:
                 "valid_until": now.replace(hour=18, minute=0).isoformat(timespec="minutes")
                 if now.hour < 17 else (now + timedelta(hours=2)).isoformat(timespec="minutes"), "escort": "auto"}
         form.update(context.pop("form", {}))
-        return render(request, "visitors.html", who, status, today=_today(desk), hosts=desk.hosts(),
+        hosts = desk.hosts()
+        return render(request, "visitors.html", who, status, today=_today(desk), hosts=hosts[:HOST_OPTIONS],
+                      more_hosts=len(hosts) > HOST_OPTIONS,
                       areas=desk.areas(), form=form, free_badges=desk.free_badges(), **context)
 
     def visitors_page(request: Request, who: Principal = Depends(require(ADMIN, DESK))) -> Response:
@@ -317,6 +322,7 @@ def _pages(app: FastAPI) -> None:
                       email: str = Form("", max_length=256), host: str = Form("", max_length=64),
                       valid_from: str = Form("", max_length=32), valid_until: str = Form("", max_length=32),
                       areas: list[str] = Form([], max_length=32), escort: str = Form("auto", max_length=8)) -> Response:
+        host = _desk(request).host_id(host)
         form = {"name": name, "company": company, "email": email, "host": host, "valid_from": valid_from,
                 "valid_until": valid_until, "areas": areas, "escort": escort}
         missing = [what for what, value in (("the visitor's name", name.strip()), ("the host", host),

@@ -270,3 +270,47 @@ def test_subject_erase_removes_desk_added_people_and_their_cards(app: FastAPI, c
     assert server.people is not None and server.people.poll()  # the running server picks the erasure up
     site = server.directory.site
     assert "zed" not in site.people and card not in site.credentials and "yara" in site.people
+
+
+def import_many(app: FastAPI, client: TestClient, n: int, prefix: str = "p") -> None:
+    rows = "".join(f"{prefix}{i:04d},Person {prefix.upper()} {i:04d},employee,0,staff,\n" for i in range(n))
+    r = client.post("/api/v1/people/import", headers=admin(app), json={"csv": "id,name,kind,clearance,access_levels,"
+                                                                        "cards\n" + rows})
+    assert r.status_code == 200, r.text
+
+
+def test_the_people_list_pages_by_name_and_the_api_says_how_many_match(app: FastAPI, client: TestClient,
+                                                                       server: Server) -> None:
+    import_many(app, client, 120)
+    everyone = client.get("/api/v1/people?limit=1000", headers=admin(app)).json()
+    names = [p["name"] for p in everyone["people"]]
+    assert names == sorted(names, key=str.lower) or names == sorted(names)
+    assert everyone["total"] == len(names) >= 120
+    page = client.get("/api/v1/people?q=person%20p&offset=100&limit=15", headers=admin(app)).json()
+    assert (page["total"], page["offset"], page["limit"]) == (120, 100, 15)
+    assert [p["id"] for p in page["people"]] == [f"p{i:04d}" for i in range(100, 115)]
+    assert client.get("/api/v1/people?limit=1001", headers=admin(app)).status_code == 422
+
+    api_login(client, "ada")  # the page is for a logged-in admin
+    first = client.get("/people?q=Person+P")
+    assert first.status_code == 200 and "1–50 of 120" in first.text and "Page 1 of 3" in first.text
+    assert 'rel="next" href="/people?q=Person%20P&amp;page=2"' in first.text and 'rel="prev"' not in first.text
+    last = client.get("/people?q=Person+P&page=3")
+    assert "101–120 of 120" in last.text and "p0119" in last.text and "p0000" not in last.text
+    assert 'rel="next"' not in last.text and 'rel="prev"' in last.text
+
+
+def test_the_type_ahead_search_answers_names_for_the_desk_role_without_cards(app: FastAPI, client: TestClient,
+                                                                             server: Server) -> None:
+    import_many(app, client, 30, prefix="h")
+    toks = tokens(app)
+    desk = bearer(toks["dex"])
+    r = client.get("/api/v1/people/search?q=person%20h%20001&limit=5", headers=desk)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["total"] == 10 and [p["id"] for p in body["people"]] == [f"h{i:04d}" for i in range(10, 15)]
+    assert set(body["people"][0]) == {"id", "name"}, "a picker needs no cards, levels or clearance"
+    alice = client.get("/api/v1/people/search?q=ALICE", headers=desk).json()["people"]
+    assert [p["id"] for p in alice] == ["alice"]
+    assert client.get("/api/v1/people/search?q=a", headers=bearer(toks["aud"])).status_code == 403
+    assert client.get("/api/v1/people/search?q=" + "x" * 101, headers=desk).status_code == 422

@@ -396,6 +396,23 @@ def test_pages_register_and_check_in_through_forms_and_escape_names(client: Test
     assert r.status_code == 200 and "revoked" in r.text
 
 
+def test_the_host_picker_takes_a_typed_name_and_lists_hosts_in_a_datalist(client: TestClient, server: Server) -> None:
+    csrf = login(client, "dex")
+    page = client.get("/visitors")
+    assert 'list="v-host-options"' in page.text and '<option value="alice" label="Alice Archer">' in page.text
+    assert 'data-picker="/api/v1/people/search"' in page.text and "/static/picker.js" in page.text
+    r = client.post("/visitors", data={"csrf_token": csrf["X-CSRF-Token"], "name": "Kim", "host": "  alice archer ",
+                                       "valid_from": "2026-11-30T09:00", "valid_until": "2026-11-30T12:00",
+                                       "areas": ["lobby"]})
+    assert r.status_code == 200, r.text
+    assert [v["host"] for v in server.store.rows("visitors")] == ["alice"]
+    r = client.post("/visitors", data={"csrf_token": csrf["X-CSRF-Token"], "name": "Lee", "host": "Nobody Here",
+                                       "valid_from": "2026-11-30T09:00", "valid_until": "2026-11-30T12:00",
+                                       "areas": ["lobby"]})
+    assert r.status_code == 422 and 'value="Nobody Here"' in r.text
+    assert len(server.store.rows("visitors")) == 1
+
+
 def test_registration_form_errors_keep_the_input(client: TestClient, server: Server) -> None:
     csrf = login(client, "dex")
     r = client.post("/visitors", data={"csrf_token": csrf["X-CSRF-Token"], "name": "Kim", "host": "alice",
