@@ -1,4 +1,4 @@
-"""Signed commands (server -> edge): unlock, lock, lockdown, sync.
+"""Signed commands (server -> edge): unlock, lock, release, lockdown, sync.
 
 A command opens a door, so an edge must be able to tell the server's own,
 fresh, first-time command from a forged, altered, old or replayed one. The
@@ -20,6 +20,12 @@ short machine code (:data:`REASONS`); the edge puts it in its result and its
 ``command_rejected`` event. Everything here is pure: the caller passes the
 current wall time, and the guard's memory is exported and imported as a small
 dict the edge persists.
+
+Timed overrides: ``unlock`` and ``lock`` may carry ``until`` (a UTC ISO 8601 time, like ``issued_at``): the
+door is held unlocked, or held locked against its unlock schedule, until that wall time, and the edge ends it
+by itself then. ``until`` must lie after ``issued_at`` and at most :data:`MAX_OVERRIDE_S` after it, so a
+signed override can never hold a door for ever; ``release`` ends a door's override early. A command without
+``until`` means what it always meant (a momentary unlock, an immediate lock), so older commands stay valid.
 """
 
 from __future__ import annotations
@@ -53,7 +59,11 @@ DEFAULT_MAX_NONCES = 10_000
 #: a command payload larger than this is not even parsed
 MAX_COMMAND_BYTES = 8 * 1024
 
-ACTIONS = frozenset({"unlock", "lock", "lockdown", "sync"})
+ACTIONS = frozenset({"unlock", "lock", "release", "lockdown", "sync"})
+#: the longest timed override a command may ask for (``until`` - ``issued_at``)
+MAX_OVERRIDE_S = 31 * 24 * 3600.0
+#: the actions that take an optional ``until`` (a timed override)
+TIMED_ACTIONS = frozenset({"unlock", "lock"})
 REASONS = ("malformed", "unsigned", "bad_signature", "wrong_site", "wrong_device", "stale", "future",
            "replayed", "unknown_action", "bad_args")
 
@@ -108,6 +118,7 @@ def sign_command(*, site_id: str, device: str, action: str, args: dict[str, Any]
         if not isinstance(value, str) or not pattern.match(value):
             raise CommandError("malformed", f"{name} {value!r} is not valid")
     check_args(action, args)
+    check_until(action, args, issued_at)
     body = {"site": site_id, "device": device, "transaction": transaction, "action": action,
             "args": dict(args), "issued_at": iso_ms(issued_at), "nonce": nonce}
     signed = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False)
@@ -122,10 +133,12 @@ def check_args(action: Any, args: Any) -> None:
         raise CommandError("unknown_action", f"unknown action {action!r} (known: {', '.join(sorted(ACTIONS))})")
     if not isinstance(args, dict):
         raise CommandError("bad_args", f"{action}: args must be a JSON object", action=action)
-    if action in ("unlock", "lock"):
-        _only_keys(action, args, {"door"})
+    if action in ("unlock", "lock", "release"):
+        _only_keys(action, args, {"door", "until"} if "until" in args and action in TIMED_ACTIONS else {"door"})
         if not isinstance(args["door"], str) or not _IDENT.match(args["door"]):
             raise CommandError("bad_args", f"{action}: door {args['door']!r} is not an identifier", action=action)
+        if "until" in args and until_of(args) is None:
+            raise CommandError("bad_args", f"{action}: until must be a UTC ISO 8601 time", action=action)
     elif action == "lockdown":
         _only_keys(action, args, {"scope", "active"})
         if not isinstance(args["scope"], str) or not _IDENT.match(args["scope"]):
@@ -136,6 +149,25 @@ def check_args(action: Any, args: Any) -> None:
     elif args:  # sync
         raise CommandError("bad_args", f"sync takes no args, got {', '.join(map(repr, sorted(args)))}",
                            action=action)
+
+
+def until_of(args: dict[str, Any]) -> float | None:
+    """The ``until`` of a timed override as UTC epoch seconds; None if absent or not a UTC ISO 8601 time."""
+    return _issued_at(args.get("until"))
+
+
+def check_until(action: str, args: dict[str, Any], issued_at: float) -> None:
+    """Raise ``bad_args`` unless a timed override ends after it was issued and within :data:`MAX_OVERRIDE_S`.
+
+    Whether it has already passed at the edge is the edge's to judge (with its own clock, when it acts)."""
+    until = until_of(args) if action in TIMED_ACTIONS else None
+    if until is None:
+        return
+    if until <= issued_at:
+        raise CommandError("bad_args", f"{action}: until is not after issued_at", action=action)
+    if until - issued_at > MAX_OVERRIDE_S:
+        raise CommandError("bad_args", f"{action}: until is more than {MAX_OVERRIDE_S / 86400:g} days after "
+                                       "issued_at", action=action)
 
 
 def _only_keys(action: str, args: dict[str, Any], keys: set[str]) -> None:
@@ -245,6 +277,7 @@ def verify_command(payload: bytes, key: Ed25519PublicKey, *, site_id: str, devic
         raise fail("malformed", "nonce must be 32-128 lowercase hex digits")
     try:
         check_args(body["action"], body["args"])
+        check_until(body["action"], body["args"], issued)
     except CommandError as exc:
         raise fail(exc.reason, str(exc).split(": ", 1)[1]) from None
     age = now - issued

@@ -26,6 +26,12 @@ Signed commands (unlock, lock, lockdown, sync; doorkeep/commands.py) reach
 the same loop: verified with the policy key, their nonce written (by the jobs
 worker) to ``state_dir/command-nonces.json`` before they act, and a refused one
 is never executed, only answered ``rejected`` and recorded (``command_rejected``).
+
+Timed overrides (``unlock`` / ``lock`` with ``until``; edge/overrides.py) are held here, on the loop: the
+door is held unlocked, or kept locked against its unlock schedule, until the override's wall time, and the
+loop ends it then by itself (``override_ended``), whether or not the server can be reached. A lockdown ends
+an unlock override; REX always opens (egress). The signed command is kept in ``state_dir/overrides.json`` and
+verified again at start, so an override outlives a restart and a file edited on the Pi never unlocks a door.
 """
 
 from __future__ import annotations
@@ -47,7 +53,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from doorkeep import __version__, vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms
-from doorkeep.commands import DEFAULT_MAX_SKEW_S, CommandError, ReplayGuard, VerifiedCommand, peek_door, verify_command
+from doorkeep.commands import (
+    DEFAULT_MAX_SKEW_S,
+    MAX_OVERRIDE_S,
+    CommandError,
+    ReplayGuard,
+    VerifiedCommand,
+    peek_door,
+    verify_command,
+)
 from doorkeep.config import DeviceConfig, DoorHardware, IntrusionSettings
 from doorkeep.contract import CommandResult, DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
 from doorkeep.credentials import card_hash, last4, pin_hash
@@ -74,6 +88,8 @@ from edge.jobs import Barrier, Jobs, SaveNonces, StoreEvent, TakeSnapshot, Verif
 from edge.link import STOP_ACK_S, Link
 from edge.loop import Loop, Timer
 from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
+from edge.overrides import ENDED_WHY, OVERRIDES_FILE, Override, SaveOverrides
+from edge import overrides as overrides_file
 from edge.policy_cache import PolicyCache
 from edge.reader_port import Reader, ReaderDeps, build_reader
 
@@ -171,7 +187,8 @@ class EdgeAgent:
         self.loop = Loop(self.clock, name=f"doorkeep-edge-{device.id}")
         self.jobs = Jobs({StoreEvent: self._store_event, SaveNonces: self._write_nonces_job,
                           VerifyPolicy: self._verify_policy_job, Barrier: self._barrier,
-                          TakeSnapshot: self._snapshot_job}, name=f"doorkeep-jobs-{device.id}")
+                          TakeSnapshot: self._snapshot_job, SaveOverrides: self._write_overrides_job},
+                         name=f"doorkeep-jobs-{device.id}")
         self._pending: dict[str, _Pending] = {}
         self._tick: Timer | None = None
         self._started = False
@@ -222,6 +239,10 @@ class EdgeAgent:
         self.replay_guard = ReplayGuard()
         self._nonce_file = state_dir / COMMAND_NONCES_FILE if state_dir is not None else None
         self._load_nonces()
+        # Timed overrides (door -> Override), owned by the loop; their signed commands persisted in the state_dir.
+        self.overrides: dict[str, Override] = {}
+        self._overrides_file = state_dir / OVERRIDES_FILE if state_dir is not None else None
+        self._load_overrides()
         # Events and snapshots go to the outbox first (numbered there: seq survives restarts); the link pumps it.
         if state_dir is None:
             assert self._outbox_tmp is not None
@@ -427,6 +448,9 @@ class EdgeAgent:
         deadlines = [p.deadline for p in self._pending.values()]
         deadlines += [rt.awaiting_pin.deadline for rt in self.doors.values() if rt.awaiting_pin is not None]
         deadlines += [d for rt in self.doors.values() if (d := rt.machine.next_deadline()) is not None]
+        if self.overrides:  # an override ends at a wall time: its monotonic deadline, from now
+            wall = self.clock.wall()
+            deadlines += [now + max(0.0, o.until - wall) for o in self.overrides.values()]
         when = min([now + HEALTH_CHECK_S, *deadlines])
         if self._tick is not None:
             if self._tick.when <= when and not self._tick.cancelled:
@@ -580,16 +604,23 @@ class EdgeAgent:
         self.local_state.lockdown_areas = {a for a in scopes if a != "site"}
 
     def _door_modes(self) -> None:
-        """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow."""
+        """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow, and
+        doors under a timed override as it says: a lock override beats the schedule, a lockdown beats both."""
+        if self.overrides:
+            self._end_due_overrides()
         site = self._site()
         if site is None:
             return  # no policy yet, no site file: no door is held open
         wall = self.clock.wall()
         for rt in self.doors.values():
             door = site.doors.get(rt.id)
-            if door is None or door.mode is DoorMode.NORMAL:
+            override = self.overrides.get(rt.id)
+            if door is None or (door.mode is DoorMode.NORMAL and override is None and not rt.machine.held_unlocked):
                 continue
-            want = door_unlocked_now(door.id, site, self.local_state, wall)
+            if override is not None:
+                want = override.kind == "unlock" and not self.local_state.locked_down(door.to_area)
+            else:
+                want = door_unlocked_now(door.id, site, self.local_state, wall)
             if want != rt.machine.held_unlocked:
                 self._apply(rt, rt.machine.hold_unlocked(want))
 
@@ -961,7 +992,7 @@ class EdgeAgent:
                                                     "to verify commands with")
             cmd = verify_command(payload, self._policy_key, site_id=self.site_id, device=self.device.id,
                                  now=self.clock.wall(), guard=self.replay_guard)
-            if cmd.action in ("unlock", "lock") and cmd.args["door"] not in self.doors:
+            if cmd.action in ("unlock", "lock", "release") and cmd.args["door"] not in self.doors:
                 raise CommandError("bad_args", f"door {cmd.args['door']!r} is not on device {self.device.id}",
                                    action=cmd.action, transaction=cmd.transaction)
             site = self._site()  # None before the first policy without a site file: any area is remembered
@@ -973,18 +1004,18 @@ class EdgeAgent:
             self._reject(payload, exc)
             return
         if self._nonce_file is None:
-            self._nonces_saved(cmd, True)
+            self._nonces_saved(cmd, True, payload)
             return
         data = json.dumps(self.replay_guard.export(), separators=(",", ":")).encode("utf-8")
-        self.jobs.submit(SaveNonces(data, lambda ok: self._post(self._nonces_saved, cmd, ok)))
+        self.jobs.submit(SaveNonces(data, lambda ok: self._post(self._nonces_saved, cmd, ok, payload)))
 
-    def _nonces_saved(self, cmd: VerifiedCommand, ok: bool) -> None:
+    def _nonces_saved(self, cmd: VerifiedCommand, ok: bool, payload: bytes = b"") -> None:
         if not ok:
             # Fail safe: what cannot be remembered across a restart could be replayed after one.
             self.counters["command_nonce_file_errors"] += 1
             self._command_result(cmd.transaction, "failed", "nonce_not_persisted")
             return
-        status, error = self._execute(cmd)
+        status, error = self._execute(cmd, payload)
         self.counters[f"commands_{status}"] += 1
         log.info("command %s %s (transaction %s): %s%s", cmd.action, cmd.args, cmd.transaction, status,
                  f" ({error})" if error else "")
@@ -994,8 +1025,15 @@ class EdgeAgent:
         """The site the doors follow: the signed policy's when one is held, else the site file's (or None)."""
         return (self.policy.site if self.policy is not None else None) or self.site
 
-    def _execute(self, cmd: VerifiedCommand) -> tuple[str, str | None]:
+    def _execute(self, cmd: VerifiedCommand, payload: bytes = b"") -> tuple[str, str | None]:
         """Carry out a verified command; ``(status, error)`` for its result."""
+        override = overrides_file.from_command(cmd, payload)
+        if override is not None:
+            return self._start_override(override)
+        if cmd.action == "release":
+            self._end_override(cmd.args["door"], "released", transaction=cmd.transaction)
+            self._door_modes()
+            return "ok", None  # idempotent: a door with no override is already in its normal state
         if cmd.action == "unlock":
             rt = self.doors[cmd.args["door"]]
             settings = self._door(rt.id)
@@ -1010,6 +1048,10 @@ class EdgeAgent:
             return "ok", None
         if cmd.action == "lock":
             rt = self.doors[cmd.args["door"]]
+            current = self.overrides.get(rt.id)
+            if current is not None and current.kind == "unlock":
+                self._end_override(rt.id, "locked", transaction=cmd.transaction)
+                self._door_modes()
             if rt.machine.held_unlocked:
                 return "failed", "schedule_hold"  # the door mode holds it; a lockdown is the way to lock it
             self._apply(rt, rt.machine.safe())
@@ -1041,6 +1083,92 @@ class EdgeAgent:
         self.link.publish_state()
         self.link.wake()
         return "ok", None
+
+    # ------------------------------------------------------ timed overrides
+
+    def _start_override(self, override: Override) -> tuple[str, str | None]:
+        """Hold a door unlocked, or locked against its schedule, until ``override.until``; fail safe: an
+        override already over, at a door nothing describes yet, or (unlock) into a lockdown never acts."""
+        rt = self.doors[override.door]
+        settings = self._door(rt.id)
+        if settings is None:
+            return "failed", Reason.NO_POLICY.value
+        if override.expired(self.clock.wall()):
+            return "failed", "expired"
+        if override.kind == "unlock" and self.local_state.locked_down(settings.to_area):
+            return "failed", "lockdown"
+        if rt.id in self.overrides:
+            self._end_override(rt.id, "replaced", transaction=override.transaction)
+        self.overrides[rt.id] = override
+        if override.kind == "lock":
+            self._apply(rt, rt.machine.safe())  # a momentary unlock or a schedule hold in force ends now
+        self._door_modes()
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=rt.id, type="override_started",
+                                     transaction=override.transaction, detail=override.describe()))
+        self._save_overrides()
+        self.link.publish_state()
+        return "ok", None
+
+    def _end_override(self, door: str, why: str, *, transaction: str | None = None) -> bool:
+        """End a door's override (the caller then runs :meth:`_door_modes`); False if it had none."""
+        assert why in ENDED_WHY, why
+        override = self.overrides.pop(door, None)
+        if override is None:
+            return False
+        self.counters[f"overrides_ended_{why}"] += 1
+        log.info("door %s: %s override until %s ended (%s)", door, override.kind, iso_ms(override.until), why)
+        detail = {**override.describe(), "why": why}
+        if transaction is not None:
+            detail["by"] = transaction
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=door, type="override_ended",
+                                     transaction=override.transaction, detail=detail))
+        self._save_overrides()
+        self.link.publish_state()
+        return True
+
+    def _end_due_overrides(self) -> None:
+        """End the overrides whose time has come, and unlock overrides into a lockdown (a lockdown wins)."""
+        wall = self.clock.wall()
+        for door, override in list(self.overrides.items()):
+            settings = self._door(door)
+            if override.expired(wall):
+                self._end_override(door, "expired")
+            elif override.kind == "unlock" and settings is not None and self.local_state.locked_down(settings.to_area):
+                self._end_override(door, "lockdown")
+
+    def _load_overrides(self) -> None:
+        """Take over the overrides in force before a restart, each verified again with the policy key."""
+        if self._overrides_file is None or self._policy_key is None:
+            return
+        try:
+            data = self._overrides_file.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("%s: unreadable (%s); no override is restored", self._overrides_file, exc)
+            return
+        key = self._policy_key
+        found, problems = overrides_file.decode(data, lambda payload: verify_command(
+            payload, key, site_id=self.site_id, device=self.device.id, now=self.clock.wall(),
+            max_age_s=MAX_OVERRIDE_S + DEFAULT_MAX_SKEW_S))
+        for problem in problems:
+            self.counters["override_file_errors"] += 1
+            log.error("%s: %s; that override is dropped (the door goes back to its normal state)",
+                      self._overrides_file, problem)
+        self.overrides = {d: o for d, o in found.items() if d in self.doors}
+        if self.overrides:
+            log.info("restored %d timed override(s): %s", len(self.overrides),
+                     ", ".join(f"{d} {o.kind} until {iso_ms(o.until)}" for d, o in sorted(self.overrides.items())))
+
+    def _save_overrides(self) -> None:
+        if self._overrides_file is not None:
+            self.jobs.submit(SaveOverrides(overrides_file.encode(self.overrides)))
+
+    def _write_overrides_job(self, job: SaveOverrides) -> None:
+        if self._overrides_file is not None and not self._write_atomic(self._overrides_file, job.data):
+            self._post(self._count, "override_file_errors")
 
     def _reject(self, payload: bytes, exc: CommandError) -> None:
         """Not executed: counted, logged, answered ``rejected`` and recorded as a durable event."""
@@ -1095,7 +1223,15 @@ class EdgeAgent:
         """Jobs worker: write the guard's nonces atomically and fsync'd; False if the disk refused."""
         if self._nonce_file is None:
             return True
-        tmp = self._nonce_file.with_name(self._nonce_file.name + ".tmp")
+        if self._write_atomic(self._nonce_file, data):
+            return True
+        log.error("the command is not carried out (its nonce could not be persisted)")
+        return False
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> bool:
+        """Jobs worker: replace ``path`` with ``data`` atomically and fsync'd; False if the disk refused."""
+        tmp = path.with_name(path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -1103,16 +1239,15 @@ class EdgeAgent:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self._nonce_file)
-            dir_fd = os.open(self._nonce_file.parent, os.O_RDONLY)
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
             return True
         except OSError as exc:
-            log.error("cannot persist accepted command nonces to %s: %s (fix: free space or permissions in "
-                      "the state_dir); the command is not carried out", self._nonce_file, exc)
+            log.error("cannot persist %s: %s (fix: free space or permissions in the state_dir)", path, exc)
             return False
 
     # ------------------------------------------------------------ snapshots
@@ -1146,7 +1281,8 @@ class EdgeAgent:
 
     def _state_payload(self) -> bytes:
         doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open,
-                     "sounder": rt.sounder_on, "tamper": rt.machine.tampered}
+                     "sounder": rt.sounder_on, "tamper": rt.machine.tampered,
+                     "override": self.overrides[d].describe() if d in self.overrides else None}
                  for d, rt in self.doors.items()}
         readers = {d: rt.reader.stats.published() for d, rt in self.doors.items()}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}

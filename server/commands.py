@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from doorkeep.clock import Clock
+from doorkeep.clock import Clock, iso_ms
 from doorkeep.commands import CommandError, new_transaction, sign_command
 from doorkeep.contract import CommandResult, Topics
 from doorkeep.model import Site
@@ -52,7 +52,8 @@ class _Lockdowns(Protocol):
 
 
 #: audit action for each command (docs/security.md, "Audit log")
-AUDIT_ACTIONS = {"unlock": "door.unlock", "lock": "door.lock", "lockdown": "lockdown.command", "sync": "device.sync"}
+AUDIT_ACTIONS = {"unlock": "door.unlock", "lock": "door.lock", "release": "door.release",
+                 "lockdown": "lockdown.command", "sync": "device.sync"}
 
 
 @dataclass
@@ -166,6 +167,24 @@ class CommandSender:
         if device is None:
             raise CommandSendError(f"no door {door!r} on any device")
         return self.send(device, "lock", {"door": door}, actor=actor, timeout=timeout)
+
+    def override(self, door: str, kind: str, until: float, *, actor: str = "system",
+                 timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """A timed override of ``door``: ``kind`` ``unlock`` (held unlocked) or ``lock`` (held locked against its
+        schedule) until the wall time ``until``; the edge ends it by itself then, server or not."""
+        device = self.door_devices.get(door)
+        if device is None:
+            raise CommandSendError(f"no door {door!r} on any device")
+        if kind not in ("unlock", "lock"):
+            raise CommandSendError(f"an override is 'unlock' or 'lock', not {kind!r}")
+        return self.send(device, kind, {"door": door, "until": iso_ms(until)}, actor=actor, timeout=timeout)
+
+    def release(self, door: str, *, actor: str = "system", timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """End ``door``'s timed override now: it goes back to its normal state."""
+        device = self.door_devices.get(door)
+        if device is None:
+            raise CommandSendError(f"no door {door!r} on any device")
+        return self.send(device, "release", {"door": door}, actor=actor, timeout=timeout)
 
     def devices_for(self, scope: str) -> list[str]:
         """The devices with a door into ``scope`` (an area id), or every device for ``site``."""

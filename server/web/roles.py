@@ -28,7 +28,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("visitors", "Visitors", "/visitors", (ADMIN, DESK), "Pre-register, check in and check out visitors."),
     Section("live", "Live", "/live", (ADMIN, DESK), "Every badge and door event as it happens, with snapshots."),
     Section("alarms", "Alarms", "/alarms", (ADMIN, DESK), "Forced and held doors, tamper, offline devices."),
-    Section("doors", "Doors", "/doors", (ADMIN, DESK), "Every door's state; remote unlock and lockdown."),
+    Section("doors", "Doors", "/doors", (ADMIN, DESK), "Every door's state; remote unlock, timed overrides and lockdown."),
     Section("muster", "Muster", "/muster", (ADMIN, DESK), "Who is in which area now, for a roll call."),
     Section("people", "People", "/people", (ADMIN,), "People, cards, access levels and clearance."),
     Section("audit", "Audit", "/audit", (ADMIN, AUDITOR), "The hash-chained record of every change."),

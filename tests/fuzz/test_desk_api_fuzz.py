@@ -5,11 +5,13 @@ valid ones (positive mode) and ones that break it (negative mode: wrong types, m
 strings), and this test sends them to the ASGI app in-process, as an admin by bearer token or (about a
 third of the examples) by a cookie session with its CSRF token. Every answer must:
 
-- never be a 5xx, except the unlock operation's documented 502 when the door's edge refuses the command;
+- never be a 5xx, except the door commands' documented 502 (unlock, timed override, its release) when the
+  door's edge refuses the command;
 - be JSON ``{"error": message, ...}`` when it is an error;
 - conform to the documented status codes, content type and response schema (schemathesis' checks);
-- publish no command, except an unlock of exactly the door named in an unlock request and lockdown
-  commands from a lockdown request: a fuzzed request never unlocks a door by any other route.
+- publish no command, except an unlock (or a timed override, or its release) of exactly the door named in
+  that request and lockdown commands from a lockdown request: a fuzzed request never unlocks a door by any
+  other route.
 
 Real parts: a real ``Server`` on the demo site with a real SQLite store (bus not started: commands go to
 a recording publish hook that answers like an edge, ``ok`` or ``rejected`` by turns), real argon2id hashes
@@ -187,6 +189,12 @@ def _cases(desk: Desk, op: Any, mode: GenerationMode) -> st.SearchStrategy[Any]:
     return st.one_of(cases, st.tuples(cases, st.sampled_from(doors)).map(lambda t: _with_door(*t)))
 
 
+#: the operations that command one door (and the actions each may send): the only ones allowed a 502
+DOOR_COMMANDS = {"/api/v1/doors/{door_id}/unlock": ("unlock",),
+                 "/api/v1/doors/{door_id}/override": ("unlock", "lock"),
+                 "/api/v1/doors/{door_id}/override/release": ("release",)}
+
+
 def _fuzz_operation(desk: Desk, op: Any, mode: GenerationMode) -> None:
     @fuzz(scale=SCALE)
     @given(case=_cases(desk, op, mode), via_session=st.booleans() if mode is GenerationMode.POSITIVE
@@ -195,7 +203,7 @@ def _fuzz_operation(desk: Desk, op: Any, mode: GenerationMode) -> None:
         before = len(desk.edges.sent)
         r = desk.send(case, via_session)
         where = f"{case.method} {case.formatted_path} -> {r.status_code}: {r.text[:300]}"
-        unlock = op.path == "/api/v1/doors/{door_id}/unlock"
+        unlock = op.path in DOOR_COMMANDS
         if r.status_code >= 500:
             assert unlock and r.status_code == 502 and r.json()["detail"]["status"] == "rejected", where
         if r.status_code >= 400:
@@ -205,8 +213,8 @@ def _fuzz_operation(desk: Desk, op: Any, mode: GenerationMode) -> None:
             case.validate_response(r, checks=CHECKS)
         sent = desk.edges.sent[before:]
         if unlock:
-            assert all(c["action"] == "unlock" and c["args"] == {"door": case.path_parameters["door_id"]}
-                       for c in sent), (where, sent)
+            assert all(c["action"] in DOOR_COMMANDS[op.path] and c["args"]["door"] == case.path_parameters["door_id"]
+                       and set(c["args"]) <= {"door", "until"} for c in sent), (where, sent)
             assert len(sent) <= 1 and (r.status_code in (200, 502)) == bool(sent), (where, sent)
         elif op.path == "/api/v1/lockdown":
             assert all(c["action"] == "lockdown" for c in sent), (where, sent)

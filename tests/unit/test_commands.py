@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from doorkeep.commands import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_SKEW_S,
+    MAX_OVERRIDE_S,
     REASONS,
     CommandError,
     ReplayGuard,
@@ -62,6 +63,9 @@ def body_of(payload: bytes) -> dict[str, Any]:
 @pytest.mark.parametrize("action, args", [
     ("unlock", {"door": "lobby_in"}),
     ("lock", {"door": "lobby_in"}),
+    ("unlock", {"door": "lobby_in", "until": "2025-11-28T09:00:00.000Z"}),
+    ("lock", {"door": "lobby_in", "until": "2025-11-28T08:30:00.000Z"}),
+    ("release", {"door": "lobby_in"}),
     ("lockdown", {"scope": "site", "active": True}),
     ("lockdown", {"scope": "floor7", "active": False}),
     ("sync", {}),
@@ -86,6 +90,41 @@ def test_the_signer_refuses_args_every_edge_would_refuse() -> None:
     with pytest.raises(CommandError) as info:
         signed("open_sesame", {})
     assert info.value.reason == "unknown_action"
+
+
+@pytest.mark.parametrize("action, args, why", [
+    ("unlock", {"door": "lobby_in", "until": "14:00"}, "not a UTC time"),
+    ("unlock", {"door": "lobby_in", "until": "2025-11-28T14:00:00"}, "no time zone"),
+    ("unlock", {"door": "lobby_in", "until": 1764338400}, "a number, not a time"),
+    ("unlock", {"door": "lobby_in", "until": None}, "null"),
+    ("lock", {"door": "lobby_in", "until": "2025-11-28T07:59:59.000Z"}, "before issued_at"),
+    ("lock", {"door": "lobby_in", "until": "2025-11-28T08:00:00.000Z"}, "exactly issued_at"),
+    ("unlock", {"door": "lobby_in", "until": "2026-01-28T08:00:00.000Z"}, "more than 31 days"),
+    ("release", {"door": "lobby_in", "until": "2025-11-28T09:00:00.000Z"}, "release takes no until"),
+    ("lockdown", {"scope": "site", "active": True, "until": "2025-11-28T09:00:00.000Z"}, "lockdown: until lifted"),
+    ("unlock", {"door": "lobby_in", "until": "2025-11-28T09:00:00.000Z", "extra": 1}, "an extra key"),
+])
+def test_a_timed_override_with_a_bad_until_is_refused_by_signer_and_verifier(action: str, args: dict[str, Any],
+                                                                             why: str) -> None:
+    with pytest.raises(CommandError) as info:
+        signed(action, args)
+    assert info.value.reason == "bad_args", why
+    body = body_of(signed(action, {k: v for k, v in args.items() if k in ("door", "scope", "active")}))
+    body["args"] = args  # what a signer without these checks would sign: the edge still refuses it
+    assert reason_of(resign(body)) == "bad_args", why
+
+
+def test_until_is_judged_against_issued_at_not_the_edge_clock() -> None:
+    """The signature covers until; whether it has passed at the edge is the edge's call (it fails, never unlocks)."""
+    payload = signed("unlock", {"door": "lobby_in", "until": "2025-11-28T08:00:05.000Z"}, issued_at=NOW)
+    assert verify(payload, now=NOW + 10).args["until"] == "2025-11-28T08:00:05.000Z"
+    assert MAX_OVERRIDE_S == 31 * 24 * 3600
+
+
+def test_old_commands_without_until_are_still_valid() -> None:
+    body = body_of(signed("unlock", {"door": "lobby_in"}))
+    assert "until" not in body["args"]
+    assert verify(resign(body)).args == {"door": "lobby_in"}
 
 
 # ---------------------------------------------------------------- refusals

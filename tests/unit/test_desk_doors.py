@@ -71,9 +71,11 @@ def report_state(server: Server, device: str, doors: dict[str, dict[str, Any]], 
     server.supervisor.on_state(device, clock.wall(), retained=False)
 
 
-def door(relay: bool = False, is_open: bool = False, tamper: bool = False) -> dict[str, Any]:
-    return {"state": "unlocked" if relay else "locked", "relay": relay, "open": is_open, "sounder": False,
-            "tamper": tamper}
+def door(relay: bool = False, is_open: bool = False, tamper: bool = False, alarm: bool = False,
+         override: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = "alarm" if alarm else "open" if is_open else "unlocked" if relay else "locked"
+    return {"state": state, "relay": relay, "open": is_open, "sounder": alarm, "tamper": tamper,
+            "override": override}
 
 
 def board(client: TestClient, headers: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -92,15 +94,27 @@ def test_board_shows_each_doors_live_state(app: FastAPI, client: TestClient, ser
         ("unlocked", "open", "locked")
     assert doors["lobby_in"]["device_status"] == "online" and doors["lobby_in"]["relay"] is True
 
-    # An unresolved alarm at the door outranks what the contact says, until it is resolved.
+    # The physical state and the open alarms are apart: a closed gate with an old alarm reads "locked", 1 alarm.
     alarm_id, _ = server.store.raise_alarm("forced_open", key="forced_open-e1", at=clock.wall(), device="pi-lobby",
                                            door="lobby_out", once=True, cleared=True)
+    report_state(server, "pi-lobby", {"lobby_in": door(relay=True), "lobby_out": door()}, clock)
     doors = board(client, desk)
-    assert doors["lobby_out"]["state"] == "alarm" and doors["lobby_out"]["alarms"] == 1
+    assert (doors["lobby_out"]["state"], doors["lobby_out"]["alarms"], doors["lobby_out"]["alarm_priority"]) == \
+        ("locked", 1, "high")
+    # Open now with the edge holding the alarm: forced (the latest alarm at the door says which).
+    report_state(server, "pi-lobby", {"lobby_in": door(relay=True), "lobby_out": door(is_open=True, alarm=True)},
+                 clock)
+    assert (board(client, desk)["lobby_out"]["state_label"]) == "forced open"
     server.store.resolve(alarm_id, "dex", "checked")
+    doors = board(client, desk)
+    assert (doors["lobby_out"]["alarms"], doors["lobby_out"]["alarm_priority"]) == (0, None)
+    report_state(server, "pi-lobby", {"lobby_in": door(relay=True), "lobby_out": door(is_open=True)}, clock)
     assert board(client, desk)["lobby_out"]["state"] == "open"
     report_state(server, "pi-floor7", {"lab": door(tamper=True)}, clock)
-    assert board(client, desk)["lab"]["state"] == "alarm"
+    lab = board(client, desk)["lab"]
+    assert (lab["state"], lab["tamper"]) == ("locked", True), "tamper is a tag beside the state, not a state"
+    page = client.get("/doors", headers=desk).text
+    assert re.search(r'data-field="state">locked</span>\s*<span class="tag tag-tamper" data-field="tamper">', page)
 
     # An edge the server no longer hears: offline, whatever its last state said.
     server.supervisor.on_availability("pi-lobby", "offline", retained=False)
@@ -111,7 +125,7 @@ def test_board_shows_each_doors_live_state(app: FastAPI, client: TestClient, ser
     report_state(server, "pi-floor7", {"lab": door(), "lobby_in": door(relay=True)}, clock)
     assert board(client, desk)["lobby_in"]["state"] == "offline"
     page = client.get("/doors", headers=desk).text
-    assert 'data-board="/api/v1/board"' in page and '/static/admin.js' in page
+    assert 'data-board="/api/v1/board"' in page and '/static/doors.js' in page
     assert re.search(r'<tr data-door="lab">\s*<th scope="row">Floor 7 lab</th>', page)
 
 
@@ -227,3 +241,67 @@ def test_muster_lists_who_is_where_with_visitors_and_hosts(app: FastAPI, client:
     assert "@media print" in client.get("/static/admin.css").text
     assert client.get("/muster", headers=bearer(toks["aud"])).status_code == 403
     assert_json_error(client.get("/api/v1/muster"), 401)
+
+
+def test_timed_override_is_a_signed_audited_command_shown_on_the_board_until_its_end(
+        app: FastAPI, client: TestClient, server: Server, clock: FakeClock, edges: FakeEdges) -> None:
+    desk = bearer(tokens(app)["dex"])
+    until = clock.wall() + 3600
+    r = client.post("/api/v1/doors/lab/override", json={"kind": "unlock", "until": iso_ms(until)}, headers=desk)
+    assert r.status_code == 200, r.text
+    sent = edges.sent[-1]
+    assert (sent["device"], sent["action"], sent["args"]) == ("pi-floor7", "unlock", {"door": "lab",
+                                                                                     "until": iso_ms(until)})
+    record = [x for x in server.audit.records() if x["action"] == "door.unlock"][-1]
+    assert record["actor"] == "dex" and record["details"]["args"]["until"] == iso_ms(until)
+
+    # The board shows what the edge says it holds, with its end in site time; once past, it is gone.
+    held = {"kind": "unlock", "until": iso_ms(until), "transaction": sent["transaction"]}
+    report_state(server, "pi-floor7", {"lab": door(relay=True, override=held)}, clock)
+    lab = board(client, desk)["lab"]
+    assert lab["override"]["kind"] == "unlock" and lab["override"]["until"] == iso_ms(until)
+    assert lab["override"]["until_text"] and lab["state"] == "unlocked"
+    page = client.get("/doors", headers=desk).text
+    assert f"unlocked until {lab['override']['until_text']}" in page
+    clock.advance(3601)
+    report_state(server, "pi-floor7", {"lab": door(relay=False, override=held)}, clock)
+    assert board(client, desk)["lab"]["override"] is None, "an end already past is never shown as in force"
+
+    # Lock override, then release; bad times refused before anything is signed.
+    n = len(edges.sent)
+    for bad in ("tomorrow", iso_ms(clock.wall() + 10), iso_ms(clock.wall() + 40 * 86400)):
+        r = client.post("/api/v1/doors/lab/override", json={"kind": "unlock", "until": bad}, headers=desk)
+        assert r.status_code == 400, bad
+    assert client.post("/api/v1/doors/lab/override", json={"kind": "open", "until": iso_ms(until)},
+                       headers=desk).status_code == 422
+    assert len(edges.sent) == n
+    r = client.post("/api/v1/doors/lab/override", json={"kind": "lock", "until": iso_ms(clock.wall() + 600)},
+                    headers=desk)
+    assert r.status_code == 200 and edges.sent[-1]["action"] == "lock"
+    r = client.post("/api/v1/doors/lab/override/release", headers=desk)
+    assert r.status_code == 200 and edges.sent[-1]["action"] == "release"
+    assert any(x["action"] == "door.release" and x["actor"] == "dex" for x in server.audit.records())
+    edges.status = "failed"
+    r = client.post("/api/v1/doors/lab/override", json={"kind": "unlock", "until": iso_ms(clock.wall() + 600)},
+                    headers=desk)
+    assert r.status_code == 502
+
+
+def test_override_form_takes_site_time_and_needs_csrf(client: TestClient, server: Server, clock: FakeClock,
+                                                      edges: FakeEdges) -> None:
+    csrf = api_login(client, "dex")
+    page = client.get("/doors/lab/override")
+    assert page.status_code == 200 and 'type="datetime-local"' in page.text and "Europe/London" in page.text
+    assert client.post("/doors/lab/override", data={"kind": "unlock", "until": "2030-01-01T10:00",
+                                                    "confirm": "yes"}).status_code == 403
+    # The fake clock reads 2025-11-28 08:00 UTC = 08:00 in London: 09:30 London is 09:30 UTC that day.
+    r = client.post("/doors/lab/override", data={"csrf_token": csrf, "kind": "unlock", "until": "2025-11-28T09:30",
+                                                 "confirm": "yes"})
+    assert r.status_code == 303 and r.headers["location"] == "/doors?done=override_set&target=lab"
+    assert edges.sent[-1]["args"] == {"door": "lab", "until": "2025-11-28T09:30:00.000Z"}
+    r = client.post("/doors/lab/override", data={"csrf_token": csrf, "kind": "unlock", "until": "2020-01-01T09:30",
+                                                 "confirm": "yes"})
+    assert r.status_code == 400 and "at least a minute from now" in r.text
+    r = client.post("/doors/lab/release", data={"csrf_token": csrf, "confirm": "yes"})
+    assert r.status_code == 303 and r.headers["location"] == "/doors?done=released&target=lab"
+    assert edges.sent[-1]["action"] == "release"
