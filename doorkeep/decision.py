@@ -28,9 +28,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Self
+from typing import Any, Iterable, Iterator, Self
 
 from doorkeep.model import (
+    AccessEntry,
+    AccessLevel,
     AntiPassback,
     Area,
     CredentialState,
@@ -340,20 +342,29 @@ def _own_merits(person: Person, area: Area, site: Site, state: DecisionState, no
     return None
 
 
-def _access_level_rule(site: Site, levels: tuple[str, ...], area: str, now: float) -> Reason | None:
-    """None if any of the person's levels covers the area now; outside_schedule if one covers it at other times."""
-    covered = False
+def covering_entries(site: Site, levels: Iterable[str], area: str) -> Iterator[tuple[AccessLevel, AccessEntry]]:
+    """Each (level, entry) among ``levels`` that names ``area``, in the person's order of levels.
+
+    The access-level rule reads exactly this selection, and ``doorkeep.explain`` names the levels and
+    schedules it yields when the rule refuses, so the words shown at the desk cannot drift from the rule.
+    """
     for level_id in levels:
         level = site.access_levels.get(level_id)
         if level is None:
             continue
         for entry in level.entries:
-            if entry.area != area:
-                continue
-            covered = True
-            schedule = site.schedules.get(entry.schedule)
-            if schedule is not None and is_open(schedule, now, site.timezone):
-                return None
+            if entry.area == area:
+                yield level, entry
+
+
+def _access_level_rule(site: Site, levels: tuple[str, ...], area: str, now: float) -> Reason | None:
+    """None if any of the person's levels covers the area now; outside_schedule if one covers it at other times."""
+    covered = False
+    for _, entry in covering_entries(site, levels, area):
+        covered = True
+        schedule = site.schedules.get(entry.schedule)
+        if schedule is not None and is_open(schedule, now, site.timezone):
+            return None
     return Reason.OUTSIDE_SCHEDULE if covered else Reason.NO_ACCESS
 
 
@@ -434,6 +445,29 @@ def _pin_rule(request: AccessRequest, person: Person, site: Site, state: Decisio
     if person.pin_hash is None or not hmac.compare_digest(person.pin_hash, request.pin_hash):
         return Reason.WRONG_PIN
     return None
+
+
+# ------------------------------------------------------------ for explanations
+
+
+def area_of(site: Site, area_id: str) -> Area:
+    """The area a door leads into as the rules see it (an area the site does not list: a plain one)."""
+    return _area(site, area_id)
+
+
+def own_merits(person: Person, area: Area, site: Site, state: DecisionState, now: float) -> Reason | None:
+    """Whether ``person`` may enter ``area`` on their own at ``now`` (None) or the reason they may not."""
+    return _own_merits(person, area, site, state, now)
+
+
+def may_escort(escort: Person, visitor: Person, area: Area, site: Site, state: DecisionState, now: float) -> bool:
+    """Whether ``escort`` counts as an escort for ``visitor`` into ``area`` at ``now`` (docs/reason-codes.md)."""
+    return _may_escort(escort, visitor, area, site, state, now)
+
+
+def in_passback(person: str, door: Door, area: Area, state: DecisionState, now: float) -> bool:
+    """Whether the anti-passback rule finds ``person`` somewhere other than where ``door`` leads out of."""
+    return _passback(person, door, area, state, now)
 
 
 # ------------------------------------------------------------------ commit

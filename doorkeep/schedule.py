@@ -62,3 +62,34 @@ def _window_open(w: TimeWindow, holidays: frozenset[date], today: date, yesterda
 
 def _day(d: date) -> str:
     return WEEKDAYS[d.weekday()]
+
+
+#: How far ahead :func:`next_opening` looks (a schedule closed longer than this is "not within N days").
+LOOKAHEAD_DAYS = 14
+
+
+def next_opening(schedule: Schedule, epoch: float, tz: str, days: int = LOOKAHEAD_DAYS) -> float | None:
+    """The first instant after ``epoch`` at which ``schedule`` is open, or None within ``days`` local days.
+
+    A closed schedule can only open at the start of one of its windows (a window running on past midnight
+    is already open at midnight only if it was open before it), so the candidates are each window's local
+    start on each coming day; each is checked with :func:`is_open` itself, so holidays and the clocks
+    changing are judged exactly as the access rule judges them. If ``epoch`` is already open, the answer is
+    ``epoch``.
+    """
+    if is_open(schedule, epoch, tz):
+        return epoch
+    zone = ZoneInfo(tz)
+    today = local_date(epoch, tz)
+    best: float | None = None
+    for offset in range(days + 1):
+        day = today + timedelta(days=offset)
+        for w in schedule.windows:
+            if _day(day) not in w.days:
+                continue
+            at = datetime.combine(day, w.start, tzinfo=zone).timestamp()
+            if at > epoch and (best is None or at < best) and is_open(schedule, at, tz):
+                best = at
+        if best is not None:
+            return best
+    return None
