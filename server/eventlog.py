@@ -28,6 +28,34 @@ SERVER_DEVICE = "desk"
 #: Told of each server-made event once it is stored (the live feed pushes it to open streams).
 EventListener = Callable[[EventMsg], None]
 
+# The live feed's event kinds, toggled on and off by the operator (docs/desk.md "Live"). Derived from the
+# vocabulary, never listed by hand: a new event type lands in a kind by what it is.
+BADGE, ALARM, DOOR, SYSTEM = "badge", "alarm", "door", "system"
+#: Kind -> what the toggle says, in the order the desk shows them.
+KINDS: dict[str, str] = {BADGE: "Badges", ALARM: "Alarms", DOOR: "Door movements", SYSTEM: "System"}
+#: Door movements are off by default: two rows in three are a door opening or closing, and they drown the badges.
+DEFAULT_KINDS: frozenset[str] = frozenset({BADGE, ALARM, SYSTEM})
+
+
+def event_kind(etype: str) -> str:
+    """A badge (``access``), an alarm (an event that raises one), a door movement (the door's own ordinary
+    events: opened, closed, REX) or system (everything else: readers, cameras, commands, the desk's own)."""
+    if etype == "access":
+        return BADGE
+    known = vocabulary.EVENTS.get(etype)
+    if known is None:
+        return SYSTEM
+    if known.raises:
+        return ALARM
+    return DOOR if known.door_machine else SYSTEM
+
+
+def kind_types(kinds: frozenset[str] | set[str]) -> list[str] | None:
+    """The event types of these kinds for the store's ``types`` filter; None when every kind is on (no filter)."""
+    if set(KINDS) <= set(kinds):
+        return None
+    return sorted(name for name in vocabulary.EVENTS if event_kind(name) in kinds)
+
 
 class EventLog:
     """Pages of stored events, one event, a snapshot; and the server's own events, stored and announced."""
@@ -38,10 +66,14 @@ class EventLog:
         self.listeners: list[EventListener] = []
 
     def page(self, *, before: int | None = None, after: int | None = None, door: str | None = None,
-             decision: str | None = None, people: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+             decision: str | None = None, people: list[str] | None = None, doors: list[str] | None = None,
+             types: list[str] | None = None, reason: str | None = None, since: str | None = None,
+             until: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Stored events (``Store.event`` shape plus ``cursor``), newest first, or oldest first ``after`` a cursor;
-        filtered by door, decision and person ids (None: any)."""
+        filtered by door (or any of ``doors``), decision, reason, person ids, event types and ``since <= ts <
+        until`` (stored ``ts`` text, UTC); None: any."""
         return self.store.event_page(before=before, after=after, door=door, decision=decision, people=people,
+                                     doors=doors, types=types, reason=reason, since=since, until=until,
                                      limit=limit)
 
     def get(self, event_id: str) -> dict[str, Any] | None:

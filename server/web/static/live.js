@@ -12,11 +12,11 @@
   var newest = 0;
   var nextBefore = null;
   var source = null;
-  var filters = new URLSearchParams();
-  ["door", "person", "decision"].forEach(function (k) {
-    var v = table.getAttribute("data-" + k);
-    if (v) { filters.set(k, v); }
-  });
+  // The filter as the server built it from the form (door, area, person, decision, reason, kinds, since,
+  // until): the history, the stream and the CSV link all use the same one, so a streamed row appears only
+  // when it matches what the operator chose.
+  var filters = new URLSearchParams(table.getAttribute("data-query") || "");
+  var LABELS = ["Time", "Door", "Person", "Decision", "Reason", "Snapshot"];
 
   function text(tag, value, cls) {
     var el = document.createElement(tag);
@@ -51,7 +51,41 @@
   function decisionText(row) {
     if (row.type === "access") { return row.decision; }
     if (row.type === "visitor_arrived") { return "visitor arrived"; }
-    return row.type.replace(/_/g, " ");
+    var what = row.type.replace(/_/g, " ");
+    return row.kind === "alarm" ? "alarm: " + what : what;  // said in words, not by colour alone
+  }
+
+  function timeCell(row) {
+    var td = document.createElement("td");
+    var t = document.createElement("time");
+    t.setAttribute("datetime", row.ts);
+    t.textContent = (row.local_date ? row.local_date + " " : "") + row.local_time + (row.zone ? " " + row.zone : "");
+    td.appendChild(t);
+    td.title = row.ts + " (UTC, by the device's clock)";
+    return td;
+  }
+
+  function reasonCell(row) {
+    var td = document.createElement("td");
+    if (row.reason) { td.title = row.reason; }  // the code on hover too (it is also shown beside the words)
+    var box = document.createElement("span");  // one grid cell when the row reflows on a phone
+    td.appendChild(box);
+    box.appendChild(text("span", reasonText(row)));
+    if (row.reason && row.reason_label && row.reason_label.toLowerCase() !== row.reason) {
+      box.appendChild(document.createTextNode(" "));
+      box.appendChild(text("code", row.reason, "reason-code"));
+    }
+    if (row.why_url) {
+      box.appendChild(document.createTextNode(" "));
+      var why = document.createElement("a");
+      why.href = row.why_url;
+      why.className = "why-link";
+      why.textContent = "Why?";
+      why.setAttribute("aria-label", "Why was " + (row.person_name || "this badge") + " refused at " +
+                       (row.door_name || "the door") + "?");
+      box.appendChild(why);
+    }
+    return td;
   }
 
   function reasonText(row) {
@@ -65,20 +99,18 @@
     var tr = document.createElement("tr");
     tr.setAttribute("data-id", row.id);
     tr.setAttribute("data-cursor", row.cursor);
-    var time = text("td", row.local_time);
-    time.title = row.ts;
-    tr.appendChild(time);
+    tr.setAttribute("data-kind", row.kind || "system");
+    tr.appendChild(timeCell(row));
     tr.appendChild(text("td", row.door_name));
     tr.appendChild(text("td", row.person_name));
-    var decision = text("td", decisionText(row), "decision decision-" + (row.decision || row.type));
+    var decision = text("td", decisionText(row), "decision decision-" + (row.decision || row.kind || row.type));
     tr.appendChild(decision);
-    var why = text("td", reasonText(row));
-    if (row.reason) { why.title = row.reason; }
-    tr.appendChild(why);
+    tr.appendChild(reasonCell(row));
     var snap = document.createElement("td");
     snap.className = "snapshot";
     snapshotCell(snap, row);
     tr.appendChild(snap);
+    for (var i = 0; i < tr.cells.length; i++) { tr.cells[i].setAttribute("data-label", LABELS[i]); }
     return tr;
   }
 
