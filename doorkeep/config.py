@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from doorkeep.alarm_priority import parse_alarm_settings
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.policy import ReaderSignals
@@ -412,6 +413,7 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
         levels[lid] = AccessLevel(lid, t.get("name", str, lid), tuple(entries))
         t.done()
     rules = _rules(root.sub("rules"))
+    alarms = parse_alarm_settings(root.sub("alarms"))  # the desk's priorities (docs/alarms.md "Priority")
     root.used.add("retention")  # server-side only: read by _load_retention, not part of the Site
     root.used.add("intrusion")  # server-side only: read by _load_intrusion, not part of the Site
     root.used.add("desk")  # server-side only: read by load_desk_settings, not part of the Site
@@ -419,7 +421,7 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.done()
     if site_id is None or tz is None:
         return None
-    return Site(site_id, name or site_id, tz, areas, doors, schedules, levels, rules=rules)
+    return Site(site_id, name or site_id, tz, areas, doors, schedules, levels, rules=rules, alarms=alarms)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,15 @@ class Rules:
 
 
 @dataclass(frozen=True)
+class AlarmSettings:
+    """A site's alarm priorities and escalation times (site.toml ``[alarms]``): only what the site overrides;
+    doorkeep/alarm_priority.py holds the defaults and resolves against them."""
+
+    priority: dict[str, str] = field(default_factory=dict)           # alarm type -> high | medium | low
+    escalate_after_s: dict[str, float] = field(default_factory=dict)  # priority -> seconds; 0: never
+
+
+@dataclass(frozen=True)
 class Site:
     id: str
     name: str
@@ -167,3 +176,4 @@ class Site:
     # Lockdowns in force ("site" or area ids): set by the server, carried in the policy so that an
     # edge deciding on its own honours them too.
     lockdowns: frozenset[str] = frozenset()
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)  # desk priorities ([alarms]; server only)

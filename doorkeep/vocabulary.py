@@ -169,6 +169,9 @@ _EVENTS: tuple[EventType, ...] = (
     EventType("remote_unlock", "a signed unlock command released the door's lock"),
     EventType("command_rejected", "the edge refused a command"),
     EventType("lockdown", "a signed lockdown command reached the edge"),
+    EventType("override_started", "a signed timed override (unlock or lock until a time) is in force at the door"),
+    EventType("override_ended", "the door's timed override ended (its time came, released, replaced, locked, "
+                                "lockdown) and the door is back to its normal state"),
     EventType("visitor_arrived", "the security desk checked a visitor in (recorded by the server)",
               wire=False, published=False),
 )

@@ -37,6 +37,7 @@ from doorkeep.envelope import (
 )
 from server.errors import ServerError, StoreError
 from server.private_files import create_private_file, open_private, private_dir, tighten_tree
+from server.store_alarm_desk import AlarmDeskRecords, m015_alarm_desk
 from server.store_audit import AuditRecords
 from server.store_desk import DeskRecords
 from server.store_operators import OperatorRecords
@@ -268,6 +269,15 @@ free one is handed out first). The rows of migration 008
                               not_null={"format", "last4", "position"})
 
 
+def _m014_event_feed_indexes(db: sqlite_utils.Database) -> None:
+    """The live feed's searches stay fast on a large store (server/store_desk.py ``event_page``): one person
+    over a week reads ``events(person, ts)`` (which also serves every lookup by person, so the person-only
+    index of migration 005 goes), one door reads ``events(door)`` in rowid order."""
+    db.execute("CREATE INDEX IF NOT EXISTS events_person_ts ON events (person, ts)")
+    db.execute("CREATE INDEX IF NOT EXISTS events_door ON events (door)")
+    db.execute("DROP INDEX IF EXISTS idx_events_person")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -282,6 +292,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("011_site_revisions", _m011_site_revisions),
     ("012_audit_search", _m012_audit_search),
     ("013_people", _m013_people),
+    ("014_event_feed_indexes", _m014_event_feed_indexes),
+    ("015_alarm_desk", m015_alarm_desk),
 ]
 
 
@@ -330,7 +342,7 @@ class StoredAccessEvent(NamedTuple):
     """The event's detail, JSON text (a lockdown's ``scope`` and ``active``)."""
 
 
-class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
+class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords):
     """Events and snapshots of one site. Thread-safe: one connection behind a lock.
 
     The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
@@ -682,6 +694,14 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
         with self._lock:
             return int(self._db.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0])
 
+    def site_revision_number_at(self, epoch: float) -> int | None:
+        """The number of the site revision in force at ``epoch`` (the newest committed at or before it); None
+        when the first revision came later (the desk's "Why not?" then explains on the current site)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(number) FROM site_revisions WHERE created_at <= ?",
+                                   [epoch]).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def site_revision(self, number: int) -> dict[str, Any] | None:
         with self._lock:
             rows = list(self._db.query("SELECT * FROM site_revisions WHERE number = ?", [number]))
@@ -756,7 +776,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords):
                 return current["id"], False
             self._db.conn.execute(
                 "UPDATE alarms SET cleared_at = ?, last_raised_at = ?, occurrences = occurrences + 1, "
-                "acknowledged_at = NULL, acknowledged_by = NULL, detail = ? WHERE id = ?",
+                "acknowledged_at = NULL, acknowledged_by = NULL, escalated_at = NULL, detail = ? WHERE id = ?",
                 [at if cleared else None, at, detail_json if detail is not None else current["detail"], current["id"]])
             return current["id"], True
 

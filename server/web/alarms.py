@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
 from doorkeep import vocabulary
-from server.alarms import MAX_NOTE, Alarm, AlarmError, AlarmNotFound, Alarms
+from server.alarms import MAX_NOTE, Alarm, AlarmError, AlarmFilter, AlarmNotFound, Alarms
 from server.sessions import Principal
 from server.web.access import require
 from server.web.roles import ADMIN, DESK
@@ -85,6 +85,11 @@ class AlarmOut(BaseModel):
     resolved_by: str | None
     note: str | None
     detail: dict[str, Any]
+    priority: str = Field(default="low", description="high, medium or low: the site's choice for the type "
+                          "(site.toml [alarms], docs/alarms.md)")
+    escalated_at: float | None = Field(default=None, description="when it passed its escalation time unacknowledged")
+    source_event: str | None = Field(default=None, description="the event that raised it (its snapshot: "
+                                     "GET /api/v1/snapshots/{source_event})")
 
 
 class AlarmsOut(BaseModel):
@@ -95,7 +100,8 @@ class AlarmsOut(BaseModel):
 
 class ResolveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field(min_length=1, max_length=MAX_NOTE, description="what happened and what was done")
+    note: str = Field(default="", max_length=MAX_NOTE, description="what happened and what was done (required "
+                      "for a high-priority alarm)")
 
 
 class ActionOut(BaseModel):
@@ -124,7 +130,8 @@ def _out(request: Request, a: Alarm) -> AlarmOut:
                     device=a.device, door=a.door, door_name=door.name if door else None, subject=_subject(a),
                     raised_at=a.raised_at, last_raised_at=a.last_raised_at, occurrences=a.occurrences,
                     cleared_at=a.cleared_at, acknowledged_at=a.acknowledged_at, acknowledged_by=a.acknowledged_by,
-                    resolved_at=a.resolved_at, resolved_by=a.resolved_by, note=a.note, detail=a.detail)
+                    resolved_at=a.resolved_at, resolved_by=a.resolved_by, note=a.note, detail=a.detail,
+                    priority=a.priority, escalated_at=a.escalated_at, source_event=a.source_event)
 
 
 def _service(request: Request) -> Alarms:
@@ -199,20 +206,71 @@ def api_resolve(body: ResolveIn, request: Request, alarm_id: str = Path(pattern=
 
 #: Messages the alarms page shows after a form, by code (never text taken from the URL).
 DONE = {"acknowledged": "Alarm acknowledged.", "resolved": "Alarm resolved.", "note": "Write a note to resolve "
-        "the alarm: what happened and what was done.", "gone": "That alarm no longer exists."}
+        "the alarm: what happened and what was done.", "gone": "That alarm no longer exists.",
+        "bulk_acknowledged": "The selected alarms are acknowledged.", "bulk_resolved": "The selected alarms are "
+        "resolved.", "none": "No alarm was selected: tick the alarms first, or use the buttons for all matching."}
+PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+def render_page(request: Request, who: Principal, flt: AlarmFilter, message: str | None = None,
+                error: str | None = None, status: int = 200, note: str = "") -> Response:
+    """The alarms page: open alarms (filtered, most urgent first) with priority, the door's state now, the
+    snapshot and the timeline; bulk actions; the resolved history."""
+    from server.web import alarm_desk
+    from server.web.pages import render
+
+    service = _service(request)
+    everything = service.open()
+    current = sorted((a for a in everything if flt.matches(a)),
+                     key=lambda a: (PRIORITY_ORDER.get(a.priority, 3), -a.last_raised_at))
+    site = request.app.state.desk.server.site
+    shown = [_out(request, a) for a in current]
+    timelines = {a.id: a.timeline() for a in current}
+    return render(request, "alarms.html", who, status=status, active=[a for a in shown if a.state == "active"],
+                  cleared=[a for a in shown if a.state == "cleared"], history=_history(request, HISTORY),
+                  message=message, error=error, note=note, tz=site.timezone, max_note=MAX_NOTE,
+                  flt=flt, filtered=flt != AlarmFilter(), total=len(everything),
+                  types=sorted({a.type for a in everything} | ({flt.type} if flt.type else set())),
+                  doors=sorted(site.doors.values(), key=lambda d: d.name),
+                  door_states=alarm_desk.door_states(request), snapshots=alarm_desk.snapshots(request, current),
+                  timelines=timelines, priorities=("high", "medium", "low"),
+                  fingerprint=",".join(f"{a.id}:{a.state}:{a.occurrences}:{a.escalated_at or ''}" for a in everything))
 
 
 @route("/alarms", "GET", include_in_schema=False)
-def alarms_page(request: Request, done: str = Query("", max_length=20),
+def alarms_page(request: Request, done: str = Query("", max_length=20), priority: str = Query("", max_length=10),
+                type: str = Query("", max_length=64), door: str = Query("", max_length=64),
+                state: str = Query("", max_length=10), unack: str = Query("", max_length=5),
                 who: Principal = Depends(require(ADMIN, DESK))) -> Response:
-    from server.web.pages import render
+    from server.web.alarm_desk import page_filter
 
-    current = open_alarms(request)
-    site = request.app.state.desk.server.site
-    return render(request, "alarms.html", who, active=[a for a in current if a.state == "active"],
-                  cleared=[a for a in current if a.state == "cleared"], history=_history(request, HISTORY),
-                  message=DONE.get(done), tz=site.timezone, max_note=MAX_NOTE,
-                  fingerprint=",".join(f"{a.id}:{a.state}:{a.occurrences}" for a in current))
+    return render_page(request, who, page_filter(priority, type, door, state, unack), message=DONE.get(done))
+
+
+@route("/alarms/bulk", "POST", include_in_schema=False)
+def bulk_form(request: Request, op: str = Form(pattern="^(acknowledge|resolve):(selected|filter)$"),
+              ids: list[str] = Form([]),
+              note: str = Form("", max_length=MAX_NOTE), f_priority: str = Form("", max_length=10),
+              f_type: str = Form("", max_length=64), f_door: str = Form("", max_length=64),
+              f_state: str = Form("", max_length=10), f_unack: str = Form("", max_length=5),
+              who: Principal = Depends(require(ADMIN, DESK))) -> Response:
+    """Acknowledge or resolve the ticked alarms, or every one matching the page's filter. A high-priority
+    alarm without a note: the page again (422) with the note marked as the field to fill."""
+    from server.web.alarm_desk import bulk_form_ids, page_filter
+
+    action, scope = op.split(":")
+    flt = page_filter(f_priority, f_type, f_door, f_state, f_unack)
+    chosen = bulk_form_ids(scope, ids, request, flt)
+    if not chosen:
+        return RedirectResponse("/alarms?done=none", status_code=303)
+    if action == "acknowledge":
+        _service(request).acknowledge_many(chosen, who.name)
+        return RedirectResponse("/alarms?done=bulk_acknowledged", status_code=303)
+    try:
+        _service(request).resolve_many(chosen, note, who.name)
+    except AlarmError as exc:
+        return render_page(request, who, flt, error=str(exc), status=422, note=note)
+    return RedirectResponse("/alarms?done=bulk_resolved", status_code=303)
 
 
 @route("/alarms/{alarm_id}/acknowledge", "POST", include_in_schema=False)

@@ -236,6 +236,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     """
     from server.web import account, alarms, api, doors, live, muster, pages, people, site, visitors
     from server.web import operators_pages
+    from server.web import alarm_desk
     from server.web import site_pages
     from server.web import audit as audit_pages  # not `audit`: create_app has an AuditLog by that name
 
@@ -293,6 +294,9 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     _install_handlers(app)
     api.install(app)
     live.install(app)
+    from server.web import why as why_pages  # "Why not?": an event's page and its explanation
+    why_pages.install(app)
+    alarm_desk.install(app)  # the alarm counter, its sounds, bulk actions (after live: it publishes on the hub)
     visitors.install(app)
     for module in (alarms, doors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)

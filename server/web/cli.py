@@ -197,6 +197,7 @@ def _systemd_server(config: Any, *, healthy: Callable[[], bool]) -> Any:
     from sdnotify import SystemdNotifier
 
     from server.cli import _watchdog_interval
+    from server.web.serving import end_live_streams
 
     notifier, interval = SystemdNotifier(), _watchdog_interval()
 
@@ -217,6 +218,7 @@ def _systemd_server(config: Any, *, healthy: Callable[[], bool]) -> Any:
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             notifier.notify("STOPPING=1")
+            end_live_streams(self.config.app)
             await super().shutdown(sockets=sockets)
 
     return SystemdServer(config)

@@ -4,6 +4,9 @@
 person, decision, reason, snapshot state) and a ``snapshot`` message when an event's snapshot lands after
 the event did, so "snapshot pending" turns into the picture without a reload. ``GET /api/v1/events`` is
 the same rows from the store, newest first, a page at a time; ``GET /api/v1/snapshots/{id}`` the JPEG.
+One filter (:class:`EventFilter`, built and checked by :func:`build_filter`: door, area, person, decision,
+reason, event kinds, time range) serves the history, the stream and the CSV export (server/web/export.py),
+so what the operator sees, what arrives live and what they download are the same set of events.
 
 Stored rows come from the event log (server/eventlog.py, a read service over the store). The server's store
 thread learns of events and snapshots through the bus's listener hooks (server/bus.py), and of the events the
@@ -30,9 +33,11 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, AsyncIterator
-from zoneinfo import ZoneInfo
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -40,10 +45,11 @@ from starlette.concurrency import run_in_threadpool
 from doorkeep import vocabulary
 from doorkeep.contract import EventMsg
 from doorkeep.model import PersonKind, Site
-from server.eventlog import EventLog
+from server.eventlog import DEFAULT_KINDS, KINDS, EventLog, event_kind, kind_types
 from server.sessions import Principal
 from server.web.access import identify, require
 from server.web.api import ERRORS, ErrorOut
+from server.web.audit import FilterError, parse_when
 from server.web.roles import ADMIN, DESK
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -68,6 +74,11 @@ class EventRowOut(BaseModel):
     id: str
     ts: str = Field(description="when it happened, by the device's clock (ISO 8601, UTC)")
     local_time: str = Field(description="ts in the site's time zone, HH:MM:SS")
+    local_date: str = Field(default="", description="ts's date in the site's time zone, YYYY-MM-DD")
+    zone: str = Field(default="", description="the site's time zone as the clock shows it then (CET, CEST, UTC)")
+    kind: str = Field(default="system", description="badge, alarm, door (door movements) or system "
+                                                    "(server/eventlog.py event_kind)")
+    why_url: str | None = Field(default=None, description="a refused badge: where the desk explains why")
     type: str
     door: str
     door_name: str
@@ -109,10 +120,11 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
         snap = "withheld"
     else:
         snap = "ready" if row.get("snapshot_path") else "pending"
+    local_date = zone = ""
     try:
         local = datetime.fromisoformat(row["ts"].replace("Z", "+00:00")).astimezone(ZoneInfo(site.timezone))
-        local_time = local.strftime("%H:%M:%S")
-    except (ValueError, KeyError):
+        local_time, local_date, zone = local.strftime("%H:%M:%S"), local.strftime("%Y-%m-%d"), local.tzname() or ""
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
         local_time = row["ts"]
     detail = row.get("detail") or {}
     if isinstance(detail, str):
@@ -123,7 +135,10 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
     if row["type"] == "visitor_arrived" and isinstance(detail.get("host"), str):
         detail = {**detail, "host_name": person_label(site, detail["host"], None)[0]}
     return EventRowOut(
-        cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, type=row["type"],
+        cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, local_date=local_date,
+        zone=zone, kind=event_kind(row["type"]),
+        why_url=f"/events/{quote(row['id'], safe='')}#why" if row.get("decision") == "denied" else None,
+        type=row["type"],
         door=row["door"], door_name=door.name if door else (row["door"] or "security desk"),
         person=row.get("person"), person_name=name, person_kind=kind, decision=row.get("decision"),
         reason=row.get("reason"), reason_label=vocabulary.reason_label(row.get("reason")), snapshot=snap,
@@ -132,11 +147,19 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
 
 @dataclass(frozen=True)
 class EventFilter:
-    """The live view's filters; the same ones apply to the history and to the stream."""
+    """The live view's filters; the same ones apply to the history, the stream and the CSV export.
+
+    Build one from request parameters with :func:`build_filter` (which checks them); the fields hold what the
+    store compares: ids for door and area (the desk shows their names), stored ``ts`` text for the range."""
 
     door: str | None = None
     person: str | None = None    # a person id, or part of a name (case-insensitive)
     decision: str | None = None  # granted | denied
+    area: str | None = None      # an area id: events at the doors into or out of it
+    reason: str | None = None    # a reason code (doorkeep/vocabulary.py)
+    kinds: frozenset[str] | None = None  # event kinds shown (server/eventlog.py KINDS); None: all
+    since: str | None = None     # ts >= since (UTC, stored text)
+    until: str | None = None     # ts < until
 
     def person_ids(self, site: Site) -> set[str] | None:
         if not self.person:
@@ -144,15 +167,76 @@ class EventFilter:
         needle = self.person.casefold()
         return {pid for pid, p in site.people.items() if pid == self.person or needle in p.name.casefold()}
 
+    def area_doors(self, site: Site) -> list[str] | None:
+        """The doors into or out of the area (an unknown area: none), or None without an area filter."""
+        if not self.area:
+            return None
+        return sorted(d.id for d in site.doors.values() if self.area in (d.from_area, d.to_area))
+
     def matches(self, row: EventRowOut, site: Site, ids: set[str] | None = None) -> bool:
         """``ids``: :meth:`person_ids` computed once for many rows (the person filter scans every person)."""
         if self.door and row.door != self.door:
             return False
         if self.decision and row.decision != self.decision:
             return False
+        if self.reason and row.reason != self.reason:
+            return False
+        if self.kinds is not None and row.kind not in self.kinds:
+            return False
+        if (self.since and row.ts < self.since) or (self.until and row.ts >= self.until):
+            return False
+        if self.area and row.door not in (self.area_doors(site) or ()):
+            return False
         if not self.person:
             return True
         return row.person in (ids if ids is not None else self.person_ids(site) or set())
+
+    def params(self, site: Site) -> dict[str, str]:
+        """The filter as API query parameters (times in the site's zone, as the operator wrote them)."""
+        out = {"door": self.door or "", "area": self.area or "", "person": self.person or "",
+               "decision": self.decision or "", "reason": self.reason or ""}
+        if self.kinds is not None:
+            out["kinds"] = ",".join(k for k in KINDS if k in self.kinds)
+        for name, ts in (("since", self.since), ("until", self.until)):
+            if ts:
+                out[name] = local_text(ts, site.timezone)
+        return {k: v for k, v in out.items() if v or k == "kinds"}
+
+
+def local_text(ts: str, tz: str) -> str:
+    """A stored UTC ``ts`` as the site's local ``YYYY-MM-DDTHH:MM`` (what a datetime-local field holds)."""
+    try:
+        moment = datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    except (ValueError, ZoneInfoNotFoundError):
+        return ts
+    return moment.strftime("%Y-%m-%dT%H:%M" + (":%S" if moment.second else ""))
+
+
+def build_filter(site: Site, *, door: str | None = None, area: str | None = None, person: str | None = None,
+                 decision: str | None = None, reason: str | None = None, kinds: str | None = None,
+                 since: str | None = None, until: str | None = None) -> EventFilter:
+    """The filter an operator asked for (empty = no filter); raises :class:`FilterError` naming the bad one.
+
+    ``kinds`` is a comma list of :data:`server.eventlog.KINDS` (absent: all; empty: none); ``since`` and
+    ``until`` are times in the site's zone unless they name their own (``2026-11-30T08:00``, ``2026-11-30``)."""
+    if decision and decision not in ("granted", "denied"):
+        raise FilterError("decision", "decision is granted or denied")
+    if reason and reason not in vocabulary.REASONS:
+        raise FilterError("reason", f"reason is a reason code ({', '.join(vocabulary.REASONS)})")
+    chosen: frozenset[str] | None = None
+    if kinds is not None:
+        chosen = frozenset(k for k in kinds.split(",") if k.strip())
+        unknown = sorted(chosen - set(KINDS))
+        if unknown:
+            raise FilterError("kinds", f"kinds is a comma list of {', '.join(KINDS)} (not {', '.join(unknown)})")
+        if set(KINDS) <= chosen:
+            chosen = None
+    since_ts = parse_when("since", since, site.timezone) if since and since.strip() else None
+    until_ts = parse_when("until", until, site.timezone) if until and until.strip() else None
+    if since_ts and until_ts and until_ts <= since_ts:
+        raise FilterError("until", "until must be later than since")
+    return EventFilter(door=door or None, person=(person or "").strip() or None, decision=decision or None,
+                       area=area or None, reason=reason or None, kinds=chosen, since=since_ts, until=until_ts)
 
 
 def history(events: EventLog, site: Site, flt: EventFilter, *, before: int | None = None,
@@ -162,7 +246,9 @@ def history(events: EventLog, site: Site, flt: EventFilter, *, before: int | Non
     if ids is not None and not ids:
         return [], False
     rows = events.page(before=before, after=after, door=flt.door or None, decision=flt.decision or None,
-                       people=sorted(ids) if ids is not None else None, limit=limit + 1)
+                       people=sorted(ids) if ids is not None else None, doors=flt.area_doors(site),
+                       types=kind_types(flt.kinds) if flt.kinds is not None else None, reason=flt.reason,
+                       since=flt.since, until=flt.until, limit=limit + 1)
     return [event_row(r, site, events) for r in rows[:limit]], len(rows) > limit
 
 
@@ -187,6 +273,7 @@ class Client:
     gone: bool = False  # the browser closed the connection
     revoked: str | None = None  # why the login ended (the stream then ends at once and delivers nothing more)
     valid_until: float | None = None  # a session's end by the desk's clock, if idle from the last re-check on
+    rows: bool = True  # False: a stream opened with ?only=alarms (the nav's alarm counter): no event rows
 
     def revoke(self, reason: str) -> None:
         """On the client's loop: the login behind the stream ended; drop what is queued and end the stream."""
@@ -260,6 +347,18 @@ class LiveHub:
             self.dropped += 1
             log.info("live feed: a client fell %d messages behind and was cut off (it reconnects)", CLIENT_QUEUE)
 
+    def end_all(self, reason: str = "the desk is stopping") -> int:
+        """End every open stream now (any thread), with an ``end`` message naming ``reason``: a stopping desk
+        must not wait for browsers that would keep their streams open for ever. Returns how many were open."""
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            try:
+                client.loop.call_soon_threadsafe(client.revoke, reason)
+            except RuntimeError:  # its loop is closed: the client is gone
+                self.remove(client)
+        return len(clients)
+
     def revoked(self, kind: str, value: str) -> None:
         """Revocation listener (any thread): end every open stream of that operator, token or session now."""
         with self._clients_lock:
@@ -294,11 +393,24 @@ class LiveHub:
             data = json.dumps({"id": row.id, "snapshot": row.snapshot, "snapshot_url": row.snapshot_url})
             self.push("snapshot", "", data, row=row, site=site)
 
+    def broadcast(self, kind: str, data: str) -> None:
+        """Any thread: a message for every open stream whatever its filters (``alarms``: the nav's counter,
+        server/web/alarm_desk.py)."""
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            try:
+                client.loop.call_soon_threadsafe(client.offer, (kind, "", data))
+            except RuntimeError:  # its loop is closed: the client is gone
+                self.remove(client)
+
     def push(self, kind: str, msg_id: str, data: str, *, row: EventRowOut, site: Site) -> None:
         with self._clients_lock:
             clients = list(self._clients)
         people: dict[str, set[str]] = {}  # person filter -> the ids it names, once per message
         for client in clients:
+            if not client.rows:
+                continue
             flt = client.flt
             ids = people.setdefault(flt.person, flt.person_ids(site) or set()) if flt.person else None
             if not flt.matches(row, site, ids):
@@ -315,10 +427,6 @@ def sse(kind: str, msg_id: str, data: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- routes
-
-
-def _filter(door: str | None, person: str | None, decision: str | None) -> EventFilter:
-    return EventFilter(door or None, (person or "").strip() or None, decision or None)
 
 
 async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | None) -> AsyncIterator[bytes]:
@@ -357,7 +465,7 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
         yield b"retry: 2000\n\n"
         if not await still_allowed():  # also learns the session's time limit, checked before every message
             client.revoked = "logged out"
-        if resume is not None:
+        if resume is not None and client.rows:
             rows, _ = await run_in_threadpool(history, desk.events, desk.server.site, client.flt,
                                               after=resume, limit=RESUME_MAX)
             for row in rows:
@@ -400,8 +508,40 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
         hub.remove(client)
 
 
+def filter_query(request: Request, door: str | None = Query(None, max_length=64, description="a door id"),
+                 area: str | None = Query(None, max_length=64, description="an area id: events at its doors"),
+                 person: str | None = Query(None, max_length=128, description="a person id or part of a name"),
+                 decision: str | None = Query(None, pattern="^(granted|denied)$"),
+                 reason: str | None = Query(None, max_length=64, description="a reason code"),
+                 kinds: str | None = Query(None, max_length=64, description="comma list of badge, alarm, door, "
+                                           "system (absent: all)"),
+                 since: str | None = Query(None, max_length=40, description="from this time (site's zone)"),
+                 until: str | None = Query(None, max_length=40, description="before this time (site's zone)"),
+                 ) -> EventFilter:
+    """The shared filter parameters of the history, the stream and the export; a bad one is a 422 naming it."""
+    try:
+        return build_filter(request.app.state.desk.server.site, door=door, area=area, person=person,
+                            decision=decision, reason=reason, kinds=kinds, since=since, until=until)
+    except FilterError as exc:
+        raise RequestValidationError([{"loc": ("query", exc.param), "msg": str(exc), "type": "value_error",
+                                       "input": None}]) from exc
+
+
+def page_filter(site: Site, query: Any) -> tuple[EventFilter, str | None]:
+    """The page's form (``kind`` checkboxes; ``f`` marks a submitted form, else door movements start off)."""
+    kinds = ",".join(query.getlist("kind")) if query.get("f") else ",".join(sorted(DEFAULT_KINDS))
+    fields = {k: (query.get(k) or "")[:128] for k in ("door", "area", "person", "decision", "reason", "since",
+                                                      "until")}
+    try:
+        return build_filter(site, kinds=kinds, **fields), None
+    except FilterError as exc:
+        return build_filter(site, kinds=",".join(sorted(DEFAULT_KINDS))), str(exc)
+
+
 def install(app: FastAPI) -> None:
     """The live-view API and page; the hub hangs on ``app.state.live`` and listens to the server's bus."""
+    from server.web import export
+
     hub = LiveHub(app.state.desk.server, app.state.desk.events)
     hub.attach()
     app.state.desk.operators.revocations.subscribe(hub.revoked)
@@ -409,23 +549,20 @@ def install(app: FastAPI) -> None:
     roles = Depends(require(ADMIN, DESK))
 
     def events(request: Request, before: int | None = Query(None, ge=1, le=2**62),
-               door: str | None = Query(None, max_length=64), person: str | None = Query(None, max_length=128),
-               decision: str | None = Query(None, pattern="^(granted|denied)$"),
-               limit: int = Query(50, ge=1, le=500)) -> EventPageOut:
+               flt: EventFilter = Depends(filter_query), limit: int = Query(50, ge=1, le=500)) -> EventPageOut:
         desk = request.app.state.desk
-        rows, more = history(desk.events, desk.server.site, _filter(door, person, decision), before=before,
-                             limit=limit)
+        rows, more = history(desk.events, desk.server.site, flt, before=before, limit=limit)
         return EventPageOut(events=rows, next_before=rows[-1].cursor if more and rows else None)
 
-    async def stream(request: Request, door: str | None = Query(None, max_length=64),
-                     person: str | None = Query(None, max_length=128),
-                     decision: str | None = Query(None, pattern="^(granted|denied)$"),
+    async def stream(request: Request, flt: EventFilter = Depends(filter_query),
                      after: int | None = Query(None, ge=0, le=2**62, description="replay stored rows after this "
-                                               "cursor first (the newest the page already shows)")) -> Response:
+                                               "cursor first (the newest the page already shows)"),
+                     only: str | None = Query(None, pattern="^alarms$", description="alarms: only the alarm "
+                                              "counter's messages, no event rows")) -> Response:
         last = request.headers.get("last-event-id", "")
         resume = int(last) if last.isdigit() and len(last) < 19 else after
         who = await run_in_threadpool(identify, request.app.state.desk.auth, request)
-        client = Client(asyncio.get_running_loop(), _filter(door, person, decision), who)
+        client = Client(asyncio.get_running_loop(), flt, who, rows=only is None)
         return StreamingResponse(_stream(request, hub, client, resume), media_type="text/event-stream",
                                  headers={"X-Accel-Buffering": "no"})
 
@@ -441,22 +578,34 @@ def install(app: FastAPI) -> None:
                                           "retention)", "detail": None}, status_code=404)
         return Response(data, media_type="image/jpeg")
 
-    def page(request: Request, who: Principal = Depends(require(ADMIN, DESK)), door: str = "", person: str = "",
-             decision: str = "") -> Response:
+    def page(request: Request, who: Principal = Depends(require(ADMIN, DESK))) -> Response:
         from server.web.pages import render
 
-        server = request.app.state.desk.server
-        doors = sorted(server.site.doors.values(), key=lambda d: d.name)
-        return render(request, "live.html", who, doors=doors, door=door[:64], person=person[:128],
-                      decision=decision if decision in ("granted", "denied") else "")
+        site = request.app.state.desk.server.site
+        flt, error = page_filter(site, request.query_params)
+        params = flt.params(site)
+        kinds = flt.kinds if flt.kinds is not None else frozenset(KINDS)
+        try:
+            zone = datetime.now(ZoneInfo(site.timezone)).tzname() or site.timezone
+        except (ValueError, ZoneInfoNotFoundError):
+            zone = "UTC"
+        return render(request, "live.html", who, status=422 if error else 200, error=error,
+                      doors=sorted(site.doors.values(), key=lambda d: d.name),
+                      areas=sorted(site.areas.values(), key=lambda a: a.name),
+                      reasons=list(vocabulary.REASONS.values()), kinds=KINDS, chosen=kinds, flt=flt,
+                      since=params.get("since", ""), until=params.get("until", ""), timezone=site.timezone,
+                      zone=zone, query=urlencode(params))
 
     app.add_api_route(API_PREFIX + "/events", events, methods=["GET"], response_model=EventPageOut,
                       responses=ERRORS, dependencies=[roles], tags=["desk"],
-                      summary="Door events, newest first, a page at a time (filters: door, person, decision)")
+                      summary="Door events, newest first, a page at a time (filters: door, area, person, "
+                              "decision, reason, kinds, since, until)")
     app.add_api_route(API_PREFIX + "/events/stream", stream, methods=["GET"], dependencies=[roles], tags=["desk"],
                       responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
-                                                 "description": "server-sent events: row, snapshot, end"}},
+                                                 "description": "server-sent events: row, snapshot, "
+                                                                                "alarms, end"}},
                       summary="The live feed as server-sent events (resumes after Last-Event-ID)")
+    export.install(app)
     app.add_api_route(API_PREFIX + "/snapshots/{snapshot_id}", snapshot, methods=["GET"], dependencies=[roles],
                       tags=["desk"], responses={**ERRORS, 200: {"content": {"image/jpeg": {}}},
                                                 404: {"model": ErrorOut}},
@@ -464,4 +613,5 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/live", page, methods=["GET"], include_in_schema=False)
 
 
-__all__ = ["EventFilter", "LiveHub", "event_row", "history", "install", "stored_row"]
+__all__ = ["EventFilter", "LiveHub", "build_filter", "event_row", "filter_query", "history", "install",
+           "stored_row"]

@@ -34,6 +34,9 @@ CHALLENGE_COOKIE = "doorkeep_2fa"
 def render(request: Request, template: str, who: Principal | None, status: int = 200, **context: Any) -> Response:
     desk = request.app.state.desk
     nav = sections_for(who.role) if who is not None else []
+    from server.web.alarm_desk import nav_context  # the alarm counter in every page's header
+
+    context.setdefault("alarm_nav", nav_context(request, who))
     return desk.templates.TemplateResponse(request, template, {"who": who, "nav": nav, "csrf_field": CSRF_FIELD,
                                                                **context}, status_code=status)
 

@@ -39,6 +39,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def desk(tmp_path: Path, clock: FakeClock) -> Iterator[str]:
     import uvicorn
+    from server.web.serving import desk_server, uvicorn_config
     from argon2 import PasswordHasher
 
     from server.app import bootstrap
@@ -52,7 +53,7 @@ def desk(tmp_path: Path, clock: FakeClock) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = desk_server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning"))  # as deployed
     thread = threading.Thread(target=srv.run, name="desk-uvicorn", daemon=True)
     thread.start()
     assert wait_until(lambda: srv.started, 10), "uvicorn did not start"

@@ -296,3 +296,29 @@ def test_push_skips_clients_whose_loop_is_gone(server: Server, clock: FakeClock)
     assert row is not None
     hub.push("row", "1", "{}", row=row, site=server.site)  # must not raise, must not block
     assert hub.clients == 0
+
+
+def test_a_stopping_desk_ends_its_open_streams_at_once_instead_of_waiting_for_the_browsers(app: FastAPI) -> None:
+    """Every page holds a stream open for the alarm counter: the desk's server ends them as it stops (an ``end``
+    message with the reason), rather than waiting for each browser, or SHUTDOWN_GRACE_S."""
+    from server.web.serving import desk_server, uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = desk_server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: srv.started, 10)
+    hub: LiveHub = app.state.live
+    reader = Reader(f"http://127.0.0.1:{port}/api/v1/events/stream", token(app, "dex"))
+    try:
+        assert wait_until(lambda: hub.clients == 1, 5)
+        srv.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive()
+        # Cut off by the grace instead, the stream would end with no message at all.
+        assert wait_until(lambda: ("end", "", {"reason": "the desk is stopping"}) in reader.messages, 5), \
+            reader.messages
+    finally:
+        reader.close()

@@ -78,8 +78,11 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     # live view and snapshots
     ("GET", "/api/v1/events"): DESK,
     ("GET", "/api/v1/events/stream"): DESK,
+    ("GET", "/api/v1/events.csv"): DESK,
     ("GET", "/api/v1/snapshots/{snapshot_id}"): DESK,
     ("GET", "/live"): DESK,
+    ("GET", "/api/v1/events/{event_id}/why"): DESK,  # "Why not?" (server/web/why.py)
+    ("GET", "/events/{event_id}"): DESK,
     # visitors; the watchlist is admin only
     ("GET", "/api/v1/visitors/today"): DESK,
     ("GET", "/api/v1/visitors/notice"): DESK,
@@ -140,9 +143,22 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/alarms"): DESK,
     ("POST", "/alarms/{alarm_id}/acknowledge"): DESK,
     ("POST", "/alarms/{alarm_id}/resolve"): DESK,
+    # the alarm console (server/web/alarm_desk.py)
+    ("GET", "/api/v1/alarms/summary"): DESK,
+    ("POST", "/api/v1/alarms/acknowledge"): DESK,
+    ("POST", "/api/v1/alarms/resolve"): DESK,
+    ("PUT", "/api/v1/me/alarm-sound"): DESK,
+    ("POST", "/alarms/bulk"): DESK,
+    ("POST", "/alarms/sound"): DESK,
+    ("GET", "/sounds/{kind}.wav"): DESK,
     # doors: board, remote unlock, lockdown
     ("GET", "/api/v1/board"): DESK,
     ("POST", "/api/v1/doors/{door_id}/unlock"): DESK,
+    ("POST", "/api/v1/doors/{door_id}/override"): DESK,
+    ("POST", "/api/v1/doors/{door_id}/override/release"): DESK,
+    ("GET", "/doors/{door_id}/override"): DESK,
+    ("POST", "/doors/{door_id}/override"): DESK,
+    ("POST", "/doors/{door_id}/release"): DESK,
     ("POST", "/api/v1/lockdown"): DESK,
     ("GET", "/doors"): DESK,
     ("GET", "/doors/{door_id}/unlock"): DESK,
@@ -154,6 +170,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/muster"): DESK,
     # people and cards: admin only
     ("GET", "/api/v1/people"): {A},
+    ("GET", "/api/v1/people/search"): {A, D},  # names and ids for the visitor's host picker, no cards
     ("POST", "/api/v1/people"): {A},
     ("POST", "/api/v1/people/import"): {A},
     ("GET", "/api/v1/people/{pid}"): {A},

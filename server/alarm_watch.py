@@ -1,0 +1,78 @@
+"""The alarm console's heartbeat: escalate what nobody answered, and tell every open desk when the open
+alarms change (the counter in the navigation, its sounds; docs/alarms.md "Priority and escalation").
+
+Alarms are raised by several parts of the server (supervision on ingest, intrusion signals, the broker log,
+backups) and changed by operators; rather than hook each, :class:`AlarmWatch` recomputes the desk's summary
+(:meth:`server.alarms.Alarms.summary`) when woken (a stored event, an operator's action) and at least every
+``every_s`` (escalation is due by the clock; a device went offline), and publishes it only when it changed.
+Waking is coalesced: a burst of events costs one recomputation, not one per event.
+
+The decision (:meth:`run_once`) reads the time from the injected clock and never sleeps; only the thread's
+loop paces itself with ``Event.wait``, so a test moves a fake clock and calls :meth:`run_once`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from server.alarms import Alarms, AlarmSummary
+
+log = logging.getLogger("doorkeep.server.alarms")
+
+#: The longest the desk's counter lags an alarm raised with no event behind it (device offline, escalation).
+EVERY_S = 1.0
+#: The shortest gap between two recomputations under a burst of events (the counter's p99 budget is 100 ms).
+MIN_GAP_S = 0.02
+
+
+class AlarmWatch:
+    """Escalates due alarms and publishes the summary when it changes, on its own thread (desk lifespan)."""
+
+    def __init__(self, alarms: Alarms, publish: Callable[[AlarmSummary], None], every_s: float = EVERY_S,
+                 min_gap_s: float = MIN_GAP_S) -> None:
+        self.alarms = alarms
+        self.publish = publish
+        self.every_s = every_s
+        self.min_gap_s = min_gap_s
+        self.last: AlarmSummary | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self, *_: object) -> None:
+        """Any thread (a bus or alarm listener): recompute soon. Cheap, never blocks the caller."""
+        self._wake.set()
+
+    def run_once(self) -> AlarmSummary:
+        """Escalate what is due now, then publish the summary if it differs from the last one published."""
+        self.alarms.escalate_due()
+        summary = self.alarms.summary()
+        if summary != self.last:
+            self.last = summary
+            self.publish(summary)
+        return summary
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="doorkeep-desk-alarms", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:
+                if self._stop.is_set():  # the desk is shutting down and closed the store first
+                    return
+                log.exception("the alarm watch failed; trying again in %.0f s", self.every_s)
+            self._wake.wait(self.every_s)
+            self._stop.wait(self.min_gap_s)  # coalesce a burst of wake-ups into one recomputation
