@@ -209,17 +209,7 @@ class Alarms:
 
     def acknowledge_many(self, alarm_ids: Iterable[str], actor: str) -> BulkResult:
         """Acknowledge each alarm (each audited as one ``alarm.acknowledge``); unknown ids are reported."""
-        changed, unchanged, missing = [], [], []
-        for alarm_id in _unique(alarm_ids):
-            try:
-                alarm, did = self.acknowledge(alarm_id, actor, notify=False)
-            except AlarmNotFound:
-                missing.append(alarm_id)
-                continue
-            (changed if did else unchanged).append(alarm)
-        if changed:
-            self._changed()
-        return BulkResult(changed, unchanged, missing)
+        return self._each(_unique(alarm_ids), lambda alarm_id: self.acknowledge(alarm_id, actor, notify=False))
 
     def resolve_many(self, alarm_ids: Iterable[str], note: str, actor: str) -> BulkResult:
         """Resolve each alarm with one note; refused as a whole (:class:`NoteMissing`) when the note is blank
@@ -228,10 +218,14 @@ class Alarms:
         if len(ids) > MAX_BULK:
             raise AlarmError(f"{len(ids)} alarms at once is more than {MAX_BULK}: narrow the filter")
         note = self._check_note(note, [a for a in (self.store.alarm(i) for i in ids) if a is not None])
+        return self._each(ids, lambda alarm_id: self._resolve(alarm_id, note, actor))
+
+    def _each(self, ids: list[str], act: Callable[[str], tuple[Alarm, bool]]) -> BulkResult:
+        """``act`` on each alarm (each audited by itself); the desks are told once, if anything changed."""
         changed, unchanged, missing = [], [], []
         for alarm_id in ids:
             try:
-                alarm, did = self._resolve(alarm_id, note, actor)
+                alarm, did = act(alarm_id)
             except AlarmNotFound:
                 missing.append(alarm_id)
                 continue

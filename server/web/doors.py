@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -276,14 +277,20 @@ def api_board(request: Request) -> BoardOut:
        summary="Unlock a door momentarily (its unlock_s), as a signed command; audited")
 def api_unlock(request: Request, door_id: str = Path(pattern=DOOR_ID),
                who: Principal = Depends(require(ADMIN, DESK))) -> Any:
+    return _door_command(request, door_id, lambda: unlock(request, door_id, who), "did not unlock it")
+
+
+def _door_command(request: Request, door_id: str, send: Callable[[], dict[str, Any]], failed: str) -> Any:
+    """One signed command to a door's edge, answered the same way by every door endpoint: 404 for a door the
+    site lacks, 409 when it cannot be sent, 502 with the edge's result when the edge did not carry it out."""
     if door_id not in request.app.state.desk.server.site.doors:
         return _error(404, f"no door {door_id!r} on this site (GET /api/v1/doors lists them)")
     try:
-        result = unlock(request, door_id, who)
+        result = send()
     except CommandSendError as exc:
         return _error(409, str(exc))
     if result["status"] != "ok":
-        return _error(502, f"the door's edge {result['device']} did not unlock it ({result['status']}: "
+        return _error(502, f"the door's edge {result['device']} {failed} ({result['status']}: "
                            f"{result['error']}); check the device on the Doors page and try again", result)
     return CommandOut(**result)
 
@@ -301,14 +308,8 @@ def api_override(body: OverrideIn, request: Request, door_id: str = Path(pattern
         until = parse_until(request, body.until)
     except ValueError as exc:
         return _error(400, f"until: {exc}")
-    try:
-        result = override(request, door_id, body.kind, until, who)
-    except CommandSendError as exc:
-        return _error(409, str(exc))
-    if result["status"] != "ok":
-        return _error(502, f"the door's edge {result['device']} did not take the override ({result['status']}: "
-                           f"{result['error']}); check the device on the Doors page and try again", result)
-    return CommandOut(**result)
+    return _door_command(request, door_id, lambda: override(request, door_id, body.kind, until, who),
+                         "did not take the override")
 
 
 @route(API_PREFIX + "/doors/{door_id}/override/release", "POST", response_model=CommandOut, tags=["doors"],
@@ -316,16 +317,7 @@ def api_override(body: OverrideIn, request: Request, door_id: str = Path(pattern
        summary="End a door's timed override now: back to its normal state; audited")
 def api_release(request: Request, door_id: str = Path(pattern=DOOR_ID),
                 who: Principal = Depends(require(ADMIN, DESK))) -> Any:
-    if door_id not in request.app.state.desk.server.site.doors:
-        return _error(404, f"no door {door_id!r} on this site (GET /api/v1/doors lists them)")
-    try:
-        result = release(request, door_id, who)
-    except CommandSendError as exc:
-        return _error(409, str(exc))
-    if result["status"] != "ok":
-        return _error(502, f"the door's edge {result['device']} did not confirm ({result['status']}: "
-                           f"{result['error']})", result)
-    return CommandOut(**result)
+    return _door_command(request, door_id, lambda: release(request, door_id, who), "did not confirm")
 
 
 @route(API_PREFIX + "/lockdown", "POST", response_model=LockdownOut, tags=["doors"],
