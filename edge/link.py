@@ -309,9 +309,9 @@ class Link:
             self.loop.remove_writer(self._fd)
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if not self.loop.in_loop():
-            self.loop.call_soon_threadsafe(self._flush)
-        # On the loop thread the flush hook writes it when this turn ends.
+        """Set only so that paho never writes from the publishing thread itself. Nothing to do here: the loop's
+        flush hook writes after every turn, :meth:`publish` wakes the loop for a publish from another thread,
+        and :meth:`_socket_ready` writes the CONNECT the connector thread queued."""
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self.loop.in_loop():

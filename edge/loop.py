@@ -212,6 +212,8 @@ class Loop:
         self._set(fd, 1, None)
 
     def _set(self, fd: int, which: int, fn: Callback | None) -> None:
+        if self._handlers.get(fd, (None, None))[which] == fn:  # bound methods compare equal, not identical
+            return  # nothing changes: no epoll_ctl (paho's flush hook asks for the same state every turn)
         handlers = self._handlers.get(fd, [None, None])
         handlers[which] = fn
         mask = (selectors.EVENT_READ if handlers[0] else 0) | (selectors.EVENT_WRITE if handlers[1] else 0)
