@@ -58,6 +58,8 @@ HANDLERS = {
     "site show": "server.cli:site_show",
     "site rollback": "server.cli:site_rollback",
     "site diff": "server.cli:site_diff",
+    "evidence verify": "doorkeep.evidence_cli:verify_cmd",
+    "evidence export": "server.cli:evidence_export",
 }
 
 
@@ -200,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (avf, ash, rrun, sex, ser):
         sp.add_argument("--site", required=True, type=Path, help="the site directory")
         sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
+
+    evd = sub.add_parser("evidence", help="signed evidence bundles of incidents (docs/privacy.md)")
+    evd_sub = evd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    evv = evd_sub.add_parser("verify", help="check a bundle offline: the signature over its manifest and every "
+                                            "file's SHA-256; exit 0 intact, 1 the first changed/missing/extra file "
+                                            "or a bad signature, 2 unreadable")
+    evv.add_argument("bundle", type=Path, metavar="BUNDLE")
+    evv.add_argument("--key", type=Path, metavar="PUBFILE", help="pin the signer: the site's public key "
+                     "(SITE/keys/policy-signing.pub); without it the key the bundle carries is used and its "
+                     "fingerprint printed to compare")
+    eve = evd_sub.add_parser("export", help="write the signed evidence bundle of incident INCIDENT (audited)")
+    eve.add_argument("incident", type=int, metavar="INCIDENT", help="the incident's number")
+    eve.add_argument("--out", type=Path, metavar="FILE.zip", help="where (default incident-N-evidence.zip; mode 0600)")
+    eve.add_argument("--site", required=True, type=Path, help="the site directory (signs with keys/policy-signing.key)")
+    eve.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
 
     usr = sub.add_parser("user", help="security-desk operator accounts and API tokens (docs/desk.md)")
     usr_sub = usr.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -348,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam = sim_sub.add_parser("camera", help="serve a simulated MJPEG camera on loopback")
     cam.add_argument("--port", type=int, default=8081)
     cam.add_argument("--fps", type=float, default=10.0)
+    cam.add_argument("--qr", metavar="TEXT", help="hold a QR code of TEXT (a visitor pass) up in every frame")
     run = sim_sub.add_parser("run", help="run scenario files against a full simulated site (docs/scenarios.md); "
                                          "exit 0 all passed, 1 an expectation failed, 2 a file is invalid")
     run.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO",

@@ -66,13 +66,23 @@ class AlarmWatch:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        clock = self.alarms.clock
         while not self._stop.is_set():
             self._wake.clear()
+            started = clock.monotonic()
             try:
                 self.run_once()
             except Exception:
                 if self._stop.is_set():  # the desk is shutting down and closed the store first
                     return
                 log.exception("the alarm watch failed; trying again in %.0f s", self.every_s)
+            ended = clock.monotonic()
             self._wake.wait(self.every_s)
-            self._stop.wait(self.min_gap_s)  # coalesce a burst of wake-ups into one recomputation
+            # Coalesce a burst of wake-ups: at most one recomputation per min_gap_s, and, when a recomputation
+            # is slow (a loaded machine, many open alarms), a pause as long as it took, so the watch never holds
+            # the store and the interpreter back to back. A wake-up after a quiet spell recomputes at once: a
+            # fixed pause after every wake-up put min_gap_s into every counter update's delay.
+            now = clock.monotonic()
+            rest = max(self.min_gap_s - (now - started), (ended - started) - (now - ended))
+            if rest > 0:
+                self._stop.wait(rest)

@@ -19,6 +19,7 @@ from doorkeep.pki import OPERATOR, SERVER, check_transport, client_tls_context, 
 from doorkeep.policy import PolicyError
 from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run, subject_erase, subject_export  # noqa: F401
 from server.doctor import cli as doctor  # noqa: F401
+from server.evidence import evidence_export  # noqa: F401
 from server.replay import site_diff  # noqa: F401
 from server.site_commands import site_export, site_history, site_import, site_rollback, site_show  # noqa: F401
 from server.app import bootstrap

@@ -91,6 +91,11 @@ class EventLog:
         row = self.store.latest_visitor_consent(person)
         return row is not None and not row["photo_consent"]
 
+    def photo_id(self, person: str | None) -> str | None:
+        """The id of the person's cardholder photo (server/photos.py), shown beside a badge's snapshot; None
+        if they have none. One key lookup: the live feed asks it for every row."""
+        return self.store.person_photo_id(person)
+
     def record(self, etype: str, *, person: str | None = None, detail: dict[str, Any] | None = None) -> EventMsg:
         """Store a server-side event (one of :data:`SERVER_EVENT_TYPES`) under the device ``desk`` and tell the
         listeners; a listener that fails is logged and never undoes the event."""

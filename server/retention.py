@@ -4,7 +4,9 @@ The server runs :func:`run_retention` at start and then daily (:class:`Retention
 ``doorkeep retention run`` runs it on demand. Each run records one ``retention.run``
 audit record with its cut-offs and what it deleted. What an unresolved alarm needs
 (its source event and that event's snapshot) is kept until the alarm is resolved,
-because an operator must be able to look at it (docs/security.md).
+because an operator must be able to look at it (docs/security.md). What an open incident holds (its
+events, their snapshots, its alarms, the events of its person and door-window queries) is under legal hold
+and kept until the incident is closed (server/store_incidents.py, docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RetentionReport:
     deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("events", "snapshots", "visitors", "presence", "alarms", "audit"), 0))
     kept_for_alarms: int = 0
+    kept_for_incidents: int = 0
     visitor_ids: list[str] = field(default_factory=list)
     dry_run: bool = False
 
@@ -42,6 +45,9 @@ class RetentionReport:
                for what, n in self.deleted.items()]
         if self.kept_for_alarms:
             out.append(f"kept {self.kept_for_alarms} old events (and their snapshots) that open alarms need")
+        if self.kept_for_incidents:
+            out.append(f"kept {self.kept_for_incidents} old events (and their snapshots) under the legal hold of "
+                       "open incidents")
         return out
 
 
@@ -62,6 +68,7 @@ def run_retention(store: Store, settings: RetentionSettings, now: float, audit: 
     # query), so a device whose clock is years behind cannot get its fresh events purged.
     ev_args = (report.cutoffs["events"], cut["events"])
     report.kept_for_alarms = store.count_events_kept_for_alarms(report.cutoffs["events"])
+    report.kept_for_incidents = store.count_events_kept_for_incidents(report.cutoffs["events"])
     if dry_run:
         report.deleted["events"] = store.count_expired_events(*ev_args)
     else:
@@ -94,6 +101,12 @@ def run_retention(store: Store, settings: RetentionSettings, now: float, audit: 
     elif report.visitor_ids:
         report.deleted["presence"] = store.count_presence_of(report.visitor_ids)
 
+    # Cardholder photos (server/store_photos.py): kept while their person is in the store; once an import of
+    # people.toml removed the person, the photo and its key go. Reported only when there was one.
+    photos = store.count_orphan_person_photos() if dry_run else store.delete_orphan_person_photos()
+    if photos:
+        report.deleted["photos"] = photos
+
     # Alarms: only resolved ones; an open alarm stays whatever its age.
     if dry_run:
         report.deleted["alarms"] = store.count_resolved_alarms_before(cut["alarms"])
@@ -107,7 +120,8 @@ def run_retention(store: Store, settings: RetentionSettings, now: float, audit: 
         else:
             report.deleted["audit"] = audit.prune_before(report.cutoffs["audit"])
             audit.record(actor, "retention.run", None, {"cutoffs": report.cutoffs, "deleted": report.deleted,
-                                                        "kept_for_alarms": report.kept_for_alarms})
+                                                        "kept_for_alarms": report.kept_for_alarms,
+                                                        "kept_for_incidents": report.kept_for_incidents})
     log.info("retention%s: %s", " (dry run)" if dry_run else "", ", ".join(report.lines()))
     return report
 

@@ -36,12 +36,17 @@ from doorkeep.envelope import (
     wrap_data_key,
 )
 from server.errors import ServerError, StoreError
+from server.store_passes import m019_visitor_passes
 from server.private_files import create_private_file, open_private, private_dir, tighten_tree
 from server.store_alarm_desk import AlarmDeskRecords, m015_alarm_desk
+from server.store_incidents import IncidentRecords, m016_incidents
+from server.store_mail import MailRecords, m018_mail_outbox
 from server.store_audit import AuditRecords
 from server.store_desk import DeskRecords
 from server.store_operators import OperatorRecords
+from server.store_photos import PhotoRecords, m017_person_photos
 from server.store_privacy import PrivacyRecords
+from server.store_reports import ReportRecords
 
 SEVERITIES = vocabulary.SEVERITIES
 
@@ -294,6 +299,10 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("013_people", _m013_people),
     ("014_event_feed_indexes", _m014_event_feed_indexes),
     ("015_alarm_desk", m015_alarm_desk),
+    ("016_incidents", m016_incidents),
+    ("017_person_photos", m017_person_photos),  # cardholder photos, encrypted (server/store_photos.py)
+    ("018_mail_outbox", m018_mail_outbox),  # outbound mail queue, people's e-mail (server/store_mail.py)
+    ("019_visitor_passes", m019_visitor_passes),  # visitor passes issued (server/passes.py, store_passes.py)
 ]
 
 
@@ -342,7 +351,8 @@ class StoredAccessEvent(NamedTuple):
     """The event's detail, JSON text (a lockdown's ``scope`` and ``active``)."""
 
 
-class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords):
+class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords, IncidentRecords,
+            PhotoRecords, ReportRecords, MailRecords):
     """Events and snapshots of one site. Thread-safe: one connection behind a lock.
 
     The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
@@ -565,9 +575,12 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
                     done += len(rows)
                     retired: list[str] = []
                     if not rows:
+                        # Cardholder photos use the same keys (server/store_photos.py): re-wrapped here too.
+                        done += self._rewrap_person_photos(conn, keys, current, kek)
                         # Still under the write lock: no insert can be wrapping under an old key right now.
                         used = {r[0] for r in conn.execute(
                             "SELECT DISTINCT kek_id FROM snapshots WHERE kek_id IS NOT NULL")}
+                        used |= self._photo_key_ids(conn)
                         retired = keys.keyring.retire(set(keys.keyring.ids()) - used - {current})
                     conn.commit()
                 except BaseException:

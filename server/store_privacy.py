@@ -15,12 +15,17 @@ from typing import Any, Callable, Sequence
 
 import sqlite_utils
 
+from server.store_incidents import HELD_ALARMS, HELD_EVENT
+
 # Events that an alarm an operator has not resolved yet points at: never deleted.
 _ALARM_NEEDS = "SELECT source_event FROM alarms WHERE resolved_at IS NULL AND source_event IS NOT NULL"
 # Events past their period: both the device's timestamp and the server's receipt are before the cut-off,
 # so a device whose clock is years behind cannot get its fresh events purged.
-_EXPIRED_EVENTS = f"ts < ? AND (received_at IS NULL OR received_at < ?) AND id NOT IN ({_ALARM_NEEDS})"
-_EXPIRED_SNAPSHOTS = f"received_at < ? AND id NOT IN ({_ALARM_NEEDS})"
+# What an open incident holds (server/store_incidents.py) is under legal hold: kept until the incident closes.
+_EXPIRED_EVENTS = (f"ts < ? AND (received_at IS NULL OR received_at < ?) AND id NOT IN ({_ALARM_NEEDS}) "
+                   f"AND NOT {HELD_EVENT}")
+_EXPIRED_SNAPSHOTS = (f"received_at < ? AND id NOT IN ({_ALARM_NEEDS}) "
+                      f"AND NOT EXISTS (SELECT 1 FROM events WHERE events.id = snapshots.id AND {HELD_EVENT})")
 # A visit is over once checked out, or once its window closed without a check-in; a visitor still
 # checked in is kept (their badge is live: the desk must check them out).
 _ENDED_VISITS = "status != 'checked_in' AND COALESCE(checked_out_at, valid_until) < ?"
@@ -100,18 +105,21 @@ class PrivacyRecords:
                 removed += self._db.conn.execute(f"DELETE FROM presence WHERE person IN ({_marks(chunk)})",
                                                  chunk).rowcount
                 self._db.conn.execute(f"DELETE FROM visitors WHERE id IN ({_marks(chunk)})", chunk)
+                # Their invitations and host notices go with the visit (server/store_mail.py).
+                self._db.conn.execute(f"DELETE FROM mail_outbox WHERE about IN ({_marks(chunk)})", chunk)
         return removed
 
     def count_resolved_alarms_before(self, cutoff: float) -> int:
         with self._lock:
             return int(self._db.conn.execute("SELECT COUNT(*) FROM alarms WHERE resolved_at IS NOT NULL "
-                                             "AND resolved_at < ?", [cutoff]).fetchone()[0])
+                                             f"AND resolved_at < ? AND id NOT IN ({HELD_ALARMS})",
+                                             [cutoff]).fetchone()[0])
 
     def delete_resolved_alarms_before(self, cutoff: float) -> int:
         """Delete the alarms resolved before ``cutoff`` (an open alarm stays whatever its age)."""
         with self._lock, self._db.conn:
-            return self._db.conn.execute("DELETE FROM alarms WHERE resolved_at IS NOT NULL AND resolved_at < ?",
-                                         [cutoff]).rowcount
+            return self._db.conn.execute("DELETE FROM alarms WHERE resolved_at IS NOT NULL AND resolved_at < ? "
+                                         f"AND id NOT IN ({HELD_ALARMS})", [cutoff]).rowcount
 
     # ------------------------------------------------------- data subjects
 
@@ -159,9 +167,10 @@ class PrivacyRecords:
         Their events get the pseudonym ``ref`` and lose the card; ``scrub`` rewrites a decoded ``detail``
         (theirs, and other people's events and alarms that mention them); visits, consents, presence, desk
         rows, their person and card rows (a running server drops them at its next poll: ``people.changes``) and
-        card states go; visits they hosted name the pseudonym; ``ref`` is remembered as erased."""
+        card states, mail about their visit or sent to them and their e-mail address go; visits they hosted
+        name the pseudonym; ``ref`` is remembered as erased."""
         counts = dict.fromkeys(("events", "mentions", "visits", "consents", "presence", "card_states", "alarms",
-                                "hosted_visits", "people", "cards"), 0)
+                                "hosted_visits", "people", "cards", "photos", "mails", "contacts"), 0)
         where, args = self._subject_where(person, card_hashes)
         needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
         with self._lock, self._db.conn:
@@ -184,8 +193,20 @@ class PrivacyRecords:
             counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
                                                    [ref, person]).rowcount
             counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount
+            # An incident holding their movements keeps its query under the pseudonym, which their events now carry
+            # (store_incidents.py); its timeline's "attached person …" line names the pseudonym too.
+            conn.execute("UPDATE incident_items SET ref = ? WHERE kind = 'person' AND ref = ?", [ref, person])
+            conn.execute("UPDATE incident_log SET text = replace(text, ?, ?) WHERE what = 'attached' "
+                         "AND substr(text, 1, ?) = ?", [f"person {person} ", f"person {ref} ",
+                                                        len(f"person {person} "), f"person {person} "])
+            # Mail about their visit or sent to them (queued ones too: they are never sent), and their address.
+            counts["mails"] = conn.execute("DELETE FROM mail_outbox WHERE about = ? OR person = ?",
+                                           [person, person]).rowcount
+            counts["contacts"] = conn.execute("DELETE FROM person_contacts WHERE person = ?", [person]).rowcount
             counts["cards"] = conn.execute("DELETE FROM cards WHERE person = ?", [person]).rowcount
             counts["people"] = conn.execute("DELETE FROM people WHERE id = ?", [person]).rowcount
+            # Their cardholder photo: the row holds its ciphertext and the only copy of its key (store_photos.py).
+            counts["photos"] = conn.execute("DELETE FROM person_photos WHERE person = ?", [person]).rowcount
             tables = set(self._db.table_names())
             if "desk_people" in tables:  # migration 008's rows, not folded in yet (server/people.py seed)
                 counts["people"] += conn.execute("DELETE FROM desk_people WHERE id = ?", [person]).rowcount

@@ -1,9 +1,10 @@
 """Data-subject rights: export everything held about a person, or erase it.
 
 ``doorkeep subject export PERSON`` writes one zip (manifest, profile, masked
-credentials, events, snapshots, visits, consents, presence, the audit records
-about them); ``doorkeep subject erase PERSON`` deletes their snapshots, visits,
-consent rows, presence and card states and pseudonymises their events.
+credentials, events, snapshots, their cardholder photo, visits, consents,
+presence, the audit records about them); ``doorkeep subject erase PERSON``
+deletes their snapshots, photo (with its key), visits, consent rows, presence
+and card states and pseudonymises their events.
 
 Consents: the ``visitor_consents`` row names the visitor (by id) and goes at
 erasure. What the law still needs afterwards (that consent was given, to which
@@ -76,6 +77,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
     visits = store.visitor_rows(person)
     presence = store.presence_rows(person)
     consents = store.visitor_consents(person)
+    mails = store.subject_mail(person)
     if s.name is None and not events and not presence and not consents:
         raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
                            f"people.toml ids or visitor ids)")
@@ -86,6 +88,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
                      "state": "active" if v["status"] == "checked_in" else "returned", "source": "visitor badge"}
                     for v in visits if v["card_format"]]
     profile: dict[str, Any] = {"id": person}
+    email = store.person_email(person)  # a host's address for notices (server/store_mail.py)
     row = store.person_row(person)
     if row is not None:
         p = person_from_row(row)
@@ -94,7 +97,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
                         "valid_from": p.valid_from, "valid_until": p.valid_until, "host": p.host,
                         "company": p.company, "allowed_areas": list(p.allowed_areas),
                         "escort_required": p.escort_required if p.kind.value == "visitor" else None,
-                        "pin": "set" if p.pin_hash else None, "source": row["source"]})
+                        "pin": "set" if p.pin_hash else None, "source": row["source"], "email": email})
     elif visits:
         v = visits[-1]
         profile.update({"name": v["name"], "kind": "visitor", "company": v["company"], "email": v["email"],
@@ -112,6 +115,10 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
         "consents.json": _json([{"notice_version": c["notice_version"], "photo_consent": bool(c["photo_consent"]),
                                  "consented_at": iso_ms(c["consented_at"])} for c in consents]),
         "audit.json": _json(audit_rows),
+        # invitations and host notices about their visit or sent to them (server/store_mail.py): who, what,
+        # when and how delivery went; a sent message's body is not kept
+        "mail.json": _json([{k: (iso_ms(v) if k.endswith("_at") and v else v) for k, v in m.items()}
+                            for m in mails]),
     }
     missing = []
     for e in events:
@@ -123,9 +130,15 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
             continue
         if jpeg is not None:
             files[f"snapshots/{e['id']}.jpg"] = jpeg
+    try:  # their cardholder photo (server/photos.py), decrypted for the export
+        photo = store.person_photo(person)
+    except (ServerError, ValueError):  # a destroyed key: say so, go on
+        photo, missing = None, [*missing, "photo"]
+    if photo is not None:
+        files["photo.jpg"] = photo
     counts = {"events": len(events), "snapshots": sum(1 for n in files if n.startswith("snapshots/")),
               "credentials": len(credentials), "visits": len(visits), "consents": len(consents),
-              "presence": len(presence),
+              "presence": len(presence), "photo": int("photo.jpg" in files), "mails": len(mails),
               "audit_records": len(audit_rows)}
     manifest = {"schema": EXPORT_SCHEMA, "site": bundle.site.id, "site_name": bundle.site.name, "person": person,
                 "generated_at": iso_ms(now), "counts": counts, "files": sorted(files),
@@ -180,7 +193,7 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
     """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
     s = find(bundle, store, key, person)
     counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "consents", "presence", "card_states",
-                            "alarms", "hosted_visits", "people", "cards"), 0)
+                            "alarms", "hosted_visits", "people", "cards", "photos"), 0)
     # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
     store.enable_secure_delete()
     for e in store.subject_events(s.id, s.card_hashes):
@@ -188,7 +201,8 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
             counts["snapshots"] += 1
     # One transaction in the store: their events pseudonymised, mentions of them scrubbed, their visits,
     # consents (the proof of consent stays in the audit log under the pseudonym: module docstring),
-    # presence, desk rows and card states removed, the pseudonym remembered as erased.
+    # presence, desk rows, card states and their cardholder photo (with its key) removed, the pseudonym
+    # remembered as erased.
     counts.update(store.erase_subject_rows(s.id, s.ref, s.card_hashes,
                                            lambda detail: _scrub(detail, person, s.ref, s.name), now))
     # Old page images live on in the write-ahead log until a checkpoint copies them back and truncates

@@ -9,6 +9,7 @@ included), the pages, the static files, a request-body cap and security headers.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from urllib.parse import quote
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from server.app import Server
 from server.audit import AuditLog
 from server.eventlog import EventLog
 from server.operators import Operators
+from server.photos import MAX_UPLOAD_BYTES, PhotoService
 from server.sessions import DeskAuth
 from server.visitors import Visitors
 from server.web.access import CSRF_FIELD, AuthRequired, EnrolmentRequired, Forbidden, check_routes
@@ -43,6 +45,9 @@ HERE = Path(__file__).resolve().parent
 API_PREFIX = "/api/v1"
 #: Largest request body accepted (forms and JSON are small; nothing is uploaded in this slice).
 MAX_BODY_BYTES = 64 * 1024
+#: The routes that take a cardholder photo (server/photos.py) may carry one upload and its form around it.
+UPLOAD_PATHS = re.compile(r"^(/api/v1)?/people/[^/]+/photo$")
+UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 
@@ -61,6 +66,7 @@ class Desk:
     events: EventLog  # stored events, snapshots, and the server's own events (server/eventlog.py)
     alarms: Alarms  # acknowledge and resolve (server/alarms.py)
     visitors: Visitors  # registration, check-in and out, the watchlist (server/visitors.py)
+    photos: PhotoService | None = None  # cardholder photos (server/photos.py); None without the people service
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -83,9 +89,10 @@ class DeskMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        limit = UPLOAD_BODY_BYTES if UPLOAD_PATHS.match(scope.get("path", "")) else self.max_body
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             response = error_response(413 if declared.isdigit() else 400,
-                                      f"the request body is larger than {self.max_body // 1024} KiB"
+                                      f"the request body is larger than {limit // 1024} KiB"
                                       if declared.isdigit() else "the Content-Length header is not a number")
             await response(scope, receive, self._secured(send))
             return
@@ -96,8 +103,8 @@ class DeskMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge(self.max_body)
+                if seen > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, limited, self._secured(send))
@@ -238,6 +245,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     from server.web import operators_pages
     from server.web import alarm_desk
     from server.web import site_pages
+    from server.web import floors  # the floor view (issue 16)
     from server.web import audit as audit_pages  # not `audit`: create_app has an AuditLog by that name
 
     owned = server is None
@@ -257,10 +265,16 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
                     require_totp_for_admins=require_totp_for_admins)
     # The services run on the directory's clock, as the server's own changes do.
     events = EventLog(server.store, server.directory.clock)
-    visitor_service = Visitors(server.directory, server.store, server.directory.clock, visitors.load_notice(),
-                               audit=audit, events=events)
+    from server.invitations import invitations_for  # invitation e-mails and host notices ([smtp], issue 17)
+
+    notice = visitors.load_notice()
+    visitor_service = Visitors(server.directory, server.store, server.directory.clock, notice,
+                               audit=audit, events=events, invitations=invitations_for(server, notice))
     desk = Desk(server, operators, auth, audit, templates, secure_cookies, events=events,
                 alarms=Alarms(server.store, server.directory.clock, audit), visitors=visitor_service)
+    if server.people is not None:
+        desk.photos = PhotoService(server.store, server.people.key, server.directory.clock, site_id=server.site.id,
+                                   audit=audit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -297,9 +311,16 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     from server.web import why as why_pages  # "Why not?": an event's page and its explanation
     why_pages.install(app)
     alarm_desk.install(app)  # the alarm counter, its sounds, bulk actions (after live: it publishes on the hub)
+    from server.web import incidents as incident_pages  # incidents and signed evidence bundles (issue 16)
+    incident_pages.install(app)
     visitors.install(app)
-    for module in (alarms, doors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
+    from server.web import visitor_mail  # the CSV of expected visitors, a visit's mail state, hosts' addresses
+    visitor_mail.install(app)
+    for module in (alarms, doors, floors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
+    from server.reports import Reports
+    from server.web import reports as report_pages  # the Reports section (docs/desk.md "Reports")
+    report_pages.install(app, Reports(server.store))
     pages.install(app)
     account.install(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -72,6 +72,8 @@ class OverrideOut(BaseModel):
 
 
 class BoardDoorOut(DoorOut):
+    from_area_name: str = Field(default="", description="the area it leads from, by name (the desk shows names)")
+    to_area_name: str = Field(default="", description="the area it leads into, by name")
     state: str = Field(description="the door's physical state: offline, forced, held_open, open, unlocked, locked "
                                    "or unknown (see docs/desk.md); never its old alarms")
     state_label: str = Field(description="the state in words")
@@ -213,7 +215,9 @@ def board(request: Request) -> BoardOut:
         is_open, relay, tamper = (_flag(st.get("open")), _flag(st.get("relay")), _flag(st.get("tamper"))) if st \
             else (None, None, None)
         state = _physical(st, d.device_status, at_door)
-        out.append(BoardDoorOut(**d.model_dump(), state=state, state_label=STATE_LABELS[state], open=is_open,
+        names = {a: site.areas[a].name if a in site.areas else a for a in (d.from_area, d.to_area)}
+        out.append(BoardDoorOut(**d.model_dump(), from_area_name=names[d.from_area], to_area_name=names[d.to_area],
+                                state=state, state_label=STATE_LABELS[state], open=is_open,
                                 relay=relay, tamper=tamper, alarms=len(at_door), alarm_priority=_priority(at_door),
                                 lockdown="site" in locked or d.to_area in locked,
                                 override=_override(request, st, now) if state != "offline" else None))

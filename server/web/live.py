@@ -92,6 +92,8 @@ class EventRowOut(BaseModel):
     snapshot: str = Field(description="ready, pending (expected, not arrived yet), withheld (the visitor "
                                       "declined photos) or none")
     snapshot_url: str | None
+    photo_url: str | None = Field(default=None, description="the person's cardholder photo (GET, JPEG), to "
+                                  "compare with the snapshot; only when they have one (server/photos.py)")
     detail: dict[str, Any]
 
 
@@ -134,6 +136,7 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
             detail = {}
     if row["type"] == "visitor_arrived" and isinstance(detail.get("host"), str):
         detail = {**detail, "host_name": person_label(site, detail["host"], None)[0]}
+    photo = events.photo_id(row.get("person")) if row.get("person") and row.get("decision") else None
     return EventRowOut(
         cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, local_date=local_date,
         zone=zone, kind=event_kind(row["type"]),
@@ -142,7 +145,9 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
         door=row["door"], door_name=door.name if door else (row["door"] or "security desk"),
         person=row.get("person"), person_name=name, person_kind=kind, decision=row.get("decision"),
         reason=row.get("reason"), reason_label=vocabulary.reason_label(row.get("reason")), snapshot=snap,
-        snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None, detail=detail)
+        snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None,
+        photo_url=f"{API_PREFIX}/people/{quote(row['person'], safe='')}/photo?v={photo[:12]}" if photo else None,
+        detail=detail)
 
 
 @dataclass(frozen=True)
@@ -262,18 +267,23 @@ def stored_row(events: EventLog, site: Site, event_id: str) -> EventRowOut | Non
 
 @dataclass(eq=False)
 class Client:
-    """One open stream: its own bounded queue, filled on its own event loop."""
+    """One open stream: its own bounded queue of ready SSE frames, filled on its own event loop.
+
+    The stream drains everything queued at each wake-up and writes it as one chunk (a busy feed costs one
+    HTTP write per client per loop turn, not one per message), and waits on :attr:`waiter`, a bare future
+    that :meth:`offer` and :meth:`end` resolve, rather than ``asyncio.wait_for(queue.get())``, which made a
+    task and a timer per message."""
 
     loop: asyncio.AbstractEventLoop
     flt: EventFilter
     who: Principal | None = None  # the login that opened the stream
-    queue: asyncio.Queue[tuple[str, str, str] | None] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
+    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
     dropped: bool = False
     gone: bool = False  # the browser closed the connection
     revoked: str | None = None  # why the login ended (the stream then ends at once and delivers nothing more)
     valid_until: float | None = None  # a session's end by the desk's clock, if idle from the last re-check on
     rows: bool = True  # False: a stream opened with ?only=alarms (the nav's alarm counter): no event rows
+    waiter: asyncio.Future[None] | None = None  # the stream waiting for something to send (on its loop)
 
     def revoke(self, reason: str) -> None:
         """On the client's loop: the login behind the stream ended; drop what is queued and end the stream."""
@@ -289,33 +299,51 @@ class Client:
         return ((kind == "operator" and who.name == value) or (kind == "token" and who.token_id == value)
                 or (kind == "session" and who.session_hash == value))
 
+    def wake(self) -> None:
+        """On the client's loop: let the waiting stream run (something was queued, or it is time to re-check)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def end(self) -> None:
         """On the client's loop: the browser went away; wake the stream so it ends now, not at the heartbeat."""
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
+        self.wake()
 
-    def offer(self, item: tuple[str, str, str]) -> None:
-        """On the client's loop: queue the message, or cut the client off when it is too far behind."""
+    def offer(self, item: bytes | tuple[str, str, str]) -> None:
+        """On the client's loop: queue an SSE frame (bytes from :func:`sse`, or its ``(kind, id, data)``), or cut
+        the client off when it is too far behind."""
         if self.dropped or self.revoked is not None:
             return
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait(item if isinstance(item, bytes) else sse(*item))
         except asyncio.QueueFull:
             self.dropped = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)  # the stream ends; the browser reconnects and resumes
+            self.end()  # the stream ends; the browser reconnects and resumes
+            return
+        self.wake()
 
 
 class LiveHub:
-    """Fans new events and snapshots out to the open streams; called from the server's store thread."""
+    """Fans new events and snapshots out to the open streams; called from the server's store thread.
+
+    Each message is serialised and framed once (:func:`sse`), whatever the number of streams. The frames for
+    one event loop are handed over in one ``call_soon_threadsafe`` (:meth:`_deliver`), not one per client per
+    message: at 20 desks and 200 events/s the per-client hop was 4,000 wake-ups of the desk's loop a second,
+    each a write to its self-pipe and a switch of the interpreter lock, and the feed's delay grew with them
+    (docs/performance.md, "Fan-out"). While a hand-over waits for its loop to run, later frames join it."""
 
     def __init__(self, server: Any, events: EventLog) -> None:
         self.server = server
         self.events = events
         self._clients: set[Client] = set()
         self._clients_lock = threading.Lock()  # guards this hub's own set of open streams (not the store)
+        #: frames waiting for their loop to run :meth:`_flush`, per loop; a loop is a key only while its
+        #: flush is scheduled (guarded by ``_pending_lock``)
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Client, bytes]]] = {}
+        self._pending_lock = threading.Lock()
         self.dropped = 0  # clients cut off for being too slow (counted for the log and tests)
 
     @property
@@ -347,6 +375,10 @@ class LiveHub:
             self.dropped += 1
             log.info("live feed: a client fell %d messages behind and was cut off (it reconnects)", CLIENT_QUEUE)
 
+    def _row_clients(self) -> bool:
+        with self._clients_lock:
+            return any(c.rows for c in self._clients)
+
     def end_all(self, reason: str = "the desk is stopping") -> int:
         """End every open stream now (any thread), with an ``end`` message naming ``reason``: a stopping desk
         must not wait for browsers that would keep their streams open for ever. Returns how many were open."""
@@ -372,7 +404,7 @@ class LiveHub:
 
     def on_event(self, ev: EventMsg, new: bool) -> None:
         """Bus listener (store thread): a new event is stored; push its row to every matching client."""
-        if not new or not self.clients:
+        if not new or not self._row_clients():  # most pages hold only the alarm counter's stream: no row read
             return
         site = self.server.site
         row = stored_row(self.events, site, ev.id)
@@ -385,7 +417,7 @@ class LiveHub:
 
     def on_snapshot(self, snapshot_id: str, device: str, door: str) -> None:
         """Bus listener (store thread): a snapshot landed; rows showing "pending" for it can load it now."""
-        if not self.clients:
+        if not self._row_clients():
             return
         site = self.server.site
         row = stored_row(self.events, site, snapshot_id)
@@ -396,29 +428,54 @@ class LiveHub:
     def broadcast(self, kind: str, data: str) -> None:
         """Any thread: a message for every open stream whatever its filters (``alarms``: the nav's counter,
         server/web/alarm_desk.py)."""
+        frame = sse(kind, "", data)
         with self._clients_lock:
             clients = list(self._clients)
-        for client in clients:
-            try:
-                client.loop.call_soon_threadsafe(client.offer, (kind, "", data))
-            except RuntimeError:  # its loop is closed: the client is gone
-                self.remove(client)
+        self._deliver([(client, frame) for client in clients])
 
     def push(self, kind: str, msg_id: str, data: str, *, row: EventRowOut, site: Site) -> None:
+        """Any thread: a row (or its snapshot) for every stream of rows whose filter it matches."""
+        frame = sse(kind, msg_id, data)
         with self._clients_lock:
             clients = list(self._clients)
         people: dict[str, set[str]] = {}  # person filter -> the ids it names, once per message
+        chosen: list[tuple[Client, bytes]] = []
         for client in clients:
             if not client.rows:
                 continue
             flt = client.flt
             ids = people.setdefault(flt.person, flt.person_ids(site) or set()) if flt.person else None
-            if not flt.matches(row, site, ids):
-                continue
+            if flt.matches(row, site, ids):
+                chosen.append((client, frame))
+        self._deliver(chosen)
+
+    def _deliver(self, frames: list[tuple[Client, bytes]]) -> None:
+        """Hand frames to their clients' loops (any thread), one wake-up per loop however many clients."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Client, bytes]]] = {}
+        for client, frame in frames:
+            by_loop.setdefault(client.loop, []).append((client, frame))
+        for loop, items in by_loop.items():
+            with self._pending_lock:
+                waiting = self._pending.get(loop)
+                if waiting is not None and not loop.is_closed():  # its flush is scheduled: it takes these too
+                    waiting.extend(items)
+                    continue
+                self._pending[loop] = items if waiting is None else [*waiting, *items]
             try:
-                client.loop.call_soon_threadsafe(client.offer, (kind, msg_id, data))
-            except RuntimeError:  # its loop is closed: the client is gone
-                self.remove(client)
+                loop.call_soon_threadsafe(self._flush, loop)
+            except RuntimeError:  # the loop is closed (its scheduled flush never ran): its clients are gone
+                with self._pending_lock:
+                    lost = self._pending.pop(loop, [])
+                for client in {c for c, _ in lost}:
+                    self.remove(client)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: queue the frames handed over for its clients, in the order they came."""
+        with self._pending_lock:
+            items = self._pending.pop(loop, [])
+        for client, frame in items:
+            client.offer(frame)
+
 
 def sse(kind: str, msg_id: str, data: str) -> bytes:
     """One server-sent event; ``data`` is JSON (one line), so it needs no further framing."""
@@ -461,6 +518,7 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
     def ended() -> bytes:
         return sse("end", "", json.dumps({"reason": client.revoked or "logged out"}))
 
+    timer: asyncio.TimerHandle | None = None
     try:
         yield b"retry: 2000\n\n"
         if not await still_allowed():  # also learns the session's time limit, checked before every message
@@ -468,42 +526,64 @@ async def _stream(request: Request, hub: LiveHub, client: Client, resume: int | 
         if resume is not None and client.rows:
             rows, _ = await run_in_threadpool(history, desk.events, desk.server.site, client.flt,
                                               after=resume, limit=RESUME_MAX)
-            for row in rows:
-                if client.revoked is not None:
-                    break
-                yield sse("row", str(row.cursor), row.model_dump_json())
+            if rows and client.revoked is None:
+                yield b"".join(sse("row", str(row.cursor), row.model_dump_json()) for row in rows)
+        recheck_due = False
+
+        def due() -> None:  # on the loop, every RECHECK_S: re-check the login even when nothing flows
+            nonlocal recheck_due
+            recheck_due = True
+            client.wake()
+
         checked = idle_since = loop.time()
+        timer = loop.call_at(checked + RECHECK_S, due)
         while True:
             if client.revoked is not None:
                 yield ended()
                 return
-            if loop.time() - checked >= RECHECK_S or expired():  # on a timer, busy or idle
+            if recheck_due or loop.time() - checked >= RECHECK_S or expired():  # on a timer, busy or idle
                 if not await still_allowed():
                     client.revoked = client.revoked or "logged out"
                     yield ended()
                     return
-                checked = loop.time()
-            try:
-                item = await asyncio.wait_for(client.queue.get(), max(0.0, RECHECK_S - (loop.time() - checked)))
-            except TimeoutError:
-                if loop.time() - idle_since >= HEARTBEAT_S:
-                    yield b": keep-alive\n\n"
-                    idle_since = loop.time()
-                continue
-            if item is None:
-                if client.revoked is not None:
-                    yield ended()
-                elif not client.gone:
-                    yield sse("end", "", json.dumps({"reason": "too slow: reconnect"}))
-                return
+                checked, recheck_due = loop.time(), False
+                timer.cancel()
+                timer = loop.call_at(checked + RECHECK_S, due)
+            if client.queue.empty():
+                client.waiter = loop.create_future()
+                try:
+                    await client.waiter
+                finally:
+                    client.waiter = None
+                if client.queue.empty():  # the re-check timer
+                    if loop.time() - idle_since >= HEARTBEAT_S:
+                        yield b": keep-alive\n\n"
+                        idle_since = loop.time()
+                    continue
+            # Everything queued since the last write goes out as one chunk: one HTTP write per loop turn.
+            frames: list[bytes] = []
+            last = False
+            while not client.queue.empty():
+                item = client.queue.get_nowait()
+                if item is None:
+                    last = True
+                    break
+                frames.append(item)
             if client.revoked is not None:
-                continue  # revoked while this item waited: never delivered
-            if expired() and not await still_allowed():
+                continue  # revoked while these waited: never delivered
+            if frames and expired() and not await still_allowed():
                 client.revoked = "logged out"
                 continue
-            yield sse(*item)
-            idle_since = loop.time()
+            if frames:
+                yield b"".join(frames)
+                idle_since = loop.time()
+            if last:
+                if not client.gone:
+                    yield sse("end", "", json.dumps({"reason": "too slow: reconnect"}))
+                return
     finally:
+        if timer is not None:
+            timer.cancel()
         watcher.cancel()
         hub.remove(client)
 

@@ -164,6 +164,10 @@ BUILT |= {"audit"}
 BUILT |= {"operators"}
 #: ... and server/web/site_pages.py.
 BUILT |= {"site_setup"}
+#: ... and server/web/floors.py.
+BUILT |= {"floors"}
+#: ... and server/web/reports.py.
+BUILT |= {"reports"}
 
 for _section in SECTIONS:
     if _section.key not in BUILT:

@@ -13,14 +13,17 @@ from typing import Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, Form, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from doorkeep.config import CARD_FORMATS
 from doorkeep.model import PersonState
+from server.photos import MAX_UPLOAD_BYTES, NoSuchPerson, PhotoError, PhotoService
 from server.people import (KINDS, MAX_CLEARANCE, MAX_IMPORT_ROWS, PeopleError, PeopleService, PersonView,
                            UnknownPerson)
 from server.web.access import require
 from server.web.alarms import install_filters
+from server.web.api import ErrorOut
 from server.web.auth import Principal
 from server.web.roles import ADMIN, DESK
 from server.web.routes import Routes
@@ -44,6 +47,14 @@ def _people(request: Request) -> PeopleService:
     service: PeopleService | None = request.app.state.desk.server.people
     if service is None:
         raise RuntimeError("the server was built without its people service (server/app.py bootstrap)")
+    return service
+
+
+def _photos(request: Request) -> PhotoService:
+    """The desk's cardholder photo service (server/photos.py)."""
+    service: PhotoService | None = request.app.state.desk.photos
+    if service is None:
+        raise RuntimeError("the desk was built without its photo service (server/web/app.py create_app)")
     return service
 
 
@@ -140,6 +151,14 @@ class ImportIn(BaseModel):
 class ImportOut(BaseModel):
     imported: int
     cards: int
+
+
+class PhotoOut(BaseModel):
+    id: str = Field(description="the photo's id (a new one at every replacement)")
+    replaced: bool = Field(description="true when it replaced an earlier photo")
+    width: int = Field(description="as kept: re-encoded to at most 512 px on the long side")
+    height: int
+    bytes: int = Field(description="the kept JPEG's size (no metadata survives)")
 
 
 def _error(status: int, message: str, detail: Any = None) -> JSONResponse:
@@ -251,11 +270,55 @@ def api_lost(request: Request, card: str = Path(pattern=CARD_HASH), who: Princip
     return CardOut(hash=c.hash, format=c.format, last4=c.last4, state=c.state.value)
 
 
+PHOTO_ERRORS = {404: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}}
+
+
+@route(API_PREFIX + "/people/{pid}/photo", "GET", tags=["people"], dependencies=[Depends(require(ADMIN, DESK))],
+       responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorOut}},
+       summary="The person's cardholder photo (JPEG, decrypted in memory, never cached)")
+def api_photo(request: Request, pid: str = Path(pattern=PERSON_ID),
+              v: str | None = Query(None, max_length=32, description="the photo's version (ignored: it only "
+                                    "makes a replaced photo's URL new)")) -> Response:
+    data = _photos(request).jpeg(pid)
+    if data is None:
+        return _error(404, f"no photo for {pid!r} (none uploaded, or removed)")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"})
+
+
+@route(API_PREFIX + "/people/{pid}/photo", "PUT", response_model=PhotoOut, tags=["people"], responses=PHOTO_ERRORS,
+       summary="Upload or replace the person's photo: the body is a JPEG or PNG of at most 5 MiB; kept "
+               "re-encoded (512 px, no metadata) and encrypted; audited")
+async def api_put_photo(request: Request, pid: str = Path(pattern=PERSON_ID),
+                        who: Principal = Depends(require(ADMIN))) -> Any:
+    data = await request.body()
+    try:
+        out = await run_in_threadpool(_photos(request).upload, pid, data, actor=who.name)
+    except NoSuchPerson as exc:
+        return _error(404, str(exc))
+    except PhotoError as exc:
+        return _error(exc.status, str(exc))
+    return PhotoOut(**{k: out[k] for k in ("id", "replaced", "width", "height", "bytes")})
+
+
+@route(API_PREFIX + "/people/{pid}/photo", "DELETE", status_code=204, tags=["people"],
+       responses={404: {"model": ErrorOut}}, summary="Remove the person's photo and its key for good; audited")
+def api_delete_photo(request: Request, pid: str = Path(pattern=PERSON_ID),
+                     who: Principal = Depends(require(ADMIN))) -> Response:
+    try:
+        gone = _photos(request).delete(pid, actor=who.name)
+    except NoSuchPerson as exc:
+        return _error(404, str(exc))
+    if not gone:
+        return _error(404, f"no photo for {pid!r}")
+    return Response(status_code=204)
+
+
 # ----------------------------------------------------------------- pages
 
 DONE = {"added": "Person added.", "suspended": "Suspended: refused at every door from now on.",
         "reinstated": "Reinstated.", "access": "Access levels and clearance saved.", "card": "Card added.",
-        "lost": "Card reported lost: it opens no door any more.", "imported": "Import done."}
+        "lost": "Card reported lost: it opens no door any more.", "imported": "Import done.",
+        "photo": "Photo saved.", "photo_replaced": "Photo replaced.", "photo_removed": "Photo removed."}
 
 
 def _render(request: Request, template: str, who: Principal, status: int = 200, **context: Any) -> Response:
@@ -332,7 +395,21 @@ def person_page(request: Request, pid: str = Path(pattern=PERSON_ID), done: str 
         _people(request).person(pid)
     except PeopleError as exc:
         return _list_page(request, who, status=404, error=str(exc))
-    return _render(request, "person.html", who, p=person_out(request, pid), message=DONE.get(done))
+    return _render(request, "person.html", who, p=person_out(request, pid), photo=_photo_view(request, pid),
+                   max_upload_mib=MAX_UPLOAD_BYTES // 1048576, message=DONE.get(done))
+
+
+def _photo_view(request: Request, pid: str) -> dict[str, Any] | None:
+    """The person page's photo: its URL (new at each replacement) and size, or None."""
+    info = _photos(request).info(pid)
+    if info is None:
+        return None
+    return {**info, "url": f"{API_PREFIX}/people/{pid}/photo?v={info['id'][:12]}"}
+
+
+def _person_failed(request: Request, who: Principal, pid: str, status: int, error: str) -> Response:
+    return _render(request, "person.html", who, status, p=person_out(request, pid), photo=_photo_view(request, pid),
+                   max_upload_mib=MAX_UPLOAD_BYTES // 1048576, error=error)
 
 
 def _person_action(request: Request, who: Principal, pid: str, action: Callable[[], Any], done: str) -> Response:
@@ -341,7 +418,7 @@ def _person_action(request: Request, who: Principal, pid: str, action: Callable[
     except UnknownPerson as exc:
         return _list_page(request, who, status=404, error=str(exc))
     except PeopleError as exc:
-        return _render(request, "person.html", who, 422, p=person_out(request, pid), error=str(exc))
+        return _person_failed(request, who, pid, 422, str(exc))
     return RedirectResponse(f"/people/{pid}?done={done}", status_code=303)
 
 
@@ -381,3 +458,31 @@ def lost_form(request: Request, pid: str = Path(pattern=PERSON_ID), card: str = 
               who: Principal = Depends(require(ADMIN))) -> Response:
     people = _people(request)
     return _person_action(request, who, pid, lambda: people.report_lost(card, actor=who.name, owner=pid), "lost")
+
+
+@route("/people/{pid}/photo", "POST", include_in_schema=False)
+async def photo_form(request: Request, pid: str = Path(pattern=PERSON_ID),
+                     who: Principal = Depends(require(ADMIN))) -> Response:
+    form = await request.form()  # already parsed (and bounded by the desk's body cap) for the CSRF check
+    upload = form.get("photo")
+    data = b""
+    if upload is not None and not isinstance(upload, str):
+        data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    photos = _photos(request)
+    try:
+        out = await run_in_threadpool(photos.upload, pid, data, actor=who.name)
+    except NoSuchPerson as exc:
+        return await run_in_threadpool(_list_page, request, who, "", 404, error=str(exc))
+    except PhotoError as exc:
+        return await run_in_threadpool(_person_failed, request, who, pid, exc.status, f"Photo not saved: {exc}")
+    return RedirectResponse(f"/people/{pid}?done={'photo_replaced' if out['replaced'] else 'photo'}", status_code=303)
+
+
+@route("/people/{pid}/photo/delete", "POST", include_in_schema=False)
+def photo_delete_form(request: Request, pid: str = Path(pattern=PERSON_ID),
+                      who: Principal = Depends(require(ADMIN))) -> Response:
+    try:
+        _photos(request).delete(pid, actor=who.name)
+    except NoSuchPerson as exc:
+        return _list_page(request, who, status=404, error=str(exc))
+    return RedirectResponse(f"/people/{pid}?done=photo_removed", status_code=303)

@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
-ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Site setup", "Operators"]
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports", "People", "Audit", "Site", "Site setup", "Operators"]
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +139,12 @@ def test_admin_logs_in_sees_home_and_every_section_then_logs_out(page: Any, desk
 def test_desk_operator_sees_no_people_or_audit_and_is_refused_there(page: Any, desk: str) -> None:
     log_in(page, desk, "dex", PASSWORDS["dex"], path="/alarms")
     assert page.url == desk + "/alarms"  # back where the login began
-    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Doors", "Muster"]
+    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports"]
     response = page.goto(desk + "/people")
     assert response is not None and response.status == 403
     assert page.get_by_role("heading", level=1).inner_text() == "Not allowed"
     assert "needs admin" in page.get_by_role("alert").inner_text()
-    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Doors", "Muster"]  # still their own way out
+    assert nav_links(page) == ["Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports"]  # still their own way out
     assert page.goto(desk + "/api/v1/audit").status == 403
 
 

@@ -46,7 +46,7 @@ def test_the_desk_follows_a_dark_system_setting_and_stays_readable(dark_page: An
     found: dict[str, Any] = {}
     pg.goto(desk + "/login")
     log_in(pg, desk, "ada", PASSWORDS["ada"])
-    for path in ("/", "/people", "/visitors", "/live", "/muster", "/audit", "/site"):
+    for path in ("/", "/people", "/visitors", "/live", "/floors", "/alarms", "/muster", "/audit", "/site"):
         pg.goto(desk + path)
         pg.wait_for_load_state()
         background = pg.evaluate("() => getComputedStyle(document.body).backgroundColor")
@@ -55,7 +55,7 @@ def test_the_desk_follows_a_dark_system_setting_and_stays_readable(dark_page: An
         bad = axe_violations(pg)
         if bad:
             found[path] = bad
-        if path in ("/", "/people", "/live"):
+        if path in ("/", "/people", "/live", "/floors"):
             ARTIFACTS.mkdir(exist_ok=True)
             pg.screenshot(path=str(ARTIFACTS / f"dark{path.replace('/', '-') if path != '/' else '-home'}.png"),
                           full_page=True)

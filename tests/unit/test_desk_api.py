@@ -184,6 +184,8 @@ def test_static_files_are_public_but_cannot_escape_their_directory(client: TestC
     ("GET", "/live", {"ada", "dex"}),
     ("GET", "/alarms", {"ada", "dex"}),
     ("GET", "/doors", {"ada", "dex"}),
+    ("GET", "/floors", {"ada", "dex"}),
+    ("GET", "/api/v1/floors", {"ada", "dex"}),
     ("GET", "/muster", {"ada", "dex"}),
     ("GET", "/people", {"ada"}),
     ("GET", "/audit", {"ada", "aud"}),
@@ -223,9 +225,10 @@ def test_only_an_admin_creates_operators_and_a_desk_operator_cannot_manage_peopl
 
 def test_home_page_shows_operator_role_and_only_the_nav_the_role_may_use(app: FastAPI, client: TestClient) -> None:
     toks = tokens(app)
-    expected = {"ada": {"Visitors", "Live", "Alarms", "Doors", "Muster", "People", "Audit", "Site", "Operators"},
-                "dex": {"Visitors", "Live", "Alarms", "Doors", "Muster"},
-                "aud": {"Audit", "Site"}}
+    expected = {"ada": {"Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports", "People",
+                        "Audit", "Site", "Operators"},
+                "dex": {"Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports"},
+                "aud": {"Incidents", "Reports", "Audit", "Site"}}
     for name, titles in expected.items():
         page = client.get("/", headers=bearer(toks[name])).text
         nav = page[page.index('<nav aria-label="Desk sections">'):page.index("</nav>")]

@@ -236,7 +236,7 @@ def test_csv_import_page_uploads_a_file_with_csrf_and_lists_errors(client: TestC
     assert client.post("/people/import", files=files).status_code == 403  # no CSRF token
     r = client.post("/people/import", data={"csrf_token": csrf}, files=files)
     assert r.status_code == 422 and 'id="import-errors"' in r.text
-    assert re.search(r'<th scope="row">2</th><td>no access level &#39;vault&#39;', r.text)
+    assert re.search(r'<th scope="row">2</th><td data-label="Problem">no access level &#39;vault&#39;', r.text)
     r = client.post("/people/import", data={"csrf_token": csrf},
                     files={"file": ("people.csv", GOOD_CSV.encode(), "text/csv")})
     assert r.status_code == 303 and r.headers["location"] == "/people?done=imported&n=2"

@@ -90,6 +90,9 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/visitors/{visitor_id}"): DESK,
     ("POST", "/api/v1/visitors/{visitor_id}/check-in"): DESK,
     ("POST", "/api/v1/visitors/{visitor_id}/check-out"): DESK,
+    ("POST", "/api/v1/visitors/import"): DESK,  # expected visitors from CSV (server/web/visitor_mail.py)
+    ("GET", "/api/v1/visitors/{visitor_id}/mail"): DESK,
+    ("PUT", "/api/v1/people/{pid}/email"): {A},
     ("GET", "/visitors"): DESK,
     ("POST", "/visitors"): DESK,
     ("GET", "/visitors/{visitor_id}/check-in"): DESK,
@@ -150,6 +153,18 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("PUT", "/api/v1/me/alarm-sound"): DESK,
     ("POST", "/alarms/bulk"): DESK,
     ("POST", "/alarms/sound"): DESK,
+    # incidents and evidence bundles (server/web/incidents.py): an auditor reads, admin and desk work and export
+    ("GET", "/incidents"): EVERYONE,
+    ("GET", "/incidents/{incident_id}"): EVERYONE,
+    ("GET", "/incidents/new"): DESK,
+    ("POST", "/incidents"): DESK,
+    ("POST", "/incidents/{incident_id}/notes"): DESK,
+    ("POST", "/incidents/{incident_id}/assign"): DESK,
+    ("POST", "/incidents/{incident_id}/attach"): DESK,
+    ("POST", "/incidents/{incident_id}/items/{item_id}/detach"): DESK,
+    ("POST", "/incidents/{incident_id}/close"): DESK,
+    ("POST", "/incidents/{incident_id}/reopen"): DESK,
+    ("GET", "/incidents/{incident_id}/evidence.zip"): DESK,
     ("GET", "/sounds/{kind}.wav"): DESK,
     # doors: board, remote unlock, lockdown
     ("GET", "/api/v1/board"): DESK,
@@ -165,9 +180,24 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/doors/{door_id}/unlock"): DESK,
     ("GET", "/doors/lockdown"): DESK,
     ("POST", "/doors/lockdown"): DESK,
+    # the floor view (server/web/floors.py)
+    ("GET", "/api/v1/floors"): DESK,
+    ("GET", "/floors"): DESK,
     # muster
     ("GET", "/api/v1/muster"): DESK,
     ("GET", "/muster"): DESK,
+    # reports (server/web/reports.py): every role reads them
+    ("GET", "/reports"): EVERYONE,
+    ("GET", "/reports/movements"): EVERYONE,
+    ("GET", "/reports/activity"): EVERYONE,
+    ("GET", "/reports/refusals"): EVERYONE,
+    ("GET", "/reports/traffic"): EVERYONE,
+    ("GET", "/reports/occupancy"): EVERYONE,
+    ("GET", "/api/v1/reports/movements.csv"): EVERYONE,
+    ("GET", "/api/v1/reports/activity.csv"): EVERYONE,
+    ("GET", "/api/v1/reports/refusals.csv"): EVERYONE,
+    ("GET", "/api/v1/reports/traffic.csv"): EVERYONE,
+    ("GET", "/api/v1/reports/occupancy.csv"): EVERYONE,
     # people and cards: admin only
     ("GET", "/api/v1/people"): {A},
     ("GET", "/api/v1/people/search"): {A, D},  # names and ids for the visitor's host picker, no cards
@@ -188,12 +218,18 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/people/{pid}/access"): {A},
     ("POST", "/people/{pid}/cards"): {A},
     ("POST", "/people/{pid}/cards/{card}/lost"): {A},
+    # cardholder photos (server/photos.py): the desk sees them beside snapshots, only admins change them
+    ("GET", "/api/v1/people/{pid}/photo"): {A, D},
+    ("PUT", "/api/v1/people/{pid}/photo"): {A},
+    ("DELETE", "/api/v1/people/{pid}/photo"): {A},
+    ("POST", "/people/{pid}/photo"): {A},
+    ("POST", "/people/{pid}/photo/delete"): {A},
 }
 
 #: Ids that name nothing: an allowed request stops at "not found" (or validation) and changes nothing.
 PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{label}": "no-such-token", "{snapshot_id}": "no-such-snapshot",
                 "{visitor_id}": "999999", "{entry_id}": "999999", "{alarm_id}": "999999", "{pid}": "no-such-person",
-                "{card}": "0" * 64, "{oid}": "no-such-object"}
+                "{card}": "0" * 64, "{oid}": "no-such-object", "{incident_id}": "999999", "{item_id}": "999999"}
 #: Query strings that make an allowed request end early (the live stream would otherwise never end).
 QUERIES = {"/api/v1/events/stream": {"door": "x" * 65}}
 

@@ -25,8 +25,32 @@
     return el;
   }
 
+  // The cardholder's photo on file (server/photos.py), beside the snapshot so the operator can compare the
+  // face at the door with the person the card belongs to; only present when the person has one.
+  function photoFigure(row) {
+    var fig = document.createElement("figure");
+    var img = document.createElement("img");
+    img.src = row.photo_url;
+    img.className = "thumb photo";
+    img.width = 72;
+    img.alt = "Photo of " + (row.person_name || "the cardholder") + " on file";
+    fig.appendChild(img);
+    fig.appendChild(text("figcaption", "on file"));
+    return fig;
+  }
+
   function snapshotCell(cell, row) {
     cell.textContent = "";
+    var box = cell;
+    if (row.photo_url) {
+      cell.setAttribute("data-photo", row.photo_url);
+      var pair = document.createElement("div");
+      pair.className = "snapshot-pair";
+      pair.appendChild(photoFigure(row));
+      box = document.createElement("figure");
+      pair.appendChild(box);
+      cell.appendChild(pair);
+    }
     if (row.snapshot === "ready" && row.snapshot_url) {
       var link = document.createElement("a");
       link.href = row.snapshot_url;
@@ -38,14 +62,15 @@
       img.width = 96;
       img.alt = "Snapshot at " + (row.door_name || "the door") + ", " + (row.local_time || "") + " (opens full size)";
       link.appendChild(img);
-      cell.appendChild(link);
+      box.appendChild(link);
     } else if (row.snapshot === "pending") {
-      cell.appendChild(text("span", "snapshot pending", "pending"));
+      box.appendChild(text("span", "snapshot pending", "pending"));
     } else if (row.snapshot === "withheld") {
-      cell.appendChild(text("span", "withheld (no photo consent)", "hint"));
+      box.appendChild(text("span", "withheld (no photo consent)", "hint"));
     } else {
-      cell.appendChild(text("span", "none", "hint"));
+      box.appendChild(text("span", "none", "hint"));
     }
+    if (box !== cell) { box.appendChild(text("figcaption", "at the door")); }
   }
 
   function decisionText(row) {
@@ -159,7 +184,8 @@
       if (tr) {
         var cell = tr.querySelector("td.snapshot");
         var row = { snapshot: data.snapshot, snapshot_url: data.snapshot_url,
-                    door_name: tr.cells[1].textContent, local_time: tr.cells[0].textContent };
+                    door_name: tr.cells[1].textContent, local_time: tr.cells[0].textContent,
+                    photo_url: cell.getAttribute("data-photo"), person_name: tr.cells[2].textContent };
         snapshotCell(cell, row);
       }
     });
