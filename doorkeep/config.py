@@ -418,6 +418,8 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.used.add("intrusion")  # server-side only: read by _load_intrusion, not part of the Site
     root.used.add("desk")  # server-side only: read by load_desk_settings, not part of the Site
     root.used.add("backup")  # server-side only: read by _load_backup, not part of the Site
+    root.used.add("smtp")  # server-side only: read by _load_smtp, not part of the Site
+    root.used.add("invitations")  # server-side only: read by _load_smtp, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
@@ -559,6 +561,139 @@ def _load_backup(path: Path, errors: list[ConfigError], text: str | None = None)
     if data is None:
         return BackupSettings()
     return _backup(_Table(data, str(path), "", errors).sub("backup"), path.parent)
+
+
+SMTP_SECURITY = ("starttls", "tls", "none")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The site's SMTP relay for outbound mail (site.toml [smtp]; server/mail.py sends, docs/configuration.md).
+
+    Off until ``host`` is set. The password is never written in site.toml (deployed to every edge too): it is
+    read at server start from ``password_file`` (relative to the site directory, mode 0600) or from the
+    environment variable ``password_env``. ``ca_file`` verifies a relay whose certificate the system does not
+    trust (a site CA). A message is retried with exponential backoff from ``retry_s`` up to ``max_retry_s``
+    and dead-lettered after ``max_attempts``; the queue lives in the store, so a restart loses nothing.
+    """
+
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    from_addr: str = ""
+    ca_file: Path | None = None
+    timeout_s: float = 30.0
+    max_attempts: int = 8
+    retry_s: float = 30.0
+    max_retry_s: float = 3600.0
+    #: The file the table was read from: errors found at server start (the password) name it too.
+    file: str = "site.toml"
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+@dataclass(frozen=True)
+class InvitationSettings:
+    """What an invitation e-mail and a host notice say beyond the visit itself (site.toml [invitations])."""
+
+    address: str = ""
+    bring: str = "a photo ID, and this e-mail's visitor pass (on your phone or printed)"
+    waiting_at: str = "reception"
+
+
+_EMAIL = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]+\.[^@\s<>]{2,}$")
+_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+
+
+def _smtp(t: _Table | None, base: Path) -> SmtpSettings:
+    d = SmtpSettings()
+    if t is None:
+        return d
+    host = t.get("host", str, None)
+    if host is not None and not host.strip():
+        t.error("host", "is empty", "write the relay's host name, or remove the [smtp] table to send no mail")
+        host = None
+    security = t.choice("security", SMTP_SECURITY, d.security) or d.security
+    port = t.get("port", int, _DEFAULT_PORTS[security])
+    if port is not None and not 1 <= port <= 65535:
+        t.error("port", f"must be 1 to 65535, got {port}", f"set port to the relay's port (usually "
+                f"{_DEFAULT_PORTS[security]} with security = \"{security}\")")
+        port = None
+    username = t.get("username", str, None) or None
+    password_file = t.get("password_file", str, None)
+    password_env = t.get("password_env", str, None)
+    if password_file is not None and password_env is not None:
+        t.error("password_file", "and password_env are both set", "name one place for the password")
+    if username is not None and password_file is None and password_env is None:
+        t.error("username", "is set but no password is", "set password_file (a file, mode 0600, beside site.toml) "
+                "or password_env (an environment variable of the server)")
+    if (password_file is not None or password_env is not None) and username is None:
+        t.error("username", "is required with a password", "set username to the relay account's name")
+    if password_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", password_env):
+        t.error("password_env", f"{password_env!r} is not an environment variable name",
+                "use letters, digits and '_' (e.g. DOORKEEP_SMTP_PASSWORD)")
+    pw_path = None
+    if password_file is not None:
+        pw_path = base / password_file
+        if not pw_path.is_file():
+            t.error("password_file", f"{pw_path} does not exist", "write the relay password into that file "
+                    "(chmod 600), or point password_file at the file that holds it")
+    if security == "none" and username is not None:
+        t.error("security", "is \"none\" but a username is set: the password would cross the network in clear",
+                "use security = \"starttls\" or \"tls\"")
+    from_addr = t.get("from", str, None)
+    if host is not None and from_addr is None:
+        t.error("from", "is required with host", 'set from = "Reception <reception@example.com>"')
+    elif from_addr is not None:
+        bare = from_addr.rsplit("<", 1)[-1].rstrip(">").strip()
+        if not _EMAIL.match(bare) or any(c in from_addr for c in "\r\n"):
+            t.error("from", f"{from_addr!r} is not an e-mail address", 'write it like "Reception <reception@example.com>"')
+            from_addr = None
+    ca = t.get("ca_file", str, None)
+    ca_path = base / ca if ca is not None else None
+    if ca_path is not None and not ca_path.is_file():
+        t.error("ca_file", f"{ca_path} does not exist", "point ca_file at the PEM file of the CA that signed the "
+                "relay's certificate, or remove it to use the system's trusted CAs")
+    attempts = t.get("max_attempts", int, d.max_attempts)
+    if attempts is not None and not 1 <= attempts <= 100:
+        t.error("max_attempts", f"must be 1 to 100, got {attempts}", f"set max_attempts, or remove it for {d.max_attempts}")
+        attempts = None
+    retry_s = t.positive("retry_s", d.retry_s, 86400.0)
+    max_retry_s = t.positive("max_retry_s", d.max_retry_s, 7 * 86400.0)
+    if max_retry_s < retry_s:
+        t.error("max_retry_s", f"is less than retry_s ({max_retry_s:g} < {retry_s:g})",
+                "set max_retry_s to at least retry_s")
+    out = SmtpSettings(host=host.strip() if host else None, port=int(port or _DEFAULT_PORTS[security]),
+                       security=security, username=username, password_file=pw_path, password_env=password_env,
+                       from_addr=from_addr or "", ca_file=ca_path, timeout_s=t.positive("timeout_s", d.timeout_s, 600.0),
+                       max_attempts=int(attempts or d.max_attempts), retry_s=retry_s, max_retry_s=max_retry_s,
+                       file=t.file)
+    t.done()
+    return out
+
+
+def _invitations(t: _Table | None) -> InvitationSettings:
+    d = InvitationSettings()
+    if t is None:
+        return d
+    out = InvitationSettings(address=t.get("address", str, d.address) or "", bring=t.get("bring", str, d.bring) or d.bring,
+                             waiting_at=t.get("waiting_at", str, d.waiting_at) or d.waiting_at)
+    t.done()
+    return out
+
+
+def _load_smtp(path: Path, errors: list[ConfigError], text: str | None = None) -> tuple[SmtpSettings, InvitationSettings]:
+    """The [smtp] and [invitations] tables of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    if data is None:
+        return SmtpSettings(), InvitationSettings()
+    root = _Table(data, str(path), "", errors)
+    return _smtp(root.sub("smtp"), path.parent), _invitations(root.sub("invitations"))
 
 
 @dataclass(frozen=True)
@@ -1031,6 +1166,12 @@ class CameraConfig:
     jpeg_quality: int = 85
     # Polygons of (x, y) fractions of the frame width/height (0.0-1.0), blacked out before a snapshot is encoded.
     privacy_masks: tuple[tuple[tuple[float, float], ...], ...] = ()
+    # Visitor passes read off the frames (edge/qr.py): on/off, scans a second, the region looked at as
+    # (x0, y0, x1, y1) fractions of the frame, and the door a pass shown here asks for.
+    qr: bool = False
+    qr_fps: float = 5.0
+    qr_roi: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    qr_door: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1140,6 +1281,52 @@ PRIVACY_MASK_FIX = ("write each polygon as at least 3 [x, y] points given as fra
                     "privacy_masks = [[[0.6, 0.0], [1.0, 0.0], [1.0, 0.4], [0.6, 0.4]]]")
 
 
+QR_ROI_FIX = ("write qr_roi as [x0, y0, x1, y1], the region's left, top, right and bottom as fractions of the "
+              "frame (0.0-1.0, x0 < x1, y0 < y1), e.g. qr_roi = [0.25, 0.2, 0.75, 0.9]")
+
+
+def _qr_roi(t: _Table) -> tuple[float, float, float, float]:
+    """A camera's ``qr_roi``: the part of the frame searched for a pass (fractions, so a resolution change
+    keeps it); the whole frame by default."""
+    raw = t.get("qr_roi", list, None, fix=QR_ROI_FIX)
+    if raw is None:
+        return (0.0, 0.0, 1.0, 1.0)
+    if len(raw) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        t.error("qr_roi", f"must be four numbers, got {raw!r}", QR_ROI_FIX)
+        return (0.0, 0.0, 1.0, 1.0)
+    x0, y0, x1, y1 = (float(v) for v in raw)
+    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+        t.error("qr_roi", f"{raw!r} is not a region inside the frame", QR_ROI_FIX)
+        return (0.0, 0.0, 1.0, 1.0)
+    return (x0, y0, x1, y1)
+
+
+def _qr_doors(cameras: dict[str, CameraConfig], doors: dict[str, DoorHardware],
+              tables: dict[str, _Table]) -> dict[str, CameraConfig]:
+    """Each ``qr = true`` camera's door: ``qr_door``, which must be a door that names the camera, or the one
+    door that does; a camera over several doors must say which one a pass shown to it opens."""
+    out = dict(cameras)
+    for cid, cam in cameras.items():
+        serving = sorted(d for d, hw in doors.items() if hw.camera == cid)
+        t = tables[cid]
+        if cam.qr_door is not None and cam.qr_door not in serving:
+            t.error("qr_door", f"door {cam.qr_door!r} does not use camera {cid!r}",
+                    f"name one of the doors with camera = \"{cid}\": {', '.join(serving) or '(none)'}")
+            continue
+        if not cam.qr:
+            continue
+        if cam.qr_door is None:
+            if len(serving) == 1:
+                out[cid] = replace(cam, qr_door=serving[0])
+            elif not serving:
+                t.error("qr", f"camera {cid!r} reads passes but no door uses it",
+                        f"add camera = \"{cid}\" to the door it watches, or set qr = false")
+            else:
+                t.error("qr_door", f"camera {cid!r} watches doors {', '.join(serving)}: which one does a pass "
+                        "shown to it open?", f"add qr_door = \"{serving[0]}\" (one of {', '.join(serving)})")
+    return out
+
+
 def _privacy_masks(t: _Table) -> tuple[tuple[tuple[float, float], ...], ...]:
     """A camera's ``privacy_masks``, every polygon and point checked.
 
@@ -1239,6 +1426,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     broker = _broker(root.sub("broker"), f, errors, path.parent)
 
     cameras = {}
+    qr_tables: dict[str, _Table] = {}
     for cid, t in root.children("cameras"):
         src = t.get("source", (str, int), fix='add source = "0" (V4L2 device), an rtsp:// or http:// URL, or a file')
         quality = t.get("jpeg_quality", int, 85)
@@ -1246,8 +1434,16 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             quality = 85
         elif not 10 <= quality <= 100:
             t.error("jpeg_quality", f"{quality} is out of range", "use 10 to 100")
-        cameras[cid] = CameraConfig(cid, str(src), t.positive("fps", 10.0), t.positive("buffer_seconds", 2.0), quality,
-                                    _privacy_masks(t))
+        fps = t.positive("fps", 10.0)
+        qr = bool(t.get("qr", bool, False))
+        qr_fps = t.positive("qr_fps", min(5.0, fps), maximum=30.0)
+        if qr and qr_fps > fps:
+            t.error("qr_fps", f"{qr_fps:g} scans a second is more than the camera's {fps:g} frames",
+                    f"set qr_fps to at most fps ({fps:g}); 5 is plenty for a pass held up to the camera")
+            qr_fps = fps
+        cameras[cid] = CameraConfig(cid, str(src), fps, t.positive("buffer_seconds", 2.0), quality,
+                                    _privacy_masks(t), qr, qr_fps, _qr_roi(t), t.ident("qr_door", None))
+        qr_tables[cid] = t
         t.done()
 
     doors = {}
@@ -1318,6 +1514,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder)
     if not doors:
         root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
+    cameras = _qr_doors(cameras, doors, qr_tables)
     _check_shared_buses(doors, root)
     root.done()
     if dev_id is None or site is None or factory is None:
@@ -1408,6 +1605,8 @@ class SiteBundle:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     intrusion: IntrusionSettings = field(default_factory=IntrusionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    invitations: InvitationSettings = field(default_factory=InvitationSettings)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -1463,11 +1662,13 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     retention = _load_retention(d / "site.toml", errors, site_text) if site is not None else RetentionSettings()
     intrusion = _load_intrusion(d / "site.toml", errors, site_text) if site is not None else IntrusionSettings()
     backup = _load_backup(d / "site.toml", errors, site_text) if site is not None else BackupSettings()
+    smtp, invitations = (_load_smtp(d / "site.toml", errors, site_text) if site is not None
+                         else (SmtpSettings(), InvitationSettings()))
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
     return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion,
-                      backup=backup)
+                      backup=backup, smtp=smtp, invitations=invitations)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:

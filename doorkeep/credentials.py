@@ -33,9 +33,10 @@ def card_hash(key: bytes, fmt: str, number: str) -> str:
     """``HMAC-SHA256(key, FAMILY + ":" + number)`` in hex: the only form a card number is kept in.
 
     The family is the card's format, so a 34-bit Wiegand card never passes for the 26-bit card with the
-    same facility code and number; ``ascii`` (a reader that prints what the card holds) keeps its own.
+    same facility code and number; ``ascii`` (a reader that prints what the card holds) keeps its own, and a
+    visitor pass (``qr-pass``: doorkeep/visitor_pass.py, its visit and serial as the number) its own too.
     """
-    family = fmt if fmt in ("em4100", "wiegand26", "wiegand34", "wiegand37", "osdp_raw") else "ascii"
+    family = fmt if fmt in ("em4100", "wiegand26", "wiegand34", "wiegand37", "osdp_raw", "qr-pass") else "ascii"
     msg = f"{family}:{normalise(fmt, number)}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 

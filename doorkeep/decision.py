@@ -82,6 +82,7 @@ class Reason(str, Enum):
     SERVER_TIMEOUT = "server_timeout"
     UNKNOWN_DOOR = "unknown_door"
     NO_POLICY = "no_policy"  # the edge, never decide(): no site file and no signed policy held yet
+    PASS_INVALID = "pass_invalid"  # the edge, never decide(): a visitor pass that is malformed or not signed by the site
 
     @property
     def granted(self) -> bool:

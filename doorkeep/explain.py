@@ -44,6 +44,7 @@ from doorkeep.decision import (
 from doorkeep.model import WEEKDAYS, Area, CredentialState, Door, Person, PersonKind, PersonState, Schedule, Site, \
     TimeWindow
 from doorkeep.schedule import is_open, local_datetime, next_opening
+from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
 from doorkeep.vocabulary import reason_label
 
 #: How many names a list in an explanation shows before "and N more".
@@ -225,6 +226,11 @@ def _unknown_credential(ctx: _Ctx) -> Explanation:
 
 def _credential_inactive(ctx: _Ctx) -> Explanation:
     cred = ctx.site.credentials.get(ctx.request.credential_hash)
+    if cred is not None and cred.format == PASS_FORMAT:  # a visitor pass (doorkeep/visitor_pass.py)
+        return _result(Reason.CREDENTIAL_INACTIVE, "card",
+                       f"{ctx.who}'s visitor pass …{cred.last4} opens no door now: the visit is not checked in "
+                       "(not yet, or checked out already), or this pass was replaced, reported lost or cancelled.",
+                       [f"checking {ctx.who} in at the desk or the kiosk", f"a new pass for {ctx.who}'s visit"])
     state = cred.state.value if cred is not None and cred.state is not CredentialState.ACTIVE else "lost or revoked"
     return _result(Reason.CREDENTIAL_INACTIVE, "card",
                    f"{ctx.who}'s {ctx.card} is reported {state}, so it opens no door.",
@@ -483,6 +489,14 @@ def _no_policy(ctx: _Ctx) -> Explanation:
                    ["the server publishing the door's policy (check the door's link on Doors)"])
 
 
+def _pass_invalid(ctx: _Ctx) -> Explanation:
+    return _result(Reason.PASS_INVALID, "visitor pass",
+                   f"{ctx.door_name} was shown a visitor pass that is not one this site signed: it is damaged, "
+                   "altered or forged, or signed with a pass key the door does not hold.",
+                   ["a pass issued by this site for the visit (re-issue it from the visitor's page)",
+                    "the door holding the current signed policy, which carries the site's pass keys"])
+
+
 #: The explainer of every refusal; granted reasons are answered by :func:`explain` itself.
 EXPLAINERS: dict[Reason, Explainer] = {
     Reason.UNKNOWN_DOOR: _unknown_door,
@@ -505,6 +519,7 @@ EXPLAINERS: dict[Reason, Explainer] = {
     Reason.OFFLINE_RESTRICTED: _offline_restricted,
     Reason.SERVER_TIMEOUT: _server_timeout,
     Reason.NO_POLICY: _no_policy,
+    Reason.PASS_INVALID: _pass_invalid,
 }
 _unexplained = [r.value for r in Reason if not r.granted and r not in EXPLAINERS]
 if _unexplained:  # a programming error: the desk would have no "Why not?" for it

@@ -23,7 +23,8 @@ Three parts, each usable alone:
 * **The envelope** (``sign_policy`` / ``verify_policy``)::
 
       {"schema": "doorkeep.policy/1",
-       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy[, snapshot_key][, reader_signals]}>",
+       "signed": "<JSON text: {site, device, version, issued_at, nonce, policy[, snapshot_key][, reader_signals]
+                    [, pass_keys]}>",
        "signature": "<base64 Ed25519 signature over the UTF-8 bytes of signed>"}
 
   The signature covers the exact bytes of ``signed``, so checking it needs no
@@ -76,6 +77,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from doorkeep.envelope import EnvelopeError, SnapshotRecipient
 from doorkeep.errors import DoorkeepError
 from doorkeep.model import Site
+from doorkeep.visitor_pass import PassError, key_id, public_key_from_text
 
 SCHEMA = "doorkeep.policy/1"
 SIGNATURE_BYTES = 64
@@ -83,7 +85,10 @@ ENVELOPE_FIELDS = frozenset({"schema", "signed", "signature"})
 BODY_FIELDS = frozenset({"site", "device", "version", "issued_at", "nonce", "policy"})
 #: body fields a policy may carry; ``snapshot_key``: the server's X25519 key edges seal snapshots to;
 #: ``reader_signals``: the site's thresholds for the edge's ``reader_security`` reports (:class:`ReaderSignals`)
-OPTIONAL_BODY_FIELDS = frozenset({"snapshot_key", "reader_signals"})
+OPTIONAL_BODY_FIELDS = frozenset({"snapshot_key", "reader_signals", "pass_keys"})
+#: ``pass_keys``: ``{key id: base64 raw Ed25519 public key}``, the keys visitor passes are signed with
+#: (doorkeep/visitor_pass.py); signed only when the site issues passes, so older edges keep their policies.
+MAX_PASS_KEYS = 16
 #: people holding one of these roles may matter at any door (escorts, responders in a lockdown)
 ALWAYS_INCLUDED_ROLES = frozenset({"escort", "responder"})
 INIT_SIGNING_FIX = "doorkeep key init-signing PATH"
@@ -802,6 +807,7 @@ class VerifiedPolicy:
     nonce: str
     snapshot_key: SnapshotRecipient | None = None  # None: this edge cannot seal snapshots, so it keeps none
     reader_signals: ReaderSignals | None = None  # None: not carried (the defaults, or a server older than it)
+    pass_keys: dict[str, Ed25519PublicKey] | None = None  # key id -> visitor pass key; None: no passes
 
 
 def _iso_ms(epoch: float) -> str:
@@ -853,12 +859,14 @@ def policy_text(site_subset: Site) -> str:
 
 def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, issued_at: float,
                 key: Ed25519PrivateKey, snapshot_key: SnapshotRecipient | None = None,
-                reader_signals: ReaderSignals | None = None, text: str | None = None) -> bytes:
+                reader_signals: ReaderSignals | None = None, text: str | None = None,
+                pass_keys: dict[str, str] | None = None) -> bytes:
     """The signed envelope (UTF-8 JSON bytes) carrying ``site_subset`` for ``device``.
 
     ``snapshot_key``: the server's snapshot public key, so the edge can seal snapshots (doorkeep.envelope).
     ``reader_signals``: the site's reader thresholds; signed only when they differ from the defaults.
     ``text``: the subset's :func:`policy_text`, when the caller has it already (the publisher compares by it).
+    ``pass_keys``: key id -> base64 raw public key of the visitor pass keys (signed only when not empty).
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise PolicyError(f"version must be a non-negative integer, got {version!r}")
@@ -878,6 +886,9 @@ def sign_policy(site_subset: Site, *, site_id: str, device: str, version: int, i
         tail["snapshot_key"] = snapshot_key.to_policy()
     if reader_signals is not None and reader_signals != ReaderSignals():
         tail["reader_signals"] = encode_value(reader_signals, ReaderSignals, root="reader_signals")
+    if pass_keys:
+        _pass_keys(pass_keys)  # never sign what an edge would refuse
+        tail["pass_keys"] = dict(sorted(pass_keys.items()))
     signed = (json.dumps(head, **_JSON)[:-1] + ',"policy":' + text
               + ("," + json.dumps(tail, **_JSON)[1:] if tail else "}"))
     raw = signed.encode("utf-8")
@@ -982,11 +993,28 @@ def verify_policy(payload: bytes, key: Ed25519PublicKey, *, site_id: str, device
     reader_signals = None
     if "reader_signals" in body:
         reader_signals = decode_value(body["reader_signals"], ReaderSignals, root="policy reader_signals")
+    pass_keys = _pass_keys(body["pass_keys"]) if "pass_keys" in body else None
     site = site_from_dict(body["policy"], root="policy")
     if site.id != site_id:
         raise PolicyError(f"policy.id is {site.id!r}, but the envelope is for site {site_id!r}")
     return VerifiedPolicy(site=site, version=version, issued_at=stamp.timestamp(), nonce=nonce,
-                          snapshot_key=snapshot_key, reader_signals=reader_signals)
+                          snapshot_key=snapshot_key, reader_signals=reader_signals, pass_keys=pass_keys)
+
+
+def _pass_keys(value: Any) -> dict[str, Ed25519PublicKey]:
+    """The policy's ``pass_keys`` checked: each id must be the id of its key (doorkeep/visitor_pass.py)."""
+    if not isinstance(value, dict) or not 0 < len(value) <= MAX_PASS_KEYS:
+        raise PolicyError(f"policy pass_keys must be an object of 1-{MAX_PASS_KEYS} keys")
+    keys = {}
+    for kid, text in value.items():
+        try:
+            key = public_key_from_text(text)
+        except PassError as e:
+            raise PolicyError(f"policy pass_keys[{str(kid)[:16]!r}]: {e}") from None
+        if kid != key_id(key):
+            raise PolicyError(f"policy pass_keys[{str(kid)[:16]!r}]: the id is not the key's ({key_id(key)})")
+        keys[kid] = key
+    return keys
 
 
 # ================================================================= key files

@@ -207,6 +207,7 @@ _REASON_LABELS: dict[Reason, str] = {
     Reason.SERVER_TIMEOUT: "No answer from the server in time",
     Reason.UNKNOWN_DOOR: "Unknown door",
     Reason.NO_POLICY: "Door waiting for its first policy",
+    Reason.PASS_INVALID: "Visitor pass not valid (forged, altered or unknown key)",
 }
 _unlabelled = [r.value for r in Reason if r not in _REASON_LABELS]
 if _unlabelled:  # a programming error: the desk would show a raw code

@@ -79,6 +79,8 @@ from doorkeep.decision import (
 from doorkeep.errors import MessageError
 from doorkeep.model import Door, DoorMode, OfflineMode, Site
 from doorkeep.policy import PolicyError, ReaderSignals
+from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
+from doorkeep.visitor_pass import PassError, looks_like_pass, read_pass
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
 from edge.errors import EdgeError, HardwareError
@@ -91,6 +93,7 @@ from edge.outbox import MAX_REPORTED_IDS, MB, Outbox, OutboxError, Tampered
 from edge.overrides import ENDED_WHY, OVERRIDES_FILE, Override, SaveOverrides
 from edge import overrides as overrides_file
 from edge.policy_cache import PolicyCache
+from edge.qr import QrScanner
 from edge.reader_port import Reader, ReaderDeps, build_reader
 
 log = logging.getLogger("doorkeep.edge")
@@ -198,6 +201,13 @@ class EdgeAgent:
                         clock=self.clock, privacy_masks=c.privacy_masks)
             for cid, c in device.cameras.items()
         }
+        # Cameras with qr = true read visitor passes off their frames for their qr_door (edge/qr.py), each on a
+        # thread of its own that hands what it read to the loop like a reader's card.
+        self.qr_scanners = {
+            cid: QrScanner(self.cameras[cid], door=c.qr_door, fps=c.qr_fps, roi=c.qr_roi,
+                           on_code=lambda door, text, t: self._post(self._card, door, CardRead(text, PASS_FORMAT), t))
+            for cid, c in device.cameras.items() if c.qr and c.qr_door in device.doors
+        }
         self.doors: dict[str, _DoorRuntime] = {}
         # Without a state_dir, the outbox (and without a site file, the policy) live in a temporary directory.
         self._outbox_tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -302,6 +312,8 @@ class EdgeAgent:
         self._started = True
         for cam in self.cameras.values():
             cam.start()
+        for scanner in self.qr_scanners.values():
+            scanner.start()
         self.jobs.start()
         for rt in self.doors.values():
             if rt.inputs is not None and rt.inputs.contact_open:
@@ -348,6 +360,8 @@ class EdgeAgent:
         self._make_safe()  # again, from this thread: whatever happened on the loop, the relays end off
         self.link.close()
         self._release_hardware()
+        for scanner in self.qr_scanners.values():
+            scanner.stop()
         for cam in self.cameras.values():
             cam.stop()
         self.jobs.stop()
@@ -699,12 +713,21 @@ class EdgeAgent:
 
     def _card(self, door: str, card: CardRead, t_read: float) -> None:
         """A card or a keypad entry; PIN doors wait for the PIN before asking."""
+        if card.format == PASS_FORMAT and not looks_like_pass(card.number):
+            self.counters["qr_not_a_pass"] += 1  # any other QR code in view (a poster, a URL): not a badge
+            log.info("door %s: a QR code that is not a visitor pass was ignored", door)
+            return
         rt = self.doors[door]
         is_pin = card.format in ("ascii", "keypad") and card.number.startswith(PIN_PREFIX) \
             and card.number[1:].isdigit()
         if self._door(door) is None and not is_pin:
             self._refuse_unsettled(door, card, t_read)
             return
+        if card.format == PASS_FORMAT:
+            held = self._visitor_pass(door, card, t_read)  # a QR code from the camera or a serial QR scanner
+            if held is None:
+                return
+            card = held
         if is_pin:
             waiting, rt.awaiting_pin = rt.awaiting_pin, None
             if waiting is None:
@@ -716,6 +739,39 @@ class EdgeAgent:
             rt.awaiting_pin = _AwaitingPin(card, t_read, t_read + PIN_ENTRY_S)
         else:
             self._request(door, card, t_read, None)
+
+    def _visitor_pass(self, door: str, card: CardRead, t_read: float) -> CardRead | None:
+        """A visitor pass read at ``door``, checked here before anyone is asked (doorkeep/visitor_pass.py):
+        the card it stands for (its visit and serial, hashed like a card number under ``qr-pass``), or None
+        when it was refused here: ``pass_invalid`` (malformed, or not signed by a key of the signed policy:
+        it never reaches the server or the relay), ``not_yet_valid`` / ``expired`` (outside its window by
+        this edge's clock, whether or not the server can be reached)."""
+        current = self.policy.current if self.policy is not None else None
+        keys = current.pass_keys if current is not None and current.pass_keys else {}
+        try:
+            token = read_pass(card.number, keys)
+        except PassError as exc:
+            self.counters["passes_invalid"] += 1
+            log.warning("door %s: visitor pass refused (%s): %s", door, exc.reason, exc)
+            shown = "".join(c for c in card.number[-64:] if c.isascii() and c.isalnum()) or "?"
+            self._refuse_here(door, CardRead(shown, PASS_FORMAT), t_read, Reason.PASS_INVALID)
+            return None
+        number = token.credential_number
+        outside = token.window_reason(self.clock.wall())
+        if outside is not None:
+            self.counters[f"passes_{outside}"] += 1
+            self._refuse_here(door, CardRead(number, PASS_FORMAT), t_read, Reason(outside))
+            return None
+        self.counters["passes"] += 1
+        return CardRead(number, PASS_FORMAT)
+
+    def _refuse_here(self, door: str, card: CardRead, t_read: float, reason: Reason) -> None:
+        """Refuse a badge at once on this edge's own finding, without asking the server (the lock stays locked)."""
+        self.counters[f"denied_{reason.value}"] += 1
+        p = _Pending(uuid.uuid4().hex, door, uuid.uuid4().hex, card_hash(self.key, card.format, card.number),
+                     last4(card.number), t_read, iso_ms(self.clock.wall()), t_read, None, None, card.format)
+        self._access_event(p, granted=False, reason=reason.value, person=None, decided_by="edge_offline",
+                           t_done=self.clock.monotonic())
 
     def _door(self, door: str) -> Door | None:
         """The door's settings: from the signed policy when one is cached, else from the site file; None

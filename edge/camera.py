@@ -269,6 +269,26 @@ class Camera:
         with self._cond:
             self._go_offline()
 
+    @property
+    def clock(self) -> Clock:
+        """The clock frames are stamped with (``clock.monotonic()``)."""
+        return self._clock
+
+    def next_frame(self, after: float, timeout: float) -> tuple[float, Any] | None:
+        """The newest buffered frame once one was captured after ``after``, as ``(captured_at, frame)``; None
+        when none came within ``timeout`` seconds. For a reader of the frames themselves (edge/qr.py): the frame
+        is the buffer's own (a decoded array, or an MJPEG camera's JPEG bytes) and must not be changed."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._frames) and self._frames[-1][0] > after, timeout=timeout)
+            if not self._frames or self._frames[-1][0] <= after:
+                return None
+            return self._frames[-1]
+
+    def wake(self) -> None:
+        """Wake every thread waiting in :meth:`next_frame` or :meth:`snapshot` (one that is stopping)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def nearer_frame_may_come(self, at: float) -> bool:
         """Whether a frame not yet captured could be nearer ``at`` than every buffered one: the rule
         :meth:`snapshot` waits by, for a caller that must not wait (the edge's jobs worker looks again later)."""

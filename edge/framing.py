@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from doorkeep.visitor_pass import FORMAT as PASS_FORMAT, MAX_TOKEN_CHARS, PREFIX as PASS_PREFIX
+
 PROTOCOLS: tuple[str, ...] = ("em4100", "ascii")
 
 RAW_CAP = 64
@@ -159,7 +161,17 @@ def encode_ascii(number: str) -> bytes:
     return number.encode("ascii") + b"\r\n"
 
 
+_PASS_PREFIX = PASS_PREFIX.encode("ascii")
+
+
+def _limit(line: bytes, max_len: int) -> int:
+    """A line's length limit: ``max_len``, or a visitor pass's length for a line that starts like one (a serial
+    QR scanner prints the pass's text: doorkeep/visitor_pass.py), so a pass is never cut as oversized."""
+    return max(max_len, MAX_TOKEN_CHARS + 2) if line.lstrip(b" \t").startswith(_PASS_PREFIX) else max_len
+
+
 def _decode_line(line: bytes, max_len: int) -> Item | None:
+    max_len = _limit(line, max_len)
     if len(line) > max_len:
         return _fault("oversized", f"line of {len(line)} bytes exceeds {max_len}", line)
     text = line.strip(b" \t")
@@ -167,7 +179,10 @@ def _decode_line(line: bytes, max_len: int) -> Item | None:
         return None
     if not all(byte in _LINE_CHARS for byte in text):
         return _fault("garbled", "line contains characters other than letters and digits", line)
-    return CardRead(number=text.decode("ascii"), format="ascii")
+    # A serial QR scanner's line that starts like a visitor pass is a pass (checked by the agent like one the
+    # camera read), not a card number.
+    return CardRead(number=text.decode("ascii"),
+                    format=PASS_FORMAT if text.startswith(_PASS_PREFIX) else "ascii")
 
 
 def _find_line_end(buffer: bytes, start: int) -> int:
@@ -181,7 +196,7 @@ def parse_ascii(buffer: bytes, max_len: int = 32) -> tuple[list[Item], bytes]:
     CR, LF and CRLF all end a line; the empty line a CRLF leaves between its
     two bytes is skipped, which also makes a CRLF split across reads harmless.
     Spaces and tabs around the number are tolerated because some readers pad.
-    ``rest`` stays within ``max_len`` bytes.
+    ``rest`` stays within ``max_len`` bytes, or a visitor pass's length for a line that starts like one.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -201,8 +216,8 @@ def parse_ascii(buffer: bytes, max_len: int = 32) -> tuple[list[Item], bytes]:
     tail = bytes(buffer[i:])
     if discarding:
         return items, _DISCARD
-    if len(tail) > max_len:
-        items.append(_fault("oversized", f"more than {max_len} bytes without a line end", tail))
+    if len(tail) > _limit(tail, max_len):
+        items.append(_fault("oversized", f"more than {_limit(tail, max_len)} bytes without a line end", tail))
         return items, _DISCARD
     return items, tail
 

@@ -29,6 +29,8 @@ from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
 from server.intrusion import IntrusionDetector
+from server.mail import MailQueue
+from server.passes import PassKeys, Passes, load_pass_keys
 from server.people import PeopleService
 from server.publisher import PolicyPublisher
 from server.retention import RetentionJob
@@ -51,6 +53,8 @@ class Server:
     siteadmin: SiteAdmin | None = None  # the site model's revisions: every change goes through it (server/siteadmin.py)
     people: PeopleService | None = None  # people, cards, visitor badges in the store (server/people.py)
     backup: BackupJob | None = None  # scheduled encrypted backups, site.toml [backup] (server/backup.py)
+    mail: MailQueue | None = None  # outbound mail (invitations, host notices), site.toml [smtp] (server/mail.py)
+    passes: Passes | None = None  # visitor passes: issue, revoke (server/passes.py)
 
     @property
     def site(self) -> Site:
@@ -68,8 +72,12 @@ class Server:
             self.siteadmin.start_polling()
         if self.backup is not None:
             self.backup.start()
+        if self.mail is not None:
+            self.mail.start()
 
     def stop(self) -> None:
+        if self.mail is not None:
+            self.mail.stop()
         if self.backup is not None:
             self.backup.stop()
         if self.siteadmin is not None:
@@ -83,11 +91,15 @@ class Server:
 def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: bytes | None = None,
               signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None,
               device_timeout_s: float = DEFAULT_DEVICE_TIMEOUT_S,
-              gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S, snapshot_keys: SnapshotKeys | None = None) -> Server:
+              gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S, snapshot_keys: SnapshotKeys | None = None,
+              pass_keys: PassKeys | None = None) -> Server:
     """The server for a site; keys default to the site directory's key files.
 
     ``snapshot_keys``: the X25519 key edges seal snapshots to and the site data keys (default
     ``SITE/keys/snapshot.key`` and ``data-keys.json``, or ``$DOORKEEP_SNAPSHOT_KEY`` / ``$DOORKEEP_DATA_KEYS``).
+
+    ``pass_keys``: the visitor pass key (default ``SITE/keys/pass-signing.key`` when it exists; without one the
+    site issues no passes: server/passes.py).
 
     ``device_timeout_s``: a device heard from none of its messages for this long raises ``device_offline``;
     ``gap_timeout_s``: missing event numbers not filled within this long raise ``event_gap`` (docs/alarms.md).
@@ -99,6 +111,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
         signing_key = load_private_key(bundle.dir / "keys" / "policy-signing.key")
     if snapshot_keys is None:
         snapshot_keys = load_snapshot_keys(bundle.dir / "keys", source=str(bundle.dir))
+    if pass_keys is None:
+        pass_keys = load_pass_keys(bundle.dir / "keys")
     door_devices = {door: dev.id for dev in bundle.devices.values() for door in dev.doors}
     store = Store(data_dir, keys=snapshot_keys)
     audit = AuditLog(store, clock)
@@ -109,7 +123,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     live = siteadmin.start()
     if live is not None:
         bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion,
-                                     backup=live.backup)
+                                     backup=live.backup, smtp=live.smtp, invitations=live.invitations)
     # People live in the store too (server/people.py): the first start imports people.toml (inside Directory);
     # later starts only warn when the file differs from the store.
     people_seeded = store.people_seeded()
@@ -121,7 +135,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     retention = RetentionJob(store, bundle.retention, clock, audit, on_visitors_removed=directory.forget)
     publisher = PolicyPublisher(bundle.site.id, {d.id: list(d.doors) for d in bundle.devices.values()},
                                 signing_key, store, clock, snapshot_key=snapshot_keys.recipient,
-                                reader_signals=bundle.intrusion.reader_signals())
+                                reader_signals=bundle.intrusion.reader_signals(),
+                                pass_keys=pass_keys.policy_keys() if pass_keys is not None else None)
     client_id = server_client_id(key, bundle.site.id, data_dir)
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
                             device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
@@ -146,10 +161,14 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     siteadmin.apply = apply_revision
     # Backups (docs/backups.md): [backup] as the server started; a changed table takes effect at the next start.
     backup = BackupJob(store, bundle.backup, bundle.site.id, data_dir, clock) if bundle.backup.enabled else None
+    # Outbound mail (docs/configuration.md [smtp]): a durable queue in the store, sent by its own thread; the
+    # relay password is read now, so a missing one stops the start with the key to fix.
+    mail = MailQueue(store, bundle.smtp, clock) if bundle.smtp.enabled else None
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
+    passes = Passes(directory, store, clock, pass_keys, audit=audit)
     return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
-                  siteadmin=siteadmin, people=people, backup=backup)
+                  siteadmin=siteadmin, people=people, backup=backup, passes=passes, mail=mail)
 
 
 def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:

@@ -78,8 +78,10 @@ DB_FILE = "doorkeep.db"
 SNAPSHOT_DIR = "snapshots"
 SUFFIX = ".dkbackup"
 _HKDF_INFO = b"doorkeep backup v1"
-#: The key files ``--with-keys`` takes from SITE/keys (credential, policy signing, snapshot keys).
-KEY_FILES = ("credential.key", "policy-signing.key", "policy-signing.pub", "snapshot.key", "data-keys.json")
+#: The key files ``--with-keys`` takes from SITE/keys (credential, policy signing, snapshot keys, and the visitor
+#: pass key when the site has one: server/passes.py).
+KEY_FILES = ("credential.key", "policy-signing.key", "policy-signing.pub", "snapshot.key", "data-keys.json",
+             "pass-signing.key", "pass-signing.pub")
 
 
 class BackupError(ServerError, ValueError):

@@ -23,6 +23,8 @@ from doorkeep.decision import AccessRequest, Decision, DecisionState, Presence, 
 from doorkeep.model import Credential, CredentialState, Person, PersonKind, PersonState, Site
 from server.audit import Auditor, record_audit, subject_ref
 from server.errors import ServerError
+from server.passes import pass_credentials
+from server.store_passes import TABLE as PASSES_TABLE
 from server.people import load_rows, seed
 from server.store import Store
 
@@ -123,6 +125,10 @@ class Directory:
             with self._decide:
                 for pid in person_ids:
                     self.state.presence.pop(pid, None)
+            gone = set(person_ids)  # their visitor passes (server/passes.py) go with them
+            for row in self.store.rows(PASSES_TABLE):
+                if row["visit"] in gone:
+                    self.store.delete(PASSES_TABLE, row["id"])
             self._changed()
 
     def _visitors(self) -> list[Visitor]:
@@ -140,7 +146,10 @@ class Directory:
         """The live site + the store's people and cards + visitors + card states; under the lock on every change."""
         people = dict(self._people)
         creds = dict(self._cards)
-        for v in self._visitors():
+        visitors = self._visitors()
+        # Visitor passes (server/passes.py) are the visitors' credentials too, decided like their badges.
+        creds.update(pass_credentials(self.store.rows(PASSES_TABLE), {v.id: v for v in visitors}))
+        for v in visitors:
             people[v.id] = Person(
                 id=v.id, name=v.name, kind=PersonKind.VISITOR, state=PersonState.ACTIVE,
                 valid_from=v.valid_from, valid_until=v.valid_until, host=v.host, company=v.company or None,
@@ -155,6 +164,12 @@ class Directory:
                 creds[row["hash"]] = dataclasses.replace(c, state=CredentialState(row["state"]))
         lockdowns = frozenset((["site"] if self.state.lockdown_site else []) + sorted(self.state.lockdown_areas))
         return dataclasses.replace(self._base, people=people, credentials=creds, lockdowns=lockdowns)
+
+    def changing(self) -> _ChangeLock:
+        """The writer lock, for a service that checks the directory and writes the store as one change
+        (server/passes.py: no check-out slips between its check and its write). Call :meth:`refresh` after
+        letting go, never under it: refresh may read people again, which takes the people lock first."""
+        return self._lock
 
     def refresh(self, *, action: str | None = None, actor: str = "system", target: str | None = None,
                 details: dict[str, Any] | None = None) -> Site:

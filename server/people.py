@@ -60,6 +60,8 @@ KINDS = ("employee", "contractor")
 MAX_CLEARANCE = 9
 MAX_IMPORT_ROWS = 2000
 CSV_COLUMNS = ("id", "name", "kind", "clearance", "access_levels", "cards")
+#: An e-mail address a host notice can go to (the same rule as a visitor's: server/visitors.py).
+EMAIL = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]+\.[^@\s<>]{2,}$")
 #: The audit action of a people.toml import (the first start's, and ``doorkeep site import``'s).
 FILE_IMPORT = "people.file_import"
 #: How many pseudonyms an import's audit record lists per kind of change (the counts are always whole).
@@ -864,6 +866,24 @@ class PeopleService:
         self._audit(actor, "person.suspend" if state is PersonState.SUSPENDED else "person.reinstate",
                     subject_ref(self.key, pid), {"from": p.state.value, "to": state.value})
         return True
+
+    def email(self, pid: str) -> str | None:
+        """The person's e-mail address (host notices go there: server/invitations.py), or None."""
+        self.person(pid)
+        return self.store.person_email(pid)
+
+    def set_email(self, pid: str, email: str, *, actor: str) -> bool:
+        """Set a person's e-mail address, or remove it with an empty one; False when nothing changed.
+        Kept apart from the person row (``person_contacts``), so a people.toml import leaves it as it is."""
+        email = email.strip()
+        if email and (len(email) > 254 or not EMAIL.match(email)):
+            raise PeopleError(f"{email!r} is not an e-mail address (leave it empty to remove it)")
+        with self._lock:
+            self.person(pid)
+            changed = self.store.set_person_email(pid, email or None, self.clock.wall())
+        if changed:
+            self._audit(actor, "person.email", subject_ref(self.key, pid), {"set": bool(email)})
+        return changed
 
     def set_access(self, pid: str, clearance: Any, levels: list[str], *, actor: str) -> None:
         with self._lock:

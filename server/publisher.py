@@ -87,7 +87,7 @@ def signed_version(payload: bytes, key: Ed25519PrivateKey, *, site_id: str, devi
 class PolicyPublisher:
     def __init__(self, site_id: str, device_doors: dict[str, list[str]], key: Ed25519PrivateKey, store: Store,
                  clock: Clock, snapshot_key: SnapshotRecipient | None = None,
-                 reader_signals: ReaderSignals | None = None) -> None:
+                 reader_signals: ReaderSignals | None = None, pass_keys: dict[str, str] | None = None) -> None:
         """``snapshot_key`` travels in every policy so edges can seal snapshots; ``reader_signals`` (the site's
         ``[intrusion]`` reader thresholds) so an edge without a site file applies them too. Changing either
         republishes; the edges hold them with the rest of their policy."""
@@ -99,6 +99,9 @@ class PolicyPublisher:
         self.clock = clock
         self.snapshot_key = snapshot_key
         self.reader_signals = reader_signals
+        #: Visitor pass keys (server/passes.py, ``{key id: public key}``) signed into every policy; None: no passes.
+        self.pass_keys = pass_keys
+        self._signed_pass_keys: dict[str, dict[str, str] | None] = {}
         self._signed_key: dict[str, SnapshotRecipient | None] = {}
         self._signed_signals: dict[str, ReaderSignals | None] = {}
         self.version = 0
@@ -172,16 +175,18 @@ class PolicyPublisher:
                 texts = {d: policy_text(sub) for d, sub in subsets.items()}
                 changed = {d: sub for d, sub in subsets.items() if d not in self._last
                            or self._last[d][0] != texts[d] or self._signed_key.get(d) != self.snapshot_key
-                           or self._signed_signals.get(d) != signals or d in stale}
+                           or self._signed_signals.get(d) != signals or d in stale
+                           or self._signed_pass_keys.get(d) != self.pass_keys}
                 if changed:
                     self.version = self.next_version()
                 for device, subset in changed.items():
                     payload = sign_policy(subset, site_id=self.site_id, device=device, version=self.version,
                                           issued_at=self.clock.wall(), key=self.key, snapshot_key=self.snapshot_key,
-                                          reader_signals=signals, text=texts[device])
+                                          reader_signals=signals, text=texts[device], pass_keys=self.pass_keys)
                     self._last[device] = (texts[device], payload)
                     self._signed_key[device] = self.snapshot_key
                     self._signed_signals[device] = signals
+                    self._signed_pass_keys[device] = self.pass_keys
                     self.published[device] = self.version
                 changed_devices = set(changed)
                 subset = None

@@ -11,7 +11,8 @@ it, every change audited with the operator as actor:
 - at check-in the visitor must have been shown the current privacy notice (:class:`Notice`, whose version
   every recorded consent names) and acknowledged it; the consent is recorded (notice version, photo consent
   yes/no, time, operator: ``visitor_consents``) and the host is told by a ``visitor_arrived`` event
-  (server/eventlog.py), which the live feed shows;
+  (server/eventlog.py), which the live feed shows, and by e-mail when the site has a relay (``invitations``:
+  server/invitations.py, which also invites a visitor registered with an address);
 - check-out revokes the badge and returns it to the pool in one directory change; visits that end without a
   check-out are closed by :class:`OverdueVisits` (a periodic job on the desk's clock), audited as ``system``;
 - the watchlist: names and companies an admin lists; a match at registration or check-in is returned as a
@@ -31,7 +32,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, time as dtime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from doorkeep.clock import Clock
@@ -40,6 +41,9 @@ from server.audit import Auditor, record_audit, subject_ref
 from server.directory import Directory, DirectoryError, Visitor
 from server.eventlog import EventLog
 from server.store import Store
+
+if TYPE_CHECKING:
+    from server.invitations import Delivery, Invitations
 
 log = logging.getLogger("doorkeep.server.desk")
 
@@ -244,7 +248,10 @@ class Visitors:
     """Visitor operations for the desk; every method records who did it."""
 
     def __init__(self, directory: Directory, store: Store, clock: Clock, notice: Notice, *,
-                 audit: Auditor | None = None, events: EventLog | None = None) -> None:
+                 audit: Auditor | None = None, events: EventLog | None = None,
+                 invitations: Invitations | None = None) -> None:
+        """``invitations``: queues the invitation e-mail at registration and the host's notice at check-in
+        (server/invitations.py); None sends no mail."""
         self.directory = directory
         self.store = store
         self.clock = clock
@@ -252,6 +259,7 @@ class Visitors:
         self.audit_log = audit if audit is not None else directory.audit  # the directory's own by default
         self.events = events  # where visitor_arrived is recorded (and the live feed hears of it)
         self.watchlist = Watchlist(store)
+        self.invitations = invitations
 
     @property
     def tz(self) -> ZoneInfo:
@@ -322,10 +330,28 @@ class Visitors:
         return None if row is None else Consent(row["notice_version"], bool(row["photo_consent"]),
                                                 row["consented_at"], row["operator"])
 
+    def mail_delivery(self, visitor_id: str, kind: str = "host_notice") -> Delivery | None:
+        """Whether the host's notice (or, with ``kind="invitation"``, the invitation) is queued, sent or
+        failed; None when none was queued (no address, or no relay configured)."""
+        return None if self.invitations is None else self.invitations.delivery(visitor_id, kind)
+
     # ----------------------------------------------------------- changes
 
     def register(self, reg: Registration, actor: str) -> tuple[VisitRecord, list[WatchHit]]:
         """Pre-register a visit; returns it and the watchlist matches (warnings, audited)."""
+        visitor = self.check(reg)
+        vid, name, company = visitor.id, visitor.name, visitor.company
+        self.directory.register_visitor(visitor, actor=actor)
+        record = self.record(vid)
+        warnings = self._warn(vid, name, company, "register", actor)
+        if self.invitations is not None and record.email:
+            if self.invitations.invite(record) is not None:  # queued: the relay is never waited on here
+                self.audit(actor, "visitor.invitation_queued", self.ref(vid))
+        return record, warnings
+
+    def check(self, reg: Registration) -> Visitor:
+        """The visit ``reg`` would register (with a fresh id), checked by every rule, nothing stored; raises
+        :class:`VisitorError` with what to change. A CSV import checks every row with it before storing any."""
         site = self.directory.site
         try:
             name, company, email = clean_text(reg.name), clean_text(reg.company), check_email(reg.email)
@@ -347,12 +373,9 @@ class Visitors:
         start, end = self.window(reg.valid_from, reg.valid_until)
         restricted = any(site.areas[a].restricted for a in reg.allowed_areas)
         escort = restricted if reg.escort_required is None else reg.escort_required
-        vid = f"v-{secrets.token_hex(6)}"
-        visitor = Visitor(id=vid, name=name, host=reg.host, valid_from=start, valid_until=end,
-                          allowed_areas=tuple(dict.fromkeys(reg.allowed_areas)), company=company,
-                          email=email, escort_required=escort)
-        self.directory.register_visitor(visitor, actor=actor)
-        return self.record(vid), self._warn(vid, name, company, "register", actor)
+        return Visitor(id=f"v-{secrets.token_hex(6)}", name=name, host=reg.host, valid_from=start, valid_until=end,
+                       allowed_areas=tuple(dict.fromkeys(reg.allowed_areas)), company=company, email=email,
+                       escort_required=escort)
 
     def instant(self, value: datetime, what: str = "time") -> float:
         """A datetime from a form or JSON; one without an offset is in the site's time zone."""
@@ -411,7 +434,10 @@ class Visitors:
         if self.events is not None:
             self.events.record("visitor_arrived", person=visitor_id,
                                detail={"host": v.host, "badge_last4": v.card_last4})
-        return self.record(visitor_id), warnings
+        record = self.record(visitor_id)
+        if self.invitations is not None and self.invitations.notify_host(record) is not None:
+            self.audit(actor, "visitor.host_notice_queued", self.ref(visitor_id), {"host": self.ref(v.host)})
+        return record, warnings
 
     def check_out(self, visitor_id: str, actor: str, *, auto: bool = False) -> VisitRecord:
         """Revoke the badge and return it to the pool (one directory change)."""

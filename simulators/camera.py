@@ -10,6 +10,11 @@ at a snapshot, and as a row of large black/white blocks that
 
 One producer thread renders and encodes each frame once, at ``fps``; every
 client is sent the latest frame, so several viewers cost no more CPU than one.
+
+:meth:`CameraSimulator.show_qr` holds a QR code up to the camera: a visitor pass (or any text) drawn by
+segno into every frame from then on, above the index strip, until it is taken away again. The frames go
+through the same JPEG encoding, MJPEG stream and OpenCV decoding as every other, so the edge's QR scanner
+(edge/qr.py) reads exactly what it would read from a real camera (scenario verb ``show_qr``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import segno
 
 log = logging.getLogger("doorkeep.simulators.camera")
 
@@ -65,8 +71,19 @@ def _code_row(width: int, height: int) -> tuple[int, list[tuple[int, int]]]:
     return top, list(zip(xs[:-1], xs[1:]))
 
 
-def draw_frame(index: int, width: int, height: int, wall: float) -> np.ndarray:
-    """Render frame ``index``: a human-readable clock and counter plus the code strip."""
+def qr_image(text: str, max_px: int) -> np.ndarray:
+    """``text`` as a QR code (error correction M, a 4-module quiet zone) in grey pixels, each module an integer
+    number of pixels (at least 2), as large as fits in ``max_px``: what a phone screen shows."""
+    code = segno.make_qr(text, error="m", boost_error=False)
+    modules = np.array(list(code.matrix_iter(scale=1, border=4)), dtype=np.uint8)
+    scale = max(2, max_px // modules.shape[0])
+    image = np.where(modules == 1, 0, 255).astype(np.uint8)
+    return np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+
+
+def draw_frame(index: int, width: int, height: int, wall: float, qr: np.ndarray | None = None) -> np.ndarray:
+    """Render frame ``index``: a human-readable clock and counter plus the code strip, and ``qr`` (grey pixels)
+    centred above the strip when one is shown."""
     img = np.full((height, width, 3), 48, dtype=np.uint8)
     # A bar that sweeps across makes motion (and a frozen stream) obvious to a viewer.
     sweep = (index * 7) % width
@@ -78,6 +95,11 @@ def draw_frame(index: int, width: int, height: int, wall: float) -> np.ndarray:
     cv2.putText(img, stamp, (8, int(height * 0.6)), cv2.FONT_HERSHEY_SIMPLEX,
                 scale * 1.3, (200, 255, 200), max(1, int(scale * 2)), cv2.LINE_AA)
     top, blocks = _code_row(width, height)
+    if qr is not None:
+        size = min(qr.shape[0], top, width)
+        y0 = max(0, (top - size) // 2)
+        x0 = (width - size) // 2
+        img[y0:y0 + size, x0:x0 + size] = qr[:size, :size, None]
     for bit, (x0, x1) in zip(_code_bits(index), blocks):
         img[top:, x0:x1] = 255 if bit else 0
     return img
@@ -219,6 +241,10 @@ class CameraSimulator:
         self._lifecycle = threading.Lock()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
+        self._qr: np.ndarray | None = None
+        self.qr_shown_at: float | None = None
+        """``time.monotonic()`` of the first frame that carries the code shown last (None before)."""
+        self._qr_pending = False
 
     @property
     def url(self) -> str:
@@ -271,6 +297,15 @@ class CameraSimulator:
                 self._latest = None
             log.info("camera simulator on port %d stopped", self._port)
 
+    def show_qr(self, text: str | None) -> None:
+        """Hold a QR code of ``text`` up to the camera from the next frame on; None takes it away."""
+        image = qr_image(text, self.height - max(8, self.height // 6)) if text is not None else None
+        with self._cond:
+            self._qr = image
+            self._qr_pending = image is not None
+            if image is None:
+                self.qr_shown_at = None
+
     def frame_time(self, index: int) -> float | None:
         """``time.monotonic()`` when frame ``index`` was generated (recent frames only)."""
         with self._cond:
@@ -304,8 +339,10 @@ class CameraSimulator:
         while not self._stopped.is_set():
             index = self.frames_generated
             generated_at = time.monotonic()
+            with self._cond:
+                qr, first_qr = self._qr, self._qr_pending
             try:
-                img = draw_frame(index, self.width, self.height, time.time())
+                img = draw_frame(index, self.width, self.height, time.time(), qr)
                 ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
                 if not ok:
                     raise RuntimeError("imencode failed")
@@ -313,6 +350,9 @@ class CameraSimulator:
                 log.exception("camera simulator: frame %d failed", index)
             else:
                 with self._cond:
+                    if first_qr and self._qr is qr:
+                        self._qr_pending = False
+                        self.qr_shown_at = generated_at
                     self._times[index] = generated_at
                     while len(self._times) > _FRAME_TIMES_KEPT:
                         self._times.popitem(last=False)

@@ -49,6 +49,8 @@ def camera(args: argparse.Namespace) -> int:
 
     sim = CameraSimulator(fps=args.fps, port=args.port)
     url = sim.start()
+    if getattr(args, "qr", None):
+        sim.show_qr(args.qr)
     print(f"camera simulator serving {url} (and /snapshot.jpg); Ctrl-C to stop", flush=True)
     try:
         threading.Event().wait()

@@ -65,6 +65,7 @@ from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.model import CredentialState, PersonKind
 from doorkeep.vocabulary import ADDRESS, CREDENTIAL, EDGE_EVENT, INTRUSION, SECURITY, alarms_about, alarms_from
 from edge.agent import PIN_ENTRY_S
+from edge.qr import QR_REPEAT_S
 from edge.osdp.cp import CAUSE_CLEAR_NAK, CAUSE_DOWNGRADE, CAUSE_HANDSHAKE_FAILED, CAUSE_MAC_FAILURE
 from edge.framing import encode_ascii, encode_em4100
 from server.directory import Visitor
@@ -383,6 +384,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("check_in", _k_ident, "check a visitor in: a badge from the visitor pool becomes theirs",
           card=Field(_k_card)),
     _verb("check_out", _k_ident, "check a visitor out: their badge stops working"),
+    _verb("show_qr", _k_ident, "hold a visitor's pass (a QR code; issued by the server on first use) up to a "
+          "door's camera until the door decides", door=Field(_k_ident, required=True)),
     _verb("report_lost", _k_card, "report a card lost at the desk", format=Field(_k_format)),
     _verb("lockdown", _k_onoff, "lock the site (or one area) down, or lift it", area=Field(_k_ident)),
     _verb("broker", _k_updown, "stop or restart the MQTT broker"),
@@ -467,6 +470,8 @@ class Step:
             return f"check in {self.subject}" + (f" with badge {o['card']}" if "card" in o else "")
         if v == "check_out":
             return f"check out {self.subject}"
+        if v == "show_qr":
+            return f"show {self.subject}'s visitor pass to the camera at {o['door']}"
         if v == "report_lost":
             return f"report card {self.subject} lost"
         if v == "lockdown":
@@ -879,6 +884,9 @@ def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> N
                     f"add a `check_in: {s.subject}` step before it")
             else:
                 visitors[s.subject] = "out"
+        elif s.verb == "show_qr" and s.subject not in visitors:
+            err(f"visitor {s.subject!r} is not registered before this step",
+                f"add a `register_visitor: {s.subject}` step before it")
         elif s.verb == "badge" and "person" in s.options and s.options["person"] in visitors \
                 and visitors[s.options["person"]] == "registered":
             err(f"visitor {s.options['person']!r} has no badge before check-in",
@@ -1044,6 +1052,11 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
         if v == "check_in" and not pool:
             err(s, f"site {site.id} has no visitor badge pool",
                 "list visitor badges in people.toml's [visitor_pool] (docs/configuration.md)")
+        if v == "show_qr" and door_ok(s, o["door"]) and not any(
+                c.qr and c.qr_door == o["door"] for dev in bundle.devices.values() for c in dev.cameras.values()):
+            err(s, f"no camera reads visitor passes for door {o['door']!r}",
+                f"set qr = true on the camera of {o['door']} in its device file (qr_door = \"{o['door']}\" if the "
+                "camera watches several doors; docs/configuration.md), or show the pass at another door")
         if v == "report_lost":
             fmts = [o["format"]] if "format" in o else ["em4100", "ascii"]
             matches = [fmt for fmt in fmts if (fmt, normalise(fmt, s.subject)) in known_cards]
@@ -1190,6 +1203,8 @@ class ScenarioRunner:
         self.runner: SiteRunner | None = None
         self.hardware = {did: hw for dev in bundle.devices.values() for did, hw in dev.doors.items()}
         self.visitor_cards: dict[str, tuple[str, str]] = {}
+        self.visitor_passes: dict[str, str] = {}
+        """visitor -> the text of their pass, issued on its first ``show_qr`` and shown again as it is after."""
         self._last_read: dict[tuple[str, str], float] = {}
         self._pool_by_hash: dict[str, tuple[str, str]] = {}
         self._stolen: dict[str, Any] = {}
@@ -1508,6 +1523,43 @@ class ScenarioRunner:
         self._directory().check_out(step.subject)
         self.site.wait_policies(5.0)
         return ""
+
+    def _do_show_qr(self, step: Step) -> str:
+        """Issue the visitor's pass once (the server must be up then), hold it up to the door's camera until the
+        edge decided, then lower it. The same pass shown again later is the same text: a photo, a replay."""
+        visitor, door = step.subject, step.options["door"]
+        note = ""
+        token = self.visitor_passes.get(visitor)
+        if token is None:
+            passes = self.site.server.passes if self.site.server is not None else None
+            if passes is None:
+                raise StepFailed("the server is down, and this visitor has no pass yet: show it first with `server: up`")
+            token = passes.issue_pass(visitor, actor="scenario").token
+            self.visitor_passes[visitor] = token
+            self.site.wait_policies(5.0)
+            note = " (pass issued)"
+        window = QR_REPEAT_S
+        last = self._last_read.get((door, token))
+        if last is not None and self.clock.monotonic() - last < window:
+            gap = window - (self.clock.monotonic() - last) + 0.05
+            self._advance(gap)
+            note += f" (clock +{gap:.2f}s: the camera takes a code again only after {window:g}s out of view)"
+        before = len(self.recorder.select(door, ["access"]))
+        self.site.show_qr(door, token)
+        try:
+            def decided() -> bool:
+                return len(self.recorder.select(door, ["access"])) > before
+
+            timeout = self.bundle.site.doors[door].decision_timeout_ms / 1000.0 + 5.0
+            if not self.recorder.wait(decided, timeout):
+                raise StepFailed(f"no access decision at {door} within {timeout:g} s of showing {visitor}'s pass")
+        finally:
+            self.site.show_qr(door, None)
+            self._last_read[(door, token)] = self.clock.monotonic()
+        ev = self.recorder.select(door, ["access"])[before][1]
+        who = f"{ev.person}, " if ev.person else ""
+        latency = f", {ev.latency_ms:.1f} ms" if ev.latency_ms is not None else ""
+        return f"{ev.decision}: {ev.reason} ({who}{ev.decided_by}{latency}){note}"
 
     def _do_report_lost(self, step: Step) -> str:
         directory = self._directory()

@@ -53,6 +53,7 @@ from edge.osdp.cards import WIEGAND_FORMATS
 from edge.osdp.keys import KeyFileError, load_scbk, write_scbk
 from server.app import Server, bootstrap
 from server.brokerlog import BrokerLogWatcher
+from server.passes import PassKeys
 from simulators import reader as _reader_module
 from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
@@ -182,6 +183,10 @@ class SiteRunner:
     signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     snapshot_keys: SnapshotKeys = field(default_factory=SnapshotKeys.generate)
     """In memory by default; pass ``load_snapshot_keys(DIR)`` for a file keyring ``doorkeep key rotate`` can change."""
+    pass_keys: PassKeys = field(default_factory=lambda: PassKeys(Ed25519PrivateKey.generate()))
+    """The visitor pass key (server/passes.py): in memory, so every site the runner starts issues passes."""
+    camera_size: tuple[int, int] = (320, 240)
+    """Width and height of every simulated camera's frames (bench/qr_pass.py runs 1280x720)."""
     pki: Path | None = None
     """With an ``mqtts://`` ``broker_url``: the site's pki/ directory, where each client finds its
     certificate (``DEVICE.crt``/``.key``, ``server.crt``/``.key``) and ``ca.crt``. None: the TLS
@@ -285,7 +290,7 @@ class SiteRunner:
         self._server_started = True
         server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
                            key=self.key, signing_key=self.signing_key, clock=self.clock,
-                           snapshot_keys=self.snapshot_keys)
+                           snapshot_keys=self.snapshot_keys, pass_keys=self.pass_keys)
         try:
             server.start()
         except Exception:
@@ -404,7 +409,7 @@ class SiteRunner:
         factory = MockFactory()
         cams = {}
         for cid, cam in dev.cameras.items():
-            sim = CameraSimulator(fps=cam.fps)
+            sim = CameraSimulator(width=self.camera_size[0], height=self.camera_size[1], fps=cam.fps)
             sim.start()
             self.cameras[f"{dev.id}/{cid}"] = sim
             cams[cid] = dataclasses.replace(cam, source=sim.url)
@@ -431,6 +436,22 @@ class SiteRunner:
                           intrusion=self.bundle.intrusion)
         agent.start()
         self.agents[dev.id] = agent
+
+    def qr_camera(self, door: str) -> CameraSimulator:
+        """The simulated camera that reads visitor passes for ``door`` (its device file: ``qr = true`` on a
+        camera whose ``qr_door`` is this door); SiteRunnerError naming the fix when there is none."""
+        for dev in self.bundle.devices.values():
+            for cid, cam in dev.cameras.items():
+                if cam.qr and cam.qr_door == door and f"{dev.id}/{cid}" in self.cameras:
+                    return self.cameras[f"{dev.id}/{cid}"]
+        raise SiteRunnerError(f"no camera reads passes for door {door!r} (fix: set qr = true on the camera of "
+                              f"{door} in its device file, with qr_door = \"{door}\" if it watches several doors)")
+
+    def show_qr(self, door: str, text: str | None) -> CameraSimulator:
+        """Hold ``text`` (a visitor pass) up to ``door``'s pass-reading camera; None takes it away."""
+        camera = self.qr_camera(door)
+        camera.show_qr(text)
+        return camera
 
     def _reader_simulators(self, dev: DeviceConfig, factory: Any) -> dict[str, tuple[Any, Any]]:
         """door -> (its reader simulator, the reader config pointed at it).
@@ -521,10 +542,11 @@ class SiteRunner:
         """True when every edge holds the policy version the server last published (or there is no server)."""
         if self.server is None or self.server.bus.publisher is None:
             return True
-        version = self.server.bus.publisher.version
-        for agent in self.agents.values():
+        # Only the devices whose share of the site changed get a new version: each is compared with its own.
+        published = dict(self.server.bus.publisher.published)
+        for device, agent in self.agents.items():
             cache = getattr(agent, "policy", None)
-            if cache is not None and (cache.version or 0) < version:
+            if cache is not None and (cache.version or 0) < published.get(device, 0):
                 return False
         return True
 

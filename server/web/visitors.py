@@ -367,7 +367,8 @@ def _pages(app: FastAPI) -> None:
             return render(request, "visitor_checkin.html", who, _status(exc), visitor=_out(desk, desk.record(visitor_id)),
                           notice=desk.notice, free_badges=desk.free_badges(), errors=[str(exc)])
         return page(request, who, 200, warnings=hits,
-                    message=f"Checked in {v.name}: hand over visitor badge …{v.badge_last4}. Their host has been told.")
+                    message=f"Checked in {v.name}: hand over visitor badge …{v.badge_last4}. "
+                            + _host_told(desk.mail_delivery(visitor_id)))
 
     def check_out_form(request: Request, visitor_id: str = PathParam(pattern=VISITOR_ID),
                        who: Principal = Depends(require(ADMIN, DESK))) -> Response:
@@ -422,3 +423,15 @@ def install(app: FastAPI) -> None:
     app.state.jobs.append(OverdueVisits(app.state.desk.visitors))
     _api(app)
     _pages(app)
+
+
+def _host_told(notice: Any) -> str:
+    """What the desk may honestly say about the host's notice: only a queued or sent e-mail tells the host; the
+    live feed's row is for the desk (the notice's later state is on ``/api/v1/visitors/{id}/mail``)."""
+    if notice is None:
+        return ("Their host was not e-mailed (no address on file or no mail relay configured): "
+                "tell them yourself.")
+    if notice.status == "failed":
+        return f"The e-mail to their host failed ({notice.last_error or 'refused'}): tell them yourself."
+    return f"Their host is being told by e-mail ({notice.recipient}, {notice.status})."
+

@@ -392,6 +392,8 @@ def test_pages_register_and_check_in_through_forms_and_escape_names(client: Test
     r = client.post(f"/visitors/{vid}/check-in", data={"csrf_token": token, "notice_version": load_notice().version,
                                                       "consent": "yes", "photo_consent": "yes"})
     assert r.status_code == 200 and "hand over visitor badge …0001" in r.text
+    # no mail relay in this desk: it must not claim the host was told
+    assert "host was not e-mailed" in r.text and "been told" not in r.text
     r = client.post(f"/visitors/{vid}/check-out", data={"csrf_token": token})
     assert r.status_code == 200 and "revoked" in r.text
 

@@ -177,7 +177,8 @@ def test_escort_required_names_the_host_and_the_escorts_who_may_take_the_visitor
 def test_the_edges_own_refusals_are_explained_too() -> None:
     for reason, words in [(Reason.OFFLINE_RESTRICTED, "could not reach the server"),
                           (Reason.SERVER_TIMEOUT, "no answer from the server within 1000 ms"),
-                          (Reason.NO_POLICY, "has not received its first signed policy")]:
+                          (Reason.NO_POLICY, "has not received its first signed policy"),
+                          (Reason.PASS_INVALID, "visitor pass that is not one this site signed")]:
         ex = explain(request("emp", "lab"), Decision(reason, "emp"), SITE, when=WED_NOON)
         assert ex.summary.startswith("Lab ") and words in ex.summary, ex
 
@@ -204,7 +205,7 @@ def test_every_refusal_reason_has_an_explainer() -> None:
 
 def test_every_refusal_reason_is_covered_by_a_test_here() -> None:
     tested = {p.values[1] for p in CASES} | {Reason.LOCKDOWN, Reason.OFFLINE_RESTRICTED, Reason.SERVER_TIMEOUT,
-                                            Reason.NO_POLICY}
+                                            Reason.NO_POLICY, Reason.PASS_INVALID}
     assert {r for r in Reason if not r.granted} <= tested
 
 
