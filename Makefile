@@ -30,9 +30,13 @@ dist: $(STAMP)
 mosquitto:
 	@scripts/ensure-test-tools
 
+# make test runs on TEST_WORKERS pytest-xdist workers, a test file per worker at a time (fixtures are per
+# file); TEST_WORKERS=0 runs it in this process (what to use with a debugger or -x).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) mosquitto
 	@scripts/fetch-axe
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 faults: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q tests/faults
@@ -53,6 +57,8 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/site_change_to_door.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/mail.py
+	$(BIN)/python bench/qr_pass.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
 # atheris harness for FUZZ_SECONDS. Stops by itself (about 13 minutes) and fails on any new crash.

@@ -80,10 +80,13 @@ def test_a_wiegand_card_grants_and_bad_parity_is_counted_without_a_decision(mosq
         assert sum(1 for _, on in runner.doors[DOOR].door.relay_history if on) == energised
 
         # The health stats the state topic carries: two frames, one fault, online.
+        # (More frames or other faults only if this machine's scheduler stretched a bit gap: the simulator
+        # then resent the frame, and the stretched one may have been read whole or counted as a fault.)
         s = edge_reader.stats
-        assert (s.frames, s.faults.get("parity"), s.online) == (2, 1, True)
-        # (Other faults only if this machine's scheduler stretched a bit gap: the simulator then resent it.)
-        assert sum(s.faults.values()) == 1 or sim.reader.stretched_frames, s.faults
+        assert (s.faults.get("parity"), s.online) == (1, True)
+        resent = sim.reader.stretched_frames
+        assert 2 <= s.frames <= 2 + resent, (s.frames, resent)
+        assert sum(s.faults.values()) == 1 or resent, s.faults
         assert runner.agents["pi-lobby"].counters["timeouts"] == 0
     finally:
         runner.stop()
