@@ -3,7 +3,7 @@
 Run from the project root:
 
     .venv/bin/python bench/desk.py [--rate 50] [--seconds 20] [--clients 1] [--alarm-every 50] [--no-counter]
-                                   [--json PATH] [--trace PATH]
+                                   [--wake-on-every-event] [--json PATH] [--trace PATH]
 
 What runs, all on loopback: a private Mosquitto; the server of the demo site (``bootstrap``: bus, store on a
 temporary SQLite, supervisor) connected to it; the security desk app around that server, served by uvicorn on
@@ -30,7 +30,9 @@ receipt. The feed's delay is split at two points inside the server: "stored" (th
 broker hop, decode, SQLite insert and commit) and "handed over" (the live hub has given the row to every
 client's event loop); after that come the asyncio loop, HTTP and the reader. The counter's is split at the
 alarm watch handing the hub a summary that names the alarm (server/alarm_watch.py). ``--trace PATH`` writes
-each event's stamps as CSV for a closer look. The target (issue 16,
+each event's stamps as CSV for a closer look. The alarm watch's recounts are counted and timed (each holds the
+store's connection); ``--wake-on-every-event`` adds back its old wake-up on every stored event, for comparison
+(it is woken by alarm writes only since issue 16's loose ends). The target (issue 16,
 docs/performance.md) is p99 under 100 ms for the feed and the counter with 20 desks at 200 events/s. A
 benchmark reports; the exit status is non-zero only when events were lost.
 """
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alarm-every", type=int, default=50, help="every n-th event is a forced_open (an alarm "
                                                                 "for the counter; default 50; 0: none)")
     ap.add_argument("--no-counter", action="store_true", help="desks hold the feed only, no alarm counter")
+    ap.add_argument("--wake-on-every-event", action="store_true",
+                    help="also wake the alarm watch on every stored event (its wiring before issue 16's loose "
+                         "ends), to compare the recounts")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--trace", type=Path, help="write each event's times here (CSV, ms from the first publish: "
                                                "sent, stored, handed over, first and last desk to read it)")
@@ -283,6 +288,21 @@ def main(argv: list[str] | None = None) -> int:
         hub_broadcast(kind, data)
 
     app.state.live.broadcast = broadcast
+    # The alarm watch's recounts: how many, and how long each held the store (escalation check and summary).
+    watch = app.state.alarm_watch
+    recounts: list[float] = []
+    watch_run_once = watch.run_once
+
+    def counted_run_once() -> Any:
+        t = time.perf_counter()
+        try:
+            return watch_run_once()
+        finally:
+            recounts.append((time.perf_counter() - t) * 1000.0)
+
+    watch.run_once = counted_run_once
+    if args.wake_on_every_event:
+        server.bus.listeners.append(watch.wake)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -296,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     sent: dict[str, float] = {}
     forced: list[str] = []
     cpu0 = elapsed = 0.0
+    recount_ms: list[float] = []
     try:
         assert wait_until(lambda: web.started, 10), "uvicorn did not start"
         assert server.bus.wait_connected(10), "the server did not connect to Mosquitto"
@@ -310,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         total = int(args.rate * args.seconds)
         cpu0 = time.process_time()
         start = time.monotonic()
+        recounts.clear()
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--publisher", str(broker.port), topic,
                         str(edge_out), "--rate", str(args.rate), "--seconds", str(args.seconds), "--alarm-every",
                         str(args.alarm_every)], check=True, timeout=args.seconds + 60)
@@ -321,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: time.monotonic() >= settle, 3)
         elapsed = time.monotonic() - start
         server_cpu = time.process_time() - cpu0
+        recount_ms = list(recounts)
     finally:
         if reader_proc is not None:
             assert reader_proc.stdin is not None
@@ -359,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                       "handed_over_to_read": summary(after_hand),
                       "counter_stored_to_summary": summary(to_announce),
                       "counter_summary_to_read": summary(after_announce)},
+        "alarm_watch": {"recounts": len(recount_ms), "per_s": round(len(recount_ms) / elapsed, 1) if elapsed else None,
+                        "total_ms": round(sum(recount_ms), 1), **summary(recount_ms),
+                        "woken_by": "every stored event" if args.wake_on_every_event else "alarm writes"},
         "server_process_cpu_share": round(server_cpu / elapsed, 2) if elapsed else None,
         "reader_cpu_share": round(result_streams["cpu_s"] / result_streams["wall_s"], 2),
         "client": "one Python process, selector over raw sockets, stamps on recv (not a browser)",
@@ -380,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, st in result["stages_ms"].items():
         if st["p50_ms"] is not None:
             print(f"  {name.replace('_', ' ')}: p50 {st['p50_ms']:.1f} ms   p99 {st['p99_ms']:.1f} ms")
+    w = result["alarm_watch"]
+    if w["recounts"]:
+        print(f"  alarm watch (woken by {w['woken_by']}): {w['recounts']} recounts ({w['per_s']}/s), "
+              f"p50 {w['p50_ms']:.1f} ms  p99 {w['p99_ms']:.1f} ms, {w['total_ms']:.0f} ms in all")
     print(f"  CPU: desk process (server and desk) {result['server_process_cpu_share']:.0%} of a core, reader "
           f"{result['reader_cpu_share']:.0%} ({result['machine']})")
     if args.json:

@@ -2,10 +2,14 @@
 alarms change (the counter in the navigation, its sounds; docs/alarms.md "Priority and escalation").
 
 Alarms are raised by several parts of the server (supervision on ingest, intrusion signals, the broker log,
-backups) and changed by operators; rather than hook each, :class:`AlarmWatch` recomputes the desk's summary
-(:meth:`server.alarms.Alarms.summary`) when woken (a stored event, an operator's action) and at least every
-``every_s`` (escalation is due by the clock; a device went offline), and publishes it only when it changed.
-Waking is coalesced: a burst of events costs one recomputation, not one per event.
+backups) and changed by operators; :class:`AlarmWatch` recomputes the desk's summary
+(:meth:`server.alarms.Alarms.summary`) when woken and at least every ``every_s`` (escalation is due by the
+clock; a priority changed with a site revision; another process wrote an alarm), and publishes it only when
+it changed. It is woken by the store when an alarm row changed in a way the counter shows (raised, raised
+again, acknowledged, resolved, escalated: ``Store.on_alarm_write``, triggers on the store's connection), not by
+every stored event: with 100 open alarms a recount takes ~6 ms, and at 200 events/s waking on each held the
+store's connection up to 50 times a second for nothing (docs/performance.md "Fan-out"). Waking is coalesced:
+a burst of alarms costs one recomputation, not one per alarm.
 
 The decision (:meth:`run_once`) reads the time from the injected clock and never sleeps; only the thread's
 loop paces itself with ``Event.wait``, so a test moves a fake clock and calls :meth:`run_once`.
@@ -42,8 +46,14 @@ class AlarmWatch:
         self._thread: threading.Thread | None = None
 
     def wake(self, *_: object) -> None:
-        """Any thread (a bus or alarm listener): recompute soon. Cheap, never blocks the caller."""
+        """Any thread (the store's alarm-write hook, an alarm listener): recompute soon. Cheap, never blocks the
+        caller (the store's hook calls it inside the writer's transaction)."""
         self._wake.set()
+
+    @property
+    def pending(self) -> bool:
+        """Whether a wake-up is waiting to be answered (tests and the bench read it)."""
+        return self._wake.is_set()
 
     def run_once(self) -> AlarmSummary:
         """Escalate what is due now, then publish the summary if it differs from the last one published."""

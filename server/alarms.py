@@ -146,6 +146,12 @@ class Alarms:
         #: Called (any thread) after operators changed alarms: the desk's counter pushes its update at once.
         self.listeners: list[Callable[[], None]] = []
 
+    def on_write(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after any alarm write the counter could show (raised, raised again, acknowledged,
+        resolved, escalated), by whichever part of this process wrote it (``Store.on_alarm_write``: it runs in
+        the writer's transaction, so it must only note the change). The desk's alarm watch wakes on it."""
+        self.store.on_alarm_write(listener)
+
     def settings(self) -> AlarmSettings:
         return self.site().alarms if self.site is not None else AlarmSettings()
 

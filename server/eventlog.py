@@ -17,6 +17,10 @@ from doorkeep import vocabulary
 from doorkeep.clock import Clock, iso_ms
 from doorkeep.contract import EventMsg
 from server.store import Store
+from server.store_desk import EVENT_TUPLE_COLUMNS
+
+#: The columns of :meth:`EventLog.rows_for_export`'s tuples, in order (the rowid ``cursor`` first).
+EXPORT_COLUMNS: tuple[str, ...] = EVENT_TUPLE_COLUMNS
 
 log = logging.getLogger("doorkeep.server.desk")
 
@@ -75,6 +79,21 @@ class EventLog:
         return self.store.event_page(before=before, after=after, door=door, decision=decision, people=people,
                                      doors=doors, types=types, reason=reason, since=since, until=until,
                                      limit=limit)
+
+    def rows_for_export(self, *, before: int | None = None, door: str | None = None, decision: str | None = None,
+                        people: list[str] | None = None, doors: list[str] | None = None,
+                        types: list[str] | None = None, reason: str | None = None, since: str | None = None,
+                        until: str | None = None, limit: int = 500) -> list[tuple[Any, ...]]:
+        """What :meth:`page` selects, newest first, as bare tuples of :data:`EXPORT_COLUMNS`: the CSV export
+        (server/web/export.py) reads 100,000 rows, and a dict per row was a tenth of its time."""
+        return self.store.event_tuples(before=before, door=door, decision=decision, people=people, doors=doors,
+                                       types=types, reason=reason, since=since, until=until, limit=limit)
+
+    def latest_at_doors(self, doors: list[str], snapshot_types: list[str],
+                        lookback: int) -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
+        """Each door's newest event and its newest ``lookback`` events of ``snapshot_types``, for every door in
+        one store statement (the floor view: ``Store.door_latest_events``)."""
+        return self.store.door_latest_events(doors, snapshot_types, lookback)
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """One stored event with its cursor, or None."""

@@ -4,14 +4,38 @@
 Part of :class:`server.store.Store` (a base class of it): every method takes the store's lock itself. The
 rules (which alarm is due, what a preference may hold) stay with the callers (server/alarms.py,
 server/web/alarm_desk.py).
+
+It also tells the desk's alarm watch (server/alarm_watch.py) when an alarm row changed in a way the counter
+shows (:meth:`AlarmDeskRecords.on_alarm_write`). Alarms are written from many places (supervision and the
+intrusion service on ingest, the broker log, backups, operators, escalation), so rather than a call after each
+of them, temporary triggers on the store's own connection call back after any write that raises, re-raises,
+acknowledges, resolves or escalates an alarm, or deletes an open one; whoever adds a new writer is covered.
+Before this the watch woke on every stored event and recounted the open alarms up to 50 times a second.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import sqlite_utils
+
+log = logging.getLogger("doorkeep.server.alarms")
+
+#: The SQL function the triggers call (registered on the store's connection only).
+_CHANGED_FN = "doorkeep_alarm_changed"
+#: Temporary (per-connection, never stored) triggers: a new alarm, one raised again (``last_raised_at``),
+#: acknowledged, resolved or escalated, an open one deleted. A condition clearing, or its detail refreshed,
+#: changes nothing the counter shows and wakes nobody; neither does retention deleting resolved alarms.
+_TRIGGERS = (
+    f"CREATE TEMP TRIGGER IF NOT EXISTS alarm_watch_insert AFTER INSERT ON main.alarms "
+    f"BEGIN SELECT {_CHANGED_FN}(); END",
+    f"CREATE TEMP TRIGGER IF NOT EXISTS alarm_watch_update AFTER UPDATE OF last_raised_at, acknowledged_at, "
+    f"resolved_at, escalated_at ON main.alarms BEGIN SELECT {_CHANGED_FN}(); END",
+    f"CREATE TEMP TRIGGER IF NOT EXISTS alarm_watch_delete AFTER DELETE ON main.alarms "
+    f"WHEN OLD.resolved_at IS NULL BEGIN SELECT {_CHANGED_FN}(); END",
+)
 
 
 def m015_alarm_desk(db: sqlite_utils.Database) -> None:
@@ -25,11 +49,35 @@ def m015_alarm_desk(db: sqlite_utils.Database) -> None:
                                 pk=("operator", "name"), not_null={"value", "changed_at"})
 
 
+def _tell(listeners: list[Callable[[], None]]) -> None:
+    """The triggers' SQL function: an exception escaping it would fail the writer's statement, so none does."""
+    for listener in list(listeners):
+        try:
+            listener()
+        except Exception:
+            log.exception("an alarm write listener failed")
+
+
 class AlarmDeskRecords:
     """Escalation marks and operator preferences (a base of ``Store``)."""
 
     _db: sqlite_utils.Database
     _lock: threading.RLock
+    _alarm_write_listeners: list[Callable[[], None]]
+
+    def on_alarm_write(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (no arguments) after each alarm row written through this store that the desk's
+        counter could show differently; see the module's docstring. It runs inside the writer's transaction,
+        on the writer's thread, with the store's lock held: it must only note the change (set an event), never
+        read or write the store or block. Writes by another process are not seen (the watch's timer is)."""
+        with self._lock:
+            listeners: list[Callable[[], None]] | None = getattr(self, "_alarm_write_listeners", None)
+            if listeners is None:
+                listeners = self._alarm_write_listeners = []
+                self._db.conn.create_function(_CHANGED_FN, 0, lambda: _tell(listeners))
+                for sql in _TRIGGERS:
+                    self._db.conn.execute(sql)
+            listeners.append(listener)
 
     def unacknowledged_alarms(self) -> list[dict[str, Any]]:
         """``id, type, raised_at, last_raised_at`` of open alarms nobody acknowledged and not yet escalated."""

@@ -46,7 +46,9 @@ def install(app: FastAPI) -> None:
     desk = app.state.desk
     hub = app.state.live
     watch = AlarmWatch(desk.alarms, lambda s: hub.broadcast("alarms", summary_out(s).model_dump_json()))
-    desk.server.bus.listeners.append(watch.wake)  # an event stored may have raised or cleared an alarm
+    # An alarm raised, re-raised, acknowledged, resolved or escalated by any writer (not every stored event: a
+    # recount per event held the store up to 50 times a second; docs/performance.md "Fan-out").
+    desk.alarms.on_write(watch.wake)
     desk.alarms.listeners.append(watch.wake)      # an operator acknowledged or resolved
     if not hasattr(app.state, "jobs"):
         app.state.jobs = []

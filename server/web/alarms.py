@@ -210,19 +210,28 @@ DONE = {"acknowledged": "Alarm acknowledged.", "resolved": "Alarm resolved.", "n
         "bulk_acknowledged": "The selected alarms are acknowledged.", "bulk_resolved": "The selected alarms are "
         "resolved.", "none": "No alarm was selected: tick the alarms first, or use the buttons for all matching."}
 PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+#: Open alarms shown per page, most urgent first (the buttons for "all matching" still act on every page).
+PAGE_SIZE = 100
 
 
 def render_page(request: Request, who: Principal, flt: AlarmFilter, message: str | None = None,
-                error: str | None = None, status: int = 200, note: str = "") -> Response:
-    """The alarms page: open alarms (filtered, most urgent first) with priority, the door's state now, the
-    snapshot and the timeline; bulk actions; the resolved history."""
+                error: str | None = None, status: int = 200, note: str = "", page: int = 1) -> Response:
+    """The alarms page: open alarms (filtered, most urgent first, :data:`PAGE_SIZE` a page) with priority, the
+    door's state now, the snapshot and the timeline; bulk actions; the resolved history. A page past the end
+    shows the last one."""
+    from urllib.parse import urlencode
+
     from server.web import alarm_desk
     from server.web.pages import render
 
     service = _service(request)
     everything = service.open()
-    current = sorted((a for a in everything if flt.matches(a)),
-                     key=lambda a: (PRIORITY_ORDER.get(a.priority, 3), -a.last_raised_at))
+    matching = sorted((a for a in everything if flt.matches(a)),
+                      key=lambda a: (PRIORITY_ORDER.get(a.priority, 3), -a.last_raised_at))
+    pages = max(1, -(-len(matching) // PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    current = matching[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+    keep = urlencode([(k, v) for k, v in request.query_params.multi_items() if k not in ("page", "done")])
     site = request.app.state.desk.server.site
     shown = [_out(request, a) for a in current]
     timelines = {a.id: a.timeline() for a in current}
@@ -233,7 +242,9 @@ def render_page(request: Request, who: Principal, flt: AlarmFilter, message: str
                   types=sorted({a.type for a in everything} | ({flt.type} if flt.type else set())),
                   doors=sorted(site.doors.values(), key=lambda d: d.name),
                   door_states=alarm_desk.door_states(request), snapshots=alarm_desk.snapshots(request, current),
-                  timelines=timelines, priorities=("high", "medium", "low"),
+                  timelines=timelines, priorities=("high", "medium", "low"), matching_total=len(matching),
+                  page=page, pages=pages, first_shown=(page - 1) * PAGE_SIZE + 1 if current else 0,
+                  last_shown=(page - 1) * PAGE_SIZE + len(current), page_query=keep + "&" if keep else "",
                   fingerprint=",".join(f"{a.id}:{a.state}:{a.occurrences}:{a.escalated_at or ''}" for a in everything))
 
 
@@ -241,10 +252,12 @@ def render_page(request: Request, who: Principal, flt: AlarmFilter, message: str
 def alarms_page(request: Request, done: str = Query("", max_length=20), priority: str = Query("", max_length=10),
                 type: str = Query("", max_length=64), door: str = Query("", max_length=64),
                 state: str = Query("", max_length=10), unack: str = Query("", max_length=5),
+                page: int = Query(1, ge=1, le=1_000_000, description="which page of open alarms, from 1"),
                 who: Principal = Depends(require(ADMIN, DESK))) -> Response:
     from server.web.alarm_desk import page_filter
 
-    return render_page(request, who, page_filter(priority, type, door, state, unack), message=DONE.get(done))
+    return render_page(request, who, page_filter(priority, type, door, state, unack), message=DONE.get(done),
+                       page=page)
 
 
 @route("/alarms/bulk", "POST", include_in_schema=False)

@@ -151,21 +151,27 @@ def _when(row: EventRowOut) -> str:
     return " ".join(p for p in (row.local_date, row.local_time, row.zone) if p)
 
 
-def _last_event(request: Request, door_id: str) -> tuple[LastEventOut | None, SnapshotOut | None]:
+def _last_events(request: Request, door_ids: list[str]) -> dict[str, tuple[LastEventOut | None,
+                                                                          SnapshotOut | None]]:
+    """Each door's last event and newest ready snapshot, read for all doors in one store query (a refresh
+    follows every event: two queries per door did not stay cheap with hundreds of doors)."""
     desk = request.app.state.desk
     site = desk.server.site
-    latest = desk.events.page(door=door_id, limit=1)
-    last = None
-    if latest:
-        row = event_row(latest[0], site, desk.events)
-        last = LastEventOut(id=row.id, text=event_words(row), kind=row.kind, ts=row.ts, when=_when(row))
-    snap = None
-    for raw in desk.events.page(door=door_id, types=sorted(vocabulary.SNAPSHOT_EVENTS), limit=SNAPSHOT_LOOKBACK):
-        row = event_row(raw, site, desk.events)
-        if row.snapshot == "ready" and row.snapshot_url:
-            snap = SnapshotOut(url=row.snapshot_url, event=row.id, when=_when(row), text=event_words(row))
-            break
-    return last, snap
+    picked = desk.events.latest_at_doors(door_ids, sorted(vocabulary.SNAPSHOT_EVENTS), SNAPSHOT_LOOKBACK)
+    out: dict[str, tuple[LastEventOut | None, SnapshotOut | None]] = {}
+    for door_id, (latest, recent) in picked.items():
+        last = None
+        if latest is not None:
+            row = event_row(latest, site, desk.events)
+            last = LastEventOut(id=row.id, text=event_words(row), kind=row.kind, ts=row.ts, when=_when(row))
+        snap = None
+        for raw in recent:
+            row = event_row(raw, site, desk.events)
+            if row.snapshot == "ready" and row.snapshot_url:
+                snap = SnapshotOut(url=row.snapshot_url, event=row.id, when=_when(row), text=event_words(row))
+                break
+        out[door_id] = (last, snap)
+    return out
 
 
 def _override_text(d: BoardDoorOut) -> str | None:
@@ -179,8 +185,9 @@ def floors(request: Request) -> FloorsOut:
     site = request.app.state.desk.server.site
     b = board(request)
     by_area: dict[str, list[FloorDoorOut]] = {}
+    latest = _last_events(request, [d.id for d in b.doors])
     for d in b.doors:
-        last, snap = _last_event(request, d.id)
+        last, snap = latest.get(d.id, (None, None))
         by_area.setdefault(d.to_area, []).append(FloorDoorOut(
             id=d.id, name=d.name, from_area=d.from_area, from_area_name=d.from_area_name, state=d.state,
             state_label=d.state_label, tamper=d.tamper, lockdown=d.lockdown, alarms=d.alarms,

@@ -30,6 +30,8 @@ def install(app: FastAPI) -> None:
 
 
 #: What a finished action says on the page it redirects to (``?done=KEY&op=NAME``).
+#: Operators per page on /operators (each has its own forms below the table: the page stays a sane size).
+PAGE_SIZE = 50
 DONE = {"added": "Operator {op} added.", "role": "Role of {op} changed: their sessions ended, and tokens above "
         "the new role were revoked.", "password": "Password of {op} reset: their sessions ended.",
         "disabled": "{op} disabled: their sessions and tokens stopped working.",
@@ -47,21 +49,35 @@ def _service(request: Request) -> Operators:
     return request.app.state.desk.operators  # type: ignore[no-any-return]
 
 
-def _rows(request: Request) -> list[dict[str, Any]]:
-    """Every operator with its state, second factor and live tokens (never a secret)."""
+def _rows(request: Request, page: int, focus: str | None) -> tuple[list[dict[str, Any]], int, int, int]:
+    """One page of operators with their state, second factor and live tokens (never a secret): the rows, the
+    page shown, how many pages and how many operators. ``focus``: show the page holding that operator (the one
+    just acted on) whatever ``page`` says; a page past the end shows the last one."""
     ops = _service(request)
+    everyone = ops.all()
+    pages = max(1, -(-len(everyone) // PAGE_SIZE))
+    if focus:
+        at = next((i for i, op in enumerate(everyone) if op.name == focus), None)
+        if at is not None:
+            page = at // PAGE_SIZE + 1
+    page = min(max(page, 1), pages)
     twofactor = request.app.state.desk.auth.twofactor
-    return [{"op": op, "two_factor": twofactor.enabled(op.name),
+    rows = [{"op": op, "two_factor": twofactor.enabled(op.name),
              "tokens": [t for t in ops.tokens(op.name) if t.revoked_at is None],
-             "grants": [r for r in ROLES if r in GRANTS[op.role]]} for op in ops.all()]
+             "grants": [r for r in ROLES if r in GRANTS[op.role]]}
+            for op in everyone[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]]
+    return rows, page, pages, len(everyone)
 
 
-def _page(request: Request, who: Principal, status: int = 200, **context: Any) -> Response:
+def _page(request: Request, who: Principal, status: int = 200, page: int = 1, **context: Any) -> Response:
     from server.web.pages import render
 
     site = request.app.state.desk.server.site
-    return render(request, "operators.html", who, status, rows=_rows(request), roles=ROLES,
-                  min_password=MIN_PASSWORD, max_password=MAX_PASSWORD, tz=site.timezone, **context)
+    # After an action on one operator (its route names it, or the redirect's ?op=), the page holding it.
+    focus = request.path_params.get("name") or request.query_params.get("op")
+    rows, page, pages, total = _rows(request, page, focus if isinstance(focus, str) else None)
+    return render(request, "operators.html", who, status, rows=rows, roles=ROLES, page=page, pages=pages,
+                  total=total, min_password=MIN_PASSWORD, max_password=MAX_PASSWORD, tz=site.timezone, **context)
 
 
 def _done(key: str, name: str) -> Response:
@@ -70,10 +86,11 @@ def _done(key: str, name: str) -> Response:
 
 @route("/operators", "GET")
 def operators_page(request: Request, done: str = Query("", max_length=20), op: str = Query("", max_length=64),
+                   page: int = Query(1, ge=1, le=1_000_000, description="which page of operators, from 1"),
                    who: Principal = Depends(require(ADMIN))) -> Response:
     template = DONE.get(done)
     message = template.format(op=op if NAME.match(op) else "the operator") if template else None
-    return _page(request, who, message=message)
+    return _page(request, who, page=page, message=message)
 
 
 @route("/operators", "POST")

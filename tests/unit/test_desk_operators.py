@@ -265,3 +265,35 @@ def test_page_issues_a_token_shown_once_and_refuses_to_disable_the_last_admin(ap
     r = c.post("/operators/dex/tokens/revoke", data={"csrf_token": csrf, "label": "door tablet"})
     assert r.status_code == 303
     assert fresh(app).get("/api/v1/me", headers=bearer(secret.group(1))).status_code == 401
+
+
+# ------------------------------------------------------------ paging
+
+
+def test_the_operators_page_pages_and_opens_on_the_operator_just_acted_on(app: FastAPI,  # noqa: F811
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.web import operators_pages
+
+    monkeypatch.setattr(operators_pages, "PAGE_SIZE", 3)
+    ops = app.state.desk.operators
+    for i in range(5):
+        ops.add(f"op{i}", "desk", NEW_PASSWORD, actor="test")
+    everyone = [op.name for op in ops.all()]
+    c = fresh(app)
+    api_login(c, "ada")
+
+    def shown(query: str) -> list[str]:
+        r = c.get("/operators" + query)
+        assert r.status_code == 200, r.text
+        return re.findall(r'<tr data-operator="([^"]+)"', r.text)
+
+    pages = -(-len(everyone) // 3)
+    seen = [shown(f"?page={n}") for n in range(1, pages + 1)]
+    assert [name for page in seen for name in page] == everyone  # every operator once, in order
+    assert all(len(page) == 3 for page in seen[:-1])
+    first = c.get("/operators").text
+    assert f"{len(everyone)} operators, page 1 of {pages}" in first and 'href="/operators?page=2"' in first
+    assert "Previous operators" not in first
+    assert shown(f"?page={pages + 7}") == seen[-1]  # past the end: the last page
+    assert shown(f"?done=added&op={everyone[-1]}") == seen[-1]  # the redirect after an action finds its operator
+    assert c.get("/operators?page=0").status_code == 422 and c.get("/operators?page=x").status_code == 422

@@ -210,7 +210,7 @@ def test_each_query_walks_the_index_it_names(server: Server, reports: Reports) -
     (person,) = plans(server, lambda: reports.movements(server.site, "alice", week))
     assert "events_person_ts" in person and "TEMP B-TREE" not in person  # no sort: the index is in order
     (counts,) = plans(server, lambda: reports.activity(server.site, None, week))
-    assert "idx_events_ts" in counts
+    assert "events_badge_quarters" in counts and "TEMP B-TREE" not in counts  # migration 021: grouped in order
     (occupancy_start, day) = plans(server, lambda: reports.occupancy(server.site, "floor7", date(2026, 11, 24),
                                                                      week.zone))
     assert "events_person_ts" in occupancy_start and "idx_events_ts" in day
@@ -322,3 +322,37 @@ def test_todays_occupancy_line_stops_at_now_and_a_past_day_runs_to_midnight(serv
     assert end_today == pytest.approx(44 + (WIDTH - 44) / 2, abs=0.5)  # half the day drawn, then nothing
     assert steps("c", "t", past).path.endswith(f"H{WIDTH:.1f}")
     assert [(s.count, s.entered) for s in today.steps] == [(1, True)]
+
+
+def test_badge_counts_read_by_quarter_hour_match_the_time_range_query(server: Server) -> None:
+    """Migration 021's index answers what the ``events(ts)`` range did, group for group, at the edges of the
+    period too (quarter-hour ends: a 05:30 zone's midnight), with doors, and without a decision."""
+    import random
+
+    rng = random.Random(21)
+    for _ in range(300):
+        day, hour, minute = rng.randrange(20, 30), rng.randrange(24), rng.randrange(60)
+        put(server, f"2026-11-{day:02d}T{hour:02d}:{minute:02d}:{rng.randrange(60):02d}.{rng.randrange(1000):03d}Z",
+            door=rng.choice(("lobby_in", "lobby_out", "lab")), decision=rng.choice(("granted", "denied")),
+            etype=rng.choice(("access", "access", "door_opened")))
+    put(server, "2026-11-22T10:00:00.000Z", decision=None, reason="", person=None)
+    put(server, "2026-11-22T18:29:59.999Z")  # the last moment before an edge below, and the edge itself
+    put(server, "2026-11-22T18:30:00.000Z")
+    store = server.store
+
+    def by_range(since: str, until: str, doors: list[str] | None) -> list[tuple[Any, ...]]:
+        with store.connection_for_tests() as db:
+            where = "e.ts >= ? AND e.ts < ?" + (f" AND e.door IN ({', '.join('?' for _ in doors)})" if doors else "")
+            return sorted(tuple(r) for r in db.execute(
+                "SELECT substr(e.ts, 1, 13), CAST(substr(e.ts, 15, 2) AS INTEGER) / 15, coalesce(e.decision, ''), "
+                f"count(*) FROM events e WHERE {where} AND e.type = 'access' GROUP BY 1, 2, 3",
+                [since, until, *(doors or [])]).fetchall())
+
+    cases = [("2026-11-20T00:00:00.000Z", "2026-11-30T00:00:00.000Z"),
+             ("2026-11-22T18:30:00.000Z", "2026-11-25T18:30:00.000Z"),  # Asia/Kolkata's midnights
+             ("2026-11-21T05:45:00.000Z", "2026-11-21T06:15:00.000Z"),  # a quarter-hour zone, within one hour
+             ("2026-11-22T18:29:59.999Z", "2026-11-24T07:07:07.000Z")]  # not on quarters: the range query
+    for since, until in cases:
+        for doors in (None, ["lab"], ["lobby_in", "lobby_out"]):
+            assert sorted(store.badge_counts(since, until, doors)) == by_range(since, until, doors), (since, doors)
+    assert sum(n for *_, n in store.badge_counts(*cases[0])) > 150
