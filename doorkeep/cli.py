@@ -222,12 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     usr_sub = usr.add_subparsers(dest="action", required=True, metavar="ACTION")
     uad = usr_sub.add_parser("add", help="a new operator; asks for the password twice (or --password-stdin)")
     uad.add_argument("name", metavar="NAME", help="login name: lower-case letters, digits, . _ @ -")
-    uad.add_argument("--role", required=True, choices=["admin", "desk", "auditor"], help="what the operator may do")
+    uad.add_argument("--role", required=True, choices=["admin", "desk", "auditor", "kiosk"], help="what the operator may do")
     uad.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
     utk = usr_sub.add_parser("token", help="print a new API token for NAME once (or --revoke the one labelled L)")
     utk.add_argument("name", metavar="NAME")
     utk.add_argument("--label", required=True, help="what the token is for (unique per operator)")
-    utk.add_argument("--role", choices=["admin", "desk", "auditor"],
+    utk.add_argument("--role", choices=["admin", "desk", "auditor", "kiosk"],
                      help="the token's role (default the operator's; never more than the operator's)")
     utk.add_argument("--revoke", action="store_true", help="revoke the operator's token with this label")
     uls = usr_sub.add_parser("list", help="every operator, role, state and live token labels")

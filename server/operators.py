@@ -65,7 +65,10 @@ log = logging.getLogger("doorkeep.server.desk")
 # ------------------------------------------------------------------- roles
 
 ADMIN, DESK, AUDITOR = "admin", "desk", "auditor"
-ROLES: tuple[str, ...] = (ADMIN, DESK, AUDITOR)
+#: The lobby's self check-in tablet (server/web/kiosk.py): its account opens the kiosk pages and the visitor's
+#: badge to print, and nothing else of the desk.
+KIOSK = "kiosk"
+ROLES: tuple[str, ...] = (ADMIN, DESK, AUDITOR, KIOSK)
 #: Every logged-in operator, whatever the role (for "who am I", logout, the home page).
 ANY: tuple[str, ...] = ROLES
 #: The roles an operator of each role may hand to an API token.
@@ -73,6 +76,7 @@ GRANTS: dict[str, frozenset[str]] = {
     ADMIN: frozenset(ROLES),
     DESK: frozenset({DESK}),
     AUDITOR: frozenset({AUDITOR}),
+    KIOSK: frozenset({KIOSK}),
 }
 
 #: Login names: lower case, so "Alice" and "alice" are never two accounts.

@@ -227,6 +227,34 @@ class Passes:
                                    details={"serials": [r["serial"] for r in active]})
         return len(active)
 
+    def current(self, visitor_id: str) -> IssuedPass | None:
+        """The visit's active pass as issued, or None (none yet, ended, or signed under a retired key).
+
+        The token is not stored (only its keyed hash): Ed25519 signatures are deterministic (RFC 8032), so
+        signing the row's claims again gives back the very text issued. The printed badge, the desk's "Show
+        pass" and a resent invitation all carry the pass the visitor already holds, never a replacement that
+        would silently void it."""
+        if self.keys is None:
+            return None
+        row = next((r for r in reversed(self.rows(visitor_id)) if r["state"] == "active"), None)
+        if row is None or row["key_id"] != self.keys.key_id:
+            return None
+        claims = PassClaims(visitor_id, int(row["not_before"]), int(row["not_after"]), int(row["serial"]))
+        token = sign_pass(claims, self.keys.signing)
+        return IssuedPass(token, PassClaims(visitor_id, claims.not_before, claims.not_after, claims.serial,
+                                            self.keys.key_id), row["hash"])
+
+    def ensure_pass(self, visitor_id: str, *, actor: str = "system") -> IssuedPass:
+        """The visit's active pass, issued now if it has none (a walk-in, a pass under a retired key)."""
+        return self.current(visitor_id) or self.issue_pass(visitor_id, actor=actor)
+
+    def report_lost(self, visitor_id: str, *, actor: str) -> IssuedPass:
+        """A lost pass: every active pass of the visit ends as ``lost`` (refused at the doors with that
+        reason from the next policy on), and a new one is issued under the next serial."""
+        self._visitor(visitor_id)
+        self.revoke_pass(visitor_id, "lost", actor=actor)
+        return self.issue_pass(visitor_id, actor=actor)
+
     def read(self, token: str) -> IssuedPass:
         """The pass a visitor shows (the kiosk's scan, a typed code): checked against this site's keys and
         its row; :class:`PassError` when it is not a pass of this site, or it was replaced, lost or cancelled."""

@@ -193,6 +193,13 @@ class PhotoService:
         return {"id": photo_id, "replaced": replaced, "width": photo.width, "height": photo.height,
                 "bytes": len(photo.jpeg)}
 
+    def keep_visitor_photo(self, visit: str, photo: Photo) -> str:
+        """Keep a photo the kiosk took of a visitor (already checked by :func:`prepare`) under the visit's id, as
+        a cardholder photo is kept; the caller audits it with the visit's reference. Its id."""
+        photo_id, _ = self.store.put_person_photo(visit, photo.jpeg, site=self.site_id, width=photo.width,
+                                                  height=photo.height, at=self.clock.wall())
+        return photo_id
+
     def delete(self, person: str, *, actor: str) -> bool:
         """Remove the person's photo (and its key) for good; audited; False if they had none."""
         self._require_person(person)

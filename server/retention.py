@@ -107,6 +107,13 @@ def run_retention(store: Store, settings: RetentionSettings, now: float, audit: 
     if photos:
         report.deleted["photos"] = photos
 
+    # Agreements accepted for those visits (drawn signatures with them), their requirements and watchlist holds
+    # (server/store_agreements.py) go with the visit; rows of visits already gone too. Reported when any went.
+    if not dry_run:
+        agreements = store.delete_visit_agreements(report.visitor_ids) + store.delete_orphan_agreements()
+        if agreements:
+            report.deleted["agreements"] = agreements
+
     # Alarms: only resolved ones; an open alarm stays whatever its age.
     if dry_run:
         report.deleted["alarms"] = store.count_resolved_alarms_before(cut["alarms"])

@@ -37,6 +37,7 @@ from doorkeep.envelope import (
 )
 from server.errors import ServerError, StoreError
 from server.store_passes import m019_visitor_passes
+from server.store_agreements import AgreementRecords, m020_visitor_agreements
 from server.private_files import create_private_file, open_private, private_dir, tighten_tree
 from server.store_alarm_desk import AlarmDeskRecords, m015_alarm_desk
 from server.store_incidents import IncidentRecords, m016_incidents
@@ -46,7 +47,7 @@ from server.store_desk import DeskRecords
 from server.store_operators import OperatorRecords
 from server.store_photos import PhotoRecords, m017_person_photos
 from server.store_privacy import PrivacyRecords
-from server.store_reports import ReportRecords
+from server.store_reports import ReportRecords, m021_report_index
 
 SEVERITIES = vocabulary.SEVERITIES
 
@@ -303,6 +304,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("017_person_photos", m017_person_photos),  # cardholder photos, encrypted (server/store_photos.py)
     ("018_mail_outbox", m018_mail_outbox),  # outbound mail queue, people's e-mail (server/store_mail.py)
     ("019_visitor_passes", m019_visitor_passes),  # visitor passes issued (server/passes.py, store_passes.py)
+    ("020_visitor_agreements", m020_visitor_agreements),  # agreements, signatures, watchlist holds (store_agreements.py)
+    ("021_report_index", m021_report_index),  # badges by quarter hour, for report counts (store_reports.py)
 ]
 
 
@@ -352,7 +355,7 @@ class StoredAccessEvent(NamedTuple):
 
 
 class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords, IncidentRecords,
-            PhotoRecords, ReportRecords, MailRecords):
+            PhotoRecords, ReportRecords, MailRecords, AgreementRecords):
     """Events and snapshots of one site. Thread-safe: one connection behind a lock.
 
     The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
@@ -577,10 +580,12 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
                     if not rows:
                         # Cardholder photos use the same keys (server/store_photos.py): re-wrapped here too.
                         done += self._rewrap_person_photos(conn, keys, current, kek)
+                        done += self._rewrap_signatures(conn, keys, current, kek)  # drawn signatures
                         # Still under the write lock: no insert can be wrapping under an old key right now.
                         used = {r[0] for r in conn.execute(
                             "SELECT DISTINCT kek_id FROM snapshots WHERE kek_id IS NOT NULL")}
                         used |= self._photo_key_ids(conn)
+                        used |= self._signature_key_ids(conn)
                         retired = keys.keyring.retire(set(keys.keyring.ids()) - used - {current})
                     conn.commit()
                 except BaseException:

@@ -38,6 +38,9 @@ from server.errors import StoreError
 
 #: The ``device`` part of a photo's AAD reference: photos are bound to the person, not to a camera.
 PHOTO_OWNER = "person-photo/"
+#: A photo whose person is neither a person of the site nor a stored visit (a visitor's photo, taken at the kiosk
+#: with consent, lives under the visit id and goes with the visit).
+_ORPHAN = "person NOT IN (SELECT id FROM people) AND person NOT IN (SELECT id FROM visitors)"
 
 
 def m017_person_photos(db: sqlite_utils.Database) -> None:
@@ -80,7 +83,7 @@ class PhotoRecords:
     def put_person_photo(self, person: str, jpeg: bytes, *, site: str, width: int, height: int,
                          at: float) -> tuple[str, bool]:
         """Keep ``jpeg`` as ``person``'s photo, encrypted, replacing any earlier one (whose data key goes with
-        its row); returns ``(photo id, replaced)``. The person must be in the store."""
+        its row); returns ``(photo id, replaced)``. The person (or visit) must be in the store."""
         keys = self._snapshot_keys()
         photo_id = uuid.uuid4().hex
         ref = photo_ref(site, person, photo_id)
@@ -93,7 +96,8 @@ class PhotoRecords:
                 # another process either sees this row or has already made the new key current.
                 if not conn.in_transaction:
                     conn.execute("BEGIN IMMEDIATE")
-                if conn.execute("SELECT 1 FROM people WHERE id = ?", [person]).fetchone() is None:
+                if conn.execute("SELECT 1 FROM people WHERE id = ? UNION ALL SELECT 1 FROM visitors WHERE id = ?",
+                                [person, person]).fetchone() is None:  # a visitor's: the kiosk's photo
                     raise StoreError(f"no person {person!r} in the store")
                 replaced = conn.execute("DELETE FROM person_photos WHERE person = ?", [person]).rowcount > 0
                 kek_id, kek = keys.keyring.current()
@@ -148,16 +152,15 @@ class PhotoRecords:
             return self._db.conn.execute("DELETE FROM person_photos WHERE person = ?", [person]).rowcount > 0
 
     def count_orphan_person_photos(self) -> int:
-        """Photos of people no longer in the store (removed by an import of people.toml)."""
+        """Photos of people no longer in the store (removed by an import of people.toml), and of visits
+        retention removed (a kiosk's photo of a visitor: server/web/kiosk.py)."""
         with self._lock:
-            return int(self._db.conn.execute("SELECT COUNT(*) FROM person_photos WHERE person NOT IN "
-                                             "(SELECT id FROM people)").fetchone()[0])
+            return int(self._db.conn.execute(f"SELECT COUNT(*) FROM person_photos WHERE {_ORPHAN}").fetchone()[0])
 
     def delete_orphan_person_photos(self) -> int:
-        """Delete the photos of people no longer in the store (retention); how many."""
+        """Delete the photos of people (and visits) no longer in the store (retention); how many."""
         with self._lock, self._db.conn:
-            return self._db.conn.execute("DELETE FROM person_photos WHERE person NOT IN (SELECT id FROM people)"
-                                         ).rowcount
+            return self._db.conn.execute(f"DELETE FROM person_photos WHERE {_ORPHAN}").rowcount
 
     def _rewrap_person_photos(self, conn: sqlite3.Connection, keys: SnapshotKeys, current: str, kek: bytes) -> int:
         """Inside the caller's write transaction (server/store.py ``rewrap_snapshot_keys``): every photo's data

@@ -170,7 +170,7 @@ class PrivacyRecords:
         card states, mail about their visit or sent to them and their e-mail address go; visits they hosted
         name the pseudonym; ``ref`` is remembered as erased."""
         counts = dict.fromkeys(("events", "mentions", "visits", "consents", "presence", "card_states", "alarms",
-                                "hosted_visits", "people", "cards", "photos", "mails", "contacts"), 0)
+                                "hosted_visits", "people", "cards", "photos", "mails", "contacts", "agreements"), 0)
         where, args = self._subject_where(person, card_hashes)
         needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
         with self._lock, self._db.conn:
@@ -190,6 +190,13 @@ class PrivacyRecords:
                     counts[c] += 1
             counts["visits"] = conn.execute("DELETE FROM visitors WHERE id = ?", [person]).rowcount
             counts["consents"] = conn.execute("DELETE FROM visitor_consents WHERE visitor = ?", [person]).rowcount
+            # Agreements they accepted (a drawn signature's ciphertext and only key with the row), what their visit
+            # needed and its watchlist hold (server/store_agreements.py); the audit log keeps the proof under the
+            # pseudonym (kind, version, method).
+            counts["agreements"] = conn.execute("DELETE FROM agreement_acceptances WHERE visit = ?",
+                                                [person]).rowcount
+            conn.execute("DELETE FROM agreement_required WHERE scope = ?", [person])
+            conn.execute("DELETE FROM visit_holds WHERE visit = ?", [person])
             counts["hosted_visits"] = conn.execute("UPDATE visitors SET host = ? WHERE host = ?",
                                                    [ref, person]).rowcount
             counts["presence"] = conn.execute("DELETE FROM presence WHERE person = ?", [person]).rowcount

@@ -78,6 +78,9 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
     presence = store.presence_rows(person)
     consents = store.visitor_consents(person)
     mails = store.subject_mail(person)
+    accepted = store.acceptances(person)  # agreements accepted at check-in (server/store_agreements.py)
+    texts = {(v["kind"], v["version"]): v for v in store.agreement_versions()}
+    hold = store.visit_hold(person)
     if s.name is None and not events and not presence and not consents:
         raise SubjectError(f"nothing is held about {person!r} on site {bundle.site.id!r} (check the id: "
                            f"people.toml ids or visitor ids)")
@@ -105,6 +108,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
     audit_rows = [] if audit is None else [
         {k: r[k] for k in ("seq", "ts", "actor", "action", "details")}
         for r in reversed(store.audit_records(target=s.ref))]
+    missing: list[str] = []
     files: dict[str, bytes] = {
         "profile.json": _json(profile),
         "credentials.json": _json(credentials),
@@ -119,8 +123,29 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
         # when and how delivery went; a sent message's body is not kept
         "mail.json": _json([{k: (iso_ms(v) if k.endswith("_at") and v else v) for k, v in m.items()}
                             for m in mails]),
+        # each agreement accepted: the very text and version shown, when, how; a drawn signature is
+        # signatures/ID.png (not the operator in front of them, who is another person, as for consents)
+        "agreements.json": _json([{"id": a["id"], "kind": a["kind"], "version": a["version"],
+                                   "title": texts.get((a["kind"], a["version"]), {}).get("title"),
+                                   "text": texts.get((a["kind"], a["version"]), {}).get("text"),
+                                   "accepted_at": iso_ms(a["accepted_at"]), "method": a["method"],
+                                   "typed_name": a["typed_name"],
+                                   "signature": f"signatures/{a['id']}.png" if a["has_signature"] else None}
+                                  for a in accepted]),
+        "watchlist_hold.json": _json(None if hold is None else {
+            "state": hold["state"], "entries": hold["entries"], "stage": hold["stage"],
+            "held_at": iso_ms(hold["held_at"]), "resolved_by": hold["resolved_by"],
+            "resolved_at": iso_ms(hold["resolved_at"]) if hold["resolved_at"] else None, "reason": hold["reason"]}),
     }
-    missing = []
+    for a in accepted:
+        if a["has_signature"]:
+            try:
+                png = store.acceptance_signature(a["id"])
+            except (ServerError, ValueError):  # a destroyed key: say so, go on
+                missing.append(f"signature {a['id']}")
+                continue
+            if png is not None:
+                files[f"signatures/{a['id']}.png"] = png
     for e in events:
         sid = e["snapshot"] or e["id"]
         try:
@@ -139,6 +164,7 @@ def export(bundle: SiteBundle, store: Store, key: bytes, person: str, out: Path,
     counts = {"events": len(events), "snapshots": sum(1 for n in files if n.startswith("snapshots/")),
               "credentials": len(credentials), "visits": len(visits), "consents": len(consents),
               "presence": len(presence), "photo": int("photo.jpg" in files), "mails": len(mails),
+              "agreements": len(accepted),
               "audit_records": len(audit_rows)}
     manifest = {"schema": EXPORT_SCHEMA, "site": bundle.site.id, "site_name": bundle.site.name, "person": person,
                 "generated_at": iso_ms(now), "counts": counts, "files": sorted(files),
@@ -193,7 +219,7 @@ def erase(bundle: SiteBundle, store: Store, key: bytes, person: str, audit: Audi
     """Remove or pseudonymise everything held about ``person``; idempotent. Returns the counts and pseudonym."""
     s = find(bundle, store, key, person)
     counts = dict.fromkeys(("events", "snapshots", "mentions", "visits", "consents", "presence", "card_states",
-                            "alarms", "hosted_visits", "people", "cards", "photos"), 0)
+                            "alarms", "hosted_visits", "people", "cards", "photos", "agreements"), 0)
     # Deleted and overwritten content is zeroed on disk, not left in free pages for a forensic read.
     store.enable_secure_delete()
     for e in store.subject_events(s.id, s.card_hashes):

@@ -15,8 +15,14 @@ it, every change audited with the operator as actor:
   server/invitations.py, which also invites a visitor registered with an address);
 - check-out revokes the badge and returns it to the pool in one directory change; visits that end without a
   check-out are closed by :class:`OverdueVisits` (a periodic job on the desk's clock), audited as ``system``;
-- the watchlist: names and companies an admin lists; a match at registration or check-in is returned as a
-  warning and audited (entry ids only: the audit log never holds names), and never blocks anything by itself.
+- the watchlist: names and companies an admin lists; a match at registration *holds* the visit (it is
+  returned as a warning, audited with entry ids only: the audit log never holds names, and the desk shows the
+  visit "held by watchlist"); the list is checked again right before check-in (it may have changed), and a
+  held visit is not checked in (no badge, no active pass: a pass is active only while checked in) until an
+  admin overrides the hold with a reason (:meth:`Visitors.override_hold`) or an admin or desk operator
+  refuses the visit (:meth:`Visitors.refuse_visit`), both audited;
+- agreements (server/agreements.py): check-in is refused until the visitor has accepted every agreement the
+  visit needs, at its current version.
 
 Errors: :class:`VisitorError` (422: the input breaks a rule), :class:`VisitConflict` (409: the visit's state
 does not allow it now), :class:`VisitorNotFound` (404); all are ``DirectoryError``\\ s, like the directory's own.
@@ -32,7 +38,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, time as dtime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 from zoneinfo import ZoneInfo
 
 from doorkeep.clock import Clock
@@ -43,6 +49,7 @@ from server.eventlog import EventLog
 from server.store import Store
 
 if TYPE_CHECKING:
+    from server.agreements import Acceptance, Agreements
     from server.invitations import Delivery, Invitations
 
 log = logging.getLogger("doorkeep.server.desk")
@@ -74,6 +81,10 @@ class VisitorNotFound(VisitorError, LookupError):
 
 class WatchlistExists(VisitConflict):
     """The same name or company is listed already."""
+
+
+class VisitHeld(VisitConflict):
+    """The visit is held by a watchlist match (or was refused): no check-in until an admin overrides it (409)."""
 
 
 # ------------------------------------------------------------------ values
@@ -123,6 +134,20 @@ class Consent:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A visit held by a watchlist match: ``held`` (check-in refused), ``overridden`` (an admin let it
+    through, with a reason) or ``refused`` (the visit is cancelled)."""
+
+    state: str
+    entries: tuple[int, ...]
+    stage: str | None
+    held_at: float
+    resolved_by: str | None
+    resolved_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class VisitRecord:
     """A visit as the desk shows it (instants in epoch seconds; the web shows them in site time)."""
 
@@ -142,6 +167,7 @@ class VisitRecord:
     checked_out_at: float | None
     where: str | None  # on site: the area the doors last saw them enter
     consent: Consent | None
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +286,7 @@ class Visitors:
         self.events = events  # where visitor_arrived is recorded (and the live feed hears of it)
         self.watchlist = Watchlist(store)
         self.invitations = invitations
+        self.agreements: Agreements | None = None  # set by the desk (server/web/app.py); None: none required
 
     @property
     def tz(self) -> ZoneInfo:
@@ -344,6 +371,9 @@ class Visitors:
         self.directory.register_visitor(visitor, actor=actor)
         record = self.record(vid)
         warnings = self._warn(vid, name, company, "register", actor)
+        if warnings:
+            self._hold(vid, warnings, "register", actor)
+            record = self.record(vid)
         if self.invitations is not None and record.email:
             if self.invitations.invite(record) is not None:  # queued: the relay is never waited on here
                 self.audit(actor, "visitor.invitation_queued", self.ref(vid))
@@ -404,13 +434,18 @@ class Visitors:
                                "people.toml")
         return start, end
 
-    def check_in(self, visitor_id: str, shown: CheckIn, actor: str) -> tuple[VisitRecord, list[WatchHit]]:
-        """Record the consent to the current notice, activate a badge from the pool and tell the host."""
+    def check_in(self, visitor_id: str, shown: CheckIn, actor: str, *,
+                 acceptances: Sequence[Acceptance] = ()) -> tuple[VisitRecord, list[WatchHit]]:
+        """Record the consent to the current notice and the agreements accepted, activate a badge from the pool
+        and tell the host; refused (409) while the watchlist holds the visit, and (422) until every required
+        agreement is accepted."""
         v = self._visitor(visitor_id)
         if v.status == "checked_in":
             raise VisitConflict(f"{v.name} is already checked in (badge …{v.card_last4})")
         if v.status == "checked_out":
             raise VisitConflict(f"{v.name} has already left: register a new visit")
+        # First: a held visit gets no further, whatever else the form says (the watchlist may have changed).
+        warnings = self._gate(visitor_id, v.name, v.company, actor)
         if not shown.consent:
             raise VisitorError("the visitor must be shown the privacy notice and acknowledge it before check-in "
                                "(tick the consent box)")
@@ -422,7 +457,15 @@ class Visitors:
         if not self.directory.free_badges():
             raise VisitConflict("no free visitor badge in the pool: check out visitors who have left, or add cards "
                                 "to [visitor_pool] in people.toml")
-        warnings = self._warn(visitor_id, v.name, v.company, "check_in", actor)
+        if self.agreements is not None:
+            for given in acceptances:  # every one checked before any is stored
+                self.agreements.check(visitor_id, given)
+            for given in acceptances:
+                self.agreements.accept(visitor_id, given, actor)
+            missing = self.agreements.missing(visitor_id)
+            if missing:
+                raise VisitorError("the visitor must accept " + ", ".join(f"{m.title} (version {m.version})"
+                                                                          for m in missing) + " before check-in")
         try:
             v = self.directory.check_in(visitor_id, actor=actor)
         except DirectoryError as exc:  # a race for the last badge
@@ -468,6 +511,41 @@ class Visitors:
         self.store.drop_orphan_consents()
         return closed
 
+    def hold(self, visitor_id: str) -> Hold | None:
+        row = self.store.visit_hold(visitor_id)
+        if row is None:
+            return None
+        return Hold(row["state"], tuple(row["entries"]), row["stage"], row["held_at"], row["resolved_by"],
+                    row["resolved_at"], row["reason"])
+
+    def override_hold(self, visitor_id: str, reason: str, actor: str) -> VisitRecord:
+        """Let a held visit be checked in, for a reason (audited with the matched entry ids); only the entries
+        matched now are cleared: a later match on another entry holds the visit again."""
+        return self._resolve(visitor_id, "overridden", reason, actor)
+
+    def refuse_visit(self, visitor_id: str, reason: str, actor: str) -> VisitRecord:
+        """Refuse (cancel) a held visit: it can never be checked in; audited with the reason."""
+        return self._resolve(visitor_id, "refused", reason, actor)
+
+    def _resolve(self, visitor_id: str, state: str, reason: str, actor: str) -> VisitRecord:
+        v = self._visitor(visitor_id)
+        reason = " ".join(reason.split())
+        if not reason:
+            raise VisitorError("give a reason (it is kept in the audit log)")
+        if len(reason) > 500:
+            raise VisitorError("the reason is longer than 500 characters")
+        if v.status != "registered":
+            raise VisitConflict(f"{v.name} is {v.status.replace('_', ' ')}: only a visit not yet checked in is held")
+        hold = self.hold(visitor_id)
+        if hold is None or hold.state != "held":
+            raise VisitConflict(f"{v.name}'s visit is not held by the watchlist"
+                                + (f" (it was {hold.state})" if hold else ""))
+        if not self.store.resolve_visit_hold(visitor_id, state, actor, reason, self.clock.wall()):
+            raise VisitConflict(f"{v.name}'s hold was resolved by someone else meanwhile")
+        action = "visitor.watchlist_override" if state == "overridden" else "visitor.refused"
+        self.audit(actor, action, self.ref(visitor_id), {"entries": list(hold.entries), "reason": reason})
+        return self.record(visitor_id)
+
     def watch(self, kind: str, value: str, note: str, actor: str) -> WatchEntry:
         """Add a name or company to the watchlist (blanks collapsed), audited without the text itself."""
         entry_id = self.watchlist.add(kind, " ".join(value.split()), note, actor, self.clock.wall())
@@ -488,6 +566,29 @@ class Visitors:
             return self.directory.visitor(visitor_id)
         except DirectoryError as exc:
             raise VisitorNotFound(f"no visitor {visitor_id!r} (it may have been removed by retention)") from exc
+
+    def _hold(self, visitor_id: str, hits: list[WatchHit], stage: str, actor: str) -> None:
+        self.store.put_visit_hold(visitor_id, state="held", entries=[h.id for h in hits], stage=stage,
+                                  at=self.clock.wall())
+        self.audit(actor, "visitor.watchlist_hold", self.ref(visitor_id),
+                   {"stage": stage, "entries": [h.id for h in hits]})
+
+    def _gate(self, visitor_id: str, name: str, company: str, actor: str) -> list[WatchHit]:
+        """The watchlist, checked again right before a badge is handed over: a held or refused visit, or a
+        match on an entry no admin cleared for this visit, raises :class:`VisitHeld`."""
+        hold = self.hold(visitor_id)
+        if hold is not None and hold.state == "refused":
+            raise VisitHeld(f"{name}'s visit was refused ({hold.reason}): it cannot be checked in")
+        if hold is not None and hold.state == "held":
+            raise VisitHeld(f"{name}'s visit is held by a watchlist match: an admin must override it with a reason, "
+                            "or refuse the visit, before check-in")
+        hits = self._warn(visitor_id, name, company, "check_in", actor)
+        cleared = set(hold.entries) if hold is not None else set()
+        if any(h.id not in cleared for h in hits):
+            self._hold(visitor_id, hits, "check_in", actor)
+            raise VisitHeld(f"{name} matches the watchlist: the visit is now held; an admin must override it with "
+                            "a reason, or refuse the visit, before check-in")
+        return hits
 
     def _warn(self, visitor_id: str, name: str, company: str, stage: str, actor: str) -> list[WatchHit]:
         """Watchlist matches, audited (entry ids only: the audit log never holds names)."""
@@ -513,7 +614,7 @@ class Visitors:
             escort_required=bool(row["escort_required"]), status=row["status"],
             badge_last4=row["card_number_last4"] if row["status"] == "checked_in" else None,
             checked_in_at=row["checked_in_at"], checked_out_at=row["checked_out_at"], where=where,
-            consent=self.consent(row["id"]))
+            consent=self.consent(row["id"]), hold=self.hold(row["id"]))
 
 
 class OverdueVisits:

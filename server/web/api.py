@@ -203,7 +203,7 @@ class OperatorsOut(BaseModel):
 class OperatorIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64, description="login name: lower-case letters, digits, . _ @ -")
-    role: Literal["admin", "desk", "auditor"]
+    role: Literal["admin", "desk", "auditor", "kiosk"]
     password: str = Field(min_length=1, max_length=1024, description=f"at least {MIN_PASSWORD} characters")
 
 
@@ -286,7 +286,7 @@ class PasswordResetOut(BaseModel):
 
 class RoleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["admin", "desk", "auditor"]
+    role: Literal["admin", "desk", "auditor", "kiosk"]
 
 
 class TokenOut(BaseModel):
@@ -311,7 +311,7 @@ class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = Field(min_length=1, max_length=64, pattern=TOKEN_LABEL,
                        description="unique among the operator's live tokens: letters, digits, spaces, . _ : @ -")
-    role: Literal["admin", "desk", "auditor"] | None = Field(
+    role: Literal["admin", "desk", "auditor", "kiosk"] | None = Field(
         None, description="at most what the operator's own role grants (default: the operator's role)")
 
 

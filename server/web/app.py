@@ -46,7 +46,7 @@ API_PREFIX = "/api/v1"
 #: Largest request body accepted (forms and JSON are small; nothing is uploaded in this slice).
 MAX_BODY_BYTES = 64 * 1024
 #: The routes that take a cardholder photo (server/photos.py) may carry one upload and its form around it.
-UPLOAD_PATHS = re.compile(r"^(/api/v1)?/people/[^/]+/photo$")
+UPLOAD_PATHS = re.compile(r"^(/api/v1)?/people/[^/]+/photo$|^/kiosk/(scan|agree|check-in)$")  # kiosk: frames
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
@@ -270,6 +270,10 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     notice = visitors.load_notice()
     visitor_service = Visitors(server.directory, server.store, server.directory.clock, notice,
                                audit=audit, events=events, invitations=invitations_for(server, notice))
+    from server.agreements import Agreements  # agreements accepted at check-in (issue 17)
+
+    visitor_service.agreements = Agreements(server.store, server.directory.clock, server.directory.key,
+                                            server.site.id, audit=audit)
     desk = Desk(server, operators, auth, audit, templates, secure_cookies, events=events,
                 alarms=Alarms(server.store, server.directory.clock, audit), visitors=visitor_service)
     if server.people is not None:
@@ -314,8 +318,14 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     from server.web import incidents as incident_pages  # incidents and signed evidence bundles (issue 16)
     incident_pages.install(app)
     visitors.install(app)
+    from server.web import agreements as agreement_pages  # agreement texts, holds, acceptances (issue 17)
+    agreement_pages.install(app)
+    from server.web import kiosk  # the lobby's self check-in tablet (issue 17)
+    kiosk.install(app)
     from server.web import visitor_mail  # the CSV of expected visitors, a visit's mail state, hosts' addresses
     visitor_mail.install(app)
+    from server.web import badge  # the printed visitor badge and the desk's pass actions (issue 17)
+    badge.install(app)
     for module in (alarms, doors, floors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     from server.reports import Reports

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.operators import ADMIN, ANY, AUDITOR, DESK, GRANTS, ROLES
+from server.operators import ADMIN, ANY, AUDITOR, DESK, GRANTS, KIOSK, ROLES
 
-__all__ = ["ADMIN", "ANY", "AUDITOR", "DESK", "GRANTS", "ROLES", "SECTIONS", "Section", "sections_for"]
+__all__ = ["ADMIN", "ANY", "AUDITOR", "DESK", "GRANTS", "KIOSK", "ROLES", "SECTIONS", "Section", "sections_for"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ SECTIONS: tuple[Section, ...] = (
             "Areas, doors, schedules and holidays, access levels: changed here, live at the doors without a restart."),
     Section("operators", "Operators", "/operators", (ADMIN,),
             "Who may use the desk and its API: accounts, roles, passwords, two-factor login, API tokens."),
+    Section("kiosk", "Self check-in", "/kiosk", (KIOSK,),
+            "The lobby tablet: a visitor scans or types their pass, accepts the agreements and checks in."),
 )
 
 

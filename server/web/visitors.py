@@ -12,6 +12,8 @@ The privacy notice shown at check-in is ``templates/privacy-notice.txt``, whose 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,11 +24,13 @@ from fastapi import Depends, FastAPI, Form, Path as PathParam, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.agreements import Acceptance
 from server.directory import DirectoryError
 from server.sessions import Principal
-from server.visitors import (CheckIn, Notice, OverdueVisits, Registration, VisitConflict, VisitorNotFound,
-                             VisitRecord, Visitors, WatchHit, check_email, clean_text)
+from server.visitors import (CheckIn, Notice, OverdueVisits, Registration, VisitConflict, VisitorError,
+                             VisitorNotFound, VisitRecord, Visitors, WatchHit, check_email, clean_text)
 from server.web.access import require
+from server.web.badge import issue_at_check_in
 from server.web.api import ERRORS, ErrorOut
 from server.web.roles import ADMIN, DESK
 
@@ -100,6 +104,16 @@ class ConsentOut(BaseModel):
     operator: str | None
 
 
+class HoldOut(BaseModel):
+    state: Literal["held", "overridden", "refused"] = Field(description="held: check-in refused until resolved")
+    entries: list[int] = Field(description="the watchlist entry ids matched")
+    stage: str | None
+    held_at: float
+    resolved_by: str | None
+    resolved_at: float | None
+    reason: str | None
+
+
 class VisitorOut(BaseModel):
     id: str
     name: str
@@ -117,6 +131,7 @@ class VisitorOut(BaseModel):
     checked_out_at: str | None
     where: str | None = Field(description="on site: the area the doors last saw them enter")
     consent: ConsentOut | None
+    hold: HoldOut | None = Field(None, description="a watchlist hold on the visit (server/visitors.py)")
 
 
 class WatchHitOut(BaseModel):
@@ -128,7 +143,8 @@ class WatchHitOut(BaseModel):
 
 class VisitorResultOut(BaseModel):
     visitor: VisitorOut
-    warnings: list[WatchHitOut] = Field(description="watchlist matches: tell a supervisor; nothing is blocked")
+    warnings: list[WatchHitOut] = Field(description="watchlist matches: the visit is held until an admin "
+                                        "overrides it or it is refused")
 
 
 class TodayOut(BaseModel):
@@ -137,11 +153,35 @@ class TodayOut(BaseModel):
     left: list[VisitorOut]
 
 
+class AcceptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(max_length=32)
+    version: int = Field(ge=1, le=2**31)
+    method: Literal["typed", "drawn"]
+    typed_name: str = Field("", max_length=128)
+    signature_png: str = Field("", max_length=70_000, description="drawn: the PNG, base64 (or a data: URL)")
+
+
+def acceptance(body: AcceptIn) -> Acceptance:
+    """The service's input from the API's; a signature that is not base64 is refused here (422)."""
+    png = None
+    if body.method == "drawn":
+        data = body.signature_png.split(",", 1)[1] if body.signature_png.startswith("data:") else body.signature_png
+        try:
+            png = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise VisitorError("the signature is not base64 PNG data: draw it again") from exc
+    return Acceptance(kind=body.kind, version=body.version, method=body.method, typed_name=body.typed_name,
+                      signature_png=png)
+
+
 class CheckInIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     notice_version: str = Field(max_length=64, description="the version of the notice shown (GET /visitors/notice)")
     consent: bool = Field(description="the visitor acknowledged the notice (required: true)")
     photo_consent: bool = Field(description="the visitor agrees to snapshots at doors")
+    agreements: list[AcceptIn] = Field([], max_length=16,
+                                       description="agreements accepted now (GET /visitors/{id}/agreements)")
 
 
 class NoticeOut(BaseModel):
@@ -191,7 +231,8 @@ def _out(desk: Visitors, v: VisitRecord) -> VisitorOut:
         valid_from=shown(v.valid_from, tz) or "", valid_until=shown(v.valid_until, tz) or "",
         allowed_areas=list(v.allowed_areas), escort_required=v.escort_required, status=v.status,  # type: ignore[arg-type]
         badge_last4=v.badge_last4, checked_in_at=shown(v.checked_in_at, tz), checked_out_at=shown(v.checked_out_at, tz),
-        where=v.where, consent=ConsentOut(**asdict(v.consent)) if v.consent else None)
+        where=v.where, consent=ConsentOut(**asdict(v.consent)) if v.consent else None,
+        hold=HoldOut(**{**asdict(v.hold), "entries": list(v.hold.entries)}) if v.hold else None)
 
 
 def _today(desk: Visitors) -> dict[str, list[VisitorOut]]:
@@ -250,9 +291,11 @@ def _api(app: FastAPI) -> None:
                  who: Principal = Depends(require(ADMIN, DESK))) -> Any:
         desk = _desk(request)
         try:
-            v, hits = desk.check_in(visitor_id, _check_in(body), who.name)
+            v, hits = desk.check_in(visitor_id, _check_in(body), who.name,
+                                    acceptances=[acceptance(a) for a in body.agreements])
         except DirectoryError as exc:
             return _error(exc)
+        issue_at_check_in(request, visitor_id, who.name)  # the visit's pass, if it has none yet (server/web/badge.py)
         return VisitorResultOut(visitor=_out(desk, v), warnings=_hits(hits))
 
     def check_out(request: Request, visitor_id: str = PathParam(pattern=VISITOR_ID),
@@ -286,7 +329,8 @@ def _api(app: FastAPI) -> None:
         summary="Pre-register a visitor (watchlist matches come back as warnings)")
     add("/visitors/{visitor_id}", "GET", one, response_model=VisitorOut, summary="One visitor")
     add("/visitors/{visitor_id}/check-in", "POST", check_in, response_model=VisitorResultOut,
-        summary="Check in: record consent to the current notice, activate a badge from the pool, tell the host")
+        summary="Check in: record consent and agreements, activate a badge from the pool, tell the host "
+                "(409 while the watchlist holds the visit)")
     add("/visitors/{visitor_id}/check-out", "POST", check_out, response_model=VisitorOut,
         summary="Check out: revoke the badge and return it to the pool")
     add("/watchlist", "GET", watchlist, response_model=WatchlistOut, summary="The watchlist (admin)")
@@ -350,22 +394,30 @@ def _pages(app: FastAPI) -> None:
             v = _out(desk, desk.record(visitor_id))
         except DirectoryError as exc:
             return page(request, who, 404, errors=[str(exc)])
-        return render(request, "visitor_checkin.html", who, visitor=v, notice=desk.notice,
-                      free_badges=desk.free_badges())
+        return render(request, "visitor_checkin.html", who, **_checkin_context(desk, visitor_id), visitor=v,
+                      notice=desk.notice, free_badges=desk.free_badges())
 
     def check_in_form(request: Request, visitor_id: str = PathParam(pattern=VISITOR_ID),
                       who: Principal = Depends(require(ADMIN, DESK)), notice_version: str = Form("", max_length=64),
-                      consent: str = Form("", max_length=8), photo_consent: str = Form("", max_length=8)) -> Response:
+                      consent: str = Form("", max_length=8), photo_consent: str = Form("", max_length=8),
+                      agreement_kind: list[str] = Form([], max_length=16),
+                      agreement_version: list[str] = Form([], max_length=16),
+                      agreement_name: list[str] = Form([], max_length=16)) -> Response:
         desk = _desk(request)
         shown_now = CheckIn(notice_version=notice_version, consent=consent == "yes",
                             photo_consent=photo_consent == "yes")
         try:
-            v, hits = desk.check_in(visitor_id, shown_now, who.name)
+            given = [Acceptance(kind=k[:32], version=int(ver) if ver.isdigit() and len(ver) < 10 else 0,
+                                method="typed", typed_name=n[:256])
+                     for k, ver, n in zip(agreement_kind, agreement_version, agreement_name)]
+            v, hits = desk.check_in(visitor_id, shown_now, who.name, acceptances=given)
         except DirectoryError as exc:
             if isinstance(exc, VisitorNotFound):
                 return page(request, who, 404, errors=[str(exc)])
-            return render(request, "visitor_checkin.html", who, _status(exc), visitor=_out(desk, desk.record(visitor_id)),
-                          notice=desk.notice, free_badges=desk.free_badges(), errors=[str(exc)])
+            return render(request, "visitor_checkin.html", who, _status(exc), **_checkin_context(desk, visitor_id),
+                          visitor=_out(desk, desk.record(visitor_id)), notice=desk.notice,
+                          free_badges=desk.free_badges(), errors=[str(exc)])
+        issue_at_check_in(request, visitor_id, who.name)  # the visit's pass, if it has none yet (server/web/badge.py)
         return page(request, who, 200, warnings=hits,
                     message=f"Checked in {v.name}: hand over visitor badge …{v.badge_last4}. "
                             + _host_told(desk.mail_delivery(visitor_id)))
@@ -423,6 +475,16 @@ def install(app: FastAPI) -> None:
     app.state.jobs.append(OverdueVisits(app.state.desk.visitors))
     _api(app)
     _pages(app)
+
+
+def _checkin_context(desk: Visitors, visitor_id: str) -> dict[str, Any]:
+    """What the check-in page shows beside the notice: the agreements still to accept, those accepted, the
+    site's agreement kinds (for the per-visit choice) and the watchlist hold."""
+    ag = desk.agreements
+    if ag is None:
+        return {"missing": [], "accepted": [], "kinds": [], "extra": [], "site_required": []}
+    return {"missing": ag.missing(visitor_id), "accepted": ag.accepted(visitor_id), "kinds": list(ag.current().values()),
+            "extra": ag.visit_extra(visitor_id), "site_required": ag.site_required()}
 
 
 def _host_told(notice: Any) -> str:

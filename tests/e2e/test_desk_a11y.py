@@ -94,6 +94,12 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     page.get_by_role("button", name="Check in and hand over a badge").click()
     page.wait_for_load_state()
     assert "hand over visitor badge" in page.get_by_role("status").inner_text()
+    page.get_by_role("link", name="Pass and badge of Grace Hopper").click()  # server/web/badge.py
+    page.locator(".pass-qr svg").wait_for()
+    check("visitor pass")
+    page.get_by_role("link", name=re.compile("^Print badge: CR80")).click()
+    page.locator(".badge-qr svg").wait_for()
+    check("visitor badge")
 
     # real rows for the live feed, the alarms page and the board: a grant, a refusal, a forced door
     site.doors["lobby_in"].reader.badge(VISITOR_BADGE)
@@ -143,6 +149,8 @@ def test_every_desk_page_has_no_serious_accessibility_violation_and_fits_1366(pa
     check("person")
     page.goto(desk + "/visitors/watchlist")
     check("watchlist")
+    page.goto(desk + "/agreements")  # agreement texts (server/web/agreements.py)
+    check("agreements")
     page.goto(desk + "/audit")
     check("audit")
     page.goto(desk + "/account/2fa")

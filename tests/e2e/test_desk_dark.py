@@ -46,7 +46,8 @@ def test_the_desk_follows_a_dark_system_setting_and_stays_readable(dark_page: An
     found: dict[str, Any] = {}
     pg.goto(desk + "/login")
     log_in(pg, desk, "ada", PASSWORDS["ada"])
-    for path in ("/", "/people", "/visitors", "/live", "/floors", "/alarms", "/muster", "/audit", "/site"):
+    for path in ("/", "/people", "/visitors", "/live", "/floors", "/alarms", "/muster", "/audit", "/site",
+                 "/agreements"):
         pg.goto(desk + path)
         pg.wait_for_load_state()
         background = pg.evaluate("() => getComputedStyle(document.body).backgroundColor")

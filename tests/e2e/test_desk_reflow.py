@@ -31,6 +31,7 @@ PAGES = (
     ("home", "/", "h1"),
     ("visitors", "/visitors", "#on-site tbody tr"),
     ("watchlist", "/visitors/watchlist", "table"),
+    ("agreements", "/agreements", "#versions"),
     ("live", "/live", "#live-rows tr"),
     ("alarms", "/alarms", "tr[data-alarm]"),
     ("doors", "/doors", "tr[data-door]"),

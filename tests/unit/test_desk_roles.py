@@ -31,7 +31,9 @@ from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name
 )
 
 A, D, U = "ada", "dex", "aud"  # admin, desk, auditor (tests/unit/test_desk_api.py ROLES)
-EVERYONE = {A, D, U}
+K = "kim"  # the lobby's self check-in kiosk (server/web/kiosk.py), added by the test below
+EVERYONE = {A, D, U, K}  # session-level routes: home, who am I, log out, two-factor enrolment
+STAFF = {A, D, U}  # every role of the desk itself (not the kiosk)
 DESK = {A, D}
 PUBLIC: set[str] = set()  # marker: no login needed
 
@@ -92,6 +94,14 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/visitors/{visitor_id}/check-out"): DESK,
     ("POST", "/api/v1/visitors/import"): DESK,  # expected visitors from CSV (server/web/visitor_mail.py)
     ("GET", "/api/v1/visitors/{visitor_id}/mail"): DESK,
+    # the visitor's pass and printed badge (server/web/badge.py)
+    ("GET", "/api/v1/visitors/{visitor_id}/pass"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/pass/lost"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/invitation/resend"): DESK,
+    ("GET", "/visitors/{visitor_id}/badge"): DESK | {K},  # the kiosk prints it too (server/web/badge.py)
+    ("GET", "/visitors/{visitor_id}/pass"): DESK,
+    ("POST", "/visitors/{visitor_id}/pass/lost"): DESK,
+    ("POST", "/visitors/{visitor_id}/invitation/resend"): DESK,
     ("PUT", "/api/v1/people/{pid}/email"): {A},
     ("GET", "/visitors"): DESK,
     ("POST", "/visitors"): DESK,
@@ -104,6 +114,29 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/visitors/watchlist"): {A},
     ("POST", "/visitors/watchlist"): {A},
     ("POST", "/visitors/watchlist/{entry_id}/remove"): {A},
+    # the self check-in kiosk (server/web/kiosk.py): its own account, and an admin trying it out
+    ("GET", "/kiosk"): {A, K},
+    ("POST", "/kiosk/scan"): {A, K},
+    ("POST", "/kiosk/pass"): {A, K},
+    ("POST", "/kiosk/confirm"): {A, K},
+    ("POST", "/kiosk/agree"): {A, K},
+    ("POST", "/kiosk/check-in"): {A, K},
+    # watchlist holds: only an admin overrides, the desk may refuse; agreements (server/web/agreements.py): texts
+    # and the site's default are the admin's, a visit's agreements and acceptances the desk's
+    ("POST", "/api/v1/visitors/{visitor_id}/hold/override"): {A},
+    ("POST", "/visitors/{visitor_id}/hold/override"): {A},
+    ("POST", "/api/v1/visitors/{visitor_id}/hold/refuse"): DESK,
+    ("POST", "/visitors/{visitor_id}/hold/refuse"): DESK,
+    ("GET", "/api/v1/agreements"): DESK,
+    ("POST", "/api/v1/agreements"): {A},
+    ("PUT", "/api/v1/agreements/required"): {A},
+    ("GET", "/api/v1/visitors/{visitor_id}/agreements"): DESK,
+    ("PUT", "/api/v1/visitors/{visitor_id}/agreements"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/agreements/accept"): DESK,
+    ("POST", "/visitors/{visitor_id}/agreements"): DESK,
+    ("GET", "/agreements"): {A},
+    ("POST", "/agreements"): {A},
+    ("POST", "/agreements/required"): {A},
     # the site model's revisions (docs/administration.md): admin changes, admin and auditor read
     ("GET", "/api/v1/site/revisions"): {A, U},
     ("GET", "/api/v1/site/revisions/{number}"): {A, U},
@@ -154,8 +187,8 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/alarms/bulk"): DESK,
     ("POST", "/alarms/sound"): DESK,
     # incidents and evidence bundles (server/web/incidents.py): an auditor reads, admin and desk work and export
-    ("GET", "/incidents"): EVERYONE,
-    ("GET", "/incidents/{incident_id}"): EVERYONE,
+    ("GET", "/incidents"): STAFF,
+    ("GET", "/incidents/{incident_id}"): STAFF,
     ("GET", "/incidents/new"): DESK,
     ("POST", "/incidents"): DESK,
     ("POST", "/incidents/{incident_id}/notes"): DESK,
@@ -187,17 +220,17 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/muster"): DESK,
     ("GET", "/muster"): DESK,
     # reports (server/web/reports.py): every role reads them
-    ("GET", "/reports"): EVERYONE,
-    ("GET", "/reports/movements"): EVERYONE,
-    ("GET", "/reports/activity"): EVERYONE,
-    ("GET", "/reports/refusals"): EVERYONE,
-    ("GET", "/reports/traffic"): EVERYONE,
-    ("GET", "/reports/occupancy"): EVERYONE,
-    ("GET", "/api/v1/reports/movements.csv"): EVERYONE,
-    ("GET", "/api/v1/reports/activity.csv"): EVERYONE,
-    ("GET", "/api/v1/reports/refusals.csv"): EVERYONE,
-    ("GET", "/api/v1/reports/traffic.csv"): EVERYONE,
-    ("GET", "/api/v1/reports/occupancy.csv"): EVERYONE,
+    ("GET", "/reports"): STAFF,
+    ("GET", "/reports/movements"): STAFF,
+    ("GET", "/reports/activity"): STAFF,
+    ("GET", "/reports/refusals"): STAFF,
+    ("GET", "/reports/traffic"): STAFF,
+    ("GET", "/reports/occupancy"): STAFF,
+    ("GET", "/api/v1/reports/movements.csv"): STAFF,
+    ("GET", "/api/v1/reports/activity.csv"): STAFF,
+    ("GET", "/api/v1/reports/refusals.csv"): STAFF,
+    ("GET", "/api/v1/reports/traffic.csv"): STAFF,
+    ("GET", "/api/v1/reports/occupancy.csv"): STAFF,
     # people and cards: admin only
     ("GET", "/api/v1/people"): {A},
     ("GET", "/api/v1/people/search"): {A, D},  # names and ids for the visitor's host picker, no cards
@@ -254,11 +287,13 @@ def test_every_route_answers_each_role_as_the_table_says(app: FastAPI, client: A
     sent: list[tuple[str, bytes]] = []
     server.commands.publish = lambda topic, payload: sent.append((topic, payload))  # a command would show here
     toks = tokens(app)
+    app.state.desk.operators.add(K, "kiosk", "kim lobby tablet pass", actor="test")
+    toks[K] = app.state.desk.operators.issue_token(K, "tests", actor="test")[0]
     wrong: list[str] = []
     # POST /logout last: logging out is allowed for everyone and must not end anything the other rows need
     for (method, path), allowed in sorted(MATRIX.items(), key=lambda kv: kv[0][1] == "/logout"):
         api = path.startswith("/api/")
-        for who in (A, D, U, None):
+        for who in (A, D, U, K, None):
             r = call(client, method, path, bearer(toks[who]) if who else {})
             where = f"{method} {path} as {who or 'nobody'} -> {r.status_code}"
             if not allowed:  # public

@@ -300,7 +300,7 @@ def test_fold_ignores_case_accents_and_punctuation() -> None:
     assert fold("  Zoë   MÜLLER-Straße ") == fold("zoe muller strasse") == "zoe muller strasse"
 
 
-def test_watchlist_warns_at_register_and_check_in_audited_never_blocks(client: TestClient, server: Server) -> None:
+def test_watchlist_match_holds_the_visit_until_overridden_audited(client: TestClient, server: Server) -> None:
     admin = login(client, "ada")
     r = client.post("/api/v1/watchlist", json={"kind": "company", "value": "Acme Ltd", "note": "unpaid invoices"},
                     headers=admin)
@@ -315,8 +315,13 @@ def test_watchlist_warns_at_register_and_check_in_audited_never_blocks(client: T
     warned = sorted(w["kind"] for w in out["warnings"])
     assert warned == ["company", "name"]
     assert register(client, admin, name="Zoey Mullerton", company="Acme Ltdx")["warnings"] == []
+    assert out["visitor"]["hold"]["state"] == "held"
     r = check_in(client, admin, out["visitor"]["id"])
-    assert r.status_code == 200 and len(r.json()["warnings"]) == 2  # warned again, and checked in all the same
+    assert r.status_code == 409 and "held by a watchlist match" in r.json()["error"]
+    assert client.post(f"/api/v1/visitors/{out['visitor']['id']}/hold/override", json={"reason": "known to host"},
+                       headers=admin).status_code == 200
+    r = check_in(client, admin, out["visitor"]["id"])
+    assert r.status_code == 200 and len(r.json()["warnings"]) == 2  # warned again; checked in once overridden
     ref = subject_ref(server.directory.key, out["visitor"]["id"])
     matches = [r for r in audit_rows(server) if r["action"] == "visitor.watchlist_match"]
     assert [(m["target"], m["details"]["stage"]) for m in matches] == [(ref, "register"), (ref, "check_in")]
