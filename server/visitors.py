@@ -527,6 +527,27 @@ class Visitors:
         """Refuse (cancel) a held visit: it can never be checked in; audited with the reason."""
         return self._resolve(visitor_id, "refused", reason, actor)
 
+    def cancel_visit(self, visitor_id: str, reason: str, actor: str) -> VisitRecord:
+        """Cancel a visit not yet checked in (the visitor will not come, or must not): like a refusal it can never
+        be checked in, held or not; audited with the reason. The caller ends its pass (server/passes.py), since
+        an invitation may already have carried it out of the building."""
+        v = self._visitor(visitor_id)
+        reason = " ".join(reason.split())
+        if not reason:
+            raise VisitorError("give a reason (it is kept in the audit log)")
+        if len(reason) > 500:
+            raise VisitorError("the reason is longer than 500 characters")
+        if v.status != "registered":
+            raise VisitConflict(f"{v.name} is {v.status.replace('_', ' ')}: only a visit not yet checked in can be "
+                                "cancelled (check a visitor out instead)")
+        hold = self.hold(visitor_id)
+        if hold is not None and hold.state == "refused":
+            raise VisitConflict(f"{v.name}'s visit was already {'cancelled' if hold.stage == 'cancelled' else 'refused'}")
+        self.store.put_visit_hold(visitor_id, state="refused", entries=hold.entries if hold else (), stage="cancelled",
+                                  at=self.clock.wall(), resolved_by=actor, reason=reason)
+        self.audit(actor, "visitor.cancelled", self.ref(visitor_id), {"reason": reason})
+        return self.record(visitor_id)
+
     def _resolve(self, visitor_id: str, state: str, reason: str, actor: str) -> VisitRecord:
         v = self._visitor(visitor_id)
         reason = " ".join(reason.split())

@@ -100,6 +100,13 @@ def _visit_agreements(ag: Agreements, visit: str) -> VisitAgreementsOut:
                               extra=ag.visit_extra(visit), accepted=[AcceptedOut(**asdict(a)) for a in ag.accepted(visit)])
 
 
+def _end_pass(request: Request, visitor_id: str, actor: str) -> None:
+    """A cancelled visit's passes stop working (an invitation may have carried one out of the building)."""
+    passes = getattr(request.app.state.desk.server, "passes", None)
+    if passes is not None and passes.enabled:
+        passes.revoke_pass(visitor_id, "cancelled", actor=actor)
+
+
 def _api(app: FastAPI) -> None:
     def add(path: str, method: str, endpoint: Any, **options: Any) -> None:
         app.add_api_route(API_PREFIX + path, endpoint, methods=[method], tags=["visitors"],
@@ -120,6 +127,16 @@ def _api(app: FastAPI) -> None:
             return _out(desk, desk.refuse_visit(visitor_id, body.reason, who.name))
         except DirectoryError as exc:
             return _error(exc)
+
+    def cancel(body: ReasonIn, request: Request, visitor_id: str = PathParam(pattern=VISITOR_ID),
+               who: Principal = Depends(require(ADMIN, DESK))) -> Any:
+        desk = _desk(request)
+        try:
+            v = desk.cancel_visit(visitor_id, body.reason, who.name)
+        except DirectoryError as exc:
+            return _error(exc)
+        _end_pass(request, visitor_id, who.name)
+        return _out(desk, v)
 
     def agreements(request: Request, who: Principal = Depends(require(ADMIN, DESK))) -> AgreementsOut:
         ag = _ag(request)
@@ -174,6 +191,8 @@ def _api(app: FastAPI) -> None:
         summary="Override a watchlist hold with a reason (admin; audited with the entry ids matched)")
     add("/visitors/{visitor_id}/hold/refuse", "POST", refuse, response_model=VisitorOut,
         summary="Refuse a visit held by the watchlist, with a reason (audited); it can never be checked in")
+    add("/visitors/{visitor_id}/cancel", "POST", cancel, response_model=VisitorOut,
+        summary="Cancel a visit not yet checked in, with a reason (audited); its pass stops working")
     add("/agreements", "GET", agreements, response_model=AgreementsOut,
         summary="Agreement texts (current and every version) and the site's default")
     add("/agreements", "POST", add_version, status_code=201, response_model=AgreementOut,
@@ -203,6 +222,15 @@ def _pages(app: FastAPI) -> None:
             return render(request, "error.html", who, 404, status=404, message=str(exc))
         return render(request, "visitor_checkin.html", who, status, **_checkin_context(desk, visitor_id), visitor=v,
                       notice=desk.notice, free_badges=desk.free_badges(), **context)
+
+    def cancel_form(request: Request, visitor_id: str = PathParam(pattern=VISITOR_ID),
+                    who: Principal = Depends(require(ADMIN, DESK)), reason: str = Form("", max_length=1000)) -> Response:
+        try:
+            _desk(request).cancel_visit(visitor_id, reason, who.name)
+        except DirectoryError as exc:
+            return checkin_page(request, who, visitor_id, _status(exc), errors=[str(exc)])
+        _end_pass(request, visitor_id, who.name)
+        return checkin_page(request, who, visitor_id, 200, message="The visit was cancelled; its pass no longer opens.")
 
     def resolve(request: Request, who: Principal, visitor_id: str, reason: str, refuse: bool) -> Response:
         desk = _desk(request)
@@ -265,6 +293,7 @@ def _pages(app: FastAPI) -> None:
     for path, method, endpoint in (
         ("/visitors/{visitor_id}/hold/override", "POST", override_form),
         ("/visitors/{visitor_id}/hold/refuse", "POST", refuse_form),
+        ("/visitors/{visitor_id}/cancel", "POST", cancel_form),
         ("/visitors/{visitor_id}/agreements", "POST", visit_form),
         ("/agreements", "GET", agreements_page), ("/agreements", "POST", add_form),
         ("/agreements/required", "POST", required_form),

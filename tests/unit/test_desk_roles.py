@@ -127,6 +127,8 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/visitors/{visitor_id}/hold/override"): {A},
     ("POST", "/api/v1/visitors/{visitor_id}/hold/refuse"): DESK,
     ("POST", "/visitors/{visitor_id}/hold/refuse"): DESK,
+    ("POST", "/api/v1/visitors/{visitor_id}/cancel"): DESK,
+    ("POST", "/visitors/{visitor_id}/cancel"): DESK,
     ("GET", "/api/v1/agreements"): DESK,
     ("POST", "/api/v1/agreements"): {A},
     ("PUT", "/api/v1/agreements/required"): {A},

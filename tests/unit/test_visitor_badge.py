@@ -269,3 +269,36 @@ def test_a_pass_under_a_retired_key_is_replaced_at_the_next_print_and_an_ended_v
     page = client.get(f"/visitors/{vid}/pass")
     assert page.status_code == 200 and "has ended" in page.text and now.token not in page.text
     assert "Report pass lost" not in page.text and "Print badge" not in page.text
+
+
+def test_a_cancelled_visit_can_never_be_checked_in_and_the_pass_its_invitation_carried_stops_working(
+        client: TestClient, server: Server) -> None:
+    csrf = login(client, "dex")
+    vid = register(client, csrf)
+    mailed = server.passes.issue_pass(vid, actor="system").token  # as the invitation's composer issues it
+    assert client.post(f"/api/v1/visitors/{vid}/cancel", headers=csrf, json={"reason": "  "}).status_code == 422
+    assert client.post(f"/api/v1/visitors/{vid}/cancel", json={"reason": "no show"}).status_code == 403  # no CSRF
+
+    r = client.post(f"/api/v1/visitors/{vid}/cancel", headers=csrf, json={"reason": "meeting moved to March"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["hold"]["state"], r.json()["hold"]["stage"]) == ("refused", "cancelled")
+    states = [row["state"] for row in server.passes.rows(vid)]
+    assert states[-1] == "cancelled" and "active" not in states, states
+    with pytest.raises(PassError):
+        server.passes.read(mailed)
+    assert any(a["action"] == "visitor.cancelled" and a["actor"] == "dex" for a in actions(server))
+
+    r = client.post(f"/api/v1/visitors/{vid}/check-in", headers=csrf,
+                    json={"notice_version": "x", "consent": True, "photo_consent": False})
+    assert r.status_code == 409, r.text
+    assert client.post(f"/api/v1/visitors/{vid}/cancel", headers=csrf, json={"reason": "again"}).status_code == 409
+    page = client.get("/visitors")
+    assert page.status_code == 200 and "Cancelled" in page.text
+
+    # a visitor already in the building is checked out, not cancelled
+    other = register(client, csrf, name="Ada Byron")
+    check_in(server, other)
+    r = client.post(f"/api/v1/visitors/{other}/cancel", headers=csrf, json={"reason": "wrong day"})
+    assert r.status_code == 409 and "check a visitor out" in r.json()["error"]
+    assert client.post("/api/v1/visitors/v-00000000deadbeef/cancel", headers=csrf,
+                       json={"reason": "x"}).status_code == 404
