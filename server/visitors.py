@@ -532,11 +532,7 @@ class Visitors:
         be checked in, held or not; audited with the reason. The caller ends its pass (server/passes.py), since
         an invitation may already have carried it out of the building."""
         v = self._visitor(visitor_id)
-        reason = " ".join(reason.split())
-        if not reason:
-            raise VisitorError("give a reason (it is kept in the audit log)")
-        if len(reason) > 500:
-            raise VisitorError("the reason is longer than 500 characters")
+        reason = _reason(reason)
         if v.status != "registered":
             raise VisitConflict(f"{v.name} is {v.status.replace('_', ' ')}: only a visit not yet checked in can be "
                                 "cancelled (check a visitor out instead)")
@@ -550,11 +546,7 @@ class Visitors:
 
     def _resolve(self, visitor_id: str, state: str, reason: str, actor: str) -> VisitRecord:
         v = self._visitor(visitor_id)
-        reason = " ".join(reason.split())
-        if not reason:
-            raise VisitorError("give a reason (it is kept in the audit log)")
-        if len(reason) > 500:
-            raise VisitorError("the reason is longer than 500 characters")
+        reason = _reason(reason)
         if v.status != "registered":
             raise VisitConflict(f"{v.name} is {v.status.replace('_', ' ')}: only a visit not yet checked in is held")
         hold = self.hold(visitor_id)
@@ -674,3 +666,14 @@ class OverdueVisits:
             except Exception:
                 log.exception("closing overdue visits failed; trying again in %.0f s", self.every_s)
             self._stop.wait(self.every_s)
+
+
+def _reason(text: str) -> str:
+    """An operator's reason for a hold's override, a refusal or a cancellation: blanks collapsed, 1-500
+    characters (it is kept in the audit log)."""
+    reason = " ".join(text.split())
+    if not reason:
+        raise VisitorError("give a reason (it is kept in the audit log)")
+    if len(reason) > 500:
+        raise VisitorError("the reason is longer than 500 characters")
+    return reason
