@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from datetime import datetime
 from zoneinfo import ZoneInfo
 from typing import Any
@@ -23,6 +24,8 @@ from tests.e2e.test_desk_browser import PASSWORDS, browser, desk, log_in, page  
 from tests.e2e.test_desk_dark import luminance
 
 pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # screenshots and the PDF, looked at by people
 
 MM = 72 / 25.4  # points per millimetre
 
@@ -66,6 +69,9 @@ def test_the_badge_prints_to_a_card_and_a_label_with_the_text_and_a_qr_that_read
     token = site.server.passes.current("v-0bad9e00c0")
     assert token is not None, "printing the badge issues the visit's pass"
     card = page.pdf(prefer_css_page_size=True, print_background=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "visitor-badge-page.png"), full_page=True)
+    (ARTIFACTS / "visitor-badge-card.pdf").write_bytes(card)
     width, height, text, qr = pdf_facts(card)
     assert abs(width - 54 * MM) < 1 and abs(height - 86 * MM) < 1, (width, height)  # 153 x 244 pt
     until = datetime.fromtimestamp(now + 4 * 3600, ZoneInfo(site.server.directory.site.timezone))
@@ -100,6 +106,7 @@ def test_the_badge_prints_to_a_card_and_a_label_with_the_text_and_a_qr_that_read
             background = dark.evaluate("() => getComputedStyle(document.body).backgroundColor")
             assert luminance(background) < 0.05, (path, background)
             assert axe_violations(dark) == [], path
+            dark.screenshot(path=str(ARTIFACTS / f"visitor-{path.rsplit('/', 1)[1]}-dark.png"), full_page=True)
         shot = dark.locator(".pass-qr").screenshot()
         import cv2
         import numpy as np
