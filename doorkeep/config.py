@@ -393,6 +393,8 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
             unlock_schedule=unlock_schedule,
             first_person_in=first_person_in,
             prealarm_s=_prealarm(t, held_open_s),
+            visitor_checkout=bool(t.get("visitor_checkout", bool, False,
+                                             fix="write `visitor_checkout = true` or `false` (no quotes)")),
         )
         t.done()
 

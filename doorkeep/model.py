@@ -77,6 +77,7 @@ class Door:
     unlock_schedule: str | None = None   # with mode unlocked_on_schedule: the door stays unlocked while it is open
     first_person_in: bool = False        # ... but only once an authorised person has badged in that day
     prealarm_s: float = 10.0             # held-open pre-alarm this long before held_open_s; 0: none
+    visitor_checkout: bool = False       # a visitor's pass granted here checks the visit out (server-side)
 
 
 @dataclass(frozen=True)

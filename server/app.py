@@ -150,6 +150,11 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     # Intrusion signals count the events the store took in for the first time (never a re-delivery).
     intrusion = IntrusionDetector(store, bundle.intrusion, clock)
     bus.listeners.append(intrusion.on_event)
+    # A visitor's pass granted at a `visitor_checkout` door checks the visit out, from the stored event (also
+    # an offline grant that arrives late); server/visitors.py DoorCheckout.
+    from server.visitors import DoorCheckout
+
+    bus.listeners.append(DoorCheckout(directory, audit).on_event)
 
     def apply_revision(live: SiteBundle) -> None:
         """A committed site revision, everywhere it matters: decisions and policies, retention, intrusion."""

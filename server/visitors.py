@@ -13,7 +13,8 @@ it, every change audited with the operator as actor:
   yes/no, time, operator: ``visitor_consents``) and the host is told by a ``visitor_arrived`` event
   (server/eventlog.py), which the live feed shows, and by e-mail when the site has a relay (``invitations``:
   server/invitations.py, which also invites a visitor registered with an address);
-- check-out revokes the badge and returns it to the pool in one directory change; visits that end without a
+- check-out revokes the badge and returns it to the pool in one directory change (at the desk, the kiosk, or
+  by the visitor's pass granted at a ``visitor_checkout`` door: :class:`DoorCheckout`); visits that end without a
   check-out are closed by :class:`OverdueVisits` (a periodic job on the desk's clock), audited as ``system``;
 - the watchlist: names and companies an admin lists; a match at registration *holds* the visit (it is
   returned as a warning, audited with entry ids only: the audit log never holds names, and the desk shows the
@@ -42,7 +43,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from zoneinfo import ZoneInfo
 
 from doorkeep.clock import Clock
+from doorkeep.contract import EventMsg
 from doorkeep.model import Area, Person, PersonKind, PersonState
+from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
 from server.audit import Auditor, record_audit, subject_ref
 from server.directory import Directory, DirectoryError, Visitor
 from server.eventlog import EventLog
@@ -628,6 +631,45 @@ class Visitors:
             badge_last4=row["card_number_last4"] if row["status"] == "checked_in" else None,
             checked_in_at=row["checked_in_at"], checked_out_at=row["checked_out_at"], where=where,
             consent=self.consent(row["id"]), hold=self.hold(row["id"]))
+
+
+class DoorCheckout:
+    """A visitor's pass granted at a door with ``visitor_checkout = true`` checks the visit out (a ``ServerBus``
+    event listener, wired in server/app.py).
+
+    The stored access event is the source, not the server's own decision, so an exit an edge granted offline
+    checks the visit out when its event arrives, however late. Only a pass does (credential format ``qr-pass``):
+    a pool badge still has to be handed back at the desk to be reused, so a badge there only moves presence as
+    at any door. A denied event, a re-delivery, or a visit no longer checked in (the desk, the kiosk or an
+    earlier event was first) changes nothing. The check-out is the desk's (the badge revoked, the pass inactive
+    from the next policy on), by actor ``door:<door id>``, audited with the event that caused it.
+    """
+
+    def __init__(self, directory: Directory, audit: Auditor | None = None) -> None:
+        self.directory = directory
+        self.audit_log = audit if audit is not None else directory.audit
+
+    def on_event(self, ev: EventMsg, new: bool) -> str | None:
+        """The visit checked out by this event, or None."""
+        if not new or ev.type != "access" or ev.decision != "granted" or not ev.person or not ev.credential_hash:
+            return None
+        site = self.directory.site
+        door = site.doors.get(ev.door)
+        if door is None or not door.visitor_checkout:
+            return None
+        cred = site.credentials.get(ev.credential_hash)
+        if cred is None or cred.format != PASS_FORMAT or cred.person != ev.person:
+            return None
+        actor = f"door:{door.id}"
+        try:
+            if self.directory.visitor(ev.person).status != "checked_in":
+                return None
+            self.directory.check_out(ev.person, actor=actor, revoke_badge=True)
+        except DirectoryError:  # not a visitor, or checked out meanwhile
+            return None
+        record_audit(self.audit_log, actor, "visitor.door_check_out", subject_ref(self.directory.key, ev.person),
+                     {"door": door.id, "event": ev.id, "decided_by": ev.decided_by})
+        return ev.person
 
 
 class OverdueVisits:

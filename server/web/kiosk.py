@@ -9,6 +9,9 @@ server/photos.py and kept encrypted under the visit), and is checked in exactly 
 (server/visitors.py: the watchlist gate, the agreements, a badge from the pool, the host told); then the badge
 page (``/visitors/{id}/badge``, server/web/badge.py) prints their badge.
 
+"Leaving?" on the first page checks a visitor out with the same pass (``POST /kiosk/check-out``): the desk's own
+check-out by the kiosk's operator (the badge revoked and back in the pool, the pass inactive), then "Goodbye".
+
 Nothing here takes a visit id from the browser: every step carries the pass's own text and reads it again
 (server/passes.py ``read``: signed by this site, not replaced, lost or cancelled), so the kiosk cannot be used
 to browse visits. A held or refused visit is sent to the reception desk without saying why (the watchlist is
@@ -43,6 +46,10 @@ KIOSK_ROLES = (KIOSK, ADMIN)
 MAX_FRAME_BYTES = 1024 * 1024
 MAX_CODE = 512
 SEE_DESK = "We cannot check you in here. Please see the reception desk."
+#: For a pass the kiosk cannot use, whether the visitor came to check in or out.
+ASK_DESK = "Please see the reception desk."
+NOT_IN = ("This visit was never checked in, so there is nothing to check out. If you are leaving, please "
+          "tell the reception desk.")
 
 
 class KioskError(Exception):
@@ -111,7 +118,7 @@ def _visit(request: Request, code: str) -> VisitRecord:
     if not code:
         raise KioskError("Scan your pass, or type the code printed under it.")
     if passes is None or not passes.enabled:
-        raise KioskError("This site issues no visitor passes. " + SEE_DESK)
+        raise KioskError("This site issues no visitor passes. " + ASK_DESK)
     if len(code) > MAX_CODE:
         raise KioskError("That is not a visitor pass of this site. Check the code, or see the reception desk.")
     try:
@@ -120,10 +127,10 @@ def _visit(request: Request, code: str) -> VisitRecord:
     except PassError as exc:
         msg = str(exc)
         if "no longer valid" in msg:
-            raise KioskError("This pass is no longer valid. " + SEE_DESK) from None
+            raise KioskError("This pass is no longer valid. " + ASK_DESK) from None
         raise KioskError("That is not a visitor pass of this site. Check the code, or see the reception desk.") from None
     except VisitorNotFound:
-        raise KioskError("This visit is not on our list any more. " + SEE_DESK) from None
+        raise KioskError("This visit is not on our list any more. " + ASK_DESK) from None
 
 
 def _page(request: Request, who: Principal, step: str, status: int = 200, **context: Any) -> Response:
@@ -247,9 +254,28 @@ def install(app: FastAPI) -> None:
         return _page(request, who, "done", visitor=v, photo=prepared is not None,
                      host_told=delivery is not None and delivery.status != "failed")
 
+    def check_out_form(request: Request, who: Principal = Depends(require(*KIOSK_ROLES)),
+                       code: str = Form("", max_length=4096)) -> Response:
+        """The "Leaving?" form: the desk's own check-out (server/visitors.py ``check_out``) by the kiosk's
+        operator; the pass stops opening doors with it (a pass is active only while its visit is checked in)."""
+        try:
+            v = _visit(request, code)
+        except KioskError as exc:
+            return _page(request, who, "start", 422, out_errors=[str(exc)], out_code=code[:MAX_CODE])
+        if v.status == "checked_out":
+            return _page(request, who, "goodbye", visitor=v, already=True)
+        if v.status != "checked_in":
+            return _page(request, who, "start", 409, out_code=code.strip()[:MAX_CODE], out_errors=[NOT_IN])
+        badge = v.badge_last4  # the pool badge they still hold: it goes back to the desk
+        try:
+            v = _desk(request).check_out(v.id, who.name)
+        except DirectoryError:  # checked out meanwhile (the desk, or their pass at the exit gate)
+            return _page(request, who, "goodbye", visitor=_desk(request).record(v.id), already=True)
+        return _page(request, who, "goodbye", visitor=v, already=False, badge=badge)
+
     for path, method, endpoint in (
         ("/kiosk", "GET", start), ("/kiosk/scan", "POST", scan), ("/kiosk/pass", "POST", pass_form),
         ("/kiosk/confirm", "POST", confirm_form), ("/kiosk/agree", "POST", agree_form),
-        ("/kiosk/check-in", "POST", check_in_form),
+        ("/kiosk/check-in", "POST", check_in_form), ("/kiosk/check-out", "POST", check_out_form),
     ):
         app.add_api_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -117,6 +117,9 @@ DOOR_FIELDS: tuple[Field, ...] = (
           "cache decides from the edge's signed policy, deny refuses", default=OfflineMode.DENY.value,
           choices=tuple(m.value for m in OfflineMode)),
     Field("pin_required", "Card and PIN", "bool", "the PIN typed at the reader must match the person's", default=False),
+    Field("visitor_checkout", "Visitor check-out by pass", "bool",
+          "a visitor's pass granted here checks the visit out (an exit door; a pool badge still goes back to the desk)",
+          default=False),
 )
 
 FormValues = dict[str, Any]

@@ -112,6 +112,15 @@ def test_a_visitor_signs_on_the_kiosk_and_is_checked_in(tablet: Any, desk: str, 
     tablet.wait_for_load_state()
     assert re.search(r"/visitors/v-0123456789ab/badge", tablet.url)
     assert "Grace Hopper" in tablet.content()
+
+    # Leaving: the same pass typed under "Leaving?" checks the visit out.
+    tablet.goto(desk + "/kiosk")
+    tablet.get_by_label("Or type the code on your pass to check out").fill(token)
+    tablet.get_by_role("button", name="Check out", exact=True).click()
+    expect(tablet.get_by_role("heading", level=1)).to_have_text("Goodbye, Grace Hopper")
+    expect(tablet.get_by_role("status")).to_contain_text("You are checked out")
+    check("goodbye")
+    assert server.directory.visitor("v-0123456789ab").status == "checked_out"
     assert problems == {}, problems
 
 

@@ -302,7 +302,7 @@ def test_bearer_token_works_without_csrf_and_a_revoked_token_stops_at_once(app: 
     assert secret not in hashes and all(len(h) == 64 for h in hashes)
     assert ops.revoke_token("ada", "integration", actor="ada")
     assert_json_error(client.get("/api/v1/me", headers=bearer(secret)), 401)
-    assert_json_error(client.get("/api/v1/me", headers=bearer(secret[:-1] + "x")), 401)
+    assert_json_error(client.get("/api/v1/me", headers=bearer(secret[:-1] + ("x" if secret[-1] != "x" else "y"))), 401)
     assert_json_error(client.get("/api/v1/me", headers={"Authorization": "Basic YWRhOmFkYQ=="}), 401)
     assert {"operator.token_issue", "operator.token_revoke"} <= set(actions(server))
 

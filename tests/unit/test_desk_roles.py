@@ -121,6 +121,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/kiosk/confirm"): {A, K},
     ("POST", "/kiosk/agree"): {A, K},
     ("POST", "/kiosk/check-in"): {A, K},
+    ("POST", "/kiosk/check-out"): {A, K},
     # watchlist holds: only an admin overrides, the desk may refuse; agreements (server/web/agreements.py): texts
     # and the site's default are the admin's, a visit's agreements and acceptances the desk's
     ("POST", "/api/v1/visitors/{visitor_id}/hold/override"): {A},

@@ -79,7 +79,9 @@ def test_an_offline_edge_checks_a_pass_itself_and_refuses_it_after_its_window(
     assert edge.door.wait_relay(False, 5)
     marks = len(edge.door.relay_history)
     forged = sign_pass(PassClaims("v-1", now - 60, now + 3600, 1), Ed25519PrivateKey.generate())
-    assert (show(edge, forged).reason, show(edge, token[:-3] + "AAA").reason) == ("pass_invalid", "pass_invalid")
+    i = len(token) - 10  # a character of the signature, changed to another (a token may end in "AAA" itself)
+    damaged = token[:i] + ("B" if token[i] != "B" else "C") + token[i + 1:]
+    assert (show(edge, forged).reason, show(edge, damaged).reason) == ("pass_invalid", "pass_invalid")
     assert edge.agent.counters["passes_invalid"] == 2
 
     # An hour later the visit is still on in the cached policy, but the pass's own window has ended.

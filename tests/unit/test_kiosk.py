@@ -29,6 +29,7 @@ with warnings.catch_warnings():
 
 from doorkeep.clock import FakeClock
 from doorkeep.config import BrokerConfig, load_site_dir
+from doorkeep.decision import AccessRequest
 from doorkeep.envelope import SnapshotKeys
 from server.app import Server, bootstrap
 from server.passes import PassKeys
@@ -205,3 +206,37 @@ def test_the_kiosk_role_is_refused_by_the_desk_and_its_api(app: FastAPI) -> None
     desk, desk_csrf = client_for(app, "dex")
     assert desk.get("/kiosk").status_code == 403
     assert desk.post("/kiosk/scan", content=b"x", headers={"X-CSRF-Token": desk_csrf}).status_code == 403
+
+
+def test_a_visitor_checks_out_at_the_kiosk_with_their_pass_and_it_ends(app: FastAPI, server: Server) -> None:
+    admin, admin_csrf = client_for(app, "ada")
+    vid = register(admin, {"X-CSRF-Token": admin_csrf})["visitor"]["id"]
+    assert server.passes is not None
+    token = server.passes.issue_pass(vid).token
+    pass_hash = server.passes.read(token).credential_hash
+    kiosk, csrf = client_for(app, "kim", KIOSK_PASSWORD)
+    start = kiosk.get("/kiosk")
+    assert "Leaving? Scan or type your pass" in start.text and 'action="/kiosk/check-out"' in start.text
+    form = {**csrf_of(start.text), "code": token}
+    # Not checked in yet: nothing to check out, and nothing changes.
+    r = kiosk.post("/kiosk/check-out", data=form)
+    assert r.status_code == 409 and "never checked in" in r.text
+    assert server.directory.visitor(vid).status == "registered"
+    bad = kiosk.post("/kiosk/check-out", data={**form, "code": "DK1.forged"})
+    assert bad.status_code == 422 and "not a visitor pass of this site" in bad.text
+    r = kiosk.post("/kiosk/check-in", data={**form, "notice_version": load_notice().version, "consent": "yes"})
+    assert "You are checked in" in r.text
+    badge = server.directory.visitor(vid).card_last4
+    assert server.directory.decide(AccessRequest("lobby_in", pass_hash)).granted
+
+    r = kiosk.post("/kiosk/check-out", data=form)
+    assert r.status_code == 200 and "Goodbye, Grace Hopper" in r.text and "You are checked out" in r.text, r.text
+    assert f"badge (…{badge})" in r.text  # the pool badge goes back to the desk
+    v = admin.get(f"/api/v1/visitors/{vid}").json()
+    assert v["status"] == "checked_out"
+    assert server.directory.decide(AccessRequest("lobby_in", pass_hash)).reason.value == "credential_inactive"
+    assert any(a["action"] == "visitor.check_out" and a["actor"] == "kim" for a in audit_rows(server))
+    # The same pass again: already gone, said plainly; nothing is checked out twice.
+    again = kiosk.post("/kiosk/check-out", data=form)
+    assert again.status_code == 200 and "already checked out" in again.text
+    assert sum(a["action"] == "visitor.check_out" for a in audit_rows(server)) == 1

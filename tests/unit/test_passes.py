@@ -119,8 +119,11 @@ def test_re_issuing_replaces_the_earlier_pass_and_the_kiosk_reads_only_the_curre
     assert server.passes.read(second).claims.visit == "v-1"
     with pytest.raises(PassError, match="replaced"):
         server.passes.read(first)
+    # one character of the signature changed (to another: a token may already end in "AA", base32's padding bits)
+    i = len(second) - 10
+    damaged = second[:i] + ("B" if second[i] != "B" else "C") + second[i + 1:]
     with pytest.raises(PassError, match="not a visitor pass of this site"):
-        server.passes.read(second[:-2] + "AA")
+        server.passes.read(damaged)
 
 
 def test_the_escort_rule_applies_to_a_pass_as_to_a_badge(server: Server) -> None:

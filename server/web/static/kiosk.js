@@ -1,7 +1,8 @@
 // The kiosk's camera (templates/kiosk.html): scanning the pass and taking the visitor's photo, both with the
 // tablet's camera through getUserMedia. A scan sends one JPEG frame at a time to POST /kiosk/scan (decoded on
-// the server with OpenCV) until a code is read, then submits the code as if it had been typed. A photo is one
-// frame, put in the hidden "photo" field as a JPEG data URL; nothing is sent before "Check in".
+// the server with OpenCV) until a code is read, then submits the code as if it had been typed (to check in, or
+// to check out). A photo is one frame, put in the hidden "photo" field as a JPEG data URL; nothing is sent
+// before "Check in".
 (function () {
   "use strict";
   const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
@@ -28,11 +29,14 @@
     return new Promise(function (resolve) { canvas.toBlob(resolve, type, quality); });
   }
 
-  const scan = document.getElementById("scan-start");
-  if (scan) {
-    const video = document.getElementById("scan-video");
-    const status = document.getElementById("scan-status");
-    const form = document.getElementById("pass-form");
+  // Two scanners on the first page: checking in ("scan-…", the pass form) and leaving ("scan-out-…", the
+  // check-out form); each fills its own form's code and submits it.
+  function scanner(prefix, formId) {
+    const scan = document.getElementById(prefix + "-start");
+    if (!scan) return;
+    const video = document.getElementById(prefix + "-video");
+    const status = document.getElementById(prefix + "-status");
+    const form = document.getElementById(formId);
     let scanning = false;
     scan.addEventListener("click", async function () {
       if (scanning) return;
@@ -63,6 +67,8 @@
       }
     });
   }
+  scanner("scan", "pass-form");
+  scanner("scan-out", "checkout-form");
 
   const take = document.getElementById("photo-take");
   if (take) {
