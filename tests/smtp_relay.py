@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -107,3 +108,11 @@ class LoopbackSmtp:
 
     def refuse(self, reply: str | None) -> None:
         self.handler.refuse = reply
+
+
+@pytest.fixture
+def relay() -> Iterator[LoopbackSmtp]:
+    """A plain (no TLS) loopback relay for one test; import it into a test module as a fixture."""
+    smtp = LoopbackSmtp().start()
+    yield smtp
+    smtp.stop()

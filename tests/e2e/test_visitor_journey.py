@@ -28,7 +28,7 @@ from simulators.clock import ScenarioClock
 from simulators.site import DEMO_SITE, SiteRunner
 from tests.conftest import wait_until
 from tests.e2e.test_visitor_pass import ALICE, DOOR, Accesses, lobby_policy, show
-from tests.smtp_relay import LoopbackSmtp
+from tests.smtp_relay import LoopbackSmtp, relay  # noqa: F401 - fixture
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -38,13 +38,6 @@ pytestmark = pytest.mark.e2e
 
 GRACE = "grace@example.org"
 ALICE_MAIL = "alice@example.com"
-
-
-@pytest.fixture
-def relay() -> Iterator[LoopbackSmtp]:
-    smtp = LoopbackSmtp().start()
-    yield smtp
-    smtp.stop()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from server.people import PeopleError
 from server.retention import run_retention
 from server.visitors import CheckIn, Registration, VisitRecord, Visitors
 from server.web.visitors import load_notice
-from tests.smtp_relay import LoopbackSmtp
+from tests.smtp_relay import LoopbackSmtp, relay  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "doorkeep" / "sites" / "demo"
@@ -48,13 +48,6 @@ def fake_pass(visit: VisitRecord) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(wall=MONDAY_9)
-
-
-@pytest.fixture
-def relay() -> Iterator[LoopbackSmtp]:
-    smtp = LoopbackSmtp().start()
-    yield smtp
-    smtp.stop()
 
 
 @pytest.fixture

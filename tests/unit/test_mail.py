@@ -26,16 +26,9 @@ from doorkeep.sites import DEMO_SITE
 from server.mail import MailNotConfigured, MailQueue, load_password
 from server.store import Store
 from tests.conftest import wait_until
-from tests.smtp_relay import LoopbackSmtp, free_port, make_tls
+from tests.smtp_relay import LoopbackSmtp, free_port, make_tls, relay  # noqa: F401 - fixture
 
 T0 = 1_796_029_200.0
-
-
-@pytest.fixture
-def relay() -> Iterator[LoopbackSmtp]:
-    smtp = LoopbackSmtp().start()
-    yield smtp
-    smtp.stop()
 
 
 @pytest.fixture
