@@ -37,6 +37,7 @@ from server.retention import RetentionJob
 from server.siteadmin import SiteAdmin
 from server.store import Store
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
+from server.visitors import DoorCheckout
 
 log = logging.getLogger("doorkeep.server")
 
@@ -152,8 +153,6 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     bus.listeners.append(intrusion.on_event)
     # A visitor's pass granted at a `visitor_checkout` door checks the visit out, from the stored event (also
     # an offline grant that arrives late); server/visitors.py DoorCheckout.
-    from server.visitors import DoorCheckout
-
     bus.listeners.append(DoorCheckout(directory, audit).on_event)
 
     def apply_revision(live: SiteBundle) -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.agreements import AgreementVersion, Agreements
 from server.directory import DirectoryError
 from server.sessions import Principal
-from server.visitors import VisitorNotFound, Visitors
+from server.visitors import VisitConflict, VisitorNotFound, Visitors
 from server.web.access import require
 from server.web.api import ERRORS, ErrorOut
 from server.web.roles import ADMIN, DESK
@@ -179,8 +179,6 @@ def _api(app: FastAPI) -> None:
         try:
             v = desk.record(visitor_id)
             if v.status != "registered":
-                from server.visitors import VisitConflict
-
                 raise VisitConflict(f"{v.name} is {v.status.replace('_', ' ')}: agreements are accepted at check-in")
             _ag(request).accept(visitor_id, acceptance(body), who.name)
         except DirectoryError as exc:
