@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: demo test install dist mosquitto bench faults fuzz pi-check clean
+.PHONY: demo test install dist mosquitto bench faults fuzz mutation pi-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -78,6 +78,18 @@ fuzz: $(STAMP) mosquitto
 	        grep -E '^Done|known bug|average_exec' var/fuzz/$$h/last-run.log; \
 	    done; \
 	fi
+
+# make mutation (issue 18; docs/testing.md): mutmut on the modules where a silent mistake opens a door, with
+# their unit tests (both listed in pyproject.toml [tool.mutmut]), in a fresh copy under var/mutation. Installs
+# the `mutation` extra if missing, lists the survivors, sets aside tests/mutation/equivalent.txt, prints each
+# module's score beside MUTATION_TARGET and exits non-zero below it. Not part of `make test`: CPU-bound, one
+# process by default (MUTATION_CHILDREN) since the machine is shared; about 20 minutes on one core.
+MUTATION_TARGET ?= 97
+MUTATION_CHILDREN ?= 1
+
+mutation: $(STAMP)
+	@test -x $(BIN)/mutmut || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[mutation]'
+	$(BIN)/python scripts/mutation.py --target $(MUTATION_TARGET) --children $(MUTATION_CHILDREN)
 
 # make pi-check (issue 14; docs/testing.md): the built wheel installed with [pi] in a Debian 12 arm64 root under
 # QEMU user emulation (debootstrap, cached in .cache/pi-root), the edge's unit tests and a short `doorkeep edge`

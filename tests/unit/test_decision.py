@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
@@ -10,7 +11,19 @@ import pytest
 
 from doorkeep.config import load_site_dir, with_people
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
-from doorkeep.decision import AccessRequest, Decision, DecisionState, Reason, decide
+from doorkeep.decision import (
+    PENDING_ESCORT,
+    PENDING_TWO_PERSON,
+    PENDING_VISITOR,
+    AccessRequest,
+    Decision,
+    DecisionState,
+    Pending,
+    Presence,
+    Reason,
+    commit,
+    decide,
+)
 from doorkeep.model import (
     WEEKDAYS,
     AccessEntry,
@@ -20,7 +33,9 @@ from doorkeep.model import (
     CredentialState,
     Door,
     Person,
+    PersonKind,
     PersonState,
+    Rules,
     Schedule,
     Site,
     TimeWindow,
@@ -132,6 +147,7 @@ def test_person_inactive_when_card_owner_is_unknown() -> None:
     site.credentials[orphan.hash] = orphan
     d = decide(AccessRequest("lobby_in", orphan.hash), site, DecisionState(), WED_NOON)
     assert d.reason is Reason.PERSON_INACTIVE and not d.granted
+    assert d.person == "ghost", "the event still names whom the card was issued to"
 
 
 def test_not_yet_valid() -> None:
@@ -187,6 +203,13 @@ def test_unknown_door() -> None:
     site = build_site([ALICE])
     d = badge(site, "alice", "garage", WED_NOON)
     assert d.reason is Reason.UNKNOWN_DOOR and not d.granted
+
+
+def test_a_deleted_first_level_does_not_hide_a_later_one() -> None:
+    """A level removed from the site but still named first on the person is skipped, not the end of the search."""
+    site = build_site([Person("gil", "Gil", access_levels=("gone", "lab"))])
+    assert badge(site, "gil", "lab", WED_NOON) == Decision(Reason.GRANTED, "gil")
+    assert badge(site, "gil", "lab", WED_2200).reason is Reason.OUTSIDE_SCHEDULE
 
 
 def test_any_level_that_is_open_grants() -> None:
@@ -490,3 +513,230 @@ def test_demo_decisions(demo: Site) -> None:
 def test_demo_other_key_knows_no_card(demo: Site) -> None:
     other = card_hash(b"z" * 32, "em4100", "0F00A1B2C3")
     assert decide(AccessRequest("lobby_in", other), demo, DecisionState(), MON_1000).reason is Reason.UNKNOWN_CREDENTIAL
+
+
+# ------------------------------------- partners at a door: rules a silent mistake opens a door with
+#
+# A small site of its own: a two-person vault and a restricted lab (visitors need an escort into it), everyone
+# on a level around the clock but for "daytime", whose vault entry is for business hours only. Person ids
+# differ in their first three letters (number() reads only those).
+
+WINDOW = 30.0
+ANN = Person("ann", "Ann", access_levels=("all",))
+BEN = Person("ben", "Ben", access_levels=("all",))
+HAL = Person("hal", "Hal", access_levels=("all",))
+HUGH = Person("hugh", "Hugh", access_levels=("all",))
+VIC = Person("vic", "Visitor", kind=PersonKind.VISITOR, host="hal", allowed_areas=("lobby", "lab", "vault"))
+WES = Person("wes", "Other visitor", kind=PersonKind.VISITOR, host="hugh", allowed_areas=("lobby", "lab"))
+VEX = Person("vex", "Visitor with the escort role", kind=PersonKind.VISITOR, host="hal",
+              roles=frozenset({"escort"}), allowed_areas=("lobby", "lab"))
+FAY = Person("fay", "Visitor, no escort needed", kind=PersonKind.VISITOR, host="hal", escort_required=False,
+               allowed_areas=("lobby", "lab"))
+PAIR_PEOPLE = [ANN, BEN, HAL, HUGH, VIC, WES, VEX, FAY]
+
+
+def pair_site(*changed: Person) -> Site:
+    """The partners' site; ``changed`` replaces people by id (same cards): the site as an operator left it later."""
+    people = {p.id: p for p in PAIR_PEOPLE}
+    people.update({p.id: p for p in changed})
+    site = build_site(list(people.values()))
+    site.areas["vault"] = Area("vault", "Vault", two_person=True)
+    site.areas["lab"] = Area("lab", "Lab", restricted=True)
+    site.doors.clear()
+    site.doors["vault"] = Door("vault", "Vault", "lobby", "vault")
+    site.doors["lab"] = Door("lab", "Lab", "lobby", "lab")
+    site.access_levels.clear()
+    everywhere = tuple(AccessEntry(a, "always") for a in ("lobby", "lab", "vault"))
+    site.access_levels["all"] = AccessLevel("all", "All", everywhere)
+    site.access_levels["daytime"] = AccessLevel("daytime", "Vault by day", (AccessEntry("vault", "business"),))
+    return replace(site, rules=Rules(escort_window_s=WINDOW, two_person_window_s=WINDOW))
+
+
+PAIRS = pair_site()
+
+
+def go(state: DecisionState, who: str, door: str, now: float, site: Site = PAIRS) -> Decision:
+    """Decide then commit, as the server and the edge do."""
+    req = AccessRequest(door, h(number(who)))
+    d = decide(req, site, state, now)
+    commit(req, d, site, state, now)
+    return d
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    (ANN, replace(ANN, state=PersonState.SUSPENDED)),                    # suspended by an operator in between
+    (replace(ANN, valid_until=utc(2026, 3, 25, 18, 59, 55)),) * 2,     # valid when badging, expired since
+    (replace(ANN, access_levels=("daytime",)),) * 2,                   # in schedule when badging, not since
+], ids=["suspended", "expired", "out_of_schedule"])
+def test_first_of_two_is_checked_again_when_the_second_arrives(first: Person, second: Person) -> None:
+    """Badging first is not a pass: someone suspended, expired or out of schedule since no longer counts."""
+    start = utc(2026, 3, 25, 18, 59, 50)  # business hours ("daytime") end at 19:00
+    state = DecisionState()
+    assert go(state, "ann", "vault", start, pair_site(first)).reason is Reason.AWAITING_SECOND_PERSON
+    assert go(state, "ben", "vault", start + 10, pair_site(second)) == Decision(Reason.AWAITING_SECOND_PERSON, "ben")
+    assert "ann" not in state.presence
+
+
+def test_first_of_two_still_authorised_pairs_across_the_schedule_edge() -> None:
+    """The control for the test above: the same two badges with nothing changed are a pair."""
+    start = utc(2026, 3, 25, 18, 59, 50)
+    state = DecisionState()
+    go(state, "ann", "vault", start)
+    assert go(state, "ben", "vault", start + 10) == Decision(Reason.GRANTED_TWO_PERSON, "ben", ("ann",))
+
+
+def test_partner_badging_in_the_same_second_counts() -> None:
+    state = DecisionState()
+    assert go(state, "ann", "vault", WED_NOON).reason is Reason.AWAITING_SECOND_PERSON
+    assert go(state, "ben", "vault", WED_NOON) == Decision(Reason.GRANTED_TWO_PERSON, "ben", ("ann",))
+
+
+def test_escort_badging_in_the_same_second_counts() -> None:
+    state = DecisionState()
+    go(state, "hal", "lab", WED_NOON)
+    assert go(state, "vic", "lab", WED_NOON) == Decision(Reason.GRANTED_ESCORTED, "vic", ("hal",))
+    state = DecisionState()
+    go(state, "vic", "lab", WED_NOON)
+    assert go(state, "hal", "lab", WED_NOON) == Decision(Reason.GRANTED_ESCORTED, "hal", ("vic",))
+
+
+def test_partner_badge_dated_in_the_future_does_not_count() -> None:
+    """The clock stepped back between two badges: a badge "from the future" is no partner, escort or visitor."""
+    later = WED_NOON + 10
+    state = DecisionState(pending={"vault": [Pending("ann", later, PENDING_TWO_PERSON)],
+                                   "lab": [Pending("hal", later, PENDING_ESCORT)]})
+    assert go(state, "ben", "vault", WED_NOON).reason is Reason.AWAITING_SECOND_PERSON
+    assert go(state, "vic", "lab", WED_NOON).reason is Reason.ESCORT_REQUIRED
+    state = DecisionState(pending={"lab": [Pending("vic", later, PENDING_VISITOR)]})
+    assert go(state, "hal", "lab", WED_NOON) == Decision(Reason.GRANTED, "hal")
+
+
+def test_a_visitors_escort_entry_put_into_the_state_is_not_an_escort() -> None:
+    """``_may_escort`` on its own: a visitor never escorts (here even one with the escort role, a guest of the
+    same host), whatever the state holds. ``commit`` never writes such an entry (next test): it is put in here."""
+    state = DecisionState(pending={"lab": [Pending("vex", WED_NOON, PENDING_ESCORT)]})
+    assert go(state, "vic", "lab", WED_NOON + 1) == Decision(Reason.ESCORT_REQUIRED, "vic")
+
+
+@pytest.mark.parametrize("who", ["fay", "vic", "vex"])
+def test_a_granted_visitor_leaves_no_escort_entry(who: str) -> None:
+    """``commit`` on its own: a visitor let into a restricted area (alone, or escorted) is never recorded as
+    someone a later visitor could follow in."""
+    state = DecisionState()
+    if who != "fay":
+        go(state, "hal", "lab", WED_NOON)
+    assert go(state, who, "lab", WED_NOON + 1).granted
+    assert [p for p in state.pending.get("lab", []) if p.person == who] == []
+
+
+def test_a_grant_takes_only_its_own_party_from_those_waiting_at_the_door() -> None:
+    """The host takes their visitor; the other host's visitor is still waiting, and their host takes them."""
+    state = DecisionState()
+    assert go(state, "vic", "lab", WED_NOON).reason is Reason.ESCORT_REQUIRED
+    assert go(state, "wes", "lab", WED_NOON + 1).reason is Reason.ESCORT_REQUIRED
+    assert go(state, "hal", "lab", WED_NOON + 2) == Decision(Reason.GRANTED_ESCORTED, "hal", ("vic",))
+    assert [(p.person, p.kind) for p in state.pending["lab"]] == [("wes", PENDING_VISITOR), ("hal", PENDING_ESCORT)]
+    assert go(state, "hugh", "lab", WED_NOON + 3) == Decision(Reason.GRANTED_ESCORTED, "hugh", ("wes",))
+    assert state.presence["wes"].area == "lab"
+
+
+def test_a_pair_used_up_leaves_the_other_doors_waiting() -> None:
+    state = DecisionState()
+    go(state, "vic", "lab", WED_NOON)
+    go(state, "ann", "vault", WED_NOON + 1)
+    assert go(state, "ben", "vault", WED_NOON + 2).reason is Reason.GRANTED_TWO_PERSON
+    assert "vault" not in state.pending, "a pair used up leaves nothing waiting at its door"
+    assert state.pending["lab"] == [Pending("vic", WED_NOON, PENDING_VISITOR)]
+
+
+def test_the_helpers_explanations_use_give_what_the_rules_give() -> None:
+    """doorkeep.explain words its answers at the desk through these; each must say what decide() itself reads."""
+    from doorkeep.decision import area_of, in_passback, may_escort, own_merits
+    from doorkeep.model import AntiPassback
+
+    state = DecisionState()
+    lab = PAIRS.areas["lab"]
+    assert area_of(PAIRS, "lab") is lab
+    assert area_of(PAIRS, "roof") == Area("roof", "roof")  # an area the site does not list: a plain one
+    assert own_merits(ANN, lab, PAIRS, state, WED_NOON) is None
+    assert own_merits(replace(ANN, state=PersonState.SUSPENDED), lab, PAIRS, state, WED_NOON) is Reason.PERSON_INACTIVE
+    assert own_merits(replace(ANN, access_levels=("daytime",)), lab, PAIRS, state, WED_NOON) is Reason.NO_ACCESS
+    assert may_escort(HAL, VIC, lab, PAIRS, state, WED_NOON) is True
+    assert may_escort(HUGH, VIC, lab, PAIRS, state, WED_NOON) is False   # not the host, no escort role
+    assert may_escort(VEX, VIC, lab, PAIRS, state, WED_NOON) is False    # a visitor, escort role or not
+    assert may_escort(replace(HUGH, roles=frozenset({"escort"})), VIC, lab, PAIRS, state, WED_NOON) is True
+    assert may_escort(HAL, VIC, lab, PAIRS, state, WED_2200) is True
+    assert may_escort(replace(HAL, valid_until=WED_NOON), VIC, lab, PAIRS, state, WED_NOON) is False
+    hard = Area("hard", "Hard", anti_passback=AntiPassback.HARD)
+    door = Door("hard", "Hard", "lobby", "hard")
+    state = DecisionState(presence={"ann": Presence("outside", WED_NOON - 60), "ben": Presence("lobby", WED_NOON)})
+    assert in_passback("ann", door, hard, state, WED_NOON) is True
+    assert in_passback("ben", door, hard, state, WED_NOON) is False
+    assert in_passback("hal", door, hard, state, WED_NOON) is False          # never seen
+    assert in_passback("ann", door, Area("free", "Free"), state, WED_NOON) is False
+    timed = Area("timed", "Timed", anti_passback=AntiPassback.HARD, anti_passback_reset_min=10)
+    assert in_passback("ann", door, timed, state, WED_NOON + 539) is True   # seen outside 9 min 59 s before
+    assert in_passback("ann", door, timed, state, WED_NOON + 540) is False  # 10 min: the reset has passed
+
+
+def test_presence_pop_of_someone_absent_names_them() -> None:
+    """PresenceMap is a dict to its callers: popping someone it does not hold raises KeyError(person)."""
+    state = DecisionState(presence={"ann": Presence("lab", WED_NOON)})
+    with pytest.raises(KeyError) as raised:
+        state.presence.pop("ben")
+    assert raised.value.args == ("ben",)
+    assert state.presence.pop("ben", "gone") == "gone" and state.occupancy("lab") == 1
+
+
+def test_a_badgers_own_earlier_badge_does_not_hide_a_partner_behind_it() -> None:
+    state = DecisionState(pending={"vault": [Pending("ann", WED_NOON, PENDING_TWO_PERSON),
+                                             Pending("ben", WED_NOON + 1, PENDING_TWO_PERSON)]})
+    assert go(state, "ann", "vault", WED_NOON + 2) == Decision(Reason.GRANTED_TWO_PERSON, "ann", ("ben",))
+
+
+def test_badging_again_while_waiting_keeps_one_entry_the_newest() -> None:
+    state = DecisionState()
+    go(state, "ann", "vault", WED_NOON)
+    go(state, "ann", "vault", WED_NOON + 5)
+    assert state.pending["vault"] == [Pending("ann", WED_NOON + 5, PENDING_TWO_PERSON)]
+
+
+def test_a_badge_exactly_a_window_old_still_pairs_after_another_badge_at_that_door() -> None:
+    """The window is inclusive, and a commit at the same door at that instant must not forget the badge first."""
+    state = DecisionState()
+    go(state, "ann", "vault", WED_NOON)
+    assert go(state, "wes", "vault", WED_NOON + WINDOW).reason is Reason.NO_ACCESS  # refused, but committed
+    assert go(state, "ben", "vault", WED_NOON + WINDOW) == Decision(Reason.GRANTED_TWO_PERSON, "ben", ("ann",))
+
+
+def test_a_door_into_an_area_the_site_does_not_list_is_judged_by_its_id() -> None:
+    """The area is then a plain one (no clearance, no partners): a level naming its id still covers it."""
+    site = build_site([Person("gil", "Gil", access_levels=("annex",)), BOB])
+    site.doors["annex"] = Door("annex", "Annex", "lobby", "annex")
+    site.access_levels["annex"] = AccessLevel("annex", "Annex", (AccessEntry("annex", "always"),))
+    assert badge(site, "gil", "annex", WED_NOON) == Decision(Reason.GRANTED, "gil")
+    assert badge(site, "bob", "annex", WED_NOON) == Decision(Reason.NO_ACCESS, "bob")
+
+
+def test_the_first_of_two_comes_before_the_visitors_an_escort_takes_in() -> None:
+    """At a restricted two-person door the second badger brings the first of two and the visitors waiting."""
+    site = pair_site()
+    site.areas["vault"] = Area("vault", "Vault", restricted=True, two_person=True)
+    state = DecisionState(pending={"vault": [Pending("vic", WED_NOON, PENDING_VISITOR),
+                                             Pending("ann", WED_NOON + 1, PENDING_TWO_PERSON)]})
+    assert go(state, "hal", "vault", WED_NOON + 2, site) == Decision(Reason.GRANTED_TWO_PERSON, "hal", ("ann", "vic"))
+
+
+def test_a_badger_still_waiting_for_a_partner_counts_alone_against_occupancy() -> None:
+    """The visitors an escort would take in do not move until the pair is complete: room for one is enough."""
+    site = pair_site()
+    site.areas["vault"] = Area("vault", "Vault", restricted=True, two_person=True, max_occupancy=1)
+    state = DecisionState(pending={"vault": [Pending("vic", WED_NOON, PENDING_VISITOR)]})
+    assert go(state, "hal", "vault", WED_NOON + 1, site) == Decision(Reason.AWAITING_SECOND_PERSON, "hal")
+
+
+def test_presence_map_built_from_keywords_counts_them() -> None:
+    from doorkeep.decision import PresenceMap
+
+    pres = PresenceMap({"ann": Presence("lab", 0)}, ben=Presence("lab", 1), hal=Presence("vault", 2))
+    assert (pres.count("lab"), pres.count("vault")) == (2, 1)

@@ -61,7 +61,7 @@ def test_without_grant_rex_or_hold_the_relay_is_never_energised(steps) -> None:
     m = DoorMachine("d", DoorTimings(unlock_s=5, held_open_s=10), clock)
     for kind, arg in steps:
         step(m, clock, kind, arg)
-        assert not m.relay_energised
+        assert m.relay_energised is False
         assert m.state is not DoorState.UNLOCKED
 
 
@@ -78,7 +78,7 @@ def test_a_grant_energises_only_until_expiry_or_the_door_closes(steps, after) ->
         step(m, clock, kind, arg)
     clock.advance(5.0)
     m.tick()
-    assert not m.relay_energised, "the unlock window must always end"
+    assert m.relay_energised is False, "the unlock window must always end"
 
 
 @settings(max_examples=400, deadline=None)
@@ -134,6 +134,19 @@ def test_sounder_sounds_exactly_for_an_open_door_with_an_alarm_or_running_preala
             assert not m.sounder_on
         if m.state is DoorState.ALARM:
             assert m.sounder_on
+
+
+@settings(max_examples=300, deadline=None)
+@given(TIMINGS, ANY)
+def test_relay_and_sounder_are_always_exact_booleans(timings, steps) -> None:
+    """The agent hands these to ``relay.set()`` and ``sounder.set()``: a None or any other falsy stand-in
+    must never leave the machine (``is False``, not ``not``, is what the door tests assert)."""
+    clock = FakeClock()
+    m = DoorMachine("d", timings, clock)
+    for kind, arg in steps:
+        step(m, clock, kind, arg)
+        assert type(m.relay_energised) is bool and type(m.sounder_on) is bool
+        assert type(m.door_open) is bool and type(m.held_unlocked) is bool and type(m.tampered) is bool
 
 
 @settings(max_examples=400, deadline=None)
