@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from doorkeep import card_formats
 from doorkeep.alarm_priority import parse_alarm_settings
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
@@ -53,8 +54,9 @@ from doorkeep.model import (
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")  # \Z: "$" would let a trailing newline through
 #: pinpad: an ASCII card reader whose keypad sends each key as one byte (edge/kinds/pinpad.py); same keys as ascii
 READER_PROTOCOLS = ("em4100", "ascii", "osdp", "wiegand", "pinpad")
-#: wiegand*: "FACILITY:CARD" in decimal; osdp_raw: "BITS:HEX" (edge/osdp/cards.py, docs/readers.md)
-CARD_FORMATS = ("em4100", "ascii", "wiegand26", "wiegand34", "wiegand37", "osdp_raw")
+#: wiegand*: "FACILITY:CARD" in decimal; h10302: CARD in decimal; wiegand_raw: "BITS:PAYLOAD" in decimal
+#: (doorkeep/card_formats.py); osdp_raw: "BITS:HEX" (edge/osdp/cards.py, docs/readers.md)
+CARD_FORMATS = ("em4100", "ascii", *card_formats.WIEGAND_CREDENTIALS, "osdp_raw")
 _CARD_NUMBER_RULES: dict[str, tuple[str, str]] = {
     "em4100": (r"^[0-9A-Fa-f]{10}$", "write EM4100 numbers as the reader sends them, e.g. 0F00A1B2C3"),
     "wiegand26": (r"^\d{1,3}:\d{1,5}$", "write FACILITY:CARD in decimal, e.g. 12:34567"),
@@ -1088,6 +1090,13 @@ def with_people(site: Site, people: dict[str, Person], cards: list[CardSeed], ke
         if c.pin is not None and c.person in people:
             people[c.person] = replace(people[c.person], pin_hash=pin_hash(key, c.pin))
     return replace(site, people=people, credentials=creds)
+    if fmt in card_formats.WIEGAND_CREDENTIALS and fmt not in _CARD_NUMBER_RULES:
+        problem = card_formats.number_problem(fmt, number)
+        if problem is not None:
+            c.error("number", f"{number!r} is not a {fmt} card number: {problem}",
+                    "write h10302 cards as CARD in decimal (e.g. 123456789) and wiegand_raw cards as "
+                    "BITS:PAYLOAD in decimal (e.g. 26:789012), as the edge logs them")
+            return None
 
 
 # ------------------------------------------------------------------- device
@@ -1157,6 +1166,8 @@ class DoorHardware:
     camera: str | None = None
     tamper: TamperConfig | None = None
     sounder: SounderConfig | None = None
+    # Wiegand and OSDP: the card layout chosen per frame length, ((bits, name), ...); others keep their default
+    wiegand_formats: card_formats.Choice = ()
 
 
 @dataclass(frozen=True)
@@ -1560,6 +1571,8 @@ def _wiegand_reader(r: _Table, reader: ReaderConfig, did: str,
     claim(d1, f"doors.{did}.reader D1", r, "d1_pin")
     timeout = r.get("frame_timeout_ms", int, 25)
     if timeout is None or not 5 <= timeout <= 500:
+            if proto in ("wiegand", "osdp"):
+                reader = replace(reader, wiegand_formats=_wiegand_formats(r))
         if timeout is not None:
             r.error("frame_timeout_ms", f"{timeout} is out of range",
                     "use 5-500 ms: longer than the reader's gap between bits (about 2 ms), 25 is usual")
@@ -1644,6 +1657,29 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     """
     d = Path(directory)
     errors: list[ConfigError] = []
+def _wiegand_formats(r: _Table) -> card_formats.Choice:
+    """``wiegand_formats = { 37 = "h10302" }``: the layout a Wiegand or OSDP reader reads each card length with
+    (doorkeep/card_formats.py, docs/readers.md); lengths not named keep their default, so hashes stay."""
+    table = r.sub("wiegand_formats")
+    if table is None:
+        return ()
+    table.used.update(table.data)
+    allowed = "; ".join(f"{n} = {' | '.join(names)}" for n, names in card_formats.NAMES_BY_LENGTH.items())
+    chosen: list[tuple[int, str]] = []
+    for key, name in table.data.items():
+        bits = int(key) if key.isdigit() else None
+        if bits not in card_formats.NAMES_BY_LENGTH:
+            table.error(key, "is not a card length doorkeep reads",
+                        f"key each format by its bit count, one of: {allowed}")
+            continue
+        if not isinstance(name, str) or card_formats.check_choice(bits, name) is not None:
+            table.error(key, f"unknown {bits}-bit format {name!r}",
+                        f"use one of: {', '.join(card_formats.NAMES_BY_LENGTH[bits])}")
+            continue
+        chosen.append((bits, name))
+    return tuple(sorted(chosen))
+
+
     site = _load_site(d / "site.toml", errors, site_text)
     people_, cards, pool = _load_people(d / "people.toml", site, errors) \
         if people and (d / "people.toml").exists() else ({}, [], [])

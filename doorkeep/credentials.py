@@ -15,10 +15,12 @@ import secrets
 import stat
 from pathlib import Path
 
+from doorkeep.card_formats import WIEGAND_CREDENTIALS
 from doorkeep.errors import ConfigError
 
 KEY_ENV = "DOORKEEP_CREDENTIAL_KEY"
 KEY_BYTES = 32
+_FAMILIES = frozenset(("em4100", *WIEGAND_CREDENTIALS, "osdp_raw", "qr-pass"))
 
 
 def normalise(fmt: str, number: str) -> str:
@@ -35,8 +37,11 @@ def card_hash(key: bytes, fmt: str, number: str) -> str:
     The family is the card's format, so a 34-bit Wiegand card never passes for the 26-bit card with the
     same facility code and number; ``ascii`` (a reader that prints what the card holds) keeps its own, and a
     visitor pass (``qr-pass``: doorkeep/visitor_pass.py, its visit and serial as the number) its own too.
+    A Wiegand read's family is the credential format its layout names (doorkeep/card_formats.py): the default
+    layouts keep ``wiegand26``/``wiegand34``/``wiegand37`` (so registered cards keep their hashes), ``n10002``
+    reads as ``wiegand34`` too, and ``h10302`` and ``wiegand_raw`` have their own.
     """
-    family = fmt if fmt in ("em4100", "wiegand26", "wiegand34", "wiegand37", "osdp_raw", "qr-pass") else "ascii"
+    family = fmt if fmt in _FAMILIES else "ascii"
     msg = f"{family}:{normalise(fmt, number)}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 

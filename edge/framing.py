@@ -27,7 +27,9 @@ STX = 0x02
 ETX = 0x03
 _EM_DIGITS = 10
 _EM_BODY = _EM_DIGITS + 2  # ten data digits and two checksum digits
-_EM_FRAME = _EM_BODY + 2  # plus STX and ETX
+_EM_CRLF = b"\r\n"
+"""What ID-12/ID-20 readers (ID Innovations) send between the checksum and ETX; RDM6300 readers send nothing."""
+_EM_FRAME = _EM_BODY + len(_EM_CRLF) + 2  # the longest frame: plus CR LF, STX and ETX
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 _LINE_ENDS = b"\r\n"
@@ -74,8 +76,9 @@ def _xor(data: bytes) -> int:
     return value
 
 
-def encode_em4100(number: str) -> bytes:
-    """The 14-byte frame an EM4100/RDM6300 reader sends for ``number``.
+def encode_em4100(number: str, *, crlf: bool = False) -> bytes:
+    """The frame an EM4100 reader sends for ``number``: 14 bytes from an RDM6300, or 16 with ``crlf`` from
+    an ID-12/ID-20 (STX, ten data digits, two checksum digits, CR, LF, ETX).
 
     Used by the simulator and tests, so it rejects what a real reader could
     never send instead of silently producing a frame the parser would refuse.
@@ -84,28 +87,39 @@ def encode_em4100(number: str) -> bytes:
         raise ValueError(f"EM4100 number must be {_EM_DIGITS} hex digits, got {number!r}")
     digits = number.upper().encode("ascii")
     checksum = _xor(bytes.fromhex(number))
-    return bytes([STX]) + digits + f"{checksum:02X}".encode("ascii") + bytes([ETX])
+    tail = _EM_CRLF if crlf else b""
+    return bytes([STX]) + digits + f"{checksum:02X}".encode("ascii") + tail + bytes([ETX])
 
 
 def _decode_em4100_body(body: bytes) -> Item:
-    """Judge the bytes between one STX and its ETX."""
-    if len(body) != _EM_BODY:
-        raw = bytes([STX]) + body + bytes([ETX])
+    """Judge the bytes between one STX and its ETX: twelve hex digits, optionally followed by CR LF.
+
+    Only the exact CR LF pair is dropped: a lone CR or LF, or CR LF anywhere else, is a damaged frame and
+    judged by its length like any other.
+    """
+    raw = bytes([STX]) + body + bytes([ETX])
+    if len(body) == _EM_BODY + len(_EM_CRLF) and body.endswith(_EM_CRLF):
+        body = body[:_EM_BODY]
+    if len(body) < _EM_BODY:
         return _fault("truncated", f"EM4100 frame has {len(body)} of {_EM_BODY} hex digits", raw)
+    if len(body) > _EM_BODY:
+        return _fault("oversized", f"EM4100 frame has {len(body)} bytes between STX and ETX, expected "
+                      f"{_EM_BODY} hex digits (optionally followed by CR LF)", raw)
     if not all(byte in _HEX for byte in body):
-        raw = bytes([STX]) + body + bytes([ETX])
         return _fault("garbled", "EM4100 frame contains non-hex bytes", raw)
     data = bytes.fromhex(body[:_EM_DIGITS].decode("ascii"))
     sent = int(body[_EM_DIGITS:], 16)
     computed = _xor(data)
     if sent != computed:
-        raw = bytes([STX]) + body + bytes([ETX])
         return _fault("checksum", f"EM4100 checksum {sent:02X} sent, {computed:02X} computed", raw)
     return CardRead(number=body[:_EM_DIGITS].decode("ascii").upper(), format="em4100")
 
 
 def parse_em4100(buffer: bytes) -> tuple[list[Item], bytes]:
-    """Split an EM4100/RDM6300 byte stream into cards and faults.
+    """Split an EM4100 byte stream into cards and faults.
+
+    Both frame forms seen in the field are cards: RDM6300 (STX, 12 hex digits, ETX) and ID-12/ID-20 (the
+    same with CR LF before ETX). A frame with no ETX within the longer form's length is ``oversized``.
 
     Junk between frames is reported once per run (in chunks of ``RAW_CAP``
     bytes, so a reader spewing noise still shows up), and a short junk run
@@ -148,7 +162,7 @@ def parse_em4100(buffer: bytes) -> tuple[list[Item], bytes]:
             if window_end - i < _EM_FRAME:
                 return items, bytes(buffer[i:])  # a frame still arriving
             items.append(
-                _fault("oversized", f"no ETX within {_EM_BODY} bytes after STX", buffer[i:window_end])
+                _fault("oversized", f"no ETX within {_EM_FRAME - 2} bytes after STX", buffer[i:window_end])
             )
             i = window_end
     return items, b""

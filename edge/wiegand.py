@@ -6,8 +6,9 @@ marks the end of a frame: a frame ends when no bit has come for a while (``frame
 default, ten bit periods), so the decoder works on *timed bits* and a deadline.
 
 * :func:`decode_bits` turns one frame into a :class:`~edge.framing.CardRead` (26, 34 and 37 bits, parity
-  checked; the decoding itself is :func:`edge.osdp.cards.decode_card`, the same one the OSDP readers use, so a
-  card reads ``wiegand26`` ``"FACILITY:CARD"`` whichever kind of reader saw it), a keypad key (4-bit bursts,
+  checked, split by the layout the reader's ``wiegand_formats`` chose for that length or the default one; the
+  layouts are :mod:`doorkeep.card_formats`, the same the OSDP readers use, so a card reads ``wiegand26``
+  ``"FACILITY:CARD"`` whichever kind of reader saw it), a keypad key (4-bit bursts,
   or 8-bit bursts whose high nibble is the complement of the low one), or a
   :class:`~edge.framing.FrameFault` (``parity``, ``length``). It never raises on wire input.
 * :class:`WiegandFramer` collects timed bits into frames and keypad keys into PINs, pure and clock-free.
@@ -23,18 +24,18 @@ import functools
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gpiozero import DigitalInputDevice
 from gpiozero.exc import GPIOZeroError
 
+from doorkeep import card_formats as cf
+from doorkeep.card_formats import ParityError, WiegandLayout
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead, FrameFault
-from edge.osdp.cards import ParityError, decode_card
-from edge.osdp.packet import RawCard
 from edge.reader_port import ReaderDeps, register
 from edge.readers import CardCallback, CardDelivery, FaultCallback, PinEntry, ReaderStats, RepeatFilter
 
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("doorkeep.edge.wiegand")
 
-CARD_LENGTHS: tuple[int, ...] = (26, 34, 37)
-"""The bit counts decoded as cards; their layouts live in :mod:`edge.osdp.cards`."""
+CARD_LENGTHS: tuple[int, ...] = cf.LENGTHS
+"""The bit counts decoded as cards; their layouts live in :mod:`doorkeep.card_formats`."""
 MAX_BITS = 64
 """Longer than any format doorkeep knows: a longer train is noise (a floating line), dropped as ``length``."""
 DEFAULT_FRAME_TIMEOUT_S = 0.025
@@ -69,16 +70,6 @@ class KeyPress:
 Decoded = CardRead | KeyPress | FrameFault
 
 
-def _pack(bits: Sequence[int]) -> RawCard:
-    """The bits as OSDP packs them (first bit = most significant bit of the first byte), for ``decode_card``."""
-    value = 0
-    for b in bits:
-        value = (value << 1) | (1 if b else 0)
-    nbytes = (len(bits) + 7) // 8
-    value <<= nbytes * 8 - len(bits)
-    return RawCard(0, 1, len(bits), value.to_bytes(nbytes, "big"))
-
-
 def _raw_of(bits: Sequence[int]) -> bytes:
     """The frame's shape for a fault, without its content: the bit count only (a card number is personal)."""
     return f"{len(bits)} bits".encode()
@@ -90,15 +81,20 @@ def _key(code: int) -> str | None:
     return {KEY_ESC: "*", KEY_ENTER: "#"}.get(code)
 
 
-def decode_bits(bits: Sequence[int]) -> Decoded:
-    """One Wiegand frame -> a card, a keypad key, or a fault. Pure; never raises on any sequence of 0/1."""
+def decode_bits(bits: Sequence[int], layouts: Mapping[int, WiegandLayout] | None = None) -> Decoded:
+    """One Wiegand frame -> a card, a keypad key, or a fault. Pure; never raises on any sequence of 0/1.
+
+    ``layouts`` (from :func:`doorkeep.card_formats.resolve`) is how the reader splits each card length; None
+    reads every length with its default layout.
+    """
     n = len(bits)
     if n in CARD_LENGTHS:
         try:
-            fmt, number = decode_card(_pack(bits))
+            read = cf.decode([1 if b else 0 for b in bits], layouts)
         except ParityError as exc:
             return FrameFault("parity", str(exc), _raw_of(bits))
-        return CardRead(number, fmt)
+        if read is not None:
+            return CardRead(read[1], read[0])
     if n == 4:
         key = _key(int("".join(str(b) for b in bits), 2))
         if key is None:
@@ -124,10 +120,12 @@ class WiegandFramer:
     the agent already knows from ASCII and OSDP keypads); ``*`` clears them.
     """
 
-    def __init__(self, frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S) -> None:
+    def __init__(self, frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
+                 layouts: Mapping[int, WiegandLayout] | None = None) -> None:
         if not frame_timeout_s > 0:
             raise ValueError(f"frame_timeout_s must be greater than 0, got {frame_timeout_s!r}")
         self.frame_timeout_s = frame_timeout_s
+        self.layouts = dict(layouts) if layouts is not None else cf.resolve()
         self._bits: list[int] = []
         self._last_bit_at: float | None = None
         self._pin = PinEntry()  # the keypad rules every reader kind shares (edge/readers.py)
@@ -151,7 +149,7 @@ class WiegandFramer:
         if deadline is None or now < deadline:
             return []
         bits, self._bits, self._last_bit_at = self._bits, [], None
-        item = decode_bits(bits)
+        item = decode_bits(bits, self.layouts)
         if not isinstance(item, KeyPress):
             return [item]
         pin = self._pin.key(item.key, now)
@@ -192,7 +190,10 @@ class WiegandReader(CardDelivery):
         repeat_ignore_s: float = 1.0,
         on_fault: FaultCallback | None = None,
         loop: Loop | None = None,
+        formats: cf.Choice = (),
     ) -> None:
+        """``formats``: the reader's ``wiegand_formats`` as ``((bits, name), ...)``; lengths it does not name
+        keep their default layout (a bad name raises ValueError: the config loader refuses it first)."""
         if d0_pin == d1_pin:
             raise ValueError("D0 and D1 must be different GPIOs")
         self.door = door
@@ -204,7 +205,7 @@ class WiegandReader(CardDelivery):
         self._on_card = on_card
         self._on_fault = on_fault
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._framer = WiegandFramer(frame_timeout_s)  # the loop's alone
+        self._framer = WiegandFramer(frame_timeout_s, cf.resolve(formats))  # the loop's alone
         self._stats = ReaderStats()
         self._lock = threading.Lock()  # guards _stats
         self._guard = self._lock
@@ -365,4 +366,4 @@ def _wiegand_reader(door: str, config: ReaderConfig, deps: ReaderDeps) -> Wiegan
                         "reader table")
     return WiegandReader(door, config.d0_pin, config.d1_pin, deps.on_card, factory=deps.pin_factory,
                          clock=deps.clock, frame_timeout_s=config.frame_timeout_ms / 1000.0,
-                         repeat_ignore_s=config.repeat_ignore_s, loop=deps.loop)
+                         repeat_ignore_s=config.repeat_ignore_s, loop=deps.loop, formats=config.wiegand_formats)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from doorkeep.clock import Clock
+from doorkeep.card_formats import WIEGAND_CREDENTIALS, number_problem
 from doorkeep.config import CARD_FORMATS, CardSeed, SiteBundle, load_people_file
 from doorkeep.credentials import card_hash, last4, normalise, pin_hash
 from doorkeep.errors import ConfigError, ConfigErrors
@@ -758,7 +759,11 @@ class PeopleService:
             raise PeopleError(f"card format {fmt!r} is not one of {', '.join(CARD_FORMATS)}")
         if fmt == "em4100" and not re.fullmatch(r"[0-9A-Fa-f]{10}", number):
             raise PeopleError("an em4100 card number is 10 hex digits, as the reader sends it (e.g. 0F00A1B2C3)")
-        if fmt != "em4100" and not re.fullmatch(r"[0-9A-Za-z]{1,32}", number):
+        if fmt in WIEGAND_CREDENTIALS:  # spelled exactly as the edge reads it, or its hash never matches a read
+            problem = number_problem(fmt, number)
+            if problem is not None:
+                raise PeopleError(f"not a {fmt} card number: {problem} (docs/readers.md, Wiegand card formats)")
+        elif fmt != "em4100" and not re.fullmatch(r"[0-9A-Za-z]{1,32}", number):
             raise PeopleError(f"a {fmt} card number is 1 to 32 letters and digits, as the reader sends it")
         h = card_hash(self.key, fmt, number)
         if h in self._site().credentials:

@@ -22,10 +22,15 @@ SERIAL_PROTOCOLS: tuple[str, ...] = (*PROTOCOLS, "pinpad")
 class ReaderSimulator:
     """One simulated reader; the edge reads from :attr:`path`."""
 
-    def __init__(self, protocol: str = "em4100") -> None:
+    def __init__(self, protocol: str = "em4100", *, crlf: bool = False) -> None:
+        """``crlf``: an EM4100 reader of the ID-12/ID-20 family, which sends CR LF before each frame's ETX
+        (an RDM6300 does not); the edge reads both without being told which (docs/readers.md)."""
         if protocol not in SERIAL_PROTOCOLS:
             raise ValueError(f"unknown reader protocol {protocol!r}; allowed: {', '.join(SERIAL_PROTOCOLS)}")
+        if crlf and protocol != "em4100":
+            raise ValueError(f"crlf is an EM4100 frame form; a {protocol} reader ends lines with CR LF anyway")
         self.protocol = protocol
+        self.crlf = crlf
         self.frames_sent = 0
         self._master, self._slave = os.openpty()
         # Raw on both ends: no echo back into the master, no CR/LF translation of frame bytes.
@@ -40,7 +45,7 @@ class ReaderSimulator:
 
     def badge(self, number: str) -> float:
         """Present a card; the return value is the moment the last byte left, for latency figures."""
-        frame = encode_em4100(number) if self.protocol == "em4100" else encode_ascii(number)
+        frame = encode_em4100(number, crlf=self.crlf) if self.protocol == "em4100" else encode_ascii(number)
         self._write(frame)  # one write, so the frame reaches the edge as one burst like a real reader's
         sent_at = time.monotonic()
         self.frames_sent += 1

@@ -49,7 +49,7 @@ from doorkeep.envelope import SnapshotKeys
 from doorkeep.pki import revoke
 from doorkeep.sites import DEMO_SITE
 from edge.agent import EdgeAgent
-from edge.osdp.cards import WIEGAND_FORMATS
+from edge.osdp.cards import WIEGAND_FORMATS, pack_bits
 from edge.osdp.keys import KeyFileError, load_scbk, write_scbk
 from server.app import Server, bootstrap
 from server.brokerlog import BrokerLogWatcher
@@ -61,7 +61,7 @@ from simulators.door import DoorSimulator
 from simulators.osdp_pd import OsdpPdSimulator
 from simulators.reader import ReaderSimulator
 from simulators.wait import wait_until
-from simulators.wiegand import WiegandSimulator
+from simulators.wiegand import WiegandSimulator, card_bits
 
 log = logging.getLogger("doorkeep.sim")
 
@@ -94,8 +94,9 @@ class SimDoor:
             head, _, tail = number.partition(":")
             if fmt == "osdp_raw":
                 self.reader.present_raw(int(head), bytes.fromhex(tail))
-            else:
-                self.reader.present_card(fmt, int(head), int(tail))
+            else:  # every Wiegand layout (doorkeep/card_formats.py), as a RAW reply in the Wiegand format (1)
+                raw = pack_bits(card_bits(fmt, number))
+                self.reader.present_raw(raw.bits, raw.data, 1)
         else:
             self.reader.badge(number)
 

@@ -25,7 +25,8 @@ from typing import Any, Self
 
 from gpiozero.pins.mock import MockPin
 
-from edge.osdp.cards import WIEGAND_FORMATS, bits_of, encode_wiegand
+from doorkeep import card_formats as cf
+from edge.osdp.cards import bits_of, encode_wiegand
 
 PULSE_S = 50e-6
 INTERVAL_S = 0.002
@@ -37,13 +38,14 @@ MAX_TRIES = 3
 
 
 def card_bits(fmt: str, number: str) -> list[int]:
-    """The bits a reader sends for a ``"FACILITY:CARD"`` card of a Wiegand format (parity included)."""
-    if fmt not in WIEGAND_FORMATS:
-        raise ValueError(f"a Wiegand reader sends {', '.join(WIEGAND_FORMATS)} cards, not {fmt!r}")
-    parts = number.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"{number!r} is not FACILITY:CARD in decimal, e.g. 12:34567")
-    return bits_of(encode_wiegand(fmt, int(parts[0]), int(parts[1])))
+    """The bits a reader sends for a card (parity included), in every layout doorkeep reads.
+
+    ``fmt`` is a credential format as the people file writes it (``wiegand26``/``34``/``37`` with
+    ``"FACILITY:CARD"``, ``h10302`` with ``"CARD"``, ``wiegand_raw`` with ``"BITS:PAYLOAD"``) or a layout name
+    (``h10301``, ``h10306``, ``n10002``, ``h10304``, ``h10302``, ``raw``; doorkeep/card_formats.py), so a test
+    can send each named format through the edge's real decoder. Raises ValueError for what no reader sends.
+    """
+    return cf.card_bits(fmt, number)
 
 
 def key_bits(key: str, burst: int = 4) -> list[int]:
@@ -88,7 +90,8 @@ class WiegandSimulator:
     # -- what a tester does at the reader --------------------------------------------
 
     def badge(self, number: str, fmt: str | None = None) -> float:
-        """Present a ``"FACILITY:CARD"`` card; returns when its last bit left (monotonic), for latency figures."""
+        """Present a card written as :func:`card_bits` takes it (``"FACILITY:CARD"`` for the default
+        ``wiegand26``); returns when its last bit left (monotonic), for latency figures."""
         return self.send_bits(card_bits(fmt or self.fmt, number))
 
     def present_card(self, fmt: str, facility: int, number: int) -> float:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import serial
 
+from doorkeep.card_formats import Choice, WiegandLayout, resolve
 from doorkeep.clock import Clock, SystemClock
 from edge.errors import HardwareError
 from edge.framing import CardRead, FrameFault
@@ -119,6 +120,8 @@ class OsdpReaderSpec:
     scbk: bytes | None = None
     secure: bool = True
     repeat_ignore_s: float = 1.0
+    wiegand_formats: Choice = ()
+    """The reader's ``wiegand_formats``: the layout each card length is read with (doorkeep/card_formats.py)."""
 
 
 class SignalLimiter:
@@ -210,10 +213,13 @@ class _Reader:
     """This reader's poll interval: the bus's, longer for a while after the reader answered BUSY."""
     polled_at: float = -math.inf
     """Wire time its last turn began: an idle online reader is due again ``interval_s`` after it."""
+    layouts: dict[int, WiegandLayout] = field(default_factory=dict)
+    """How its RAW card bits split, per length (from the spec's ``wiegand_formats``)."""
 
     def __post_init__(self) -> None:
         if self.delivery._stats is not self.stats:
             raise ValueError("a reader's delivery must count into the reader's own stats")
+        self.layouts = resolve(self.spec.wiegand_formats)
 
 
 class OsdpBus:
@@ -836,7 +842,7 @@ class OsdpBus:
         if reply.code == pk.REPLY_RAW:
             item: CardRead | FrameFault
             try:
-                fmt, number = decode_card(pk.decode_raw(reply.data))
+                fmt, number = decode_card(pk.decode_raw(reply.data), r.layouts)
                 item = CardRead(number, fmt)
             except ParityError as exc:
                 item = FrameFault("parity", str(exc), b"")
@@ -1092,7 +1098,8 @@ def build_buses(doors: dict[str, Any], on_card: CardCallback, *, clock: Clock | 
                 log.warning("door %s: OSDP reader at %s address %d runs WITHOUT Secure Channel "
                             "(secure_channel = false): card numbers cross the wire in clear, development only",
                             did, url, rc.address)
-            specs.append(OsdpReaderSpec(did, rc.address, key, rc.secure_channel, rc.repeat_ignore_s))
+            specs.append(OsdpReaderSpec(did, rc.address, key, rc.secure_channel, rc.repeat_ignore_s,
+                                        rc.wiegand_formats))
         first = members[0][1]
         poll_ms = min(rc.poll_ms for _, rc in members)
         bus = OsdpBus(url, specs, on_card, baudrate=first.baudrate, poll_ms=poll_ms, clock=clock,

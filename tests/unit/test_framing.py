@@ -91,11 +91,63 @@ def test_short_frame_is_truncated() -> None:
 def test_oversized_without_etx_resyncs_on_next_stx() -> None:
     stream = STX + b"0F00A1B2C3DF0000" + encode_em4100(CARD)
     items, rest = parse_em4100(stream)
-    # The STX and 13 bytes are the oversized frame; the leftover "000" is junk before the next STX.
+    # The STX and 15 bytes (the longest frame, an ID-12's, less its ETX) are the oversized frame; the
+    # leftover "0" is junk before the next STX.
     assert kinds(items) == ["oversized", "garbled", "card"]
-    assert items[0].raw == stream[:14]
+    assert items[0].raw == stream[:16]
+    assert items[1].raw == b"0"
     assert items[-1].number == CARD
     assert rest == b""
+
+
+# -- ID-12 / ID-20 (ID Innovations): CR LF before ETX --------------------------------------------------------
+# The datasheet's ASCII output: STX (02h), 10 ASCII data characters, 2 ASCII checksum characters (the XOR of
+# the five data bytes), CR (0Dh), LF (0Ah), ETX (03h): 16 bytes. Built here byte by byte from that layout.
+
+ID12_FRAME = b"\x02" + b"0F00A1B2C3" + b"DF" + b"\x0d\x0a" + b"\x03"
+
+
+def test_id12_frame_with_cr_lf_before_etx_is_a_card() -> None:
+    assert len(ID12_FRAME) == 16
+    assert parse_em4100(ID12_FRAME) == ([CardRead(CARD, "em4100")], b"")
+    assert encode_em4100(CARD, crlf=True) == ID12_FRAME
+
+
+def test_id12_and_rdm6300_frames_mixed_give_the_same_cards_at_every_split() -> None:
+    stream = ID12_FRAME + encode_em4100(OTHER) + b"zz" + encode_em4100(OTHER, crlf=True) + encode_em4100(CARD)
+    whole = feed_split("em4100", stream)
+    assert whole == [CardRead(CARD, "em4100"), CardRead(OTHER, "em4100"), FrameFault("garbled",
+                     "2 bytes outside any frame", b"zz"), CardRead(OTHER, "em4100"), CardRead(CARD, "em4100")]
+    for cut in range(len(stream) + 1):
+        assert feed_split("em4100", stream, cut) == whole, cut
+    assert feed_split("em4100", stream, *range(1, len(stream))) == whole  # byte by byte
+
+
+def test_id12_frame_with_bad_checksum_is_still_a_checksum_fault() -> None:
+    frame = STX + b"0F00A1B2C3" + b"DE" + b"\r\n" + ETX
+    items, rest = parse_em4100(frame + ID12_FRAME)
+    assert kinds(items) == ["checksum", "card"] and rest == b""
+    assert items[0].raw == frame
+
+
+@pytest.mark.parametrize("tail", [b"\r", b"\n", b"\n\r", b"\r\r", b"00"], ids=["cr", "lf", "lf-cr", "cr-cr", "digits"])
+def test_anything_but_exactly_cr_lf_after_the_checksum_is_a_fault(tail: bytes) -> None:
+    frame = STX + b"0F00A1B2C3DF" + tail + ETX
+    items, rest = parse_em4100(frame + encode_em4100(OTHER))
+    assert kinds(items) == ["oversized", "card"] and rest == b""
+    assert items[0].raw == frame and items[1].number == OTHER
+
+
+def test_cr_lf_inside_the_digits_is_not_skipped() -> None:
+    frame = STX + b"0F00A1B2C3" + b"\r\n" + b"DF" + ETX  # 14 bytes inside, but the CR LF is not at the end
+    items, _ = parse_em4100(frame)
+    assert kinds(items) == ["oversized"]
+
+
+def test_id12_frame_missing_its_etx_is_oversized_and_the_next_frame_reads() -> None:
+    items, rest = parse_em4100(ID12_FRAME[:-1] + b"\r" + ID12_FRAME)
+    assert kinds(items) == ["oversized", "card"] and rest == b""
+    assert items[0].raw == ID12_FRAME[:-1] + b"\r"
 
 
 def test_new_stx_inside_frame_truncates_previous() -> None:

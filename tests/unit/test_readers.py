@@ -20,8 +20,8 @@ OTHER = "1234567890"
 
 
 class Harness:
-    def __init__(self, protocol: str, repeat_ignore_s: float = 1.0) -> None:
-        self.sim = ReaderSimulator(protocol)
+    def __init__(self, protocol: str, repeat_ignore_s: float = 1.0, *, crlf: bool = False) -> None:
+        self.sim = ReaderSimulator(protocol, crlf=crlf)
         self.cards: queue.Queue[tuple[str, CardRead, float]] = queue.Queue()
         self.faults: queue.Queue[tuple[str, FrameFault]] = queue.Queue()
         self.reader = SerialReader(
@@ -70,6 +70,23 @@ def test_badge_arrives_with_door_number_and_format(em4100: Harness) -> None:
     stats = em4100.reader.stats
     assert stats.frames == 1 and stats.last_frame_at == t_read
     assert em4100.sim.frames_sent == 1
+
+
+def test_id12_reader_frames_with_cr_lf_before_etx_arrive_as_cards() -> None:
+    """An ID-12/ID-20 (STX, 10 data digits, 2 checksum digits, CR, LF, ETX) through pyserial and the real
+    reader: each frame is one card, none is a fault, and a damaged one is still counted and skipped."""
+    h = Harness("em4100", repeat_ignore_s=0.0, crlf=True)
+    try:
+        h.sim.badge(CARD)
+        assert h.next_card()[1] == CardRead(CARD, "em4100")
+        h.sim.write_raw(b"\x02" + CARD.encode() + b"00\r\n\x03")  # the datasheet's layout, wrong checksum
+        h.sim.badge(OTHER)
+        assert h.next_card()[1] == CardRead(OTHER, "em4100")
+        assert h.faults.get(timeout=DEADLINE_S)[1].kind == "checksum"
+        stats = h.reader.stats
+        assert stats.frames == 2 and stats.faults == {"checksum": 1}
+    finally:
+        h.close()
 
 
 def test_garbage_then_valid_frame(em4100: Harness) -> None:
