@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from doorkeep.decision import Reason
 from doorkeep.errors import MessageError
 from doorkeep.vocabulary import WIRE_EVENT_TYPES
 
@@ -41,6 +42,11 @@ MAX_DETAIL_BYTES = 8 * 1024
 MAX_DETAIL_KEY = 64
 #: ``credential_last4``: the last characters of a card number (any reader format), printable, bounded
 MAX_LAST4_CHARS = 32
+#: ``companions``: the people who pass with a grant (docs/mqtt.md "Access events"): an escort, the visitors they
+#: bring, the first of a two-person pair. A tour group is a dozen; more is a broken or hostile device.
+MAX_COMPANIONS = 32
+#: ``grant``: the rule behind a grant, undecorated (``granted_offline`` says who decided, never which rule).
+GRANT_RULES: frozenset[str] = frozenset(r.value for r in Reason if r.granted and r is not Reason.GRANTED_OFFLINE)
 _TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)\Z")
 
 AVAILABILITY_ONLINE = "online"
@@ -274,6 +280,51 @@ def _detail(data: dict[str, Any]) -> dict[str, Any]:
     return detail
 
 
+def _companions(data: dict[str, Any]) -> tuple[str, ...]:
+    """``companions``: absent or a list of at most :data:`MAX_COMPANIONS` distinct person ids (older devices send none)."""
+    value = _field(data, "companions", list, optional=True)
+    if value is None:
+        return ()
+    if len(value) > MAX_COMPANIONS:
+        raise MessageError(f"field 'companions' lists {len(value)} people (at most {MAX_COMPANIONS})")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or len(item) > MAX_IDENT or not SEGMENT.match(item):
+            shown = item[:MAX_IDENT + 1] if isinstance(item, str) else type(item).__name__
+            raise MessageError(f"field 'companions' item {i} {shown!r} is not a person id "
+                               f"([A-Za-z0-9_-], at most {MAX_IDENT} characters)")
+        out.append(item)
+    if len(set(out)) != len(out):
+        raise MessageError("field 'companions' names a person twice")
+    return tuple(out)
+
+
+def _grant_fields(data: dict[str, Any], granted: bool, person: str | None) -> tuple[tuple[str, ...], str | None]:
+    """``companions`` and ``grant`` of a decision or an access event: only on a grant, with a person, never
+    naming that person among the companions; ``grant`` one of :data:`GRANT_RULES`."""
+    companions = _companions(data)
+    grant = _ident(data, "grant", optional=True)
+    if grant is not None and grant not in GRANT_RULES:
+        raise MessageError(f"field 'grant' {grant!r} is not a rule that grants ({', '.join(sorted(GRANT_RULES))})")
+    if (companions or grant is not None) and not granted:
+        raise MessageError("fields 'companions' and 'grant' belong to a granted access decision only")
+    if companions and person is None:
+        raise MessageError("field 'companions' needs the person whose badge they pass with")
+    if person is not None and person in companions:
+        raise MessageError(f"field 'companions' names the badge holder {person!r}")
+    return companions, grant
+
+
+def _without_defaults(body: dict[str, Any]) -> dict[str, Any]:
+    """Leave out ``companions`` and ``grant`` when they say nothing: every other message stays as it was, and a
+    receiver that does not know them sees nothing new."""
+    if not body.get("companions"):
+        body.pop("companions", None)
+    if body.get("grant") is None:
+        body.pop("grant", None)
+    return body
+
+
 def _dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
@@ -331,9 +382,11 @@ class DecisionMsg:
     unlock_s: float
     ts: str
     violation: str | None = None  # e.g. "anti_passback": granted, but a soft rule was broken
+    companions: tuple[str, ...] = ()  # the people who pass with this badge (they move with the person)
+    grant: str | None = None  # the rule behind a grant (granted, granted_escorted, granted_two_person)
 
     def encode(self) -> bytes:
-        return _dump({"schema": self.SCHEMA, **_fields(self)})
+        return _dump(_without_defaults({"schema": self.SCHEMA, **_fields(self)}))
 
     @classmethod
     def decode(cls, payload: bytes) -> DecisionMsg:
@@ -345,15 +398,19 @@ class DecisionMsg:
         unlock = _field(d, "unlock_s", (int, float))
         if not 0 < unlock <= 600:
             raise MessageError(f"unlock_s {unlock} out of range")
+        person = _ident(d, "person", optional=True)
+        companions, grant = _grant_fields(d, granted, person)
         return cls(
             transaction=_ident(d, "transaction"),
             door=_ident(d, "door"),
             granted=granted,
             reason=reason,
-            person=_ident(d, "person", optional=True),
+            person=person,
             unlock_s=float(unlock),
             ts=_ts(d, "ts"),
             violation=_ident(d, "violation", optional=True),
+            companions=companions,
+            grant=grant,
         )
 
 
@@ -378,9 +435,11 @@ class EventMsg:
     latency_ms: float | None = None   # badge (last frame byte read) to relay energised / denial known
     snapshot: str | None = None       # snapshot id (= event id) when a snapshot follows
     detail: dict[str, Any] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()  # granted access: the people who passed with this badge (they move too)
+    grant: str | None = None          # granted access: the rule behind it (granted, granted_escorted, …)
 
     def encode(self) -> bytes:
-        return _dump({"schema": self.SCHEMA, **_fields(self)})
+        return _dump(_without_defaults({"schema": self.SCHEMA, **_fields(self)}))
 
     @classmethod
     def decode(cls, payload: bytes) -> EventMsg:
@@ -407,6 +466,8 @@ class EventMsg:
         reason = _ident(d, "reason", optional=True)
         if decision is not None and reason is not None and (decision == "granted") != reason.startswith("granted"):
             raise MessageError(f"decision {decision!r} contradicts reason {reason!r}")
+        person = _ident(d, "person", optional=True)
+        companions, grant = _grant_fields(d, etype == "access" and decision == "granted", person)
         return cls(
             id=_ident(d, "id"),
             seq=seq,
@@ -417,13 +478,15 @@ class EventMsg:
             decision=decision,
             reason=reason,
             decided_by=decided_by,
-            person=_ident(d, "person", optional=True),
+            person=person,
             credential_hash=_hash(d, "credential_hash", optional=True),
             credential_last4=_last4(d, "credential_last4", optional=True),
             transaction=_ident(d, "transaction", optional=True),
             latency_ms=latency,
             snapshot=_ident(d, "snapshot", optional=True),
             detail=_detail(d),
+            companions=companions,
+            grant=grant,
         )
 
 

@@ -63,7 +63,7 @@ from doorkeep.commands import (
     verify_command,
 )
 from doorkeep.config import DeviceConfig, DoorHardware, IntrusionSettings
-from doorkeep.contract import CommandResult, DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
+from doorkeep.contract import GRANT_RULES, CommandResult, DecisionMsg, EventMsg, RequestMsg, Topics, state_payload
 from doorkeep.credentials import card_hash, last4, pin_hash
 from doorkeep.envelope import SnapshotRef, seal
 from doorkeep.decision import (
@@ -856,7 +856,8 @@ class EdgeAgent:
         else:
             self.counters["offline_denied"] += 1
         self._access_event(p, granted=decision.granted, reason=decision.reason.value, person=decision.person,
-                           decided_by="edge_offline", t_done=t_done, violation=decision.violation)
+                           decided_by="edge_offline", t_done=t_done, violation=decision.violation,
+                           companions=decision.companions, grant=rule)
 
     def _decided(self, door: str, msg: DecisionMsg) -> None:
         p = self._pending.get(msg.transaction)
@@ -878,7 +879,8 @@ class EdgeAgent:
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
-                           decided_by="server", t_done=t_done, violation=msg.violation)
+                           decided_by="server", t_done=t_done, violation=msg.violation, companions=msg.companions,
+                           grant=msg.grant or (msg.reason if msg.granted and msg.reason in GRANT_RULES else None))
         self._follow_server(p, msg)
 
     def _follow_server(self, p: _Pending, msg: DecisionMsg) -> None:
@@ -893,13 +895,15 @@ class EdgeAgent:
             return
         req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
         try:
-            commit(req, Decision(reason, msg.person, violation=msg.violation), site, self.local_state,
-                   self.clock.wall())
+            commit(req, Decision(reason, msg.person, tuple(msg.companions), violation=msg.violation), site,
+                   self.local_state, self.clock.wall())
         except Exception:
             log.exception("door %s: could not follow the server's decision locally", p.door)
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
-                      decided_by: str, t_done: float, violation: str | None = None) -> None:
+                      decided_by: str, t_done: float, violation: str | None = None,
+                      companions: tuple[str, ...] = (), grant: str | None = None) -> None:
+        """Publish the access event; a grant carries who passed with the badge and the rule behind it."""
         ev = EventMsg(
             id=p.event_id, seq=0, ts=p.ts, device=self.device.id, door=p.door, type="access",
             decision="granted" if granted else "denied", reason=reason, decided_by=decided_by, person=person,
@@ -1000,6 +1004,9 @@ class EdgeAgent:
         """Ask the jobs worker for the frame nearest ``at``; it waits for a nearer frame at most 1.5 periods."""
         self.jobs.submit(TakeSnapshot(camera, at, door, event_id, give_up_at=time.monotonic() + 1.5 / camera.fps))
 
+        # The rule behind the grant, before offline_decision() marks it offline: the server moves the companions
+        # and the desk shows who passed by which rule (docs/mqtt.md "Access events").
+        rule = decision.reason.value if decision.granted else None
     def _publish_event(self, ev: EventMsg) -> None:
         """Hand the event to the jobs worker, which numbers it and puts it in the outbox (fsync'd); the pump
         sends it from there. The loop never waits for the disk."""
@@ -1059,6 +1066,7 @@ class EdgeAgent:
         except CommandError as exc:
             self._reject(payload, exc)
             return
+            companions=tuple(companions) if granted else (), grant=grant if granted else None,
         if self._nonce_file is None:
             self._nonces_saved(cmd, True, payload)
             return

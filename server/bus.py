@@ -425,6 +425,8 @@ class ServerBus:
             transaction=req.transaction, door=req.door, granted=decision.granted,
             reason=decision.reason.value, person=decision.person,
             unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()), violation=decision.violation,
+            companions=decision.companions if decision.granted else (),
+            grant=decision.reason.value if decision.granted else None,
         )
         self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
         self.counters["decisions"] += 1
@@ -596,8 +598,9 @@ class ServerBus:
                                                   f"{first['device']}/{first['door']}")
         self.counters["events" if new else "duplicate_events"] += 1
         if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
-            # The edge let someone through on its own: presence follows the door, as if the server had decided.
-            self.directory.record_passage(ev.person, ev.door, ev.ts)
+            # The edge let someone through on its own: presence follows the door, as if the server had decided,
+            # for the badge holder and everyone who passed with them (an escorted visitor, the first of two).
+            self.directory.record_passage(ev.person, ev.door, ev.ts, ev.companions)
         try:
             self.supervisor.on_event(ev, rowid)
         except Exception:

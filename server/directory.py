@@ -283,8 +283,10 @@ class Directory:
             self.defer(lambda: [self.store.set_presence(row["person"], row["area"], row["since"]) for row in rows])
         return decision
 
-    def record_passage(self, person: str, door: str, ts: str) -> None:
-        """A grant the edge made on its own: move the person as a server grant would have."""
+    def record_passage(self, person: str, door: str, ts: str, companions: tuple[str, ...] = ()) -> None:
+        """A grant the edge made on its own: move the person and everyone who passed with them (``companions``:
+        an escorted visitor, the first of two) as a server grant would have. Each moves unless the server has
+        seen a later passage of theirs already; people the site does not know are skipped."""
         d = self.site.doors.get(door)
         if d is None or person not in self.site.people:
             return
@@ -292,12 +294,18 @@ class Directory:
             since = parse_iso_ms(ts)
         except ValueError:
             since = self.clock.wall()
+        moved = []
         with self._decide:
-            current = self.state.presence.get(person)
-            if current is not None and current.since > since:
-                return  # the server has seen a later passage already
-            self.state.presence[person] = Presence(d.to_area, since)
-        self.store.set_presence(person, d.to_area, since)
+            for pid in dict.fromkeys((person, *companions)):
+                if pid not in self.site.people:
+                    continue
+                current = self.state.presence.get(pid)
+                if current is not None and current.since > since:
+                    continue  # the server has seen a later passage already
+                self.state.presence[pid] = Presence(d.to_area, since)
+                moved.append(pid)
+        for pid in moved:
+            self.store.set_presence(pid, d.to_area, since)
 
     # ----------------------------------------------------------- operations
 

@@ -284,6 +284,14 @@ def _m014_event_feed_indexes(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_events_person")
 
 
+def _m022_event_companions(db: sqlite_utils.Database) -> None:
+    """Who passed with a grant and by which rule (doorkeep/contract.py ``EventMsg.companions``, ``grant``), so the
+    desk and the reports show everyone a badge let in, offline grants included. ``companions`` is a JSON list of
+    person ids, NULL when nobody passed with the badge; older rows keep NULL in both."""
+    db.execute("ALTER TABLE events ADD COLUMN companions TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN [grant] TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -306,6 +314,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("019_visitor_passes", m019_visitor_passes),  # visitor passes issued (server/passes.py, store_passes.py)
     ("020_visitor_agreements", m020_visitor_agreements),  # agreements, signatures, watchlist holds (store_agreements.py)
     ("021_report_index", m021_report_index),  # badges by quarter hour, for report counts (store_reports.py)
+    ("022_event_companions", _m022_event_companions),  # who passed with a grant, and the rule behind it
 ]
 
 
@@ -333,6 +342,7 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 # every value, a third of the cost of storing an event).
 _EVENT_FIELDS = [f.name for f in fields(EventMsg)]
 _EVENT_DETAIL = _EVENT_FIELDS.index("detail")
+_EVENT_COMPANIONS = _EVENT_FIELDS.index("companions")
 _EVENT_INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(f'[{k}]' for k in [*_EVENT_FIELDS, 'received_at'])}) "
                  f"VALUES ({', '.join('?' for _ in range(len(_EVENT_FIELDS) + 1))})")
 
@@ -410,6 +420,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         Committed at once, unless inside :meth:`transaction` (then with the rest of it)."""
         values = [getattr(ev, k) for k in _EVENT_FIELDS]
         values[_EVENT_DETAIL] = json.dumps(ev.detail, sort_keys=True)
+        values[_EVENT_COMPANIONS] = json.dumps(list(ev.companions)) if ev.companions else None
         values.append(received_at)
         with self._lock:
             cur = self._db.conn.execute(_EVENT_INSERT, values)

@@ -182,7 +182,9 @@ class PrivacyRecords:
                              [ref, json.dumps(scrub(json.loads(detail or "{}")), sort_keys=True), eid])
             counts["events"] = len(rows)
             # Other people's events and alarms that mention them (an escort, a companion) keep their own data.
-            for table, col, c in (("events", "detail", "mentions"), ("alarms", "detail", "alarms")):
+            # The companions of a grant (migration 022) are a JSON list of ids: the same scrub, same needle.
+            for table, col, c in (("events", "detail", "mentions"), ("events", "companions", "mentions"),
+                                  ("alarms", "detail", "alarms")):
                 hits = conn.execute(f"SELECT id, {col} FROM {table} WHERE instr({col}, ?) > 0", [needle]).fetchall()
                 for rid, detail in hits:
                     conn.execute(f"UPDATE {table} SET {col} = ? WHERE id = ?",

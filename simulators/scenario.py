@@ -58,7 +58,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from doorkeep.config import CARD_FORMATS, SiteBundle, load_site_dir
-from doorkeep.contract import EVENT_TYPES, EventMsg
+from doorkeep.contract import EVENT_TYPES, GRANT_RULES, EventMsg
 from doorkeep.credentials import card_hash, last4, normalise
 from doorkeep.decision import Reason
 from doorkeep.errors import ConfigError, ConfigErrors
@@ -77,6 +77,8 @@ from simulators.wiegand import card_bits
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+\Z")
 DEFAULT_WITHIN_S = 5.0
 MAX_WITHIN_S = 120.0
+#: The longest time bound a scenario may state (``decided_within``, ``refused_within``).
+MAX_BOUND_S = 60.0
 #: Alarms an edge raises by its events (doorkeep/vocabulary.py, source ``edge_event``): checked in the events
 #: the edges publish, at a door.
 ALARM_TYPES: tuple[str, ...] = alarms_from(EDGE_EVENT)
@@ -288,6 +290,25 @@ def _k_optional_duration(v: Any) -> float | None:
     return None if v is None else _k_within(v)
 
 
+def _k_bound(v: Any) -> float:
+    """A time bound a decision or a revocation must meet (``decided_within: 250ms``)."""
+    seconds = _k_duration(v)
+    if seconds > MAX_BOUND_S:
+        raise _Bad(f"{v!r} is longer than {MAX_BOUND_S:g} s", "a time bound is what a person at a door waits: "
+                   "keep it to seconds, e.g. 1s or 250ms")
+    return seconds
+
+
+def _k_companions(v: Any) -> tuple[str, ...]:
+    """The people who passed with a badge, in any order; ``[]`` for nobody."""
+    if not isinstance(v, list):
+        raise _Bad(f"must be a list of person ids, got {v!r}", "write e.g. companions: [v-omar], or [] for nobody")
+    ids = tuple(_k_ident(x) for x in v)
+    if len(set(ids)) != len(ids):
+        raise _Bad(f"{list(ids)} names a person twice", "name each companion once")
+    return ids
+
+
 def _k_datetime(v: Any) -> datetime:
     return parse_local_datetime(v)
 
@@ -327,6 +348,7 @@ def _k_ident_list(v: Any) -> tuple[str, ...]:
 _k_reason = _choice(*(r.value for r in Reason))
 _k_decision = _choice("granted", "denied")
 _k_decided_by = _choice("server", "edge_offline")
+_k_grant = _choice(*sorted(GRANT_RULES))
 _k_event_type = _choice(*sorted(EVENT_TYPES))
 _k_alarm_type = _choice(*ALARM_TYPES, *SERVER_ALARM_TYPES)
 _k_cause = _choice(*READER_SECURITY_CAUSES)
@@ -403,9 +425,13 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     # ---- expectations
     _verb("expect_decision", _k_ident, "the last access decision at a door", expectation=True,
           decision=Field(_k_decision), reason=Field(_k_reason), person=Field(_k_ident_or_null),
-          decided_by=Field(_k_decided_by)),
+          decided_by=Field(_k_decided_by), grant=Field(_k_grant), companions=Field(_k_companions),
+          violation=Field(_k_ident_or_null), decided_within=Field(_k_bound)),
     _verb("expect_relay", _k_ident, "a door's lock relay energised or not", expectation=True,
-          energised=Field(_k_bool, required=True)),
+          energised=Field(_k_bool, required=True), at_once=Field(_k_bool)),
+    _verb("expect_refused", _k_card, "a card reported lost (or a visitor's badge checked out) is refused at every "
+          "door, by the server and by every edge's cached policy, within a time of the report", expectation=True,
+          format=Field(_k_format), refused_within=Field(_k_bound, required=True)),
     _verb("expect_alarm", _k_ident, "an alarm (forced_open, held_open, relay_stuck, tamper, reader_security, …) "
           "raised at a door, an intrusion alarm (card_probing, pin_guessing, door_attack) at a door or for a card, "
           "or certificate_refused from the broker's log",
@@ -415,7 +441,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("expect_event", _k_event_type, "an event stored by the server", expectation=True,
           door=Field(_k_ident), decision=Field(_k_decision), reason=Field(_k_reason),
           person=Field(_k_ident_or_null), decided_by=Field(_k_decided_by), violation=Field(_k_ident),
-          count=Field(_k_count)),
+          grant=Field(_k_grant), companions=Field(_k_companions), count=Field(_k_count)),
     _verb("expect_area", _k_ident, "the area the server has a person in", expectation=True,
           area=Field(_k_ident_or_null, required=True)),
     _verb("expect_occupancy", _k_ident, "how many people the server counts in an area", expectation=True,
@@ -494,19 +520,20 @@ class Step:
             return f"{o['count']} connection attempt{'s' if o['count'] != 1 else ''} with {self.subject}'s revoked " \
                    "certificate"
         if v == "expect_decision":
-            parts = [o.get("decision"), o.get("reason") and f"reason {o['reason']}",
-                     "person " + str(o["person"] or "none") if "person" in o else None,
-                     o.get("decided_by") and f"by {o['decided_by']}"]
-            return f"expect decision at {self.subject}: " + ", ".join(p for p in parts if p)
+            return f"expect decision at {self.subject}: " + _decision_text(o)
         if v == "expect_relay":
-            return f"expect relay of {self.subject} {'energised' if o['energised'] else 'not energised'}"
+            return f"expect relay of {self.subject} {'energised' if o['energised'] else 'not energised'}" \
+                + (" at once" if o.get("at_once") else "")
+        if v == "expect_refused":
+            return f"expect card {self.subject} refused at every door within {format_duration(o['refused_within'])} " \
+                "of its report"
         if v == "expect_alarm":
             kind = o.get("type", "alarm") + (f" ({o['cause']})" if "cause" in o else "")
             where = f"for card {o['card']}" if "card" in o else f"at {self.subject}" if self.subject else "(any address)"
             return f"expect {_count_text(o.get('count'))} {kind} {where}"
         if v == "expect_event":
-            filters = ", ".join(f"{k} {o[k] if o[k] is not None else 'none'}"
-                                for k in ("door", "decision", "reason", "person", "decided_by", "violation") if k in o)
+            filters = ", ".join(f"{k} {_option_text(o[k])}" for k in (
+                "door", "decision", "reason", "grant", "person", "companions", "decided_by", "violation") if k in o)
             plural = "s" if o.get("count") not in (None, 1) else ""
             return (f"expect {_count_text(o.get('count'))} stored {self.subject} event{plural}"
                     + (f" ({filters})" if filters else ""))
@@ -529,6 +556,27 @@ class Scenario:
     site_dir: Path
     start: datetime
     """Naive local date-time in the site's time zone."""
+def _option_text(value: Any) -> str:
+    """An option's value as the transcript shows it: ``none`` for null, a list as ``[a, b]``."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    return str(value)
+
+
+def _decision_text(o: dict[str, Any]) -> str:
+    """What an ``expect_decision`` expects, in words."""
+    parts = [o.get("decision"), o.get("reason") and f"reason {o['reason']}",
+             o.get("grant") and f"by rule {o['grant']}",
+             "person " + str(o["person"] or "none") if "person" in o else None,
+             f"companions {_option_text(o['companions'])}" if "companions" in o else None,
+             f"violation {_option_text(o['violation'])}" if "violation" in o else None,
+             o.get("decided_by") and f"by {o['decided_by']}",
+             f"within {format_duration(o['decided_within'])} of the badge" if "decided_within" in o else None]
+    return ", ".join(p for p in parts if p)
+
+
     steps: tuple[Step, ...]
 
     @property
@@ -560,13 +608,30 @@ class _KeyProblem(yaml.MarkedYAMLError):
 
 
 class _Loader(yaml.SafeLoader):
-    """A safe loader that remembers line numbers and refuses duplicate keys."""
+    """A safe loader that remembers line numbers and refuses duplicate keys and explicit tags.
+
+    Tags are refused as the document is composed, before any value is constructed: PyYAML's own
+    constructors fail on tagged values in ways of their own (``!!bool abc`` raised ``KeyError``), and the
+    format has no use for a tag, so none gets that far."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag is not None and not isinstance(event, yaml.AliasEvent):
+            shown = _short("!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag, 60)
+            raise _TagProblem(f"explicit YAML tag `{shown}` is not part of the scenario format",
+                              'remove the tag and write the value plainly (quote text: "abc")', event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     loader.flatten_mapping(node)
     out = _Map()
     out.line = node.start_mark.line + 1
+class _TagProblem(_KeyProblem):
+    """An explicit YAML tag (``!!bool``, ``!!python/object``, ``!local``): the format uses none."""
+
+
     out.lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
@@ -602,22 +667,114 @@ def _read_yaml(path: Path) -> Any:
         raise ScenarioErrors([ScenarioError(f, "file not found", "check the path")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioErrors([ScenarioError(f, f"cannot be read: {exc}", "check the file and its permissions")]) from None
+#: The deepest nesting a scenario file may have (flow brackets, block indentation, compact ``- -``), counted
+#: before PyYAML reads it: a shipped scenario nests 4 deep; PyYAML's scanner takes time quadratic in the flow
+#: depth (10,000 ``[`` took 1.5 s on an idle machine, 12.3 s on a busy one, before its recursion gave up).
+MAX_NESTING = 32
+#: The largest scenario file: a long one is a few kilobytes.
+MAX_FILE_BYTES = 1024 * 1024
+#: Brackets open at once anywhere in the file, quoted or not: a backstop for a quote the scan above misreads
+#: (PyYAML's cost at this depth is negligible; no scenario writes hundreds of brackets into its text).
+MAX_RAW_BRACKETS = 256
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BLOCK_SCALAR = re.compile(r"(?:^|[\s:-])[|>][-+0-9]*\s*(?:#.*)?\Z")
+_QUOTE_AFTER = frozenset("[{,:-?")
+
+
+def nesting_problem(text: str, limit: int = MAX_NESTING) -> tuple[int, str] | None:
+    """``(line, problem)`` where ``text`` nests deeper than ``limit``, else None: linear passes, no parsing.
+
+    Counts block levels (a stack of indentations, plus compact ``- - x`` on one line) and flow levels
+    (``[``/``{`` outside quotes, comments and block scalars) together. It over-counts only for brackets left
+    open inside plain text, which a scenario would need dozens of to be refused. A quote this scan reads where
+    YAML sees none would hide the brackets after it, so a second pass counts every bracket, quoted or not,
+    against :data:`MAX_RAW_BRACKETS`.
+    """
+    indents: list[int] = []
+    flow = 0
+    quote = ""
+    scalar_indent: int | None = None  # inside a `|` or `>` block scalar opened at this indentation
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if scalar_indent is not None:
+            if not stripped or indent > scalar_indent:
+                continue
+            scalar_indent = None
+        block = len(indents)
+        if not flow and not quote:
+            if not stripped or stripped.startswith("#"):
+                continue
+            while indents and indents[-1] >= indent:
+                indents.pop()
+            indents.append(indent)
+            rest, compact = stripped, 0
+            while rest[:2] in ("- ", "? ") or rest in ("-", "?"):
+                compact += 1
+                rest = rest[2:].lstrip(" ")
+            block = len(indents) + compact
+            if block > limit:
+                return number, f"nested deeper than {limit} levels (block indentation)"
+        prev = ""
+        i = 0
+        while i < len(line):
+            ch = line[i]
+            if quote:
+                if ch == "\\" and quote == '"':
+                    i += 2
+                    continue
+                if ch == quote:
+                    quote = ""
+                    prev = ch
+            elif ch in "\"'" and (prev == "" or prev in _QUOTE_AFTER):
+                quote = ch
+            elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+                break
+            elif ch in "[{":
+                flow += 1
+                if block + flow > limit:
+                    return number, f"nested deeper than {limit} levels (brackets)"
+            elif ch in "]}":
+                flow = max(0, flow - 1)
+            if not ch.isspace() and not quote and ch not in "\"'":
+                prev = ch
+            i += 1
+        if not flow and not quote and _BLOCK_SCALAR.search(line.split(" #")[0].rstrip()):
+            scalar_indent = indent
+    opened = 0  # the backstop: brackets anywhere, quoted or not
+    for number, line in enumerate(text.splitlines(), 1):
+        for ch in _NOT_BRACKET.sub("", line):
+            opened = opened + 1 if ch in "[{" else max(0, opened - 1)
+            if opened > MAX_RAW_BRACKETS:
+                return number, f"nested deeper than {MAX_RAW_BRACKETS} brackets"
+    return None
+
+
     try:
         return yaml.load(text, Loader=_Loader)
     except _KeyProblem as exc:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioErrors([ScenarioError(f, f"the file is {size} bytes, more than {MAX_FILE_BYTES}",
+                                                "a scenario is a few kilobytes: split it into several files")])
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise ScenarioErrors([ScenarioError(f, str(exc.problem), exc.fix, line=line)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
+    deep = nesting_problem(text)
+    if deep is not None:
+        raise ScenarioErrors([ScenarioError(f, f"not valid for a scenario: {deep[1]}",
+                                            "a scenario nests a few levels (steps, a step, its options): flatten it",
+                                            line=deep[0])])
         raise ScenarioErrors([ScenarioError(
             f, f"not valid YAML: {problem}",
             "check that line: indentation, a missing colon, or a value containing ': ' that needs quotes",
             line=mark.line + 1 if mark else None)]) from None
     except RecursionError:
         raise ScenarioErrors([ScenarioError(f, "not valid YAML: nested too deeply", "flatten the structure")]) from None
-    except (ValueError, TypeError, AttributeError) as exc:
-        # PyYAML's own constructors fail this way on values like 2026-13-45 or `!!float abc`.
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # PyYAML's own constructors fail this way on values like 2026-13-45 (tags never get this far).
         raise ScenarioErrors([ScenarioError(f, f"not valid YAML: a value cannot be read ({_short(exc)})",
                                             "quote the value, or write a valid date, time or number")]) from None
 
@@ -838,6 +995,19 @@ def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> N
     visitors: dict[str, str] = {}  # id -> registered | in | out
     def problem(s: Step, text: str, fix: str) -> None:
         errors.append(ScenarioError(f, text, fix, line=s.line, step=s.number, verb=s.verb))
+    if step.verb in ("expect_decision", "expect_event"):
+        # The rule behind a grant and who passed with it exist on grants only; a server's grant names its rule
+        # as its reason, so a reason other than granted_offline must be that rule.
+        rule_keys = [k for k in ("grant", "companions") if k in o]
+        if rule_keys and (o.get("decision") == "denied" or (o.get("reason") and not o["reason"].startswith("granted"))):
+            err(f"`{rule_keys[0]}` is about a grant, and this step expects a refusal",
+                f"remove `{rule_keys[0]}`, or expect a grant", rule_keys[0])
+        elif "grant" in o and o.get("reason") not in (None, "granted_offline", o["grant"]):
+            err(f"reason {o['reason']} contradicts grant {o['grant']} (a server's grant is its own rule)",
+                f"write reason: granted_offline for a grant the edge made by rule {o['grant']}, or drop one", "grant")
+        if step.verb == "expect_decision" and o.get("violation") and o.get("decision") == "denied":
+            err("a violation is a rule broken but not enforced on a grant, and this step expects a refusal",
+                "remove `violation`, or expect a grant", "violation")
 
     for s in steps:
         def err(text: str, fix: str, s: Step = s) -> None:
@@ -861,7 +1031,12 @@ def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> N
         if s.verb == "expect_alarm" and s.options.get("type") in SERVER_ALARM_TYPES and not up["server"]:
             err(f"{s.options['type']} alarms are raised by the server, which is down here",
                 "put `server: up` before this expectation")
-        if s.verb in ("expect_event", "expect_area", "expect_occupancy") and not up["server"]:
+        if s.verb == "expect_refused" and not any(
+                p.number < s.number and (p.verb == "check_out" or (p.verb == "report_lost" and p.subject == s.subject))
+                for p in steps):
+            err(f"nothing before this step revokes card {s.subject}: the time bound runs from its report",
+                f"put `report_lost: \"{s.subject}\"` (or the `check_out` of the visitor holding it) before this step")
+        if s.verb in ("expect_event", "expect_area", "expect_occupancy", "expect_refused") and not up["server"]:
             err("stored events, presence and occupancy are the server's, which is down here",
                 "put `server: up` before this expectation (events reach the server once it is back)")
         if s.verb == "register_visitor":
@@ -1057,7 +1232,10 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
             err(s, f"no camera reads visitor passes for door {o['door']!r}",
                 f"set qr = true on the camera of {o['door']} in its device file (qr_door = \"{o['door']}\" if the "
                 "camera watches several doors; docs/configuration.md), or show the pass at another door")
-        if v == "report_lost":
+        if v in ("report_lost", "expect_refused"):
+        if v in ("expect_decision", "expect_event"):
+            for companion in o.get("companions", ()):
+                person_ok(s, companion)
             fmts = [o["format"]] if "format" in o else ["em4100", "ascii"]
             matches = [fmt for fmt in fmts if (fmt, normalise(fmt, s.subject)) in known_cards]
             if not matches:
@@ -1146,6 +1324,17 @@ class _Recorder:
     def ids(self) -> list[str]:
         with self._cond:
             return [e.id for _, e in self.events]
+@dataclass
+class _Revocation:
+    """A card revoked at the desk (``report_lost``, ``check_out``): when, on the scenario clock, and when the
+    server and each edge's cached policy first refused it (None / absent: not within the step's 5 s)."""
+
+    at: float
+    server: float | None = None
+    edges: dict[str, float] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+
+
 
 
 def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -1235,6 +1424,13 @@ class ScenarioRunner:
         runner = SiteRunner(self.bundle, broker_url=self.broker_url, clock=self.clock,
                             embedded_broker=not mosquitto_installed(), allow_plain=self.allow_plain)
         self.runner = runner
+        self._presented: dict[str, tuple[float, float]] = {}
+        """door -> (scenario time, real monotonic time) the last card was presented there (``badge``, ``show_qr``)."""
+        self._presented_for: dict[str, float] = {}
+        """access event id -> the scenario time its card was presented (``decided_within``)."""
+        self._revocations: dict[str, _Revocation] = {}
+        """card hash -> when it was revoked and when the server and each edge refused it (``expect_refused``)."""
+        self._broker_up = True
         try:
             try:
                 self._start_site(runner)
@@ -1425,6 +1621,7 @@ class ScenarioRunner:
             sim.door.open()
             self._wait_open(door, True)
             sim.door.close()
+        self._presented[door] = (self.clock.wall(), time.monotonic())
             self._wait_open(door, False)
             outcome += ", walked through"
         return outcome
@@ -1442,6 +1639,7 @@ class ScenarioRunner:
         self._wait_open(step.subject, True)
         return ""
 
+        self._presented_for[ev.id] = self._presented[door][0]
     def _do_close(self, step: Step) -> str:
         self.site.doors[step.subject].door.close()
         self._wait_open(step.subject, False)
@@ -1579,10 +1777,40 @@ class ScenarioRunner:
 
     def _do_broker(self, step: Step) -> str:
         if not self.site.owns_broker:
+        badge = self.visitor_cards.get(step.subject)
+        began = self.clock.wall()
             raise StepFailed("the broker is external (--broker URL); broker steps need the runner's own broker")
+        if badge is not None:
+            self._track_revocation(card_hash(self.site.key, *badge), began)
         if step.subject == "down":
             self.site.wait_policies(5.0)
             self.site.stop_broker()
+    def _track_revocation(self, h: str, began: float) -> None:
+        """Watch a card just revoked until the server and every edge's cached policy refuse it, and note when each
+        did on the scenario clock (``expect_refused``). Polled every few milliseconds, for at most 5 s: the step
+        would wait that long for the policies anyway."""
+        rev = self._revocations[h] = _Revocation(began)
+        agents = dict(self.site.agents)
+        server = self.site.server
+
+        def refused_everywhere() -> bool:
+            now = self.clock.wall()
+            if rev.server is None and server is not None:
+                cred = server.directory.site.credentials.get(h)
+                if cred is None or cred.state is not CredentialState.ACTIVE:
+                    rev.server = now
+            for device, agent in agents.items():
+                if device in rev.edges:
+                    continue
+                site = agent.policy.site if agent.policy is not None else None
+                cred = site.credentials.get(h) if site is not None else None
+                if site is not None and (cred is None or cred.state is not CredentialState.ACTIVE):
+                    rev.edges[device] = now
+            return rev.server is not None and len(rev.edges) == len(agents)
+
+        _poll(refused_everywhere, 5.0, 0.002)
+        rev.devices = tuple(agents)
+
             return "every client disconnected"
         began = time.monotonic()
         if not self.site.start_broker(20.0):
@@ -1604,6 +1832,7 @@ class ScenarioRunner:
             self.site.stop_server()
             _poll(lambda: all(a.server_availability != "online" for a in agents), 3.0)
             return "the edges are on their own"
+        self._presented[door] = (self.clock.wall(), time.monotonic())
         self.site.start_server()
         if not self.site.wait_connected(15.0):
             raise StepFailed("the server did not reconnect to the broker within 15 s")
@@ -1616,6 +1845,7 @@ class ScenarioRunner:
         """The door's simulated OSDP reader and the edge's view of it (its bus's counters)."""
         sim = self.site.doors[door].reader
         if not hasattr(sim, "inject_clear_naks"):
+        self._presented_for[ev.id] = self._presented[door][0]
             raise StepFailed(f"{door}'s reader is not doorkeep's simulated OSDP reader ({type(sim).__name__})")
         return sim, self._agent_door(door).reader
 
@@ -1626,7 +1856,9 @@ class ScenarioRunner:
         _, edge = self._osdp_reader(door)
         before = edge.stats.faults.get(cause, 0)
         start()
+                began = self.clock.wall()
         timeout = 5.0 + per_item_s * count
+                self._track_revocation(h, began)
         if not _poll(lambda: edge.stats.faults.get(cause, 0) >= before + count, timeout, 0.02):
             seen = edge.stats.faults.get(cause, 0) - before
             raise StepFailed(f"the edge counted {seen} of {count} {cause} at {door} within {timeout:g} s")
@@ -1642,10 +1874,12 @@ class ScenarioRunner:
         sim, _ = self._osdp_reader(step.subject)
         count = step.options["count"]
         return self._inject(step.subject, CAUSE_CLEAR_NAK, count, lambda: sim.inject_clear_naks(count), 0.5)
+            self._broker_up = False
 
     def _do_osdp_wrong_key(self, step: Step) -> str:
         sim, edge = self._osdp_reader(step.subject)
         count = step.options["count"]
+        self._broker_up = True
         # After a handshake fails on the key, the control panel waits before it tries that reader again.
         pause = float(getattr(getattr(edge, "bus", None), "retry_key_problem_s", 5.0))
         return self._inject(step.subject, CAUSE_HANDSHAKE_FAILED, count, lambda: sim.answer_with_wrong_key(count),
@@ -1700,16 +1934,30 @@ class ScenarioRunner:
         return f"now {datetime.fromtimestamp(self.clock.wall(), self.tz):%a %d %b %Y %H:%M:%S}"
 
     def _do_settle(self, step: Step) -> str:
-        return self._do_settle_quietly(step.subject or self.default_within)
+        """Wait for the system to settle within its bound; a system that does not is this step's error, never
+        silently gone past (the expectations after it would judge a system still catching up)."""
+        bound = step.subject or self.default_within
+        outcome, settled = self._settle(bound)
+        if not settled:
+            raise StepFailed(f"the system did not settle within {format_duration(bound)}: {outcome}")
+        return outcome
 
     def _do_settle_quietly(self, timeout: float) -> str:
-        """Edges idle, and every event they published stored (when the server can store it)."""
+        """Settle as far as it goes within ``timeout`` and say how far (before an outage, a ``count: 0``)."""
+        return self._settle(timeout)[0]
+
+    def _settle(self, timeout: float) -> tuple[str, bool]:
+        """Edges idle, and every event they published stored (when the server can store it): what was reached,
+        and whether that is settled. With the server or the broker down, idle edges are as settled as it gets
+        (their events wait in the outboxes)."""
         site = self.site
         began = time.monotonic()
         if not site.wait_edges_idle(timeout):
-            return "the edges are still busy"
+            return "the edges are still busy", False
         if site.server is None:
-            return "edges idle (the server is down)"
+            return "edges idle (the server is down)", True
+        if not self._broker_up:
+            return "edges idle (the broker is down: their events wait in the outboxes)", True
         store = site.server.store
         pending = set(self.recorder.ids())
 
@@ -1721,30 +1969,50 @@ class ScenarioRunner:
 
         left = max(0.1, timeout - (time.monotonic() - began))
         if not _poll(stored, left, 0.05):
-            return f"{len(pending)} event(s) the edges published are not stored after {timeout:g} s"
-        return "quiet: every event is stored"
+            return f"{len(pending)} event(s) the edges published are not stored after {timeout:g} s", False
+        return "quiet: every event is stored", True
 
     # --------------------------------------------------------- expectations
 
     def _expect_decision(self, step: Step) -> tuple[bool, str, str]:
         o = step.options
         door = step.subject
-        expected = ", ".join(p for p in (
-            o.get("decision"), o.get("reason") and f"reason {o['reason']}",
-            ("person " + (o["person"] or "none")) if "person" in o else None,
-            o.get("decided_by") and f"by {o['decided_by']}") if p)
+        expected = _decision_text(o)
         if not self.recorder.wait(lambda: bool(self.recorder.select(door, ["access"])), self._within(step)):
             return False, expected, f"no badge has been decided at {door}"
         at, ev = self.recorder.select(door, ["access"])[-1]
         ok = (o.get("decision", ev.decision) == ev.decision and o.get("reason", ev.reason) == ev.reason
-              and o.get("person", ev.person) == ev.person and o.get("decided_by", ev.decided_by) == ev.decided_by)
-        return ok, expected, self._describe_access(at, ev)
+              and o.get("person", ev.person) == ev.person and o.get("decided_by", ev.decided_by) == ev.decided_by
+              and o.get("grant", ev.grant) == ev.grant and o.get("violation", violation) == violation
+              and ("companions" not in o or set(o["companions"]) == set(ev.companions)))
+        actual = self._describe_access(at, ev)
+        extra = [f"by rule {ev.grant}" if ev.grant else None,
+                 f"companions {_option_text(tuple(ev.companions))}" if ev.companions or "companions" in o else None,
+                 f"violation {violation}" if violation else None]
+        if "decided_within" in o:
+            ok_time, timing = self._decided_in_time(ev, at, o["decided_within"])
+            ok = ok and ok_time
+            extra.append(timing)
+        actual += "".join(f"; {x}" for x in extra if x)
+        return ok, expected, actual
+
+    def _decided_in_time(self, ev: EventMsg, at: float, bound: float) -> tuple[bool, str]:
+        """Whether a decision came within ``bound`` of its badge, on both clocks: the scenario clock (the card
+        presented → the edge's event published, both as the runner saw them) and the latency the edge measured
+        itself (``latency_ms``: the card's last byte read → the relay set or the refusal known)."""
+        presented = self._presented_for.get(ev.id)
+        if presented is None:
+            return False, "decided in time: unknown (this decision came from no `badge` or `show_qr` step)"
+        elapsed = at - presented
+        latency = ev.latency_ms / 1000.0 if ev.latency_ms is not None else None
+        ok = elapsed <= bound and latency is not None and latency <= bound
+        shown = f"{latency * 1000:.1f} ms" if latency is not None else "not reported"
+        return ok, f"decided {elapsed * 1000:.1f} ms after the badge (scenario clock), latency {shown} at the edge"
 
     def _expect_relay(self, step: Step) -> tuple[bool, str, str]:
         door = step.subject
         want = step.options["energised"]
         sim = self.site.doors[door]
-        ok = sim.door.wait_relay(want, self._within(step))
         rt = self._agent_door(door)
         state = "energised" if sim.door.relay_energised else "not energised"
         return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
@@ -1795,6 +2063,7 @@ class ScenarioRunner:
 
         def found() -> list[dict[str, Any]]:
             return [a for key in keys
+        violation = (ev.detail or {}).get("violation")
                     for a in store.alarms(limit=None, type=kind, **({"key": key} if key is not None else {}))]
 
         if count == 0:
@@ -1805,9 +2074,59 @@ class ScenarioRunner:
             ok = ok and (count is None or len(found()) == count)
         alarms = found()
         actual = (f"{len(alarms)}: " + ", ".join(
+        if step.options.get("at_once"):
+            return self._relay_at_once(door, want)
+        ok = sim.door.wait_relay(want, self._within(step))
             f"{a['id']} ({a['state']}; " + ", ".join(f"{k} {a['detail'][k]}" for k in (
                 "address", "count", "refusals", "door_count", "seconds_apart", "window_s") if k in a["detail"]) + ")"
             for a in alarms)) \
+    def _relay_at_once(self, door: str, want: bool) -> tuple[bool, str, str]:
+        """The relay now, without waiting. Not energised also means never energised since the last card was
+        presented at the door: a lock still released by an earlier grant, or a refusal that pulsed it, fails
+        here instead of passing once the unlock time has run out."""
+        sim = self.site.doors[door].door
+        rt = self._agent_door(door)
+        now_on = sim.relay_energised
+        state = f"{'energised' if now_on else 'not energised'} (door {rt.machine.state.value})"
+        if want:
+            return now_on, "energised now", state
+        expected = "not energised now, nor since the last card at this door"
+        since = self._presented.get(door, (None, None))[1]
+        history = list(sim.relay_history)
+        if since is not None:
+            before = [on for t, on in history if t <= since]
+            energised = [t for t, on in history if on and t > since]
+            if before and before[-1]:
+                held = next((t for t, on in history if t > since and not on), None)
+                return False, expected, state + (
+                    "; still energised by an earlier grant when the card was presented"
+                    + (f", relocked {held - since:.2f} s later" if held is not None else ""))
+            if energised:
+                return False, expected, state + f"; energised {energised[0] - since:.3f} s after the card was presented"
+        return not now_on, expected, state
+
+    def _expect_refused(self, step: Step) -> tuple[bool, str, str]:
+        """A revoked card refused by the server and by every edge's cached policy (so at every door, online or
+        offline), each within the bound of the report on the scenario clock."""
+        bound = step.options["refused_within"]
+        expected = f"refused by the server and every edge within {format_duration(bound)} of the report"
+        fmts = [step.options["format"]] if "format" in step.options else ["em4100", "ascii"]
+        rev = next((self._revocations[h] for h in (card_hash(self.site.key, f, step.subject) for f in fmts)
+                    if h in self._revocations), None)
+        if rev is None:
+            return False, expected, f"card {step.subject} was never revoked while the scenario ran"
+        late: list[str] = []
+        parts: list[str] = []
+        for who, t in [("the server", rev.server), *((d, rev.edges.get(d)) for d in rev.devices)]:
+            if t is None:
+                late.append(who)
+                parts.append(f"{who}: still lets it in after 5 s")
+            else:
+                parts.append(f"{who} {(t - rev.at) * 1000:.0f} ms")
+                if t - rev.at > bound:
+                    late.append(who)
+        return not late, expected, ("late: " + ", ".join(late) + "; " if late else "") + ", ".join(parts)
+
             if alarms else f"no {kind} {where}"
         return ok, expected, actual
 
@@ -1815,7 +2134,8 @@ class ScenarioRunner:
         o = step.options
         count = o.get("count")
         filters = {"type": step.subject}
-        filters.update({k: o[k] for k in ("door", "decision", "reason", "person", "decided_by") if k in o})
+        filters.update({k: o[k] for k in ("door", "decision", "reason", "grant", "person", "decided_by") if k in o})
+        companions = o.get("companions")
         text = ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in filters.items())
         expected = f"{_count_text(count)} stored event with {text}"
         if self.site.server is None:
@@ -1831,7 +2151,8 @@ class ScenarioRunner:
             where = {k: v for k, v in filters.items() if v is not None}
             found = store.events(limit=100_000, **where)
             return [r for r in found if all(r.get(k) is None for k, v in filters.items() if v is None)
-                    and (violation is None or _detail(r).get("violation") == violation)]
+                    and (violation is None or _detail(r).get("violation") == violation)
+                    and (companions is None or set(_companions(r)) == set(companions))]
 
         if count == 0:
             self._do_settle_quietly(self._within(step))
@@ -1876,6 +2197,8 @@ class ScenarioRunner:
         ok = _poll(lambda: state.occupancy(area) == want, self._within(step))
 
         def who() -> list[str]:
+        if companions is not None:
+            text += f", companions {_option_text(companions)}"
             for _ in range(5):
                 try:
                     return sorted(p for p, pres in state.presence.items() if pres.area == area)
@@ -1954,6 +2277,15 @@ def junit_xml(results: list[ScenarioResult], invalid: dict[str, ScenarioErrors] 
                              name="the scenario file is valid", file=file)
         ET.SubElement(case, "error", message=f"{len(errs.errors)} problem(s) in {file}",
                       type="InvalidScenario").text = str(errs)
+def _companions(row: dict[str, Any]) -> list[str]:
+    """A stored event's companions (a JSON list, NULL for none: migration 022)."""
+    try:
+        found = json.loads(row.get("companions") or "[]")
+    except ValueError:
+        return []
+    return [str(c) for c in found] if isinstance(found, list) else []
+
+
         totals["tests"] += 1
         totals["errors"] += 1
     for k, v in totals.items():

@@ -494,3 +494,227 @@ def test_the_worked_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     path.write_text(block.group(1).replace("site: ../../firmware-config/sites/hq", f"site: {HQ}"))
     sc = load_scenario(path)
     assert [s.verb for s in sc.steps][:3] == ["badge", "expect_decision", "advance"]
+
+
+# ------------------------------------------------------------------ hardening (issue 18)
+
+
+HEAD_ONLY = 'name: test\nstart: "2026-03-02 09:00"\nsteps:\n  - settle\n'
+
+
+@pytest.mark.parametrize("text", [
+    "!!bool abc\n" + HEAD_ONLY,
+    HEAD_ONLY.replace("name: test", "name: !!bool abc"),
+    HEAD_ONLY + "description: !!python/object:os.system x\n",
+    HEAD_ONLY + "description: !!python/name:os.system\n",
+    HEAD_ONLY + "description: !local x\n",
+    HEAD_ONLY.replace("steps:", "steps: !!seq"),
+    HEAD_ONLY.replace('start: "2026', 'start: !!str "2026'),
+], ids=["bool-first-line", "bool-value", "python-object", "python-name", "local-tag", "tagged-sequence",
+        "even-str"])
+def test_explicit_yaml_tags_are_refused_with_a_scenario_error(tmp_path: Path, text: str) -> None:
+    # `!!bool abc` made PyYAML raise KeyError; the format uses no tags, so every explicit one is refused.
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    found = only(path, check_site=False)
+    assert "explicit YAML tag `!" in found and "is not part of the scenario format" in found
+    assert "remove the tag" in found
+
+
+@pytest.mark.parametrize("text", [
+    HEAD_ONLY + "x: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    HEAD_ONLY + "x: " + "[" * 10_000 + "\n",
+    HEAD_ONLY + "x: " + "{a: " * 10_000 + "b" + "}" * 10_000 + "\n",
+    HEAD_ONLY + "".join("  " * i + f"k{i}:\n" for i in range(200)),
+    HEAD_ONLY + "x:\n  " + "- " * 10_000 + "y\n",
+], ids=["brackets-10000", "unclosed-10000", "flow-maps-10000", "block-200", "compact-10000"])
+def test_deep_nesting_is_refused_before_the_yaml_is_parsed(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    found = only(path, check_site=False)
+    assert "nested deeper than 32 levels" in found and "flatten it" in found
+    assert re.match(rf"{re.escape(str(path))}:\d+: ", found)  # the line where it goes too deep
+
+
+def test_brackets_in_quotes_comments_and_block_scalars_are_not_nesting(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "  - advance: 1s\n"
+        "    note: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ quoted, it's text\"\n"
+        "  # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ a comment\n"
+        "  - settle\n"
+    ), head=HEAD.replace("steps:\n", "description: |\n  {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{ prose\n"
+                                       "  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nsteps:\n"))
+    sc = load_scenario(path)
+    assert [s.verb for s in sc.steps] == ["advance", "settle"]
+
+
+def test_brackets_behind_a_quote_yaml_does_not_see_are_still_bounded(tmp_path: Path) -> None:
+    # `a:'x` is plain text to YAML, a quote to the scan: the brackets after it are counted by the backstop.
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD_ONLY + "description: a:'x\n" + "x: " + "[" * 10_000 + "\n")
+    assert "nested deeper than 256 brackets" in only(path, check_site=False)
+
+
+def test_a_file_larger_than_a_megabyte_is_refused_unread(tmp_path: Path) -> None:
+    path = write(tmp_path, "  - settle\n" + "# padding\n" * 120_000)
+    assert "more than 1048576" in only(path, check_site=False)
+
+
+# ------------------------------------------------------------------ what a tester can now say (issue 18)
+
+
+def test_decision_filters_time_bounds_and_shut_locks_load(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "  - register_visitor: v-omar\n    name: Omar\n    host: chen\n    areas: [lobby, floor3]\n"
+        "  - expect_decision: floor3_in\n    reason: granted_offline\n    grant: granted_escorted\n"
+        "    companions: [v-omar]\n    violation: null\n    decided_within: 250ms\n"
+        "  - expect_relay: floor3_in\n    energised: false\n    at_once: true\n"
+        "  - report_lost: \"0F00C4C4C4\"\n"
+        "  - expect_refused: \"0F00C4C4C4\"\n    refused_within: 1s\n"
+        "  - expect_event: access\n    grant: granted_two_person\n    companions: []\n"
+    ))
+    decision, relay, _, refused, event = load_scenario(path).steps[1:]
+    assert decision.options == {"reason": "granted_offline", "grant": "granted_escorted", "companions": ("v-omar",),
+                                "violation": None, "decided_within": 0.25}
+    assert relay.options["at_once"] is True
+    assert refused.subject == "0F00C4C4C4" and refused.options["refused_within"] == 1.0
+    assert event.options["companions"] == ()
+    assert decision.text() == ("expect decision at floor3_in: reason granted_offline, by rule granted_escorted, "
+                               "companions [v-omar], violation none, within 250ms of the badge")
+    assert relay.text().endswith("not energised at once")
+
+
+@pytest.mark.parametrize(("step", "words"), [
+    ("  - expect_decision: floor3_in\n    decision: denied\n    companions: [alice]\n", "is about a grant"),
+    ("  - expect_event: access\n    reason: no_access\n    grant: granted\n", "is about a grant"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    grant: granted_escorted\n", "contradicts grant"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    grant: granted_offline\n", "unknown value"),
+    ("  - expect_decision: floor3_in\n    decision: denied\n    violation: anti_passback\n", "not enforced"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    companions: alice\n", "list of person ids"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    companions: [bob, bob]\n", "twice"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    companions: [bobby]\n", "no person 'bobby'"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    decided_within: 2m\n", "longer than 60 s"),
+    ("  - expect_decision: floor3_in\n    reason: granted\n    decided_within: 1\n", "has no unit"),
+    ("  - expect_refused: \"0F00C4C4C4\"\n    refused_within: 1s\n", "nothing before this step revokes"),
+    ("  - report_lost: \"0F00C4C4C4\"\n  - expect_refused: \"0F00C4C4C4\"\n", "`refused_within` is required"),
+    ("  - report_lost: \"0F00C4C4C4\"\n  - server: down\n  - expect_refused: \"0F00C4C4C4\"\n"
+     "    refused_within: 1s\n", "which is down here"),
+    ("  - report_lost: \"0F00C4C4C4\"\n  - expect_refused: \"0F00DEADBE\"\n    refused_within: 1s\n",
+     "nothing before this step revokes"),
+], ids=["companions-on-refusal", "grant-on-refusal", "server-reason-vs-grant", "grant-offline", "violation-refused",
+        "companions-not-list", "companions-twice", "companions-unknown", "bound-too-long", "bound-no-unit",
+        "refused-without-report", "refused-without-bound", "refused-server-down", "refused-other-card"])
+def test_new_expectation_options_are_checked(tmp_path: Path, step: str, words: str) -> None:
+    found = problems(write(tmp_path, step))
+    assert any(words in p for p in found), found
+
+
+# ------------------------------------------------------------------ running them, on recording stand-ins
+
+
+class _FakeDoor:
+    def __init__(self, energised: bool, history: list[tuple[float, bool]]) -> None:
+        self.relay_energised = energised
+        self.relay_history = history
+
+
+class _FakeSite:
+    """What the runner reads of a running site, without one: doors, agents, idle edges, a store."""
+
+    def __init__(self, *, idle: bool = True, stored: bool = True, door: _FakeDoor | None = None) -> None:
+        from types import SimpleNamespace as NS
+        self.idle = idle
+        self.server = NS(store=NS(event=lambda eid: {"id": eid} if stored else None))
+        self.doors = {"lab_in": NS(device="pi-wing", door=door)}
+        self.agents = {"pi-wing": NS(doors={"lab_in": NS(machine=NS(state=NS(value="locked")))})}
+
+    def wait_edges_idle(self, timeout: float) -> bool:
+        return self.idle
+
+
+def _runner(site: _FakeSite) -> object:
+    from simulators.scenario import ScenarioRunner
+    sc = load_scenario(write_tmp(HEAD.format(site=HQ) + "  - settle\n"))
+    runner = ScenarioRunner(sc)
+    runner.runner = site  # type: ignore[assignment]
+    return runner
+
+
+def write_tmp(text: str) -> Path:
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix="doorkeep-scenario-")) / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_settle_fails_when_the_edges_stay_busy_and_settling_quietly_does_not() -> None:
+    from simulators.scenario import StepFailed
+    runner = _runner(_FakeSite(idle=False))
+    with pytest.raises(StepFailed, match=r"did not settle within 250ms: the edges are still busy"):
+        runner._do_settle(Step(1, "settle", 0.25, {}))  # type: ignore[attr-defined]
+    assert runner._do_settle_quietly(0.25) == "the edges are still busy"  # type: ignore[attr-defined]
+
+
+def test_settle_fails_when_published_events_are_not_stored_within_its_bound() -> None:
+    from doorkeep.contract import EventMsg
+    from simulators.scenario import StepFailed
+    runner = _runner(_FakeSite(stored=False))
+    runner.recorder(EventMsg("e1", 1, "2026-03-02T09:00:00.000Z", "pi-wing", "lab_in", "door_opened"))  # type: ignore[attr-defined]
+    with pytest.raises(StepFailed, match=r"1 event\(s\) the edges published are not stored"):
+        runner._do_settle(Step(1, "settle", 0.2, {}))  # type: ignore[attr-defined]
+    ok = _runner(_FakeSite(stored=True))
+    ok.recorder(EventMsg("e2", 1, "2026-03-02T09:00:00.000Z", "pi-wing", "lab_in", "door_opened"))  # type: ignore[attr-defined]
+    assert ok._do_settle(Step(1, "settle", 0.2, {})) == "quiet: every event is stored"  # type: ignore[attr-defined]
+
+
+def test_settle_with_the_broker_down_is_settled_once_the_edges_are_idle() -> None:
+    runner = _runner(_FakeSite(stored=False))
+    runner._broker_up = False  # type: ignore[attr-defined]
+    assert "broker is down" in runner._do_settle(Step(1, "settle", 0.2, {}))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("energised", "history", "ok", "words"), [
+    (False, [(5.0, True), (9.0, False)], True, "not energised (door locked)"),
+    (True, [(5.0, True)], False, "still energised by an earlier grant"),
+    (False, [(5.0, True), (10.5, False)], False, "relocked 0.50 s later"),
+    (False, [(5.0, True), (9.0, False), (10.2, True), (10.4, False)], False, "energised 0.200 s after the card"),
+], ids=["shut-since", "still-released", "released-at-the-badge", "pulsed-by-the-refusal"])
+def test_a_relay_checked_at_once_must_have_stayed_shut_since_the_card(
+        energised: bool, history: list[tuple[float, bool]], ok: bool, words: str) -> None:
+    runner = _runner(_FakeSite(door=_FakeDoor(energised, history)))
+    runner._presented["lab_in"] = (0.0, 10.0)  # type: ignore[attr-defined]
+    passed, expected, actual = runner._expect_relay(  # type: ignore[attr-defined]
+        Step(1, "expect_relay", "lab_in", {"energised": False, "at_once": True}))
+    assert (passed, words in actual) == (ok, True), actual
+    assert expected == "not energised now, nor since the last card at this door"
+
+
+@pytest.mark.parametrize(("presented", "latency_ms", "ok"), [
+    (99.5, 20.0, True), (98.9, 20.0, False), (99.5, 1500.0, False), (99.5, None, False), (None, 20.0, False),
+], ids=["both-in-time", "late-on-the-scenario-clock", "late-by-the-edges-latency", "no-latency", "no-badge-step"])
+def test_decided_within_holds_on_the_scenario_clock_and_the_edges_latency(
+        presented: float | None, latency_ms: float | None, ok: bool) -> None:
+    from doorkeep.contract import EventMsg
+    runner = _runner(_FakeSite())
+    ev = EventMsg("e1", 1, "2026-03-02T09:00:00.000Z", "pi-wing", "lab_in", "access", decision="granted",
+                  reason="granted", latency_ms=latency_ms)
+    if presented is not None:
+        runner._presented_for["e1"] = presented  # type: ignore[attr-defined]
+    passed, text = runner._decided_in_time(ev, 100.0, 1.0)  # type: ignore[attr-defined]
+    assert passed is ok, text
+
+
+def test_expect_refused_names_who_was_late() -> None:
+    from doorkeep.credentials import card_hash
+    from simulators.scenario import _Revocation
+    runner = _runner(_FakeSite())
+    runner.runner.key = b"k" * 32  # type: ignore[attr-defined]
+    h = card_hash(b"k" * 32, "em4100", "0F00C4C4C4")
+    runner._revocations[h] = _Revocation(100.0, server=100.001, edges={"pi-a": 100.2, "pi-b": 101.5},  # type: ignore[attr-defined]
+                                         devices=("pi-a", "pi-b", "pi-c"))
+    step = Step(1, "expect_refused", "0F00C4C4C4", {"refused_within": 1.0})
+    passed, _, actual = runner._expect_refused(step)  # type: ignore[attr-defined]
+    assert not passed and actual.startswith("late: pi-b, pi-c;")
+    assert "the server 1 ms" in actual and "pi-a 200 ms" in actual and "pi-c: still lets it in after 5 s" in actual
+    runner._revocations[h].edges.update({"pi-b": 100.9, "pi-c": 100.5})  # type: ignore[attr-defined]
+    assert runner._expect_refused(step)[0]  # type: ignore[attr-defined]
