@@ -33,7 +33,7 @@ PRIORITIES: tuple[str, ...] = (HIGH, MEDIUM, LOW)
 
 # Tampered outbox rows and a refused device certificate are attacks on the system itself, as high as a door.
 _HIGH_TYPES = frozenset({"forced_open", "tamper", "reader_security", "door_attack", "outbox_tampered",
-                         "certificate_refused"}) | frozenset(
+                         "certificate_refused", "emergency_release", "forced_passage", "tailgate"}) | frozenset(
     a.name for a in vocabulary.ALARMS.values() if a.source == vocabulary.INTRUSION)
 _MEDIUM_TYPES = frozenset({"held_open", "device_offline", "device_misbehaving"})
 

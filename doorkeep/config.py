@@ -40,6 +40,7 @@ from doorkeep.model import (
     Credential,
     CredentialState,
     Door,
+    DoorKind,
     DoorMode,
     OfflineMode,
     Person,
@@ -322,6 +323,47 @@ def _prealarm(t: _Table, held_open_s: float) -> float:
     return value
 
 
+def _tailgate(t: _Table) -> float:
+    """A turnstile's tailgate window: 0 to 60 s (0: every passage without a grant is forced_passage)."""
+    value = t.get("tailgate_s", (int, float), 3.0)
+    if value is None:
+        return 3.0
+    if "tailgate_s" in t.data and t.data.get("kind") != DoorKind.TURNSTILE.value:
+        t.error("tailgate_s", "only a turnstile has a tailgate window", 'set kind = "turnstile", or remove the key')
+    if not 0 <= value <= 60:
+        t.error("tailgate_s", f"{value} is out of range", "use 0 to 60 seconds (default 3)")
+        return 3.0
+    return float(value)
+
+
+def interlock_groups(doors: dict[str, Door]) -> dict[str, list[str]]:
+    """Interlock group -> its doors, in the order the site lists them."""
+    groups: dict[str, list[str]] = {}
+    for did, door in doors.items():
+        if door.interlock is not None:
+            groups.setdefault(door.interlock, []).append(did)
+    return groups
+
+
+def _check_interlocks(root: _Table, doors: dict[str, Door]) -> None:
+    """An interlock needs two doors or more, and none of them held unlocked by a schedule: a door the schedule
+    holds open would keep every other door of the group shut for the whole schedule (docs/openings.md)."""
+    for group, members in interlock_groups(doors).items():
+        if len(members) < 2:
+            root.error(f"doors.{members[0]}.interlock", f"interlock {group!r} has only this door",
+                       f"give a second door interlock = \"{group}\", or remove the key")
+        released = {doors[did].emergency_release for did in members}
+        if len(released) > 1:
+            root.error(f"doors.{members[0]}.emergency_release",
+                       f"the doors of interlock {group!r} disagree on emergency_release",
+                       "set emergency_release the same on every door of the interlock: an emergency releases "
+                       "all of them or none")
+        for did in members:
+            if doors[did].mode is not DoorMode.NORMAL:
+                root.error(f"doors.{did}.mode", f"a door of interlock {group!r} cannot be unlocked on schedule",
+                           'set mode = "normal", or take the door out of the interlock')
+
+
 def _rules(t: _Table | None) -> Rules:
     if t is None:
         return Rules()
@@ -397,8 +439,14 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
             prealarm_s=_prealarm(t, held_open_s),
             visitor_checkout=bool(t.get("visitor_checkout", bool, False,
                                              fix="write `visitor_checkout = true` or `false` (no quotes)")),
+            interlock=t.ident("interlock", None),
+            emergency_release=bool(t.get("emergency_release", bool, False,
+                                         fix="write `emergency_release = true` or `false` (no quotes)")),
+            kind=DoorKind(t.choice("kind", tuple(k.value for k in DoorKind), "door") or "door"),
+            tailgate_s=_tailgate(t),
         )
         t.done()
+    _check_interlocks(root, doors)
 
     levels = {}
     for lid, t in root.children("access_levels"):
@@ -1042,6 +1090,13 @@ def _card_fields(c: _Table, fmt: str | None) -> tuple[tuple[str, ...], str, str 
     if fmt in _CARD_NUMBER_RULES and fmt != "em4100" and not re.match(_CARD_NUMBER_RULES[fmt][0], number):
         c.error("number", f"{number!r} is not a {fmt} card number", _CARD_NUMBER_RULES[fmt][1])
         return None
+    if fmt in card_formats.WIEGAND_CREDENTIALS and fmt not in _CARD_NUMBER_RULES:
+        problem = card_formats.number_problem(fmt, number)
+        if problem is not None:
+            c.error("number", f"{number!r} is not a {fmt} card number: {problem}",
+                    "write h10302 cards as CARD in decimal (e.g. 123456789) and wiegand_raw cards as "
+                    "BITS:PAYLOAD in decimal (e.g. 26:789012), as the edge logs them")
+            return None
     if fmt is None:
         return None
     return (fmt, normalise(fmt, number)), number, None, None
@@ -1090,13 +1145,6 @@ def with_people(site: Site, people: dict[str, Person], cards: list[CardSeed], ke
         if c.pin is not None and c.person in people:
             people[c.person] = replace(people[c.person], pin_hash=pin_hash(key, c.pin))
     return replace(site, people=people, credentials=creds)
-    if fmt in card_formats.WIEGAND_CREDENTIALS and fmt not in _CARD_NUMBER_RULES:
-        problem = card_formats.number_problem(fmt, number)
-        if problem is not None:
-            c.error("number", f"{number!r} is not a {fmt} card number: {problem}",
-                    "write h10302 cards as CARD in decimal (e.g. 123456789) and wiegand_raw cards as "
-                    "BITS:PAYLOAD in decimal (e.g. 26:789012), as the edge logs them")
-            return None
 
 
 # ------------------------------------------------------------------- device
@@ -1118,6 +1166,8 @@ class ReaderConfig:
     d0_pin: int | None = None
     d1_pin: int | None = None
     frame_timeout_ms: int = 25
+    # Wiegand and OSDP: the card layout chosen per frame length, ((bits, name), ...); others keep their default
+    wiegand_formats: card_formats.Choice = ()
 
 
 @dataclass(frozen=True)
@@ -1137,6 +1187,24 @@ class ContactConfig:
 class RexConfig:
     pin: int
     active_low: bool = True
+
+
+@dataclass(frozen=True)
+class PassageConfig:
+    """A turnstile's passage sensor for this door record's direction: one pulse per person through."""
+
+    pin: int
+    active_low: bool = True
+
+
+@dataclass(frozen=True)
+class EmergencyConfig:
+    """The device's emergency release input: a normally closed contact from the fire alarm panel (or a break-glass
+    unit) that opens to release. Wired like the tamper loop, so a cut wire releases: fail safe for people."""
+
+    pin: int
+    active_low: bool = True
+    """True: the closed contact goes to ground (pin pulled up), so high means release; False: contact to 3V3."""
 
 
 @dataclass(frozen=True)
@@ -1166,8 +1234,7 @@ class DoorHardware:
     camera: str | None = None
     tamper: TamperConfig | None = None
     sounder: SounderConfig | None = None
-    # Wiegand and OSDP: the card layout chosen per frame length, ((bits, name), ...); others keep their default
-    wiegand_formats: card_formats.Choice = ()
+    passage: PassageConfig | None = None  # a turnstile's passage sensor (site: kind = "turnstile")
 
 
 @dataclass(frozen=True)
@@ -1231,6 +1298,7 @@ class DeviceConfig:
     state_dir: Path | None = None         # where the edge keeps its policy cache and its outbox
     heartbeat_s: float = 30.0             # the retained state is republished this often (the server's heartbeat)
     outbox_max_mb: int = 512              # the outbox drops its oldest snapshots (never events) beyond this
+    emergency: EmergencyConfig | None = None  # [emergency]: the fire panel's release input (docs/openings.md)
 
 
 TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file")
@@ -1503,6 +1571,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                 reader = _osdp_reader(r, reader, path)
             if proto == "wiegand":
                 reader = _wiegand_reader(r, reader, did, claim)
+            if proto in ("wiegand", "osdp"):
+                reader = replace(reader, wiegand_formats=_wiegand_formats(r))
             r.done()
         lk = t.sub("lock", required=True)
         lock = None
@@ -1517,6 +1587,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         rex = wired(t, did, "rex", lambda pin, s: RexConfig(pin, bool(s.get("active_low", bool, True))))
         tamper = wired(t, did, "tamper", lambda pin, s: TamperConfig(pin, bool(s.get("active_low", bool, True))))
         sounder = wired(t, did, "sounder", lambda pin, s: SounderConfig(pin, bool(s.get("active_high", bool, True))))
+        passage = wired(t, did, "passage", lambda pin, s: PassageConfig(pin, bool(s.get("active_low", bool, True))))
         cam = t.ident("camera", None)
         if cam is not None and cam not in cameras:
             t.error("camera", f"camera {cam!r} is not defined in this file",
@@ -1524,9 +1595,16 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             cam = None
         t.done()
         if reader and lock:
-            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder)
+            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder, passage)
     if not doors:
         root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
+    emergency = None
+    em = root.sub("emergency")
+    if em is not None:
+        pin = _pin(em)
+        claim(pin, "emergency", em)
+        emergency = EmergencyConfig(pin if pin is not None else -1, bool(em.get("active_low", bool, True)))
+        em.done()
     cameras = _qr_doors(cameras, doors, qr_tables)
     _check_shared_buses(doors, root)
     root.done()
@@ -1536,7 +1614,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                         (path.parent / key_file) if key_file else None, doors, cameras,
                         (path.parent / policy_key) if policy_key else None,
                         (path.parent / state_dir) if state_dir else None,
-                        heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb)
+                        heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb, emergency=emergency)
 
 
 def _osdp_reader(r: _Table, reader: ReaderConfig, path: Path) -> ReaderConfig:
@@ -1571,14 +1649,35 @@ def _wiegand_reader(r: _Table, reader: ReaderConfig, did: str,
     claim(d1, f"doors.{did}.reader D1", r, "d1_pin")
     timeout = r.get("frame_timeout_ms", int, 25)
     if timeout is None or not 5 <= timeout <= 500:
-            if proto in ("wiegand", "osdp"):
-                reader = replace(reader, wiegand_formats=_wiegand_formats(r))
         if timeout is not None:
             r.error("frame_timeout_ms", f"{timeout} is out of range",
                     "use 5-500 ms: longer than the reader's gap between bits (about 2 ms), 25 is usual")
         timeout = 25
     url = f"gpio://{d0 if d0 is not None else '?'},{d1 if d1 is not None else '?'}"
     return replace(reader, url=url, d0_pin=d0, d1_pin=d1, frame_timeout_ms=timeout)
+
+
+def _wiegand_formats(r: _Table) -> card_formats.Choice:
+    """``wiegand_formats = { 37 = "h10302" }``: the layout a Wiegand or OSDP reader reads each card length with
+    (doorkeep/card_formats.py, docs/readers.md); lengths not named keep their default, so hashes stay."""
+    table = r.sub("wiegand_formats")
+    if table is None:
+        return ()
+    table.used.update(table.data)
+    allowed = "; ".join(f"{n} = {' | '.join(names)}" for n, names in card_formats.NAMES_BY_LENGTH.items())
+    chosen: list[tuple[int, str]] = []
+    for key, name in table.data.items():
+        bits = int(key) if key.isdigit() else None
+        if bits not in card_formats.NAMES_BY_LENGTH:
+            table.error(key, "is not a card length doorkeep reads",
+                        f"key each format by its bit count, one of: {allowed}")
+            continue
+        if not isinstance(name, str) or card_formats.check_choice(bits, name) is not None:
+            table.error(key, f"unknown {bits}-bit format {name!r}",
+                        f"use one of: {', '.join(card_formats.NAMES_BY_LENGTH[bits])}")
+            continue
+        chosen.append((bits, name))
+    return tuple(sorted(chosen))
 
 
 def _check_shared_buses(doors: dict[str, DoorHardware], root: _Table) -> None:
@@ -1640,11 +1739,29 @@ def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors
                                           "put each door on exactly one device"))
             else:
                 owner[did] = dev.id
+                _check_kind(site.doors[did], dev.doors[did], dev.file, site_file, errors)
+    for group, members in interlock_groups(site.doors).items():
+        devices_of = sorted({owner[did] for did in members if did in owner})
+        if len(devices_of) > 1:
+            errors.append(ConfigError(site_file, f"doors.{members[0]}.interlock",
+                                      f"interlock {group!r} has doors on devices {', '.join(devices_of)}",
+                                      "wire every door of an interlock to one device: it enforces the group"))
     if require_all_doors:
         for did in site.doors:
             if did not in owner:
                 errors.append(ConfigError(site_file, f"doors.{did}", "door is on no device",
                                           f"add [doors.{did}] with its reader and lock to one file in devices/"))
+
+
+def _check_kind(door: Door, hw: DoorHardware, device_file: str, site_file: str, errors: list[ConfigError]) -> None:
+    """A turnstile counts passages: it needs its passage sensor, and a door with one must be a turnstile."""
+    turnstile = door.kind is DoorKind.TURNSTILE
+    if turnstile and hw.passage is None:
+        errors.append(ConfigError(device_file, f"doors.{door.id}.passage", "a turnstile needs its passage sensor",
+                                  "add passage = { pin = N } (the sensor of this direction)"))
+    elif not turnstile and hw.passage is not None:
+        errors.append(ConfigError(site_file, f"doors.{door.id}.kind", "the door has a passage sensor but is not a turnstile",
+                                  'set kind = "turnstile" in the site file, or remove passage from the device file'))
 
 
 def load_site_dir(directory: Path | str, *, site_text: str | None = None, people: bool = True) -> SiteBundle:
@@ -1657,29 +1774,6 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     """
     d = Path(directory)
     errors: list[ConfigError] = []
-def _wiegand_formats(r: _Table) -> card_formats.Choice:
-    """``wiegand_formats = { 37 = "h10302" }``: the layout a Wiegand or OSDP reader reads each card length with
-    (doorkeep/card_formats.py, docs/readers.md); lengths not named keep their default, so hashes stay."""
-    table = r.sub("wiegand_formats")
-    if table is None:
-        return ()
-    table.used.update(table.data)
-    allowed = "; ".join(f"{n} = {' | '.join(names)}" for n, names in card_formats.NAMES_BY_LENGTH.items())
-    chosen: list[tuple[int, str]] = []
-    for key, name in table.data.items():
-        bits = int(key) if key.isdigit() else None
-        if bits not in card_formats.NAMES_BY_LENGTH:
-            table.error(key, "is not a card length doorkeep reads",
-                        f"key each format by its bit count, one of: {allowed}")
-            continue
-        if not isinstance(name, str) or card_formats.check_choice(bits, name) is not None:
-            table.error(key, f"unknown {bits}-bit format {name!r}",
-                        f"use one of: {', '.join(card_formats.NAMES_BY_LENGTH[bits])}")
-            continue
-        chosen.append((bits, name))
-    return tuple(sorted(chosen))
-
-
     site = _load_site(d / "site.toml", errors, site_text)
     people_, cards, pool = _load_people(d / "people.toml", site, errors) \
         if people and (d / "people.toml").exists() else ({}, [], [])

@@ -55,7 +55,7 @@ AVAILABILITY_STOPPED = "stopped"
 
 #: The event types the decoder accepts: those of the vocabulary that travel on the wire (doorkeep/vocabulary.py).
 EVENT_TYPES: frozenset[str] = WIRE_EVENT_TYPES
-DECIDED_BY = frozenset({"server", "edge_offline"})
+DECIDED_BY = frozenset({"server", "edge_offline", "edge"})  # "edge": a door rule only the edge knows (interlock)
 
 
 def _seg(value: str, what: str) -> str:

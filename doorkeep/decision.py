@@ -37,6 +37,7 @@ from doorkeep.model import (
     Area,
     CredentialState,
     Door,
+    DoorKind,
     DoorMode,
     Person,
     PersonKind,
@@ -83,6 +84,7 @@ class Reason(str, Enum):
     UNKNOWN_DOOR = "unknown_door"
     NO_POLICY = "no_policy"  # the edge, never decide(): no site file and no signed policy held yet
     PASS_INVALID = "pass_invalid"  # the edge, never decide(): a visitor pass that is malformed or not signed by the site
+    INTERLOCK_BUSY = "interlock_busy"  # the edge, never decide(): another door of the door's interlock is open or unlocked
 
     @property
     def granted(self) -> bool:
@@ -490,8 +492,9 @@ def commit(request: AccessRequest, decision: Decision, site: Site, state: Decisi
         return
     if decision.granted:
         movers = (person.id, *decision.companions)
-        for pid in movers:
-            state.presence[pid] = Presence(door.to_area, now)
+        if door.kind is not DoorKind.TURNSTILE:  # a turnstile moves them on the passage: pass_through()
+            for pid in movers:
+                state.presence[pid] = Presence(door.to_area, now)
         # Partners consumed by this passage are no longer waiting.
         _drop_pending(state, door.id, set(movers))
         area = _area(site, door.to_area)
@@ -503,6 +506,22 @@ def commit(request: AccessRequest, decision: Decision, site: Site, state: Decisi
         _add_pending(state, door.id, Pending(person.id, now, PENDING_VISITOR))
     elif reason is Reason.AWAITING_SECOND_PERSON:
         _add_pending(state, door.id, Pending(person.id, now, PENDING_TWO_PERSON))
+
+
+def pass_through(site: Site, state: DecisionState, door_id: str, people: Iterable[str], now: float) -> list[str]:
+    """A turnstile's passage sensor counted the grant that named ``people`` through ``door_id``: move them now.
+
+    At a turnstile a grant is a credit for one passage (docs/openings.md); ``commit`` leaves presence alone
+    there, so anti-passback and occupancy count passages, not grants. Returns the people moved (those the site
+    knows); a door the site does not have moves nobody.
+    """
+    door = site.doors.get(door_id)
+    if door is None:
+        return []
+    moved = [p for p in people if p in site.people]
+    for pid in moved:
+        state.presence[pid] = Presence(door.to_area, now)
+    return moved
 
 
 def _count_pin(request: AccessRequest, decision: Decision, site: Site, state: DecisionState, now: float) -> None:

@@ -497,6 +497,16 @@ def _pass_invalid(ctx: _Ctx) -> Explanation:
                     "the door holding the current signed policy, which carries the site's pass keys"])
 
 
+def _interlock_busy(ctx: _Ctx) -> Explanation:
+    group = ctx.door.interlock if ctx.door is not None else None
+    named = f" of the interlock '{group}'" if group else " of its interlock"
+    return _result(Reason.INTERLOCK_BUSY, "interlock",
+                   f"{ctx.door_name} is one of the doors{named}: another of its doors was open or unlocked, and "
+                   "only one may be at a time.",
+                   ["the other door closing (and relocking) first, then badging again",
+                    "an operator checking that no door of the airlock is propped open (Doors)"])
+
+
 #: The explainer of every refusal; granted reasons are answered by :func:`explain` itself.
 EXPLAINERS: dict[Reason, Explainer] = {
     Reason.UNKNOWN_DOOR: _unknown_door,
@@ -520,6 +530,7 @@ EXPLAINERS: dict[Reason, Explainer] = {
     Reason.SERVER_TIMEOUT: _server_timeout,
     Reason.NO_POLICY: _no_policy,
     Reason.PASS_INVALID: _pass_invalid,
+    Reason.INTERLOCK_BUSY: _interlock_busy,
 }
 _unexplained = [r.value for r in Reason if not r.granted and r not in EXPLAINERS]
 if _unexplained:  # a programming error: the desk would have no "Why not?" for it

@@ -42,6 +42,11 @@ class AntiPassback(str, Enum):
     HARD = "hard"   # deny with anti_passback
 
 
+class DoorKind(str, Enum):
+    DOOR = "door"            # a leaf with a contact: an unlock time, forced and held-open alarms
+    TURNSTILE = "turnstile"  # one passage per grant, counted by a passage sensor (docs/openings.md)
+
+
 class DoorMode(str, Enum):
     NORMAL = "normal"
     UNLOCKED_ON_SCHEDULE = "unlocked_on_schedule"
@@ -78,6 +83,10 @@ class Door:
     first_person_in: bool = False        # ... but only once an authorised person has badged in that day
     prealarm_s: float = 10.0             # held-open pre-alarm this long before held_open_s; 0: none
     visitor_checkout: bool = False       # a visitor's pass granted here checks the visit out (server-side)
+    interlock: str | None = None         # interlock group (mantrap): at most one of its doors open or unlocked
+    emergency_release: bool = False      # held unlocked while its device's emergency input (fire panel) is active
+    kind: DoorKind = DoorKind.DOOR       # turnstile: presence moves on the passage, not on the grant
+    tailgate_s: float = 3.0              # turnstile: a passage with no grant this soon after one is a tailgate
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,9 @@ _ALARMS: tuple[AlarmType, ...] = (
     AlarmType("camera_offline", "Camera offline", TROUBLE, EDGE_EVENT, (DOOR,)),
     AlarmType("reader_security", "Reader security", ALARM, EDGE_EVENT, (DOOR,)),
     AlarmType("outbox_tampered", "Edge outbox tampered", ALARM, EDGE_EVENT, (DOOR,)),
+    AlarmType("emergency_release", "Emergency release (door held unlocked)", ALARM, EDGE_EVENT, (DOOR,)),
+    AlarmType("forced_passage", "Turnstile forced (passage without a grant)", ALARM, EDGE_EVENT, (DOOR,)),
+    AlarmType("tailgate", "Tailgating (two passages on one grant)", ALARM, EDGE_EVENT, (DOOR,)),
     # A rule broken but not enforced on a grant (soft anti-passback): "V_violation" for each violation V.
     AlarmType("anti_passback_violation", "Anti-passback violation", WARNING, VIOLATION, (DOOR,)),
     # The server supervising its devices.
@@ -154,6 +157,13 @@ _EVENTS: tuple[EventType, ...] = (
     EventType("relay_stuck", "the door opened twice in a row while the lock was never released", door_machine=True,
               raises="relay_stuck"),
     EventType("rex", "the request-to-exit button was pressed", door_machine=True),
+    EventType("passage", "a turnstile's passage sensor counted a person through on a grant (or a free passage)",
+              door_machine=True),
+    EventType("grant_unused", "a turnstile's grant was not used within its time and was cancelled", door_machine=True),
+    EventType("tailgate", "a turnstile counted a second passage on one grant", door_machine=True, snapshot=True,
+              raises="tailgate"),
+    EventType("forced_passage", "a turnstile counted a passage with no grant, REX or hold", door_machine=True,
+              snapshot=True, raises="forced_passage"),
     EventType("unlocked", "reserved: the lock was released (reported in the retained state today)",
               published=False, door_machine=True),
     EventType("relocked", "reserved: the lock closed again (reported in the retained state today)",
@@ -166,6 +176,10 @@ _EVENTS: tuple[EventType, ...] = (
     EventType("reader_key_installed", "an operator installed an OSDP reader's Secure Channel key"),
     EventType("outbox_tampered", "rows of the edge's outbox failed their MAC and were not sent",
               raises="outbox_tampered"),
+    EventType("emergency_release", "the device's emergency input (fire panel) is active: the door is held unlocked",
+              raises="emergency_release"),
+    EventType("emergency_ended", "the emergency input is clear again: the door is back to its normal state",
+              restores=("emergency_release",)),
     EventType("remote_unlock", "a signed unlock command released the door's lock"),
     EventType("command_rejected", "the edge refused a command"),
     EventType("lockdown", "a signed lockdown command reached the edge"),
@@ -208,6 +222,7 @@ _REASON_LABELS: dict[Reason, str] = {
     Reason.UNKNOWN_DOOR: "Unknown door",
     Reason.NO_POLICY: "Door waiting for its first policy",
     Reason.PASS_INVALID: "Visitor pass not valid (forged, altered or unknown key)",
+    Reason.INTERLOCK_BUSY: "Interlock busy (another door of the airlock is open)",
 }
 _unlabelled = [r.value for r in Reason if r not in _REASON_LABELS]
 if _unlabelled:  # a programming error: the desk would show a raw code

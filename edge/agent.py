@@ -75,6 +75,7 @@ from doorkeep.decision import (
     decide,
     door_unlocked_now,
     offline_decision,
+    pass_through,
 )
 from doorkeep.errors import MessageError
 from doorkeep.model import Door, DoorMode, OfflineMode, Site
@@ -83,9 +84,10 @@ from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
 from doorkeep.visitor_pass import PassError, looks_like_pass, read_pass
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
+from edge.turnstile import TurnstileMachine, TurnstileTimings
 from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead
-from edge.gpio import DoorInputs, LockRelay, Sounder, make_pin_factory
+from edge.gpio import DoorInputs, EmergencyInput, LockRelay, Sounder, make_pin_factory
 from edge.jobs import Barrier, Jobs, SaveNonces, StoreEvent, TakeSnapshot, VerifyPolicy
 from edge.link import STOP_ACK_S, Link
 from edge.loop import Loop, Timer
@@ -101,6 +103,8 @@ log = logging.getLogger("doorkeep.edge")
 # Door state-machine events worth an event message (unlocked/relocked only change the retained state), and the
 # events that carry a camera snapshot: both declared in doorkeep/vocabulary.py.
 PUBLISHED_DOOR_EVENTS: frozenset[str] = vocabulary.PUBLISHED_DOOR_EVENTS
+#: A turnstile's events whose detail names the grant (``{"grant": access event id}``) instead of a plain detail.
+TURNSTILE_EVENTS = frozenset({"passage", "grant_unused", "tailgate"})
 SNAPSHOT_EVENTS: frozenset[str] = vocabulary.SNAPSHOT_EVENTS
 
 EventListener = Callable[[EventMsg], None]
@@ -233,6 +237,14 @@ class EdgeAgent:
                                        loop=self.loop)
         for did, hw in device.doors.items():
             self.doors[did] = self._build_door(did, hw)
+        # The fire panel's release input ([emergency]): while it is active, the doors set emergency_release are
+        # held unlocked whatever else holds them (docs/openings.md "Emergency release").
+        self._turnstile_grants: dict[str, tuple[str, ...]] = {}  # access event id -> who its passage moves
+        self._emergency = False
+        self.emergency_input = EmergencyInput(
+            device.emergency.pin, factory=self._factory, active_low=device.emergency.active_low,
+            on_change=lambda active: self._post(self._emergency_changed, active)) \
+            if device.emergency is not None else None
         self.local_state = DecisionState()
         self._healthy: dict[str, bool] = {}
         self._io_errors: dict[str, int] = {}
@@ -276,14 +288,19 @@ class EdgeAgent:
         # The site file's times, replaced by the signed policy's (_sync_timings). Without either, the machine's
         # defaults serve REX alone: no badge is granted before a policy.
         door = self.site.doors[did] if self.site is not None else None
-        timings = DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s, prealarm_s=door.prealarm_s) \
-            if door is not None else DoorTimings()
-        machine = DoorMachine(did, timings, self.clock)
+        machine: DoorMachine | TurnstileMachine
+        if hw.passage is not None:  # a turnstile direction: its passage sensor counts one passage per grant
+            machine = TurnstileMachine(did, TurnstileTimings(unlock_s=door.unlock_s, tailgate_s=door.tailgate_s)
+                                       if door is not None else TurnstileTimings(), self.clock)
+        else:
+            machine = DoorMachine(did, DoorTimings(unlock_s=door.unlock_s, held_open_s=door.held_open_s,
+                                                   prealarm_s=door.prealarm_s) if door is not None else DoorTimings(),
+                                  self.clock)
         relay = LockRelay(hw.lock.pin, active_high=hw.lock.active_high, factory=self._factory)
         sounder = Sounder(hw.sounder.pin, active_high=hw.sounder.active_high, factory=self._factory) \
             if hw.sounder is not None else None
         inputs = None
-        if hw.contact is not None or hw.rex is not None or hw.tamper is not None:
+        if hw.contact is not None or hw.rex is not None or hw.tamper is not None or hw.passage is not None:
             inputs = DoorInputs(
                 contact_pin=hw.contact.pin if hw.contact else None,
                 rex_pin=hw.rex.pin if hw.rex else None,
@@ -295,6 +312,9 @@ class EdgeAgent:
                 tamper_pin=hw.tamper.pin if hw.tamper else None,
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
                 on_tamper=(lambda active, d=did: self._post(self._tamper, d, active)) if hw.tamper else None,
+                passage_pin=hw.passage.pin if hw.passage else None,
+                passage_active_low=hw.passage.active_low if hw.passage else True,
+                on_passage=(lambda d=did: self._post(self._passage, d)) if hw.passage else None,
             )
         reader = build_reader(did, hw.reader, self._reader_deps)
         camera = self.cameras.get(hw.camera) if hw.camera else None
@@ -330,6 +350,8 @@ class EdgeAgent:
                 # One dead reader must not take the other doors down; the state shows it offline.
                 self.counters["reader_start_failures"] += 1
                 log.error("door %s: %s", rt.id, exc)
+        if self.emergency_input is not None and self.emergency_input.active:
+            self._post(self._emergency_changed, True)  # a fire alarm (or a cut wire) at boot releases at once
         self.link.start()
         self._rearm()
         self.loop.start()
@@ -370,7 +392,7 @@ class EdgeAgent:
         self._cleanup_tmp()
 
     def _stop_on_loop(self) -> None:
-        self._make_safe()
+        self._make_safe(report=True)
         for rt in self.doors.values():
             try:
                 rt.reader.stop()
@@ -380,6 +402,8 @@ class EdgeAgent:
         self.link.begin_stop()
 
     def _release_hardware(self) -> None:
+        if self.emergency_input is not None:
+            self.emergency_input.close()
         for rt in self.doors.values():
             try:
                 rt.reader.stop()
@@ -415,14 +439,25 @@ class EdgeAgent:
         """A request is waiting for the server, or a card for its PIN."""
         return bool(self._pending) or any(rt.awaiting_pin is not None for rt in self.doors.values())
 
-    def _make_safe(self) -> None:
+    def _make_safe(self, report: bool = False) -> None:
+        """Every relay off and every sounder silent. ``report`` (on the loop, while the jobs worker still writes
+        the outbox): what fell due before the stop is still published (a held-open alarm or pre-alarm due just
+        before it, a turnstile's grant cancelled by it), so a shutdown never swallows an alarm."""
         for rt in self.doors.values():
+            events: list[DoorEvent] = []
             try:
-                rt.machine.safe()
+                events = rt.machine.safe()
                 rt.relay.set(False)
                 rt.relay_on = False
             except Exception:
                 log.exception("door %s: could not de-energise the relay", rt.id)
+            if report:
+                for e in events:
+                    if e.type in PUBLISHED_DOOR_EVENTS:
+                        try:
+                            self._door_event(rt, e)
+                        except Exception:
+                            log.exception("door %s: could not report %s at shutdown", rt.id, e.type)
             if rt.sounder is not None:
                 try:
                     rt.sounder.set(False)
@@ -500,8 +535,44 @@ class EdgeAgent:
         rt = self.doors[door]
         self._apply(rt, rt.machine.contact(is_open))
 
+    def _grant(self, rt: _DoorRuntime, token: str, movers: tuple[str | None, ...]) -> list[DoorEvent]:
+        """Grant at a door: an unlock time, or at a turnstile one passage credit named by the access event's id
+        (``token``), remembering who the grant moves once its passage is counted."""
+        if isinstance(rt.machine, TurnstileMachine):
+            self._turnstile_grants[token] = tuple(m for m in movers if m)
+            return rt.machine.grant(token)
+        return rt.machine.grant()
+
+    def _passage(self, door: str) -> None:
+        rt = self.doors[door]
+        if isinstance(rt.machine, TurnstileMachine):
+            self._apply(rt, rt.machine.passage())
+
+    def _turnstile_event(self, rt: _DoorRuntime, e: DoorEvent) -> dict[str, Any]:
+        """Follow a turnstile's grant to its end on this edge: its passage moves the people it named in the local
+        state (anti-passback and occupancy count passages), an unused grant moves nobody. The event's detail names
+        the grant (the access event's id) so the server does the same."""
+        token = e.detail
+        if e.type == "passage" and token:
+            movers = self._turnstile_grants.pop(token, ())
+            site = self.policy.site if self.policy is not None else None
+            if site is not None and movers:
+                pass_through(site, self.local_state, rt.id, movers, self.clock.wall())
+        elif e.type == "grant_unused":
+            self._turnstile_grants.pop(token, None)
+        return {"grant": token} if token else {}
+
     def _rex(self, door: str) -> None:
         rt = self.doors[door]
+        busy = self._interlock_busy(door)
+        if busy is not None:
+            # The exit button of an interlocked door waits like a badge: the lock stays locked (pushing the door
+            # open anyway is forced_open), and the press is reported with why nothing happened.
+            self.counters["rex_interlock_busy"] += 1
+            self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                         device=self.device.id, door=door, type="rex",
+                                         detail={"detail": "interlock_busy", "busy_door": busy}))
+            return
         self._apply(rt, rt.machine.rex())
 
     def _tamper(self, door: str, active: bool) -> None:
@@ -567,6 +638,13 @@ class EdgeAgent:
                 continue
             self._uncovered.discard(rt.id)
             now = rt.machine.timings
+            if isinstance(now, TurnstileTimings):
+                turnstile = dataclasses.replace(now, unlock_s=door.unlock_s, tailgate_s=door.tailgate_s)
+                if turnstile != now:
+                    rt.machine.timings = turnstile
+                    log.info("turnstile %s: a grant waits %.1f s, tailgate %.1f s (signed policy)", rt.id,
+                             turnstile.unlock_s, turnstile.tailgate_s)
+                continue
             new = dataclasses.replace(now, unlock_s=door.unlock_s, held_open_s=door.held_open_s,
                                       prealarm_s=door.prealarm_s)
             if new != now:
@@ -619,7 +697,8 @@ class EdgeAgent:
 
     def _door_modes(self) -> None:
         """Hold doors in mode unlocked_on_schedule open while their schedule (and first-person-in) allow, and
-        doors under a timed override as it says: a lock override beats the schedule, a lockdown beats both."""
+        doors under a timed override as it says: a lock override beats the schedule, a lockdown beats both, and
+        the emergency input beats everything for the doors set emergency_release."""
         if self.overrides:
             self._end_due_overrides()
         site = self._site()
@@ -629,9 +708,13 @@ class EdgeAgent:
         for rt in self.doors.values():
             door = site.doors.get(rt.id)
             override = self.overrides.get(rt.id)
-            if door is None or (door.mode is DoorMode.NORMAL and override is None and not rt.machine.held_unlocked):
+            released = self._released(door)
+            if door is None or (door.mode is DoorMode.NORMAL and override is None and not rt.machine.held_unlocked
+                                and not released):
                 continue
-            if override is not None:
+            if released:
+                want = True  # life safety first: an emergency beats a lockdown and a lock override
+            elif override is not None:
                 want = override.kind == "unlock" and not self.local_state.locked_down(door.to_area)
             else:
                 want = door_unlocked_now(door.id, site, self.local_state, wall)
@@ -795,8 +878,78 @@ class EdgeAgent:
         self._access_event(p, granted=False, reason=reason.value, person=None, decided_by="edge_offline",
                            t_done=self.clock.monotonic())
 
+    def _released(self, door: Door | None) -> bool:
+        """Whether the emergency input holds this door unlocked now."""
+        return self._emergency and door is not None and door.emergency_release
+
+    def _emergency_changed(self, active: bool) -> None:
+        """The emergency input opened (release) or closed again: hold the doors set ``emergency_release`` unlocked,
+        or hand them back to their normal state, and report it at each of them (the server raises and clears
+        the ``emergency_release`` alarm)."""
+        if active == self._emergency:
+            return
+        self._emergency = active
+        self.counters["emergency_releases" if active else "emergency_ends"] += 1
+        log.warning("%s: emergency input %s", self.device.id, "active: releasing doors" if active else "cleared")
+        site = self._site()
+        for rt in self.doors.values():
+            door = site.doors.get(rt.id) if site is not None else None
+            if door is None or not door.emergency_release:
+                continue
+            self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                         device=self.device.id, door=rt.id,
+                                         type="emergency_release" if active else "emergency_ended", detail={}))
+        self._door_modes()
+        self.link.publish_state()
+
+    def _interlock_busy(self, door: str) -> str | None:
+        """The other door of ``door``'s interlock that is busy (open, unlocked, held unlocked, or waiting for
+        an answer to a badge), or None: at most one door of a group may be in any of these at a time.
+
+        A badge at a group door reserves the group from the moment it is asked about until its answer (and,
+        if granted, until the door has relocked), so two people at both ends at once cannot both be let in:
+        the first badge this loop reads wins, the second is refused ``interlock_busy`` without being asked.
+        """
+        settings = self._door(door)
+        group = settings.interlock if settings is not None else None
+        if group is None or self._released(settings):
+            return None  # no interlock, or an emergency holds the whole group open (config: all or none)
+        waiting = {p.door for p in self._pending.values()}
+        for other, rt in self.doors.items():
+            if other == door:
+                continue
+            mate = self._door(other)
+            if mate is None or mate.interlock != group:
+                continue
+            if rt.machine.relay_energised or rt.machine.door_open or rt.relay_on or other in waiting:
+                return other
+        return None
+
+    def _refuse_interlock(self, door: str, card: CardRead, t_read: float, busy: str) -> None:
+        """Refuse a badge at a door whose interlock is busy, naming the person the cached policy knows the card
+        by: the edge decided on a door rule of its own (``decided_by`` ``edge``), the lock stays locked."""
+        self.counters["denied_interlock_busy"] += 1
+        h = card_hash(self.key, card.format, card.number)
+        site = self.policy.site if self.policy is not None else None
+        cred = (site or self.site).credentials.get(h) if (site or self.site) is not None else None
+        settings = self._door(door)
+        log.info("door %s: interlock %s busy (door %s): badge refused", door,
+                 settings.interlock if settings is not None else "?", busy)
+        ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id, door=door,
+                      type="access", decision="denied", reason=Reason.INTERLOCK_BUSY.value, decided_by="edge",
+                      person=cred.person if cred is not None else None, credential_hash=h,
+                      credential_last4=last4(card.number), transaction=uuid.uuid4().hex,
+                      latency_ms=round((self.clock.monotonic() - t_read) * 1000.0, 3), snapshot=None,
+                      detail={"interlock": settings.interlock if settings is not None else None, "busy_door": busy})
+        self._publish_event(ev)
+        self._reader_feedback(door, False)
+
     def _request(self, door: str, card: CardRead, t_read: float, pin: str | None) -> None:
         rt = self.doors[door]
+        busy = self._interlock_busy(door)
+        if busy is not None:
+            self._refuse_interlock(door, card, t_read, busy)
+            return
         h = card_hash(self.key, card.format, card.number)
         tx = uuid.uuid4().hex
         event_id = uuid.uuid4().hex
@@ -847,12 +1000,15 @@ class EdgeAgent:
         wall = self.clock.wall()
         decision = decide(req, site, self.local_state, wall)
         commit(req, decision, site, self.local_state, wall)
+        # The rule behind the grant, before offline_decision() marks it offline: the server moves the companions
+        # and the desk shows who passed by which rule (docs/mqtt.md "Access events").
+        rule = decision.reason.value if decision.granted else None
         decision = offline_decision(decision)
         rt = self.doors[p.door]
         t_done = now_mono
         if decision.granted:
             self.counters["offline_granted"] += 1
-            t_done = self._apply(rt, rt.machine.grant())
+            t_done = self._apply(rt, self._grant(rt, p.event_id, (decision.person, *decision.companions)))
         else:
             self.counters["offline_denied"] += 1
         self._access_event(p, granted=decision.granted, reason=decision.reason.value, person=decision.person,
@@ -875,7 +1031,7 @@ class EdgeAgent:
         t_done = self.clock.monotonic()
         if msg.granted:
             self.counters["granted"] += 1
-            t_done = self._apply(rt, rt.machine.grant())
+            t_done = self._apply(rt, self._grant(rt, p.event_id, (msg.person, *msg.companions)))
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
@@ -910,6 +1066,7 @@ class EdgeAgent:
             credential_hash=p.credential_hash, credential_last4=p.credential_last4, transaction=p.transaction,
             latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot,
             detail={"violation": violation} if violation else {},
+            companions=tuple(companions) if granted else (), grant=grant if granted else None,
         )
         self._publish_event(ev)
         self._reader_feedback(p.door, granted)
@@ -993,9 +1150,12 @@ class EdgeAgent:
         snapshot = None
         if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
             snapshot = event_id
+        if e.type in TURNSTILE_EVENTS:
+            detail = self._turnstile_event(rt, e)
+        else:
+            detail = {"detail": e.detail} if e.detail else {}
         ev = EventMsg(id=event_id, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
-                      door=rt.id, type=e.type, snapshot=snapshot,
-                      detail={"detail": e.detail} if e.detail else {})
+                      door=rt.id, type=e.type, snapshot=snapshot, detail=detail)
         self._publish_event(ev)
         if snapshot is not None and rt.camera is not None:
             self._take_snapshot(rt.camera, e.at, rt.id, event_id)
@@ -1004,9 +1164,6 @@ class EdgeAgent:
         """Ask the jobs worker for the frame nearest ``at``; it waits for a nearer frame at most 1.5 periods."""
         self.jobs.submit(TakeSnapshot(camera, at, door, event_id, give_up_at=time.monotonic() + 1.5 / camera.fps))
 
-        # The rule behind the grant, before offline_decision() marks it offline: the server moves the companions
-        # and the desk shows who passed by which rule (docs/mqtt.md "Access events").
-        rule = decision.reason.value if decision.granted else None
     def _publish_event(self, ev: EventMsg) -> None:
         """Hand the event to the jobs worker, which numbers it and puts it in the outbox (fsync'd); the pump
         sends it from there. The loop never waits for the disk."""
@@ -1066,7 +1223,6 @@ class EdgeAgent:
         except CommandError as exc:
             self._reject(payload, exc)
             return
-            companions=tuple(companions) if granted else (), grant=grant if granted else None,
         if self._nonce_file is None:
             self._nonces_saved(cmd, True, payload)
             return
@@ -1105,6 +1261,8 @@ class EdgeAgent:
                 return "failed", Reason.NO_POLICY.value  # fail secure: nothing says how this door behaves yet
             if self.local_state.locked_down(settings.to_area):
                 return "failed", "lockdown"
+            if self._interlock_busy(rt.id) is not None:
+                return "failed", Reason.INTERLOCK_BUSY.value  # a remote unlock respects the interlock too
             self._apply(rt, rt.machine.grant())
             self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
                                          device=self.device.id, door=rt.id, type="remote_unlock",
@@ -1116,6 +1274,8 @@ class EdgeAgent:
             if current is not None and current.kind == "unlock":
                 self._end_override(rt.id, "locked", transaction=cmd.transaction)
                 self._door_modes()
+            if self._released(self._door(rt.id)):
+                return "failed", "emergency_release"  # the fire panel holds it open; only it can end that
             if rt.machine.held_unlocked:
                 return "failed", "schedule_hold"  # the door mode holds it; a lockdown is the way to lock it
             self._apply(rt, rt.machine.safe())
@@ -1129,8 +1289,9 @@ class EdgeAgent:
                 to_area = settings.to_area if settings is not None else None
                 if scope != "site" and (to_area is None or to_area != scope):
                     continue
-                if active and to_area is not None and self.local_state.locked_down(to_area):
-                    self._apply(rt, rt.machine.safe())  # an unlock in force ends now
+                if active and to_area is not None and self.local_state.locked_down(to_area) \
+                        and not self._released(settings):
+                    self._apply(rt, rt.machine.safe())  # an unlock in force ends now (an emergency's never)
                 self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
                                              device=self.device.id, door=rt.id, type="lockdown",
                                              transaction=cmd.transaction,
@@ -1161,10 +1322,12 @@ class EdgeAgent:
             return "failed", "expired"
         if override.kind == "unlock" and self.local_state.locked_down(settings.to_area):
             return "failed", "lockdown"
+        if override.kind == "unlock" and self._interlock_busy(rt.id) is not None:
+            return "failed", Reason.INTERLOCK_BUSY.value
         if rt.id in self.overrides:
             self._end_override(rt.id, "replaced", transaction=override.transaction)
         self.overrides[rt.id] = override
-        if override.kind == "lock":
+        if override.kind == "lock" and not self._released(settings):
             self._apply(rt, rt.machine.safe())  # a momentary unlock or a schedule hold in force ends now
         self._door_modes()
         self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),

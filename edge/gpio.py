@@ -155,7 +155,7 @@ class Sounder(_Output):
 
 
 class DoorInputs:
-    """Door contact, REX and tamper inputs, forwarding gpiozero's edge callbacks.
+    """Door contact, REX, tamper and (turnstiles) passage-sensor inputs, forwarding gpiozero's edge callbacks.
 
     Callbacks run on gpiozero's thread (for mock pins: the thread that drove
     the pin) and fire only on changes; read :attr:`contact_open` and
@@ -189,11 +189,17 @@ class DoorInputs:
         tamper_pin: int | None = None,
         on_tamper: Callable[[bool], None] | None = None,
         tamper_active_low: bool = True,
+        passage_pin: int | None = None,
+        on_passage: Callable[[], None] | None = None,
+        passage_active_low: bool = True,
     ) -> None:
         if contact_open_level not in ("high", "low"):
             raise ValueError(f"contact_open_level must be 'high' or 'low', got {contact_open_level!r}")
         if tamper_pin is not None and on_tamper is None:
             raise ValueError("a tamper_pin needs an on_tamper callback")
+        if passage_pin is not None and on_passage is None:
+            raise ValueError("a passage_pin needs an on_passage callback")
+        self._on_passage = on_passage
         self._on_contact = on_contact
         self._on_rex = on_rex
         self._on_tamper = on_tamper
@@ -203,6 +209,7 @@ class DoorInputs:
         self._contact: DigitalInputDevice | None = None
         self._rex: DigitalInputDevice | None = None
         self._tamper: DigitalInputDevice | None = None
+        self._passage: DigitalInputDevice | None = None
         try:
             if contact_pin is not None:
                 self._contact = self._input(contact_pin, True, debounce_s, factory, "door contact")
@@ -216,6 +223,10 @@ class DoorInputs:
                 self._tamper = self._input(tamper_pin, tamper_active_low, debounce_s, factory, "tamper")
                 self._tamper.when_activated = self._tamper_restored
                 self._tamper.when_deactivated = self._tamper_opened
+            if passage_pin is not None:
+                # A turnstile's passage sensor: one pulse (active edge) per person through, like a REX press.
+                self._passage = self._input(passage_pin, passage_active_low, debounce_s, factory, "passage sensor")
+                self._passage.when_activated = self._passed
         except BaseException:
             self.close()
             raise
@@ -238,6 +249,10 @@ class DoorInputs:
     def _rex_pressed(self) -> None:
         if not self._closed:
             self._on_rex()
+
+    def _passed(self) -> None:
+        if not self._closed and self._on_passage is not None:
+            self._on_passage()
 
     def _tamper_opened(self) -> None:
         if not self._closed and self._on_tamper is not None:
@@ -265,8 +280,49 @@ class DoorInputs:
     def close(self) -> None:
         """Stop forwarding first, so nothing reaches the owner while pins are released; idempotent."""
         self._closed = True
-        for attr in ("_contact", "_rex", "_tamper"):
+        for attr in ("_contact", "_rex", "_tamper", "_passage"):
             device = getattr(self, attr)
             setattr(self, attr, None)
             if device is not None:
                 device.close()
+
+
+class EmergencyInput:
+    """The device's emergency release input: the fire alarm panel's (or a break-glass unit's) normally closed
+    contact, which opens to release the doors set ``emergency_release``.
+
+    Wired like the tamper loop and for the same reason: the pull resistor wins when the contact opens, so a cut
+    or unplugged wire reads as an emergency, never as all clear (fail safe for the people inside).
+    ``active_low`` True (the default): the closed contact goes to ground with the pin pulled up, so **low means
+    all clear and high means release**. ``on_change(True)`` reports a release, ``on_change(False)`` its end;
+    read :attr:`active` once at start for the initial position.
+    """
+
+    def __init__(self, pin: int, *, factory: Any, on_change: Callable[[bool], None], active_low: bool = True,
+                 debounce_s: float | None = None) -> None:
+        self._on_change = on_change
+        self._closed = False
+        try:
+            self._device: DigitalInputDevice | None = DigitalInputDevice(
+                pin, pull_up=active_low, bounce_time=debounce_s, pin_factory=factory)
+        except _GPIO_ERRORS as exc:
+            raise HardwareError(f"emergency input on pin {pin}: {exc}") from exc
+        # "Active" in gpiozero's sense is the closed contact: all clear.
+        self._device.when_activated = lambda: self._tell(False)
+        self._device.when_deactivated = lambda: self._tell(True)
+
+    def _tell(self, release: bool) -> None:
+        if not self._closed:
+            self._on_change(release)
+
+    @property
+    def active(self) -> bool:
+        """True while the contact is open (release), or once the input is closed (nothing says all clear)."""
+        device = self._device
+        return device is None or not device.is_active
+
+    def close(self) -> None:
+        self._closed = True
+        device, self._device = self._device, None
+        if device is not None:
+            device.close()

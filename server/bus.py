@@ -55,7 +55,7 @@ from doorkeep.contract import (
 from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.envelope import EnvelopeError
 from doorkeep.errors import MessageError
-from doorkeep.model import Site
+from doorkeep.model import DoorKind, Site
 from doorkeep.pki import check_transport, client_tls_context
 from server.directory import Directory
 from server.publisher import PolicyPublisher
@@ -597,10 +597,14 @@ class ServerBus:
                 raise Refused("foreign_event_id", f"event id {ev.id!r} already belongs to an event at "
                                                   f"{first['device']}/{first['door']}")
         self.counters["events" if new else "duplicate_events"] += 1
-        if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
+        if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person \
+                and not self._turnstile(ev.door):
             # The edge let someone through on its own: presence follows the door, as if the server had decided,
             # for the badge holder and everyone who passed with them (an escorted visitor, the first of two).
+            # At a turnstile they move when the passage is counted instead (below).
             self.directory.record_passage(ev.person, ev.door, ev.ts, ev.companions)
+        if new and ev.type == "passage" and ev.detail.get("grant"):
+            self._turnstile_passage(ev)
         try:
             self.supervisor.on_event(ev, rowid)
         except Exception:
@@ -611,6 +615,28 @@ class ServerBus:
                 listener(ev, new)
             except Exception:
                 log.exception("event listener failed")
+
+    def _turnstile(self, door: str) -> bool:
+        d = self.directory.site.doors.get(door)
+        return d is not None and d.kind is DoorKind.TURNSTILE
+
+    def _turnstile_passage(self, ev: EventMsg) -> None:
+        """A turnstile counted the passage of a grant: move the people that grant's access event names (the badge
+        holder and their companions), at the time of the passage (docs/openings.md "Turnstiles").
+
+        Only a granted access event of the same device and door counts, so a passage cannot move people another
+        door let in; a grant whose access event is not stored (yet) moves nobody and is counted.
+        """
+        grant = ev.detail.get("grant")
+        access = self.store.event(grant) if isinstance(grant, str) else None
+        if access is None or access["type"] != "access" or access["decision"] != "granted" \
+                or (access["device"], access["door"]) != (ev.device, ev.door) or not access["person"]:
+            self.counters["passages_without_grant"] += 1
+            log.warning("passage %s at %s/%s names grant %r, which is not a grant stored for that door: nobody moved",
+                        ev.id, ev.device, ev.door, grant)
+            return
+        companions = tuple(json.loads(access["companions"])) if access.get("companions") else ()
+        self.directory.record_passage(access["person"], ev.door, ev.ts, companions)
 
     def _ingest_snapshot(self, work: _Work) -> None:
         """Store a sealed snapshot (doorkeep/envelope.py); an unsealed, forged or foreign one is dropped."""

@@ -9,6 +9,7 @@ exit status follows it.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import signal
 import statistics
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from doorkeep.contract import EventMsg
 from doorkeep.schedule import is_open
+from simulators.door import DoorSimulator
 from simulators.site import SiteRunner
 
 
@@ -61,12 +63,15 @@ MORNING: tuple[Step, ...] = (
     Step(0.5, "badge", "lobby_in", "0F00A1B2C3", "granted", note="Alice arrives"),
     Step(2.0, "badge", "lobby_in", "0F00B0B0B0", "granted", note="Bob arrives"),
     Step(3.5, "badge", "lobby_in", "0F00C4C4C4", "granted", note="Chen arrives"),
+    Step(4.2, "badge", "gate_in", "0F00B0B0B0", "granted", note="Bob goes through the office gates"),
     Step(5.0, "badge", "lab", "40067890", "no_access", note="Bob tries the lab"),
     Step(6.5, "badge", "lab", "40011111", "granted", note="Alice enters the lab"),
     Step(8.0, "badge", "lobby_in", "0F00FFFF01", "unknown_credential", note="a stranger's card"),
     Step(9.0, "badge", "lobby_in", "0F00E5E5E5", "credential_inactive", note="Eli's card, reported lost"),
     Step(10.0, "badge", "lobby_in", "0F00D1D1D1", "expired", note="Dana's contract has ended"),
     Step(11.0, "force", "lobby_out", note="someone forces the exit gate"),
+    Step(12.0, "badge", "gate_out", "0F00B0B0B0", "granted", note="Bob comes back out through the gates"),
+    Step(12.6, "force", "gate_in", note="someone jumps the office gates"),
     Step(13.0, "rex", "lab", note="Chen leaves the lab by the exit button"),
     Step(14.5, "badge", "lobby_out", "0F00B0B0B0", "granted", note="Bob leaves"),
 )
@@ -90,14 +95,22 @@ class Demo:
         self._stop = threading.Event()
         self.tz = ZoneInfo(runner.bundle.site.timezone)
 
+    #: Alarms the transcript shows, and a turnstile's passages (the grant used, or cancelled unused).
+    ALARMS = ("forced_open", "held_open", "forced_passage", "tailgate")
+    TURNSTILE = {"passage": "passed", "grant_unused": "unused"}
+
     def header(self) -> None:
         print(f"{'time':8}  {'door':16}  {'person':18}  {'decision':8}  {'reason':20}  {'latency':>9}", file=self.out)
         print("-" * 88, file=self.out)
 
     def on_event(self, ev: EventMsg, new: bool) -> None:
-        if not new or ev.type not in ("access", "forced_open", "held_open"):
+        if not new or ev.type not in ("access", *self.ALARMS, *self.TURNSTILE):
             return
         site = self.runner.server.site if self.runner.server else self.runner.bundle.site
+        if ev.type in self.TURNSTILE:  # the person is the one the grant named (its access event)
+            with self._lock:
+                granted = [r for r in self.rows if r.event.id == ev.detail.get("grant")]
+            ev = dataclasses.replace(ev, person=granted[0].event.person if granted else None)
         if ev.person and ev.person in site.people:
             person = site.people[ev.person].name
         elif ev.credential_last4:
@@ -109,6 +122,8 @@ class Demo:
         if ev.type == "access":
             decision, reason = ev.decision or "", ev.reason or ""
             latency = f"{ev.latency_ms:7.2f} ms" if ev.latency_ms is not None else ""
+        elif ev.type in self.TURNSTILE:
+            decision, reason, latency = self.TURNSTILE[ev.type], "", ""
         else:
             decision, reason, latency = "ALARM", ev.type, ""
         with self._lock:
@@ -142,9 +157,9 @@ class Demo:
                 self.expected.append((step, ev.reason if ev else None))
                 if ev is not None and ev.decision == "granted" and step.walk_through:
                     if sim.door.wait_relay(True, 2.0):
-                        sim.door.open()
-                        self._stop.wait(0.8)
-                        sim.door.close()
+                        self._walk(sim.door, 0.8)
+            elif step.action == "force" and sim.door.turnstile:
+                sim.door.pass_through()  # over the arms: a passage with no grant
             elif step.action == "force":
                 sim.door.open()
                 self._stop.wait(1.2)
@@ -152,9 +167,17 @@ class Demo:
             elif step.action == "rex":
                 sim.door.press_rex()
                 if sim.door.wait_relay(True, 2.0):
-                    sim.door.open()
-                    self._stop.wait(0.8)
-                    sim.door.close()
+                    self._walk(sim.door, 0.8)
+
+    def _walk(self, door: DoorSimulator, seconds: float) -> None:
+        """Through a door: open it, wait, close it behind; through a turnstile: one passage."""
+        if door.turnstile:
+            self._stop.wait(seconds)
+            door.pass_through()
+            return
+        door.open()
+        self._stop.wait(seconds)
+        door.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -163,7 +186,7 @@ class Demo:
         access = [r.event for r in self.rows if r.event.type == "access"]
         granted = [e.latency_ms for e in access if e.decision == "granted" and e.latency_ms is not None]
         denied = [e for e in access if e.decision == "denied"]
-        alarms = [r for r in self.rows if r.event.type != "access"]
+        alarms = [r for r in self.rows if r.event.type in self.ALARMS]
         wrong = [(s, got) for s, got in self.expected if got != s.expect]
         server = self.runner.server
         print("-" * 88, file=self.out)

@@ -126,6 +126,8 @@ class DoorSimulator:
         tamper_active_low: bool = True,
         sounder_pin: int | None = None,
         sounder_active_high: bool = True,
+        passage_pin: int | None = None,
+        passage_active_low: bool = True,
     ) -> None:
         if contact_open_level not in ("high", "low"):
             raise ValueError(f"contact_open_level must be 'high' or 'low', got {contact_open_level!r}")
@@ -157,6 +159,12 @@ class DoorSimulator:
         self._tamper = _wire(factory, tamper_pin) if tamper_pin is not None else None
         if self._tamper is not None:
             self._tamper.dk_hold(self._tamper_intact_level)  # starts with the cover on
+        self._passage_level = not passage_active_low
+        self._passage = _wire(factory, passage_pin) if passage_pin is not None else None
+        if self._passage is not None:
+            self._passage.dk_hold(not self._passage_level)  # nobody in the beam
+        self.passages = 0
+        """Passages the sensor has pulsed for (whatever the arms allowed: a turnstile can be jumped)."""
 
     def open(self) -> None:
         """Open the door (drives the contact line, if wired)."""
@@ -170,6 +178,19 @@ class DoorSimulator:
         self._is_open = is_open
         if self._contact is not None:
             self._contact.dk_hold(self._open_level if is_open else not self._open_level)
+
+    @property
+    def turnstile(self) -> bool:
+        """A passage sensor is wired: the door is a turnstile direction (walk through it with pass_through)."""
+        return self._passage is not None
+
+    def pass_through(self) -> None:
+        """A person goes through a turnstile in this door's direction: one pulse of its passage sensor."""
+        if self._passage is None:
+            raise HardwareError("this simulated door has no passage sensor wired (a turnstile's `passage`)")
+        self.passages += 1
+        self._passage.dk_hold(self._passage_level)
+        self._passage.dk_hold(not self._passage_level)
 
     def press_rex(self) -> None:
         """Press and release the REX button."""
@@ -232,3 +253,31 @@ class DoorSimulator:
             return not on
         with self._cond:
             return self._cond.wait_for(lambda: self.sounder_on == on, timeout)
+
+
+class EmergencyContactSimulator:
+    """The fire alarm panel's release contact on a mock pin (``[emergency]`` in the device file).
+
+    A normally closed contact, read as the edge reads it (``edge.gpio.EmergencyInput``): with ``active_low`` the
+    closed contact holds the line low and a release lets it go high; without, the reverse. It starts all clear.
+    """
+
+    def __init__(self, factory: Any, pin: int, *, active_low: bool = True) -> None:
+        self._clear_level = not active_low
+        self._line = _wire(factory, pin)
+        self._line.dk_hold(self._clear_level)
+        self._active = False
+
+    def release(self) -> None:
+        """The fire panel releases (or the wire is cut): the contact opens."""
+        self._active = True
+        self._line.dk_hold(not self._clear_level)
+
+    def clear(self) -> None:
+        """The fire panel is reset: the contact closes again."""
+        self._active = False
+        self._line.dk_hold(self._clear_level)
+
+    @property
+    def active(self) -> bool:
+        return self._active

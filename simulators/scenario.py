@@ -347,7 +347,7 @@ def _k_ident_list(v: Any) -> tuple[str, ...]:
 
 _k_reason = _choice(*(r.value for r in Reason))
 _k_decision = _choice("granted", "denied")
-_k_decided_by = _choice("server", "edge_offline")
+_k_decided_by = _choice("server", "edge_offline", "edge")
 _k_grant = _choice(*sorted(GRANT_RULES))
 _k_event_type = _choice(*sorted(EVENT_TYPES))
 _k_alarm_type = _choice(*ALARM_TYPES, *SERVER_ALARM_TYPES)
@@ -397,6 +397,9 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("hold_open", _k_ident, "keep a door open for a simulated time, then close it",
           **{"for": Field(_k_duration, required=True)}),
     _verb("rex", _k_ident, "press a door's request-to-exit button"),
+    _verb("pass_through", _k_ident, "one person through a turnstile (its passage sensor), granted or not"),
+    _verb("emergency", _k_onoff, "open (on) or close (off) a device's emergency release input (the fire panel)",
+          device=Field(_k_ident, required=True)),
     _verb("tamper", _k_ident, "open a door's tamper switch (the reader's cover); restored: true puts it back",
           restored=Field(_k_bool)),
     _verb("register_visitor", _k_ident, "register a visitor at the security desk",
@@ -488,6 +491,10 @@ class Step:
             return f"{v} {self.subject}"
         if v == "rex":
             return f"press REX at {self.subject}"
+        if v == "pass_through":
+            return f"someone passes through {self.subject}"
+        if v == "emergency":
+            return f"emergency input at {o['device']} {'released' if self.subject else 'cleared'}"
         if v == "tamper":
             return f"{'close' if o.get('restored') else 'open'} the tamper switch at {self.subject}"
         if v == "register_visitor":
@@ -548,14 +555,6 @@ def _count_text(count: int | None) -> str:
     return "at least 1" if count is None else f"exactly {count}"
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    file: Path
-    site_dir: Path
-    start: datetime
-    """Naive local date-time in the site's time zone."""
 def _option_text(value: Any) -> str:
     """An option's value as the transcript shows it: ``none`` for null, a list as ``[a, b]``."""
     if value is None:
@@ -577,6 +576,14 @@ def _decision_text(o: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    file: Path
+    site_dir: Path
+    start: datetime
+    """Naive local date-time in the site's time zone."""
     steps: tuple[Step, ...]
 
     @property
@@ -607,6 +614,10 @@ class _KeyProblem(yaml.MarkedYAMLError):
         self.fix = fix
 
 
+class _TagProblem(_KeyProblem):
+    """An explicit YAML tag (``!!bool``, ``!!python/object``, ``!local``): the format uses none."""
+
+
 class _Loader(yaml.SafeLoader):
     """A safe loader that remembers line numbers and refuses duplicate keys and explicit tags.
 
@@ -628,10 +639,6 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     loader.flatten_mapping(node)
     out = _Map()
     out.line = node.start_mark.line + 1
-class _TagProblem(_KeyProblem):
-    """An explicit YAML tag (``!!bool``, ``!!python/object``, ``!local``): the format uses none."""
-
-
     out.lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
@@ -659,14 +666,6 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
 
-def _read_yaml(path: Path) -> Any:
-    f = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioErrors([ScenarioError(f, "file not found", "check the path")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioErrors([ScenarioError(f, f"cannot be read: {exc}", "check the file and its permissions")]) from None
 #: The deepest nesting a scenario file may have (flow brackets, block indentation, compact ``- -``), counted
 #: before PyYAML reads it: a shipped scenario nests 4 deep; PyYAML's scanner takes time quadratic in the flow
 #: depth (10,000 ``[`` took 1.5 s on an idle machine, 12.3 s on a busy one, before its recursion gave up).
@@ -750,23 +749,31 @@ def nesting_problem(text: str, limit: int = MAX_NESTING) -> tuple[int, str] | No
     return None
 
 
+def _read_yaml(path: Path) -> Any:
+    f = str(path)
     try:
-        return yaml.load(text, Loader=_Loader)
-    except _KeyProblem as exc:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ScenarioErrors([ScenarioError(f, f"the file is {size} bytes, more than {MAX_FILE_BYTES}",
                                                 "a scenario is a few kilobytes: split it into several files")])
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ScenarioErrors([ScenarioError(f, str(exc.problem), exc.fix, line=line)]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioErrors([ScenarioError(f, "file not found", "check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioErrors([ScenarioError(f, f"cannot be read: {exc}", "check the file and its permissions")]) from None
     deep = nesting_problem(text)
     if deep is not None:
         raise ScenarioErrors([ScenarioError(f, f"not valid for a scenario: {deep[1]}",
                                             "a scenario nests a few levels (steps, a step, its options): flatten it",
                                             line=deep[0])])
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except _KeyProblem as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ScenarioErrors([ScenarioError(f, str(exc.problem), exc.fix, line=line)]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
         raise ScenarioErrors([ScenarioError(
             f, f"not valid YAML: {problem}",
             "check that line: indentation, a missing colon, or a value containing ': ' that needs quotes",
@@ -987,14 +994,6 @@ def _check_step_options(f: str, step: Step, key_lines: dict[Any, int], errors: l
             and (o["decision"] == "granted") != o["reason"].startswith("granted"):
         err(f"decision {o['decision']} contradicts reason {o['reason']}",
             "only granted* reasons grant; fix one of them", "reason")
-
-
-def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> None:
-    """Order rules: outages alternate, visitors exist before they check in, in before out."""
-    up = {"broker": True, "server": True}
-    visitors: dict[str, str] = {}  # id -> registered | in | out
-    def problem(s: Step, text: str, fix: str) -> None:
-        errors.append(ScenarioError(f, text, fix, line=s.line, step=s.number, verb=s.verb))
     if step.verb in ("expect_decision", "expect_event"):
         # The rule behind a grant and who passed with it exist on grants only; a server's grant names its rule
         # as its reason, so a reason other than granted_offline must be that rule.
@@ -1008,6 +1007,14 @@ def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> N
         if step.verb == "expect_decision" and o.get("violation") and o.get("decision") == "denied":
             err("a violation is a rule broken but not enforced on a grant, and this step expects a refusal",
                 "remove `violation`, or expect a grant", "violation")
+
+
+def _check_sequence(f: str, steps: list[Step], errors: list[ScenarioError]) -> None:
+    """Order rules: outages alternate, visitors exist before they check in, in before out."""
+    up = {"broker": True, "server": True}
+    visitors: dict[str, str] = {}  # id -> registered | in | out
+    def problem(s: Step, text: str, fix: str) -> None:
+        errors.append(ScenarioError(f, text, fix, line=s.line, step=s.number, verb=s.verb))
 
     for s in steps:
         def err(text: str, fix: str, s: Step = s) -> None:
@@ -1152,7 +1159,8 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                     f"did you mean `{near}`?" if near else f"use one of: {', '.join(bundle.devices)}")
             retired.setdefault(s.subject, s.number)
             continue
-        if v in ("badge", "open", "close", "force", "hold_open", "rex", "tamper", "expect_decision", "expect_relay",
+        if v in ("badge", "open", "close", "force", "hold_open", "rex", "tamper", "pass_through", "expect_decision",
+                 "expect_relay",
                  "expect_alarm", "osdp_clear_naks", "osdp_wrong_key") and s.subject is not None \
                 and not door_ok(s, s.subject):
             continue
@@ -1170,8 +1178,25 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                 else f"an {hw.reader.protocol} reader"
             err(s, f"door {s.subject!r} has {what}; {v} attacks an OSDP reader's Secure Channel",
                 "use a door with an OSDP reader on Secure Channel (e.g. gate_in on firmware-config/sites/readers)")
-        opens = v in ("open", "close", "force", "hold_open") or (v == "badge" and o.get("walk_through"))
-        if opens and hw is not None and hw.contact is None:
+        turnstile = hw is not None and hw.passage is not None
+        if v == "pass_through" and hw is not None and not turnstile:
+            err(s, f"door {s.subject!r} is not a turnstile (no passage sensor wired)",
+                'use a door with `kind = "turnstile"` and a `passage` sensor, or walk through with `badge ... '
+                'walk_through: true` / `open` and `close`')
+        if v == "emergency":
+            dev = bundle.devices.get(o["device"])
+            if dev is None:
+                err(s, f"no device {o['device']!r} in {bundle.dir / 'devices'}",
+                    f"use one of: {', '.join(bundle.devices)}")
+            elif dev.emergency is None:
+                err(s, f"device {o['device']!r} has no emergency input wired",
+                    "add `[emergency]` with `pin = N` to its device file, or use another device")
+        opens = v in ("open", "close", "force", "hold_open") or (v == "badge" and o.get("walk_through")
+                                                                 and not turnstile)
+        if turnstile and v in ("open", "close", "force", "hold_open"):
+            err(s, f"door {s.subject!r} is a turnstile: it has no door leaf to {v.replace('_', ' ')}",
+                "use `pass_through` (a passage with or without a grant)")
+        elif opens and hw is not None and hw.contact is None:
             err(s, f"door {s.subject!r} has no door contact wired, so it cannot be seen opening",
                 "add `contact = { pin = N }` to the door in its device file, or use another door")
         if v == "tamper" and hw is not None and hw.tamper is None:
@@ -1207,6 +1232,9 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
             if "pin" in o and proto not in KEYPAD_PROTOCOLS:
                 err(s, f"door {s.subject!r} has an {proto} reader, which has no keypad",
                     "PINs are typed on ASCII, pin pad, OSDP and Wiegand keypad readers; use a PIN door or drop `pin`")
+        if v in ("expect_decision", "expect_event"):
+            for companion in o.get("companions", ()):
+                person_ok(s, companion)
         if v == "expect_decision":
             person_ok(s, o.get("person"))
         if v == "register_visitor":
@@ -1233,9 +1261,6 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                 f"set qr = true on the camera of {o['door']} in its device file (qr_door = \"{o['door']}\" if the "
                 "camera watches several doors; docs/configuration.md), or show the pass at another door")
         if v in ("report_lost", "expect_refused"):
-        if v in ("expect_decision", "expect_event"):
-            for companion in o.get("companions", ()):
-                person_ok(s, companion)
             fmts = [o["format"]] if "format" in o else ["em4100", "ascii"]
             matches = [fmt for fmt in fmts if (fmt, normalise(fmt, s.subject)) in known_cards]
             if not matches:
@@ -1298,6 +1323,17 @@ class ScenarioResult:
 # ================================================================ running
 
 
+@dataclass
+class _Revocation:
+    """A card revoked at the desk (``report_lost``, ``check_out``): when, on the scenario clock, and when the
+    server and each edge's cached policy first refused it (None / absent: not within the step's 5 s)."""
+
+    at: float
+    server: float | None = None
+    edges: dict[str, float] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+
+
 class _Recorder:
     """Every event the edges publish, as they publish it (the server need not be up)."""
 
@@ -1324,17 +1360,6 @@ class _Recorder:
     def ids(self) -> list[str]:
         with self._cond:
             return [e.id for _, e in self.events]
-@dataclass
-class _Revocation:
-    """A card revoked at the desk (``report_lost``, ``check_out``): when, on the scenario clock, and when the
-    server and each edge's cached policy first refused it (None / absent: not within the step's 5 s)."""
-
-    at: float
-    server: float | None = None
-    edges: dict[str, float] = field(default_factory=dict)
-    devices: tuple[str, ...] = ()
-
-
 
 
 def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -1398,6 +1423,13 @@ class ScenarioRunner:
         self._pool_by_hash: dict[str, tuple[str, str]] = {}
         self._stolen: dict[str, Any] = {}
         """device -> the BrokerConfig of its revoked certificate (``revoked_device_connects``)."""
+        self._presented: dict[str, tuple[float, float]] = {}
+        """door -> (scenario time, real monotonic time) the last card was presented there (``badge``, ``show_qr``)."""
+        self._presented_for: dict[str, float] = {}
+        """access event id -> the scenario time its card was presented (``decided_within``)."""
+        self._revocations: dict[str, _Revocation] = {}
+        """card hash -> when it was revoked and when the server and each edge refused it (``expect_refused``)."""
+        self._broker_up = True
 
     # ---------------------------------------------------------------- output
 
@@ -1424,13 +1456,6 @@ class ScenarioRunner:
         runner = SiteRunner(self.bundle, broker_url=self.broker_url, clock=self.clock,
                             embedded_broker=not mosquitto_installed(), allow_plain=self.allow_plain)
         self.runner = runner
-        self._presented: dict[str, tuple[float, float]] = {}
-        """door -> (scenario time, real monotonic time) the last card was presented there (``badge``, ``show_qr``)."""
-        self._presented_for: dict[str, float] = {}
-        """access event id -> the scenario time its card was presented (``decided_within``)."""
-        self._revocations: dict[str, _Revocation] = {}
-        """card hash -> when it was revoked and when the server and each edge refused it (``expect_refused``)."""
-        self._broker_up = True
         try:
             try:
                 self._start_site(runner)
@@ -1595,6 +1620,7 @@ class ScenarioRunner:
         if pin is not None:
             note += self._avoid_repeat_filter(door, "P" + pin)
         before = len(self.recorder.select(door, ["access"]))
+        self._presented[door] = (self.clock.wall(), time.monotonic())
         sim.badge(number, fmt)
         self._last_read[(door, number)] = self.clock.monotonic()
         site_door = self.bundle.site.doors[door]
@@ -1612,16 +1638,23 @@ class ScenarioRunner:
         if not self.recorder.wait(decided, timeout):
             raise StepFailed(f"no access decision for card …{last4(number)} at {door} within {timeout:g} s")
         ev = next(e for _, e in self.recorder.select(door, ["access"])[before:] if e.credential_hash == h)
+        self._presented_for[ev.id] = self._presented[door][0]
         latency = f", {ev.latency_ms:.1f} ms" if ev.latency_ms is not None else ""
         who = f"{ev.person}, " if ev.person else ""
         outcome = f"{ev.decision}: {ev.reason} ({who}{ev.decided_by}{latency}){note}"
-        if step.opt("walk_through") and ev.decision == "granted":
+        if step.opt("walk_through") and ev.decision == "granted" and sim.door.turnstile:
+            if not sim.door.wait_relay(True, 3.0):
+                raise StepFailed(f"{door} was granted but its arms were never freed")
+            got = self._pass_turnstile(door)
+            if got.type != "passage" or got.detail.get("grant") != ev.id:
+                raise StepFailed(f"walking through {door} on this grant gave {got.type} {got.detail}, not its passage")
+            outcome += ", walked through"
+        elif step.opt("walk_through") and ev.decision == "granted":
             if not sim.door.wait_relay(True, 3.0):
                 raise StepFailed(f"{door} was granted but its relay was never energised")
             sim.door.open()
             self._wait_open(door, True)
             sim.door.close()
-        self._presented[door] = (self.clock.wall(), time.monotonic())
             self._wait_open(door, False)
             outcome += ", walked through"
         return outcome
@@ -1639,7 +1672,6 @@ class ScenarioRunner:
         self._wait_open(step.subject, True)
         return ""
 
-        self._presented_for[ev.id] = self._presented[door][0]
     def _do_close(self, step: Step) -> str:
         self.site.doors[step.subject].door.close()
         self._wait_open(step.subject, False)
@@ -1675,6 +1707,32 @@ class ScenarioRunner:
         if not self.recorder.wait(lambda: len(self.recorder.select(door, ["rex"])) > before, 3.0):
             raise StepFailed(f"the edge reported no REX press at {door} within 3 s")
         return ""
+
+    def _pass_turnstile(self, door: str) -> EventMsg:
+        """Pulse the turnstile's passage sensor once; the edge's event for it (passage, tailgate, forced_passage)."""
+        kinds = ["passage", "tailgate", "forced_passage"]
+        before = len(self.recorder.select(door, kinds))
+        self.site.doors[door].door.pass_through()
+        if not self.recorder.wait(lambda: len(self.recorder.select(door, kinds)) > before, 3.0):
+            raise StepFailed(f"the edge reported nothing for a passage through {door} within 3 s")
+        return self.recorder.select(door, kinds)[before][1]
+
+    def _do_pass_through(self, step: Step) -> str:
+        ev = self._pass_turnstile(step.subject)
+        grant = ev.detail.get("grant")
+        return f"{ev.type}" + (f" (grant {grant[:8]})" if grant else "")
+
+    def _do_emergency(self, step: Step) -> str:
+        device = step.options["device"]
+        contact = self.site.emergency[device]
+        agent = self.site.agents[device]
+        (contact.release if step.subject else contact.clear)()
+        if not _poll(lambda: agent._emergency == bool(step.subject), 3.0):
+            raise StepFailed(f"{device} did not see its emergency input {'open' if step.subject else 'close'} "
+                             "within 3 s")
+        if not agent.sync(3.0):
+            raise StepFailed(f"{device} did not act on its emergency input within 3 s")
+        return "doors set emergency_release " + ("held unlocked" if step.subject else "back to normal")
 
     def _do_tamper(self, step: Step) -> str:
         door = step.subject
@@ -1718,73 +1776,14 @@ class ScenarioRunner:
         return f"badge {badge[1]}"
 
     def _do_check_out(self, step: Step) -> str:
-        self._directory().check_out(step.subject)
-        self.site.wait_policies(5.0)
-        return ""
-
-    def _do_show_qr(self, step: Step) -> str:
-        """Issue the visitor's pass once (the server must be up then), hold it up to the door's camera until the
-        edge decided, then lower it. The same pass shown again later is the same text: a photo, a replay."""
-        visitor, door = step.subject, step.options["door"]
-        note = ""
-        token = self.visitor_passes.get(visitor)
-        if token is None:
-            passes = self.site.server.passes if self.site.server is not None else None
-            if passes is None:
-                raise StepFailed("the server is down, and this visitor has no pass yet: show it first with `server: up`")
-            token = passes.issue_pass(visitor, actor="scenario").token
-            self.visitor_passes[visitor] = token
-            self.site.wait_policies(5.0)
-            note = " (pass issued)"
-        window = QR_REPEAT_S
-        last = self._last_read.get((door, token))
-        if last is not None and self.clock.monotonic() - last < window:
-            gap = window - (self.clock.monotonic() - last) + 0.05
-            self._advance(gap)
-            note += f" (clock +{gap:.2f}s: the camera takes a code again only after {window:g}s out of view)"
-        before = len(self.recorder.select(door, ["access"]))
-        self.site.show_qr(door, token)
-        try:
-            def decided() -> bool:
-                return len(self.recorder.select(door, ["access"])) > before
-
-            timeout = self.bundle.site.doors[door].decision_timeout_ms / 1000.0 + 5.0
-            if not self.recorder.wait(decided, timeout):
-                raise StepFailed(f"no access decision at {door} within {timeout:g} s of showing {visitor}'s pass")
-        finally:
-            self.site.show_qr(door, None)
-            self._last_read[(door, token)] = self.clock.monotonic()
-        ev = self.recorder.select(door, ["access"])[before][1]
-        who = f"{ev.person}, " if ev.person else ""
-        latency = f", {ev.latency_ms:.1f} ms" if ev.latency_ms is not None else ""
-        return f"{ev.decision}: {ev.reason} ({who}{ev.decided_by}{latency}){note}"
-
-    def _do_report_lost(self, step: Step) -> str:
-        directory = self._directory()
-        fmts = [step.options["format"]] if "format" in step.options else ["em4100", "ascii"]
-        for fmt in fmts:
-            h = directory.card(fmt, step.subject)
-            if h in directory.site.credentials:
-                cred = directory.set_card_state(h, CredentialState.LOST)
-                self.site.wait_policies(5.0)
-                return f"{cred.person}'s card …{cred.last4} is lost"
-        raise StepFailed(f"card {step.subject} is not an active credential of the site now")
-
-    def _do_lockdown(self, step: Step) -> str:
-        self._directory().lockdown(step.opt("area"), bool(step.subject))
-        self.site.wait_policies(5.0)
-        return ""
-
-    def _do_broker(self, step: Step) -> str:
-        if not self.site.owns_broker:
         badge = self.visitor_cards.get(step.subject)
         began = self.clock.wall()
-            raise StepFailed("the broker is external (--broker URL); broker steps need the runner's own broker")
+        self._directory().check_out(step.subject)
         if badge is not None:
             self._track_revocation(card_hash(self.site.key, *badge), began)
-        if step.subject == "down":
-            self.site.wait_policies(5.0)
-            self.site.stop_broker()
+        self.site.wait_policies(5.0)
+        return ""
+
     def _track_revocation(self, h: str, began: float) -> None:
         """Watch a card just revoked until the server and every edge's cached policy refuse it, and note when each
         did on the scenario clock (``expect_refused``). Polled every few milliseconds, for at most 5 s: the step
@@ -1811,10 +1810,75 @@ class ScenarioRunner:
         _poll(refused_everywhere, 5.0, 0.002)
         rev.devices = tuple(agents)
 
+    def _do_show_qr(self, step: Step) -> str:
+        """Issue the visitor's pass once (the server must be up then), hold it up to the door's camera until the
+        edge decided, then lower it. The same pass shown again later is the same text: a photo, a replay."""
+        visitor, door = step.subject, step.options["door"]
+        note = ""
+        token = self.visitor_passes.get(visitor)
+        if token is None:
+            passes = self.site.server.passes if self.site.server is not None else None
+            if passes is None:
+                raise StepFailed("the server is down, and this visitor has no pass yet: show it first with `server: up`")
+            token = passes.issue_pass(visitor, actor="scenario").token
+            self.visitor_passes[visitor] = token
+            self.site.wait_policies(5.0)
+            note = " (pass issued)"
+        window = QR_REPEAT_S
+        last = self._last_read.get((door, token))
+        if last is not None and self.clock.monotonic() - last < window:
+            gap = window - (self.clock.monotonic() - last) + 0.05
+            self._advance(gap)
+            note += f" (clock +{gap:.2f}s: the camera takes a code again only after {window:g}s out of view)"
+        before = len(self.recorder.select(door, ["access"]))
+        self._presented[door] = (self.clock.wall(), time.monotonic())
+        self.site.show_qr(door, token)
+        try:
+            def decided() -> bool:
+                return len(self.recorder.select(door, ["access"])) > before
+
+            timeout = self.bundle.site.doors[door].decision_timeout_ms / 1000.0 + 5.0
+            if not self.recorder.wait(decided, timeout):
+                raise StepFailed(f"no access decision at {door} within {timeout:g} s of showing {visitor}'s pass")
+        finally:
+            self.site.show_qr(door, None)
+            self._last_read[(door, token)] = self.clock.monotonic()
+        ev = self.recorder.select(door, ["access"])[before][1]
+        self._presented_for[ev.id] = self._presented[door][0]
+        who = f"{ev.person}, " if ev.person else ""
+        latency = f", {ev.latency_ms:.1f} ms" if ev.latency_ms is not None else ""
+        return f"{ev.decision}: {ev.reason} ({who}{ev.decided_by}{latency}){note}"
+
+    def _do_report_lost(self, step: Step) -> str:
+        directory = self._directory()
+        fmts = [step.options["format"]] if "format" in step.options else ["em4100", "ascii"]
+        for fmt in fmts:
+            h = directory.card(fmt, step.subject)
+            if h in directory.site.credentials:
+                began = self.clock.wall()
+                cred = directory.set_card_state(h, CredentialState.LOST)
+                self._track_revocation(h, began)
+                self.site.wait_policies(5.0)
+                return f"{cred.person}'s card …{cred.last4} is lost"
+        raise StepFailed(f"card {step.subject} is not an active credential of the site now")
+
+    def _do_lockdown(self, step: Step) -> str:
+        self._directory().lockdown(step.opt("area"), bool(step.subject))
+        self.site.wait_policies(5.0)
+        return ""
+
+    def _do_broker(self, step: Step) -> str:
+        if not self.site.owns_broker:
+            raise StepFailed("the broker is external (--broker URL); broker steps need the runner's own broker")
+        if step.subject == "down":
+            self.site.wait_policies(5.0)
+            self.site.stop_broker()
+            self._broker_up = False
             return "every client disconnected"
         began = time.monotonic()
         if not self.site.start_broker(20.0):
             raise StepFailed("not every client reconnected to the broker within 20 s")
+        self._broker_up = True
         if self.site.server is not None:
             # The broker sent the server's last will as it went down; the edges ask the
             # server again only once its retained "online" has reached them.
@@ -1832,7 +1896,6 @@ class ScenarioRunner:
             self.site.stop_server()
             _poll(lambda: all(a.server_availability != "online" for a in agents), 3.0)
             return "the edges are on their own"
-        self._presented[door] = (self.clock.wall(), time.monotonic())
         self.site.start_server()
         if not self.site.wait_connected(15.0):
             raise StepFailed("the server did not reconnect to the broker within 15 s")
@@ -1845,7 +1908,6 @@ class ScenarioRunner:
         """The door's simulated OSDP reader and the edge's view of it (its bus's counters)."""
         sim = self.site.doors[door].reader
         if not hasattr(sim, "inject_clear_naks"):
-        self._presented_for[ev.id] = self._presented[door][0]
             raise StepFailed(f"{door}'s reader is not doorkeep's simulated OSDP reader ({type(sim).__name__})")
         return sim, self._agent_door(door).reader
 
@@ -1856,9 +1918,7 @@ class ScenarioRunner:
         _, edge = self._osdp_reader(door)
         before = edge.stats.faults.get(cause, 0)
         start()
-                began = self.clock.wall()
         timeout = 5.0 + per_item_s * count
-                self._track_revocation(h, began)
         if not _poll(lambda: edge.stats.faults.get(cause, 0) >= before + count, timeout, 0.02):
             seen = edge.stats.faults.get(cause, 0) - before
             raise StepFailed(f"the edge counted {seen} of {count} {cause} at {door} within {timeout:g} s")
@@ -1874,12 +1934,10 @@ class ScenarioRunner:
         sim, _ = self._osdp_reader(step.subject)
         count = step.options["count"]
         return self._inject(step.subject, CAUSE_CLEAR_NAK, count, lambda: sim.inject_clear_naks(count), 0.5)
-            self._broker_up = False
 
     def _do_osdp_wrong_key(self, step: Step) -> str:
         sim, edge = self._osdp_reader(step.subject)
         count = step.options["count"]
-        self._broker_up = True
         # After a handshake fails on the key, the control panel waits before it tries that reader again.
         pause = float(getattr(getattr(edge, "bus", None), "retry_key_problem_s", 5.0))
         return self._inject(step.subject, CAUSE_HANDSHAKE_FAILED, count, lambda: sim.answer_with_wrong_key(count),
@@ -1981,6 +2039,7 @@ class ScenarioRunner:
         if not self.recorder.wait(lambda: bool(self.recorder.select(door, ["access"])), self._within(step)):
             return False, expected, f"no badge has been decided at {door}"
         at, ev = self.recorder.select(door, ["access"])[-1]
+        violation = (ev.detail or {}).get("violation")
         ok = (o.get("decision", ev.decision) == ev.decision and o.get("reason", ev.reason) == ev.reason
               and o.get("person", ev.person) == ev.person and o.get("decided_by", ev.decided_by) == ev.decided_by
               and o.get("grant", ev.grant) == ev.grant and o.get("violation", violation) == violation
@@ -2014,72 +2073,12 @@ class ScenarioRunner:
         want = step.options["energised"]
         sim = self.site.doors[door]
         rt = self._agent_door(door)
-        state = "energised" if sim.door.relay_energised else "not energised"
-        return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
-
-    def _expect_alarm(self, step: Step) -> tuple[bool, str, str]:
-        if step.options.get("type") in SERVER_ALARM_TYPES:
-            return self._expect_server_alarm(step)
-        door = step.subject
-        types = [step.options["type"]] if "type" in step.options else list(ALARM_TYPES)
-        count = step.options.get("count")
-        cause = step.options.get("cause")
-
-        def found() -> list[tuple[float, EventMsg]]:
-            return [(t, e) for t, e in self.recorder.select(door, types)
-                    if cause is None or (e.detail or {}).get("cause") == cause]
-
-        if count == 0:
-            self._do_settle_quietly(self._within(step))
-            ok = not found()
-        else:
-            ok = self.recorder.wait(lambda: len(found()) >= (count or 1), self._within(step))
-            ok = ok and (count is None or len(found()) == count)
-        alarms = found()
-        kinds = " or ".join(types) + (f" ({cause})" if cause else "")
-        expected = f"{_count_text(count)} {kinds} at {door}"
-        actual = (f"{len(alarms)}: " + ", ".join(f"{e.type} at {self._local(t)}" + _cause_text(e)
-                                                 for t, e in alarms)) if alarms else f"no {kinds} at {door}"
-        return ok, expected, actual
-
-    def _expect_server_alarm(self, step: Step) -> tuple[bool, str, str]:
-        """An alarm the server raised (intrusion signals): every one ever stored of that type at the door, or
-        about the card, resolved ones included."""
-        o = step.options
-        kind, count = o["type"], o.get("count")
-        where = f"for card {o['card']}" if "card" in o else f"at {step.subject}" if step.subject else "from any address"
-        expected = f"{_count_text(count)} {kind} {where}"
-        if self.site.server is None:
-            return False, expected, "the server is down: it raises these alarms"
-        store = self.site.server.store
-        keys: list[str | None]
-        if kind in ADDRESS_ALARM_TYPES:
-            keys = [None]  # every address: the runner's clients all come from loopback
-        elif "card" in o:
-            fmt = o.get("format", "em4100")
-            keys = [f"{kind}:credential:{card_hash(self.site.key, fmt, o['card'])}"]
-        else:
-            keys = [f"{kind}:door:{step.subject}"]
-
-        def found() -> list[dict[str, Any]]:
-            return [a for key in keys
-        violation = (ev.detail or {}).get("violation")
-                    for a in store.alarms(limit=None, type=kind, **({"key": key} if key is not None else {}))]
-
-        if count == 0:
-            self._do_settle_quietly(self._within(step))
-            ok = not found()
-        else:
-            ok = _poll(lambda: len(found()) >= (count or 1), self._within(step), 0.05)
-            ok = ok and (count is None or len(found()) == count)
-        alarms = found()
-        actual = (f"{len(alarms)}: " + ", ".join(
         if step.options.get("at_once"):
             return self._relay_at_once(door, want)
         ok = sim.door.wait_relay(want, self._within(step))
-            f"{a['id']} ({a['state']}; " + ", ".join(f"{k} {a['detail'][k]}" for k in (
-                "address", "count", "refusals", "door_count", "seconds_apart", "window_s") if k in a["detail"]) + ")"
-            for a in alarms)) \
+        state = "energised" if sim.door.relay_energised else "not energised"
+        return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
+
     def _relay_at_once(self, door: str, want: bool) -> tuple[bool, str, str]:
         """The relay now, without waiting. Not energised also means never energised since the last card was
         presented at the door: a lock still released by an earlier grant, or a refusal that pulsed it, fails
@@ -2127,6 +2126,65 @@ class ScenarioRunner:
                     late.append(who)
         return not late, expected, ("late: " + ", ".join(late) + "; " if late else "") + ", ".join(parts)
 
+    def _expect_alarm(self, step: Step) -> tuple[bool, str, str]:
+        if step.options.get("type") in SERVER_ALARM_TYPES:
+            return self._expect_server_alarm(step)
+        door = step.subject
+        types = [step.options["type"]] if "type" in step.options else list(ALARM_TYPES)
+        count = step.options.get("count")
+        cause = step.options.get("cause")
+
+        def found() -> list[tuple[float, EventMsg]]:
+            return [(t, e) for t, e in self.recorder.select(door, types)
+                    if cause is None or (e.detail or {}).get("cause") == cause]
+
+        if count == 0:
+            self._do_settle_quietly(self._within(step))
+            ok = not found()
+        else:
+            ok = self.recorder.wait(lambda: len(found()) >= (count or 1), self._within(step))
+            ok = ok and (count is None or len(found()) == count)
+        alarms = found()
+        kinds = " or ".join(types) + (f" ({cause})" if cause else "")
+        expected = f"{_count_text(count)} {kinds} at {door}"
+        actual = (f"{len(alarms)}: " + ", ".join(f"{e.type} at {self._local(t)}" + _cause_text(e)
+                                                 for t, e in alarms)) if alarms else f"no {kinds} at {door}"
+        return ok, expected, actual
+
+    def _expect_server_alarm(self, step: Step) -> tuple[bool, str, str]:
+        """An alarm the server raised (intrusion signals): every one ever stored of that type at the door, or
+        about the card, resolved ones included."""
+        o = step.options
+        kind, count = o["type"], o.get("count")
+        where = f"for card {o['card']}" if "card" in o else f"at {step.subject}" if step.subject else "from any address"
+        expected = f"{_count_text(count)} {kind} {where}"
+        if self.site.server is None:
+            return False, expected, "the server is down: it raises these alarms"
+        store = self.site.server.store
+        keys: list[str | None]
+        if kind in ADDRESS_ALARM_TYPES:
+            keys = [None]  # every address: the runner's clients all come from loopback
+        elif "card" in o:
+            fmt = o.get("format", "em4100")
+            keys = [f"{kind}:credential:{card_hash(self.site.key, fmt, o['card'])}"]
+        else:
+            keys = [f"{kind}:door:{step.subject}"]
+
+        def found() -> list[dict[str, Any]]:
+            return [a for key in keys
+                    for a in store.alarms(limit=None, type=kind, **({"key": key} if key is not None else {}))]
+
+        if count == 0:
+            self._do_settle_quietly(self._within(step))
+            ok = not found()
+        else:
+            ok = _poll(lambda: len(found()) >= (count or 1), self._within(step), 0.05)
+            ok = ok and (count is None or len(found()) == count)
+        alarms = found()
+        actual = (f"{len(alarms)}: " + ", ".join(
+            f"{a['id']} ({a['state']}; " + ", ".join(f"{k} {a['detail'][k]}" for k in (
+                "address", "count", "refusals", "door_count", "seconds_apart", "window_s") if k in a["detail"]) + ")"
+            for a in alarms)) \
             if alarms else f"no {kind} {where}"
         return ok, expected, actual
 
@@ -2137,6 +2195,8 @@ class ScenarioRunner:
         filters.update({k: o[k] for k in ("door", "decision", "reason", "grant", "person", "decided_by") if k in o})
         companions = o.get("companions")
         text = ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in filters.items())
+        if companions is not None:
+            text += f", companions {_option_text(companions)}"
         expected = f"{_count_text(count)} stored event with {text}"
         if self.site.server is None:
             return False, expected, "the server is down: nothing can be stored"
@@ -2197,8 +2257,6 @@ class ScenarioRunner:
         ok = _poll(lambda: state.occupancy(area) == want, self._within(step))
 
         def who() -> list[str]:
-        if companions is not None:
-            text += f", companions {_option_text(companions)}"
             for _ in range(5):
                 try:
                     return sorted(p for p, pres in state.presence.items() if pres.area == area)
@@ -2216,6 +2274,15 @@ def _cause_text(ev: EventMsg) -> str:
     if "cause" not in detail or ev.type != "reader_security":
         return ""
     return f" ({detail['cause']}" + (f", {detail['in_window']} in window" if "in_window" in detail else "") + ")"
+
+
+def _companions(row: dict[str, Any]) -> list[str]:
+    """A stored event's companions (a JSON list, NULL for none: migration 022)."""
+    try:
+        found = json.loads(row.get("companions") or "[]")
+    except ValueError:
+        return []
+    return [str(c) for c in found] if isinstance(found, list) else []
 
 
 def _detail(row: dict[str, Any]) -> dict[str, Any]:
@@ -2277,15 +2344,6 @@ def junit_xml(results: list[ScenarioResult], invalid: dict[str, ScenarioErrors] 
                              name="the scenario file is valid", file=file)
         ET.SubElement(case, "error", message=f"{len(errs.errors)} problem(s) in {file}",
                       type="InvalidScenario").text = str(errs)
-def _companions(row: dict[str, Any]) -> list[str]:
-    """A stored event's companions (a JSON list, NULL for none: migration 022)."""
-    try:
-        found = json.loads(row.get("companions") or "[]")
-    except ValueError:
-        return []
-    return [str(c) for c in found] if isinstance(found, list) else []
-
-
         totals["tests"] += 1
         totals["errors"] += 1
     for k, v in totals.items():

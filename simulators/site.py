@@ -57,7 +57,7 @@ from server.passes import PassKeys
 from simulators import reader as _reader_module
 from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
-from simulators.door import DoorSimulator
+from simulators.door import DoorSimulator, EmergencyContactSimulator
 from simulators.osdp_pd import OsdpPdSimulator
 from simulators.reader import ReaderSimulator
 from simulators.wait import wait_until
@@ -199,6 +199,8 @@ class SiteRunner:
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
     doors: dict[str, SimDoor] = field(default_factory=dict)
     cameras: dict[str, CameraSimulator] = field(default_factory=dict)
+    # device -> its fire panel's release contact ([emergency] in the device file), held clear from the start
+    emergency: dict[str, EmergencyContactSimulator] = field(default_factory=dict)
     _buses: list[OsdpBusSimulator] = field(default_factory=list)
     _broker: Any = None
     _broker_dir: Any = None
@@ -428,9 +430,14 @@ class SiteRunner:
                 tamper_active_low=hw.tamper.active_low if hw.tamper else True,
                 sounder_pin=hw.sounder.pin if hw.sounder else None,
                 sounder_active_high=hw.sounder.active_high if hw.sounder else True,
+                passage_pin=hw.passage.pin if hw.passage else None,
+                passage_active_low=hw.passage.active_low if hw.passage else True,
             )
             self.doors[did] = SimDoor(did, dev.id, reader, door, hw.reader.protocol)
             doors[did] = dataclasses.replace(hw, reader=rc)
+        if dev.emergency is not None:  # before the agent reads it: an undriven line would read as a release
+            self.emergency[dev.id] = EmergencyContactSimulator(factory, dev.emergency.pin,
+                                                               active_low=dev.emergency.active_low)
         simulated = dataclasses.replace(dev, doors=doors, cameras=cams, broker=broker, gpio_factory="mock")
         agent = EdgeAgent(simulated, self.bundle.site, self.key, clock=self.clock, pin_factory=factory,
                           policy_key=self.signing_key.public_key(), state_dir=self.data_dir / "edge" / dev.id,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable, Mapping, Sequence
 
-from doorkeep.model import WEEKDAYS, AntiPassback, DoorMode, OfflineMode
+from doorkeep.model import WEEKDAYS, AntiPassback, DoorKind, DoorMode, OfflineMode
 
 #: An object id: what doorkeep.config accepts as a table name, at most 64 characters like the API's site keys.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -117,6 +117,15 @@ DOOR_FIELDS: tuple[Field, ...] = (
           "cache decides from the edge's signed policy, deny refuses", default=OfflineMode.DENY.value,
           choices=tuple(m.value for m in OfflineMode)),
     Field("pin_required", "Card and PIN", "bool", "the PIN typed at the reader must match the person's", default=False),
+    Field("kind", "Kind", "choice", "turnstile: one passage per grant, counted by its passage sensor",
+          default=DoorKind.DOOR.value, choices=tuple(k.value for k in DoorKind)),
+    Field("tailgate_s", "Tailgate window (seconds)", "number",
+          "turnstiles only, 0 to 60: a passage with no grant this soon after one is tailgating (empty: 3)",
+          minimum=0, maximum=60),
+    Field("interlock", "Interlock group", "text",
+          "doors with the same group name (a mantrap) never open at once; empty: none"),
+    Field("emergency_release", "Released by the emergency input", "bool",
+          "held unlocked while its device's emergency input (the fire panel) is active", default=False),
     Field("visitor_checkout", "Visitor check-out by pass", "bool",
           "a visitor's pass granted here checks the visit out (an exit door; a pool badge still goes back to the desk)",
           default=False),

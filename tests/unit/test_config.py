@@ -117,9 +117,9 @@ def test_demo_site_dir_loads_what_it_says() -> None:
     bundle = load_site_dir(DEMO)
     assert bundle.site.id == "demo"
     assert bundle.site.timezone == "Europe/London"
-    assert set(bundle.site.doors) == {"lobby_in", "lobby_out", "lab"}
+    assert set(bundle.site.doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out", "lab"}
     assert set(bundle.devices) == {"pi-lobby", "pi-floor7"}
-    assert set(bundle.devices["pi-lobby"].doors) == {"lobby_in", "lobby_out"}
+    assert set(bundle.devices["pi-lobby"].doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out"}
     assert bundle.devices["pi-floor7"].doors["lab"].lock.active_high is False
     assert bundle.site.doors["lab"].to_area == "floor7"
     assert {c.person for c in bundle.cards} == set(bundle.people)

@@ -43,7 +43,8 @@ def test_floor_view_groups_doors_by_area_name_with_state_alarms_last_event_and_s
     login(client, "dex")
     data = floors(client)
     assert [(a["id"], a["name"], [d["id"] for d in a["doors"]]) for a in data["areas"]] == [
-        ("floor7", "Floor 7", ["lab"]), ("lobby", "Lobby", ["lobby_in"]), ("outside", "Outside", ["lobby_out"])]
+        ("floor7", "Floor 7", ["lab"]), ("lobby", "Lobby", ["lobby_in", "gate_out"]),
+        ("office", "Open-plan office", ["gate_in"]), ("outside", "Outside", ["lobby_out"])]
     assert all(d["last_event"] is None and d["snapshot"] is None and d["state"] == "unknown"
                for d in cards(data).values())
 

@@ -282,7 +282,8 @@ def test_saving_a_level_row_of_the_matrix_changes_only_that_levels_entries(app: 
     assert line.startswith("~ access_levels.lab.entries: ")
     entries = {(e.area, e.schedule) for e in server.site.access_levels["lab"].entries}
     assert entries == {("lobby", "always"), ("floor7", "always")}
-    assert {(e.area, e.schedule) for e in server.site.access_levels["staff"].entries} == {("lobby", "always"), ("outside", "always")}
+    assert {(e.area, e.schedule) for e in server.site.access_levels["staff"].entries} == {("lobby", "always"), ("office", "always"),
+                                                                                       ("outside", "always")}
 
     r = c.post("/site/levels/lab", data=data | {"cell-floor7": "business_hours"})  # made on the page of revision 1
     assert r.status_code == 409 and "Revision 2 by desk:ada" in alerts(r.text)

@@ -178,7 +178,8 @@ def test_the_edges_own_refusals_are_explained_too() -> None:
     for reason, words in [(Reason.OFFLINE_RESTRICTED, "could not reach the server"),
                           (Reason.SERVER_TIMEOUT, "no answer from the server within 1000 ms"),
                           (Reason.NO_POLICY, "has not received its first signed policy"),
-                          (Reason.PASS_INVALID, "visitor pass that is not one this site signed")]:
+                          (Reason.PASS_INVALID, "visitor pass that is not one this site signed"),
+                          (Reason.INTERLOCK_BUSY, "is one of the doors of its interlock: another of its doors")]:
         ex = explain(request("emp", "lab"), Decision(reason, "emp"), SITE, when=WED_NOON)
         assert ex.summary.startswith("Lab ") and words in ex.summary, ex
 
@@ -205,7 +206,7 @@ def test_every_refusal_reason_has_an_explainer() -> None:
 
 def test_every_refusal_reason_is_covered_by_a_test_here() -> None:
     tested = {p.values[1] for p in CASES} | {Reason.LOCKDOWN, Reason.OFFLINE_RESTRICTED, Reason.SERVER_TIMEOUT,
-                                            Reason.NO_POLICY, Reason.PASS_INVALID}
+                                            Reason.NO_POLICY, Reason.PASS_INVALID, Reason.INTERLOCK_BUSY}
     assert {r for r in Reason if not r.granted} <= tested
 
 

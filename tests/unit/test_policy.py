@@ -316,7 +316,7 @@ def test_floor7_policy_holds_the_lab_team_and_nothing_of_the_lobby(bundle: SiteB
 
 def test_lobby_policy_holds_the_staff_level_holders(bundle: SiteBundle, demo: Site) -> None:
     policy = compile_policy(demo, bundle.devices["pi-lobby"].doors)
-    assert set(policy.doors) == {"lobby_in", "lobby_out"}
+    assert set(policy.doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out"}
     assert set(policy.people) == {"alice", "bob", "chen", "dana", "eli"}
     assert set(policy.access_levels) == {"staff"} and set(policy.schedules) == {"always"}
 

@@ -409,8 +409,9 @@ def test_rules(row: Row) -> None:
 def test_every_reason_decide_gives_has_a_row() -> None:
     # pass_invalid: a visitor pass that is malformed or not signed by a key of the policy is refused by the
     # edge before any request (tests/unit/test_edge_passes.py)
+    # interlock_busy: the edge's own door rule, checked before any request (tests/unit/test_edge_openings.py)
     edge_only = {Reason.GRANTED_OFFLINE, Reason.OFFLINE_RESTRICTED, Reason.SERVER_TIMEOUT, Reason.NO_POLICY,
-                 Reason.PASS_INVALID}
+                 Reason.PASS_INVALID, Reason.INTERLOCK_BUSY}
     covered = {b.expect for row in ROWS for b in row.badges}
     assert set(Reason) - edge_only <= covered, sorted(r.value for r in set(Reason) - edge_only - covered)
 

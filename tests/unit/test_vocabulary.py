@@ -164,7 +164,7 @@ def test_the_edge_publishes_the_declared_door_events_and_snapshots() -> None:
 
     assert PUBLISHED_DOOR_EVENTS == {e.name for e in EVENTS.values() if e.door_machine and e.published}
     assert "unlocked" not in PUBLISHED_DOOR_EVENTS and "tamper" in PUBLISHED_DOOR_EVENTS
-    assert SNAPSHOT_EVENTS == {"access", "forced_open", "tamper"}
+    assert SNAPSHOT_EVENTS == {"access", "forced_open", "tamper", "tailgate", "forced_passage"}
 
 
 @pytest.mark.parametrize("etype", sorted(vocabulary.EVENT_ALARMS))
