@@ -5,7 +5,8 @@ gets a :class:`QrScanner` that takes the newest of them at most ``qr_fps`` times
 grey (an MJPEG camera's frames are JPEGs: only the scanned ones are ever decoded), crops the configured
 region of interest (``qr_roi``) and runs OpenCV's QR detector on it (``cv2.QRCodeDetectorAruco``, the
 detector OpenCV 4.8 added, where there is one, else ``cv2.QRCodeDetector``: on a 1280x720 frame without a
-code the first costs 2-3 ms, the classic one 10-40 ms; docs/performance.md). Frames wider than
+code the first costs 2-3 ms, the classic one 10-40 ms; docs/performance.md). Each misses codes the other reads,
+so beside an ArUco detector the classic one takes one scan in :data:`CLASSIC_EVERY`. Frames wider than
 :data:`HALF_SIZE_ABOVE` pixels are *searched* at half size (libjpeg scales while decoding, nearly for free), and
 only when a code is found there is the frame decoded at full size and the code read from a crop around it:
 nearly every frame has no code, and reading one at half size fails for modules of 5-6 pixels that the full
@@ -76,11 +77,31 @@ class QrStats:
     errors: int = 0
 
 
+#: With the ArUco detector, one scan in this many uses the classic one instead: each misses codes the other
+#: reads (a pass the ArUco detector does not even find is kept in tests/unit/assets), and the classic one costs
+#: several times more on a frame with no code, so it gets one scan in four, an even one (scans at half size
+#: only: the full-size search of the odd scans is the ArUco detector's).
+CLASSIC_EVERY = 4
+
+
 def make_detector() -> Any:
     """OpenCV's QR detector: the ArUco-based one where this OpenCV has it (much cheaper on a frame with no
     code, which is nearly every frame), else the classic one."""
     aruco = getattr(cv2, "QRCodeDetectorAruco", None)
     return aruco() if aruco is not None else cv2.QRCodeDetector()
+
+
+def make_detectors() -> tuple[Any, Any | None]:
+    """The scanner's detectors: :func:`make_detector`'s, and the classic one beside an ArUco one (else None)."""
+    first = make_detector()
+    return first, (cv2.QRCodeDetector() if not isinstance(first, cv2.QRCodeDetector) else None)
+
+
+def detector_for(scan: int, detectors: tuple[Any, Any | None]) -> Any:
+    """Which detector scan number ``scan`` (from 0) uses: the classic fallback one scan in :data:`CLASSIC_EVERY`
+    (the third of each four: an even scan, which :meth:`QrScanner.scan` searches at half size only)."""
+    first, fallback = detectors
+    return fallback if fallback is not None and scan % CLASSIC_EVERY == 2 else first
 
 
 def grey(item: Any, *, half: bool = True) -> np.ndarray | None:
@@ -228,7 +249,7 @@ class QrScanner:
 
     def _run(self) -> None:
         """Scan the newest frame, at most ``fps`` a second, never the same frame twice; never dies."""
-        detector = make_detector()  # not thread-safe: this thread's own
+        detectors = make_detectors()  # not thread-safe: this thread's own
         period = 1.0 / self.fps
         clock = self.camera.clock
         last = float("-inf")
@@ -245,7 +266,7 @@ class QrScanner:
             last, item = frame
             next_at = max(next_at + period, clock.monotonic())
             try:
-                self.scan(item, last, detector)
+                self.scan(item, last, detector_for(self._stats.scans, detectors))
             except Exception:
                 with self._stats_lock:
                     self._stats.errors += 1

@@ -59,8 +59,10 @@ class KioskError(Exception):
 def decode_qr(jpeg: bytes) -> str | None:
     """The text of the QR code in a camera frame (JPEG or PNG), or None when there is none or it is unreadable.
 
-    OpenCV's ArUco-based detector where this OpenCV has it, else the classic one (as edge/qr.py; the server does
-    not import the edge).
+    OpenCV's ArUco-based detector where this OpenCV has it, then the classic one: each misses codes the other
+    reads (a tablet's canvas JPEG of a pass that the ArUco detector did not even find is kept as a test), and a
+    kiosk sends one frame every 400 ms, so both can look at every frame. The edge does the same on its own
+    schedule (edge/qr.py; the server does not import the edge).
     """
     import cv2  # the desk's image library (server/photos.py); imported here so the app starts without using it
     import numpy as np
@@ -74,12 +76,14 @@ def decode_qr(jpeg: bytes) -> str | None:
     if image is None or image.size == 0:
         return None
     aruco = getattr(cv2, "QRCodeDetectorAruco", None)
-    detector = aruco() if aruco is not None else cv2.QRCodeDetector()
-    try:
-        text, _points, _ = detector.detectAndDecode(image)
-    except cv2.error:
-        return None
-    return text or None
+    for detector in ((aruco(),) if aruco is not None else ()) + (cv2.QRCodeDetector(),):
+        try:
+            text, _points, _ = detector.detectAndDecode(image)
+        except cv2.error:
+            continue
+        if text:
+            return str(text)
+    return None
 
 
 def _drawn(png: bytes) -> bool:

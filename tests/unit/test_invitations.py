@@ -98,10 +98,15 @@ def unfolded_ics(data: bytes) -> dict[str, str]:
 
 
 def decode_qr(png: bytes) -> str:
+    """What a phone's camera reads off the invitation's QR image: OpenCV's classic detector, else the ArUco one
+    (each misses a code now and then that the other reads; a full run once met such a visit id)."""
     img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert img is not None
-    text, _, _ = cv2.QRCodeDetector().detectAndDecode(img)
-    return str(text)
+    for detector in (cv2.QRCodeDetector(), cv2.QRCodeDetectorAruco()):
+        text, _, _ = detector.detectAndDecode(img)
+        if text:
+            return str(text)
+    return ""
 
 
 def parts(msg: EmailMessage) -> dict[str, EmailMessage]:

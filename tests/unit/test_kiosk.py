@@ -100,6 +100,19 @@ def csrf_of(html: str) -> dict[str, str]:
     return {"csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)}  # type: ignore[union-attr]
 
 
+ASSETS = Path(__file__).parent / "assets"
+
+
+def test_decode_qr_reads_a_tablets_frame_that_the_aruco_detector_misses() -> None:
+    """A frame a tablet's canvas sent during an e2e run (Chromium's fake camera, JPEG 0.85): OpenCV's ArUco
+    detector does not even find its code, the classic one reads it, so the kiosk tries both."""
+    frame = (ASSETS / "kiosk_frame_aruco_misses.jpg").read_bytes()
+    token = (ASSETS / "kiosk_frame_aruco_misses.txt").read_text().strip()
+    image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert cv2.QRCodeDetectorAruco().detectAndDecode(image)[0] == "", "the reason this frame is kept"
+    assert decode_qr(frame) == token
+
+
 def test_decode_qr_reads_a_pass_from_a_camera_frame_and_nothing_from_noise(server: Server) -> None:
     token = "DK1.example-pass-text-0123456789"
     assert decode_qr(qr_frame(token)) == token

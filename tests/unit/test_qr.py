@@ -18,7 +18,8 @@ from doorkeep.clock import FakeClock
 from doorkeep.config import check, load_site_dir
 from doorkeep.visitor_pass import MAX_TOKEN_CHARS, PassClaims, sign_pass
 from edge.framing import CardRead, FrameParser
-from edge.qr import HeldCodeFilter, QrScanner, crop, find_code, grey, make_detector, read_code
+from edge.qr import CLASSIC_EVERY, HeldCodeFilter, QrScanner, crop, detector_for, find_code, grey, make_detector, \
+    make_detectors, read_code
 from simulators.camera import decode_frame_index, draw_frame, qr_image
 from tests.conftest import wait_until
 from tests.unit.test_config import DEVICE, make_site
@@ -46,6 +47,21 @@ def test_a_pass_drawn_into_a_jpeg_frame_reads_back_exactly(size: tuple[int, int]
     assert read_code(make_detector(), image) == TOKEN
     # The frame index strip is still readable below the code.
     assert decode_frame_index(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)) == 7
+
+
+def test_a_code_the_aruco_detector_misses_is_read_by_the_classic_one_scan_in_four() -> None:
+    """The kiosk's frame the ArUco detector does not find (tests/unit/assets): at a door the scanner uses the
+    classic detector one scan in CLASSIC_EVERY, so such a pass is read within that many scans."""
+    assets = Path(__file__).parent / "assets"
+    frame = (assets / "kiosk_frame_aruco_misses.jpg").read_bytes()
+    token = (assets / "kiosk_frame_aruco_misses.txt").read_text().strip()
+    detectors = make_detectors()
+    assert isinstance(detectors[0], cv2.QRCodeDetectorAruco) and isinstance(detectors[1], cv2.QRCodeDetector)
+    roi = (0.0, 0.0, 1.0, 1.0)
+    read = [find_code(detector_for(n, detectors), frame, roi, search_full=n % 2 == 1) for n in range(CLASSIC_EVERY)]
+    assert read == [None, None, token, None]
+    assert [detector_for(n, (detectors[0], None)) for n in range(8)] == [detectors[0]] * 8, \
+        "without an ArUco detector there is no fallback: the classic one scans every frame"
 
 
 def test_a_frame_without_a_code_reads_nothing_and_a_bgr_frame_is_accepted_too() -> None:
