@@ -35,7 +35,7 @@ def test_floor_view_updates_its_cards_from_the_live_stream(page: Any, desk: str,
     # Areas by name, never by id; each door under the area it leads into.
     headings = [h.strip() for h in page.locator("section.floor-area h2").all_inner_texts()]
     assert [" ".join(h.split()) for h in headings] == ["Floor 7 restricted no open alarm", "Lobby no open alarm",
-                                                      "Outside no open alarm"], headings
+                                                      "Open-plan office no open alarm", "Outside no open alarm"], headings
     assert card(page, "lab").locator("h3").inner_text() == "Floor 7 lab"
     assert "From Lobby" in card(page, "lab").inner_text()
     lobby = page.locator('section[data-area="lobby"]')
