@@ -95,6 +95,11 @@ class EventRowOut(BaseModel):
     photo_url: str | None = Field(default=None, description="the person's cardholder photo (GET, JPEG), to "
                                   "compare with the snapshot; only when they have one (server/photos.py)")
     detail: dict[str, Any]
+    companions: list[str] = Field(default_factory=list, description="a grant: the names of the people who passed "
+                                  "with the badge (an escorted visitor or their escort, the first of two), "
+                                  "offline grants included")
+    grant_label: str | None = Field(default=None, description="a grant: the rule behind it as the desk shows it "
+                                    "(for granted_offline, the rule the edge applied)")
 
 
 class EventPageOut(BaseModel):
@@ -137,6 +142,11 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
     if row["type"] == "visitor_arrived" and isinstance(detail.get("host"), str):
         detail = {**detail, "host_name": person_label(site, detail["host"], None)[0]}
     photo = events.photo_id(row.get("person")) if row.get("person") and row.get("decision") else None
+    try:
+        with_ids = json.loads(row["companions"]) if row.get("companions") else []
+    except ValueError:
+        with_ids = []
+    companions = [person_label(site, p, None)[0] for p in with_ids if isinstance(p, str)]
     return EventRowOut(
         cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, local_date=local_date,
         zone=zone, kind=event_kind(row["type"]),
@@ -147,7 +157,8 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
         reason=row.get("reason"), reason_label=vocabulary.reason_label(row.get("reason")), snapshot=snap,
         snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None,
         photo_url=f"{API_PREFIX}/people/{quote(row['person'], safe='')}/photo?v={photo[:12]}" if photo else None,
-        detail=detail)
+        detail=detail, companions=companions,
+        grant_label=vocabulary.reason_label(row.get("grant")) if row.get("grant") else None)
 
 
 @dataclass(frozen=True)

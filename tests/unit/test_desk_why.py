@@ -132,3 +132,26 @@ def test_the_live_row_of_a_refusal_links_to_its_why(client: TestClient, server: 
     assert rows[0]["id"] == eid and rows[0]["why_url"] == f"/events/{eid}#why"
 
 
+
+
+def test_the_event_page_names_who_passed_with_a_grant_and_its_rule(client: TestClient, server: Server) -> None:
+    """An offline escorted grant: the page says who passed with the badge and by which rule, and a turnstile's
+    passage links back to the badge it used (docs/openings.md)."""
+    login(client, "dex")
+    ingest(server, event("ev-esc", 1, reason="granted_offline", decided_by="edge_offline", person="alice",
+                         companions=("bob",), grant="granted_escorted"))
+    html = client.get("/events/ev-esc").text
+    assert "<dt>With</dt><dd>Bob Baker" in html
+    assert "<dt>Rule</dt><dd>Granted with an escort" in html
+    row = client.get("/api/v1/events?decision=granted").json()["events"][0]
+    assert row["companions"] == ["Bob Baker"] and row["grant_label"] == "Granted with an escort"
+
+    ingest(server, event("ev-pass", 2, door="gate_in", type="passage", decision=None, reason=None, person=None,
+                         credential_hash=None, credential_last4=None, transaction=None, snapshot=None,
+                         latency_ms=None, detail={"grant": "ev-esc"}))
+    assert '<a href="/events/ev-esc">the badge used</a>' in client.get("/events/ev-pass").text
+    plain = client.get("/events/ev-esc")
+    assert plain.status_code == 200
+    ingest(server, event("ev-alone", 3))
+    alone = client.get("/events/ev-alone").text
+    assert "<dt>With</dt>" not in alone and "<dt>Rule</dt>" not in alone
