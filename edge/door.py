@@ -104,6 +104,14 @@ class DoorEvent:
     "opened" | "restored" (tamper); empty otherwise."""
 
 
+def tamper_change(was: bool, active: bool, at: float) -> DoorEvent | None:
+    """The ``tamper`` event for the tamper loop going from ``was`` to ``active`` at ``at`` (detail ``opened`` or
+    ``restored``); None for a repeated value, which is not a change. Shared with edge/turnstile.py."""
+    if active == was:
+        return None
+    return DoorEvent("tamper", at, "opened" if active else "restored")
+
+
 class DoorMachine:
     """One door's lock, contact and alarms as a function of inputs and time."""
 
@@ -278,10 +286,10 @@ class DoorMachine:
         """
         now = self._clock.monotonic()
         events = self._advance(now)
-        if active == self._tampered:
-            return events
-        self._tampered = active
-        events.append(DoorEvent("tamper", now, "opened" if active else "restored"))
+        change = tamper_change(self._tampered, active, now)
+        if change is not None:
+            self._tampered = active
+            events.append(change)
         return events
 
     def tick(self) -> list[DoorEvent]:

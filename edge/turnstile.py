@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from doorkeep.clock import Clock
-from edge.door import DoorEvent, DoorState
+from edge.door import DoorEvent, DoorState, tamper_change
 
 #: A passage this soon after the last credit was used, with none left, is a tailgater on that grant.
 DEFAULT_TAILGATE_S = 3.0
@@ -158,12 +158,13 @@ class TurnstileMachine:
         return self._advance(self._clock.monotonic())
 
     def tamper(self, active: bool) -> list[DoorEvent]:
+        """Reported as at a door (``tamper``, opened / restored); it never frees the arms."""
         now = self._clock.monotonic()
         events = self._advance(now)
-        if active == self._tampered:
-            return events
-        self._tampered = active
-        events.append(DoorEvent("tamper", now, "opened" if active else "restored"))
+        change = tamper_change(self._tampered, active, now)
+        if change is not None:
+            self._tampered = active
+            events.append(change)
         return events
 
     def tick(self) -> list[DoorEvent]:
