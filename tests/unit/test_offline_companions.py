@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from doorkeep.clock import iso_ms
-from doorkeep.config import BrokerConfig, load_site_dir
 from doorkeep.contract import MAX_COMPANIONS, DecisionMsg, EventMsg, Topics, _dump
-from doorkeep.envelope import SnapshotKeys
 from doorkeep.errors import MessageError
-from server.app import Server, bootstrap
-from simulators.site import DEMO_SITE
+from server.app import Server
+from tests.unit.test_bus_ingest import deliver as deliver_payload
+from tests.unit.test_bus_ingest import server  # noqa: F401  (the fixture: the demo site's bus, never connected)
 
 T = Topics("demo")
 TS = "2026-03-02T09:00:00.000Z"
@@ -98,40 +93,9 @@ def test_a_server_decision_carries_its_companions_and_rule() -> None:
 # ------------------------------------------------------------------ ingest
 
 
-class Client:
-    def __init__(self) -> None:
-        self.acks: list[int] = []
-
-    def ack(self, mid: int, qos: int) -> None:
-        self.acks.append(mid)
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        pass
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = bootstrap(load_site_dir(DEMO_SITE), tmp_path, BrokerConfig("mqtt://127.0.0.1:1", allow_plain=True),
-                    key=secrets.token_bytes(32), signing_key=Ed25519PrivateKey.generate(),
-                    snapshot_keys=SnapshotKeys.generate())
-    client = Client()
-    srv.bus._client.ack = client.ack  # type: ignore[method-assign]
-    srv.bus._client.publish = client.publish  # type: ignore[method-assign,assignment]
-    srv.bus._worker.start()
-    yield srv
-    srv.bus._work.put(None)
-    srv.bus._worker.join(5)
-    srv.store.close()
-
-
-_mids = iter(range(1, 10_000))
-
-
-def deliver(server: Server, ev: EventMsg) -> None:
-    msg = mqtt.MQTTMessage(mid=next(_mids), topic=T.event(ev.device, ev.door).encode())
-    msg.payload, msg.qos = ev.encode(), 1
-    server.bus._on_message(server.bus._client, None, msg)  # type: ignore[arg-type]
-    assert server.bus.wait_idle(5)
+def deliver(server: Server, ev: EventMsg) -> None:  # noqa: F811
+    """An edge's event handed to the bus as paho's network thread would (tests/unit/test_bus_ingest.py)."""
+    deliver_payload(server, T.event(ev.device, ev.door), ev.encode())
 
 
 def offline_grant(server: Server, at: float, **kw: Any) -> EventMsg:
