@@ -141,7 +141,11 @@ def test_the_scanner_thread_hands_a_new_code_on_once_with_its_frames_time() -> N
             scans = scanner.stats.scans
             assert wait_until(lambda: scanner.stats.scans > scans, 5)
         assert [(door, text) for door, text, _ in got] == [("lobby_in", TOKEN)]
-        assert got[0][2] == pytest.approx(camera.clock.monotonic() - 0.3) and scanner.stats.repeats == 3
+        assert got[0][2] == pytest.approx(camera.clock.monotonic() - 0.3)
+        # Every sighting after the first is a repeat; the classic detector's scan (one in four) may not read this
+        # small code (4-5 px a module) at all, which only leaves it out of the count.
+        stats = scanner.stats
+        assert stats.passed_on == 1 and stats.repeats == stats.codes - 1 and stats.codes >= 3
         assert threading.current_thread().name != "qr-lobby"
         assert any(t.name == "qr-lobby" for t in threading.enumerate())
     finally:
