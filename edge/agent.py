@@ -241,6 +241,7 @@ class EdgeAgent:
         # held unlocked whatever else holds them (docs/openings.md "Emergency release").
         self._turnstile_grants: dict[str, tuple[str, ...]] = {}  # access event id -> who its passage moves
         self._emergency = False
+        self._released_doors: set[str] = set()  # doors the input holds now, each reported emergency_release
         self.emergency_input = EmergencyInput(
             device.emergency.pin, factory=self._factory, active_low=device.emergency.active_low,
             on_change=lambda active: self._post(self._emergency_changed, active)) \
@@ -709,6 +710,7 @@ class EdgeAgent:
             door = site.doors.get(rt.id)
             override = self.overrides.get(rt.id)
             released = self._released(door)
+            self._report_release(rt.id, released)
             if door is None or (door.mode is DoorMode.NORMAL and override is None and not rt.machine.held_unlocked
                                 and not released):
                 continue
@@ -891,16 +893,19 @@ class EdgeAgent:
         self._emergency = active
         self.counters["emergency_releases" if active else "emergency_ends"] += 1
         log.warning("%s: emergency input %s", self.device.id, "active: releasing doors" if active else "cleared")
-        site = self._site()
-        for rt in self.doors.values():
-            door = site.doors.get(rt.id) if site is not None else None
-            if door is None or not door.emergency_release:
-                continue
-            self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
-                                         device=self.device.id, door=rt.id,
-                                         type="emergency_release" if active else "emergency_ended", detail={}))
-        self._door_modes()
+        self._door_modes()  # holds the doors and reports each (_report_release)
         self.link.publish_state()
+
+    def _report_release(self, door: str, released: bool) -> None:
+        """Say ``emergency_release`` when the emergency input starts holding a door, ``emergency_ended`` when it
+        stops, once each: also when the door's settings arrive only after the input opened (a fire alarm at boot
+        before the first policy) or a new policy takes the door out of the release."""
+        if released == (door in self._released_doors):
+            return
+        (self._released_doors.add if released else self._released_doors.discard)(door)
+        self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
+                                     device=self.device.id, door=door,
+                                     type="emergency_release" if released else "emergency_ended", detail={}))
 
     def _interlock_busy(self, door: str) -> str | None:
         """The other door of ``door``'s interlock that is busy (open, unlocked, held unlocked, or waiting for

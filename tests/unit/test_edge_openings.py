@@ -122,7 +122,7 @@ class Airlock:
     """The agent on mock pins, a door simulator per door, and what it published and answered."""
 
     def __init__(self, device_file: Path, clock: FakeClock, signing_key: Ed25519PrivateKey, *,
-                 fire_at_boot: bool = False) -> None:
+                 fire_at_boot: bool = False, site_file: bool = True, policy: bool = True) -> None:
         dev, _ = load_device(device_file)
         self.clock, self.signing_key = clock, signing_key
         self.factory = MockFactory()
@@ -135,7 +135,8 @@ class Airlock:
                                          rex_pin=hw.rex.pin if hw.rex else None,
                                          passage_pin=hw.passage.pin if hw.passage else None)
                       for did, hw in dev.doors.items()}
-        self.agent = EdgeAgent(dev, site(), KEY, clock=clock, pin_factory=self.factory,
+        self.dev = dev
+        self.agent = EdgeAgent(dev, site() if site_file else None, KEY, clock=clock, pin_factory=self.factory,
                                policy_key=signing_key.public_key(), state_dir=dev.state_dir)
         self.events: list[EventMsg] = []
         self.results: list[tuple[str, str | None]] = []
@@ -150,10 +151,14 @@ class Airlock:
 
         self.agent._command_result = record  # type: ignore[method-assign]
         self.agent.start()
-        self.agent._on_policy(sign_policy(compile_policy(site(), dev.doors), site_id="t", device="pi-airlock",
-                                          version=1, issued_at=clock.wall(), key=signing_key))
-        assert wait_until(lambda: self.agent.policy is not None and self.agent.policy.version == 1, 5)
+        if policy:
+            self.send_policy()
         self.settle()
+
+    def send_policy(self, version: int = 1) -> None:
+        self.agent._on_policy(sign_policy(compile_policy(site(), self.dev.doors), site_id="t", device="pi-airlock",
+                                          version=version, issued_at=self.clock.wall(), key=self.signing_key))
+        assert wait_until(lambda: self.agent.policy is not None and self.agent.policy.version == version, 5)
 
     def _heard(self, ev: EventMsg) -> None:
         with self._lock:
@@ -434,6 +439,25 @@ def test_an_emergency_input_open_at_boot_releases_at_once(device_file: Path, air
     airlocks.append(a)
     assert wait_until(lambda: a.relay("outer") and a.relay("inner"), 5)
     assert len(a.of("emergency_release")) == 2
+
+
+def test_a_fire_alarm_before_the_first_policy_releases_the_doors_once_their_settings_arrive(
+        device_file: Path, airlocks: list[Airlock], signing_key: Ed25519PrivateKey) -> None:
+    """A Pi without a site file knows which doors the fire panel releases only from the signed policy: released
+    (and reported) as soon as it arrives, each door once."""
+    a = Airlock(device_file, FakeClock(), signing_key, fire_at_boot=True, site_file=False, policy=False)
+    airlocks.append(a)
+    assert a.relay("outer") is False and not a.of("emergency_release"), "nothing says which doors yet"
+    a.send_policy()
+    a.after(1)  # the loop's next turn applies the door modes with the policy's settings
+    assert a.relay("outer") is True and a.relay("inner") is True and a.relay("side") is False
+    assert sorted(e.door for e in a.of("emergency_release")) == ["inner", "outer"]
+    a.after(60)
+    assert len(a.of("emergency_release")) == 2, "reported once, not at every turn"
+    a.fire.clear()
+    a.settle()
+    assert sorted(e.door for e in a.of("emergency_ended")) == ["inner", "outer"]
+    assert a.relay("outer") is False and a.relay("inner") is False
 
 
 def test_a_config_with_doors_of_one_interlock_disagreeing_on_emergency_release_is_refused(tmp_path: Path) -> None:
