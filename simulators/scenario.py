@@ -1217,7 +1217,8 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
                 except ValueError as exc:
                     err(s, f"card {o['card']!r} cannot be sent by {s.subject}'s {proto} reader: {exc}",
                         "EM4100 readers send 10 hex digits; ASCII readers and pin pads letters and digits; Wiegand and "
-                        'OSDP readers "FACILITY:CARD" (format: wiegand26/34/37) or "BITS:HEX" (format: osdp_raw)')
+                        'OSDP readers "FACILITY:CARD" (format: wiegand26/34/37), CARD (format: h10302), '
+                        '"BITS:PAYLOAD" (format: wiegand_raw) or "BITS:HEX" (format: osdp_raw)')
             elif o["person"] in people:
                 if not any(fmt in readable for fmt, _ in cards_of.get(o["person"], [])):
                     err(s, f"{o['person']} has no {proto} card for {s.subject}'s {proto} reader",
