@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -46,6 +47,8 @@ from server.store_audit import GENESIS, AuditRow  # GENESIS: the hash before the
 log = logging.getLogger("doorkeep.server.audit")
 
 HEAD_FILE = "audit-head.json"
+#: How long a verify result is reused before the chain is walked again (seconds): a walk holds the store's lock.
+VERIFY_MAX_AGE_S = 30.0
 ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 
 
@@ -317,3 +320,23 @@ def record_site_changes(audit: AuditLog, bundle: Any, key: bytes) -> list[int]:
                                   "total": len(current), "first_seen": row is None}))
         store.set_audit_state(f"site.{name}", json.dumps(current, sort_keys=True))
     return seqs
+
+
+class VerifyCache:
+    """The chain's last verify result, reused for ``max_age_s``; one walk at a time (it holds the store's lock)."""
+
+    def __init__(self, log: AuditLog, clock: Clock, max_age_s: float = VERIFY_MAX_AGE_S) -> None:
+        self.log = log
+        self.clock = clock
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._last: tuple[VerifyResult, float] | None = None
+
+    def result(self) -> tuple[VerifyResult, float]:
+        """``(result, checked_at epoch)``: the cached one while young enough, else a fresh walk."""
+        with self._lock:
+            now = self.clock.wall()
+            if self._last is not None and 0 <= now - self._last[1] < self.max_age_s:
+                return self._last
+            self._last = (self.log.verify(), now)
+            return self._last

@@ -10,7 +10,8 @@ area, an operator, a ref) *and* as the pseudonym of that id, so typing a person'
 without the log ever holding the id.
 
 Verifying walks the whole chain and holds the store's lock while it does, so the result is kept for
-:data:`VERIFY_MAX_AGE_S` seconds and computed by one request at a time (``checked_at`` says when).
+:data:`VERIFY_MAX_AGE_S` seconds and computed by one request at a time (server/audit.py :class:`VerifyCache`;
+``checked_at`` says when).
 
 Roles: admin and auditor read the log; nobody changes it here.
 """
@@ -21,7 +22,6 @@ import datetime as dt
 import json
 import math
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -31,8 +31,8 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from doorkeep.clock import Clock, iso_ms, parse_iso_ms
-from server.audit import AuditLog, AuditRow, VerifyResult, subject_ref
+from doorkeep.clock import iso_ms, parse_iso_ms
+from server.audit import AuditLog, AuditRow, VerifyCache, subject_ref
 from server.sessions import Principal
 from server.web.access import require
 from server.web.alarms import install_filters
@@ -41,8 +41,6 @@ from server.web.roles import ADMIN, AUDITOR
 from server.web.routes import Routes
 
 API_PREFIX = "/api/v1"
-#: How long a verify result is reused before the chain is walked again (seconds).
-VERIFY_MAX_AGE_S = 30.0
 #: Records per page on the audit page.
 PAGE_SIZE = 50
 #: The latest time a filter may name (the end of year 9999, UTC): beyond it no timestamp can be written.
@@ -138,29 +136,6 @@ def build_query(*, key: bytes, tz: str, actor: str = "", action: str = "", subje
         ref = subject_ref(key, subject)
         targets = (subject,) if subject == ref else (subject, ref)
     return AuditQuery(actor=actors, action=action or None, target=targets, since_ts=since_ts, until_ts=until_ts)
-
-
-# ------------------------------------------------------------------ verify
-
-
-class VerifyCache:
-    """The chain's last verify result, reused for ``max_age_s``; one walk at a time (it holds the store's lock)."""
-
-    def __init__(self, log: AuditLog, clock: Clock, max_age_s: float = VERIFY_MAX_AGE_S) -> None:
-        self.log = log
-        self.clock = clock
-        self.max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._last: tuple[VerifyResult, float] | None = None
-
-    def result(self) -> tuple[VerifyResult, float]:
-        """``(result, checked_at epoch)``: the cached one while young enough, else a fresh walk."""
-        with self._lock:
-            now = self.clock.wall()
-            if self._last is not None and 0 <= now - self._last[1] < self.max_age_s:
-                return self._last
-            self._last = (self.log.verify(), now)
-            return self._last
 
 
 # ------------------------------------------------------------------ API

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 import server.store_audit as store_audit
 from doorkeep.clock import FakeClock, iso_ms
 from server.app import Server
-from server.audit import subject_ref
-from server.web.audit import VERIFY_MAX_AGE_S, FilterError, parse_when
+from server.audit import VERIFY_MAX_AGE_S, subject_ref
+from server.web.audit import FilterError, parse_when
 from tests.unit.test_desk_api import (  # noqa: F401 - fixtures, used by name
     app,
     assert_json_error,
