@@ -54,6 +54,7 @@ from server.store import Store
 if TYPE_CHECKING:
     from server.agreements import Acceptance, Agreements
     from server.invitations import Delivery, Invitations
+    from server.passes import Passes
 
 log = logging.getLogger("doorkeep.server.desk")
 
@@ -290,6 +291,7 @@ class Visitors:
         self.watchlist = Watchlist(store)
         self.invitations = invitations
         self.agreements: Agreements | None = None  # set by the desk (server/web/app.py); None: none required
+        self.passes: Passes | None = None  # set by the desk: the visit's passes end with a cancellation
 
     @property
     def tz(self) -> ZoneInfo:
@@ -532,8 +534,8 @@ class Visitors:
 
     def cancel_visit(self, visitor_id: str, reason: str, actor: str) -> VisitRecord:
         """Cancel a visit not yet checked in (the visitor will not come, or must not): like a refusal it can never
-        be checked in, held or not; audited with the reason. The caller ends its pass (server/passes.py), since
-        an invitation may already have carried it out of the building."""
+        be checked in, held or not; audited with the reason. Its passes end too (server/passes.py), since an
+        invitation may already have carried one out of the building."""
         v = self._visitor(visitor_id)
         reason = _reason(reason)
         if v.status != "registered":
@@ -545,7 +547,10 @@ class Visitors:
         self.store.put_visit_hold(visitor_id, state="refused", entries=hold.entries if hold else (), stage="cancelled",
                                   at=self.clock.wall(), resolved_by=actor, reason=reason)
         self.audit(actor, "visitor.cancelled", self.ref(visitor_id), {"reason": reason})
-        return self.record(visitor_id)
+        record = self.record(visitor_id)
+        if self.passes is not None and self.passes.enabled:
+            self.passes.revoke_pass(visitor_id, "cancelled", actor=actor)
+        return record
 
     def _resolve(self, visitor_id: str, state: str, reason: str, actor: str) -> VisitRecord:
         v = self._visitor(visitor_id)

@@ -100,13 +100,6 @@ def _visit_agreements(ag: Agreements, visit: str) -> VisitAgreementsOut:
                               extra=ag.visit_extra(visit), accepted=[AcceptedOut(**asdict(a)) for a in ag.accepted(visit)])
 
 
-def _end_pass(request: Request, visitor_id: str, actor: str) -> None:
-    """A cancelled visit's passes stop working (an invitation may have carried one out of the building)."""
-    passes = getattr(request.app.state.desk.server, "passes", None)
-    if passes is not None and passes.enabled:
-        passes.revoke_pass(visitor_id, "cancelled", actor=actor)
-
-
 def _api(app: FastAPI) -> None:
     def add(path: str, method: str, endpoint: Any, **options: Any) -> None:
         app.add_api_route(API_PREFIX + path, endpoint, methods=[method], tags=["visitors"],
@@ -135,7 +128,6 @@ def _api(app: FastAPI) -> None:
             v = desk.cancel_visit(visitor_id, body.reason, who.name)
         except DirectoryError as exc:
             return _error(exc)
-        _end_pass(request, visitor_id, who.name)
         return _out(desk, v)
 
     def agreements(request: Request, who: Principal = Depends(require(ADMIN, DESK))) -> AgreementsOut:
@@ -227,7 +219,6 @@ def _pages(app: FastAPI) -> None:
             _desk(request).cancel_visit(visitor_id, reason, who.name)
         except DirectoryError as exc:
             return checkin_page(request, who, visitor_id, _status(exc), errors=[str(exc)])
-        _end_pass(request, visitor_id, who.name)
         return checkin_page(request, who, visitor_id, 200, message="The visit was cancelled; its pass no longer opens.")
 
     def resolve(request: Request, who: Principal, visitor_id: str, reason: str, refuse: bool) -> Response:

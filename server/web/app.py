@@ -274,6 +274,7 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
 
     visitor_service.agreements = Agreements(server.store, server.directory.clock, server.directory.key,
                                             server.site.id, audit=audit)
+    visitor_service.passes = getattr(server, "passes", None)
     desk = Desk(server, operators, auth, audit, templates, secure_cookies, events=events,
                 alarms=Alarms(server.store, server.directory.clock, audit), visitors=visitor_service)
     if server.people is not None:
