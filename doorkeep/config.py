@@ -42,6 +42,7 @@ from doorkeep.model import (
     Door,
     DoorKind,
     DoorMode,
+    LiftFloor,
     OfflineMode,
     Person,
     PersonKind,
@@ -336,6 +337,60 @@ def _tailgate(t: _Table) -> float:
     return float(value)
 
 
+def _lift_floors(t: _Table, areas: dict[str, Area], schedules: dict[str, Schedule], lift: bool) -> tuple[LiftFloor, ...]:
+    """A lift's ``floors`` (areas, in order), ``public_floors`` (floor -> schedule) and ``offline_floors``
+    (floor -> cache | deny); on any other door these keys are errors."""
+    keys = ("floors", "public_floors", "offline_floors")
+    if not lift:
+        for key in keys:
+            if key in t.data:
+                t.used.add(key)
+                t.error(key, "only a lift has floors", 'set kind = "lift" (and remove from and to), or remove the key')
+        return ()
+    names = t.get("floors", list, fix='list the areas the lift serves: floors = ["lobby", "level_2"]') or []
+    floors: list[str] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in areas:
+            t.error(f"floors[{i}]", f"{name!r} is not a defined area",
+                    f"add [areas.{name}] or use one of: {', '.join(areas)}")
+        elif name in floors:
+            t.error(f"floors[{i}]", f"floor {name!r} is listed twice", "list each floor once")
+        else:
+            floors.append(name)
+    if len(names) == 0:
+        t.error("floors", "a lift needs at least one floor", 'list the areas the lift serves: floors = ["lobby"]')
+
+    def per_floor(key: str, check: Callable[[str, Any], bool], fix: str) -> dict[str, Any]:
+        table = t.get(key, dict, {}) or {}
+        for floor, value in table.items():
+            if floor not in floors:
+                t.error(f"{key}.{floor}", f"{floor!r} is not one of this lift's floors",
+                        f"use one of: {', '.join(floors) or '(none)'}")
+            elif not check(floor, value):
+                t.error(f"{key}.{floor}", f"{value!r} is not allowed here", fix)
+        return {k: v for k, v in table.items() if k in floors and check(k, v)}
+
+    public = per_floor("public_floors", lambda _, v: isinstance(v, str) and v in schedules,
+                       f"name a schedule: one of {', '.join(schedules) or '(none defined)'}")
+    offline = per_floor("offline_floors", lambda _, v: v in tuple(m.value for m in OfflineMode),
+                        f"use one of: {', '.join(m.value for m in OfflineMode)}")
+    return tuple(LiftFloor(a, public.get(a), OfflineMode(offline[a]) if a in offline else None) for a in floors)
+
+
+def _check_lifts(root: _Table, doors: dict[str, Door]) -> None:
+    """A lift has no leaf to hold open and no passage to count: no schedule mode, interlock, tailgate or
+    visitor checkout (docs/openings.md "Lifts")."""
+    for did, door in doors.items():
+        if door.kind is not DoorKind.LIFT:
+            continue
+        for key, bad in (("mode", door.mode is not DoorMode.NORMAL), ("interlock", door.interlock is not None),
+                         ("visitor_checkout", door.visitor_checkout)):
+            if bad:
+                root.error(f"doors.{did}.{key}", f"a lift cannot have {key}",
+                           "remove the key (public floors on a schedule: public_floors = { lobby = \"day\" })"
+                           if key == "mode" else "remove the key")
+
+
 def interlock_groups(doors: dict[str, Door]) -> dict[str, list[str]]:
     """Interlock group -> its doors, in the order the site lists them."""
     groups: dict[str, list[str]] = {}
@@ -409,8 +464,13 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
 
     doors = {}
     for did, t in root.children("doors"):
-        frm = t.ident("from")
-        to = t.ident("to")
+        lift = t.data.get("kind") == DoorKind.LIFT.value
+        frm = t.ident("from", None if lift else _MISSING)
+        to = t.ident("to", None if lift else _MISSING)
+        if lift and (frm or to):
+            t.error("from" if frm else "to", "a lift serves floors, not one passage from an area into another",
+                    'remove from and to, and list the floors: floors = ["lobby", "level_2"]')
+            frm = to = None
         for key, area in (("from", frm), ("to", to)):
             if area and area not in areas:
                 t.error(key, f"area {area!r} is not defined", f"add [areas.{area}] or use one of: {', '.join(areas)}")
@@ -444,9 +504,11 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
                                          fix="write `emergency_release = true` or `false` (no quotes)")),
             kind=DoorKind(t.choice("kind", tuple(k.value for k in DoorKind), "door") or "door"),
             tailgate_s=_tailgate(t),
+            floors=_lift_floors(t, areas, schedules, lift),
         )
         t.done()
     _check_interlocks(root, doors)
+    _check_lifts(root, doors)
 
     levels = {}
     for lid, t in root.children("access_levels"):
@@ -1225,16 +1287,29 @@ class SounderConfig:
 
 
 @dataclass(frozen=True)
+class FloorHardware:
+    """One floor of a lift cab: the relay that enables its button and, if wired, the button's own input."""
+
+    area: str
+    relay: int
+    relay_active_high: bool = True
+    button: int | None = None
+    button_active_low: bool = True
+
+
+@dataclass(frozen=True)
 class DoorHardware:
     door: str
     reader: ReaderConfig
-    lock: LockConfig
+    lock: LockConfig | None  # None only at a lift: its floors' relays take the lock's place
     contact: ContactConfig | None = None
     rex: RexConfig | None = None
     camera: str | None = None
     tamper: TamperConfig | None = None
     sounder: SounderConfig | None = None
     passage: PassageConfig | None = None  # a turnstile's passage sensor (site: kind = "turnstile")
+    floors: tuple[FloorHardware, ...] = ()  # a lift cab's floors (site: kind = "lift")
+    dispatch: bool = False  # a lift in destination-dispatch mode: a floor chosen before the badge is asked for
 
 
 @dataclass(frozen=True)
@@ -1574,7 +1649,8 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             if proto in ("wiegand", "osdp"):
                 reader = replace(reader, wiegand_formats=_wiegand_formats(r))
             r.done()
-        lk = t.sub("lock", required=True)
+        floors = _floor_hardware(t, did, claim)
+        lk = t.sub("lock", required=not floors)
         lock = None
         if lk is not None:
             pin = _pin(lk)
@@ -1593,9 +1669,18 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             t.error("camera", f"camera {cam!r} is not defined in this file",
                     f"add a [cameras.{cam}] table or use one of: {', '.join(cameras) or '(none defined)'}")
             cam = None
+        dispatch = bool(t.get("dispatch", bool, False, fix="write `dispatch = true` or `false` (no quotes)"))
         t.done()
-        if reader and lock:
-            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder, passage)
+        if floors and lock is not None:
+            t.error("lock", "a lift cab has no lock: its floors' relays enable the buttons", "remove the lock table")
+        if dispatch and not floors:
+            t.error("dispatch", "only a lift has destination dispatch", "remove the key, or add the cab's floors")
+        if floors and any(x is not None for x in (contact, rex, passage, sounder)):
+            t.error("floors", "a lift cab has no door contact, REX, passage sensor or sounder",
+                    "remove contact, rex, passage and sounder from this door (tamper and camera may stay)")
+        if reader and (lock or floors):
+            doors[did] = DoorHardware(did, reader, lock, contact, rex, cam, tamper, sounder, passage, floors,
+                                      dispatch)
     if not doors:
         root.error("doors", "no door is configured", "add a [doors.NAME] table for each door this device drives")
     emergency = None
@@ -1615,6 +1700,23 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                         (path.parent / policy_key) if policy_key else None,
                         (path.parent / state_dir) if state_dir else None,
                         heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb, emergency=emergency)
+
+
+def _floor_hardware(t: _Table, did: str, claim: Callable[..., None]) -> tuple[FloorHardware, ...]:
+    """A lift cab's ``[doors.X.floors.AREA]`` tables: ``relay`` (the GPIO that enables the floor's button),
+    ``relay_active_high``, and optionally ``button`` (the button's input) and ``button_active_low``."""
+    out = []
+    for area, f in t.children("floors"):
+        relay = _pin(f, "relay")
+        claim(relay, f"doors.{did}.floors.{area}.relay", f, "relay")
+        button = _pin(f, "button") if "button" in f.data else None
+        f.used.add("button")
+        claim(button, f"doors.{did}.floors.{area}.button", f, "button")
+        if relay is not None:
+            out.append(FloorHardware(area, relay, bool(f.get("relay_active_high", bool, True)), button,
+                                     bool(f.get("button_active_low", bool, True))))
+        f.done()
+    return tuple(out)
 
 
 def _osdp_reader(r: _Table, reader: ReaderConfig, path: Path) -> ReaderConfig:
@@ -1754,7 +1856,29 @@ def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors
 
 
 def _check_kind(door: Door, hw: DoorHardware, device_file: str, site_file: str, errors: list[ConfigError]) -> None:
-    """A turnstile counts passages: it needs its passage sensor, and a door with one must be a turnstile."""
+    """A turnstile counts passages: it needs its passage sensor, and a door with one must be a turnstile. A lift's
+    cab has a relay for each of the site's floors and nothing else; a door with floors must be a lift."""
+    lift = door.kind is DoorKind.LIFT
+    if lift != bool(hw.floors):
+        errors.append(ConfigError(device_file, f"doors.{door.id}.floors", "a lift needs its floors' relays",
+                                  "add [doors.ID.floors.AREA] with relay = N for each floor in the site file")
+                      if lift else
+                      ConfigError(site_file, f"doors.{door.id}.kind", "the door has floor relays but is not a lift",
+                                  'set kind = "lift" in the site file, or remove floors from the device file'))
+    elif lift:
+        wired = [f.area for f in hw.floors]
+        served = [f.area for f in door.floors]
+        for area in served:
+            if area not in wired:
+                errors.append(ConfigError(device_file, f"doors.{door.id}.floors.{area}",
+                                          "a floor of the lift has no relay in the cab",
+                                          "add relay = N for it (the GPIO that enables its button)"))
+        for area in wired:
+            if area not in served:
+                errors.append(ConfigError(device_file, f"doors.{door.id}.floors.{area}",
+                                          "the site file does not list this floor for the lift",
+                                          f"add {area!r} to the lift's floors in {site_file}, or remove the table"))
+        return
     turnstile = door.kind is DoorKind.TURNSTILE
     if turnstile and hw.passage is None:
         errors.append(ConfigError(device_file, f"doors.{door.id}.passage", "a turnstile needs its passage sensor",

@@ -45,6 +45,8 @@ MAX_LAST4_CHARS = 32
 #: ``companions``: the people who pass with a grant (docs/mqtt.md "Access events"): an escort, the visitors they
 #: bring, the first of a two-person pair. A tour group is a dozen; more is a broken or hostile device.
 MAX_COMPANIONS = 32
+#: The most floors a lift decision enables (a tall building's cab, with room to spare).
+MAX_FLOORS = 128
 #: ``grant``: the rule behind a grant, undecorated (``granted_offline`` says who decided, never which rule).
 GRANT_RULES: frozenset[str] = frozenset(r.value for r in Reason if r.granted and r is not Reason.GRANTED_OFFLINE)
 _TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|\+00:00)\Z")
@@ -315,13 +317,30 @@ def _grant_fields(data: dict[str, Any], granted: bool, person: str | None) -> tu
     return companions, grant
 
 
+def floor_list(value: Any, name: str = "floors") -> tuple[str, ...]:
+    """A list of at most :data:`MAX_FLOORS` distinct area ids (a lift's floors), or MessageError naming ``name``."""
+    if not isinstance(value, list):
+        raise MessageError(f"field {name!r} must be a list of area ids")
+    if len(value) > MAX_FLOORS:
+        raise MessageError(f"field {name!r} lists {len(value)} floors (at most {MAX_FLOORS})")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or len(item) > MAX_IDENT or not SEGMENT.match(item):
+            shown = item[:MAX_IDENT + 1] if isinstance(item, str) else type(item).__name__
+            raise MessageError(f"field {name!r} item {i} {shown!r} is not an area id")
+    if len(set(value)) != len(value):
+        raise MessageError(f"field {name!r} names a floor twice")
+    return tuple(value)
+
+
 def _without_defaults(body: dict[str, Any]) -> dict[str, Any]:
-    """Leave out ``companions`` and ``grant`` when they say nothing: every other message stays as it was, and a
-    receiver that does not know them sees nothing new."""
-    if not body.get("companions"):
-        body.pop("companions", None)
-    if body.get("grant") is None:
-        body.pop("grant", None)
+    """Leave out ``companions``, ``grant``, ``floor`` and ``floors`` when they say nothing: every other message
+    stays as it was, and a receiver that does not know them sees nothing new."""
+    for key in ("companions", "floors"):
+        if key in body and not body[key]:
+            del body[key]
+    for key in ("grant", "floor"):
+        if key in body and body[key] is None:
+            del body[key]
     return body
 
 
@@ -351,9 +370,10 @@ class RequestMsg:
     credential_format: str
     ts: str
     pin_hash: str | None = None  # HMAC of the PIN typed at the door, when the door asks for one
+    floor: str | None = None  # a lift in destination-dispatch mode: the floor (area) chosen before the badge
 
     def encode(self) -> bytes:
-        return _dump({"schema": self.SCHEMA, **_fields(self)})
+        return _dump(_without_defaults({"schema": self.SCHEMA, **_fields(self)}))
 
     @classmethod
     def decode(cls, payload: bytes) -> RequestMsg:
@@ -366,6 +386,7 @@ class RequestMsg:
             credential_format=_ident(d, "credential_format"),
             ts=_ts(d, "ts"),
             pin_hash=_hash(d, "pin_hash", optional=True),
+            floor=_ident(d, "floor", optional=True),
         )
 
 
@@ -384,6 +405,7 @@ class DecisionMsg:
     violation: str | None = None  # e.g. "anti_passback": granted, but a soft rule was broken
     companions: tuple[str, ...] = ()  # the people who pass with this badge (they move with the person)
     grant: str | None = None  # the rule behind a grant (granted, granted_escorted, granted_two_person)
+    floors: tuple[str, ...] = ()  # a lift's grant: the floors (areas) it enables
 
     def encode(self) -> bytes:
         return _dump(_without_defaults({"schema": self.SCHEMA, **_fields(self)}))
@@ -400,6 +422,9 @@ class DecisionMsg:
             raise MessageError(f"unlock_s {unlock} out of range")
         person = _ident(d, "person", optional=True)
         companions, grant = _grant_fields(d, granted, person)
+        floors = floor_list(d["floors"]) if d.get("floors") is not None else ()
+        if floors and not granted:
+            raise MessageError("field 'floors' belongs to a granted lift decision only")
         return cls(
             transaction=_ident(d, "transaction"),
             door=_ident(d, "door"),
@@ -411,6 +436,7 @@ class DecisionMsg:
             violation=_ident(d, "violation", optional=True),
             companions=companions,
             grant=grant,
+            floors=floors,
         )
 
 

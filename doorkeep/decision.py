@@ -39,6 +39,8 @@ from doorkeep.model import (
     Door,
     DoorKind,
     DoorMode,
+    LiftFloor,
+    OfflineMode,
     Person,
     PersonKind,
     PersonState,
@@ -97,6 +99,8 @@ class AccessRequest:
     credential_hash: str
     pin_hash: str | None = None
     """``doorkeep.credentials.pin_hash(key, PIN)`` of the PIN typed at the reader, if any."""
+    floor: str | None = None
+    """At a lift in destination-dispatch mode: the floor (area) asked for; the person moves there on a grant."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Decision:
     """Other people who pass with this badge (escort/visitor, the first of two); they move with the person."""
     violation: str | None = None
     """A rule broken but not enforced (soft anti-passback: ``"anti_passback"``) on a granted decision."""
+    floors: tuple[str, ...] = ()
+    """At a lift, on a grant: the floors (areas) the badge enables, in the lift's order; empty elsewhere."""
 
     @property
     def granted(self) -> bool:
@@ -250,6 +256,14 @@ def decide(request: AccessRequest, site: Site, state: DecisionState, now: float)
     person = site.people.get(cred.person)
     if person is None:
         return Decision(Reason.PERSON_INACTIVE, cred.person)
+    if door.kind is DoorKind.LIFT:
+        return _decide_lift(request, door, person, site, state, now)
+    return _decide_into(request, door, person, site, state, now)
+
+
+def _decide_into(request: AccessRequest, door: Door, person: Person, site: Site, state: DecisionState, now: float,
+                 *, passback: bool = True) -> Decision:
+    """The rules for ``person`` going through ``door`` into its ``to_area``, from their own merits on."""
     area = _area(site, door.to_area)
     refused = _own_merits(person, area, site, state, now)
     if refused is not None:
@@ -287,7 +301,7 @@ def decide(request: AccessRequest, site: Site, state: DecisionState, now: float)
 
     # Anti-passback.
     violation = None
-    if _passback(person.id, door, area, state, now):
+    if passback and _passback(person.id, door, area, state, now):
         if area.anti_passback is AntiPassback.HARD:
             return Decision(Reason.ANTI_PASSBACK, person.id)
         violation = Reason.ANTI_PASSBACK.value
@@ -308,6 +322,59 @@ def decide(request: AccessRequest, site: Site, state: DecisionState, now: float)
     if waiting is not None:
         return Decision(waiting, person.id)
     return Decision(granted, person.id, tuple(companions), violation)
+
+
+def _decide_lift(request: AccessRequest, lift: Door, person: Person, site: Site, state: DecisionState,
+                 now: float) -> Decision:
+    """One decision per floor, as if each floor were a door from the cab into its area (docs/openings.md "Lifts").
+
+    Each floor is decided by the same rules as a door (access level and schedule, clearance, lockdown of
+    the floor's area, visitor escort, two-person, occupancy, PIN), on a door with the lift's id, so a partner
+    waiting in the cab pairs on any floor. Anti-passback does not apply: the cab does not know which floor
+    the person boarded on. The badge enables every floor granted; with none, the answer is a partner still
+    awaited (escort, second person) if any floor waits for one, else the refusal of the first floor that is not
+    public now (a public floor needs no badge, so its refusal would explain nothing).
+    """
+    floors = [f for f in lift.floors if request.floor is None or f.area == request.floor]
+    if not floors:
+        return Decision(Reason.NO_ACCESS, person.id)  # a destination the lift does not serve
+    outcomes = [(f, _decide_into(request, replace(lift, to_area=f.area), person, site, state, now, passback=False))
+                for f in floors]
+    granted = [d for _, d in outcomes if d.granted]
+    if granted:
+        reasons = {d.reason for d in granted}
+        reason = next((r for r in (Reason.GRANTED_TWO_PERSON, Reason.GRANTED_ESCORTED) if r in reasons),
+                      Reason.GRANTED)
+        companions = tuple(dict.fromkeys(c for d in granted for c in d.companions))
+        return Decision(reason, person.id, companions,
+                        floors=tuple(f.area for f, d in outcomes if d.granted))
+    for _, d in outcomes:
+        if d.reason in (Reason.ESCORT_REQUIRED, Reason.AWAITING_SECOND_PERSON):
+            return d
+    public = set(public_floors(lift, site, state, now))
+    return next((d for f, d in outcomes if f.area not in public), outcomes[0][1])
+
+
+def public_floors(lift: Door, site: Site, state: DecisionState, now: float) -> tuple[str, ...]:
+    """The floors of ``lift`` whose buttons work without a badge at ``now``: their schedule is open and neither
+    the site nor the floor's area is locked down."""
+    out = []
+    for f in lift.floors:
+        schedule = site.schedules.get(f.public_schedule) if f.public_schedule else None
+        if schedule is not None and not state.locked_down(f.area) and is_open(schedule, now, site.timezone):
+            out.append(f.area)
+    return tuple(out)
+
+
+def offline_floors(lift: Door) -> tuple[str, ...]:
+    """The floors of ``lift`` an edge may enable from its cache when the server cannot be reached: each
+    floor's own ``offline``, else the lift's."""
+    return tuple(f.area for f in lift.floors if (f.offline or lift.offline) is OfflineMode.CACHE)
+
+
+def lift_floor(lift: Door, area: str) -> LiftFloor | None:
+    """The floor of ``lift`` that is ``area``, or None if the lift does not serve it."""
+    return next((f for f in lift.floors if f.area == area), None)
 
 
 def offline_decision(decision: Decision) -> Decision:
@@ -492,13 +559,15 @@ def commit(request: AccessRequest, decision: Decision, site: Site, state: Decisi
         return
     if decision.granted:
         movers = (person.id, *decision.companions)
-        if door.kind is not DoorKind.TURNSTILE:  # a turnstile moves them on the passage: pass_through()
+        destination = _destination(door, request, decision)
+        if destination is not None:
             for pid in movers:
-                state.presence[pid] = Presence(door.to_area, now)
+                state.presence[pid] = Presence(destination, now)
         # Partners consumed by this passage are no longer waiting.
         _drop_pending(state, door.id, set(movers))
-        area = _area(site, door.to_area)
-        if person.kind is not PersonKind.VISITOR and (area.escort_required or area.restricted):
+        entered = decision.floors if door.kind is DoorKind.LIFT else (door.to_area,)
+        if person.kind is not PersonKind.VISITOR and any(
+                (a := _area(site, aid)).escort_required or a.restricted for aid in entered):
             _add_pending(state, door.id, Pending(person.id, now, PENDING_ESCORT))
         if door.first_person_in and _schedule_open(site, door, now):
             state.first_in[door.id] = local_date(now, site.timezone).isoformat()
@@ -521,6 +590,33 @@ def pass_through(site: Site, state: DecisionState, door_id: str, people: Iterabl
     moved = [p for p in people if p in site.people]
     for pid in moved:
         state.presence[pid] = Presence(door.to_area, now)
+    return moved
+
+
+def _destination(door: Door, request: AccessRequest, decision: Decision) -> str | None:
+    """Where a grant moves people at once: a door's ``to_area``; at a turnstile nowhere yet (the passage moves
+    them, :func:`pass_through`); at a lift the floor a destination-dispatch request named, else nowhere yet
+    (the floor button chosen moves them, :func:`choose_floor`)."""
+    if door.kind is DoorKind.TURNSTILE:
+        return None
+    if door.kind is DoorKind.LIFT:
+        return request.floor if request.floor is not None and request.floor in decision.floors else None
+    return door.to_area
+
+
+def choose_floor(site: Site, state: DecisionState, lift_id: str, floor: str, people: Iterable[str],
+                 now: float) -> list[str]:
+    """A floor button pressed in the cab used the grant that named ``people``: they move to ``floor`` now.
+
+    Returns the people moved (those the site knows); a lift the site does not have, or a floor it does not
+    serve, moves nobody.
+    """
+    lift = site.doors.get(lift_id)
+    if lift is None or lift.kind is not DoorKind.LIFT or lift_floor(lift, floor) is None:
+        return []
+    moved = [p for p in people if p in site.people]
+    for pid in moved:
+        state.presence[pid] = Presence(floor, now)
     return moved
 
 

@@ -45,6 +45,7 @@ class AntiPassback(str, Enum):
 class DoorKind(str, Enum):
     DOOR = "door"            # a leaf with a contact: an unlock time, forced and held-open alarms
     TURNSTILE = "turnstile"  # one passage per grant, counted by a passage sensor (docs/openings.md)
+    LIFT = "lift"            # a cab reader enabling floor buttons: one decision per floor (docs/openings.md)
 
 
 class DoorMode(str, Enum):
@@ -63,6 +64,15 @@ class Area:
     anti_passback: AntiPassback = AntiPassback.NONE
     anti_passback_reset_min: float | None = None  # timed anti-passback: a presence older than this no longer counts
     max_occupancy: int | None = None
+
+
+@dataclass(frozen=True)
+class LiftFloor:
+    """One floor a lift serves: an area, public while its schedule is open, and how the cab treats it offline."""
+
+    area: str
+    public_schedule: str | None = None   # the floor's button works without a badge while this schedule is open
+    offline: OfflineMode | None = None   # with the server away: the lift's own ``offline`` unless set here
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,12 @@ class Door:
     emergency_release: bool = False      # held unlocked while its device's emergency input (fire panel) is active
     kind: DoorKind = DoorKind.DOOR       # turnstile: presence moves on the passage, not on the grant
     tailgate_s: float = 3.0              # turnstile: a passage with no grant this soon after one is a tailgate
+    floors: tuple[LiftFloor, ...] = ()   # lift: the floors its buttons serve, in order (a lift has no from/to)
+
+    @property
+    def entered(self) -> tuple[str, ...]:
+        """The areas this opening lets people into: a lift's floors, else its ``to_area``."""
+        return tuple(f.area for f in self.floors) if self.kind is DoorKind.LIFT else (self.to_area,)
 
 
 @dataclass(frozen=True)

@@ -731,7 +731,7 @@ def compile_policy(site: Site, doors: Iterable[str]) -> Site:
     if unknown:
         raise PolicyError(f"site {site.id!r} has no door(s) {', '.join(map(repr, unknown))}")
     kept_doors = {d: site.doors[d] for d in door_ids}
-    to_areas = {door.to_area for door in kept_doors.values()}
+    to_areas = {area for door in kept_doors.values() for area in door.entered}
 
     def covers(level: Any) -> bool:
         for entry in level.entries:
@@ -748,6 +748,7 @@ def compile_policy(site: Site, doors: Iterable[str]) -> Site:
         unlock = getattr(door, "unlock_schedule", None)
         if unlock is not None:
             schedule_ids.add(unlock)
+        schedule_ids.update(f.public_schedule for f in door.floors if f.public_schedule is not None)
     schedules = {sid: s for sid, s in site.schedules.items() if sid in schedule_ids}
 
     people = {}

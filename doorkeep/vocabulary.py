@@ -159,7 +159,10 @@ _EVENTS: tuple[EventType, ...] = (
     EventType("rex", "the request-to-exit button was pressed", door_machine=True),
     EventType("passage", "a turnstile's passage sensor counted a person through on a grant (or a free passage)",
               door_machine=True),
-    EventType("grant_unused", "a turnstile's grant was not used within its time and was cancelled", door_machine=True),
+    EventType("grant_unused", "a turnstile's grant (or a lift grant, with floor buttons wired) was not used within "
+                              "its time and was cancelled", door_machine=True),
+    EventType("floor_chosen", "a floor button was pressed in a lift cab on a grant: its people are on that floor",
+              door_machine=True),
     EventType("tailgate", "a turnstile counted a second passage on one grant", door_machine=True, snapshot=True,
               raises="tailgate"),
     EventType("forced_passage", "a turnstile counted a passage with no grant, REX or hold", door_machine=True,

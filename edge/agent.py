@@ -71,23 +71,28 @@ from doorkeep.decision import (
     Decision,
     DecisionState,
     Reason,
+    choose_floor,
     commit,
     decide,
     door_unlocked_now,
     offline_decision,
+    offline_floors,
     pass_through,
+    public_floors,
 )
 from doorkeep.errors import MessageError
-from doorkeep.model import Door, DoorMode, OfflineMode, Site
+from doorkeep.model import Door, DoorKind, DoorMode, OfflineMode, Site
 from doorkeep.policy import PolicyError, ReaderSignals
 from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
 from doorkeep.visitor_pass import PassError, looks_like_pass, read_pass
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
+from edge.lift import NOBODY as LIFT_CALL
+from edge.lift import FloorEvent, LiftMachine, LiftTimings
 from edge.turnstile import TurnstileMachine, TurnstileTimings
 from edge.errors import EdgeError, HardwareError
 from edge.framing import CardRead
-from edge.gpio import DoorInputs, EmergencyInput, LockRelay, Sounder, make_pin_factory
+from edge.gpio import DoorInputs, EmergencyInput, FloorButtons, FloorRelays, LockRelay, Sounder, make_pin_factory
 from edge.jobs import Barrier, Jobs, SaveNonces, StoreEvent, TakeSnapshot, VerifyPolicy
 from edge.link import STOP_ACK_S, Link
 from edge.loop import Loop, Timer
@@ -105,6 +110,10 @@ log = logging.getLogger("doorkeep.edge")
 PUBLISHED_DOOR_EVENTS: frozenset[str] = vocabulary.PUBLISHED_DOOR_EVENTS
 #: A turnstile's events whose detail names the grant (``{"grant": access event id}``) instead of a plain detail.
 TURNSTILE_EVENTS = frozenset({"passage", "grant_unused", "tailgate"})
+#: A lift's events whose detail names the grant (and, for floor_chosen, the floor).
+LIFT_EVENTS = frozenset({"floor_chosen", "grant_unused"})
+#: A lift in destination-dispatch mode: how long a floor chosen before the badge waits for it.
+DISPATCH_S = 10.0
 SNAPSHOT_EVENTS: frozenset[str] = vocabulary.SNAPSHOT_EVENTS
 
 EventListener = Callable[[EventMsg], None]
@@ -134,6 +143,7 @@ class _Pending:
     snapshot: str | None
     pin_hash: str | None = None
     credential_format: str = ""
+    floor: str | None = None  # a lift in destination-dispatch mode: the floor chosen before the badge
 
 
 @dataclass
@@ -148,7 +158,7 @@ class _DoorRuntime:
     id: str  # the door's settings (Door) come from _door(): the signed policy's, else the site file's
     hw: DoorHardware
     machine: DoorMachine
-    relay: LockRelay
+    relay: LockRelay | FloorRelays
     inputs: DoorInputs | None
     reader: Reader
     camera: Camera | None
@@ -159,6 +169,8 @@ class _DoorRuntime:
     last_tampered: bool = False
     awaiting_pin: _AwaitingPin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    floors_on: frozenset[str] = frozenset()  # a lift: the floor relays energised now
+    dispatch: tuple[str, float] | None = None  # a lift in destination dispatch: (floor chosen, until when)
 
 
 def _nothing() -> None:
@@ -240,6 +252,7 @@ class EdgeAgent:
         # The fire panel's release input ([emergency]): while it is active, the doors set emergency_release are
         # held unlocked whatever else holds them (docs/openings.md "Emergency release").
         self._turnstile_grants: dict[str, tuple[str, ...]] = {}  # access event id -> who its passage moves
+        self._lift_grants: dict[str, tuple[str, ...]] = {}  # access event id -> who its floor chosen moves
         self._emergency = False
         self._released_doors: set[str] = set()  # doors the input holds now, each reported emergency_release
         self.emergency_input = EmergencyInput(
@@ -289,6 +302,8 @@ class EdgeAgent:
         # The site file's times, replaced by the signed policy's (_sync_timings). Without either, the machine's
         # defaults serve REX alone: no badge is granted before a policy.
         door = self.site.doors[did] if self.site is not None else None
+        if hw.floors:
+            return self._build_lift(did, hw, door)
         machine: DoorMachine | TurnstileMachine
         if hw.passage is not None:  # a turnstile direction: its passage sensor counts one passage per grant
             machine = TurnstileMachine(did, TurnstileTimings(unlock_s=door.unlock_s, tailgate_s=door.tailgate_s)
@@ -320,6 +335,26 @@ class EdgeAgent:
         reader = build_reader(did, hw.reader, self._reader_deps)
         camera = self.cameras.get(hw.camera) if hw.camera else None
         return _DoorRuntime(did, hw, machine, relay, inputs, reader, camera, sounder)
+
+    def _build_lift(self, did: str, hw: DoorHardware, door: Door | None) -> _DoorRuntime:
+        """A lift cab: a relay per floor and, where wired, the floor buttons (docs/openings.md "Lifts")."""
+        buttons = {f.area: (f.button, f.button_active_low) for f in hw.floors if f.button is not None}
+        machine = LiftMachine(did, tuple(f.area for f in hw.floors),
+                              LiftTimings(unlock_s=door.unlock_s) if door is not None else LiftTimings(),
+                              self.clock, buttons=bool(buttons))
+        relays = FloorRelays({f.area: (f.relay, f.relay_active_high) for f in hw.floors}, factory=self._factory)
+        tamper = None
+        if hw.tamper is not None:
+            tamper = DoorInputs(contact_pin=None, rex_pin=None, factory=self._factory, on_contact=lambda _: None,
+                                on_rex=_nothing, tamper_pin=hw.tamper.pin, tamper_active_low=hw.tamper.active_low,
+                                on_tamper=lambda active, d=did: self._post(self._tamper, d, active))
+        reader = build_reader(did, hw.reader, self._reader_deps)
+        camera = self.cameras.get(hw.camera) if hw.camera else None
+        rt = _DoorRuntime(did, hw, machine, relays, tamper, reader, camera)  # type: ignore[arg-type]
+        if buttons:
+            rt.extra["buttons"] = FloorButtons(buttons, factory=self._factory,
+                                               on_press=lambda area, d=did: self._post(self._floor_pressed, d, area))
+        return rt
 
     # ------------------------------------------------------------ lifecycle
 
@@ -412,6 +447,8 @@ class EdgeAgent:
                 log.exception("door %s: stopping the reader failed", rt.id)
             if rt.inputs is not None:
                 rt.inputs.close()
+            if "buttons" in rt.extra:
+                rt.extra["buttons"].close()
             rt.relay.close()
             if rt.sounder is not None:
                 rt.sounder.close()
@@ -450,6 +487,7 @@ class EdgeAgent:
                 events = rt.machine.safe()
                 rt.relay.set(False)
                 rt.relay_on = False
+                rt.floors_on = frozenset()
             except Exception:
                 log.exception("door %s: could not de-energise the relay", rt.id)
             if report:
@@ -536,13 +574,45 @@ class EdgeAgent:
         rt = self.doors[door]
         self._apply(rt, rt.machine.contact(is_open))
 
-    def _grant(self, rt: _DoorRuntime, token: str, movers: tuple[str | None, ...]) -> list[DoorEvent]:
-        """Grant at a door: an unlock time, or at a turnstile one passage credit named by the access event's id
-        (``token``), remembering who the grant moves once its passage is counted."""
+    def _grant(self, rt: _DoorRuntime, token: str, movers: tuple[str | None, ...],
+               floors: tuple[str, ...] = (), chosen: bool = False) -> list[DoorEvent]:
+        """Grant at a door: an unlock time; at a turnstile one passage credit named by the access event's id
+        (``token``), remembering who the grant moves once its passage is counted; at a lift the floors granted,
+        remembering who moves to the floor chosen. A destination-dispatch grant (``chosen``) has its floor
+        chosen already (the grant moved its people): the floor is enabled for the call, and no press is awaited."""
         if isinstance(rt.machine, TurnstileMachine):
             self._turnstile_grants[token] = tuple(m for m in movers if m)
             return rt.machine.grant(token)
+        if isinstance(rt.machine, LiftMachine):
+            if chosen:
+                return rt.machine.grant(LIFT_CALL, floors)
+            self._lift_grants[token] = tuple(m for m in movers if m)
+            return rt.machine.grant(token, floors)
         return rt.machine.grant()
+
+    def _floor_pressed(self, door: str, floor: str) -> None:
+        """A floor button in a lift cab. In destination dispatch, a floor no grant enables is remembered for the
+        next badge (DISPATCH_S), which then asks for that floor alone."""
+        rt = self.doors[door]
+        if not isinstance(rt.machine, LiftMachine):
+            return
+        self.counters["floor_presses"] += 1
+        before = rt.machine.credits
+        self._apply(rt, rt.machine.press(floor))
+        if rt.hw.dispatch and rt.machine.credits == before and floor not in rt.machine.enabled:
+            rt.dispatch = (floor, self.clock.monotonic() + DISPATCH_S)
+
+    def _lift_event(self, rt: _DoorRuntime, e: DoorEvent) -> dict[str, Any]:
+        """Follow a lift grant to its end on this edge: the floor chosen moves the people it named there in the
+        local state; an unused grant moves nobody. The detail names the grant (and the floor) for the server."""
+        token = e.detail
+        movers = self._lift_grants.pop(token, ()) if token else ()
+        if e.type == "floor_chosen" and isinstance(e, FloorEvent):
+            site = self.policy.site if self.policy is not None else None
+            if site is not None and movers:
+                choose_floor(site, self.local_state, rt.id, e.floor, movers, self.clock.wall())
+            return {"grant": token, "floor": e.floor}
+        return {"grant": token} if token else {}
 
     def _passage(self, door: str) -> None:
         rt = self.doors[door]
@@ -639,6 +709,12 @@ class EdgeAgent:
                 continue
             self._uncovered.discard(rt.id)
             now = rt.machine.timings
+            if isinstance(now, LiftTimings):
+                lift = dataclasses.replace(now, unlock_s=door.unlock_s)
+                if lift != now:
+                    rt.machine.timings = lift
+                    log.info("lift %s: a grant's floors wait %.1f s (signed policy)", rt.id, lift.unlock_s)
+                continue
             if isinstance(now, TurnstileTimings):
                 turnstile = dataclasses.replace(now, unlock_s=door.unlock_s, tailgate_s=door.tailgate_s)
                 if turnstile != now:
@@ -711,6 +787,9 @@ class EdgeAgent:
             override = self.overrides.get(rt.id)
             released = self._released(door)
             self._report_release(rt.id, released)
+            if isinstance(rt.machine, LiftMachine):
+                self._lift_mode(rt, door, site, override, released, wall)
+                continue
             if door is None or (door.mode is DoorMode.NORMAL and override is None and not rt.machine.held_unlocked
                                 and not released):
                 continue
@@ -722,6 +801,33 @@ class EdgeAgent:
                 want = door_unlocked_now(door.id, site, self.local_state, wall)
             if want != rt.machine.held_unlocked:
                 self._apply(rt, rt.machine.hold_unlocked(want))
+
+    def _lift_mode(self, rt: _DoorRuntime, lift: Door | None, site: Site, override: Override | None,
+                   released: bool, wall: float) -> None:
+        """A lift's public floors (their schedule open), blocked floors (a lockdown of their area, or a lock
+        override: all of them) and hold (the fire panel's release beats everything; an unlock override frees
+        every floor not locked down)."""
+        machine = rt.machine
+        assert isinstance(machine, LiftMachine)
+        if lift is None:
+            public: frozenset[str] = frozenset()
+            blocked: frozenset[str] = frozenset()
+        else:
+            public = frozenset(public_floors(lift, site, self.local_state, wall))
+            blocked = frozenset(f.area for f in lift.floors if self.local_state.locked_down(f.area))
+            if override is not None and override.kind == "lock":
+                public, blocked = frozenset(), frozenset(machine.floors)
+            elif override is not None and override.kind == "unlock":
+                public = frozenset(machine.floors) - blocked
+        events: list[DoorEvent] = []
+        if released != machine.held_unlocked:
+            events += machine.hold_unlocked(released)
+        if blocked != machine.blocked:
+            events += machine.set_blocked(blocked)
+        if public != machine.public:
+            events += machine.set_public(public)
+        if events or machine.enabled != rt.floors_on:
+            self._apply(rt, events)
 
     def _health(self, now: float) -> None:
         """Report readers and cameras that go offline or come back (reader_offline, camera_online, ...).
@@ -963,18 +1069,25 @@ class EdgeAgent:
         # The timeout runs from the moment the question is asked (after a PIN, that is later than the card).
         asked = max(t_read, self.clock.monotonic())
         p = _Pending(tx, door, event_id, h, last4(card.number), t_read, iso_ms(wall),
-                     asked + self._timeout_s(door), snapshot, pin, card.format)
+                     asked + self._timeout_s(door), snapshot, pin, card.format, self._dispatched(rt))
         self.counters["requests"] += 1
         if not self.server_reachable:
             # No broker or no server: waiting out the timeout would only keep the person at the door.
             self._decide_locally(p)
         else:
             self._pending[tx] = p
-            req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin)
+            req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin, p.floor)
             self.link.publish(self.topics.request(self.device.id, door), req.encode())
             self.link.flush()  # on the socket now, before anything else this turn does
         if snapshot is not None and rt.camera is not None:
             self._take_snapshot(rt.camera, t_read, door, event_id)
+
+    def _dispatched(self, rt: _DoorRuntime) -> str | None:
+        """The floor chosen in a destination-dispatch cab for this badge (used once), if still fresh."""
+        chosen, rt.dispatch = rt.dispatch, None
+        if chosen is None or chosen[1] < self.clock.monotonic():
+            return None
+        return chosen[0]
 
     def _timeout_s(self, door: str) -> float:
         """How long a request waits for the server: the door's ``decision_timeout_ms`` (policy wins)."""
@@ -991,7 +1104,8 @@ class EdgeAgent:
             self._access_event(p, granted=False, reason=Reason.UNKNOWN_DOOR.value, person=None,
                                decided_by="edge_offline", t_done=now_mono)
             return
-        if door.offline is OfflineMode.DENY:
+        offline_ok = offline_floors(door) if door.kind is DoorKind.LIFT else ()
+        if door.offline is OfflineMode.DENY and not offline_ok:
             self.counters["offline_denied"] += 1
             self._access_event(p, granted=False, reason=Reason.OFFLINE_RESTRICTED.value, person=None,
                                decided_by="edge_offline", t_done=now_mono)
@@ -1001,9 +1115,14 @@ class EdgeAgent:
             self._access_event(p, granted=False, reason=Reason.SERVER_TIMEOUT.value, person=None,
                                decided_by="edge_offline", t_done=now_mono)
             return
-        req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
+        req = AccessRequest(p.door, p.credential_hash, p.pin_hash, p.floor)
         wall = self.clock.wall()
         decision = decide(req, site, self.local_state, wall)
+        if decision.granted and door.kind is DoorKind.LIFT:
+            # Each floor's own offline behaviour: only the floors set to cache stay enabled without the server.
+            floors = tuple(f for f in decision.floors if f in offline_ok)
+            decision = dataclasses.replace(decision, floors=floors) if floors else \
+                Decision(Reason.OFFLINE_RESTRICTED, decision.person)
         commit(req, decision, site, self.local_state, wall)
         # The rule behind the grant, before offline_decision() marks it offline: the server moves the companions
         # and the desk shows who passed by which rule (docs/mqtt.md "Access events").
@@ -1013,12 +1132,13 @@ class EdgeAgent:
         t_done = now_mono
         if decision.granted:
             self.counters["offline_granted"] += 1
-            t_done = self._apply(rt, self._grant(rt, p.event_id, (decision.person, *decision.companions)))
+            t_done = self._apply(rt, self._grant(rt, p.event_id, (decision.person, *decision.companions),
+                                                 decision.floors, chosen=p.floor is not None))
         else:
             self.counters["offline_denied"] += 1
         self._access_event(p, granted=decision.granted, reason=decision.reason.value, person=decision.person,
                            decided_by="edge_offline", t_done=t_done, violation=decision.violation,
-                           companions=decision.companions, grant=rule)
+                           companions=decision.companions, grant=rule, floors=decision.floors)
 
     def _decided(self, door: str, msg: DecisionMsg) -> None:
         p = self._pending.get(msg.transaction)
@@ -1036,12 +1156,14 @@ class EdgeAgent:
         t_done = self.clock.monotonic()
         if msg.granted:
             self.counters["granted"] += 1
-            t_done = self._apply(rt, self._grant(rt, p.event_id, (msg.person, *msg.companions)))
+            t_done = self._apply(rt, self._grant(rt, p.event_id, (msg.person, *msg.companions), msg.floors,
+                                                 chosen=p.floor is not None))
         else:
             self.counters["denied"] += 1
         self._access_event(p, granted=msg.granted, reason=msg.reason, person=msg.person,
                            decided_by="server", t_done=t_done, violation=msg.violation, companions=msg.companions,
-                           grant=msg.grant or (msg.reason if msg.granted and msg.reason in GRANT_RULES else None))
+                           grant=msg.grant or (msg.reason if msg.granted and msg.reason in GRANT_RULES else None),
+                           floors=msg.floors)
         self._follow_server(p, msg)
 
     def _follow_server(self, p: _Pending, msg: DecisionMsg) -> None:
@@ -1054,23 +1176,30 @@ class EdgeAgent:
             reason = Reason(msg.reason)
         except ValueError:
             return
-        req = AccessRequest(p.door, p.credential_hash, p.pin_hash)
+        req = AccessRequest(p.door, p.credential_hash, p.pin_hash, p.floor)
         try:
-            commit(req, Decision(reason, msg.person, tuple(msg.companions), violation=msg.violation), site,
-                   self.local_state, self.clock.wall())
+            commit(req, Decision(reason, msg.person, tuple(msg.companions), violation=msg.violation,
+                                 floors=tuple(msg.floors)), site, self.local_state, self.clock.wall())
         except Exception:
             log.exception("door %s: could not follow the server's decision locally", p.door)
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
                       decided_by: str, t_done: float, violation: str | None = None,
-                      companions: tuple[str, ...] = (), grant: str | None = None) -> None:
-        """Publish the access event; a grant carries who passed with the badge and the rule behind it."""
+                      companions: tuple[str, ...] = (), grant: str | None = None,
+                      floors: tuple[str, ...] = ()) -> None:
+        """Publish the access event; a grant carries who passed with the badge and the rule behind it, and at a
+        lift the floors it enabled (``detail.floors``) and the floor asked for in destination dispatch
+        (``detail.floor``)."""
+        detail: dict[str, Any] = {"violation": violation} if violation else {}
+        if granted and floors:
+            detail["floors"] = list(floors)
+        if p.floor is not None:
+            detail["floor"] = p.floor
         ev = EventMsg(
             id=p.event_id, seq=0, ts=p.ts, device=self.device.id, door=p.door, type="access",
             decision="granted" if granted else "denied", reason=reason, decided_by=decided_by, person=person,
             credential_hash=p.credential_hash, credential_last4=p.credential_last4, transaction=p.transaction,
-            latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot,
-            detail={"violation": violation} if violation else {},
+            latency_ms=round((t_done - p.t_read) * 1000.0, 3), snapshot=p.snapshot, detail=detail,
             companions=tuple(companions) if granted else (), grant=grant if granted else None,
         )
         self._publish_event(ev)
@@ -1122,11 +1251,19 @@ class EdgeAgent:
 
         Returns the monotonic time right after the relay was set (the end of badge-to-relay).
         """
-        want = rt.machine.relay_energised
-        changed = want != rt.relay_on
-        if changed:
-            rt.relay.set(want)
-            rt.relay_on = want
+        if isinstance(rt.machine, LiftMachine) and isinstance(rt.relay, FloorRelays):
+            floors = rt.machine.enabled
+            changed = floors != rt.floors_on
+            if changed:
+                rt.relay.set_floors(floors)
+                rt.floors_on = floors
+                rt.relay_on = bool(floors)
+        else:
+            want = rt.machine.relay_energised
+            changed = want != rt.relay_on
+            if changed:
+                rt.relay.set(want)
+                rt.relay_on = want
         t_relay = self.clock.monotonic()
         want_sounder = rt.machine.sounder_on
         if rt.sounder is not None and want_sounder != rt.sounder_on:
@@ -1155,7 +1292,9 @@ class EdgeAgent:
         snapshot = None
         if e.type in SNAPSHOT_EVENTS and rt.camera is not None and rt.camera.stats.online:
             snapshot = event_id
-        if e.type in TURNSTILE_EVENTS:
+        if isinstance(rt.machine, LiftMachine) and e.type in LIFT_EVENTS:
+            detail = self._lift_event(rt, e)
+        elif e.type in TURNSTILE_EVENTS:
             detail = self._turnstile_event(rt, e)
         else:
             detail = {"detail": e.detail} if e.detail else {}
@@ -1514,7 +1653,8 @@ class EdgeAgent:
     def _state_payload(self) -> bytes:
         doors = {d: {"state": rt.machine.state.value, "relay": rt.relay_on, "open": rt.machine.door_open,
                      "sounder": rt.sounder_on, "tamper": rt.machine.tampered,
-                     "override": self.overrides[d].describe() if d in self.overrides else None}
+                     "override": self.overrides[d].describe() if d in self.overrides else None,
+                     **({"floors": sorted(rt.floors_on)} if isinstance(rt.machine, LiftMachine) else {})}
                  for d, rt in self.doors.items()}
         readers = {d: rt.reader.stats.published() for d, rt in self.doors.items()}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}

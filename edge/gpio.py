@@ -326,3 +326,76 @@ class EmergencyInput:
         device, self._device = self._device, None
         if device is not None:
             device.close()
+
+
+class FloorRelay(_Output):
+    """A lift cab's floor-enable output: energised, the floor's button calls the lift there; off from construction
+    on and switched off before release, so a crash or a lost edge leaves the restricted floors disabled."""
+
+    _WHAT = "floor relay"
+
+    @property
+    def energised(self) -> bool:
+        return self._is_on()
+
+
+class FloorRelays:
+    """A lift cab's floor relays as one output: :meth:`set_floors` energises exactly the floors named; ``set(False)``
+    and :meth:`close` switch every one off (the lock relay's contract, so the agent's safe paths serve both)."""
+
+    def __init__(self, relays: dict[str, tuple[int, bool]], *, factory: Any) -> None:
+        self.relays: dict[str, FloorRelay] = {}
+        try:
+            for area, (pin, active_high) in relays.items():
+                self.relays[area] = FloorRelay(pin, active_high=active_high, factory=factory)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_floors(self, enabled: frozenset[str]) -> None:
+        """Switch off before on, so a change never enables more floors than either state, even for a moment."""
+        for area, relay in self.relays.items():
+            if area not in enabled:
+                relay.set(False)
+        for area, relay in self.relays.items():
+            if area in enabled:
+                relay.set(True)
+
+    def set(self, on: bool) -> None:
+        self.set_floors(frozenset(self.relays) if on else frozenset())
+
+    def close(self) -> None:
+        for relay in self.relays.values():
+            relay.close()
+
+
+class FloorButtons:
+    """A lift cab's floor-button inputs (where wired): ``on_press(area)`` once per press, on gpiozero's thread.
+
+    Each button is a momentary contact; ``active_low`` True (the default) is a button to ground with the pin
+    pulled up, like the REX input.
+    """
+
+    def __init__(self, buttons: dict[str, tuple[int, bool]], *, factory: Any, on_press: Callable[[str], None],
+                 debounce_s: float | None = None) -> None:
+        self._on_press = on_press
+        self._closed = False
+        self._devices: list[DigitalInputDevice] = []
+        try:
+            for area, (pin, active_low) in buttons.items():
+                device = DoorInputs._input(pin, active_low, debounce_s, factory, f"floor button {area}")
+                device.when_activated = lambda a=area: self._pressed(a)
+                self._devices.append(device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _pressed(self, area: str) -> None:
+        if not self._closed:
+            self._on_press(area)
+
+    def close(self) -> None:
+        self._closed = True
+        devices, self._devices = self._devices, []
+        for device in devices:
+            device.close()

@@ -419,7 +419,7 @@ class ServerBus:
             except Refused as exc:
                 self._refuse(topic.device, self.topics.request(topic.device, req.door), exc)
         else:
-            decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash))
+            decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash, req.floor))
         door = self.site.doors.get(req.door)
         answer = DecisionMsg(
             transaction=req.transaction, door=req.door, granted=decision.granted,
@@ -427,6 +427,7 @@ class ServerBus:
             unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()), violation=decision.violation,
             companions=decision.companions if decision.granted else (),
             grant=decision.reason.value if decision.granted else None,
+            floors=decision.floors if decision.granted else (),
         )
         self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
         self.counters["decisions"] += 1
@@ -597,14 +598,12 @@ class ServerBus:
                 raise Refused("foreign_event_id", f"event id {ev.id!r} already belongs to an event at "
                                                   f"{first['device']}/{first['door']}")
         self.counters["events" if new else "duplicate_events"] += 1
-        if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person \
-                and not self._turnstile(ev.door):
-            # The edge let someone through on its own: presence follows the door, as if the server had decided,
-            # for the badge holder and everyone who passed with them (an escorted visitor, the first of two).
-            # At a turnstile they move when the passage is counted instead (below).
-            self.directory.record_passage(ev.person, ev.door, ev.ts, ev.companions)
+        if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
+            self._offline_grant(ev)
         if new and ev.type == "passage" and ev.detail.get("grant"):
             self._turnstile_passage(ev)
+        if new and ev.type == "floor_chosen" and ev.detail.get("grant"):
+            self._floor_chosen(ev)
         try:
             self.supervisor.on_event(ev, rowid)
         except Exception:
@@ -616,9 +615,48 @@ class ServerBus:
             except Exception:
                 log.exception("event listener failed")
 
+    def _offline_grant(self, ev: EventMsg) -> None:
+        """The edge let someone through on its own: presence follows the door, as if the server had decided,
+        for the badge holder and everyone who passed with them (an escorted visitor, the first of two). At a
+        turnstile they move when the passage is counted instead; at a lift when the floor is chosen, or at once
+        to the floor a destination-dispatch badge asked for and was granted."""
+        d = self.directory.site.doors.get(ev.door)
+        if d is not None and d.kind is DoorKind.TURNSTILE:
+            return
+        if d is not None and d.kind is DoorKind.LIFT:
+            floor, floors = ev.detail.get("floor"), ev.detail.get("floors")
+            if isinstance(floor, str) and isinstance(floors, list) and floor in floors \
+                    and floor in d.entered:
+                self.directory.record_passage(ev.person or "", ev.door, ev.ts, ev.companions, area=floor)
+            return
+        self.directory.record_passage(ev.person or "", ev.door, ev.ts, ev.companions)
+
     def _turnstile(self, door: str) -> bool:
         d = self.directory.site.doors.get(door)
         return d is not None and d.kind is DoorKind.TURNSTILE
+
+    def _granted_here(self, ev: EventMsg, grant: Any) -> dict[str, Any] | None:
+        """The stored granted access event ``grant`` names, if it is one of the same device and door with a
+        person: a passage or a floor chosen cannot move people another door let in."""
+        access = self.store.event(grant) if isinstance(grant, str) else None
+        if access is None or access["type"] != "access" or access["decision"] != "granted" \
+                or (access["device"], access["door"]) != (ev.device, ev.door) or not access["person"]:
+            return None
+        return access
+
+    def _floor_chosen(self, ev: EventMsg) -> None:
+        """A lift cab's floor button used a grant: move the people that grant named to the floor chosen, at the
+        time of the press (docs/openings.md "Lifts"). Only a floor the grant enabled counts."""
+        grant, floor = ev.detail.get("grant"), ev.detail.get("floor")
+        access = self._granted_here(ev, grant)
+        enabled = json.loads(access["detail"]).get("floors", []) if access and access.get("detail") else []
+        if access is None or not isinstance(floor, str) or floor not in enabled:
+            self.counters["floors_without_grant"] += 1
+            log.warning("floor_chosen %s at %s/%s names grant %r and floor %r, which that grant did not enable: "
+                        "nobody moved", ev.id, ev.device, ev.door, grant, floor)
+            return
+        companions = tuple(json.loads(access["companions"])) if access.get("companions") else ()
+        self.directory.record_passage(access["person"], ev.door, ev.ts, companions, area=floor)
 
     def _turnstile_passage(self, ev: EventMsg) -> None:
         """A turnstile counted the passage of a grant: move the people that grant's access event names (the badge
@@ -628,9 +666,8 @@ class ServerBus:
         door let in; a grant whose access event is not stored (yet) moves nobody and is counted.
         """
         grant = ev.detail.get("grant")
-        access = self.store.event(grant) if isinstance(grant, str) else None
-        if access is None or access["type"] != "access" or access["decision"] != "granted" \
-                or (access["device"], access["door"]) != (ev.device, ev.door) or not access["person"]:
+        access = self._granted_here(ev, grant)
+        if access is None:
             self.counters["passages_without_grant"] += 1
             log.warning("passage %s at %s/%s names grant %r, which is not a grant stored for that door: nobody moved",
                         ev.id, ev.device, ev.door, grant)

@@ -283,13 +283,18 @@ class Directory:
             self.defer(lambda: [self.store.set_presence(row["person"], row["area"], row["since"]) for row in rows])
         return decision
 
-    def record_passage(self, person: str, door: str, ts: str, companions: tuple[str, ...] = ()) -> None:
+    def record_passage(self, person: str, door: str, ts: str, companions: tuple[str, ...] = (), *,
+                       area: str | None = None) -> None:
         """A grant the edge made on its own: move the person and everyone who passed with them (``companions``:
         an escorted visitor, the first of two) as a server grant would have. Each moves unless the server has
-        seen a later passage of theirs already; people the site does not know are skipped."""
+        seen a later passage of theirs already; people the site does not know are skipped. ``area``: where to
+        (a lift's floor, which must be one it serves); by default the door's ``to_area``."""
         d = self.site.doors.get(door)
         if d is None or person not in self.site.people:
             return
+        if area is not None and area not in d.entered:
+            return
+        to_area = area if area is not None else d.to_area
         try:
             since = parse_iso_ms(ts)
         except ValueError:
@@ -302,10 +307,10 @@ class Directory:
                 current = self.state.presence.get(pid)
                 if current is not None and current.since > since:
                     continue  # the server has seen a later passage already
-                self.state.presence[pid] = Presence(d.to_area, since)
+                self.state.presence[pid] = Presence(to_area, since)
                 moved.append(pid)
         for pid in moved:
-            self.store.set_presence(pid, d.to_area, since)
+            self.store.set_presence(pid, to_area, since)
 
     # ----------------------------------------------------------- operations
 

@@ -339,6 +339,16 @@ def _k_ident_or_null(v: Any) -> str | None:
     return None if v is None else _k_ident(v)
 
 
+def _k_floor_list(v: Any) -> tuple[str, ...]:
+    """Floors (area ids), any order; ``[]`` for none."""
+    if not isinstance(v, list):
+        raise _Bad(f"must be a list of floors (area ids), got {v!r}", "write e.g. floors: [lobby, office], or [] for none")
+    ids = tuple(_k_ident(x) for x in v)
+    if len(set(ids)) != len(ids):
+        raise _Bad(f"{list(ids)} names a floor twice", "name each floor once")
+    return ids
+
+
 def _k_ident_list(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v:
         raise _Bad(f"must be a list of ids, got {v!r}", "write e.g. areas: [lobby, floor3]")
@@ -398,6 +408,12 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
           **{"for": Field(_k_duration, required=True)}),
     _verb("rex", _k_ident, "press a door's request-to-exit button"),
     _verb("pass_through", _k_ident, "one person through a turnstile (its passage sensor), granted or not"),
+    _verb("badge_lift", _k_ident, "present a card at a lift cab's reader; floor: the floor chosen first on a "
+          "destination-dispatch panel; press: the floor button pressed once the badge is decided",
+          card=Field(_k_card), person=Field(_k_ident), pin=Field(_k_pin), format=Field(_k_card_format),
+          floor=Field(_k_ident), press=Field(_k_ident)),
+    _verb("press_floor", _k_ident, "press a floor button in a lift cab (it works if its relay enables it)",
+          floor=Field(_k_ident, required=True)),
     _verb("emergency", _k_onoff, "open (on) or close (off) a device's emergency release input (the fire panel)",
           device=Field(_k_ident, required=True)),
     _verb("tamper", _k_ident, "open a door's tamper switch (the reader's cover); restored: true puts it back",
@@ -429,9 +445,11 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("expect_decision", _k_ident, "the last access decision at a door", expectation=True,
           decision=Field(_k_decision), reason=Field(_k_reason), person=Field(_k_ident_or_null),
           decided_by=Field(_k_decided_by), grant=Field(_k_grant), companions=Field(_k_companions),
-          violation=Field(_k_ident_or_null), decided_within=Field(_k_bound)),
+          violation=Field(_k_ident_or_null), decided_within=Field(_k_bound), floors=Field(_k_floor_list)),
     _verb("expect_relay", _k_ident, "a door's lock relay energised or not", expectation=True,
           energised=Field(_k_bool, required=True), at_once=Field(_k_bool)),
+    _verb("expect_floors_enabled", _k_ident, "exactly these floors of a lift cab enabled (their relays energised)",
+          expectation=True, floors=Field(_k_floor_list, required=True)),
     _verb("expect_refused", _k_card, "a card reported lost (or a visitor's badge checked out) is refused at every "
           "door, by the server and by every edge's cached policy, within a time of the report", expectation=True,
           format=Field(_k_format), refused_within=Field(_k_bound, required=True)),
@@ -444,7 +462,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     _verb("expect_event", _k_event_type, "an event stored by the server", expectation=True,
           door=Field(_k_ident), decision=Field(_k_decision), reason=Field(_k_reason),
           person=Field(_k_ident_or_null), decided_by=Field(_k_decided_by), violation=Field(_k_ident),
-          grant=Field(_k_grant), companions=Field(_k_companions), count=Field(_k_count)),
+          grant=Field(_k_grant), companions=Field(_k_companions), count=Field(_k_count), floor=Field(_k_ident)),
     _verb("expect_area", _k_ident, "the area the server has a person in", expectation=True,
           area=Field(_k_ident_or_null, required=True)),
     _verb("expect_occupancy", _k_ident, "how many people the server counts in an area", expectation=True,
@@ -493,6 +511,14 @@ class Step:
             return f"press REX at {self.subject}"
         if v == "pass_through":
             return f"someone passes through {self.subject}"
+        if v == "badge_lift":
+            who = f"card {o['card']}" if "card" in o else f"{o['person']}'s card"
+            pin = f" + PIN {o['pin']}" if "pin" in o else ""
+            first = f"choose {o['floor']}, then " if "floor" in o else ""
+            then = f", presses {o['press']}" if "press" in o else ""
+            return f"{first}badge in {self.subject}: {who}{pin}{then}"
+        if v == "press_floor":
+            return f"press {o['floor']} in {self.subject}"
         if v == "emergency":
             return f"emergency input at {o['device']} {'released' if self.subject else 'cleared'}"
         if v == "tamper":
@@ -531,6 +557,8 @@ class Step:
         if v == "expect_relay":
             return f"expect relay of {self.subject} {'energised' if o['energised'] else 'not energised'}" \
                 + (" at once" if o.get("at_once") else "")
+        if v == "expect_floors_enabled":
+            return f"expect floors of {self.subject} enabled: {_option_text(tuple(o['floors']))}"
         if v == "expect_refused":
             return f"expect card {self.subject} refused at every door within {format_duration(o['refused_within'])} " \
                 "of its report"
@@ -572,7 +600,8 @@ def _decision_text(o: dict[str, Any]) -> str:
              f"companions {_option_text(o['companions'])}" if "companions" in o else None,
              f"violation {_option_text(o['violation'])}" if "violation" in o else None,
              o.get("decided_by") and f"by {o['decided_by']}",
-             f"within {format_duration(o['decided_within'])} of the badge" if "decided_within" in o else None]
+             f"within {format_duration(o['decided_within'])} of the badge" if "decided_within" in o else None,
+             f"floors {_option_text(o['floors'])}" if "floors" in o else None]
     return ", ".join(p for p in parts if p)
 
 
@@ -1160,7 +1189,7 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
             retired.setdefault(s.subject, s.number)
             continue
         if v in ("badge", "open", "close", "force", "hold_open", "rex", "tamper", "pass_through", "expect_decision",
-                 "expect_relay",
+                 "expect_relay", "badge_lift", "press_floor", "expect_floors_enabled",
                  "expect_alarm", "osdp_clear_naks", "osdp_wrong_key") and s.subject is not None \
                 and not door_ok(s, s.subject):
             continue
@@ -1179,6 +1208,25 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
             err(s, f"door {s.subject!r} has {what}; {v} attacks an OSDP reader's Secure Channel",
                 "use a door with an OSDP reader on Secure Channel (e.g. gate_in on firmware-config/sites/readers)")
         turnstile = hw is not None and hw.passage is not None
+        lift = hw is not None and bool(hw.floors)
+        if v in ("badge_lift", "press_floor", "expect_floors_enabled") and hw is not None:
+            if not lift:
+                err(s, f"door {s.subject!r} is not a lift (no floor relays wired)",
+                    'use a door with `kind = "lift"` and its floors in the device file, or `badge` a door')
+            else:
+                served = [f.area for f in hw.floors]
+                named = [o[k] for k in ("floor", "press") if k in o] + list(o.get("floors", ()))
+                for floor in named:
+                    if floor not in served:
+                        err(s, f"lift {s.subject!r} does not serve floor {floor!r}", f"use one of: {', '.join(served)}")
+                if v == "badge_lift" and "floor" in o and not hw.dispatch:
+                    err(s, f"lift {s.subject!r} is not in destination-dispatch mode, so a floor chosen before the "
+                           "badge is not asked for",
+                        "badge first and use `press:` (the button pressed on the grant), or set dispatch = true "
+                        "on the lift in its device file")
+        if v in ("open", "close", "force", "hold_open", "rex", "pass_through") and lift:
+            err(s, f"door {s.subject!r} is a lift cab: it has no door leaf, REX or passage sensor here",
+                "use `badge_lift`, `press_floor` and `expect_floors_enabled`")
         if v == "pass_through" and hw is not None and not turnstile:
             err(s, f"door {s.subject!r} is not a turnstile (no passage sensor wired)",
                 'use a door with `kind = "turnstile"` and a `passage` sensor, or walk through with `badge ... '
@@ -1205,7 +1253,7 @@ def check_against_site(scenario: Scenario, bundle: SiteBundle, pool: list[tuple[
         if v == "rex" and hw is not None and hw.rex is None:
             err(s, f"door {s.subject!r} has no REX button wired",
                 "add `rex = { pin = N }` to the door in its device file, or use another door")
-        if v == "badge" and hw is not None:
+        if v in ("badge", "badge_lift") and hw is not None:
             proto = hw.reader.protocol
             readable = READER_CARD_FORMATS.get(proto, (proto,))
             if "format" in o and o["format"] not in readable:
@@ -1723,6 +1771,47 @@ class ScenarioRunner:
         grant = ev.detail.get("grant")
         return f"{ev.type}" + (f" (grant {grant[:8]})" if grant else "")
 
+    def _do_badge_lift(self, step: Step) -> str:
+        """A badge in a lift cab: a floor chosen first (destination dispatch), the decision, then a press."""
+        lift = step.subject
+        cab = self.site.doors[lift].door
+        chosen = step.opt("floor")
+        note = ""
+        if chosen is not None:
+            cab.press(chosen)  # type: ignore[union-attr]
+            rt = self._agent_door(lift)
+            if not _poll(lambda: rt.dispatch is not None and rt.dispatch[0] == chosen, 3.0):
+                raise StepFailed(f"the cab at {lift} did not take {chosen} as the floor for the next badge within 3 s")
+            note = f"{chosen} chosen; "
+        outcome = note + self._do_badge(step)
+        press = step.opt("press")
+        if press is not None:
+            outcome += "; " + self._press(lift, press)
+        return outcome
+
+    def _do_press_floor(self, step: Step) -> str:
+        return self._press(step.subject, step.options["floor"])
+
+    def _press(self, lift: str, floor: str) -> str:
+        """Press ``floor`` in the cab; with buttons wired, wait for the edge's floor_chosen if the floor was lit
+        by a grant (a free floor's press uses no grant and says nothing)."""
+        cab = self.site.doors[lift].door
+        rt = self._agent_door(lift)
+        granted = rt.machine.covers(floor)
+        before = len(self.recorder.select(lift, ["floor_chosen"]))
+        lit = cab.press(floor)  # type: ignore[union-attr]
+        if not lit:
+            return f"{floor} pressed: its button is dark (not enabled)"
+        if not cab.has_buttons:  # type: ignore[union-attr]
+            return f"{floor} pressed: enabled (no button inputs: the edge cannot tell)"
+        if not granted:
+            return f"{floor} pressed: enabled, free (no grant used)"
+        if not self.recorder.wait(lambda: len(self.recorder.select(lift, ["floor_chosen"])) > before, 3.0):
+            raise StepFailed(f"{floor} was enabled by a grant in {lift}, but the edge reported no floor_chosen "
+                             "within 3 s")
+        ev = self.recorder.select(lift, ["floor_chosen"])[before][1]
+        return f"floor_chosen {ev.detail.get('floor')} (grant {str(ev.detail.get('grant'))[:8]})"
+
     def _do_emergency(self, step: Step) -> str:
         device = step.options["device"]
         contact = self.site.emergency[device]
@@ -2044,11 +2133,14 @@ class ScenarioRunner:
         ok = (o.get("decision", ev.decision) == ev.decision and o.get("reason", ev.reason) == ev.reason
               and o.get("person", ev.person) == ev.person and o.get("decided_by", ev.decided_by) == ev.decided_by
               and o.get("grant", ev.grant) == ev.grant and o.get("violation", violation) == violation
-              and ("companions" not in o or set(o["companions"]) == set(ev.companions)))
+              and ("companions" not in o or set(o["companions"]) == set(ev.companions))
+              and ("floors" not in o or set(o["floors"]) == set((ev.detail or {}).get("floors") or ())))
         actual = self._describe_access(at, ev)
         extra = [f"by rule {ev.grant}" if ev.grant else None,
                  f"companions {_option_text(tuple(ev.companions))}" if ev.companions or "companions" in o else None,
-                 f"violation {violation}" if violation else None]
+                 f"violation {violation}" if violation else None,
+                 f"floors {_option_text(tuple((ev.detail or {}).get('floors') or ()))}"
+                 if (ev.detail or {}).get("floors") or "floors" in o else None]
         if "decided_within" in o:
             ok_time, timing = self._decided_in_time(ev, at, o["decided_within"])
             ok = ok and ok_time
@@ -2079,6 +2171,14 @@ class ScenarioRunner:
         ok = sim.door.wait_relay(want, self._within(step))
         state = "energised" if sim.door.relay_energised else "not energised"
         return ok, "energised" if want else "not energised", f"{state} (door {rt.machine.state.value})"
+
+    def _expect_floors_enabled(self, step: Step) -> tuple[bool, str, str]:
+        lift = step.subject
+        want = frozenset(step.options["floors"])
+        cab = self.site.doors[lift].door
+        ok = cab.wait_floors(want, self._within(step))  # type: ignore[union-attr]
+        expected = f"floors {_option_text(tuple(sorted(want)))} enabled" if want else "no floor enabled"
+        return ok, expected, f"floors {_option_text(tuple(sorted(cab.enabled)))} enabled"  # type: ignore[union-attr]
 
     def _relay_at_once(self, door: str, want: bool) -> tuple[bool, str, str]:
         """The relay now, without waiting. Not energised also means never energised since the last card was
@@ -2207,12 +2307,17 @@ class ScenarioRunner:
         if violation is not None:
             text += f", violation {violation}"
             expected = f"{_count_text(count)} stored event with {text}"
+        floor = o.get("floor")
+        if floor is not None:
+            text += f", floor {floor}"
+            expected = f"{_count_text(count)} stored event with {text}"
 
         def rows() -> list[dict[str, Any]]:
             where = {k: v for k, v in filters.items() if v is not None}
             found = store.events(limit=100_000, **where)
             return [r for r in found if all(r.get(k) is None for k, v in filters.items() if v is None)
                     and (violation is None or _detail(r).get("violation") == violation)
+                    and (floor is None or _detail(r).get("floor") == floor)
                     and (companions is None or set(_companions(r)) == set(companions))]
 
         if count == 0:

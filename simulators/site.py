@@ -58,6 +58,7 @@ from simulators import reader as _reader_module
 from simulators.brokers import EmbeddedBroker, MosquittoBroker, mqtt_client, tls_broker_for
 from simulators.camera import CameraSimulator
 from simulators.door import DoorSimulator, EmergencyContactSimulator
+from simulators.lift import LiftSimulator
 from simulators.osdp_pd import OsdpPdSimulator
 from simulators.reader import ReaderSimulator
 from simulators.wait import wait_until
@@ -81,7 +82,8 @@ class SimDoor:
     device: str
     reader: Any
     """A :class:`ReaderSimulator` (em4100, ascii, pinpad), :class:`OsdpPdSimulator` (osdp) or :class:`WiegandSimulator`."""
-    door: DoorSimulator
+    door: DoorSimulator | LiftSimulator
+    """A lift's cab is a :class:`LiftSimulator` (floor relays and buttons), anything else a door."""
     protocol: str = "em4100"
 
     def badge(self, number: str, fmt: str | None = None) -> None:
@@ -420,6 +422,15 @@ class SiteRunner:
         readers = self._reader_simulators(dev, factory)
         for did, hw in dev.doors.items():
             reader, rc = readers[did]
+            if hw.floors:  # a lift cab: its floor relays and buttons
+                cab = LiftSimulator(factory, {f.area: (f.relay, f.relay_active_high, f.button, f.button_active_low)
+                                              for f in hw.floors},
+                                    tamper_pin=hw.tamper.pin if hw.tamper else None,
+                                    tamper_active_low=hw.tamper.active_low if hw.tamper else True)
+                self.doors[did] = SimDoor(did, dev.id, reader, cab, hw.reader.protocol)
+                doors[did] = dataclasses.replace(hw, reader=rc)
+                continue
+            assert hw.lock is not None
             door = DoorSimulator(
                 factory, relay_pin=hw.lock.pin, relay_active_high=hw.lock.active_high,
                 contact_pin=hw.contact.pin if hw.contact else None,
