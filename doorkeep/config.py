@@ -378,8 +378,8 @@ def _lift_floors(t: _Table, areas: dict[str, Area], schedules: dict[str, Schedul
 
 
 def _check_lifts(root: _Table, doors: dict[str, Door]) -> None:
-    """A lift has no leaf to hold open and no passage to count: no schedule mode, interlock, tailgate or
-    visitor checkout (docs/openings.md "Lifts")."""
+    """A lift has no leaf to hold open: no schedule mode (its floors have public_floors), interlock or visitor
+    checkout (docs/openings.md "Lifts"); a tailgate window is refused by :func:`_tailgate`."""
     for did, door in doors.items():
         if door.kind is not DoorKind.LIFT:
             continue
@@ -1675,6 +1675,9 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
             t.error("lock", "a lift cab has no lock: its floors' relays enable the buttons", "remove the lock table")
         if dispatch and not floors:
             t.error("dispatch", "only a lift has destination dispatch", "remove the key, or add the cab's floors")
+        elif dispatch and not any(f.button is not None for f in floors):
+            t.error("dispatch", "destination dispatch needs the floor buttons' inputs: the floor is chosen on them "
+                                "before the badge", "add button = N to the floors of the panel, or remove dispatch")
         if floors and any(x is not None for x in (contact, rex, passage, sounder)):
             t.error("floors", "a lift cab has no door contact, REX, passage sensor or sounder",
                     "remove contact, rex, passage and sounder from this door (tamper and camera may stay)")

@@ -804,9 +804,10 @@ class EdgeAgent:
 
     def _lift_mode(self, rt: _DoorRuntime, lift: Door | None, site: Site, override: Override | None,
                    released: bool, wall: float) -> None:
-        """A lift's public floors (their schedule open), blocked floors (a lockdown of their area, or a lock
-        override: all of them) and hold (the fire panel's release beats everything; an unlock override frees
-        every floor not locked down)."""
+        """A lift's public floors (their schedule open), blocked floors (a lockdown of their area) and hold (the
+        fire panel's release beats everything). As at a door, a lock override holds the lift shut against its
+        schedule (no public floor) while badges still work, and an unlock override frees every floor not locked
+        down."""
         machine = rt.machine
         assert isinstance(machine, LiftMachine)
         if lift is None:
@@ -816,7 +817,7 @@ class EdgeAgent:
             public = frozenset(public_floors(lift, site, self.local_state, wall))
             blocked = frozenset(f.area for f in lift.floors if self.local_state.locked_down(f.area))
             if override is not None and override.kind == "lock":
-                public, blocked = frozenset(), frozenset(machine.floors)
+                public = frozenset()
             elif override is not None and override.kind == "unlock":
                 public = frozenset(machine.floors) - blocked
         events: list[DoorEvent] = []
@@ -1431,11 +1432,13 @@ class EdgeAgent:
             for rt in self.doors.values():
                 settings = self._door(rt.id)
                 to_area = settings.to_area if settings is not None else None
-                if scope != "site" and (to_area is None or to_area != scope):
+                if scope != "site" and (settings is None or scope not in settings.entered):
                     continue
                 if active and to_area is not None and self.local_state.locked_down(to_area) \
-                        and not self._released(settings):
-                    self._apply(rt, rt.machine.safe())  # an unlock in force ends now (an emergency's never)
+                        and not self._released(settings) and not isinstance(rt.machine, LiftMachine):
+                    # An unlock in force ends now (an emergency's never); a lift drops just the floors locked
+                    # down, in _door_modes below.
+                    self._apply(rt, rt.machine.safe())
                 self._publish_event(EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()),
                                              device=self.device.id, door=rt.id, type="lockdown",
                                              transaction=cmd.transaction,

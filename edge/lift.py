@@ -13,7 +13,9 @@ relay per floor that enables that floor's button, and optionally the buttons' ow
 - with floor buttons wired, a credit not used within ``unlock_s`` is cancelled (``grant_unused``); without
   them nobody can tell, and the credit simply runs out;
 - **public** floors (their schedule open, no lockdown) are enabled without a badge; floors of a locked-down
-  area are **blocked**: no credit or public schedule enables them;
+  area are **blocked**: blocking takes the floor out of every credit in force and of the public floors, and a
+  remote unlock (a grant without floors) skips it. A grant made later names a blocked floor only if
+  ``decide()`` let its holder in despite the lockdown (a responder), and then enables it;
 - **held** (the fire panel's release, or an unlock override): every floor is enabled, blocked or not, and
   presses use no credit.
 
@@ -124,7 +126,7 @@ class LiftMachine:
 
     def covers(self, floor: str) -> bool:
         """Whether a credit names ``floor`` now (a press there would be ``floor_chosen``)."""
-        return not self._hold and floor not in self._blocked and any(floor in c.floors for c in self._credits)
+        return not self._hold and any(floor in c.floors for c in self._credits)
 
     def next_deadline(self) -> float | None:
         return min((c.until for c in self._credits), default=None)
@@ -135,7 +137,8 @@ class LiftMachine:
         """Enable ``floors`` (those this cab serves; None: all of them) for ``unlock_s``, as one credit."""
         now = self._clock.monotonic()
         events = self._advance(now)
-        wanted = frozenset(self.floors if floors is None else (f for f in floors if f in self.floors))
+        wanted = frozenset(f for f in self.floors if f not in self._blocked) if floors is None \
+            else frozenset(f for f in floors if f in self.floors)
         if wanted:
             self._credits.append(_Credit(token, wanted, now + self.timings.unlock_s))
         elif token and self.buttons:
@@ -146,7 +149,7 @@ class LiftMachine:
         """A floor button was pressed: the oldest credit naming the floor is used (``floor_chosen``)."""
         now = self._clock.monotonic()
         events = self._advance(now)
-        if self._hold or floor in self._blocked:
+        if self._hold:
             return events
         used = next((c for c in self._credits if floor in c.floors), None)
         if used is None:
@@ -164,10 +167,21 @@ class LiftMachine:
         return events + self._relays(now, "schedule")
 
     def set_blocked(self, floors: frozenset[str]) -> list[DoorEvent]:
-        """The floors of a locked-down area now: no credit or schedule enables them (a hold still does)."""
+        """The floors of a locked-down area now: each newly blocked floor leaves every credit in force (a credit
+        left with no floor is cancelled, reported unused where buttons would tell) and the public floors."""
         now = self._clock.monotonic()
         events = self._advance(now)
+        newly = frozenset(f for f in floors if f in self.floors) - self._blocked
         self._blocked = frozenset(f for f in floors if f in self.floors)
+        if newly:
+            kept: deque[_Credit] = deque()
+            for credit in self._credits:
+                credit.floors = credit.floors - newly
+                if credit.floors:
+                    kept.append(credit)
+                elif credit.token and self.buttons:
+                    events.append(DoorEvent("grant_unused", now, credit.token))
+            self._credits = kept
         return events + self._relays(now, "lockdown")
 
     def hold_unlocked(self, on: bool) -> list[DoorEvent]:
@@ -216,7 +230,7 @@ class LiftMachine:
         if self._hold:
             want = frozenset(self.floors)
         else:
-            want = (self._public.union(*(c.floors for c in self._credits))) - self._blocked
+            want = (self._public - self._blocked).union(*(c.floors for c in self._credits))
         was, self._enabled = self._enabled, want
         if bool(want) == bool(was):
             return []

@@ -187,12 +187,13 @@ class CommandSender:
         return self.send(device, "release", {"door": door}, actor=actor, timeout=timeout)
 
     def devices_for(self, scope: str) -> list[str]:
-        """The devices with a door into ``scope`` (an area id), or every device for ``site``."""
+        """The devices with a door into ``scope`` (an area id; a lift serving it as a floor counts), or every
+        device for ``site``."""
         site = self._site()
         if scope != "site" and scope not in site.areas:
             raise CommandSendError(f"no area {scope!r} (known: site, {', '.join(sorted(site.areas))})")
         return sorted({dev for door, dev in self.door_devices.items()
-                       if scope == "site" or (door in site.doors and site.doors[door].to_area == scope)})
+                       if scope == "site" or (door in site.doors and scope in site.doors[door].entered)})
 
     def lockdown(self, scope: str, active: bool, *, actor: str = "system", timeout: float = DEFAULT_TIMEOUT_S,
                  persist: bool = True) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ class Step:
     expect: str = ""          # expected reason of a badge
     walk_through: bool = True  # open and close the door after a grant
     note: str = ""
+    press: str = ""           # a lift: the floor button pressed after the badge
 
 
 MORNING: tuple[Step, ...] = (
@@ -65,7 +66,10 @@ MORNING: tuple[Step, ...] = (
     Step(3.5, "badge", "lobby_in", "0F00C4C4C4", "granted", note="Chen arrives"),
     Step(4.2, "badge", "gate_in", "0F00B0B0B0", "granted", note="Bob goes through the office gates"),
     Step(5.0, "badge", "lab", "40067890", "no_access", note="Bob tries the lab"),
+    Step(5.6, "badge", "lift", "0F00A1B2C3", "granted", press="floor7", note="Alice takes the lift to floor 7"),
     Step(6.5, "badge", "lab", "40011111", "granted", note="Alice enters the lab"),
+    Step(7.2, "badge", "lift", "0F00B0B0B0", "granted", press="floor7",
+         note="Bob presses floor 7 in the lift: his badge does not light it, and his grant goes unused"),
     Step(8.0, "badge", "lobby_in", "0F00FFFF01", "unknown_credential", note="a stranger's card"),
     Step(9.0, "badge", "lobby_in", "0F00E5E5E5", "credential_inactive", note="Eli's card, reported lost"),
     Step(10.0, "badge", "lobby_in", "0F00D1D1D1", "expired", note="Dana's contract has ended"),
@@ -97,7 +101,7 @@ class Demo:
 
     #: Alarms the transcript shows, and a turnstile's passages (the grant used, or cancelled unused).
     ALARMS = ("forced_open", "held_open", "forced_passage", "tailgate")
-    TURNSTILE = {"passage": "passed", "grant_unused": "unused"}
+    TURNSTILE = {"passage": "passed", "grant_unused": "unused", "floor_chosen": "floor"}
 
     def header(self) -> None:
         print(f"{'time':8}  {'door':16}  {'person':18}  {'decision':8}  {'reason':20}  {'latency':>9}", file=self.out)
@@ -122,6 +126,9 @@ class Demo:
         if ev.type == "access":
             decision, reason = ev.decision or "", ev.reason or ""
             latency = f"{ev.latency_ms:7.2f} ms" if ev.latency_ms is not None else ""
+        elif ev.type == "floor_chosen":  # the lift went where the grant allowed: that floor's name
+            floor = str(ev.detail.get("floor", ""))
+            decision, reason, latency = "floor", site.areas[floor].name if floor in site.areas else floor, ""
         elif ev.type in self.TURNSTILE:
             decision, reason, latency = self.TURNSTILE[ev.type], "", ""
         else:
@@ -155,7 +162,11 @@ class Demo:
                 sim.reader.badge(step.card)
                 ev = self._wait_access(before, 3.0, step.door)
                 self.expected.append((step, ev.reason if ev else None))
-                if ev is not None and ev.decision == "granted" and step.walk_through:
+                if ev is not None and ev.decision == "granted" and step.press:
+                    if sim.door.wait_relay(True, 2.0):
+                        self._stop.wait(0.5)
+                        sim.door.press(step.press)  # type: ignore[union-attr]
+                elif ev is not None and ev.decision == "granted" and step.walk_through:
                     if sim.door.wait_relay(True, 2.0):
                         self._walk(sim.door, 0.8)
             elif step.action == "force" and sim.door.turnstile:

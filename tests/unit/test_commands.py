@@ -399,5 +399,8 @@ def test_sender_refuses_unknown_doors_and_areas_and_lists_devices_per_scope() ->
         sender.devices_for("mars")
     assert sender.devices_for("site") == ["pi-floor7", "pi-lobby"]
     assert sender.devices_for("floor7") == ["pi-floor7"]
+    # The office is behind pi-lobby's gates and one of the lift's floors (the cab is wired to pi-floor7): a
+    # lockdown of it must reach the cab too, or its button would still take people there.
+    assert sender.devices_for("office") == ["pi-floor7", "pi-lobby"]
     with pytest.raises(CommandSendError):
         sender.lockdown("site", True)  # no directory to persist it in

@@ -12,7 +12,7 @@ from doorkeep import cli
 from doorkeep.config import DeviceConfig, check, load_device, load_site_dir
 from doorkeep.credentials import KEY_ENV, load_key
 from doorkeep.errors import ConfigError, ConfigErrors
-from doorkeep.model import Site
+from doorkeep.model import OfflineMode, Site
 
 DEMO = Path(__file__).resolve().parents[2] / "doorkeep" / "sites" / "demo"
 
@@ -117,11 +117,19 @@ def test_demo_site_dir_loads_what_it_says() -> None:
     bundle = load_site_dir(DEMO)
     assert bundle.site.id == "demo"
     assert bundle.site.timezone == "Europe/London"
-    assert set(bundle.site.doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out", "lab"}
+    assert set(bundle.site.doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out", "lab", "lift"}
     assert set(bundle.devices) == {"pi-lobby", "pi-floor7"}
     assert set(bundle.devices["pi-lobby"].doors) == {"lobby_in", "lobby_out", "gate_in", "gate_out"}
-    assert bundle.devices["pi-floor7"].doors["lab"].lock.active_high is False
+    lab_lock = bundle.devices["pi-floor7"].doors["lab"].lock
+    assert lab_lock is not None and lab_lock.active_high is False
     assert bundle.site.doors["lab"].to_area == "floor7"
+    lift = bundle.site.doors["lift"]
+    assert lift.entered == ("lobby", "office", "floor7") and (lift.from_area, lift.to_area) == ("", "")
+    assert [(f.area, f.public_schedule, f.offline) for f in lift.floors] == [
+        ("lobby", "business_hours", None), ("office", None, None), ("floor7", None, OfflineMode.DENY)]
+    cab = bundle.devices["pi-floor7"].doors["lift"]
+    assert cab.lock is None and [(f.area, f.relay, f.button) for f in cab.floors] == [
+        ("lobby", 5, 6), ("office", 13, 19), ("floor7", 26, 21)]
     assert {c.person for c in bundle.cards} == set(bundle.people)
     assert bundle.credential_key_file == DEMO / "keys" / "credential.key"
 
