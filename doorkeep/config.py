@@ -347,9 +347,9 @@ def _lift_floors(t: _Table, areas: dict[str, Area], schedules: dict[str, Schedul
                 t.used.add(key)
                 t.error(key, "only a lift has floors", 'set kind = "lift" (and remove from and to), or remove the key')
         return ()
-    names = t.get("floors", list, fix='list the areas the lift serves: floors = ["lobby", "level_2"]') or []
+    names = t.get("floors", list, fix='list the areas the lift serves: floors = ["lobby", "level_2"]')
     floors: list[str] = []
-    for i, name in enumerate(names):
+    for i, name in enumerate(names or []):
         if not isinstance(name, str) or name not in areas:
             t.error(f"floors[{i}]", f"{name!r} is not a defined area",
                     f"add [areas.{name}] or use one of: {', '.join(areas)}")
@@ -357,7 +357,7 @@ def _lift_floors(t: _Table, areas: dict[str, Area], schedules: dict[str, Schedul
             t.error(f"floors[{i}]", f"floor {name!r} is listed twice", "list each floor once")
         else:
             floors.append(name)
-    if len(names) == 0:
+    if names == []:  # None: missing or not a list, already reported by get()
         t.error("floors", "a lift needs at least one floor", 'list the areas the lift serves: floors = ["lobby"]')
 
     def per_floor(key: str, check: Callable[[str, Any], bool], fix: str) -> dict[str, Any]:

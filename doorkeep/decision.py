@@ -372,6 +372,16 @@ def offline_floors(lift: Door) -> tuple[str, ...]:
     return tuple(f.area for f in lift.floors if (f.offline or lift.offline) is OfflineMode.CACHE)
 
 
+def offline_site(site: Site, lift: Door) -> Site:
+    """``site`` as an edge decides ``lift`` from its cache: the lift serves only the floors it may enable without
+    the server (:func:`offline_floors`). Deciding on this view, not filtering a decision made on all floors,
+    keeps a grant's companions and rule to what the allowed floors earned: an escort's grant whose visitor may
+    go only to a floor set to ``deny`` does not take the visitor along."""
+    allowed = set(offline_floors(lift))
+    limited = replace(lift, floors=tuple(f for f in lift.floors if f.area in allowed))
+    return replace(site, doors={**site.doors, lift.id: limited})
+
+
 def lift_floor(lift: Door, area: str) -> LiftFloor | None:
     """The floor of ``lift`` that is ``area``, or None if the lift does not serve it."""
     return next((f for f in lift.floors if f.area == area), None)

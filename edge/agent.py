@@ -77,6 +77,7 @@ from doorkeep.decision import (
     door_unlocked_now,
     offline_decision,
     offline_floors,
+    offline_site,
     pass_through,
     public_floors,
 )
@@ -1118,12 +1119,17 @@ class EdgeAgent:
             return
         req = AccessRequest(p.door, p.credential_hash, p.pin_hash, p.floor)
         wall = self.clock.wall()
-        decision = decide(req, site, self.local_state, wall)
-        if decision.granted and door.kind is DoorKind.LIFT:
-            # Each floor's own offline behaviour: only the floors set to cache stay enabled without the server.
-            floors = tuple(f for f in decision.floors if f in offline_ok)
-            decision = dataclasses.replace(decision, floors=floors) if floors else \
-                Decision(Reason.OFFLINE_RESTRICTED, decision.person)
+        if door.kind is DoorKind.LIFT:
+            # Each floor's own offline behaviour: the cab is decided as if it served only the floors set to cache;
+            # a badge those floors refuse but the others would grant is offline_restricted, as at a door.
+            full, site = site, offline_site(site, door)
+            decision = decide(req, site, self.local_state, wall)
+            if not decision.granted and decision.reason not in (Reason.ESCORT_REQUIRED,
+                                                                Reason.AWAITING_SECOND_PERSON) \
+                    and decide(req, full, self.local_state, wall).granted:
+                decision = Decision(Reason.OFFLINE_RESTRICTED, decision.person)
+        else:
+            decision = decide(req, site, self.local_state, wall)
         commit(req, decision, site, self.local_state, wall)
         # The rule behind the grant, before offline_decision() marks it offline: the server moves the companions
         # and the desk shows who passed by which rule (docs/mqtt.md "Access events").

@@ -35,7 +35,7 @@ from simulators.lift import LiftSimulator
 from tests.conftest import wait_until
 
 KEY = bytes(range(32))
-CARDS = {"alice": "0A00000001", "bob": "0A00000002", "vic": "0A00000003", "rita": "0A00000004"}
+CARDS = {"alice": "0A00000001", "bob": "0A00000002", "vic": "0A00000003", "rita": "0A00000004", "ron": "0A00000005"}
 DEVICE = """\
 device = "pi-lift"
 site = "t"
@@ -83,10 +83,12 @@ def site() -> Site:
                 kind=DoorKind.LIFT, floors=(LiftFloor("lobby", public_schedule="day"), LiftFloor("l2"),
                                             LiftFloor("roof", offline=OfflineMode.DENY)))
     levels = {"all": AccessLevel("all", "All", tuple(AccessEntry(a, "always") for a in areas)),
-              "staff": AccessLevel("staff", "Staff", (AccessEntry("lobby", "always"), AccessEntry("l2", "always")))}
+              "staff": AccessLevel("staff", "Staff", (AccessEntry("lobby", "always"), AccessEntry("l2", "always"))),
+              "roof": AccessLevel("roof", "Roof only", (AccessEntry("roof", "always"),))}
     people = {"alice": Person("alice", "Alice", access_levels=("all",), clearance=2),
               "bob": Person("bob", "Bob", access_levels=("staff",)),
-              "rita": Person("rita", "Rita", access_levels=("staff",), roles=frozenset({"responder"}))}
+              "rita": Person("rita", "Rita", access_levels=("staff",), roles=frozenset({"responder"})),
+              "ron": Person("ron", "Ron", access_levels=("roof",), clearance=1)}
     creds = {card_hash(KEY, "em4100", n): Credential(card_hash(KEY, "em4100", n), n[-4:], "em4100", p)
              for p, n in CARDS.items() if p in people}
     return Site("t", "T", "Europe/London", areas, {"lift": lift}, {"always": always, "day": day}, levels, people,
@@ -231,6 +233,13 @@ def test_a_floor_set_to_deny_offline_is_never_enabled_from_the_cache(cab: Cab) -
     assert alice.detail.get("floors") == ["lobby", "l2"], "the roof is offline = deny: left out of the grant"
     assert "roof" not in cab.floors
     assert cab.press("roof") is False
+
+
+def test_a_badge_only_a_deny_floor_would_let_through_is_offline_restricted(cab: Cab) -> None:
+    ron = cab.badge("ron")
+    assert (ron.decision, ron.reason, ron.person) == ("denied", "offline_restricted", "ron"), \
+        "his only floor is never enabled from the cache: the refusal says so, not no_access"
+    assert cab.floors == {"lobby"}
 
 
 def test_a_grant_not_used_in_time_is_cancelled_and_moves_nobody(cab: Cab) -> None:
