@@ -374,3 +374,57 @@ def test_a_cab_ignores_rex_and_contact_but_still_applies_deadlines() -> None:
 def test_lift_timings_refuse_a_grant_time_that_is_not_positive(unlock_s: float) -> None:
     with pytest.raises(ValueError):
         LiftTimings(unlock_s)
+
+
+# ------------------------------------------------- what the events carry (make mutation's survivors)
+
+
+def test_a_new_machine_is_idle_named_and_reports_nothing_unused_by_default() -> None:
+    clock = FakeClock()
+    m = LiftMachine("lift-a", FLOORS, LiftTimings(2.0), clock)
+    assert m.door == "lift-a"
+    assert m.held_unlocked is False and m.tampered is False and m.buttons is False
+    m.grant("ev-1", ("lobby",))
+    clock.advance(2.0)
+    assert m.tick() == [DoorEvent("relocked", clock.monotonic(), "expired")], \
+        "without buttons (the default) a credit runs out silently"
+
+
+def test_every_relay_change_is_dated_now_and_says_why() -> None:
+    m, clock = machine()
+    clock.advance(1.0)
+    assert m.hold_unlocked(True) == [DoorEvent("unlocked", clock.monotonic(), "schedule")]
+    clock.advance(1.0)
+    assert m.hold_unlocked(False) == [DoorEvent("relocked", clock.monotonic(), "schedule")]
+    m.grant("ev-1", ("lobby",))
+    clock.advance(1.0)
+    assert m.press("lobby") == [FloorEvent("floor_chosen", clock.monotonic(), "ev-1", "lobby"),
+                                DoorEvent("relocked", clock.monotonic(), "chosen")]
+    m.grant("ev-2", ("office",))
+    clock.advance(1.0)
+    assert m.set_blocked(frozenset({"office"})) == [DoorEvent("grant_unused", clock.monotonic(), "ev-2"),
+                                                    DoorEvent("relocked", clock.monotonic(), "lockdown")]
+    m.set_blocked(frozenset())
+    m.grant("ev-3", ("lab",))
+    clock.advance(1.0)
+    assert m.safe() == [DoorEvent("grant_unused", clock.monotonic(), "ev-3"),
+                        DoorEvent("relocked", clock.monotonic(), "safe")]
+
+
+def test_safe_ends_a_hold() -> None:
+    m, _ = machine()
+    m.hold_unlocked(True)
+    m.safe()
+    assert m.held_unlocked is False and m.enabled == frozenset()
+
+
+def test_a_tamper_event_is_dated_when_the_loop_opened() -> None:
+    m, clock = machine()
+    clock.advance(3.0)
+    assert m.tamper(True) == [DoorEvent("tamper", clock.monotonic(), "opened")]
+
+
+def test_lift_timings_take_any_positive_grant_time_and_name_the_key_when_refused() -> None:
+    assert LiftTimings(0.5).unlock_s == 0.5
+    with pytest.raises(ValueError, match=r"unlock_s must be > 0, got 0"):
+        LiftTimings(0)
