@@ -24,7 +24,7 @@ Pure: standard library and ``doorkeep`` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from doorkeep.decision import (
@@ -40,9 +40,10 @@ from doorkeep.decision import (
     in_passback,
     may_escort,
     own_merits,
+    public_floors,
 )
-from doorkeep.model import WEEKDAYS, Area, CredentialState, Door, Person, PersonKind, PersonState, Schedule, Site, \
-    TimeWindow
+from doorkeep.model import WEEKDAYS, AntiPassback, Area, CredentialState, Door, DoorKind, Person, PersonKind, \
+    PersonState, Schedule, Site, TimeWindow
 from doorkeep.schedule import is_open, local_datetime, next_opening
 from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
 from doorkeep.vocabulary import reason_label
@@ -123,11 +124,24 @@ def explain(request: AccessRequest, decision: Decision, site: Site, state: Decis
         cred = site.credentials.get(request.credential_hash)
         pid = cred.person if cred is not None else None
     person = site.people.get(pid) if pid else None
+    lift_note = None
+    if door is not None and door.kind is DoorKind.LIFT and not reason.granted:
+        floor = lift_refusal_floor(request, decision, door, site, state, when)
+        if floor is None and reason is Reason.NO_ACCESS:  # a destination the lift does not serve
+            asked = area_of(site, request.floor or "").name or "a floor"
+            served = _names([area_of(site, f.area).name for f in door.floors], quote=False, conj="or")
+            return Explanation(reason.value, f"{person.name if person else 'The cardholder'} asked {door.name} for "
+                                             f"{asked}, a floor it does not serve.", "access level and schedule",
+                               [f"choosing one of its floors ({served}) before the badge"])
+        floor = floor or (door.floors[0].area if door.floors else "")
+        if reason in _FLOOR_REASONS:
+            lift_note = _lift_note(request, decision, door, floor, site)
+        door = replace(door, to_area=floor, kind=DoorKind.DOOR, floors=())  # the floor as a door into its area
     ctx = _Ctx(request, decision, site, state, when, card or "this card", door, person)
     if reason.granted:
         return Explanation(reason.value, f"Granted: every rule let {ctx.who} through {ctx.door_name}.", "none")
     out = EXPLAINERS[reason](ctx)
-    notes = list(out.notes)
+    notes = list(out.notes) + ([lift_note] if lift_note else [])
     if reason in SITE_ONLY:
         now = decide(request, site, state or DecisionState(), when)
         if now.reason is not reason:
@@ -135,6 +149,68 @@ def explain(request: AccessRequest, decision: Decision, site: Site, state: Decis
                             f"\u201c{reason_label(now.reason.value)}\u201d instead: the card, the person or the "
                             "site changed after this badge, so the explanation may not match what the door saw.")
     return Explanation(out.reason, out.summary, out.rule, out.would_allow, notes)
+
+
+# ------------------------------------------------------------------ lifts
+
+#: The refusals that are a partner still awaited: at a lift they win over any floor's own refusal.
+_WAITING = (Reason.ESCORT_REQUIRED, Reason.AWAITING_SECOND_PERSON)
+#: The refusals that depend on the floor (its area); the others say the same of every floor of a lift.
+_FLOOR_REASONS = frozenset({Reason.LOCKDOWN, Reason.OUTSIDE_SCHEDULE, Reason.NO_ACCESS, Reason.CLEARANCE_TOO_LOW,
+                            *_WAITING, Reason.OCCUPANCY_FULL})
+
+
+def lift_refusal_floor(request: AccessRequest, decision: Decision, lift: Door, site: Site,
+                       state: DecisionState | None, when: float) -> str | None:
+    """The floor (area id) a refusal at ``lift`` is about, chosen as ``decide()`` chooses the answer there
+    (doorkeep/decision.py ``_decide_lift``): the floor asked for in destination dispatch; else the first floor
+    waiting for a partner (escort, second person); else the first floor not public at ``when`` (a public floor
+    needs no badge, so its refusal explains nothing); else the first floor. None: the floor asked for is not
+    one the lift serves.
+
+    Each floor is decided again as a door into it without anti-passback, as the lift decides it. Without the
+    state of that moment (``state`` None) the floors' answers may differ from the recorded one (a lockdown, a
+    partner waiting): the first floor, in that order, whose answer is the recorded reason is preferred, so the
+    words explain the rule that refused.
+    """
+    floors = [f.area for f in lift.floors if request.floor is None or f.area == request.floor]
+    if not floors:
+        return None
+    now = state or DecisionState()
+    outcomes = {area: _floor_decision(request, lift, area, site, now, when).reason for area in floors}
+    if decision.reason in _WAITING:
+        order = [a for a in floors if outcomes[a] is decision.reason] + \
+            [a for a in floors if outcomes[a] in _WAITING]
+    else:
+        public = set(public_floors(lift, site, now, when))
+        badge = [a for a in floors if a not in public]
+        order = [a for a in badge if outcomes[a] is decision.reason] + \
+            [a for a in floors if outcomes[a] is decision.reason] + badge
+    return (order or floors)[0]
+
+
+def _floor_decision(request: AccessRequest, lift: Door, area: str, site: Site, state: DecisionState,
+                    when: float) -> Decision:
+    """``decide()`` for one floor of a lift: a door with the lift's id into ``area``, with no anti-passback (the
+    cab does not know where the person boarded), on a copy of the site; ``site`` is left as it was."""
+    door = replace(lift, to_area=area, kind=DoorKind.DOOR, floors=())
+    areas = dict(site.areas)
+    if area in areas:
+        areas[area] = replace(areas[area], anti_passback=AntiPassback.NONE)
+    floor_site = replace(site, doors={**site.doors, lift.id: door}, areas=areas)
+    return decide(replace(request, floor=None), floor_site, state, when)
+
+
+def _lift_note(request: AccessRequest, decision: Decision, lift: Door, floor: str, site: Site) -> str:
+    name = area_of(site, floor).name
+    if request.floor is not None:
+        return f"{lift.name} is a lift in destination dispatch: {name} was asked for before the badge, and only it " \
+               "was decided."
+    served = _names([area_of(site, f.area).name for f in lift.floors], quote=False)
+    why = "the first floor waiting for a partner" if decision.reason in _WAITING else \
+        "the first floor that needs a badge then"
+    return f"{lift.name} is a lift: each of its floors ({served}) is decided as a door into it, and the badge " \
+           f"enabled none of them. This explains {name}, {why}."
 
 
 # ------------------------------------------------------------------ words
@@ -536,4 +612,4 @@ _unexplained = [r.value for r in Reason if not r.granted and r not in EXPLAINERS
 if _unexplained:  # a programming error: the desk would have no "Why not?" for it
     raise RuntimeError(f"refusal reasons without an explanation in doorkeep/explain.py: {_unexplained}")
 
-__all__ = ["EXPLAINERS", "Explanation", "SITE_ONLY", "describe_schedule", "explain"]
+__all__ = ["EXPLAINERS", "Explanation", "SITE_ONLY", "describe_schedule", "explain", "lift_refusal_floor"]

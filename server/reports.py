@@ -15,12 +15,16 @@ daylight-saving change: a spring-forward day has 23 hours, a fall-back day 25, a
 badges are counted in the hour they happened (``01:00 BST`` then ``01:00 GMT``).
 
 Occupancy is presence replayed, the rule server/directory.py applies live (the muster list): a granted badge
-puts its person in the door's ``to`` area, a visitor's check-out takes them off site. The day starts from
+puts its person in the door's ``to`` area, a visitor's check-out takes them off site. At a lift the badge moves
+nobody: the floor chosen in the cab (``floor_chosen``) moves the people of the grant it names to that floor, or
+a destination-dispatch grant moves them at once to the floor asked for (server/bus.py); a person whose last
+badge before the day was at a lift is not counted at midnight (the floor they chose then is not looked up). The day starts from
 each person's last granted badge before it (one index seek per person) and moves with every grant of the day.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -29,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from doorkeep import vocabulary
 from doorkeep.clock import iso_ms, parse_iso_ms
-from doorkeep.model import Site
+from doorkeep.model import Door, DoorKind, Site
 from server.errors import ServerError
 from server.store import Store
 
@@ -129,8 +133,32 @@ def area_name(site: Site, area: str) -> str:
 
 
 def area_doors(site: Site, area: str) -> list[str]:
-    """The doors into or out of ``area`` (as the live feed's area filter): its activity."""
-    return sorted(d.id for d in site.doors.values() if area in (d.from_area, d.to_area))
+    """The doors into or out of ``area`` (as the live feed's area filter): its activity. A lift serving ``area``
+    as a floor is one of them: a badge in its cab is a badge at a way into each floor it serves."""
+    return sorted(d.id for d in site.doors.values() if area in (d.from_area, *d.entered))
+
+
+def lift_destination(site: Site, door: Door, detail: dict[str, Any]) -> str:
+    """Where a badge at a lift was going, by name: the floor asked for before the badge (destination dispatch),
+    else the floors the grant enabled, else (a refusal) the floors the lift serves."""
+    asked = detail.get("floor")
+    if isinstance(asked, str) and asked:
+        return area_name(site, asked)
+    enabled = detail.get("floors")
+    floors = [a for a in enabled if isinstance(a, str)] if isinstance(enabled, list) and enabled \
+        else [f.area for f in door.floors]
+    return " or ".join(area_name(site, a) for a in floors)
+
+
+def _detail(row: dict[str, Any] | None) -> dict[str, Any]:
+    raw = row.get("detail") if row else None
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # --------------------------------------------------------------------------- rows
@@ -151,6 +179,7 @@ class Badge:
     decision: str
     reason: str
     reason_label: str
+    lift: bool = False  # a badge in a lift's cab: ``to_area`` says where it was going, there is no from
 
     @property
     def date(self) -> str:
@@ -248,12 +277,17 @@ class Reports:
             local = None
         door = site.doors.get(str(row["door"]))
         reason = str(row.get("reason") or "")
+        if door is not None and door.kind is DoorKind.LIFT:  # no from/to: where the badge was going
+            from_area, to_area = "", lift_destination(site, door, _detail(self.store.event(str(row["id"]))))
+        else:
+            from_area = area_name(site, door.from_area) if door else ""
+            to_area = area_name(site, door.to_area) if door else ""
         return Badge(cursor=int(row["cursor"]), id=str(row["id"]), ts=ts, local=local, door=str(row["door"]),
                      door_name=door.name if door else str(row["door"]),
-                     from_area=area_name(site, door.from_area) if door else "",
-                     to_area=area_name(site, door.to_area) if door else "",
+                     from_area=from_area, to_area=to_area,
                      decision=str(row.get("decision") or ""), reason=reason,
-                     reason_label=reason_text(reason) if reason else "")
+                     reason_label=reason_text(reason) if reason else "",
+                     lift=door is not None and door.kind is DoorKind.LIFT)
 
     def movements(self, site: Site, person: str, span: Period, *, after: tuple[str, int] | None = None,
                   limit: int = PAGE) -> tuple[list[Badge], bool]:
@@ -336,25 +370,28 @@ class Reports:
         people = sorted(site.people)
         last = self.store.last_passages(people, since)
         inside = {p for p, door in last.items()
-                  if p not in left_before and door in site.doors and site.doors[door].to_area == area}
+                  if p not in left_before and door in site.doors and site.doors[door].kind is not DoorKind.LIFT
+                  and site.doors[door].to_area == area}
         at_start = len(inside)
-        changes: list[tuple[float, str, str | None]] = []  # (epoch, person, door or None for a check-out)
+        # (epoch, person, door, the area they went into; None: a visitor's check-out took them off site)
+        changes: list[tuple[float, str, Door | None, str | None]] = []
         for ts, person, door in self.store.passages(since, until):
+            d = site.doors.get(door)
+            if d is None or d.kind is DoorKind.LIFT:
+                continue  # a door no longer in the site: where it led is unknown; a lift: moved below
             try:
-                changes.append((parse_iso_ms(ts), person, door))
+                changes.append((parse_iso_ms(ts), person, d, d.to_area))
             except ValueError:
                 continue
-        changes += [(at, vid, None) for at, vid in checkouts if at >= start.timestamp()]
+        changes += self._lift_moves(site, since, until)
+        changes += [(at, vid, None, None) for at, vid in checkouts if at >= start.timestamp()]
         changes.sort(key=lambda c: c[0])
         steps: list[Step] = []
-        for at, person, door in changes:
+        for at, person, d, to in changes:
             p = site.people.get(person)
             if p is None:
                 continue  # erased or removed: presence forgets them too
-            d = site.doors.get(door) if door else None
-            if door is not None and d is None:
-                continue  # a door no longer in the site: where it led is unknown
-            now_in = d is not None and d.to_area == area
+            now_in = to == area
             if now_in == (person in inside):
                 continue
             (inside.add if now_in else inside.discard)(person)
@@ -365,6 +402,59 @@ class Reports:
             end.timestamp() else None
         return Occupancy(area, a.name, day, start.astimezone(zone), end.astimezone(zone), at_start, steps,
                          a.max_occupancy, shown_until)
+
+
+    def _lift_moves(self, site: Site, since: str, until: str) -> list[tuple[float, str, Door | None, str | None]]:
+        """The moves lifts made in ``[since, until)``, as server/bus.py makes them live: a floor chosen moves the
+        people of the grant it names (the holder and their companions) to that floor, if the grant enabled it;
+        a destination-dispatch grant moves them at once to the floor asked for. A lift badge alone moves nobody."""
+        lifts = {d.id: d for d in site.doors.values() if d.kind is DoorKind.LIFT}
+        if not lifts:
+            return []
+        out: list[tuple[float, str, Door | None, str | None]] = []
+        for ev in self._events(sorted(lifts), ["floor_chosen", "access"], since, until):
+            lift, detail = lifts[str(ev["door"])], _detail(ev)
+            if ev["type"] == "access":
+                floors = detail.get("floors")
+                floor = detail.get("floor")
+                if ev.get("decision") != "granted" or not isinstance(floors, list) or floor not in floors:
+                    continue
+                grant: dict[str, Any] | None = ev
+            else:
+                floor = detail.get("floor")
+                grant = self.store.event(detail["grant"]) if isinstance(detail.get("grant"), str) else None
+                if grant is None or grant.get("type") != "access" or grant.get("decision") != "granted" \
+                        or (grant.get("device"), grant.get("door")) != (ev.get("device"), ev.get("door")) \
+                        or floor not in _detail(grant).get("floors", []):
+                    continue
+            if not isinstance(floor, str) or floor not in lift.entered or not grant.get("person"):
+                continue
+            try:
+                at = parse_iso_ms(str(ev["ts"]))
+            except ValueError:
+                continue
+            out += [(at, pid, lift, floor) for pid in (grant["person"], *_companions(grant))]
+        return out
+
+    def _events(self, doors: list[str], types: list[str], since: str, until: str) -> Iterator[dict[str, Any]]:
+        """Every stored event of ``types`` at ``doors`` in ``[since, until)``, oldest first, a page at a time."""
+        after = 0
+        while True:
+            rows = self.store.event_page(after=after, doors=doors, types=types, since=since, until=until,
+                                         limit=PAGE)
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            after = int(rows[-1]["cursor"])
+
+
+def _companions(row: dict[str, Any]) -> list[str]:
+    raw = row.get("companions")
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw else raw or []
+    except ValueError:
+        return []
+    return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
 
 
 def _hour_key(local: datetime) -> str:

@@ -7,12 +7,15 @@ revision) and given today's people, cards and lockdowns: those are not revisione
 says so. With no revision at or before the badge (a store older than revisions, an event from before the
 first import) the current site is used, and the explanation says that too.
 
-The words come from :func:`doorkeep.explain.explain`, the pure explainer built on the decision rules.
+The words come from :func:`doorkeep.explain.explain`, the pure explainer built on the decision rules. At a lift
+it names the floor the refusal is about (``doorkeep.explain.lift_refusal_floor``); a badge that asked for a
+floor first (destination dispatch, the event's ``detail.floor``) is explained for that floor alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -87,7 +90,8 @@ class WhyService:
             basis = "" if not refused else f"The reason {row.get('reason')!r} is not one this server knows."
             return Why(row, refused, None, basis, None, at)
         site, revision, basis = self._site_at(at)
-        request = AccessRequest(door=row.get("door") or "", credential_hash=row.get("credential_hash") or "")
+        request = AccessRequest(door=row.get("door") or "", credential_hash=row.get("credential_hash") or "",
+                                floor=_asked_floor(row))
         last4 = row.get("credential_last4")
         explanation = explain(request, Decision(reason, row.get("person")), site, None, when=at,
                               card=f"card …{last4}" if last4 else None)
@@ -131,6 +135,18 @@ class WhyService:
             while len(self._cache) > CACHE_REVISIONS:
                 self._cache.popitem(last=False)
         return site
+
+
+def _asked_floor(row: dict[str, Any]) -> str | None:
+    """At a lift in destination dispatch, the floor asked for before the badge (the event's ``detail.floor``):
+    only that floor was decided, so only it is explained."""
+    raw = row.get("detail")
+    try:
+        detail = json.loads(raw) if isinstance(raw, str) and raw else raw
+    except ValueError:
+        return None
+    floor = detail.get("floor") if isinstance(detail, dict) else None
+    return floor if isinstance(floor, str) and floor else None
 
 
 def _epoch(ts: Any) -> float | None:

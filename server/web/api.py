@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from doorkeep.model import DoorKind
 from server.operators import (MAX_PASSWORD, MIN_PASSWORD, Operator, OperatorConflict, OperatorError,
                               OperatorExists, Token, UnknownOperator)
 from server.sessions import SESSION_ABSOLUTE_S, SESSION_IDLE_S, LoginRefused, Principal
@@ -71,12 +72,25 @@ class MeOut(BaseModel):
                                                 "must enrol at /account/2fa before anything else")
 
 
+class LiftFloorOut(BaseModel):
+    area: str = Field(description="the area the floor's button takes people to")
+    name: str = Field(description="the area's name")
+    restricted: bool
+    public_schedule: str | None = Field(description="the floor's button works without a badge while this "
+                                                    "schedule is open (null: never)")
+    offline: str = Field(description="with the server away: cache (the edge may enable it from its cache) or deny; "
+                                     "the floor's own setting, else the lift's")
+
+
 class DoorOut(BaseModel):
     id: str
     name: str
-    from_area: str
-    to_area: str
-    restricted: bool = Field(description="the area it leads into is restricted")
+    from_area: str = Field(description="the area it leads from; empty for a lift (it serves floors)")
+    to_area: str = Field(description="the area it leads into; empty for a lift (see floors)")
+    restricted: bool = Field(description="the area it leads into is restricted (a lift: one of its floors is)")
+    kind: str = Field("door", description="door, turnstile or lift (docs/openings.md)")
+    floors: list[LiftFloorOut] = Field(default_factory=list, description="a lift: the floors it serves, in order; "
+                                                                         "empty for any other door")
     device: str | None
     device_status: str = Field(description="unknown, online, offline or stopped (as the server last heard)")
     mode: str
@@ -163,10 +177,14 @@ def door_list(request: Request) -> list[DoorOut]:
     status = server.supervisor.devices()
     out = []
     for door in sorted(site.doors.values(), key=lambda d: d.id):
-        area = site.areas.get(door.to_area)
+        floors = [LiftFloorOut(area=f.area, name=site.areas[f.area].name if f.area in site.areas else f.area,
+                               restricted=bool(f.area in site.areas and site.areas[f.area].restricted),
+                               public_schedule=f.public_schedule, offline=(f.offline or door.offline).value)
+                  for f in door.floors] if door.kind is DoorKind.LIFT else []
+        restricted = any(site.areas[a].restricted for a in door.entered if a in site.areas)
         device = devices.get(door.id)
         out.append(DoorOut(id=door.id, name=door.name, from_area=door.from_area, to_area=door.to_area,
-                           restricted=bool(area and area.restricted), device=device,
+                           restricted=restricted, kind=door.kind.value, floors=floors, device=device,
                            device_status=status[device].status if device in status else "unknown",
                            mode=door.mode.value, offline=door.offline.value, unlock_s=door.unlock_s))
     return out

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from doorkeep.clock import parse_iso_ms
 from doorkeep.commands import MAX_OVERRIDE_S
+from doorkeep.model import DoorKind
 from server.alarms import Alarm
 from server.commands import CommandSendError
 from server.sessions import Principal
@@ -48,6 +49,8 @@ STATES = ("offline", "forced", "held_open", "open", "unlocked", "locked", "unkno
 #: what the board says for each state (the API keeps the id)
 STATE_LABELS = {"offline": "offline", "forced": "forced open", "held_open": "held open", "open": "open",
                 "unlocked": "unlocked", "locked": "locked", "unknown": "unknown"}
+#: what "from" says for a lift: people board it on any floor it serves
+LIFT_FROM = "the lift cab"
 #: alarm priorities, most urgent first (doorkeep/alarm_priority.py); severities stand in for an alarm without one
 PRIORITY_ORDER = ("high", "medium", "low")
 _SEVERITY_PRIORITY = {"alarm": "high", "trouble": "medium", "warning": "low", "info": "low"}
@@ -82,7 +85,10 @@ class BoardDoorOut(DoorOut):
     tamper: bool | None
     alarms: int = Field(description="unresolved alarms at this door")
     alarm_priority: str | None = Field(description="the highest priority among them: high, medium, low (null: none)")
-    lockdown: bool = Field(description="the area it leads into (or the site) is locked down")
+    lockdown: bool = Field(description="the area it leads into (or the site) is locked down; a lift: the site or "
+                                       "one of its floors")
+    locked_floors: list[str] = Field(default_factory=list, description="a lift: its floors locked down (their "
+                                                                       "buttons stay dark)")
     override: OverrideOut | None = Field(description="the timed override its edge holds (null: none)")
 
 
@@ -216,10 +222,15 @@ def board(request: Request) -> BoardOut:
             else (None, None, None)
         state = _physical(st, d.device_status, at_door)
         names = {a: site.areas[a].name if a in site.areas else a for a in (d.from_area, d.to_area)}
-        out.append(BoardDoorOut(**d.model_dump(), from_area_name=names[d.from_area], to_area_name=names[d.to_area],
+        from_name, to_name = names[d.from_area], names[d.to_area]
+        entered = [f.area for f in d.floors] if d.kind == "lift" else [d.to_area]
+        if d.kind == "lift":  # a lift serves floors: "into" names them, "from" the cab
+            from_name, to_name = LIFT_FROM, ", ".join(f.name for f in d.floors)
+        out.append(BoardDoorOut(**d.model_dump(), from_area_name=from_name, to_area_name=to_name,
                                 state=state, state_label=STATE_LABELS[state], open=is_open,
                                 relay=relay, tamper=tamper, alarms=len(at_door), alarm_priority=_priority(at_door),
-                                lockdown="site" in locked or d.to_area in locked,
+                                lockdown="site" in locked or any(a in locked for a in entered),
+                                locked_floors=[f.area for f in d.floors if f.area in locked],
                                 override=_override(request, st, now) if state != "offline" else None))
     areas = [AreaOut(id=a.id, name=a.name, lockdown=a.id in locked) for a in sorted(site.areas.values(),
                                                                                       key=lambda a: a.name)]
@@ -353,6 +364,8 @@ def _messages(request: Request, done: str, target: str) -> tuple[str, bool] | No
     site = request.app.state.desk.server.site
     door = site.doors.get(target)
     scope = _scope_name(request, target)
+    if done == "unlocked" and door and door.kind is DoorKind.LIFT:
+        return f"Every floor button of {door.name} not locked down works for {door.unlock_s:g} s.", False
     if done == "unlocked" and door:
         return f"{door.name} was unlocked for {door.unlock_s:g} s.", False
     if done == "unlock_failed" and door:
@@ -400,9 +413,12 @@ def unlock_confirm(request: Request, door_id: str = Path(pattern=DOOR_ID),
     door = request.app.state.desk.server.site.doors.get(door_id)
     if door is None:
         return RedirectResponse("/doors", status_code=303)
+    what = (f"Every floor button of {door.name} (but a floor locked down) will work for {door.unlock_s:g} "
+            "seconds, as if a badge had enabled them all, and then go dark again by itself."
+            if door.kind is DoorKind.LIFT else
+            f"{door.name} will unlock for {door.unlock_s:g} seconds and then lock again by itself.")
     return _confirm(request, who, title=f"Unlock {door.name}?",
-                    text=f"{door.name} will unlock for {door.unlock_s:g} seconds and then lock again by itself. "
-                         "The unlock is recorded in the audit log under your name.",
+                    text=f"{what} The unlock is recorded in the audit log under your name.",
                     action=f"/doors/{door.id}/unlock", fields={"confirm": "yes"}, button=f"Unlock {door.name}")
 
 

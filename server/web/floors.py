@@ -3,7 +3,7 @@ last happened there and the last picture its camera took (issue 16, "Doors").
 
 The Doors board answers "which door needs me" in a list; a control room also looks at a building by place, so
 this page groups the same doors by the area they lead into (an exit is a door into Outside), each area by
-name. A card's state and open alarms come from the board's own computation (server/web/doors.py ``board``):
+name; a lift leads into every floor it serves, so its card is under each of them. A card's state and open alarms come from the board's own computation (server/web/doors.py ``board``):
 one rule for "what is this door now", never two. Its last event is said in words in the site's time zone
 (:func:`event_words`), and its snapshot is the newest ready one among the door's latest snapshot-bearing
 events (a visitor who declined photos is never shown: server/web/live.py ``event_row`` decides that).
@@ -111,6 +111,9 @@ class FloorDoorOut(BaseModel):
     alarm_priority: str | None
     override_text: str | None = Field(description="its timed override in words (\"unlocked until 14:00\")")
     device_status: str
+    kind: str = Field("door", description="door, turnstile or lift")
+    lift_floors: list[str] = Field(default_factory=list, description="a lift: every floor it serves, by name (the "
+                                   "lift is listed under each of them)")
     last_event: LastEventOut | None
     snapshot: SnapshotOut | None = Field(description="the newest snapshot ready at this door (null: none)")
 
@@ -121,7 +124,7 @@ class FloorAreaOut(BaseModel):
     restricted: bool
     lockdown: bool
     alarms: int = Field(description="unresolved alarms at the doors into it")
-    doors: list[FloorDoorOut] = Field(description="the doors into it, by name")
+    doors: list[FloorDoorOut] = Field(description="the doors into it, by name; a lift serving it among them")
 
 
 class FloorsOut(BaseModel):
@@ -136,11 +139,13 @@ def event_words(row: EventRowOut) -> str:
     """An event as a control room says it: who was let in or refused and why, which alarm, what the door did."""
     if row.type == "access":
         if row.decision == "granted":
-            return f"Granted: {row.person_name}"
+            return f"Granted: {row.person_name}" + (f" (floors {', '.join(row.floors)})" if row.floors else "")
         reason = row.reason_label or row.reason
         return f"Refused: {row.person_name}" + (f" ({reason})" if reason else "")
     if row.type == "visitor_arrived":
         return "Visitor arrived"
+    if row.type == "floor_chosen":
+        return f"Floor chosen: {row.floor or '—'}"
     alarm = vocabulary.EVENT_ALARMS.get(row.type)
     if alarm:
         return f"Alarm: {vocabulary.alarm_label(alarm)}"
@@ -188,11 +193,14 @@ def floors(request: Request) -> FloorsOut:
     latest = _last_events(request, [d.id for d in b.doors])
     for d in b.doors:
         last, snap = latest.get(d.id, (None, None))
-        by_area.setdefault(d.to_area, []).append(FloorDoorOut(
+        card = FloorDoorOut(
             id=d.id, name=d.name, from_area=d.from_area, from_area_name=d.from_area_name, state=d.state,
             state_label=d.state_label, tamper=d.tamper, lockdown=d.lockdown, alarms=d.alarms,
             alarm_priority=d.alarm_priority, override_text=_override_text(d), device_status=d.device_status,
-            last_event=last, snapshot=snap))
+            kind=d.kind, lift_floors=[f.name for f in d.floors], last_event=last, snapshot=snap)
+        # A lift is a way into each floor it serves: an operator looking at Floor 7 expects its lift there.
+        for area_id in [f.area for f in d.floors] if d.kind == "lift" else [d.to_area]:
+            by_area.setdefault(area_id, []).append(card)
     locked = {a.id for a in b.areas if a.lockdown}
     areas = []
     for area_id, doors in by_area.items():

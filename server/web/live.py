@@ -100,6 +100,12 @@ class EventRowOut(BaseModel):
                                   "offline grants included")
     grant_label: str | None = Field(default=None, description="a grant: the rule behind it as the desk shows it "
                                     "(for granted_offline, the rule the edge applied)")
+    floors: list[str] = Field(default_factory=list, description="an access event at a lift: the floors the badge "
+                              "enabled (detail.floors), by name")
+    floor: str | None = Field(default=None, description="at a lift, by name: the floor chosen (floor_chosen), or the "
+                              "destination asked for before the badge (an access event's detail.floor)")
+    grant_url: str | None = Field(default=None, description="a passage, floor chosen, unused grant or tailgate: "
+                                  "the event page of the badge it used (detail.grant)")
 
 
 class EventPageOut(BaseModel):
@@ -147,6 +153,7 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
     except ValueError:
         with_ids = []
     companions = [person_label(site, p, None)[0] for p in with_ids if isinstance(p, str)]
+    floors, floor, grant_url = _lift_words(site, row["type"], detail)
     return EventRowOut(
         cursor=int(row["cursor"]), id=row["id"], ts=row["ts"], local_time=local_time, local_date=local_date,
         zone=zone, kind=event_kind(row["type"]),
@@ -158,7 +165,30 @@ def event_row(row: dict[str, Any], site: Site, events: EventLog) -> EventRowOut:
         snapshot_url=f"{API_PREFIX}/snapshots/{row['snapshot']}" if snap == "ready" else None,
         photo_url=f"{API_PREFIX}/people/{quote(row['person'], safe='')}/photo?v={photo[:12]}" if photo else None,
         detail=detail, companions=companions,
-        grant_label=vocabulary.reason_label(row.get("grant")) if row.get("grant") else None)
+        grant_label=vocabulary.reason_label(row.get("grant")) if row.get("grant") else None,
+        floors=floors, floor=floor, grant_url=grant_url)
+
+
+#: The events whose detail names the grant they followed (docs/mqtt.md): their page links to that badge.
+GRANT_FOLLOWERS = frozenset({"passage", "floor_chosen", "grant_unused", "tailgate"})
+
+
+def _lift_words(site: Site, etype: str, detail: dict[str, Any]) -> tuple[list[str], str | None, str | None]:
+    """A lift's floors named (the floors a badge enabled, the floor chosen or asked for) and the link to the grant
+    an event followed; what a malformed detail holds is left out, never shown as ids."""
+    raw = detail.get("floors")
+    floors = [area_label(site, a) for a in raw if isinstance(a, str)] if isinstance(raw, list) else []
+    floor = area_label(site, detail["floor"]) if isinstance(detail.get("floor"), str) else None
+    grant = detail.get("grant")
+    url = f"/events/{quote(grant, safe='')}" if etype in GRANT_FOLLOWERS and isinstance(grant, str) and grant \
+        else None
+    return floors, floor, url
+
+
+def area_label(site: Site, area: str) -> str:
+    """An area's name; an id the site no longer knows, as it is."""
+    found = site.areas.get(area)
+    return found.name if found is not None else area
 
 
 @dataclass(frozen=True)
@@ -184,10 +214,11 @@ class EventFilter:
         return {pid for pid, p in site.people.items() if pid == self.person or needle in p.name.casefold()}
 
     def area_doors(self, site: Site) -> list[str] | None:
-        """The doors into or out of the area (an unknown area: none), or None without an area filter."""
+        """The doors into or out of the area (a lift serving it as a floor among them; an unknown area: none), or
+        None without an area filter."""
         if not self.area:
             return None
-        return sorted(d.id for d in site.doors.values() if self.area in (d.from_area, d.to_area))
+        return sorted(d.id for d in site.doors.values() if self.area in (d.from_area, *d.entered))
 
     def matches(self, row: EventRowOut, site: Site, ids: set[str] | None = None) -> bool:
         """``ids``: :meth:`person_ids` computed once for many rows (the person filter scans every person)."""

@@ -117,8 +117,9 @@ DOOR_FIELDS: tuple[Field, ...] = (
           "cache decides from the edge's signed policy, deny refuses", default=OfflineMode.DENY.value,
           choices=tuple(m.value for m in OfflineMode)),
     Field("pin_required", "Card and PIN", "bool", "the PIN typed at the reader must match the person's", default=False),
-    Field("kind", "Kind", "choice", "turnstile: one passage per grant, counted by its passage sensor",
-          default=DoorKind.DOOR.value, choices=tuple(k.value for k in DoorKind)),
+    Field("kind", "Kind", "choice", "turnstile: one passage per grant, counted by its passage sensor (a lift is "
+          "added in site.toml with its floors, and in its device file with a relay per floor)",
+          default=DoorKind.DOOR.value, choices=tuple(k.value for k in DoorKind if k is not DoorKind.LIFT)),
     Field("tailgate_s", "Tailgate window (seconds)", "number",
           "turnstiles only, 0 to 60: a passage with no grant this soon after one is tailgating (empty: 3)",
           minimum=0, maximum=60),
@@ -130,6 +131,29 @@ DOOR_FIELDS: tuple[Field, ...] = (
           "a visitor's pass granted here checks the visit out (an exit door; a pool badge still goes back to the desk)",
           default=False),
 )
+
+#: A lift's keys the desk edits. A lift has no from/to, leaf timings, mode or passage (doorkeep/config.py
+#: ``_check_lifts``), and its floors are wired in the device file too, so ``floors`` is never written here.
+LIFT_FIELDS: tuple[Field, ...] = (
+    Field("name", "Name", "text", "shown at the desk and in reports; empty: the id"),
+    Field("unlock_s", "Floors enabled for (seconds)", "number",
+          "more than 0, at most 3600: how long a badge's floor buttons wait to be pressed (empty: 5)",
+          minimum=0, maximum=3600),
+    Field("decision_timeout_ms", "Decision timeout (ms)", "int",
+          "50 to 10000: how long the edge waits for the server before it decides offline (empty: 1000)",
+          minimum=50, maximum=10000),
+    Field("offline", "When the server cannot be reached", "choice",
+          "cache enables the floors the edge's signed policy allows, deny enables none; a floor may say otherwise "
+          "below", default=OfflineMode.DENY.value, choices=tuple(m.value for m in OfflineMode)),
+    Field("pin_required", "Card and PIN", "bool", "the PIN typed at the cab's reader must match the person's",
+          default=False),
+    Field("emergency_release", "Released by the emergency input", "bool",
+          "every floor button works while its device's emergency input (the fire panel) is active", default=False),
+)
+#: A lift's per-floor tables (``public_floors.lobby = "day"``): their fields are ``TABLE.FLOOR``.
+PER_FLOOR = ("public_floors", "offline_floors")
+#: The offline choice of a floor that follows the lift's own ``offline`` (its key is absent).
+AS_THE_LIFT = "lift"
 
 FormValues = dict[str, Any]
 
@@ -195,6 +219,73 @@ def table_edits(prefix: str, fields: Sequence[Field], values: FormValues,
             edits[f"{prefix}.{f.key}"] = None
         elif not present or not _same(old[f.key], value):
             edits[f"{prefix}.{f.key}"] = value
+    return edits
+
+
+# ------------------------------------------------------------------ lifts
+
+
+def is_lift(table: Mapping[str, Any] | None) -> bool:
+    return bool(table) and table.get("kind") == DoorKind.LIFT.value  # type: ignore[union-attr]
+
+
+def lift_floors(table: Mapping[str, Any]) -> list[str]:
+    """The floors a lift's table lists, in its order (what is not an area id is left to config to name)."""
+    floors = table.get("floors")
+    return [a for a in floors if isinstance(a, str)] if isinstance(floors, list) else []
+
+
+def lift_fields(floors: Sequence[str], names: Mapping[str, str] | None = None) -> tuple[Field, ...]:
+    """A lift's form: its own keys, then per floor its public schedule and what it does offline."""
+    names = names or {}
+    out = list(LIFT_FIELDS)
+    for area in floors:
+        name = names.get(area, area)
+        out.append(Field(f"public_floors.{area}", f"{name}: public on schedule", "schedule",
+                         "its button works without a badge while this schedule is open (and its area is not locked "
+                         "down); none: a badge is always needed"))
+        out.append(Field(f"offline_floors.{area}", f"{name}: when the server cannot be reached", "choice",
+                         f"{AS_THE_LIFT}: as the lift's own setting above; cache or deny for this floor alone",
+                         default=AS_THE_LIFT, choices=(AS_THE_LIFT, *(m.value for m in OfflineMode))))
+    return tuple(out)
+
+
+def _flat_lift(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A lift's table with its per-floor tables as ``public_floors.FLOOR`` keys, as its form fields name them."""
+    flat = {k: v for k, v in table.items() if k not in PER_FLOOR}
+    for key in PER_FLOOR:
+        inner = table.get(key)
+        if isinstance(inner, Mapping):
+            flat.update({f"{key}.{floor}": value for floor, value in inner.items()})
+    return flat
+
+
+def lift_values(table: Mapping[str, Any], names: Mapping[str, str] | None = None) -> FormValues:
+    return table_values(_flat_lift(table), lift_fields(lift_floors(table), names))
+
+
+def submitted_lift(form: Mapping[str, Any], table: Mapping[str, Any]) -> FormValues:
+    return submitted_values(form, lift_fields(lift_floors(table)))
+
+
+def lift_edits(prefix: str, values: FormValues, old: Mapping[str, Any]) -> dict[str, Any]:
+    """The edits that make lift ``prefix`` what its form says. Only the lift's own keys and its per-floor settings
+    are ever written: never ``from``/``to`` (a lift has none), ``kind`` or ``floors`` (wired in the device file
+    too), so a save cannot turn the lift into something else or drop a floor."""
+    edits = table_edits(prefix, lift_fields(lift_floors(old)), values, _flat_lift(old))
+    for key in list(edits):
+        if key.startswith(f"{prefix}.offline_floors.") and edits[key] == AS_THE_LIFT:
+            edits[key] = None  # the floor follows the lift again: its own setting goes
+    for table in PER_FLOOR:  # a per-floor table emptied goes as a whole (no `public_floors = {}` left behind)
+        inner = old.get(table)
+        if not isinstance(inner, Mapping) or not inner:
+            continue
+        mine = {k: v for k, v in edits.items() if k.startswith(f"{prefix}.{table}.")}
+        kept = [floor for floor in inner if edits.get(f"{prefix}.{table}.{floor}", inner[floor]) is not None]
+        if not kept and mine and all(v is None for v in mine.values()):
+            for k in mine:
+                del edits[k]
+            edits[f"{prefix}.{table}"] = None
     return edits
 
 

@@ -28,6 +28,7 @@ from fastapi import Depends, FastAPI, Form, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from doorkeep.contract import MAX_FLOORS
 from server.siteadmin import Revision, RevisionNotFound, SiteAdmin, SiteAdminError, SiteConflict, SiteInvalid
 from server.web import site_forms as forms
 from server.web.access import require
@@ -77,6 +78,10 @@ class FieldKind(Kind):
 
     fields: tuple[forms.Field, ...] = ()
 
+    def fields_for(self, table: Mapping[str, Any] | None, site: Mapping[str, Any]) -> tuple[forms.Field, ...]:
+        """The fields of one object's form (``table``: its stored table; None: the add form)."""
+        return self.fields
+
     def stored(self, table: Mapping[str, Any] | None, site: Mapping[str, Any]) -> forms.FormValues:
         return forms.table_values(table, self.fields)
 
@@ -114,8 +119,51 @@ class LevelKind(Kind):
         return forms.level_edits(prefix, values, old), []
 
 
+@dataclass(frozen=True)
+class DoorsKind(FieldKind):
+    """Doors, and lifts among them: a lift has a form of its own (server/web/site_forms.py ``LIFT_FIELDS``), so a
+    save never writes from/to for it nor drops its floors; a lift is only added in site.toml, where its floors
+    are listed beside the device file that wires them."""
+
+    def fields_for(self, table: Mapping[str, Any] | None, site: Mapping[str, Any]) -> tuple[forms.Field, ...]:
+        if forms.is_lift(table):
+            assert table is not None
+            return forms.lift_fields(forms.lift_floors(table), _area_names(site))
+        return self.fields
+
+    def stored(self, table: Mapping[str, Any] | None, site: Mapping[str, Any]) -> forms.FormValues:
+        if forms.is_lift(table):
+            assert table is not None
+            return forms.lift_values(table, _area_names(site))
+        return super().stored(table, site)
+
+    def submitted(self, form: Any, site: Mapping[str, Any]) -> forms.FormValues:
+        values = super().submitted(form, site)
+        # A lift's per-floor fields (its other fields are door fields too); only a lift's edits() reads them.
+        floor_keys = [k for k in form.keys() if k.split(".", 1)[0] in forms.PER_FLOOR][:2 * MAX_FLOORS]
+        values.update({k: str(form.get(k) or "")[:200] for k in floor_keys})
+        return values
+
+    def edits(self, prefix: str, values: forms.FormValues,
+              old: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[Problem]]:
+        if forms.is_lift(old):
+            assert old is not None
+            return forms.lift_edits(prefix, values, old), []
+        kind = str(values.get("kind") or "").strip()
+        if kind == "lift":
+            return {}, [Problem(f"{prefix}.kind", "a lift cannot be added or made here",
+                                'add it to site.toml with kind = "lift" and its floors (no from/to), and give its '
+                                "device file a relay for each floor (docs/openings.md \"Lifts\"); the desk then "
+                                "edits its settings")]
+        return super().edits(prefix, values, old)
+
+
+def _area_names(site: Mapping[str, Any]) -> dict[str, str]:
+    return {aid: str(t.get("name") or aid) for aid, t in _tables(site, "areas").items()}
+
+
 AREAS = FieldKind("areas", "area", "Areas", "/site/areas", "site_areas.html", fields=forms.AREA_FIELDS)
-DOORS = FieldKind("doors", "door", "Doors", "/site/doors", "site_doors.html", fields=forms.DOOR_FIELDS)
+DOORS = DoorsKind("doors", "door", "Doors", "/site/doors", "site_doors.html", fields=forms.DOOR_FIELDS)
 SCHEDULES = ScheduleKind("schedules", "schedule", "Schedules and holidays", "/site/schedules", "site_schedules.html")
 LEVELS = LevelKind("access_levels", "access level", "Access levels", "/site/levels", "site_levels.html",
                    edit_page=False)
@@ -181,13 +229,15 @@ def _render(request: Request, who: Principal, kind: Kind, live: Live, *, status:
     if kind is SCHEDULES and view.values.get("windows") is not None:
         grids[""] = forms.week_grid(view.values["windows"])  # the form's own windows, as typed
     levels = {lid: LEVELS.stored(t, site) for lid, t in _tables(site, "access_levels").items()}
+    stored_table = _tables(site, kind.table).get(editing) if editing else None
+    fields = kind.fields_for(stored_table, site) if isinstance(kind, FieldKind) else ()
     return render(request, kind.template, who, status, kind=kind, kinds=KINDS, current=live.number,
                   areas=areas, doors=_tables(site, "doors"), schedules=schedules,
                   levels=_tables(site, "access_levels"), level_rows=levels, grids=grids, editing=editing,
                   view=view, field_problems=_by_field(kind, view), message=message, error=error,
                   can_change=who.role == ADMIN, tz=str(site.get("site", {}).get("timezone", "")),
                   days=forms.WEEKDAYS, day_names=forms.DAY_NAMES, spare_rows=forms.SPARE_ROWS,
-                  preview_days=PREVIEW_DAYS)
+                  preview_days=PREVIEW_DAYS, fields=fields, lift=forms.is_lift(stored_table))
 
 
 def _by_field(kind: Kind, view: FormView) -> dict[str, list[Problem]]:
@@ -196,7 +246,9 @@ def _by_field(kind: Kind, view: FormView) -> dict[str, list[Problem]]:
     prefix = f"{kind.table}.{view.oid or view.values.get('_id', '')}."
     for p in view.problems:
         if not p.file and p.key.startswith(prefix):
-            name = p.key[len(prefix):].split(".")[0].split("[")[0]
+            parts = p.key[len(prefix):].split("[")[0].split(".")
+            # a lift's per-floor settings are fields of their own: public_floors.lobby
+            name = ".".join(parts[:2]) if parts[0] in forms.PER_FLOOR and len(parts) > 1 else parts[0]
             out.setdefault(name, []).append(p)
     return out
 

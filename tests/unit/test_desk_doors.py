@@ -190,9 +190,11 @@ def test_lockdown_of_an_area_refuses_badges_until_lifted(client: TestClient, ser
     decision = server.directory.decide(alice)
     assert not decision.granted and decision.reason.value == "lockdown"
     assert "lobby" in server.directory.site.lockdowns
-    assert {(c["device"], c["action"]) for c in edges.sent} == {("pi-lobby", "lockdown")}
+    # The lift on pi-floor7 serves the lobby as a floor: its cab must drop the lobby button too.
+    assert {(c["device"], c["action"]) for c in edges.sent} == {("pi-lobby", "lockdown"), ("pi-floor7", "lockdown")}
     doors = board(client, {})
     assert doors["lobby_in"]["lockdown"] is True and doors["lab"]["lockdown"] is False
+    assert doors["lift"]["lockdown"] is True and doors["lift"]["locked_floors"] == ["lobby"]
     page = client.get(r.headers["location"]).text
     assert "Lockdown of Lobby is in force" in page and "<strong>Lobby</strong> is locked down." in page
 
@@ -305,3 +307,24 @@ def test_override_form_takes_site_time_and_needs_csrf(client: TestClient, server
     r = client.post("/doors/lab/release", data={"csrf_token": csrf, "confirm": "yes"})
     assert r.status_code == 303 and r.headers["location"] == "/doors?done=released&target=lab"
     assert edges.sent[-1]["action"] == "release"
+
+
+def test_the_board_lists_a_lift_with_its_floors_not_an_empty_from_and_to(app: FastAPI, client: TestClient,
+                                                                         server: Server, edges: FakeEdges) -> None:
+    """A lift has no from/to (site.toml lists its floors): the API names its floors, the board says where it goes."""
+    desk = bearer(tokens(app)["dex"])
+    lift = board(client, desk)["lift"]
+    assert (lift["kind"], lift["from_area"], lift["to_area"], lift["restricted"]) == ("lift", "", "", True)
+    assert [(f["area"], f["name"], f["restricted"], f["public_schedule"], f["offline"]) for f in lift["floors"]] == [
+        ("lobby", "Lobby", False, "business_hours", "cache"), ("office", "Open-plan office", False, None, "cache"),
+        ("floor7", "Floor 7", True, None, "deny")]
+    assert lift["to_area_name"] == "Lobby, Open-plan office, Floor 7" and lift["from_area_name"] == "the lift cab"
+    assert client.get("/api/v1/doors/lab", headers=desk).json()["floors"] == []
+
+    api_login(client, "dex")
+    row = re.search(r'<tr data-door="lift">.*?</tr>', client.get("/doors").text, re.S)
+    assert row is not None
+    assert re.search(r'lift to</span> Lobby, Open-plan office, Floor 7 \(restricted\)</td>', row.group(0)), row.group(0)
+    assert "from " not in row.group(0).replace("from the", "")
+    confirm = client.get("/doors/lift/unlock").text
+    assert "Every floor button of Lift (but a floor locked down) will work for 8 seconds" in confirm

@@ -42,11 +42,16 @@ def test_floor_view_groups_doors_by_area_name_with_state_alarms_last_event_and_s
         client: TestClient, server: Server, clock: FakeClock) -> None:
     login(client, "dex")
     data = floors(client)
+    # The lift (no from/to: floors lobby, office, floor7) is a way into each floor it serves: its card is under
+    # each of them, never in an area of its own.
     assert [(a["id"], a["name"], [d["id"] for d in a["doors"]]) for a in data["areas"]] == [
-        ("floor7", "Floor 7", ["lab"]), ("lobby", "Lobby", ["lobby_in", "gate_out"]),
-        ("office", "Open-plan office", ["gate_in"]), ("outside", "Outside", ["lobby_out"])]
+        ("floor7", "Floor 7", ["lab", "lift"]), ("lobby", "Lobby", ["lift", "lobby_in", "gate_out"]),
+        ("office", "Open-plan office", ["lift", "gate_in"]), ("outside", "Outside", ["lobby_out"])]
     assert all(d["last_event"] is None and d["snapshot"] is None and d["state"] == "unknown"
                for d in cards(data).values())
+    lifts = [d for a in data["areas"] for d in a["doors"] if d["id"] == "lift"]
+    assert len(lifts) == 3 and all(d["kind"] == "lift" for d in lifts)
+    assert lifts[0]["lift_floors"] == ["Lobby", "Open-plan office", "Floor 7"]
 
     # A granted badge with its snapshot, then the door opening (no snapshot): the last event is the opening,
     # the picture stays the badge's.
@@ -82,6 +87,9 @@ def test_floor_view_groups_doors_by_area_name_with_state_alarms_last_event_and_s
     assert 'data-floors="/api/v1/floors"' in html and "/static/floors.js" in html
     assert re.search(r'<h2 id="area-outside">Outside', html) and "Doors into Outside" in html
     assert "Granted: Alice Archer" in html and 'src="/api/v1/snapshots/ev-1"' in html
+    floor7 = html[html.index('id="area-floor7"'):html.index('id="area-lobby"')]
+    assert 'data-door="lift"' in floor7 and "Lift to Lobby, Open-plan office, Floor 7" in floor7
+    assert "From —" not in html and 'id="area-"' not in html
     assert '<a href="/floors" aria-current="page">Floors</a>' in html
 
 

@@ -322,3 +322,33 @@ def test_a_stopping_desk_ends_its_open_streams_at_once_instead_of_waiting_for_th
             reader.messages
     finally:
         reader.close()
+
+
+def test_a_lift_badge_shows_its_floors_and_a_floor_chosen_links_to_the_badge(client: TestClient,
+                                                                             server: Server) -> None:
+    """An access event at a lift names the floors it enabled; a floor_chosen names the floor and its grant's page,
+    as a turnstile's passage does; the area filter finds the lift under each floor it serves."""
+    login(client, "dex")
+    ingest(server, event("ev-l1", 1, door="lift", device="pi-floor7", detail={"floors": ["office", "floor7"]}))
+    ingest(server, event("ev-l2", 2, door="lift", device="pi-floor7", type="floor_chosen", decision=None,
+                         reason=None, decided_by=None, person=None, credential_hash=None, credential_last4=None,
+                         transaction=None, latency_ms=None, snapshot=None,
+                         detail={"grant": "ev-l1", "floor": "floor7"}))
+    rows = {r["id"]: r for r in client.get("/api/v1/events").json()["events"]}
+    assert (rows["ev-l1"]["floors"], rows["ev-l1"]["floor"], rows["ev-l1"]["grant_url"]) == \
+        (["Open-plan office", "Floor 7"], None, None)
+    assert (rows["ev-l2"]["floor"], rows["ev-l2"]["grant_url"]) == ("Floor 7", "/events/ev-l1")
+    for area in ("office", "floor7", "lobby"):
+        found = {r["id"] for r in client.get(f"/api/v1/events?area={area}").json()["events"]}
+        assert {"ev-l1", "ev-l2"} <= found, area
+    assert not {r["id"] for r in client.get("/api/v1/events?area=outside").json()["events"]} & {"ev-l1", "ev-l2"}
+
+    chosen = client.get("/events/ev-l2").text
+    assert "<dt>Floor chosen</dt><dd>Floor 7" in chosen
+    assert '<a href="/events/ev-l1">the badge used</a>' in chosen
+    badge = client.get("/events/ev-l1").text
+    assert "<dt>Floors enabled</dt><dd>Open-plan office, Floor 7</dd>" in badge and "Floor asked for" not in badge
+    from server.web.floors import event_words
+    from server.web.live import EventRowOut
+    assert event_words(EventRowOut(**rows["ev-l1"])) == "Granted: Alice Archer (floors Open-plan office, Floor 7)"
+    assert event_words(EventRowOut(**rows["ev-l2"])) == "Floor chosen: Floor 7"

@@ -352,3 +352,83 @@ def test_preview_shows_the_effect_above_the_kept_form_and_commits_nothing(app: F
     fields = form_of(c.get("/site/doors/lab").text, "/site/doors/lab")
     r = c.post("/site/doors/lab", data=fields | {"unlock_s": "0", "action": "preview"})
     assert r.status_code == 422 and "doors.lab.unlock_s" in alerts(r.text)
+
+
+# ------------------------------------------------------------------ lifts
+
+
+def test_the_door_list_shows_a_lift_with_its_floors_public_schedule_and_offline_overrides(
+        app: FastAPI, server: Server) -> None:  # noqa: F811
+    c, _ = session(app)
+    row = re.search(r'<tr id="door-lift".*?</tr>', c.get("/site/doors").text, re.DOTALL)
+    assert row is not None
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", row.group(0))).split())
+    assert "lift to Lobby (public: Business hours), Open-plan office, Floor 7 (offline: deny)" in text, text
+    assert "→" not in row.group(0) and "floors enabled 8 s" in text
+
+
+def test_saving_a_lift_keeps_its_floors_and_never_writes_from_or_to(app: FastAPI, server: Server) -> None:  # noqa: F811
+    c, _ = session(app)
+    page = c.get("/site/doors/lift").text
+    assert "This is a lift: it serves" in page and "Floor 7</strong>" in page and "site.toml" in page
+    fields = form_of(page, "/site/doors/lift")
+    assert "from" not in fields and "to" not in fields and "kind" not in fields and "mode" not in fields
+    assert (fields["unlock_s"], fields["offline"], fields["public_floors.lobby"], fields["offline_floors.floor7"],
+            fields["offline_floors.office"]) == ("8", "cache", "business_hours", "deny", "lift")
+
+    # a posted from/to/floors/kind (a hand-made or stale form) is never written for a lift
+    r = c.post("/site/doors/lift", data=fields | {"unlock_s": "10", "from": "lobby", "to": "floor7", "kind": "door",
+                                                  "floors": "lobby", "action": "save"})
+    assert r.status_code == 303, alerts(r.text)
+    assert siteadmin(server).revision(2).changes == ("~ doors.lift.unlock_s: 8 -> 10",)
+    lift = server.site.doors["lift"]
+    assert [f.area for f in lift.floors] == ["lobby", "office", "floor7"] and lift.unlock_s == 10
+    assert (lift.from_area, lift.to_area) == ("", "")
+
+    # per-floor settings: the office public by day, floor 7 back to the lift's own offline, the lobby's schedule off
+    fields = form_of(c.get("/site/doors/lift").text, "/site/doors/lift")
+    r = c.post("/site/doors/lift", data=fields | {"public_floors.office": "business_hours",
+                                                  "offline_floors.floor7": "lift", "action": "save"})
+    assert r.status_code == 303, alerts(r.text)
+    assert set(siteadmin(server).revision(3).changes) == {
+        '+ doors.lift.public_floors.office = "business_hours"', '- doors.lift.offline_floors.floor7 (was "deny")'}
+    current = siteadmin(server).current()
+    assert current is not None and "offline_floors" not in current.site_toml  # the emptied table went as a whole
+    floors = {f.area: f for f in server.site.doors["lift"].floors}
+    assert (floors["office"].public_schedule, floors["floor7"].offline, floors["lobby"].public_schedule) == \
+        ("business_hours", None, "business_hours")
+    fields = form_of(c.get("/site/doors/lift").text, "/site/doors/lift")
+    r = c.post("/site/doors/lift", data=fields | {"public_floors.lobby": "", "public_floors.office": "",
+                                                  "action": "save"})
+    assert r.status_code == 303
+    assert [f.public_schedule for f in server.site.doors["lift"].floors] == [None, None, None]
+    assert [f.area for f in server.site.doors["lift"].floors] == ["lobby", "office", "floor7"]
+    current = siteadmin(server).current()
+    assert current is not None and "public_floors" not in current.site_toml  # no empty table left behind
+
+    # a broken per-floor value: config's words beside that floor's field, nothing saved
+    fields = form_of(c.get("/site/doors/lift").text, "/site/doors/lift")
+    before = live(server)
+    r = c.post("/site/doors/lift", data=fields | {"public_floors.office": "nope", "action": "save"})
+    assert r.status_code == 422 and "doors.lift.public_floors.office" in alerts(r.text)
+    assert 'id="door-public_floors.office-error"' in r.text and live(server) == before
+    assert form_of(r.text, "/site/doors/lift")["public_floors.office"] == "nope"  # the input kept, as typed
+
+    # the preview judges the same edits and commits nothing
+    r = c.post("/site/doors/lift", data=fields | {"unlock_s": "12", "action": "preview"})
+    assert r.status_code == 200 and "Save lift lift" in r.text and live(server) == before
+
+
+def test_a_lift_is_not_added_nor_made_from_a_door_in_the_form(app: FastAPI, server: Server) -> None:  # noqa: F811
+    c, _ = session(app)
+    page = c.get("/site/doors").text
+    add = re.search(r'<form method="post" action="/site/doors".*?</form>', page, re.DOTALL)
+    assert add is not None and '<option value="lift"' not in add.group(0)
+    fields = form_of(page, "/site/doors")
+    r = c.post("/site/doors", data=fields | {"id": "lift2", "kind": "lift", "action": "save"})
+    assert r.status_code == 422 and "a lift cannot be added or made here" in alerts(r.text)
+    assert 'kind = "lift"' in html.unescape(alerts(r.text)) or "kind = &quot;lift&quot;" in r.text
+    fields = form_of(c.get("/site/doors/lab").text, "/site/doors/lab")
+    r = c.post("/site/doors/lab", data=fields | {"kind": "lift", "action": "save"})
+    assert r.status_code == 422 and "site.toml" in alerts(r.text)
+    assert live(server) == 1 and server.site.doors["lab"].to_area == "floor7"

@@ -155,3 +155,31 @@ def test_the_event_page_names_who_passed_with_a_grant_and_its_rule(client: TestC
     ingest(server, event("ev-alone", 3))
     alone = client.get("/events/ev-alone").text
     assert "<dt>With</dt>" not in alone and "<dt>Rule</dt>" not in alone
+
+
+def test_a_refusal_at_the_lift_is_explained_for_the_floor_it_is_about(client: TestClient, server: Server,
+                                                                      clock: FakeClock) -> None:
+    """A lift has no to_area: the words name the floor (here the one asked for before the badge)."""
+    login(client, "dex")
+    clock.advance(60)
+    h = card_hash(server.directory.key, "em4100", BOB_CARD)
+    decision = server.directory.decide(AccessRequest("lift", h, floor="floor7"))
+    assert decision.reason is Reason.NO_ACCESS
+    ingest(server, event("ev-lift", 1, door="lift", device="pi-floor7", decision="denied", reason="no_access",
+                         person="bob", credential_hash=h, credential_last4="B0B0", ts=iso_ms(clock.wall()),
+                         detail={"floor": "floor7"}))
+    ex = client.get("/api/v1/events/ev-lift/why").json()["explanation"]
+    assert ex["summary"] == ("Bob Baker's levels do not include Floor 7; the 'Lab team: floor 7 in business hours' "
+                             "level does.")
+    assert any("destination dispatch" in n for n in ex["notes"])
+    page = client.get("/events/ev-lift").text
+    assert "Bob Baker&#39;s levels do not include Floor 7" in page or "Bob Baker's levels do not include Floor 7" in page
+    assert "<dt>Floor asked for</dt><dd>Floor 7" in page
+
+    # Without a floor asked for, the recorded reason picks the floor that gives it: Bob may reach the lobby and the
+    # office, and only Floor 7 refuses him for want of a level (the site would grant the badge now: a note says so).
+    ingest(server, event("ev-lift2", 2, door="lift", device="pi-floor7", decision="denied", reason="no_access",
+                         person="bob", credential_hash=h, credential_last4="B0B0", ts=iso_ms(clock.wall())))
+    ex = client.get("/api/v1/events/ev-lift2/why").json()["explanation"]
+    assert ex["summary"].startswith("Bob Baker's levels do not include Floor 7;"), ex["summary"]
+    assert any("would give" in n for n in ex["notes"]) and any("This explains Floor 7" in n for n in ex["notes"])

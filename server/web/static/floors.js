@@ -52,8 +52,9 @@
     box.appendChild(link);
   }
 
-  function door(d) {
-    var card = root.querySelector('li[data-door="' + d.id + '"]');
+  function door(section, d) {
+    // A lift has a card under each floor it serves: each section's own card is redrawn.
+    var card = section.querySelector('li[data-door="' + d.id + '"]');
     if (!card) { return false; }
     card.setAttribute("data-state", d.state);
     var state = field(card, "state");
@@ -89,7 +90,7 @@
       if (!section) { known = false; return; }
       field(section, "lockdown").hidden = !a.lockdown;
       setText(field(section, "area_alarms"), alarmsText(a.alarms));
-      a.doors.forEach(function (d) { known = door(d) && known; });
+      a.doors.forEach(function (d) { known = door(section, d) && known; });
     });
     if (!known) { status.textContent = "The site's doors changed: reload the page to see them all."; }
     root.setAttribute("data-updated", String(Number(root.getAttribute("data-updated") || "0") + 1));

@@ -100,6 +100,15 @@
       box.appendChild(document.createTextNode(" "));
       box.appendChild(text("code", row.reason, "reason-code"));
     }
+    if (row.grant_url) {  // a passage or a floor chosen: the badge whose grant it used
+      box.appendChild(document.createTextNode(" "));
+      var badge = document.createElement("a");
+      badge.href = row.grant_url;
+      badge.className = "grant-link";
+      badge.textContent = "Badge";
+      badge.setAttribute("aria-label", "The badge this " + row.type.replace(/_/g, " ") + " followed");
+      box.appendChild(badge);
+    }
     if (row.why_url) {
       box.appendChild(document.createTextNode(" "));
       var why = document.createElement("a");
@@ -117,7 +126,12 @@
     if (row.type === "visitor_arrived") {
       return "host: " + ((row.detail && row.detail.host_name) || "—") + " notified";
     }
-    return row.reason_label || row.reason;
+    if (row.type === "floor_chosen") { return "to " + (row.floor || "—"); }
+    var words = row.reason_label || row.reason;
+    // A lift's badge: the floors it enabled, and the floor asked for before the badge (destination dispatch).
+    if (row.floors && row.floors.length) { words = (words ? words + ": " : "") + "floors " + row.floors.join(", "); }
+    if (row.type === "access" && row.floor) { words = (words ? words + " " : "") + "(asked for " + row.floor + ")"; }
+    return words;
   }
 
   function render(row) {
