@@ -302,7 +302,7 @@ def test_an_unsupported_field_type_is_a_programming_error() -> None:
 
 
 def test_floor7_policy_holds_the_lab_team_and_nothing_of_the_lobby(bundle: SiteBundle, demo: Site) -> None:
-    policy = compile_policy(demo, bundle.devices["pi-floor7"].doors)
+    policy = compile_policy(demo, ["lab"])  # a device with the lab door alone
     assert set(policy.doors) == {"lab"}
     assert not set(policy.doors) & set(bundle.devices["pi-lobby"].doors)
     assert set(policy.people) == {"alice", "chen"}  # lab level; bob, dana and eli hold only staff
@@ -312,6 +312,17 @@ def test_floor7_policy_holds_the_lab_team_and_nothing_of_the_lobby(bundle: SiteB
     assert set(policy.access_levels) == {"lab"}
     assert set(policy.schedules) == {"business_hours"}
     assert policy.areas == demo.areas and policy.rules == demo.rules
+
+
+def test_a_lift_policy_holds_what_every_floor_needs(bundle: SiteBundle, demo: Site) -> None:
+    """pi-floor7 also drives the lift, whose floors are the lobby, the office and floor 7: its policy holds the
+    levels into each floor, their holders and the public floors' schedule."""
+    policy = compile_policy(demo, bundle.devices["pi-floor7"].doors)
+    assert set(policy.doors) == {"lab", "lift"}
+    assert policy.doors["lift"].floors == demo.doors["lift"].floors
+    assert set(policy.access_levels) == {"lab", "staff"}
+    assert set(policy.schedules) == {"business_hours", "always"}
+    assert set(policy.people) == {"alice", "bob", "chen", "dana", "eli"}
 
 
 def test_lobby_policy_holds_the_staff_level_holders(bundle: SiteBundle, demo: Site) -> None:
