@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 from doorkeep.clock import Clock
 
@@ -106,13 +107,46 @@ class DoorEvent:
 
 def tamper_change(was: bool, active: bool, at: float) -> DoorEvent | None:
     """The ``tamper`` event for the tamper loop going from ``was`` to ``active`` at ``at`` (detail ``opened`` or
-    ``restored``); None for a repeated value, which is not a change. Shared with edge/turnstile.py."""
+    ``restored``); None for a repeated value, which is not a change."""
     if active == was:
         return None
     return DoorEvent("tamper", at, "opened" if active else "restored")
 
 
-class DoorMachine:
+class ClockedMachine:
+    """What every opening's machine (door, turnstile, lift cab) does the same way: time passes only through
+    ``_advance`` (deadlines already due are applied before any input), and the tamper loop is reported on change
+    and changes nothing else. Subclasses set ``_clock`` and ``_tampered`` and define ``_advance``."""
+
+    _clock: Clock
+    _tampered: bool
+    _advance: Callable[[float], list[DoorEvent]]
+
+    @property
+    def tampered(self) -> bool:
+        """The last tamper input: True while the enclosure's tamper loop is open."""
+        return self._tampered
+
+    def tamper(self, active: bool) -> list[DoorEvent]:
+        """The tamper loop opened (``True``) or was restored; a repeated value is not a change.
+
+        Reported as ``tamper`` with detail ``opened`` / ``restored``; nothing
+        else changes: no relay, no unlock window, no alarm, no sounder, no floor.
+        """
+        now = self._clock.monotonic()
+        events = self._advance(now)
+        change = tamper_change(self._tampered, active, now)
+        if change is not None:
+            self._tampered = active
+            events.append(change)
+        return events
+
+    def tick(self) -> list[DoorEvent]:
+        """Apply the passage of time: every deadline due by now, each exactly once."""
+        return self._advance(self._clock.monotonic())
+
+
+class DoorMachine(ClockedMachine):
     """One door's lock, contact and alarms as a function of inputs and time."""
 
     def __init__(self, door: str, timings: DoorTimings, clock: Clock) -> None:
@@ -176,11 +210,6 @@ class DoorMachine:
     def sounder_on(self) -> bool:
         """The local sounder: on while the door is open with an alarm raised or its pre-alarm running."""
         return self._open and (self._alarm is not None or self._warned)
-
-    @property
-    def tampered(self) -> bool:
-        """The last tamper input: True while the enclosure's tamper loop is open."""
-        return self._tampered
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which :meth:`tick` next has something to do."""
@@ -277,24 +306,6 @@ class DoorMachine:
         self._warned = False
         self._alarm = None
         return events
-
-    def tamper(self, active: bool) -> list[DoorEvent]:
-        """The tamper loop opened (``True``) or was restored; a repeated value is not a change.
-
-        Reported as ``tamper`` with detail ``opened`` / ``restored``; nothing
-        else changes: no relay, no unlock window, no alarm, no sounder.
-        """
-        now = self._clock.monotonic()
-        events = self._advance(now)
-        change = tamper_change(self._tampered, active, now)
-        if change is not None:
-            self._tampered = active
-            events.append(change)
-        return events
-
-    def tick(self) -> list[DoorEvent]:
-        """Apply the passage of time: unlock expiry, the pre-alarm and held-open, each exactly once."""
-        return self._advance(self._clock.monotonic())
 
     def safe(self) -> list[DoorEvent]:
         """Force the relay off (shutdown, crash path) and cancel any unlock in force, a schedule hold included."""

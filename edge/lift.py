@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from doorkeep.clock import Clock
-from edge.door import DoorEvent, DoorState, tamper_change
+from edge.door import ClockedMachine, DoorEvent, DoorState
 
 #: The token of a credit with nobody behind it (a remote unlock): it moves nobody and is never reported unused.
 NOBODY = ""
@@ -59,7 +59,7 @@ class _Credit:
     until: float
 
 
-class LiftMachine:
+class LiftMachine(ClockedMachine):
     """One lift cab's floor relays and buttons as a function of inputs and time.
 
     The same read-only view and inputs as :class:`edge.door.DoorMachine` (the agent drives either): ``grant()``
@@ -115,10 +115,6 @@ class LiftMachine:
     @property
     def sounder_on(self) -> bool:
         return False
-
-    @property
-    def tampered(self) -> bool:
-        return self._tampered
 
     @property
     def credits(self) -> int:
@@ -197,18 +193,6 @@ class LiftMachine:
 
     def contact(self, is_open: bool) -> list[DoorEvent]:
         """A cab has no door leaf of its own here: nothing happens."""
-        return self._advance(self._clock.monotonic())
-
-    def tamper(self, active: bool) -> list[DoorEvent]:
-        now = self._clock.monotonic()
-        events = self._advance(now)
-        change = tamper_change(self._tampered, active, now)
-        if change is not None:
-            self._tampered = active
-            events.append(change)
-        return events
-
-    def tick(self) -> list[DoorEvent]:
         return self._advance(self._clock.monotonic())
 
     def safe(self) -> list[DoorEvent]:

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from doorkeep.clock import Clock
-from edge.door import DoorEvent, DoorState, tamper_change
+from edge.door import ClockedMachine, DoorEvent, DoorState
 
 #: A passage this soon after the last credit was used, with none left, is a tailgater on that grant.
 DEFAULT_TAILGATE_S = 3.0
@@ -58,7 +58,7 @@ class _Credit:
     until: float
 
 
-class TurnstileMachine:
+class TurnstileMachine(ClockedMachine):
     """One turnstile direction's arms and passage sensor as a function of inputs and time.
 
     The same read-only view and inputs as :class:`edge.door.DoorMachine` (the agent drives either), plus
@@ -96,10 +96,6 @@ class TurnstileMachine:
     @property
     def sounder_on(self) -> bool:
         return False
-
-    @property
-    def tampered(self) -> bool:
-        return self._tampered
 
     @property
     def credits(self) -> int:
@@ -155,19 +151,6 @@ class TurnstileMachine:
 
     def contact(self, is_open: bool) -> list[DoorEvent]:
         """A turnstile has no door leaf: a contact input, if wired, is not acted on."""
-        return self._advance(self._clock.monotonic())
-
-    def tamper(self, active: bool) -> list[DoorEvent]:
-        """Reported as at a door (``tamper``, opened / restored); it never frees the arms."""
-        now = self._clock.monotonic()
-        events = self._advance(now)
-        change = tamper_change(self._tampered, active, now)
-        if change is not None:
-            self._tampered = active
-            events.append(change)
-        return events
-
-    def tick(self) -> list[DoorEvent]:
         return self._advance(self._clock.monotonic())
 
     def safe(self) -> list[DoorEvent]:

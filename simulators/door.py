@@ -103,7 +103,37 @@ def _output_line(factory: Any, pin: int, active_high: bool) -> _WiredPin:
     return line
 
 
-class DoorSimulator:
+class TamperSwitch:
+    """The enclosure's tamper switch on a mock pin, as a door or a lift cab has it (``edge.gpio.DoorInputs`` reads
+    it): ``tamper_active_low`` means the intact loop holds the line low. Subclasses set ``_tamper`` (the wired
+    pin or None), ``_tamper_intact_level`` and ``_tampered``."""
+
+    _tamper: Any
+    _tamper_intact_level: bool
+    _tampered: bool
+
+    def tamper(self) -> None:
+        """Open the enclosure: the tamper loop opens and its line goes to the tampered level."""
+        self._set_tampered(True)
+
+    def restore_tamper(self) -> None:
+        """Put the cover back: the loop closes again."""
+        self._set_tampered(False)
+
+    def _set_tampered(self, tampered: bool) -> None:
+        if self._tamper is None:
+            raise HardwareError(f"this simulated {self._WHAT} has no tamper switch wired")
+        self._tampered = tampered
+        self._tamper.dk_hold(not self._tamper_intact_level if tampered else self._tamper_intact_level)
+
+    @property
+    def tampered(self) -> bool:
+        return self._tampered
+
+    _WHAT = "door"
+
+
+class DoorSimulator(TamperSwitch):
     """Physical door on mock pins: drives the contact, REX and tamper input pins, reads the relay and sounder.
 
     The tamper loop follows the edge's reading (see ``edge.gpio.DoorInputs``):
@@ -199,23 +229,6 @@ class DoorSimulator:
         self._rex.dk_hold(self._rex_pressed_level)
         self._rex.dk_hold(not self._rex_pressed_level)
 
-    def tamper(self) -> None:
-        """Open the enclosure: the tamper loop opens and its line goes to the tampered level."""
-        self._set_tampered(True)
-
-    def restore_tamper(self) -> None:
-        """Put the cover back: the loop closes again."""
-        self._set_tampered(False)
-
-    def _set_tampered(self, tampered: bool) -> None:
-        if self._tamper is None:
-            raise HardwareError("this simulated door has no tamper switch wired")
-        self._tampered = tampered
-        self._tamper.dk_hold(not self._tamper_intact_level if tampered else self._tamper_intact_level)
-
-    @property
-    def tampered(self) -> bool:
-        return self._tampered
 
     @property
     def is_open(self) -> bool:

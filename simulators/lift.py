@@ -17,11 +17,13 @@ from typing import Any
 from weakref import WeakMethod
 
 from edge.errors import HardwareError
-from simulators.door import _output_line, _wire
+from simulators.door import TamperSwitch, _output_line, _wire
 
 
-class LiftSimulator:
+class LiftSimulator(TamperSwitch):
     """One cab: ``floors`` maps an area to (relay pin, relay active high, button pin or None, button active low)."""
+
+    _WHAT = "lift"
 
     def __init__(self, factory: Any, floors: dict[str, tuple[int, bool, int | None, bool]], *,
                  tamper_pin: int | None = None, tamper_active_low: bool = True) -> None:
@@ -116,22 +118,6 @@ class LiftSimulator:
 
     def wait_sounder(self, on: bool, timeout: float) -> bool:
         return not on
-
-    @property
-    def tampered(self) -> bool:
-        return self._tampered
-
-    def tamper(self) -> None:
-        self._set_tampered(True)
-
-    def restore_tamper(self) -> None:
-        self._set_tampered(False)
-
-    def _set_tampered(self, tampered: bool) -> None:
-        if self._tamper is None:
-            raise HardwareError("this simulated lift has no tamper switch wired")
-        self._tampered = tampered
-        self._tamper.dk_hold(not self._tamper_intact_level if tampered else self._tamper_intact_level)
 
     def open(self) -> None:
         raise HardwareError("a lift cab has no door contact here: press a floor instead")

@@ -10,10 +10,9 @@ its signed policy (``granted_offline``), per floor by each floor's ``offline``.
 
 from __future__ import annotations
 
-import threading
 from datetime import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
 from doorkeep.clock import FakeClock, iso_ms
-from doorkeep.commands import sign_command
 from doorkeep.config import load_device
 from doorkeep.contract import EventMsg
 from doorkeep.credentials import card_hash
@@ -32,6 +30,7 @@ from edge.agent import DISPATCH_S, EdgeAgent
 from edge.framing import CardRead
 from simulators.door import EmergencyContactSimulator
 from simulators.lift import LiftSimulator
+from tests.unit.agent_harness import AgentHarness
 from tests.conftest import wait_until
 
 KEY = bytes(range(32))
@@ -112,53 +111,25 @@ def write_device(tmp_path: Path, signing_key: Ed25519PrivateKey, *, dispatch: bo
     return pi / "pi-lift.toml"
 
 
-class Cab:
+class Cab(AgentHarness):
     """The agent on mock pins with the lift simulator, and what it published and answered."""
 
     def __init__(self, device_file: Path, clock: FakeClock, signing_key: Ed25519PrivateKey) -> None:
         dev, _ = load_device(device_file)
-        self.clock, self.signing_key, self.dev = clock, signing_key, dev
+        self.dev = dev
         self.factory = MockFactory()
         assert dev.emergency is not None
         self.fire = EmergencyContactSimulator(self.factory, dev.emergency.pin)
         hw = dev.doors["lift"]
         self.cab = LiftSimulator(self.factory, {f.area: (f.relay, f.relay_active_high, f.button, f.button_active_low)
                                                 for f in hw.floors}, tamper_pin=hw.tamper.pin if hw.tamper else None)
-        self.agent = EdgeAgent(dev, site(), KEY, clock=clock, pin_factory=self.factory,
-                               policy_key=signing_key.public_key(), state_dir=dev.state_dir)
-        self.events: list[EventMsg] = []
-        self.results: list[tuple[str, str | None]] = []
-        self._lock = threading.Lock()
-        self.agent.listeners.append(self._heard)
-        answer = self.agent._command_result
-
-        def record(transaction: str | None, status: str, error: str | None) -> None:
-            with self._lock:
-                self.results.append((status, error))
-            answer(transaction, status, error)
-
-        self.agent._command_result = record  # type: ignore[method-assign]
+        super().__init__(EdgeAgent(dev, site(), KEY, clock=clock, pin_factory=self.factory,
+                                   policy_key=signing_key.public_key(), state_dir=dev.state_dir),
+                         clock, signing_key, site_id="t", device="pi-lift")
         self.agent.start()
         self.agent._on_policy(sign_policy(compile_policy(site(), dev.doors), site_id="t", device="pi-lift",
                                           version=1, issued_at=clock.wall(), key=signing_key))
         assert wait_until(lambda: self.agent.policy is not None and self.agent.policy.version == 1, 5)
-        self.settle()
-
-    def _heard(self, ev: EventMsg) -> None:
-        with self._lock:
-            self.events.append(ev)
-
-    def of(self, etype: str) -> list[EventMsg]:
-        with self._lock:
-            return [e for e in self.events if e.type == etype]
-
-    def settle(self) -> None:
-        self.agent.poke()
-        assert self.agent.sync(5)
-        assert self.agent.sync(5)
-
-    def after(self, seconds: float) -> None:
-        self.clock.advance(seconds)
         self.settle()
 
     def badge(self, person: str) -> EventMsg:
@@ -172,16 +143,6 @@ class Cab:
         lit = self.cab.press(floor)
         self.settle()
         return lit
-
-    def command(self, action: str, **args: Any) -> tuple[str, str | None]:
-        with self._lock:
-            before = len(self.results)
-        self.agent._on_command_payload(sign_command(site_id="t", device="pi-lift", action=action, args=args,
-                                                    key=self.signing_key, issued_at=self.clock.wall()))
-        self.settle()
-        with self._lock:
-            assert len(self.results) == before + 1, "the command was never answered"
-            return self.results[-1]
 
     @property
     def floors(self) -> frozenset[str]:

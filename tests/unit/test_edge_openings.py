@@ -12,10 +12,9 @@ reachable to hold a request in flight, which reserves the group.
 
 from __future__ import annotations
 
-import threading
 from datetime import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
 from doorkeep.clock import FakeClock, iso_ms
-from doorkeep.commands import sign_command
 from doorkeep.config import load_device, load_site_dir
 from doorkeep.contract import EventMsg
 from doorkeep.credentials import card_hash
@@ -38,6 +36,7 @@ from edge.framing import CardRead
 from edge.outbox import Outbox
 from simulators.door import DoorSimulator, EmergencyContactSimulator
 from tests.conftest import wait_until
+from tests.unit.agent_harness import AgentHarness
 
 KEY = bytes(range(32))
 CARDS = {"alice": "0A00000001", "bob": "0A00000002"}
@@ -118,13 +117,12 @@ def device_file(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Path:
     return pi / "pi-airlock.toml"
 
 
-class Airlock:
+class Airlock(AgentHarness):
     """The agent on mock pins, a door simulator per door, and what it published and answered."""
 
     def __init__(self, device_file: Path, clock: FakeClock, signing_key: Ed25519PrivateKey, *,
                  fire_at_boot: bool = False, site_file: bool = True, policy: bool = True) -> None:
         dev, _ = load_device(device_file)
-        self.clock, self.signing_key = clock, signing_key
         self.factory = MockFactory()
         assert dev.emergency is not None
         self.fire = EmergencyContactSimulator(self.factory, dev.emergency.pin)
@@ -136,20 +134,9 @@ class Airlock:
                                          passage_pin=hw.passage.pin if hw.passage else None)
                       for did, hw in dev.doors.items()}
         self.dev = dev
-        self.agent = EdgeAgent(dev, site() if site_file else None, KEY, clock=clock, pin_factory=self.factory,
-                               policy_key=signing_key.public_key(), state_dir=dev.state_dir)
-        self.events: list[EventMsg] = []
-        self.results: list[tuple[str, str | None]] = []
-        self._lock = threading.Lock()
-        self.agent.listeners.append(self._heard)
-        answer = self.agent._command_result
-
-        def record(transaction: str | None, status: str, error: str | None) -> None:
-            with self._lock:
-                self.results.append((status, error))
-            answer(transaction, status, error)
-
-        self.agent._command_result = record  # type: ignore[method-assign]
+        super().__init__(EdgeAgent(dev, site() if site_file else None, KEY, clock=clock, pin_factory=self.factory,
+                                   policy_key=signing_key.public_key(), state_dir=dev.state_dir),
+                         clock, signing_key, site_id="t", device="pi-airlock")
         self.agent.start()
         if policy:
             self.send_policy()
@@ -160,39 +147,12 @@ class Airlock:
                                           version=version, issued_at=self.clock.wall(), key=self.signing_key))
         assert wait_until(lambda: self.agent.policy is not None and self.agent.policy.version == version, 5)
 
-    def _heard(self, ev: EventMsg) -> None:
-        with self._lock:
-            self.events.append(ev)
-
-    def of(self, etype: str, door: str | None = None) -> list[EventMsg]:
-        with self._lock:
-            return [e for e in self.events if e.type == etype and door in (None, e.door)]
-
-    def settle(self) -> None:
-        self.agent.poke()
-        assert self.agent.sync(5)
-        assert self.agent.sync(5)
-
-    def after(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.settle()
-
     def badge(self, door: str, person: str) -> EventMsg:
         before = len(self.of("access"))
         self.agent._post(self.agent._card, door, CardRead(CARDS[person], "em4100"), self.clock.monotonic())
         assert wait_until(lambda: len(self.of("access")) > before, 5), "the badge was never decided"
         self.settle()
         return self.of("access")[-1]
-
-    def command(self, action: str, **args: Any) -> tuple[str, str | None]:
-        with self._lock:
-            before = len(self.results)
-        self.agent._on_command_payload(sign_command(site_id="t", device="pi-airlock", action=action, args=args,
-                                                    key=self.signing_key, issued_at=self.clock.wall()))
-        self.settle()
-        with self._lock:
-            assert len(self.results) == before + 1, "the command was never answered"
-            return self.results[-1]
 
     def relay(self, door: str) -> bool:
         return self.doors[door].relay_energised

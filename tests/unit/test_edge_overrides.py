@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from datetime import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,11 +22,11 @@ from gpiozero.pins.mock import MockFactory
 from doorkeep.clock import FakeClock, iso_ms
 from doorkeep.commands import sign_command, verify_command
 from doorkeep.config import load_device
-from doorkeep.contract import EventMsg
 from doorkeep.model import Area, Door, DoorMode, Schedule, Site, TimeWindow, WEEKDAYS
 from edge.agent import EdgeAgent
 from edge.overrides import OVERRIDES_FILE
 from simulators.door import DoorSimulator
+from tests.unit.agent_harness import AgentHarness
 
 KEY = bytes(range(32))
 DOOR = "dock"
@@ -81,63 +80,22 @@ def device_file(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Path:
     return pi / "pi-dock.toml"
 
 
-class Edge:
+class Edge(AgentHarness):
     """One agent on simulated hardware, the events it published, and a way to send it signed commands."""
 
     def __init__(self, device_file: Path, the_site: Site, key: Ed25519PrivateKey, clock: FakeClock) -> None:
         dev, _ = load_device(device_file)
-        self.key, self.clock = key, clock
+        self.key = key
         self.factory = MockFactory()
         hw = dev.doors[DOOR]
         self.door = DoorSimulator(self.factory, relay_pin=hw.lock.pin, contact_pin=hw.contact.pin,
                                   rex_pin=hw.rex.pin)
         self.state_dir = dev.state_dir
-        self.agent = EdgeAgent(dev, the_site, KEY, clock=clock, pin_factory=self.factory,
-                               policy_key=key.public_key(), state_dir=dev.state_dir)
-        self.events: list[EventMsg] = []
-        self.results: list[tuple[str, str | None]] = []
-        self._lock = threading.Lock()
-        self.agent.listeners.append(self._heard)
-        answer = self.agent._command_result  # what the edge answers on cmd/result (no broker here): recorded
-
-        def record(transaction: str | None, status: str, error: str | None) -> None:
-            with self._lock:
-                self.results.append((status, error))
-            answer(transaction, status, error)
-
-        self.agent._command_result = record  # type: ignore[method-assign]
+        super().__init__(EdgeAgent(dev, the_site, KEY, clock=clock, pin_factory=self.factory,
+                                   policy_key=key.public_key(), state_dir=dev.state_dir),
+                         clock, key, site_id="demo", device="pi-dock")
         self.agent.start()
         self.settle()
-
-    def _heard(self, ev: EventMsg) -> None:
-        with self._lock:
-            self.events.append(ev)
-
-    def of(self, etype: str) -> list[EventMsg]:
-        with self._lock:
-            return [e for e in self.events if e.type == etype]
-
-    def settle(self) -> None:
-        """Every deadline up to the fake clock's now applied, and the events it produced heard."""
-        self.agent.poke()
-        assert self.agent.sync(5)
-        assert self.agent.sync(5)  # events stored by the first turn reach the listeners
-
-    def after(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.settle()
-
-    def command(self, action: str, issued_at: float | None = None, **args: Any) -> tuple[str, str | None]:
-        """Send one signed command; the edge's answer ``(status, error)``, as on ``cmd/result``."""
-        with self._lock:
-            before = len(self.results)
-        payload = sign_command(site_id="demo", device="pi-dock", action=action, args=args, key=self.key,
-                               issued_at=self.clock.wall() if issued_at is None else issued_at)
-        self.agent._on_command_payload(payload)
-        self.settle()
-        with self._lock:
-            assert len(self.results) == before + 1, "the command was never answered"
-            return self.results[-1]
 
     def override_state(self) -> Any:
         return json.loads(self.agent._state_payload())["doors"][DOOR]["override"]
