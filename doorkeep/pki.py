@@ -12,12 +12,24 @@ reads when it starts. One certificate identity is one connection: the server
 (``server``), the operator's command-line tools (``operator``: commands and
 their results only) and each device hold their own certificate.
 
+Integrations (Home Assistant, Node-RED, a SOC's collector) get a certificate of
+their own with ``role="integration"``. Mosquitto sees only a certificate's CN
+(the user name), never its OU, so what an integration may do is decided by
+name: ``index.json`` records the role and ``read_only`` of every certificate,
+and :func:`broker_acl` gives each live integration listed there read access to
+events, state and availability, a request topic of the server's integration
+API unless it is read-only, and denies it the subtree the device pattern would
+otherwise give its CN. An integration's name may therefore never be a device
+id or a reserved name. The certificate's OU (``integration`` or
+``integration read-only``) only tells a person, or :func:`certificate_inventory`,
+what it is for.
+
 Layout (``SITE/pki/``)::
 
     ca.crt  ca.key          the site CA (EC P-256, 10 years); ca.key never leaves this machine
     crl.pem                 the certificates revoked so far (read by Mosquitto at start)
     index.json              every certificate issued: name, serial, role, expiry, revocation
-    NAME.crt  NAME.key      one pair per device id, ``server``, ``operator`` and ``broker``
+    NAME.crt  NAME.key      one pair per device id, integration, ``server``, ``operator`` and ``broker``
     revoked/NAME-SERIAL.*   a revoked pair, moved aside so NAME can be issued again
 
 Private keys are written once, mode 0600, with ``O_EXCL``: nothing here ever
@@ -57,7 +69,17 @@ BROKER = "broker"
 #: server runs, and with client ids bound to certificates a second ``server`` connection would drop the server.
 OPERATOR = "operator"
 RESERVED = (SERVER, BROKER, OPERATOR)
-ROLES = ("device", *RESERVED)
+#: An integration of the site (Home Assistant, Node-RED, a SOC's collector): events and state to read, and
+#: unless read-only one request topic of the server's integration API (:func:`integration_topic`).
+INTEGRATION = "integration"
+#: The CA's own files are ``ca.crt`` and ``ca.key``: no certificate may be issued under that name.
+CA_NAME = "ca"
+ROLES = ("device", *RESERVED, INTEGRATION)
+#: Days before a certificate's expiry from which it is reported (the server's ``certificate_expiring``
+#: alarm, ``doorkeep pki list``, the desk's Certificates page).
+EXPIRY_WARN_DAYS = 30
+#: The longest name a certificate's CN may hold (RFC 5280 ub-common-name).
+MAX_NAME = 64
 DEFAULT_PORT = 8883
 
 #: The broker's ``message_size_limit`` (payload bytes) is never below this: twice the largest sealed snapshot
@@ -83,10 +105,24 @@ class Issued:
     role: str
     not_after: str
     revoked: str | None = None
+    read_only: bool = False
+    """An integration that may only read (no request topic in the ACL); False for every other role."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "serial": format(self.serial, "x"), "role": self.role,
-                "not_after": self.not_after, "revoked": self.revoked}
+        row: dict[str, Any] = {"name": self.name, "serial": format(self.serial, "x"), "role": self.role,
+                               "not_after": self.not_after, "revoked": self.revoked}
+        if self.role == INTEGRATION:
+            row["read_only"] = self.read_only
+        return row
+
+
+@dataclass(frozen=True)
+class Integration:
+    """A live integration certificate as the ACL needs it: its name (the CN, so the broker's user name) and
+    whether it may publish to its request topic."""
+
+    name: str
+    read_only: bool
 
 
 def pki_dir(site_dir: Path | str) -> Path:
@@ -163,7 +199,8 @@ def load_index(pki: Path) -> list[Issued]:
     data = _read(path, "certificate index", f"create the site CA with `doorkeep pki init --site {pki.parent}`")
     try:
         rows = json.loads(data)["issued"]
-        return [Issued(r["name"], int(r["serial"], 16), r["role"], r["not_after"], r.get("revoked")) for r in rows]
+        return [Issued(r["name"], int(r["serial"], 16), r["role"], r["not_after"], r.get("revoked"),
+                       bool(r.get("read_only", False))) for r in rows]
     except (ValueError, KeyError, TypeError) as exc:
         raise PkiError(f"{path}: not a doorkeep certificate index ({exc}) "
                        "(fix: restore it from your backup; it lists every certificate issued)") from None
@@ -176,9 +213,16 @@ def _save_index(pki: Path, rows: list[Issued]) -> None:
 # -------------------------------------------------------------- CA, certs
 
 
-def _name(common_name: str, site_id: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"doorkeep site {site_id}"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, site_id: str, unit: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"doorkeep site {site_id}")]
+    if unit is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def integration_unit(read_only: bool) -> str:
+    """The OU of an integration's certificate: says what it is to a person reading it (the broker never does)."""
+    return f"{INTEGRATION} read-only" if read_only else INTEGRATION
 
 
 def init_ca(pki: Path, site_id: str, *, now: datetime) -> Path:
@@ -216,15 +260,44 @@ def role_of(name: str) -> str:
     return name if name in RESERVED else "device"
 
 
-def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
+def check_integration_name(name: str, devices: Iterable[str] = ()) -> None:
+    """Refuse an integration name the broker could confuse with another identity: a device id of the site
+    (``devices``), ``server``, ``operator``, ``broker``, the CA's ``ca``, or anything that is not a topic
+    segment of at most 64 characters. The broker knows a client only by its CN: an integration called
+    ``pi-lobby`` would be the lobby's edge."""
+    if not SEGMENT.match(name) or len(name) > MAX_NAME:
+        raise PkiError(f"{name!r} is not a valid integration name "
+                       f"(fix: use 1-{MAX_NAME} letters, digits, '_' and '-', e.g. home-assistant)")
+    if name in RESERVED or name == CA_NAME:
+        raise PkiError(f"{name!r} is reserved (fix: give the integration a name of its own, e.g. home-assistant)")
+    if name in set(devices):
+        raise PkiError(f"{name!r} is a device id of this site: the broker knows a client only by its certificate's "
+                       "CN, so the integration would be that device (fix: give the integration a name of its own)")
+
+
+def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), role: str | None = None,
+          read_only: bool = False, devices: Iterable[str] = ()) -> tuple[Path, Path]:
     """Issue ``NAME.crt`` and ``NAME.key`` (mode 0600) signed by the site CA; returns their paths.
 
     Devices, the server and the operator get a client certificate (CN = the name the broker's ACL uses and,
     with ``use_username_as_clientid``, the client id the broker gives the connection). The broker
     gets a server certificate whose SAN holds ``localhost``, ``127.0.0.1`` and ``hosts`` (the names
     the Pis use to reach it): paho checks the broker's name against it.
+
+    ``role``: None derives it from the name (:func:`role_of`); :data:`INTEGRATION` issues a client certificate
+    for an integration (OU ``integration``, or ``integration read-only`` with ``read_only``), recorded in
+    ``index.json`` for :func:`broker_acl`; its name is checked by :func:`check_integration_name` against
+    ``devices``, the site's device ids.
     """
-    if not SEGMENT.match(name):
+    if role is not None and role != INTEGRATION:
+        raise PkiError(f"role {role!r} is not given by hand (fix: use `integration`, or no role: devices, "
+                       "`server`, `operator` and `broker` take theirs from the name)")
+    if read_only and role != INTEGRATION:
+        raise PkiError(f"--read-only applies to integrations only, not to {name!r} (fix: add --role integration, "
+                       "or drop --read-only)")
+    if role == INTEGRATION:
+        check_integration_name(name, devices)
+    elif not SEGMENT.match(name):
         raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server`, `operator` or `broker`)")
     ca_cert, ca_key = load_ca(pki)
     rows = load_index(pki)
@@ -232,7 +305,7 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -
     if live:
         raise PkiError(f"{pki / (name + '.crt')}: {name} already has certificate {live[0].serial:x} "
                        f"(fix: `doorkeep pki revoke {name} --site {pki.parent}` first to replace it)")
-    role = role_of(name)
+    role = role or role_of(name)
     site_id = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
     site_id = str(site_id).removeprefix("doorkeep site ")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -250,11 +323,13 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -
         if hosts:
             raise PkiError(f"--host applies to the broker's certificate only, not to {name!r} "
                            "(fix: drop --host, or issue `broker`)")
-        alt = [x509.UniformResourceIdentifier(f"urn:doorkeep:{site_id}:{name}")]
+        urn = f"urn:doorkeep:{site_id}:{INTEGRATION}:{name}" if role == INTEGRATION else f"urn:doorkeep:{site_id}:{name}"
+        alt = [x509.UniformResourceIdentifier(urn)]
         usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    unit = integration_unit(read_only) if role == INTEGRATION else None
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(name, site_id)).issuer_name(ca_cert.subject)
+        .subject_name(_name(name, site_id, unit)).issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(now - BACKDATE).not_valid_after(not_after)
@@ -270,8 +345,15 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = ()) -
     key_path, cert_path = pki / f"{name}.key", pki / f"{name}.crt"
     _write_new(key_path, _key_pem(key), 0o600)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _save_index(pki, [*rows, Issued(name, serial, role, not_after.isoformat())])
+    _save_index(pki, [*rows, Issued(name, serial, role, not_after.isoformat(), read_only=read_only)])
     return cert_path, key_path
+
+
+def live_integrations(pki: Path) -> list[Integration]:
+    """The integrations with a live (not revoked) certificate in ``index.json``, by name: what the ACL lists."""
+    found = {r.name: Integration(r.name, r.read_only) for r in load_index(pki)
+             if r.role == INTEGRATION and r.revoked is None}
+    return [found[n] for n in sorted(found)]
 
 
 def revoke(pki: Path, name: str, *, now: datetime) -> int:
@@ -285,7 +367,7 @@ def revoke(pki: Path, name: str, *, now: datetime) -> int:
         raise PkiError(f"{pki / 'index.json'}: {name!r} has no live certificate "
                        f"(fix: check the name; `doorkeep pki issue {name} --site {pki.parent}` issues one)")
     i = hits[0]
-    rows[i] = Issued(rows[i].name, rows[i].serial, rows[i].role, rows[i].not_after, now.isoformat())
+    rows[i] = Issued(rows[i].name, rows[i].serial, rows[i].role, rows[i].not_after, now.isoformat(), rows[i].read_only)
     _save_index(pki, rows)
     write_crl(pki, now=now)
     aside = pki / "revoked"
@@ -318,12 +400,128 @@ def write_crl(pki: Path, *, now: datetime) -> Path:
     return pki / "crl.pem"
 
 
+# ------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """One certificate file of ``SITE/pki`` with its expiry: a row of ``doorkeep pki list``, of the desk's
+    Certificates page, and what the server's expiry watch (server/certificates.py) raises alarms from."""
+
+    name: str
+    """The file's stem: ``ca``, ``broker``, ``server``, ``operator``, a device id or an integration's name."""
+    role: str
+    """``ca``, ``broker``, ``server``, ``operator``, ``device`` or ``integration``, read from the certificate
+    itself (``unknown`` when the file cannot be read)."""
+    read_only: bool
+    serial: int | None
+    not_after: datetime | None
+    """UTC; None when the file cannot be read (``error`` says why)."""
+    error: str | None = None
+
+    def days_left(self, now: datetime) -> float | None:
+        """Days until it expires (negative once it has); None for an unreadable file."""
+        if self.not_after is None:
+            return None
+        return (self.not_after - now).total_seconds() / 86_400
+
+    def status(self, now: datetime, warn_days: float = EXPIRY_WARN_DAYS) -> str:
+        """``unreadable``, ``expired``, ``expiring`` (within ``warn_days``) or ``ok``."""
+        left = self.days_left(now)
+        if left is None:
+            return "unreadable"
+        return "expired" if left <= 0 else "expiring" if left <= warn_days else "ok"
+
+
+_ROLE_ORDER = ("ca", BROKER, SERVER, OPERATOR, "device", INTEGRATION, "unknown")
+
+
+def _describe(cert: x509.Certificate) -> tuple[str, bool]:
+    """(role, read_only) from the certificate alone: what doorkeep put in it when it issued it."""
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "ca", False
+    except x509.ExtensionNotFound:
+        pass
+    units = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
+    if integration_unit(True) in units:
+        return INTEGRATION, True
+    if integration_unit(False) in units:
+        return INTEGRATION, False
+    try:
+        if ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
+            return BROKER, False
+    except x509.ExtensionNotFound:
+        pass
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return role_of(str(cns[0].value)) if cns else "unknown", False
+
+
+def certificate_inventory(pki: Path) -> list[CertificateInfo]:
+    """Every certificate file in ``pki`` (the CA's, the broker's, the server's, the operator's, each device's
+    and integration's; not the revoked ones set aside in ``revoked/``), CA first, then by role and name.
+
+    Read from the files, not from ``index.json``: what expires is what the broker and the clients load. An
+    empty list when ``pki`` does not exist (a site on plain MQTT has no certificates); a file that cannot be
+    read or parsed is listed with its ``error``, never skipped.
+    """
+    if not pki.is_dir():
+        return []
+    found: list[CertificateInfo] = []
+    for path in sorted(pki.glob("*.crt")):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except OSError as exc:
+            found.append(CertificateInfo(path.stem, "unknown", False, None, None, f"cannot read it: {exc.strerror}"))
+            continue
+        except ValueError:
+            found.append(CertificateInfo(path.stem, "unknown", False, None, None, "not a PEM certificate"))
+            continue
+        role, read_only = _describe(cert)
+        found.append(CertificateInfo(path.stem, role, read_only, cert.serial_number, cert.not_valid_after_utc))
+    return sorted(found, key=lambda c: (_ROLE_ORDER.index(c.role), c.name))
+
+
+def renewal_hint(info: CertificateInfo, site: Path | str = "SITE") -> str:
+    """How to replace a certificate: the commands for its role (a new CA means re-issuing every certificate)."""
+    if info.role == "ca":
+        return ("a new site CA means a new certificate for every client: plan it (`doorkeep pki init` in a new "
+                "directory, then issue each certificate again); docs/security.md")
+    extra = (" --role integration" + (" --read-only" if info.read_only else "")) if info.role == INTEGRATION else ""
+    extra += " --host HOST" if info.role == BROKER else ""
+    return (f"`doorkeep pki revoke {info.name} --site {site}` then `doorkeep pki issue {info.name} --site {site}"
+            f"{extra}`, copy the new pair where it is used, restart the broker")
+
+
 # --------------------------------------------------------- Mosquitto files
 
 
-def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = ()) -> str:
+def integration_topic(site_id: str, name: str, leaf: str) -> str:
+    """A topic of the server's integration API for integration ``name``: ``leaf`` is ``request`` (the
+    integration publishes) or ``response`` (it reads). Under the server's own subtree, which no device
+    may take (``server`` is reserved), so the device pattern never reaches it."""
+    return f"doorkeep/v1/{site_id}/{SERVER}/{INTEGRATION}/{name}/{leaf}"
+
+
+def _integration_lines(base: str, site_id: str, integration: Integration, *, deny_own: bool) -> list[str]:
+    """One integration's rights in one site: events, state and availability to read; its request topic to
+    write and its response topic to read unless read-only; never a request, decision, command, policy or
+    snapshot of a device. ``deny_own``: the site's ACL has the device pattern, which would give the CN
+    ``doorkeep/v1/SITE/NAME/#``; an explicit ``topic deny`` in the user's block takes it away (measured on
+    Mosquitto 2.0.11: the deny wins over the pattern, tests/e2e/test_integration_acl.py)."""
+    name = integration.name
+    lines = [f"topic deny {base}/{name}/#"] if deny_own else []
+    lines += [f"topic read {base}/+/door/+/event", f"topic read {base}/+/state", f"topic read {base}/+/availability"]
+    if not integration.read_only:
+        lines += [f"topic write {integration_topic(site_id, name, 'request')}",
+                  f"topic read {integration_topic(site_id, name, 'response')}"]
+    return lines
+
+
+def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = (),
+               integrations: Iterable[Integration] = ()) -> str:
     """The ACL: each device its own subtree (plus reading the server's availability), the server the site,
-    the operator's tools the commands and their results.
+    the operator's tools the commands and their results, each integration what it may read.
 
     One site id gives a site's own broker: one ``pattern`` line confines every certificate (CN = device id)
     to its subtree. A mapping ``{site: device ids}`` gives one broker serving a campus of sites (and the
@@ -335,6 +533,12 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     any ``cmd/result``, nothing else: it cannot forge decisions, policy or availability. ``observers``:
     extra identities that read and write whole sites like the server (test peers on a test broker only;
     a production ACL has none), so they never need the server's own certificate, and so never drop it.
+
+    ``integrations`` (:func:`live_integrations`): each reads every device's events, state and availability,
+    and unless read-only writes its own request topic of the server's integration API and reads its
+    response (:func:`integration_topic`); nothing else, and in a one-site ACL an explicit ``deny`` takes
+    away the subtree the device pattern would give its CN. With a campus mapping, in every site listed.
+    A name that is reserved, a device id, an observer, or listed twice is refused.
     """
     def segment(value: str, what: str) -> str:
         if not SEGMENT.match(value):
@@ -348,6 +552,26 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     for o in watchers:
         if o in RESERVED:
             raise PkiError(f"observer {o!r} is reserved (fix: give test observers a name of their own)")
+    apps = sorted(integrations, key=lambda i: i.name)
+    known_devices = [] if isinstance(sites, str) else [d for devices in sites.values() for d in devices]
+    for i, app in enumerate(apps):
+        check_integration_name(app.name, known_devices)
+        if app.name in watchers or (i and apps[i - 1].name == app.name):
+            raise PkiError(f"integration {app.name!r} is listed twice or is an observer (fix: one name per identity)")
+
+    def integration_blocks(site_ids: list[str], *, deny_own: bool) -> list[str]:
+        out: list[str] = []
+        for app in apps:
+            what = ("publishes nothing" if app.read_only
+                    else "sends requests to the server's integration API and reads its answers")
+            out += [f"# Integration {app.name}{' (read-only)' if app.read_only else ''}: reads events, state and "
+                    f"availability; {what}.", "# Never a device's requests, decisions, commands, policy or snapshots.",
+                    f"user {app.name}"]
+            for site_id in site_ids:
+                out += _integration_lines(f"doorkeep/v1/{site_id}", site_id, app, deny_own=deny_own)
+            out.append("")
+        return out
+
     header = ("# The user name is the client certificate's CN (use_identity_as_username), and so is its client id\n"
               "# (use_username_as_clientid): one connection per certificate.")
     if isinstance(sites, str):
@@ -370,9 +594,10 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
             f"user {OPERATOR}",
             *operator(base),
             "",
+            *integration_blocks([sites], deny_own=True),
         ]
         for o in watchers:
-            lines += [f"# A test observer: the whole site, under its own identity.", f"user {o}",
+            lines += ["# A test observer: the whole site, under its own identity.", f"user {o}",
                       f"topic readwrite {base}/#", ""]
         return "\n".join(lines)
     if not sites:
@@ -395,7 +620,8 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     lines += ["# The server reads and writes every site (its own availability included).", f"user {SERVER}",
               *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), "",
               "# The operator's tools: signed commands and their results, in every site.", f"user {OPERATOR}",
-              *(line for site_id in sites for line in operator(f"doorkeep/v1/{site_id}")), ""]
+              *(line for site_id in sites for line in operator(f"doorkeep/v1/{site_id}")), "",
+              *integration_blocks(list(sites), deny_own=False)]
     for o in watchers:
         lines += ["# A test observer: every site, under its own identity.", f"user {o}",
                   *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), ""]

@@ -15,13 +15,18 @@ from pathlib import Path
 from doorkeep.config import SiteBundle, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.pki import (
+    EXPIRY_WARN_DAYS,
+    INTEGRATION,
     RESERVED,
     POLICY_BYTES_PER_PERSON,
     PkiError,
     broker_acl,
     broker_config,
+    certificate_inventory,
+    check_integration_name,
     init_ca,
     issue,
+    live_integrations,
     message_size_limit,
     pki_dir,
     revoke,
@@ -53,17 +58,28 @@ def init(args: argparse.Namespace) -> int:
 
 
 def issue_cmd(args: argparse.Namespace) -> int:
+    role = getattr(args, "role", None)
+    read_only = bool(getattr(args, "read_only", False))
     try:
         bundle = _bundle(args.site)
         known = sorted(bundle.devices)
-        if args.name not in (*known, *RESERVED):
+        if read_only and role != INTEGRATION:
+            raise PkiError("--read-only applies to integrations only (fix: add --role integration, or drop --read-only)")
+        if role != INTEGRATION and args.name not in (*known, *RESERVED):
             raise PkiError(f"{args.name!r} is not a device of site {bundle.site.id} "
-                           f"(fix: use one of: {', '.join([*known, *RESERVED])})")
-        cert, key = issue(pki_dir(args.site), args.name, now=_now(), hosts=tuple(args.host or ()))
+                           f"(fix: use one of: {', '.join([*known, *RESERVED])}; "
+                           f"or `--role integration` for an integration such as Home Assistant)")
+        cert, key = issue(pki_dir(args.site), args.name, now=_now(), hosts=tuple(args.host or ()), role=role,
+                          read_only=read_only, devices=known)
     except (PkiError, ConfigErrors, ConfigError) as exc:
         return _fail("pki issue", exc)
     print(f"wrote {cert} and {key} (mode 0600)")
-    if args.name not in RESERVED:
+    if role == INTEGRATION:
+        print(f"integration {args.name} ({'read-only' if read_only else 'may send requests'}): regenerate the ACL "
+              f"with `doorkeep broker config --site {args.site}` and reload Mosquitto before handing over "
+              f"{cert.name}, {key.name} and {pki_dir(args.site) / 'ca.crt'} (docs/operations.md, "
+              "\"Certificates for integrations\")")
+    elif args.name not in RESERVED:
         print(f"copy them with {pki_dir(args.site) / 'ca.crt'} to the Pi and set [broker] url = \"mqtts://…\", "
               "ca_file, cert_file and key_file in its device file")
     return 0
@@ -95,10 +111,14 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
             people = len(bundle.people)
         limit = message_size_limit(people)
         log_file = getattr(args, "log_file", None)
+        integrations = live_integrations(pki)
+        for integration in integrations:  # a device added to the site files after the integration was issued
+            check_integration_name(integration.name, bundle.devices)
         conf = broker_config(bundle.site.id, pki, acl, port=args.port, bind=args.bind or None,
                              persistence_dir=args.persistence, size_limit=limit,
                              log_file=log_file.resolve() if log_file is not None else None)
-        for path, text in ((acl, broker_acl(bundle.site.id)), (out / "mosquitto.conf", conf)):
+        acl_text = broker_acl(bundle.site.id, integrations=integrations)
+        for path, text in ((acl, acl_text), (out / "mosquitto.conf", conf)):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)
             os.chmod(tmp, 0o644)  # Mosquitto's own account reads it; it holds no secret (umask is 0077)
@@ -106,5 +126,28 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
     except (PkiError, ConfigErrors, ConfigError, OSError) as exc:
         return _fail("broker config", exc)
     print(f"wrote {out / 'mosquitto.conf'} (message_size_limit {limit} bytes, for up to "
-          f"{limit // POLICY_BYTES_PER_PERSON} people) and {acl}; run `mosquitto -c {(out / 'mosquitto.conf').resolve()}`")
+          f"{limit // POLICY_BYTES_PER_PERSON} people) and {acl}"
+          f"{f' ({len(integrations)} integrations)' if integrations else ''}; "
+          f"run `mosquitto -c {(out / 'mosquitto.conf').resolve()}`")
+    return 0
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    """``doorkeep pki list``: every certificate file of SITE/pki with its expiry, as the desk shows them."""
+    pki = pki_dir(args.site)
+    if not pki.is_dir():
+        return _fail("pki list", PkiError(f"{pki}: no site CA here (fix: `doorkeep pki init --site {args.site}`)"))
+    now = _now()
+    rows = [("NAME", "ROLE", "ACCESS", "SERIAL", "EXPIRES (UTC)", "DAYS LEFT", "STATUS")]
+    for c in certificate_inventory(pki):
+        left = c.days_left(now)
+        access = ("read-only" if c.read_only else "requests") if c.role == INTEGRATION else ""
+        rows.append((c.name, c.role, access, format(c.serial, "x")[:16] if c.serial is not None else "",
+                     c.not_after.strftime("%Y-%m-%d %H:%M") if c.not_after else "",
+                     f"{left:.0f}" if left is not None else "", c.error or c.status(now)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    print(f"(expiring: within {EXPIRY_WARN_DAYS} days; the server raises `certificate_expiring` for those and "
+          "the expired; revoked certificates are in index.json and pki/revoked/)")
     return 0
