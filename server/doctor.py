@@ -273,36 +273,27 @@ def check_data_dir(ctx: Context) -> Iterator[Finding]:
 
 
 def check_certificates(ctx: Context) -> Iterator[Finding]:
-    """Certificates of the site PKI that have expired or expire soon (revoked ones are ignored)."""
-    from cryptography import x509
+    """Certificates of the site PKI that have expired or expire soon. A revoked certificate is moved aside into
+    ``pki/revoked/`` (``doorkeep pki revoke``), so every file left in ``pki/`` is one clients load, including a
+    certificate issued again under the name of a revoked one."""
+    from doorkeep.pki import certificate_inventory
 
     pki = ctx.bundle.dir / "pki"
-    if not pki.is_dir():
-        return
-    revoked: set[str] = set()
-    try:
-        index = json.loads((pki / "index.json").read_text())
-        revoked = {f"{r['name']}.crt" for r in index.get("issued", []) if r.get("revoked")}
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        pass
-    for crt in sorted(pki.glob("*.crt")):
-        if crt.name in revoked:
-            continue
-        try:
-            cert = x509.load_pem_x509_certificate(crt.read_bytes())
-        except (OSError, ValueError):
+    for info in certificate_inventory(pki):
+        crt = pki / f"{info.name}.crt"
+        if info.not_after is None:
             yield Finding(MEDIUM, "certificate_expiry", str(crt), "not a readable PEM certificate",
                           "restore it from the backup of SITE/pki, or reissue it")
             continue
-        left = cert.not_valid_after_utc - ctx.now
+        left = info.not_after - ctx.now
         days = left.total_seconds() / 86400
         if days <= CERT_URGENT_DAYS:
             what = "has expired" if days < 0 else f"expires in {days:.1f} days"
-            yield Finding(HIGH, "certificate_expiry", str(crt), f"{what} ({cert.not_valid_after_utc:%Y-%m-%d})",
+            yield Finding(HIGH, "certificate_expiry", str(crt), f"{what} ({info.not_after:%Y-%m-%d})",
                           f"reissue it: `doorkeep pki revoke {crt.stem}` then `doorkeep pki issue {crt.stem}`")
         elif days <= CERT_WARN_DAYS:
             yield Finding(MEDIUM, "certificate_expiry", str(crt), f"expires in {days:.0f} days "
-                          f"({cert.not_valid_after_utc:%Y-%m-%d})",
+                          f"({info.not_after:%Y-%m-%d})",
                           f"plan the reissue: `doorkeep pki revoke {crt.stem}` then `doorkeep pki issue {crt.stem}`")
 
 

@@ -138,7 +138,11 @@ def test_doctor_reports_certificates_close_to_expiry(site: Path) -> None:
         [str(pki / "pi-urgent.crt")]
     # a revoked certificate is not a finding: it is not used any more
     main(["pki", "revoke", "pi-urgent", "--site", str(site)])
-    assert "certificate_expiry" not in checks(findings(site))
+    assert [f.where for f in findings(site) if f.check == "certificate_expiry"] == [str(pki / "pi-soon.crt")]
+    # ... but one issued again under the revoked name is what the device loads now: it is checked
+    issue(pki, "pi-urgent", now=NOW - timedelta(days=LEAF_DAYS - 3))
+    assert [f.where for f in findings(site) if f.check == "certificate_expiry" and f.severity == HIGH] == \
+        [str(pki / "pi-urgent.crt")]
 
 
 def test_doctor_reports_retention_that_does_not_run(site: Path) -> None:
