@@ -5,7 +5,8 @@ loudly the desk asks for attention, and a site may choose it (site.toml ``[alarm
 "Priority"). The defaults follow what control rooms expect: someone getting or trying to get through (a door
 forced, a tamper switch, the intrusion and reader-security signals, an outbox edited on disk, a device
 certificate refused) is ``high``; a door held open is
-``medium``; a device that stopped answering is ``medium`` unless the site says otherwise; everything else
+``medium``; a device that stopped answering, or a certificate within 30 days of expiry, is ``medium`` unless the
+site says otherwise; everything else
 (equipment trouble, pre-alarms, notes) is ``low``. An alarm nobody acknowledges within its priority's
 ``escalate_after_s`` escalates: the desk marks it and plays a second, distinct sound.
 
@@ -35,7 +36,9 @@ PRIORITIES: tuple[str, ...] = (HIGH, MEDIUM, LOW)
 _HIGH_TYPES = frozenset({"forced_open", "tamper", "reader_security", "door_attack", "outbox_tampered",
                          "certificate_refused", "emergency_release", "forced_passage", "tailgate"}) | frozenset(
     a.name for a in vocabulary.ALARMS.values() if a.source == vocabulary.INTRUSION)
-_MEDIUM_TYPES = frozenset({"held_open", "device_offline", "device_misbehaving"})
+# A certificate about to lapse is medium: weeks to act, but an expired CA, broker or server certificate cuts
+# every door off from the server, and only the desk sees it coming (server/certificates.py).
+_MEDIUM_TYPES = frozenset({"held_open", "device_offline", "device_misbehaving", "certificate_expiring"})
 
 #: Every declared alarm type's default priority.
 DEFAULT_PRIORITY: Mapping[str, str] = MappingProxyType({

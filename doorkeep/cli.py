@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from doorkeep import __version__
+from doorkeep.logfmt import ENV_VAR as LOG_FORMAT_ENV, LOG_FORMATS, TEXT_FORMAT, JsonFormatter, choose_log_format
 
 #: subcommand -> "module:function" that runs it (each documented in README.md)
 HANDLERS = {
@@ -26,6 +27,7 @@ HANDLERS = {
     "pki init": "doorkeep.pki_cli:init",
     "pki issue": "doorkeep.pki_cli:issue_cmd",
     "pki revoke": "doorkeep.pki_cli:revoke_cmd",
+    "pki list": "doorkeep.pki_cli:list_cmd",
     "broker config": "doorkeep.pki_cli:broker_config_cmd",
     "muster": "server.cli:muster",
     "door unlock": "server.cli:door_unlock",
@@ -102,11 +104,22 @@ def _tls_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--allow-plain-mqtt", action="store_true", help=ALLOW_PLAIN_HELP)
 
 
+LOG_FORMAT_HELP = (f"text (default) or json: one JSON object per line with time, level, component, device, door, "
+                   f"event_id, message (docs/operations.md#logs); without it ${LOG_FORMAT_ENV} decides")
+
+
+def _log_format_flag(sp: argparse.ArgumentParser) -> None:
+    """``--log-format`` after a long-running subcommand too (``doorkeep demo --log-format json``); not given there,
+    the one before the subcommand (or the environment) holds."""
+    sp.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=LOG_FORMAT_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="doorkeep", description="doorkeep physical access control")
     p.add_argument("--version", action="version", version=f"doorkeep {__version__}")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="how much to log on stderr (default INFO)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=None, help=LOG_FORMAT_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cfg = sub.add_parser("config", help="configuration files")
@@ -133,13 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     pki_sub = pki.add_subparsers(dest="action", required=True, metavar="ACTION")
     pin = pki_sub.add_parser("init", help="create the site CA in SITE/pki (key mode 0600) and an empty CRL")
     pin.add_argument("--site", required=True, type=Path, help="the site directory")
-    pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server`, `operator` "
-                                           "or `broker`")
+    pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server`, `operator`, "
+                                           "`broker`, or an integration (--role integration)")
     pis.add_argument("name", metavar="NAME")
     pis.add_argument("--site", required=True, type=Path, help="the site directory")
     pis.add_argument("--host", action="append", metavar="HOST",
                      help="broker only: a DNS name or IP the Pis use to reach it (repeatable; "
                           "localhost and 127.0.0.1 are always in)")
+    pis.add_argument("--role", choices=["integration"], help="integration: a client certificate for Home Assistant, "
+                     "Node-RED, a SOC collector (NAME must not be a device id or reserved); regenerate the broker "
+                     "config afterwards")
+    pis.add_argument("--read-only", action="store_true", help="with --role integration: read events and state only, "
+                     "no request topic")
+    pls = pki_sub.add_parser("list", help="every certificate in SITE/pki with its role and expiry")
+    pls.add_argument("--site", required=True, type=Path, help="the site directory")
     prv = pki_sub.add_parser("revoke", help="revoke NAME's certificate and rewrite SITE/pki/crl.pem")
     prv.add_argument("name", metavar="NAME")
     prv.add_argument("--site", required=True, type=Path, help="the site directory")
@@ -238,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", type=Path, help="the server's data directory (default: var/SITE)")
 
     dsk = sub.add_parser("desk", help="run the server and the security desk (web UI and API) in one process")
+    _log_format_flag(dsk)
     dsk.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     dsk.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
     _tls_flags(dsk)
@@ -316,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: var/SITE)")
 
     edge = sub.add_parser("edge", help="run an edge agent for one device file")
+    _log_format_flag(edge)
     edge.add_argument("--device", required=True, type=Path, help="the device file (devices/NAME.toml)")
     edge.add_argument("--broker", help="override the device file's broker URL")
     edge.add_argument("--allow-plain-mqtt", action="store_true",
@@ -333,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     oik.add_argument("--timeout", type=float, default=15.0, metavar="S", help="give up after S seconds (15)")
 
     srv = sub.add_parser("server", help="run the central server for a site directory")
+    _log_format_flag(srv)
     srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
     _tls_flags(srv)
@@ -342,8 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="raise event_gap for event numbers missing this long (default 60)")
     srv.add_argument("--broker-log", type=Path, metavar="FILE", help="the broker's log file (`doorkeep broker config "
                      "--log-file`): raise certificate_refused when a refused certificate keeps trying")
+    srv.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /healthz, /readyz and /metrics "
+                     "(Prometheus) on this port (default: off; docs/operations.md#metrics)")
+    srv.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
+                     help="the address --metrics-port listens on (default 127.0.0.1)")
 
     demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
+    _log_format_flag(demo)
     demo.add_argument("--duration", type=float, help="stop after this many seconds and print a summary")
     demo.add_argument("--broker", help="use this broker instead of starting the embedded one (mqtts://: the "
                                        "site's pki/ holds each client's certificate)")
@@ -376,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true", help="only validate the files (exit 0 or 2); run nothing")
     run.add_argument("--verbose", action="store_true",
                      help="show the system's own log on stderr at --log-level (default: errors only)")
+    for long_running in (rd, sos, cam, run):
+        _log_format_flag(long_running)
     return p
 
 
@@ -443,7 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     previous = os.umask(UMASK)
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log_format, ignored = choose_log_format(args.log_format, os.environ)
+        if log_format == "json":
+            handler = logging.StreamHandler()
+            handler.setFormatter(JsonFormatter())
+            logging.basicConfig(level=args.log_level, handlers=[handler])
+        else:
+            logging.basicConfig(level=args.log_level, format=TEXT_FORMAT)
+        if ignored:
+            logging.getLogger("doorkeep").warning("%s", ignored)
         name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
         target = HANDLERS[name]
         module, func = target.split(":")

@@ -1260,6 +1260,17 @@ class PassageConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the edge's local HTTP listener for ``/metrics`` (Prometheus) and ``/healthz``, for the Pi's own
+    monitoring (edge/metrics.py, docs/operations.md). Off without the table."""
+
+    port: int
+    host: str = "127.0.0.1"
+    broker_grace_s: float = 60.0
+    """How long the broker may stay unreachable before ``/healthz`` answers 503 (reconnects back off to 10 s)."""
+
+
+@dataclass(frozen=True)
 class EmergencyConfig:
     """The device's emergency release input: a normally closed contact from the fire alarm panel (or a break-glass
     unit) that opens to release. Wired like the tamper loop, so a cut wire releases: fail safe for people."""
@@ -1374,6 +1385,7 @@ class DeviceConfig:
     heartbeat_s: float = 30.0             # the retained state is republished this often (the server's heartbeat)
     outbox_max_mb: int = 512              # the outbox drops its oldest snapshots (never events) beyond this
     emergency: EmergencyConfig | None = None  # [emergency]: the fire panel's release input (docs/openings.md)
+    metrics: MetricsConfig | None = None  # [metrics]: /metrics and /healthz on a local port (docs/operations.md)
 
 
 TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file")
@@ -1693,6 +1705,7 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
         claim(pin, "emergency", em)
         emergency = EmergencyConfig(pin if pin is not None else -1, bool(em.get("active_low", bool, True)))
         em.done()
+    metrics = _metrics(root.sub("metrics"))
     cameras = _qr_doors(cameras, doors, qr_tables)
     _check_shared_buses(doors, root)
     root.done()
@@ -1702,7 +1715,28 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
                         (path.parent / key_file) if key_file else None, doors, cameras,
                         (path.parent / policy_key) if policy_key else None,
                         (path.parent / state_dir) if state_dir else None,
-                        heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb, emergency=emergency)
+                        heartbeat_s=heartbeat_s, outbox_max_mb=outbox_max_mb, emergency=emergency,
+                        metrics=metrics)
+
+
+def _metrics(t: _Table | None) -> MetricsConfig | None:
+    """The ``[metrics]`` table: ``port`` (required in it; no table, no listener), ``host`` and ``broker_grace_s``."""
+    if t is None:
+        return None
+    port = t.get("port", int, fix="add `port = 9101` (a free local port), or remove [metrics] to serve nothing")
+    if port is not None and not 1 <= port <= 65535:
+        t.error("port", f"{port} is not a TCP port", "use 1 to 65535, e.g. 9101")
+        port = None
+    host = t.get("host", str, "127.0.0.1")
+    if host is not None and not re.match(r"^(?:[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45})\Z", host):
+        t.error("host", f"{host!r} is not an address to listen on",
+                'use "127.0.0.1" (this Pi only, the default), or the address of the interface a monitor reaches')
+        host = None
+    grace = t.positive("broker_grace_s", 60.0, maximum=86_400.0)
+    t.done()
+    if port is None or host is None:
+        return None
+    return MetricsConfig(port, host, grace)
 
 
 def _floor_hardware(t: _Table, did: str, claim: Callable[..., None]) -> tuple[FloorHardware, ...]:

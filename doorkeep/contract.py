@@ -556,15 +556,18 @@ class CommandResult:
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],
                   cameras: dict[str, Any], ts: str, *, outbox: dict[str, int] | None = None,
-                  policy: dict[str, Any] | None = None) -> bytes:
+                  policy: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> bytes:
     """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog).
 
     ``policy``: the signed policy the edge holds, ``{"status", "version"}`` (docs/mqtt.md): an added key, so
-    a server that does not know it ignores it."""
+    a server that does not know it ignores it. ``health``: ``{"ok", "problems"}``, the edge's own findings that
+    its ``/healthz`` reports too (edge/metrics.py), added the same way."""
     body = {"schema": "doorkeep.state/1", "device": device, "versions": {"doorkeep": version},
             "doors": doors, "readers": readers, "cameras": cameras, "ts": ts}
     if outbox is not None:
         body["outbox"] = outbox
     if policy is not None:
         body["policy"] = policy
+    if health is not None:
+        body["health"] = health
     return _dump(body)

@@ -128,6 +128,9 @@ _ALARMS: tuple[AlarmType, ...] = (
     AlarmType("device_misbehaving", "Device misbehaving", ALARM, SUPERVISION, (DEVICE,)),
     # The server supervising its own duties: a backup or its offsite copy failed (server/backup.py).
     AlarmType("backup_failed", "Backup failed", TROUBLE, SUPERVISION, (SITE,)),
+    # A certificate of the site's PKI expires within 30 days or has expired (server/certificates.py): about the
+    # site (CA, broker, server, an integration) or the device whose certificate it is.
+    AlarmType("certificate_expiring", "Certificate expiring", TROUBLE, SUPERVISION, (SITE, DEVICE)),
     # Intrusion signals: patterns of stored events (server/intrusion.py).
     AlarmType("card_probing", "Card probing", ALARM, INTRUSION, (DOOR, CREDENTIAL)),
     AlarmType("pin_guessing", "PIN guessing", ALARM, INTRUSION, (DOOR,)),

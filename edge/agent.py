@@ -82,6 +82,7 @@ from doorkeep.decision import (
     public_floors,
 )
 from doorkeep.errors import MessageError
+from doorkeep.logfmt import log_context
 from doorkeep.model import Door, DoorKind, DoorMode, OfflineMode, Site
 from doorkeep.policy import PolicyError, ReaderSignals
 from doorkeep.visitor_pass import FORMAT as PASS_FORMAT
@@ -89,6 +90,7 @@ from doorkeep.visitor_pass import PassError, looks_like_pass, read_pass
 from edge.camera import Camera
 from edge.door import DoorEvent, DoorMachine, DoorTimings
 from edge.lift import NOBODY as LIFT_CALL
+from edge.metrics import AccessStats, EdgeMetrics, MetricsError, remote_health
 from edge.lift import FloorEvent, LiftMachine, LiftTimings
 from edge.turnstile import TurnstileMachine, TurnstileTimings
 from edge.errors import EdgeError, HardwareError
@@ -200,6 +202,10 @@ class EdgeAgent:
         self.clock = clock or SystemClock()
         self.topics = Topics(self.site_id)
         self.counters: Counter[str] = Counter()
+        # Decisions by door and reason and badge-to-relay times, from the access events (the loop's, like counters);
+        # served with the rest on /metrics only when the device file has [metrics] (edge/metrics.py).
+        self.access_stats = AccessStats(device.doors)
+        self.metrics = EdgeMetrics(self, device.metrics) if device.metrics is not None else None
         self.listeners: list[EventListener] = []
         self.server_availability = "unknown"
         self._factory = pin_factory if pin_factory is not None else make_pin_factory(device.gpio_factory)
@@ -386,12 +392,19 @@ class EdgeAgent:
             except HardwareError as exc:
                 # One dead reader must not take the other doors down; the state shows it offline.
                 self.counters["reader_start_failures"] += 1
-                log.error("door %s: %s", rt.id, exc)
+                log.error("door %s: %s", rt.id, exc, extra=self._ctx(rt.id))
         if self.emergency_input is not None and self.emergency_input.active:
             self._post(self._emergency_changed, True)  # a fire alarm (or a cut wire) at boot releases at once
         self.link.start()
         self._rearm()
         self.loop.start()
+        if self.metrics is not None:
+            try:
+                self.metrics.start()  # its own thread, reading the loop's state through the loop
+            except MetricsError as exc:
+                # Monitoring is not worth a door: the edge runs on, and says loudly what it does not serve.
+                self._post(self._count, "metrics_unavailable")
+                log.error("%s; the edge runs without /metrics and /healthz", exc)
 
     def stop(self) -> None:
         """Relays to their safe state first, then everything else; idempotent.
@@ -403,6 +416,8 @@ class EdgeAgent:
         if self._stopped:
             return
         self._stopped = True
+        if self.metrics is not None:
+            self.metrics.stop()  # before anything it reads goes away
         if not self._started:
             self._make_safe()
             self._release_hardware()
@@ -564,9 +579,14 @@ class EdgeAgent:
             msg = DecisionMsg.decode(payload)
         except MessageError as exc:
             self.counters["malformed_decisions"] += 1
-            log.warning("door %s: dropped malformed decision: %s", door, exc)
+            log.warning("door %s: dropped malformed decision: %s", door, exc, extra=self._ctx(door))
             return
         self._entry(self._decided, (door, msg))
+
+    def reader_health(self, door: str) -> bool | None:
+        """On the loop: the door's reader as last reported (``reader_online`` True, ``reader_offline`` False), or
+        None while it has not come up within its start-up grace (nothing reported yet)."""
+        return self._healthy.get(f"reader:{door}")
 
     def _on_server_availability(self, value: str) -> None:
         self.server_availability = value
@@ -670,11 +690,15 @@ class EdgeAgent:
                 self._post(self._policy_arrived)
         except PolicyError as exc:
             # Unsigned, badly signed, foreign or replayed: refused and recorded, the cache keeps what it had.
-            log.warning("refused a policy: %s", exc)
+            log.warning("refused a policy: %s", exc, extra=self._ctx())
             self._post(self._count, "policies_refused")
 
     def _count(self, name: str) -> None:
         self.counters[name] += 1
+
+    def _ctx(self, door: str | None = None, event_id: str | None = None) -> dict[str, str]:
+        """A log call's ``extra=``: this device, and the door and event the line is about (JSON logs' fields)."""
+        return log_context(self.device.id, door, event_id)
 
     def _policy_arrived(self) -> None:
         self.counters["policies"] += 1
@@ -872,7 +896,8 @@ class EdgeAgent:
         self._healthy[key] = online
         kind = f"{what}_{'online' if online else 'offline'}"
         self.counters[kind] += 1
-        (log.info if online else log.warning)("door %s: %s %s", rt.id, what, "back online" if online else "offline")
+        (log.info if online else log.warning)("door %s: %s %s", rt.id, what, "back online" if online else "offline",
+                                              extra=self._ctx(rt.id))
         ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
                       door=rt.id, type=kind, detail=detail)
         self._publish_event(ev)
@@ -890,7 +915,7 @@ class EdgeAgent:
             self.counters["timeouts"] += 1
             settings = self._door(p.door)
             log.warning("door %s: no decision within %s ms; deciding locally", p.door,
-                        settings.decision_timeout_ms if settings is not None else "?")
+                        settings.decision_timeout_ms if settings is not None else "?", extra=self._ctx(p.door, p.event_id))
             self._decide_locally(p)
         for rt in self.doors.values():
             if rt.awaiting_pin is not None and rt.awaiting_pin.deadline <= now:
@@ -945,7 +970,7 @@ class EdgeAgent:
             token = read_pass(card.number, keys)
         except PassError as exc:
             self.counters["passes_invalid"] += 1
-            log.warning("door %s: visitor pass refused (%s): %s", door, exc.reason, exc)
+            log.warning("door %s: visitor pass refused (%s): %s", door, exc.reason, exc, extra=self._ctx(door))
             shown = "".join(c for c in card.number[-64:] if c.isascii() and c.isalnum()) or "?"
             self._refuse_here(door, CardRead(shown, PASS_FORMAT), t_read, Reason.PASS_INVALID)
             return None
@@ -1000,7 +1025,8 @@ class EdgeAgent:
             return
         self._emergency = active
         self.counters["emergency_releases" if active else "emergency_ends"] += 1
-        log.warning("%s: emergency input %s", self.device.id, "active: releasing doors" if active else "cleared")
+        log.warning("%s: emergency input %s", self.device.id, "active: releasing doors" if active else "cleared",
+                    extra=self._ctx())
         self._door_modes()  # holds the doors and reports each (_report_release)
         self.link.publish_state()
 
@@ -1047,7 +1073,7 @@ class EdgeAgent:
         cred = (site or self.site).credentials.get(h) if (site or self.site) is not None else None
         settings = self._door(door)
         log.info("door %s: interlock %s busy (door %s): badge refused", door,
-                 settings.interlock if settings is not None else "?", busy)
+                 settings.interlock if settings is not None else "?", busy, extra=self._ctx(door))
         ev = EventMsg(id=uuid.uuid4().hex, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id, door=door,
                       type="access", decision="denied", reason=Reason.INTERLOCK_BUSY.value, decided_by="edge",
                       person=cred.person if cred is not None else None, credential_hash=h,
@@ -1152,11 +1178,12 @@ class EdgeAgent:
         if p is None:
             # Late (already denied on timeout) or unknown: never acted on.
             self.counters["late_decisions"] += 1
-            log.warning("door %s: decision for unknown or expired transaction %s ignored", door, msg.transaction)
+            log.warning("door %s: decision for unknown or expired transaction %s ignored", door, msg.transaction,
+                        extra=self._ctx(door))
             return
         if p.door != door or msg.door != door:
             self.counters["malformed_decisions"] += 1
-            log.warning("door %s: decision names door %s; ignored", door, msg.door)
+            log.warning("door %s: decision names door %s; ignored", door, msg.door, extra=self._ctx(door))
             return
         del self._pending[msg.transaction]
         rt = self.doors[door]
@@ -1188,7 +1215,8 @@ class EdgeAgent:
             commit(req, Decision(reason, msg.person, tuple(msg.companions), violation=msg.violation,
                                  floors=tuple(msg.floors)), site, self.local_state, self.clock.wall())
         except Exception:
-            log.exception("door %s: could not follow the server's decision locally", p.door)
+            log.exception("door %s: could not follow the server's decision locally", p.door,
+                          extra=self._ctx(p.door, p.event_id))
 
     def _access_event(self, p: _Pending, *, granted: bool, reason: str, person: str | None,
                       decided_by: str, t_done: float, violation: str | None = None,
@@ -1210,6 +1238,8 @@ class EdgeAgent:
             companions=tuple(companions) if granted else (), grant=grant if granted else None,
         )
         self._publish_event(ev)
+        log.debug("door %s: %s (%s), decided by %s in %.2f ms", p.door, ev.decision, reason, decided_by,
+                  ev.latency_ms, extra=self._ctx(p.door, p.event_id))  # never the card: its hash is in the event
         self._reader_feedback(p.door, granted)
 
     def _reader_feedback(self, door: str, granted: bool) -> None:
@@ -1307,6 +1337,8 @@ class EdgeAgent:
             detail = {"detail": e.detail} if e.detail else {}
         ev = EventMsg(id=event_id, seq=0, ts=iso_ms(self.clock.wall()), device=self.device.id,
                       door=rt.id, type=e.type, snapshot=snapshot, detail=detail)
+        if e.type in vocabulary.EVENT_ALARMS:
+            log.info("door %s: %s", rt.id, e.type, extra=self._ctx(rt.id, event_id))
         self._publish_event(ev)
         if snapshot is not None and rt.camera is not None:
             self._take_snapshot(rt.camera, e.at, rt.id, event_id)
@@ -1319,6 +1351,7 @@ class EdgeAgent:
         """Hand the event to the jobs worker, which numbers it and puts it in the outbox (fsync'd); the pump
         sends it from there. The loop never waits for the disk."""
         self.counters[f"events_{ev.type}"] += 1
+        self.access_stats.observe(ev)
         self.jobs.submit(StoreEvent(self.topics.event(self.device.id, ev.door), ev))
 
     def _store_event(self, job: StoreEvent) -> None:
@@ -1389,7 +1422,7 @@ class EdgeAgent:
         status, error = self._execute(cmd, payload)
         self.counters[f"commands_{status}"] += 1
         log.info("command %s %s (transaction %s): %s%s", cmd.action, cmd.args, cmd.transaction, status,
-                 f" ({error})" if error else "")
+                 f" ({error})" if error else "", extra=self._ctx(cmd.args.get("door")))
         self._command_result(cmd.transaction, status, error)
 
     def _site(self) -> Site | None:
@@ -1554,7 +1587,7 @@ class EdgeAgent:
         """Not executed: counted, logged, answered ``rejected`` and recorded as a durable event."""
         self.counters["commands_rejected"] += 1
         self.counters[f"commands_rejected_{exc.reason}"] += 1
-        log.warning("refused a command: %s", exc)
+        log.warning("refused a command: %s", exc, extra=self._ctx())
         self._command_result(exc.transaction, "rejected", exc.reason)
         door = peek_door(payload)
         if door not in self.doors:
@@ -1643,7 +1676,7 @@ class EdgeAgent:
             self._post(self._count, "snapshots_no_key")
             log.warning("snapshot for %s dropped: no snapshot key yet (it comes with the server's signed "
                         "policy%s)", job.event_id, "" if self.policy is not None else
-                        "; this edge has no policy_key_file, so it never gets one")
+                        "; this edge has no policy_key_file, so it never gets one", extra=self._ctx(job.door, job.event_id))
             return None
         now = time.monotonic()
         if now < job.give_up_at and not self.jobs.stopping and job.camera.nearer_frame_may_come(job.at):
@@ -1668,7 +1701,7 @@ class EdgeAgent:
         readers = {d: rt.reader.stats.published() for d, rt in self.doors.items()}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
         return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
-                             outbox=self.outbox.stats(), policy=self._policy_state())
+                             outbox=self.outbox.stats(), policy=self._policy_state(), health=remote_health(self))
 
     def _policy_state(self) -> dict[str, Any]:
         """The ``policy`` of the retained state: ``held`` (with its version), ``none`` (no policy, the site file

@@ -17,6 +17,7 @@ from sdnotify import SystemdNotifier
 from doorkeep.config import load_device, load_intrusion_settings
 from doorkeep.credentials import load_key
 from doorkeep.errors import ConfigError, ConfigErrors
+from doorkeep.logfmt import set_defaults as set_log_defaults
 from doorkeep.pki import check_transport
 from doorkeep.policy import PolicyError, load_public_key
 from edge.errors import EdgeError
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         device, site = load_device(args.device)
+        set_log_defaults(logging.getLogger(), device=device.id)  # every JSON log line of this process names it
         if args.broker:
             # Only the URL changes: the device file's TLS files (ca_file, cert_file, key_file) still apply.
             device = dataclasses.replace(device, broker=dataclasses.replace(device.broker, url=args.broker))

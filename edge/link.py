@@ -31,6 +31,7 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -101,6 +102,10 @@ class Link:
         self.heartbeat_s = heartbeat_s
         self.heartbeats = 0
         self.connect_failures = 0
+        #: Connections made (the first included; on the loop thread); reconnects are the ones after the first.
+        self.connections = 0
+        #: ``time.monotonic()`` when the link went down (at creation: it starts down), None while it is up.
+        self.disconnected_since: float | None = time.monotonic()
         self._connected = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    # 128 random bits: unguessable where the broker does not bind ids to
@@ -377,6 +382,8 @@ class Link:
         client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
         client.publish(self.topics.availability(self.device), AVAILABILITY_ONLINE, qos=1, retain=True)
         self._connected.set()
+        self.connections += 1
+        self.disconnected_since = None
         self._backoff = RECONNECT_MIN_S
         self.connect_failures = 0
         # paho re-sends, after on_connect, what it had in flight when the link dropped, an older state among
@@ -392,6 +399,8 @@ class Link:
     def _lost(self, reason: Any = None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        if was:
+            self.disconnected_since = time.monotonic()
         if self.pump is not None:
             self.pump.disconnected()
         if self._stopping:

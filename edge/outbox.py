@@ -460,6 +460,16 @@ class Outbox:
     def stats(self) -> dict[str, int]:
         return {"pending": self._pending, "dropped_snapshots": self._dropped}
 
+    def oldest_event_at(self) -> float | None:
+        """Wall time (epoch s) the oldest event still waiting was stored, or None when none waits: how far
+        delivery is behind (the edge's ``/metrics``, read on its metrics thread under this outbox's lock)."""
+        if not self._pending:
+            return None
+        with self._lock:
+            row = self._conn.execute("SELECT created_at FROM messages WHERE kind = 'event' ORDER BY id LIMIT 1"
+                                     ).fetchone()
+        return float(row[0]) if row is not None and row[0] is not None else None
+
     def add_listener(self, fn: Callable[[], None]) -> None:
         """``fn()`` runs after every put (the pump uses it to wake up)."""
         self._listeners.append(fn)

@@ -25,11 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from doorkeep.policy import load_private_key
 from server.audit import AuditLog, record_site_changes
 from server.backup import BackupJob
+from server.certificates import CertificateWatch
 from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
 from server.intrusion import IntrusionDetector
 from server.mail import MailQueue
+from server.metrics import ServerMetrics, metrics_token_from_env
 from server.passes import PassKeys, Passes, load_pass_keys
 from server.people import PeopleService
 from server.publisher import PolicyPublisher
@@ -38,6 +40,7 @@ from server.siteadmin import SiteAdmin
 from server.store import Store
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
 from server.visitors import DoorCheckout
+from server.webhooks import Webhooks
 
 log = logging.getLogger("doorkeep.server")
 
@@ -56,6 +59,9 @@ class Server:
     backup: BackupJob | None = None  # scheduled encrypted backups, site.toml [backup] (server/backup.py)
     mail: MailQueue | None = None  # outbound mail (invitations, host notices), site.toml [smtp] (server/mail.py)
     passes: Passes | None = None  # visitor passes: issue, revoke (server/passes.py)
+    webhooks: Webhooks | None = None  # signed webhooks from a durable queue (server/webhooks.py)
+    certificates: CertificateWatch | None = None  # SITE/pki expiry: certificate_expiring (server/certificates.py)
+    metrics: ServerMetrics | None = None  # /healthz, /readyz, /metrics (server/metrics.py, docs/operations.md)
 
     @property
     def site(self) -> Site:
@@ -75,8 +81,16 @@ class Server:
             self.backup.start()
         if self.mail is not None:
             self.mail.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
+        if self.certificates is not None:
+            self.certificates.start()
 
     def stop(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        if self.certificates is not None:
+            self.certificates.stop()
         if self.mail is not None:
             self.mail.stop()
         if self.backup is not None:
@@ -171,8 +185,21 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     site = directory.site
     log.info("site %s: %d doors, %d people, %d cards", site.id, len(site.doors), len(site.people), len(site.credentials))
     passes = Passes(directory, store, clock, pass_keys, audit=audit)
-    return Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
-                  siteadmin=siteadmin, people=people, backup=backup, passes=passes, mail=mail)
+    server = Server(directory, store, bus, commands, audit=audit, retention=retention, intrusion=intrusion,
+                    siteadmin=siteadmin, people=people, backup=backup, passes=passes, mail=mail)
+    # Webhooks (docs/operations.md "Webhooks"): the bus and alarm writes only wake the worker, which reads what
+    # was stored after its cursors and delivers from the queue in the store, on its own thread.
+    pki_ca = bundle.dir / "pki" / "ca.crt"
+    server.webhooks = Webhooks(store, clock, site=lambda: directory.site, site_id=bundle.site.id, audit=audit,
+                               ca_file=pki_ca if pki_ca.is_file() else None)
+    bus.listeners.append(server.webhooks.on_event)
+    store.on_alarm_write(server.webhooks.on_event)
+    # Certificate expiry (docs/alarms.md certificate_expiring): SITE/pki checked at start and daily.
+    server.certificates = CertificateWatch(store, bundle.dir / "pki", clock)
+    # Health and Prometheus metrics (server/metrics.py): a registry of this server's own, read at scrape time;
+    # /metrics asks for $DOORKEEP_METRICS_TOKEN as a bearer token when it is set.
+    server.metrics = ServerMetrics(server, clock=clock, site_dir=bundle.dir, token=metrics_token_from_env())
+    return server
 
 
 def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:

@@ -55,6 +55,7 @@ from doorkeep.contract import (
 from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.envelope import EnvelopeError
 from doorkeep.errors import MessageError
+from doorkeep.logfmt import log_context
 from doorkeep.model import DoorKind, Site
 from doorkeep.pki import check_transport, client_tls_context
 from server.directory import Directory
@@ -138,6 +139,15 @@ class ServerBus:
         self.states: dict[str, bytes] = {}
         self.listeners: list[EventListener] = []
         self.snapshot_listeners: list[SnapshotListener] = []  # the desk's live feed updates "snapshot pending"
+        # What server/metrics.py reads at scrape time (plain counters, one owner each: the network thread writes
+        # ``decisions``, the store thread ``offline_decisions`` and ``ingested``) and the two latencies it
+        # observes: the decision handler's and each store commit's, in seconds (None: nobody measures).
+        self.decisions: Counter[tuple[str, str]] = Counter()  # (door, or "" for none of the site's; reason)
+        self.offline_decisions: Counter[tuple[str, str]] = Counter()  # (door, reason) of edge_offline events
+        self.ingested: Counter[str] = Counter()  # new events stored, by type
+        self.observe_answer: Callable[[float], None] | None = None
+        self.observe_commit: Callable[[float], None] | None = None
+        self.policy_publish_failed = False  # the last signing and publishing of the policies raised
         # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
         self.command_results: list[Callable[[str, CommandResult], None]] = []
         # transaction -> (device, wall time) of every command seen going to a device (ours, the CLI's, anyone's
@@ -218,9 +228,16 @@ class ServerBus:
         if self.publisher is not None and (force or self._connected.is_set()):
             # While disconnected nothing is sent: paho would deliver the queued policy after the one
             # on_connect publishes, and the broker would keep the older version retained.
-            self.publisher.publish_all(site or self.directory.site,
-                                       lambda topic, payload: self._client.publish(topic, payload, qos=1, retain=True),
-                                       force=force)
+            try:
+                self.publisher.publish_all(site or self.directory.site,
+                                           lambda topic, payload: self._client.publish(topic, payload, qos=1,
+                                                                                       retain=True),
+                                           force=force)
+            except Exception:
+                self.counters["policy_publish_failures"] += 1
+                self.policy_publish_failed = True  # /readyz: the publisher is not current
+                raise
+            self.policy_publish_failed = False
 
     def publish(self, topic: str, payload: bytes) -> None:
         """QoS 1, not retained (signed commands, server/commands.py); paho queues it while disconnected."""
@@ -269,6 +286,12 @@ class ServerBus:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def backlog(self) -> int:
+        """Events, snapshots and deferred writes received but not yet handled by the store thread."""
+        with self._idle:
+            return self._queued - self._done
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -288,6 +311,7 @@ class ServerBus:
                     f"{self.topics.base}/+/policy",  # the retained policies: versions never go back (publisher.py)
                     f"{self.topics.base}/+/cmd"):  # commands seen going out, to match their results (H1)
             client.subscribe(sub, qos=1)
+        self.counters["mqtt_connects"] += 1
         self.supervisor.set_connected(True)
         self.publish_policies(force=True)
         client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
@@ -296,6 +320,7 @@ class ServerBus:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        self.counters["mqtt_disconnects"] += 1
         self.supervisor.set_connected(False)
         if not reason.is_failure:
             log.info("disconnected from the broker")
@@ -358,7 +383,7 @@ class ServerBus:
                 self._refuse(device, msg.topic, exc)
         except Exception:  # never let one message kill the network thread
             self.counters["errors"] += 1
-            log.exception("unexpected error handling %s", msg.topic)
+            log.exception("unexpected error handling %s", msg.topic, extra=log_context(device))
         finally:
             if not deferred:
                 client.ack(msg.mid, msg.qos)
@@ -385,7 +410,8 @@ class ServerBus:
         self.counters[f"refused_{category}"] += 1
         if category == "malformed":
             self.counters["malformed"] += 1
-        log.warning("refused a message from device %s on %s (%s): %s", device, topic, category, exc)
+        log.warning("refused a message from device %s on %s (%s): %s", device, topic, category, exc,
+                    extra=log_context(device))
         if threading.current_thread() is self._worker:
             self._report(device, category, str(exc), topic)
         else:  # alarms are written on the store thread, in order with the events
@@ -401,11 +427,12 @@ class ServerBus:
             raise  # the store thread retries a refused disk
         except Exception:
             self.counters["errors"] += 1
-            log.exception("could not report misbehaviour of %s", device)
+            log.exception("could not report misbehaviour of %s", device, extra=log_context(device))
 
     # ------------------------------------------------------------ decisions
 
     def _answer(self, topic: Any, payload: bytes) -> None:
+        started = self.clock.monotonic()
         req = RequestMsg.decode(payload)
         if req.door != topic.door:
             raise MessageError(f"request names door {req.door!r} but was published on door {topic.door!r}")
@@ -430,7 +457,13 @@ class ServerBus:
             floors=decision.floors if decision.granted else (),
         )
         self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
+        if log.isEnabledFor(logging.DEBUG):  # paho's thread: nothing is built for a line nobody asked for
+            log.debug("door %s: %s (%s), transaction %s", req.door, "granted" if decision.granted else "denied",
+                      decision.reason.value, req.transaction, extra=log_context(topic.device, req.door))
         self.counters["decisions"] += 1
+        self.decisions[(req.door if door is not None else "", decision.reason.value)] += 1
+        if self.observe_answer is not None:
+            self.observe_answer(self.clock.monotonic() - started)
 
     # --------------------------------------------------------------- ingest
 
@@ -487,6 +520,7 @@ class ServerBus:
         while True:
             try:
                 rowids: list[int | None] = []
+                began = self.clock.monotonic()
                 with self.store.transaction():
                     for work, ev in items:
                         if ev is not None:
@@ -494,6 +528,8 @@ class ServerBus:
                         elif work.call is not None:
                             work.call()
                             rowids.append(None)
+                if self.observe_commit is not None:
+                    self.observe_commit(self.clock.monotonic() - began)
                 break
             except (sqlite3.OperationalError, OSError) as exc:
                 self.counters["store_retries"] += 1
@@ -516,7 +552,7 @@ class ServerBus:
                     self._refuse(ev.device, self.topics.event(ev.device, ev.door), exc)
                 except Exception:
                     self.counters["errors"] += 1
-                    log.exception("could not handle stored event %s", ev.id)
+                    log.exception("could not handle stored event %s", ev.id, extra=log_context(ev.device, ev.door, ev.id))
             self._finish(work, stored=True)
 
     def _finish(self, work: _Work, *, stored: bool) -> None:
@@ -561,7 +597,8 @@ class ServerBus:
                     # otherwise hold one of the broker's in-flight slots for this session forever.
                     self.counters["errors"] += 1
                     log.exception("could not store %s from %s; dropped", work.kind,
-                                  work.topic.device if work.topic else "server")
+                                  work.topic.device if work.topic else "server",
+                                  extra=log_context(work.topic.device if work.topic else None))
                     stored = True
                     return
         finally:
@@ -585,7 +622,11 @@ class ServerBus:
 
     def _ingest_event(self, work: _Work) -> None:
         ev = self._decode_event(work)
-        self._after_event(ev, self.store.ingest_event(ev, work.received_at))
+        began = self.clock.monotonic()
+        rowid = self.store.ingest_event(ev, work.received_at)
+        if self.observe_commit is not None:
+            self.observe_commit(self.clock.monotonic() - began)
+        self._after_event(ev, rowid)
 
     def _after_event(self, ev: EventMsg, rowid: int | None) -> None:
         """Counters, presence, supervision and listeners for an event just stored (rowid None: a duplicate)."""
@@ -598,6 +639,10 @@ class ServerBus:
                 raise Refused("foreign_event_id", f"event id {ev.id!r} already belongs to an event at "
                                                   f"{first['device']}/{first['door']}")
         self.counters["events" if new else "duplicate_events"] += 1
+        if new:
+            self.ingested[ev.type] += 1
+            if ev.type == "access" and ev.decided_by == "edge_offline":
+                self.offline_decisions[(ev.door, ev.reason or "")] += 1
         if new and ev.decided_by == "edge_offline" and ev.decision == "granted" and ev.person:
             self._offline_grant(ev)
         if new and ev.type == "passage" and ev.detail.get("grant"):
@@ -608,7 +653,7 @@ class ServerBus:
             self.supervisor.on_event(ev, rowid)
         except Exception:
             self.counters["errors"] += 1
-            log.exception("supervision of event %s failed", ev.id)
+            log.exception("supervision of event %s failed", ev.id, extra=log_context(ev.device, ev.door, ev.id))
         for listener in list(self.listeners):
             try:
                 listener(ev, new)
@@ -653,7 +698,8 @@ class ServerBus:
         if access is None or not isinstance(floor, str) or floor not in enabled:
             self.counters["floors_without_grant"] += 1
             log.warning("floor_chosen %s at %s/%s names grant %r and floor %r, which that grant did not enable: "
-                        "nobody moved", ev.id, ev.device, ev.door, grant, floor)
+                        "nobody moved", ev.id, ev.device, ev.door, grant, floor,
+                        extra=log_context(ev.device, ev.door, ev.id))
             return
         companions = tuple(json.loads(access["companions"])) if access.get("companions") else ()
         self.directory.record_passage(access["person"], ev.door, ev.ts, companions, area=floor)
@@ -670,7 +716,7 @@ class ServerBus:
         if access is None:
             self.counters["passages_without_grant"] += 1
             log.warning("passage %s at %s/%s names grant %r, which is not a grant stored for that door: nobody moved",
-                        ev.id, ev.device, ev.door, grant)
+                        ev.id, ev.device, ev.door, grant, extra=log_context(ev.device, ev.door, ev.id))
             return
         companions = tuple(json.loads(access["companions"])) if access.get("companions") else ()
         self.directory.record_passage(access["person"], ev.door, ev.ts, companions)

@@ -38,10 +38,19 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
         return 2
+    try:
+        listener = metrics_listener(args, server)
+    except ServerError as exc:
+        print(f"doorkeep server: {exc}", file=sys.stderr)
+        server.store.close()
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    if listener is not None:
+        listener.start()
+        log.info("health and metrics on http://%s:%d/ (/healthz, /readyz, /metrics)", listener.host, listener.port)
     watcher = broker_log_watcher(args, server)
     log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id, data)
     notifier = SystemdNotifier()
@@ -56,8 +65,26 @@ def run(args: argparse.Namespace) -> int:
         notifier.notify("STOPPING=1")
         if watcher is not None:
             watcher.stop()
+        if listener is not None:
+            listener.stop()
         server.stop()
     return 0
+
+
+def metrics_listener(args: argparse.Namespace, server: Any) -> Any:
+    """``--metrics-port PORT`` (``--metrics-host``, default loopback): the health and metrics listener
+    (server/metrics.py MetricsHTTPServer), bound now but not started, so a port in use stops the command before
+    anything runs (ServerError naming the fix); None without the flag."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return None
+    from server.metrics import MetricsHTTPServer
+
+    try:
+        return MetricsHTTPServer(server.metrics, args.metrics_host, port)
+    except (OSError, OverflowError) as exc:
+        raise ServerError(f"--metrics-port {port}: cannot listen on {args.metrics_host}: "
+                          f"{getattr(exc, 'strerror', None) or exc} (fix: a free port, or another --metrics-host)") from None
 
 
 def broker_log_watcher(args: argparse.Namespace, server: Any) -> Any:

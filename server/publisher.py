@@ -106,6 +106,8 @@ class PolicyPublisher:
         self._signed_signals: dict[str, ReaderSignals | None] = {}
         self.version = 0
         self.published: dict[str, int] = {}
+        #: When (wall clock) each device's current version was signed (server/metrics.py: a policy's age).
+        self.published_at: dict[str, float] = {}
         self._last: dict[str, tuple[str, bytes]] = {}  # device -> (its policy's text, the signed payload)
         #: The highest version seen retained on the broker for this site (signature checked): the floor.
         self.floor = 0
@@ -127,6 +129,12 @@ class PolicyPublisher:
             raise ValueError(f"policy version {version} exceeds {MAX_POLICY_VERSION}; check the server clock "
                              "and the retained policies on the broker")
         return version
+
+    def awaiting_resign(self) -> set[str]:
+        """Devices whose policy retained on the broker is at or above this server's, not yet re-signed above it
+        (``/readyz``: the publisher is not current while any is)."""
+        with self._seen_lock:
+            return set(self._stale)
 
     def observe(self, device: str, payload: bytes) -> bool:
         """A policy seen on the broker for ``device`` (retained, or this server's own echo).
@@ -188,6 +196,7 @@ class PolicyPublisher:
                     self._signed_signals[device] = signals
                     self._signed_pass_keys[device] = self.pass_keys
                     self.published[device] = self.version
+                    self.published_at[device] = self.clock.wall()
                 changed_devices = set(changed)
                 subset = None
                 del subsets, changed, subset  # freed before the collector runs again: it never walks them

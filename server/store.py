@@ -48,6 +48,7 @@ from server.store_operators import OperatorRecords
 from server.store_photos import PhotoRecords, m017_person_photos
 from server.store_privacy import PrivacyRecords
 from server.store_reports import ReportRecords, m021_report_index
+from server.store_webhooks import WebhookRecords, m023_webhooks
 
 SEVERITIES = vocabulary.SEVERITIES
 
@@ -315,6 +316,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("020_visitor_agreements", m020_visitor_agreements),  # agreements, signatures, watchlist holds (store_agreements.py)
     ("021_report_index", m021_report_index),  # badges by quarter hour, for report counts (store_reports.py)
     ("022_event_companions", _m022_event_companions),  # who passed with a grant, and the rule behind it
+    ("023_webhooks", m023_webhooks),  # webhook subscriptions, deliveries, cursors (server/store_webhooks.py)
 ]
 
 
@@ -365,7 +367,7 @@ class StoredAccessEvent(NamedTuple):
 
 
 class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords, IncidentRecords,
-            PhotoRecords, ReportRecords, MailRecords, AgreementRecords):
+            PhotoRecords, ReportRecords, MailRecords, AgreementRecords, WebhookRecords):
     """Events and snapshots of one site. Thread-safe: one connection behind a lock.
 
     The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
@@ -708,6 +710,31 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         with self._lock, self._db.conn:
             self._db["device_clock"].upsert({"device": device, "drift_s": float(drift_s), "measured_at": iso_ms(at)},
                                            pk="device")
+
+    # ------------------------------------------------- health and metrics (server/metrics.py)
+
+    def probe_writable(self, at: float) -> bool:
+        """Write one row (``counters`` ``health.probe``) in its own commit and read it back: whether the database
+        takes writes now (``/readyz``). False, never an exception, for a full, read-only, closed or broken one."""
+        value = int(at * 1000)
+        try:
+            with self._lock:
+                with self._db.conn:
+                    self._db.conn.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('health.probe', ?)",
+                                          [value])
+                row = self._db.conn.execute("SELECT value FROM counters WHERE name = 'health.probe'").fetchone()
+        except (sqlite3.Error, OSError):
+            return False
+        return row is not None and int(row[0]) == value
+
+    def open_alarm_counts(self) -> list[tuple[str, str, bool, int]]:
+        """``(type, state, acknowledged, count)`` over the open (unresolved) alarms, ``state`` active or cleared:
+        one grouped query, so a scrape of ``/metrics`` reads no alarm row into Python."""
+        with self._lock:
+            rows = self._db.conn.execute(
+                "SELECT type, cleared_at IS NULL, acknowledged_at IS NOT NULL, count(*) FROM alarms "
+                "WHERE resolved_at IS NULL GROUP BY 1, 2, 3").fetchall()
+        return [(str(t), "active" if active else "cleared", bool(acked), int(n)) for t, active, acked, n in rows]
 
 
     # -------------------------------------------------------- site revisions

@@ -170,7 +170,8 @@ class PrivacyRecords:
         card states, mail about their visit or sent to them and their e-mail address go; visits they hosted
         name the pseudonym; ``ref`` is remembered as erased."""
         counts = dict.fromkeys(("events", "mentions", "visits", "consents", "presence", "card_states", "alarms",
-                                "hosted_visits", "people", "cards", "photos", "mails", "contacts", "agreements"), 0)
+                                "hosted_visits", "people", "cards", "photos", "mails", "contacts", "agreements",
+                                "webhooks"), 0)
         where, args = self._subject_where(person, card_hashes)
         needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
         with self._lock, self._db.conn:
@@ -212,6 +213,10 @@ class PrivacyRecords:
             counts["mails"] = conn.execute("DELETE FROM mail_outbox WHERE about = ? OR person = ?",
                                            [person, person]).rowcount
             counts["contacts"] = conn.execute("DELETE FROM person_contacts WHERE person = ?", [person]).rowcount
+            # Webhook deliveries not sent yet, and dead letters, whose body names them (server/store_webhooks.py; a
+            # delivered one's body is already gone).
+            counts["webhooks"] = conn.execute("DELETE FROM webhook_deliveries WHERE payload IS NOT NULL AND "
+                                              "instr(payload, ?) > 0", [needle]).rowcount
             counts["cards"] = conn.execute("DELETE FROM cards WHERE person = ?", [person]).rowcount
             counts["people"] = conn.execute("DELETE FROM people WHERE id = ?", [person]).rowcount
             # Their cardholder photo: the row holds its ciphertext and the only copy of its key (store_photos.py).

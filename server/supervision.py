@@ -38,6 +38,7 @@ from doorkeep import vocabulary
 from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from doorkeep.contract import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE, AVAILABILITY_STOPPED, EventMsg
 from doorkeep.errors import MessageError
+from doorkeep.logfmt import log_context
 from server.store import Store
 
 log = logging.getLogger("doorkeep.server.supervision")
@@ -470,7 +471,8 @@ class Supervisor:
                                                    detail=detail)
             m.raised = True
         if new:
-            log.warning("alarm %s: device %s is misbehaving (%s: %s)", alarm_id, device, category, reason)
+            log.warning("alarm %s: device %s is misbehaving (%s: %s)", alarm_id, device, category, reason,
+                        extra=log_context(device))
         return alarm_id, new
 
     def _resume_misbehaviour(self, device: str, at: float) -> Misbehaviour:
@@ -499,7 +501,8 @@ class Supervisor:
                 door=ev.door, source_event=ev.id, once=True, cleared=cleared,
                 detail={"event_ts": ev.ts, "seq": ev.seq, **({"event_detail": ev.detail} if ev.detail else {})})
             if new:
-                log.info("alarm %s: %s at %s/%s", alarm_id, ev.type, ev.device, ev.door)
+                log.info("alarm %s: %s at %s/%s", alarm_id, ev.type, ev.device, ev.door,
+                         extra=log_context(ev.device, ev.door, ev.id))
         violation = ev.detail.get("violation") if ev.type == "access" else None
         if isinstance(violation, str) and violation and violation not in vocabulary.VIOLATIONS:
             # Not a rule decide() can report: a device speaking outside the contract. The event is stored as it
@@ -515,11 +518,13 @@ class Supervisor:
                 detail={"event_ts": ev.ts, "seq": ev.seq, "person": ev.person, "reason": ev.reason,
                         "decided_by": ev.decided_by})
             if new:
-                log.info("alarm %s: %s by %s at %s", alarm_id, kind, ev.person, ev.door)
+                log.info("alarm %s: %s by %s at %s", alarm_id, kind, ev.person, ev.door,
+                         extra=log_context(ev.device, ev.door, ev.id))
         if ev.type in RESTORED_BY:
             n = self.store.clear_door_alarms(ev.device, ev.door, RESTORED_BY[ev.type], before_ts=ev.ts, at=at)
             if n:
-                log.info("%s at %s/%s cleared %d alarm(s)", ev.type, ev.device, ev.door, n)
+                log.info("%s at %s/%s cleared %d alarm(s)", ev.type, ev.device, ev.door, n,
+                         extra=log_context(ev.device, ev.door, ev.id))
 
     def _observe(self, device: str, seq: int, event_id: str, rowid: int, now: float) -> str:
         """Move the device's window for a new event (caller holds the lock, or is starting up)."""
@@ -605,7 +610,8 @@ class Supervisor:
                                                        severity=vocabulary.severity(DEVICE_OFFLINE), device=device,
                                                        detail=detail)
                 if new:
-                    log.info("alarm %s: device %s offline (%s)", alarm_id, device, detail["reason"])
+                    log.info("alarm %s: device %s offline (%s)", alarm_id, device, detail["reason"],
+                             extra=log_context(device))
             else:
                 if self.store.clear_alarm(key, at) is not None:
                     log.info("device %s is back (%s): device_offline cleared", device, detail["status"])

@@ -254,6 +254,10 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
 
         server = server_from_env()
     clock = clock or server.directory.clock
+    if server.metrics is None:  # bootstrap gives every server its metrics; a server built otherwise gets them here
+        from server.metrics import ServerMetrics
+
+        server.metrics = ServerMetrics(server)
     audit = server.audit
     operators = Operators(server.store, clock=clock, audit=audit, hasher=hasher)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -265,6 +269,8 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
                     require_totp_for_admins=require_totp_for_admins)
     # The services run on the directory's clock, as the server's own changes do.
     events = EventLog(server.store, server.directory.clock)
+    if server.webhooks is not None:  # the desk's own events (visitor_arrived) wake the webhook worker
+        events.listeners.append(server.webhooks.on_event)
     from server.invitations import invitations_for  # invitation e-mails and host notices ([smtp], issue 17)
 
     notice = visitors.load_notice()
@@ -312,6 +318,8 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     app.add_middleware(DeskMiddleware)
     _install_handlers(app)
     api.install(app)
+    from server.web import health  # /healthz, /readyz, /metrics: no login (docs/operations.md "Health")
+    health.install(app)
     live.install(app)
     from server.web import why as why_pages  # "Why not?": an event's page and its explanation
     why_pages.install(app)
@@ -327,6 +335,10 @@ def create_app(server: Server | None = None, *, clock: Clock | None = None, hash
     visitor_mail.install(app)
     from server.web import badge  # the printed visitor badge and the desk's pass actions (issue 17)
     badge.install(app)
+    from server.web import webhooks as webhook_pages  # webhook subscriptions, test delivery, dead letters (issue 19)
+    webhook_pages.install(app)
+    from server.web import certificates as certificate_pages  # the site's certificates and their expiry (issue 19)
+    certificate_pages.install(app)
     for module in (alarms, doors, floors, muster, people, site, site_pages, operators_pages, audit_pages):  # the desk's admin pages and their API (docs/desk.md)
         module.install(app)
     from server.reports import Reports

@@ -168,6 +168,8 @@ BUILT |= {"site_setup"}
 BUILT |= {"floors"}
 #: ... and server/web/reports.py.
 BUILT |= {"reports"}
+#: ... and server/web/webhooks.py.
+BUILT |= {"webhooks"}
 
 for _section in SECTIONS:
     if _section.key not in BUILT:

@@ -43,6 +43,8 @@ SECTIONS: tuple[Section, ...] = (
             "Areas, doors, schedules and holidays, access levels: changed here, live at the doors without a restart."),
     Section("operators", "Operators", "/operators", (ADMIN,),
             "Who may use the desk and its API: accounts, roles, passwords, two-factor login, API tokens."),
+    Section("webhooks", "Webhooks", "/integrations/webhooks", (ADMIN,),
+            "Signed webhooks to other systems: subscriptions, a test delivery, the dead letters."),
     Section("kiosk", "Self check-in", "/kiosk", (KIOSK,),
             "The lobby tablet: a visitor scans or types their pass, accepts the agreements and checks in."),
 )

@@ -47,6 +47,9 @@ def uvicorn_config(app: Any, *, host: str, port: int, forwarded_allow_ips: str |
 
     trusted = parse_allow_ips(forwarded_allow_ips)
     options.setdefault("timeout_graceful_shutdown", SHUTDOWN_GRACE_S)
+    # uvicorn's own logging config would give its loggers plain-text handlers of their own; without it they reach
+    # the handler the command set up, so --log-format json covers the desk's lines too (docs/operations.md#logs).
+    options.setdefault("log_config", None)
     return uvicorn.Config(app, host=host, port=port, proxy_headers=bool(trusted),
                           forwarded_allow_ips=",".join(trusted) if trusted else "", server_header=False,
                           **options)

@@ -24,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ada": "ada correct horse battery", "dex": "dex staple paper clip"}
-ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports", "People", "Audit", "Site", "Site setup", "Operators"]
+ALL_SECTIONS = ["Visitors", "Live", "Alarms", "Incidents", "Doors", "Floors", "Muster", "Reports", "People", "Audit", "Site", "Site setup", "Operators", "Webhooks"]
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,9 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/session"): PUBLIC,
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
+    ("GET", "/healthz"): PUBLIC,  # monitoring: server/web/health.py
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
     ("DELETE", "/api/v1/session"): EVERYONE,
     ("GET", "/api/v1/me"): EVERYONE,
     ("GET", "/api/v1/openapi.json"): EVERYONE,
@@ -151,6 +154,11 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/site"): {A, U},
     ("GET", "/site/revisions/{number}/rollback"): {A},
     ("POST", "/site/revisions/{number}/rollback"): {A},
+    # the site's certificates and their expiry (server/web/certificates.py): admin and auditor read, admin checks
+    ("GET", "/api/v1/site/certificates"): {A, U},
+    ("POST", "/api/v1/site/certificates/check"): {A},
+    ("GET", "/site/certificates"): {A, U},
+    ("POST", "/site/certificates/check"): {A},
     # the site admin pages (server/web/site_pages.py): admin changes, auditor reads the lists and the matrix
     ("GET", "/site/areas"): {A, U},
     ("POST", "/site/areas"): {A},
@@ -260,12 +268,38 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/v1/people/{pid}/photo"): {A},
     ("POST", "/people/{pid}/photo"): {A},
     ("POST", "/people/{pid}/photo/delete"): {A},
+    # webhooks (server/web/webhooks.py): admin only, the API and the Webhooks page
+    ("GET", "/api/v1/webhooks"): {A},
+    ("POST", "/api/v1/webhooks"): {A},
+    ("GET", "/api/v1/webhooks/{webhook_id}"): {A},
+    ("PUT", "/api/v1/webhooks/{webhook_id}"): {A},
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): {A},
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"): {A},
+    ("POST", "/api/v1/webhooks/{webhook_id}/test"): {A},
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): {A},
+    ("POST", "/api/v1/webhooks/{webhook_id}/retry-dead"): {A},
+    ("GET", "/api/v1/webhook-deliveries"): {A},
+    ("GET", "/api/v1/webhook-deliveries/{delivery_id}"): {A},
+    ("POST", "/api/v1/webhook-deliveries/{delivery_id}/retry"): {A},
+    ("GET", "/integrations/webhooks"): {A},
+    ("POST", "/integrations/webhooks"): {A},
+    ("GET", "/integrations/webhooks/{webhook_id}"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}/enabled"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}/test"): {A},
+    ("GET", "/integrations/webhooks/{webhook_id}/rotate"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}/rotate"): {A},
+    ("GET", "/integrations/webhooks/{webhook_id}/delete"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}/delete"): {A},
+    ("POST", "/integrations/webhooks/{webhook_id}/retry-dead"): {A},
+    ("POST", "/integrations/webhook-deliveries/{delivery_id}/retry"): {A},
 }
 
 #: Ids that name nothing: an allowed request stops at "not found" (or validation) and changes nothing.
 PLACEHOLDERS = {"{door_id}": "no-such-door", "{name}": "no-such-operator", "{label}": "no-such-token", "{snapshot_id}": "no-such-snapshot",
                 "{visitor_id}": "999999", "{entry_id}": "999999", "{alarm_id}": "999999", "{pid}": "no-such-person",
-                "{card}": "0" * 64, "{oid}": "no-such-object", "{incident_id}": "999999", "{item_id}": "999999"}
+                "{card}": "0" * 64, "{oid}": "no-such-object", "{incident_id}": "999999", "{item_id}": "999999",
+                "{webhook_id}": "no-such-webhook", "{delivery_id}": "no-such-delivery"}
 #: Query strings that make an allowed request end early (the live stream would otherwise never end).
 QUERIES = {"/api/v1/events/stream": {"door": "x" * 65}}
 
