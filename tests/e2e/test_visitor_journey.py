@@ -81,7 +81,11 @@ def qr_in(message: EmailMessage) -> str:
     assert len(pngs) == 1, [p.get_content_type() for p in message.walk()]
     image = cv2.imdecode(np.frombuffer(pngs[0].get_payload(decode=True), np.uint8), cv2.IMREAD_GRAYSCALE)
     assert image is not None, "the invitation's PNG does not decode"
-    text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
+    # OpenCV's ArUco-based detector, then the classic one: the classic detector alone misses about 3 % of clean,
+    # synthetic codes of this size (measured: 9 of 300 random passes), which made this test fail at random.
+    detectors = [cv2.QRCodeDetectorAruco(), cv2.QRCodeDetector()] if hasattr(cv2, "QRCodeDetectorAruco") \
+        else [cv2.QRCodeDetector()]
+    text = next((t for d in detectors if (t := d.detectAndDecode(image)[0])), "")
     assert text, "no QR code in the invitation's PNG"
     return str(text)
 
