@@ -534,6 +534,8 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.used.add("backup")  # server-side only: read by _load_backup, not part of the Site
     root.used.add("smtp")  # server-side only: read by _load_smtp, not part of the Site
     root.used.add("invitations")  # server-side only: read by _load_smtp, not part of the Site
+    root.used.add("siem")  # server-side only: read by _load_siem, not part of the Site
+    root.used.add("home_assistant")  # server-side only: read by _load_home_assistant, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
@@ -677,6 +679,150 @@ def _load_backup(path: Path, errors: list[ConfigError], text: str | None = None)
     return _backup(_Table(data, str(path), "", errors).sub("backup"), path.parent)
 
 
+SIEM_FORMATS = ("rfc5424", "cef")
+#: What a SIEM may be sent: stored events (badges and door events), new alarms, audit records.
+SIEM_KINDS = ("access", "alarms", "audit")
+#: Syslog facility names (RFC 5424 §6.2.1 codes); a number 0-23 is accepted too.
+SYSLOG_FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+                     "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+                     **{f"local{n}": 16 + n for n in range(8)}}
+#: An RFC 5424 header field: printable US-ASCII, no space.
+_HEADER_FIELD = re.compile(r"^[\x21-\x7e]+\Z")
+
+
+@dataclass(frozen=True)
+class SiemSettings:
+    """Forwarding to a SIEM as syslog over TCP (site.toml [siem]; server/siem.py sends, docs/operations.md "SIEM").
+
+    Off until ``host`` is set. RFC 5424 messages (or CEF in the message part) with octet-counting framing over TLS
+    (RFC 5425), verified against ``ca_file`` (default: the system's CAs and the site CA, ``SITE/pki/ca.crt``),
+    the collector's name checked against ``host``; ``cert_file``/``key_file`` present a client certificate (an
+    integration's, ``doorkeep pki issue NAME --role integration``). ``tls = false`` sends in clear (a collector
+    on the same host only). Paths are relative to the site directory. People travel by id unless
+    ``include_names``; a card never beyond its last four characters.
+    """
+
+    # the connection
+    host: str | None = None
+    port: int = 6514
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout_s: float = 10.0
+    # what is sent, and how it looks
+    format: str = "rfc5424"
+    send: tuple[str, ...] = SIEM_KINDS
+    app_name: str = "doorkeep"
+    facility: int = SYSLOG_FACILITIES["local0"]
+    hostname: str | None = None
+    include_names: bool = False
+    # the queue: reconnecting, confirming, bounding
+    retry_s: float = 1.0
+    max_retry_s: float = 60.0
+    confirm_s: float = 2.0
+    max_queue: int = 10_000
+    #: The file the table was read from: errors found at server start (an unusable key) name it too.
+    file: str = "site.toml"
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+def _siem_file(t: _Table, name: str, base: Path, what: str) -> Path | None:
+    value = t.get(name, str, None)
+    if value is None:
+        return None
+    path = base / value
+    if not value.strip() or not path.is_file():
+        t.error(name, f"{path} is not a file", f"point {name} at {what} (relative to the site directory), "
+                f"or remove {name}")
+        return None
+    return path
+
+
+def _siem(t: _Table | None, base: Path) -> SiemSettings:
+    d = SiemSettings()
+    if t is None:
+        return d
+    host = t.get("host", str, fix='write the collector\'s host name or address, e.g. host = "siem.example.com", '
+                 "or remove the [siem] table to send nothing")
+    if host is not None and not _HEADER_FIELD.match(host.strip()):
+        t.error("host", f"{host!r} is not a host name", 'write a name or address without spaces, e.g. "siem.example.com"')
+        host = None
+    tls = bool(t.get("tls", bool, True, fix="write `tls = true` or `false` (no quotes)"))
+    default_port = 6514 if tls else 514
+    port = t.get("port", int, default_port)
+    if port is not None and not 1 <= port <= 65535:
+        t.error("port", f"must be 1 to 65535, got {port}", f"set port to the collector's TCP port ({default_port} is "
+                "syslog over TLS)" if tls else f"set port to the collector's TCP port (often {default_port})")
+        port = None
+    ca = _siem_file(t, "ca_file", base, "the PEM file of the CA that signed the collector's certificate")
+    cert = _siem_file(t, "cert_file", base, "a client certificate (`doorkeep pki issue NAME --role integration`)")
+    key = _siem_file(t, "key_file", base, "the private key issued with cert_file")
+    if "cert_file" in t.data and "key_file" not in t.data:
+        t.error("key_file", "is required with cert_file", "set key_file to the NAME.key issued with the certificate")
+    if "key_file" in t.data and "cert_file" not in t.data:
+        t.error("cert_file", "is required with key_file", "set cert_file to the NAME.crt issued with the key")
+    if not tls:
+        for name in ("ca_file", "cert_file", "key_file"):
+            if name in t.data:
+                t.error(name, "is set but tls is false: nothing would be verified or presented",
+                        f"set tls = true, or remove {name}")
+    fmt = t.choice("format", SIEM_FORMATS, d.format) or d.format
+    send = t.get("send", list, list(d.send))
+    if send is not None:
+        bad = [k for k in send if k not in SIEM_KINDS]
+        if bad or not send or len(set(send)) != len(send):
+            t.error("send", f"{send!r} is not a list of distinct kinds" if not bad else
+                    f"unknown kind(s) {', '.join(map(repr, bad))}",
+                    f"list one or more of {', '.join(SIEM_KINDS)}, e.g. send = [\"access\", \"alarms\"], or remove "
+                    "the [siem] table to send nothing")
+            send = None
+    app_name = t.get("app_name", str, d.app_name)
+    if app_name is not None and not (_HEADER_FIELD.match(app_name) and len(app_name) <= 48):
+        t.error("app_name", f"{app_name!r} is not an RFC 5424 APP-NAME", "use 1 to 48 printable ASCII characters "
+                'without spaces, e.g. "doorkeep"')
+        app_name = None
+    hostname = t.get("hostname", str, None)
+    if hostname is not None and not (_HEADER_FIELD.match(hostname) and len(hostname) <= 255):
+        t.error("hostname", f"{hostname!r} is not an RFC 5424 HOSTNAME", "use the server's name, 1 to 255 printable "
+                "ASCII characters without spaces, or remove hostname for the machine's own")
+        hostname = None
+    facility = t.get("facility", (str, int), "local0")
+    code = SYSLOG_FACILITIES.get(facility) if isinstance(facility, str) else facility
+    if facility is not None and (code is None or not 0 <= code <= 23):
+        t.error("facility", f"unknown facility {facility!r}", f"use a number 0-23 or one of: "
+                f"{', '.join(SYSLOG_FACILITIES)}")
+        code = None
+    max_queue = t.get("max_queue", int, d.max_queue)
+    if max_queue is not None and not 100 <= max_queue <= 10_000_000:
+        t.error("max_queue", f"must be 100 to 10000000 messages, got {max_queue}",
+                f"set max_queue, or remove it for {d.max_queue}")
+        max_queue = None
+    retry_s = t.positive("retry_s", d.retry_s, 3600.0)
+    max_retry_s = t.positive("max_retry_s", d.max_retry_s, 86400.0)
+    if max_retry_s < retry_s:
+        t.error("max_retry_s", f"is less than retry_s ({max_retry_s:g} < {retry_s:g})",
+                "set max_retry_s to at least retry_s")
+    out = SiemSettings(
+        host=host.strip() if host else None, port=int(port or default_port), tls=tls, ca_file=ca, cert_file=cert,
+        key_file=key, format=fmt, send=tuple(send or d.send), app_name=app_name or d.app_name,
+        facility=d.facility if code is None else int(code), hostname=hostname,
+        include_names=bool(t.get("include_names", bool, False, fix="write `include_names = true` or `false`")),
+        max_queue=int(max_queue or d.max_queue), timeout_s=t.positive("timeout_s", d.timeout_s, 600.0),
+        retry_s=retry_s, max_retry_s=max_retry_s, confirm_s=t.positive("confirm_s", d.confirm_s, 600.0), file=t.file)
+    t.done()
+    return out
+
+
+def _load_siem(path: Path, errors: list[ConfigError], text: str | None = None) -> SiemSettings:
+    """The [siem] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    return SiemSettings() if data is None else _siem(_Table(data, str(path), "", errors).sub("siem"), path.parent)
+
+
 SMTP_SECURITY = ("starttls", "tls", "none")
 
 
@@ -808,6 +954,120 @@ def _load_smtp(path: Path, errors: list[ConfigError], text: str | None = None) -
         return SmtpSettings(), InvitationSettings()
     root = _Table(data, str(path), "", errors)
     return _smtp(root.sub("smtp"), path.parent), _invitations(root.sub("invitations"))
+
+
+#: Names an integration's certificate may not have (doorkeep.pki.RESERVED and the CA's own files): repeated here
+#: because doorkeep.pki imports this module.
+_RESERVED_IDENTITIES = ("server", "broker", "operator", "ca")
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    """Home Assistant MQTT discovery (site.toml [home_assistant]; server/home_assistant.py, docs/operations.md).
+
+    Off while the table is absent. With it, the server publishes retained discovery configs under
+    ``discovery_prefix`` (HA's ``<prefix>/<component>/<node_id>/<object_id>/config``) whose entities read the
+    edges' own retained state and availability; ``enabled = false`` keeps the table but withdraws every entity
+    (empty retained configs). ``integration`` is the certificate name Home Assistant connects with
+    (``doorkeep pki issue NAME --role integration``): the generated broker ACL lets it read the prefix and, only
+    with ``unlock``, publish the lock command topics, which the server validates, audits and signs. The
+    topics are methods here so the server and the ACL (doorkeep/pki.py) cannot disagree on them.
+    """
+
+    configured: bool = False
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    node_id: str = ""
+    integration: str = "home-assistant"
+    unlock: bool = False
+    #: The doors Home Assistant may unlock: a tuple of door ids, or None for every door ("all").
+    unlock_doors: tuple[str, ...] | None = ()
+
+    def may_unlock(self, door: str) -> bool:
+        """Whether a command from Home Assistant may unlock (or relock) ``door``."""
+        return self.enabled and self.unlock and (self.unlock_doors is None or door in self.unlock_doors)
+
+    def config_topic(self, component: str, object_id: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
+
+    def config_filter(self) -> str:
+        """Every discovery config of this node (any component)."""
+        return f"{self.discovery_prefix}/+/{self.node_id}/+/config"
+
+    def node_filter(self) -> str:
+        """Everything the server writes or reads under the prefix for this node (its ACL line)."""
+        return f"{self.discovery_prefix}/+/{self.node_id}/#"
+
+    def command_topic(self, door: str) -> str:
+        """Where Home Assistant's lock entity of ``door`` publishes ``LOCK`` / ``UNLOCK``."""
+        return f"{self.discovery_prefix}/lock/{self.node_id}/{door}/set"
+
+    def command_filter(self) -> str:
+        return f"{self.discovery_prefix}/lock/{self.node_id}/+/set"
+
+    def alarms_topic(self) -> str:
+        """The server's retained summary of the open alarms (the alarm sensors' state)."""
+        return f"{self.discovery_prefix}/sensor/{self.node_id}/alarms/state"
+
+    def status_topic(self) -> str:
+        """Home Assistant's own birth and last-will topic (``online`` / ``offline``)."""
+        return f"{self.discovery_prefix}/status"
+
+
+def _home_assistant(t: _Table | None, site: Site) -> HomeAssistantSettings:
+    d = HomeAssistantSettings()
+    if t is None:
+        return d
+    enabled = t.get("enabled", bool, True, fix="write `enabled = true` or `false` (no quotes)")
+    prefix = t.get("discovery_prefix", str, d.discovery_prefix)
+    if prefix is not None:
+        parts = prefix.split("/")
+        if not all(SEGMENT.match(p) for p in parts) or len(parts) > 4 or len(prefix) > 128:
+            t.error("discovery_prefix", f"{prefix!r} is not a topic prefix", "use one to four levels of letters, "
+                    "digits, '_' and '-' separated by '/', e.g. \"homeassistant\" (no wildcard, no leading '/')")
+            prefix = None
+        elif parts[0] == "doorkeep":
+            t.error("discovery_prefix", f"{prefix!r} is inside doorkeep's own topics",
+                    "use Home Assistant's prefix, \"homeassistant\" by default")
+            prefix = None
+    node = t.ident("node_id", site.id)
+    integration = t.ident("integration", d.integration)
+    if integration is not None and (integration in _RESERVED_IDENTITIES or len(integration) > 64):
+        t.error("integration", f"{integration!r} cannot be an integration's certificate name",
+                "name the certificate Home Assistant connects with, e.g. \"home-assistant\" "
+                "(`doorkeep pki issue home-assistant --role integration`)")
+        integration = None
+    unlock = bool(t.get("unlock", bool, False, fix="write `unlock = true` or `false` (no quotes)"))
+    raw = t.get("unlock_doors", (list, str), None)
+    doors: tuple[str, ...] | None = ()
+    if raw == "all":
+        doors = None
+    elif isinstance(raw, str):
+        t.error("unlock_doors", f"unknown value {raw!r}", 'write "all" or a list of door ids, e.g. ["lobby_in"]')
+    elif isinstance(raw, list):
+        unknown = [x for x in raw if not isinstance(x, str) or x not in site.doors]
+        if unknown:
+            t.error("unlock_doors", f"{', '.join(map(repr, unknown))} is not a door of the site",
+                    f"use door ids: {', '.join(site.doors)}")
+        doors = tuple(x for x in raw if isinstance(x, str) and x in site.doors)
+    if unlock and (raw is None or raw == []):
+        t.error("unlock_doors", "is required with unlock = true",
+                'list the doors Home Assistant may unlock, e.g. ["lobby_in"], or write "all"')
+    if raw is not None and not unlock:
+        t.error("unlock_doors", "is set but unlock is not true", "set unlock = true, or remove unlock_doors")
+    t.done()
+    return HomeAssistantSettings(configured=True, enabled=bool(enabled),
+                                 discovery_prefix=prefix or d.discovery_prefix, node_id=node or site.id,
+                                 integration=integration or d.integration, unlock=unlock, unlock_doors=doors)
+
+
+def _load_home_assistant(path: Path, errors: list[ConfigError], site: Site,
+                         text: str | None = None) -> HomeAssistantSettings:
+    """The [home_assistant] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    if data is None:
+        return HomeAssistantSettings()
+    return _home_assistant(_Table(data, str(path), "", errors).sub("home_assistant"), site)
 
 
 @dataclass(frozen=True)
@@ -1860,6 +2120,8 @@ class SiteBundle:
     backup: BackupSettings = field(default_factory=BackupSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     invitations: InvitationSettings = field(default_factory=InvitationSettings)
+    siem: SiemSettings = field(default_factory=SiemSettings)
+    home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -1957,11 +2219,15 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     backup = _load_backup(d / "site.toml", errors, site_text) if site is not None else BackupSettings()
     smtp, invitations = (_load_smtp(d / "site.toml", errors, site_text) if site is not None
                          else (SmtpSettings(), InvitationSettings()))
+    home_assistant = (_load_home_assistant(d / "site.toml", errors, site, site_text) if site is not None
+                      else HomeAssistantSettings())
+    siem = _load_siem(d / "site.toml", errors, site_text) if site is not None else SiemSettings()
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
     return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion,
-                      backup=backup, smtp=smtp, invitations=invitations)
+                      backup=backup, smtp=smtp, invitations=invitations, home_assistant=home_assistant,
+                      siem=siem)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:

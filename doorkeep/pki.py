@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from doorkeep.config import SEGMENT, BrokerConfig
+from doorkeep.config import SEGMENT, BrokerConfig, HomeAssistantSettings
 from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.errors import ConfigError, DoorkeepError
 
@@ -518,8 +518,32 @@ def _integration_lines(base: str, site_id: str, integration: Integration, *, den
     return lines
 
 
+def _home_assistant_lines(settings: HomeAssistantSettings, apps: list[Integration]) -> tuple[list[str], dict[str, list[str]]]:
+    """Home Assistant's discovery (site.toml [home_assistant], server/home_assistant.py): the server's lines (its
+    node's configs, alarm summary and lock commands under the prefix, and HA's status), and the lines of the
+    integration HA connects as: the whole prefix to read, its birth and last will (``PREFIX/status``: Mosquitto
+    would drop a client whose will it may not publish) and, only with ``unlock``, the lock command topics."""
+    if not settings.configured:
+        return [], {}
+    server = [f"topic readwrite {settings.node_filter()}", f"topic read {settings.status_topic()}"]
+    if not settings.enabled:
+        return server, {}
+    app = next((a for a in apps if a.name == settings.integration), None)
+    if app is None:
+        return [*server, f"# [home_assistant] integration {settings.integration!r} has no live certificate yet: "
+                         f"`doorkeep pki issue {settings.integration} --role integration`, then regenerate this file"], {}
+    if settings.unlock and app.read_only:
+        raise PkiError(f"[home_assistant] unlock = true, but integration {app.name!r} is read-only (fix: set unlock "
+                       f"= false, or revoke it and issue it again without --read-only)")
+    lines = [f"topic read {settings.discovery_prefix}/#", f"topic write {settings.status_topic()}"]
+    if settings.unlock:
+        lines.append(f"topic write {settings.command_filter()}")
+    return server, {app.name: lines}
+
+
 def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = (),
-               integrations: Iterable[Integration] = ()) -> str:
+               integrations: Iterable[Integration] = (),
+               home_assistant: HomeAssistantSettings | Mapping[str, HomeAssistantSettings] | None = None) -> str:
     """The ACL: each device its own subtree (plus reading the server's availability), the server the site,
     the operator's tools the commands and their results, each integration what it may read.
 
@@ -539,6 +563,10 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     response (:func:`integration_topic`); nothing else, and in a one-site ACL an explicit ``deny`` takes
     away the subtree the device pattern would give its CN. With a campus mapping, in every site listed.
     A name that is reserved, a device id, an observer, or listed twice is refused.
+
+    ``home_assistant``: the site's [home_assistant] settings (a mapping by site for a campus): the server may
+    write its node's topics under the discovery prefix, and the integration they name reads the prefix and,
+    with ``unlock``, writes the lock command topics (:func:`_home_assistant_lines`).
     """
     def segment(value: str, what: str) -> str:
         if not SEGMENT.match(value):
@@ -559,6 +587,21 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
         if app.name in watchers or (i and apps[i - 1].name == app.name):
             raise PkiError(f"integration {app.name!r} is listed twice or is an observer (fix: one name per identity)")
 
+    if home_assistant is None:
+        ha_settings: dict[str, HomeAssistantSettings] = {}
+    elif isinstance(home_assistant, HomeAssistantSettings):
+        if not isinstance(sites, str):
+            raise PkiError("home_assistant for a campus is a mapping by site (fix: {SITE: settings})")
+        ha_settings = {sites: home_assistant}
+    else:
+        ha_settings = dict(home_assistant)
+    ha_server: dict[str, list[str]] = {}
+    ha_apps: dict[tuple[str, str], list[str]] = {}
+    for site_id, settings in ha_settings.items():
+        server_lines, app_lines = _home_assistant_lines(settings, apps)
+        ha_server[site_id] = server_lines
+        ha_apps.update({(site_id, name): lines for name, lines in app_lines.items()})
+
     def integration_blocks(site_ids: list[str], *, deny_own: bool) -> list[str]:
         out: list[str] = []
         for app in apps:
@@ -569,6 +612,11 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
                     f"user {app.name}"]
             for site_id in site_ids:
                 out += _integration_lines(f"doorkeep/v1/{site_id}", site_id, app, deny_own=deny_own)
+                if (site_id, app.name) in ha_apps:
+                    unlock = ha_settings[site_id].unlock
+                    out += ["# Home Assistant discovery ([home_assistant]): the prefix to read, HA's status to write"
+                            + ("; the lock commands, which the server checks, audits and signs." if unlock
+                               else "; no lock command (unlock is off)."), *ha_apps[site_id, app.name]]
             out.append("")
         return out
 
@@ -589,6 +637,7 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
             "# The server reads and writes the whole site (its own availability included).",
             f"user {SERVER}",
             f"topic readwrite {base}/#",
+            *ha_server.get(sites, []),
             "",
             "# The operator's command-line tools: signed commands to any device and their results, nothing else.",
             f"user {OPERATOR}",
@@ -618,7 +667,8 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
             seen[device] = site_id
             lines += [f"user {device}", f"topic readwrite {base}/{device}/#", f"topic read {base}/server/availability", ""]
     lines += ["# The server reads and writes every site (its own availability included).", f"user {SERVER}",
-              *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), "",
+              *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites),
+              *(line for site_id in sites for line in ha_server.get(site_id, [])), "",
               "# The operator's tools: signed commands and their results, in every site.", f"user {OPERATOR}",
               *(line for site_id in sites for line in operator(f"doorkeep/v1/{site_id}")), "",
               *integration_blocks(list(sites), deny_own=False)]

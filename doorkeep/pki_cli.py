@@ -117,7 +117,7 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
         conf = broker_config(bundle.site.id, pki, acl, port=args.port, bind=args.bind or None,
                              persistence_dir=args.persistence, size_limit=limit,
                              log_file=log_file.resolve() if log_file is not None else None)
-        acl_text = broker_acl(bundle.site.id, integrations=integrations)
+        acl_text = broker_acl(bundle.site.id, integrations=integrations, home_assistant=bundle.home_assistant)
         for path, text in ((acl, acl_text), (out / "mosquitto.conf", conf)):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)

@@ -29,6 +29,7 @@ from server.certificates import CertificateWatch
 from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
+from server.home_assistant import HomeAssistant
 from server.intrusion import IntrusionDetector
 from server.mail import MailQueue
 from server.metrics import ServerMetrics, metrics_token_from_env
@@ -36,6 +37,7 @@ from server.passes import PassKeys, Passes, load_pass_keys
 from server.people import PeopleService
 from server.publisher import PolicyPublisher
 from server.retention import RetentionJob
+from server.siem import Siem, connector_for
 from server.siteadmin import SiteAdmin
 from server.store import Store
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
@@ -62,6 +64,8 @@ class Server:
     webhooks: Webhooks | None = None  # signed webhooks from a durable queue (server/webhooks.py)
     certificates: CertificateWatch | None = None  # SITE/pki expiry: certificate_expiring (server/certificates.py)
     metrics: ServerMetrics | None = None  # /healthz, /readyz, /metrics (server/metrics.py, docs/operations.md)
+    siem: Siem | None = None  # syslog to a SIEM from a durable queue, site.toml [siem] (server/siem.py)
+    home_assistant: HomeAssistant | None = None  # MQTT discovery, site.toml [home_assistant] (server/home_assistant.py)
 
     @property
     def site(self) -> Site:
@@ -85,8 +89,16 @@ class Server:
             self.webhooks.start()
         if self.certificates is not None:
             self.certificates.start()
+        if self.siem is not None:
+            self.siem.start()
+        if self.home_assistant is not None:
+            self.home_assistant.start()
 
     def stop(self) -> None:
+        if self.siem is not None:
+            self.siem.stop()
+        if self.home_assistant is not None:
+            self.home_assistant.stop()
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.certificates is not None:
@@ -138,7 +150,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     live = siteadmin.start()
     if live is not None:
         bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion,
-                                     backup=live.backup, smtp=live.smtp, invitations=live.invitations)
+                                     backup=live.backup, smtp=live.smtp, invitations=live.invitations,
+                                     home_assistant=live.home_assistant, siem=live.siem)
     # People live in the store too (server/people.py): the first start imports people.toml (inside Directory);
     # later starts only warn when the file differs from the store.
     people_seeded = store.people_seeded()
@@ -194,8 +207,21 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
                                ca_file=pki_ca if pki_ca.is_file() else None)
     bus.listeners.append(server.webhooks.on_event)
     store.on_alarm_write(server.webhooks.on_event)
+    # SIEM export (docs/operations.md "SIEM (syslog)"): like webhooks, fed from the store after its cursors; [siem] as
+    # the server started (a changed table takes effect at the next start). A CA, certificate or key it cannot use
+    # stops the start here, with the key to fix.
+    if bundle.siem.enabled:
+        server.siem = Siem(store, clock, bundle.siem, site=lambda: directory.site, site_id=bundle.site.id,
+                           connector=connector_for(bundle.siem, pki_ca))
+        bus.listeners.append(server.siem.wake)
+        store.on_alarm_write(server.siem.wake)
     # Certificate expiry (docs/alarms.md certificate_expiring): SITE/pki checked at start and daily.
     server.certificates = CertificateWatch(store, bundle.dir / "pki", clock)
+    # Home Assistant MQTT discovery (docs/operations.md "Home Assistant"): routes on the bus before it connects;
+    # [home_assistant] as the server started (a changed table takes effect at the next start, as [backup]).
+    if bundle.home_assistant.configured:
+        server.home_assistant = HomeAssistant(bundle.home_assistant, directory, bus, store, commands, clock,
+                                              audit=audit)
     # Health and Prometheus metrics (server/metrics.py): a registry of this server's own, read at scrape time;
     # /metrics asks for $DOORKEEP_METRICS_TOKEN as a bearer token when it is set.
     server.metrics = ServerMetrics(server, clock=clock, site_dir=bundle.dir, token=metrics_token_from_env())

@@ -150,6 +150,12 @@ class ServerBus:
         self.policy_publish_failed = False  # the last signing and publishing of the policies raised
         # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
         self.command_results: list[Callable[[str, CommandResult], None]] = []
+        #: Subscriptions outside ``doorkeep/v1`` (server/home_assistant.py), made on every connect: filter -> QoS,
+        #: or None to unsubscribe (a persistent session would otherwise keep one from an earlier configuration).
+        self._routes: dict[str, int | None] = {}
+        #: Called on paho's network thread after every (re)connect, once subscribed and announced ``online``;
+        #: must not block (server/home_assistant.py only wakes its worker).
+        self.connect_listeners: list[Callable[[], None]] = []
         # transaction -> (device, wall time) of every command seen going to a device (ours, the CLI's, anyone's
         # on its cmd topic): a cmd/result must answer one of these, from that device.
         self._sent: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -249,6 +255,28 @@ class ServerBus:
             self._note_command(parsed.device, payload)  # before publishing: the result can be quick
         self._client.publish(topic, payload, qos=1)
 
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """QoS 1, retained (Home Assistant's discovery configs; an empty payload deletes the retained message)."""
+        self._client.publish(topic, payload, qos=1, retain=True)
+
+    def route(self, topic_filter: str, handler: Callable[[mqtt.MQTTMessage], None], *, qos: int = 0,
+              subscribe: bool = True) -> None:
+        """Hand the messages on ``topic_filter`` (a filter outside ``doorkeep/v1``) to ``handler``, on paho's
+        network thread (it must not block), then acknowledge them. Subscribed at ``qos`` on every connect; with
+        ``subscribe`` False unsubscribed instead, its messages still handed over (a persistent session may
+        hold the subscription from an earlier configuration). Call before :meth:`start`."""
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                handler(msg)
+            except Exception:  # never let one message kill the network thread
+                self.counters["errors"] += 1
+                log.exception("unexpected error handling %s", msg.topic)
+            finally:
+                client.ack(msg.mid, msg.qos)
+
+        self._client.message_callback_add(topic_filter, on_message)
+        self._routes[topic_filter] = qos if subscribe else None
+
     def _note_command(self, device: str, payload: bytes) -> None:
         tx = peek_transaction(payload)
         if tx is None:
@@ -311,12 +339,23 @@ class ServerBus:
                     f"{self.topics.base}/+/policy",  # the retained policies: versions never go back (publisher.py)
                     f"{self.topics.base}/+/cmd"):  # commands seen going out, to match their results (H1)
             client.subscribe(sub, qos=1)
+        for sub, qos in self._routes.items():
+            if qos is None:
+                client.unsubscribe(sub)
+            else:
+                client.subscribe(sub, qos=qos)
         self.counters["mqtt_connects"] += 1
         self.supervisor.set_connected(True)
         self.publish_policies(force=True)
         client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
         log.info("connected to %s", self.broker.url)
         self._connected.set()
+        for listener in list(self.connect_listeners):
+            try:
+                listener()
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("a connect listener failed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()

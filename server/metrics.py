@@ -323,7 +323,8 @@ class _Collector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._bus, self._devices, self._alarms, self._certificates, self._backups, self._ready):
+        for part in (self._bus, self._devices, self._alarms, self._certificates, self._backups, self._siem,
+                     self._ready):
             try:
                 yield from part()
             except Exception:  # one part failing must not take the rest of the scrape down
@@ -488,6 +489,24 @@ class _Collector(Collector):
                                     "backup was taken (Unix time)", value=self.metrics.last_backup)
         yield CounterMetricFamily("doorkeep_backup_failures", "Backup runs (or their offsite copies) that failed "
                                   "since the server started", value=job.failures)
+
+    def _siem(self) -> Iterator[Metric]:
+        siem = self.metrics.server.siem
+        if siem is None:
+            return  # no [siem]: nothing to report
+        stats = siem.stats()
+        counters = stats["counters"]
+        yield GaugeMetricFamily("doorkeep_siem_queue_depth", "Syslog messages queued for the SIEM and not yet "
+                                "confirmed", value=stats["depth"])
+        yield GaugeMetricFamily("doorkeep_siem_connected", "1 while the server holds a connection to the SIEM",
+                                value=1 if stats["connected"] else 0)
+        yield CounterMetricFamily("doorkeep_siem_messages_sent", "Syslog messages the SIEM confirmed (deleted from "
+                                  "the queue)", value=counters.get("sent", 0))
+        yield CounterMetricFamily("doorkeep_siem_messages_resent", "Messages written again after a connection "
+                                  "dropped before they were confirmed (the SIEM may hold them twice)",
+                                  value=counters.get("resent", 0))
+        yield CounterMetricFamily("doorkeep_siem_failures", "Failed connection attempts and connections lost",
+                                  value=counters.get("failures", 0))
 
     def _ready(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("doorkeep_ready", "1 when the /readyz check passes, by check", labels=["check"])

@@ -49,6 +49,7 @@ from server.store_photos import PhotoRecords, m017_person_photos
 from server.store_privacy import PrivacyRecords
 from server.store_reports import ReportRecords, m021_report_index
 from server.store_webhooks import WebhookRecords, m023_webhooks
+from server.store_siem import SiemRecords, m024_siem
 
 SEVERITIES = vocabulary.SEVERITIES
 
@@ -317,6 +318,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("021_report_index", m021_report_index),  # badges by quarter hour, for report counts (store_reports.py)
     ("022_event_companions", _m022_event_companions),  # who passed with a grant, and the rule behind it
     ("023_webhooks", m023_webhooks),  # webhook subscriptions, deliveries, cursors (server/store_webhooks.py)
+    ("024_siem", m024_siem),  # the SIEM's syslog queue and cursors (server/store_siem.py)
 ]
 
 
@@ -367,7 +369,7 @@ class StoredAccessEvent(NamedTuple):
 
 
 class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDeskRecords, IncidentRecords,
-            PhotoRecords, ReportRecords, MailRecords, AgreementRecords, WebhookRecords):
+            PhotoRecords, ReportRecords, MailRecords, AgreementRecords, WebhookRecords, SiemRecords):
     """Events and snapshots of one site. Thread-safe: one connection behind a lock.
 
     The connection (``_db``) and the lock (``_lock``) are private: every caller uses a typed method, each
@@ -735,6 +737,15 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
                 "SELECT type, cleared_at IS NULL, acknowledged_at IS NOT NULL, count(*) FROM alarms "
                 "WHERE resolved_at IS NULL GROUP BY 1, 2, 3").fetchall()
         return [(str(t), "active" if active else "cleared", bool(acked), int(n)) for t, active, acked, n in rows]
+
+    def open_alarm_counts_by_door(self) -> list[tuple[str | None, str, bool, bool, int]]:
+        """``(door or None, type, active, acknowledged, count)`` over the open alarms: one grouped query for Home
+        Assistant's alarm sensors (server/home_assistant.py), never a row's detail."""
+        with self._lock:
+            rows = self._db.conn.execute(
+                "SELECT door, type, cleared_at IS NULL, acknowledged_at IS NOT NULL, count(*) FROM alarms "
+                "WHERE resolved_at IS NULL GROUP BY 1, 2, 3, 4").fetchall()
+        return [(str(d) if d else None, str(t), bool(active), bool(acked), int(n)) for d, t, active, acked, n in rows]
 
 
     # -------------------------------------------------------- site revisions

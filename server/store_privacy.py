@@ -171,7 +171,7 @@ class PrivacyRecords:
         name the pseudonym; ``ref`` is remembered as erased."""
         counts = dict.fromkeys(("events", "mentions", "visits", "consents", "presence", "card_states", "alarms",
                                 "hosted_visits", "people", "cards", "photos", "mails", "contacts", "agreements",
-                                "webhooks"), 0)
+                                "webhooks", "siem"), 0)
         where, args = self._subject_where(person, card_hashes)
         needle = json.dumps(person)  # the id as a JSON string, matched case-sensitively with instr()
         with self._lock, self._db.conn:
@@ -217,6 +217,8 @@ class PrivacyRecords:
             # delivered one's body is already gone).
             counts["webhooks"] = conn.execute("DELETE FROM webhook_deliveries WHERE payload IS NOT NULL AND "
                                               "instr(payload, ?) > 0", [needle]).rowcount
+            # Syslog messages queued for the SIEM about them (server/store_siem.py), not yet taken by the collector.
+            counts["siem"] = conn.execute("DELETE FROM siem_queue WHERE person = ?", [person]).rowcount
             counts["cards"] = conn.execute("DELETE FROM cards WHERE person = ?", [person]).rowcount
             counts["people"] = conn.execute("DELETE FROM people WHERE id = ?", [person]).rowcount
             # Their cardholder photo: the row holds its ciphertext and the only copy of its key (store_photos.py).

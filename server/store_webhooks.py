@@ -6,10 +6,10 @@ Part of :class:`server.store.Store` (a base class of it): every method takes the
 Why cursors and not an INSERT on the ingest path: the bus's store thread commits events in batches and must
 never wait on anything else (DESIGN §9: integrations leave through a durable queue and never block a
 decision). So the ingest path only wakes the webhook worker; the worker reads what was stored after its cursor
-(events by rowid, alarms by rowid, escalations by time) and queues the deliveries *and* moves the cursor in one
-transaction. A crash before that commit leaves the cursor where it was and the same rows are read again; the
-unique ``(subscription, source)`` index makes queueing them a second time a no-op. Nothing stored is missed and
-nothing is queued twice.
+(events by rowid, alarms by rowid: server/store_cursors.py, shared with the SIEM export; escalations by time) and
+queues the deliveries *and* moves the cursor in one transaction. A crash before that commit leaves the cursor where
+it was and the same rows are read again; the unique ``(subscription, source)`` index makes queueing them a second
+time a no-op. Nothing stored is missed and nothing is queued twice.
 
 A delivery is *claimed* before it is sent (``leased`` 1, ``next_attempt_at`` moved past the lease) so no other
 sender takes it meanwhile; the server, the only sender, releases every lease when it starts. Its body is kept
@@ -24,15 +24,14 @@ from typing import Any, Sequence
 
 import sqlite_utils
 
+from server.store_cursors import Cursor, SourceReads, create_cursor_table, cursor_at_end, save_cursors
+
 #: Delivery states: pending (waiting or retrying) -> delivered | dead (dead letter; an admin may retry it).
 DELIVERY_STATES = ("pending", "delivered", "dead")
 #: The cursors the worker keeps (``webhook_cursors.name``).
 EVENTS_CURSOR, ALARMS_CURSOR, ESCALATIONS_CURSOR = "events", "alarms", "escalations"
-#: A cursor: how far the worker read (a rowid; for escalations a time), and the id and time (``received_at``,
-#: ``raised_at``) of the row at that rowid, to notice when retention deleted it and SQLite reuses its rowid.
-Cursor = tuple[float, "str | None", "float | None"]
-#: The tables read by rowid, with the column that says when a row was stored.
-_STORED_AT = {EVENTS_CURSOR: "received_at", ALARMS_CURSOR: "raised_at"}
+#: The cursor table (a :data:`server.store_cursors.Cursor` per name).
+CURSORS = "webhook_cursors"
 _SUB_COLUMNS = ("id, name, url, event_types, doors, decision, include_names, enabled, created_by, created_at, "
                 "updated_at, secret_rotated_at")
 _DELIVERY_META = ("id, subscription, source, event_type, state, attempts, leased, next_attempt_at, created_at, "
@@ -60,12 +59,8 @@ def m023_webhooks(db: sqlite_utils.Database) -> None:
                            "created_at", "age_from", "updated_at"}, defaults={"leased": 0})
     db["webhook_deliveries"].create_index(["subscription", "source"], unique=True)
     db["webhook_deliveries"].create_index(["state", "next_attempt_at"])
-    db["webhook_cursors"].create({"name": str, "value": float, "ref": str, "at": float}, pk="name",
-                                 not_null={"value"})
-    for name, column in _STORED_AT.items():
-        top = db.execute(f"SELECT rowid, id, {column} FROM {name} ORDER BY rowid DESC LIMIT 1").fetchone()
-        db["webhook_cursors"].insert({"name": name, "value": top[0] if top else 0, "ref": top[1] if top else None,
-                                      "at": top[2] if top else None})
+    create_cursor_table(db, CURSORS)
+    save_cursors(db.conn, CURSORS, {name: cursor_at_end(db.conn, name) for name in (EVENTS_CURSOR, ALARMS_CURSOR)})
     last_escalation = db.execute("SELECT COALESCE(MAX(escalated_at), 0) FROM alarms").fetchone()[0]
     db["webhook_cursors"].insert({"name": ESCALATIONS_CURSOR, "value": last_escalation})
 
@@ -83,8 +78,9 @@ def _subscription_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class WebhookRecords:
-    """Webhook subscriptions, deliveries and cursors (a base of ``Store``)."""
+class WebhookRecords(SourceReads):
+    """Webhook subscriptions, deliveries and cursors (a base of ``Store``); the worker reads events and alarms with
+    :meth:`SourceReads.source_rows`."""
 
     _db: sqlite_utils.Database
     _lock: threading.RLock
@@ -150,47 +146,7 @@ class WebhookRecords:
     # ------------------------------------------------------------ feeding the queue
 
     def webhook_cursors(self) -> dict[str, Cursor]:
-        with self._lock:
-            return {str(r[0]): (float(r[1]), r[2], r[3]) for r in
-                    self._db.conn.execute("SELECT name, value, ref, at FROM webhook_cursors").fetchall()}
-
-    def _webhook_resume(self, table: str, cursor: Cursor) -> int:
-        """Where to read on after ``cursor`` in ``table``. Normally its rowid; but when the row it stopped at is gone
-        (retention deleted the newest rows) SQLite hands that rowid, and those after it, to the next rows stored:
-        then every row stored no later than that row counts as read, and what came since is read."""
-        value, ref, at = int(cursor[0]), cursor[1], cursor[2]
-        if value <= 0 or ref is None:
-            return value
-        row = self._db.conn.execute(f"SELECT id FROM {table} WHERE rowid = ?", [value]).fetchone()
-        if row is not None and row[0] == ref:
-            return value
-        column = _STORED_AT[table]
-        return int(self._db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table} WHERE {column} <= ?",
-                                         [at if at is not None else float("-inf")]).fetchone()[0])
-
-    def webhook_source_rows(self, table: str, cursor: Cursor, limit: int,
-                            types: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], Cursor]:
-        """Rows of ``events`` or ``alarms`` stored after ``cursor``, in the order they were stored (``rowid``
-        included), of these ``types`` only when given (none: no rows, the cursor moves to the end); at most
-        ``limit``; and the cursor after that read. One lock for both: a row committed meanwhile is neither skipped
-        nor read twice."""
-        if table not in _STORED_AT:
-            raise ValueError(f"no webhook source {table!r}")
-        with self._lock:
-            after = self._webhook_resume(table, cursor)
-            top = int(self._db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
-            rows: list[dict[str, Any]] = []
-            if types is None or types:
-                kinds = f" AND type IN ({_marks(types)})" if types else ""
-                rows = list(self._db.query(
-                    f"SELECT rowid AS rowid, * FROM {table} WHERE rowid > ? AND rowid <= ?{kinds} ORDER BY rowid "
-                    f"LIMIT ?", [after, top, *(types or ()), limit]))
-            reached = max(int(rows[-1]["rowid"]) if len(rows) >= limit else top, after)
-            if reached == int(cursor[0]):
-                return rows, cursor  # nothing new, nothing deleted: the cursor stays as it is
-            ref = self._db.conn.execute(f"SELECT id, {_STORED_AT[table]} FROM {table} WHERE rowid = ?",
-                                        [reached]).fetchone()
-        return rows, (float(reached), ref[0] if ref else None, ref[1] if ref else None)
+        return self._read_cursors(CURSORS)
 
     def webhook_source_escalations(self, since: float, limit: int) -> list[dict[str, Any]]:
         """Alarms escalated at or after ``since``, oldest escalation first (``since`` itself is read again: an
@@ -202,21 +158,12 @@ class WebhookRecords:
     def queue_webhook_deliveries(self, rows: Sequence[dict[str, Any]], cursors: dict[str, Cursor]) -> int:
         """Queue these deliveries (each once per subscription and source: a repeat is ignored) and move the
         cursors, in one transaction; how many were queued."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
-            queued = 0
-            for r in rows:
-                queued += conn.execute(
-                    "INSERT OR IGNORE INTO webhook_deliveries (id, subscription, source, event_type, payload, state, "
-                    "attempts, leased, next_attempt_at, created_at, age_from, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
-                    [r["id"], r["subscription"], r["source"], r["event_type"], r["payload"], r["created_at"],
-                     r["created_at"], r["created_at"], r["created_at"]]).rowcount
-            for name, (value, ref, at) in cursors.items():
-                conn.execute("INSERT INTO webhook_cursors (name, value, ref, at) VALUES (?, ?, ?, ?) ON CONFLICT(name) "
-                             "DO UPDATE SET value = excluded.value, ref = excluded.ref, at = excluded.at",
-                             [name, value, ref, at])
-            return queued
+        return self._queue_and_move(
+            "INSERT OR IGNORE INTO webhook_deliveries (id, subscription, source, event_type, payload, state, attempts, "
+            "leased, next_attempt_at, created_at, age_from, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
+            ([r["id"], r["subscription"], r["source"], r["event_type"], r["payload"], r["created_at"], r["created_at"],
+              r["created_at"], r["created_at"]] for r in rows), CURSORS, cursors)
 
     # ------------------------------------------------------------ sending
 

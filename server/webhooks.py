@@ -655,7 +655,7 @@ class Webhooks:
         # Events, by rowid (arrival order); only the types someone asked for are read.
         wanted = sorted({t for s in subs for t in s.event_types if t not in ALARM_TYPES})
         start = cursors.get(EVENTS_CURSOR, (0.0, None, None))
-        events, reached = self.store.webhook_source_rows(EVENTS_CURSOR, start, SCAN_BATCH, wanted)
+        events, reached = self.store.source_rows(EVENTS_CURSOR, start, SCAN_BATCH, wanted)
         more |= len(events) >= SCAN_BATCH
         for ev in events:
             for sub in subs:
@@ -665,7 +665,7 @@ class Webhooks:
             moves[EVENTS_CURSOR] = reached
         # New alarms, by rowid.
         start = cursors.get(ALARMS_CURSOR, (0.0, None, None))
-        alarms, reached = self.store.webhook_source_rows(ALARMS_CURSOR, start, SCAN_BATCH)
+        alarms, reached = self.store.source_rows(ALARMS_CURSOR, start, SCAN_BATCH)
         more |= len(alarms) >= SCAN_BATCH
         for alarm in alarms:
             for sub in subs:
