@@ -731,15 +731,16 @@ class SiemSettings:
 
 
 def _siem_file(t: _Table, name: str, base: Path, what: str) -> Path | None:
+    """A file [siem] names, relative to the site directory. Whether it exists and can be used is checked when
+    the server starts (server/siem.py ``tls_context``, the same file/key/fix line), not here: the site is also
+    read by ``doorkeep pki issue``, which writes the very certificate the table may name."""
     value = t.get(name, str, None)
     if value is None:
         return None
-    path = base / value
-    if not value.strip() or not path.is_file():
-        t.error(name, f"{path} is not a file", f"point {name} at {what} (relative to the site directory), "
-                f"or remove {name}")
+    if not value.strip():
+        t.error(name, "is empty", f"point {name} at {what} (relative to the site directory), or remove {name}")
         return None
-    return path
+    return base / value
 
 
 def _siem(t: _Table | None, base: Path) -> SiemSettings:

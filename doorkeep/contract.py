@@ -555,9 +555,10 @@ class CommandResult:
 
 
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],
-                  cameras: dict[str, Any], ts: str, *, outbox: dict[str, int] | None = None,
+                  cameras: dict[str, Any], ts: str, *, outbox: dict[str, float] | None = None,
                   policy: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> bytes:
-    """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog).
+    """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog:
+    ``{"pending", "dropped_snapshots", "oldest_age_s"}``, the last added later, so a reader treats it as optional).
 
     ``policy``: the signed policy the edge holds, ``{"status", "version"}`` (docs/mqtt.md): an added key, so
     a server that does not know it ignores it. ``health``: ``{"ok", "problems"}``, the edge's own findings that

@@ -1700,8 +1700,18 @@ class EdgeAgent:
                  for d, rt in self.doors.items()}
         readers = {d: rt.reader.stats.published() for d, rt in self.doors.items()}
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
-        return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(self.clock.wall()),
-                             outbox=self.outbox.stats(), policy=self._policy_state(), health=remote_health(self))
+        now = self.clock.wall()
+        return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(now),
+                             outbox=self._outbox_state(now), policy=self._policy_state(), health=remote_health(self))
+
+    def _outbox_state(self, now: float) -> dict[str, float]:
+        """The ``outbox`` of the retained state: its depth, the snapshots dropped for space, and ``oldest_age_s``,
+        how long the oldest waiting event has waited by this edge's clock (0 when none waits), so the server's
+        ``/metrics`` shows how far each edge's delivery is behind without reaching the Pi's own port. Read without
+        the outbox's lock (Outbox.oldest_event_at): the loop never waits for the disk."""
+        oldest = self.outbox.oldest_event_at()
+        age = round(max(0.0, now - oldest), 3) if oldest is not None else 0.0
+        return {**self.outbox.stats(), "oldest_age_s": age}
 
     def _policy_state(self) -> dict[str, Any]:
         """The ``policy`` of the retained state: ``held`` (with its version), ``none`` (no policy, the site file

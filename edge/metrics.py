@@ -12,7 +12,7 @@ health, the link and the decision counters belong to the loop. So a scrape never
 :func:`take_snapshot` to the loop (``call_and_wait``, one wake-up) and reads the frozen copy it gets back. A
 loop that does not answer within :data:`LOOP_ANSWER_S` is itself the finding (``loop_not_answering``), and the
 metrics it owns are left out of that scrape rather than read unsafely. What is thread-safe by design is read
-directly: the outbox's counters and its oldest waiting event (under the outbox's own lock), each camera's stats
+directly: the outbox's counters and its oldest waiting event (kept in memory by the outbox), each camera's stats
 (a copy under the camera's condition), the certificate files.
 
 Labels are bounded and never name a person or a card: ``door`` (this device's doors), ``reason`` (the reason

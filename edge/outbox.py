@@ -317,6 +317,7 @@ class Outbox:
                 self._conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (self._seq,))
         self._dropped = int(meta["dropped_snapshots"])
         self._pending = int(self._conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+        self._oldest_event: float | None = self._query_oldest_event()
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         last = self._conn.execute("SELECT mac FROM messages ORDER BY id DESC LIMIT 1").fetchone()
         self._last_mac: bytes = bytes(last[0]) if last is not None and last[0] is not None else b""
@@ -462,12 +463,17 @@ class Outbox:
 
     def oldest_event_at(self) -> float | None:
         """Wall time (epoch s) the oldest event still waiting was stored, or None when none waits: how far
-        delivery is behind (the edge's ``/metrics``, read on its metrics thread under this outbox's lock)."""
-        if not self._pending:
-            return None
-        with self._lock:
-            row = self._conn.execute("SELECT created_at FROM messages WHERE kind = 'event' ORDER BY id LIMIT 1"
-                                     ).fetchone()
+        delivery is behind (the edge's ``/metrics`` and its retained state's ``outbox.oldest_age_s``).
+
+        Kept in memory by whoever changes the rows (under this outbox's lock, on the jobs worker), so reading it
+        takes no lock and touches no disk: the loop builds the retained state from it and never waits behind an
+        fsync (the module docstring, "Threads")."""
+        return self._oldest_event
+
+    def _query_oldest_event(self) -> float | None:
+        """Under the lock (or while opening): when the oldest waiting event was stored, read from the file."""
+        row = self._conn.execute("SELECT created_at FROM messages WHERE kind = 'event' ORDER BY id LIMIT 1"
+                                 ).fetchone()
         return float(row[0]) if row is not None and row[0] is not None else None
 
     def add_listener(self, fn: Callable[[], None]) -> None:
@@ -546,6 +552,8 @@ class Outbox:
             self._seq = seq
             self._last_mac = prev
             self._pending += len(rows) - dropped
+            if self._oldest_event is None:
+                self._oldest_event = now
             self._dropped += dropped
         self._notify()
         return [r[1] for r in rows]
@@ -671,6 +679,7 @@ class Outbox:
                         with self._write(durable=False) as conn:
                             if conn.execute("DELETE FROM messages WHERE id = ?", (rid,)).rowcount:
                                 self._pending -= 1
+                        self._oldest_event = self._query_oldest_event()
                 if bad:
                     tampered = self._quarantine(bad)
             if tampered:
@@ -709,6 +718,8 @@ class Outbox:
                              "prev_mac, ?, ? FROM messages WHERE id = ?", (now, why, rid))
                 gone += conn.execute("DELETE FROM messages WHERE id = ?", (rid,)).rowcount
         self._pending -= gone
+        if gone:
+            self._oldest_event = self._query_oldest_event()
         self.tampered_rows += len(bad)
         items = [Tampered(rid, str(kind)[:20], str(topic)[:200],
                           seq if isinstance(seq, int) and not isinstance(seq, bool) else None, why)
@@ -747,6 +758,8 @@ class Outbox:
                     marks = ",".join("?" * len(chunk))
                     gone += conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk).rowcount
             self._pending -= gone
+            if gone and self._oldest_event is not None:
+                self._oldest_event = self._query_oldest_event()
             return gone
 
 

@@ -8,9 +8,9 @@ Why this shape:
   its own figures (and registering a name twice in one registry is an error).
 * **Read at scrape time.** A custom collector turns what the server already keeps into metric families when
   Prometheus asks: the bus's counters, supervision's devices, the publisher's versions, the edges' retained
-  state, open alarms (one grouped query), certificates, backups. The decision path gains one counter and one
-  histogram observe (``doorkeep_decision_handler_seconds``); ingest one observe per commit. Nothing here runs
-  on a thread of its own or holds a lock a decision waits on.
+  state, open alarms (one grouped query), certificates, backups, the webhook queue (one grouped query). The
+  decision path gains one counter and one histogram observe (``doorkeep_decision_handler_seconds``); ingest one
+  observe per commit. Nothing here runs on a thread of its own or holds a lock a decision waits on.
 * **Bounded labels.** Door and device ids of the site, reason codes, event and alarm types of the vocabulary,
   priorities, and certificate names of the site's PKI. A person, a card, free text or an id a device made up
   is never a label: a reason outside the vocabulary counts as ``other``, a door outside the site as ``""``,
@@ -78,6 +78,11 @@ BACKUP_OVERDUE_PERIODS = 3
 #: What an edge's retained state may report of its outbox (contract.state_payload): pending messages, snapshots
 #: dropped for space, and the age of the oldest pending event when the edge measures it.
 OUTBOX_PENDING, OUTBOX_DROPPED, OUTBOX_OLDEST = "pending", "dropped_snapshots", "oldest_age_s"
+#: The webhook queue's states ``doorkeep_webhook_queue_depth`` reports (delivered records are history, not queue),
+#: and the outcomes ``doorkeep_webhook_deliveries_total`` counts (server/webhooks.py ``Webhooks.counters``): each
+#: always present, 0 until it happens, so ``rate()`` has a series from the start.
+WEBHOOK_QUEUE_STATES = ("pending", "dead")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "dead")
 #: How many published versions per device :meth:`ServerMetrics.behind_since` remembers while an edge is behind.
 MAX_REMEMBERED_VERSIONS = 64
 #: A label value standing for anything outside the vocabulary (a reason no rule of decide() gives).
@@ -323,8 +328,8 @@ class _Collector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._bus, self._devices, self._alarms, self._certificates, self._backups, self._siem,
-                     self._ready):
+        for part in (self._bus, self._devices, self._alarms, self._certificates, self._backups, self._webhooks,
+                     self._siem, self._ready):
             try:
                 yield from part()
             except Exception:  # one part failing must not take the rest of the scrape down
@@ -489,6 +494,28 @@ class _Collector(Collector):
                                     "backup was taken (Unix time)", value=self.metrics.last_backup)
         yield CounterMetricFamily("doorkeep_backup_failures", "Backup runs (or their offsite copies) that failed "
                                   "since the server started", value=job.failures)
+
+    def _webhooks(self) -> Iterator[Metric]:
+        hooks = self.metrics.server.webhooks
+        if hooks is None:
+            return  # a server built without webhooks (a test's): nothing to report
+        stats = hooks.stats()  # one grouped count of the queue's rows, and this process's counters
+        deliveries, counters = stats["deliveries"], stats["counters"]
+        depth = GaugeMetricFamily("doorkeep_webhook_queue_depth", "Webhook deliveries in the store's queue, by "
+                                  "state: pending (to be sent or sent again) and dead (given up, listed for an "
+                                  "admin to retry)", labels=["state"])
+        for state in WEBHOOK_QUEUE_STATES:
+            depth.add_metric([state], deliveries.get(state, 0))
+        yield depth
+        outcomes = CounterMetricFamily("doorkeep_webhook_deliveries", "Webhook delivery outcomes since the server "
+                                       "started: delivered (answered 2xx), retried (an attempt failed, tried "
+                                       "again later), dead (given up)", labels=["outcome"])
+        for outcome in WEBHOOK_OUTCOMES:
+            outcomes.add_metric([outcome], counters.get(outcome, 0))
+        yield outcomes
+        yield CounterMetricFamily("doorkeep_webhook_queued", "Webhook deliveries queued since the server started "
+                                  "(one per webhook and event or alarm it subscribes to)",
+                                  value=counters.get("queued", 0))
 
     def _siem(self) -> Iterator[Metric]:
         siem = self.metrics.server.siem

@@ -739,6 +739,7 @@ class Webhooks:
             if attempts and now - float(r["age_from"]) > s.max_age_s:
                 outcomes.append((r["id"], "dead", attempts, now, f"older than {s.max_age_s:.0f} s: given up", None))
                 report.dead += 1
+                self.counters["dead"] += 1
                 continue
             body = (r["payload"] or "").encode("utf-8")
             try:

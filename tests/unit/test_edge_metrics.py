@@ -328,6 +328,25 @@ def test_outbox_depth_and_the_age_of_its_oldest_event_follow_the_clock(edge: Edg
     assert sample(m, "doorkeep_edge_outbox_oldest_event_age_seconds") == pytest.approx(first + 90, abs=0.01)
 
 
+def test_the_retained_state_says_how_long_the_oldest_waiting_event_has_waited(edge: Edge) -> None:
+    def outbox_state() -> dict[str, Any]:
+        done, payload = edge.agent.loop.call_and_wait(edge.agent._state_payload, 5)  # built on the loop, as sent
+        assert done
+        return json.loads(payload)["outbox"]  # type: ignore[no-any-return]
+
+    edge.badge("front", UNKNOWN)  # no broker: the event waits in the outbox
+    box = outbox_state()
+    assert box["pending"] == edge.agent.outbox.pending > 0 and box["oldest_age_s"] >= 0
+    edge.clock.advance(90)
+    box = outbox_state()
+    assert box["oldest_age_s"] == pytest.approx(sample(edge.scrape(), "doorkeep_edge_outbox_oldest_event_age_seconds"),
+                                                abs=0.01), "the state and the edge's own /metrics agree"
+    assert box["oldest_age_s"] >= 90
+    outbox = edge.agent.outbox
+    outbox.ack([r.id for r in outbox.peek(limit=10_000)])  # as the broker's acknowledgements would
+    assert outbox_state() == {"pending": 0, "dropped_snapshots": 0, "oldest_age_s": 0.0}
+
+
 def test_the_device_certificate_days_to_expiry_come_from_its_cert_file(tmp_path: Path, edges: list[Edge],
                                                                         signing_key: Ed25519PrivateKey) -> None:
     store = tmp_path / "pki"

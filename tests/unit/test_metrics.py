@@ -30,6 +30,7 @@ from doorkeep.pki import init_ca, issue, revoke
 from server.app import Server, bootstrap
 from server.backup import BackupJob, generate_recovery_key
 from server.metrics import BACKUP_OVERDUE_PERIODS, METRICS_TOKEN_ENV, MetricsHTTPServer, ServerMetrics
+from server.webhooks import Answer, WebhookSettings
 from simulators.site import DEMO_SITE
 from tests.unit.test_bus_ingest import Client
 from tests.unit.test_bus_ingest import deliver as deliver_payload
@@ -299,6 +300,69 @@ def test_backups_report_the_last_success_and_become_overdue_after_missed_periods
     # A restart remembers the last backup from the newest file's manifest.
     server.metrics = ServerMetrics(server, process=False)
     assert value(scrape(server), "doorkeep_backup_last_success_timestamp_seconds") == taken
+
+
+class Answering:
+    """A webhook receiver standing in for the network: each URL answers with its fixed status."""
+
+    def __init__(self, status: dict[str, int]) -> None:
+        self.status = status
+
+    def post(self, url: str, body: bytes, headers: Any, timeout_s: float) -> Answer:
+        code = self.status[url]
+        return Answer(code, None if 200 <= code < 300 else f"HTTP {code}")
+
+
+def test_the_webhook_queue_by_state_and_delivery_outcomes_are_counted(server: Server, clock: FakeClock) -> None:
+    hooks = server.webhooks
+    assert hooks is not None
+    s = scrape(server)  # before any webhook: every series there at 0, so rate() has a start
+    assert {st: value(s, "doorkeep_webhook_queue_depth", state=st) for st in ("pending", "dead")} == {
+        "pending": 0, "dead": 0}
+    assert {o: value(s, "doorkeep_webhook_deliveries_total", outcome=o) for o in ("delivered", "retried", "dead")} \
+        == {"delivered": 0, "retried": 0, "dead": 0}
+    assert value(s, "doorkeep_webhook_queued_total") == 0
+    hooks.sender = Answering({"https://up.example/hook": 200, "https://down.example/hook": 503})
+    hooks.settings = WebhookSettings(retry_s=10.0, max_attempts=2)
+    hooks.create(name="up", url="https://up.example/hook", event_types=["forced_open"], actor="ada")
+    hooks.create(name="down", url="https://down.example/hook", event_types=["forced_open"], actor="ada")
+    send_event(server, "forced_open")
+    send_event(server, "forced_open")
+
+    hooks.run_once()  # 4 queued: the up receiver takes its 2, the down one refuses its 2 (tried again in 10 s)
+    s = scrape(server)
+    assert value(s, "doorkeep_webhook_queued_total") == 4
+    assert value(s, "doorkeep_webhook_queue_depth", state="pending") == 2
+    assert value(s, "doorkeep_webhook_queue_depth", state="dead") == 0
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="delivered") == 2
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="retried") == 2
+    clock.advance(10)
+    hooks.run_once()  # the second refusal is the last attempt: both dead letters, out of the pending queue
+    s = scrape(server)
+    assert value(s, "doorkeep_webhook_queue_depth", state="pending") == 0
+    assert value(s, "doorkeep_webhook_queue_depth", state="dead") == 2
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="dead") == 2
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="retried") == 2
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="delivered") == 2
+    labels = {v for (name, ls) in s for _, v in ls if name.startswith("doorkeep_webhook_")}
+    assert labels == {"pending", "dead", "delivered", "retried"}, "no URL, webhook name or event as a label"
+
+
+def test_a_delivery_given_up_for_its_age_without_another_attempt_counts_as_dead(server: Server,
+                                                                               clock: FakeClock) -> None:
+    hooks = server.webhooks
+    assert hooks is not None
+    hooks.sender = Answering({"https://down.example/hook": 503})
+    hooks.settings = WebhookSettings(retry_s=10.0, max_attempts=30, max_age_s=100.0)
+    hooks.create(name="down", url="https://down.example/hook", event_types=["forced_open"], actor="ada")
+    send_event(server, "forced_open")
+    hooks.run_once()
+    clock.advance(500)  # the server was down past the delivery's age limit: given up when next claimed
+    hooks.run_once()
+    s = scrape(server)
+    assert value(s, "doorkeep_webhook_queue_depth", state="dead") == 1
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="retried") == 1
+    assert value(s, "doorkeep_webhook_deliveries_total", outcome="dead") == 1
 
 
 # ------------------------------------------------------------------ readiness

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,6 +144,45 @@ def test_seq_is_not_reused_when_every_row_was_acknowledged(tmp_path: Path) -> No
     try:
         assert again.pending == 0
         assert again.put_event(TOPIC, access_event) == 2
+    finally:
+        again.close()
+
+
+def test_the_oldest_waiting_event_follows_puts_acks_quarantine_and_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock(wall=1_000.0)
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path, disk_free=no_disk_limit, clock=clock)
+    assert ob.oldest_event_at() is None
+    ob.put_snapshot(snapshot_topic(0), b"jpeg")
+    assert ob.oldest_event_at() is None, "a snapshot is not an event"
+    for _ in range(4):
+        ob.put_event(TOPIC, access_event)  # stored at 1000, 1005, 1010, 1015
+        clock.advance(5)
+    assert ob.oldest_event_at() == 1000.0
+    snap, first, second, third, fourth = ob.peek()
+    assert ob.ack([second.id]) == 1
+    assert ob.oldest_event_at() == 1000.0, "a later event acknowledged: the oldest still waits"
+    assert ob.ack([snap.id, first.id]) == 2
+    assert ob.oldest_event_at() == 1010.0
+    ob.close()
+    with sqlite3.connect(path) as db:  # the oldest row edited on disk: it fails its MAC when next read
+        db.execute("UPDATE messages SET payload = x'00' WHERE id = ?", (third.id,))
+    db.close()
+
+    again = Outbox(path, disk_free=no_disk_limit, clock=clock)
+    try:
+        assert again.oldest_event_at() == 1010.0  # read back from the file at start
+        assert [r.id for r in again.peek()] == [fourth.id]  # the edited row is quarantined, never sent
+        assert again.oldest_event_at() == 1015.0
+        # Read without the outbox's lock: the loop asks while the jobs worker holds it (an fsync) and never waits.
+        seen: list[float | None] = []
+        with again._lock:
+            reader = threading.Thread(target=lambda: seen.append(again.oldest_event_at()))
+            reader.start()
+            reader.join(2)
+        assert seen == [1015.0]
+        assert again.ack([fourth.id]) == 1
+        assert again.oldest_event_at() is None
     finally:
         again.close()
 
