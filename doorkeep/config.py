@@ -536,6 +536,7 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.used.add("invitations")  # server-side only: read by _load_smtp, not part of the Site
     root.used.add("siem")  # server-side only: read by _load_siem, not part of the Site
     root.used.add("home_assistant")  # server-side only: read by _load_home_assistant, not part of the Site
+    root.used.add("integrations")  # server-side only: read by _load_integrations, not part of the Site
     root.done()
     if site_id is None or tz is None:
         return None
@@ -1069,6 +1070,53 @@ def _load_home_assistant(path: Path, errors: list[ConfigError], site: Site,
     if data is None:
         return HomeAssistantSettings()
     return _home_assistant(_Table(data, str(path), "", errors).sub("home_assistant"), site)
+
+
+@dataclass(frozen=True)
+class IntegrationSettings:
+    """What one integration may ask of the server's integration request API (site.toml [integrations.NAME];
+    server/integration_api.py, docs/operations.md "The integration request API"). ``NAME`` is the integration's
+    certificate name. Every live, non-read-only integration may ask ``status``; ``unlock`` only for
+    ``unlock_doors``: a tuple of door ids, or None for every door (``"all"``). Absent: no door (the default)."""
+
+    name: str
+    unlock_doors: tuple[str, ...] | None = ()
+
+    def may_unlock(self, door: str) -> bool:
+        return self.unlock_doors is None or door in self.unlock_doors
+
+
+def _integrations(root: _Table, site: Site) -> dict[str, IntegrationSettings]:
+    out: dict[str, IntegrationSettings] = {}
+    for name, t in root.children("integrations"):
+        if name in _RESERVED_IDENTITIES or len(name) > 64:
+            t.error("", f"{name!r} cannot be an integration's certificate name",
+                    "use the name its certificate was issued with (`doorkeep pki issue NAME --role integration`)")
+            continue
+        raw = t.get("unlock_doors", (list, str), [])
+        doors: tuple[str, ...] | None = ()
+        if raw == "all":
+            doors = None
+        elif isinstance(raw, str):
+            t.error("unlock_doors", f"unknown value {raw!r}", 'write "all" or a list of door ids, e.g. ["lobby_in"]')
+        elif isinstance(raw, list):
+            unknown = [x for x in raw if not isinstance(x, str) or x not in site.doors]
+            if unknown:
+                t.error("unlock_doors", f"{', '.join(map(repr, unknown))} is not a door of the site",
+                        f"use door ids: {', '.join(site.doors)}")
+            doors = tuple(x for x in raw if isinstance(x, str) and x in site.doors)
+        t.done()
+        out[name] = IntegrationSettings(name, doors)
+    return out
+
+
+def _load_integrations(path: Path, errors: list[ConfigError], site: Site,
+                       text: str | None = None) -> dict[str, IntegrationSettings]:
+    """The [integrations.NAME] tables of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    if data is None:
+        return {}
+    return _integrations(_Table(data, str(path), "", errors), site)
 
 
 @dataclass(frozen=True)
@@ -2123,6 +2171,8 @@ class SiteBundle:
     invitations: InvitationSettings = field(default_factory=InvitationSettings)
     siem: SiemSettings = field(default_factory=SiemSettings)
     home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    #: The integration request API's permissions by certificate name (site.toml [integrations.NAME]).
+    integrations: dict[str, IntegrationSettings] = field(default_factory=dict)
 
 
 def _cross_check(site: Site, devices: list[DeviceConfig], site_file: str, errors: list[ConfigError],
@@ -2223,12 +2273,13 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     home_assistant = (_load_home_assistant(d / "site.toml", errors, site, site_text) if site is not None
                       else HomeAssistantSettings())
     siem = _load_siem(d / "site.toml", errors, site_text) if site is not None else SiemSettings()
+    integrations = _load_integrations(d / "site.toml", errors, site, site_text) if site is not None else {}
     if errors:
         raise ConfigErrors(errors)
     assert site is not None
     return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion,
                       backup=backup, smtp=smtp, invitations=invitations, home_assistant=home_assistant,
-                      siem=siem)
+                      siem=siem, integrations=integrations)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:

@@ -30,6 +30,7 @@ from server.bus import ServerBus
 from server.commands import CommandSender
 from server.directory import Directory
 from server.home_assistant import HomeAssistant
+from server.integration_api import IntegrationApi
 from server.intrusion import IntrusionDetector
 from server.mail import MailQueue
 from server.metrics import ServerMetrics, metrics_token_from_env
@@ -66,6 +67,7 @@ class Server:
     metrics: ServerMetrics | None = None  # /healthz, /readyz, /metrics (server/metrics.py, docs/operations.md)
     siem: Siem | None = None  # syslog to a SIEM from a durable queue, site.toml [siem] (server/siem.py)
     home_assistant: HomeAssistant | None = None  # MQTT discovery, site.toml [home_assistant] (server/home_assistant.py)
+    integration_api: IntegrationApi | None = None  # integrations' MQTT requests, [integrations.NAME] (server/integration_api.py)
 
     @property
     def site(self) -> Site:
@@ -93,12 +95,16 @@ class Server:
             self.siem.start()
         if self.home_assistant is not None:
             self.home_assistant.start()
+        if self.integration_api is not None:
+            self.integration_api.start()
 
     def stop(self) -> None:
         if self.siem is not None:
             self.siem.stop()
         if self.home_assistant is not None:
             self.home_assistant.stop()
+        if self.integration_api is not None:
+            self.integration_api.stop()
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.certificates is not None:
@@ -151,7 +157,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     if live is not None:
         bundle = dataclasses.replace(bundle, site=live.site, retention=live.retention, intrusion=live.intrusion,
                                      backup=live.backup, smtp=live.smtp, invitations=live.invitations,
-                                     home_assistant=live.home_assistant, siem=live.siem)
+                                     home_assistant=live.home_assistant, siem=live.siem,
+                                     integrations=live.integrations)
     # People live in the store too (server/people.py): the first start imports people.toml (inside Directory);
     # later starts only warn when the file differs from the store.
     people_seeded = store.people_seeded()
@@ -222,6 +229,10 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     if bundle.home_assistant.configured:
         server.home_assistant = HomeAssistant(bundle.home_assistant, directory, bus, store, commands, clock,
                                               audit=audit)
+    # The integration request API (docs/operations.md "The integration request API"): routes on the bus before it
+    # connects; [integrations.NAME] as the server started; SITE/pki/index.json read at each request.
+    server.integration_api = IntegrationApi(bundle.integrations, directory, bus, commands, clock,
+                                            pki=bundle.dir / "pki", audit=audit)
     # Health and Prometheus metrics (server/metrics.py): a registry of this server's own, read at scrape time;
     # /metrics asks for $DOORKEEP_METRICS_TOKEN as a bearer token when it is set.
     server.metrics = ServerMetrics(server, clock=clock, site_dir=bundle.dir, token=metrics_token_from_env())
