@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     pis.add_argument("--host", action="append", metavar="HOST",
                      help="broker only: a DNS name or IP the Pis use to reach it (repeatable; "
                           "localhost and 127.0.0.1 are always in)")
-    pis.add_argument("--role", choices=["integration"], help="integration: a client certificate for Home Assistant, "
-                     "Node-RED, a SOC collector (NAME must not be a device id or reserved); regenerate the broker "
-                     "config afterwards")
+    pis.add_argument("--role", choices=["integration", "bridge"], help="integration: a client certificate for Home "
+                     "Assistant, Node-RED, a SOC collector (NAME must not be a device id or reserved); bridge: a "
+                     "building broker's uplink `bridge-BUILDING` (with --device); regenerate the broker config afterwards")
+    pis.add_argument("--device", action="append", metavar="ID", help="with --role bridge: a device of the building "
+                     "whose topics the bridge carries (repeatable; docs/scale.md)")
     pis.add_argument("--read-only", action="store_true", help="with --role integration: read events and state only, "
                      "no request topic")
     pls = pki_sub.add_parser("list", help="every certificate in SITE/pki with its role and expiry")
@@ -177,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "message_size_limit for the signed policies (default: the site files' count; at least 16 MiB)")
     bcf.add_argument("--log-file", type=Path, metavar="FILE", help="log to FILE for `doorkeep server --broker-log` "
                      "(default: stderr, i.e. the journal)")
+    bcf.add_argument("--bridge", action="append", metavar="BUILDING=HOST:PORT", help="this is BUILDING's broker: "
+                     "bridge its devices' topics to the campus broker at HOST:PORT over TLS with the certificate "
+                     "bridge-BUILDING (`doorkeep pki issue bridge-BUILDING --role bridge --device ID …`; "
+                     "docs/scale.md)")
 
     aud = sub.add_parser("audit", help="the hash-chained audit log (docs/security.md)")
     aud_sub = aud.add_subparsers(dest="action", required=True, metavar="ACTION")

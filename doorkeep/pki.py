@@ -72,9 +72,12 @@ RESERVED = (SERVER, BROKER, OPERATOR)
 #: An integration of the site (Home Assistant, Node-RED, a SOC's collector): events and state to read, and
 #: unless read-only one request topic of the server's integration API (:func:`integration_topic`).
 INTEGRATION = "integration"
+#: A building broker's bridge to the campus broker (doorkeep/bridge.py): a client certificate whose ACL on the
+#: campus broker is exactly the topics of the building's devices (recorded in ``index.json`` at issue time).
+BRIDGE = "bridge"
 #: The CA's own files are ``ca.crt`` and ``ca.key``: no certificate may be issued under that name.
 CA_NAME = "ca"
-ROLES = ("device", *RESERVED, INTEGRATION)
+ROLES = ("device", *RESERVED, INTEGRATION, BRIDGE)
 #: Days before a certificate's expiry from which it is reported (the server's ``certificate_expiring``
 #: alarm, ``doorkeep pki list``, the desk's Certificates page).
 EXPIRY_WARN_DAYS = 30
@@ -107,12 +110,16 @@ class Issued:
     revoked: str | None = None
     read_only: bool = False
     """An integration that may only read (no request topic in the ACL); False for every other role."""
+    bridged: tuple[str, ...] = ()
+    """A bridge's building devices (the topics it carries); empty for every other role."""
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "serial": format(self.serial, "x"), "role": self.role,
                                "not_after": self.not_after, "revoked": self.revoked}
         if self.role == INTEGRATION:
             row["read_only"] = self.read_only
+        if self.role == BRIDGE:
+            row["devices"] = list(self.bridged)
         return row
 
 
@@ -200,7 +207,7 @@ def load_index(pki: Path) -> list[Issued]:
     try:
         rows = json.loads(data)["issued"]
         return [Issued(r["name"], int(r["serial"], 16), r["role"], r["not_after"], r.get("revoked"),
-                       bool(r.get("read_only", False))) for r in rows]
+                       bool(r.get("read_only", False)), tuple(r.get("devices", ()))) for r in rows]
     except (ValueError, KeyError, TypeError) as exc:
         raise PkiError(f"{path}: not a doorkeep certificate index ({exc}) "
                        "(fix: restore it from your backup; it lists every certificate issued)") from None
@@ -276,7 +283,7 @@ def check_integration_name(name: str, devices: Iterable[str] = ()) -> None:
 
 
 def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), role: str | None = None,
-          read_only: bool = False, devices: Iterable[str] = ()) -> tuple[Path, Path]:
+          read_only: bool = False, devices: Iterable[str] = (), bridged: Iterable[str] = ()) -> tuple[Path, Path]:
     """Issue ``NAME.crt`` and ``NAME.key`` (mode 0600) signed by the site CA; returns their paths.
 
     Devices, the server and the operator get a client certificate (CN = the name the broker's ACL uses and,
@@ -287,16 +294,24 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), r
     ``role``: None derives it from the name (:func:`role_of`); :data:`INTEGRATION` issues a client certificate
     for an integration (OU ``integration``, or ``integration read-only`` with ``read_only``), recorded in
     ``index.json`` for :func:`broker_acl`; its name is checked by :func:`check_integration_name` against
-    ``devices``, the site's device ids.
+    ``devices``, the site's device ids. :data:`BRIDGE` issues a building broker's bridge certificate (OU
+    ``bridge``) carrying ``bridged``, the building's device ids, recorded in ``index.json`` for the campus ACL.
     """
-    if role is not None and role != INTEGRATION:
-        raise PkiError(f"role {role!r} is not given by hand (fix: use `integration`, or no role: devices, "
+    bridged = tuple(sorted(set(bridged)))
+    if role is not None and role not in (INTEGRATION, BRIDGE):
+        raise PkiError(f"role {role!r} is not given by hand (fix: use `integration` or `bridge`, or no role: devices, "
                        "`server`, `operator` and `broker` take theirs from the name)")
     if read_only and role != INTEGRATION:
         raise PkiError(f"--read-only applies to integrations only, not to {name!r} (fix: add --role integration, "
                        "or drop --read-only)")
-    if role == INTEGRATION:
+    if (role == BRIDGE) != bool(bridged):
+        raise PkiError(f"{name!r}: a bridge carries the devices of its building, and only a bridge does "
+                       "(fix: `--role bridge` with at least one `--device ID`)")
+    if role in (INTEGRATION, BRIDGE):
         check_integration_name(name, devices)
+        unknown = sorted(set(bridged) - set(devices))
+        if unknown:
+            raise PkiError(f"{', '.join(unknown)}: not a device of this site (fix: give the building's device ids)")
     elif not SEGMENT.match(name):
         raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server`, `operator` or `broker`)")
     ca_cert, ca_key = load_ca(pki)
@@ -323,10 +338,11 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), r
         if hosts:
             raise PkiError(f"--host applies to the broker's certificate only, not to {name!r} "
                            "(fix: drop --host, or issue `broker`)")
-        urn = f"urn:doorkeep:{site_id}:{INTEGRATION}:{name}" if role == INTEGRATION else f"urn:doorkeep:{site_id}:{name}"
+        urn = (f"urn:doorkeep:{site_id}:{role}:{name}" if role in (INTEGRATION, BRIDGE)
+               else f"urn:doorkeep:{site_id}:{name}")
         alt = [x509.UniformResourceIdentifier(urn)]
         usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    unit = integration_unit(read_only) if role == INTEGRATION else None
+    unit = integration_unit(read_only) if role == INTEGRATION else BRIDGE if role == BRIDGE else None
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(name, site_id, unit)).issuer_name(ca_cert.subject)
@@ -345,7 +361,8 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), r
     key_path, cert_path = pki / f"{name}.key", pki / f"{name}.crt"
     _write_new(key_path, _key_pem(key), 0o600)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _save_index(pki, [*rows, Issued(name, serial, role, not_after.isoformat(), read_only=read_only)])
+    _save_index(pki, [*rows, Issued(name, serial, role, not_after.isoformat(), read_only=read_only,
+                                        bridged=bridged)])
     return cert_path, key_path
 
 
@@ -354,6 +371,12 @@ def live_integrations(pki: Path) -> list[Integration]:
     found = {r.name: Integration(r.name, r.read_only) for r in load_index(pki)
              if r.role == INTEGRATION and r.revoked is None}
     return [found[n] for n in sorted(found)]
+
+
+def live_bridges(pki: Path) -> dict[str, tuple[str, ...]]:
+    """The bridges with a live certificate in ``index.json``: name -> the building devices it carries."""
+    return {r.name: r.bridged for r in sorted(load_index(pki), key=lambda r: r.name)
+            if r.role == BRIDGE and r.revoked is None}
 
 
 def revoke(pki: Path, name: str, *, now: datetime) -> int:
@@ -433,7 +456,7 @@ class CertificateInfo:
         return "expired" if left <= 0 else "expiring" if left <= warn_days else "ok"
 
 
-_ROLE_ORDER = ("ca", BROKER, SERVER, OPERATOR, "device", INTEGRATION, "unknown")
+_ROLE_ORDER = ("ca", BROKER, SERVER, OPERATOR, "device", INTEGRATION, BRIDGE, "unknown")
 
 
 def _describe(cert: x509.Certificate) -> tuple[str, bool]:
@@ -448,6 +471,8 @@ def _describe(cert: x509.Certificate) -> tuple[str, bool]:
         return INTEGRATION, True
     if integration_unit(False) in units:
         return INTEGRATION, False
+    if BRIDGE in units:
+        return BRIDGE, False
     try:
         if ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
             return BROKER, False
@@ -542,7 +567,7 @@ def _home_assistant_lines(settings: HomeAssistantSettings, apps: list[Integratio
 
 
 def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = (),
-               integrations: Iterable[Integration] = (),
+               integrations: Iterable[Integration] = (), bridges: Mapping[str, Iterable[str]] | None = None,
                home_assistant: HomeAssistantSettings | Mapping[str, HomeAssistantSettings] | None = None) -> str:
     """The ACL: each device its own subtree (plus reading the server's availability), the server the site,
     the operator's tools the commands and their results, each integration what it may read.
@@ -563,6 +588,9 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     response (:func:`integration_topic`); nothing else, and in a one-site ACL an explicit ``deny`` takes
     away the subtree the device pattern would give its CN. With a campus mapping, in every site listed.
     A name that is reserved, a device id, an observer, or listed twice is refused.
+
+    ``bridges`` (:func:`live_bridges`, one site only): each building broker's bridge reads and writes exactly
+    its building's device subtrees and reads the server's availability (doorkeep.bridge.bridge_acl_lines).
 
     ``home_assistant``: the site's [home_assistant] settings (a mapping by site for a campus): the server may
     write its node's topics under the discovery prefix, and the integration they name reads the prefix and,
@@ -645,10 +673,17 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
             "",
             *integration_blocks([sites], deny_own=True),
         ]
+        from doorkeep.bridge import bridge_acl_lines  # doorkeep.bridge imports nothing of this module
+        for name, bridged in sorted((bridges or {}).items()):
+            check_integration_name(name, known_devices)
+            lines += [f"# Bridge {name}: a building broker's uplink; its building's devices only.", f"user {name}",
+                      *bridge_acl_lines(sites, name, bridged, deny_own=True), ""]
         for o in watchers:
             lines += ["# A test observer: the whole site, under its own identity.", f"user {o}",
                       f"topic readwrite {base}/#", ""]
         return "\n".join(lines)
+    if bridges:
+        raise PkiError("bridges are generated for one site's broker (fix: one `doorkeep broker config` per site)")
     if not sites:
         raise PkiError("no site given (fix: name at least one site and its device ids)")
     seen: dict[str, str] = {}

@@ -12,10 +12,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from doorkeep.bridge import BridgeError, bridge_name, bridge_section, parse_bridge
 from doorkeep.config import SiteBundle, load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
 from doorkeep.pki import (
     EXPIRY_WARN_DAYS,
+    BRIDGE,
     INTEGRATION,
     RESERVED,
     POLICY_BYTES_PER_PERSON,
@@ -26,6 +28,7 @@ from doorkeep.pki import (
     check_integration_name,
     init_ca,
     issue,
+    live_bridges,
     live_integrations,
     message_size_limit,
     pki_dir,
@@ -65,12 +68,15 @@ def issue_cmd(args: argparse.Namespace) -> int:
         known = sorted(bundle.devices)
         if read_only and role != INTEGRATION:
             raise PkiError("--read-only applies to integrations only (fix: add --role integration, or drop --read-only)")
-        if role != INTEGRATION and args.name not in (*known, *RESERVED):
+        bridged = tuple(getattr(args, "device", None) or ())
+        if bridged and role != BRIDGE:
+            raise PkiError("--device applies to bridges only (fix: add --role bridge, or drop --device)")
+        if role is None and args.name not in (*known, *RESERVED):
             raise PkiError(f"{args.name!r} is not a device of site {bundle.site.id} "
                            f"(fix: use one of: {', '.join([*known, *RESERVED])}; "
                            f"or `--role integration` for an integration such as Home Assistant)")
         cert, key = issue(pki_dir(args.site), args.name, now=_now(), hosts=tuple(args.host or ()), role=role,
-                          read_only=read_only, devices=known)
+                          read_only=read_only, devices=known, bridged=bridged)
     except (PkiError, ConfigErrors, ConfigError) as exc:
         return _fail("pki issue", exc)
     print(f"wrote {cert} and {key} (mode 0600)")
@@ -79,6 +85,10 @@ def issue_cmd(args: argparse.Namespace) -> int:
               f"with `doorkeep broker config --site {args.site}` and reload Mosquitto before handing over "
               f"{cert.name}, {key.name} and {pki_dir(args.site) / 'ca.crt'} (docs/operations.md, "
               "\"Certificates for integrations\")")
+    elif role == BRIDGE:
+        print(f"bridge {args.name} carries {', '.join(bridged)}: regenerate the campus broker's ACL with "
+              f"`doorkeep broker config --site {args.site}`, and the building's with `--bridge BUILDING=HOST:PORT` "
+              "(docs/scale.md, \"Bridging a building broker\")")
     elif args.name not in RESERVED:
         print(f"copy them with {pki_dir(args.site) / 'ca.crt'} to the Pi and set [broker] url = \"mqtts://…\", "
               "ca_file, cert_file and key_file in its device file")
@@ -117,13 +127,24 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
         conf = broker_config(bundle.site.id, pki, acl, port=args.port, bind=args.bind or None,
                              persistence_dir=args.persistence, size_limit=limit,
                              log_file=log_file.resolve() if log_file is not None else None)
-        acl_text = broker_acl(bundle.site.id, integrations=integrations, home_assistant=bundle.home_assistant)
+        bridges = live_bridges(pki)
+        for name in bridges:
+            check_integration_name(name, bundle.devices)
+        for value in getattr(args, "bridge", None) or ():  # this broker is a building's: its uplinks
+            building, host, port = parse_bridge(value)
+            name = bridge_name(building)
+            if name not in bridges:
+                raise PkiError(f"{pki / (name + '.crt')}: no live bridge certificate for building {building} (fix: "
+                               f"`doorkeep pki issue {name} --role bridge --device ID … --site {args.site}`)")
+            conf += "\n" + bridge_section(bundle.site.id, building, host, port, bridges[name], pki)
+        acl_text = broker_acl(bundle.site.id, integrations=integrations, bridges=bridges,
+                              home_assistant=bundle.home_assistant)
         for path, text in ((acl, acl_text), (out / "mosquitto.conf", conf)):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)
             os.chmod(tmp, 0o644)  # Mosquitto's own account reads it; it holds no secret (umask is 0077)
             os.replace(tmp, path)
-    except (PkiError, ConfigErrors, ConfigError, OSError) as exc:
+    except (PkiError, BridgeError, ConfigErrors, ConfigError, OSError) as exc:
         return _fail("broker config", exc)
     print(f"wrote {out / 'mosquitto.conf'} (message_size_limit {limit} bytes, for up to "
           f"{limit // POLICY_BYTES_PER_PERSON} people) and {acl}"
