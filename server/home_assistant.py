@@ -35,7 +35,7 @@ import json
 import logging
 import queue
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
@@ -47,6 +47,7 @@ from doorkeep.contract import AVAILABILITY_ONLINE, Topics
 from doorkeep.model import DoorKind, Site
 from server.audit import Auditor, record_audit
 from server.errors import ServerError
+from server.ratelimit import RateWindow
 
 log = logging.getLogger("doorkeep.server.home_assistant")
 
@@ -246,22 +247,6 @@ class _Commands(Protocol):
     def lock(self, door: str, *, actor: str = ...) -> dict[str, Any]: ...
 
 
-class _Window:
-    """At most ``limit`` events in any ``span_s`` (by the monotonic clock)."""
-
-    def __init__(self, limit: int, span_s: float = 60.0) -> None:
-        self.limit, self.span_s = limit, span_s
-        self._times: deque[float] = deque()
-
-    def take(self, now: float) -> bool:
-        while self._times and now - self._times[0] >= self.span_s:
-            self._times.popleft()
-        if len(self._times) >= self.limit:
-            return False
-        self._times.append(now)
-        return True
-
-
 @dataclass(frozen=True)
 class _Command:
     door: str
@@ -301,8 +286,8 @@ class HomeAssistant:
         self._alarms_last: bytes | None = None
         self._alarms_at = float("-inf")
         self._status_at = float("-inf")
-        self._site_window = _Window(SITE_COMMANDS_PER_MINUTE)
-        self._door_windows: dict[str, _Window] = {}
+        self._site_window = RateWindow(SITE_COMMANDS_PER_MINUTE)
+        self._door_windows: dict[str, RateWindow] = {}
         self._dropped_logged_at = float("-inf")
         self._queue: queue.Queue[_Command | None] = queue.Queue(COMMAND_QUEUE)
         self._publisher = threading.Thread(target=self._publish_loop, name="doorkeep-ha", daemon=True)
@@ -518,7 +503,7 @@ class HomeAssistant:
             raise HomeAssistantError("unknown_payload")
         if self.clock.monotonic() - received > COMMAND_MAX_AGE_S:
             raise HomeAssistantError("stale")
-        window = self._door_windows.setdefault(door, _Window(DOOR_COMMANDS_PER_MINUTE))
+        window = self._door_windows.setdefault(door, RateWindow(DOOR_COMMANDS_PER_MINUTE))
         if not window.take(self.clock.monotonic()):
             raise HomeAssistantError("rate_limited")
         return action

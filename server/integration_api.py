@@ -28,7 +28,7 @@ import json
 import logging
 import queue
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -39,6 +39,7 @@ from doorkeep.model import Site
 from doorkeep.pki import PkiError, integration_topic, live_integrations
 from server.audit import Auditor, record_audit
 from server.errors import ServerError
+from server.ratelimit import RateWindow
 
 log = logging.getLogger("doorkeep.server.integration_api")
 
@@ -81,22 +82,6 @@ class _Directory(Protocol):
 
 class _Commands(Protocol):
     def unlock(self, door: str, *, actor: str = ...) -> dict[str, Any]: ...
-
-
-class _Window:
-    """At most ``limit`` events in any ``span_s`` (by the monotonic clock)."""
-
-    def __init__(self, limit: int, span_s: float = 60.0) -> None:
-        self.limit, self.span_s = limit, span_s
-        self._times: deque[float] = deque()
-
-    def take(self, now: float) -> bool:
-        while self._times and now - self._times[0] >= self.span_s:
-            self._times.popleft()
-        if len(self._times) >= self.limit:
-            return False
-        self._times.append(now)
-        return True
 
 
 @dataclass(frozen=True)
@@ -176,9 +161,9 @@ class IntegrationApi:
         self.site_id = directory.site.id
         self.counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
-        self._site_window = _Window(SITE_REQUESTS_PER_MINUTE)
-        self._windows: dict[str, _Window] = {}
-        self._door_windows: dict[str, _Window] = {}
+        self._site_window = RateWindow(SITE_REQUESTS_PER_MINUTE)
+        self._windows: dict[str, RateWindow] = {}
+        self._door_windows: dict[str, RateWindow] = {}
         self._dropped_logged_at = float("-inf")
         self._queue: queue.Queue[_Request | None] = queue.Queue(REQUEST_QUEUE)
         self._stopping = threading.Event()
@@ -282,7 +267,7 @@ class IntegrationApi:
             req_id = body["id"]
             if self.clock.monotonic() - received > REQUEST_MAX_AGE_S:
                 raise IntegrationRequestError("stale")
-            if not self._windows.setdefault(name, _Window(INTEGRATION_REQUESTS_PER_MINUTE)).take(self.clock.monotonic()):
+            if not self._windows.setdefault(name, RateWindow(INTEGRATION_REQUESTS_PER_MINUTE)).take(self.clock.monotonic()):
                 raise IntegrationRequestError("rate_limited")
             if body["action"] == "status":
                 result = {"doors": door_status(self.directory.site, self.bus.door_devices, dict(self.bus.states),
@@ -324,7 +309,7 @@ class IntegrationApi:
             allowed = self.settings.get(name)
             if allowed is None or not allowed.may_unlock(door):
                 raise IntegrationRequestError("door_not_allowed")
-            if not self._door_windows.setdefault(door, _Window(DOOR_UNLOCKS_PER_MINUTE)).take(self.clock.monotonic()):
+            if not self._door_windows.setdefault(door, RateWindow(DOOR_UNLOCKS_PER_MINUTE)).take(self.clock.monotonic()):
                 raise IntegrationRequestError("rate_limited")
             if self.commands is None:
                 raise IntegrationRequestError("not_sent")
