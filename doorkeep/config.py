@@ -1016,6 +1016,23 @@ class HomeAssistantSettings:
         return f"{self.discovery_prefix}/status"
 
 
+def _unlock_doors(t: _Table, raw: Any, site: Site) -> tuple[str, ...] | None:
+    """An ``unlock_doors`` value ([home_assistant], [integrations.NAME]): None for ``"all"``, else the site's doors
+    it lists (each other value reported with its fix)."""
+    if raw == "all":
+        return None
+    if isinstance(raw, str):
+        t.error("unlock_doors", f"unknown value {raw!r}", 'write "all" or a list of door ids, e.g. ["lobby_in"]')
+        return ()
+    if not isinstance(raw, list):
+        return ()
+    unknown = [x for x in raw if not isinstance(x, str) or x not in site.doors]
+    if unknown:
+        t.error("unlock_doors", f"{', '.join(map(repr, unknown))} is not a door of the site",
+                f"use door ids: {', '.join(site.doors)}")
+    return tuple(x for x in raw if isinstance(x, str) and x in site.doors)
+
+
 def _home_assistant(t: _Table | None, site: Site) -> HomeAssistantSettings:
     d = HomeAssistantSettings()
     if t is None:
@@ -1041,17 +1058,7 @@ def _home_assistant(t: _Table | None, site: Site) -> HomeAssistantSettings:
         integration = None
     unlock = bool(t.get("unlock", bool, False, fix="write `unlock = true` or `false` (no quotes)"))
     raw = t.get("unlock_doors", (list, str), None)
-    doors: tuple[str, ...] | None = ()
-    if raw == "all":
-        doors = None
-    elif isinstance(raw, str):
-        t.error("unlock_doors", f"unknown value {raw!r}", 'write "all" or a list of door ids, e.g. ["lobby_in"]')
-    elif isinstance(raw, list):
-        unknown = [x for x in raw if not isinstance(x, str) or x not in site.doors]
-        if unknown:
-            t.error("unlock_doors", f"{', '.join(map(repr, unknown))} is not a door of the site",
-                    f"use door ids: {', '.join(site.doors)}")
-        doors = tuple(x for x in raw if isinstance(x, str) and x in site.doors)
+    doors = _unlock_doors(t, raw, site)
     if unlock and (raw is None or raw == []):
         t.error("unlock_doors", "is required with unlock = true",
                 'list the doors Home Assistant may unlock, e.g. ["lobby_in"], or write "all"')
@@ -1093,18 +1100,7 @@ def _integrations(root: _Table, site: Site) -> dict[str, IntegrationSettings]:
             t.error("", f"{name!r} cannot be an integration's certificate name",
                     "use the name its certificate was issued with (`doorkeep pki issue NAME --role integration`)")
             continue
-        raw = t.get("unlock_doors", (list, str), [])
-        doors: tuple[str, ...] | None = ()
-        if raw == "all":
-            doors = None
-        elif isinstance(raw, str):
-            t.error("unlock_doors", f"unknown value {raw!r}", 'write "all" or a list of door ids, e.g. ["lobby_in"]')
-        elif isinstance(raw, list):
-            unknown = [x for x in raw if not isinstance(x, str) or x not in site.doors]
-            if unknown:
-                t.error("unlock_doors", f"{', '.join(map(repr, unknown))} is not a door of the site",
-                        f"use door ids: {', '.join(site.doors)}")
-            doors = tuple(x for x in raw if isinstance(x, str) and x in site.doors)
+        doors = _unlock_doors(t, t.get("unlock_doors", (list, str), []), site)
         t.done()
         out[name] = IntegrationSettings(name, doors)
     return out
