@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from doorkeep.bridge import PREFIX as BRIDGE_PREFIX
 from doorkeep.config import SEGMENT, BrokerConfig, HomeAssistantSettings
 from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.errors import ConfigError, DoorkeepError
@@ -309,6 +310,12 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), r
                        "(fix: `--role bridge` with at least one `--device ID`)")
     if role in (INTEGRATION, BRIDGE):
         check_integration_name(name, devices)
+        if (role == BRIDGE) != name.startswith(BRIDGE_PREFIX):
+            # `broker config --bridge BUILDING=…` looks the certificate up as bridge-BUILDING: any other name
+            # would sit in the campus ACL and never be picked up, and an integration so named would be taken for one.
+            raise PkiError(f"{name!r}: a bridge's certificate is named {BRIDGE_PREFIX}BUILDING, and nothing else is "
+                           f"(fix: `doorkeep pki issue {BRIDGE_PREFIX}BUILDING --role bridge --device ID …`, or "
+                           f"another name for an integration)")
         unknown = sorted(set(bridged) - set(devices))
         if unknown:
             raise PkiError(f"{', '.join(unknown)}: not a device of this site (fix: give the building's device ids)")

@@ -57,6 +57,10 @@ def test_issue_records_a_bridges_devices_and_refuses_a_bridge_without_devices_or
         issue(pki, "bridge-east", now=NOW, role=BRIDGE, devices=["pi-a"], bridged=["pi-z"])
     with pytest.raises(PkiError, match="device id"):
         issue(pki, "pi-a", now=NOW, role=BRIDGE, devices=["pi-a"], bridged=["pi-a"])
+    with pytest.raises(PkiError, match="named bridge-BUILDING"):
+        issue(pki, "east", now=NOW, role=BRIDGE, devices=["pi-a"], bridged=["pi-a"])
+    with pytest.raises(PkiError, match="named bridge-BUILDING"):
+        issue(pki, "bridge-ha", now=NOW, role="integration", devices=["pi-a"])
     issue(pki, "bridge-east", now=NOW, role=BRIDGE, devices=["pi-a", "pi-b"], bridged=["pi-b", "pi-a"])
     assert live_bridges(pki) == {"bridge-east": ("pi-a", "pi-b")}
     assert [c.role for c in certificate_inventory(pki) if c.name == "bridge-east"] == [BRIDGE]
