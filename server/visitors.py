@@ -480,8 +480,10 @@ class Visitors:
         self.audit(actor, "visitor.consent", self.ref(visitor_id),
                    {"notice_version": self.notice.version, "photo_consent": shown.photo_consent})
         if self.events is not None:
+            # Where the visitor waits goes with the event, so a host-notice webhook can say it as the e-mail does.
             self.events.record("visitor_arrived", person=visitor_id,
-                               detail={"host": v.host, "badge_last4": v.card_last4})
+                               detail={"host": v.host, "badge_last4": v.card_last4,
+                                       "waiting_at": self.directory.bundle.invitations.waiting_at})
         record = self.record(visitor_id)
         if self.invitations is not None and self.invitations.notify_host(record) is not None:
             self.audit(actor, "visitor.host_notice_queued", self.ref(visitor_id), {"host": self.ref(v.host)})

@@ -256,6 +256,7 @@ def test_check_in_tells_the_host_with_a_visitor_arrived_event(client: TestClient
     row = rows[0]
     assert row["type"] == "visitor_arrived" and row["person"] == vid and row["person_name"] == "Grace Hopper"
     assert row["detail"]["host"] == "alice" and row["detail"]["host_name"] == "Alice Archer"
+    assert row["detail"]["waiting_at"] == server.directory.bundle.invitations.waiting_at == "reception"
     assert row["ts"] == iso_ms(MONDAY_9)
 
 

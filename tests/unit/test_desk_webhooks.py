@@ -147,7 +147,7 @@ def test_a_check_in_reaches_the_host_integration_and_a_dead_letter_is_listed_and
     [got] = receiver.accepted()
     assert got.delivery == dead["id"] and got.event == "visitor_arrived"
     event = got.json()["event"]
-    assert event["person"] == vid and event["detail"]["host"] == "alice"
+    assert event["person"] == vid and event["detail"]["host"] == "alice" and event["detail"]["waiting_at"] == "reception"
     assert event["names"]["person"] == "Grace Hopper" and event["names"]["host"] == "Alice Archer"
     assert event["names"]["company"] == "Navy Labs"
     assert client.get("/api/v1/webhook-deliveries").json()["deliveries"] == []
