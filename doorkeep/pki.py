@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from doorkeep.bridge import PREFIX as BRIDGE_PREFIX
-from doorkeep.config import SEGMENT, BrokerConfig, HomeAssistantSettings
+from doorkeep.config import SEGMENT, BrokerConfig, HomeAssistantSettings, IntegrationSettings
 from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.errors import ConfigError, DoorkeepError
 
@@ -378,6 +378,29 @@ def live_integrations(pki: Path) -> list[Integration]:
     found = {r.name: Integration(r.name, r.read_only) for r in load_index(pki)
              if r.role == INTEGRATION and r.revoked is None}
     return [found[n] for n in sorted(found)]
+
+
+def check_integration_settings(settings: Mapping[str, IntegrationSettings], apps: Iterable[Integration],
+                               devices: Iterable[str]) -> list[str]:
+    """Check site.toml's ``[integrations.NAME]`` against the live integration certificates; returns warnings.
+
+    A NAME that is a device id, or whose live certificate is read-only while ``unlock_doors`` grants a door,
+    is refused: the server would hand that device's identity a request API, or the operator would believe an
+    integration can unlock what the broker never lets it ask. A NAME with no live certificate yet is only a
+    warning: the entry is ready for `doorkeep pki issue NAME --role integration`, and asks nothing until then."""
+    known = {a.name: a for a in apps}
+    warnings: list[str] = []
+    for name in sorted(settings):
+        check_integration_name(name, devices)
+        entry, app = settings[name], known.get(name)
+        if app is None:
+            warnings.append(f"[integrations.{name}] has no live certificate yet: its requests reach nothing until "
+                            f"`doorkeep pki issue {name} --role integration`")
+        elif app.read_only and entry.unlock_doors != ():
+            raise PkiError(f"[integrations.{name}] unlock_doors is set, but integration {name!r} is read-only and may "
+                           "publish no request (fix: drop unlock_doors, or revoke it and issue it again without "
+                           "--read-only)")
+    return warnings
 
 
 def live_bridges(pki: Path) -> dict[str, tuple[str, ...]]:

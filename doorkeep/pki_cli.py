@@ -26,6 +26,7 @@ from doorkeep.pki import (
     broker_config,
     certificate_inventory,
     check_integration_name,
+    check_integration_settings,
     init_ca,
     issue,
     live_bridges,
@@ -124,6 +125,8 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
         integrations = live_integrations(pki)
         for integration in integrations:  # a device added to the site files after the integration was issued
             check_integration_name(integration.name, bundle.devices)
+        for warning in check_integration_settings(bundle.integrations, integrations, bundle.devices):
+            print(f"broker config: {warning}", file=sys.stderr)
         conf = broker_config(bundle.site.id, pki, acl, port=args.port, bind=args.bind or None,
                              persistence_dir=args.persistence, size_limit=limit,
                              log_file=log_file.resolve() if log_file is not None else None)

@@ -289,3 +289,30 @@ def test_pki_list_prints_each_certificate_with_its_expiry(tmp_path: Path, capsys
     assert rows["ca"][1] == "ca" and rows["ca"][-1] == "ok"
     assert rows["pi-a"][1:2] == ["device"] and rows["pi-a"][-2:] == ["10", "expiring"]
     assert rows["soc"][1:3] == ["integration", "read-only"] and rows["soc"][-1] == "ok"
+
+
+def test_broker_config_checks_site_toml_integrations_against_their_certificates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.test_config import SITE
+    site = make_site(tmp_path / "s", site=SITE + '\n[integrations.soc]\nunlock_doors = ["lobby_in"]\n'
+                                              '[integrations.later]\n')
+    assert main(["pki", "init", "--site", str(site)]) == 0
+    assert main(["pki", "issue", "broker", "--site", str(site)]) == 0
+    assert main(["pki", "issue", "soc", "--role", "integration", "--read-only", "--site", str(site)]) == 0
+    capsys.readouterr()
+    # A read-only certificate may publish no request: unlock_doors would promise what the broker refuses.
+    assert main(["broker", "config", "--site", str(site)]) == 1
+    err = capsys.readouterr().err
+    assert "[integrations.soc] unlock_doors is set, but integration 'soc' is read-only" in err
+    assert not (site / "broker" / "acl").exists()
+    assert main(["pki", "revoke", "soc", "--site", str(site)]) == 0
+    assert main(["pki", "issue", "soc", "--role", "integration", "--site", str(site)]) == 0
+    capsys.readouterr()
+    assert main(["broker", "config", "--site", str(site)]) == 0
+    err = capsys.readouterr().err
+    # No certificate yet is a warning only; soc, now able to ask, is not warned about.
+    assert "[integrations.later] has no live certificate yet" in err and "integrations.soc" not in err
+    # An entry named after a device would give that device's identity the request API.
+    (site / "site.toml").write_text(SITE + "\n[integrations.pi-a]\n")
+    assert main(["broker", "config", "--site", str(site)]) == 1
+    assert "'pi-a' is a device id" in capsys.readouterr().err
