@@ -307,6 +307,11 @@ class HomeAssistant:
             for name in names:
                 self.counters[name] += 1
 
+    def counts(self) -> dict[str, int]:
+        """A copy of Home Assistant's counters, taken under their lock (server/metrics.py reads it at scrape time)."""
+        with self._counter_lock:
+            return dict(self.counters)
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:

@@ -178,6 +178,11 @@ class IntegrationApi:
             for name in names:
                 self.counters[name] += 1
 
+    def counts(self) -> dict[str, int]:
+        """A copy of the integration request API's counters, taken under their lock (server/metrics.py reads it at scrape time)."""
+        with self._counter_lock:
+            return dict(self.counters)
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:

@@ -34,6 +34,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ WEBHOOK_OUTCOMES = ("delivered", "retried", "dead")
 MAX_REMEMBERED_VERSIONS = 64
 #: A label value standing for anything outside the vocabulary (a reason no rule of decide() gives).
 OTHER = "other"
+
+
+#: What a service counter's name may be to become a label value (see ``_integrations``).
+_COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def metrics_token_from_env(environ: dict[str, str] | None = None) -> str | None:
@@ -329,7 +334,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for part in (self._bus, self._devices, self._alarms, self._certificates, self._backups, self._webhooks,
-                     self._siem, self._ready):
+                     self._siem, self._integrations, self._ready):
             try:
                 yield from part()
             except Exception:  # one part failing must not take the rest of the scrape down
@@ -534,6 +539,26 @@ class _Collector(Collector):
                                   value=counters.get("resent", 0))
         yield CounterMetricFamily("doorkeep_siem_failures", "Failed connection attempts and connections lost",
                                   value=counters.get("failures", 0))
+
+    def _integrations(self) -> Iterator[Metric]:
+        """The integration request API's and Home Assistant's counters, each name a label value. The names are the
+        services' own outcome and refusal codes (a fixed vocabulary), never a door, person or integration name;
+        anything else is left out, so a label can never carry what a caller sent."""
+        server = self.metrics.server
+        for service, name, doc in (
+                (server.integration_api, "doorkeep_integration_api_events",
+                 "The integration request API since the server started: requests answered, refused and dropped "
+                 "(with the reason), unlocks by the edge's status, errors"),
+                (server.home_assistant, "doorkeep_home_assistant_events",
+                 "Home Assistant discovery since the server started: configs published and deleted, alarm "
+                 "summaries, HA status messages, lock commands by outcome and refusal reason, errors")):
+            if service is None:
+                continue  # not configured: nothing to report
+            family = CounterMetricFamily(name, doc, labels=["event"])
+            for event, value in sorted(service.counts().items()):
+                if _COUNTER_NAME.fullmatch(event):
+                    family.add_metric([event], value)
+            yield family
 
     def _ready(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("doorkeep_ready", "1 when the /readyz check passes, by check", labels=["check"])

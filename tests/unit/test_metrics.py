@@ -492,3 +492,32 @@ def test_the_standalone_listener_serves_the_three_paths_over_http_and_nothing_el
         assert get(f"{base}/metrics", {"Authorization": "Bearer tok"})[0] == 200
     finally:
         listener.stop()
+
+
+def test_integration_api_and_home_assistant_counters_are_exported_with_their_codes_only(
+        server: Server, tmp_path: Path) -> None:
+    from tests.unit.test_integration_api import ask as ask_api
+    from tests.unit.test_integration_api import service
+
+    assert not any(n.startswith(("doorkeep_integration_api", "doorkeep_home_assistant")) for n, _ in scrape(server)), \
+        "neither is configured: nothing reported"
+    api, bus, _, _, api_clock, _ = service(tmp_path / "ia")
+    assert ask_api(api, bus, api_clock, "node-red", {"id": "a", "action": "unlock", "door": "lab"})["ok"] is False  # type: ignore[index]
+    assert ask_api(api, bus, api_clock, "node-red", {"id": "s", "action": "status"})["ok"] is True  # type: ignore[index]
+    api.counters["Node-RED lab"] += 1  # a name no code path makes: never a label
+
+    class HomeAssistantCounts:  # the one method the scrape reads of server/home_assistant.py's service
+        def counts(self) -> dict[str, int]:
+            return {"configs_published": 7, "commands_refused_rate_limited": 2, "x" * 65: 1}
+
+    server.integration_api = api
+    server.home_assistant = HomeAssistantCounts()  # type: ignore[assignment]
+    s = scrape(server)
+    assert value(s, "doorkeep_integration_api_events_total", event="requests_refused_door_not_allowed") == 1
+    assert value(s, "doorkeep_integration_api_events_total", event="requests_answered") == 1  # the refusal is counted as refused
+    assert value(s, "doorkeep_home_assistant_events_total", event="configs_published") == 7
+    assert value(s, "doorkeep_home_assistant_events_total", event="commands_refused_rate_limited") == 2
+    events = {dict(labels)["event"] for name, labels in s if name.endswith("_events_total")}
+    assert "Node-RED lab" not in events and "x" * 65 not in events
+    server.integration_api = None
+    server.home_assistant = None
