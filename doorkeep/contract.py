@@ -100,6 +100,10 @@ class Topics:
     def policy(self, device: str) -> str:
         return f"{self.device(device)}/policy"
 
+    def policy_delta(self, device: str) -> str:
+        """Signed policy deltas to one device (doorkeep/policy_delta.py): QoS 1, never retained."""
+        return f"{self.device(device)}/policy/delta"
+
     def server_availability(self) -> str:
         return f"{self.base}/server/availability"
 
@@ -134,7 +138,7 @@ class Topics:
 class ParsedTopic:
     site: str
     device: str
-    kind: str  # availability | state | policy | request | decision | event | snapshot | cmd | cmd_result
+    kind: str  # availability | state | policy | policy_delta | request | decision | event | snapshot | cmd | cmd_result
     door: str | None = None
     event_id: str | None = None
 
@@ -150,6 +154,8 @@ def parse_topic(topic: str) -> ParsedTopic:
         return ParsedTopic(site, device, rest[0])
     if rest == ["cmd", "result"]:
         return ParsedTopic(site, device, "cmd_result")
+    if rest == ["policy", "delta"]:
+        return ParsedTopic(site, device, "policy_delta")
     if len(rest) == 3 and rest[0] == "door" and rest[2] in ("request", "decision", "event"):
         return ParsedTopic(site, device, rest[2], rest[1])
     if len(rest) == 4 and rest[0] == "door" and rest[2] == "snapshot":

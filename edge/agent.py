@@ -237,6 +237,7 @@ class EdgeAgent:
         if state_dir is None:
             self._outbox_tmp = tempfile.TemporaryDirectory(prefix=f"doorkeep-outbox-{device.id}-")
         self.policy: PolicyCache | None = None
+        self._wants_full_policy = False  # a policy delta was refused; cleared when a full policy is taken (loop)
         policy_dir = state_dir
         if policy_dir is None and site is None and self._outbox_tmp is not None:
             policy_dir = Path(self._outbox_tmp.name)  # the policy is all it has: kept, if only until a restart
@@ -302,6 +303,7 @@ class EdgeAgent:
                          on_decision=self._on_decision_payload,
                          state_payload=self._state_payload, on_server_availability=self._on_server_availability,
                          on_policy=self._on_policy if self.policy is not None else None,
+                         on_policy_delta=self._on_policy_delta if self.policy is not None else None,
                          on_command=self._on_command_payload,
                          outbox=self.outbox, heartbeat_s=device.heartbeat_s)
 
@@ -693,6 +695,32 @@ class EdgeAgent:
             log.warning("refused a policy: %s", exc, extra=self._ctx())
             self._post(self._count, "policies_refused")
 
+    def _on_policy_delta(self, payload: bytes) -> None:
+        """A signed delta (doorkeep/policy_delta.py) on the jobs worker, in order with the full policies: a
+        Barrier job, because a VerifyPolicy keeps only the newest of a burst and a delta must never be skipped."""
+        self.jobs.submit(Barrier(lambda: self._apply_policy_delta(payload)))
+
+    def _apply_policy_delta(self, payload: bytes) -> None:
+        """Jobs worker: apply the delta to the policy held; refused (a gap, another base, a wrong result, a bad
+        signature) it is counted (``policy_deltas_refused``) and the retained state asks for a full policy."""
+        assert self.policy is not None
+        try:
+            if self.policy.offer_delta(payload):
+                log.info("policy delta applied: version %s", self.policy.version)
+                self._post(self._policy_delta_arrived)
+        except PolicyError as exc:
+            log.warning("refused a policy delta: %s; asking for a full policy", exc, extra=self._ctx())
+            self._post(self._policy_delta_refused)
+
+    def _policy_delta_arrived(self) -> None:
+        self.counters["policy_deltas"] += 1
+        self._policy_arrived()
+
+    def _policy_delta_refused(self) -> None:
+        self.counters["policy_deltas_refused"] += 1
+        self._wants_full_policy = True
+        self.link.publish_state()  # policy.wants_full: the server answers with a full policy (server/publisher.py)
+
     def _count(self, name: str) -> None:
         self.counters[name] += 1
 
@@ -702,6 +730,9 @@ class EdgeAgent:
 
     def _policy_arrived(self) -> None:
         self.counters["policies"] += 1
+        held = self.policy.current if self.policy is not None else None
+        if held is not None and self.policy is not None and held.version == self.policy.base_version:
+            self._wants_full_policy = False  # a full policy taken: the chain starts again
         self._sync_lockdowns()
         self._sync_timings()
         self._sync_reader_signals()
@@ -1718,5 +1749,7 @@ class EdgeAgent:
         decides) or ``waiting_for_first_policy`` (no site file and no policy: every badge refused)."""
         held = self.policy.current if self.policy is not None else None
         if held is not None:
+            if self._wants_full_policy:  # a delta was refused: the server sends a full policy (docs/mqtt.md)
+                return {"status": "held", "version": held.version, "wants_full": True}
             return {"status": "held", "version": held.version}
         return {"status": "none" if self.site is not None else "waiting_for_first_policy", "version": None}

@@ -70,6 +70,7 @@ class Link:
                  state_payload: Callable[[], bytes],
                  on_server_availability: Callable[[str], None] | None = None,
                  on_policy: Callable[[bytes], None] | None = None,
+                 on_policy_delta: Callable[[bytes], None] | None = None,
                  on_command: Callable[[bytes], None] | None = None,
                  outbox: Outbox | None = None, jobs: Jobs | None = None, heartbeat_s: float = 30.0,
                  drain_rate: float = 200.0, window: int = 32) -> None:
@@ -97,6 +98,7 @@ class Link:
         self.state_payload = state_payload
         self.on_server_availability = on_server_availability
         self.on_policy = on_policy
+        self.on_policy_delta = on_policy_delta  # signed deltas on the policy held (doorkeep/policy_delta.py)
         self.on_command = on_command  # signed commands (doorkeep/commands.py); verified by the agent, not here
         self.malformed = 0
         self.heartbeat_s = heartbeat_s
@@ -377,6 +379,8 @@ class Link:
         client.subscribe(self.topics.server_availability(), qos=1)
         if self.on_policy is not None:
             client.subscribe(self.topics.policy(self.device), qos=1)
+        if self.on_policy_delta is not None:
+            client.subscribe(self.topics.policy_delta(self.device), qos=1)
         if self.on_command is not None:
             client.subscribe(self.topics.cmd(self.device), qos=1)
         client.publish(self.topics.state(self.device), self.state_payload(), qos=1, retain=True)
@@ -422,6 +426,9 @@ class Link:
                 return
             if topic.kind == "policy" and topic.device == self.device and self.on_policy is not None:
                 self.on_policy(msg.payload)
+                return
+            if topic.kind == "policy_delta" and topic.device == self.device and self.on_policy_delta is not None:
+                self.on_policy_delta(msg.payload)
                 return
             if topic.kind == "cmd" and topic.device == self.device and self.on_command is not None:
                 self.on_command(msg.payload)

@@ -21,11 +21,20 @@ broker's retained copy of the policy that was lost). The same version with
 other content (another nonce) is never swapped for the one held:
 the publisher raises the version on every change, so a second body under one
 version can only be a mistake or an attack, and the one held stays.
+
+Deltas (doorkeep/policy_delta.py, :meth:`PolicyCache.offer_delta`): a signed delta is applied only to the
+version and digest it names, and only if the result has the digest it signs. The file keeps the full signed
+policy the chain starts from (``policy.json``, exactly as signed) and the signed deltas applied since, one
+envelope per line (``policy.json.deltas``); at start-up both are verified again and the chain re-applied, so
+nothing unsigned is trusted, and the floor holds for the chain's newest version. A full policy taken
+replaces both. The retained full policy on the broker is the chain's base, older than the version held: it
+is a re-delivery (False), not a replay.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -36,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from doorkeep.model import Site
 from doorkeep.policy import PolicyError, VerifiedPolicy, gc_paused, verify_policy
+from doorkeep.policy_delta import DeltaBaseMismatch, PolicyDigest, VerifiedDelta, apply_delta, verify_delta
 
 log = logging.getLogger("doorkeep.edge.policy")
 
@@ -50,6 +60,9 @@ class PolicyCache:
         self.site_id = site_id
         self.device = device
         self._current: VerifiedPolicy | None = None
+        self._base: tuple[int, str] | None = None  # (version, nonce) of the full policy in the file
+        self._deltas: list[bytes] = []             # the signed deltas applied on it since, in order
+        self._digest: PolicyDigest | None = None   # the held policy's digest, computed when a delta needs it
         _narrow(self.path.parent, 0o700)  # the edge's state directory: outbox, nonces and this cache
         self._floor = self._read_floor()  # the highest version ever accepted here (0: none)
         self._lock = threading.Lock()        # guards _current: held only to swap or read it
@@ -88,6 +101,16 @@ class PolicyCache:
         return self.path.with_name(self.path.name + ".version")
 
     @property
+    def deltas_path(self) -> Path:
+        """The signed deltas applied on the full policy in :attr:`path`, one envelope per line."""
+        return self.path.with_name(self.path.name + ".deltas")
+
+    @property
+    def base_version(self) -> int | None:
+        """The version of the full policy the held one was built on (the held one's, without deltas)."""
+        return None if self._base is None else self._base[0]
+
+    @property
     def floor(self) -> int:
         """No policy below this version is taken, whatever the cached file holds (0: none accepted yet)."""
         return self._floor
@@ -121,8 +144,12 @@ class PolicyCache:
                 log.error("cannot read the cached policy %s: %s", self.path, e)
                 return False
             try:
-                verified = self._verify(payload, self._floor)
-                _check_range(verified)
+                base = self._verify(payload, None)
+                _check_range(base)
+                verified, digest, deltas = self._replay_deltas(base)
+                if self._floor and verified.version < self._floor:
+                    raise PolicyError(f"policy version {verified.version} is older than version {self._floor} "
+                                      "already accepted here (a replayed snapshot)")
             except PolicyError as e:
                 self._set_aside(e)
                 return False
@@ -130,10 +157,43 @@ class PolicyCache:
                 if self._current is not None and self._current.version >= verified.version:
                     return False  # a newer one was offered already, or this one is held (keep the one held)
                 self._current = verified
+            self._base, self._deltas, self._digest = (base.version, base.nonce), deltas, digest
             self._floor = max(self._floor, verified.version)
         log.info("loaded cached policy version %d for %s (%d people, %d credentials)", verified.version,
                  self.device, len(verified.site.people), len(verified.site.credentials))
         return True
+
+    def _replay_deltas(self, base: VerifiedPolicy) -> tuple[VerifiedPolicy, PolicyDigest | None, list[bytes]]:
+        """The persisted deltas re-verified and re-applied on ``base``; the chain stops at the first that does
+        not apply (a crash between writing a full policy and clearing the deltas leaves deltas of an older base)."""
+        try:
+            lines = [line for line in self.deltas_path.read_bytes().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return base, None, []
+        except OSError as e:
+            log.error("cannot read the policy deltas %s: %s; starting from the full policy", self.deltas_path, e)
+            return base, None, []
+        held, digest, applied = base, None, []
+        for line in lines:
+            try:
+                delta = verify_delta(line, self.public_key, site_id=self.site_id, device=self.device)
+                if delta.base_version != held.version:
+                    break
+                if digest is None:
+                    with gc_paused():
+                        digest = PolicyDigest.of(held.site)
+                held, digest = self._applied(held, digest, delta)
+            except PolicyError as e:
+                log.error("persisted policy delta refused (%s); the chain stops at version %d", e, held.version)
+                break
+            applied.append(line)
+        return held, digest, applied
+
+    @staticmethod
+    def _applied(held: VerifiedPolicy, digest: PolicyDigest, delta: VerifiedDelta) -> tuple[VerifiedPolicy, PolicyDigest]:
+        site, new_digest = apply_delta(held.site, held.version, digest, delta)
+        return dataclasses.replace(held, site=site, version=delta.version, issued_at=delta.issued_at,
+                                   nonce=delta.nonce), new_digest
 
     def _set_aside(self, why: PolicyError) -> None:
         try:
@@ -155,8 +215,15 @@ class PolicyCache:
         with self._offer_lock:
             held = self.current
             floor = max(self._floor, 0 if held is None else held.version)
+            if self._base is not None and held is not None and held.version > self._base[0]:
+                floor = self._base[0]  # the chain's base, retained on the broker, is a re-delivery (below)
             verified = self._verify(payload, floor)
             _check_range(verified)
+            if held is not None and verified.version < held.version:
+                if self._base is not None and (verified.version, verified.nonce) == self._base:
+                    return False  # the full policy under the deltas held, re-delivered
+                raise PolicyError(f"policy version {verified.version} is older than version {held.version} "
+                                  "already held (a replayed snapshot)")
             if held is not None and verified.version == held.version:
                 if verified.nonce != held.nonce:
                     log.warning("policy version %d signed again (nonce %s, held %s); keeping the one held. "
@@ -170,8 +237,11 @@ class PolicyCache:
                 # restart the retained message brings this version back.
                 log.error("could not persist policy version %d to %s: %s; using it from memory only",
                           verified.version, self.path, e)
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.deltas_path.unlink()  # after the full is on disk: a crash between leaves a chain that stops
             with self._lock:
                 self._current = verified
+            self._base, self._deltas, self._digest = (verified.version, verified.nonce), [], None
             self._floor = verified.version
             try:
                 self._write_atomically(self.floor_path, str(verified.version).encode("ascii"))
@@ -182,7 +252,47 @@ class PolicyCache:
                  len(verified.site.people), len(verified.site.credentials))
         return True
 
-    def _verify(self, payload: bytes, floor: int) -> VerifiedPolicy:
+    def offer_delta(self, payload: bytes) -> bool:
+        """Verify and apply a signed delta to the policy held, persist it, swap the result in.
+
+        True if applied; False for a delta at or below the version held (a re-delivery, or older than a full
+        policy taken since). Raises :class:`~doorkeep.policy_delta.DeltaBaseMismatch` when the policy held is
+        not its base (a missed delta: a full policy is needed), PolicyError for anything else refused.
+        """
+        with self._offer_lock:
+            delta = verify_delta(payload, self.public_key, site_id=self.site_id, device=self.device)
+            held = self.current
+            if held is not None and delta.version <= held.version:
+                return False
+            if held is None or self._base is None:
+                raise DeltaBaseMismatch(f"delta {delta.version} applies to version {delta.base_version}, "
+                                        "and this edge holds no policy")
+            digest = self._digest
+            if digest is None:  # first delta on this full policy: hash it once (O(size), on the jobs worker)
+                with gc_paused():
+                    digest = PolicyDigest.of(held.site)
+                self._digest = digest
+            result, new_digest = self._applied(held, digest, delta)
+            deltas = [*self._deltas, bytes(payload)]
+            try:
+                self._write_atomically(self.deltas_path, b"\n".join(deltas) + b"\n")
+            except OSError as e:
+                log.error("could not persist policy delta %d to %s: %s; using it from memory only",
+                          delta.version, self.deltas_path, e)
+            with self._lock:
+                self._current = result
+            self._deltas, self._digest = deltas, new_digest
+            self._floor = delta.version
+            try:
+                self._write_atomically(self.floor_path, str(delta.version).encode("ascii"))
+            except OSError as e:
+                log.error("could not persist the policy version floor %d to %s: %s", delta.version,
+                          self.floor_path, e)
+        log.info("policy delta %d applied on version %d (%d record(s) changed)", delta.version,
+                 delta.base_version, delta.changes.records)
+        return True
+
+    def _verify(self, payload: bytes, floor: int | None) -> VerifiedPolicy:
         """:func:`verify_policy` with the collector paused: the edge's own choice, not the library's.
 
         Decoding a large policy builds hundreds of thousands of objects, none in a cycle, and every

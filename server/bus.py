@@ -103,7 +103,7 @@ def peek_transaction(payload: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class _Work:
-    kind: str  # "event" | "snapshot" | "call"
+    kind: str  # "event" | "snapshot" | "call" (batched) | "task" (alone, outside a transaction) | "report"
     topic: Any
     payload: bytes
     received_at: float
@@ -214,11 +214,16 @@ class ServerBus:
         self._worker.join(timeout=10)
         self.supervisor.stop()
 
-    def defer(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the store thread, in order with event ingest (keeps disk writes off the network thread)."""
+    def defer(self, fn: Callable[[], object], *, alone: bool = False) -> None:
+        """Run ``fn`` on the store thread, in order with event ingest (keeps disk writes off the network thread).
+
+        ``alone``: outside any store transaction, not batched with the writes around it. For work that takes a
+        lock of its own and then the store's (signing policies: the publisher's lock, then a version from the
+        store): run inside a batch's transaction, which holds the store's lock, it would take the two locks in
+        the opposite order to a desk thread publishing the same policies, and both would wait for ever."""
         with self._idle:
             self._queued += 1
-        self._work.put(_Work("call", None, b"", 0.0, fn))
+        self._work.put(_Work("task" if alone else "call", None, b"", 0.0, fn))
 
     @property
     def healthy(self) -> bool:
@@ -235,10 +240,13 @@ class ServerBus:
             # While disconnected nothing is sent: paho would deliver the queued policy after the one
             # on_connect publishes, and the broker would keep the older version retained.
             try:
+                # Full policies retained; deltas (doorkeep/policy_delta.py) QoS 1 and never retained.
                 self.publisher.publish_all(site or self.directory.site,
                                            lambda topic, payload: self._client.publish(topic, payload, qos=1,
                                                                                        retain=True),
-                                           force=force)
+                                           force=force,
+                                           publish_delta=lambda topic, payload: self._client.publish(topic, payload,
+                                                                                                     qos=1))
             except Exception:
                 self.counters["policy_publish_failures"] += 1
                 self.policy_publish_failed = True  # /readyz: the publisher is not current
@@ -379,7 +387,7 @@ class ServerBus:
                 # signature in the publisher, never held to MAX_PAYLOAD (a large site's policy is bigger).
                 device = None
                 if msg.payload and self.publisher is not None and self.publisher.observe(topic.device, msg.payload):
-                    self.defer(self.publish_policies)  # re-sign above a newer retained version (publisher.py)
+                    self.defer(self.publish_policies, alone=True)  # re-sign above a newer retained version (publisher.py)
                 return
             limit = MAX_SNAPSHOT_BYTES if topic.kind == "snapshot" else MAX_PAYLOAD
             if len(msg.payload) > limit:
@@ -398,6 +406,8 @@ class ServerBus:
                     ts = state_timestamp(msg.payload, topic.device)
                     self.states[topic.device] = bytes(msg.payload)
                     self.supervisor.on_state(topic.device, ts, retained=bool(msg.retain))
+                    if self.publisher is not None and self.publisher.note_state(topic.device, msg.payload):
+                        self.defer(self.publish_policies, alone=True)  # its policy is behind the deltas: a full one (publisher.py)
                     if ts is not None and not msg.retain and topic.device != "server":
                         self._measure_clock(topic.device, ts)
             elif topic.kind == "cmd":
@@ -614,7 +624,7 @@ class ServerBus:
                 try:
                     if work.kind == "event":
                         self._ingest_event(work)
-                    elif work.kind in ("call", "report") and work.call is not None:
+                    elif work.kind in ("call", "report", "task") and work.call is not None:
                         work.call()
                     else:
                         self._ingest_snapshot(work)
