@@ -133,6 +133,8 @@ class ServerBus:
         self.clock = clock or SystemClock()
         self.topics = Topics(site.id)
         self.counters: Counter[str] = Counter()
+        #: Device -> its clock's offset from the server's (edge ts - server wall at receipt), from live heartbeats.
+        self.drift: dict[str, float] = {}
         self.availability: dict[str, str] = {}
         #: The latest ``state`` payload of each device (raw JSON, as retained on the broker): the desk's door
         #: board reads it (server/web/doors.py); parsing waits until someone looks.
@@ -442,6 +444,7 @@ class ServerBus:
         (written on the store thread, like every other store write)."""
         wall = self.clock.wall()
         drift = ts - wall
+        self.drift[device] = drift
         self.defer(lambda: self.store.record_device_clock(device, drift_s=drift, at=wall))
 
     def _drop(self, topic: str, why: str) -> None:
@@ -486,6 +489,15 @@ class ServerBus:
         if req.door != topic.door:
             raise MessageError(f"request names door {req.door!r} but was published on door {topic.door!r}")
         self.counters["requests"] += 1
+        door = self.site.doors.get(req.door)
+        if door is not None and self._expired(topic.device, req, door.decision_timeout_ms / 1000):
+            # The door stopped waiting and decided on its own (its access event, decided_by edge, moves people when
+            # it arrives). Deciding now would commit a second decision the door never carried out: presence, a
+            # partner waiting, a PIN count. A request held up by a partition or a slow link lands here.
+            self.counters["requests_expired"] += 1
+            log.info("door %s: request %s arrived after the door's %d ms timeout; not decided (the edge decided)",
+                     req.door, req.transaction, door.decision_timeout_ms, extra=log_context(topic.device, req.door))
+            return
         if self.door_devices.get(req.door) != topic.device:
             # A device may only ask about its own doors; anything else is refused, not ignored: it is
             # answered (so the door is not left waiting) and reported as misbehaviour.
@@ -496,7 +508,6 @@ class ServerBus:
                 self._refuse(topic.device, self.topics.request(topic.device, req.door), exc)
         else:
             decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash, req.floor))
-        door = self.site.doors.get(req.door)
         answer = DecisionMsg(
             transaction=req.transaction, door=req.door, granted=decision.granted,
             reason=decision.reason.value, person=decision.person,
@@ -513,6 +524,22 @@ class ServerBus:
         self.decisions[(req.door if door is not None else "", decision.reason.value)] += 1
         if self.observe_answer is not None:
             self.observe_answer(self.clock.monotonic() - started)
+
+    def _expired(self, device: str, req: RequestMsg, timeout_s: float) -> bool:
+        """True when the door has surely given up on ``req``: asked longer ago than its timeout by the server's clock.
+
+        The edge's ``ts`` is read through the device's clock offset as its last live heartbeat measured it
+        (:meth:`_measure_clock`). That offset includes the heartbeat's own transit, so the age found here is never
+        more than the true one: a fresh request is never taken for a stale one. Until a heartbeat has been
+        measured nothing is taken as expired (the offset is unknown)."""
+        drift = self.drift.get(device)
+        if drift is None:
+            return False
+        try:
+            asked = parse_iso_ms(req.ts) - drift
+        except ValueError:
+            return False
+        return self.clock.wall() - asked > timeout_s
 
     # --------------------------------------------------------------- ingest
 

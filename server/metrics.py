@@ -386,7 +386,9 @@ class _Collector(Collector):
                 ("doorkeep_server_errors", "errors", "Unexpected errors while handling a message (see the log)"),
                 ("doorkeep_policy_publish_failures", "policy_publish_failures",
                  "Times signing and publishing the devices' policies failed"),
-                ("doorkeep_mqtt_disconnects", "mqtt_disconnects", "Times the server lost its broker connection")):
+                ("doorkeep_mqtt_disconnects", "mqtt_disconnects", "Times the server lost its broker connection"),
+                ("doorkeep_requests_expired", "requests_expired", "Requests that arrived after their door's timeout, "
+                 "when the edge had decided on its own: not decided again")):
             yield CounterMetricFamily(name, text, value=counters.get(key, 0))
         yield CounterMetricFamily("doorkeep_mqtt_reconnects", "Connections to the broker after the first",
                                   value=max(0, counters.get("mqtt_connects", 0) - 1))
