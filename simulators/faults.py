@@ -39,6 +39,7 @@ from doorkeep.config import BrokerConfig
 from doorkeep.credentials import generate_key_file
 from doorkeep.envelope import init_data_keys
 from simulators.brokers import OBSERVER, MosquittoBroker, mqtt_client
+from simulators.netns import NetNamespace
 from simulators.reader import ReaderSimulator
 from simulators.site import DEMO_SITE
 from simulators.wait import wait_until
@@ -277,8 +278,10 @@ class FaultStack:
 
     def __init__(self, workdir: Path, *, device_timeout: float = 5, gap_timeout: float = 5,
                  keepalive: int = 5, heartbeat_s: float = 1, data_tmpfs_mb: int | None = None,
-                 steppable_edge_clock: bool = False) -> None:
-        """``data_tmpfs_mb`` puts the server's data directory on a tmpfs of that size (needs root and
+                 steppable_edge_clock: bool = False, netns: NetNamespace | None = None) -> None:
+        """``netns``: run the edge inside this (created) network namespace, reaching the broker over its veth
+        pair: Mosquitto then also listens on the pair's root-end address, which its certificate names.
+        ``data_tmpfs_mb`` puts the server's data directory on a tmpfs of that size (needs root and
         mount permission; :class:`FaultUnavailable` says why not), so :meth:`fill_data_disk` can fill it.
         ``steppable_edge_clock`` runs the edge under libfaketime, so :meth:`step_edge_clock` can step its
         wall clock as NTP would (its monotonic clock untouched); :class:`FaultUnavailable` if it is missing."""
@@ -301,6 +304,7 @@ class FaultStack:
         self._logs: list[Any] = []
         self.device_file = self.site / "devices" / f"{DEVICE}.toml"
         self.data_tmpfs_mb = data_tmpfs_mb
+        self.netns = netns
         self._mounted = False
         self.edge_clock_file: Path | None = None
         self.edge_clock_offset = 0.0
@@ -341,10 +345,12 @@ class FaultStack:
         text = re.sub(r"\[cameras\.lobby\]\n(?:[^\[\n][^\n]*\n|\n)*", "", text)
         self.device_file.write_text(text)
 
-    def _proc(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _proc(self, name: str, *args: str, env: dict[str, str] | None = None,
+              netns: NetNamespace | None = None) -> subprocess.Popen[bytes]:
         log = (self.dir / f"{name}.log").open("ab")
         self._logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "doorkeep", *args], stdout=log, stderr=subprocess.STDOUT,
+        cmd = [sys.executable, "-m", "doorkeep", *args]
+        return subprocess.Popen(netns.exec_args(*cmd) if netns else cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env} if env else None)
 
     def _edge_env(self) -> dict[str, str] | None:
@@ -426,15 +432,38 @@ class FaultStack:
         return f"mqtts://127.0.0.1:{self.port}"
 
     @property
+    def edge_broker_url(self) -> str:
+        """Where the edge reaches the broker: over the veth pair when it runs in a namespace."""
+        return f"mqtts://{self.netns.host_addr}:{self.port}" if self.netns else self.broker_url
+
+    @property
     def pki(self) -> Path:
         """The stack broker's CA and certificates (the broker's, the server's, pi-lobby's)."""
         return self.broker_dir / "pki"
 
     def _new_broker(self, port: int | None) -> MosquittoBroker:
         """Mosquitto running what `doorkeep broker config` generates for the site (mutual TLS, ACL, CRL),
-        persistent; a restart reuses the working directory, so the same CA, sessions and queued messages."""
-        return MosquittoBroker(port=port, workdir=self.broker_dir, persistent=True, tls_sites=[SITE],
-                               clients=["server", DEVICE])
+        persistent; a restart reuses the working directory, so the same CA, sessions and queued messages.
+
+        With a namespace: the broker's certificate also names the veth address (what `doorkeep pki issue broker
+        --host ADDR` does), and a second listener, the same TLS settings, is bound to that address only."""
+        if self.netns is not None and not (self.pki / "broker.crt").exists():
+            from datetime import datetime, timezone
+
+            from doorkeep.pki import BROKER, init_ca, issue
+            now = datetime.now(timezone.utc)
+            init_ca(self.pki, SITE, now=now)
+            issue(self.pki, BROKER, now=now, hosts=(self.netns.host_addr,))
+        broker = MosquittoBroker(port=port, workdir=self.broker_dir, persistent=True, tls_sites=[SITE],
+                                 clients=["server", DEVICE])
+        if self.netns is not None:
+            text = broker.config_text or ""
+            local = f"listener {broker.port} 127.0.0.1\n"
+            if local not in text:
+                raise RuntimeError("the generated broker configuration has no loopback listener to copy")
+            block = text[text.index(local):]
+            broker.config_text = text + "\n" + block.replace(local, f"listener {broker.port} {self.netns.host_addr}\n")
+        return broker
 
     def start_server(self, timeout: float = 20) -> None:
         before = len(self.watcher.server_availability)  # type: ignore[union-attr]
@@ -448,8 +477,8 @@ class FaultStack:
 
     def start_edge(self, timeout: float = 20) -> None:
         before = len(self.watcher.availability)  # type: ignore[union-attr]
-        self.edge = self._proc("edge", "edge", "--device", str(self.device_file), "--broker", self.broker_url,
-                               env=self._edge_env())
+        self.edge = self._proc("edge", "edge", "--device", str(self.device_file), "--broker", self.edge_broker_url,
+                               env=self._edge_env(), netns=self.netns)
         if not wait_for(lambda: "online" in self.watcher.availability[before:], timeout):  # type: ignore[union-attr]
             raise RuntimeError(f"the edge did not come online:\n{self.log('edge')}")
 
