@@ -1,9 +1,16 @@
-"""The event store: SQLite through sqlite-utils, plus snapshot files on disk.
+"""The event store: SQLite through sqlite-utils (or PostgreSQL, see below), plus snapshot files on disk.
 
 Ingest is idempotent on the event id, because MQTT QoS 1 delivers at least
 once and an edge re-sends after an outage. A snapshot and its event are
 linked by the event id, so whichever arrives first waits for the other
 without any bookkeeping: the join is done when read.
+
+The methods of this module go through the connection port (server/sqldb.py, ``self._conn``) and write their
+SQL in the subset SQLite and PostgreSQL both speak, so :class:`Store` also opens on a PostgreSQL URL
+(``Store(data_dir, url=...)``, tests only for now: docs/scale.md "State in PostgreSQL"). The record mixins
+(server/store_*.py) do the same; a method that still reached sqlite-utils (``self._db``) would refuse with a
+:class:`StoreError` on PostgreSQL rather than fail inside a driver. On PostgreSQL the schema comes from server/migrations_pg/ (one file per migration, same
+names and order); ``SELECT *`` there also returns a ``rowid`` column, which the rows handed out here drop.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from doorkeep.envelope import (
     unwrap_sealed,
     wrap_data_key,
 )
+from server import sqldb
 from server.errors import ServerError, StoreError
 from server.store_passes import m019_visitor_passes
 from server.store_agreements import AgreementRecords, m020_visitor_agreements
@@ -342,13 +350,89 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
+PG_MIGRATIONS = Path(__file__).with_name("migrations_pg")
+_PG_MIGRATE_LOCK = 0x646B6D67  # "dkmg": one migrating process at a time per database
+
+
+def migrate_pg(conn: sqldb.Connection) -> list[str]:
+    """:func:`migrate` for PostgreSQL: each migration's DDL from ``server/migrations_pg/NAME.sql``, in the order and
+    under the names of :data:`MIGRATIONS`, each in its own transaction under an advisory lock (two servers starting
+    together apply each migration once)."""
+    if conn.dialect != sqldb.POSTGRESQL:
+        raise ValueError("migrate_pg runs on PostgreSQL; SQLite uses migrate()")
+    applied = []
+    for name, _ in MIGRATIONS:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(?)", [_PG_MIGRATE_LOCK])
+            conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)")
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
+                continue
+            conn.execute_script((PG_MIGRATIONS / f"{name}.sql").read_text(encoding="utf-8"))
+            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, time.time()])
+        applied.append(name)
+    return applied
+
+
+def _upsert_sql(table: str, columns: tuple[str, ...], pk: str) -> str:
+    """An upsert of ``columns`` keyed on ``pk``: the columns given replace the stored ones, the others stay (what
+    sqlite-utils' ``upsert`` does, written once for both engines)."""
+    names = ", ".join(_quoted(c) for c in columns)
+    updates = ", ".join(f"{_quoted(c)} = excluded.{_quoted(c)}" for c in columns if c != pk)
+    return (f"INSERT INTO {_quoted(table)} ({names}) VALUES ({', '.join('?' for _ in columns)}) "
+            f"ON CONFLICT ({_quoted(pk)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+
+
+def _quoted(name: str) -> str:
+    """An identifier quoted the standard way (``"grant"``), which both engines read; SQLite's ``[grant]`` is not."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _cell(value: Any) -> Any:
+    """A value as sqlite-utils stored it: a dict, list or tuple as JSON text."""
+    return json.dumps(value, default=repr) if isinstance(value, (dict, list, tuple)) else value
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as handed out: without PostgreSQL's explicit ``rowid`` column, which ``SELECT *`` includes there
+    (SQLite's rowid is never part of ``*``)."""
+    row.pop("rowid", None)
+    return row
+
+
+def _open_postgres(url: str) -> sqldb.Connection:
+    """The PostgreSQL database at ``url``, or a :class:`StoreError` naming it (without its password)."""
+    where = url.split("@")[-1]
+    if not sqldb.is_postgres_url(url):
+        raise StoreError(f"not a PostgreSQL URL: {where!r}")
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StoreError("a PostgreSQL store needs psycopg: pip install 'doorkeep[server]'") from exc
+    try:
+        return sqldb.connect(url)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot open the store at {where}: {exc}") from exc
+
+
+class _NotOnPostgres:
+    """``Store._db`` on PostgreSQL: the sqlite-utils database the record mixins not yet ported would use. Any use
+    refuses, naming what is missing, instead of failing somewhere inside a driver."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError("this part of the store does not run on PostgreSQL yet (docs/scale.md \"State in "
+                         "PostgreSQL\" lists what does)")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__getattr__(name)
+
+
 # The events INSERT, built once: a shallow read of EventMsg's fields (dataclasses.asdict deep-copies
 # every value, a third of the cost of storing an event).
 _EVENT_FIELDS = [f.name for f in fields(EventMsg)]
 _EVENT_DETAIL = _EVENT_FIELDS.index("detail")
 _EVENT_COMPANIONS = _EVENT_FIELDS.index("companions")
-_EVENT_INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(f'[{k}]' for k in [*_EVENT_FIELDS, 'received_at'])}) "
-                 f"VALUES ({', '.join('?' for _ in range(len(_EVENT_FIELDS) + 1))})")
+_EVENT_INSERT = (f"INSERT INTO events ({', '.join(_quoted(k) for k in [*_EVENT_FIELDS, 'received_at'])}) "
+                 f"VALUES ({', '.join('?' for _ in range(len(_EVENT_FIELDS) + 1))}) ON CONFLICT DO NOTHING")
 
 
 class StoredAccessEvent(NamedTuple):
@@ -378,41 +462,61 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
     (server/store_operators.py, store_desk.py, store_audit.py, store_privacy.py).
     """
 
-    def __init__(self, data_dir: Path | str, *, keys: SnapshotKeys | None = None) -> None:
-        """``keys``: the snapshot keys (without them the store can neither take nor show a snapshot)."""
+    def __init__(self, data_dir: Path | str, *, keys: SnapshotKeys | None = None, url: str | None = None) -> None:
+        """``keys``: the snapshot keys (without them the store can neither take nor show a snapshot).
+
+        ``url``: a ``postgresql://`` URL to keep the records there instead of ``doorkeep.db`` (snapshot files stay
+        in ``data_dir``). Only the methods of this module run on PostgreSQL so far, so only the tests pass it."""
         self.dir = Path(data_dir)
         self.keys = keys
         self.snapshot_dir = self.dir / "snapshots"
+        self._db: Any
         try:
             # Private to this account (server/private_files.py): directories 0700, files 0600, whatever the
             # umask; a data directory left open by an older version is narrowed now, each change logged.
             private_dir(self.dir)
             tighten_tree(self.dir)
             private_dir(self.snapshot_dir)
-            create_private_file(self.dir / "doorkeep.db")  # SQLite gives -wal and -shm the same mode
-            # One connection shared by the bus's store worker and readers, serialised by self._lock.
-            conn = sqlite3.connect(self.dir / "doorkeep.db", check_same_thread=False)
-            self._db = sqlite_utils.Database(conn)
+            if url is None:
+                create_private_file(self.dir / "doorkeep.db")  # SQLite gives -wal and -shm the same mode
+                # One connection shared by the bus's store worker and readers, serialised by self._lock.
+                raw = sqlite3.connect(self.dir / "doorkeep.db", check_same_thread=False)
+                self._conn: sqldb.Connection = sqldb.SqliteConnection(raw)
+                self._db = sqlite_utils.Database(raw)  # the same connection, for the record mixins
+            else:
+                self._conn = _open_postgres(url)
+                self._db = _NotOnPostgres()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc}") from exc
-        self._db.enable_wal()
         # Re-entrant: a method called inside transaction() takes it again on the same thread.
         self._lock = threading.RLock()
         self._in_tx = False
-        with self._lock:
-            migrate(self._db)
+        self._pks: dict[str, str] = {}
+        if self._conn.dialect == sqldb.SQLITE:
+            self._db.enable_wal()
+            with self._lock:
+                migrate(self._db)
+        else:
+            with self._lock:
+                migrate_pg(self._conn)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._conn.close()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: which engine holds the records."""
+        return self._conn.dialect
 
     @contextlib.contextmanager
-    def connection_for_tests(self) -> Iterator[sqlite_utils.Database]:
+    def connection_for_tests(self, *, port: bool = False) -> Iterator[Any]:
         """Tests only: the database itself, under the store's lock, to check what is really stored (a hash,
         never a card number) or to plant a row no public method writes. Product code never calls this
-        (tests/unit/test_layout.py); it uses the typed methods."""
+        (tests/unit/test_layout.py); it uses the typed methods. The sqlite-utils database by default (SQLite
+        only); ``port``: the connection port (server/sqldb.py), the same on both engines."""
         with self._lock:
-            yield self._db
+            yield self._conn if port else self._db
 
     def insert_event(self, ev: EventMsg, received_at: float) -> bool:
         """Store an event once; returns False for a duplicate delivery."""
@@ -427,10 +531,10 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         values[_EVENT_COMPANIONS] = json.dumps(list(ev.companions)) if ev.companions else None
         values.append(received_at)
         with self._lock:
-            cur = self._db.conn.execute(_EVENT_INSERT, values)
+            rowid = self._conn.insert_rowid(_EVENT_INSERT, values)
             if not self._in_tx:
-                self._db.conn.commit()
-            return cur.lastrowid if cur.rowcount == 1 else None
+                self._conn.commit()
+            return rowid
 
     def ingest_events(self, items: list[tuple[EventMsg, float]]) -> list[int | None]:
         """Store several events in one transaction (one commit): the rowid of each, None for a duplicate."""
@@ -451,9 +555,9 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
             if self._in_tx:  # nested: part of the outer transaction
                 yield
                 return
-            conn = self._db.conn
+            conn = self._conn
             if not conn.in_transaction:
-                conn.execute("BEGIN")
+                conn.begin()
             self._in_tx = True
             try:
                 yield
@@ -481,7 +585,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """
         keys = self._snapshot_keys()
         with self._lock:
-            if self._db["snapshots"].count_where("id = ?", [event_id]):
+            if self._conn.execute("SELECT count(*) FROM snapshots WHERE id = ?", [event_id]).fetchone()[0]:
                 return False
         ref = SnapshotRef(site, device, event_id)
         parsed = parse_sealed(sealed)
@@ -496,17 +600,17 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
             os.fsync(f.fileno())
         os.replace(tmp, path)
         with self._lock:
-            conn = self._db.conn
+            conn = self._conn
             try:
                 # Take the write lock before reading the current data key: `doorkeep key rotate` (another
                 # process) replaces the key file and then re-wraps under this same lock, so a row is either
                 # visible to its scan or wrapped under the new key. Never one it misses.
                 if not conn.in_transaction:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.begin(immediate=True)
                 kek_id, kek = keys.keyring.current()
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO snapshots (id, device, door, path, bytes, received_at, site, kek_id, "
-                    "wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO snapshots (id, device, door, path, bytes, received_at, site, kek_id, "
+                    "wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [event_id, device, door, path.name, len(parsed.body), received_at, site, kek_id,
                      wrap_data_key(kek_id, kek, data_key, ref)],
                 )
@@ -519,17 +623,17 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
     def event(self, event_id: str) -> dict[str, Any] | None:
         """An event with its snapshot file name (``snapshot_path``) when the snapshot has arrived."""
         with self._lock:
-            rows = list(self._db.query(
+            rows = self._conn.query(
                 "SELECT e.*, s.path AS snapshot_path FROM events e "
-                "LEFT JOIN snapshots s ON s.id = e.snapshot WHERE e.id = ?", [event_id]))
-        return rows[0] if rows else None
+                "LEFT JOIN snapshots s ON s.id = e.snapshot WHERE e.id = ?", [event_id])
+        return _public(rows[0]) if rows else None
 
     def events(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
-        clauses = " AND ".join(f"e.[{k}] = ?" for k in where)
+        clauses = " AND ".join(f"e.{_quoted(k)} = ?" for k in where)
         sql = ("SELECT e.*, s.path AS snapshot_path FROM events e LEFT JOIN snapshots s ON s.id = e.snapshot"
                + (f" WHERE {clauses}" if clauses else "") + " ORDER BY e.ts DESC, e.seq DESC LIMIT ?")
         with self._lock:
-            return list(self._db.query(sql, [*where.values(), limit]))
+            return [_public(r) for r in self._conn.query(sql, [*where.values(), limit])]
 
     def access_events_since(self, since_ts: str, batch: int = 5000) -> Iterator[StoredAccessEvent]:
         """Every ``access`` and ``lockdown`` event at or after ``since_ts`` (ISO UTC), oldest first; read only.
@@ -539,7 +643,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """
         def fetch(query: str, params: list[Any]) -> list[Any]:
             with self._lock:
-                return self._db.conn.execute(query, params).fetchall()
+                return self._conn.execute(query, params).fetchall()
 
         return _access_events(fetch, since_ts, batch)
 
@@ -548,8 +652,8 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """The snapshot's JPEG, decrypted in memory; None if there is none (never stored, or deleted)."""
         for attempt in range(2):
             with self._lock:
-                rows = list(self._db.query("SELECT path, site, device, kek_id, wrapped_key FROM snapshots "
-                                          "WHERE id = ?", [snapshot_id]))
+                rows = self._conn.query("SELECT path, site, device, kek_id, wrapped_key FROM snapshots "
+                                        "WHERE id = ?", [snapshot_id])
             if not rows:
                 return None
             row = rows[0]
@@ -574,13 +678,13 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         write transaction, so a running server keeps ingesting in between. Returns ``(re-wrapped, retired)``.
         """
         keys = self._snapshot_keys()
-        conn = self._db.conn
+        conn = self._conn
         done = 0
         while True:
             with self._lock:
                 try:
                     if not conn.in_transaction:
-                        conn.execute("BEGIN IMMEDIATE")
+                        conn.begin(immediate=True)
                     current, kek = keys.keyring.current()
                     rows = conn.execute(
                         "SELECT id, site, device, kek_id, wrapped_key FROM snapshots "
@@ -614,11 +718,11 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
         The row holds the only copy of the snapshot's data key, so once it is gone the file (ciphertext)
         is unreadable even if the unlink fails or the disk keeps the blocks."""
-        with self._lock, self._db.conn:
-            rows = list(self._db.query("SELECT path FROM snapshots WHERE id = ?", [snapshot_id]))
+        with self._lock, self._conn.transaction():
+            rows = self._conn.query("SELECT path FROM snapshots WHERE id = ?", [snapshot_id])
             if not rows:
                 return False
-            self._db.conn.execute("DELETE FROM snapshots WHERE id = ?", [snapshot_id])
+            self._conn.execute("DELETE FROM snapshots WHERE id = ?", [snapshot_id])
         try:
             (self.snapshot_dir / rows[0]["path"]).unlink()
         except FileNotFoundError:
@@ -627,26 +731,53 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
     def count_events(self) -> int:
         with self._lock:
-            return self._db["events"].count
+            return int(self._conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
     # ------------------------------------------------------------ directory
 
     def upsert(self, table: str, row: dict[str, Any], pk: str) -> None:
+        """Create the row keyed ``row[pk]`` or change the columns ``row`` gives (the others are kept)."""
+        self._upsert_many(table, [row], pk)
+
+    def _upsert_many(self, table: str, rows: list[dict[str, Any]], pk: str) -> None:
+        """:meth:`upsert` of several rows in one statement batch: committed at once, unless inside
+        :meth:`transaction` (or another transaction of the store's: then with it)."""
+        if not rows:
+            return
+        columns = tuple(dict.fromkeys(c for r in rows for c in r))  # every column any row names, in order
+        params = [[_cell(r.get(c)) for c in columns] for r in rows]
+        sql = _upsert_sql(table, columns, pk)
         with self._lock:
-            if self._in_tx:  # sqlite-utils nests in a savepoint; transaction() commits
-                self._db[table].upsert(row, pk=pk)
+            if self._in_tx:  # transaction() commits
+                self._conn.executemany(sql, params)
                 return
-            with self._db.conn:
-                self._db[table].upsert(row, pk=pk)
+            with self._conn.transaction():
+                self._conn.executemany(sql, params)
+
+    def _primary_key(self, table: str) -> str:
+        """The single-column primary key of ``table``, read from the schema once."""
+        if table not in self._pks:
+            if self._conn.dialect == sqldb.SQLITE:
+                found = self._conn.execute("SELECT name FROM pragma_table_info(?) WHERE pk = 1", [table]).fetchall()
+            else:
+                found = self._conn.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = CAST(? AS regclass) AND i.indisprimary",
+                    [_quoted(table)]).fetchall()
+            if len(found) != 1:
+                raise ValueError(f"table {table!r} has no single-column primary key")
+            self._pks[table] = str(found[0][0])
+        return self._pks[table]
 
     def delete(self, table: str, pk_value: str) -> None:
-        with self._lock, self._db.conn:
-            self._db.conn.execute(f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] "
-                                 f"WHERE {self._db[table].pks[0]} = ?)", [pk_value])
+        """Delete the row of ``table`` whose primary key is ``pk_value`` (none: nothing happens)."""
+        with self._lock, self._conn.transaction():
+            self._conn.execute(f"DELETE FROM {_quoted(table)} WHERE {_quoted(self._primary_key(table))} = ?",
+                               [pk_value])
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._db[table].rows)
+            return [_public(r) for r in self._conn.query(f"SELECT * FROM {_quoted(table)}")]
 
     # What the directory keeps on top of the site (migration 002, 005, 008): typed, so no caller names a table.
     # Writes go through upsert()/delete(), so inside transaction() they join the store thread's batch.
@@ -660,12 +791,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
     def set_presences(self, rows: list[dict[str, Any]]) -> None:
         """Many ``person, area, since`` rows at once, in one transaction (a building's worth, bench/decide.py)."""
-        with self._lock:
-            if self._in_tx:
-                self._db["presence"].upsert_all(rows, pk="person", batch_size=5000)
-                return
-            with self._db.conn:
-                self._db["presence"].upsert_all(rows, pk="person", batch_size=5000)
+        self._upsert_many("presence", rows, "person")
 
     def forget_presence(self, person: str) -> None:
         self.delete("presence", person)
@@ -701,17 +827,17 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
     def next_counter(self, name: str, at_least: int = 0) -> int:
         """A counter that only grows, across restarts (policy versions)."""
-        with self._lock, self._db.conn:
-            rows = list(self._db.query("SELECT value FROM counters WHERE name = ?", [name]))
-            value = max((rows[0]["value"] + 1) if rows else 1, at_least)
-            self._db["counters"].upsert({"name": name, "value": value}, pk="name")
+        with self._lock, self._conn.transaction():
+            rows = self._conn.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchall()
+            value = max((rows[0][0] + 1) if rows else 1, at_least)
+            self._conn.execute(_upsert_sql("counters", ("name", "value"), "name"), [name, value])
         return value
 
     def record_device_clock(self, device: str, *, drift_s: float, at: float) -> None:
         """Keep the latest clock drift measured for ``device`` (one row per device, replaced each time)."""
-        with self._lock, self._db.conn:
-            self._db["device_clock"].upsert({"device": device, "drift_s": float(drift_s), "measured_at": iso_ms(at)},
-                                           pk="device")
+        with self._lock, self._conn.transaction():
+            self._conn.execute(_upsert_sql("device_clock", ("device", "drift_s", "measured_at"), "device"),
+                               [device, float(drift_s), iso_ms(at)])
 
     # ------------------------------------------------- health and metrics (server/metrics.py)
 
@@ -721,11 +847,11 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         value = int(at * 1000)
         try:
             with self._lock:
-                with self._db.conn:
-                    self._db.conn.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('health.probe', ?)",
-                                          [value])
-                row = self._db.conn.execute("SELECT value FROM counters WHERE name = 'health.probe'").fetchone()
-        except (sqlite3.Error, OSError):
+                with self._conn.transaction():
+                    self._conn.execute("INSERT INTO counters (name, value) VALUES ('health.probe', ?) "
+                                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", [value])
+                row = self._conn.execute("SELECT value FROM counters WHERE name = 'health.probe'").fetchone()
+        except (self._conn.Error, OSError):
             return False
         return row is not None and int(row[0]) == value
 
@@ -733,7 +859,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """``(type, state, acknowledged, count)`` over the open (unresolved) alarms, ``state`` active or cleared:
         one grouped query, so a scrape of ``/metrics`` reads no alarm row into Python."""
         with self._lock:
-            rows = self._db.conn.execute(
+            rows = self._conn.execute(
                 "SELECT type, cleared_at IS NULL, acknowledged_at IS NOT NULL, count(*) FROM alarms "
                 "WHERE resolved_at IS NULL GROUP BY 1, 2, 3").fetchall()
         return [(str(t), "active" if active else "cleared", bool(acked), int(n)) for t, active, acked, n in rows]
@@ -742,7 +868,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """``(door or None, type, active, acknowledged, count)`` over the open alarms: one grouped query for Home
         Assistant's alarm sensors (server/home_assistant.py), never a row's detail."""
         with self._lock:
-            rows = self._db.conn.execute(
+            rows = self._conn.execute(
                 "SELECT door, type, cleared_at IS NULL, acknowledged_at IS NOT NULL, count(*) FROM alarms "
                 "WHERE resolved_at IS NULL GROUP BY 1, 2, 3, 4").fetchall()
         return [(str(d) if d else None, str(t), bool(active), bool(acked), int(n)) for d, t, active, acked, n in rows]
@@ -753,46 +879,45 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
     def latest_site_revision(self) -> dict[str, Any] | None:
         """The live site's revision row (``changes`` decoded), or None before the first import."""
         with self._lock:
-            rows = list(self._db.query("SELECT * FROM site_revisions ORDER BY number DESC LIMIT 1"))
+            rows = self._conn.query("SELECT * FROM site_revisions ORDER BY number DESC LIMIT 1")
         return _revision_row(rows[0]) if rows else None
 
     def latest_site_revision_number(self) -> int:
         """The live revision's number (0 before the first): what a poll needs, without the revision's text."""
         with self._lock:
-            return int(self._db.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0])
+            return int(self._conn.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0])
 
     def site_revision_number_at(self, epoch: float) -> int | None:
         """The number of the site revision in force at ``epoch`` (the newest committed at or before it); None
         when the first revision came later (the desk's "Why not?" then explains on the current site)."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(number) FROM site_revisions WHERE created_at <= ?",
-                                   [epoch]).fetchone()
+            row = self._conn.execute("SELECT MAX(number) FROM site_revisions WHERE created_at <= ?",
+                                     [epoch]).fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
     def site_revision(self, number: int) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(self._db.query("SELECT * FROM site_revisions WHERE number = ?", [number]))
+            rows = self._conn.query("SELECT * FROM site_revisions WHERE number = ?", [number])
         return _revision_row(rows[0]) if rows else None
 
     def site_revisions(self, limit: int = 50, *, after: int = 0) -> list[dict[str, Any]]:
         """Newest first; ``after`` keeps only revisions numbered above it (what changed since a base)."""
         with self._lock:
-            rows = list(self._db.query("SELECT number, created_at, actor, summary, changes, rollback_of FROM "
-                                       "site_revisions WHERE number > ? ORDER BY number DESC LIMIT ?",
-                                       [after, limit]))
+            rows = self._conn.query("SELECT number, created_at, actor, summary, changes, rollback_of FROM "
+                                    "site_revisions WHERE number > ? ORDER BY number DESC LIMIT ?", [after, limit])
         return [_revision_row(r) for r in rows]
 
     def add_site_revision(self, *, base: int, site_toml: str, actor: str, summary: str, changes: list[str],
                           at: float, rollback_of: int | None = None) -> int | None:
         """Append revision ``base + 1`` if ``base`` is still the latest (0: none yet); None if another commit
         came first. The check and the insert are one transaction: two writers can never both win."""
-        with self._lock, self._db.conn:
-            latest = self._db.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0]
+        with self._lock, self._conn.transaction():
+            latest = self._conn.execute("SELECT COALESCE(MAX(number), 0) FROM site_revisions").fetchone()[0]
             if latest != base:
                 return None
-            self._db["site_revisions"].insert({"number": base + 1, "created_at": at, "actor": actor,
-                                               "summary": summary, "changes": json.dumps(changes),
-                                               "site_toml": site_toml, "rollback_of": rollback_of})
+            self._conn.execute("INSERT INTO site_revisions (number, created_at, actor, summary, changes, site_toml, "
+                               "rollback_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [base + 1, at, actor, summary, json.dumps(changes), site_toml, rollback_of])
         return base + 1
     # ---------------------------------------------------------------- alarms
 
@@ -824,24 +949,24 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         row = {"key": key, "type": type, "severity": severity, "device": device, "door": door, "raised_at": at,
                "last_raised_at": at, "occurrences": 1, "cleared_at": at if cleared else None,
                "detail": detail_json, "source_event": source_event}
-        with self._lock, self._db.conn:
+        insert = (f"INSERT INTO alarms (id, {', '.join(_quoted(k) for k in row)}) "
+                  f"VALUES (?, {', '.join('?' for _ in row)})")
+        with self._lock, self._conn.transaction():
             if once:
-                cur = self._db.conn.execute(
-                    f"INSERT OR IGNORE INTO alarms (id, {', '.join(f'[{k}]' for k in row)}) "
-                    f"VALUES (?, {', '.join('?' for _ in row)})", [key, *row.values()])
+                cur = self._conn.execute(insert + " ON CONFLICT DO NOTHING", [key, *row.values()])
                 return key, cur.rowcount == 1
-            open_ = list(self._db.query("SELECT id, cleared_at, detail FROM alarms WHERE [key] = ? AND resolved_at IS NULL",
-                                       [key]))
+            open_ = self._conn.query('SELECT id, cleared_at, detail FROM alarms WHERE "key" = ? AND resolved_at IS NULL',
+                                     [key])
             if not open_:
                 alarm_id = f"{type}-{device or 'site'}-{uuid.uuid4().hex[:12]}"
-                self._db["alarms"].insert({"id": alarm_id, **row})
+                self._conn.execute(insert, [alarm_id, *row.values()])
                 return alarm_id, True
             current = open_[0]
             if current["cleared_at"] is None:
                 if detail is not None and current["detail"] != detail_json:
-                    self._db.conn.execute("UPDATE alarms SET detail = ? WHERE id = ?", [detail_json, current["id"]])
+                    self._conn.execute("UPDATE alarms SET detail = ? WHERE id = ?", [detail_json, current["id"]])
                 return current["id"], False
-            self._db.conn.execute(
+            self._conn.execute(
                 "UPDATE alarms SET cleared_at = ?, last_raised_at = ?, occurrences = occurrences + 1, "
                 "acknowledged_at = NULL, acknowledged_by = NULL, escalated_at = NULL, detail = ? WHERE id = ?",
                 [at if cleared else None, at, detail_json if detail is not None else current["detail"], current["id"]])
@@ -851,15 +976,15 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """The condition behind the open, active alarm with this key is gone; returns its id, or None if none was active.
 
         The alarm stays open (listed) until an operator resolves it."""
-        with self._lock, self._db.conn:
-            rows = list(self._db.query(
-                "SELECT id FROM alarms WHERE [key] = ? AND resolved_at IS NULL AND cleared_at IS NULL", [key]))
+        with self._lock, self._conn.transaction():
+            rows = self._conn.query(
+                'SELECT id FROM alarms WHERE "key" = ? AND resolved_at IS NULL AND cleared_at IS NULL', [key])
             if not rows:
                 return None
             sets, args = "cleared_at = ?", [at]
             if detail is not None:
                 sets, args = sets + ", detail = ?", [at, json.dumps(detail, sort_keys=True)]
-            self._db.conn.execute(f"UPDATE alarms SET {sets} WHERE id = ?", [*args, rows[0]["id"]])
+            self._conn.execute(f"UPDATE alarms SET {sets} WHERE id = ?", [*args, rows[0]["id"]])
             return str(rows[0]["id"])
 
     def clear_door_alarms(self, device: str, door: str, types: tuple[str, ...], *, before_ts: str, at: float) -> int:
@@ -868,8 +993,8 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         if not types:
             return 0
         marks = ", ".join("?" for _ in types)
-        with self._lock, self._db.conn:
-            cur = self._db.conn.execute(
+        with self._lock, self._conn.transaction():
+            cur = self._conn.execute(
                 f"UPDATE alarms SET cleared_at = ? WHERE resolved_at IS NULL AND cleared_at IS NULL AND device = ? "
                 f"AND door = ? AND type IN ({marks}) AND source_event IN "
                 f"(SELECT id FROM events WHERE device = ? AND door = ? AND ts < ?)",
@@ -882,18 +1007,18 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
             return None
         marks = ", ".join("?" for _ in types)
         with self._lock:
-            rows = list(self._db.query(
+            rows = self._conn.query(
                 f"SELECT id FROM events WHERE device = ? AND door = ? AND type IN ({marks}) AND ts > ? "
-                f"ORDER BY ts LIMIT 1", [device, door, *types, after_ts]))
+                f"ORDER BY ts LIMIT 1", [device, door, *types, after_ts])
         return str(rows[0]["id"]) if rows else None
 
     def acknowledge(self, alarm_id: str, who: str, *, at: float | None = None) -> bool:
         """An operator has seen the alarm; False if it was already acknowledged or is resolved."""
         if not who:
             raise ValueError("acknowledge needs the operator's name")
-        with self._lock, self._db.conn:
+        with self._lock, self._conn.transaction():
             self._require_alarm(alarm_id)
-            cur = self._db.conn.execute(
+            cur = self._conn.execute(
                 "UPDATE alarms SET acknowledged_at = ?, acknowledged_by = ? "
                 "WHERE id = ? AND acknowledged_at IS NULL AND resolved_at IS NULL",
                 [time.time() if at is None else at, who, alarm_id])
@@ -907,9 +1032,9 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         if not who:
             raise ValueError("resolve needs the operator's name")
         now = time.time() if at is None else at
-        with self._lock, self._db.conn:
+        with self._lock, self._conn.transaction():
             self._require_alarm(alarm_id)
-            cur = self._db.conn.execute(
+            cur = self._conn.execute(
                 "UPDATE alarms SET resolved_at = ?, resolved_by = ?, note = ?, "
                 "acknowledged_at = COALESCE(acknowledged_at, ?), acknowledged_by = COALESCE(acknowledged_by, ?) "
                 "WHERE id = ? AND resolved_at IS NULL",
@@ -917,18 +1042,18 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
             return cur.rowcount == 1
 
     def _require_alarm(self, alarm_id: str) -> None:
-        if not self._db.conn.execute("SELECT 1 FROM alarms WHERE id = ?", [alarm_id]).fetchone():
+        if not self._conn.execute("SELECT 1 FROM alarms WHERE id = ?", [alarm_id]).fetchone():
             raise AlarmNotFound(f"no alarm {alarm_id!r}")
 
     def alarm(self, alarm_id: str) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(self._db.query("SELECT * FROM alarms WHERE id = ?", [alarm_id]))
+            rows = self._conn.query("SELECT * FROM alarms WHERE id = ?", [alarm_id])
         return _alarm_row(rows[0]) if rows else None
 
     def open_alarm(self, key: str) -> dict[str, Any] | None:
         """The open (unresolved) alarm with this key, if any."""
         with self._lock:
-            rows = list(self._db.query("SELECT * FROM alarms WHERE [key] = ? AND resolved_at IS NULL", [key]))
+            rows = self._conn.query('SELECT * FROM alarms WHERE "key" = ? AND resolved_at IS NULL', [key])
         return _alarm_row(rows[0]) if rows else None
 
     def open_alarms(self, **where: Any) -> list[dict[str, Any]]:
@@ -937,17 +1062,17 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
     def alarms(self, limit: int | None = 100, *, open_only: bool = False, **where: Any) -> list[dict[str, Any]]:
         """Alarms newest first, resolved ones too unless ``open_only``; ``where`` filters on columns."""
-        clauses = [f"[{k}] = ?" for k in where] + (["resolved_at IS NULL"] if open_only else [])
+        clauses = [f"{_quoted(k)} = ?" for k in where] + (["resolved_at IS NULL"] if open_only else [])
         sql = ("SELECT * FROM alarms" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
                + " ORDER BY last_raised_at DESC, raised_at DESC" + (" LIMIT ?" if limit is not None else ""))
         args = [*where.values(), *([limit] if limit is not None else [])]
         with self._lock:
-            return [_alarm_row(r) for r in self._db.query(sql, args)]
+            return [_alarm_row(r) for r in self._conn.query(sql, args)]
 
     def resolved_alarms(self, limit: int = 100) -> list[dict[str, Any]]:
         """Resolved alarms, the most recently resolved first (the desk's alarm history)."""
         with self._lock:
-            return [_alarm_row(r) for r in self._db.query(
+            return [_alarm_row(r) for r in self._conn.query(
                 "SELECT * FROM alarms WHERE resolved_at IS NOT NULL ORDER BY resolved_at DESC LIMIT ?", [limit])]
 
     # ------------------------------------------------- event sequence state
@@ -956,23 +1081,24 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """Every device's saved sequence state and the rowid of the last event it accounts for."""
         with self._lock:
             rows = [dict(r, gaps=json.loads(r["gaps"] or "[]"), lost=json.loads(r["lost"] or "[]"))
-                    for r in self._db["sequences"].rows]
-            cp = list(self._db.query("SELECT through_rowid FROM sequence_checkpoint WHERE id = 1"))
-        return rows, int(cp[0]["through_rowid"]) if cp else 0
+                    for r in self._conn.query("SELECT * FROM sequences")]
+            cp = self._conn.execute("SELECT through_rowid FROM sequence_checkpoint WHERE id = 1").fetchall()
+        return rows, int(cp[0][0]) if cp else 0
 
     def save_sequences(self, rows: list[dict[str, Any]], through_rowid: int, at: float) -> None:
         """Save changed devices' sequence state and the checkpoint together, in one transaction."""
-        with self._lock, self._db.conn:
+        with self._lock, self._conn.transaction():
             for r in rows:
-                self._db["sequences"].upsert(
-                    {**r, "gaps": json.dumps(r["gaps"]), "lost": json.dumps(r["lost"]), "saved_at": at}, pk="device")
-            self._db["sequence_checkpoint"].upsert({"id": 1, "through_rowid": through_rowid, "saved_at": at}, pk="id")
+                row = {**r, "gaps": json.dumps(r["gaps"]), "lost": json.dumps(r["lost"]), "saved_at": at}
+                self._conn.execute(_upsert_sql("sequences", tuple(row), "device"), [_cell(v) for v in row.values()])
+            self._conn.execute(_upsert_sql("sequence_checkpoint", ("id", "through_rowid", "saved_at"), "id"),
+                               [1, through_rowid, at])
 
     def events_after(self, rowid: int, batch: int = 5000) -> Iterator[tuple[int, str, str, int]]:
         """``(rowid, event id, device, seq)`` of events stored after ``rowid``, in arrival order."""
         while True:
             with self._lock:
-                rows = self._db.conn.execute(
+                rows = self._conn.execute(
                     "SELECT rowid, id, device, seq FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     [rowid, batch]).fetchall()
             if not rows:
@@ -984,7 +1110,7 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
 
 def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
     """An alarm as the API hands it out: ``detail`` decoded and its ``state`` spelled out."""
-    out = dict(row)
+    out = _public(dict(row))
     out["detail"] = json.loads(row["detail"] or "{}")
     out["state"] = "resolved" if row["resolved_at"] is not None else "cleared" if row["cleared_at"] is not None \
         else "active"

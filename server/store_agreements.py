@@ -13,13 +13,15 @@ server/visitors.py).
   the site, visit and acceptance id bound as AAD; deleting the row destroys it.
 - ``visit_holds``: a visit held by a watchlist match (entry ids only, never the text) until an operator
   overrides it with a reason or refuses the visit.
+
+Runs on SQLite and PostgreSQL (through the connection port, server/sqldb.py) in the same SQL; ``has_signature`` is
+spelled as a ``CASE`` giving 1 or 0 on both (PostgreSQL's ``IS NOT NULL`` would read back as a boolean).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import threading
 import uuid
 from typing import Any, Sequence
@@ -27,6 +29,7 @@ from typing import Any, Sequence
 import sqlite_utils
 
 from doorkeep.envelope import KEY_BYTES, SnapshotKeys, SnapshotRef, unwrap_data_key, wrap_data_key
+from server import sqldb
 from server.store_photos import _decrypt, _encrypt
 
 #: The ``device`` part of a signature's AAD reference: bound to the visit.
@@ -58,7 +61,7 @@ def signature_ref(site: str, visit: str, acceptance_id: str) -> SnapshotRef:
 class AgreementRecords:
     """Agreement versions, requirements, acceptances and watchlist holds (a base of ``Store``)."""
 
-    _db: sqlite_utils.Database
+    _conn: sqldb.Connection
     _lock: threading.RLock
     _snapshot_keys: Any
 
@@ -66,8 +69,8 @@ class AgreementRecords:
 
     def add_agreement_version(self, kind: str, title: str, text: str, actor: str, at: float) -> int:
         """Store the next version of ``kind``; returns its number (1 for a new agreement)."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             (last,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM agreement_versions WHERE kind = ?",
                                    [kind]).fetchone()
             conn.execute("INSERT INTO agreement_versions (kind, version, title, text, added_by, added_at) "
@@ -78,22 +81,21 @@ class AgreementRecords:
         """Every version (of one kind), by kind then version."""
         with self._lock:
             if kind is None:
-                return [dict(r) for r in self._db.query("SELECT * FROM agreement_versions ORDER BY kind, version")]
-            return [dict(r) for r in self._db.query("SELECT * FROM agreement_versions WHERE kind = ? "
-                                                    "ORDER BY version", [kind])]
+                return self._conn.query("SELECT * FROM agreement_versions ORDER BY kind, version")
+            return self._conn.query("SELECT * FROM agreement_versions WHERE kind = ? ORDER BY version", [kind])
 
     # -------------------------------------------------------- requirements
 
     def agreement_required(self, scope: str) -> list[str]:
         with self._lock:
-            return [r[0] for r in self._db.conn.execute("SELECT kind FROM agreement_required WHERE scope = ? "
-                                                        "ORDER BY kind", [scope])]
+            return [r[0] for r in self._conn.execute("SELECT kind FROM agreement_required WHERE scope = ? "
+                                                     "ORDER BY kind", [scope])]
 
     def set_agreement_required(self, scope: str, kinds: Sequence[str]) -> None:
-        with self._lock, self._db.conn:
-            self._db.conn.execute("DELETE FROM agreement_required WHERE scope = ?", [scope])
-            self._db.conn.executemany("INSERT INTO agreement_required (scope, kind) VALUES (?, ?)",
-                                      [(scope, k) for k in dict.fromkeys(kinds)])
+        with self._lock, self._conn.transaction():
+            self._conn.execute("DELETE FROM agreement_required WHERE scope = ?", [scope])
+            self._conn.executemany("INSERT INTO agreement_required (scope, kind) VALUES (?, ?)",
+                                   [(scope, k) for k in dict.fromkeys(kinds)])
 
     # --------------------------------------------------------- acceptances
 
@@ -109,8 +111,8 @@ class AgreementRecords:
             body = _encrypt(signature_png, data_key, ref)
             kek_id, kek = keys.keyring.current()
             wrapped = wrap_data_key(kek_id, kek, data_key, ref)
-        with self._lock, self._db.conn:
-            self._db.conn.execute(
+        with self._lock, self._conn.transaction():
+            self._conn.execute(
                 "INSERT INTO agreement_acceptances (id, visit, kind, version, accepted_at, method, typed_name, "
                 "operator, site, kek_id, wrapped_key, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [acc_id, visit, kind, version, at, method, typed_name, operator, site, kek_id, wrapped, body])
@@ -119,16 +121,16 @@ class AgreementRecords:
     def acceptances(self, visit: str) -> list[dict[str, Any]]:
         """A visit's acceptances without the signature's bytes (``has_signature`` says whether there is one)."""
         with self._lock:
-            return [dict(r) for r in self._db.query(
+            return self._conn.query(
                 "SELECT id, visit, kind, version, accepted_at, method, typed_name, operator, "
-                "signature IS NOT NULL AS has_signature FROM agreement_acceptances WHERE visit = ? "
-                "ORDER BY accepted_at, kind", [visit])]
+                "CASE WHEN signature IS NULL THEN 0 ELSE 1 END AS has_signature FROM agreement_acceptances "
+                "WHERE visit = ? ORDER BY accepted_at, kind", [visit])
 
     def acceptance_signature(self, acceptance_id: str) -> bytes | None:
         """The drawn signature's PNG, decrypted in memory; None when the acceptance was typed or is gone."""
         with self._lock:
-            row = self._db.conn.execute("SELECT visit, site, kek_id, wrapped_key, signature FROM "
-                                        "agreement_acceptances WHERE id = ?", [acceptance_id]).fetchone()
+            row = self._conn.execute("SELECT visit, site, kek_id, wrapped_key, signature FROM "
+                                     "agreement_acceptances WHERE id = ?", [acceptance_id]).fetchone()
         if row is None or row[4] is None:
             return None
         visit, site, kek_id, wrapped, body = row
@@ -143,8 +145,8 @@ class AgreementRecords:
         if not visits:
             return 0
         marks = ", ".join("?" for _ in visits)
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             n = conn.execute(f"DELETE FROM agreement_acceptances WHERE visit IN ({marks})", list(visits)).rowcount
             conn.execute(f"DELETE FROM agreement_required WHERE scope IN ({marks})", list(visits))
             conn.execute(f"DELETE FROM visit_holds WHERE visit IN ({marks})", list(visits))
@@ -152,8 +154,8 @@ class AgreementRecords:
 
     def delete_orphan_agreements(self) -> int:
         """Acceptances, requirements and holds of visits no longer stored (retention removed them); how many rows."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             n = conn.execute("DELETE FROM agreement_acceptances WHERE visit NOT IN (SELECT id FROM visitors)"
                              ).rowcount
             n += conn.execute("DELETE FROM agreement_required WHERE scope != 'site' AND scope NOT IN "
@@ -161,7 +163,7 @@ class AgreementRecords:
             n += conn.execute("DELETE FROM visit_holds WHERE visit NOT IN (SELECT id FROM visitors)").rowcount
             return int(n)
 
-    def _rewrap_signatures(self, conn: sqlite3.Connection, keys: SnapshotKeys, current: str, kek: bytes) -> int:
+    def _rewrap_signatures(self, conn: sqldb.Connection, keys: SnapshotKeys, current: str, kek: bytes) -> int:
         """Inside the caller's write transaction (``rewrap_snapshot_keys``): every signature's data key
         re-wrapped under ``current``; how many."""
         rows = conn.execute("SELECT id, visit, site, kek_id, wrapped_key FROM agreement_acceptances "
@@ -174,7 +176,7 @@ class AgreementRecords:
         return len(rows)
 
     @staticmethod
-    def _signature_key_ids(conn: sqlite3.Connection) -> set[str]:
+    def _signature_key_ids(conn: sqldb.Connection) -> set[str]:
         return {r[0] for r in conn.execute("SELECT DISTINCT kek_id FROM agreement_acceptances "
                                            "WHERE kek_id IS NOT NULL")}
 
@@ -182,7 +184,7 @@ class AgreementRecords:
 
     def visit_hold(self, visit: str) -> dict[str, Any] | None:
         with self._lock:
-            rows = [dict(r) for r in self._db.query("SELECT * FROM visit_holds WHERE visit = ?", [visit])]
+            rows = self._conn.query("SELECT * FROM visit_holds WHERE visit = ?", [visit])
         if not rows:
             return None
         row = rows[0]
@@ -192,16 +194,18 @@ class AgreementRecords:
     def put_visit_hold(self, visit: str, *, state: str, entries: Sequence[int], stage: str | None, at: float,
                        resolved_by: str | None = None, reason: str | None = None) -> None:
         """Set the visit's hold (one row per visit: the latest state wins; the audit log keeps the history)."""
-        with self._lock, self._db.conn:
-            self._db["visit_holds"].upsert({
-                "visit": visit, "state": state, "entries": json.dumps(sorted(set(entries))), "stage": stage,
-                "held_at": at, "resolved_by": resolved_by, "resolved_at": at if resolved_by else None,
-                "reason": reason}, pk="visit")
+        with self._lock, self._conn.transaction():
+            row = {"visit": visit, "state": state, "entries": json.dumps(sorted(set(entries))), "stage": stage,
+                   "held_at": at, "resolved_by": resolved_by, "resolved_at": at if resolved_by else None,
+                   "reason": reason}
+            self._conn.execute(f"INSERT INTO visit_holds ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)}) "
+                               "ON CONFLICT (visit) DO UPDATE SET "
+                               + ", ".join(f"{c} = excluded.{c}" for c in row if c != "visit"), list(row.values()))
 
     def resolve_visit_hold(self, visit: str, state: str, actor: str, reason: str, at: float) -> bool:
         """Mark a held visit overridden or refused; False when it is not held (any more)."""
-        with self._lock, self._db.conn:
-            cur = self._db.conn.execute("UPDATE visit_holds SET state = ?, resolved_by = ?, resolved_at = ?, "
-                                        "reason = ? WHERE visit = ? AND state = 'held'",
-                                        [state, actor, at, reason, visit])
+        with self._lock, self._conn.transaction():
+            cur = self._conn.execute("UPDATE visit_holds SET state = ?, resolved_by = ?, resolved_at = ?, "
+                                     "reason = ? WHERE visit = ? AND state = 'held'",
+                                     [state, actor, at, reason, visit])
             return cur.rowcount == 1

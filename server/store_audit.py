@@ -5,6 +5,10 @@ Part of :class:`server.store.Store` (a base class of it): every method takes the
 Writing a record and moving the anchor are each one ``BEGIN IMMEDIATE`` transaction here, so the chain's
 end is read under SQLite's write lock and another process (``doorkeep retention run``) cannot append in
 between. How a record's hash is computed and how the chain is verified stay in server/audit.py.
+
+Runs on SQLite and PostgreSQL (through the connection port, server/sqldb.py): on PostgreSQL the same write
+transactions first lock ``audit_log`` against other writers (``SHARE ROW EXCLUSIVE``: reads go on), which is what
+``BEGIN IMMEDIATE`` gives on SQLite, so two processes never both append after the same end.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import sqlite_utils
+from server import sqldb
 
 GENESIS = "0" * 64  # the hash "before" the first record (server/audit.py uses the same)
 #: The most records one search returns (the desk pages through the rest with ``before_seq``).
@@ -36,8 +40,14 @@ class AuditRow:
 class AuditRecords:
     """The audit log's rows (a base of ``Store``)."""
 
-    _db: sqlite_utils.Database
+    _conn: sqldb.Connection
     _lock: threading.RLock
+
+    def _begin_audit_write(self) -> None:
+        """Open the write transaction that reads the chain's end (see the module docstring)."""
+        self._conn.begin(immediate=True)
+        if self._conn.dialect == sqldb.POSTGRESQL:
+            self._conn.execute("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
 
     def append_audit(self, *, ts: str, actor: str, action: str, target: str | None, details: str,
                      digest: Callable[[int, str], str],
@@ -47,10 +57,10 @@ class AuditRecords:
         ``digest(seq, prev_hash)`` computes the record's hash once its place is known (read under the write
         lock); ``committed(seq, hash)`` runs after the commit, still under the store's lock, so the head file
         it writes follows the records in order."""
-        conn = self._db.conn
+        conn = self._conn
         with self._lock:
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading the chain's end
             try:
+                self._begin_audit_write()  # take the write lock before reading the chain's end
                 prev_seq, prev_hash = self._audit_end()
                 seq = prev_seq + 1
                 record_hash = digest(seq, prev_hash)
@@ -66,7 +76,7 @@ class AuditRecords:
         return seq, record_hash
 
     def _audit_end(self) -> tuple[int, str]:
-        conn = self._db.conn
+        conn = self._conn
         row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if row is None:
             row = conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
@@ -77,10 +87,10 @@ class AuditRecords:
 
         Only a prefix goes (records up to the first one at or after the cut-off), so the rest still chains
         from the anchor. One transaction; returns how many records went."""
-        conn = self._db.conn
+        conn = self._conn
         with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                self._begin_audit_write()
                 first_kept = conn.execute("SELECT MIN(seq) FROM audit_log WHERE ts >= ?", [cutoff_ts]).fetchone()[0]
                 last = conn.execute("SELECT MAX(seq) FROM audit_log" + (" WHERE seq < ?" if first_kept else ""),
                                     [first_kept] if first_kept else []).fetchone()[0]
@@ -104,7 +114,7 @@ class AuditRecords:
     def count_audit_before(self, cutoff_ts: str) -> int:
         """How many records :meth:`prune_audit_before` would remove (a dry run)."""
         with self._lock:
-            conn = self._db.conn
+            conn = self._conn
             first_kept = conn.execute("SELECT MIN(seq) FROM audit_log WHERE ts >= ?", [cutoff_ts]).fetchone()[0]
             sql = "SELECT COUNT(*) FROM audit_log" + (" WHERE seq < ?" if first_kept else "")
             return int(conn.execute(sql, [first_kept] if first_kept else []).fetchone()[0])
@@ -123,7 +133,7 @@ class AuditRecords:
         sql = ("SELECT * FROM audit_log" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
                + " ORDER BY seq DESC" + (" LIMIT ?" if limit is not None else ""))
         with self._lock:
-            return list(self._db.query(sql, [*args, *([limit] if limit is not None else [])]))
+            return self._conn.query(sql, [*args, *([limit] if limit is not None else [])])
 
     def audit_search(self, *, actor: str | tuple[str, ...] | None = None, action: str | None = None,
                      target: str | tuple[str, ...] | None = None, since_ts: str | None = None,
@@ -148,7 +158,7 @@ class AuditRecords:
             args.extend(values)
         if action is not None:
             if action.endswith("."):  # a prefix: compared as text, so no LIKE wildcard in it can widen it
-                clauses.append("substr(action, 1, ?) = ?")
+                clauses.append("substr(action, 1, CAST(? AS INTEGER)) = ?")
                 args.extend([len(action), action])
             else:
                 clauses.append("action = ?")
@@ -166,7 +176,7 @@ class AuditRecords:
         sql = ("SELECT seq, ts, actor, action, target, details, hash FROM audit_log"
                + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY seq DESC LIMIT ?")
         with self._lock:
-            rows = self._db.conn.execute(sql, [*args, bounded]).fetchall()
+            rows = self._conn.execute(sql, [*args, bounded]).fetchall()
         return [AuditRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), None if r[4] is None else str(r[4]), str(r[5]),
                          str(r[6])) for r in rows]
 
@@ -175,7 +185,7 @@ class AuditRecords:
 
         Holds the store's lock until exhausted or closed (a consistent walk): close it when done early."""
         with self._lock:
-            cur = self._db.conn.execute(
+            cur = self._conn.execute(
                 "SELECT seq, ts, actor, action, target, details, prev_hash, hash FROM audit_log ORDER BY seq")
             while batch := cur.fetchmany(1000):
                 yield from batch
@@ -183,7 +193,7 @@ class AuditRecords:
     def audit_anchor_and_hashes(self) -> tuple[tuple[int, str] | None, dict[str, int]]:
         """The retention anchor ``(seq, hash)`` (None before any pruning) and every record's hash → seq."""
         with self._lock:
-            conn = self._db.conn
+            conn = self._conn
             anchor = conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
             hashes = {str(h): int(s) for s, h in conn.execute("SELECT seq, hash FROM audit_log")}
         return (int(anchor[0]), str(anchor[1])) if anchor else None, hashes
@@ -191,9 +201,10 @@ class AuditRecords:
     def audit_state(self, name: str) -> str | None:
         """A value the audit keeps between runs (the digests of the site files as last audited)."""
         with self._lock:
-            row = self._db.conn.execute("SELECT value FROM audit_state WHERE name = ?", [name]).fetchone()
+            row = self._conn.execute("SELECT value FROM audit_state WHERE name = ?", [name]).fetchone()
         return str(row[0]) if row else None
 
     def set_audit_state(self, name: str, value: str) -> None:
-        with self._lock, self._db.conn:
-            self._db["audit_state"].upsert({"name": name, "value": value}, pk="name")
+        with self._lock, self._conn.transaction():
+            self._conn.execute("INSERT INTO audit_state (name, value) VALUES (?, ?) "
+                               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", [name, value])

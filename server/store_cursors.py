@@ -6,6 +6,10 @@ path, because the bus's store thread commits events in batches and must never wa
 integrations leave through a durable queue and never block a decision). A worker queues what it read *and* moves
 its cursor in one transaction, so a crash in between reads the same rows again and nothing stored is missed.
 
+Runs on SQLite and PostgreSQL (through the connection port, server/sqldb.py): ``events`` and ``alarms`` have a
+``rowid`` column on PostgreSQL (an identity), and the audit log is read by its ``seq`` on both engines (its rowid on
+SQLite, where ``seq`` is the ``INTEGER PRIMARY KEY``; PostgreSQL gives it no rowid column).
+
 A cursor is ``(value, ref, at)``: the rowid read up to, and the id and stored time of the row at that rowid. SQLite
 hands the rowid of a deleted newest row to the next row stored (no AUTOINCREMENT on these tables), so when
 retention deleted the row a cursor stopped at, ``ref`` no longer matches and :meth:`SourceReads._resume` counts every
@@ -24,12 +28,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import sqlite_utils
 
+from server import sqldb
+
 #: How far a worker read a source: a rowid (for escalations a time), and the id and stored time of the row there.
 Cursor = tuple[float, "str | None", "float | None"]
 #: The tables a cursor may read, with the column naming a row and the column saying when it was stored; None for a
 #: table whose rowids are never reused.
 SOURCES: Mapping[str, tuple[str, str] | None] = {"events": ("id", "received_at"), "alarms": ("id", "raised_at"),
                                                  "audit_log": None}
+#: The column giving a source's arrival order: its rowid, and for the audit log ``seq`` (the same number on SQLite).
+_ORDER = {"events": "rowid", "alarms": "rowid", "audit_log": "seq"}
 
 
 def create_cursor_table(db: sqlite_utils.Database, table: str) -> None:
@@ -37,16 +45,17 @@ def create_cursor_table(db: sqlite_utils.Database, table: str) -> None:
     db[table].create({"name": str, "value": float, "ref": str, "at": float}, pk="name", not_null={"value"})
 
 
-def cursor_at_end(conn: sqlite3.Connection, source: str) -> Cursor:
-    """A cursor past every row ``source`` holds now: what a queue starts from so that history is never sent."""
-    kept = _columns(source)
+def cursor_at_end(conn: sqlite3.Connection | sqldb.Connection, source: str) -> Cursor:
+    """A cursor past every row ``source`` holds now: what a queue starts from so that history is never sent.
+    ``conn``: sqlite3's (a SQLite migration) or the port's."""
+    kept, order = _columns(source), _ORDER[source]
     if kept is None:
-        return float(conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {source}").fetchone()[0]), None, None
-    top = conn.execute(f"SELECT rowid, {kept[0]}, {kept[1]} FROM {source} ORDER BY rowid DESC LIMIT 1").fetchone()
+        return float(conn.execute(f"SELECT COALESCE(MAX({order}), 0) FROM {source}").fetchone()[0]), None, None
+    top = conn.execute(f"SELECT {order}, {kept[0]}, {kept[1]} FROM {source} ORDER BY {order} DESC LIMIT 1").fetchone()
     return (float(top[0]), top[1], top[2]) if top else (0.0, None, None)
 
 
-def save_cursors(conn: sqlite3.Connection, table: str, cursors: Mapping[str, Cursor]) -> None:
+def save_cursors(conn: sqlite3.Connection | sqldb.Connection, table: str, cursors: Mapping[str, Cursor]) -> None:
     """Write these cursors into ``table`` (inside the caller's transaction, beside what was queued)."""
     for name, (value, ref, at) in cursors.items():
         conn.execute(f"INSERT INTO {table} (name, value, ref, at) VALUES (?, ?, ?, ?) ON CONFLICT(name) "
@@ -66,21 +75,21 @@ def _marks(values: Sequence[Any]) -> str:
 class SourceReads:
     """Reading ``events``, ``alarms`` and ``audit_log`` after a cursor (a base of the record mixins that keep one)."""
 
-    _db: sqlite_utils.Database
+    _conn: sqldb.Connection
     _lock: threading.RLock
 
     def _read_cursors(self, table: str) -> dict[str, Cursor]:
         with self._lock:
             return {str(r[0]): (float(r[1]), r[2], r[3]) for r in
-                    self._db.conn.execute(f"SELECT name, value, ref, at FROM {table}").fetchall()}
+                    self._conn.execute(f"SELECT name, value, ref, at FROM {table}").fetchall()}
 
     def _queue_and_move(self, insert: str, values: Iterable[Sequence[Any]], table: str,
                         cursors: Mapping[str, Cursor]) -> int:
-        """Run ``insert`` (an ``INSERT OR IGNORE`` into a queue whose unique key makes a repeat a no-op) for each of
-        ``values`` and move these cursors of ``table``, in one transaction: the step that makes a queue fed from
-        cursors miss nothing and hold nothing twice. How many rows were new."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        """Run ``insert`` (an ``INSERT ... ON CONFLICT DO NOTHING`` into a queue whose unique key makes a repeat a
+        no-op) for each of ``values`` and move these cursors of ``table``, in one transaction: the step that makes a
+        queue fed from cursors miss nothing and hold nothing twice. How many rows were new."""
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             queued = sum(conn.execute(insert, list(v)).rowcount for v in values)
             save_cursors(conn, table, cursors)
             return queued
@@ -93,11 +102,11 @@ class SourceReads:
         kept = _columns(source)
         if value <= 0 or ref is None or kept is None:
             return value
-        row = self._db.conn.execute(f"SELECT {kept[0]} FROM {source} WHERE rowid = ?", [value]).fetchone()
+        row = self._conn.execute(f"SELECT {kept[0]} FROM {source} WHERE rowid = ?", [value]).fetchone()
         if row is not None and row[0] == ref:
             return value
-        return int(self._db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {source} WHERE {kept[1]} <= ?",
-                                         [at if at is not None else float("-inf")]).fetchone()[0])
+        return int(self._conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {source} WHERE {kept[1]} <= ?",
+                                      [at if at is not None else float("-inf")]).fetchone()[0])
 
     def source_rows(self, source: str, cursor: Cursor, limit: int,
                     types: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], Cursor]:
@@ -105,22 +114,24 @@ class SourceReads:
         ``types`` only when given (an empty list: no rows, the cursor moves to the end); at most ``limit``; and the
         cursor after that read. One lock for both: a row committed meanwhile is neither skipped nor read twice."""
         kept = _columns(source)
+        order = _ORDER[source]
         with self._lock:
             after = self._resume(source, cursor)
-            top = int(self._db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {source}").fetchone()[0])
+            top = int(self._conn.execute(f"SELECT COALESCE(MAX({order}), 0) FROM {source}").fetchone()[0])
             rows: list[dict[str, Any]] = []
             if types is None or types:
                 kinds = f" AND type IN ({_marks(types)})" if types else ""
-                rows = list(self._db.query(
-                    f"SELECT rowid AS rowid, * FROM {source} WHERE rowid > ? AND rowid <= ?{kinds} ORDER BY rowid "
-                    f"LIMIT ?", [after, top, *(types or ()), limit]))
+                # On PostgreSQL ``*`` holds the rowid column too: the same name and value, kept once by the dict.
+                rows = self._conn.query(
+                    f"SELECT {order} AS rowid, * FROM {source} WHERE {order} > ? AND {order} <= ?{kinds} "
+                    f"ORDER BY {order} LIMIT ?", [after, top, *(types or ()), limit])
             reached = max(int(rows[-1]["rowid"]) if len(rows) >= limit else top, after)
             if reached == int(cursor[0]):
                 return rows, cursor  # nothing new, nothing deleted: the cursor stays as it is
             if kept is None:
                 return rows, (float(reached), None, None)
-            ref = self._db.conn.execute(f"SELECT {kept[0]}, {kept[1]} FROM {source} WHERE rowid = ?",
-                                        [reached]).fetchone()
+            ref = self._conn.execute(f"SELECT {kept[0]}, {kept[1]} FROM {source} WHERE rowid = ?",
+                                     [reached]).fetchone()
         return rows, (float(reached), ref[0] if ref else None, ref[1] if ref else None)
 
 

@@ -10,12 +10,14 @@ The layout is the snapshots' (doorkeep/envelope.py): a fresh 256-bit data key pe
 ``doorkeep key rotate`` re-wraps photos with the snapshots (server/store.py ``rewrap_snapshot_keys``) and
 an old key is retired only once no photo uses it either. The site, the person and the photo's id are bound
 as AAD, so a row's ciphertext or wrapped key moved to another person does not open.
+
+Runs on SQLite and PostgreSQL (through the connection port, server/sqldb.py), in the same SQL on both; the
+ciphertext and the wrapped key are BLOB there and BYTEA here, read back as ``bytes`` either way.
 """
 
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import threading
 import uuid
 from typing import Any
@@ -34,6 +36,7 @@ from doorkeep.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
+from server import sqldb
 from server.errors import StoreError
 
 #: The ``device`` part of a photo's AAD reference: photos are bound to the person, not to a camera.
@@ -75,7 +78,7 @@ def _decrypt(body: bytes, data_key: bytes, ref: SnapshotRef) -> bytes:
 class PhotoRecords:
     """Cardholder photo queries (a base of ``Store``)."""
 
-    _db: sqlite_utils.Database
+    _conn: sqldb.Connection
     _lock: threading.RLock
     keys: SnapshotKeys | None
     _snapshot_keys: Any  # Store's: the keys, or a StoreError saying the store was opened without them
@@ -90,12 +93,12 @@ class PhotoRecords:
         data_key = secrets.token_bytes(KEY_BYTES)
         body = _encrypt(jpeg, data_key, ref)
         with self._lock:
-            conn = self._db.conn
+            conn = self._conn
             try:
                 # The write lock before reading the current data key, as insert_snapshot does: a rotation in
                 # another process either sees this row or has already made the new key current.
                 if not conn.in_transaction:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.begin(immediate=True)
                 if conn.execute("SELECT 1 FROM people WHERE id = ? UNION ALL SELECT 1 FROM visitors WHERE id = ?",
                                 [person, person]).fetchone() is None:  # a visitor's: the kiosk's photo
                     raise StoreError(f"no person {person!r} in the store")
@@ -116,22 +119,22 @@ class PhotoRecords:
         if not person:
             return None
         with self._lock:
-            row = self._db.conn.execute("SELECT id FROM person_photos WHERE person = ?", [person]).fetchone()
+            row = self._conn.execute("SELECT id FROM person_photos WHERE person = ?", [person]).fetchone()
         return str(row[0]) if row else None
 
     def person_photo_info(self, person: str) -> dict[str, Any] | None:
         """The photo's facts without its content (id, bytes, width, height, uploaded_at), or None."""
         with self._lock:
-            rows = list(self._db.query("SELECT id, bytes, width, height, uploaded_at FROM person_photos "
-                                       "WHERE person = ?", [person]))
+            rows = self._conn.query("SELECT id, bytes, width, height, uploaded_at FROM person_photos "
+                                    "WHERE person = ?", [person])
         return rows[0] if rows else None
 
     def person_photo(self, person: str) -> bytes | None:
         """The person's photo, decrypted in memory; None if they have none."""
         for attempt in range(2):
             with self._lock:
-                row = self._db.conn.execute("SELECT id, site, kek_id, wrapped_key, body FROM person_photos "
-                                            "WHERE person = ?", [person]).fetchone()
+                row = self._conn.execute("SELECT id, site, kek_id, wrapped_key, body FROM person_photos "
+                                         "WHERE person = ?", [person]).fetchone()
             if row is None:
                 return None
             photo_id, site, kek_id, wrapped, body = row
@@ -148,21 +151,21 @@ class PhotoRecords:
 
     def delete_person_photo(self, person: str) -> bool:
         """Forget the person's photo for good (its row holds the ciphertext and the only copy of its key)."""
-        with self._lock, self._db.conn:
-            return self._db.conn.execute("DELETE FROM person_photos WHERE person = ?", [person]).rowcount > 0
+        with self._lock, self._conn.transaction():
+            return self._conn.execute("DELETE FROM person_photos WHERE person = ?", [person]).rowcount > 0
 
     def count_orphan_person_photos(self) -> int:
         """Photos of people no longer in the store (removed by an import of people.toml), and of visits
         retention removed (a kiosk's photo of a visitor: server/web/kiosk.py)."""
         with self._lock:
-            return int(self._db.conn.execute(f"SELECT COUNT(*) FROM person_photos WHERE {_ORPHAN}").fetchone()[0])
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM person_photos WHERE {_ORPHAN}").fetchone()[0])
 
     def delete_orphan_person_photos(self) -> int:
         """Delete the photos of people (and visits) no longer in the store (retention); how many."""
-        with self._lock, self._db.conn:
-            return self._db.conn.execute(f"DELETE FROM person_photos WHERE {_ORPHAN}").rowcount
+        with self._lock, self._conn.transaction():
+            return int(self._conn.execute(f"DELETE FROM person_photos WHERE {_ORPHAN}").rowcount)
 
-    def _rewrap_person_photos(self, conn: sqlite3.Connection, keys: SnapshotKeys, current: str, kek: bytes) -> int:
+    def _rewrap_person_photos(self, conn: sqldb.Connection, keys: SnapshotKeys, current: str, kek: bytes) -> int:
         """Inside the caller's write transaction (server/store.py ``rewrap_snapshot_keys``): every photo's data
         key re-wrapped under ``current``; how many. Photos are few (one per person), so one pass."""
         rows = conn.execute("SELECT person, id, site, kek_id, wrapped_key FROM person_photos WHERE kek_id != ?",
@@ -175,5 +178,5 @@ class PhotoRecords:
         return len(rows)
 
     @staticmethod
-    def _photo_key_ids(conn: sqlite3.Connection) -> set[str]:
+    def _photo_key_ids(conn: sqldb.Connection) -> set[str]:
         return {r[0] for r in conn.execute("SELECT DISTINCT kek_id FROM person_photos")}

@@ -16,10 +16,12 @@ queued, so the sender's "written up to id N" never skips one queued after the qu
 
 from __future__ import annotations
 
-import sqlite3
+import threading
 from typing import Any, Sequence
 
 import sqlite_utils
+
+from server import sqldb
 
 from server.store_cursors import Cursor, SourceReads, create_cursor_table, cursor_at_end, save_cursors
 
@@ -43,11 +45,14 @@ def m024_siem(db: sqlite_utils.Database) -> None:
 class SiemRecords(SourceReads):
     """The SIEM queue and its cursors (a base of ``Store``)."""
 
+    _conn: sqldb.Connection
+    _lock: threading.RLock
+
     def siem_begin(self) -> bool:
         """Start the cursors at the current end of every source, unless they exist (forwarding was configured
         before: what was stored since is owed and read on). True when they were started now."""
-        with self._lock, self._db.conn:
-            conn: sqlite3.Connection = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             have = {str(r[0]) for r in conn.execute(f"SELECT name FROM {CURSORS}").fetchall()}
             missing = {name: cursor_at_end(conn, name) for name in SOURCES if name not in have}
             save_cursors(conn, CURSORS, missing)
@@ -60,26 +65,26 @@ class SiemRecords(SourceReads):
         """Queue these messages in this order (a ``source`` already queued is ignored) and move the cursors, in one
         transaction; how many were queued."""
         return self._queue_and_move(
-            "INSERT OR IGNORE INTO siem_queue (source, kind, person, stored_at, queued_at, message) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO siem_queue (source, kind, person, stored_at, queued_at, message) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             ([r["source"], r["kind"], r.get("person"), r["stored_at"], r["queued_at"], r["message"]] for r in rows),
             CURSORS, cursors)
 
     def siem_pending(self, after: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` queued messages with an id above ``after``, in queue order: ``(id, message)``."""
         with self._lock:
-            return [(int(r[0]), str(r[1])) for r in self._db.conn.execute(
+            return [(int(r[0]), str(r[1])) for r in self._conn.execute(
                 "SELECT id, message FROM siem_queue WHERE id > ? ORDER BY id LIMIT ?", [after, limit]).fetchall()]
 
     def siem_confirm(self, through: int) -> int:
         """Delete every queued message up to id ``through`` (the collector has them); how many."""
-        with self._lock, self._db.conn:
-            return int(self._db.conn.execute("DELETE FROM siem_queue WHERE id <= ?", [through]).rowcount)
+        with self._lock, self._conn.transaction():
+            return int(self._conn.execute("DELETE FROM siem_queue WHERE id <= ?", [through]).rowcount)
 
     def siem_depth(self) -> tuple[int, float | None]:
         """How many messages wait, and when the oldest of their records was stored (None when none waits)."""
         with self._lock:
-            n, oldest = self._db.conn.execute("SELECT COUNT(*), MIN(stored_at) FROM siem_queue").fetchone()
+            n, oldest = self._conn.execute("SELECT COUNT(*), MIN(stored_at) FROM siem_queue").fetchone()
         return int(n), (float(oldest) if oldest is not None else None)
 
 

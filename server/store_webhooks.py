@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import sqlite_utils
 
+from server import sqldb
 from server.store_cursors import Cursor, SourceReads, create_cursor_table, cursor_at_end, save_cursors
 
 #: Delivery states: pending (waiting or retrying) -> delivered | dead (dead letter; an admin may retry it).
@@ -69,6 +70,11 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
+def _quoted(name: str) -> str:
+    """A column name quoted the standard way, which both engines read (SQLite's ``[name]`` is not)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _subscription_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["event_types"] = json.loads(row["event_types"])
@@ -82,7 +88,7 @@ class WebhookRecords(SourceReads):
     """Webhook subscriptions, deliveries and cursors (a base of ``Store``); the worker reads events and alarms with
     :meth:`SourceReads.source_rows`."""
 
-    _db: sqlite_utils.Database
+    _conn: sqldb.Connection
     _lock: threading.RLock
 
     # ------------------------------------------------------------ subscriptions
@@ -91,8 +97,9 @@ class WebhookRecords(SourceReads):
         """Insert a subscription (``event_types`` and ``doors`` as lists)."""
         values = {**row, "event_types": json.dumps(list(row["event_types"])), "doors": json.dumps(list(row["doors"])),
                   "include_names": int(bool(row["include_names"])), "enabled": int(bool(row["enabled"]))}
-        with self._lock, self._db.conn:
-            self._db["webhook_subscriptions"].insert(values)
+        with self._lock, self._conn.transaction():
+            self._conn.execute(f"INSERT INTO webhook_subscriptions ({', '.join(_quoted(k) for k in values)}) "
+                               f"VALUES ({_marks(values)})", list(values.values()))
 
     def update_webhook(self, webhook_id: str, changes: dict[str, Any]) -> bool:
         """Change a subscription's columns; False when there is no such subscription."""
@@ -105,24 +112,23 @@ class WebhookRecords(SourceReads):
                 values[key] = int(bool(values[key]))
         if not values:
             return self.webhook(webhook_id) is not None
-        sets = ", ".join(f"[{k}] = ?" for k in values)
-        with self._lock, self._db.conn:
-            cur = self._db.conn.execute(f"UPDATE webhook_subscriptions SET {sets} WHERE id = ?",
-                                        [*values.values(), webhook_id])
+        sets = ", ".join(f"{_quoted(k)} = ?" for k in values)
+        with self._lock, self._conn.transaction():
+            cur = self._conn.execute(f"UPDATE webhook_subscriptions SET {sets} WHERE id = ?",
+                                     [*values.values(), webhook_id])
             return cur.rowcount == 1
 
     def webhook(self, webhook_id: str) -> dict[str, Any] | None:
         """One subscription without its secret."""
         with self._lock:
-            rows = list(self._db.query(f"SELECT {_SUB_COLUMNS} FROM webhook_subscriptions WHERE id = ?", [webhook_id]))
+            rows = self._conn.query(f"SELECT {_SUB_COLUMNS} FROM webhook_subscriptions WHERE id = ?", [webhook_id])
         return _subscription_row(rows[0]) if rows else None
 
     def webhooks(self, *, enabled_only: bool = False) -> list[dict[str, Any]]:
         """Every subscription without its secret, oldest first."""
         where = " WHERE enabled = 1" if enabled_only else ""
         with self._lock:
-            rows = list(self._db.query(f"SELECT {_SUB_COLUMNS} FROM webhook_subscriptions{where} "
-                                       "ORDER BY created_at, id"))
+            rows = self._conn.query(f"SELECT {_SUB_COLUMNS} FROM webhook_subscriptions{where} ORDER BY created_at, id")
         return [_subscription_row(r) for r in rows]
 
     def webhook_secrets(self, webhook_ids: Sequence[str]) -> dict[str, str]:
@@ -130,15 +136,15 @@ class WebhookRecords(SourceReads):
         if not webhook_ids:
             return {}
         with self._lock:
-            rows = self._db.conn.execute(f"SELECT id, secret FROM webhook_subscriptions WHERE id IN "
-                                         f"({_marks(webhook_ids)})", list(webhook_ids)).fetchall()
+            rows = self._conn.execute(f"SELECT id, secret FROM webhook_subscriptions WHERE id IN "
+                                      f"({_marks(webhook_ids)})", list(webhook_ids)).fetchall()
         return {str(r[0]): str(r[1]) for r in rows}
 
     def delete_webhook(self, webhook_id: str) -> int | None:
         """Delete a subscription and every delivery of it, in one transaction; how many deliveries went, or None
         when there is no such subscription."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             if conn.execute("DELETE FROM webhook_subscriptions WHERE id = ?", [webhook_id]).rowcount != 1:
                 return None
             return int(conn.execute("DELETE FROM webhook_deliveries WHERE subscription = ?", [webhook_id]).rowcount)
@@ -152,16 +158,17 @@ class WebhookRecords(SourceReads):
         """Alarms escalated at or after ``since``, oldest escalation first (``since`` itself is read again: an
         escalation at exactly that time may have come after the last read; queueing it again is a no-op)."""
         with self._lock:
-            return list(self._db.query("SELECT rowid AS rowid, * FROM alarms WHERE escalated_at IS NOT NULL AND "
-                                       "escalated_at >= ? ORDER BY escalated_at, rowid LIMIT ?", [since, limit]))
+            # On PostgreSQL ``*`` holds the rowid column too: the same name and value, kept once by the dict.
+            return self._conn.query("SELECT rowid AS rowid, * FROM alarms WHERE escalated_at IS NOT NULL AND "
+                                    "escalated_at >= ? ORDER BY escalated_at, rowid LIMIT ?", [since, limit])
 
     def queue_webhook_deliveries(self, rows: Sequence[dict[str, Any]], cursors: dict[str, Cursor]) -> int:
         """Queue these deliveries (each once per subscription and source: a repeat is ignored) and move the
         cursors, in one transaction; how many were queued."""
         return self._queue_and_move(
-            "INSERT OR IGNORE INTO webhook_deliveries (id, subscription, source, event_type, payload, state, attempts, "
+            "INSERT INTO webhook_deliveries (id, subscription, source, event_type, payload, state, attempts, "
             "leased, next_attempt_at, created_at, age_from, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             ([r["id"], r["subscription"], r["source"], r["event_type"], r["payload"], r["created_at"], r["created_at"],
               r["created_at"], r["created_at"]] for r in rows), CURSORS, cursors)
 
@@ -170,7 +177,7 @@ class WebhookRecords(SourceReads):
     def next_webhook_due(self) -> float | None:
         """When the earliest pending delivery of an enabled subscription is due, or None."""
         with self._lock:
-            row = self._db.conn.execute(
+            row = self._conn.execute(
                 "SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d JOIN webhook_subscriptions s "
                 "ON s.id = d.subscription WHERE d.state = 'pending' AND s.enabled = 1").fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -181,23 +188,23 @@ class WebhookRecords(SourceReads):
         lock (the server is the only sender); a round with nothing due writes nothing."""
         names = ("id", "subscription", "source", "event_type", "payload", "attempts", "age_from", "created_at", "url")
         with self._lock:
-            conn = self._db.conn
+            conn = self._conn
             rows = [dict(zip(names, r)) for r in conn.execute(
                 "SELECT d.id, d.subscription, d.source, d.event_type, d.payload, d.attempts, d.age_from, "
                 "d.created_at, s.url FROM webhook_deliveries d JOIN webhook_subscriptions s "
                 "ON s.id = d.subscription WHERE d.state = 'pending' AND s.enabled = 1 AND d.next_attempt_at <= ? "
                 "ORDER BY d.next_attempt_at, d.created_at LIMIT ?", [now, limit])]
             if rows:
-                with conn:
+                with conn.transaction():
                     conn.execute(f"UPDATE webhook_deliveries SET leased = 1, next_attempt_at = ? WHERE id IN "
                                  f"({_marks(rows)})", [lease_until, *(r["id"] for r in rows)])
         return rows
 
     def release_webhook_leases(self, now: float) -> int:
         """Make every claimed, unfinished delivery due at ``now`` (its sender is gone); how many."""
-        with self._lock, self._db.conn:
-            return int(self._db.conn.execute("UPDATE webhook_deliveries SET leased = 0, next_attempt_at = ? "
-                                             "WHERE state = 'pending' AND leased = 1", [now]).rowcount)
+        with self._lock, self._conn.transaction():
+            return int(self._conn.execute("UPDATE webhook_deliveries SET leased = 0, next_attempt_at = ? "
+                                          "WHERE state = 'pending' AND leased = 1", [now]).rowcount)
 
     def record_webhook_outcomes(self, outcomes: Sequence[tuple[str, str, int, float, str | None, int | None]],
                                 at: float) -> None:
@@ -205,8 +212,8 @@ class WebhookRecords(SourceReads):
         ``delivered``: the body (it names people) is dropped, the record stays; ``dead``: kept for an admin to see
         and retry; ``pending``: tried again at ``next_attempt_at``. A delivery deleted meanwhile (its subscription
         removed) is left alone."""
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             for delivery_id, state, attempts, next_at, error, status in outcomes:
                 if state == "delivered":
                     conn.execute("UPDATE webhook_deliveries SET state = 'delivered', payload = NULL, leased = 0, "
@@ -230,8 +237,8 @@ class WebhookRecords(SourceReads):
             clauses.append("subscription = ?")
             args.append(subscription)
         where = " AND ".join(clauses)
-        with self._lock, self._db.conn:
-            conn = self._db.conn
+        with self._lock, self._conn.transaction():
+            conn = self._conn
             ids = [str(r[0]) for r in conn.execute(f"SELECT id FROM webhook_deliveries WHERE {where}", args)]
             if ids:
                 conn.execute(f"UPDATE webhook_deliveries SET state = 'pending', attempts = 0, leased = 0, "
@@ -251,28 +258,28 @@ class WebhookRecords(SourceReads):
                 args.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
-            return list(self._db.query(f"SELECT {_DELIVERY_META} FROM webhook_deliveries{where} "
-                                       "ORDER BY updated_at DESC, rowid DESC LIMIT ?", [*args, limit]))
+            return self._conn.query(f"SELECT {_DELIVERY_META} FROM webhook_deliveries{where} "
+                                    "ORDER BY updated_at DESC, rowid DESC LIMIT ?", [*args, limit])
 
     def webhook_delivery(self, delivery_id: str) -> dict[str, Any] | None:
         """One delivery with its body (None once delivered)."""
         with self._lock:
-            rows = list(self._db.query(f"SELECT {_DELIVERY_META}, payload FROM webhook_deliveries WHERE id = ?",
-                                       [delivery_id]))
+            rows = self._conn.query(f"SELECT {_DELIVERY_META}, payload FROM webhook_deliveries WHERE id = ?",
+                                    [delivery_id])
         return rows[0] if rows else None
 
     def webhook_delivery_counts(self, subscription: str | None = None) -> dict[str, int]:
         """How many deliveries are in each state (of one subscription, or of all)."""
         where, args = (" WHERE subscription = ?", [subscription]) if subscription is not None else ("", [])
         with self._lock:
-            found = dict(self._db.conn.execute(f"SELECT state, COUNT(*) FROM webhook_deliveries{where} "
-                                               "GROUP BY state", args).fetchall())
+            found = dict(self._conn.execute(f"SELECT state, COUNT(*) FROM webhook_deliveries{where} "
+                                            "GROUP BY state", args).fetchall())
         return {s: int(found.get(s, 0)) for s in DELIVERY_STATES}
 
     def prune_webhook_deliveries(self, *, delivered_before: float, dead_before: float) -> int:
         """Delete records of deliveries delivered before ``delivered_before`` and dead letters that died before
         ``dead_before`` (their bodies name people); how many."""
-        with self._lock, self._db.conn:
-            return int(self._db.conn.execute(
+        with self._lock, self._conn.transaction():
+            return int(self._conn.execute(
                 "DELETE FROM webhook_deliveries WHERE (state = 'delivered' AND delivered_at < ?) "
                 "OR (state = 'dead' AND updated_at < ?)", [delivered_before, dead_before]).rowcount)

@@ -49,7 +49,7 @@ def test_core_cli_loads_parts_only_by_name() -> None:
 
 # The store's connection and lock are its own (issue 13): everything else calls Store's typed methods.
 STORE_MODULES = {"server/store.py"} | {f"server/{p.name}" for p in (ROOT / "server").glob("store_*.py")}
-STORE_PRIVATE = {"_db", "db", "_lock", "_in_tx", "connection_for_tests"}
+STORE_PRIVATE = {"_db", "db", "_conn", "_lock", "_in_tx", "connection_for_tests"}
 
 
 def _names_a_store(node: ast.expr) -> bool:
