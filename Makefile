@@ -36,7 +36,7 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP) mosquitto
 	@scripts/fetch-axe
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 faults: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q tests/faults
@@ -55,10 +55,12 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/desk.py
 	$(BIN)/python bench/site_changes.py
 	$(BIN)/python bench/site_change_to_door.py
+	$(BIN)/python bench/policy_delta.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/qr_pass.py
+	$(BIN)/python bench/broker_cluster.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
 # atheris harness for FUZZ_SECONDS. Stops by itself (about 13 minutes) and fails on any new crash.
