@@ -56,6 +56,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/site_changes.py
 	$(BIN)/python bench/site_change_to_door.py
 	$(BIN)/python bench/policy_delta.py
+	$(BIN)/python bench/shared_decisions.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/mail.py
