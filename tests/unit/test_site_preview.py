@@ -64,7 +64,7 @@ def test_a_door_taken_out_of_a_level_flips_its_holders_grants_to_no_access_and_n
         recorded: Server) -> None:
     server = recorded
     assert server.siteadmin is not None
-    audit_before = len(server.store.rows("audit"))
+    audit_before = len(server.store.rows("audit_log"))
     p = preview_change(server, LAB_OFF_FLOOR7, base=1, days=30)
 
     r = p.report
@@ -83,7 +83,7 @@ def test_a_door_taken_out_of_a_level_flips_its_holders_grants_to_no_access_and_n
 
     # Nothing committed: no revision, no audit record, the live site unchanged.
     assert server.siteadmin.current().number == 1  # type: ignore[union-attr]
-    assert len(server.store.rows("audit")) == audit_before
+    assert len(server.store.rows("audit_log")) == audit_before
     assert [e.area for e in server.site.access_levels["lab"].entries] == ["floor7"]
 
 
