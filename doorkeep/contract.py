@@ -377,6 +377,9 @@ class RequestMsg:
     ts: str
     pin_hash: str | None = None  # HMAC of the PIN typed at the door, when the door asks for one
     floor: str | None = None  # a lift in destination-dispatch mode: the floor (area) chosen before the badge
+    mono: float | None = None
+    """The edge's monotonic clock (seconds) when it asked: with the ``mono`` of its heartbeats, the server tells a
+    request that arrives after the door stopped waiting, whatever the edge's wall clock did (an NTP step)."""
 
     def encode(self) -> bytes:
         return _dump(_without_defaults({"schema": self.SCHEMA, **_fields(self)}))
@@ -393,6 +396,7 @@ class RequestMsg:
             ts=_ts(d, "ts"),
             pin_hash=_hash(d, "pin_hash", optional=True),
             floor=_ident(d, "floor", optional=True),
+            mono=monotonic_field(d),
         )
 
 
@@ -560,15 +564,41 @@ class CommandResult:
         return cls(transaction=transaction, status=status, error=error)
 
 
+#: The largest ``mono`` taken (seconds of an edge's monotonic clock: since its boot, about 3,000 years).
+MAX_MONOTONIC_S = 1e11
+
+
+def monotonic_field(d: dict[str, Any]) -> float | None:
+    """The optional ``mono`` of a request or a state: a finite number of seconds in 0..MAX_MONOTONIC_S."""
+    mono = _field(d, "mono", (int, float), optional=True)
+    if mono is None:
+        return None
+    # Compared before float(): an integer of 10**400 would raise OverflowError there.
+    if isinstance(mono, bool) or (isinstance(mono, float) and not math.isfinite(mono)) or not 0 <= mono <= MAX_MONOTONIC_S:
+        raise MessageError(f"mono must be a finite number of seconds in 0..{MAX_MONOTONIC_S:g}")
+    return float(mono)
+
+
+def state_monotonic(payload: bytes) -> float | None:
+    """The ``mono`` of a ``doorkeep.state/1`` payload already found valid, or None (absent, malformed)."""
+    try:
+        data = json.loads(payload)
+        return monotonic_field(data) if isinstance(data, dict) else None
+    except (ValueError, RecursionError, MessageError):
+        return None
+
+
 def state_payload(device: str, version: str, doors: dict[str, Any], readers: dict[str, Any],
                   cameras: dict[str, Any], ts: str, *, outbox: dict[str, float] | None = None,
-                  policy: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> bytes:
+                  policy: dict[str, Any] | None = None, health: dict[str, Any] | None = None,
+                  mono: float | None = None) -> bytes:
     """The retained ``state`` message: what a desk needs to draw the door board (and the outbox's backlog:
     ``{"pending", "dropped_snapshots", "oldest_age_s"}``, the last added later, so a reader treats it as optional).
 
     ``policy``: the signed policy the edge holds, ``{"status", "version"}`` (docs/mqtt.md): an added key, so
     a server that does not know it ignores it. ``health``: ``{"ok", "problems"}``, the edge's own findings that
-    its ``/healthz`` reports too (edge/metrics.py), added the same way."""
+    its ``/healthz`` reports too (edge/metrics.py), added the same way. ``mono``: the edge's monotonic clock when it
+    wrote this, read beside a request's own ``mono`` (:class:`RequestMsg`), added the same way."""
     body = {"schema": "doorkeep.state/1", "device": device, "versions": {"doorkeep": version},
             "doors": doors, "readers": readers, "cameras": cameras, "ts": ts}
     if outbox is not None:
@@ -577,4 +607,6 @@ def state_payload(device: str, version: str, doors: dict[str, Any], readers: dic
         body["policy"] = policy
     if health is not None:
         body["health"] = health
+    if mono is not None:
+        body["mono"] = round(mono, 3)
     return _dump(body)

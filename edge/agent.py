@@ -1135,7 +1135,7 @@ class EdgeAgent:
             self._decide_locally(p)
         else:
             self._pending[tx] = p
-            req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin, p.floor)
+            req = RequestMsg(tx, door, h, p.credential_last4, card.format, p.ts, pin, p.floor, round(asked, 3))
             self.link.publish(self.topics.request(self.device.id, door), req.encode())
             self.link.flush()  # on the socket now, before anything else this turn does
         if snapshot is not None and rt.camera is not None:
@@ -1733,7 +1733,8 @@ class EdgeAgent:
         cameras = {c: {"online": cam.stats.online, "frames": cam.stats.frames} for c, cam in self.cameras.items()}
         now = self.clock.wall()
         return state_payload(self.device.id, __version__, doors, readers, cameras, iso_ms(now),
-                             outbox=self._outbox_state(now), policy=self._policy_state(), health=remote_health(self))
+                             outbox=self._outbox_state(now), policy=self._policy_state(), health=remote_health(self),
+                             mono=self.clock.monotonic())
 
     def _outbox_state(self, now: float) -> dict[str, float]:
         """The ``outbox`` of the retained state: its depth, the snapshots dropped for space, and ``oldest_age_s``,

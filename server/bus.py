@@ -51,6 +51,7 @@ from doorkeep.contract import (
     RequestMsg,
     Topics,
     parse_topic,
+    state_monotonic,
 )
 from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.envelope import EnvelopeError
@@ -70,6 +71,12 @@ EventListener = Callable[[EventMsg, bool], None]
 SnapshotListener = Callable[[str, str, str], None]
 #: Most events the store thread commits in one transaction (those already queued; it never waits for more).
 STORE_BATCH = 256
+#: A device's clock offset (ServerBus._note_monotonic) fades by this many seconds per second: 1,000 ppm, ten times
+#: more than a quartz clock drifts. A measure this many seconds below the kept one starts the estimate again.
+MONO_FADE, MONO_RESET_S = 0.001, 60.0
+#: A request is taken as expired only this long after its door's timeout (the drift the offset may carry).
+MONO_MARGIN_S = 0.25
+
 _BATCHED = ("event", "call")  # snapshots (files on disk) and misbehaviour reports are handled one by one
 #: An event whose ``ts`` is further than this ahead of the server's clock is refused (ServerBus max_event_skew_s).
 DEFAULT_MAX_EVENT_SKEW_S = 86_400.0
@@ -133,8 +140,9 @@ class ServerBus:
         self.clock = clock or SystemClock()
         self.topics = Topics(site.id)
         self.counters: Counter[str] = Counter()
-        #: Device -> its clock's offset from the server's (edge ts - server wall at receipt), from live heartbeats.
-        self.drift: dict[str, float] = {}
+        #: Device -> (its monotonic clock's offset from the server's, when last measured): how old a request is,
+        #: whatever either wall clock did (see :meth:`_note_monotonic`).
+        self.mono_offset: dict[str, tuple[float, float]] = {}
         self.availability: dict[str, str] = {}
         #: The latest ``state`` payload of each device (raw JSON, as retained on the broker): the desk's door
         #: board reads it (server/web/doors.py); parsing waits until someone looks.
@@ -412,6 +420,9 @@ class ServerBus:
                         self.defer(self.publish_policies, alone=True)  # its policy is behind the deltas: a full one (publisher.py)
                     if ts is not None and not msg.retain and topic.device != "server":
                         self._measure_clock(topic.device, ts)
+                    mono = state_monotonic(msg.payload) if not msg.retain else None
+                    if mono is not None:  # a live heartbeat: a retained one was written who knows when
+                        self._note_monotonic(topic.device, mono)
             elif topic.kind == "cmd":
                 self._note_command(topic.device, msg.payload)
             elif topic.kind == "cmd_result":
@@ -444,7 +455,6 @@ class ServerBus:
         (written on the store thread, like every other store write)."""
         wall = self.clock.wall()
         drift = ts - wall
-        self.drift[device] = drift
         self.defer(lambda: self.store.record_device_clock(device, drift_s=drift, at=wall))
 
     def _drop(self, topic: str, why: str) -> None:
@@ -525,21 +535,35 @@ class ServerBus:
         if self.observe_answer is not None:
             self.observe_answer(self.clock.monotonic() - started)
 
-    def _expired(self, device: str, req: RequestMsg, timeout_s: float) -> bool:
-        """True when the door has surely given up on ``req``: asked longer ago than its timeout by the server's clock.
+    def _note_monotonic(self, device: str, mono: float) -> None:
+        """A live heartbeat's ``mono`` against the server's monotonic clock: the device's clock offset, estimated.
 
-        The edge's ``ts`` is read through the device's clock offset as its last live heartbeat measured it
-        (:meth:`_measure_clock`). That offset includes the heartbeat's own transit, so the age found here is never
-        more than the true one: a fresh request is never taken for a stale one. Until a heartbeat has been
-        measured nothing is taken as expired (the offset is unknown)."""
-        drift = self.drift.get(device)
-        if drift is None:
+        Each measure is the true offset less the heartbeat's transit, so the largest is the best; one held up
+        by a partition reads seconds low and is passed over. The kept value fades by MONO_FADE per second, faster
+        than two real clocks drift apart, so the largest never outlives the clocks' own drift. A measure far below
+        it (MONO_RESET_S) means the edge's monotonic clock started again (a reboot), or a heartbeat held up for
+        over a minute: the estimate starts again from it, which can only make requests look younger."""
+        now = self.clock.monotonic()
+        measured = mono - now
+        kept = self.mono_offset.get(device)
+        if kept is not None:
+            faded = kept[0] - MONO_FADE * (now - kept[1])
+            if measured >= faded - MONO_RESET_S:
+                measured = max(measured, faded)
+        self.mono_offset[device] = (measured, now)
+
+    def _expired(self, device: str, req: RequestMsg, timeout_s: float) -> bool:
+        """True when the door has surely given up on ``req``: asked longer ago than its timeout (and a margin).
+
+        The request's ``mono`` (the edge's monotonic clock when it asked) is read through the device's clock
+        offset (:meth:`_note_monotonic`). Neither monotonic clock steps, so an NTP step of either wall clock
+        changes nothing here. The offset never exceeds the true one, so the age found is never more than the true
+        age (within the clocks' drift, which MONO_MARGIN_S covers): a fresh request is never taken for a late one.
+        Without a ``mono`` on both (an edge older than this, or no live heartbeat yet) nothing is expired."""
+        kept = self.mono_offset.get(device)
+        if kept is None or req.mono is None:
             return False
-        try:
-            asked = parse_iso_ms(req.ts) - drift
-        except ValueError:
-            return False
-        return self.clock.wall() - asked > timeout_s
+        return self.clock.monotonic() - (req.mono - kept[0]) > timeout_s + MONO_MARGIN_S
 
     # --------------------------------------------------------------- ingest
 
