@@ -51,3 +51,32 @@ def mosquitto() -> Iterator[MosquittoBroker]:
     assert broker.tls and broker.url.startswith("mqtts://")
     yield broker
     broker.stop()
+
+
+# ------------------------------------------------------------------ the fault table (tests/faults/)
+
+#: The user property a fault test's row travels in (tests/faults/conftest.py ``fault_row``). Read here, in the
+#: root conftest, because under xdist only the controller prints, and it never loads tests/faults/conftest.py.
+FAULT_ROW = "fault_row"
+FAULT_HEAD = ("fault", "sent", "stored", "duplicates", "lost", "recover_s", "note")
+_FAULT_ROWS: list[dict[str, object]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the rows from each fault test's teardown report (it carries every property the test added)."""
+    if report.when == "teardown":
+        _FAULT_ROWS.extend(value for name, value in report.user_properties
+                           if name == FAULT_ROW and isinstance(value, dict))
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if not _FAULT_ROWS:
+        return
+    table = [FAULT_HEAD] + [tuple(str(r.get(h, "")) for h in FAULT_HEAD) for r in _FAULT_ROWS]
+    widths = [max(len(row[i]) for row in table) for i in range(len(FAULT_HEAD))]
+    terminalreporter.section("fault injection")  # type: ignore[attr-defined]
+    for n, row in enumerate(table):
+        terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())  # type: ignore[attr-defined]
+        if n == 0:
+            terminalreporter.write_line("  ".join("-" * w for w in widths))  # type: ignore[attr-defined]
+

@@ -8,20 +8,13 @@ processes, reader simulators) from simulators/faults.py, and reports one row of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from simulators.faults import FaultStack, FaultUnavailable, Verdict
 from simulators.site import mosquitto_installed
-
-ROWS = pytest.StashKey[list[dict[str, Any]]]()
-HEAD = ("fault", "sent", "stored", "duplicates", "lost", "recover_s", "note")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[ROWS] = []
-
+from tests.conftest import FAULT_ROW
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[FaultStack]:
@@ -69,23 +62,12 @@ def clock_stack(tmp_path: Path) -> Iterator[FaultStack]:
 
 @pytest.fixture
 def fault_row(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Adds this test's row to the table tests/conftest.py prints at the end of the session. The row travels as a
+    user property of the test's report, so it reaches the table from an xdist worker (``make test``) too."""
     def add(fault: str, verdict: Verdict, recover_s: float | None, note: str = "", *, lost: int | None = None) -> None:
-        request.config.stash[ROWS].append({
+        request.node.user_properties.append((FAULT_ROW, {
             "fault": fault, "sent": verdict.sent, "stored": verdict.stored, "duplicates": verdict.duplicates,
             "lost": verdict.lost if lost is None else lost,
             "recover_s": "-" if recover_s is None else f"{recover_s:.2f}", "note": note,
-        })
+        }))
     return add
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
-    if not rows:
-        return
-    table = [HEAD] + [tuple(str(r[h]) for h in HEAD) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(HEAD))]
-    terminalreporter.section("fault injection")
-    for n, row in enumerate(table):
-        terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if n == 0:
-            terminalreporter.write_line("  ".join("-" * w for w in widths))
