@@ -1658,18 +1658,75 @@ class BrokerConfig:
     # the site runner for the embedded broker it starts itself); when set, the client logs a WARNING.
     allow_plain: bool = False
 
+    # ``url`` holds one broker URL, or several separated by commas (the same text as `--broker A,B` and
+    # DOORKEEP_BROKER, so every path that carries one URL carries the list unchanged): clients try them in
+    # order and move to the next when one fails (docs/scale.md, "Several broker addresses").
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every broker address, in the order tried; ConfigError naming the fix if the list is not valid."""
+        urls, problem = split_broker_urls(self.url)
+        if problem is not None:
+            raise ConfigError(self.url, "broker.url", problem[0], problem[1])
+        return urls
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of every address in :attr:`urls`, in order."""
+        return tuple((_url_host(u), _url_port(u)) for u in self.urls)
+
     @property
     def tls(self) -> bool:
         return self.url.split("://", 1)[0] in TLS_SCHEMES
 
     @property
     def host(self) -> str:
-        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+        """The first address's host (several addresses: see :attr:`addresses`)."""
+        return _url_host(self.url.split(",", 1)[0].strip())
 
     @property
     def port(self) -> int:
-        rest = self.url.split("://", 1)[1].rstrip("/")
-        return int(rest.rsplit(":", 1)[1]) if ":" in rest else (8883 if self.tls else 1883)
+        return _url_port(self.url.split(",", 1)[0].strip())
+
+
+_BROKER_URL = re.compile(r"^(\w+)://([^:/,\s]+)(?::(\d+))?/?$")
+_BROKER_URL_FIX = 'write it like "mqtts://broker.lan:8883" or "mqtt://127.0.0.1:1883"'
+
+
+def _url_host(url: str) -> str:
+    return url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+
+
+def _url_port(url: str) -> int:
+    rest = url.split("://", 1)[1].rstrip("/")
+    return int(rest.rsplit(":", 1)[1]) if ":" in rest else (8883 if url.split("://", 1)[0] in TLS_SCHEMES else 1883)
+
+
+def split_broker_urls(text: str | list[Any]) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    """One broker URL, several separated by commas, or a TOML list of them -> (the URLs, None), or
+    ((), (problem, fix)). All must share TLS or plain (one set of certificate files serves every address; a
+    plain fallback would undo the TLS of the others), none may repeat, ports must be 1-65535."""
+    items = [str(u).strip() for u in text] if isinstance(text, list) else [u.strip() for u in str(text).split(",")]
+    if isinstance(text, list) and not all(isinstance(u, str) for u in text):
+        return (), ("a list of broker URLs must hold only strings", 'write it like ["mqtts://a.lan:8883", "mqtts://b.lan:8883"]')
+    if not items or (len(items) == 1 and not items[0]):
+        return (), ("no broker URL given", _BROKER_URL_FIX)
+    for url in items:
+        m = _BROKER_URL.match(url)
+        if not m or m.group(1) not in BROKER_SCHEMES:
+            return (), (f"{url!r} is not a broker URL", _BROKER_URL_FIX)
+        if m.group(3) is not None and not 1 <= int(m.group(3)) <= 65535:
+            return (), (f"{url!r}: port {m.group(3)} is out of range", "use a port from 1 to 65535 (mqtts:// 8883)")
+    if len({u.split("://", 1)[0] in TLS_SCHEMES for u in items}) > 1:
+        return (), ("mixes mqtts:// and plain mqtt:// addresses",
+                    "give every address the same scheme, mqtts:// (one set of certificate files serves them all)")
+    seen: set[tuple[str, int]] = set()
+    for url in items:
+        address = (_url_host(url).lower(), _url_port(url))
+        if address in seen:
+            return (), (f"{url!r} is listed twice", "list each broker address once")
+        seen.add(address)
+    return tuple(items), None
 
 
 @dataclass(frozen=True)
@@ -1700,11 +1757,15 @@ def _broker(t: _Table | None, f: str, errors: list[ConfigError], base: Path | No
     """The [broker] table; TLS file paths are relative to the device file (``base``), like its other paths."""
     if t is None:
         return BrokerConfig("mqtt://127.0.0.1:1883")
-    url = t.get("url", str, "mqtt://127.0.0.1:1883")
-    m = re.match(r"^(\w+)://([^:/]+)(?::(\d+))?/?$", url or "")
-    if not m or m.group(1) not in BROKER_SCHEMES:
-        t.error("url", f"{url!r} is not a broker URL", 'write it like "mqtts://broker.lan:8883" or "mqtt://127.0.0.1:1883"')
-        url = "mqtt://127.0.0.1:1883"
+    # One URL, or a list of them (tried in order, docs/scale.md "Several broker addresses"); kept as one
+    # comma-separated string, the form `--broker` takes.
+    raw = t.get("url", (str, list), "mqtt://127.0.0.1:1883")
+    urls, problem = split_broker_urls(raw) if raw is not None else ((), None)
+    if problem is not None:
+        t.error("url", problem[0], problem[1])
+    first = str(raw[0] if isinstance(raw, list) and raw else raw or "")
+    # A bad URL: carry on with one of the same kind, so the TLS keys are not reported as well.
+    url = ",".join(urls) if urls else ("mqtts://127.0.0.1:8883" if first.startswith("mqtts://") else "mqtt://127.0.0.1:1883")
     keepalive = t.get("keepalive", int, 30)
     if keepalive is None or not 5 <= keepalive <= 3600:
         if keepalive is not None:

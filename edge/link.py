@@ -10,6 +10,14 @@ host is unreachable). It runs on a short-lived connector thread that only exists
 made; the loop does not touch the client until the connector hands the socket over. After a loss the link
 reconnects with a bounded backoff (1 s doubling to 10 s), on a wire timer.
 
+Several broker addresses (``[broker] url`` as a list; docs/scale.md, "Several broker addresses"): a failed
+connect or a lost connection moves to the next address at once; the backoff applies once per full round,
+counted from the address that last worked. Each broker has its own sessions, so on every move the link drops
+what paho still held unacknowledged (paho would re-send it to a broker where the server may not yet be
+subscribed, and take that broker's PUBACK as delivery): the outbox keeps those rows and its pump sends them
+again, in order, once the server says ``online`` on the new broker. A broker on which the server is not
+``online`` for SERVER_WAIT_S is left for the next one: the edges follow the server wherever it went.
+
 The last will (``offline``, retained) is set before connecting; on every (re)connect the link subscribes,
 republishes the retained state, then says ``online``; a clean stop says ``stopped``. Messages are decoded here
 and handed to the agent's callbacks on the loop thread.
@@ -59,6 +67,8 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 10.0
 #: How long stop() waits for the broker to acknowledge ``stopped``.
 STOP_ACK_S = 2.0
+#: Several addresses: how long a connected broker may go without the server ``online`` before the link moves on.
+SERVER_WAIT_S = 10.0
 
 
 class Link:
@@ -85,6 +95,14 @@ class Link:
         self.topics = Topics(site)
         self.device = device
         self.broker = broker
+        #: Every broker address, in order (one for a plain ``url``); a bad list is a ConfigError here.
+        self.addresses = broker.addresses
+        self.address_index = 0          # the address connected to, or being tried (loop thread)
+        self._round_start = 0           # where the current round of tries began: the last address that worked
+        self._server_here = False       # several addresses: the server said ``online`` on this connection
+        self._server_wait: Timer | None = None
+        #: Moves to another address (several addresses only; on the loop thread).
+        self.address_moves = 0
         self._own = loop is None
         if loop is None:
             loop = Loop(name=f"doorkeep-link-{device}")
@@ -144,7 +162,10 @@ class Link:
         self._retry: Timer | None = None
         self._stopped_mid: int | None = None
         self.stop_acknowledged = threading.Event()
-        self.pump = (Pump(outbox, self._send, rate=drain_rate, window=window, wake=jobs.pump_wake)
+        # Several addresses: paho's unacknowledged copies are dropped on every move (see the module docstring),
+        # so the pump re-sends its rows at once instead of waiting for acknowledgements that cannot come.
+        grace = {"resend_grace_s": 0.0} if self.several else {}
+        self.pump = (Pump(outbox, self._send, rate=drain_rate, window=window, wake=jobs.pump_wake, **grace)
                      if outbox is not None and jobs is not None else None)
         if self.pump is not None and jobs is not None:
             jobs.attach_pump(self.pump)
@@ -154,6 +175,16 @@ class Link:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def several(self) -> bool:
+        """More than one broker address: the link moves between them."""
+        return len(self.addresses) > 1
+
+    @property
+    def address(self) -> str:
+        """The URL connected to, or being tried."""
+        return self.broker.urls[self.address_index]
+
     def wait_connected(self, timeout: float) -> bool:
         """Any thread."""
         return self._connected.wait(timeout)
@@ -162,7 +193,8 @@ class Link:
         """Connect in the background (loudly, if plain MQTT was explicitly allowed)."""
         if self._plain_warning is not None:
             log.warning("edge %s: %s", self.device, self._plain_warning)
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
+        host, port = self.addresses[self.address_index]
+        self._client.connect_async(host, port, keepalive=self.broker.keepalive)
         self._beat = self.loop.call_later(self.heartbeat_s, self._heartbeat, wire=True)
         self._misc = self.loop.call_later(MISC_INTERVAL_S, self._keepalive, wire=True)
         self._connect()
@@ -191,7 +223,7 @@ class Link:
         """Stop pumping (what is not acknowledged stays in the outbox) and say ``stopped``; :attr:`stop_acknowledged`
         is set once the broker has it (or at once when not connected). :meth:`close` then disconnects."""
         self._stopping = True
-        for timer in (self._beat, self._misc, self._retry):
+        for timer in (self._beat, self._misc, self._retry, self._server_wait):
             if timer is not None:
                 timer.cancel()
         if self.pump is not None:
@@ -245,6 +277,8 @@ class Link:
     def _connect(self) -> None:
         """Start a connection attempt on the connector thread (DNS, TCP and TLS may block)."""
         self._retry = None
+        if self._fd is not None and self._client.socket() is None:
+            self._forget_socket()  # closed by paho in a callback that did not get to forget it
         if self._stopping or self._connecting or self._fd is not None:
             return
         self._connecting = True
@@ -264,15 +298,34 @@ class Link:
     def _connect_failed(self, exc: BaseException) -> None:
         self._connecting = False
         self.connect_failures += 1
-        (log.warning if self.connect_failures == 1 else log.debug)(
-            "%s: cannot reach the broker %s: %s; retrying in %.0f s", self.device, self.broker.url, exc, self._backoff)
+        (log.warning if self.connect_failures == 1 or self.several else log.debug)(
+            "%s: cannot reach the broker %s: %s", self.device, self.address, exc)
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
+        """Try again: the next address at once, or (one address, or a full round tried) after the backoff."""
         if self._stopping or self._retry is not None:
             return
+        if self.several:
+            self._move_on()
+            if self.address_index != self._round_start:
+                self._retry = self.loop.call_later(0.0, self._connect, wire=True)
+                return
+        log.debug("%s: next try in %.0f s", self.device, self._backoff)
         self._retry = self.loop.call_later(self._backoff, self._connect, wire=True)
         self._backoff = min(self._backoff * 2, RECONNECT_MAX_S)
+
+    def _move_on(self) -> None:
+        """Point paho at the next address (loop thread, no socket open) and drop what it held for the last one:
+        that broker's PUBACKs can no longer come, and the new one has no session for this client. The outbox
+        still holds every event not acknowledged; requests and state are useless later anyway."""
+        self.address_index = (self.address_index + 1) % len(self.addresses)
+        self.address_moves += 1
+        host, port = self.addresses[self.address_index]
+        self._client.connect_async(host, port, keepalive=self.broker.keepalive)
+        with self._client._out_message_mutex:  # noqa: SLF001 - paho has no public way to forget them
+            self._client._out_messages.clear()  # noqa: SLF001
+            self._client._inflight_messages = 0  # noqa: SLF001
 
     def _socket_ready(self) -> None:
         self._connecting = False
@@ -373,7 +426,7 @@ class Link:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("broker %s refused the connection: %s", self.broker.url, reason)
+            log.error("broker %s refused the connection: %s", self.address, reason)
             return
         client.subscribe(self.topics.all_decisions(self.device), qos=1)
         client.subscribe(self.topics.server_availability(), qos=1)
@@ -393,9 +446,51 @@ class Link:
         # paho re-sends, after on_connect, what it had in flight when the link dropped, an older state among
         # it: say the current state again shortly after, so the retained one is fresh.
         self.loop.call_later(RESTATE_AFTER_CONNECT_S, self.publish_state, wire=True)
-        if self.pump is not None:
-            self.pump.connected()
-        log.info("%s connected to %s", self.device, self.broker.url)
+        self._round_start = self.address_index  # the next round of tries starts after this address
+        if not self.several:
+            if self.pump is not None:
+                self.pump.connected()
+        else:
+            # The outbox waits for the server's `online` on this broker: before it, nobody may be subscribed
+            # here to take the events (a standby broker has no session for the server yet).
+            self._server_here = False
+            self._await_server()
+        log.info("%s connected to %s", self.device, self.address)
+
+    def _await_server(self) -> None:
+        """Several addresses: leave this broker if the server is not ``online`` on it within SERVER_WAIT_S."""
+        if self._server_wait is None and not self._stopping:
+            self._server_wait = self.loop.call_later(SERVER_WAIT_S, self._server_absent, wire=True)
+
+    def _server_heard(self, value: str) -> None:
+        """Several addresses: the server's availability on this broker starts or pauses the outbox here."""
+        if not self.several or not self._connected.is_set():
+            return
+        here = value == AVAILABILITY_ONLINE
+        if here == self._server_here:
+            return
+        self._server_here = here
+        if here:
+            if self._server_wait is not None:
+                self._server_wait.cancel()
+                self._server_wait = None
+            if self.pump is not None:
+                self.pump.connected()
+        else:
+            # What the outbox sends now would wait on this broker for a server that may come back elsewhere.
+            if self.pump is not None:
+                self.pump.disconnected()
+            self._await_server()
+
+    def _server_absent(self) -> None:
+        self._server_wait = None
+        if self._stopping or self._server_here or not self._connected.is_set():
+            return
+        log.warning("%s: the server has not been online on %s for %.0f s; trying the next broker",
+                    self.device, self.address, SERVER_WAIT_S)
+        # `offline` here (a clean DISCONNECT sends no will), then the disconnect callback moves on.
+        self._client.publish(self.topics.availability(self.device), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        self._client.disconnect()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._lost(reason)
@@ -403,6 +498,10 @@ class Link:
     def _lost(self, reason: Any = None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._server_here = False
+        if self._server_wait is not None:
+            self._server_wait.cancel()
+            self._server_wait = None
         if was:
             self.disconnected_since = time.monotonic()
         if self.pump is not None:
@@ -421,8 +520,10 @@ class Link:
         try:
             topic = parse_topic(msg.topic)
             if topic.device == "server" and topic.kind == "availability":
+                value = msg.payload.decode("utf-8", "replace")[:16]
+                self._server_heard(value)
                 if self.on_server_availability:
-                    self.on_server_availability(msg.payload.decode("utf-8", "replace")[:16])
+                    self.on_server_availability(value)
                 return
             if topic.kind == "policy" and topic.device == self.device and self.on_policy is not None:
                 self.on_policy(msg.payload)

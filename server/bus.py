@@ -190,9 +190,15 @@ class ServerBus:
         if tls is not None:
             self._client.tls_set_context(tls)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Several broker addresses (docs/scale.md, "Several broker addresses"): every failed try and every lost
+        # connection moves to the next one, after paho's backoff (1 s doubling to 10 s, reset once connected).
+        # The persistent session is per broker: on a standby it starts with this server's first connection there.
+        self.addresses = broker.addresses  # a bad list is a ConfigError here
+        self.address_index = 0
         # Events are acknowledged only once stored: a server killed in between gets them again.
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
@@ -205,10 +211,32 @@ class ServerBus:
             log.warning("server: %s", plain)
         self._worker.start()
         self.supervisor.start()
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive)
+        host, port = self.addresses[self.address_index]
+        self._client.connect_async(host, port, keepalive=self.broker.keepalive)
         self._client.loop_start()
         if not self._connected.wait(wait_s):
             log.warning("broker %s not reachable yet; still trying", self.broker.url)
+
+    @property
+    def address(self) -> str:
+        """The broker URL connected to, or being tried."""
+        return self.broker.urls[self.address_index]
+
+    def _move_on(self, client: mqtt.Client) -> None:
+        """Several addresses: aim paho's next try (on its network thread, after its backoff) at the next one.
+        paho refuses to change ``host`` until the connection is closed, which it is not yet inside these
+        callbacks; the attributes behind the property are what its reconnect() reads."""
+        if len(self.addresses) < 2:
+            return
+        self.address_index = (self.address_index + 1) % len(self.addresses)
+        host, port = self.addresses[self.address_index]
+        client._host, client._port = host, port  # noqa: SLF001
+        self.counters["broker_moves"] += 1
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if len(self.addresses) > 1:
+            log.warning("cannot reach the broker %s", self.address)
+        self._move_on(client)
 
     def stop(self) -> None:
         if self._connected.is_set():
@@ -345,7 +373,7 @@ class ServerBus:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            log.error("broker %s refused the connection: %s", self.address, reason)
             return
         sock = client.socket()
         if sock is not None:
@@ -366,7 +394,7 @@ class ServerBus:
         self.supervisor.set_connected(True)
         self.publish_policies(force=True)
         client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
-        log.info("connected to %s", self.broker.url)
+        log.info("connected to %s", self.address)
         self._connected.set()
         for listener in list(self.connect_listeners):
             try:
@@ -379,10 +407,13 @@ class ServerBus:
         self._connected.clear()
         self.counters["mqtt_disconnects"] += 1
         self.supervisor.set_connected(False)
+        lost = self.address
+        if not self._stopping.is_set():
+            self._move_on(client)
         if not reason.is_failure:
-            log.info("disconnected from the broker")
+            log.info("disconnected from the broker %s", lost)
             return
-        log.warning("disconnected from the broker: %s", reason)
+        log.warning("disconnected from the broker %s: %s", lost, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         deferred = False  # events and snapshots are acknowledged by the store thread, once on disk
