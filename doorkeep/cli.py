@@ -46,6 +46,7 @@ HANDLERS = {
     "backup": "server.cli:backup",
     "backup keygen": "server.cli:backup_keygen",
     "restore": "server.cli:restore",
+    "store migrate": "server.cli:store_migrate",
     "subject export": "server.cli:subject_export",
     "subject erase": "server.cli:subject_erase",
     "user add": "server.web.cli:user_add",
@@ -206,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "to --keys-to PUBFILE or to $DOORKEEP_BACKUP_PASSPHRASE (never to the recovery key)")
     bak.add_argument("--keys-to", type=Path, metavar="PUBFILE", help="the public key FILE.keys is sealed to")
     bak.add_argument("--out", type=Path, metavar="FILE", help="keygen: write FILE.key (private) and FILE.pub")
+    sto = sub.add_parser("store", help="the server's store (docs/scale.md \"State in PostgreSQL\")")
+    sto_sub = sto.add_subparsers(dest="action", required=True, metavar="ACTION")
+    smg = sto_sub.add_parser("migrate", help="copy a stopped server's SQLite store into an empty PostgreSQL "
+                             "database and verify it: row counts per table, the audit chain and its last record")
+    smg.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH",
+                     help="the SQLite store: sqlite:///DATA/doorkeep.db (the server's --data)")
+    smg.add_argument("--to", dest="target", required=True, metavar="postgresql://USER@HOST:PORT/DB",
+                     help="the new, empty PostgreSQL database (no password in the URL: ~/.pgpass or PGPASSWORD)")
+    smg.add_argument("--verbose", action="store_true", help="name each table as it is copied (on stderr)")
     rst = sub.add_parser("restore", help="restore a backup into a new data directory and verify it: integrity "
                          "check, audit chain, counts against the manifest; exit 1 for a damaged, foreign, truncated "
                          "or wrongly-keyed file")
@@ -364,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     _log_format_flag(srv)
     srv.add_argument("--site", required=True, type=Path, help="the site directory (site.toml, people.toml, devices/)")
     srv.add_argument("--data", type=Path, help="where the event store and snapshots live (default: var/SITE)")
+    srv.add_argument("--store", metavar="URL", help="keep the records in this PostgreSQL database "
+                     "(postgresql://USER@HOST:PORT/DB, no password); overrides $DOORKEEP_STORE_URL and site.toml "
+                     "[store] url (default: SQLite in --data; docs/configuration.md#store)")
     _tls_flags(srv)
     srv.add_argument("--device-timeout", type=float, metavar="S",
                      help="raise device_offline for a device silent this long (default 90)")

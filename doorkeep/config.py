@@ -532,6 +532,7 @@ def _load_site(path: Path, errors: list[ConfigError], text: str | None = None) -
     root.used.add("intrusion")  # server-side only: read by _load_intrusion, not part of the Site
     root.used.add("desk")  # server-side only: read by load_desk_settings, not part of the Site
     root.used.add("backup")  # server-side only: read by _load_backup, not part of the Site
+    root.used.add("store")  # server-side only: read by load_store_settings, not part of the Site
     root.used.add("smtp")  # server-side only: read by _load_smtp, not part of the Site
     root.used.add("invitations")  # server-side only: read by _load_smtp, not part of the Site
     root.used.add("siem")  # server-side only: read by _load_siem, not part of the Site
@@ -678,6 +679,87 @@ def _load_backup(path: Path, errors: list[ConfigError], text: str | None = None)
     if data is None:
         return BackupSettings()
     return _backup(_Table(data, str(path), "", errors).sub("backup"), path.parent)
+
+
+#: The URL schemes of ``[store] url``: PostgreSQL's (libpq reads both). SQLite needs no URL: it is the default.
+STORE_URL_SCHEMES = ("postgresql", "postgres")
+_STORE_URL_FORM = "postgresql://USER@HOST:PORT/DATABASE"
+_STORE_PASSWORD_FIX = ("remove the password from the URL and give it to libpq outside site.toml: a password file "
+                       "(~/.pgpass of the server's account, or PGPASSFILE) or PGPASSWORD in the server's environment")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the server keeps its records (site.toml [store]; docs/configuration.md, docs/scale.md).
+
+    ``url`` None (the default): SQLite, ``doorkeep.db`` in the data directory. A ``postgresql://`` URL: the records
+    live in that PostgreSQL database (snapshots, keys and the other files stay in the data directory). Never with a
+    password: site.toml is kept in the server's site revisions and audited, so a password there would be copied into
+    every revision and every diff; libpq reads it from a password file or the environment instead.
+    ``doorkeep server --store URL`` and ``$DOORKEEP_STORE_URL`` override it (server/store_url.py).
+    """
+
+    url: str | None = None
+
+    @property
+    def postgresql(self) -> bool:
+        return self.url is not None
+
+
+def store_url_problem(url: str) -> tuple[str, str] | None:
+    """``(problem, fix)`` when ``url`` cannot name the server's store, else None: a ``postgresql://`` URL naming a
+    database, without a password. The same rule for ``[store] url``, ``--store`` and ``$DOORKEEP_STORE_URL``."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        password = parts.password
+        query = parse_qs(parts.query)
+        if parts.hostname is not None and "," not in (parts.netloc or ""):
+            parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})", f"write it as {_STORE_URL_FORM}"
+    if scheme not in STORE_URL_SCHEMES:
+        return (f"must be a postgresql:// URL, got {scheme + '://' if scheme else 'no scheme'}",
+                f"write it as {_STORE_URL_FORM}, or remove it to keep SQLite in the data directory")
+    if password is not None or "password" in query:
+        return "holds a password", _STORE_PASSWORD_FIX
+    if not parts.path.strip("/"):
+        return "names no database", f"end the URL with the database's name: {_STORE_URL_FORM}"
+    return None
+
+
+def _store(t: _Table | None) -> StoreSettings:
+    if t is None:
+        return StoreSettings()
+    url = t.get("url", str, None, fix=f"write it as {_STORE_URL_FORM}")
+    if url is not None:
+        problem = store_url_problem(url)
+        if problem is not None:
+            t.error("url", problem[0], problem[1])
+            url = None
+    t.done()
+    return StoreSettings(url=url)
+
+
+def load_store_settings(path: Path, errors: list[ConfigError], text: str | None = None) -> StoreSettings:
+    """The [store] table of site.toml (the file's own problems are reported by _load_site)."""
+    data = _read_toml(path, [], text)
+    if data is None:
+        return StoreSettings()
+    return _store(_Table(data, str(path), "", errors).sub("store"))
+
+
+def check_backup_store(backup: BackupSettings, store: StoreSettings, site_file: str) -> ConfigError | None:
+    """The refusal of ``[backup]`` with a PostgreSQL store: doorkeep's backups copy the SQLite file, and a
+    PostgreSQL database is backed up with PostgreSQL's own tools (docs/backups.md)."""
+    if not (backup.enabled and store.postgresql):
+        return None
+    return ConfigError(site_file, "backup.dir", "doorkeep's backups copy the SQLite store, but the store is in "
+                       "PostgreSQL ([store] url or $DOORKEEP_STORE_URL)",
+                       "remove [backup] and back up the database with PostgreSQL's own tools: pg_dump, or base "
+                       "backups with WAL archiving (docs/backups.md \"PostgreSQL\")")
 
 
 SIEM_FORMATS = ("rfc5424", "cef")
@@ -2224,6 +2306,8 @@ class SiteBundle:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     intrusion: IntrusionSettings = field(default_factory=IntrusionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    #: Where the server keeps its records (site.toml [store]); read from the site directory's file at start.
+    store: StoreSettings = field(default_factory=StoreSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     invitations: InvitationSettings = field(default_factory=InvitationSettings)
     siem: SiemSettings = field(default_factory=SiemSettings)
@@ -2325,6 +2409,10 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
     retention = _load_retention(d / "site.toml", errors, site_text) if site is not None else RetentionSettings()
     intrusion = _load_intrusion(d / "site.toml", errors, site_text) if site is not None else IntrusionSettings()
     backup = _load_backup(d / "site.toml", errors, site_text) if site is not None else BackupSettings()
+    store = load_store_settings(d / "site.toml", errors, site_text) if site is not None else StoreSettings()
+    refused = check_backup_store(backup, store, str(d / "site.toml"))
+    if refused is not None:
+        errors.append(refused)
     smtp, invitations = (_load_smtp(d / "site.toml", errors, site_text) if site is not None
                          else (SmtpSettings(), InvitationSettings()))
     home_assistant = (_load_home_assistant(d / "site.toml", errors, site, site_text) if site is not None
@@ -2335,8 +2423,8 @@ def load_site_dir(directory: Path | str, *, site_text: str | None = None, people
         raise ConfigErrors(errors)
     assert site is not None
     return SiteBundle(d, site, people_, cards, devices, key_file, pool, retention=retention, intrusion=intrusion,
-                      backup=backup, smtp=smtp, invitations=invitations, home_assistant=home_assistant,
-                      siem=siem, integrations=integrations)
+                      backup=backup, store=store, smtp=smtp, invitations=invitations,
+                      home_assistant=home_assistant, siem=siem, integrations=integrations)
 
 
 def load_device(path: Path | str) -> tuple[DeviceConfig, Site | None]:

@@ -20,6 +20,7 @@ from doorkeep.errors import ConfigError, ConfigErrors, DoorkeepError
 from server.audit import AuditLog, subject_ref
 from server.errors import ServerError
 from server.store import Store
+from server.store_url import open_store, resolve_store_url, store_present
 
 
 class UsageError(Exception):
@@ -43,7 +44,8 @@ def _open(args: argparse.Namespace, cmd: str, *, snapshots: bool = False) -> Ite
     except (ConfigErrors, ConfigError) as exc:
         raise UsageError(f"doorkeep {cmd}: {exc}") from exc
     data = args.data or Path("var") / bundle.site.id
-    if not (data / "doorkeep.db").exists():
+    store_url = resolve_store_url(bundle.store)  # the store the server uses (server/store_url.py)
+    if not store_present(data, store_url):
         raise UsageError(f"doorkeep {cmd}: no store in {data} (fix: pass the server's --data directory)")
     keys = None
     if snapshots:
@@ -53,7 +55,7 @@ def _open(args: argparse.Namespace, cmd: str, *, snapshots: bool = False) -> Ite
             keys = load_snapshot_keys(bundle.dir / "keys", source=str(bundle.dir))
         except DoorkeepError as exc:
             raise UsageError(f"doorkeep {cmd}: {exc}") from exc
-    store = Store(data, keys=keys)
+    store = open_store(data, store_url, keys=keys)
     try:
         yield bundle, store
     finally:

@@ -41,6 +41,7 @@ from server.retention import RetentionJob
 from server.siem import Siem, connector_for
 from server.siteadmin import SiteAdmin
 from server.store import Store
+from server.store_url import check_backup, open_store, resolve_store_url
 from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, Supervisor
 from server.visitors import DoorCheckout
 from server.webhooks import Webhooks
@@ -125,11 +126,14 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
               signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None,
               device_timeout_s: float = DEFAULT_DEVICE_TIMEOUT_S,
               gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S, snapshot_keys: SnapshotKeys | None = None,
-              pass_keys: PassKeys | None = None) -> Server:
+              pass_keys: PassKeys | None = None, store_url: str | None = None) -> Server:
     """The server for a site; keys default to the site directory's key files.
 
     ``snapshot_keys``: the X25519 key edges seal snapshots to and the site data keys (default
     ``SITE/keys/snapshot.key`` and ``data-keys.json``, or ``$DOORKEEP_SNAPSHOT_KEY`` / ``$DOORKEEP_DATA_KEYS``).
+
+    ``store_url``: where the records live (a ``postgresql://`` URL); default the site's ``[store] url``, else SQLite
+    in ``data_dir`` (``doorkeep server`` resolves ``--store`` and ``$DOORKEEP_STORE_URL`` first: server/store_url.py).
 
     ``pass_keys``: the visitor pass key (default ``SITE/keys/pass-signing.key`` when it exists; without one the
     site issues no passes: server/passes.py).
@@ -138,6 +142,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     ``gap_timeout_s``: missing event numbers not filled within this long raise ``event_gap`` (docs/alarms.md).
     """
     clock = clock or SystemClock()
+    store_url = store_url or resolve_store_url(bundle.store)  # $DOORKEEP_STORE_URL, else [store] url
+    check_backup(bundle.backup, store_url, str(bundle.dir / "site.toml"))  # [backup] copies SQLite only
     if key is None:
         key = load_key(bundle.credential_key_file, source=str(bundle.dir))
     if signing_key is None:
@@ -147,7 +153,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     if pass_keys is None:
         pass_keys = load_pass_keys(bundle.dir / "keys")
     door_devices = {door: dev.id for dev in bundle.devices.values() for door in dev.doors}
-    store = Store(data_dir, keys=snapshot_keys)
+    store = open_store(data_dir, store_url, keys=snapshot_keys)
     audit = AuditLog(store, clock)
     record_site_changes(audit, bundle, key)
     # The site model lives in the store (server/siteadmin.py): the first start imports site.toml as revision 1;

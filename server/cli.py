@@ -21,9 +21,12 @@ from server.admin_cli import audit_show, audit_verify, cli_actor, retention_run,
 from server.doctor import cli as doctor  # noqa: F401
 from server.evidence import evidence_export  # noqa: F401
 from server.replay import site_diff  # noqa: F401
+from server.store_migrate import cli as store_migrate  # noqa: F401
 from server.site_commands import site_export, site_history, site_import, site_rollback, site_show  # noqa: F401
 from server.app import bootstrap
 from server.errors import ServerError
+from server.store_connection import describe_target
+from server.store_url import open_store, resolve_store_url, store_present
 
 log = logging.getLogger("doorkeep.server")
 
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
         warn_if_readable(bundle.dir / "people.toml", "it holds card numbers in clear")
-        server = bootstrap(bundle, data, broker_config(args), **timeouts)
+        # --store, then $DOORKEEP_STORE_URL, then [store] url, else SQLite in --data (server/store_url.py)
+        store_url = resolve_store_url(bundle.store, getattr(args, "store", None))
+        server = bootstrap(bundle, data, broker_config(args), store_url=store_url, **timeouts)
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep server: {exc}", file=sys.stderr)
         return 2
@@ -52,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         listener.start()
         log.info("health and metrics on http://%s:%d/ (/healthz, /readyz, /metrics)", listener.host, listener.port)
     watcher = broker_log_watcher(args, server)
-    log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id, data)
+    log.info("server for site %s running; store in %s; Ctrl-C to stop", bundle.site.id,
+             data if server.store.dialect == "sqlite" else f"PostgreSQL ({describe_target(store_url or '')}), "
+                                                             f"files in {data}")
     notifier = SystemdNotifier()
     notifier.notify("READY=1")
     interval = _watchdog_interval()
@@ -189,7 +196,6 @@ def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str |
     from doorkeep.policy import load_private_key
     from server.audit import AuditLog
     from server.commands import CommandSendError, CommandSender
-    from server.store import Store
 
     try:
         bundle = load_site_dir(args.site)
@@ -202,11 +208,12 @@ def _send_command(args: argparse.Namespace, name: str, send: Any, *, door: str |
         print(f"doorkeep {name}: {exc}", file=sys.stderr)
         return 2
     data = getattr(args, "data", None) or Path("var") / bundle.site.id
-    if not (data / "doorkeep.db").exists():
+    store_url = resolve_store_url(bundle.store)  # the store the server uses (server/store_url.py)
+    if not store_present(data, store_url):
         print(f"doorkeep {name}: no server store in {data}: a remote command is recorded in the server's audit log "
               "before it is sent (fix: pass the server's --data directory)", file=sys.stderr)
         return 2
-    store = Store(data)
+    store = open_store(data, store_url)
     try:
         audit = AuditLog(store, SystemClock())
         door_devices = {d: dev.id for dev in bundle.devices.values() for d in dev.doors}
@@ -285,7 +292,6 @@ def muster(args: argparse.Namespace) -> int:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from server.store import Store
 
     try:
         bundle = load_site_dir(args.site)
@@ -294,10 +300,11 @@ def muster(args: argparse.Namespace) -> int:
         return 2
     site = bundle.site
     data = args.data or Path("var") / site.id
-    if not (data / "doorkeep.db").exists():
+    store_url = resolve_store_url(bundle.store)
+    if not store_present(data, store_url):
         print(f"doorkeep muster: no store in {data} (fix: pass the server's --data directory)", file=sys.stderr)
         return 2
-    store = Store(data)
+    store = open_store(data, store_url)
     try:
         visitors = {v["id"]: v for v in store.visitor_records()}
         presence = sorted(store.all_presence(), key=lambda r: (r["area"], r["person"]))
@@ -333,7 +340,6 @@ def key_rotate(args: argparse.Namespace) -> int:
     """
     from doorkeep.envelope import DATA_KEYS_ENV, EnvelopeError, load_snapshot_keys
     from server.audit import AuditLog
-    from server.store import Store
 
     if os.environ.get(DATA_KEYS_ENV):
         print(f"doorkeep key rotate: the data keys come from ${DATA_KEYS_ENV}, which this command cannot change "
@@ -346,10 +352,11 @@ def key_rotate(args: argparse.Namespace) -> int:
         print(f"doorkeep key rotate: {exc}", file=sys.stderr)
         return 2
     data = args.data or Path("var") / bundle.site.id
-    if not (data / "doorkeep.db").exists():
+    store_url = resolve_store_url(bundle.store)
+    if not store_present(data, store_url):
         print(f"doorkeep key rotate: no store in {data} (fix: pass the server's --data directory)", file=sys.stderr)
         return 2
-    store = Store(data, keys=keys)
+    store = open_store(data, store_url, keys=keys)
     try:
         old = keys.keyring.current()[0]
         new = keys.keyring.rotate()
@@ -379,6 +386,10 @@ def backup(args: argparse.Namespace) -> int:
         return 2
     try:
         bundle = load_site_dir(args.site)
+        if resolve_store_url(bundle.store) is not None:
+            raise BackupError("the store is in PostgreSQL ([store] url or $DOORKEEP_STORE_URL) and this command copies "
+                              "the SQLite store (fix: back the database up with pg_dump, or base backups with WAL "
+                              "archiving: docs/backups.md \"PostgreSQL\")")
         pub = args.recovery_key or bundle.backup.recovery_key
         if pub is None:
             raise BackupError("no recovery key: pass --recovery-key PUBFILE or set [backup] recovery_key in "

@@ -353,11 +353,15 @@ class Operators:
 
 
 @contextmanager
-def operators_in(data_dir: Path) -> Iterator[Operators]:
+def operators_in(data_dir: Path, site_dir: Path | None = None) -> Iterator[Operators]:
     """The operator accounts of a server's data directory (created if new), audited to its log, for a command
     that runs beside the server (``doorkeep user …``: SQLite WAL, each change one short transaction).
+    ``site_dir``: the site whose store this is, so its ``[store] url`` (or ``$DOORKEEP_STORE_URL``) opens the same
+    store the server uses (server/store_url.py); else SQLite in ``data_dir``.
     Raises :class:`server.errors.StoreError` when the store cannot be opened."""
-    store = Store(data_dir)
+    from server.store_url import open_store, store_url_for
+
+    store = open_store(data_dir, store_url_for(site_dir))
     try:
         yield Operators(store, audit=AuditLog(store))
     finally:

@@ -39,6 +39,7 @@ from doorkeep.replay import (CODES, LockdownChange, RecordedAttempt, Record, Rep
 from server.directory import Directory
 from server.errors import ServerError
 from server.store import StoredAccessEvent, Store, read_access_events
+from server.store_url import open_store, resolve_store_url, store_present
 
 log = logging.getLogger("doorkeep.server.replay")
 
@@ -207,7 +208,7 @@ def preview(store: Store, current: Site, proposed: Site, *, since: float, until:
     processes alike.
     """
     visitors = frozenset(r["id"] for r in store.rows("visitors"))
-    data_dir, opened_in = store.dir, os.getpid()
+    data_dir, url, opened_in = store.dir, store.url, os.getpid()
     first, last = iso_ms(since), iso_ms(SystemClock().wall() if until is None else until)
 
     def upto(rows: Iterable[StoredAccessEvent]) -> Iterator[StoredAccessEvent]:
@@ -222,7 +223,7 @@ def preview(store: Store, current: Site, proposed: Site, *, since: float, until:
             return
         # The forked child: SQLite connections must not cross a fork, and a running server's store must not be
         # opened again (its start-up takes locks the server's store thread may hold): a read-only connection.
-        yield from records(upto(read_access_events(data_dir, first)), current, visitor_cards, visitors)
+        yield from records(upto(read_access_events(data_dir, first, url=url)), current, visitor_cards, visitors)
 
     return replay_on_two_cores(make_records, current, proposed)
 
@@ -260,13 +261,14 @@ def _site_diff(args: argparse.Namespace) -> int:
         raise _Usage(f"doorkeep site diff: the proposed site is {proposed_bundle.site.id!r}, not "
                      f"{current_bundle.site.id!r} (fix: edit a copy of the current site directory)")
     data = args.data or Path("var") / current_bundle.site.id
-    if not (data / "doorkeep.db").exists():
+    store_url = resolve_store_url(current_bundle.store)  # the store the server uses (server/store_url.py)
+    if not store_present(data, store_url):
         raise _Usage(f"doorkeep site diff: no store in {data} (fix: pass the server's --data directory)")
     try:
         key = load_key(current_bundle.credential_key_file, source=str(current_bundle.dir))
     except DoorkeepError as exc:
         raise _Usage(f"doorkeep site diff: {exc}") from exc
-    store = Store(data)
+    store = open_store(data, store_url)
     try:
         pool = frozenset(row["hash"] for row in store.pool_rows())  # the visitor badges (server/people.py)
         current = live_site(current_bundle, key, store)

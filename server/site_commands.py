@@ -23,6 +23,7 @@ from server.audit import AuditLog
 from server.people import PeopleService
 from server.siteadmin import Revision, SiteAdmin, SiteAdminError, SiteInvalid
 from server.store import Store
+from server.store_url import open_store, resolve_store_url
 
 
 def _admin(args: argparse.Namespace, cmd: str, *, people: str = "") -> tuple[SiteAdmin, Store] | None:
@@ -34,7 +35,7 @@ def _admin(args: argparse.Namespace, cmd: str, *, people: str = "") -> tuple[Sit
         print(f"doorkeep site {cmd}: {exc}", file=sys.stderr)
         return None
     data = args.data or Path("var") / bundle.site.id
-    store = Store(data)
+    store = open_store(data, resolve_store_url(bundle.store))  # the server's store (server/store_url.py)
     clock = SystemClock()
     audit = AuditLog(store, clock)
     admin = SiteAdmin(store, bundle.dir, clock, audit=audit)

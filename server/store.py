@@ -7,7 +7,7 @@ without any bookkeeping: the join is done when read.
 
 The methods of this module go through the connection port (server/sqldb.py, ``self._conn``) and write their
 SQL in the subset SQLite and PostgreSQL both speak, so :class:`Store` also opens on a PostgreSQL URL
-(``Store(data_dir, url=...)``, tests only for now: docs/scale.md "State in PostgreSQL"). The record mixins
+(``Store(data_dir, url=...)``, chosen by ``[store] url``: docs/scale.md "State in PostgreSQL"). The record mixins
 (server/store_*.py) do the same; a method that still reached sqlite-utils (``self._db``) would refuse with a
 :class:`StoreError` on PostgreSQL rather than fail inside a driver. On PostgreSQL the schema comes from server/migrations_pg/ (one file per migration, same
 names and order); ``SELECT *`` there also returns a ``rowid`` column, which the rows handed out here drop.
@@ -408,8 +408,12 @@ def _open_postgres(url: str) -> sqldb.Connection:
         import psycopg
     except ImportError as exc:
         raise StoreError("a PostgreSQL store needs psycopg: pip install 'doorkeep[server]'") from exc
+    from server.store_connection import ReconnectingPgConnection
+
     try:
-        return sqldb.connect(url)
+        # Reopens after a lost backend and raises StoreUnavailable (an OSError, which the bus retries) for the
+        # driver's OperationalError, as SQLite's refused disk (server/store_connection.py).
+        return ReconnectingPgConnection(url)
     except psycopg.Error as exc:
         raise StoreError(f"cannot open the store at {where}: {exc}") from exc
 
@@ -466,9 +470,11 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
         """``keys``: the snapshot keys (without them the store can neither take nor show a snapshot).
 
         ``url``: a ``postgresql://`` URL to keep the records there instead of ``doorkeep.db`` (snapshot files stay
-        in ``data_dir``). Only the methods of this module run on PostgreSQL so far, so only the tests pass it."""
+        in ``data_dir``): site.toml ``[store] url``, ``--store`` or ``$DOORKEEP_STORE_URL`` (server/store_url.py)."""
         self.dir = Path(data_dir)
         self.keys = keys
+        #: The PostgreSQL URL the records live at (no password: server/store_url.py), None for SQLite in ``dir``.
+        self.url = url
         self.snapshot_dir = self.dir / "snapshots"
         self._db: Any
         try:
@@ -1120,10 +1126,24 @@ def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
 def _revision_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "changes": json.loads(row["changes"])}
 
-def read_access_events(data_dir: Path | str, since_ts: str, batch: int = 5000) -> Iterator[StoredAccessEvent]:
+def read_access_events(data_dir: Path | str, since_ts: str, batch: int = 5000, *,
+                       url: str | None = None) -> Iterator[StoredAccessEvent]:
     """:meth:`Store.access_events_since` on a connection of its own, opened read-only: for a process forked
     from a running server (the impact preview's second core), which must neither share the server's
-    connection nor run the store's start-up (migrations, permission checks) while the server writes."""
+    connection nor run the store's start-up (migrations, permission checks) while the server writes.
+    ``url``: the store is in that PostgreSQL database (``Store.url``): a second connection through server/sqldb.py,
+    its transactions read-only."""
+    if url is not None:
+        try:
+            pg = sqldb.connect(url)
+            pg.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        except Exception as exc:
+            raise StoreError(f"cannot read the store at {url.split('@')[-1]}: {exc}") from exc
+        try:
+            yield from _access_events(lambda query, params: pg.execute(query, params).fetchall(), since_ts, batch)
+        finally:
+            pg.close()
+        return
     path = Path(data_dir) / "doorkeep.db"
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)

@@ -36,7 +36,7 @@ def _operators(args: argparse.Namespace, cmd: str) -> Iterator[Operators]:
     data = args.data or Path("var") / bundle.site.id
     with ExitStack() as stack:
         try:
-            ops = stack.enter_context(operators_in(data))
+            ops = stack.enter_context(operators_in(data, site_dir=bundle.dir))
         except ServerError as exc:
             raise UsageError(f"doorkeep {cmd}: {exc}") from exc
         yield ops
