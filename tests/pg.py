@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 ADMIN_URL = os.environ.get("DOORKEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -72,3 +76,14 @@ def engine_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(name="store")
+def engine_store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:
+    """A store on each engine in turn (``engine_url``): SQLite under ``tmp_path``, then a fresh PostgreSQL
+    database. Import it as ``engine_store``; tests ask for it as ``store``."""
+    from server.store import Store
+
+    s = Store(tmp_path / "data", url=engine_url)
+    yield s
+    s.close()

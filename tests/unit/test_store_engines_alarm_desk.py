@@ -10,20 +10,12 @@ PostgreSQL comes from tests/pg.py (a fresh database per test; skipped with the r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
 
 from server.alarm_watch import AlarmWatch
 from server.store import Store
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 
 
 def counter(store: Store) -> Callable[[Callable[[], Any]], int]:

@@ -5,24 +5,14 @@ identity never does), each asserted on SQLite and on PostgreSQL (tests/pg.py; sk
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from server.store import Store
 from server.store_cursors import cursor_at_end
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 from tests.unit.test_store_engines import ev
 
 AT = 1_780_000_000.0
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
 
 
 def test_source_rows_read_in_arrival_order_by_type_and_limit_and_move_the_cursor(store: Store) -> None:

@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from server.store import Store
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 from tests.unit.test_store_engines import ev
 
 AT = 1_780_000_000.0
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
 
 
 def person(pid: str, name: str, **kw: Any) -> dict[str, Any]:

@@ -8,19 +8,10 @@ PostgreSQL comes from tests/pg.py (a fresh database per test; skipped with the r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 
 from server.store import Store
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 
 
 def enqueue(store: Store, mail_id: str, at: float, **kw: object) -> None:

@@ -4,23 +4,13 @@ behaviour asserted on SQLite and on PostgreSQL (tests/pg.py; skipped with the re
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from server.store import Store
 from server.store_operators import FailureCount, OperatorRow, SessionRow, TokenRow, TotpRow
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 
 AT = 1_780_000_000.0
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
 
 
 def test_accounts_are_unique_and_the_last_active_admin_is_kept(store: Store) -> None:

@@ -8,8 +8,7 @@ another change; tests/unit/test_passes.py covers it on SQLite. PostgreSQL comes 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,14 +17,7 @@ from server.directory import Visitor
 from server.passes import pass_credentials
 from server.store import Store
 from server.store_passes import TABLE
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 
 
 def row(visit: str, serial: int, **kw: Any) -> dict[str, Any]:

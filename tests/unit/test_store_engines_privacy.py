@@ -7,25 +7,17 @@ connection port, so these tests do not depend on those modules' own methods.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from server.store import Store
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 from tests.unit.test_store_engines import ev
 
 AT = 1_780_000_000.0
 OLD, NEW = "2026-01-01T00:00:00.000Z", "2026-06-01T00:00:00.000Z"
 CUT = "2026-03-01T00:00:00.000Z"
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
 
 
 def plant(store: Store, sql: str, *params: Any) -> None:

@@ -5,23 +5,15 @@ skipped with the reason when no PostgreSQL answers).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from server.store import Store
 from server.store_webhooks import ALARMS_CURSOR, ESCALATIONS_CURSOR, EVENTS_CURSOR
-from tests.pg import engine_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import engine_store, engine_url, pg_url  # noqa: F401  (fixtures)
 
 AT = 1_780_000_000.0
-
-
-@pytest.fixture
-def store(engine_url: str | None, tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    s = Store(tmp_path / "data", url=engine_url)
-    yield s
-    s.close()
 
 
 def sub(wid: str, **kw: Any) -> dict[str, Any]:
