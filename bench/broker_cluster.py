@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from simulators.brokers import BrokerUnavailable, MosquittoBroker  # noqa: E402
-from simulators.nats_cluster import NatsCluster, NatsNode, _http_json, nats_server_version  # noqa: E402
+from simulators.nats_cluster import NatsCluster, nats_server_version  # noqa: E402
 from simulators.wait import wait_until  # noqa: E402
 
 TOPIC = "doorkeep/v1/campus/pi-lobby/door/front/event"
@@ -174,7 +174,7 @@ def outcome(sub: Client, sent: int, kills: list[float], end: float) -> dict[str,
 def kill_cluster(rate: float, size: int) -> dict[str, Any]:
     """One run on a fresh cluster: kill the QoS 1 stream leader, restart it, kill the subscriber's node."""
     with NatsCluster(3, ack_wait_s=1.0) as cluster:
-        leader = stream_leader(cluster, "$MQTT_msgs")
+        leader = cluster.stream_leader("$MQTT_msgs")
         a, b = [n for n in cluster.nodes if n is not leader]
         c = leader
         sub = Client([b.mqtt_port, a.mqtt_port, c.mqtt_port], "bench-kill-sub", subscribe=EVENTS)
@@ -235,25 +235,6 @@ def kill_mosquitto(rate: float, size: int) -> dict[str, Any]:
         return result
     finally:
         broker.stop()
-
-
-def stream_leader(cluster: NatsCluster, stream: str) -> NatsNode:
-    found: list[str] = []
-
-    def look() -> bool:
-        for node in cluster.nodes:
-            jsz = _http_json(node.monitor_port, "/jsz?accounts=true&streams=true") or {}
-            for account in jsz.get("account_details") or []:  # type: ignore[union-attr]
-                for detail in account.get("stream_detail") or []:
-                    leader = (detail.get("cluster") or {}).get("leader")
-                    if detail.get("name") == stream and leader:
-                        found.append(leader)
-                        return True
-        return False
-
-    if not wait_until(look, 10):
-        raise RuntimeError(f"no leader for {stream}")
-    return next(n for n in cluster.nodes if n.name == found[-1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,27 @@ class NatsCluster:
         leader = meta.get("leader") if isinstance(meta, dict) else None
         return leader if isinstance(leader, str) and leader else None
 
+    def stream_leader(self, stream: str, timeout: float = 10.0) -> NatsNode:
+        """The live node leading a JetStream stream (``$MQTT_msgs``: QoS 1 messages; ``$MQTT_rmsgs``: retained)."""
+        found: list[str] = []
+
+        def look() -> bool:
+            for node in self.nodes:
+                if not node.alive:
+                    continue
+                jsz = _http_json(node.monitor_port, "/jsz?accounts=true&streams=true") or {}
+                for account in jsz.get("account_details") or []:  # type: ignore[union-attr]
+                    for detail in account.get("stream_detail") or []:
+                        leader = (detail.get("cluster") or {}).get("leader")
+                        if detail.get("name") == stream and leader:
+                            found.append(leader)
+                            return True
+            return False
+
+        if not wait_until(look, timeout):
+            raise RuntimeError(f"no leader for stream {stream} within {timeout:g} s")
+        return next(n for n in self.nodes if n.name == found[-1])
+
     def healthy(self, node: NatsNode, *, fully: bool = False) -> bool:
         """The node's JetStream is up and it knows the cluster's meta leader.
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from simulators.nats_cluster import NatsCluster, NatsNode, _http_json, nats_server_binary
+from simulators.nats_cluster import NatsCluster, nats_server_binary
 from simulators.wait import wait_until
 
 pytestmark = [pytest.mark.e2e,
@@ -37,27 +37,6 @@ pytestmark = [pytest.mark.e2e,
 SITE = "campus"
 EVENTS = f"doorkeep/v1/{SITE}/+/door/+/event"
 RATE = 200.0  # events/s from the publisher
-
-
-def stream_leader(cluster: NatsCluster, stream: str) -> NatsNode:
-    """The node leading a JetStream stream (``$MQTT_msgs``: QoS 1 messages; ``$MQTT_rmsgs``: retained)."""
-    found: list[str] = []
-
-    def look() -> bool:
-        for node in cluster.nodes:
-            if not node.alive:
-                continue
-            jsz = _http_json(node.monitor_port, "/jsz?accounts=true&streams=true") or {}
-            for account in jsz.get("account_details") or []:  # type: ignore[union-attr]
-                for detail in account.get("stream_detail") or []:
-                    leader = (detail.get("cluster") or {}).get("leader")
-                    if detail.get("name") == stream and leader:
-                        found.append(leader)
-                        return True
-        return False
-
-    assert wait_until(look, 10), f"no leader for stream {stream}"
-    return next(n for n in cluster.nodes if n.name == found[-1])
 
 
 class Node:
@@ -250,8 +229,8 @@ def two_kills(cluster: NatsCluster) -> Outcome:
     8 s (its election), which bench/broker_cluster.py measures; here the kills are of the nodes the clients
     lose. B is the retained-message stream's leader whenever A is not (every node holds a copy: R3).
     """
-    a = stream_leader(cluster, "$MQTT_msgs")
-    retained_leader = stream_leader(cluster, "$MQTT_rmsgs")
+    a = cluster.stream_leader("$MQTT_msgs")
+    retained_leader = cluster.stream_leader("$MQTT_rmsgs")
     others = [n for n in cluster.nodes if n is not a]
     b = retained_leader if retained_leader in others else others[0]
     c = next(n for n in others if n is not b)
