@@ -33,7 +33,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from doorkeep.config import SiteBundle
+from server.store_url import store_url_for
 
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 SEVERITIES = (HIGH, MEDIUM, LOW)
@@ -69,6 +72,12 @@ class Context:
     data_dir: Path | None
     broker_config: Path | None
     now: datetime
+    store_url: str | None = None
+    """The server's PostgreSQL store (server/store_url.py), None: SQLite, ``doorkeep.db`` in ``data_dir``."""
+
+    @property
+    def has_store(self) -> bool:
+        return self.store_url is not None or self.data_dir is not None
 
 
 Check = Callable[[Context], Iterable[Finding]]
@@ -93,21 +102,50 @@ def _open_to_others(path: Path, what: str) -> Finding | None:
                    f"chmod {want} {path} (and run the service with UMask=0077)")
 
 
-def _read_only_db(data_dir: Path) -> sqlite3.Connection | None:
-    db = data_dir / "doorkeep.db"
-    if not db.is_file():
-        return None
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
+class _Store:
+    """The server's store, read only, whichever engine holds it: rows as dicts, and which tables and columns it
+    has (a store from an older version may lack some). The checks never write, and on SQLite never create the
+    file; on PostgreSQL the session is read-only."""
 
+    def __init__(self, ctx: Context) -> None:
+        self.pg = None
+        self.lite: sqlite3.Connection | None = None
+        if ctx.store_url is not None:
+            from server.sqldb import connect
 
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+            self.pg = connect(ctx.store_url)
+            self.pg.execute("SET default_transaction_read_only = on")
+        elif ctx.data_dir is not None and (ctx.data_dir / "doorkeep.db").is_file():
+            self.lite = sqlite3.connect(f"file:{ctx.data_dir / 'doorkeep.db'}?mode=ro", uri=True)
+            self.lite.row_factory = sqlite3.Row
 
+    @property
+    def present(self) -> bool:
+        return self.pg is not None or self.lite is not None
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        if self.pg is not None:
+            return self.pg.query(sql, params)
+        assert self.lite is not None
+        return [dict(r) for r in self.lite.execute(sql, params)]
+
+    def has_table(self, name: str) -> bool:
+        if self.pg is not None:
+            return bool(self.rows("SELECT 1 AS found FROM information_schema.tables WHERE table_schema = "
+                                  "current_schema() AND table_name = ?", (name,)))
+        return bool(self.rows("SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def columns(self, table: str) -> set[str]:
+        if self.pg is not None:
+            return {r["column_name"] for r in self.rows(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ?", (table,))}
+        return {r["name"] for r in self.rows(f"PRAGMA table_info({table})")}
+
+    def close(self) -> None:
+        for conn in (self.pg, self.lite):
+            if conn is not None:
+                conn.close()
 
 
 def _iso(ts: str) -> datetime | None:
@@ -299,52 +337,53 @@ def check_certificates(ctx: Context) -> Iterator[Finding]:
 
 def check_retention(ctx: Context) -> Iterator[Finding]:
     """Retention that does not run: data older than its period (plus a grace) is still in the store."""
-    if ctx.data_dir is None:
+    if not ctx.has_store:
         return
-    conn = _read_only_db(ctx.data_dir)
-    if conn is None:
+    db = _Store(ctx)
+    if not db.present:
         return
     r = ctx.bundle.retention
+    where = ctx.data_dir if ctx.store_url is None else "the PostgreSQL store"
     try:
         for table, column, days, key in (("events", "ts", r.events_days, "events_days"),
                                          ("alarms", "resolved_at", r.alarms_days, "alarms_days")):
-            if not _table_exists(conn, table) or column not in _columns(conn, table):
+            if not db.has_table(table) or column not in db.columns(table):
                 continue
-            row = conn.execute(f"SELECT min({column}) FROM {table} WHERE {column} IS NOT NULL").fetchone()
-            oldest = _iso(row[0]) if row and row[0] else None
+            row = db.rows(f"SELECT min({column}) AS oldest FROM {table} WHERE {column} IS NOT NULL")
+            oldest = _iso(row[0]["oldest"]) if row and row[0]["oldest"] else None
             if oldest is not None and ctx.now - oldest > timedelta(days=days + RETENTION_GRACE_DAYS):
-                yield Finding(HIGH, "retention", f"{ctx.data_dir} {table}",
+                yield Finding(HIGH, "retention", f"{where} {table}",
                               f"holds data from {oldest:%Y-%m-%d}, older than [retention] {key} = {days}: "
                               "retention is not running", "run the server (it purges daily) or "
                               "`doorkeep retention run --site SITE --data DIR`, and keep it running")
     finally:
-        conn.close()
+        db.close()
 
 
 def check_operators(ctx: Context) -> Iterator[Finding]:
     """Admins without a second factor where the site requires one (docs/desk.md, two-factor login)."""
-    if ctx.data_dir is None:
+    if not ctx.has_store:
         return
     required = _two_factor_required(ctx.bundle)
     if not required:
         return
-    conn = _read_only_db(ctx.data_dir)
-    if conn is None:
+    db = _Store(ctx)
+    if not db.present:
         return
     try:
-        if not _table_exists(conn, "operators"):
+        if not db.has_table("operators"):
             return
-        cols = _columns(conn, "operators")
+        cols = db.columns("operators")
         totp = "totp_secret" if "totp_secret" in cols else None  # NULL: no second factor (docs/desk.md)
         where_active = " AND disabled_at IS NULL" if "disabled_at" in cols else ""
-        rows = conn.execute(f"SELECT * FROM operators WHERE role = 'admin'{where_active}").fetchall()
+        rows = db.rows(f"SELECT * FROM operators WHERE role = 'admin'{where_active} ORDER BY name")
         for row in rows:
             if totp is None or not row[totp]:
                 yield Finding(HIGH, "operator_2fa", f"operator {row['name']}",
                               "an admin without two-factor login where the site requires it",
                               "log in as that admin and enrol an authenticator (the desk forces it at next login)")
     finally:
-        conn.close()
+        db.close()
 
 
 def _two_factor_required(bundle: SiteBundle) -> bool:
@@ -355,15 +394,15 @@ def _two_factor_required(bundle: SiteBundle) -> bool:
 
 def check_clock_drift(ctx: Context) -> Iterator[Finding]:
     """Edge clocks, from the drift the server measured on each device's last live heartbeat."""
-    if ctx.data_dir is None:
+    if not ctx.has_store:
         return
-    conn = _read_only_db(ctx.data_dir)
-    if conn is None:
+    db = _Store(ctx)
+    if not db.present:
         return
     try:
-        if not _table_exists(conn, "device_clock"):
+        if not db.has_table("device_clock"):
             return
-        for row in conn.execute("SELECT device, drift_s, measured_at FROM device_clock ORDER BY device"):
+        for row in db.rows("SELECT device, drift_s, measured_at FROM device_clock ORDER BY device"):
             drift = float(row["drift_s"])
             if abs(drift) <= CLOCK_DRIFT_S:
                 continue
@@ -373,7 +412,7 @@ def check_clock_drift(ctx: Context) -> Iterator[Finding]:
                           f"its clock was {abs(drift):.1f} s {ahead} the server's at {row['measured_at']}",
                           "enable NTP on the Pi (timedatectl set-ntp true) and check its network time source")
     finally:
-        conn.close()
+        db.close()
 
 
 CHECKS: tuple[Check, ...] = (check_transport, check_osdp, check_broker, check_key_files, check_data_dir,
@@ -381,14 +420,16 @@ CHECKS: tuple[Check, ...] = (check_transport, check_osdp, check_broker, check_ke
 
 
 def diagnose(bundle: SiteBundle, *, data_dir: Path | None = None, broker_config: Path | None = None,
-             now: datetime | None = None, checks: Iterable[Check] = CHECKS) -> list[Finding]:
-    """Every finding, the most severe first (stable within a severity: in check order)."""
-    ctx = Context(bundle, data_dir, broker_config, now or datetime.now(timezone.utc))
+             now: datetime | None = None, checks: Iterable[Check] = CHECKS,
+             store_url: str | None = None) -> list[Finding]:
+    """Every finding, the most severe first (stable within a severity: in check order). ``store_url``: the
+    server's PostgreSQL store, read instead of ``doorkeep.db`` (server/store_url.py)."""
+    ctx = Context(bundle, data_dir, broker_config, now or datetime.now(timezone.utc), store_url)
     found: list[Finding] = []
     for check in checks:
         try:
             found.extend(check(ctx))
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, psycopg.Error) as exc:
             found.append(Finding(MEDIUM, "doctor", check.__name__, f"could not run this check: {exc}",
                                  "run doorkeep doctor as the service's user, with read access to what it checks"))
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
@@ -426,7 +467,12 @@ def cli(args: Any) -> int:
         print(f"doorkeep doctor: {data}: no such data directory (fix: pass the server's --data directory)",
               file=sys.stderr)
         return 2
+    try:
+        url = store_url_for(bundle.dir)  # the store the server uses: [store] url or $DOORKEEP_STORE_URL
+    except (ConfigErrors, ConfigError) as exc:
+        print(f"doorkeep doctor: {exc}", file=sys.stderr)
+        return 2
     broker = args.broker_config or bundle.dir / "broker" / "mosquitto.conf"
-    findings = diagnose(bundle, data_dir=data, broker_config=broker)
+    findings = diagnose(bundle, data_dir=data, broker_config=broker, store_url=url)
     print(as_json(findings) if args.json else report(findings), end="" if not args.json else "\n")
     return 1 if any(f.severity == HIGH for f in findings) else 0

@@ -19,9 +19,11 @@ import pytest
 
 from doorkeep.cli import main
 from doorkeep.config import load_site_dir
+from doorkeep.contract import EventMsg
 from doorkeep.pki import LEAF_DAYS, init_ca, issue
 from server.doctor import HIGH, MEDIUM, diagnose
 from server.store import Store
+from tests.pg import pg_url  # noqa: F401  (a fixture)
 
 SITES = Path(__file__).resolve().parents[2] / "firmware-config" / "sites"
 NOW = datetime.now(timezone.utc)
@@ -208,3 +210,29 @@ def test_doctor_reports_an_edge_clock_that_drifts(site: Path) -> None:
         store.close()
     found = {f.where: f.severity for f in findings(site, data) if f.check == "clock_drift"}
     assert found == {"device pi-entrance": HIGH}
+
+
+def test_doctor_reads_the_servers_postgresql_store(site: Path, pg_url: str, capsys) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """With [store] url the store checks read PostgreSQL (read-only), not a doorkeep.db that is not there."""
+    from server.operators import Operators
+
+    store = Store(site.parent / "pgdata", url=pg_url)
+    try:
+        store.record_device_clock("pi-entrance", drift_s=-900.0, at=NOW.timestamp())
+        Operators(store).add("bob", "admin", "correct horse battery", actor="test")
+        store.ingest_event(EventMsg(id="old", seq=1, ts="2020-01-01T00:00:00.000Z", device="pi-entrance",
+                                    door="entrance_in", type="door_opened"), NOW.timestamp())
+    finally:
+        store.close()
+    text = (site / "site.toml").read_text()
+    (site / "site.toml").write_text(text + f'\n[desk]\nrequire_totp_for_admins = true\n\n[store]\nurl = "{pg_url}"\n')
+    found = diagnose(load_site_dir(site), data_dir=None, broker_config=site / "broker" / "mosquitto.conf",
+                     store_url=pg_url)
+    assert {(f.check, f.where) for f in found if f.check in ("clock_drift", "operator_2fa", "retention")} == {
+        ("clock_drift", "device pi-entrance"), ("operator_2fa", "operator bob"),
+        ("retention", "the PostgreSQL store events")}
+    # The command finds that store by itself, from site.toml's [store] url.
+    capsys.readouterr()
+    assert main(["doctor", "--site", str(site), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert {"device pi-entrance", "operator bob", "the PostgreSQL store events"} <= {f["where"] for f in report["findings"]}
