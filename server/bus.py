@@ -190,6 +190,10 @@ class ServerBus:
         if tls is not None:
             self._client.tls_set_context(tls)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # No cap on QoS 1 messages in flight: paho's default of 20 let decisions out 20 at a time under a backlog,
+        # each PUBACK queued behind thousands of requests on the same connection, until paho's 65,535 message ids
+        # were all waiting and it refused new decisions (bench/campus.py's morning rush lost a third of them).
+        self._client.max_inflight_messages_set(0)
         # Several broker addresses (docs/scale.md, "Several broker addresses"): every failed try and every lost
         # connection moves to the next one, after paho's backoff (1 s doubling to 10 s, reset once connected).
         # The persistent session is per broker: on a standby it starts with this server's first connection there.
@@ -557,7 +561,12 @@ class ServerBus:
             grant=decision.reason.value if decision.granted else None,
             floors=decision.floors if decision.granted else (),
         )
-        self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
+        sent = self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
+        if sent.rc != mqtt.MQTT_ERR_SUCCESS and sent.rc != mqtt.MQTT_ERR_NO_CONN:
+            # Refused by paho itself (its queue full): the door decides on its own at its timeout. Never silent.
+            self.counters["decisions_not_sent"] += 1
+            log.error("door %s: decision for transaction %s not sent: %s", req.door, req.transaction,
+                      mqtt.error_string(sent.rc), extra=log_context(topic.device, req.door))
         if log.isEnabledFor(logging.DEBUG):  # paho's thread: nothing is built for a line nobody asked for
             log.debug("door %s: %s (%s), transaction %s", req.door, "granted" if decision.granted else "denied",
                       decision.reason.value, req.transaction, extra=log_context(topic.device, req.door))

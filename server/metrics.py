@@ -388,7 +388,9 @@ class _Collector(Collector):
                  "Times signing and publishing the devices' policies failed"),
                 ("doorkeep_mqtt_disconnects", "mqtt_disconnects", "Times the server lost its broker connection"),
                 ("doorkeep_requests_expired", "requests_expired", "Requests that arrived after their door's timeout, "
-                 "when the edge had decided on its own: not decided again")):
+                 "when the edge had decided on its own: not decided again"),
+                ("doorkeep_decisions_not_sent", "decisions_not_sent", "Decisions the MQTT client refused to send (its "
+                 "queue full): the door decided on its own at its timeout")):
             yield CounterMetricFamily(name, text, value=counters.get(key, 0))
         yield CounterMetricFamily("doorkeep_mqtt_reconnects", "Connections to the broker after the first",
                                   value=max(0, counters.get("mqtt_connects", 0) - 1))

@@ -38,8 +38,9 @@ class Client:
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append(mid)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         self.published.append((topic, payload))
+        return mqtt.MQTTMessageInfo(len(self.published))  # rc 0: taken, as paho answers
 
 
 @pytest.fixture

@@ -130,3 +130,17 @@ def test_a_malformed_mono_is_refused_with_the_field_named(mono: str) -> None:
     assert RequestMsg.decode(payload).mono is None
     with pytest.raises(MessageError, match="mono"):
         RequestMsg.decode(payload.replace(b'"schema"', b'"mono": ' + mono.encode() + b', "schema"'))
+
+
+def test_a_decision_paho_refuses_is_counted_and_logged_never_dropped_silently(
+        server: Server, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    refused = mqtt.MQTTMessageInfo(1)
+    refused.rc = mqtt.MQTT_ERR_QUEUE_SIZE  # paho's answer once every message id is waiting for its PUBACK
+    server.bus._client.publish = lambda *a, **kw: refused  # type: ignore[method-assign,assignment]
+    tx = ask(server, clock, None)
+    assert server.bus.counters["decisions_not_sent"] == 1
+    assert any(tx in r.getMessage() and "not sent" in r.getMessage() for r in caplog.records)
+
+
+def test_the_server_puts_no_cap_on_decisions_in_flight(server: Server) -> None:
+    assert server.bus._client._max_inflight_messages == 0  # noqa: SLF001  (paho keeps it private)
