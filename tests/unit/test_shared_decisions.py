@@ -5,7 +5,8 @@ in PostgreSQL, between transactions, which is what several worker processes woul
 them with concurrent badges at the same areas, then checks the stored history two ways: it is what one server
 would have decided given the same requests in the history's order (so every single-server rule test carries over),
 and, independently of decide(), no rule is broken in it: occupancy never above its limit, no hard anti-passback
-violation granted, no two-person grant without a partner who was waiting at that door.
+violation granted, no two-person grant without a partner who was waiting at that door. Two targeted tests pin the PostgreSQL behaviour
+the one-call read (dk_read) rests on: a read queued behind a lock sees what the lock's holder committed.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from doorkeep.model import (
     Site,
     TimeWindow,
 )
-from server.shared_decisions import SharedDecisions, ensure_schema, logged_decision, replay
+from server.shared_decisions import SharedDecisions, _array, ensure_schema, logged_decision, replay
+from simulators.wait import wait_until
 from tests.pg import pg_url  # noqa: F401  (a fixture)
 
 KEY = b"k" * 32
@@ -220,3 +222,71 @@ def test_pin_lockout_and_moves_are_shared_across_workers(pg_url: str) -> None:
         a.close()
         b.close()
 
+
+
+def waiting_on_an_advisory_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Whether some session of this test's database is queued for an advisory lock."""
+    row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                       "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()
+    return row is not None and row[0] > 0
+
+
+def test_a_decision_queued_behind_a_door_lock_reads_what_its_holder_committed(pg_url: str) -> None:
+    """dk_read takes the door's lock, then reads who waits there in a separate query inside the (volatile)
+    function: that query's snapshot is taken after the lock was granted, so a partner whom the lock's previous
+    holder made wait is seen, though its commit came after the call started. (A STABLE dk_read fails this.)"""
+    site = build_site("snapshot")
+    (decider,) = workers(pg_url, site, 1)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        assert decider.move(["p0", "p1"], "lobby", T0) == ["p0", "p1"]
+        holder.execute("BEGIN")
+        holder.execute("SELECT dk_lock('door', %s, ARRAY['lab_in'])", (site.id,))
+        holder.execute("INSERT INTO dk_pending (site, door, ord, person, at, kind) VALUES (%s, 'lab_in', 0, 'p0', %s, "
+                       "'two_person')", (site.id, T0 + 1))
+        result: list[Any] = []
+        badge = threading.Thread(target=lambda: result.append(
+            decider.decide(AccessRequest("lab_in", card("p1")), T0 + 2).decision))
+        badge.start()
+        assert wait_until(lambda: waiting_on_an_advisory_lock(holder), timeout=10), "the decision never queued"
+        holder.execute("COMMIT")
+        badge.join(timeout=10)
+        assert result, "the decision never finished"
+        assert result[0].reason is Reason.GRANTED_TWO_PERSON and result[0].companions == ("p0",), \
+            "the read after the lock saw the partner committed while the call waited"
+    finally:
+        holder.close()
+        decider.close()
+
+
+def test_a_lock_and_a_read_in_one_statement_would_miss_that_commit(pg_url: str) -> None:
+    """Why dk_read reads in separate queries: one statement has one snapshot, taken before its lock is granted."""
+    holder = psycopg.connect(pg_url, autocommit=True)
+    reader = psycopg.connect(pg_url, autocommit=True)
+    try:
+        holder.execute("CREATE TABLE t (n INTEGER)")
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(1, 2)")
+        holder.execute("INSERT INTO t VALUES (1)")
+        seen: list[Any] = []
+        read = threading.Thread(target=lambda: seen.append(reader.execute(
+            "SELECT pg_advisory_xact_lock(1, 2), (SELECT count(*) FROM t)").fetchone()))
+        read.start()
+        assert wait_until(lambda: waiting_on_an_advisory_lock(holder), timeout=10)
+        holder.execute("COMMIT")
+        read.join(timeout=10)
+        assert seen and seen[0][1] == 0, "the statement read with the snapshot it took before waiting"
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,), "the next statement sees the row"
+    finally:
+        holder.close()
+        reader.close()
+
+
+def test_ids_and_times_reach_postgresql_unchanged_as_array_literals(pg_url: str) -> None:
+    """The decisions pass their arrays as text literals (_array): any id, however quoted, and any float must arrive
+    as they were, and none may turn into NULL."""
+    ids = ['p"1', "back\\slash", "{braces,comma}", "NULL", "", " spaced ", "é✓", "a'b"]
+    times = [T0 + 0.1, 1e-300, -0.0, 1_780_000_000.123456789]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT %s::text[], %s::float8[]", (_array(ids), _array(times))).fetchone() == (ids, times)
+    assert _array([]) is None, "no items: NULL, which the functions read as none"
