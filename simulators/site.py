@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
@@ -174,6 +175,11 @@ class OsdpBusSimulator:
                 pass
 
 
+#: Set (to anything) to run every runner's server on a fresh PostgreSQL database (``make test-postgres``).
+E2E_POSTGRES_ENV = "DOORKEEP_E2E_POSTGRES"
+STORE_URL_ENV = "DOORKEEP_STORE_URL"  # server/store_url.py ENV (simulators do not import the server's modules here)
+
+
 @dataclass
 class SiteRunner:
     bundle: SiteBundle
@@ -213,6 +219,12 @@ class SiteRunner:
     """With the runner's own Mosquitto and a server running: the server's watcher of the broker's log."""
     retired: set[str] = field(default_factory=set)
     """Devices taken off the site by :meth:`revoke_device` (their agent stopped, their certificate revoked)."""
+    store_url: str | None = None
+    """The server's PostgreSQL store (None: the site's ``[store] url``, else SQLite in the data directory). With
+    ``$DOORKEEP_E2E_POSTGRES`` set (``make test-postgres``), a runner given none makes a fresh database of its own
+    on the PostgreSQL at ``$DOORKEEP_TEST_POSTGRES`` and drops it at :meth:`stop`."""
+    _own_database: str | None = None
+    _env_before: str | None = None
 
     @classmethod
     def from_dir(cls, site_dir: Path | str = DEMO_SITE, **kw: Any) -> SiteRunner:
@@ -285,6 +297,30 @@ class SiteRunner:
 
     # --------------------------------------------------------------- server
 
+    def _new_database(self) -> str:
+        """A fresh PostgreSQL database for this runner's server (``make test-postgres``); its URL."""
+        import psycopg
+
+        admin = os.environ.get("DOORKEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+        name = f"doorkeep_site_{secrets.token_hex(6)}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self._own_database = name
+        url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+        # The commands a test runs against this site (muster, site import, doctor ...) open the store the server
+        # uses as a real operator's would: through $DOORKEEP_STORE_URL (server/store_url.py).
+        self._env_before = os.environ.get(STORE_URL_ENV)
+        os.environ[STORE_URL_ENV] = url
+        return url
+
+    @staticmethod
+    def _drop_database(name: str) -> None:
+        import psycopg
+
+        admin = os.environ.get("DOORKEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def start_server(self) -> Server:
         """Start the server (again) on the runner's data directory: what it stored survives a restart."""
         assert self.broker_url is not None and self.data_dir is not None
@@ -293,9 +329,11 @@ class SiteRunner:
         if not self._server_started and not self.owns_broker and tls_broker_for(self.broker_url) is not None:
             self._discard_server_session()
         self._server_started = True
+        if self.store_url is None and self.bundle.store.url is None and os.environ.get(E2E_POSTGRES_ENV):
+            self.store_url = self._new_database()
         server = bootstrap(self.bundle, self.data_dir / "server", self.broker_config("server"),
                            key=self.key, signing_key=self.signing_key, clock=self.clock,
-                           snapshot_keys=self.snapshot_keys, pass_keys=self.pass_keys)
+                           snapshot_keys=self.snapshot_keys, pass_keys=self.pass_keys, store_url=self.store_url)
         try:
             server.start()
         except Exception:
@@ -610,6 +648,13 @@ class SiteRunner:
         if self._broker is not None:
             self._broker.stop()
             self._broker = None
+        if self._own_database is not None:
+            if self._env_before is None:
+                os.environ.pop(STORE_URL_ENV, None)
+            else:
+                os.environ[STORE_URL_ENV] = self._env_before
+            self._drop_database(self._own_database)
+            self._own_database = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -45,7 +45,7 @@ def test_doctor_reports_an_edge_clock_ten_seconds_ahead_from_its_live_heartbeat(
     assert wait_until(lambda: 9.0 < drift_rows(site).get("pi-annex", 0.0) < 11.0, 10), drift_rows(site)
     assert site.server.bus.wait_idle(5)
 
-    found = [f for f in diagnose(load_site_dir(DEMO_SITE), data_dir=site.data_dir / "server")
+    found = [f for f in diagnose(load_site_dir(DEMO_SITE), data_dir=site.data_dir / "server", store_url=site.store_url)
              if f.check == "clock_drift"]
     assert [(f.where, f.severity) for f in found] == [("device pi-annex", MEDIUM)]
     assert "ahead of" in found[0].what

@@ -72,7 +72,7 @@ def stored_seqs(runner: SiteRunner, ids: set[str]) -> list[tuple[str, int]]:
     """(id, seq) of this device's stored events among ``ids``, in the order the server stored them."""
     assert runner.server is not None
     store = runner.server.store
-    with store.connection_for_tests() as db:
+    with store.connection_for_tests(port=True) as db:  # the same on SQLite and PostgreSQL (make test-postgres)
         rows = db.execute("SELECT id, seq FROM events WHERE device = ? ORDER BY rowid", [DEVICE]).fetchall()
     return [(i, s) for i, s in rows if i in ids]
 
