@@ -1,0 +1,748 @@
+"""A simulated campus (issue 20, "Figures (bench)"): 10,000 doors on 1,000 edges against one real server.
+
+Run from the project root:
+
+    .venv/bin/python bench/campus.py [--quick] [--store sqlite,postgresql] [--postgres ADMIN_URL]
+                                     [--steps 250,500,...] [--step-seconds S] [--rush-seconds W] [--peak RATE]
+                                     [--server-inflight N] [--json PATH]
+
+What runs: a private Mosquitto on loopback (plain MQTT, ``set_tcp_nodelay true``, ``max_queued_messages 0``,
+as bench/capacity.py), the real server (``server.app.bootstrap``, the code behind ``doorkeep server``) in its
+own process with its store on SQLite (or PostgreSQL with ``--postgres``: bench/campus_db.py), on a generated site (bench/gensite.py: the demo plus 10,000 doors on
+1,000 devices of 10 doors each), and 1,000 simulated edges: state in ``PROCS`` processes, each multiplexing
+its edges on ``CONNS`` paho connections (every connection subscribes to its edges' decision topics, as each
+edge would). Each badge is a ``RequestMsg`` (QoS 1) on its door's request topic; when the ``DecisionMsg``
+comes back the edge publishes the ``access`` event (``EventMsg``, numbered per device like a real edge) and,
+for half of the grants, a ``door_opened``/``door_closed`` pair, which the server stores.
+
+Two phases, both open loop (badges are due at fixed times whatever the answers do):
+
+1. **Steps**: a constant offered rate, raised step by step. The knee is the last step before the p99
+   request->decision first crosses 20 ms or the answers fall behind (under 95 % of the offered rate answered
+   within the step); the steps go on past a p99 crossing until the answers fall behind (where this machine
+   flattens the curve) or the p99 passes the doors' 1 s timeout.
+2. **The morning rush**: 30 minutes of arrivals (a Gaussian centred on the middle of the half hour, sigma
+   7.5 minutes, so the half hour holds the central 95 % of the bell) played in ``--rush-seconds`` of wall
+   time: time runs ``1800 / W`` times faster, the curve's shape and badge count are kept, and its peak is
+   ``--peak`` badges/s (default the issue's 3,000/s).
+
+The bench checks its own results and exits 1 when they do not hold: every decision matched to a request of
+the same door (none unmatched, none twice), every request answered in the end, and every event the edges sent
+stored exactly once (counted in the store's database by the run's event-id prefix after the server stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import functools
+import inspect
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from array import array
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from campus_db import PostgresEvents, SqliteEvents  # noqa: E402
+from gensite import STAFF_CARDS, generate_site  # noqa: E402
+
+DOORS = 10_000
+DOORS_PER_EDGE = 10
+PROCS = 2                 # edge-simulator processes
+CONNS = 4                 # paho connections per process (125 edges each)
+INFLIGHT = 256            # QoS 1 messages in flight per connection (paho scans them all on every PUBACK)
+TARGET_RATE = 3000.0      # issue 20: decisions/s sustained, persisted
+P99_LIMIT_MS = 20.0       # the knee: p99 request->decision above this ...
+BEHIND = 0.95             # ... or fewer than this share of the offered badges answered within the step
+STOP_P99_MS = 1000.0      # the steps stop at the first falling behind, or at a p99 over the doors' 1 s timeout
+WARMUP_S = 1.0            # the first second of a step is not measured
+WARM_RATE, WARM_S = 500.0, 4.0   # before the steps: 2,000 badges, about two per edge
+DRAIN_S = 300.0           # how long the edges wait for late answers after a phase
+SETTLE_S = 900.0          # how long the bench waits for the store to hold every event sent ...
+STALL_S = 20.0            # ... or for its count to move again
+UNKNOWN_SHARE = 0.03      # badges of cards the site does not know (refused)
+PAIR_SHARE = 0.5          # grants followed by a door_opened/door_closed pair
+RUSH_REAL_S = 1800.0      # the rush: 30 minutes ...
+RUSH_SIGMA = 0.25         # ... sigma = a quarter of the half hour (7.5 min): the half hour is +-2 sigma
+BUCKETS = 10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The capacity curve this bench sits beside (docs/performance.md, figure 3, closed loop): its best level.
+CAPACITY_FIGURE = "1,598-1,883 decisions/s (10-2,000 doors badging at once, closed loop), p99 9.76 ms at 1,000/s paced"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[max(1, math.ceil(len(s) * p / 100)) - 1]
+
+
+# ------------------------------------------------------------ arrival schedules
+
+def rush_offsets(n: int, seconds: float, phase: float) -> list[float]:
+    """``n`` arrival times in [0, seconds) following the truncated Gaussian: the inverse of its CDF at (k+phase)/n.
+
+    Deterministic (no random gaps) so that every run offers the same curve; ``phase`` in [0, 1) staggers the
+    processes' badges against each other."""
+    grid = 2000
+    xs = [i / grid for i in range(grid + 1)]
+    dens = [math.exp(-0.5 * ((x - 0.5) / RUSH_SIGMA) ** 2) for x in xs]
+    cdf = [0.0]
+    for i in range(grid):
+        cdf.append(cdf[-1] + (dens[i] + dens[i + 1]) / 2)
+    total = cdf[-1]
+    cdf = [c / total for c in cdf]
+    out = []
+    for k in range(n):
+        u = (k + phase) / n
+        i = min(grid - 1, max(0, bisect.bisect_right(cdf, u) - 1))
+        span = cdf[i + 1] - cdf[i]
+        frac = (u - cdf[i]) / span if span > 0 else 0.0
+        out.append((xs[i] + frac / grid) * seconds)
+    return out
+
+
+def rush_mean_over_peak() -> float:
+    """The truncated Gaussian's mean rate over its peak rate (about 0.6): badges = peak * this * seconds."""
+    grid = 2000
+    return sum(math.exp(-0.5 * (((i + 0.5) / grid - 0.5) / RUSH_SIGMA) ** 2) for i in range(grid)) / grid
+
+
+# ------------------------------------------------------------ child: the server
+
+def _serve(conn: Any, site_dir: str, broker_url: str, key: bytes, signing_raw: bytes, data_dir: str,
+           inflight: int | None, store_url: str | None) -> None:
+    """The real server in its own process (as bench/server_proc.py), reporting its threads' native ids.
+
+    ``inflight``: an experiment, not the server's setting: the QoS 1 window of the server's paho client (paho's
+    default, which the server keeps, is 20; 0 = no limit). ``store_url``: open the server's store on this
+    PostgreSQL database (``Store(data_dir, url=...)``; there is no ``[store] url`` setting yet)."""
+    import logging
+
+    from doorkeep.config import BrokerConfig, load_site_dir
+    from doorkeep.envelope import SnapshotKeys
+    import server.app as app
+
+    logging.basicConfig(level=logging.ERROR)
+    os.environ.pop("DOORKEEP_STORE_URL", None)  # the bench says where the store is, not the environment
+    extra: dict[str, Any] = {}
+    if store_url is not None:
+        if "store_url" in inspect.signature(app.bootstrap).parameters:
+            extra["store_url"] = store_url
+        else:  # a server from before bootstrap(store_url=...): open its Store on PostgreSQL all the same
+            app.Store = functools.partial(app.Store, url=store_url)  # type: ignore[misc]
+    try:
+        server = app.bootstrap(load_site_dir(site_dir), Path(data_dir), BrokerConfig(broker_url, allow_plain=True),
+                               key=key, signing_key=Ed25519PrivateKey.from_private_bytes(signing_raw),
+                               snapshot_keys=SnapshotKeys.generate(), **extra)
+        if inflight is not None:
+            server.bus._client.max_inflight_messages_set(inflight)
+        server.start(wait_s=120)
+        threads = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        conn.send(("ready", {"connected": server.bus.connected, "threads": threads}))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.recv()
+    server.bus.wait_idle(120)
+    server.stop()
+    conn.send(("stopped", dict(server.bus.counters)))
+
+
+class ServerChild:
+    def __init__(self, site_dir: Path, data_dir: Path, broker_url: str, key: bytes, inflight: int | None,
+                 store_url: str | None) -> None:
+        raw = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                         serialization.NoEncryption())
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, str(site_dir), broker_url, key, raw, str(data_dir), inflight, store_url),
+                                daemon=True)
+        self.proc.start()
+        if not self._conn.poll(300):
+            raise RuntimeError("the server process did not start within 300 s")
+        kind, body = self._conn.recv()
+        if kind != "ready" or not body["connected"]:
+            raise RuntimeError(f"the server process failed: {body}")
+        self.threads: dict[int, str] = body["threads"]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def stop(self) -> dict[str, int]:
+        counters: dict[str, int] = {}
+        if self.proc.is_alive():
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(180):
+                    _, counters = self._conn.recv()
+            except (OSError, EOFError):
+                pass
+            self.proc.join(timeout=10)
+            if self.proc.is_alive():
+                self.proc.terminate()
+                self.proc.join(timeout=5)
+        return counters
+
+
+# ------------------------------------------------------------ child: simulated edges
+
+class Edges:
+    """The edges of one process on ``CONNS`` paho connections: badges on a schedule, events after each decision."""
+
+    def __init__(self, port: int, site_id: str, index: int, run_id: str, edges: list[tuple[str, list[str]]],
+                 staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+        from doorkeep.contract import Topics
+        from simulators.brokers import subscribed_client
+
+        self.topics = Topics(site_id)
+        self.index, self.run_id, self.staff, self.unknown = index, run_id, staff, unknown
+        self.rng = random.Random(index)
+        self.lock = threading.Lock()
+        self.pending: dict[str, tuple[int, str, str, str]] = {}   # tx -> (sent ns, door, card hash, last 4)
+        self.tx_seq = 0
+        self.event_seq: dict[str, int] = {dev: 0 for dev, _ in edges}
+        self.event_n = 0
+        self.device_of: dict[str, str] = {}
+        self.client_of: dict[str, Any] = {}
+        self.doors: list[str] = []
+        self.req_topic: dict[str, str] = {}
+        self.evt_topic: dict[str, str] = {}
+        self.clients: list[Any] = []
+        for c in range(CONNS):
+            mine = edges[c::CONNS]
+            if not mine:
+                continue
+            subs = [self.topics.all_decisions(dev) for dev, _ in mine]
+            client = subscribed_client("127.0.0.1", port, f"campus-{run_id}-{index}-{c}", subs[0], self.on_message,
+                                       inflight=INFLIGHT, keepalive=120)
+            acked = threading.Event()
+            client.on_subscribe = lambda *a, ev=acked: ev.set()
+            if len(subs) > 1:
+                client.subscribe([(s, 1) for s in subs[1:]])
+                if not acked.wait(30):
+                    raise RuntimeError("subscriptions not acknowledged")
+            self.clients.append(client)
+            for dev, doors in mine:
+                for d in doors:
+                    self.device_of[d], self.client_of[d] = dev, client
+                    self.req_topic[d] = self.topics.request(dev, d)
+                    self.evt_topic[d] = self.topics.event(dev, d)
+                    self.doors.append(d)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sent_at = array("d")      # offsets (s) from the phase start of every request sent
+        self.ans_sent = array("d")     # answered requests: their send offset ...
+        self.ans_lat = array("d")      # ... and request->decision (ms)
+        self.unmatched = 0             # decisions for no pending request (unknown or answered twice)
+        self.wrong_door = 0
+        self.events = {"access": 0, "door_opened": 0, "door_closed": 0}
+        self.granted = self.denied = 0
+        self.t0_ns = time.perf_counter_ns()
+
+    def _event(self, client: Any, door: str, etype: str, **fields: Any) -> None:
+        from doorkeep.clock import iso_ms
+        from doorkeep.contract import EventMsg
+
+        dev = self.device_of[door]
+        with self.lock:
+            self.event_seq[dev] += 1
+            self.event_n += 1
+            seq, n = self.event_seq[dev], self.event_n
+            self.events[etype] += 1
+        ev = EventMsg(id=f"{self.run_id}-{self.index}-{n}", seq=seq, ts=iso_ms(time.time()), device=dev, door=door,
+                      type=etype, **fields)
+        client.publish(self.evt_topic[door], ev.encode(), qos=1)
+
+    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        from doorkeep.contract import DecisionMsg
+
+        t = time.perf_counter_ns()
+        ans = DecisionMsg.decode(msg.payload)
+        with self.lock:
+            got = self.pending.pop(ans.transaction, None)
+            if got is None:
+                self.unmatched += 1
+                return
+            sent_ns, door, h, tail = got
+            if ans.door != door:
+                self.wrong_door += 1
+            self.ans_sent.append((sent_ns - self.t0_ns) / 1e9)
+            self.ans_lat.append((t - sent_ns) / 1e6)
+            if ans.granted:
+                self.granted += 1
+            else:
+                self.denied += 1
+        self._event(client, door, "access", decision="granted" if ans.granted else "denied", reason=ans.reason,
+                    decided_by="server", person=ans.person, credential_hash=h, credential_last4=tail,
+                    transaction=ans.transaction, latency_ms=(t - sent_ns) / 1e6)
+        if ans.granted and self.rng.random() < PAIR_SHARE:
+            self._event(client, door, "door_opened")
+            self._event(client, door, "door_closed")
+
+    def badge(self) -> None:
+        from doorkeep.clock import iso_ms
+        from doorkeep.contract import RequestMsg
+
+        door = self.rng.choice(self.doors)
+        h, tail = (self.rng.choice(self.unknown) if self.rng.random() < UNKNOWN_SHARE else self.rng.choice(self.staff))
+        now = time.perf_counter_ns()
+        with self.lock:
+            self.tx_seq += 1
+            tx = f"{self.run_id}{self.index}t{self.tx_seq}"
+            self.pending[tx] = (now, door, h, tail)
+            self.sent_at.append((now - self.t0_ns) / 1e9)
+        self.client_of[door].publish(self.req_topic[door],
+                                     RequestMsg(tx, door, h, tail, "em4100", iso_ms(time.time())).encode(), qos=1)
+
+    def run(self, start_wall: float, offsets: list[float]) -> dict[str, Any]:
+        """Badge at ``start_wall + offset`` for each offset (open loop), then wait for the last answers."""
+        start_perf = time.perf_counter() + (start_wall - time.time())
+        with self.lock:
+            self._reset()
+            self.t0_ns = int(start_perf * 1e9)
+        for off in offsets:
+            delay = start_perf + off - time.perf_counter()
+            if delay > 0.0005:
+                time.sleep(delay)
+            self.badge()
+        end_s = time.perf_counter() - start_perf
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    break
+            time.sleep(0.02)
+        with self.lock:
+            unanswered = len(self.pending)
+            self.pending.clear()
+            return {"sent_at": self.sent_at, "ans_sent": self.ans_sent, "ans_lat": self.ans_lat,
+                    "unanswered": unanswered, "unmatched": self.unmatched, "wrong_door": self.wrong_door,
+                    "events": dict(self.events), "granted": self.granted, "denied": self.denied,
+                    "pacer_end_s": end_s, "drained_s": time.perf_counter() - start_perf}
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+def _edges_main(conn: Any, port: int, site_id: str, index: int, run_id: str, edges: list[tuple[str, list[str]]],
+                staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+    try:
+        sim = Edges(port, site_id, index, run_id, edges, staff, unknown)
+        conn.send(("ready", len(sim.doors)))
+        while True:
+            cmd = conn.recv()
+            if cmd is None:
+                break
+            start_wall, kind, seconds, rate = cmd
+            if kind == "step":
+                n = int(rate * seconds)
+                offsets = [(k + index / PROCS) / rate for k in range(n)]
+            else:  # "rush": rate is this process's peak badges/s
+                n = int(rate * rush_mean_over_peak() * seconds)
+                offsets = rush_offsets(n, seconds, (index + 0.5) / PROCS)
+            conn.send(("done", sim.run(start_wall, offsets)))
+        sim.close()
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+class EdgeProcs:
+    def __init__(self, port: int, site_id: str, run_id: str, edges: list[tuple[str, list[str]]],
+                 staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for k in range(PROCS):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_edges_main, args=(child, port, site_id, k, run_id, edges[k::PROCS], staff, unknown),
+                            daemon=True)
+            p.start()
+            self.pipes.append(parent)
+            self.procs.append(p)
+        self.doors = sum(self._recv(p, "ready", 120) for p in self.pipes)
+
+    @staticmethod
+    def _recv(parent: Any, want: str, timeout: float) -> Any:
+        if not parent.poll(timeout):
+            raise RuntimeError(f"an edge process did not answer within {timeout:.0f} s")
+        kind, body = parent.recv()
+        if kind != want:
+            raise RuntimeError(f"edge process said {kind}: {body}")
+        return body
+
+    def start(self, start_wall: float, kind: str, seconds: float, rate_total: float) -> None:
+        for p in self.pipes:
+            p.send((start_wall, kind, seconds, rate_total / PROCS))
+
+    def results(self, timeout: float) -> list[dict[str, Any]]:
+        return [self._recv(p, "done", timeout) for p in self.pipes]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def close(self) -> None:
+        for p in self.pipes:
+            try:
+                p.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+
+
+# ------------------------------------------------------------ measuring
+
+COMPONENTS = ("broker", "server", "store_thread", "database", "edges")
+
+
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (or one of its threads) from /proc, in seconds."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Meter:
+    """CPU of each component and the events in the store, sampled at the edges of a measured window."""
+
+    def __init__(self, broker_pid: int, server: ServerChild, edge_pids: list[int],
+                 db: SqliteEvents | PostgresEvents) -> None:
+        self.broker_pid, self.server, self.edge_pids, self.db = broker_pid, server, edge_pids, db
+        self.store_tid = next((tid for tid, name in server.threads.items() if name == "doorkeep-store"), None)
+
+    def stored(self, prefix: str | None = None) -> int:
+        return self.db.count(prefix)
+
+    def sample(self) -> dict[str, float]:
+        store_thread = cpu_s(self.server.pid, self.store_tid) if self.store_tid else float("nan")
+        db = self.db.cpu_s()
+        return {"t": time.perf_counter(), "broker": cpu_s(self.broker_pid), "server": cpu_s(self.server.pid),
+                "store_thread": store_thread, "database": store_thread if db is None else db,
+                "edges": sum(cpu_s(p) for p in self.edge_pids), "stored": float(self.stored()),
+                "load1": os.getloadavg()[0]}
+
+    @staticmethod
+    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        return {k: b[k] - a[k] for k in a if k != "load1"} | {"load1": max(a["load1"], b["load1"])}
+
+
+def window_figures(parts: list[dict[str, Any]], lo: float, hi: float, d: dict[str, float]) -> dict[str, Any]:
+    """Offered, answered, latency, stored and CPU per decision for the requests of [lo, hi) of a phase."""
+    secs = hi - lo
+    offered = sum(1 for p in parts for s in p["sent_at"] if lo <= s < hi)
+    lat = [lt for p in parts for s, lt in zip(p["ans_sent"], p["ans_lat"]) if lo <= s < hi]
+    answered_in = sum(1 for p in parts for s, lt in zip(p["ans_sent"], p["ans_lat"]) if lo <= s + lt / 1e3 < hi)
+    per = max(answered_in, 1)
+    return {"seconds": secs, "offered_per_s": offered / secs, "answered_per_s": answered_in / secs,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else float("nan"),
+            "n": len(lat), "stored_per_s": d["stored"] / d["t"],
+            "cpu_ms_per_decision": {k: 1e3 * d[k] / per for k in COMPONENTS},
+            "cores_busy": {k: d[k] / d["t"] for k in COMPONENTS},
+            "load1": d["load1"]}
+
+
+def phase_totals(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    ev: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["events"].items():
+            ev[k] = ev.get(k, 0) + v
+    return {"sent": sum(len(p["sent_at"]) for p in parts), "answered": sum(len(p["ans_lat"]) for p in parts),
+            "unanswered": sum(p["unanswered"] for p in parts), "unmatched": sum(p["unmatched"] for p in parts),
+            "wrong_door": sum(p["wrong_door"] for p in parts), "events": ev,
+            "granted": sum(p["granted"] for p in parts), "denied": sum(p["denied"] for p in parts),
+            "drained_s": max(p["drained_s"] for p in parts), "pacer_end_s": max(p["pacer_end_s"] for p in parts)}
+
+
+# ------------------------------------------------------------ the run
+
+def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_inflight: int | None = None,
+        postgres: str | None = None, log: Any = print) -> dict[str, Any]:
+    from doorkeep.credentials import card_hash, last4
+    from simulators.brokers import MosquittoBroker
+
+    tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-campus-"))
+    broker = MosquittoBroker().start()
+    server: ServerChild | None = None
+    edges: EdgeProcs | None = None
+    db: SqliteEvents | PostgresEvents = SqliteEvents(tmp / "data" / "doorkeep.db")
+    try:
+        if postgres is not None:
+            db = PostgresEvents(postgres)
+        t_setup = time.perf_counter()
+        bundle = generate_site(tmp / "site", DOORS, DOORS_PER_EDGE)
+        key = secrets.token_bytes(32)
+        devs = sorted((dev.id, sorted(dev.doors)) for dev in bundle.devices.values() if dev.id.startswith("gen-"))
+        staff = [(card_hash(key, "em4100", c), last4(c)) for c in STAFF_CARDS]
+        rng = random.Random(20)
+        unknown = []
+        for _ in range(200):
+            c = f"0E{rng.randrange(16 ** 8):08X}"
+            unknown.append((card_hash(key, "em4100", c), last4(c)))
+        server = ServerChild(tmp / "site", tmp / "data", broker.url, key, server_inflight,
+                             db.url if isinstance(db, PostgresEvents) else None)
+        t_server = time.perf_counter() - t_setup
+        run_id = uuid.uuid4().hex[:8]
+        edges = EdgeProcs(broker.port, bundle.site.id, run_id, devs, staff, unknown)
+        assert broker.proc is not None
+        meter = Meter(broker.proc.pid, server, edges.pids(), db)
+        log(f"   {len(devs):,} edges, {edges.doors:,} doors on {PROCS} processes x {CONNS} connections; "
+            f"server up in {t_server:.1f} s (pid {server.pid}), broker pid {broker.proc.pid}")
+        events_sent = 0
+        checks: list[tuple[str, bool]] = []
+        totals: list[dict[str, Any]] = []
+
+        def settle() -> float:
+            """Wait until the store holds every event sent so far (the next phase starts on a clean store).
+
+            Gives up when the count has not moved for ``STALL_S`` (an event lost: the final check reports it)."""
+            t0 = time.perf_counter()
+            last, moved = -1, time.monotonic()
+            while True:
+                now = meter.stored(f"{run_id}-")
+                if now >= events_sent:
+                    break
+                if now != last:
+                    last, moved = now, time.monotonic()
+                elif time.monotonic() - moved > STALL_S or time.perf_counter() - t0 > SETTLE_S:
+                    log(f"   the store stopped at {now:,} of {events_sent:,} events sent")
+                    break
+                time.sleep(0.25)
+            return time.perf_counter() - t0
+
+        # Warm-up, not measured: every edge is heard from once (the server's first message from a device sets up
+        # its supervision and sequence state) before the first step.
+        edges.start(time.time() + 0.3, "step", WARM_S, WARM_RATE)
+        for t in edges.results(WARM_S + DRAIN_S + 60):
+            events_sent += sum(t["events"].values())
+            totals.append(phase_totals([t]))
+        log(f"   warm-up: {WARM_RATE * WARM_S:,.0f} badges, store caught up {settle():.1f} s after")
+        step_rows: list[dict[str, Any]] = []
+        knee: dict[str, Any] | None = None
+        for rate in steps:
+            start = time.time() + 0.5
+            edges.start(start, "step", step_s, rate)
+            time.sleep(max(0.0, start + WARMUP_S - time.time()))
+            a = meter.sample()
+            time.sleep(max(0.0, start + step_s - time.time()))
+            b = meter.sample()
+            parts = edges.results(step_s + DRAIN_S + 60)
+            tot = phase_totals(parts)
+            totals.append(tot)
+            events_sent += sum(tot["events"].values())
+            row = window_figures(parts, WARMUP_S, step_s, Meter.delta(a, b))
+            row |= {"offered_nominal": rate, "totals": tot, "store_catch_up_s": settle()}
+            step_rows.append(row)
+            fast = row["p99_ms"] <= P99_LIMIT_MS
+            keeping_up = row["answered_per_s"] >= BEHIND * row["offered_per_s"]
+            row["held"] = fast and keeping_up
+            row["verdict"] = ("held" if row["held"] else "answers falling behind" if not keeping_up
+                              else f"p99 over {P99_LIMIT_MS:g} ms")
+            cpu = row["cpu_ms_per_decision"]
+            log(f"   step {rate:>6,.0f}/s: offered {row['offered_per_s']:>6,.0f}/s answered {row['answered_per_s']:>6,.0f}/s"
+                f" p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms stored {row['stored_per_s']:,.0f}/s"
+                f" CPU ms/decision broker {cpu['broker']:.3f} server {cpu['server']:.3f} edges {cpu['edges']:.3f}"
+                f" load {row['load1']:.1f}: {row['verdict']}")
+            if row["held"] and all(r["held"] for r in step_rows):
+                knee = row
+            # Past the latency knee the steps go on until the answers fall behind (where the machine flattens the
+            # curve), or the p99 passes the doors' 1 s timeout (a backlog that only grows from there).
+            if not keeping_up or row["p99_ms"] > STOP_P99_MS:
+                break
+
+        # The morning rush.
+        start = time.time() + 0.5
+        edges.start(start, "rush", rush_s, peak)
+        samples = []
+        for i in range(BUCKETS + 1):
+            time.sleep(max(0.0, start + i * rush_s / BUCKETS - time.time()))
+            samples.append(meter.sample())
+        parts = edges.results(rush_s + DRAIN_S + 60)
+        tot = phase_totals(parts)
+        totals.append(tot)
+        events_sent += sum(tot["events"].values())
+        buckets = [window_figures(parts, i * rush_s / BUCKETS, (i + 1) * rush_s / BUCKETS,
+                                  Meter.delta(samples[i], samples[i + 1])) for i in range(BUCKETS)]
+        whole = window_figures(parts, 0.0, rush_s, Meter.delta(samples[0], samples[-1]))
+        rush = {"seconds": rush_s, "real_seconds": RUSH_REAL_S, "speedup": RUSH_REAL_S / rush_s, "peak": peak,
+                "badges": tot["sent"], "buckets": buckets, "whole": whole, "totals": tot,
+                "answered_after_rush_s": tot["drained_s"] - rush_s}
+        rush["store_catch_up_s"] = settle()
+        for i, bk in enumerate(buckets):
+            log(f"   rush {i + 1:>2}/{BUCKETS}: offered {bk['offered_per_s']:>6,.0f}/s answered {bk['answered_per_s']:>6,.0f}/s "
+                f"p50 {bk['p50_ms']:.2f} ms p99 {bk['p99_ms']:.2f} ms stored {bk['stored_per_s']:,.0f}/s load {bk['load1']:.1f}")
+
+        edges.close()
+        edges = None
+        counters = server.stop()
+        server = None
+        stored_ours, distinct_ours, by_type = db.final(f"{run_id}-")
+        sent_types: dict[str, int] = {}
+        for t in totals:
+            for k, v in t["events"].items():
+                sent_types[k] = sent_types.get(k, 0) + v
+        checks = [
+            ("every request answered", sum(t["unanswered"] for t in totals) == 0),
+            ("no decision without its request (or twice)", sum(t["unmatched"] for t in totals) == 0),
+            ("every decision for its request's door", sum(t["wrong_door"] for t in totals) == 0),
+            ("every event stored", stored_ours == events_sent),
+            ("no event stored twice", distinct_ours == stored_ours),
+            ("each event type stored as sent", all(by_type.get(k, 0) == v for k, v in sent_types.items())),
+        ]
+        return {"steps": step_rows, "knee": knee, "rush": rush, "events_sent": events_sent,
+                "events_stored": stored_ours, "events_distinct": distinct_ours, "sent_by_type": sent_types,
+                "stored_by_type": by_type, "checks": checks, "server_counters": counters,
+                "setup": {"doors": DOORS, "edges": len(devs), "procs": PROCS, "conns_per_proc": CONNS,
+                          "server_start_s": t_server, "store": db.engine,
+                          "server_inflight": "paho default (20)" if server_inflight is None else server_inflight}}
+    finally:
+        if edges is not None:
+            edges.close()
+        if server is not None:
+            server.stop()
+        broker.stop()
+        db.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    print(f"Simulated campus: {res['setup']['doors']:,} doors on {res['setup']['edges']:,} edges "
+          f"({PROCS} processes x {CONNS} paho connections), one server process (QoS 1 window "
+          f"{res['setup']['server_inflight']}), store on {res['setup']['store']}; "
+          f"{os.cpu_count()} cores, {platform.python_version()}")
+    print(f"{'offered/s':>10} {'answered/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'stored/s':>9} "
+          f"{'broker':>7} {'server':>7} {'database':>9} {'edges':>7}  CPU ms/decision; load")
+    for r in res["steps"]:
+        c = r["cpu_ms_per_decision"]
+        print(f"{r['offered_per_s']:>10,.0f} {r['answered_per_s']:>11,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['stored_per_s']:>9,.0f} {c['broker']:>7.3f} {c['server']:>7.3f} {c['database']:>9.3f} "
+              f"{c['edges']:>7.3f}  {r['load1']:.1f}  {r['verdict']}")
+    k = res["knee"]
+    if k:
+        busy = k["cores_busy"]
+        print(f"knee: {k['offered_per_s']:,.0f} decisions/s offered, {k['answered_per_s']:,.0f}/s answered, "
+              f"p99 {k['p99_ms']:.2f} ms; cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f} "
+              f"(store thread {busy['store_thread']:.2f}), database {busy['database']:.2f}, edges {busy['edges']:.2f} "
+              f"of {os.cpu_count()}")
+    else:
+        print("knee: below the first step")
+    top = max(res["steps"], key=lambda r: r["answered_per_s"])
+    busy = top["cores_busy"]
+    print(f"flattens at: {top['answered_per_s']:,.0f} decisions/s answered (step offering {top['offered_per_s']:,.0f}/s), "
+          f"cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f}, database {busy['database']:.2f}"
+          f"{' (in the server)' if res['setup']['store'] == 'sqlite' else ''}, edges {busy['edges']:.2f}; "
+          f"load {top['load1']:.1f}")
+    ru = res["rush"]
+    w = ru["whole"]
+    print(f"rush: 30 min played in {ru['seconds']:g} s (x{ru['speedup']:.0f}), {ru['badges']:,} badges, peak offered "
+          f"{ru['peak']:,.0f}/s (a real peak of {ru['peak'] / ru['speedup']:,.0f}/s): answered {w['answered_per_s']:,.0f}/s "
+          f"on average, p50 {w['p50_ms']:.2f} ms p99 {w['p99_ms']:.2f} ms max {w['max_ms']:.0f} ms; last answer "
+          f"{ru['answered_after_rush_s']:.1f} s after the rush, store caught up {ru['store_catch_up_s']:.1f} s later")
+    print(f"events: {res['events_sent']:,} sent, {res['events_stored']:,} stored ({res['events_distinct']:,} distinct), "
+          f"lost {res['events_sent'] - res['events_stored']:,}; by type sent {res['sent_by_type']} stored "
+          f"{res['stored_by_type']}")
+    best = max([r["answered_per_s"] for r in res["steps"]] + [b["answered_per_s"] for b in ru["buckets"]])
+    print(f"target: >= {TARGET_RATE:,.0f} decisions/s sustained, persisted: best answered {best:,.0f}/s, knee "
+          f"{(k or {}).get('answered_per_s', 0):,.0f}/s -> {'MET' if k and k['answered_per_s'] >= TARGET_RATE else 'MISSED'}")
+    print(f"capacity curve (figure 3): {CAPACITY_FIGURE}")
+    if res["setup"]["store"] == "sqlite":
+        print("database = the server's store thread (SQLite works inside the server process, so it is part of 'server')")
+    else:
+        print("database = the PostgreSQL processes serving the store's database (backends, WAL writer, bg writer, "
+              "checkpointer), beside the server process")
+    for name, ok in res["checks"]:
+        print(f"check: {name}: {'ok' if ok else 'FAILED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="about 50 s (20 s of it starting the server): short steps and a 10 s rush")
+    ap.add_argument("--steps", help="offered decisions/s of the steps, comma-separated "
+                    "(default 250,500,750,1000,1250,1500,2000,2500,3000; --quick 400,800,1200)")
+    ap.add_argument("--step-seconds", type=float, help="seconds per step, the first one unmeasured (default 6; quick 3)")
+    ap.add_argument("--rush-seconds", type=float, help="wall seconds the 30-minute rush is played in (default 60; quick 10)")
+    ap.add_argument("--peak", type=float, default=TARGET_RATE, help="the rush's peak offered badges/s (default 3000)")
+    ap.add_argument("--server-inflight", type=int, help="experiment: set the server's paho QoS 1 window to this "
+                    "(0 = no limit) instead of leaving paho's default of 20, which the server keeps")
+    ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres", metavar="ADMIN_URL",
+                    help="the PostgreSQL server the PostgreSQL run creates (and drops) its database on "
+                    "(default postgresql://postgres@127.0.0.1:5432/postgres, as the tests)")
+    ap.add_argument("--store", help="sqlite, postgresql or both (sqlite,postgresql; the default, PostgreSQL skipped "
+                    "with a note when none answers; --quick: sqlite)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+    steps = args.steps or ("400,800,1200" if args.quick else "250,500,750,1000,1250,1500,2000,2500,3000")
+    step_s = args.step_seconds or (3.0 if args.quick else 6.0)
+    rush_s = args.rush_seconds or (10.0 if args.quick else 60.0)
+    engines = [e.strip() for e in (args.store or ("sqlite" if args.quick else "sqlite,postgresql")).split(",")]
+    if "postgresql" in engines:
+        why = postgres_unavailable(args.postgres)
+        if why:
+            print(f"PostgreSQL run skipped: {why}")
+            if args.store:
+                return 2
+            engines.remove("postgresql")
+    results, ok = [], True
+    for engine in engines:
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        print(f"== store on {engine}")
+        res = run([float(x) for x in steps.split(",") if x.strip()], step_s, rush_s, args.peak, args.server_inflight,
+                  args.postgres if engine == "postgresql" else None)
+        res["load_at_start"] = load0
+        res["load_at_end"] = os.getloadavg()
+        res["wall_s"] = time.perf_counter() - t0
+        report(res, args)
+        print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, at end "
+              f"{res['load_at_end'][0]:.2f} {res['load_at_end'][1]:.2f} {res['load_at_end'][2]:.2f}; "
+              f"{res['wall_s']:.0f} s")
+        results.append(res)
+        ok = ok and all(good for _, good in res["checks"])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=list) + "\n")
+    return 0 if ok else 1
+
+
+def postgres_unavailable(admin_url: str) -> str:
+    """Why no PostgreSQL run can be made ("" when one answers at ``admin_url``)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[server]')"
+    try:
+        psycopg.connect(admin_url, autocommit=True, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL answers at {admin_url}: {str(exc).strip().splitlines()[0]}"
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
