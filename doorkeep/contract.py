@@ -339,12 +339,12 @@ def floor_list(value: Any, name: str = "floors") -> tuple[str, ...]:
 
 
 def _without_defaults(body: dict[str, Any]) -> dict[str, Any]:
-    """Leave out ``companions``, ``grant``, ``floor`` and ``floors`` when they say nothing: every other message
-    stays as it was, and a receiver that does not know them sees nothing new."""
+    """Leave out ``companions``, ``grant``, ``floor``, ``floors`` and ``mono`` when they say nothing: every other
+    message stays as it was, and a receiver that does not know them sees nothing new."""
     for key in ("companions", "floors"):
         if key in body and not body[key]:
             del body[key]
-    for key in ("grant", "floor"):
+    for key in ("grant", "floor", "mono"):
         if key in body and body[key] is None:
             del body[key]
     return body
