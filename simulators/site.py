@@ -177,7 +177,6 @@ class OsdpBusSimulator:
 
 #: Set (to anything) to run every runner's server on a fresh PostgreSQL database (``make test-postgres``).
 E2E_POSTGRES_ENV = "DOORKEEP_E2E_POSTGRES"
-STORE_URL_ENV = "DOORKEEP_STORE_URL"  # server/store_url.py ENV (simulators do not import the server's modules here)
 
 
 @dataclass
@@ -224,7 +223,6 @@ class SiteRunner:
     ``$DOORKEEP_E2E_POSTGRES`` set (``make test-postgres``), a runner given none makes a fresh database of its own
     on the PostgreSQL at ``$DOORKEEP_TEST_POSTGRES`` and drops it at :meth:`stop`."""
     _own_database: str | None = None
-    _env_before: str | None = None
 
     @classmethod
     def from_dir(cls, site_dir: Path | str = DEMO_SITE, **kw: Any) -> SiteRunner:
@@ -306,12 +304,7 @@ class SiteRunner:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         self._own_database = name
-        url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-        # The commands a test runs against this site (muster, site import, doctor ...) open the store the server
-        # uses as a real operator's would: through $DOORKEEP_STORE_URL (server/store_url.py).
-        self._env_before = os.environ.get(STORE_URL_ENV)
-        os.environ[STORE_URL_ENV] = url
-        return url
+        return urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
 
     @staticmethod
     def _drop_database(name: str) -> None:
@@ -649,10 +642,6 @@ class SiteRunner:
             self._broker.stop()
             self._broker = None
         if self._own_database is not None:
-            if self._env_before is None:
-                os.environ.pop(STORE_URL_ENV, None)
-            else:
-                os.environ[STORE_URL_ENV] = self._env_before
             self._drop_database(self._own_database)
             self._own_database = None
         if self._tmp is not None:
