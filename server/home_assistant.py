@@ -46,6 +46,7 @@ from doorkeep.config import SEGMENT, DeviceConfig, HomeAssistantSettings, SiteBu
 from doorkeep.contract import AVAILABILITY_ONLINE, Topics
 from doorkeep.model import DoorKind, Site
 from server.audit import Auditor, record_audit
+from server.counters import LockedCounter
 from server.errors import ServerError
 from server.ratelimit import RateWindow
 
@@ -271,8 +272,7 @@ class HomeAssistant:
         self.commands = commands
         self.clock = clock
         self.audit = audit
-        self.counters: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
+        self.counters = LockedCounter()  # bumped from paho's thread and the workers
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -302,15 +302,11 @@ class HomeAssistant:
         store.on_alarm_write(self._on_alarm_write)
 
     def _count(self, *names: str) -> None:
-        """Counters are bumped from paho's thread and both workers: one lock for all (read them as a copy)."""
-        with self._counter_lock:
-            for name in names:
-                self.counters[name] += 1
+        self.counters.add(*names)
 
     def counts(self) -> dict[str, int]:
-        """A copy of Home Assistant's counters, taken under their lock (server/metrics.py reads it at scrape time)."""
-        with self._counter_lock:
-            return dict(self.counters)
+        """A copy of Home Assistant's counters (server/metrics.py reads it at scrape time)."""
+        return self.counters.snapshot()
 
     # ------------------------------------------------------------ lifecycle
 

@@ -28,7 +28,6 @@ import json
 import logging
 import queue
 import threading
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -38,6 +37,7 @@ from doorkeep.config import SEGMENT, IntegrationSettings
 from doorkeep.model import Site
 from doorkeep.pki import PkiError, integration_topic, live_integrations
 from server.audit import Auditor, record_audit
+from server.counters import LockedCounter
 from server.errors import ServerError
 from server.ratelimit import RateWindow
 
@@ -159,8 +159,7 @@ class IntegrationApi:
         self.pki = pki
         self.audit = audit
         self.site_id = directory.site.id
-        self.counters: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
+        self.counters = LockedCounter()  # bumped from paho's thread and the workers
         self._site_window = RateWindow(SITE_REQUESTS_PER_MINUTE)
         self._windows: dict[str, RateWindow] = {}
         self._door_windows: dict[str, RateWindow] = {}
@@ -174,14 +173,11 @@ class IntegrationApi:
         return integration_topic(self.site_id, "+", "request")
 
     def _count(self, *names: str) -> None:
-        with self._counter_lock:
-            for name in names:
-                self.counters[name] += 1
+        self.counters.add(*names)
 
     def counts(self) -> dict[str, int]:
-        """A copy of the integration request API's counters, taken under their lock (server/metrics.py reads it at scrape time)."""
-        with self._counter_lock:
-            return dict(self.counters)
+        """A copy of the integration request API's counters (server/metrics.py reads it at scrape time)."""
+        return self.counters.snapshot()
 
     # ------------------------------------------------------------ lifecycle
 
