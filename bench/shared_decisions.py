@@ -193,7 +193,7 @@ def main() -> int:
               f"{'-':>8}   (one process, in-memory state, no database)")
         for n in args.workers:
             with psycopg.connect(url, autocommit=True) as conn:  # each run starts with nobody anywhere
-                for table in ("dk_presence", "dk_pending", "dk_pin_failures", "dk_first_in", "dk_decision_log"):
+                for table in ("presence", "dk_pending", "dk_pin_failures", "dk_first_in", "dk_decision_log"):
                     conn.execute(f"TRUNCATE {table}")
             r = run(url, args, n)
             print(f"{n:>8} {r['per_s']:>12,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "

@@ -62,19 +62,22 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The tables and functions of the shared decision state, created by :func:`ensure_schema` (idempotent). ``site``
-#: first in every key, so one database may hold several sites.
+#: The tables and functions of the shared decision state, created by :func:`ensure_schema` (idempotent). Presence and
+#: lockdowns are the store's tables; the state only workers keep (partners waiting, PIN counts, first-in days) and
+#: every lock are keyed by ``site`` too.
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS dk_presence (site TEXT NOT NULL, person TEXT NOT NULL, area TEXT NOT NULL, "
-    "since DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, person))",
-    "CREATE INDEX IF NOT EXISTS dk_presence_area ON dk_presence (site, area)",
+    # Who is where and the lockdowns are the store's own tables (server/migrations_pg/002_directory.sql, 025): one
+    # database holds one site's store, so the muster list, the desk and `doorkeep muster` read what the workers
+    # decide. Created here only in a database no store ever migrated (the tests'), exactly as the migrations do.
+    "CREATE TABLE IF NOT EXISTS presence (person TEXT PRIMARY KEY, area TEXT, since DOUBLE PRECISION)",
+    "CREATE INDEX IF NOT EXISTS presence_area ON presence (area)",
+    "CREATE TABLE IF NOT EXISTS lockdowns (scope TEXT PRIMARY KEY, active BIGINT, changed_at DOUBLE PRECISION)",
     "CREATE TABLE IF NOT EXISTS dk_pending (site TEXT NOT NULL, door TEXT NOT NULL, ord INTEGER NOT NULL, "
     "person TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (site, door, ord))",
     "CREATE TABLE IF NOT EXISTS dk_pin_failures (site TEXT NOT NULL, credential TEXT NOT NULL, "
     "failures INTEGER NOT NULL, locked_until DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, credential))",
     "CREATE TABLE IF NOT EXISTS dk_first_in (site TEXT NOT NULL, door TEXT NOT NULL, day TEXT NOT NULL, "
     "PRIMARY KEY (site, door))",
-    "CREATE TABLE IF NOT EXISTS dk_lockdown (site TEXT NOT NULL, scope TEXT NOT NULL, PRIMARY KEY (site, scope))",
     "CREATE TABLE IF NOT EXISTS dk_decision_log (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
     "site TEXT NOT NULL, worker TEXT NOT NULL, door TEXT NOT NULL, credential TEXT NOT NULL, pin TEXT, "
     "floor TEXT, at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, person TEXT, companions TEXT NOT NULL, "
@@ -124,7 +127,7 @@ SCHEMA = (
         PERFORM dk_lock('door', p_site, ARRAY[p_door]);
         SELECT coalesce(array_agg(person ORDER BY ord), '{}'), coalesce(array_agg(at ORDER BY ord), '{}'),
                coalesce(array_agg(kind ORDER BY ord), '{}'),
-               (SELECT coalesce(array_agg(scope), '{}') FROM dk_lockdown WHERE site = p_site),
+               (SELECT coalesce(array_agg(scope), '{}') FROM lockdowns WHERE active <> 0),
                (SELECT day FROM dk_first_in WHERE site = p_site AND door = p_door)
           INTO pending_person, pending_at, pending_kind, scopes, first_day
           FROM dk_pending WHERE site = p_site AND door = p_door;
@@ -135,12 +138,12 @@ SCHEMA = (
                (SELECT failures FROM dk_pin_failures WHERE site = p_site AND credential = p_cred),
                (SELECT locked_until FROM dk_pin_failures WHERE site = p_site AND credential = p_cred)
           INTO seen_person, seen_area, seen_since, pin_failures, pin_locked_until
-          FROM dk_presence WHERE site = p_site AND person = ANY(pending_person || p_holder);
+          FROM presence WHERE person = ANY(pending_person || p_holder);
         -- 3. The areas the door leads into and those the people would leave, then the head counts of those with a
         -- limit.
         PERFORM dk_lock('area', p_site, p_entered || seen_area);
         SELECT coalesce(array_agg(area), '{}'), coalesce(array_agg(n), '{}') INTO count_area, count_n
-          FROM (SELECT area, count(*)::integer AS n FROM dk_presence WHERE site = p_site AND area = ANY(p_counted)
+          FROM (SELECT area, count(*)::integer AS n FROM presence WHERE area = ANY(p_counted)
                 GROUP BY area) AS c;
     END $$""",
     # dk_write(...): what a decision's commit() changed, and its history row (when kept), in one call; returns the
@@ -156,9 +159,9 @@ SCHEMA = (
         logged BIGINT;
     BEGIN
         IF cardinality(p_moved) > 0 THEN
-            INSERT INTO dk_presence (site, person, area, since)
-            SELECT p_site, * FROM unnest(p_moved, p_moved_area, p_moved_since)
-            ON CONFLICT (site, person) DO UPDATE SET area = excluded.area, since = excluded.since;
+            INSERT INTO presence (person, area, since)
+            SELECT * FROM unnest(p_moved, p_moved_area, p_moved_since)
+            ON CONFLICT (person) DO UPDATE SET area = excluded.area, since = excluded.since;
         END IF;
         IF p_pending_changed THEN
             DELETE FROM dk_pending WHERE site = p_site AND door = p_door;
@@ -196,12 +199,11 @@ SCHEMA = (
         moved TEXT[];
     BEGIN
         PERFORM dk_lock('person', p_site, p_people);
-        PERFORM dk_lock('area', p_site, p_area || ARRAY(SELECT area FROM dk_presence
-                                                        WHERE site = p_site AND person = ANY(p_people)));
+        PERFORM dk_lock('area', p_site, p_area || ARRAY(SELECT area FROM presence WHERE person = ANY(p_people)));
         SELECT coalesce(array_agg(w ORDER BY o), '{}') INTO moved FROM unnest(p_people) WITH ORDINALITY AS u(w, o)
-         WHERE NOT EXISTS (SELECT 1 FROM dk_presence WHERE site = p_site AND person = w AND since > p_since);
-        INSERT INTO dk_presence (site, person, area, since) SELECT p_site, w, p_area, p_since FROM unnest(moved) AS w
-        ON CONFLICT (site, person) DO UPDATE SET area = excluded.area, since = excluded.since;
+         WHERE NOT EXISTS (SELECT 1 FROM presence WHERE person = w AND since > p_since);
+        INSERT INTO presence (person, area, since) SELECT w, p_area, p_since FROM unnest(moved) AS w
+        ON CONFLICT (person) DO UPDATE SET area = excluded.area, since = excluded.since;
         RETURN moved;
     END $$""",
 )
@@ -422,14 +424,13 @@ class SharedDecisions:
 
         return self._run(work)
 
-    def set_lockdown(self, scope: str, active: bool) -> None:
-        """A lockdown of ``scope`` (an area id or ``"site"``) starts or ends for every worker's next decision."""
+    def set_lockdown(self, scope: str, active: bool, at: float = 0.0) -> None:
+        """A lockdown of ``scope`` (an area id or ``"site"``) starts or ends for every worker's next decision (the
+        store's ``lockdowns`` row, as ``Store.set_lockdown`` writes it)."""
         def work(conn: psycopg.Connection[Any]) -> Callable[[], None]:
-            if active:
-                conn.execute("INSERT INTO dk_lockdown (site, scope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                             (self.site_id, scope))
-            else:
-                conn.execute("DELETE FROM dk_lockdown WHERE site = %s AND scope = %s", (self.site_id, scope))
+            conn.execute("INSERT INTO lockdowns (scope, active, changed_at) VALUES (%s, %s, %s) ON CONFLICT (scope) "
+                         "DO UPDATE SET active = excluded.active, changed_at = excluded.changed_at",
+                         (scope, int(active), at))
             return lambda: None
 
         self._run(work)
@@ -437,7 +438,7 @@ class SharedDecisions:
     def presence(self) -> dict[str, Presence]:
         """Everyone's last known area (the muster list, a worker's desk)."""
         def work(conn: psycopg.Connection[Any]) -> Callable[[], dict[str, Presence]]:
-            cur = conn.execute("SELECT person, area, since FROM dk_presence WHERE site = %s", (self.site_id,))
+            cur = conn.execute("SELECT person, area, since FROM presence")
             return lambda: {person: Presence(area, since) for person, area, since in cur.fetchall()}
 
         return self._run(work)

@@ -302,6 +302,12 @@ def _m022_event_companions(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN [grant] TEXT")
 
 
+def _m025_presence_area(db: sqlite_utils.Database) -> None:
+    """Head counts by area: several server workers count a limited area's people inside each decision
+    (server/shared_decisions.py dk_read), which without an index reads every row of ``presence``."""
+    db.execute("CREATE INDEX presence_area ON presence (area)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_events_and_snapshots", _m001_events),
     ("002_directory", _m002_directory),
@@ -327,6 +333,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("022_event_companions", _m022_event_companions),  # who passed with a grant, and the rule behind it
     ("023_webhooks", m023_webhooks),  # webhook subscriptions, deliveries, cursors (server/store_webhooks.py)
     ("024_siem", m024_siem),  # the SIEM's syslog queue and cursors (server/store_siem.py)
+    ("025_presence_area", _m025_presence_area),  # head counts by area for several workers (shared_decisions.py)
 ]
 
 
@@ -791,6 +798,12 @@ class Store(OperatorRecords, DeskRecords, AuditRecords, PrivacyRecords, AlarmDes
     def all_presence(self) -> list[dict[str, Any]]:
         """Where everyone is (``person, area, since``)."""
         return self.rows("presence")
+
+    def presence_of(self, person: str) -> dict[str, Any] | None:
+        """Where one person is (``person, area, since``), None when nowhere known."""
+        with self._lock:
+            rows = self._conn.query("SELECT person, area, since FROM presence WHERE person = ?", [person])
+        return dict(rows[0]) if rows else None
 
     def set_presence(self, person: str, area: str, since: float) -> None:
         self.upsert("presence", {"person": person, "area": area, "since": since}, "person")

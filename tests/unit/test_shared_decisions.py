@@ -87,6 +87,9 @@ def workers(url: str, site: Site, n: int) -> list[SharedDecisions]:
 
     with connect() as conn:
         ensure_schema(conn)
+        # Who is where and the lockdowns are the store's tables, one site per database: each test (and each
+        # hypothesis example, under its own site id for the state keyed by site) starts with nobody anywhere.
+        conn.execute("TRUNCATE presence, lockdowns")
     return [SharedDecisions(connect, site.id, lambda: site, worker=f"w{i}", keep_history=True) for i in range(n)]
 
 
