@@ -1995,6 +1995,8 @@ def _privacy_masks(t: _Table) -> tuple[tuple[tuple[float, float], ...], ...]:
 
 #: Client names the site's PKI and broker ACL give to the server and the broker, never to a device.
 RESERVED_DEVICE_IDS = frozenset({"server", "broker", "operator"})  # certificate identities (doorkeep.pki)
+#: A certificate named worker-NAME is a server worker's (doorkeep.pki WORKER_PREFIX, which takes it from here).
+WORKER_CERT_PREFIX = "worker-"
 
 #: Where a device file without ``site_file`` finds its site file, if there is one: a device file inside a site
 #: directory (``SITE/devices/NAME.toml``), as the server and the demo read it.
@@ -2026,6 +2028,9 @@ def _load_device(path: Path, errors: list[ConfigError]) -> DeviceConfig | None:
     if dev_id in RESERVED_DEVICE_IDS:
         # The broker's ACL gives the certificate named `server` the whole site, and `broker` is the broker's own.
         root.error("device", f"{dev_id!r} is reserved for the site's {dev_id}",
+                   "name the device after where it is, e.g. device = \"pi-lobby\"")
+    elif dev_id and dev_id.startswith(WORKER_CERT_PREFIX):
+        root.error("device", f"{dev_id!r}: names starting with {WORKER_CERT_PREFIX!r} are the server workers'",
                    "name the device after where it is, e.g. device = \"pi-lobby\"")
     site = root.ident("site")
     site_file = _site_file(path, root.get("site_file", str, None))

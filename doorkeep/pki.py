@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from doorkeep.bridge import PREFIX as BRIDGE_PREFIX
-from doorkeep.config import SEGMENT, BrokerConfig, HomeAssistantSettings, IntegrationSettings
+from doorkeep.config import SEGMENT, WORKER_CERT_PREFIX, BrokerConfig, HomeAssistantSettings, IntegrationSettings
 from doorkeep.contract import MAX_SNAPSHOT_BYTES
 from doorkeep.errors import ConfigError, DoorkeepError
 
@@ -76,9 +76,14 @@ INTEGRATION = "integration"
 #: A building broker's bridge to the campus broker (doorkeep/bridge.py): a client certificate whose ACL on the
 #: campus broker is exactly the topics of the building's devices (recorded in ``index.json`` at issue time).
 BRIDGE = "bridge"
+#: A server worker's own connection (``doorkeep server --worker NAME``, server/workers.py): its share of the
+#: requests through the shared subscription, their decisions, the devices' heartbeats. Named ``worker-NAME``;
+#: the name alone gives the role (as ``server``'s does), and no device may take the prefix.
+WORKER = "worker"
+WORKER_PREFIX = WORKER_CERT_PREFIX
 #: The CA's own files are ``ca.crt`` and ``ca.key``: no certificate may be issued under that name.
 CA_NAME = "ca"
-ROLES = ("device", *RESERVED, INTEGRATION, BRIDGE)
+ROLES = ("device", *RESERVED, INTEGRATION, BRIDGE, WORKER)
 #: Days before a certificate's expiry from which it is reported (the server's ``certificate_expiring``
 #: alarm, ``doorkeep pki list``, the desk's Certificates page).
 EXPIRY_WARN_DAYS = 30
@@ -264,8 +269,29 @@ def init_ca(pki: Path, site_id: str, *, now: datetime) -> Path:
 
 
 def role_of(name: str) -> str:
-    """``server``, ``operator`` and ``broker`` are roles of their own; every other name is a device id."""
+    """``server``, ``operator`` and ``broker`` are roles of their own, ``worker-NAME`` is a server worker; every
+    other name is a device id."""
+    if name.startswith(WORKER_PREFIX):
+        return WORKER
     return name if name in RESERVED else "device"
+
+
+def worker_identity(name: str) -> str:
+    """The certificate name (CN) of server worker ``name``."""
+    return f"{WORKER_PREFIX}{name}"
+
+
+def live_workers(pki: Path) -> list[str]:
+    """The certificate names of the server workers with a live certificate in ``index.json``."""
+    return sorted(r.name for r in load_index(pki) if r.role == WORKER and r.revoked is None)
+
+
+def worker_acl_lines(base: str, name: str, *, deny_own: bool) -> list[str]:
+    """Worker ``name``'s rights in one site: the requests to read (through the shared subscription), the decisions
+    to write, the heartbeats to read (each device's clock offset: server/decider.py); nothing else. ``deny_own``: the
+    site's ACL has the device pattern, which would give the CN its own subtree."""
+    return [*([f"topic deny {base}/{name}/#"] if deny_own else []), f"topic read {base}/+/door/+/request",
+            f"topic write {base}/+/door/+/decision", f"topic read {base}/+/state"]
 
 
 def check_integration_name(name: str, devices: Iterable[str] = ()) -> None:
@@ -486,7 +512,7 @@ class CertificateInfo:
         return "expired" if left <= 0 else "expiring" if left <= warn_days else "ok"
 
 
-_ROLE_ORDER = ("ca", BROKER, SERVER, OPERATOR, "device", INTEGRATION, BRIDGE, "unknown")
+_ROLE_ORDER = ("ca", BROKER, SERVER, WORKER, OPERATOR, "device", INTEGRATION, BRIDGE, "unknown")
 
 
 def _describe(cert: x509.Certificate) -> tuple[str, bool]:
@@ -598,6 +624,7 @@ def _home_assistant_lines(settings: HomeAssistantSettings, apps: list[Integratio
 
 def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[str] = (),
                integrations: Iterable[Integration] = (), bridges: Mapping[str, Iterable[str]] | None = None,
+               workers: Iterable[str] = (),
                home_assistant: HomeAssistantSettings | Mapping[str, HomeAssistantSettings] | None = None) -> str:
     """The ACL: each device its own subtree (plus reading the server's availability), the server the site,
     the operator's tools the commands and their results, each integration what it may read.
@@ -619,6 +646,9 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
     away the subtree the device pattern would give its CN. With a campus mapping, in every site listed.
     A name that is reserved, a device id, an observer, or listed twice is refused.
 
+    ``workers`` (:func:`live_workers`: certificate names ``worker-NAME``): each server worker reads the requests and
+    the heartbeats and writes the decisions, in every site listed (:func:`worker_acl_lines`).
+
     ``bridges`` (:func:`live_bridges`, one site only): each building broker's bridge reads and writes exactly
     its building's device subtrees and reads the server's availability (doorkeep.bridge.bridge_acl_lines).
 
@@ -635,6 +665,22 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
         return [f"topic write {base}/+/cmd", f"topic read {base}/+/cmd/result"]
 
     watchers = [segment(o, "observer") for o in observers]
+    worker_names = sorted(set(workers))
+    for w in worker_names:
+        if not (SEGMENT.match(w) and w.startswith(WORKER_PREFIX)):
+            raise PkiError(f"worker certificate {w!r} is not named {WORKER_PREFIX}NAME (fix: `doorkeep pki issue "
+                           f"{WORKER_PREFIX}NAME`)")
+
+    def worker_blocks(site_ids: list[str], *, deny_own: bool) -> list[str]:
+        out: list[str] = []
+        for w in worker_names:
+            out += [f"# Server worker {w.removeprefix(WORKER_PREFIX)}: its share of the requests, their decisions, "
+                    "the heartbeats.", f"user {w}"]
+            for site_id in site_ids:
+                out += worker_acl_lines(f"doorkeep/v1/{site_id}", w, deny_own=deny_own)
+            out.append("")
+        return out
+
     for o in watchers:
         if o in RESERVED:
             raise PkiError(f"observer {o!r} is reserved (fix: give test observers a name of their own)")
@@ -702,6 +748,7 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
             *operator(base),
             "",
             *integration_blocks([sites], deny_own=True),
+            *worker_blocks([sites], deny_own=True),
         ]
         from doorkeep.bridge import bridge_acl_lines  # doorkeep.bridge imports nothing of this module
         for name, bridged in sorted((bridges or {}).items()):
@@ -724,7 +771,7 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
         base = f"doorkeep/v1/{segment(site_id, 'site id')}"
         for device in sorted(set(devices)):
             segment(device, "device id")
-            if device in RESERVED or device in watchers:
+            if device in RESERVED or device in watchers or device.startswith(WORKER_PREFIX):
                 raise PkiError(f"{device!r} is reserved (fix: rename the device in site {site_id})")
             if device in seen:
                 raise PkiError(f"device id {device!r} is in sites {seen[device]} and {site_id}: a certificate's CN "
@@ -736,7 +783,7 @@ def broker_acl(sites: str | Mapping[str, Iterable[str]], *, observers: Iterable[
               *(line for site_id in sites for line in ha_server.get(site_id, [])), "",
               "# The operator's tools: signed commands and their results, in every site.", f"user {OPERATOR}",
               *(line for site_id in sites for line in operator(f"doorkeep/v1/{site_id}")), "",
-              *integration_blocks(list(sites), deny_own=False)]
+              *integration_blocks(list(sites), deny_own=False), *worker_blocks(list(sites), deny_own=False)]
     for o in watchers:
         lines += ["# A test observer: every site, under its own identity.", f"user {o}",
                   *(f"topic readwrite doorkeep/v1/{site_id}/#" for site_id in sites), ""]

@@ -31,6 +31,7 @@ from doorkeep.pki import (
     issue,
     live_bridges,
     live_integrations,
+    live_workers,
     message_size_limit,
     pki_dir,
     revoke,
@@ -141,7 +142,7 @@ def broker_config_cmd(args: argparse.Namespace) -> int:
                                f"`doorkeep pki issue {name} --role bridge --device ID … --site {args.site}`)")
             conf += "\n" + bridge_section(bundle.site.id, building, host, port, bridges[name], pki)
         acl_text = broker_acl(bundle.site.id, integrations=integrations, bridges=bridges,
-                              home_assistant=bundle.home_assistant)
+                              home_assistant=bundle.home_assistant, workers=live_workers(pki))
         for path, text in ((acl, acl_text), (out / "mosquitto.conf", conf)):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)

@@ -106,7 +106,7 @@ class MosquittoBroker:
             self._setup_tls(tls_sites, clients)
 
     def _setup_tls(self, tls_sites: Sequence[str] | Mapping[str, Iterable[str]], clients: Iterable[str]) -> None:
-        from doorkeep.pki import BROKER, broker_acl, broker_config, init_ca
+        from doorkeep.pki import BROKER, broker_acl, broker_config, init_ca, live_workers
 
         if self.config_text is not None:
             raise ValueError("give tls_sites or config_text, not both")
@@ -123,7 +123,7 @@ class MosquittoBroker:
         for name in [*clients, *(d for devices in (sites.values() if isinstance(sites, dict) else ()) for d in devices)]:
             self._issue(name)
         acl = self.dir / "acl"
-        acl.write_text(broker_acl(sites, observers=[OBSERVER]))
+        acl.write_text(broker_acl(sites, observers=[OBSERVER], workers=live_workers(self.pki)))
         self.config_text = broker_config(sites, self.pki, acl, port=self.port, bind="127.0.0.1",
                                          persistence_dir=self.dir if self.persistent else None,
                                          log_file=self.log_file)
