@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(Prometheus) on this port (default: off; docs/operations.md#metrics)")
     srv.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
                      help="the address --metrics-port listens on (default 127.0.0.1)")
+    srv.add_argument("--worker", metavar="NAME", help="run as worker NAME, one of several for the site on a "
+                     "PostgreSQL store: each answers its share of the requests, one leads and the others stand by "
+                     "(--metrics-port serves the leader only; docs/scale.md#several-server-workers)")
 
     demo = sub.add_parser("demo", help="run the demo site on simulators and play a scripted morning")
     _log_format_flag(demo)

@@ -14,6 +14,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from doorkeep.clock import Clock, SystemClock
 from doorkeep.config import BrokerConfig, SiteBundle, load_site_dir
@@ -46,7 +47,22 @@ from server.supervision import DEFAULT_DEVICE_TIMEOUT_S, DEFAULT_GAP_TIMEOUT_S, 
 from server.visitors import DoorCheckout
 from server.webhooks import Webhooks
 
+if TYPE_CHECKING:
+    from server.shared_decisions import SharedDecisions
+
 log = logging.getLogger("doorkeep.server")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """What :func:`bootstrap` needs to run the leader of several workers (server/workers.py).
+
+    ``client_id``: the persistent session every leader of the site uses; ``shared``: the calling thread's access to
+    the rules' shared state (moves and presence go there); ``site_changed``: tells the standbys of a change."""
+
+    client_id: str
+    shared: Callable[[], SharedDecisions]
+    site_changed: Callable[[Site], None]
 
 
 @dataclass
@@ -126,7 +142,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
               signing_key: Ed25519PrivateKey | None = None, clock: Clock | None = None,
               device_timeout_s: float = DEFAULT_DEVICE_TIMEOUT_S,
               gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S, snapshot_keys: SnapshotKeys | None = None,
-              pass_keys: PassKeys | None = None, store_url: str | None = None) -> Server:
+              pass_keys: PassKeys | None = None, store_url: str | None = None, workers: Workers | None = None) -> Server:
     """The server for a site; keys default to the site directory's key files.
 
     ``snapshot_keys``: the X25519 key edges seal snapshots to and the site data keys (default
@@ -137,6 +153,9 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
 
     ``pass_keys``: the visitor pass key (default ``SITE/keys/pass-signing.key`` when it exists; without one the
     site issues no passes: server/passes.py).
+
+    ``workers``: run as the leader of several workers (server/workers.py): the requests are left to the workers'
+    shared subscription, and presence moves through the shared decision state.
 
     ``device_timeout_s``: a device heard from none of its messages for this long raises ``device_offline``;
     ``gap_timeout_s``: missing event numbers not filled within this long raise ``event_gap`` (docs/alarms.md).
@@ -178,12 +197,15 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
                                 signing_key, store, clock, snapshot_key=snapshot_keys.recipient,
                                 reader_signals=bundle.intrusion.reader_signals(),
                                 pass_keys=pass_keys.policy_keys() if pass_keys is not None else None)
-    client_id = server_client_id(key, bundle.site.id, data_dir)
+    client_id = workers.client_id if workers is not None else server_client_id(key, bundle.site.id, data_dir)
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
                             device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
     bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id,
-                    supervisor=supervisor)
+                    supervisor=supervisor, answer_requests=workers is None)
     directory.listeners.append(bus.publish_policies)
+    if workers is not None:
+        directory.shared = workers.shared
+        directory.listeners.append(workers.site_changed)
     directory.defer = bus.defer
     commands = CommandSender(lambda: directory.site, door_devices, signing_key, clock, bus.publish, directory=directory,
                              audit=audit)

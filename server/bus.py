@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-from doorkeep.clock import Clock, SystemClock, iso_ms, parse_iso_ms
+from doorkeep.clock import Clock, SystemClock, parse_iso_ms
 from doorkeep.config import BrokerConfig
 from doorkeep.contract import (
     AVAILABILITY_OFFLINE,
@@ -46,19 +46,17 @@ from doorkeep.contract import (
     MAX_SNAPSHOT_BYTES,
     SEGMENT,
     CommandResult,
-    DecisionMsg,
     EventMsg,
-    RequestMsg,
     Topics,
     parse_topic,
     state_monotonic,
 )
-from doorkeep.decision import AccessRequest, Decision, Reason
 from doorkeep.envelope import EnvelopeError
 from doorkeep.errors import MessageError
 from doorkeep.logfmt import log_context
 from doorkeep.model import DoorKind, Site
 from doorkeep.pki import check_transport, client_tls_context
+from server.decider import Decider
 from server.directory import Directory
 from server.publisher import PolicyPublisher
 from server.store import Store
@@ -71,11 +69,6 @@ EventListener = Callable[[EventMsg, bool], None]
 SnapshotListener = Callable[[str, str, str], None]
 #: Most events the store thread commits in one transaction (those already queued; it never waits for more).
 STORE_BATCH = 256
-#: A device's clock offset (ServerBus._note_monotonic) fades by this many seconds per second: 1,000 ppm, ten times
-#: more than a quartz clock drifts. A measure this many seconds below the kept one starts the estimate again.
-MONO_FADE, MONO_RESET_S = 0.001, 60.0
-#: A request is taken as expired only this long after its door's timeout (the drift the offset may carry).
-MONO_MARGIN_S = 0.25
 
 _BATCHED = ("event", "call")  # snapshots (files on disk) and misbehaviour reports are handled one by one
 #: An event whose ``ts`` is further than this ahead of the server's clock is refused (ServerBus max_event_skew_s).
@@ -125,7 +118,7 @@ class ServerBus:
     def __init__(self, directory: Directory, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
                  *, clock: Clock | None = None, client_id: str | None = None,
                  publisher: PolicyPublisher | None = None, supervisor: Supervisor | None = None,
-                 max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S) -> None:
+                 max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S, answer_requests: bool = True) -> None:
         """``max_event_skew_s``: an event dated further ahead of this server's clock is refused as misbehaviour
         (a device whose clock is that wrong cannot be trusted to date anything; docs/mqtt.md)."""
         if not max_event_skew_s > 0:
@@ -140,9 +133,6 @@ class ServerBus:
         self.clock = clock or SystemClock()
         self.topics = Topics(site.id)
         self.counters: Counter[str] = Counter()
-        #: Device -> (its monotonic clock's offset from the server's, when last measured): how old a request is,
-        #: whatever either wall clock did (see :meth:`_note_monotonic`).
-        self.mono_offset: dict[str, tuple[float, float]] = {}
         self.availability: dict[str, str] = {}
         #: The latest ``state`` payload of each device (raw JSON, as retained on the broker): the desk's door
         #: board reads it (server/web/doors.py); parsing waits until someone looks.
@@ -155,7 +145,6 @@ class ServerBus:
         self.decisions: Counter[tuple[str, str]] = Counter()  # (door, or "" for none of the site's; reason)
         self.offline_decisions: Counter[tuple[str, str]] = Counter()  # (door, reason) of edge_offline events
         self.ingested: Counter[str] = Counter()  # new events stored, by type
-        self.observe_answer: Callable[[float], None] | None = None
         self.observe_commit: Callable[[float], None] | None = None
         self.policy_publish_failed = False  # the last signing and publishing of the policies raised
         # (device, result) of signed commands (server/commands.py CommandSender.on_result), on the network thread.
@@ -175,6 +164,7 @@ class ServerBus:
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._idle = threading.Condition()
         self._stopping = threading.Event()
+        self._leaving = threading.Event()  # stop() began: this server's own `stopped` stands
         self._queued = 0
         self._done = 0
         self._worker = threading.Thread(target=self._store_loop, name="doorkeep-store", daemon=True)
@@ -201,6 +191,14 @@ class ServerBus:
         self.address_index = 0
         # Events are acknowledged only once stored: a server killed in between gets them again.
         self._client.manual_ack_set(True)
+        #: Answers the requests (server/decider.py) with the directory's rules, on paho's network thread. With
+        #: ``answer_requests`` False (several workers: server/workers.py) the requests go to the workers' own
+        #: deciders through a shared subscription, and this bus does not subscribe to them.
+        self.answer_requests = answer_requests
+        self.decider = Decider(lambda: self.directory.site, door_devices, directory.decide,
+                               lambda topic, payload: self._client.publish(topic, payload, qos=1).rc, self.clock,
+                               self.topics, foreign_door=self._foreign_door, counters=self.counters,
+                               decisions=self.decisions)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -243,6 +241,7 @@ class ServerBus:
         self._move_on(client)
 
     def stop(self) -> None:
+        self._leaving.set()
         if self._connected.is_set():
             info = self._client.publish(self.topics.server_availability(), AVAILABILITY_STOPPED, qos=1, retain=True)
             try:
@@ -382,9 +381,13 @@ class ServerBus:
         sock = client.socket()
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.answer_requests:
+            client.subscribe(self.topics.all_requests(), qos=1)
+        else:  # the workers' deciders take them (server/workers.py); a persistent session may still hold it
+            client.unsubscribe(self.topics.all_requests())
         # Availability before state: the retained copies arrive in that order, and a retained state never
         # overrides a retained `offline` or `stopped`.
-        for sub in (self.topics.all_requests(), self.topics.all_events(), self.topics.all_snapshots(),
+        for sub in (self.topics.all_events(), self.topics.all_snapshots(),
                     self.topics.all_availability(), f"{self.topics.base}/+/state", self.topics.all_cmd_results(),
                     f"{self.topics.base}/+/policy",  # the retained policies: versions never go back (publisher.py)
                     f"{self.topics.base}/+/cmd"):  # commands seen going out, to match their results (H1)
@@ -439,13 +442,15 @@ class ServerBus:
                 # Defence in depth: the broker's message_size_limit should already have refused it.
                 raise Refused("oversize", f"{topic.kind} of {len(msg.payload)} bytes exceeds {limit}")
             if topic.kind == "request":
-                self._answer(topic, msg.payload)
+                self.decider.answer(topic, msg.payload)
                 self.supervisor.heard(topic.device)
             elif topic.kind == "availability":
                 if msg.payload:  # an empty one is a retained availability being deleted
                     value = msg.payload.decode("utf-8", "replace")[:16]
                     self.availability[topic.device] = value
                     self.supervisor.on_availability(topic.device, value, retained=bool(msg.retain))
+                    if topic.device == "server" and value != AVAILABILITY_ONLINE:
+                        self._still_online(client)
             elif topic.kind == "state":
                 if msg.payload:
                     ts = state_timestamp(msg.payload, topic.device)
@@ -457,7 +462,7 @@ class ServerBus:
                         self._measure_clock(topic.device, ts)
                     mono = state_monotonic(msg.payload) if not msg.retain else None
                     if mono is not None:  # a live heartbeat: a retained one was written who knows when
-                        self._note_monotonic(topic.device, mono)
+                        self.decider.note_monotonic(topic.device, mono)
             elif topic.kind == "cmd":
                 self._note_command(topic.device, msg.payload)
             elif topic.kind == "cmd_result":
@@ -484,6 +489,18 @@ class ServerBus:
         finally:
             if not deferred:
                 client.ack(msg.mid, msg.qos)
+
+    def _still_online(self, client: mqtt.Client) -> None:
+        """The leader of several workers (``answer_requests`` False) heard the server called offline or stopped:
+        a worker that led before it (its last will, or its goodbye) may land after this leader's ``online``. The
+        doors would decide offline while the workers answer, so the leader says ``online`` again. One server is the
+        only one who speaks for itself and never does this (its own ``stopped`` on the way out must stand)."""
+        if self.answer_requests or self._leaving.is_set() or not self._connected.is_set():
+            return
+        self.counters["availability_restored"] += 1
+        log.warning("the server's availability was set to something other than online (a previous leader); "
+                    "saying online again")
+        client.publish(self.topics.server_availability(), AVAILABILITY_ONLINE, qos=1, retain=True)
 
     def _measure_clock(self, device: str, ts: float) -> None:
         """A live heartbeat's ``ts`` against the server's clock: the edge's drift, kept for ``doorkeep doctor``
@@ -528,82 +545,25 @@ class ServerBus:
 
     # ------------------------------------------------------------ decisions
 
-    def _answer(self, topic: Any, payload: bytes) -> None:
-        started = self.clock.monotonic()
-        req = RequestMsg.decode(payload)
-        if req.door != topic.door:
-            raise MessageError(f"request names door {req.door!r} but was published on door {topic.door!r}")
-        self.counters["requests"] += 1
-        door = self.site.doors.get(req.door)
-        if door is not None and self._expired(topic.device, req, door.decision_timeout_ms / 1000):
-            # The door stopped waiting and decided on its own (its access event, decided_by edge, moves people when
-            # it arrives). Deciding now would commit a second decision the door never carried out: presence, a
-            # partner waiting, a PIN count. A request held up by a partition or a slow link lands here.
-            self.counters["requests_expired"] += 1
-            log.info("door %s: request %s arrived after the door's %d ms timeout; not decided (the edge decided)",
-                     req.door, req.transaction, door.decision_timeout_ms, extra=log_context(topic.device, req.door))
-            return
-        if self.door_devices.get(req.door) != topic.device:
-            # A device may only ask about its own doors; anything else is refused, not ignored: it is
-            # answered (so the door is not left waiting) and reported as misbehaviour.
-            decision = Decision(Reason.UNKNOWN_DOOR)
-            try:
-                self._check_door(topic.device, req.door)
-            except Refused as exc:
-                self._refuse(topic.device, self.topics.request(topic.device, req.door), exc)
-        else:
-            decision = self.directory.decide(AccessRequest(req.door, req.credential_hash, req.pin_hash, req.floor))
-        answer = DecisionMsg(
-            transaction=req.transaction, door=req.door, granted=decision.granted,
-            reason=decision.reason.value, person=decision.person,
-            unlock_s=door.unlock_s if door else 5.0, ts=iso_ms(self.clock.wall()), violation=decision.violation,
-            companions=decision.companions if decision.granted else (),
-            grant=decision.reason.value if decision.granted else None,
-            floors=decision.floors if decision.granted else (),
-        )
-        sent = self._client.publish(self.topics.decision(topic.device, req.door), answer.encode(), qos=1)
-        if sent.rc != mqtt.MQTT_ERR_SUCCESS and sent.rc != mqtt.MQTT_ERR_NO_CONN:
-            # Refused by paho itself (its queue full): the door decides on its own at its timeout. Never silent.
-            self.counters["decisions_not_sent"] += 1
-            log.error("door %s: decision for transaction %s not sent: %s", req.door, req.transaction,
-                      mqtt.error_string(sent.rc), extra=log_context(topic.device, req.door))
-        if log.isEnabledFor(logging.DEBUG):  # paho's thread: nothing is built for a line nobody asked for
-            log.debug("door %s: %s (%s), transaction %s", req.door, "granted" if decision.granted else "denied",
-                      decision.reason.value, req.transaction, extra=log_context(topic.device, req.door))
-        self.counters["decisions"] += 1
-        self.decisions[(req.door if door is not None else "", decision.reason.value)] += 1
-        if self.observe_answer is not None:
-            self.observe_answer(self.clock.monotonic() - started)
+    def _foreign_door(self, device: str, door: str | None) -> None:
+        """A request about a door that is not the device's (answered unknown_door by the decider): misbehaviour."""
+        try:
+            self._check_door(device, door)
+        except Refused as exc:
+            self._refuse(device, self.topics.request(device, door or ""), exc)
 
-    def _note_monotonic(self, device: str, mono: float) -> None:
-        """A live heartbeat's ``mono`` against the server's monotonic clock: the device's clock offset, estimated.
+    @property
+    def mono_offset(self) -> dict[str, tuple[float, float]]:
+        """Device -> its monotonic clock's offset from the server's (server/decider.py)."""
+        return self.decider.mono_offset
 
-        Each measure is the true offset less the heartbeat's transit, so the largest is the best; one held up
-        by a partition reads seconds low and is passed over. The kept value fades by MONO_FADE per second, faster
-        than two real clocks drift apart, so the largest never outlives the clocks' own drift. A measure far below
-        it (MONO_RESET_S) means the edge's monotonic clock started again (a reboot), or a heartbeat held up for
-        over a minute: the estimate starts again from it, which can only make requests look younger."""
-        now = self.clock.monotonic()
-        measured = mono - now
-        kept = self.mono_offset.get(device)
-        if kept is not None:
-            faded = kept[0] - MONO_FADE * (now - kept[1])
-            if measured >= faded - MONO_RESET_S:
-                measured = max(measured, faded)
-        self.mono_offset[device] = (measured, now)
+    @property
+    def observe_answer(self) -> Callable[[float], None] | None:
+        return self.decider.observe
 
-    def _expired(self, device: str, req: RequestMsg, timeout_s: float) -> bool:
-        """True when the door has surely given up on ``req``: asked longer ago than its timeout (and a margin).
-
-        The request's ``mono`` (the edge's monotonic clock when it asked) is read through the device's clock
-        offset (:meth:`_note_monotonic`). Neither monotonic clock steps, so an NTP step of either wall clock
-        changes nothing here. The offset never exceeds the true one, so the age found is never more than the true
-        age (within the clocks' drift, which MONO_MARGIN_S covers): a fresh request is never taken for a late one.
-        Without a ``mono`` on both (an edge older than this, or no live heartbeat yet) nothing is expired."""
-        kept = self.mono_offset.get(device)
-        if kept is None or req.mono is None:
-            return False
-        return self.clock.monotonic() - (req.mono - kept[0]) > timeout_s + MONO_MARGIN_S
+    @observe_answer.setter
+    def observe_answer(self, observe: Callable[[float], None] | None) -> None:
+        self.decider.observe = observe
 
     # --------------------------------------------------------------- ingest
 

@@ -32,6 +32,8 @@ log = logging.getLogger("doorkeep.server")
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "worker", None):
+        return run_worker(args)
     try:
         timeouts = _supervision_timeouts(args)
         bundle = load_site_dir(args.site)
@@ -75,6 +77,68 @@ def run(args: argparse.Namespace) -> int:
         if listener is not None:
             listener.stop()
         server.stop()
+    return 0
+
+
+#: ``doorkeep server --worker``'s exit status when it stopped because it could not confirm it still led (fencing,
+#: server/workers.py): systemd's Restart=on-failure starts it again as a standby.
+LOST_LEAD_EXIT = 3
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """``doorkeep server --worker NAME``: one of several workers on a PostgreSQL store (server/workers.py)."""
+    from server.workers import Worker, WorkerError
+
+    stop = threading.Event()
+    lost = threading.Event()
+    listeners: list[Any] = []
+
+    def on_lost() -> None:  # from the worker's checker thread: nothing of this process may speak for the site
+        lost.set()
+        stop.set()
+
+    def on_leader(server: Any) -> None:
+        """Once leading: the health and metrics listener (a standby has no server to report on)."""
+        try:
+            listener = metrics_listener(args, server)
+        except ServerError as exc:
+            log.error("%s", exc)
+            return
+        if listener is not None:
+            listener.start()
+            listeners.append(listener)
+            log.info("health and metrics on http://%s:%d/", listener.host, listener.port)
+
+    try:
+        timeouts = _supervision_timeouts(args)
+        bundle = load_site_dir(args.site)
+        data = args.data or Path("var") / bundle.site.id
+        warn_if_readable(bundle.dir / "people.toml", "it holds card numbers in clear")
+        store_url = resolve_store_url(bundle.store, getattr(args, "store", None))
+        worker = Worker(bundle, data, broker_config(args), args.worker, store_url or "", on_lost=on_lost,
+                        on_leader=on_leader, **timeouts)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.start()
+    except (ConfigErrors, ConfigError, ServerError, WorkerError, PolicyError, ValueError) as exc:
+        print(f"doorkeep server: {exc}", file=sys.stderr)
+        return 2
+    notifier = SystemdNotifier()
+    notifier.notify("READY=1")
+    interval = _watchdog_interval()
+    try:
+        while not stop.wait(interval or 3600):
+            if interval and (worker.server is None or worker.server.bus.healthy):
+                notifier.notify("WATCHDOG=1")
+    finally:
+        notifier.notify("STOPPING=1")
+        if lost.is_set():
+            # Not a word more on MQTT or to the store: another worker may lead already.
+            logging.shutdown()
+            os._exit(LOST_LEAD_EXIT)
+        for listener in listeners:
+            listener.stop()
+        worker.stop()
     return 0
 
 

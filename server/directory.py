@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from doorkeep.clock import Clock, parse_iso_ms
 from doorkeep.config import SiteBundle
@@ -27,6 +27,9 @@ from server.passes import pass_credentials
 from server.store_passes import TABLE as PASSES_TABLE
 from server.people import load_rows, seed
 from server.store import Store
+
+if TYPE_CHECKING:
+    from server.shared_decisions import SharedDecisions
 
 log = logging.getLogger("doorkeep.server.directory")
 
@@ -85,6 +88,10 @@ class Directory:
         self.store = store
         self.clock = clock
         self.listeners: list[SiteListener] = []
+        #: Several server workers (server/workers.py): this thread's access to the rules' state in PostgreSQL.
+        #: Then decisions, moves and lockdowns go through it, and who is where is read from the store, where every
+        #: worker's decisions write it; None (one server): the in-memory ``state`` below.
+        self.shared: Callable[[], SharedDecisions] | None = None
         #: How presence writes are run: at once by default; the server hands them to its store thread.
         self.defer: Callable[[Callable[[], object]], None] = lambda fn: fn()
         #: The one writer: every change (store write, site rebuild, swap) runs holding it, one at a time. The
@@ -271,6 +278,8 @@ class Directory:
         written by ``self.defer`` (the store's worker thread on a running server), never on the caller's
         thread, because an answer must not wait for the disk.
         """
+        if self.shared is not None:
+            return self.shared().decide(request, self.clock.wall()).decision
         with self._decide:
             now = self.clock.wall()
             decision = decide(request, self.site, self.state, now)
@@ -299,6 +308,9 @@ class Directory:
             since = parse_iso_ms(ts)
         except ValueError:
             since = self.clock.wall()
+        if self.shared is not None:  # several workers: under the shared state's person and area locks
+            self.shared().move(dict.fromkeys((person, *companions)), to_area, since)
+            return
         moved = []
         with self._decide:
             for pid in dict.fromkeys((person, *companions)):
@@ -418,7 +430,7 @@ class Directory:
             if area is not None and area not in self.site.areas:
                 raise DirectoryError(f"no area {area!r}")
             scope = area or "site"
-            self.store.set_lockdown(scope, active, self.clock.wall())
+            self.store.set_lockdown(scope, active, self.clock.wall())  # several workers read it in each decision
             with self._decide:  # in force for the next decision, before the site is rebuilt
                 if area is None:
                     self.state.lockdown_site = active
@@ -429,11 +441,26 @@ class Directory:
             self._changed()
             self._audit(actor, "lockdown.set" if active else "lockdown.clear", scope)
 
+    def presence(self) -> dict[str, Presence]:
+        """Who is where now: the in-memory state of one server, or the store's (every worker's decisions)."""
+        if self.shared is not None:
+            return {r["person"]: Presence(r["area"], r["since"]) for r in self.store.all_presence()}
+        with self._decide:
+            return dict(self.state.presence)
+
+    def presence_of(self, person: str) -> Presence | None:
+        """Where one person is now (as :meth:`presence`)."""
+        if self.shared is not None:
+            row = self.store.presence_of(person)
+            return Presence(row["area"], row["since"]) if row is not None else None
+        with self._decide:
+            return self.state.presence.get(person)
+
     def muster(self) -> list[dict[str, Any]]:
         """Who is where now, as the doors saw it; visitors with their hosts."""
         site = self.site
         rows = []
-        for person, pres in sorted(self.state.presence.items(), key=lambda kv: (kv[1].area, kv[0])):
+        for person, pres in sorted(self.presence().items(), key=lambda kv: (kv[1].area, kv[0])):
             p = site.people.get(person)
             host = site.people.get(p.host) if p is not None and p.host else None
             rows.append({

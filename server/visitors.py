@@ -627,7 +627,7 @@ class Visitors:
         host = site.people.get(row["host"])
         where = None
         if row["status"] == "checked_in":
-            pres = self.directory.state.presence.get(row["id"])
+            pres = self.directory.presence_of(row["id"])
             area = site.areas.get(pres.area) if pres else None
             where = area.name if area else (pres.area if pres else None)
         return VisitRecord(

@@ -278,13 +278,18 @@ class FaultStack:
 
     def __init__(self, workdir: Path, *, device_timeout: float = 5, gap_timeout: float = 5,
                  keepalive: int = 5, heartbeat_s: float = 1, data_tmpfs_mb: int | None = None,
-                 steppable_edge_clock: bool = False, netns: NetNamespace | None = None) -> None:
+                 steppable_edge_clock: bool = False, netns: NetNamespace | None = None,
+                 store_url: str | None = None, workers: tuple[str, ...] = ()) -> None:
         """``netns``: run the edge inside this (created) network namespace, reaching the broker over its veth
         pair: Mosquitto then also listens on the pair's root-end address, which its certificate names.
         ``data_tmpfs_mb`` puts the server's data directory on a tmpfs of that size (needs root and
         mount permission; :class:`FaultUnavailable` says why not), so :meth:`fill_data_disk` can fill it.
         ``steppable_edge_clock`` runs the edge under libfaketime, so :meth:`step_edge_clock` can step its
-        wall clock as NTP would (its monotonic clock untouched); :class:`FaultUnavailable` if it is missing."""
+        wall clock as NTP would (its monotonic clock untouched); :class:`FaultUnavailable` if it is missing.
+        ``store_url``: the server's store on this PostgreSQL database; with ``workers`` (names), the server is that
+        many ``doorkeep server --worker NAME`` processes on it (server/workers.py), the first started leading."""
+        if workers and not store_url:
+            raise ValueError("several workers need a PostgreSQL store_url")
         self.dir = Path(workdir)
         self.site = self.dir / "site"
         self.data = self.dir / "data"
@@ -298,6 +303,9 @@ class FaultStack:
         self.broker: MosquittoBroker | None = None
         self.port: int | None = None
         self.server: subprocess.Popen[bytes] | None = None
+        self.store_url = store_url
+        self.worker_names = workers
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.edge: subprocess.Popen[bytes] | None = None
         self.watcher: Watcher | None = None
         self.load: LoadGenerator | None = None
@@ -373,6 +381,8 @@ class FaultStack:
         return time.time()
 
     def log(self, name: str, tail: int = 4000) -> str:
+        if name == "server" and self.worker_names:
+            return "\n".join(f"--- worker {w}\n{self.log(f'server-{w}', tail)}" for w in self.worker_names)
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
@@ -455,7 +465,7 @@ class FaultStack:
             init_ca(self.pki, SITE, now=now)
             issue(self.pki, BROKER, now=now, hosts=(self.netns.host_addr,))
         broker = MosquittoBroker(port=port, workdir=self.broker_dir, persistent=True, tls_sites=[SITE],
-                                 clients=["server", DEVICE])
+                                 clients=["server", DEVICE, *(f"worker-{w}" for w in self.worker_names)])
         if self.netns is not None:
             text = broker.config_text or ""
             local = f"listener {broker.port} 127.0.0.1\n"
@@ -465,15 +475,51 @@ class FaultStack:
             broker.config_text = text + "\n" + block.replace(local, f"listener {broker.port} {self.netns.host_addr}\n")
         return broker
 
+    def _server_args(self) -> list[str]:
+        args = ["server", "--site", str(self.site), "--data", str(self.data), "--broker", self.broker_url,
+                "--ca", str(self.pki / "ca.crt"), "--cert", str(self.pki / "server.crt"),
+                "--key", str(self.pki / "server.key"), "--device-timeout", str(self.device_timeout),
+                "--gap-timeout", str(self.gap_timeout)]
+        return args + (["--store", self.store_url] if self.store_url else [])
+
     def start_server(self, timeout: float = 20) -> None:
+        if self.worker_names:
+            for name in self.worker_names:
+                self.start_worker(name, timeout)
+            return
         before = len(self.watcher.server_availability)  # type: ignore[union-attr]
-        self.server = self._proc("server", "server", "--site", str(self.site), "--data", str(self.data),
-                                 "--broker", self.broker_url, "--ca", str(self.pki / "ca.crt"),
-                                 "--cert", str(self.pki / "server.crt"), "--key", str(self.pki / "server.key"),
-                                 "--device-timeout", str(self.device_timeout),
-                                 "--gap-timeout", str(self.gap_timeout))
+        self.server = self._proc("server", *self._server_args())
         if not wait_for(lambda: "online" in self.watcher.server_availability[before:], timeout):  # type: ignore[union-attr]
             raise RuntimeError(f"the server did not come online:\n{self.log('server')}")
+
+    def start_worker(self, name: str, timeout: float = 20) -> None:
+        """``doorkeep server --worker NAME``; returns once it leads (the server online) or stands by."""
+        log = self.dir / f"server-{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+
+        def ready() -> bool:
+            text = log.read_text(errors="replace")[start:] if log.exists() else ""
+            return ("standby for site" in text or "leading site" in text) and \
+                self.watcher.last_server_availability() == "online"  # type: ignore[union-attr]
+
+        self.workers[name] = self._proc(f"server-{name}", *self._server_args(), "--worker", name)
+        if not wait_for(ready, timeout):
+            raise RuntimeError(f"worker {name} is neither leading nor standing by:\n{self.log('server')}")
+
+    def leader(self) -> str | None:
+        """The worker that leads now (its election lock in PostgreSQL), or None."""
+        from server.workers import leader_of
+        return leader_of(self.store_url or "", SITE)
+
+    def decisions_by_worker(self) -> dict[str, int]:
+        """Each worker's decisions as its last heartbeat recorded them (server/workers.py ``workers_status``)."""
+        from server.workers import workers_status
+        return {w["name"]: w["decisions"] for w in workers_status(self.store_url or "", SITE)}
+
+    def kill_worker(self, name: str) -> float:
+        at = time.time()
+        self._kill(self.workers.get(name))
+        return at
 
     def start_edge(self, timeout: float = 20) -> None:
         before = len(self.watcher.availability)  # type: ignore[union-attr]
@@ -518,6 +564,13 @@ class FaultStack:
 
     # ------------------------------------------------------------ the store
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.store_url:
+            import psycopg
+            try:
+                with psycopg.connect(self.store_url, autocommit=True, connect_timeout=5) as pg:
+                    return pg.execute(sql.replace("?", "%s"), args).fetchall()  # type: ignore[arg-type]
+            except psycopg.Error:
+                return []  # the schema is not there yet
         db = self.data / "doorkeep.db"
         if not db.exists():
             return []
@@ -585,7 +638,7 @@ class FaultStack:
     def stop(self) -> None:
         if self.load is not None:
             self.load.stop()
-        for proc in (self.edge, self.server):
+        for proc in (self.edge, self.server, *self.workers.values()):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
