@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     pin = pki_sub.add_parser("init", help="create the site CA in SITE/pki (key mode 0600) and an empty CRL")
     pin.add_argument("--site", required=True, type=Path, help="the site directory")
     pis = pki_sub.add_parser("issue", help="issue NAME.crt and NAME.key for a device id, `server`, `operator`, "
-                                           "`broker`, or an integration (--role integration)")
+                                           "`broker`, `worker-NAME` (a server worker), or an integration (--role integration)")
     pis.add_argument("name", metavar="NAME")
     pis.add_argument("--site", required=True, type=Path, help="the site directory")
     pis.add_argument("--host", action="append", metavar="HOST",

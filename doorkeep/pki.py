@@ -81,6 +81,8 @@ BRIDGE = "bridge"
 #: the name alone gives the role (as ``server``'s does), and no device may take the prefix.
 WORKER = "worker"
 WORKER_PREFIX = WORKER_CERT_PREFIX
+#: The longest worker name (server/workers.py check_worker_name): it goes into MQTT client ids.
+MAX_WORKER_NAME = 32
 #: The CA's own files are ``ca.crt`` and ``ca.key``: no certificate may be issued under that name.
 CA_NAME = "ca"
 ROLES = ("device", *RESERVED, INTEGRATION, BRIDGE, WORKER)
@@ -302,8 +304,9 @@ def check_integration_name(name: str, devices: Iterable[str] = ()) -> None:
     if not SEGMENT.match(name) or len(name) > MAX_NAME:
         raise PkiError(f"{name!r} is not a valid integration name "
                        f"(fix: use 1-{MAX_NAME} letters, digits, '_' and '-', e.g. home-assistant)")
-    if name in RESERVED or name == CA_NAME:
-        raise PkiError(f"{name!r} is reserved (fix: give the integration a name of its own, e.g. home-assistant)")
+    if name in RESERVED or name == CA_NAME or name.startswith(WORKER_PREFIX):
+        raise PkiError(f"{name!r} is reserved (fix: give the integration a name of its own, e.g. home-assistant; "
+                       f"{WORKER_PREFIX}NAME is a server worker's)")
     if name in set(devices):
         raise PkiError(f"{name!r} is a device id of this site: the broker knows a client only by its certificate's "
                        "CN, so the integration would be that device (fix: give the integration a name of its own)")
@@ -347,6 +350,9 @@ def issue(pki: Path, name: str, *, now: datetime, hosts: tuple[str, ...] = (), r
             raise PkiError(f"{', '.join(unknown)}: not a device of this site (fix: give the building's device ids)")
     elif not SEGMENT.match(name):
         raise PkiError(f"{name!r} is not a valid name (fix: use a device id, `server`, `operator` or `broker`)")
+    elif role_of(name) == WORKER and not 1 <= len(name) - len(WORKER_PREFIX) <= MAX_WORKER_NAME:
+        raise PkiError(f"{name!r}: a server worker's certificate is {WORKER_PREFIX}NAME, NAME 1-{MAX_WORKER_NAME} "
+                       f"letters, digits, '_' or '-' as in `doorkeep server --worker NAME` (fix: e.g. {WORKER_PREFIX}a)")
     ca_cert, ca_key = load_ca(pki)
     rows = load_index(pki)
     live = [r for r in rows if r.name == name and r.revoked is None]

@@ -21,6 +21,7 @@ from doorkeep.pki import (
     INTEGRATION,
     RESERVED,
     POLICY_BYTES_PER_PERSON,
+    WORKER_PREFIX,
     PkiError,
     broker_acl,
     broker_config,
@@ -73,10 +74,11 @@ def issue_cmd(args: argparse.Namespace) -> int:
         bridged = tuple(getattr(args, "device", None) or ())
         if bridged and role != BRIDGE:
             raise PkiError("--device applies to bridges only (fix: add --role bridge, or drop --device)")
-        if role is None and args.name not in (*known, *RESERVED):
+        worker = role is None and args.name.startswith(WORKER_PREFIX)  # a server worker's: its name gives the role
+        if role is None and not worker and args.name not in (*known, *RESERVED):
             raise PkiError(f"{args.name!r} is not a device of site {bundle.site.id} "
-                           f"(fix: use one of: {', '.join([*known, *RESERVED])}; "
-                           f"or `--role integration` for an integration such as Home Assistant)")
+                           f"(fix: use one of: {', '.join([*known, *RESERVED])}; `{WORKER_PREFIX}NAME` for a server "
+                           f"worker; or `--role integration` for an integration such as Home Assistant)")
         cert, key = issue(pki_dir(args.site), args.name, now=_now(), hosts=tuple(args.host or ()), role=role,
                           read_only=read_only, devices=known, bridged=bridged)
     except (PkiError, ConfigErrors, ConfigError) as exc:
@@ -91,6 +93,10 @@ def issue_cmd(args: argparse.Namespace) -> int:
         print(f"bridge {args.name} carries {', '.join(bridged)}: regenerate the campus broker's ACL with "
               f"`doorkeep broker config --site {args.site}`, and the building's with `--bridge BUILDING=HOST:PORT` "
               "(docs/scale.md, \"Bridging a building broker\")")
+    elif worker:
+        print(f"server worker {args.name.removeprefix(WORKER_PREFIX)}: copy them beside the server's certificate "
+              f"on the machine that runs it, then regenerate the ACL with `doorkeep broker config --site {args.site}` "
+              "and reload Mosquitto (docs/scale.md)")
     elif args.name not in RESERVED:
         print(f"copy them with {pki_dir(args.site) / 'ca.crt'} to the Pi and set [broker] url = \"mqtts://…\", "
               "ca_file, cert_file and key_file in its device file")
