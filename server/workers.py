@@ -47,7 +47,7 @@ from doorkeep.decision import AccessRequest, Decision
 from doorkeep.errors import ConfigError, MessageError
 from doorkeep.logfmt import log_context
 from doorkeep.model import Site
-from doorkeep.pki import check_transport, client_tls_context, worker_identity
+from doorkeep.pki import MAX_WORKER_NAME, check_transport, client_tls_context, worker_identity
 from server.app import Server, Workers, bootstrap
 from server.decider import Decider
 from server.directory import Directory
@@ -77,9 +77,9 @@ class WorkerError(ServerError):
 
 def check_worker_name(name: str) -> str:
     """A worker's name: a topic segment of at most 32 characters (it goes into its MQTT client id)."""
-    if not (SEGMENT.match(name) and len(name) <= 32):
-        raise ConfigError(f"--worker {name!r}: a worker's name is 1-32 letters, digits, '-' or '_' "
-                          "(fix: --worker a, --worker b, ...)")
+    if not (SEGMENT.match(name) and len(name) <= MAX_WORKER_NAME):
+        raise ConfigError("--worker", "name", f"{name!r}: a worker's name is 1-32 letters, digits, '-' or '_'",
+                          "--worker a, --worker b, ...")
     return name
 
 
@@ -124,7 +124,8 @@ def leader_of(url: str, site_id: str) -> str | None:
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         row = conn.execute("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
-                           "AND l.objsubid = 2", (k1, k2)).fetchone()
+                           "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
+                           "WHERE datname = current_database())", (k1, k2)).fetchone()
     prefix = "doorkeep worker "
     return row[0][len(prefix):] if row and str(row[0]).startswith(prefix) else None
 
@@ -148,7 +149,8 @@ def workers_status(url: str, site_id: str) -> list[dict[str, Any]]:
         for name, leader, decisions, started_at, seen_at in rows:
             k1, k2 = (k & 0xFFFFFFFF for k in _lock_key("worker", site_id, name))
             held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-                                "classid = %s AND objid = %s AND objsubid = 2", (k1, k2)).fetchone()
+                                "classid = %s AND objid = %s AND objsubid = 2 AND database = (SELECT oid FROM "
+                                "pg_database WHERE datname = current_database())", (k1, k2)).fetchone()
             out.append({"name": name, "leader": leader, "decisions": decisions, "started_at": started_at,
                         "seen_at": seen_at, "alive": bool(held and held[0])})
         return out
@@ -302,6 +304,8 @@ class RequestWorker:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._request_mid = -1
 
     @property
     def counters(self) -> Any:
@@ -338,8 +342,18 @@ class RequestWorker:
         if reason.is_failure:
             log.error("worker %s: the broker refused the connection: %s", self.name, reason)
             return
-        client.subscribe(self.request_filter, qos=1)
         client.subscribe(f"{self.topics.base}/+/state", qos=0)
+        _, self._request_mid = client.subscribe(self.request_filter, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        """The requests' subscription acknowledged: only from now does the broker count this worker in the group."""
+        if mid != self._request_mid:
+            return
+        if any(r.is_failure for r in reasons):
+            log.error("worker %s: the broker refused the subscription %s: %s (fix: the broker's ACL must give "
+                      "worker-%s the requests: `doorkeep broker config` again, then restart the broker)",
+                      self.name, self.request_filter, [str(r) for r in reasons], self.name)
+            return
         self.connected.set()
         log.info("worker %s: answering requests (%s)", self.name, self.request_filter)
 
