@@ -287,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "--log-file`): raise certificate_refused when a refused certificate keeps trying")
     dsk.add_argument("--proxy-headers", action="store_true",
                      help="the same as --forwarded-allow-ips 127.0.0.1,::1 (a proxy on this host)")
+    dsk.add_argument("--store", metavar="URL", help="keep the records in this PostgreSQL database, as `doorkeep "
+                     "server --store` (default: $DOORKEEP_STORE_URL, site.toml [store] url, else SQLite in --data)")
+    dsk.add_argument("--worker", metavar="NAME", help="run as worker NAME of several on a PostgreSQL store, as "
+                     "`doorkeep server --worker`: the desk is served while this worker leads; a standby answers "
+                     "requests and keeps its port closed (docs/scale.md#several-server-workers)")
 
     # `doorkeep site …`: the site model's revisions in the server's store (server/siteadmin.py,
     # docs/administration.md). Add further `site` actions to site_sub.

@@ -415,8 +415,34 @@ def check_clock_drift(ctx: Context) -> Iterator[Finding]:
         db.close()
 
 
+def check_workers(ctx: Context) -> Iterator[Finding]:
+    """Several server workers on a PostgreSQL store (server/workers.py): one must lead, and one alone is no standby.
+    Nothing to say for a site that never ran a worker."""
+    if ctx.store_url is None:
+        return
+    from server.workers import workers_status
+
+    workers = workers_status(ctx.store_url, ctx.bundle.site.id)
+    if not workers:
+        return
+    alive = [w for w in workers if w["alive"]]
+    where = f"site {ctx.bundle.site.id}"
+    if not any(w["leader"] for w in alive):
+        gone = ", ".join(w["name"] for w in workers if not w["alive"]) or "none"
+        yield Finding(HIGH, "workers_no_leader", where,
+                      f"no running worker leads (running: {', '.join(w['name'] for w in alive) or 'none'}; "
+                      f"stopped: {gone}): no event is stored and no policy published; the doors decide from cache "
+                      "whenever the server is offline for them",
+                      "start a worker: doorkeep server --worker NAME --site DIR --store URL (docs/scale.md)")
+    elif len(alive) == 1:
+        yield Finding(MEDIUM, "workers_no_standby", where,
+                      f"worker {alive[0]['name']} runs alone: losing its host stops every server decision until "
+                      "it is back",
+                      "start a second worker on another machine: doorkeep server --worker NAME (docs/scale.md)")
+
+
 CHECKS: tuple[Check, ...] = (check_transport, check_osdp, check_broker, check_key_files, check_data_dir,
-                             check_certificates, check_retention, check_operators, check_clock_drift)
+                             check_certificates, check_retention, check_operators, check_clock_drift, check_workers)
 
 
 def diagnose(bundle: SiteBundle, *, data_dir: Path | None = None, broker_config: Path | None = None,

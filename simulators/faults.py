@@ -306,6 +306,8 @@ class FaultStack:
         self.store_url = store_url
         self.worker_names = workers
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        #: Workers run as ``doorkeep desk --worker NAME --port PORT`` instead (the desk served while leading).
+        self.desk_ports: dict[str, int] = {}
         self.edge: subprocess.Popen[bytes] | None = None
         self.watcher: Watcher | None = None
         self.load: LoadGenerator | None = None
@@ -502,7 +504,11 @@ class FaultStack:
             return ("standby for site" in text or "leading site" in text) and \
                 self.watcher.last_server_availability() == "online"  # type: ignore[union-attr]
 
-        self.workers[name] = self._proc(f"server-{name}", *self._server_args(), "--worker", name)
+        args = self._server_args()
+        if name in self.desk_ports:  # the desk takes no supervision timeouts
+            args = ["desk", *args[1:args.index("--device-timeout")], *args[args.index("--gap-timeout") + 2:],
+                    "--port", str(self.desk_ports[name])]
+        self.workers[name] = self._proc(f"server-{name}", *args, "--worker", name)
         if not wait_for(ready, timeout):
             raise RuntimeError(f"worker {name} is neither leading nor standing by:\n{self.log('server')}")
 

@@ -19,6 +19,7 @@ import pytest
 
 from doorkeep.credentials import card_hash
 from doorkeep.model import CredentialState
+from server.doctor import check_workers, diagnose
 from server.workers import Worker, workers_status
 from simulators.brokers import MosquittoBroker
 from simulators.site import DEMO_SITE, SiteRunner, mosquitto_installed
@@ -147,3 +148,12 @@ def test_two_workers_share_presence_cards_and_lockdowns_and_the_standby_takes_ov
     def status() -> dict[str, tuple[bool, bool]]:
         return {w["name"]: (w["leader"], w["alive"]) for w in workers_status(c.url, "demo")}
     assert wait_until(lambda: status() == {"a": (True, False), "b": (True, True)}, 5), status()
+    found = diagnose(c.runner.bundle, store_url=c.url, checks=[check_workers])
+    assert [(f.check, f.severity) for f in found] == [("workers_no_standby", "medium")], found
+    b.stop()
+    found = diagnose(c.runner.bundle, store_url=c.url, checks=[check_workers])
+    assert [(f.check, f.severity) for f in found] == [("workers_no_leader", "high")], found
+
+
+def test_the_doctor_finds_nothing_to_say_of_two_live_workers(campus: Campus) -> None:
+    assert diagnose(campus.runner.bundle, store_url=campus.url, checks=[check_workers]) == []
