@@ -118,14 +118,21 @@ def _lock_key(*parts: str) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:], "big", signed=True)
 
 
+def _holder(conn: psycopg.Connection[Any], *parts: str) -> int | None:
+    """The backend pid holding the session advisory lock named ``parts`` in this database, None if nobody does."""
+    k1, k2 = (k & 0xFFFFFFFF for k in _lock_key(*parts))  # pg_locks shows the keys as unsigned oids
+    row = conn.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND "
+                       "objid = %s AND objsubid = 2 AND database = (SELECT oid FROM pg_database "
+                       "WHERE datname = current_database())", (k1, k2)).fetchone()
+    return int(row[0]) if row else None
+
+
 def leader_of(url: str, site_id: str) -> str | None:
     """The name of the worker that leads ``site_id`` now (whose session holds the election lock), None if none."""
-    k1, k2 = (k & 0xFFFFFFFF for k in _lock_key("leader", site_id))  # pg_locks shows the keys as unsigned oids
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                           "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
-                           "AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database "
-                           "WHERE datname = current_database())", (k1, k2)).fetchone()
+        pid = _holder(conn, "leader", site_id)
+        row = conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() \
+            if pid is not None else None
     prefix = "doorkeep worker "
     return row[0][len(prefix):] if row and str(row[0]).startswith(prefix) else None
 
@@ -147,12 +154,8 @@ def workers_status(url: str, site_id: str) -> list[dict[str, Any]]:
                             "ORDER BY name", (site_id,)).fetchall()
         out = []
         for name, leader, decisions, started_at, seen_at in rows:
-            k1, k2 = (k & 0xFFFFFFFF for k in _lock_key("worker", site_id, name))
-            held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-                                "classid = %s AND objid = %s AND objsubid = 2 AND database = (SELECT oid FROM "
-                                "pg_database WHERE datname = current_database())", (k1, k2)).fetchone()
             out.append({"name": name, "leader": leader, "decisions": decisions, "started_at": started_at,
-                        "seen_at": seen_at, "alive": bool(held and held[0])})
+                        "seen_at": seen_at, "alive": _holder(conn, "worker", site_id, name) is not None})
         return out
 
 
