@@ -171,10 +171,15 @@ class Leadership:
         self.worker = worker
         self._lock = threading.Lock()  # one statement at a time on the session (the checker, the notifier)
         self._conn: psycopg.Connection[Any] | None = None
+        self._lost_logged = False
         self.held = False
 
     def connect(self) -> None:
         """Open the session and claim this worker's name (WorkerError when another live worker has it)."""
+        with self._lock:
+            self._open()
+
+    def _open(self) -> None:
         idle, interval, count = KEEPALIVES
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=idle,
@@ -199,16 +204,28 @@ class Leadership:
         self._conn = conn
 
     def try_acquire(self) -> bool:
-        """Take the lead if nobody holds it; True once held. A failing session counts as not held."""
+        """Take the lead if nobody holds it; True once held. A standby whose session failed (PostgreSQL restarted, a
+        network cut) opens a new one at its next try, claiming its name again; meanwhile it is not the leader."""
         with self._lock:
             if self.held:
                 return True
+            if self._conn is None or self._conn.closed:
+                try:
+                    self._open()
+                except WorkerError as exc:
+                    if not self._lost_logged:
+                        log.warning("worker %s: cannot try for the lead: %s", self.worker, exc)
+                        self._lost_logged = True
+                    return False
+                log.info("worker %s: the election's PostgreSQL session is back", self.worker)
+                self._lost_logged = False
             try:
                 assert self._conn is not None
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                          _lock_key("leader", self.site_id)).fetchone()
             except psycopg.Error as exc:
-                log.warning("worker %s: cannot try for the lead: %s", self.worker, exc)
+                log.warning("worker %s: cannot try for the lead (a new session at the next try): %s", self.worker, exc)
+                self._conn.close()
                 return False
             self.held = bool(row and row[0])
             return self.held
@@ -227,8 +244,9 @@ class Leadership:
     def heartbeat(self, *, leader: bool, decisions: int, started_at: float, now: float) -> None:
         """This worker's row in ``dk_workers`` (best effort: a failure shows in the next :meth:`check`)."""
         with self._lock:
+            if self._conn is None or self._conn.closed:
+                return  # a standby between sessions: try_acquire opens the next
             try:
-                assert self._conn is not None
                 self._conn.execute(
                     "INSERT INTO dk_workers (site, name, leader, decisions, started_at, seen_at) "
                     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site, name) DO UPDATE SET leader = excluded.leader, "

@@ -157,3 +157,18 @@ def test_two_workers_share_presence_cards_and_lockdowns_and_the_standby_takes_ov
 
 def test_the_doctor_finds_nothing_to_say_of_two_live_workers(campus: Campus) -> None:
     assert diagnose(campus.runner.bundle, store_url=campus.url, checks=[check_workers]) == []
+
+
+def test_a_standby_whose_database_session_ends_opens_another_and_still_takes_over(campus: Campus) -> None:
+    """PostgreSQL restarted, or the standby's connection cut: it must not stay a standby that can never lead."""
+    a, b = campus.workers["a"], campus.workers["b"]
+    with psycopg.connect(campus.url, autocommit=True) as admin:
+        (ended,) = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                 "application_name = 'doorkeep worker b' AND datname = current_database()"
+                                 ).fetchone()  # type: ignore[misc]
+    assert ended == 1
+    assert wait_until(lambda: {w["name"]: w["alive"] for w in workers_status(campus.url, "demo")}.get("b"), 5), \
+        "the standby did not claim its name again on a new session"
+    a.stop()
+    assert wait_until(lambda: b.leader, 10), "the standby did not take the lead"
+    assert campus.decide("lobby_in", ALICE)[1:3] == ("granted", "granted")

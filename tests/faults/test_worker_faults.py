@@ -87,8 +87,9 @@ def test_a_leader_that_loses_its_database_session_stops_and_the_standby_leads(wo
     stack = workers
     warm_up(stack)
     with psycopg.connect(stack.store_url or "", autocommit=True) as admin:
-        (ended,) = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                 "WHERE application_name = 'doorkeep worker a'").fetchone()  # type: ignore[misc]
+        (ended,) = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                 "application_name = 'doorkeep worker a' AND datname = current_database()"
+                                 ).fetchone()  # type: ignore[misc]
     at = stack.kill_worker("none")  # only the time: nobody is killed here
     assert ended == 1
     assert wait_for(lambda: stack.workers["a"].poll() is not None, 10), stack.log("server-a")
