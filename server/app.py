@@ -205,7 +205,7 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     directory.listeners.append(bus.publish_policies)
     if workers is not None:
         directory.shared = workers.shared
-        directory.listeners.append(workers.site_changed)
+        directory.listeners.insert(0, workers.site_changed)  # before the policies: seconds to sign on a large site
     directory.defer = bus.defer
     commands = CommandSender(lambda: directory.site, door_devices, signing_key, clock, bus.publish, directory=directory,
                              audit=audit)

@@ -55,6 +55,7 @@ from server.errors import ServerError
 from server.people import PeopleService
 from server.shared_decisions import SharedDecisionError, SharedDecisions, ensure_schema
 from server.siteadmin import SiteAdmin
+from server.sqldb import is_postgres_url
 from server.store import Store
 from server.store_url import open_store
 
@@ -419,6 +420,7 @@ class Follower:
     def __init__(self, bundle: SiteBundle, key: bytes, store: Store, clock: Clock, url: str) -> None:
         self.store = store
         self.url = url
+        self.clock = clock
         self.siteadmin = SiteAdmin(store, bundle.dir, clock)
         live = self.siteadmin.start()  # the leader imported the first revision: nothing is written here
         self.directory = Directory(replace(bundle, site=live.site) if live is not None else bundle, key, store, clock)
@@ -449,12 +451,11 @@ class Follower:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {SITE_CHANNEL}")
                     self.refresh()  # whatever changed while not listening
-                    last_full = 0.0
+                    full_at = self.clock.monotonic() + FULL_REFRESH_S
                     while not self._stop.is_set():
                         woken = list(conn.notifies(timeout=1.0, stop_after=1))
-                        last_full += 1.0 if not woken else 0.0
-                        if woken or last_full >= FULL_REFRESH_S:
-                            last_full = 0.0
+                        if woken or self.clock.monotonic() >= full_at:
+                            full_at = self.clock.monotonic() + FULL_REFRESH_S
                             self.refresh()
                         else:
                             self.siteadmin.poll()
@@ -467,13 +468,14 @@ class Worker:
     """One worker process's parts: election, its share of the requests, and the full server once it leads.
 
     ``on_lost``: called (from the checker's thread) when a leader can no longer be sure it leads; the command line
-    exits there. ``on_leader``: called with the server once this worker leads. ``bootstrap_kw``: keys, clock and timeouts for :func:`server.app.bootstrap`."""
+    exits there. ``on_leader``: called with the server once this worker leads. ``bootstrap_kw``: keys and
+    timeouts for :func:`server.app.bootstrap`."""
 
     def __init__(self, bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, name: str, store_url: str, *,
                  clock: Clock | None = None, key: bytes | None = None, on_lost: Callable[[], None] | None = None,
                  on_leader: Callable[[Server], None] | None = None, request_broker: BrokerConfig | None = None,
                  **bootstrap_kw: Any) -> None:
-        if not store_url or not store_url.startswith("postgresql://"):
+        if not is_postgres_url(store_url):
             raise WorkerError("several workers share their state in PostgreSQL (fix: --store postgresql://USER@HOST/DB "
                               "or site.toml [store] url; docs/scale.md)")
         self.bundle = bundle
