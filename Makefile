@@ -80,6 +80,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/qr_pass.py
 	$(BIN)/python bench/broker_cluster.py
 	$(BIN)/python bench/campus.py
+	$(BIN)/python bench/failover.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each
 # atheris harness for FUZZ_SECONDS. Stops by itself (about 13 minutes) and fails on any new crash.
