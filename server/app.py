@@ -63,6 +63,8 @@ class Workers:
     client_id: str
     shared: Callable[[], SharedDecisions]
     site_changed: Callable[[Site], None]
+    will_delay_s: float = 5.0  # the leader's last will waits this long for a standby to take the session over
+    # (server/workers.py WILL_DELAY_S)
 
 
 @dataclass
@@ -201,7 +203,8 @@ def bootstrap(bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, *, key: 
     supervisor = Supervisor(store, clock, devices=[*(d.id for d in bundle.devices.values()), *door_devices.values()],
                             device_timeout_s=device_timeout_s, gap_timeout_s=gap_timeout_s)
     bus = ServerBus(directory, door_devices, store, broker, clock=clock, publisher=publisher, client_id=client_id,
-                    supervisor=supervisor, answer_requests=workers is None)
+                    supervisor=supervisor, answer_requests=workers is None,
+                    will_delay_s=workers.will_delay_s if workers is not None else 0)
     directory.listeners.append(bus.publish_policies)
     if workers is not None:
         directory.shared = workers.shared

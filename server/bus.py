@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from doorkeep.clock import Clock, SystemClock, parse_iso_ms
 from doorkeep.config import BrokerConfig
@@ -118,7 +121,8 @@ class ServerBus:
     def __init__(self, directory: Directory, door_devices: dict[str, str], store: Store, broker: BrokerConfig,
                  *, clock: Clock | None = None, client_id: str | None = None,
                  publisher: PolicyPublisher | None = None, supervisor: Supervisor | None = None,
-                 max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S, answer_requests: bool = True) -> None:
+                 max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S, answer_requests: bool = True,
+                 will_delay_s: float = 0) -> None:
         """``max_event_skew_s``: an event dated further ahead of this server's clock is refused as misbehaviour
         (a device whose clock is that wrong cannot be trusted to date anything; docs/mqtt.md)."""
         if not max_event_skew_s > 0:
@@ -171,10 +175,23 @@ class ServerBus:
         self._connected = threading.Event()
         # A persistent session under a stable client id: the broker keeps the QoS 1 events and snapshots
         # that edges publish while the server restarts, and delivers them when it returns.
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"doorkeep-server-{site.id}",
-                                   clean_session=False)
-        self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        #: Several workers (``will_delay_s`` > 0, server/workers.py): MQTT 5, whose last will can wait. A leader that
+        #: dies is replaced by a standby on the same session within a fraction of a second; the broker then drops
+        #: the will unsent (MQTT 5, 3.1.3.2.2), so the doors never hear `offline` and keep asking the workers, who
+        #: answer throughout. Only with every worker gone does `offline` come, ``will_delay_s`` late.
+        self.will_delay_s = will_delay_s
+        if will_delay_s > 0:
+            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                       client_id=client_id or f"doorkeep-server-{site.id}", protocol=mqtt.MQTTv5)
+            will = Properties(PacketTypes.WILLMESSAGE)
+            will.WillDelayInterval = int(will_delay_s)
+            self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True,
+                                  properties=will)
+        else:
+            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                       client_id=client_id or f"doorkeep-server-{site.id}",
+                                       clean_session=False)
+            self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
         # mqtts://: mutual TLS (1.2 at least) with this client's certificate; a bad file fails here, not later.
         tls = client_tls_context(broker)
         if tls is not None:
@@ -214,7 +231,14 @@ class ServerBus:
         self._worker.start()
         self.supervisor.start()
         host, port = self.addresses[self.address_index]
-        self._client.connect_async(host, port, keepalive=self.broker.keepalive)
+        if self.will_delay_s > 0:
+            # The persistent session of MQTT 5: kept by the broker for ever (as clean_session=False in 3.1.1).
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = 0xFFFFFFFF
+            self._client.connect_async(host, port, keepalive=self.broker.keepalive, clean_start=False,
+                                       properties=session)
+        else:
+            self._client.connect_async(host, port, keepalive=self.broker.keepalive)
         self._client.loop_start()
         if not self._connected.wait(wait_s):
             log.warning("broker %s not reachable yet; still trying", self.broker.url)
@@ -242,13 +266,19 @@ class ServerBus:
 
     def stop(self) -> None:
         self._leaving.set()
-        if self._connected.is_set():
-            info = self._client.publish(self.topics.server_availability(), AVAILABILITY_STOPPED, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout=2.0)
-            except RuntimeError:
-                pass
-        self._client.disconnect()
+        if self.will_delay_s > 0:
+            # A leader of several workers leaves its will behind instead of saying `stopped`: a standby takes the
+            # session over within the delay and the doors never hear the server go (docs/scale.md).
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        else:
+            if self._connected.is_set():
+                info = self._client.publish(self.topics.server_availability(), AVAILABILITY_STOPPED, qos=1,
+                                            retain=True)
+                try:
+                    info.wait_for_publish(timeout=2.0)
+                except RuntimeError:
+                    pass
+            self._client.disconnect()
         self._client.loop_stop()
         self._stopping.set()
         self._work.put(None)

@@ -68,6 +68,9 @@ CHECK_EVERY_S = 0.5
 SITE_CHANNEL = "doorkeep_site"
 #: A standby re-reads the live site at least this often, in case a notification was missed.
 FULL_REFRESH_S = 30.0
+#: The leader's last will (the server `offline`) waits this long (MQTT 5 will delay): a standby that takes the session
+#: over sooner cancels it, so the doors never hear of a change of leader; with every worker gone it comes this late.
+WILL_DELAY_S = 5.0
 #: The lock session's TCP keepalives (idle, interval, count): a dead peer is noticed within ~11 s on either side.
 KEEPALIVES = (5, 2, 3)
 
@@ -474,7 +477,7 @@ class Worker:
     def __init__(self, bundle: SiteBundle, data_dir: Path, broker: BrokerConfig, name: str, store_url: str, *,
                  clock: Clock | None = None, key: bytes | None = None, on_lost: Callable[[], None] | None = None,
                  on_leader: Callable[[Server], None] | None = None, request_broker: BrokerConfig | None = None,
-                 **bootstrap_kw: Any) -> None:
+                 will_delay_s: float = WILL_DELAY_S, **bootstrap_kw: Any) -> None:
         if not is_postgres_url(store_url):
             raise WorkerError("several workers share their state in PostgreSQL (fix: --store postgresql://USER@HOST/DB "
                               "or site.toml [store] url; docs/scale.md)")
@@ -489,6 +492,7 @@ class Worker:
         self.key = key if key is not None else load_key(bundle.credential_key_file, source=str(bundle.dir))
         self.on_lost = on_lost
         self.on_leader = on_leader
+        self.will_delay_s = will_delay_s
         self.bootstrap_kw = bootstrap_kw
         site_id = bundle.site.id
         self.leadership = Leadership(store_url, site_id, self.name)
@@ -541,8 +545,8 @@ class Worker:
     def _lead(self, wait_s: float) -> None:
         log.info("worker %s: leading site %s", self.name, self.bundle.site.id)
         server = bootstrap(self.bundle, self.data_dir, self.broker, key=self.key, clock=self.clock,
-                           store_url=self.store_url, workers=Workers(self.client_id, self.shared,
-                                                                     self.leadership.notify), **self.bootstrap_kw)
+                           store_url=self.store_url, workers=Workers(self.client_id, self.shared, self.leadership.notify,
+                                                                     self.will_delay_s), **self.bootstrap_kw)
         try:
             with psycopg.connect(self.store_url, autocommit=True, connect_timeout=5) as conn:
                 ensure_schema(conn)  # after the store's migrations: presence and lockdowns are theirs

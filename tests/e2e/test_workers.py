@@ -29,6 +29,7 @@ from tests.pg import pg_url  # noqa: F401  (fixture)
 pytestmark = pytest.mark.e2e
 
 ALICE, BOB, CHEN = "0F00A1B2C3", "0F00B0B0B0", "0F00C4C4C4"
+WILL_DELAY_S = 1.0  # shorter than the 5 s default: the last test waits for it
 
 
 class Campus:
@@ -84,7 +85,7 @@ def campus(tmp_path: Path, pg_url: str) -> Iterator[Campus]:  # noqa: F811
     try:
         for name in ("a", "b"):
             workers[name] = Worker(runner.bundle, tmp_path / "data", broker.client_config("server"), name, pg_url,
-                                   **keys)
+                                   will_delay_s=WILL_DELAY_S, **keys)
             workers[name].start()
         assert workers["a"].leader and not workers["b"].leader
         runner.start(with_server=False)
@@ -172,3 +173,13 @@ def test_a_standby_whose_database_session_ends_opens_another_and_still_takes_ove
     a.stop()
     assert wait_until(lambda: b.leader, 10), "the standby did not take the lead"
     assert campus.decide("lobby_in", ALICE)[1:3] == ("granted", "granted")
+
+
+def test_with_every_worker_gone_the_doors_hear_the_server_offline_after_the_will_delay(campus: Campus) -> None:
+    """The leader leaves its will behind (MQTT 5 will delay) for a standby to cancel by taking its session over; with
+    no standby left the broker publishes it, and the doors decide from cache at once again instead of waiting."""
+    a, b = campus.workers["a"], campus.workers["b"]
+    lobby = campus.runner.agents["pi-lobby"]
+    b.stop()
+    a.stop()
+    assert wait_until(lambda: lobby.server_availability == "offline", WILL_DELAY_S + 5), lobby.server_availability
