@@ -60,7 +60,9 @@ faults: $(STAMP) mosquitto
 
 # make bench: issue 8's eight figures beside their baselines and targets (bench/run_all.py), written to
 # docs/performance.md, then the component benches run_all does not table (site changes under decisions and
-# the impact-preview replay among them: issue 13). About eight minutes on 2 cores.
+# the impact-preview replay among them: issue 13). About eight minutes on 2 cores, plus the campus (bench/campus.py:
+# about 14 minutes) and the campus with 1, 2 and 4 server workers beside one server on PostgreSQL (shorter steps,
+# no rush: about 3.5 minutes).
 # BENCH_ARGS=--quick for a short check run (indicative figures; it still rewrites docs/performance.md).
 BENCH_ARGS ?=
 
@@ -80,6 +82,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/qr_pass.py
 	$(BIN)/python bench/broker_cluster.py
 	$(BIN)/python bench/campus.py
+	$(BIN)/python bench/campus.py --workers 1,2,4 --steps 250,500,750,1000,1250,1500,2000 --step-seconds 5 --rush-seconds 0
 	$(BIN)/python bench/failover.py
 
 # make fuzz: the long fuzz run (docs/testing.md): hypothesis with HYPOTHESIS_PROFILE=long, then each

@@ -1,10 +1,10 @@
-"""A simulated campus (issue 20, "Figures (bench)"): 10,000 doors on 1,000 edges against one real server.
+"""A simulated campus (issue 20, "Figures (bench)"): 10,000 doors on 1,000 edges against one real server (or N workers).
 
 Run from the project root:
 
     .venv/bin/python bench/campus.py [--quick] [--store sqlite,postgresql] [--postgres ADMIN_URL]
                                      [--steps 250,500,...] [--step-seconds S] [--rush-seconds W] [--peak RATE]
-                                     [--server-inflight N] [--json PATH]
+                                     [--server-inflight N] [--workers 1,2,4] [--json PATH]
 
 What runs: a private Mosquitto on loopback (plain MQTT, ``set_tcp_nodelay true``, ``max_queued_messages 0``,
 as bench/capacity.py), the real server (``server.app.bootstrap``, the code behind ``doorkeep server``) in its
@@ -26,9 +26,18 @@ Two phases, both open loop (badges are due at fixed times whatever the answers d
    time: time runs ``1800 / W`` times faster, the curve's shape and badge count are kept, and its peak is
    ``--peak`` badges/s (default the issue's 3,000/s).
 
+Several server workers (``--workers 1,2,4``; docs/scale.md "Several server workers"): after the one-server
+run on each ``--store`` engine (default PostgreSQL with ``--workers``), the same campus once per count N with the
+server as N processes, each running a ``server.workers.Worker`` (the code behind ``doorkeep server --worker``)
+on one fresh PostgreSQL database: ``w1`` starts first and leads (events, policies, supervision on the site's
+persistent session), ``w2``.. stand by; every worker answers its share of the requests through the shared
+subscription ``$share/doorkeep-SITE/doorkeep/v1/SITE/+/door/+/request``. The report gives each worker process's
+CPU per decision and how many requests it decided, and ends with every run side by side.
+
 The bench checks its own results and exits 1 when they do not hold: every decision matched to a request of
 the same door (none unmatched, none twice), every request answered in the end, and every event the edges sent
-stored exactly once (counted in the store's database by the run's event-id prefix after the server stopped).
+stored exactly once (counted in the store's database by the run's event-id prefix after the server stopped);
+with workers, also that w1 led throughout and that every worker decided some of the requests.
 """
 
 from __future__ import annotations
@@ -200,6 +209,131 @@ class ServerChild:
                 self.proc.terminate()
                 self.proc.join(timeout=5)
         return counters
+
+
+def _work(conn: Any, site_dir: str, broker_url: str, key: bytes, signing_raw: bytes, keys_dir: str, data_dir: str,
+          store_url: str, name: str, lead: bool) -> None:
+    """One server worker in its own process (as ``doorkeep server --worker NAME``), reporting its threads' ids.
+
+    ``lead``: whether this worker must lead (w1, started first) or stand by (the others); a worker that ends up
+    otherwise fails the run. Every worker loads the same snapshot and data keys from ``keys_dir`` and signs with
+    the same key, as the workers of one site do."""
+    import logging
+
+    from doorkeep.config import BrokerConfig, load_site_dir
+    from doorkeep.envelope import load_snapshot_keys
+    from server.workers import Worker
+
+    logging.basicConfig(level=logging.ERROR)
+    os.environ.pop("DOORKEEP_STORE_URL", None)
+    lost = threading.Event()
+    try:
+        worker = Worker(load_site_dir(site_dir), Path(data_dir), BrokerConfig(broker_url, allow_plain=True), name,
+                        store_url, key=key, on_lost=lost.set,
+                        signing_key=Ed25519PrivateKey.from_private_bytes(signing_raw),
+                        snapshot_keys=load_snapshot_keys(Path(keys_dir), source="bench/campus.py"))
+        worker.start(120)
+        if worker.leader != lead:
+            raise RuntimeError(f"worker {name} {'stands by' if lead else 'leads'}, expected the opposite")
+        assert worker.requests is not None
+        if not worker.requests.connected.wait(60):
+            raise RuntimeError(f"worker {name}: no connection to the broker for the requests within 60 s")
+        threads = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        conn.send(("ready", {"leader": worker.leader, "threads": threads}))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.recv()
+    led = worker.leader
+    if worker.server is not None:
+        worker.server.bus.wait_idle(120)
+    counters = dict(worker.requests.counters)
+    worker.stop()
+    conn.send(("stopped", {"counters": counters, "leader": led, "lost": lost.is_set()}))
+
+
+class WorkerChild:
+    """One worker process (``_work``); ``start()`` returns at once, ``ready()`` waits for it to lead or stand by."""
+
+    def __init__(self, name: str, lead: bool, site_dir: Path, data_dir: Path, broker_url: str, key: bytes,
+                 signing_raw: bytes, keys_dir: Path, store_url: str) -> None:
+        self.name, self.lead = name, lead
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_work, args=(child, str(site_dir), broker_url, key, signing_raw, str(keys_dir),
+                                                    str(data_dir), store_url, name, lead), daemon=True)
+        self.proc.start()
+        self.threads: dict[int, str] = {}
+
+    def ready(self, timeout: float = 300) -> None:
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"worker {self.name} did not start within {timeout:.0f} s")
+        try:
+            kind, body = self._conn.recv()
+        except EOFError:
+            self.proc.join(timeout=5)
+            raise RuntimeError(f"worker {self.name} ended while starting (exit status {self.proc.exitcode})") from None
+        if kind != "ready":
+            raise RuntimeError(f"worker {self.name} failed: {body}")
+        self.threads = body["threads"]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def stop(self) -> dict[str, Any]:
+        """Its counters, whether it still led at the end, and whether it lost the lead (empty if it died)."""
+        out: dict[str, Any] = {}
+        if self.proc.is_alive():
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(180):
+                    _, out = self._conn.recv()
+            except (OSError, EOFError):
+                pass
+            self.proc.join(timeout=20)
+            if self.proc.is_alive():
+                self.proc.terminate()
+                self.proc.join(timeout=5)
+        return out
+
+
+class WorkerGroup:
+    """N workers on one site: w1 started first (it leads), then the standbys together."""
+
+    def __init__(self, n: int, site_dir: Path, tmp: Path, broker_url: str, key: bytes, store_url: str) -> None:
+        from doorkeep.envelope import init_data_keys
+
+        raw = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                         serialization.NoEncryption())
+        keys_dir = tmp / "keys"
+        keys_dir.mkdir(mode=0o700)
+        init_data_keys(keys_dir)
+        self.workers: list[WorkerChild] = []
+
+        def child(i: int) -> WorkerChild:
+            name = f"w{i}"
+            return WorkerChild(name, i == 1, site_dir, tmp / f"data-{name}", broker_url, key, raw, keys_dir,
+                               store_url)
+
+        try:
+            self.workers.append(child(1))
+            self.workers[0].ready()
+            self.workers += [child(i) for i in range(2, n + 1)]
+            for w in self.workers[1:]:
+                w.ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.workers[0].pid
+
+    def stop(self) -> dict[str, dict[str, Any]]:
+        """Standbys first, then the leader (a standby left alone would take the lead and start a whole server)."""
+        return {w.name: w.stop() for w in [*self.workers[1:], *self.workers[:1]]}
 
 
 # ------------------------------------------------------------ child: simulated edges
@@ -419,39 +553,67 @@ class EdgeProcs:
 COMPONENTS = ("broker", "server", "store_thread", "database", "edges")
 
 
-def cpu_s(pid: int, tid: int | None = None) -> float:
-    """utime + stime of a process (or one of its threads) from /proc, in seconds."""
+def _stat(pid: int, tid: int | None = None) -> tuple[float, int] | None:
+    """(utime + stime in seconds, start time in clock ticks) of a process or one of its threads; None if gone."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
         text = Path(path).read_text()
     except OSError:
-        return 0.0
+        return None
     fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[19])
+
+
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (or one of its threads) from /proc, in seconds."""
+    got = _stat(pid, tid)
+    return got[0] if got else 0.0
 
 
 class Meter:
-    """CPU of each component and the events in the store, sampled at the edges of a measured window."""
+    """CPU of each component and the events in the store, sampled at the edges of a measured window.
 
-    def __init__(self, broker_pid: int, server: ServerChild, edge_pids: list[int],
+    ``servers``: the server process, or the worker processes (each also measured on its own, as ``w1``...). The
+    database's processes (PostgreSQL) are listed anew at every sample and each one's CPU kept by (pid, start
+    time), so a backend that ends between two samples does not take its earlier CPU out of the total."""
+
+    def __init__(self, broker_pid: int, servers: list[ServerChild] | list[WorkerChild], edge_pids: list[int],
                  db: SqliteEvents | PostgresEvents) -> None:
-        self.broker_pid, self.server, self.edge_pids, self.db = broker_pid, server, edge_pids, db
-        self.store_tid = next((tid for tid, name in server.threads.items() if name == "doorkeep-store"), None)
+        self.broker_pid, self.servers, self.edge_pids, self.db = broker_pid, servers, edge_pids, db
+        self.store_tid = next((tid for tid, name in servers[0].threads.items() if name == "doorkeep-store"), None)
+        self.names = [s.name for s in servers if isinstance(s, WorkerChild)]
+        self._db_cpu: dict[tuple[int, int], float] = {}
 
     def stored(self, prefix: str | None = None) -> int:
         return self.db.count(prefix)
 
+    def database(self) -> float | None:
+        pids = self.db.pids()
+        if pids is None:
+            return None
+        for pid in pids:
+            got = _stat(pid)
+            if got is not None:
+                self._db_cpu[(pid, got[1])] = got[0]
+        return sum(self._db_cpu.values())
+
     def sample(self) -> dict[str, float]:
-        store_thread = cpu_s(self.server.pid, self.store_tid) if self.store_tid else float("nan")
-        db = self.db.cpu_s()
-        return {"t": time.perf_counter(), "broker": cpu_s(self.broker_pid), "server": cpu_s(self.server.pid),
-                "store_thread": store_thread, "database": store_thread if db is None else db,
-                "edges": sum(cpu_s(p) for p in self.edge_pids), "stored": float(self.stored()),
-                "load1": os.getloadavg()[0]}
+        store_thread = cpu_s(self.servers[0].pid, self.store_tid) if self.store_tid else float("nan")
+        db = self.database()
+        per = {f"proc:{name}": cpu_s(s.pid) for name, s in zip(self.names, self.servers)}
+        return {"t": time.perf_counter(), "broker": cpu_s(self.broker_pid),
+                "server": sum(cpu_s(s.pid) for s in self.servers), "store_thread": store_thread,
+                "database": store_thread if db is None else db, "edges": sum(cpu_s(p) for p in self.edge_pids),
+                "stored": float(self.stored()), "load1": os.getloadavg()[0]} | per
 
     @staticmethod
     def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
         return {k: b[k] - a[k] for k in a if k != "load1"} | {"load1": max(a["load1"], b["load1"])}
+
+
+def _components(d: dict[str, float]) -> list[tuple[str, str]]:
+    """(name, key in ``d``) of the components measured: COMPONENTS, then each worker process ("w1", ...)."""
+    return [(k, k) for k in COMPONENTS] + [(k.split(":", 1)[1], k) for k in d if k.startswith("proc:")]
 
 
 def window_figures(parts: list[dict[str, Any]], lo: float, hi: float, d: dict[str, float]) -> dict[str, Any]:
@@ -464,8 +626,8 @@ def window_figures(parts: list[dict[str, Any]], lo: float, hi: float, d: dict[st
     return {"seconds": secs, "offered_per_s": offered / secs, "answered_per_s": answered_in / secs,
             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else float("nan"),
             "n": len(lat), "stored_per_s": d["stored"] / d["t"],
-            "cpu_ms_per_decision": {k: 1e3 * d[k] / per for k in COMPONENTS},
-            "cores_busy": {k: d[k] / d["t"] for k in COMPONENTS},
+            "cpu_ms_per_decision": {name: 1e3 * d[k] / per for name, k in _components(d)},
+            "cores_busy": {name: d[k] / d["t"] for name, k in _components(d)},
             "load1": d["load1"]}
 
 
@@ -484,13 +646,18 @@ def phase_totals(parts: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------ the run
 
 def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_inflight: int | None = None,
-        postgres: str | None = None, log: Any = print) -> dict[str, Any]:
+        postgres: str | None = None, log: Any = print, workers: int | None = None) -> dict[str, Any]:
+    """One campus run: the one server process, or ``workers`` worker processes (PostgreSQL ``postgres`` only).
+
+    ``rush_s`` 0: no rush."""
     from doorkeep.credentials import card_hash, last4
     from simulators.brokers import MosquittoBroker
 
+    if workers is not None and (workers < 1 or postgres is None):
+        raise ValueError("several workers need at least one worker and a PostgreSQL store")
     tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-campus-"))
     broker = MosquittoBroker().start()
-    server: ServerChild | None = None
+    server: ServerChild | WorkerGroup | None = None
     edges: EdgeProcs | None = None
     db: SqliteEvents | PostgresEvents = SqliteEvents(tmp / "data" / "doorkeep.db")
     try:
@@ -506,15 +673,24 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
         for _ in range(200):
             c = f"0E{rng.randrange(16 ** 8):08X}"
             unknown.append((card_hash(key, "em4100", c), last4(c)))
-        server = ServerChild(tmp / "site", tmp / "data", broker.url, key, server_inflight,
-                             db.url if isinstance(db, PostgresEvents) else None)
+        if workers is None:
+            server = ServerChild(tmp / "site", tmp / "data", broker.url, key, server_inflight,
+                                 db.url if isinstance(db, PostgresEvents) else None)
+            procs: list[ServerChild] | list[WorkerChild] = [server]
+            up = f"server up in {time.perf_counter() - t_setup:.1f} s (pid {server.pid})"
+        else:
+            assert isinstance(db, PostgresEvents)
+            server = WorkerGroup(workers, tmp / "site", tmp, broker.url, key, db.url)
+            procs = server.workers
+            up = (f"{workers} worker{'s' if workers > 1 else ''} up in {time.perf_counter() - t_setup:.1f} s ("
+                  + ", ".join(f"{w.name} pid {w.pid}{' leads' if w.lead else ''}" for w in procs) + ")")
         t_server = time.perf_counter() - t_setup
         run_id = uuid.uuid4().hex[:8]
         edges = EdgeProcs(broker.port, bundle.site.id, run_id, devs, staff, unknown)
         assert broker.proc is not None
-        meter = Meter(broker.proc.pid, server, edges.pids(), db)
+        meter = Meter(broker.proc.pid, procs, edges.pids(), db)
         log(f"   {len(devs):,} edges, {edges.doors:,} doors on {PROCS} processes x {CONNS} connections; "
-            f"server up in {t_server:.1f} s (pid {server.pid}), broker pid {broker.proc.pid}")
+            f"{up}, broker pid {broker.proc.pid}")
         events_sent = 0
         checks: list[tuple[str, bool]] = []
         totals: list[dict[str, Any]] = []
@@ -563,12 +739,14 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
             fast = row["p99_ms"] <= P99_LIMIT_MS
             keeping_up = row["answered_per_s"] >= BEHIND * row["offered_per_s"]
             row["held"] = fast and keeping_up
+            row["keeping_up"] = keeping_up
             row["verdict"] = ("held" if row["held"] else "answers falling behind" if not keeping_up
                               else f"p99 over {P99_LIMIT_MS:g} ms")
             cpu = row["cpu_ms_per_decision"]
             log(f"   step {rate:>6,.0f}/s: offered {row['offered_per_s']:>6,.0f}/s answered {row['answered_per_s']:>6,.0f}/s"
                 f" p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms stored {row['stored_per_s']:,.0f}/s"
-                f" CPU ms/decision broker {cpu['broker']:.3f} server {cpu['server']:.3f} edges {cpu['edges']:.3f}"
+                f" CPU ms/decision broker {cpu['broker']:.3f} server {cpu['server']:.3f}{_per_worker(cpu)}"
+                f" database {cpu['database']:.3f} edges {cpu['edges']:.3f}"
                 f" load {row['load1']:.1f}: {row['verdict']}")
             if row["held"] and all(r["held"] for r in step_rows):
                 knee = row
@@ -577,27 +755,30 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
             if not keeping_up or row["p99_ms"] > STOP_P99_MS:
                 break
 
-        # The morning rush.
-        start = time.time() + 0.5
-        edges.start(start, "rush", rush_s, peak)
-        samples = []
-        for i in range(BUCKETS + 1):
-            time.sleep(max(0.0, start + i * rush_s / BUCKETS - time.time()))
-            samples.append(meter.sample())
-        parts = edges.results(rush_s + DRAIN_S + 60)
-        tot = phase_totals(parts)
-        totals.append(tot)
-        events_sent += sum(tot["events"].values())
-        buckets = [window_figures(parts, i * rush_s / BUCKETS, (i + 1) * rush_s / BUCKETS,
-                                  Meter.delta(samples[i], samples[i + 1])) for i in range(BUCKETS)]
-        whole = window_figures(parts, 0.0, rush_s, Meter.delta(samples[0], samples[-1]))
-        rush = {"seconds": rush_s, "real_seconds": RUSH_REAL_S, "speedup": RUSH_REAL_S / rush_s, "peak": peak,
-                "badges": tot["sent"], "buckets": buckets, "whole": whole, "totals": tot,
-                "answered_after_rush_s": tot["drained_s"] - rush_s}
-        rush["store_catch_up_s"] = settle()
-        for i, bk in enumerate(buckets):
-            log(f"   rush {i + 1:>2}/{BUCKETS}: offered {bk['offered_per_s']:>6,.0f}/s answered {bk['answered_per_s']:>6,.0f}/s "
-                f"p50 {bk['p50_ms']:.2f} ms p99 {bk['p99_ms']:.2f} ms stored {bk['stored_per_s']:,.0f}/s load {bk['load1']:.1f}")
+        # The morning rush (none with rush_s 0).
+        rush: dict[str, Any] | None = None
+        if rush_s > 0:
+            start = time.time() + 0.5
+            edges.start(start, "rush", rush_s, peak)
+            samples = []
+            for i in range(BUCKETS + 1):
+                time.sleep(max(0.0, start + i * rush_s / BUCKETS - time.time()))
+                samples.append(meter.sample())
+            parts = edges.results(rush_s + DRAIN_S + 60)
+            tot = phase_totals(parts)
+            totals.append(tot)
+            events_sent += sum(tot["events"].values())
+            buckets = [window_figures(parts, i * rush_s / BUCKETS, (i + 1) * rush_s / BUCKETS,
+                                      Meter.delta(samples[i], samples[i + 1])) for i in range(BUCKETS)]
+            whole = window_figures(parts, 0.0, rush_s, Meter.delta(samples[0], samples[-1]))
+            rush = {"seconds": rush_s, "real_seconds": RUSH_REAL_S, "speedup": RUSH_REAL_S / rush_s, "peak": peak,
+                    "badges": tot["sent"], "buckets": buckets, "whole": whole, "totals": tot,
+                    "answered_after_rush_s": tot["drained_s"] - rush_s}
+            rush["store_catch_up_s"] = settle()
+            for i, bk in enumerate(buckets):
+                log(f"   rush {i + 1:>2}/{BUCKETS}: offered {bk['offered_per_s']:>6,.0f}/s answered "
+                    f"{bk['answered_per_s']:>6,.0f}/s p50 {bk['p50_ms']:.2f} ms p99 {bk['p99_ms']:.2f} ms stored "
+                    f"{bk['stored_per_s']:,.0f}/s load {bk['load1']:.1f}")
 
         edges.close()
         edges = None
@@ -616,12 +797,14 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
             ("no event stored twice", distinct_ours == stored_ours),
             ("each event type stored as sent", all(by_type.get(k, 0) == v for k, v in sent_types.items())),
         ]
+        if workers is not None:
+            checks += worker_checks(counters)
         return {"steps": step_rows, "knee": knee, "rush": rush, "events_sent": events_sent,
                 "events_stored": stored_ours, "events_distinct": distinct_ours, "sent_by_type": sent_types,
                 "stored_by_type": by_type, "checks": checks, "server_counters": counters,
                 "setup": {"doors": DOORS, "edges": len(devs), "procs": PROCS, "conns_per_proc": CONNS,
-                          "server_start_s": t_server, "store": db.engine,
-                          "server_inflight": "paho default (20)" if server_inflight is None else server_inflight}}
+                          "server_start_s": t_server, "store": db.engine, "workers": workers,
+                          "server_inflight": "the server's own" if server_inflight is None else server_inflight}}
     finally:
         if edges is not None:
             edges.close()
@@ -632,54 +815,140 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _label(res: dict[str, Any]) -> str:
+    n = res["setup"]["workers"]
+    store = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[res["setup"]["store"]]
+    return f"{store}, one server" if n is None else f"{store}, {n} worker{'s' if n > 1 else ''}"
+
+
+def _workers_of(cpu: dict[str, float]) -> list[str]:
+    return [k for k in cpu if k not in COMPONENTS]
+
+
+def _per_worker(cpu: dict[str, float], fmt: str = ".3f") -> str:
+    """" (w1 0.512 w2 0.301)": each worker process's share of a figure; "" for the one server process."""
+    names = _workers_of(cpu)
+    return " (" + " ".join(f"{k} {cpu[k]:{fmt}}" for k in names) + ")" if names else ""
+
+
+def _flattens(res: dict[str, Any]) -> str:
+    """How the top of the steps reads: where the answers fell behind, or no flattening within the steps."""
+    if any(not r.get("keeping_up", True) for r in res["steps"]):
+        return "flattens at"
+    return "did not flatten within the steps (every step kept up), top"
+
+
+def _best(res: dict[str, Any]) -> float:
+    rush = res["rush"]
+    return max([r["answered_per_s"] for r in res["steps"]] + [b["answered_per_s"] for b in (rush or {}).get("buckets", [])])
+
+
+def worker_checks(stopped: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+    """The workers' own checks from what each said as it stopped (``WorkerGroup.stop``; a worker that died said
+    nothing): w1 led to the end and no worker lost or took the lead, and the broker gave every worker requests."""
+    return [
+        ("w1 led throughout, no worker lost the lead",
+         all(c.get("leader") == (name == "w1") and c.get("lost") is False for name, c in stopped.items())),
+        ("every worker decided some of the requests",
+         all(c.get("counters", {}).get("decisions", 0) > 0 for c in stopped.values())),
+    ]
+
+
 def report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    setup = res["setup"]
+    n = setup["workers"]
     print()
-    print(f"Simulated campus: {res['setup']['doors']:,} doors on {res['setup']['edges']:,} edges "
-          f"({PROCS} processes x {CONNS} paho connections), one server process (QoS 1 window "
-          f"{res['setup']['server_inflight']}), store on {res['setup']['store']}; "
+    if n is None:
+        servers = f"one server process (QoS 1 window {setup['server_inflight']})"
+    else:
+        servers = (f"{n} server worker process{'es' if n > 1 else ''} (w1 leads: events, policies, supervision; "
+                   f"every worker answers its share of the requests through $share/doorkeep-SITE/...)")
+    print(f"Simulated campus: {setup['doors']:,} doors on {setup['edges']:,} edges "
+          f"({PROCS} processes x {CONNS} paho connections), {servers}, store on {setup['store']}; "
           f"{os.cpu_count()} cores, {platform.python_version()}")
+    names = _workers_of(res["steps"][0]["cpu_ms_per_decision"]) if res["steps"] else []
     print(f"{'offered/s':>10} {'answered/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'stored/s':>9} "
-          f"{'broker':>7} {'server':>7} {'database':>9} {'edges':>7}  CPU ms/decision; load")
+          f"{'broker':>7} {'server' if n is None else 'workers':>7} " + "".join(f"{w:>7} " for w in names)
+          + f"{'database':>9} {'edges':>7}  CPU ms/decision; load")
     for r in res["steps"]:
         c = r["cpu_ms_per_decision"]
         print(f"{r['offered_per_s']:>10,.0f} {r['answered_per_s']:>11,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['stored_per_s']:>9,.0f} {c['broker']:>7.3f} {c['server']:>7.3f} {c['database']:>9.3f} "
-              f"{c['edges']:>7.3f}  {r['load1']:.1f}  {r['verdict']}")
+              f"{r['stored_per_s']:>9,.0f} {c['broker']:>7.3f} {c['server']:>7.3f} "
+              + "".join(f"{c[w]:>7.3f} " for w in names)
+              + f"{c['database']:>9.3f} {c['edges']:>7.3f}  {r['load1']:.1f}  {r['verdict']}")
     k = res["knee"]
     if k:
         busy = k["cores_busy"]
         print(f"knee: {k['offered_per_s']:,.0f} decisions/s offered, {k['answered_per_s']:,.0f}/s answered, "
-              f"p99 {k['p99_ms']:.2f} ms; cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f} "
-              f"(store thread {busy['store_thread']:.2f}), database {busy['database']:.2f}, edges {busy['edges']:.2f} "
-              f"of {os.cpu_count()}")
+              f"p99 {k['p99_ms']:.2f} ms; cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f}"
+              f"{_per_worker(busy, '.2f')} (store thread {busy['store_thread']:.2f}), database {busy['database']:.2f}, "
+              f"edges {busy['edges']:.2f} of {os.cpu_count()}")
     else:
         print("knee: below the first step")
     top = max(res["steps"], key=lambda r: r["answered_per_s"])
     busy = top["cores_busy"]
-    print(f"flattens at: {top['answered_per_s']:,.0f} decisions/s answered (step offering {top['offered_per_s']:,.0f}/s), "
-          f"cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f}, database {busy['database']:.2f}"
-          f"{' (in the server)' if res['setup']['store'] == 'sqlite' else ''}, edges {busy['edges']:.2f}; "
-          f"load {top['load1']:.1f}")
+    print(f"{_flattens(res)}: {top['answered_per_s']:,.0f} decisions/s answered (step offering {top['offered_per_s']:,.0f}/s), "
+          f"cores busy there: broker {busy['broker']:.2f}, server {busy['server']:.2f}{_per_worker(busy, '.2f')}, "
+          f"database {busy['database']:.2f}{' (in the server)' if setup['store'] == 'sqlite' else ''}, "
+          f"edges {busy['edges']:.2f}; load {top['load1']:.1f}")
     ru = res["rush"]
-    w = ru["whole"]
-    print(f"rush: 30 min played in {ru['seconds']:g} s (x{ru['speedup']:.0f}), {ru['badges']:,} badges, peak offered "
-          f"{ru['peak']:,.0f}/s (a real peak of {ru['peak'] / ru['speedup']:,.0f}/s): answered {w['answered_per_s']:,.0f}/s "
-          f"on average, p50 {w['p50_ms']:.2f} ms p99 {w['p99_ms']:.2f} ms max {w['max_ms']:.0f} ms; last answer "
-          f"{ru['answered_after_rush_s']:.1f} s after the rush, store caught up {ru['store_catch_up_s']:.1f} s later")
+    if ru is None:
+        print("rush: not run (--rush-seconds 0)")
+    else:
+        w = ru["whole"]
+        print(f"rush: 30 min played in {ru['seconds']:g} s (x{ru['speedup']:.0f}), {ru['badges']:,} badges, peak offered "
+              f"{ru['peak']:,.0f}/s (a real peak of {ru['peak'] / ru['speedup']:,.0f}/s): answered "
+              f"{w['answered_per_s']:,.0f}/s on average, p50 {w['p50_ms']:.2f} ms p99 {w['p99_ms']:.2f} ms max "
+              f"{w['max_ms']:.0f} ms; last answer {ru['answered_after_rush_s']:.1f} s after the rush, store caught up "
+              f"{ru['store_catch_up_s']:.1f} s later")
     print(f"events: {res['events_sent']:,} sent, {res['events_stored']:,} stored ({res['events_distinct']:,} distinct), "
           f"lost {res['events_sent'] - res['events_stored']:,}; by type sent {res['sent_by_type']} stored "
           f"{res['stored_by_type']}")
-    best = max([r["answered_per_s"] for r in res["steps"]] + [b["answered_per_s"] for b in ru["buckets"]])
+    if n is not None:
+        decided = {name: c.get("counters", {}).get("decisions", 0) for name, c in res["server_counters"].items()}
+        total = max(sum(decided.values()), 1)
+        print("decided by each worker (the whole run): " + ", ".join(
+            f"{name} {decided[name]:,} ({100 * decided[name] / total:.0f} %)" for name in sorted(decided)))
+    best = _best(res)
     print(f"target: >= {TARGET_RATE:,.0f} decisions/s sustained, persisted: best answered {best:,.0f}/s, knee "
           f"{(k or {}).get('answered_per_s', 0):,.0f}/s -> {'MET' if k and k['answered_per_s'] >= TARGET_RATE else 'MISSED'}")
     print(f"capacity curve (figure 3): {CAPACITY_FIGURE}")
-    if res["setup"]["store"] == "sqlite":
+    if setup["store"] == "sqlite":
         print("database = the server's store thread (SQLite works inside the server process, so it is part of 'server')")
     else:
         print("database = the PostgreSQL processes serving the store's database (backends, WAL writer, bg writer, "
-              "checkpointer), beside the server process")
+              f"checkpointer), beside the {'server process' if n is None else 'worker processes'}")
     for name, ok in res["checks"]:
         print(f"check: {name}: {'ok' if ok else 'FAILED'}")
+
+
+def side_by_side(results: list[dict[str, Any]]) -> None:
+    """Every run's steps in one table, then each run's knee, top and checks: the workers beside the one server."""
+    print()
+    print("Side by side (CPU in ms per decision answered; 'server' = the server process, or all the worker "
+          "processes together, each in 'per worker'; load = 1-minute load average):")
+    print(f"{'run':<24} {'offered/s':>9} {'answered/s':>10} {'p50 ms':>7} {'p99 ms':>8} {'stored/s':>8} {'broker':>6} "
+          f"{'server':>6} {'database':>8} {'edges':>6} {'load':>4}  {'verdict':<24} per worker")
+    for res in results:
+        for r in res["steps"]:
+            c = r["cpu_ms_per_decision"]
+            print(f"{_label(res):<24} {r['offered_per_s']:>9,.0f} {r['answered_per_s']:>10,.0f} {r['p50_ms']:>7.2f} "
+                  f"{r['p99_ms']:>8.2f} {r['stored_per_s']:>8,.0f} {c['broker']:>6.3f} {c['server']:>6.3f} "
+                  f"{c['database']:>8.3f} {c['edges']:>6.3f} {r['load1']:>4.1f}  {r['verdict']:<24}"
+                  f"{_per_worker(c).strip(' ()')}".rstrip())
+    for res in results:
+        k = res["knee"]
+        top = max(res["steps"], key=lambda r: r["answered_per_s"])
+        knee = (f"knee {k['answered_per_s']:,.0f}/s answered (p99 {k['p99_ms']:.2f} ms)" if k
+                else "knee below the first step")
+        lost = res["events_sent"] - res["events_stored"]
+        twice = res["events_stored"] - res["events_distinct"]
+        ok = all(good for _, good in res["checks"])
+        print(f"{_label(res)}: {knee}; {_flattens(res)} {top['answered_per_s']:,.0f}/s answered (offered "
+              f"{top['offered_per_s']:,.0f}/s, p99 {top['p99_ms']:.2f} ms); best {_best(res):,.0f}/s; events "
+              f"{res['events_sent']:,} sent, {res['events_stored']:,} stored, lost {lost:,}, twice {twice:,}; "
+              f"checks {'all ok' if ok else 'FAILED: ' + ', '.join(n for n, good in res['checks'] if not good)}; "
+              f"{res['wall_s']:.0f} s, load {res['load_at_start'][0]:.2f} -> {res['load_at_end'][0]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -688,35 +957,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", help="offered decisions/s of the steps, comma-separated "
                     "(default 250,500,750,1000,1250,1500,2000,2500,3000; --quick 400,800,1200)")
     ap.add_argument("--step-seconds", type=float, help="seconds per step, the first one unmeasured (default 6; quick 3)")
-    ap.add_argument("--rush-seconds", type=float, help="wall seconds the 30-minute rush is played in (default 60; quick 10)")
+    ap.add_argument("--rush-seconds", type=float, help="wall seconds the 30-minute rush is played in (default 60; "
+                    "quick 10; 0: no rush)")
     ap.add_argument("--peak", type=float, default=TARGET_RATE, help="the rush's peak offered badges/s (default 3000)")
-    ap.add_argument("--server-inflight", type=int, help="experiment: set the server's paho QoS 1 window to this "
-                    "(0 = no limit) instead of leaving paho's default of 20, which the server keeps")
+    ap.add_argument("--server-inflight", type=int, help="experiment: set the one server process's paho QoS 1 window "
+                    "to this (0 = no limit, what server/bus.py sets itself since the fix of docs/performance.md) "
+                    "instead of the server's own setting; the workers keep theirs")
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres", metavar="ADMIN_URL",
                     help="the PostgreSQL server the PostgreSQL run creates (and drops) its database on "
                     "(default postgresql://postgres@127.0.0.1:5432/postgres, as the tests)")
     ap.add_argument("--store", help="sqlite, postgresql or both (sqlite,postgresql; the default, PostgreSQL skipped "
-                    "with a note when none answers; --quick: sqlite)")
+                    "with a note when none answers; --quick: sqlite; with --workers: postgresql): the one-server runs")
+    ap.add_argument("--workers", metavar="N,N,...", help="after the one-server runs, run the campus once per count "
+                    "N with the server as N worker processes (server.workers.Worker, what `doorkeep server --worker` "
+                    "runs) on a fresh PostgreSQL database: w1 starts first and leads, the others stand by, all "
+                    "answer their share of the requests through the shared subscription; e.g. 1,2,4. Prints every "
+                    "run side by side at the end. Needs PostgreSQL (--postgres). Default: no worker runs")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     steps = args.steps or ("400,800,1200" if args.quick else "250,500,750,1000,1250,1500,2000,2500,3000")
     step_s = args.step_seconds or (3.0 if args.quick else 6.0)
-    rush_s = args.rush_seconds or (10.0 if args.quick else 60.0)
-    engines = [e.strip() for e in (args.store or ("sqlite" if args.quick else "sqlite,postgresql")).split(",")]
-    if "postgresql" in engines:
+    rush_s = args.rush_seconds if args.rush_seconds is not None else (10.0 if args.quick else 60.0)
+    try:
+        counts = [int(x) for x in (args.workers or "").split(",") if x.strip()]
+    except ValueError:
+        counts = [0]
+    if any(n < 1 for n in counts):
+        ap.error(f"--workers {args.workers}: worker counts are whole numbers from 1, comma-separated (e.g. 1,2,4)")
+    default_store = "postgresql" if counts else "sqlite" if args.quick else "sqlite,postgresql"
+    engines = [e.strip() for e in (args.store or default_store).split(",")]
+    if "postgresql" in engines or counts:
         why = postgres_unavailable(args.postgres)
         if why:
-            print(f"PostgreSQL run skipped: {why}")
-            if args.store:
+            print(f"PostgreSQL run{'s' if counts else ''} skipped: {why}")
+            if args.store or counts:
                 return 2
             engines.remove("postgresql")
+    plan: list[tuple[str, int | None]] = [(e, None) for e in engines] + [("postgresql", n) for n in counts]
     results, ok = [], True
-    for engine in engines:
+    for engine, n in plan:
         load0 = os.getloadavg()
         t0 = time.perf_counter()
-        print(f"== store on {engine}")
+        print(f"== store on {engine}" + ("" if n is None else f", {n} worker{'s' if n > 1 else ''}"))
         res = run([float(x) for x in steps.split(",") if x.strip()], step_s, rush_s, args.peak, args.server_inflight,
-                  args.postgres if engine == "postgresql" else None)
+                  args.postgres if engine == "postgresql" else None, workers=n)
         res["load_at_start"] = load0
         res["load_at_end"] = os.getloadavg()
         res["wall_s"] = time.perf_counter() - t0
@@ -726,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['wall_s']:.0f} s")
         results.append(res)
         ok = ok and all(good for _, good in res["checks"])
+    if counts:
+        side_by_side(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=list) + "\n")
     return 0 if ok else 1

@@ -67,6 +67,10 @@ class SqliteEvents:
         """None: on SQLite the database works inside the server process (see the store thread)."""
         return None
 
+    def pids(self) -> list[int] | None:
+        """None: no process of its own (see ``cpu_s``)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -106,10 +110,14 @@ class PostgresEvents:
 
     def cpu_s(self) -> float | None:
         """CPU of the database's backends (this reader excepted) and the cluster's shared writers."""
+        return sum(_proc_cpu_s(pid) for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        """The database's backends (this reader excepted) and the cluster's shared writers, as listed now."""
         c = self._conn()
         rows = c.execute("SELECT pid FROM pg_stat_activity WHERE (datname = %s AND pid <> pg_backend_pid()) "
                          "OR backend_type = ANY(%s)", (self.name, list(_SHARED))).fetchall()
-        return sum(_proc_cpu_s(int(pid)) for (pid,) in rows)
+        return [int(pid) for (pid,) in rows]
 
     def close(self) -> None:
         if self._reader is not None:
