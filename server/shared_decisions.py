@@ -7,14 +7,15 @@ state lives in PostgreSQL and each decision is one transaction that:
 
 1. takes transaction-scoped advisory locks on everything the decision may read or change, always in one global
    order: the door (its waiting partners, its first-in day), then the people (the badge's holder and everyone
-   waiting at the door: the only people decide() looks at), then the areas (where the door leads, and where each
-   of those people is now, which a move would leave), each class sorted by key;
+   waiting at the door: the only people decide() looks at), then the areas with an occupancy limit among those the
+   door leads into and those the people would leave (a head count is the only rule that reads other people's
+   presence: an area without a limit is never locked), each class sorted by key;
 2. reads exactly those rows, builds a DecisionState holding only them (with the limited areas' head counts), runs
    the same pure ``decide()`` and ``commit()`` as a single server, and writes back what ``commit()`` changed;
 3. commits, which releases the locks.
 
 Why it cannot double-grant: two decisions that could affect each other share a lock (the same door, the same
-person, or an area one enters or leaves), so PostgreSQL runs them one after the other, and the second reads what
+person, or an area with a limit that one enters or leaves), so PostgreSQL runs them one after the other, and the second reads what
 the first wrote. Decisions that share no lock touch disjoint rows and commute. The locks are taken in one order
 (door < people < areas, sorted within each), so two decisions never wait on each other in a cycle; the people at a
 door can be read only after its lock, and the areas only after the people's, which is exactly that order. The
@@ -109,15 +110,15 @@ SCHEMA = (
             END LOOP;
         END IF;
     END $$""",
-    # dk_read(site, door, holder, credential, entered, counted): a decision's locks and reads in one call
+    # dk_read(site, door, holder, credential, entered, counted, limited): a decision's locks and reads in one call
     # (``credential``: NULL at a door without a PIN; ``counted``: the entered areas with an occupancy limit, the only
-    # ones decide() counts). VOLATILE (the default, spelled out because exactness rests on it): in READ COMMITTED
+    # ones decide() counts; ``limited``: every area of the site with a limit). VOLATILE (the default, spelled out because exactness rests on it): in READ COMMITTED
     # each query inside a volatile function takes a fresh snapshot when it starts (PostgreSQL docs, "Function
     # Volatility Categories"), so each read below sees what the previous holder of the lock just taken committed.
     # A STABLE function would read with the calling statement's snapshot, taken before any lock:
     # tests/unit/test_shared_decisions.py checks both.
     """CREATE OR REPLACE FUNCTION dk_read(p_site TEXT, p_door TEXT, p_holder TEXT, p_cred TEXT, p_entered TEXT[],
-        p_counted TEXT[], OUT pending_person TEXT[], OUT pending_at DOUBLE PRECISION[], OUT pending_kind TEXT[],
+        p_counted TEXT[], p_limited TEXT[], OUT pending_person TEXT[], OUT pending_at DOUBLE PRECISION[], OUT pending_kind TEXT[],
         OUT scopes TEXT[], OUT first_day TEXT, OUT seen_person TEXT[], OUT seen_area TEXT[], OUT seen_since DOUBLE PRECISION[],
         OUT pin_failures INTEGER, OUT pin_locked_until DOUBLE PRECISION, OUT count_area TEXT[],
         OUT count_n INTEGER[])
@@ -139,9 +140,10 @@ SCHEMA = (
                (SELECT locked_until FROM dk_pin_failures WHERE site = p_site AND credential = p_cred)
           INTO seen_person, seen_area, seen_since, pin_failures, pin_locked_until
           FROM presence WHERE person = ANY(pending_person || p_holder);
-        -- 3. The areas the door leads into and those the people would leave, then the head counts of those with a
-        -- limit.
-        PERFORM dk_lock('area', p_site, p_entered || seen_area);
+        -- 3. Of the areas the door leads into and those the people would leave, those with a limit (nothing else
+        -- reads an area: a head count is the only rule about other people's presence), then their head counts.
+        PERFORM dk_lock('area', p_site, ARRAY(SELECT DISTINCT a FROM unnest(p_entered || seen_area) AS a
+                                              WHERE a = ANY(p_limited)));
         SELECT coalesce(array_agg(area), '{}'), coalesce(array_agg(n), '{}') INTO count_area, count_n
           FROM (SELECT area, count(*)::integer AS n FROM presence WHERE area = ANY(p_counted)
                 GROUP BY area) AS c;
@@ -190,16 +192,18 @@ SCHEMA = (
         END IF;
         RETURN logged;
     END $$""",
-    # dk_move(site, people, area, since): move ``people`` into ``area`` as of ``since``, each unless a later passage
-    # of theirs is recorded; returns who moved. The same person-then-area lock order as a decision.
-    """CREATE OR REPLACE FUNCTION dk_move(p_site TEXT, p_people TEXT[], p_area TEXT, p_since DOUBLE PRECISION)
-        RETURNS TEXT[]
+    # dk_move(site, people, area, since, limited): move ``people`` into ``area`` as of ``since``, each unless a later
+    # passage of theirs is recorded; returns who moved. The same person-then-area lock order as a decision, the
+    # areas with a limit (``limited``) only.
+    """CREATE OR REPLACE FUNCTION dk_move(p_site TEXT, p_people TEXT[], p_area TEXT, p_since DOUBLE PRECISION,
+        p_limited TEXT[]) RETURNS TEXT[]
     LANGUAGE plpgsql VOLATILE AS $$
     DECLARE
         moved TEXT[];
     BEGIN
         PERFORM dk_lock('person', p_site, p_people);
-        PERFORM dk_lock('area', p_site, p_area || ARRAY(SELECT area FROM presence WHERE person = ANY(p_people)));
+        PERFORM dk_lock('area', p_site, ARRAY(SELECT DISTINCT a FROM unnest(p_area || ARRAY(
+            SELECT area FROM presence WHERE person = ANY(p_people))) AS a WHERE a = ANY(p_limited)));
         SELECT coalesce(array_agg(w ORDER BY o), '{}') INTO moved FROM unnest(p_people) WITH ORDINALITY AS u(w, o)
          WHERE NOT EXISTS (SELECT 1 FROM presence WHERE person = w AND since > p_since);
         INSERT INTO presence (person, area, since) SELECT w, p_area, p_since FROM unnest(moved) AS w
@@ -215,7 +219,7 @@ RETRIES = 5
 SITE_SCOPE = "site"
 
 #: A decision's two calls (see the module docstring), prepared on the worker's connection at their first use.
-_READ = "SELECT * FROM dk_read(%s, %s, %s, %s, %s::text[], %s::text[])"
+_READ = "SELECT * FROM dk_read(%s, %s, %s, %s, %s::text[], %s::text[], %s::text[])"
 _WRITE = ("SELECT dk_write(%s, %s, %s, %s::text[], %s::text[], %s::float8[], %s, %s::text[], %s::float8[], "
           "%s::text[], %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 
@@ -287,6 +291,7 @@ class SharedDecisions:
         self.worker = worker
         self.keep_history = keep_history
         self.retries = 0
+        self._limited_of: tuple[Site, str | None] | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -330,6 +335,14 @@ class SharedDecisions:
                 raise SharedDecisionError(f"the shared decision state is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _limited(self, site: Site) -> str | None:
+        """The site's areas with an occupancy limit, as the array literal dk_read and dk_move take (kept per site
+        object: the directory swaps in a new one on every change)."""
+        if self._limited_of is None or self._limited_of[0] is not site:
+            self._limited_of = (site, _array(sorted(a for a, area in site.areas.items()
+                                                    if area.max_occupancy is not None)))
+        return self._limited_of[1]
+
     # ------------------------------------------------------------ decide
 
     def decide(self, request: AccessRequest, now: float) -> Decided:
@@ -350,7 +363,8 @@ class SharedDecisions:
         (pending_person, pending_at, pending_kind, scopes, first_day, seen_person, seen_area, seen_since, failures,
          locked_until, count_area, count_n) = cur.execute(
             _READ, (self.site_id, door.id, cred.person, cred.hash if door.pin_required else None, _array(door.entered),
-                    _array(a for a in door.entered if a in site.areas and site.areas[a].max_occupancy is not None)),
+                    _array(a for a in door.entered if a in site.areas and site.areas[a].max_occupancy is not None),
+                    self._limited(site)),
             prepare=True).fetchone()
         pending = [Pending(p, at, kind) for p, at, kind in zip(pending_person, pending_at, pending_kind)]
         presence = {p: Presence(area, since) for p, area, since in zip(seen_person, seen_area, seen_since)}
@@ -419,7 +433,8 @@ class SharedDecisions:
             return []
 
         def work(conn: psycopg.Connection[Any]) -> Callable[[], list[str]]:
-            cur = conn.execute("SELECT dk_move(%s, %s::text[], %s, %s)", (self.site_id, wanted, area, since))
+            cur = conn.execute("SELECT dk_move(%s, %s::text[], %s, %s, %s::text[])",
+                               (self.site_id, wanted, area, since, self._limited(site)))
             return lambda: list((cur.fetchone() or ([],))[0])
 
         return self._run(work)

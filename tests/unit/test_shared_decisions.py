@@ -11,6 +11,7 @@ the one-call read (dk_read) rests on: a read queued behind a lock sees what the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -258,6 +259,34 @@ def test_a_decision_queued_behind_a_door_lock_reads_what_its_holder_committed(pg
         assert result[0].reason is Reason.GRANTED_TWO_PERSON and result[0].companions == ("p0",), \
             "the read after the lock saw the partner committed while the call waited"
     finally:
+        holder.close()
+        decider.close()
+
+
+def test_badges_into_an_area_without_a_limit_at_two_doors_never_wait_for_each_other(pg_url: str) -> None:
+    """Only a head count reads other people's presence, so only areas with a limit are locked: two people entering
+    an unlimited hall by two doors share no lock (a busy campus lobby with no limit must not serialise every
+    decision). The first decision is held open with its locks taken; the second must finish meanwhile."""
+    base = build_site("hall")
+    hall = Area("hall", "Hall")
+    site = dataclasses.replace(base, areas={**base.areas, "hall": hall}, doors={
+        **base.doors, "east_in": Door("east_in", "East in", "outside", "hall"),
+        "west_in": Door("west_in", "West in", "outside", "hall")},
+        access_levels={"all": AccessLevel("all", "All", tuple(AccessEntry(a, "always") for a in [*base.areas, "hall"]))})
+    (decider,) = workers(pg_url, site, 1)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT * FROM dk_read(%s, 'east_in', 'p0', NULL, '{hall}', '{}', '{lab,lobby}')", (site.id,))
+        result: list[Any] = []
+        badge = threading.Thread(target=lambda: result.append(
+            decider.decide(AccessRequest("west_in", card("p1")), T0).decision))
+        badge.start()
+        badge.join(timeout=5)
+        assert result and result[0].granted, "a decision into an unlimited area waited on another door's decision"
+        assert not waiting_on_an_advisory_lock(holder)
+    finally:
+        holder.execute("ROLLBACK")
         holder.close()
         decider.close()
 
