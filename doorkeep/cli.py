@@ -406,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--site", type=Path, help="site directory (default: the embedded demo site)")
     demo.add_argument("--no-desk", action="store_true", help="do not serve the security desk on 127.0.0.1")
     demo.add_argument("--desk-port", type=int, metavar="PORT", help="the desk's port (default 8080)")
+    demo.add_argument("--store", metavar="URL", help="the server's store on this PostgreSQL database "
+                      "(postgresql://USER@HOST:PORT/DB): created when missing, emptied when a previous demo's, "
+                      "refused when it holds anything else")
+    demo.add_argument("--workers", type=int, default=1, metavar="N", help="run N server workers on --store "
+                      "(N >= 2 needs --store; a private Mosquitto unless --broker; default 1: one server)")
 
     sim = sub.add_parser("sim", help="hardware simulators")
     sim_sub = sim.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -74,6 +74,10 @@ def tls_broker_for(url: str) -> MosquittoBroker | None:
 
 
 class MosquittoBroker:
+    #: Run Mosquitto in a session of its own: a Ctrl-C in the terminal then reaches only the process that started
+    #: it, which stops its clients first and the broker last (the demo's workers), instead of killing it at once.
+    own_session: bool = False
+
     def __init__(self, port: int | None = None, workdir: Path | None = None, *, persistent: bool = False,
                  config_text: str | None = None, tls_sites: Sequence[str] | Mapping[str, Iterable[str]] | None = None,
                  clients: Iterable[str] = ()) -> None:
@@ -189,7 +193,8 @@ class MosquittoBroker:
     def start(self, timeout: float = 5.0) -> MosquittoBroker:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.config())
-        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=self.own_session)
         if not wait_port(self.port, timeout):
             self.stop()
             raise BrokerUnavailable(f"mosquitto did not listen on port {self.port}; see {self.log_file}")

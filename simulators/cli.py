@@ -12,13 +12,16 @@ from simulators.brokers import BrokerUnavailable
 
 
 def demo(args: argparse.Namespace) -> int:
-    from simulators.demo import run_demo
+    from server.errors import ServerError
+    from simulators.demo import DemoError, run_demo
 
     try:
         return run_demo(args.duration, args.broker, args.site, desk=not getattr(args, "no_desk", False),
                         desk_port=getattr(args, "desk_port", None) or 8080,
-                        allow_plain=bool(getattr(args, "allow_plain_mqtt", False)))
-    except (ConfigErrors, ConfigError, BrokerUnavailable) as exc:
+                        allow_plain=bool(getattr(args, "allow_plain_mqtt", False)),
+                        store=getattr(args, "store", None), workers=getattr(args, "workers", 1))
+    except (ConfigErrors, ConfigError, BrokerUnavailable, DemoError, ServerError) as exc:
+        # ServerError: a worker that cannot start (server/workers.py WorkerError names the fix), a store refused.
         print(f"doorkeep demo: {exc}", file=sys.stderr)
         return 2
 

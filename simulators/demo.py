@@ -5,6 +5,13 @@ working day in the site's time zone, so business-hours rules give the same
 answers whenever the demo is run. Each scripted badge says which reason it
 expects; the summary says whether every one came out as expected, and the
 exit status follows it.
+
+``--store postgresql://…`` puts the demo's server on a PostgreSQL database (:func:`prepare_store` says which
+databases it takes), and ``--workers N`` runs N server workers on it (server/workers.py) instead of one server:
+w1 starts first and leads (its server carries the desk and the transcript's events), the others stand by and
+answer their share of the requests through a shared subscription, which needs Mosquitto (the embedded amqtt
+broker acknowledges ``$share/`` subscriptions and never delivers to them), so the demo starts a private plain
+one on loopback unless ``--broker`` names one.
 """
 
 from __future__ import annotations
@@ -14,17 +21,29 @@ import secrets
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Callable, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TextIO
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
+from doorkeep.config import store_url_problem
 from doorkeep.contract import EventMsg
 from doorkeep.schedule import is_open
 from simulators.door import DoorSimulator
 from simulators.site import SiteRunner
+from simulators.wait import wait_until
+
+if TYPE_CHECKING:
+    from server.workers import Worker
+
+
+class DemoError(ValueError):
+    """The demo cannot start as asked (a flag missing, a database it must not touch); the message names the fix."""
 
 
 class ShiftedClock:
@@ -98,6 +117,10 @@ class Demo:
         self._access = threading.Condition(self._lock)
         self._stop = threading.Event()
         self.tz = ZoneInfo(runner.bundle.site.timezone)
+        #: With ``--workers N``: the workers, w1 first (its server is ``runner.server``).
+        self.workers: list[Worker] = []
+        #: Why the demo stopped early (a worker that lost the lead), for the summary.
+        self.failure: str | None = None
 
     #: Alarms the transcript shows, and a turnstile's passages (the grant used, or cancelled unused).
     ALARMS = ("forced_open", "held_open", "forced_passage", "tailgate")
@@ -211,10 +234,20 @@ class Demo:
             c = server.bus.counters
             print(f"server: {server.store.count_events()} events stored, {c['snapshots']} snapshots, "
                   f"{c['malformed']} malformed messages dropped", file=self.out)
-        for step, got in wrong:
-            print(f"UNEXPECTED: {step.note or step.door}: expected {step.expect}, got {got or 'no decision'}",
-                  file=self.out)
-        return not wrong
+        for w in self.workers:
+            decisions = w.requests.counters["decisions"] if w.requests is not None else 0
+            print(f"worker {w.name}: {decisions} decisions, {'leads' if w.leader else 'standby'}", file=self.out)
+        problems = [f"{step.note or step.door}: expected {step.expect}, got {got or 'no decision'}"
+                    for step, got in wrong]
+        if self.workers and not any(w.requests and w.requests.counters["decisions"] for w in self.workers):
+            # The doors then decided offline (the morning fails on its reasons): say why.
+            problems.append("no worker decided a request: the doors decided offline (the broker must deliver "
+                            "shared subscriptions, $share/...: Mosquitto does, the embedded amqtt does not)")
+        if self.failure is not None:
+            problems.append(self.failure)
+        for problem in problems:
+            print(f"UNEXPECTED: {problem}", file=self.out)
+        return not problems
 
 
 DESK_ADMIN = "demo"
@@ -224,7 +257,7 @@ class DemoDesk:
     """The security desk on the demo's server, served by uvicorn on its own thread (docs/desk.md).
 
     A demo admin ``demo`` gets a fresh random password each run (printed): the demo's store lives in a
-    temporary directory and goes away with it.
+    temporary directory and goes away with it (a ``--store`` database is emptied by the next demo).
     """
 
     def __init__(self, runner: SiteRunner, host: str, port: int) -> None:
@@ -245,7 +278,6 @@ class DemoDesk:
         from server.web.app import create_app
         from server.operators import Operators
         from server.web.serving import uvicorn_config
-        from simulators.wait import wait_until
 
         with socket.socket() as probe:
             try:
@@ -298,17 +330,127 @@ def badge_from_stdin(runner: SiteRunner, out: TextIO, stop: threading.Event) -> 
             print(f"not sent: {exc}", file=out, flush=True)
 
 
+#: The table that marks a PostgreSQL database as the demo's own (:func:`prepare_store`).
+DEMO_MARK = "doorkeep_demo"
+#: Every relation outside PostgreSQL's own schemas: none in an empty database.
+_RELATIONS = ("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', "
+              "'information_schema') AND n.nspname !~ '^pg_(toast|temp)'")
+
+
+def prepare_store(url: str) -> str:
+    """Make the ``--store`` database ready for a demo; returns what it was (``created``, ``empty``, ``a previous
+    demo's, emptied``).
+
+    The morning is judged from an empty store: the demo's credential and signing keys are new each run, so a
+    previous demo's people, card hashes and presence would make its badges unknown or refused. A database that does
+    not exist is created (through the server's ``postgres`` database); an empty one is taken; one a previous demo
+    filled (its :data:`DEMO_MARK` table says so) is emptied, unless a client is still connected to it (a demo
+    still running); PostgreSQL's own databases and any other are refused, so a mistyped URL never fills or empties
+    a database that is not the demo's."""
+    import psycopg
+    from psycopg import sql
+
+    problem = store_url_problem(url)
+    if problem is not None:
+        raise DemoError(f"--store {url}: {problem[0]} (fix: {problem[1]})")
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if database in ("postgres", "template0", "template1"):  # empty, but every client's and tool's to share
+        raise DemoError(f"--store {url}: {database!r} is PostgreSQL's own database, not one for a demo (fix: name "
+                        "a new database, which the demo creates, e.g. "
+                        f"{urlunsplit(parts._replace(path='/doorkeep_demo'))})")
+    created = False
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1].strip()
+        if "does not exist" not in reason:
+            raise DemoError(f"--store {url}: cannot reach PostgreSQL: {reason} (fix: start PostgreSQL, or correct "
+                            "the URL's host, port or user)") from exc
+        try:
+            with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True,
+                                 connect_timeout=5) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg.Error as exc2:
+            why = str(exc2).strip().splitlines()[-1].strip()
+            raise DemoError(f"--store {url}: database {database!r} does not exist and could not be created: {why} "
+                            f"(fix: createdb -h {parts.hostname} -p {parts.port or 5432} -U {parts.username or 'USER'}"
+                            f" {database})") from exc2
+        created = True
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    with conn:
+        relations = [row[0] for row in conn.execute(_RELATIONS)]
+        what = "created" if created else "empty"
+        if relations:
+            if f"public.{DEMO_MARK}" not in relations:
+                raise DemoError(f"--store {url}: database {database!r} is not empty and is not a previous demo's "
+                                f"({len(relations)} tables and other relations, no {DEMO_MARK} table): the demo "
+                                "never empties a store it did not fill (fix: name a new database, which the demo "
+                                "creates, or an empty one)")
+            others = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                                  "pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
+            if others and others[0]:
+                raise DemoError(f"--store {url}: a previous demo's database, but {others[0]} other client(s) are "
+                                "connected to it (fix: stop the demo or server still using it, or name another "
+                                "database)")
+            with conn.transaction():
+                drops = [("VIEW", "SELECT format('%I.%I', schemaname, viewname) FROM pg_views "
+                                  "WHERE schemaname = 'public'"),
+                         ("MATERIALIZED VIEW", "SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews "
+                                               "WHERE schemaname = 'public'"),
+                         ("TABLE", "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                                   "WHERE schemaname = 'public'"),
+                         ("SEQUENCE", "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences "
+                                      "WHERE schemaname = 'public'"),
+                         ("FUNCTION", "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+                                      "ON n.oid = p.pronamespace WHERE n.nspname = 'public'")]
+                for kind, query in drops:
+                    names = [row[0] for row in conn.execute(query)]
+                    if names:  # the names come from the catalogue, quoted by format('%I') and regprocedure
+                        conn.execute(f"DROP {kind} IF EXISTS {', '.join(names)} CASCADE")
+            what = "a previous demo's, emptied"
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_MARK} (prepared_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(f"INSERT INTO {DEMO_MARK} DEFAULT VALUES")
+    return what
+
+
 def run_demo(duration: float | None, broker: str | None, site_dir: object = None,
              out: TextIO = sys.stdout, on_ready: Callable[[SiteRunner], None] | None = None, *,
-             desk: bool = True, desk_host: str = "127.0.0.1", desk_port: int = 8080, allow_plain: bool = False) -> int:
+             desk: bool = True, desk_host: str = "127.0.0.1", desk_port: int = 8080, allow_plain: bool = False,
+             store: str | None = None, workers: int = 1) -> int:
+    """Play the morning; 0 when every scripted badge got its expected reason and every relay ended locked.
+
+    ``store``: the server's PostgreSQL database (:func:`prepare_store`), else SQLite in a temporary directory.
+    ``workers``: 1 runs one server; N >= 2 runs workers w1..wN on ``store`` (DemoError without it)."""
     from doorkeep.config import load_site_dir
     from simulators.site import DEMO_SITE
 
+    if workers < 1:
+        raise DemoError(f"--workers {workers}: there is at least one server (fix: --workers 1, the default, for one "
+                        "server, or 2 or more for several workers on --store)")
+    if workers > 1 and store is None:
+        raise DemoError(f"--workers {workers} needs --store: several workers share their state in PostgreSQL (fix: "
+                        "add --store postgresql://USER@HOST:PORT/DB, e.g. --store "
+                        "postgresql://postgres@127.0.0.1:5432/doorkeep_demo; the demo creates the database)")
+    if store is not None and store.startswith("postgres://"):
+        store = "postgresql://" + store[len("postgres://"):]  # one spelling: the workers take only this one
     bundle = load_site_dir(site_dir or DEMO_SITE)  # type: ignore[arg-type]
+    store_was = prepare_store(store) if store is not None else None
     holidays: frozenset[date] = frozenset().union(*(s.holidays for s in bundle.site.schedules.values()))
     clock = ShiftedClock(demo_morning(bundle.site.timezone, holidays))
+    own_broker = None
+    if workers > 1 and broker is None:
+        # The workers split the requests through a shared subscription, which the embedded amqtt broker does not
+        # deliver: a private Mosquitto, plain on loopback as the embedded broker is.
+        from simulators.brokers import MosquittoBroker
+
+        own_broker = MosquittoBroker()
+        own_broker.own_session = True  # Ctrl-C stops the demo, which stops the broker last
+        broker, allow_plain = own_broker.url, True
     # allow_plain: --allow-plain-mqtt for a plain --broker URL; the embedded broker needs no flag.
-    runner = SiteRunner(bundle, broker_url=broker, clock=clock, allow_plain=allow_plain)
+    runner = SiteRunner(bundle, broker_url=broker, clock=clock, allow_plain=allow_plain,
+                        store_url=store if workers == 1 else None)
     demo = Demo(runner, out)
     print(f"doorkeep demo: site {bundle.site.name!r}, {len(bundle.site.doors)} doors on "
           f"{len(bundle.devices)} edge devices; demo time starts "
@@ -316,23 +458,62 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
     ok = False
     interrupted = threading.Event()
     stoppers: list[Callable[[], None]] = []
+    work_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def on_signal(signum: int, frame: object) -> None:
         interrupted.set()
         demo.stop()
+
+    def on_lost(name: str) -> Callable[[], None]:
+        def lost() -> None:  # as `doorkeep server --worker` exits: the demo stops and is not judged a pass
+            demo.failure = f"worker {name} could not be sure it leads (its PostgreSQL session failed); demo stopped"
+            demo.stop()
+        return lost
 
     if threading.current_thread() is threading.main_thread():
         # Explicit handlers: a shell may start the demo with SIGINT ignored, and SIGTERM must stop it cleanly too.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
     try:
-        runner.start()
+        if own_broker is not None:
+            own_broker.start()
+        if workers > 1:
+            from server.workers import Worker
+
+            assert store is not None
+            work_dir = tempfile.TemporaryDirectory(prefix="doorkeep-demo-workers-")
+            for n in range(1, workers + 1):  # w1 first: it leads, and imports the site the others wait for
+                worker = Worker(bundle, Path(work_dir.name) / "server", runner.broker_config("server"), f"w{n}",
+                                store, clock=clock, key=runner.key, on_lost=on_lost(f"w{n}"),
+                                signing_key=runner.signing_key, snapshot_keys=runner.snapshot_keys,
+                                pass_keys=runner.pass_keys)
+                worker.start()
+                demo.workers.append(worker)
+            if demo.workers[0].server is None:
+                raise DemoError(f"--store {store}: worker w1 does not lead: another worker of site "
+                                f"{bundle.site.id!r} holds the lead on this database (fix: stop it, or name another "
+                                "database)")
+            runner.server = demo.workers[0].server  # the desk and the transcript use the leader's server
+            runner.start(with_server=False)
+        else:
+            runner.start()
         assert runner.server is not None
         runner.server.bus.listeners.append(demo.on_event)
         if not runner.wait_connected(10.0):
             print("doorkeep demo: the broker did not accept every client within 10 s", file=out)
             return 1
+        if demo.workers and not wait_until(lambda: all(w.requests is not None and w.requests.connected.is_set()
+                                                       for w in demo.workers), 10.0):
+            print("doorkeep demo: the broker did not acknowledge every worker's subscription to the requests "
+                  "within 10 s", file=out)
+            return 1
         print(f"broker {runner.broker_url}; Ctrl-C stops everything with the relays locked", file=out)
+        if store is not None:
+            print(f"store {store} ({store_was})", file=out)
+        if demo.workers:
+            standbys = ", ".join(w.name for w in demo.workers[1:])
+            print(f"{workers} server workers: w1 leads (the desk and this transcript use its server), {standbys} "
+                  f"stand{'s' if workers == 2 else ''} by; each answers its share of the requests", file=out)
         if desk:
             web = DemoDesk(runner, desk_host, desk_port)
             why = web.start()
@@ -365,16 +546,24 @@ def run_demo(duration: float | None, broker: str | None, site_dir: object = None
             print("\nstopping…", file=out)
         runner.server.bus.wait_idle(5.0)
         # An interrupted morning may end mid-step: the summary is shown, but only a full run is judged.
-        ok = demo.summary() or interrupted.is_set()
+        ok = demo.summary() or (interrupted.is_set() and demo.failure is None)
     finally:
         demo.stop()
         for stop in stoppers:
             stop()
-        runner.stop()
+        if demo.workers:
+            runner.server = None  # the leader's server: its worker stops it, once
+        runner.stop()  # the edges first: every relay to its safe state
+        for worker in reversed(demo.workers):  # the standbys first, so that none takes over a stopping site
+            worker.stop()
+        if own_broker is not None:
+            own_broker.stop()
+        if work_dir is not None:
+            work_dir.cleanup()
         locked = not any(runner.relays_energised().values())
         print(f"stopped; all relays de-energised: {'yes' if locked else 'NO'}", file=out)
         ok = ok and locked
     return 0 if ok else 1
 
 
-__all__ = ["run_demo", "demo_morning", "ShiftedClock", "MORNING", "is_open"]
+__all__ = ["run_demo", "prepare_store", "DemoError", "demo_morning", "ShiftedClock", "MORNING", "is_open"]
