@@ -114,9 +114,8 @@ def run_worker(args: argparse.Namespace) -> int:
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
         warn_if_readable(bundle.dir / "people.toml", "it holds card numbers in clear")
-        store_url = resolve_store_url(bundle.store, getattr(args, "store", None))
-        worker = Worker(bundle, data, broker_config(args), args.worker, store_url or "", on_lost=on_lost,
-                        on_leader=on_leader, **timeouts)
+        worker = Worker(bundle, data, broker_config(args), args.worker, cli_store_url(args, bundle) or "",
+                        on_lost=on_lost, on_leader=on_leader, **timeouts)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         worker.start()
@@ -140,6 +139,38 @@ def run_worker(args: argparse.Namespace) -> int:
             listener.stop()
         worker.stop()
     return 0
+
+
+def cli_store_url(args: argparse.Namespace, bundle: Any) -> str | None:
+    """``--store``, then ``$DOORKEEP_STORE_URL``, then site.toml ``[store] url`` (server/store_url.py); None: SQLite."""
+    return resolve_store_url(bundle.store, getattr(args, "store", None))
+
+
+def lead_first(args: argparse.Namespace, bundle: Any, data: Path) -> Any:
+    """``doorkeep desk --worker NAME``: a worker (server/workers.py) that serves the desk only while it leads. A
+    standby answers its share of the requests and waits; its port stays closed, so a proxy's health check finds the
+    leader's desk. Returns the leading worker, or None when stopped while standing by. A leader that cannot confirm
+    it leads exits at once (LOST_LEAD_EXIT), as ``doorkeep server --worker`` does."""
+    from server.workers import Worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def lost() -> None:  # nothing of this process may speak for the site any more
+        logging.shutdown()
+        os._exit(LOST_LEAD_EXIT)
+
+    worker = Worker(bundle, data, broker_config(args), args.worker, cli_store_url(args, bundle) or "", on_lost=lost)
+    worker.start()
+    if not worker.leader:
+        print(f"worker {args.worker} stands by for site {bundle.site.id}: it answers its share of the requests, and "
+              "serves the desk once it leads", file=sys.stderr, flush=True)
+    while not worker.promoted.wait(0.5):
+        if stop.is_set():
+            worker.stop()
+            return None
+    return worker
 
 
 def metrics_listener(args: argparse.Namespace, server: Any) -> Any:

@@ -20,7 +20,6 @@ from doorkeep.config import load_site_dir
 from doorkeep.errors import ConfigError, ConfigErrors
 from server.admin_cli import UsageError, cli_actor
 from server.errors import ServerError
-from server.store_url import resolve_store_url
 from server.operators import (MIN_PASSWORD, OperatorConflict, OperatorError, OperatorExists, Operators,
                               UnknownOperator, check_password, operators_in)
 
@@ -143,7 +142,7 @@ def desk(args: argparse.Namespace) -> int:
     from doorkeep.policy import PolicyError
     from server.app import bootstrap
     from server.web.app import create_app
-    from server.cli import broker_config, broker_log_watcher
+    from server.cli import broker_config, broker_log_watcher, cli_store_url, lead_first
 
     from server.web.serving import parse_allow_ips, uvicorn_config
 
@@ -159,15 +158,14 @@ def desk(args: argparse.Namespace) -> int:
     try:
         bundle = load_site_dir(args.site)
         data = args.data or Path("var") / bundle.site.id
-        store_url = resolve_store_url(bundle.store, getattr(args, "store", None))
         if getattr(args, "worker", None):
-            worker = _lead_first(args, bundle, data, store_url or "")
+            worker = lead_first(args, bundle, data)
             if worker is None:
                 return 0  # stopped while standing by
             assert worker.server is not None
             server = worker.server
         else:
-            server = bootstrap(bundle, data, broker_config(args), store_url=store_url)
+            server = bootstrap(bundle, data, broker_config(args), store_url=cli_store_url(args, bundle))
     except (ConfigErrors, ConfigError, ServerError, PolicyError, ValueError) as exc:
         print(f"doorkeep desk: {exc}", file=sys.stderr)
         return 2
@@ -196,38 +194,6 @@ def desk(args: argparse.Namespace) -> int:
         else:
             server.stop()
     return 0
-
-
-def _lead_first(args: argparse.Namespace, bundle: Any, data: Path, store_url: str) -> Any:
-    """``doorkeep desk --worker NAME``: a worker (server/workers.py) that serves the desk only while it leads. A
-    standby answers its share of the requests and waits; its port stays closed, so a proxy's health check finds the
-    leader's desk. Returns the leading worker, or None when stopped while standing by. A leader that cannot
-    confirm it leads exits at once (status 3), as ``doorkeep server --worker`` does."""
-    import os
-    import threading
-
-    from server.cli import LOST_LEAD_EXIT, broker_config
-    from server.workers import Worker
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    def lost() -> None:
-        logging.shutdown()
-        os._exit(LOST_LEAD_EXIT)
-
-    worker = Worker(bundle, data, broker_config(args), args.worker, store_url, on_lost=lost)
-    worker.start()
-    if not worker.leader:
-        print(f"worker {args.worker} stands by for site {bundle.site.id}: it answers its share of the requests, and "
-              "serves the desk once it leads", file=sys.stderr, flush=True)
-    while not worker.promoted.wait(0.5):
-        if stop.is_set():
-            worker.stop()
-            return None
-    return worker
-
 
 
 def _systemd_server(config: Any, *, healthy: Callable[[], bool]) -> Any:

@@ -143,6 +143,7 @@ def test_edge_partitioned_from_the_broker_for_60_s(net_stack: FaultStack, fault_
     assert stack.alarms("device_offline"), "a 60 s partition must raise device_offline (and clear it)"
 
 
+@pytest.mark.slow  # make faults: make test keeps the partition row of this file (its time budget)
 def test_edge_link_loses_20_percent_of_packets(net_stack: FaultStack, fault_row) -> None:
     stack = net_stack
     warm_up(stack)
@@ -170,6 +171,7 @@ def dropped_packets(ns: NetNamespace) -> int:
     return sum(int(line.split()[0]) for line in out.splitlines() if "doorkeep-loss" in line)
 
 
+@pytest.mark.slow  # make faults: make test keeps the partition row of this file (its time budget)
 def test_edge_link_with_500_ms_latency(net_stack: FaultStack, fault_row) -> None:
     stack = net_stack
     warm_up(stack)
@@ -195,6 +197,7 @@ def test_edge_link_with_500_ms_latency(net_stack: FaultStack, fault_row) -> None
     no_alarms_left(stack)
 
 
+@pytest.mark.slow  # make faults: make test keeps the partition row of this file (its time budget)
 def test_edge_link_flapping(net_stack: FaultStack, fault_row) -> None:
     stack = net_stack
     warm_up(stack)
