@@ -15,6 +15,8 @@ several, with the same site directory, keys, store and broker. Each worker:
   supervision and alarms, retention, mail, webhooks, SIEM, integrations. The others are standbys: each tries the
   lock every :data:`TRY_EVERY_S` and takes over when the leader's session ends (a killed process's connection is
   closed by its kernel, and PostgreSQL frees its locks at once);
+- **keeps the doors asking**: the leader's last will (the server `offline`) waits :data:`WILL_DELAY_S` (MQTT 5),
+  and a standby taking the leader's session over sooner cancels it, so the doors never hear of a change of leader;
 - **follows the site**: a standby keeps its own directory of the live site from the store, woken by the leader's
   NOTIFY on every change (a card revoked, a visitor checked in), and polls the site revision and people counter
   every second for changes the leader did not make.
