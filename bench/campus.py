@@ -4,14 +4,18 @@ Run from the project root:
 
     .venv/bin/python bench/campus.py [--quick] [--store sqlite,postgresql] [--postgres ADMIN_URL]
                                      [--steps 250,500,...] [--step-seconds S] [--rush-seconds W] [--peak RATE]
-                                     [--server-inflight N] [--workers 1,2,4] [--json PATH]
+                                     [--server-inflight N] [--workers 1,2,4] [--cardholders N] [--buildings B]
+                                     [--json PATH]
 
 What runs: a private Mosquitto on loopback (plain MQTT, ``set_tcp_nodelay true``, ``max_queued_messages 0``,
 as bench/capacity.py), the real server (``server.app.bootstrap``, the code behind ``doorkeep server``) in its
 own process with its store on SQLite (or PostgreSQL with ``--postgres``: bench/campus_db.py), on a generated site (bench/gensite.py: the demo plus 10,000 doors on
-1,000 devices of 10 doors each), and 1,000 simulated edges: state in ``PROCS`` processes, each multiplexing
-its edges on ``CONNS`` paho connections (every connection subscribes to its edges' decision topics, as each
-edge would). Each badge is a ``RequestMsg`` (QoS 1) on its door's request topic; when the ``DecisionMsg``
+1,000 devices of 10 doors each in ``--buildings`` buildings, default 100, and ``--cardholders`` people, default
+10,000, with one EM4100 card each and the access level of one building, imported by the server at its first
+start), and 1,000 simulated edges: state in ``PROCS`` processes, each multiplexing its edges on ``CONNS`` paho
+connections (every connection subscribes to its edges' decision topics, as each edge would). Each badge is a
+``RequestMsg`` (QoS 1) on its door's request topic for the card of one of the door's building's cardholders, picked
+at random (3 % of badges: one of 200 cards the site does not know, refused); when the ``DecisionMsg``
 comes back the edge publishes the ``access`` event (``EventMsg``, numbered per device like a real edge) and,
 for half of the grants, a ``door_opened``/``door_closed`` pair, which the server stores.
 
@@ -35,7 +39,8 @@ subscription ``$share/doorkeep-SITE/doorkeep/v1/SITE/+/door/+/request``. The rep
 CPU per decision and how many requests it decided, and ends with every run side by side.
 
 The bench checks its own results and exits 1 when they do not hold: every decision matched to a request of
-the same door (none unmatched, none twice), every request answered in the end, and every event the edges sent
+the same door (none unmatched, none twice), every request answered in the end, every cardholder granted and every
+unknown card refused (the server's directory holds the generated people), and every event the edges sent
 stored exactly once (counted in the store's database by the run's event-id prefix after the server stopped);
 with workers, also that w1 led throughout and that every worker decided some of the requests.
 """
@@ -68,7 +73,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campus_db import PostgresEvents, SqliteEvents  # noqa: E402
-from gensite import STAFF_CARDS, generate_site  # noqa: E402
+from gensite import building_id, cardholder_building, cardholder_card, generate_site  # noqa: E402
 
 DOORS = 10_000
 DOORS_PER_EDGE = 10
@@ -84,7 +89,9 @@ WARM_RATE, WARM_S = 500.0, 4.0   # before the steps: 2,000 badges, about two per
 DRAIN_S = 300.0           # how long the edges wait for late answers after a phase
 SETTLE_S = 900.0          # how long the bench waits for the store to hold every event sent ...
 STALL_S = 20.0            # ... or for its count to move again
-UNKNOWN_SHARE = 0.03      # badges of cards the site does not know (refused)
+CARDHOLDERS = 10_000      # people with one card each (bench/gensite.py), every badge one of them at random ...
+BUILDINGS = 100           # ... among those of the door's building (100 people and 10 edges in each) ...
+UNKNOWN_SHARE = 0.03      # ... or, this share of the badges, a card the site does not know (refused)
 PAIR_SHARE = 0.5          # grants followed by a door_opened/door_closed pair
 RUSH_REAL_S = 1800.0      # the rush: 30 minutes ...
 RUSH_SIGMA = 0.25         # ... sigma = a quarter of the half hour (7.5 min): the half hour is +-2 sigma
@@ -342,19 +349,23 @@ class Edges:
     """The edges of one process on ``CONNS`` paho connections: badges on a schedule, events after each decision."""
 
     def __init__(self, port: int, site_id: str, index: int, run_id: str, edges: list[tuple[str, list[str]]],
-                 staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+                 cards: dict[str, list[tuple[str, str]]], door_area: dict[str, str],
+                 unknown: list[tuple[str, str]]) -> None:
+        """``cards``: (hash, last 4) of the cards allowed into each area; a badge at a door is one of those of
+        the area ``door_area`` says it leads into (or, ``UNKNOWN_SHARE`` of the time, one of ``unknown``)."""
         from doorkeep.contract import Topics
         from simulators.brokers import subscribed_client
 
         self.topics = Topics(site_id)
-        self.index, self.run_id, self.staff, self.unknown = index, run_id, staff, unknown
+        self.index, self.run_id, self.unknown = index, run_id, unknown
         self.rng = random.Random(index)
         self.lock = threading.Lock()
-        self.pending: dict[str, tuple[int, str, str, str]] = {}   # tx -> (sent ns, door, card hash, last 4)
+        self.pending: dict[str, tuple[int, str, str, str, bool]] = {}   # tx -> (sent ns, door, hash, last 4, known)
         self.tx_seq = 0
         self.event_seq: dict[str, int] = {dev: 0 for dev, _ in edges}
         self.event_n = 0
         self.device_of: dict[str, str] = {}
+        self.cards_at: dict[str, list[tuple[str, str]]] = {}
         self.client_of: dict[str, Any] = {}
         self.doors: list[str] = []
         self.req_topic: dict[str, str] = {}
@@ -377,6 +388,7 @@ class Edges:
             for dev, doors in mine:
                 for d in doors:
                     self.device_of[d], self.client_of[d] = dev, client
+                    self.cards_at[d] = cards[door_area[d]]
                     self.req_topic[d] = self.topics.request(dev, d)
                     self.evt_topic[d] = self.topics.event(dev, d)
                     self.doors.append(d)
@@ -388,6 +400,7 @@ class Edges:
         self.ans_lat = array("d")      # ... and request->decision (ms)
         self.unmatched = 0             # decisions for no pending request (unknown or answered twice)
         self.wrong_door = 0
+        self.misjudged = 0             # a cardholder refused at their building's door, or an unknown card granted
         self.events = {"access": 0, "door_opened": 0, "door_closed": 0}
         self.granted = self.denied = 0
         self.t0_ns = time.perf_counter_ns()
@@ -416,9 +429,11 @@ class Edges:
             if got is None:
                 self.unmatched += 1
                 return
-            sent_ns, door, h, tail = got
+            sent_ns, door, h, tail, known = got
             if ans.door != door:
                 self.wrong_door += 1
+            if ans.granted != known:
+                self.misjudged += 1
             self.ans_sent.append((sent_ns - self.t0_ns) / 1e9)
             self.ans_lat.append((t - sent_ns) / 1e6)
             if ans.granted:
@@ -437,12 +452,13 @@ class Edges:
         from doorkeep.contract import RequestMsg
 
         door = self.rng.choice(self.doors)
-        h, tail = (self.rng.choice(self.unknown) if self.rng.random() < UNKNOWN_SHARE else self.rng.choice(self.staff))
+        known = self.rng.random() >= UNKNOWN_SHARE
+        h, tail = self.rng.choice(self.cards_at[door] if known else self.unknown)
         now = time.perf_counter_ns()
         with self.lock:
             self.tx_seq += 1
             tx = f"{self.run_id}{self.index}t{self.tx_seq}"
-            self.pending[tx] = (now, door, h, tail)
+            self.pending[tx] = (now, door, h, tail, known)
             self.sent_at.append((now - self.t0_ns) / 1e9)
         self.client_of[door].publish(self.req_topic[door],
                                      RequestMsg(tx, door, h, tail, "em4100", iso_ms(time.time())).encode(), qos=1)
@@ -470,6 +486,7 @@ class Edges:
             self.pending.clear()
             return {"sent_at": self.sent_at, "ans_sent": self.ans_sent, "ans_lat": self.ans_lat,
                     "unanswered": unanswered, "unmatched": self.unmatched, "wrong_door": self.wrong_door,
+                    "misjudged": self.misjudged,
                     "events": dict(self.events), "granted": self.granted, "denied": self.denied,
                     "pacer_end_s": end_s, "drained_s": time.perf_counter() - start_perf}
 
@@ -480,9 +497,10 @@ class Edges:
 
 
 def _edges_main(conn: Any, port: int, site_id: str, index: int, run_id: str, edges: list[tuple[str, list[str]]],
-                staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+                cards: dict[str, list[tuple[str, str]]], door_area: dict[str, str],
+                unknown: list[tuple[str, str]]) -> None:
     try:
-        sim = Edges(port, site_id, index, run_id, edges, staff, unknown)
+        sim = Edges(port, site_id, index, run_id, edges, cards, door_area, unknown)
         conn.send(("ready", len(sim.doors)))
         while True:
             cmd = conn.recv()
@@ -504,12 +522,14 @@ def _edges_main(conn: Any, port: int, site_id: str, index: int, run_id: str, edg
 
 class EdgeProcs:
     def __init__(self, port: int, site_id: str, run_id: str, edges: list[tuple[str, list[str]]],
-                 staff: list[tuple[str, str]], unknown: list[tuple[str, str]]) -> None:
+                 cards: dict[str, list[tuple[str, str]]], door_area: dict[str, str],
+                 unknown: list[tuple[str, str]]) -> None:
         ctx = mp.get_context("spawn")
         self.pipes, self.procs = [], []
         for k in range(PROCS):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_edges_main, args=(child, port, site_id, k, run_id, edges[k::PROCS], staff, unknown),
+            p = ctx.Process(target=_edges_main,
+                            args=(child, port, site_id, k, run_id, edges[k::PROCS], cards, door_area, unknown),
                             daemon=True)
             p.start()
             self.pipes.append(parent)
@@ -638,7 +658,8 @@ def phase_totals(parts: list[dict[str, Any]]) -> dict[str, Any]:
             ev[k] = ev.get(k, 0) + v
     return {"sent": sum(len(p["sent_at"]) for p in parts), "answered": sum(len(p["ans_lat"]) for p in parts),
             "unanswered": sum(p["unanswered"] for p in parts), "unmatched": sum(p["unmatched"] for p in parts),
-            "wrong_door": sum(p["wrong_door"] for p in parts), "events": ev,
+            "wrong_door": sum(p["wrong_door"] for p in parts), "misjudged": sum(p["misjudged"] for p in parts),
+            "events": ev,
             "granted": sum(p["granted"] for p in parts), "denied": sum(p["denied"] for p in parts),
             "drained_s": max(p["drained_s"] for p in parts), "pacer_end_s": max(p["pacer_end_s"] for p in parts)}
 
@@ -646,15 +667,19 @@ def phase_totals(parts: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------ the run
 
 def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_inflight: int | None = None,
-        postgres: str | None = None, log: Any = print, workers: int | None = None) -> dict[str, Any]:
+        postgres: str | None = None, log: Any = print, workers: int | None = None,
+        cardholders: int = CARDHOLDERS, buildings: int = BUILDINGS) -> dict[str, Any]:
     """One campus run: the one server process, or ``workers`` worker processes (PostgreSQL ``postgres`` only).
 
-    ``rush_s`` 0: no rush."""
+    ``rush_s`` 0: no rush. ``cardholders``: the people who badge (one card each), in ``buildings`` buildings
+    (bench/gensite.py; 0: all of them allowed at every door); a badge at a door is one of its building's at random."""
     from doorkeep.credentials import card_hash, last4
     from simulators.brokers import MosquittoBroker
 
     if workers is not None and (workers < 1 or postgres is None):
         raise ValueError("several workers need at least one worker and a PostgreSQL store")
+    if cardholders < max(1, buildings):
+        raise ValueError("the edges badge the cards of at least one cardholder in every building")
     tmp = Path(tempfile.mkdtemp(prefix="doorkeep-bench-campus-"))
     broker = MosquittoBroker().start()
     server: ServerChild | WorkerGroup | None = None
@@ -664,10 +689,15 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
         if postgres is not None:
             db = PostgresEvents(postgres)
         t_setup = time.perf_counter()
-        bundle = generate_site(tmp / "site", DOORS, DOORS_PER_EDGE)
+        bundle = generate_site(tmp / "site", DOORS, DOORS_PER_EDGE, cardholders, buildings)
         key = secrets.token_bytes(32)
         devs = sorted((dev.id, sorted(dev.doors)) for dev in bundle.devices.values() if dev.id.startswith("gen-"))
-        staff = [(card_hash(key, "em4100", c), last4(c)) for c in STAFF_CARDS]
+        door_area = {d: bundle.site.doors[d].to_area for _, doors in devs for d in doors}
+        cards: dict[str, list[tuple[str, str]]] = {}
+        for i in range(cardholders):
+            c = cardholder_card(i)
+            area = building_id(cardholder_building(i, buildings)) if buildings else "lobby"
+            cards.setdefault(area, []).append((card_hash(key, "em4100", c), last4(c)))
         rng = random.Random(20)
         unknown = []
         for _ in range(200):
@@ -686,10 +716,11 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
                   + ", ".join(f"{w.name} pid {w.pid}{' leads' if w.lead else ''}" for w in procs) + ")")
         t_server = time.perf_counter() - t_setup
         run_id = uuid.uuid4().hex[:8]
-        edges = EdgeProcs(broker.port, bundle.site.id, run_id, devs, staff, unknown)
+        edges = EdgeProcs(broker.port, bundle.site.id, run_id, devs, cards, door_area, unknown)
         assert broker.proc is not None
         meter = Meter(broker.proc.pid, procs, edges.pids(), db)
-        log(f"   {len(devs):,} edges, {edges.doors:,} doors on {PROCS} processes x {CONNS} connections; "
+        log(f"   {len(devs):,} edges, {edges.doors:,} doors on {PROCS} processes x {CONNS} connections, "
+            f"{cardholders:,} cardholders ({_buildings(buildings)}); "
             f"{up}, broker pid {broker.proc.pid}")
         events_sent = 0
         checks: list[tuple[str, bool]] = []
@@ -793,6 +824,8 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
             ("every request answered", sum(t["unanswered"] for t in totals) == 0),
             ("no decision without its request (or twice)", sum(t["unmatched"] for t in totals) == 0),
             ("every decision for its request's door", sum(t["wrong_door"] for t in totals) == 0),
+            ("every cardholder granted at their building's doors, every unknown card refused",
+             sum(t["misjudged"] for t in totals) == 0),
             ("every event stored", stored_ours == events_sent),
             ("no event stored twice", distinct_ours == stored_ours),
             ("each event type stored as sent", all(by_type.get(k, 0) == v for k, v in sent_types.items())),
@@ -802,7 +835,8 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
         return {"steps": step_rows, "knee": knee, "rush": rush, "events_sent": events_sent,
                 "events_stored": stored_ours, "events_distinct": distinct_ours, "sent_by_type": sent_types,
                 "stored_by_type": by_type, "checks": checks, "server_counters": counters,
-                "setup": {"doors": DOORS, "edges": len(devs), "procs": PROCS, "conns_per_proc": CONNS,
+                "setup": {"doors": DOORS, "edges": len(devs), "cardholders": cardholders, "buildings": buildings,
+                          "procs": PROCS, "conns_per_proc": CONNS,
                           "server_start_s": t_server, "store": db.engine, "workers": workers,
                           "server_inflight": "the server's own" if server_inflight is None else server_inflight}}
     finally:
@@ -813,6 +847,10 @@ def run(steps: list[float], step_s: float, rush_s: float, peak: float, server_in
         broker.stop()
         db.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _buildings(n: int) -> str:
+    return "each allowed at every door" if n == 0 else f"in {n:,} buildings, each badging at its own building's doors"
 
 
 def _label(res: dict[str, Any]) -> str:
@@ -864,7 +902,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         servers = (f"{n} server worker process{'es' if n > 1 else ''} (w1 leads: events, policies, supervision; "
                    f"every worker answers its share of the requests through $share/doorkeep-SITE/...)")
     print(f"Simulated campus: {setup['doors']:,} doors on {setup['edges']:,} edges "
-          f"({PROCS} processes x {CONNS} paho connections), {servers}, store on {setup['store']}; "
+          f"({PROCS} processes x {CONNS} paho connections), {setup['cardholders']:,} cardholders "
+          f"({_buildings(setup['buildings'])}; {100 * UNKNOWN_SHARE:g} % of badges unknown cards), {servers}, "
+          f"store on {setup['store']}; "
           f"{os.cpu_count()} cores, {platform.python_version()}")
     names = _workers_of(res["steps"][0]["cpu_ms_per_decision"]) if res["steps"] else []
     print(f"{'offered/s':>10} {'answered/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'stored/s':>9} "
@@ -953,7 +993,7 @@ def side_by_side(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="about 50 s (20 s of it starting the server): short steps and a 10 s rush")
+    ap.add_argument("--quick", action="store_true", help="about 60 s (30 s of it starting the server): short steps and a 10 s rush")
     ap.add_argument("--steps", help="offered decisions/s of the steps, comma-separated "
                     "(default 250,500,750,1000,1250,1500,2000,2500,3000; --quick 400,800,1200)")
     ap.add_argument("--step-seconds", type=float, help="seconds per step, the first one unmeasured (default 6; quick 3)")
@@ -973,6 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
                     "runs) on a fresh PostgreSQL database: w1 starts first and leads, the others stand by, all "
                     "answer their share of the requests through the shared subscription; e.g. 1,2,4. Prints every "
                     "run side by side at the end. Needs PostgreSQL (--postgres). Default: no worker runs")
+    ap.add_argument("--cardholders", type=int, default=CARDHOLDERS, metavar="N",
+                    help=f"people on the generated site, one EM4100 card each, every badge one of them at random "
+                    f"(or, {100 * UNKNOWN_SHARE:g} %% of badges, an unknown card); the server imports them at its "
+                    f"first start (default {CARDHOLDERS:,})")
+    ap.add_argument("--buildings", type=int, default=BUILDINGS, metavar="B",
+                    help=f"split the edges (in order) and the cardholders (round robin) into B buildings: a "
+                    f"building's doors lead into its own area and only its cardholders may enter and badge there, "
+                    f"so each edge's signed policy carries its building's people (default {BUILDINGS}); 0: every "
+                    "door leads into the demo's lobby and every cardholder may badge everywhere, so every edge's "
+                    "policy carries every cardholder (10,000 of them: minutes of signing at the server's start)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     steps = args.steps or ("400,800,1200" if args.quick else "250,500,750,1000,1250,1500,2000,2500,3000")
@@ -982,6 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(x) for x in (args.workers or "").split(",") if x.strip()]
     except ValueError:
         counts = [0]
+    if args.buildings < 0 or args.buildings > DOORS // DOORS_PER_EDGE:
+        ap.error(f"--buildings: from 0 to {DOORS // DOORS_PER_EDGE:,} (one edge each)")
+    if args.cardholders < max(1, args.buildings):
+        ap.error("--cardholders: at least 1, and at least one per building")
     if any(n < 1 for n in counts):
         ap.error(f"--workers {args.workers}: worker counts are whole numbers from 1, comma-separated (e.g. 1,2,4)")
     default_store = "postgresql" if counts else "sqlite" if args.quick else "sqlite,postgresql"
@@ -1000,7 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"== store on {engine}" + ("" if n is None else f", {n} worker{'s' if n > 1 else ''}"))
         res = run([float(x) for x in steps.split(",") if x.strip()], step_s, rush_s, args.peak, args.server_inflight,
-                  args.postgres if engine == "postgresql" else None, workers=n)
+                  args.postgres if engine == "postgresql" else None, workers=n, cardholders=args.cardholders,
+                  buildings=args.buildings)
         res["load_at_start"] = load0
         res["load_at_end"] = os.getloadavg()
         res["wall_s"] = time.perf_counter() - t0
