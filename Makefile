@@ -62,7 +62,7 @@ faults: $(STAMP) mosquitto
 # docs/performance.md, then the component benches run_all does not table (site changes under decisions and
 # the impact-preview replay among them: issue 13). About eight minutes on 2 cores, plus the campus (bench/campus.py:
 # about 14 minutes) and the campus with 1, 2 and 4 server workers beside one server on PostgreSQL (shorter steps,
-# no rush: about 3.5 minutes).
+# no rush, 10,000 cardholders: about 4.6 minutes).
 # BENCH_ARGS=--quick for a short check run (indicative figures; it still rewrites docs/performance.md).
 BENCH_ARGS ?=
 
