@@ -558,12 +558,7 @@ class Worker:
             raise
         self.server = server
         self._directory = server.directory  # the requests are decided on the leader's own site from now on
-        if self.follower is not None:
-            self.follower.stop()
-            self.follower = None
-        if self._follower_store is not None:
-            self._follower_store.close()
-            self._follower_store = None
+        self._drop_follower()
         if self.requests is not None:
             self._adopt_metrics(server)
         self.promoted.set()
@@ -632,16 +627,21 @@ class Worker:
             self._thread.join(timeout=15)
         self._close()
 
-    def _close(self) -> None:
-        if self.requests is not None:
-            self.requests.stop()
+    def _drop_follower(self) -> None:
+        """The standby's view of the site and its store, no longer needed (leading, or stopping)."""
         if self.follower is not None:
             self.follower.stop()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+            self.follower = None
         if self._follower_store is not None:
             self._follower_store.close()
             self._follower_store = None
+
+    def _close(self) -> None:
+        if self.requests is not None:
+            self.requests.stop()
+        self._drop_follower()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
         self.shared.close()
         self.leadership.close()

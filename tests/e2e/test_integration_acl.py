@@ -14,9 +14,10 @@ afterwards on an allowed path: once the marker has arrived, the forbidden messag
 from __future__ import annotations
 
 import shutil
+import ssl
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -56,13 +57,15 @@ def broker(site: Path, tmp_path: Path) -> Iterator[Broker]:
 class Peers:
     """Connected peers by identity (one connection per certificate: the broker binds the client id to the CN)."""
 
-    def __init__(self, site: Path, broker: Broker) -> None:
-        self.site, self.broker = site, broker
+    def __init__(self, port: int, context_for: Callable[[str], ssl.SSLContext]) -> None:
+        """``context_for(name)``: the TLS context presenting ``name``'s certificate (tests/e2e/test_worker_acl.py
+        takes them from a MosquittoBroker)."""
+        self.port, self.context_for = port, context_for
         self.open: dict[str, Peer] = {}
 
     def __getitem__(self, name: str) -> Peer:
         if name not in self.open:
-            peer = Peer(self.broker.port, context(self.site, name, self.broker.port), name)
+            peer = Peer(self.port, self.context_for(name), name)
             # After the broker closes a connection (a forbidden publish), paho waits a whole second before
             # reconnecting and loop_stop() waits for that: a short delay keeps each attempt fast.
             peer.client.reconnect_delay_set(min_delay=0.02, max_delay=0.02)  # type: ignore[arg-type]
@@ -80,7 +83,7 @@ class Peers:
 
 @pytest.fixture
 def peers(site: Path, broker: Broker) -> Iterator[Peers]:
-    p = Peers(site, broker)
+    p = Peers(broker.port, lambda name: context(site, name, broker.port))
     yield p
     p.close()
 

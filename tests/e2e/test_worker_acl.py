@@ -12,6 +12,7 @@ have too.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from typing import Iterator
 
@@ -22,7 +23,7 @@ from server.workers import shared_group
 from simulators.brokers import OBSERVER, MosquittoBroker
 from simulators.site import mosquitto_installed
 from tests.conftest import wait_until
-from tests.e2e.test_tls import Peer
+from tests.e2e.test_integration_acl import Peers
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not mosquitto_installed(), reason="needs Mosquitto (apt-get install mosquitto)")]
@@ -40,36 +41,15 @@ def broker() -> Iterator[MosquittoBroker]:
     b.stop()
 
 
-class Peers:
-    """Connected peers by identity (one connection per certificate: the broker binds the client id to the CN)."""
-
-    def __init__(self, broker: MosquittoBroker) -> None:
-        self.broker = broker
-        self.open: dict[str, Peer] = {}
-
-    def __getitem__(self, name: str) -> Peer:
-        if name not in self.open:
-            ctx = client_tls_context(self.broker.client_config(name))
-            assert ctx is not None
-            peer = Peer(self.broker.port, ctx, name)
-            # After the broker closes a connection (a forbidden publish), paho waits a whole second before
-            # reconnecting and loop_stop() waits for that: a short delay keeps each attempt fast.
-            peer.client.reconnect_delay_set(min_delay=0.02, max_delay=0.02)  # type: ignore[arg-type]
-            assert peer.outcome() == "connected", f"{name}: {peer.result}"
-            self.open[name] = peer
-        return self.open[name]
-
-    def drop(self, name: str) -> None:
-        self.open.pop(name).close()
-
-    def close(self) -> None:
-        for p in self.open.values():
-            p.close()
+def _context(broker: MosquittoBroker, name: str) -> ssl.SSLContext:
+    ctx = client_tls_context(broker.client_config(name))
+    assert ctx is not None
+    return ctx
 
 
 @pytest.fixture
 def peers(broker: MosquittoBroker) -> Iterator[Peers]:
-    p = Peers(broker)
+    p = Peers(broker.port, lambda name: _context(broker, name))
     yield p
     p.close()
 
