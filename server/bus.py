@@ -214,7 +214,7 @@ class ServerBus:
         self.answer_requests = answer_requests
         self.decider = Decider(lambda: self.directory.site, door_devices, directory.decide,
                                lambda topic, payload: self._client.publish(topic, payload, qos=1).rc, self.clock,
-                               self.topics, foreign_door=self._foreign_door, counters=self.counters,
+                               self.topics, foreign_door=self.refuse_foreign_door, counters=self.counters,
                                decisions=self.decisions)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -575,8 +575,9 @@ class ServerBus:
 
     # ------------------------------------------------------------ decisions
 
-    def _foreign_door(self, device: str, door: str | None) -> None:
-        """A request about a door that is not the device's (answered unknown_door by the decider): misbehaviour."""
+    def refuse_foreign_door(self, device: str, door: str | None) -> None:
+        """A request about a door that is not the device's (answered unknown_door by a decider: this bus's, or a
+        worker's in the leader's process, server/workers.py): counted, logged and reported as misbehaviour."""
         try:
             self._check_door(device, door)
         except Refused as exc:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import queue
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -148,6 +149,9 @@ def leader_of(url: str, site_id: str) -> str | None:
 WORKERS_TABLE = ("CREATE TABLE IF NOT EXISTS dk_workers (site TEXT NOT NULL, name TEXT NOT NULL, "
                  "leader BOOLEAN NOT NULL, decisions BIGINT NOT NULL, started_at DOUBLE PRECISION NOT NULL, "
                  "seen_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (site, name))")
+#: Requests for doors not the device's, refused by a standby, for the leader to report (:class:`StandbyReports`).
+REPORTS_TABLE = ("CREATE TABLE IF NOT EXISTS dk_reports (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                 "site TEXT NOT NULL, device TEXT NOT NULL, door TEXT, at DOUBLE PRECISION NOT NULL)")
 
 
 def workers_status(url: str, site_id: str) -> list[dict[str, Any]]:
@@ -201,6 +205,7 @@ class Leadership:
                 with conn.transaction():  # two workers starting at once would race on the catalogue
                     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key("workers table"))
                     conn.execute(WORKERS_TABLE)
+                    conn.execute(REPORTS_TABLE)
         except psycopg.Error as exc:
             raise WorkerError(f"cannot reach the store's PostgreSQL for the workers' election: {exc}") from exc
         if not (row and row[0]):
@@ -260,6 +265,32 @@ class Leadership:
                     (self.site_id, self.worker, leader, decisions, started_at, now))
             except psycopg.Error as exc:
                 log.warning("worker %s: could not record its heartbeat: %s", self.worker, exc)
+
+    def report(self, device: str, door: str | None, *, at: float) -> None:
+        """Queue a standby's refusal for the leader (:meth:`take_reports`); logged when it cannot be queued."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                log.error("worker %s: a refusal of %s (door %r) could not be queued for the leader: no session",
+                          self.worker, device, door)
+                return
+            try:
+                self._conn.execute("INSERT INTO dk_reports (site, device, door, at) VALUES (%s, %s, %s, %s)",
+                                   (self.site_id, device, door, at))
+            except psycopg.Error as exc:
+                log.error("worker %s: a refusal of %s (door %r) could not be queued for the leader: %s",
+                          self.worker, device, door, exc)
+
+    def take_reports(self) -> list[tuple[str, str | None]]:
+        """The leader takes the standbys' queued refusals (device, door), oldest first."""
+        with self._lock:
+            try:
+                assert self._conn is not None
+                rows = self._conn.execute("DELETE FROM dk_reports WHERE site = %s RETURNING id, device, door",
+                                          (self.site_id,)).fetchall()
+            except psycopg.Error as exc:
+                log.error("worker %s: could not take the standbys' reports: %s", self.worker, exc)
+                return []
+        return [(device, door) for _, device, door in sorted(rows)]
 
     def notify(self, site: Site | None = None) -> None:
         """Tell the standbys the live site changed (they read it again from the store)."""
@@ -333,6 +364,8 @@ class RequestWorker:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._request_mid = -1
+        #: Where a request for a door that is not the device's is reported (device, door): set by the worker.
+        self.report: Callable[[str, str | None], None] | None = None
 
     @property
     def counters(self) -> Any:
@@ -391,6 +424,12 @@ class RequestWorker:
             self._move_on(client)
 
     def _foreign_door(self, device: str, door: str | None) -> None:
+        """Answered unknown_door by the decider; reported as misbehaviour by ``report`` (the leader's bus, or a
+        standby's own reporter), never on this network thread's time."""
+        report = self.report
+        if report is not None:
+            report(device, door)
+            return
         self.counters["refused"] += 1
         self.counters["refused_foreign_door"] += 1
         log.warning("refused a request from device %s for door %r, which is not its own", device, door,
@@ -417,6 +456,39 @@ class RequestWorker:
         except Exception:  # never let one message kill the network thread
             self.counters["errors"] += 1
             log.exception("worker %s: unexpected error handling %s", self.name, msg.topic)
+
+
+class StandbyReports:
+    """A standby's reports of devices asking about doors not their own. The leader alone raises the alarms
+    (``device_misbehaving``: one per device and window, counting every refusal, server/supervision.py), so a standby
+    queues each report in ``dk_reports`` and the leader takes them every CHECK_EVERY_S; a thread of its own writes
+    them, so the requests' network thread never waits for PostgreSQL. Reports made while no worker leads wait there
+    for the next leader."""
+
+    def __init__(self, leadership: Leadership, clock: Clock, door_devices: dict[str, str], counters: Any) -> None:
+        self.leadership = leadership
+        self.clock = clock
+        self.door_devices = door_devices
+        self.counters = counters
+        self._queue: queue.Queue[tuple[str, str | None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="doorkeep-standby-reports", daemon=True)
+        self._thread.start()
+
+    def __call__(self, device: str, door: str | None) -> None:
+        category = "foreign_door" if door in self.door_devices else "unknown_door"
+        self.counters["refused"] += 1
+        self.counters[f"refused_{category}"] += 1
+        log.warning("refused a request from device %s for door %r (%s); the leader reports it", device, door,
+                    category, extra=log_context(device))
+        self._queue.put((device, door))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self.leadership.report(*item, at=self.clock.wall())
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
 
 
 class Follower:
@@ -505,6 +577,7 @@ class Worker:
         self._directory: Directory | None = None
         self.shared = SharedState(store_url, site_id, lambda: self.site, self.name)
         self.requests: RequestWorker | None = None
+        self._reports: StandbyReports | None = None
         self.started_at = self.clock.wall()
         self.lost = threading.Event()
         self.promoted = threading.Event()
@@ -534,6 +607,9 @@ class Worker:
                                           self.clock)
             if self.server is not None:
                 self._adopt_metrics(self.server)
+            else:
+                self._reports = StandbyReports(self.leadership, self.clock, door_devices, self.requests.counters)
+                self.requests.report = self._reports
             self.requests.start()
         except BaseException:
             self._close()
@@ -558,16 +634,18 @@ class Worker:
             raise
         self.server = server
         self._directory = server.directory  # the requests are decided on the leader's own site from now on
-        self._drop_follower()
         if self.requests is not None:
-            self._adopt_metrics(server)
+            self._adopt_metrics(server)  # before the standby's reporter goes: no report falls in between
+        self._drop_follower()
         self.promoted.set()
         if self.on_leader is not None:
             self.on_leader(server)
 
     def _adopt_metrics(self, server: Server) -> None:
-        """The leader's /metrics count this worker's decisions (the requests the leader's bus no longer takes)."""
+        """The leader's /metrics count this worker's decisions (the requests the leader's bus no longer takes), and
+        its bus reports the devices that ask about doors not their own."""
         assert self.requests is not None
+        self.requests.report = server.bus.refuse_foreign_door
         decider = self.requests.decider
         server.bus.counters.update(decider.counters)
         decider.counters, decider.decisions = server.bus.counters, server.bus.decisions
@@ -603,7 +681,9 @@ class Worker:
         """Standby: try for the lead; leader: check it still leads. Both: a heartbeat row."""
         while not self._stop.wait(CHECK_EVERY_S if self.leader else TRY_EVERY_S):
             self._heartbeat()
-            if self.leader:
+            if self.server is not None:
+                for device, door in self.leadership.take_reports():
+                    self.server.bus.refuse_foreign_door(device, door)
                 if not self.leadership.check():
                     log.critical("worker %s: cannot confirm it still leads site %s; stopping at once",
                                  self.name, self.bundle.site.id)
@@ -628,7 +708,10 @@ class Worker:
         self._close()
 
     def _drop_follower(self) -> None:
-        """The standby's view of the site and its store, no longer needed (leading, or stopping)."""
+        """The standby's view of the site, its reports and its store, no longer needed (leading, or stopping)."""
+        if self._reports is not None:
+            self._reports.stop()
+            self._reports = None
         if self.follower is not None:
             self.follower.stop()
             self.follower = None

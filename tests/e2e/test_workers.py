@@ -11,17 +11,20 @@ consecutive badges are decided by different workers: each check below is made by
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
 import pytest
 
+from doorkeep.clock import iso_ms
+from doorkeep.contract import RequestMsg, Topics
 from doorkeep.credentials import card_hash
 from doorkeep.model import CredentialState
 from server.doctor import check_workers, diagnose
 from server.workers import Worker, workers_status
-from simulators.brokers import MosquittoBroker
+from simulators.brokers import OBSERVER, MosquittoBroker
 from simulators.site import DEMO_SITE, SiteRunner, mosquitto_installed
 from tests.conftest import wait_until
 from tests.pg import pg_url  # noqa: F401  (fixture)
@@ -35,8 +38,8 @@ WILL_DELAY_S = 1.0  # shorter than the 5 s default: the last test waits for it
 class Campus:
     """The site runner's edges and the two workers; ``decide`` badges and returns the stored access event."""
 
-    def __init__(self, runner: SiteRunner, workers: dict[str, Worker], url: str) -> None:
-        self.runner, self.workers, self.url = runner, workers, url
+    def __init__(self, runner: SiteRunner, workers: dict[str, Worker], url: str, broker: MosquittoBroker) -> None:
+        self.runner, self.workers, self.url, self.broker = runner, workers, url, broker
 
     def access(self) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url) as conn:
@@ -59,6 +62,24 @@ class Campus:
 
     def decisions(self) -> dict[str, int]:
         return {name: w.requests.counters["decisions"] for name, w in self.workers.items() if w.requests}
+
+
+def _forged_requests(campus: Campus, n: int) -> None:
+    """``n`` requests on pi-lobby's subtree for the lab, pi-floor7's door (as a compromised pi-lobby would send
+    them), published by the test's observer identity; the broker hands them to the workers in turn."""
+    broker = campus.broker
+    client = broker.client(OBSERVER)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for i in range(n):
+            request = RequestMsg(transaction=f"forged-{i}", door="lab", credential_hash=card_hash(campus.runner.key,
+                                 "em4100", ALICE), credential_last4="B2C3", credential_format="em4100",
+                                 ts=iso_ms(time.time()))
+            client.publish(Topics("demo").request("pi-lobby", "lab"), request.encode(), qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 @pytest.fixture
@@ -93,7 +114,7 @@ def campus(tmp_path: Path, pg_url: str) -> Iterator[Campus]:  # noqa: F811
                                       for a in runner.agents.values()), 15), "the edges never heard the leader"
         assert wait_until(lambda: all(w.requests and w.requests.connected.is_set() for w in workers.values()), 10), \
             "a worker's subscription to the requests was never acknowledged"
-        yield Campus(runner, workers, pg_url)
+        yield Campus(runner, workers, pg_url, broker)
     finally:
         runner.stop()
         for w in workers.values():
@@ -183,3 +204,24 @@ def test_with_every_worker_gone_the_doors_hear_the_server_offline_after_the_will
     b.stop()
     a.stop()
     assert wait_until(lambda: lobby.server_availability == "offline", WILL_DELAY_S + 5), lobby.server_availability
+
+
+def test_a_device_asking_about_another_devices_door_is_reported_by_whichever_worker_took_it(campus: Campus) -> None:
+    """The leader's bus no longer sees requests: each worker must report the misbehaviour it was handed (one
+    device_misbehaving alarm per device and window, server/supervision.py), the standby through the leader."""
+    a, b = campus.workers["a"], campus.workers["b"]
+    _forged_requests(campus, 4)
+    assert wait_until(lambda: a.requests.counters["refused_foreign_door"] >= 1
+                      and b.requests.counters["refused_foreign_door"] >= 1, 10), (a.requests.counters,
+                                                                                  b.requests.counters)
+    assert a.server is not None
+
+    def misbehaving() -> list[dict[str, Any]]:
+        return a.server.store.open_alarms(type="device_misbehaving", device="pi-lobby")  # type: ignore[union-attr]
+
+    # The leader raises the one alarm of the device's window and counts every refusal, the standby's too (queued
+    # for it in dk_reports): four forged requests, four refusals, whichever worker took each.
+    assert wait_until(lambda: len(misbehaving()) == 1 and misbehaving()[0]["detail"]["refusals"] == 4, 10), \
+        misbehaving()
+    assert misbehaving()[0]["detail"]["reasons"] == {"foreign_door": 4}
+    assert a.server.bus.counters["refused_foreign_door"] == 4, "the leader's /metrics count the standby's refusals"
