@@ -74,6 +74,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campus_db import PostgresEvents, SqliteEvents  # noqa: E402
 from gensite import building_id, cardholder_building, cardholder_card, generate_site  # noqa: E402
+from run_all import pct, stop_children  # noqa: E402
 
 DOORS = 10_000
 DOORS_PER_EDGE = 10
@@ -99,13 +100,6 @@ BUCKETS = 10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The capacity curve this bench sits beside (docs/performance.md, figure 3, closed loop): its best level.
 CAPACITY_FIGURE = "1,598-1,883 decisions/s (10-2,000 doors badging at once, closed loop), p99 9.76 ms at 1,000/s paced"
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[max(1, math.ceil(len(s) * p / 100)) - 1]
 
 
 # ------------------------------------------------------------ arrival schedules
@@ -556,16 +550,7 @@ class EdgeProcs:
         return [p.pid for p in self.procs if p.pid is not None]
 
     def close(self) -> None:
-        for p in self.pipes:
-            try:
-                p.send(None)
-            except OSError:
-                pass
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+        stop_children(self.pipes, self.procs)
 
 
 # ------------------------------------------------------------ measuring

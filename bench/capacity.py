@@ -259,16 +259,8 @@ class Generators:
                 "n": len(lat), "lost": sum(p["lost"] for p in parts), "events": sum(p["events"] for p in parts)}
 
     def close(self) -> None:
-        for parent in self.pipes:
-            try:
-                parent.send(None)
-            except OSError:
-                pass
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+        from run_all import stop_children  # here: run_all (figure 3) imports this module
+        stop_children(self.pipes, self.procs)
 
 
 class EchoServer:

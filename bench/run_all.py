@@ -121,6 +121,21 @@ def pct(values: list[float], p: float) -> float:
     return s[max(1, math.ceil(len(s) * p / 100)) - 1]
 
 
+def stop_children(pipes: list[Any], procs: list[Any]) -> None:
+    """Ask each load-generator child to stop (``None`` down its pipe), then join it, terminating one that hangs
+    (bench/capacity.py and bench/campus.py run their simulated edges as such children)."""
+    for pipe in pipes:
+        try:
+            pipe.send(None)
+        except OSError:
+            pass
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+
+
 def ms(x: float) -> str:
     return "n/a" if not math.isfinite(x) else (f"{x:.3f} ms" if x < 1 else f"{x:.2f} ms" if x < 100 else f"{x:.0f} ms")
 

@@ -278,7 +278,13 @@ def server_client_id(key: bytes, site_id: str, data_dir: Path) -> str:
     client ids to certificates (the demo's embedded broker, a third-party broker) whoever knows a client's
     id can connect with it and drop that client again and again (docs/security.md, Transport).
     """
-    tag = hmac.new(key, b"doorkeep mqtt client id\0" + str(data_dir.resolve()).encode(), hashlib.sha256)
+    return keyed_client_id(key, site_id, str(data_dir.resolve()).encode())
+
+
+def keyed_client_id(key: bytes, site_id: str, scope: bytes) -> str:
+    """``doorkeep-server-SITE-TAG``, TAG an HMAC of ``scope`` under the credential key (server_client_id's reasons);
+    the several workers of a site share one (server/workers.py ``workers_client_id``)."""
+    tag = hmac.new(key, b"doorkeep mqtt client id\0" + scope, hashlib.sha256)
     return f"doorkeep-server-{site_id}-{tag.hexdigest()[:32]}"
 
 

@@ -104,6 +104,18 @@ def peek_transaction(payload: bytes) -> str | None:
     return tx if isinstance(tx, str) and len(tx) <= 64 and SEGMENT.match(tx) else None
 
 
+def aim_at_next(client: mqtt.Client, addresses: tuple[tuple[str, int], ...], index: int) -> int:
+    """Several broker addresses: aim paho's next try (on its network thread, after its backoff) at the address after
+    ``index``; returns its index (``index`` itself with one address). paho refuses to change ``host`` until the
+    connection is closed, which it is not yet inside its callbacks; the attributes behind the property are what its
+    reconnect() reads. The server's bus and each worker's request connection (server/workers.py) move alike."""
+    if len(addresses) < 2:
+        return index
+    index = (index + 1) % len(addresses)
+    client._host, client._port = addresses[index]  # noqa: SLF001
+    return index
+
+
 @dataclass(frozen=True)
 class _Work:
     kind: str  # "event" | "snapshot" | "call" (batched) | "task" (alone, outside a transaction) | "report"
@@ -180,18 +192,15 @@ class ServerBus:
         #: the will unsent (MQTT 5, 3.1.3.2.2), so the doors never hear `offline` and keep asking the workers, who
         #: answer throughout. Only with every worker gone does `offline` come, ``will_delay_s`` late.
         self.will_delay_s = will_delay_s
+        session: dict[str, Any] = {"protocol": mqtt.MQTTv5} if will_delay_s > 0 else {"clean_session": False}
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or f"doorkeep-server-{site.id}", **session)
+        will = None
         if will_delay_s > 0:
-            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                       client_id=client_id or f"doorkeep-server-{site.id}", protocol=mqtt.MQTTv5)
             will = Properties(PacketTypes.WILLMESSAGE)
             will.WillDelayInterval = int(will_delay_s)
-            self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True,
-                                  properties=will)
-        else:
-            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                       client_id=client_id or f"doorkeep-server-{site.id}",
-                                       clean_session=False)
-            self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True)
+        self._client.will_set(self.topics.server_availability(), AVAILABILITY_OFFLINE, qos=1, retain=True,
+                              properties=will)
         # mqtts://: mutual TLS (1.2 at least) with this client's certificate; a bad file fails here, not later.
         tls = client_tls_context(broker)
         if tls is not None:
@@ -249,15 +258,9 @@ class ServerBus:
         return self.broker.urls[self.address_index]
 
     def _move_on(self, client: mqtt.Client) -> None:
-        """Several addresses: aim paho's next try (on its network thread, after its backoff) at the next one.
-        paho refuses to change ``host`` until the connection is closed, which it is not yet inside these
-        callbacks; the attributes behind the property are what its reconnect() reads."""
-        if len(self.addresses) < 2:
-            return
-        self.address_index = (self.address_index + 1) % len(self.addresses)
-        host, port = self.addresses[self.address_index]
-        client._host, client._port = host, port  # noqa: SLF001
-        self.counters["broker_moves"] += 1
+        if len(self.addresses) > 1:
+            self.address_index = aim_at_next(client, self.addresses, self.address_index)
+            self.counters["broker_moves"] += 1
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if len(self.addresses) > 1:

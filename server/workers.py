@@ -31,7 +31,6 @@ session has short TCP keepalives, so a leader cut off from PostgreSQL frees the 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import queue
 import socket
@@ -52,7 +51,8 @@ from doorkeep.errors import ConfigError, MessageError
 from doorkeep.logfmt import log_context
 from doorkeep.model import Site
 from doorkeep.pki import MAX_WORKER_NAME, check_transport, client_tls_context, worker_identity
-from server.app import Server, Workers, bootstrap
+from server.app import Server, Workers, bootstrap, keyed_client_id
+from server.bus import aim_at_next
 from server.decider import Decider
 from server.directory import Directory
 from server.errors import ServerError
@@ -111,8 +111,7 @@ def workers_client_id(key: bytes, site_id: str) -> str:
     """The leader's MQTT client id: the same for every worker of the site (the broker's persistent session, with
     the events queued while no worker leads, passes to the next leader), unguessable without the credential key
     (as server/app.py ``server_client_id``)."""
-    tag = hmac.new(key, b"doorkeep mqtt client id\0workers", hashlib.sha256)
-    return f"doorkeep-server-{site_id}-{tag.hexdigest()[:32]}"
+    return keyed_client_id(key, site_id, b"workers")
 
 
 def shared_group(site_id: str) -> str:
@@ -391,10 +390,7 @@ class RequestWorker:
                  self.counters["decisions"], self.counters["requests_expired"], self.counters["shared_state_errors"])
 
     def _move_on(self, client: mqtt.Client) -> None:
-        """Several broker addresses: the next try goes to the next one (as server/bus.py ``_move_on``)."""
-        if len(self.addresses) > 1:
-            self.address_index = (self.address_index + 1) % len(self.addresses)
-            client._host, client._port = self.addresses[self.address_index]  # noqa: SLF001
+        self.address_index = aim_at_next(client, self.addresses, self.address_index)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._move_on(client)
@@ -691,19 +687,19 @@ class Worker:
                 if not self.leadership.check():
                     log.critical("worker %s: cannot confirm it still leads site %s; stopping at once",
                                  self.name, self.bundle.site.id)
-                    self.lost.set()
-                    if self.on_lost is not None:
-                        self.on_lost()
-                    return
+                    return self._give_up()
             elif self.leadership.try_acquire():
                 try:
                     self._lead(10.0)
                 except Exception:
                     log.exception("worker %s: could not take over as leader", self.name)
-                    self.lost.set()
-                    if self.on_lost is not None:
-                        self.on_lost()
-                    return
+                    return self._give_up()
+
+    def _give_up(self) -> None:
+        """This worker can no longer act for the site (a lead it cannot confirm, a takeover that failed)."""
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def stop(self) -> None:
         self._stop.set()

@@ -428,16 +428,33 @@ class FaultStack:
         self.broker_dir.mkdir(parents=True, exist_ok=True)
         self.broker = self._new_broker(None).start()
         self.port = self.broker.port
-        # Its own identity: client ids are bound to certificates, so as `server` it would drop the server.
-        self.watcher = Watcher(self.broker.client_config(OBSERVER), f"faults-watcher-{os.getpid()}-{id(self)}")
-        if not self.watcher.connected.wait(10):
-            raise RuntimeError("the watcher could not connect to Mosquitto")
+        self.watcher = self._watch(self.broker)
         self.start_server()
         self.start_edge()
         if not wait_for(lambda: (self.state_dir / "policy.json").exists(), 20):
             raise RuntimeError(f"the edge never cached its policy:\n{self.log('edge')}")
         self.load = LoadGenerator(self.readers)
         return self
+
+    def __enter__(self) -> FaultStack:
+        """``with FaultStack(...) as stack``: started, and stopped however the block ends (a start that fails half
+        way stops what it started)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _watch(self, broker: MosquittoBroker) -> Watcher:
+        """A watcher on ``broker``, connected. Its own identity: client ids are bound to certificates, so as
+        `server` it would drop the server."""
+        watcher = Watcher(broker.client_config(OBSERVER), f"faults-watcher-{broker.port}-{os.getpid()}-{id(self)}")
+        if not watcher.connected.wait(10):
+            raise RuntimeError(f"the watcher could not connect to the broker on port {broker.port}")
+        return watcher
 
     @property
     def broker_url(self) -> str:

@@ -8,14 +8,13 @@ offline meanwhile, and every badge is stored exactly once (docs/scale.md, "Sever
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from simulators.brokers import OBSERVER, MosquittoBroker, free_port
+from simulators.brokers import MosquittoBroker, free_port
 from simulators.faults import DEVICE, GRANT_DOOR, SITE, FaultStack, Watcher, wait_for
 from simulators.site import mosquitto_installed
 from tests.faults.test_faults import assert_clean, more_badges, settle, warm_up
@@ -57,12 +56,6 @@ class TwoBrokerStack(FaultStack):
         self.load = LoadGenerator(self.readers)
         return self
 
-    def _watch(self, broker: MosquittoBroker) -> Watcher:
-        watcher = Watcher(broker.client_config(OBSERVER), f"failover-watcher-{broker.port}-{os.getpid()}")
-        if not watcher.connected.wait(10):
-            raise RuntimeError(f"the watcher could not connect to the broker on port {broker.port}")
-        return watcher
-
     @property
     def broker_url(self) -> str:
         assert self.standby is not None
@@ -83,12 +76,8 @@ class TwoBrokerStack(FaultStack):
 def _stack(tmp_path: Path, **kw: bool) -> Iterator[TwoBrokerStack]:
     if not mosquitto_installed():
         pytest.skip("mosquitto is not installed (make test installs it)")
-    stack = TwoBrokerStack(tmp_path, **kw)
-    try:
-        stack.start()
+    with TwoBrokerStack(tmp_path, **kw) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

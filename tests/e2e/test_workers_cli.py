@@ -58,8 +58,7 @@ def test_the_desk_is_served_by_the_leading_worker_and_moves_with_the_lead(tmp_pa
         pytest.skip("mosquitto is not installed (make test installs it)")
     stack = FaultStack(tmp_path, store_url=pg_url, workers=("a", "b"))
     stack.desk_ports = {"a": _free_port(), "b": _free_port()}
-    try:
-        stack.start()
+    with stack:
         assert wait_for(lambda: _status(stack.desk_ports["a"]) == 200, 20), stack.log("server")
         assert _status(stack.desk_ports["b"]) is None, "a standby must not serve the desk"
         assert "stands by for site demo" in stack.log("server-b")
@@ -68,5 +67,3 @@ def test_the_desk_is_served_by_the_leading_worker_and_moves_with_the_lead(tmp_pa
         assert wait_for(lambda: _status(stack.desk_ports["b"]) == 200, 20), stack.log("server")
         assert stack.leader() == "b"
         assert resumed_since(stack, at) <= 2.0
-    finally:
-        stack.stop()

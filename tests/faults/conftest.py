@@ -20,12 +20,8 @@ from tests.conftest import FAULT_ROW
 def stack(tmp_path: Path) -> Iterator[FaultStack]:
     if not mosquitto_installed():
         pytest.skip("mosquitto is not installed (make test installs it)")
-    stack = FaultStack(tmp_path)
-    try:
-        stack.start()
+    with FaultStack(tmp_path) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

@@ -29,13 +29,9 @@ RESUME_S = 2.0
 def workers(tmp_path: Path, pg_url: str) -> Iterator[FaultStack]:  # noqa: F811
     if not mosquitto_installed():
         pytest.skip("mosquitto is not installed (make test installs it)")
-    stack = FaultStack(tmp_path, store_url=pg_url, workers=("a", "b"))
-    try:
-        stack.start()
+    with FaultStack(tmp_path, store_url=pg_url, workers=("a", "b")) as stack:
         assert stack.leader() == "a"
         yield stack
-    finally:
-        stack.stop()
 
 
 def server_decided_since(stack: FaultStack, at: float) -> float | None:
